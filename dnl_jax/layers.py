@@ -1,0 +1,152 @@
+"""Building bricks shared by blocks and models: an N-D `ConvModule` (conv → norm → activation) and
+the norm factory.
+
+Names mirror mmcv's `ConvModule` so that PyTorch weights map one to one: a module named `conv_out`
+holds `conv_out/conv/{kernel,bias}` and its norm `conv_out/bn` (batch), `conv_out/gn` (group) or
+`conv_out/ln` (layer), as mmcv's `conv_out.conv.weight`, `conv_out.bn.weight`, ... Convolutions
+are channel-last: inputs `[B, *spatial, C]` with 1 to 3 spatial dims, kernels `[*window, Cin, Cout]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+NORMS = (None, "batch", "group", "layer")
+# mmcv's abbreviations, used as the norm's submodule name.
+NORM_NAMES = {"batch": "bn", "group": "gn", "layer": "ln"}
+
+# PyTorch-style initialisers used by the references.
+normal_001 = nn.initializers.normal(stddev=0.01)
+# mmcv kaiming_init(mode='fan_out', nonlinearity='relu', distribution='normal'): untruncated.
+kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+kaiming_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# PyTorch's default Conv/Linear init: kaiming_uniform(a=√5), i.e. U(±1/√fan_in).
+torch_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias(fan_in: int) -> Initializer:
+    """PyTorch's default conv bias init, U(±1/√fan_in)."""
+    bound = fan_in**-0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def check_norm(norm: Optional[str]) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}.")
+
+
+def make_norm(
+    norm: str,
+    *,
+    train: bool,
+    zero_init: bool = False,
+    axis_name: Optional[str] = None,
+    num_groups: int = 32,
+    momentum: float = 0.9,
+    epsilon: float = 1e-5,
+    dtype: Optional[Dtype] = None,
+    param_dtype: Dtype = jnp.float32,
+    name: Optional[str] = None,
+) -> nn.Module:
+    """A norm layer over the channel axis (-1), with PyTorch's epsilon and momentum (0.1 there).
+
+    `zero_init` sets scale and bias to 0, as mmcv does for the output norm of a non-local block, so
+    that the residual branch starts at zero.
+    """
+    check_norm(norm)
+    scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
+    name = name or NORM_NAMES[norm]
+    common = dict(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
+    if norm == "batch":
+        return nn.BatchNorm(
+            use_running_average=not train, momentum=momentum, axis_name=axis_name, **common
+        )
+    if norm == "group":
+        return nn.GroupNorm(num_groups=num_groups, **common)
+    return nn.LayerNorm(**common)
+
+
+class ConvModule(nn.Module):
+    """conv → optional norm → optional ReLU, as mmcv's `ConvModule`, for 1 to 3 spatial dims.
+
+    Attributes:
+      features: output channels.
+      kernel_size: an int (the same in every spatial dim) or a tuple with one entry per dim.
+      strides, dilation: likewise.
+      padding: 'SAME', 'VALID', or an int (symmetric in every dim, PyTorch-style).
+      use_bias: None means "bias only without a norm" (mmcv's bias='auto').
+      norm: None, 'batch', 'group' or 'layer'.
+      zero_init_norm: initialise the norm's scale and bias to 0 (or the conv to 0 with no norm).
+    """
+
+    features: int
+    kernel_size: Union[int, Sequence[int]] = 1
+    strides: Union[int, Sequence[int]] = 1
+    dilation: Union[int, Sequence[int]] = 1
+    padding: Union[str, int] = 0
+    use_bias: Optional[bool] = None
+    norm: Optional[str] = None
+    activation: bool = False
+    zero_init_norm: bool = False
+    kernel_init: Initializer = kaiming_fan_out
+    bias_init: Initializer = nn.initializers.zeros
+    axis_name: Optional[str] = None
+    num_groups: int = 32
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        nd = x.ndim - 2
+        use_bias = self.norm is None if self.use_bias is None else self.use_bias
+        zero_conv = self.zero_init_norm and self.norm is None
+        padding = self.padding
+        if isinstance(padding, int):
+            padding = [(padding, padding)] * nd
+        x = nn.Conv(
+            self.features,
+            kernel_size=_tuple(self.kernel_size, nd),
+            strides=_tuple(self.strides, nd),
+            kernel_dilation=_tuple(self.dilation, nd),
+            padding=padding,
+            use_bias=use_bias,
+            kernel_init=nn.initializers.zeros if zero_conv else self.kernel_init,
+            bias_init=self.bias_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        if self.norm is not None:
+            x = make_norm(
+                self.norm,
+                train=train,
+                zero_init=self.zero_init_norm,
+                axis_name=self.axis_name,
+                num_groups=self.num_groups,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )(x)
+        if self.activation:
+            x = nn.relu(x)
+        return x
+
+
+def _tuple(value: Union[int, Sequence[int]], nd: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * nd
+    value = tuple(value)
+    if len(value) != nd:
+        raise ValueError(f"expected {nd} values (one per spatial dim); got {value}.")
+    return value

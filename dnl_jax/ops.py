@@ -1,0 +1,249 @@
+"""The non-local family's math, as small pure `jax.numpy` functions.
+
+Conventions: positions lie on axis -2 and channels on axis -1; any leading axes (batch, heads) are
+carried along. Queries `q` are `[..., N, C]`, keys `k` are `[..., M, C]` and values `v` are
+`[..., M, Cv]`; M may differ from N (sub-sampled keys). μ_q and μ_k are the means of q and k over
+their position axis, per sample and per channel.
+
+The identity behind the Disentangled Non-Local block (Yin et al., ECCV 2020):
+
+    q_iᵀk_j = (q_i − μ_q)ᵀ(k_j − μ_k) + μ_qᵀk_j + (q_i − μ_q)ᵀμ_k
+              └──── whitened pairwise ───┘ └ unary ┘ └ constant over j ┘
+
+so softmax_j(q_iᵀk_j) == softmax_j(pairwise_ij + unary_j): the last term cancels in a softmax over
+the key axis j. Softmaxes here run in at least float32 whatever the input dtype, and subtract their
+row maximum, so large logits do not overflow.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+IMPLEMENTATIONS = (None, "xla", "chunked", "cudnn")
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks (static shapes only, so they are free under jit).
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_query_key(q: Array, k: Array) -> None:
+    if q.ndim < 2 or k.ndim < 2:
+        raise ValueError(
+            f"q and k must be [..., positions, channels] with rank >= 2; got q.shape={q.shape}, "
+            f"k.shape={k.shape}. Add a position axis (e.g. x[..., None, :]) for single vectors."
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"q and k must have the same number of channels (last axis); got q.shape={q.shape} "
+            f"({q.shape[-1]} channels) and k.shape={k.shape} ({k.shape[-1]} channels). Project "
+            "both to the same width (theta and phi must share their output channels)."
+        )
+
+
+def _compute_dtype(*arrays: Array) -> jnp.dtype:
+    """At least float32: bfloat16/float16 inputs get float32 logits and softmax."""
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+def _position_mean(x: Array) -> Array:
+    """μ: mean over the position axis (-2), keeping it, `[..., 1, C]`."""
+    return jnp.mean(x, axis=-2, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logits.
+# ----------------------------------------------------------------------------------------------
+
+
+def nonlocal_logits(q: Array, k: Array, *, scale: float = 1.0) -> Array:
+    """Plain non-local (embedded Gaussian) logits.
+
+    Args:
+      q: queries `[..., N, C]`.
+      k: keys `[..., M, C]`.
+      scale: multiplies the dot products.
+
+    Returns:
+      `[..., N, M]` with entry (i, j) = scale · q_iᵀk_j, in at least float32.
+    """
+    _check_query_key(q, k)
+    dtype = _compute_dtype(q, k)
+    logits = jnp.einsum("...nc,...mc->...nm", q.astype(dtype), k.astype(dtype))
+    return logits * jnp.asarray(scale, dtype)
+
+
+def whitened_pairwise_logits(q: Array, k: Array, *, scale: float = 1.0) -> Array:
+    """Whitened pairwise logits: scale · (q_i − μ_q)ᵀ(k_j − μ_k).
+
+    Args:
+      q: queries `[..., N, C]`; μ_q is their mean over the N positions.
+      k: keys `[..., M, C]`; μ_k is their mean over the M positions.
+      scale: multiplies the dot products.
+
+    Returns:
+      `[..., N, M]`, in at least float32. Invariant to adding any per-sample vector to all queries
+      or to all keys.
+    """
+    _check_query_key(q, k)
+    dtype = _compute_dtype(q, k)
+    q, k = q.astype(dtype), k.astype(dtype)
+    return nonlocal_logits(q - _position_mean(q), k - _position_mean(k), scale=scale)
+
+
+def unary_logits(q: Array, k: Array, *, scale: float = 1.0) -> Array:
+    """Unary logits of the decomposition: scale · μ_qᵀk_j, one per key.
+
+    Args:
+      q: queries `[..., N, C]`; only their mean μ_q over positions is used.
+      k: keys `[..., M, C]`.
+      scale: multiplies the dot products.
+
+    Returns:
+      `[..., 1, M]` (broadcasts over the N queries), in at least float32.
+    """
+    _check_query_key(q, k)
+    dtype = _compute_dtype(q, k)
+    return nonlocal_logits(_position_mean(q.astype(dtype)), k, scale=scale)
+
+
+def decompose_nonlocal_logits(q: Array, k: Array, *, scale: float = 1.0) -> tuple[Array, Array]:
+    """Splits non-local logits into a whitened pairwise and a unary term.
+
+    Returns:
+      `(pairwise [..., N, M], unary [..., 1, M])` with
+      softmax_j(pairwise + unary) == softmax_j(nonlocal_logits(q, k, scale=scale)): the two differ
+      by scale · (q_i − μ_q)ᵀμ_k, which is constant over the key axis j.
+    """
+    return (
+        whitened_pairwise_logits(q, k, scale=scale),
+        unary_logits(q, k, scale=scale),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation.
+# ----------------------------------------------------------------------------------------------
+
+
+def softmax_aggregate(logits: Array, v: Array) -> Array:
+    """Σ_j softmax_j(logits_ij) v_j.
+
+    Args:
+      logits: `[..., N, M]` (N may be 1 for a unary term); softmax over the last axis, computed in
+        at least float32 with the row maximum subtracted.
+      v: values `[..., M, Cv]`.
+
+    Returns:
+      `[..., N, Cv]` in the dtype of `v`.
+    """
+    dtype = _compute_dtype(logits, v)
+    weights = jax.nn.softmax(logits.astype(dtype), axis=-1)
+    out = jnp.einsum("...nm,...mc->...nc", weights, v.astype(dtype))
+    return out.astype(v.dtype)
+
+
+def unary_attention(unary: Array, v: Array) -> Array:
+    """The unary term on its own: Σ_j softmax_j(unary_j) v_j, one vector per sample.
+
+    Args:
+      unary: logits `[..., M]` over the key positions (e.g. a 1×1 conv C→1 of the input).
+      v: values `[..., M, Cv]`.
+
+    Returns:
+      `[..., 1, Cv]`, which broadcasts over the query positions. O(M) memory: nothing N × M.
+    """
+    if unary.shape[-1:] != v.shape[-2:-1]:
+        raise ValueError(
+            f"unary logits must be [..., M] with M the number of value positions; got "
+            f"unary.shape={unary.shape} and v.shape={v.shape} (M={v.shape[-2]})."
+        )
+    return softmax_aggregate(unary[..., None, :], v)
+
+
+def dot_product_aggregate(q: Array, k: Array, v: Array) -> Array:
+    """mmcv's 'dot_product' non-local mode: Σ_j (q_iᵀk_j / M) v_j, no softmax.
+
+    Args:
+      q: `[..., N, C]`; k: `[..., M, C]`; v: `[..., M, Cv]`.
+
+    Returns:
+      `[..., N, Cv]` in the dtype of `v`.
+    """
+    _check_key_value(k, v)
+    weights = nonlocal_logits(q, k, scale=1.0 / k.shape[-2])
+    out = jnp.einsum("...nm,...mc->...nc", weights, v.astype(weights.dtype))
+    return out.astype(v.dtype)
+
+
+def _check_key_value(k: Array, v: Array) -> None:
+    if v.ndim < 2 or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"k and v must have the same number of positions (axis -2); got k.shape={k.shape} "
+            f"and v.shape={v.shape}. Sub-sample keys and values with the same pooling."
+        )
+
+
+def dnl_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    unary: Optional[Array] = None,
+    *,
+    temperature: float = 1.0,
+    scale: Optional[float] = None,
+    whiten: bool = True,
+    implementation: Optional[str] = None,
+) -> Array:
+    """Disentangled non-local attention.
+
+        out_i = Σ_j softmax_j(scale · (q_i − μ_q)ᵀ(k_j − μ_k) / temperature) v_j
+              + Σ_j softmax_j(unary_j) v_j
+
+    Args:
+      q: queries `[..., N, C]`.
+      k: keys `[..., M, C]`.
+      v: values `[..., M, Cv]`.
+      unary: unary logits `[..., M]`, or None for the pairwise term alone.
+      temperature: divides the pairwise logits; must be > 0 (the paper uses 0.05).
+      scale: multiplies the pairwise logits; None means 1/√C.
+      whiten: subtract μ_q and μ_k in the pairwise term (False gives plain non-local logits).
+      implementation: None (pick automatically), 'xla' (materialises the N × M matrix),
+        'chunked' or 'cudnn' (memory-efficient kernels in `dnl_jax.attention`).
+
+    Returns:
+      `[..., N, Cv]` in the dtype of `v`.
+    """
+    _check_query_key(q, k)
+    _check_key_value(k, v)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}.")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}."
+        )
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    scale = scale / temperature
+
+    pairwise = _pairwise_attention(q, k, v, scale=scale, whiten=whiten, implementation=implementation)
+    if unary is None:
+        return pairwise
+    return (pairwise + unary_attention(unary, v)).astype(v.dtype)
+
+
+def _pairwise_attention(
+    q: Array, k: Array, v: Array, *, scale: float, whiten: bool, implementation: Optional[str]
+) -> Array:
+    """Dispatches Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j to a kernel (whitened or not)."""
+    if implementation in (None, "xla"):
+        logits_fn = whitened_pairwise_logits if whiten else nonlocal_logits
+        return softmax_aggregate(logits_fn(q, k, scale=scale), v)
+    raise NotImplementedError(
+        f"implementation={implementation!r} is not available in this version; use 'xla' or None."
+    )
