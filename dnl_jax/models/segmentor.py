@@ -128,7 +128,7 @@ def build_segmentor(
 def segmentation_loss(outputs: dict, batch: dict, *, ignore_label: int = losses.IGNORE_LABEL,
                       aux_weight: float = 0.4, ohem: Optional[dict] = None,
                       class_weights=None) -> tuple[Array, dict[str, Array]]:
-    """(total loss, {'loss', 'decode_loss'[, 'aux_loss']}) for `outputs` of a `Segmentor` and a
+    """(total loss, {'loss', 'decode_loss', 'pixel_accuracy'[, 'aux_loss']}) for `outputs` of a `Segmentor` and a
     batch `{'label': int [B, H, W]}`; the auxiliary term only when 'aux_logits' is present."""
     labels = batch["label"]
     decode_loss = losses.pixel_cross_entropy(
@@ -143,7 +143,15 @@ def segmentation_loss(outputs: dict, batch: dict, *, ignore_label: int = losses.
         metrics["aux_loss"] = aux_loss
         total = total + aux_weight * aux_loss
     metrics["loss"] = total
+    metrics["pixel_accuracy"] = pixel_accuracy(outputs["logits"], labels, ignore_label)
     return total, metrics
+
+
+def pixel_accuracy(logits: Array, labels: Array, ignore_label: int = losses.IGNORE_LABEL) -> Array:
+    """Fraction of valid pixels whose argmax is right (mmseg's `acc_seg` / 100); 0 if none."""
+    valid = losses.valid_pixels(labels, logits.shape[-1], ignore_label)
+    correct = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == labels))
+    return correct / jnp.maximum(jnp.sum(valid), 1)
 
 
 def segmentation_metrics(outputs: dict, batch: dict, *, num_classes: int,
@@ -155,4 +163,4 @@ def segmentation_metrics(outputs: dict, batch: dict, *, num_classes: int,
 
 
 __all__ = ["Segmentor", "build_segmentor", "resize_bilinear", "segmentation_loss",
-           "segmentation_metrics"]
+           "segmentation_metrics", "pixel_accuracy"]
