@@ -190,9 +190,10 @@ def test_loss_ignores_255_and_matches_numpy():
     loss = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
     np.testing.assert_allclose(loss, numpy_cross_entropy(logits, labels, keep), rtol=1e-5)
     # Whatever the network predicts at ignored pixels, the loss is the same.
-    changed = np.where(keep[..., None], logits, 50.0 * np.random.default_rng(1).normal(size=logits.shape))
-    np.testing.assert_allclose(losses.pixel_cross_entropy(jnp.asarray(changed), jnp.asarray(labels)),
-                               loss, rtol=1e-6)
+    noise = 50.0 * np.random.default_rng(1).normal(size=logits.shape)
+    changed = np.where(keep[..., None], logits, noise)
+    changed_loss = losses.pixel_cross_entropy(jnp.asarray(changed), jnp.asarray(labels))
+    np.testing.assert_allclose(changed_loss, loss, rtol=1e-6)
     weights = [0.5, 1.0, 2.0, 0.1]
     weighted = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
                                           class_weights=weights)
@@ -265,8 +266,36 @@ def test_registry_names_and_bundle_fields():
     assert required <= set(models.MODEL_NAMES)
     for name in models.MODEL_NAMES:
         bundle = models.get_model(name, num_classes=3)
-        assert bundle.task == ("classification" if "3d" in name or "c2d" in name else "segmentation")
+        is_video = "3d" in name or "c2d" in name
+        assert bundle.task == ("classification" if is_video else "segmentation")
         assert bundle.num_classes == 3 and bundle.name == name
+
+
+@pytest.mark.parametrize("name", [n for n in models.MODEL_NAMES if n.startswith(("dnl_r", "nl_r",
+                                                                                "fcn_r", "gc_r"))])
+def test_every_registered_segmentor_maps_images_to_logits_abstractly(name):
+    # Each name's head and wiring, on a shallow narrow trunk (full sizes are tested above).
+    module = models.get_model(name, num_classes=4, depth=18, base_channels=4, stem_channels=8,
+                              channels=8, aux_channels=4).module
+    inputs = jax.ShapeDtypeStruct((1, 33, 47, 3), jnp.float32)
+    variables = shapes_of_init(module, inputs.shape)
+    outputs, _ = jax.eval_shape(
+        lambda v, x: module.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)},
+                                  mutable=["batch_stats"]), variables, inputs)
+    assert {k: v.shape for k, v in outputs.items()} == {"logits": (1, 33, 47, 4),
+                                                        "aux_logits": (1, 33, 47, 4)}
+
+
+def test_summary_counts_parameters_and_flops():
+    lines = []
+    small = models.summary("dnl_tiny", (1, 32, 32, 3), num_classes=5, print_fn=lines.append)
+    large = models.summary("dnl_tiny", (1, 64, 64, 3), num_classes=5, print_fn=lines.append)
+    variables = shapes_of_init(models.get_model("dnl_tiny", 5).module, (1, 32, 32, 3))
+    assert small["params"] == large["params"] == models.count_params(variables["params"])
+    assert sum(small["params_by_module"].values()) == small["params"]
+    # Convolutions dominate: 4x the pixels, at least 4x the FLOPs (attention grows faster).
+    assert small["flops"] > 0 and large["flops"] >= 4 * small["flops"]
+    assert any("total" in line for line in lines)
 
 
 def test_unknown_model_name_and_override_raise():

@@ -29,8 +29,9 @@ def test_tiny_video_clip_runs_with_loss_and_accuracy_counts():
     variables = models.init_variables(bundle.module, jax.random.key(1), clips)
 
     def train_forward(v, x):
-        outputs, updates = bundle.module.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)},
-                                               mutable=["batch_stats"])
+        outputs, updates = bundle.module.apply(
+            v, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+        )
         return outputs, updates, bundle.loss_fn(outputs, batch), bundle.metrics_fn(outputs, batch)
 
     # Compiled without XLA's backend optimisation: 4x faster to compile on CPU, same values.

@@ -48,7 +48,8 @@ _R18_WIDTHS = dict(channels=128, aux_channels=64)  # mmseg heads on 512/256-chan
 
 def _seg(head: str, depth: int, **extra) -> dict:
     widths = _R18_WIDTHS if depth < 50 else _R50_WIDTHS
-    return {"task": "segmentation", "head": head, **_SEG_DEFAULTS, **widths, "depth": depth, **extra}
+    return {"task": "segmentation", "head": head, **_SEG_DEFAULTS, **widths, "depth": depth,
+            **extra}
 
 
 def _vid(context: Optional[str], inflation: str, depth: int = 50, **extra) -> dict:

@@ -64,7 +64,9 @@ class ContextSpec:
 
     def __post_init__(self):
         if self.kind not in CONTEXT_KINDS:
-            raise ValueError(f"unknown context block kind {self.kind!r}; choose one of {CONTEXT_KINDS}.")
+            raise ValueError(
+                f"unknown context block kind {self.kind!r}; choose one of {CONTEXT_KINDS}."
+            )
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {self.placement!r}; choose one of {PLACEMENTS}.")
 
@@ -156,7 +158,7 @@ class _ResidualBase(nn.Module):
 
 
 class BasicBlock(_ResidualBase):
-    """conv3×3(stride, dilation) → BN → ReLU → conv3×3 → BN, + identity, ReLU. Expansion 1.
+    """conv3×3(stride, dilation) → BN → ReLU → conv3×3 → BN, + identity, ReLU (expansion 1).
 
     As mmseg's `BasicBlock`, the second 3×3 conv is not dilated (padding 1).
     Input `[B, *spatial, C]`, output `[B, *spatial / stride, planes]`.
@@ -175,8 +177,8 @@ class BasicBlock(_ResidualBase):
 
 
 class Bottleneck(_ResidualBase):
-    """conv1×1 → BN → ReLU → conv3×3(stride, dilation) → BN → ReLU → conv1×1 (4·planes) → BN,
-    + identity, ReLU (PyTorch style: the stride sits in the 3×3 conv).
+    """conv1×1 → BN → ReLU → conv3×3(stride, dilation) → BN → ReLU → conv1×1 (4·planes)
+    → BN, + identity, ReLU (PyTorch style: the stride sits in the 3×3 conv).
 
     Input `[B, *spatial, C]`, output `[B, *spatial / stride, 4·planes]`.
     """
@@ -221,7 +223,9 @@ ARCH_SETTINGS: dict[int, Sequence[int]] = {
 
 def check_depth(depth: int) -> None:
     if depth not in ARCH_SETTINGS:
-        raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(ARCH_SETTINGS)}.")
+        raise ValueError(
+            f"unsupported ResNet depth {depth}; choose one of {sorted(ARCH_SETTINGS)}."
+        )
 
 
 def expansion(depth: int) -> int:
@@ -244,7 +248,9 @@ def stage_context_indices(
         normalised = set()
         for i in chosen:
             if not -n <= i < n:
-                raise ValueError(f"stage {stage + 1} has {n} blocks; block index {i} is out of range.")
+                raise ValueError(
+                    f"stage {stage + 1} has {n} blocks; block index {i} is out of range."
+                )
             normalised.add(i % n)
         out.append(frozenset(normalised))
     return out

@@ -128,8 +128,9 @@ def build_segmentor(
 def segmentation_loss(outputs: dict, batch: dict, *, ignore_label: int = losses.IGNORE_LABEL,
                       aux_weight: float = 0.4, ohem: Optional[dict] = None,
                       class_weights=None) -> tuple[Array, dict[str, Array]]:
-    """(total loss, {'loss', 'decode_loss', 'pixel_accuracy'[, 'aux_loss']}) for `outputs` of a `Segmentor` and a
-    batch `{'label': int [B, H, W]}`; the auxiliary term only when 'aux_logits' is present."""
+    """(total loss, {'loss', 'decode_loss', 'pixel_accuracy'[, 'aux_loss']}) for `outputs` of a
+    `Segmentor` and a batch `{'label': int [B, H, W]}`; the auxiliary term only when
+    'aux_logits' is present (training)."""
     labels = batch["label"]
     decode_loss = losses.pixel_cross_entropy(
         outputs["logits"], labels, ignore_label=ignore_label, class_weights=class_weights, ohem=ohem
