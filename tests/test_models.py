@@ -59,6 +59,16 @@ def test_resnet_v1c_trunk_parameter_count(depth):
     assert models.count_params(variables["params"]) == RESNET_V1C_PARAMS[depth]
 
 
+# torchvision trunk counts (resnetN minus its fc) + the V1c deep stem's extra 19,232 parameters
+# (3·9·32 + 32·9·32 + 32·9·64 conv weights and 2·(32 + 32 + 64) BN ones, minus the 7×7 conv's
+# 9,408 and its BN's 128); the same rule gives the reference counts for 50 and 101.
+@pytest.mark.parametrize("depth, torchvision_trunk", [(18, 11_176_512), (34, 21_284_672),
+                                                      (152, 58_143_808)])
+def test_other_depths_match_torchvision_plus_deep_stem(depth, torchvision_trunk):
+    variables = shapes_of_init(models.ResNetV1c(depth=depth), (1, 64, 64, 3))
+    assert models.count_params(variables["params"]) == torchvision_trunk + 19_232
+
+
 def test_head_parameter_counts():
     dnl = shapes_of_init(models.DNLHead(num_classes=19, channels=512), (1, 16, 16, 2048))
     fcn = shapes_of_init(
@@ -307,6 +317,19 @@ def test_unknown_model_name_and_override_raise():
         models.get_model("dnl_tiny", 19, ohem=dict(thresh=0.7))
     with pytest.raises(ValueError, match="class_weights needs 19"):
         models.get_model("dnl_tiny", 19, class_weights=[1.0, 2.0])
+
+
+def test_overrides_accept_config_values():
+    ml_collections = pytest.importorskip("ml_collections")
+    ohem = ml_collections.ConfigDict({"thresh": 0.7, "min_kept": 100_000})
+    bundle = models.get_model("dnl_tiny", 5, ohem=ohem, dtype="bfloat16", aux=False)
+    assert bundle.config["ohem"] == {"thresh": 0.7, "min_kept": 100_000}
+    variables = shapes_of_init(bundle.module, (1, 32, 32, 3))
+    assert set(variables["params"]) == {"backbone", "decode_head"}  # aux=False: no aux head
+    with pytest.raises(ValueError, match="aux_weight must be a number >= 0"):
+        models.get_model("dnl_tiny", 5, aux_weight=-1.0)
+    with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
+        models.get_model("dnl_tiny", 5, dropout_rate=1.0)
 
 
 @pytest.mark.parametrize("output_stride", [4, 12, 64])

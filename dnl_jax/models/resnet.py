@@ -86,7 +86,9 @@ class ResNetV1c(nn.Module):
       axis_name: batch-norm statistics axis under pmap (None under jit or on one device).
       frozen_bn: batch norm always uses running statistics (mmseg `norm_eval=True`).
       context: optional context block (`ContextSpec`) inserted into the residual blocks listed per
-        stage in `context_block_indices` (e.g. `((), (), (-2,), (0, 1, 2))`).
+        stage in `context_block_indices`. The official DNL detection backbone, for example, is
+        `ResNetV1c(context=ContextSpec('dnl', 'after_add', reduction=4),
+        context_block_indices=((), (), (-2,), (0, 1, 2)))` (c4 block n−2 and all of c5).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     """
 

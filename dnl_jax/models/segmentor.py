@@ -99,6 +99,8 @@ def build_segmentor(
                            base_channels=base_channels, stem_channels=stem_channels).items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer; got {value!r}.")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}.")
     if stem_channels % 2:
         raise ValueError(
             f"stem_channels must be even (the deep stem starts at stem/2); got {stem_channels}."
