@@ -392,7 +392,8 @@ def backbone_with_block(placement):
 
 def test_context_block_placements_in_the_backbone():
     images = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
-    after_add_net, after_block_net = map(backbone_with_block, ("after_add", "after_block"))
+    after_add_net, after_block_net, before_add_net = map(
+        backbone_with_block, ("after_add", "after_block", "before_add"))
     variables = models.init_variables(after_add_net, jax.random.key(1), images)
     assert "dnl_block" in variables["params"]["layer3_1"]
     others = [k for k in variables["params"] if k != "layer3_1"]
@@ -404,17 +405,20 @@ def test_context_block_placements_in_the_backbone():
     baseline = run_compiled(plain_net.apply, plain_variables, images)
     after_add = compile_for(after_add_net.apply, variables, images)
     after_block = compile_for(after_block_net.apply, variables, images)
-    # The block starts as the identity (zero-init output BN): either placement = the plain net.
-    for forward in (after_add, after_block):
+    before_add = compile_for(before_add_net.apply, variables, images)
+    # The block starts as the identity (zero-init output BN): any placement = the plain net.
+    for forward in (after_add, after_block, before_add):
         chex.assert_trees_all_close(forward(variables, images), baseline, atol=1e-6)
     # Once the block is active, the placement (before or after the final ReLU) matters.
     active = flax.core.unfreeze(variables)
     bn = active["params"]["layer3_1"]["dnl_block"]["conv_out"]["bn"]
     bn["scale"], bn["bias"] = jnp.ones_like(bn["scale"]), -jnp.ones_like(bn["bias"])
     add_out, block_out = after_add(active, images), after_block(active, images)
+    branch_out = before_add(active, images)
     assert float(jnp.min(add_out[2])) >= 0.0  # ReLU comes last
     assert float(jnp.min(block_out[2])) < 0.0  # the block's negative bias survives
-    chex.assert_trees_all_close(add_out[:2], block_out[:2])  # earlier stages untouched
+    assert not np.allclose(branch_out[2], add_out[2])  # the block sees the branch, not the sum
+    chex.assert_trees_all_close(add_out[:2], block_out[:2], branch_out[:2])  # earlier stages
 
 
 def test_frozen_bn_keeps_running_statistics_in_training():

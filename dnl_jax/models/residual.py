@@ -32,7 +32,7 @@ Array = jax.Array
 Dtype = Any
 
 CONTEXT_KINDS = ("dnl", "nl", "gc")
-PLACEMENTS = ("after_block", "after_add")
+PLACEMENTS = ("after_block", "after_add", "before_add")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +42,9 @@ class ContextSpec:
     Attributes:
       kind: 'dnl' (`DisentangledNonLocal`), 'nl' (`NonLocal`, embedded Gaussian) or 'gc'
         (`ContextBlock`).
-      placement: 'after_block' (after the block's final ReLU, as the video non-local network) or
+      placement: 'after_block' (after the block's final ReLU, as the video non-local network),
         'after_add' (after the residual add, before the final ReLU, as the official DNL detection
-        code).
+        code) or 'before_add' (on the residual branch after the last BN, as GCNet's mmdet code).
       reduction: inner channels = C // reduction for 'dnl'/'nl' (2 in mmseg and the video network,
         4 in the detection code).
       temperature: 'dnl' only.
@@ -146,9 +146,11 @@ class _ResidualBase(nn.Module):
         return self._norm(identity, "downsample_1", train)
 
     def _finish(self, out: Array, identity: Array, train: bool) -> Array:
-        """Residual add, context block (before or after the final ReLU), ReLU."""
-        out = out + identity
+        """Residual add and final ReLU, with the context block at its placement."""
         block = self.context.build(self.axis_name, self.dtype) if self.context else None
+        if block is not None and self.context.placement == "before_add":
+            out = block(out, train=train)
+        out = out + identity
         if block is not None and self.context.placement == "after_add":
             out = block(out, train=train)
         out = nn.relu(out)
