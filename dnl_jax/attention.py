@@ -2,7 +2,7 @@
 
 All kernels compute the same quantity as the materialised 'xla' path,
 
-    out_i = Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j,   q̂ = q − μ_q, k̂ = k − μ_k (or q, k if not whitened)
+    out_i = Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j,   q̂ = q − μ_q, k̂ = k − μ_k (whiten) or q̂ = q, k̂ = k
 
 with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`:
 
@@ -49,11 +49,12 @@ class BlockSizes(NamedTuple):
     key: int
 
 
-# Chosen per platform. CPU: measured on a 2-core shared machine (see experiments/benchmarks):
-# whole-N query blocks with 512-key blocks keep the matmuls large while the per-block logits
-# ([B, N, 512]) stay O(N). GPU/TPU: square blocks, a guess sized for on-chip memory, not measured.
+# Chosen per platform. CPU: measured at N=4096, C=256 on a 2-core shared machine (query blocks of
+# 512..4096 with key blocks of 256..1024 were within noise of each other): big query blocks keep
+# the matmuls large while the per-step logits [B, 4096, 256] stay bounded, independent of N.
+# GPU/TPU: square blocks, a guess sized for on-chip memory, not measured.
 _DEFAULT_BLOCK_SIZES = {
-    "cpu": BlockSizes(query=1024, key=512),
+    "cpu": BlockSizes(query=4096, key=256),
     "gpu": BlockSizes(query=512, key=512),
     "tpu": BlockSizes(query=512, key=512),
 }
@@ -96,7 +97,9 @@ def _check_block_sizes(sizes: BlockSizes) -> BlockSizes:
 def _flatten_leading(q: Array, k: Array, v: Array):
     """Broadcasts the leading axes and flattens them: `[B, N, C]`, `[B, M, C]`, `[B, M, Cv]`."""
     leading = jnp.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    flat = [jnp.broadcast_to(x, leading + x.shape[-2:]).reshape(-1, *x.shape[-2:]) for x in (q, k, v)]
+    flat = [
+        jnp.broadcast_to(x, leading + x.shape[-2:]).reshape(-1, *x.shape[-2:]) for x in (q, k, v)
+    ]
     return leading, flat
 
 
@@ -147,10 +150,18 @@ def _key_bias(num_blocks: int, block: int, num_keys: int) -> Optional[Array]:
     return jnp.where(valid, 0.0, -jnp.inf).astype(jnp.float32).reshape(num_blocks, block)
 
 
-def _block_logits(q_blk: Array, k_blk: Array, bias: Optional[Array]) -> Array:
-    """`[B, bq, C] × [B, bk, C]` → float32 logits `[B, bq, bk]` (padded keys at −inf)."""
-    s = jnp.einsum("bqc,bkc->bqk", q_blk, k_blk, preferred_element_type=jnp.float32)
-    return s if bias is None else s + bias
+def _matmul(spec: str, a: Array, b: Array) -> Array:
+    """einsum with float32 accumulation (bfloat16 operands stay bfloat16)."""
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _block_logits(q_blk: Array, key_step) -> Array:
+    """`[B, bq, C]` × one key step (k `[B, bk, C]`, v, optional bias) → float32 `[B, bq, bk]`.
+
+    Padded keys get −inf from the bias.
+    """
+    s = _matmul("bqc,bkc->bqk", q_blk, key_step[0])
+    return s + key_step[2] if len(key_step) == 3 else s
 
 
 def _key_xs(k_blocks: Array, v_blocks: Array, num_keys: int):
@@ -168,12 +179,12 @@ def _forward_query_block(q_blk: Array, key_xs) -> tuple[Array, Array]:
 
     def step(carry, xs):
         m, l, acc = carry
-        s = _block_logits(q_blk, xs[0], xs[2] if len(xs) == 3 else None)
+        s = _block_logits(q_blk, xs)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         correction = jnp.exp(m - m_new)  # exp(−inf) = 0 on the first block
         p = jnp.exp(s - m_new[..., None])
         l = l * correction + jnp.sum(p, axis=-1)
-        pv = jnp.einsum("bqk,bkc->bqc", p.astype(value_dtype), xs[1], preferred_element_type=jnp.float32)
+        pv = _matmul("bqk,bkc->bqc", p.astype(value_dtype), xs[1])
         return (m_new, l, acc * correction[..., None] + pv), None
 
     init = (
@@ -212,12 +223,12 @@ def _backward_query_block(q_blk, d_out, logsumexp, delta, key_xs):
 
     def step(dq, xs):
         k_blk, v_blk = xs[0], xs[1]
-        p = jnp.exp(_block_logits(q_blk, k_blk, xs[2] if len(xs) == 3 else None) - logsumexp[..., None])
-        dv = jnp.einsum("bqk,bqc->bkc", p.astype(dtype), d_out, preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bqc,bkc->bqk", d_out, v_blk, preferred_element_type=jnp.float32)
+        p = jnp.exp(_block_logits(q_blk, xs) - logsumexp[..., None])
+        dv = _matmul("bqk,bqc->bkc", p.astype(dtype), d_out)
+        dp = _matmul("bqc,bkc->bqk", d_out, v_blk)
         ds = (p * (dp - delta[..., None])).astype(dtype)
-        dq = dq + jnp.einsum("bqk,bkc->bqc", ds, k_blk, preferred_element_type=jnp.float32)
-        dk = jnp.einsum("bqk,bqc->bkc", ds, q_blk, preferred_element_type=jnp.float32)
+        dq = dq + _matmul("bqk,bkc->bqc", ds, k_blk)
+        dk = _matmul("bqk,bqc->bkc", ds, q_blk)
         return dq, (dk, dv)
 
     return jax.lax.scan(step, jnp.zeros(q_blk.shape, jnp.float32), key_xs)
@@ -370,7 +381,7 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
 def pairwise_attention(
     q: Array, k: Array, v: Array, *, scale, whiten: bool, implementation: Optional[str]
 ) -> Array:
-    """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with the named kernel (None: `select_implementation`).
+    """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with the named kernel; None = `select_implementation`.
 
     With None, a cuDNN rejection at trace time (a constraint `cudnn_unsupported_reason` does not
     know) falls back to 'chunked' with a warning; a named kernel never changes silently.
@@ -388,6 +399,9 @@ def pairwise_attention(
         try:
             return cudnn_attention(q, k, v, scale=scale, whiten=whiten)
         except NotImplementedError as error:
-            logger.warning("dnl attention: cuDNN rejected q%s (%s); using 'chunked'.", q.shape, error)
+            logger.warning("dnl attention: cuDNN rejected q%s (%s); using 'chunked'.", q.shape,
+                           error)
             return chunked_attention(q, k, v, scale=scale, whiten=whiten)
-    raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {KERNELS}.")
+    raise ValueError(
+        f"unknown attention implementation {implementation!r}; choose one of {KERNELS}."
+    )
