@@ -2,7 +2,7 @@
 
 All kernels compute the same quantity as the materialised 'xla' path,
 
-    out_i = Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j,   q̂ = q − μ_q, k̂ = k − μ_k (whiten) or q̂ = q, k̂ = k
+    out_i = Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j,  q̂ = q − μ_q, k̂ = k − μ_k (or q, k unwhitened)
 
 with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`:
 
@@ -49,9 +49,9 @@ class BlockSizes(NamedTuple):
     key: int
 
 
-# Chosen per platform. CPU: measured at N=4096, C=256 on a 2-core shared machine (query blocks of
-# 512..4096 with key blocks of 256..1024 were within noise of each other): big query blocks keep
-# the matmuls large while the per-step logits [B, 4096, 256] stay bounded, independent of N.
+# Chosen per platform. CPU: timed at N=4096, B=2, C=256 on a 2-core shared machine, where
+# (query, key) = (4096, 256) was fastest and (512..1024, 512..1024) within ~10% of it: big query
+# blocks keep the matmuls large while the per-step logits [B, 4096, 256] stay bounded in N.
 # GPU/TPU: square blocks, a guess sized for on-chip memory, not measured.
 _DEFAULT_BLOCK_SIZES = {
     "cpu": BlockSizes(query=4096, key=256),

@@ -39,6 +39,23 @@ def time_call(fn: Callable[[], object], repeats: int = 3, block=jax.block_until_
     return best
 
 
+def time_interleaved(fns: dict, repeats: int = 3, block=jax.block_until_ready) -> dict:
+    """Best wall time of each `fns[name]()`, the calls interleaved round by round.
+
+    Side-by-side comparisons on a shared machine whose load drifts: every contender sees the
+    same stretch of time. One warm-up call each first (compilation). `block` waits for a result.
+    """
+    for fn in fns.values():
+        block(fn())
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            block(fn())
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
     """Same-run float32 matmul throughput of this machine under jit: 2·size³ FLOP per call."""
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size))

@@ -7,7 +7,8 @@ Both blocks compute mmseg's DisentangledNonLocal2d (reduction 2, use_scale, temp
 whitening, unary conv_mask, conv_out 1×1 + BatchNorm in training mode) on the same weights and
 input; the script checks that their outputs agree before timing. The PyTorch block below is
 written here from mmseg's semantics (it materialises the N × N attention, as mmseg does). Timed:
-loss = Σ out², gradient w.r.t. the input and all parameters. dnl_jax runs with
+loss = Σ out², gradient w.r.t. the input and all parameters; the three contenders run interleaved,
+round by round, and each keeps its best time (the machine's load drifts). dnl_jax runs with
 implementation=None (automatic choice, printed) and 'xla'. Writes results/block_vs_torch.{json,png}.
 """
 
@@ -102,14 +103,18 @@ def measure(side: int, batch: int, channels: int, repeats: int) -> dict:
     inner = jax.ShapeDtypeStruct((batch, side * side, channels // 2), x.dtype)
     auto = attention.select_implementation(inner, inner, inner)
     row = dict(side=side, n=side * side, batch=batch, auto_implementation=auto)
-    for name, implementation in (("jax_auto", None), ("jax_xla", "xla")):
-        step = jax_step(implementation, variables)
-        row[f"{name}_s"] = bench_utils.time_call(lambda: step(params, x), repeats)
-    _, out_jax = jax_step(None, variables)(params, x)
+    jax_auto, jax_xla = jax_step(None, variables), jax_step("xla", variables)
+    _, out_jax = jax_auto(params, x)
     out_torch = torch_step(reference, x_torch).detach().numpy().transpose(0, 2, 3, 1)
     row["max_abs_diff_outputs"] = float(np.max(np.abs(np.asarray(out_jax) - out_torch)))
-    row["torch_s"] = bench_utils.time_call(lambda: torch_step(reference, x_torch), repeats,
-                                           block=lambda _: None)
+
+    def wait(result):  # torch runs eagerly (returns when done); jax results are awaited
+        return result if isinstance(result, torch.Tensor) else jax.block_until_ready(result)
+
+    times = bench_utils.time_interleaved(
+        dict(jax_auto=lambda: jax_auto(params, x), jax_xla=lambda: jax_xla(params, x),
+             torch=lambda: torch_step(reference, x_torch)), repeats, block=wait)
+    row.update({f"{name}_s": seconds for name, seconds in times.items()})
     row["speedup_auto_vs_torch"] = row["torch_s"] / row["jax_auto_s"]
     return row
 
