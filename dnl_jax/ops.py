@@ -213,8 +213,9 @@ def dnl_attention(
       temperature: divides the pairwise logits; must be > 0 (the paper uses 0.05).
       scale: multiplies the pairwise logits; None means 1/√C.
       whiten: subtract μ_q and μ_k in the pairwise term (False gives plain non-local logits).
-      implementation: None (pick automatically), 'xla' (materialises the N × M matrix),
-        'chunked' or 'cudnn' (memory-efficient kernels in `dnl_jax.attention`).
+      implementation: None (pick automatically: `dnl_jax.attention.select_implementation`),
+        'xla' (materialises the N × M matrix), 'chunked' (exact, O(N + M) memory forward and
+        backward) or 'cudnn' (NVIDIA GPUs, bfloat16/float16), both in `dnl_jax.attention`.
 
     Returns:
       `[..., N, Cv]` in the dtype of `v`.

@@ -79,6 +79,18 @@ def test_chunked_sharp_softmax_is_stable():
     chex.assert_trees_all_close(grads, ref_grads, rtol=1e-3, atol=1e-3)
 
 
+def test_chunked_under_batch_sharded_jit():
+    # The global-view training step shards the batch over devices (4 fake CPU devices here).
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    args = _inputs((2 * jax.device_count(),), 21, 13, 8, 8, seed=5)
+    sharded = tuple(jax.device_put(a, sharding) for a in args)
+    out, grads = _value_and_grads(_attention_fn("chunked"), *sharded)
+    ref_out, ref_grads = _value_and_grads(_attention_fn("xla"), *args)
+    chex.assert_trees_all_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(grads, ref_grads, rtol=1e-4, atol=1e-5)
+
+
 def test_chunked_bfloat16_close_to_float32():
     args32 = _inputs((2,), 40, 40, 16, 16, seed=3)
     args16 = tuple(a.astype(jnp.bfloat16) for a in args32)
