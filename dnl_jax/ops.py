@@ -213,8 +213,9 @@ def dnl_attention(
       temperature: divides the pairwise logits; must be > 0 (the paper uses 0.05).
       scale: multiplies the pairwise logits; None means 1/√C.
       whiten: subtract μ_q and μ_k in the pairwise term (False gives plain non-local logits).
-      implementation: None (pick automatically), 'xla' (materialises the N × M matrix),
-        'chunked' or 'cudnn' (memory-efficient kernels in `dnl_jax.attention`).
+      implementation: None (pick automatically: `dnl_jax.attention.select_implementation`),
+        'xla' (materialises the N × M matrix), 'chunked' (exact, O(N + M) memory forward and
+        backward) or 'cudnn' (NVIDIA GPUs, bfloat16/float16), both in `dnl_jax.attention`.
 
     Returns:
       `[..., N, Cv]` in the dtype of `v`.
@@ -237,13 +238,26 @@ def dnl_attention(
     return (pairwise + unary_attention(unary, v)).astype(v.dtype)
 
 
+def materialised_pairwise_attention(
+    q: Array, k: Array, v: Array, *, scale: float, whiten: bool = True
+) -> Array:
+    """The 'xla' kernel: Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with the `[..., N, M]` logits formed.
+
+    q̂, k̂ are q, k whitened (`whiten`) or as given. Shapes as `dnl_attention`; O(N · M) memory.
+    """
+    logits_fn = whitened_pairwise_logits if whiten else nonlocal_logits
+    return softmax_aggregate(logits_fn(q, k, scale=scale), v)
+
+
 def _pairwise_attention(
     q: Array, k: Array, v: Array, *, scale: float, whiten: bool, implementation: Optional[str]
 ) -> Array:
     """Dispatches Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j to a kernel (whitened or not)."""
-    if implementation in (None, "xla"):
-        logits_fn = whitened_pairwise_logits if whiten else nonlocal_logits
-        return softmax_aggregate(logits_fn(q, k, scale=scale), v)
-    raise NotImplementedError(
-        f"implementation={implementation!r} is not available in this version; use 'xla' or None."
+    if implementation == "xla":
+        return materialised_pairwise_attention(q, k, v, scale=scale, whiten=whiten)
+    # Imported here because dnl_jax.attention builds on this module.
+    from dnl_jax import attention
+
+    return attention.pairwise_attention(
+        q, k, v, scale=scale, whiten=whiten, implementation=implementation
     )

@@ -1,0 +1,86 @@
+"""Shared helpers of the benchmark scripts: timing, the machine's name, JSON + PNG output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from typing import Callable
+
+import jax
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def machine_description() -> str:
+    """CPU model, visible cores and JAX backend, e.g. for the tables' captions."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = jax.devices()[0]
+    return f"{cpu}, {os.cpu_count()} cores visible, JAX {jax.__version__} on {device.device_kind}"
+
+
+def time_call(fn: Callable[[], object], repeats: int = 3, block=jax.block_until_ready) -> float:
+    """Best wall time in seconds of `fn()` over `repeats` runs, after one warm-up (compile) run.
+
+    The minimum is the least noisy statistic on a shared machine (noise only adds time).
+    """
+    block(fn())
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block(fn())
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_interleaved(fns: dict, repeats: int = 3, block=jax.block_until_ready) -> dict:
+    """Best wall time of each `fns[name]()`, the calls interleaved round by round.
+
+    Side-by-side comparisons on a shared machine whose load drifts: every contender sees the
+    same stretch of time. One warm-up call each first (compilation). `block` waits for a result.
+    """
+    for fn in fns.values():
+        block(fn())
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            block(fn())
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """Same-run float32 matmul throughput of this machine under jit: 2·size³ FLOP per call."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
+    matmul = jax.jit(lambda x: x @ x)
+    return 2 * size**3 / time_call(lambda: matmul(a), repeats) / 1e9
+
+
+def save_json(name: str, payload: dict) -> str:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path
+
+
+def save_figure(name: str, figure) -> str:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.png")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def print_table(header: list[str], rows: list[list]) -> None:
+    """Markdown table on stdout (pasteable into RESULTS.md)."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
