@@ -1,0 +1,108 @@
+"""mmcv / mmseg state_dicts → dnl_jax variables, recognised by their keys.
+
+Bare blocks (a block's own `state_dict()`, or a sub-dict taken with `strip_prefix`):
+- mmseg `DisentangledNonLocal2d`: has `conv_mask.weight` → `blocks.DisentangledNonLocal`.
+- mmcv `NonLocal2d` with a norm (mmseg's NLHead builds it with BN): `conv_out.bn.*` →
+  `blocks.NonLocal()`; without a norm: `conv_out.conv.bias` → `blocks.NonLocal(norm=None)`.
+The reduction is read from `g.conv.weight` ([C/reduction, C, 1, 1]); mmcv's `sub_sample` wraps
+g and phi in a Sequential with a max-pool (`g.0.conv.weight`), which maps to `sub_sample=True`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax.numpy as jnp
+
+from dnl_jax import blocks
+from dnl_jax.interop import mapping
+from dnl_jax.interop.checkpoint_io import to_numpy
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries under `prefix` (e.g. 'decode_head.dnl_block.'), with the prefix removed."""
+    prefix = prefix if prefix.endswith(".") or not prefix else prefix + "."
+    sub = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    if not sub:
+        raise ValueError(
+            f"no key starts with {prefix!r}; first keys: {sorted(state_dict)[:6]}. Check the prefix."
+        )
+    return sub
+
+
+def _block_layout(state_dict: Mapping[str, Any]) -> tuple[int, int, bool]:
+    """(in channels, reduction, sub_sample) from the g projection's weight."""
+    sub_sample = "g.0.conv.weight" in state_dict
+    g_key = "g.0.conv.weight" if sub_sample else "g.conv.weight"
+    if g_key not in state_dict:
+        raise ValueError(
+            f"not a non-local block state_dict: no {g_key!r} (keys: {sorted(state_dict)[:6]}...). "
+            "For a whole segmentor pass its full state_dict; for a block inside one, take its "
+            "entries with strip_prefix(state_dict, 'decode_head.dnl_block.')."
+        )
+    inner, channels = to_numpy(state_dict[g_key]).shape[:2]
+    if channels % inner:
+        raise ValueError(f"{g_key} has shape {tuple(to_numpy(state_dict[g_key]).shape)}: "
+                         f"{channels} input channels are not a multiple of {inner} inner ones.")
+    return channels, channels // inner, sub_sample
+
+
+def _sub_sample_rename(module_path: tuple[str, ...]) -> str:
+    """mmcv's sub-sampled g/phi are `Sequential(conv, pool)`: `g.conv` lives at `g.0.conv`."""
+    head, *rest = module_path
+    if head in ("g", "phi"):
+        return ".".join((head, "0", *rest))
+    return ".".join(module_path)
+
+
+def block_for_state_dict(state_dict: Mapping[str, Any]) -> tuple[Any, int]:
+    """The dnl_jax block (with the checkpoint's reduction/sub-sampling) and its channel count."""
+    channels, reduction, sub_sample = _block_layout(state_dict)
+    if "conv_mask.weight" in state_dict:
+        norm = "batch"
+        cls = blocks.DisentangledNonLocal
+    else:
+        cls = blocks.NonLocal
+        norm = None if "conv_out.conv.bias" in state_dict else "batch"
+    if norm == "batch" and cls is blocks.DisentangledNonLocal and "conv_out.bn.weight" not in state_dict:
+        norm = None  # A DNL block built without norm_cfg: conv_out carries a bias instead.
+    return cls(reduction=reduction, sub_sample=sub_sample, norm=norm), channels
+
+
+def block_to_flax(
+    state_dict: Mapping[str, Any], *, strict: bool = True
+) -> tuple[Any, dict, mapping.ConversionReport]:
+    """Bare mmcv `NonLocal2d` / mmseg `DisentangledNonLocal2d` → (module, variables, report)."""
+    module, channels = block_for_state_dict(state_dict)
+    template = mapping.template_of(module, jnp.zeros((1, 2, 2, channels), jnp.float32))
+    rename = _sub_sample_rename if module.sub_sample else None
+    variables, report = mapping.torch_to_flax(
+        state_dict, template, rename=rename, strict=strict, what=f"{type(module).__name__} state_dict"
+    )
+    return module, variables, report
+
+
+def mmseg_to_flax(state_dict: Mapping[str, Any], *, strict: bool = True):
+    """mmcv/mmseg state_dict → `{'params': ..., 'batch_stats': ...}` for the matching module.
+
+    Args:
+      state_dict: `{name: torch tensor or numpy array}`, e.g. from `load_torch_checkpoint`.
+      strict: fail with a `ConversionError` listing every missing, unexpected and mis-shaped key.
+
+    Returns:
+      The variables when `strict`; `(variables with only the matched leaves, report)` otherwise.
+      `block_for_state_dict` gives the module they belong to (defaults for mmseg's blocks).
+    """
+    if any(key.startswith(("backbone.", "decode_head.")) for key in state_dict):
+        raise ValueError(
+            "whole-segmentor (EncoderDecoder) state_dicts are not supported by this version yet; "
+            "convert a block with mmseg_to_flax(strip_prefix(sd, 'decode_head.dnl_block.'))."
+        )
+    _, variables, report = block_to_flax(state_dict, strict=strict)
+    return variables if strict else (variables, report)
+
+
+def flax_block_to_torch_state_dict(module: Any, variables: Any, *, as_torch: bool = False) -> dict:
+    """A dnl_jax block's variables → the mmcv/mmseg block's state_dict (inverse of the above)."""
+    rename: Optional[mapping.Rename] = _sub_sample_rename if module.sub_sample else None
+    return mapping.flax_to_torch_state_dict(variables, rename=rename, as_torch=as_torch)
