@@ -42,7 +42,7 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with `state_dict`/`meta`) or a `.safetensors` file.
 
     Returns:
-      `{parameter name: numpy array}` in PyTorch layout (conv weights OIHW), in file order.
+      `{parameter name: numpy array}` in PyTorch layout (conv weights OIHW).
 
     Raises:
       ValueError: missing file, unknown suffix, a pickle that is not plain weights (e.g. one that
