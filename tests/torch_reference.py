@@ -73,6 +73,134 @@ class DisentangledNonLocal2d(nn.Module):
         return x + self.conv_out(y)
 
 
+class ResidualBlock(nn.Module):
+    """mmseg `BasicBlock` (expansion 1) or `Bottleneck` (expansion 4, stride in the 3×3 conv)."""
+
+    def __init__(self, inplanes, planes, bottleneck, stride, dilation):
+        super().__init__()
+        self.expansion = 4 if bottleneck else 1
+        out = planes * self.expansion
+        self.bottleneck = bottleneck
+        conv = lambda cin, cout, k, s=1, d=1: nn.Conv2d(cin, cout, k, s, d * (k // 2), d, bias=False)
+        if bottleneck:
+            self.conv1, self.bn1 = conv(inplanes, planes, 1), nn.BatchNorm2d(planes)
+            self.conv2, self.bn2 = conv(planes, planes, 3, stride, dilation), nn.BatchNorm2d(planes)
+            self.conv3, self.bn3 = conv(planes, out, 1), nn.BatchNorm2d(out)
+        else:  # mmseg: only the first 3×3 conv is dilated.
+            self.conv1, self.bn1 = conv(inplanes, planes, 3, stride, dilation), nn.BatchNorm2d(planes)
+            self.conv2, self.bn2 = conv(planes, planes, 3), nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != out:
+            self.downsample = nn.Sequential(conv(inplanes, out, 1, stride), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.bottleneck:
+            out = self.bn3(self.conv3(torch.relu(out)))
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + identity)
+
+
+class ResNetV1c(nn.Module):
+    """mmseg `ResNetV1c`: deep stem (3×3 convs stem/2, stem/2, stem) + max-pool, 4 stages with
+    strides (1, 2, 1, 1) and dilations (1, 1, 2, 4) (output stride 8), contract_dilation."""
+
+    def __init__(self, stage_blocks, bottleneck, stem=64, base=64, in_channels=3,
+                 strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)):
+        super().__init__()
+        half = stem // 2
+        stem_layers = []
+        for cin, cout, stride in [(in_channels, half, 2), (half, half, 1), (half, stem, 1)]:
+            stem_layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                            nn.ReLU()]
+        self.stem = nn.Sequential(*stem_layers)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = stem
+        for stage, num_blocks in enumerate(stage_blocks):
+            planes = base * 2**stage
+            dilation = dilations[stage]
+            blocks = []
+            for index in range(num_blocks):
+                first_dilation = dilation // 2 if dilation > 1 else dilation
+                blocks.append(ResidualBlock(
+                    inplanes, planes, bottleneck, strides[stage] if index == 0 else 1,
+                    first_dilation if index == 0 else dilation))
+                inplanes = planes * blocks[-1].expansion
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
+
+    def forward(self, x):
+        x = self.maxpool(self.stem(x))
+        outs = []
+        for stage in range(1, 5):
+            x = getattr(self, f"layer{stage}")(x)
+            outs.append(x)
+        return outs
+
+
+class FCNHead(nn.Module):
+    """mmseg `FCNHead` (eval mode): `num_convs` conv3×3-BN-ReLU, optional `conv_cat` on
+    concat([x, convs(x)]), dropout (identity in eval), 1×1 `conv_seg`; `context` ('dnl' or 'nl')
+    puts the block between the two convs (mmseg `DNLHead` / `NLHead`)."""
+
+    def __init__(self, in_channels, channels, num_classes, num_convs=2, concat_input=True,
+                 context=None):
+        super().__init__()
+        unit = lambda cin: ConvUnit(cin, channels, 3, bias=False, bn=True, relu=True)
+        self.convs = nn.Sequential(unit(in_channels), *[unit(channels) for _ in range(num_convs - 1)])
+        self.context = context
+        if context == "dnl":
+            self.dnl_block = DisentangledNonLocal2d(channels)
+        elif context == "nl":
+            self.nl_block = NonLocal2d(channels)
+        self.conv_cat = unit(in_channels + channels) if concat_input else None
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x):
+        if self.context is None:
+            out = self.convs(x)
+        else:
+            block = self.dnl_block if self.context == "dnl" else self.nl_block
+            out = self.convs[1](block(self.convs[0](x)))
+        if self.conv_cat is not None:
+            out = self.conv_cat(torch.cat([x, out], dim=1))
+        return self.conv_seg(out)
+
+
+class EncoderDecoder(nn.Module):
+    """mmseg `EncoderDecoder` inference: decode head on stage 4, logits resized bilinearly
+    (align_corners=False) to the image; `auxiliary_head` (FCN on stage 3) is kept for its keys."""
+
+    def __init__(self, backbone, decode_head, auxiliary_head=None):
+        super().__init__()
+        self.backbone, self.decode_head, self.auxiliary_head = backbone, decode_head, auxiliary_head
+
+    def forward(self, images):
+        logits = self.decode_head(self.backbone(images)[-1])
+        return torch.nn.functional.interpolate(
+            logits, size=images.shape[2:], mode="bilinear", align_corners=False)
+
+
+class NonLocal2d(nn.Module):
+    """mmcv `NonLocal2d` (embedded Gaussian, scaled, BN after conv_out) as mmseg's NLHead builds it."""
+
+    def __init__(self, channels, reduction=2):
+        super().__init__()
+        inner = channels // reduction
+        self.inner = inner
+        self.g = ConvUnit(channels, inner, bias=True)
+        self.theta = ConvUnit(channels, inner, bias=True)
+        self.phi = ConvUnit(channels, inner, bias=True)
+        self.conv_out = ConvUnit(inner, channels, bias=False, bn=True)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        value = self.g(x).flatten(2).transpose(1, 2)
+        logits = self.theta(x).flatten(2).transpose(1, 2) @ self.phi(x).flatten(2) / self.inner**0.5
+        y = (logits.softmax(dim=-1) @ value).transpose(1, 2).reshape(n, self.inner, h, w)
+        return x + self.conv_out(y)
+
+
 @torch.no_grad()
 def randomize(module, seed: int = 0, std: float = 0.2):
     """Random weights, biases and batch-norm statistics (so no block is the identity); eval mode.
