@@ -107,14 +107,19 @@ class ResNetV1c(nn.Module):
     strides (1, 2, 1, 1) and dilations (1, 1, 2, 4) (output stride 8), contract_dilation."""
 
     def __init__(self, stage_blocks, bottleneck, stem=64, base=64, in_channels=3,
-                 strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)):
+                 strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), torchvision_stem=False):
         super().__init__()
         half = stem // 2
-        stem_layers = []
-        for cin, cout, stride in [(in_channels, half, 2), (half, half, 1), (half, stem, 1)]:
-            stem_layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
-                            nn.ReLU()]
-        self.stem = nn.Sequential(*stem_layers)
+        self.torchvision_stem = torchvision_stem
+        if torchvision_stem:  # torchvision / V1b: one 7×7 conv, names conv1 and bn1.
+            self.conv1 = nn.Conv2d(in_channels, stem, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(stem)
+        else:
+            stem_layers = []
+            for cin, cout, stride in [(in_channels, half, 2), (half, half, 1), (half, stem, 1)]:
+                stem_layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+                                nn.BatchNorm2d(cout), nn.ReLU()]
+            self.stem = nn.Sequential(*stem_layers)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = stem
         for stage, num_blocks in enumerate(stage_blocks):
@@ -130,7 +135,8 @@ class ResNetV1c(nn.Module):
             setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
 
     def forward(self, x):
-        x = self.maxpool(self.stem(x))
+        x = torch.relu(self.bn1(self.conv1(x))) if self.torchvision_stem else self.stem(x)
+        x = self.maxpool(x)
         outs = []
         for stage in range(1, 5):
             x = getattr(self, f"layer{stage}")(x)

@@ -21,6 +21,13 @@ from dnl_jax.interop.mmseg import (
     mmseg_to_flax,
     strip_prefix,
 )
+from dnl_jax.interop.segmentor import (
+    flax_segmentor_to_torch_state_dict,
+    resnet_v1c_to_flax,
+    segmentor_for_state_dict,
+    segmentor_to_flax,
+)
+from dnl_jax.interop.torchvision import torchvision_resnet_to_flax
 
 __all__ = [
     "ConversionError",
@@ -28,11 +35,16 @@ __all__ = [
     "block_for_state_dict",
     "block_to_flax",
     "flax_block_to_torch_state_dict",
+    "flax_segmentor_to_torch_state_dict",
     "flax_to_torch_state_dict",
     "load_torch_checkpoint",
     "merge_variables",
     "mmseg_to_flax",
+    "resnet_v1c_to_flax",
+    "segmentor_for_state_dict",
+    "segmentor_to_flax",
     "strip_prefix",
     "torch_to_flax",
+    "torchvision_resnet_to_flax",
     "unwrap_state_dict",
 ]
