@@ -86,11 +86,13 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(out_dir, "state"), jax.tree.map(np.asarray, variables))
     checkpointer.wait_until_finished()
+    mismatched = [dict(key=key, checkpoint=list(got), model=list(want))
+                  for key, got, want, _ in report.mismatched]
     summary = dict(
-        source=os.path.abspath(in_path), model=model, num_classes=int(module.decode_head.num_classes),
-        partial=partial, loaded=len(report.loaded), missing=[k for k, _ in report.missing],
-        unexpected=list(report.unexpected),
-        mismatched=[dict(key=k, checkpoint=list(g), model=list(w)) for k, g, w, _ in report.mismatched],
+        source=os.path.abspath(in_path), model=model,
+        num_classes=int(module.decode_head.num_classes), partial=partial,
+        loaded=len(report.loaded), missing=[key for key, _ in report.missing],
+        unexpected=list(report.unexpected), mismatched=mismatched,
     )
     with open(os.path.join(out_dir, "conversion.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
@@ -102,13 +104,13 @@ def _fresh_variables(module: Any, seed: int) -> dict:
     images = np.zeros((1, 64, 64, module.backbone.in_channels), np.float32)
     keys = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
     init = jax.jit(lambda rngs, x: module.init(rngs, x, train=True))
-    return jax.tree.map(np.asarray, mapping._unfreeze(init(keys, images)))  # pylint: disable=protected-access
+    return jax.tree.map(np.asarray, mapping.plain_dict(init(keys, images)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dnl_jax.interop.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help=".pth/.pt/.safetensors file (loaded without pickle code)")
+    parser.add_argument("checkpoint", help=".pth/.pt/.safetensors (no pickled code is run)")
     parser.add_argument("out_dir", help="output directory; OUT_DIR/state is the orbax checkpoint")
     parser.add_argument("--model", default="auto", help="registry name, or 'auto' (default)")
     parser.add_argument("--num-classes", type=int, default=None)
@@ -123,8 +125,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {os.path.join(os.path.abspath(args.out_dir), 'state')}: loaded {summary['loaded']} "
-          f"tensors; missing {len(summary['missing'])}, unexpected {len(summary['unexpected'])}, "
+    state_dir = os.path.join(os.path.abspath(args.out_dir), "state")
+    print(f"wrote {state_dir}: loaded {summary['loaded']} tensors; "
+          f"missing {len(summary['missing'])}, unexpected {len(summary['unexpected'])}, "
           f"mis-shaped {len(summary['mismatched'])} (details in conversion.json)")
     return 0
 

@@ -64,7 +64,8 @@ def torch_key(flax_path: tuple[str, ...], rename: Optional[Rename] = None) -> st
             f"{sorted('/'.join(k) for k in LEAF_TO_TORCH)}."
         )
     prefix = (rename or default_rename)(tuple(modules))
-    return f"{prefix}.{LEAF_TO_TORCH[(collection, leaf)]}" if prefix else LEAF_TO_TORCH[(collection, leaf)]
+    name = LEAF_TO_TORCH[(collection, leaf)]
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _torch_layout_shape(flax_path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -133,7 +134,7 @@ def torch_to_flax(
       `(variables, report)`: nested numpy variables (only the loaded leaves when not strict), in
       the template's dtypes.
     """
-    flat_template = traverse_util.flatten_dict(_unfreeze(template))
+    flat_template = traverse_util.flatten_dict(plain_dict(template))
     remaining = {key: value for key, value in state_dict.items()
                  if key.rsplit(".", 1)[-1] not in IGNORED_TORCH_LEAVES}
     loaded, missing, mismatched, flat_out = [], [], [], {}
@@ -167,7 +168,7 @@ def flax_to_torch_state_dict(
     so that `torch.nn.Module.load_state_dict(..., strict=True)` accepts the result.
     """
     state_dict = {}
-    for path, value in traverse_util.flatten_dict(_unfreeze(variables)).items():
+    for path, value in traverse_util.flatten_dict(plain_dict(variables)).items():
         value = np.asarray(value)
         state_dict[torch_key(path, rename)] = (
             flax_to_torch_kernel(value) if path[-1] == "kernel" else value
@@ -178,14 +179,16 @@ def flax_to_torch_state_dict(
     if as_torch:
         import torch  # pylint: disable=import-outside-toplevel
 
-        state_dict = {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in state_dict.items()}
+        state_dict = {
+            key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state_dict.items()
+        }
     return state_dict
 
 
 def merge_variables(base: Any, loaded: Any) -> dict:
     """`base` with every leaf present in `loaded` replaced (for partial loads, e.g. a backbone)."""
-    flat = traverse_util.flatten_dict(_unfreeze(base))
-    for path, value in traverse_util.flatten_dict(_unfreeze(loaded)).items():
+    flat = traverse_util.flatten_dict(plain_dict(base))
+    for path, value in traverse_util.flatten_dict(plain_dict(loaded)).items():
         if path not in flat:
             raise ValueError(f"loaded leaf {'/'.join(path)!r} is not in the base variables.")
         if tuple(np.shape(value)) != tuple(np.shape(flat[path])):
@@ -197,13 +200,13 @@ def merge_variables(base: Any, loaded: Any) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
-def _unfreeze(tree: Any) -> Any:
+def plain_dict(tree: Any) -> Any:
     """Plain nested dicts (flax FrozenDict or any mapping in, dict out)."""
     if isinstance(tree, Mapping):
-        return {key: _unfreeze(value) for key, value in tree.items()}
+        return {key: plain_dict(value) for key, value in tree.items()}
     return tree
 
 
 def template_of(module: Any, *example_inputs: Any) -> dict:
     """Shapes and dtypes of `module.init(key, *example_inputs)` without computing anything."""
-    return _unfreeze(jax.eval_shape(module.init, jax.random.key(0), *example_inputs))
+    return plain_dict(jax.eval_shape(module.init, jax.random.key(0), *example_inputs))

@@ -25,7 +25,8 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     sub = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
     if not sub:
         raise ValueError(
-            f"no key starts with {prefix!r}; first keys: {sorted(state_dict)[:6]}. Check the prefix."
+            f"no key starts with {prefix!r}; first keys: {sorted(state_dict)[:6]}. Check the "
+            "prefix."
         )
     return sub
 
@@ -58,14 +59,9 @@ def _sub_sample_rename(module_path: tuple[str, ...]) -> str:
 def block_for_state_dict(state_dict: Mapping[str, Any]) -> tuple[Any, int]:
     """The dnl_jax block (with the checkpoint's reduction/sub-sampling) and its channel count."""
     channels, reduction, sub_sample = _block_layout(state_dict)
-    if "conv_mask.weight" in state_dict:
-        norm = "batch"
-        cls = blocks.DisentangledNonLocal
-    else:
-        cls = blocks.NonLocal
-        norm = None if "conv_out.conv.bias" in state_dict else "batch"
-    if norm == "batch" and cls is blocks.DisentangledNonLocal and "conv_out.bn.weight" not in state_dict:
-        norm = None  # A DNL block built without norm_cfg: conv_out carries a bias instead.
+    cls = blocks.DisentangledNonLocal if "conv_mask.weight" in state_dict else blocks.NonLocal
+    # Built without norm_cfg, mmcv's conv_out has a bias and no norm.
+    norm = "batch" if "conv_out.bn.weight" in state_dict else None
     return cls(reduction=reduction, sub_sample=sub_sample, norm=norm), channels
 
 
@@ -77,7 +73,8 @@ def block_to_flax(
     template = mapping.template_of(module, jnp.zeros((1, 2, 2, channels), jnp.float32))
     rename = _sub_sample_rename if module.sub_sample else None
     variables, report = mapping.torch_to_flax(
-        state_dict, template, rename=rename, strict=strict, what=f"{type(module).__name__} state_dict"
+        state_dict, template, rename=rename, strict=strict,
+        what=f"{type(module).__name__} state_dict",
     )
     return module, variables, report
 

@@ -117,7 +117,7 @@ def segmentor_template(module: Any, image_size: int = 64) -> dict:
     shapes = jax.eval_shape(
         lambda: module.init({"params": key, "dropout": key}, images, train=True)
     )
-    return mapping._unfreeze(shapes)  # pylint: disable=protected-access
+    return mapping.plain_dict(shapes)
 
 
 def segmentor_to_flax(
