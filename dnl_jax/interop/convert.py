@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from dnl_jax.interop import mapping, segmentor
+from dnl_jax.interop.mapping import ConversionError
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
 
 
@@ -123,7 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           num_classes=args.num_classes, output_stride=args.output_stride,
                           partial=args.partial)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        hint = "\n(strict=False is --partial here.)" if isinstance(error, ConversionError) else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
         return 2
     state_dir = os.path.join(os.path.abspath(args.out_dir), "state")
     print(f"wrote {state_dir}: loaded {summary['loaded']} tensors; "
