@@ -24,6 +24,17 @@ def shapes_of_init(module, input_shape, **kwargs):
     return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **kwargs), inputs)
 
 
+def compile_for(fn, *args):
+    """`fn` jit-compiled for arguments shaped like `args`, without XLA's backend optimisation
+    (about 4x faster to compile on CPU; these tests check values, not speed)."""
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return jax.jit(fn).lower(*args).compile(compiler_options=options)
+
+
+def run_compiled(fn, *args):
+    return compile_for(fn, *args)(*args)
+
+
 def flat_names(tree) -> set:
     return {"/".join(path) for path in flax.traverse_util.flatten_dict(tree)}
 
@@ -46,6 +57,16 @@ def tiny():
 def test_resnet_v1c_trunk_parameter_count(depth):
     variables = shapes_of_init(models.ResNetV1c(depth=depth), (1, 64, 64, 3))
     assert models.count_params(variables["params"]) == RESNET_V1C_PARAMS[depth]
+
+
+# torchvision trunk counts (resnetN minus its fc) + the V1c deep stem's extra 19,232 parameters
+# (3·9·32 + 32·9·32 + 32·9·64 conv weights and 2·(32 + 32 + 64) BN ones, minus the 7×7 conv's
+# 9,408 and its BN's 128); the same rule gives the reference counts for 50 and 101.
+@pytest.mark.parametrize("depth, torchvision_trunk", [(18, 11_176_512), (34, 21_284_672),
+                                                      (152, 58_143_808)])
+def test_other_depths_match_torchvision_plus_deep_stem(depth, torchvision_trunk):
+    variables = shapes_of_init(models.ResNetV1c(depth=depth), (1, 64, 64, 3))
+    assert models.count_params(variables["params"]) == torchvision_trunk + 19_232
 
 
 def test_head_parameter_counts():
@@ -118,7 +139,7 @@ def test_bottleneck_widths_and_odd_sizes_round_up_like_pytorch():
 def test_tiny_segmentor_logits_at_any_input_size(tiny):
     bundle, variables = tiny
     images = jax.random.normal(jax.random.key(2), (1, 97, 131, 3))
-    outputs = jax.jit(lambda v, x: bundle.module.apply(v, x, train=False))(variables, images)
+    outputs = run_compiled(lambda v, x: bundle.module.apply(v, x, train=False), variables, images)
     assert set(outputs) == {"logits"}
     chex.assert_shape(outputs["logits"], (1, 97, 131, 5))
     chex.assert_tree_all_finite(outputs)
@@ -138,15 +159,15 @@ def test_train_step_outputs_aux_logits_updates_stats_and_lowers_the_loss(tiny):
         loss, scalars = bundle.loss_fn(outputs, batch)
         return loss, (outputs, updates, scalars)
 
-    grad_fn = jax.jit(jax.value_and_grad(loss_of, has_aux=True))
-    (loss, (outputs, updates, scalars)), grads = grad_fn(variables["params"])
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+    (loss, (outputs, updates, scalars)), grads = run_compiled(grad_fn, variables["params"])
     chex.assert_shape([outputs["logits"], outputs["aux_logits"]], (2, 32, 32, 5))
-    assert set(scalars) == {"loss", "decode_loss", "aux_loss"}
+    assert set(scalars) == {"loss", "decode_loss", "aux_loss", "pixel_accuracy"}
     np.testing.assert_allclose(loss, scalars["decode_loss"] + 0.4 * scalars["aux_loss"], rtol=1e-6)
     assert set(updates) == {"batch_stats"}
     assert not np.allclose(updates["batch_stats"]["backbone"]["stem_1"]["mean"], 0.0)
     stepped = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, variables["params"], grads)
-    (new_loss, _), _ = grad_fn(stepped)
+    (new_loss, _), _ = run_compiled(grad_fn, stepped)
     assert new_loss < loss
 
 
@@ -179,9 +200,10 @@ def test_loss_ignores_255_and_matches_numpy():
     loss = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
     np.testing.assert_allclose(loss, numpy_cross_entropy(logits, labels, keep), rtol=1e-5)
     # Whatever the network predicts at ignored pixels, the loss is the same.
-    changed = np.where(keep[..., None], logits, 50.0 * np.random.default_rng(1).normal(size=logits.shape))
-    np.testing.assert_allclose(losses.pixel_cross_entropy(jnp.asarray(changed), jnp.asarray(labels)),
-                               loss, rtol=1e-6)
+    noise = 50.0 * np.random.default_rng(1).normal(size=logits.shape)
+    changed = np.where(keep[..., None], logits, noise)
+    changed_loss = losses.pixel_cross_entropy(jnp.asarray(changed), jnp.asarray(labels))
+    np.testing.assert_allclose(changed_loss, loss, rtol=1e-6)
     weights = [0.5, 1.0, 2.0, 0.1]
     weighted = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
                                           class_weights=weights)
@@ -254,8 +276,36 @@ def test_registry_names_and_bundle_fields():
     assert required <= set(models.MODEL_NAMES)
     for name in models.MODEL_NAMES:
         bundle = models.get_model(name, num_classes=3)
-        assert bundle.task == ("classification" if "3d" in name or "c2d" in name else "segmentation")
+        is_video = "3d" in name or "c2d" in name
+        assert bundle.task == ("classification" if is_video else "segmentation")
         assert bundle.num_classes == 3 and bundle.name == name
+
+
+@pytest.mark.parametrize("name", [n for n in models.MODEL_NAMES if n.startswith(("dnl_r", "nl_r",
+                                                                                "fcn_r", "gc_r"))])
+def test_every_registered_segmentor_maps_images_to_logits_abstractly(name):
+    # Each name's head and wiring, on a shallow narrow trunk (full sizes are tested above).
+    module = models.get_model(name, num_classes=4, depth=18, base_channels=4, stem_channels=8,
+                              channels=8, aux_channels=4).module
+    inputs = jax.ShapeDtypeStruct((1, 33, 47, 3), jnp.float32)
+    variables = shapes_of_init(module, inputs.shape)
+    outputs, _ = jax.eval_shape(
+        lambda v, x: module.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)},
+                                  mutable=["batch_stats"]), variables, inputs)
+    assert {k: v.shape for k, v in outputs.items()} == {"logits": (1, 33, 47, 4),
+                                                        "aux_logits": (1, 33, 47, 4)}
+
+
+def test_summary_counts_parameters_and_flops():
+    lines = []
+    small = models.summary("dnl_tiny", (1, 32, 32, 3), num_classes=5, print_fn=lines.append)
+    large = models.summary("dnl_tiny", (1, 64, 64, 3), num_classes=5, print_fn=lines.append)
+    variables = shapes_of_init(models.get_model("dnl_tiny", 5).module, (1, 32, 32, 3))
+    assert small["params"] == large["params"] == models.count_params(variables["params"])
+    assert sum(small["params_by_module"].values()) == small["params"]
+    # Convolutions dominate: 4x the pixels, at least 4x the FLOPs (attention grows faster).
+    assert small["flops"] > 0 and large["flops"] >= 4 * small["flops"]
+    assert any("total" in line for line in lines)
 
 
 def test_unknown_model_name_and_override_raise():
@@ -267,6 +317,19 @@ def test_unknown_model_name_and_override_raise():
         models.get_model("dnl_tiny", 19, ohem=dict(thresh=0.7))
     with pytest.raises(ValueError, match="class_weights needs 19"):
         models.get_model("dnl_tiny", 19, class_weights=[1.0, 2.0])
+
+
+def test_overrides_accept_config_values():
+    ml_collections = pytest.importorskip("ml_collections")
+    ohem = ml_collections.ConfigDict({"thresh": 0.7, "min_kept": 100_000})
+    bundle = models.get_model("dnl_tiny", 5, ohem=ohem, dtype="bfloat16", aux=False)
+    assert bundle.config["ohem"] == {"thresh": 0.7, "min_kept": 100_000}
+    variables = shapes_of_init(bundle.module, (1, 32, 32, 3))
+    assert set(variables["params"]) == {"backbone", "decode_head"}  # aux=False: no aux head
+    with pytest.raises(ValueError, match="aux_weight must be a number >= 0"):
+        models.get_model("dnl_tiny", 5, aux_weight=-1.0)
+    with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
+        models.get_model("dnl_tiny", 5, dropout_rate=1.0)
 
 
 @pytest.mark.parametrize("output_stride", [4, 12, 64])
@@ -289,30 +352,116 @@ def test_two_dimensional_input_to_video_model_raises():
         shapes_of_init(module, (1, 32, 32, 3))
 
 
+def test_two_dimensional_input_to_video_model_raises():
+    module = models.get_model("dnl_i3d_tiny", 5).module
+    with pytest.raises(ValueError, match=r"clips \[B, T, H, W, 3\] \(rank 5\)"):
+        shapes_of_init(module, (1, 32, 32, 3))
+
+
 # ---------------------------------------------------------------------------------------------
-# Video.
+# Resize, context blocks in the backbone, batch-norm modes, dtype.
 # ---------------------------------------------------------------------------------------------
 
 
-def test_tiny_video_clip_runs_with_loss_and_accuracy_counts():
-    bundle = models.get_model("dnl_i3d_tiny", num_classes=7)
-    assert bundle.input_key == "video"
-    clips = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
-    batch = {"video": clips, "label": jnp.array([1, 6])}
-    variables = models.init_variables(bundle.module, jax.random.key(1), clips)
+def numpy_resize_align_corners_false(x, out_h, out_w):
+    """PyTorch `interpolate(bilinear, align_corners=False)` for [H, W] arrays, written out."""
+    def axis_weights(n_in, n_out):
+        src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = src - lo
+        m = np.zeros((n_out, n_in))
+        m[np.arange(n_out), lo] += 1 - frac
+        m[np.arange(n_out), hi] += frac
+        return m
+    return axis_weights(x.shape[0], out_h) @ x @ axis_weights(x.shape[1], out_w).T
 
-    @jax.jit
-    def train_forward(v, x):
-        outputs, _ = bundle.module.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)},
-                                         mutable=["batch_stats"])
-        return outputs, bundle.loss_fn(outputs, batch), bundle.metrics_fn(outputs, batch)
 
-    outputs, (loss, scalars), counts = train_forward(variables, clips)
-    chex.assert_shape(outputs["logits"], (2, 7))
-    chex.assert_tree_all_finite((outputs, loss))
-    np.testing.assert_allclose(loss, np.log(7), rtol=0.1)  # fc starts near 0: uniform softmax
-    assert counts["count"] == 2 and 0 <= counts["correct"] <= 2
-    names = flat_names(variables["params"])
-    # Non-local blocks after every second block of res3 and res4 only (ResNet-18: blocks 1).
-    blocks = {n.split("/")[1] for n in names if "dnl_block" in n}
-    assert blocks == {"layer2_1", "layer3_1"}
+def test_resize_matches_pytorch_bilinear_align_corners_false():
+    x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+    got = models.segmentor.resize_bilinear(jnp.asarray(x)[None, :, :, None], 37, 19)[0, ..., 0]
+    np.testing.assert_allclose(got, numpy_resize_align_corners_false(x, 37, 19), atol=1e-5)
+
+
+def backbone_with_block(placement):
+    """A tiny ResNet-18 with a DNL block in the last block of stage 3."""
+    spec = models.ContextSpec(kind="dnl", placement=placement)
+    return models.ResNetV1c(depth=18, base_channels=4, stem_channels=8, context=spec,
+                            context_block_indices=((), (), (-1,), ()))
+
+
+def test_context_block_placements_in_the_backbone():
+    images = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
+    after_add_net, after_block_net, before_add_net = map(
+        backbone_with_block, ("after_add", "after_block", "before_add"))
+    variables = models.init_variables(after_add_net, jax.random.key(1), images)
+    assert "dnl_block" in variables["params"]["layer3_1"]
+    others = [k for k in variables["params"] if k != "layer3_1"]
+    assert not any("dnl_block" in variables["params"][k] for k in others)
+    plain_variables = jax.tree_util.tree_map(lambda x: x, variables)
+    for collection in ("params", "batch_stats"):
+        del plain_variables[collection]["layer3_1"]["dnl_block"]
+    plain_net = after_add_net.clone(context=None, context_block_indices=None)
+    baseline = run_compiled(plain_net.apply, plain_variables, images)
+    after_add = compile_for(after_add_net.apply, variables, images)
+    after_block = compile_for(after_block_net.apply, variables, images)
+    before_add = compile_for(before_add_net.apply, variables, images)
+    # The block starts as the identity (zero-init output BN): any placement = the plain net.
+    for forward in (after_add, after_block, before_add):
+        chex.assert_trees_all_close(forward(variables, images), baseline, atol=1e-6)
+    # Once the block is active, the placement (before or after the final ReLU) matters.
+    active = flax.core.unfreeze(variables)
+    bn = active["params"]["layer3_1"]["dnl_block"]["conv_out"]["bn"]
+    bn["scale"], bn["bias"] = jnp.ones_like(bn["scale"]), -jnp.ones_like(bn["bias"])
+    add_out, block_out = after_add(active, images), after_block(active, images)
+    branch_out = before_add(active, images)
+    assert float(jnp.min(add_out[2])) >= 0.0  # ReLU comes last
+    assert float(jnp.min(block_out[2])) < 0.0  # the block's negative bias survives
+    assert not np.allclose(branch_out[2], add_out[2])  # the block sees the branch, not the sum
+    chex.assert_trees_all_close(add_out[:2], block_out[:2], branch_out[:2])  # earlier stages
+
+
+def test_frozen_bn_keeps_running_statistics_in_training():
+    backbone = models.ResNetV1c(depth=18, base_channels=4, stem_channels=8, frozen_bn=True)
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3)) * 3 + 1
+    variables = models.init_variables(backbone, jax.random.key(1), images)
+    train_out, updates = run_compiled(
+        lambda v, x: backbone.apply(v, x, train=True, mutable=["batch_stats"]), variables, images
+    )
+    chex.assert_trees_all_close(updates["batch_stats"], variables["batch_stats"])
+    chex.assert_trees_all_close(train_out, run_compiled(backbone.apply, variables, images))
+
+
+def test_bfloat16_compute_with_float32_parameters():
+    module = models.get_model("dnl_tiny", 5, dtype=jnp.bfloat16).module
+    variables = shapes_of_init(module, (1, 32, 32, 3))
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
+    inputs = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    outputs = jax.eval_shape(lambda v, x: module.apply(v, x), variables, inputs)
+    assert outputs["logits"].dtype == jnp.bfloat16
+
+
+def test_axis_name_synchronises_batch_norm_across_devices():
+    """Under pmap with axis_name, each device's BN statistics are those of the whole batch."""
+    bundle = models.get_model("dnl_tiny", 5, axis_name="batch", dropout_rate=0.0)
+    single = models.get_model("dnl_tiny", 5, dropout_rate=0.0)
+    images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    variables = models.init_variables(single.module, jax.random.key(1), images)
+
+    def train_forward(module, v, x):
+        return module.apply(v, x, train=True, mutable=["batch_stats"])
+
+    outputs, updates = run_compiled(lambda v, x: train_forward(single.module, v, x),
+                                    variables, images)
+    replicated = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), variables)
+    sharded_images = images.reshape(2, 2, 32, 32, 3)
+    p_outputs, p_updates = jax.pmap(
+        lambda v, x: train_forward(bundle.module, v, x), axis_name="batch",
+        devices=jax.devices()[:2],
+    ).lower(replicated, sharded_images).compile(
+        compiler_options={"xla_backend_optimization_level": 0}
+    )(replicated, sharded_images)
+    chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[1], p_updates), updates,
+                                atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(p_outputs["logits"].reshape(outputs["logits"].shape),
+                               outputs["logits"], atol=1e-4, rtol=1e-4)

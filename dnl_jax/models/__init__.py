@@ -20,12 +20,13 @@ from dnl_jax.models.registry import (
 from dnl_jax.models.residual import BasicBlock, Bottleneck, ContextSpec
 from dnl_jax.models.resnet import ResNetV1c
 from dnl_jax.models.segmentor import Segmentor, build_segmentor
-from dnl_jax.models.summary import count_params, summary
+from dnl_jax.models.summary import count_params, summary, summary_flops
 from dnl_jax.models.video import ResNet3D, VideoClassifier, build_video_classifier
 
 __all__ = [
-    "get_model", "init_variables", "MODEL_NAMES", "ModelBundle", "build_segmentor", "build_video_classifier",
-    "summary", "count_params", "SEGMENTATION_OVERRIDES", "CLASSIFICATION_OVERRIDES",
+    "get_model", "init_variables", "MODEL_NAMES", "ModelBundle", "build_segmentor",
+    "build_video_classifier", "summary", "summary_flops", "count_params",
+    "SEGMENTATION_OVERRIDES", "CLASSIFICATION_OVERRIDES",
     "ResNetV1c", "ResNet3D", "BasicBlock", "Bottleneck", "ContextSpec",
     "FCNHead", "DNLHead", "NLHead", "GCHead", "Segmentor", "VideoClassifier",
 ]

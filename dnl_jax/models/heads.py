@@ -130,7 +130,10 @@ class _ContextHead(FCNHead):
 
 class DNLHead(_ContextHead):
     """mmseg `DNLHead`: conv → `DisentangledNonLocal` (reduction 2, scaled, temperature 0.05)
-    → conv → conv_cat(concat(x, ·)) → dropout → conv_seg. `[B, H, W, C]` → `[B, H, W, K]`."""
+    → conv → conv_cat(concat(x, ·)) → dropout → conv_seg.
+
+    `[B, H, W, C]` → `[B, H, W, K]`.
+    """
 
     reduction: int = 2
     use_scale: bool = True

@@ -114,6 +114,8 @@ def check_ohem(ohem: Optional[dict]) -> Optional[dict]:
     """Validates an OHEM setting; returns a plain dict with float thresh and int min_kept."""
     if ohem is None:
         return None
+    if hasattr(ohem, "keys"):  # dicts and ml_collections ConfigDicts alike
+        ohem = {key: ohem[key] for key in ohem.keys()}
     if not isinstance(ohem, dict) or set(ohem) != {"thresh", "min_kept"}:
         raise ValueError(
             f"ohem must be None or dict(thresh=..., min_kept=...), e.g. dict(thresh=0.7, "

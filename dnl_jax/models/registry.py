@@ -48,7 +48,8 @@ _R18_WIDTHS = dict(channels=128, aux_channels=64)  # mmseg heads on 512/256-chan
 
 def _seg(head: str, depth: int, **extra) -> dict:
     widths = _R18_WIDTHS if depth < 50 else _R50_WIDTHS
-    return {"task": "segmentation", "head": head, **_SEG_DEFAULTS, **widths, "depth": depth, **extra}
+    return {"task": "segmentation", "head": head, **_SEG_DEFAULTS, **widths, "depth": depth,
+            **extra}
 
 
 def _vid(context: Optional[str], inflation: str, depth: int = 50, **extra) -> dict:
@@ -128,6 +129,8 @@ def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
 
 def _segmentation_bundle(name: str, num_classes: int, config: dict) -> ModelBundle:
     ohem = losses.check_ohem(config["ohem"])
+    if not isinstance(config["aux_weight"], (int, float)) or config["aux_weight"] < 0:
+        raise ValueError(f"aux_weight must be a number >= 0; got {config['aux_weight']!r}.")
     class_weights = losses.check_class_weights(config["class_weights"], num_classes)
     module = segmentor.build_segmentor(
         config["depth"], config["head"], num_classes, output_stride=config["output_stride"],

@@ -32,7 +32,7 @@ Array = jax.Array
 Dtype = Any
 
 CONTEXT_KINDS = ("dnl", "nl", "gc")
-PLACEMENTS = ("after_block", "after_add")
+PLACEMENTS = ("after_block", "after_add", "before_add")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +42,9 @@ class ContextSpec:
     Attributes:
       kind: 'dnl' (`DisentangledNonLocal`), 'nl' (`NonLocal`, embedded Gaussian) or 'gc'
         (`ContextBlock`).
-      placement: 'after_block' (after the block's final ReLU, as the video non-local network) or
+      placement: 'after_block' (after the block's final ReLU, as the video non-local network),
         'after_add' (after the residual add, before the final ReLU, as the official DNL detection
-        code).
+        code) or 'before_add' (on the residual branch after the last BN, as GCNet's mmdet code).
       reduction: inner channels = C // reduction for 'dnl'/'nl' (2 in mmseg and the video network,
         4 in the detection code).
       temperature: 'dnl' only.
@@ -64,7 +64,9 @@ class ContextSpec:
 
     def __post_init__(self):
         if self.kind not in CONTEXT_KINDS:
-            raise ValueError(f"unknown context block kind {self.kind!r}; choose one of {CONTEXT_KINDS}.")
+            raise ValueError(
+                f"unknown context block kind {self.kind!r}; choose one of {CONTEXT_KINDS}."
+            )
         if self.placement not in PLACEMENTS:
             raise ValueError(f"unknown placement {self.placement!r}; choose one of {PLACEMENTS}.")
 
@@ -144,9 +146,11 @@ class _ResidualBase(nn.Module):
         return self._norm(identity, "downsample_1", train)
 
     def _finish(self, out: Array, identity: Array, train: bool) -> Array:
-        """Residual add, context block (before or after the final ReLU), ReLU."""
-        out = out + identity
+        """Residual add and final ReLU, with the context block at its placement."""
         block = self.context.build(self.axis_name, self.dtype) if self.context else None
+        if block is not None and self.context.placement == "before_add":
+            out = block(out, train=train)
+        out = out + identity
         if block is not None and self.context.placement == "after_add":
             out = block(out, train=train)
         out = nn.relu(out)
@@ -156,7 +160,7 @@ class _ResidualBase(nn.Module):
 
 
 class BasicBlock(_ResidualBase):
-    """conv3×3(stride, dilation) → BN → ReLU → conv3×3 → BN, + identity, ReLU. Expansion 1.
+    """conv3×3(stride, dilation) → BN → ReLU → conv3×3 → BN, + identity, ReLU (expansion 1).
 
     As mmseg's `BasicBlock`, the second 3×3 conv is not dilated (padding 1).
     Input `[B, *spatial, C]`, output `[B, *spatial / stride, planes]`.
@@ -175,8 +179,8 @@ class BasicBlock(_ResidualBase):
 
 
 class Bottleneck(_ResidualBase):
-    """conv1×1 → BN → ReLU → conv3×3(stride, dilation) → BN → ReLU → conv1×1 (4·planes) → BN,
-    + identity, ReLU (PyTorch style: the stride sits in the 3×3 conv).
+    """conv1×1 → BN → ReLU → conv3×3(stride, dilation) → BN → ReLU → conv1×1 (4·planes)
+    → BN, + identity, ReLU (PyTorch style: the stride sits in the 3×3 conv).
 
     Input `[B, *spatial, C]`, output `[B, *spatial / stride, 4·planes]`.
     """
@@ -221,7 +225,9 @@ ARCH_SETTINGS: dict[int, Sequence[int]] = {
 
 def check_depth(depth: int) -> None:
     if depth not in ARCH_SETTINGS:
-        raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(ARCH_SETTINGS)}.")
+        raise ValueError(
+            f"unsupported ResNet depth {depth}; choose one of {sorted(ARCH_SETTINGS)}."
+        )
 
 
 def expansion(depth: int) -> int:
@@ -244,7 +250,9 @@ def stage_context_indices(
         normalised = set()
         for i in chosen:
             if not -n <= i < n:
-                raise ValueError(f"stage {stage + 1} has {n} blocks; block index {i} is out of range.")
+                raise ValueError(
+                    f"stage {stage + 1} has {n} blocks; block index {i} is out of range."
+                )
             normalised.add(i % n)
         out.append(frozenset(normalised))
     return out

@@ -1,9 +1,9 @@
 """Dilated ResNet-V1c, the segmentation backbone of mmseg's DNLNet (channel-last, 2-D).
 
-V1c = deep stem (three 3×3 convs, stem/2 → stem/2 → stem channels, the first with stride 2, each
-followed by BN and ReLU) + 3×3 max-pool (stride 2), then 4 stages of residual blocks; the identity
-path of a strided or widening block is a 1×1 conv (with the stride) + BN (no average-pool
-down-sampling). The output stride is set by striding or dilating the last stages, as mmseg:
+V1c = deep stem (three 3×3 convs, stem/2 → stem/2 → stem channels, the first with stride 2,
+each followed by BN and ReLU) + 3×3 max-pool (stride 2), then 4 stages of residual blocks; the
+identity path of a strided or widening block is a 1×1 conv (with the stride) + BN (no
+average-pool down-sampling). The output stride is set by striding or dilating the last stages, as mmseg:
 
     output stride   strides (stages 1-4)   dilations (stages 1-4)
          8             (1, 2, 1, 1)           (1, 1, 2, 4)
@@ -66,7 +66,9 @@ def check_image(x: Array, in_channels: int, what: str = "image") -> None:
             f"{x.shape}. Transpose NCHW inputs with x.transpose(0, 2, 3, 1)."
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"expected a floating-point {what}; got dtype {x.dtype}. Normalise it first.")
+        raise ValueError(
+            f"expected a floating-point {what}; got dtype {x.dtype}. Normalise it first."
+        )
 
 
 class ResNetV1c(nn.Module):
@@ -84,7 +86,9 @@ class ResNetV1c(nn.Module):
       axis_name: batch-norm statistics axis under pmap (None under jit or on one device).
       frozen_bn: batch norm always uses running statistics (mmseg `norm_eval=True`).
       context: optional context block (`ContextSpec`) inserted into the residual blocks listed per
-        stage in `context_block_indices` (e.g. `((), (), (-2,), (0, 1, 2))`).
+        stage in `context_block_indices`. The official DNL detection backbone, for example, is
+        `ResNetV1c(context=ContextSpec('dnl', 'after_add', reduction=4),
+        context_block_indices=((), (), (-2,), (0, 1, 2)))` (c4 block n−2 and all of c5).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
     """
 
@@ -109,7 +113,9 @@ class ResNetV1c(nn.Module):
         num_blocks = residual.ARCH_SETTINGS[self.depth]
         chosen = residual.stage_context_indices(self.context_block_indices, num_blocks)
         if self.context is None and any(chosen):
-            raise ValueError("context_block_indices is set but context is None; give a ContextSpec.")
+            raise ValueError(
+                "context_block_indices is set but context is None; give a ContextSpec."
+            )
         x = self._stem(x, train)
         outputs = []
         in_features = self.stem_channels

@@ -99,6 +99,8 @@ def build_segmentor(
                            base_channels=base_channels, stem_channels=stem_channels).items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer; got {value!r}.")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}.")
     if stem_channels % 2:
         raise ValueError(
             f"stem_channels must be even (the deep stem starts at stem/2); got {stem_channels}."
@@ -128,8 +130,9 @@ def build_segmentor(
 def segmentation_loss(outputs: dict, batch: dict, *, ignore_label: int = losses.IGNORE_LABEL,
                       aux_weight: float = 0.4, ohem: Optional[dict] = None,
                       class_weights=None) -> tuple[Array, dict[str, Array]]:
-    """(total loss, {'loss', 'decode_loss'[, 'aux_loss']}) for `outputs` of a `Segmentor` and a
-    batch `{'label': int [B, H, W]}`; the auxiliary term only when 'aux_logits' is present."""
+    """(total loss, {'loss', 'decode_loss', 'pixel_accuracy'[, 'aux_loss']}) for `outputs` of a
+    `Segmentor` and a batch `{'label': int [B, H, W]}`; the auxiliary term only when
+    'aux_logits' is present (training)."""
     labels = batch["label"]
     decode_loss = losses.pixel_cross_entropy(
         outputs["logits"], labels, ignore_label=ignore_label, class_weights=class_weights, ohem=ohem
@@ -143,7 +146,15 @@ def segmentation_loss(outputs: dict, batch: dict, *, ignore_label: int = losses.
         metrics["aux_loss"] = aux_loss
         total = total + aux_weight * aux_loss
     metrics["loss"] = total
+    metrics["pixel_accuracy"] = pixel_accuracy(outputs["logits"], labels, ignore_label)
     return total, metrics
+
+
+def pixel_accuracy(logits: Array, labels: Array, ignore_label: int = losses.IGNORE_LABEL) -> Array:
+    """Fraction of valid pixels whose argmax is right (mmseg's `acc_seg` / 100); 0 if none."""
+    valid = losses.valid_pixels(labels, logits.shape[-1], ignore_label)
+    correct = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == labels))
+    return correct / jnp.maximum(jnp.sum(valid), 1)
 
 
 def segmentation_metrics(outputs: dict, batch: dict, *, num_classes: int,
@@ -155,4 +166,4 @@ def segmentation_metrics(outputs: dict, batch: dict, *, num_classes: int,
 
 
 __all__ = ["Segmentor", "build_segmentor", "resize_bilinear", "segmentation_loss",
-           "segmentation_metrics"]
+           "segmentation_metrics", "pixel_accuracy"]

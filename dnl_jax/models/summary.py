@@ -20,7 +20,8 @@ def count_params(tree: Any) -> int:
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def _xla_flops(lowered) -> Optional[float]:
+def summary_flops(lowered) -> Optional[float]:
+    """XLA's FLOP count of a `jax.jit(...).lower(...)` result, or None if unavailable."""
     cost = lowered.cost_analysis()
     if isinstance(cost, (list, tuple)):  # Older JAX returned one dict per computation.
         cost = cost[0] if cost else None
@@ -42,7 +43,7 @@ def summary(name: str, input_shape: Sequence[int], num_classes: int = 19, *,
     params = variables["params"]
     by_module = {key: count_params(value) for key, value in params.items()}
     lowered = jax.jit(lambda v, x: bundle.module.apply(v, x, train=False)).lower(variables, inputs)
-    flops = _xla_flops(lowered)
+    flops = summary_flops(lowered)
     result = dict(name=name, input_shape=list(input_shape), num_classes=num_classes,
                   params=count_params(params), params_by_module=by_module, flops=flops)
     print_fn(f"{name}  input {tuple(input_shape)}  classes {num_classes}")
@@ -54,4 +55,4 @@ def summary(name: str, input_shape: Sequence[int], num_classes: int = 19, *,
     return result
 
 
-__all__ = ["summary", "count_params"]
+__all__ = ["summary", "count_params", "summary_flops"]

@@ -1,7 +1,8 @@
 """3-D ResNet (C2D and I3D) with non-local / disentangled non-local blocks, for video
 classification as in the original non-local network (Wang et al., CVPR 2018).
 
-    clip [B, T, H, W, 3] → conv1 (kt×7×7, stride 1,2,2) → BN → ReLU → max-pool 1×3×3 (stride 1,2,2)
+    clip [B, T, H, W, 3] → conv1 (kt×7×7, stride 1,2,2) → BN → ReLU
+      → max-pool 1×3×3 (stride 1,2,2)
       → res2 → [temporal max-pool 3×1×1, stride 2] → res3 → res4 → res5
       → global average pool → dropout → fc → logits [B, K]
 
@@ -43,7 +44,8 @@ def every_other_block(num_blocks: Sequence[int], stages: Sequence[int] = (1, 2))
 
 
 def i3d_inflated_blocks(num_blocks: Sequence[int]) -> tuple[frozenset[int], ...]:
-    """Blocks whose first conv is 3×1×1 in I3D: all of res2, even blocks of res3/res4, odd of res5."""
+    """Blocks whose first conv is 3×1×1 in I3D: all of res2, even blocks of res3 and res4, odd
+    blocks of res5."""
     first = (0, 0, 0, 1)
     return tuple(
         frozenset(range(n)) if s == 0 else frozenset(range(first[s], n, 2))
@@ -127,7 +129,7 @@ class ResNet3D(nn.Module):
         return self.inflation == "i3d" and index in inflated[stage]
 
     def _stem(self, x: Array, train: bool) -> Array:
-        """conv kt×7×7 (stride 1, 2, 2; PyTorch padding) → BN → ReLU → max-pool 1×3×3 (1, 2, 2)."""
+        """conv kt×7×7 (stride 1,2,2; PyTorch padding) → BN → ReLU → max-pool 1×3×3 (1,2,2)."""
         kt = 5 if self.inflation == "i3d" else 1
         x = nn.Conv(
             self.stem_channels, (kt, 7, 7), strides=(1, 2, 2),
