@@ -78,7 +78,7 @@ def segmentor_config(state_dict: Mapping[str, Any]) -> dict:
         inner = _shape(state_dict, f"decode_head.{kind}_block.g.conv.weight")[0]
         head_kwargs["reduction"] = channels // inner
     elif kind == "fcn":
-        head_kwargs["num_convs"] = len(_stage_like(state_dict, "decode_head.convs."))
+        head_kwargs["num_convs"] = len(_indices_under(state_dict, "decode_head.convs."))
         head_kwargs["concat_input"] = "decode_head.conv_cat.conv.weight" in state_dict
     aux = any(key.startswith("auxiliary_head.") for key in state_dict)
     config = dict(
@@ -94,7 +94,7 @@ def segmentor_config(state_dict: Mapping[str, Any]) -> dict:
     return config
 
 
-def _stage_like(state_dict: Mapping[str, Any], prefix: str) -> set[str]:
+def _indices_under(state_dict: Mapping[str, Any], prefix: str) -> set[str]:
     """Distinct indices N of keys `prefix N.…` (e.g. the convs of a head)."""
     return {key[len(prefix):].split(".", 1)[0] for key in state_dict if key.startswith(prefix)}
 
