@@ -159,3 +159,12 @@ def test_different_class_count_is_reported_as_mis_shaped():
                           "auxiliary_head.conv_seg.weight", "auxiliary_head.conv_seg.bias"}
     assert "decode_head.conv_seg.weight: checkpoint (3, 16, 1, 1), model expects (7, 16, 1, 1)" in str(
         info.value)
+
+
+def test_fcn_segmentor_architecture_is_read_from_keys():
+    state_dict = torch_segmentor((2, 2, 2, 2), False, 8, 16, 8, 6, head="fcn").state_dict()
+    config = segmentor.segmentor_config(state_dict)
+    assert config["head"] == "fcn" and config["head_kwargs"] == {"num_convs": 2, "concat_input": True}
+    module, variables, report = segmentor.segmentor_to_flax(state_dict)
+    assert report.ok and type(module.decode_head) is heads.FCNHead
+    assert variables["params"]["decode_head"]["conv_seg"]["kernel"].shape == (1, 1, 16, 6)
