@@ -1,6 +1,6 @@
-"""Parity of bare non-local blocks: mmcv's real `NonLocal2d` (mmcv-lite) and our PyTorch DNL
-reference (tests/torch_reference.py) vs the dnl_jax blocks after `mmseg_to_flax`; strict key
-reports; exact flax → torch → flax round trips."""
+"""Parity of bare blocks: mmcv's real `NonLocal2d` and `ContextBlock` (mmcv-lite) and our
+PyTorch DNL reference (tests/torch_reference.py) vs the dnl_jax blocks after `mmseg_to_flax`;
+strict key reports; exact flax → torch → flax round trips."""
 
 import jax
 import numpy as np
@@ -28,12 +28,22 @@ def mmcv_nonlocal(norm: bool, sub_sample: bool = False):
 
 
 TORCH_BLOCKS = {
+    "mmcv_context_add": lambda: mmcv_cnn.ContextBlock(CHANNELS, 1 / 4),
+    "mmcv_context_add_mul": lambda: mmcv_cnn.ContextBlock(
+        CHANNELS, 3 / 16, fusion_types=("channel_add", "channel_mul")),
+    "mmcv_context_avg_mul": lambda: mmcv_cnn.ContextBlock(
+        CHANNELS, 1 / 2, pooling_type="avg", fusion_types=("channel_mul",)),
     "mmcv_nonlocal_bn": lambda: mmcv_nonlocal(norm=True),
     "mmcv_nonlocal_plain": lambda: mmcv_nonlocal(norm=False),
     "mmcv_nonlocal_subsample": lambda: mmcv_nonlocal(norm=True, sub_sample=True),
     "mmseg_dnl": lambda: DisentangledNonLocal2d(CHANNELS),
 }
 EXPECTED_MODULES = {
+    "mmcv_context_add": blocks.ContextBlock(ratio=1 / 4),
+    "mmcv_context_add_mul": blocks.ContextBlock(ratio=3 / 16,
+                                                fusion_types=("channel_add", "channel_mul")),
+    "mmcv_context_avg_mul": blocks.ContextBlock(ratio=1 / 2, pooling="avg",
+                                                fusion_types=("channel_mul",)),
     "mmcv_nonlocal_bn": blocks.NonLocal(),
     "mmcv_nonlocal_plain": blocks.NonLocal(norm=None),
     "mmcv_nonlocal_subsample": blocks.NonLocal(sub_sample=True),

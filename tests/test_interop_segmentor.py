@@ -70,12 +70,14 @@ def test_real_size_r50_d8_dnlnet_parity():
 HEAD_CASES = {
     "dnl": lambda: FCNHead(24, 16, 5, context="dnl"),
     "nl": lambda: FCNHead(24, 16, 5, context="nl"),
+    "gc": lambda: FCNHead(24, 16, 5, context="gc"),
     "fcn": lambda: FCNHead(24, 16, 5),
     "aux_fcn": lambda: FCNHead(24, 8, 5, num_convs=1, concat_input=False),
 }
 FLAX_HEADS = {
     "dnl": heads.DNLHead(num_classes=5, channels=16),
     "nl": heads.NLHead(num_classes=5, channels=16),
+    "gc": heads.GCHead(num_classes=5, channels=16),
     "fcn": heads.FCNHead(num_classes=5, channels=16),
     "aux_fcn": heads.FCNHead(num_classes=5, channels=8, num_convs=1, concat_input=False),
 }
@@ -161,10 +163,14 @@ def test_different_class_count_is_reported_as_mis_shaped():
         info.value)
 
 
-def test_fcn_segmentor_architecture_is_read_from_keys():
-    state_dict = torch_segmentor((2, 2, 2, 2), False, 8, 16, 8, 6, head="fcn").state_dict()
+@pytest.mark.parametrize("head, head_kwargs, head_type", [
+    ("fcn", {"num_convs": 2, "concat_input": True}, heads.FCNHead),
+    ("gc", {"ratio": 1 / 4}, heads.GCHead),
+])
+def test_fcn_and_gc_segmentor_architecture_is_read_from_keys(head, head_kwargs, head_type):
+    state_dict = torch_segmentor((2, 2, 2, 2), False, 8, 16, 8, 6, head=head).state_dict()
     config = segmentor.segmentor_config(state_dict)
-    assert config["head"] == "fcn" and config["head_kwargs"] == {"num_convs": 2, "concat_input": True}
+    assert config["head"] == head and config["head_kwargs"] == head_kwargs
     module, variables, report = segmentor.segmentor_to_flax(state_dict)
-    assert report.ok and type(module.decode_head) is heads.FCNHead
+    assert report.ok and type(module.decode_head) is head_type
     assert variables["params"]["decode_head"]["conv_seg"]["kernel"].shape == (1, 1, 16, 6)

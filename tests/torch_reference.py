@@ -146,8 +146,8 @@ class ResNetV1c(nn.Module):
 
 class FCNHead(nn.Module):
     """mmseg `FCNHead` (eval mode): `num_convs` conv3×3-BN-ReLU, optional `conv_cat` on
-    concat([x, convs(x)]), dropout (identity in eval), 1×1 `conv_seg`; `context` ('dnl' or 'nl')
-    puts the block between the two convs (mmseg `DNLHead` / `NLHead`)."""
+    concat([x, convs(x)]), dropout (identity in eval), 1×1 `conv_seg`; `context` ('dnl', 'nl' or
+    'gc') puts the block between the two convs (mmseg `DNLHead` / `NLHead` / `GCHead`)."""
 
     def __init__(self, in_channels, channels, num_classes, num_convs=2, concat_input=True,
                  context=None):
@@ -159,6 +159,8 @@ class FCNHead(nn.Module):
             self.dnl_block = DisentangledNonLocal2d(channels)
         elif context == "nl":
             self.nl_block = NonLocal2d(channels)
+        elif context == "gc":  # mmseg's GCHead uses mmcv's own ContextBlock.
+            self.gc_block = require("mmcv.cnn").ContextBlock(channels, 1 / 4)
         self.conv_cat = unit(in_channels + channels) if concat_input else None
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
@@ -166,7 +168,7 @@ class FCNHead(nn.Module):
         if self.context is None:
             out = self.convs(x)
         else:
-            block = self.dnl_block if self.context == "dnl" else self.nl_block
+            block = getattr(self, f"{self.context}_block")
             out = self.convs[1](block(self.convs[0](x)))
         if self.conv_cat is not None:
             out = self.conv_cat(torch.cat([x, out], dim=1))

@@ -4,7 +4,8 @@ The conversion is driven by a *template* of the Flax variables (shapes from `jax
 the module's `init`): every Flax leaf names the PyTorch key it comes from, so a checkpoint that
 lacks a key, has an extra one, or has a differently shaped tensor is reported by name.
 
-Flax leaf → PyTorch key (module path joined by `.`, or by a model-specific `rename`):
+Flax leaf → PyTorch key (module path joined by `.`, `name_N` → `name.N`, see `default_rename`;
+or a model-specific `rename`):
 
     params/<path>/kernel        ↔ <path>.weight         conv [*window, I, O] ↔ [O, I, *window]
                                                         dense [I, O] ↔ [O, I]
@@ -13,11 +14,15 @@ Flax leaf → PyTorch key (module path joined by `.`, or by a model-specific `re
     batch_stats/<path>/mean     ↔ <path>.running_mean
     batch_stats/<path>/var      ↔ <path>.running_var
     (none)                      ↔ <path>.num_batches_tracked   (a counter; ignored on load)
+
+mmcv's `ContextBlock` builds its LayerNorm as `LayerNorm([C, 1, 1])`, so the weight and bias of
+`channel_{add,mul}_conv.1` are `[C, 1, 1]` in PyTorch and `[C]` here (`mmcv_torch_shape`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -28,6 +33,8 @@ from dnl_jax.interop.checkpoint_io import to_numpy
 
 # A model-specific map from a Flax module path (tuple of names) to the PyTorch module prefix.
 Rename = Callable[[tuple[str, ...]], str]
+# (Flax leaf path, Flax shape) → PyTorch shape of a non-kernel leaf (same elements, reshaped).
+TorchShape = Callable[[tuple[str, ...], tuple[int, ...]], tuple[int, ...]]
 
 LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
@@ -40,8 +47,12 @@ IGNORED_TORCH_LEAVES = ("num_batches_tracked",)
 
 
 def default_rename(module_path: tuple[str, ...]) -> str:
-    """Flax submodule names equal PyTorch attribute names: join them with dots."""
-    return ".".join(module_path)
+    """PyTorch prefix of a Flax module path: names joined by dots, a trailing `_N` (a Flax name
+    for an entry of a PyTorch `Sequential`/`ModuleList`) becomes `.N`.
+
+    `('backbone', 'layer1_0', 'downsample_1')` → `'backbone.layer1.0.downsample.1'`.
+    """
+    return ".".join(re.sub(r"_(\d+)$", r".\1", name) for name in module_path)
 
 
 def torch_to_flax_kernel(weight: np.ndarray) -> np.ndarray:
@@ -68,10 +79,21 @@ def torch_key(flax_path: tuple[str, ...], rename: Optional[Rename] = None) -> st
     return f"{prefix}.{name}" if prefix else name
 
 
-def _torch_layout_shape(flax_path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+_CONTEXT_BLOCK_NORM = re.compile(r"^channel_(add|mul)_conv_1$")
+
+
+def mmcv_torch_shape(flax_path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`[C]` → `[C, 1, 1]` for the LayerNorm of mmcv's ContextBlock; other shapes unchanged."""
+    if len(flax_path) >= 2 and _CONTEXT_BLOCK_NORM.match(flax_path[-2]):
+        return (*shape, 1, 1)
+    return tuple(shape)
+
+
+def _torch_layout_shape(flax_path: tuple[str, ...], shape: tuple[int, ...],
+                        torch_shape: Optional[TorchShape]) -> tuple[int, ...]:
     if flax_path[-1] == "kernel":
         return tuple(flax_to_torch_kernel(np.empty(shape, np.int8)).shape)
-    return tuple(shape)
+    return tuple((torch_shape or mmcv_torch_shape)(flax_path, tuple(shape)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +140,7 @@ def torch_to_flax(
     template: Any,
     *,
     rename: Optional[Rename] = None,
+    torch_shape: Optional[TorchShape] = None,
     strict: bool = True,
     what: str = "state_dict",
 ) -> tuple[dict, ConversionReport]:
@@ -128,6 +151,7 @@ def torch_to_flax(
       template: nested Flax variables (arrays or `jax.ShapeDtypeStruct`), e.g. from
         `jax.eval_shape(module.init, key, x)`.
       rename: Flax module path → PyTorch prefix (default: dot-join).
+      torch_shape: PyTorch shape of non-kernel leaves (default: `mmcv_torch_shape`).
       strict: raise `ConversionError` unless every key matches in name and shape.
 
     Returns:
@@ -144,12 +168,11 @@ def torch_to_flax(
             missing.append((key, "/".join(path)))
             continue
         value = to_numpy(remaining.pop(key))
-        want = _torch_layout_shape(path, tuple(leaf.shape))
+        want = _torch_layout_shape(path, tuple(leaf.shape), torch_shape)
         if tuple(value.shape) != want:
             mismatched.append((key, tuple(value.shape), want, "/".join(path)))
             continue
-        if path[-1] == "kernel":
-            value = torch_to_flax_kernel(value)
+        value = torch_to_flax_kernel(value) if path[-1] == "kernel" else value.reshape(leaf.shape)
         flat_out[path] = np.asarray(value, dtype=leaf.dtype)
         loaded.append(key)
     report = ConversionReport(tuple(loaded), tuple(missing), tuple(sorted(remaining)),
@@ -160,7 +183,11 @@ def torch_to_flax(
 
 
 def flax_to_torch_state_dict(
-    variables: Any, *, rename: Optional[Rename] = None, as_torch: bool = False
+    variables: Any,
+    *,
+    rename: Optional[Rename] = None,
+    torch_shape: Optional[TorchShape] = None,
+    as_torch: bool = False,
 ) -> dict[str, Any]:
     """Flax variables → PyTorch state_dict (numpy arrays, or torch tensors with `as_torch`).
 
@@ -171,7 +198,8 @@ def flax_to_torch_state_dict(
     for path, value in traverse_util.flatten_dict(plain_dict(variables)).items():
         value = np.asarray(value)
         state_dict[torch_key(path, rename)] = (
-            flax_to_torch_kernel(value) if path[-1] == "kernel" else value
+            flax_to_torch_kernel(value) if path[-1] == "kernel"
+            else value.reshape(_torch_layout_shape(path, value.shape, torch_shape))
         )
         if path[0] == "batch_stats" and path[-1] == "mean":
             prefix = torch_key(path, rename)[: -len(".running_mean")]

@@ -4,12 +4,15 @@ Bare blocks (a block's own `state_dict()`, or a sub-dict taken with `strip_prefi
 - mmseg `DisentangledNonLocal2d`: has `conv_mask.weight` → `blocks.DisentangledNonLocal`.
 - mmcv `NonLocal2d` with a norm (mmseg's NLHead builds it with BN): `conv_out.bn.*` →
   `blocks.NonLocal()`; without a norm: `conv_out.conv.bias` → `blocks.NonLocal(norm=None)`.
+- mmcv `ContextBlock` (GCNet): `channel_add_conv.*` / `channel_mul_conv.*` →
+  `blocks.ContextBlock` with the checkpoint's ratio, pooling and fusion types.
 The reduction is read from `g.conv.weight` ([C/reduction, C, 1, 1]); mmcv's `sub_sample` wraps
 g and phi in a Sequential with a max-pool (`g.0.conv.weight`), which maps to `sub_sample=True`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
@@ -52,12 +55,29 @@ def _sub_sample_rename(module_path: tuple[str, ...]) -> str:
     """mmcv's sub-sampled g/phi are `Sequential(conv, pool)`: `g.conv` lives at `g.0.conv`."""
     head, *rest = module_path
     if head in ("g", "phi"):
-        return ".".join((head, "0", *rest))
-    return ".".join(module_path)
+        return mapping.default_rename((head, "0", *rest))
+    return mapping.default_rename(module_path)
+
+
+def _context_block(state_dict: Mapping[str, Any]) -> Optional[tuple[Any, int]]:
+    """(`ContextBlock`, channels) for an mmcv ContextBlock state_dict, else None."""
+    fusion_types = tuple(kind for kind in ("channel_add", "channel_mul")
+                         if f"{kind}_conv.0.weight" in state_dict)
+    if not fusion_types:
+        return None
+    planes, channels = to_numpy(state_dict[f"{fusion_types[0]}_conv.0.weight"]).shape[:2]
+    ratio = planes / channels
+    if int(channels * ratio) != planes:  # Float rounding below an integer: step up one ulp.
+        ratio = math.nextafter(ratio, 1.0)
+    pooling = "att" if "conv_mask.weight" in state_dict else "avg"
+    return blocks.ContextBlock(ratio=ratio, pooling=pooling, fusion_types=fusion_types), channels
 
 
 def block_for_state_dict(state_dict: Mapping[str, Any]) -> tuple[Any, int]:
     """The dnl_jax block (with the checkpoint's reduction/sub-sampling) and its channel count."""
+    context = _context_block(state_dict)
+    if context is not None:
+        return context
     channels, reduction, sub_sample = _block_layout(state_dict)
     cls = blocks.DisentangledNonLocal if "conv_mask.weight" in state_dict else blocks.NonLocal
     # Built without norm_cfg, mmcv's conv_out has a bias and no norm.
@@ -68,10 +88,11 @@ def block_for_state_dict(state_dict: Mapping[str, Any]) -> tuple[Any, int]:
 def block_to_flax(
     state_dict: Mapping[str, Any], *, strict: bool = True
 ) -> tuple[Any, dict, mapping.ConversionReport]:
-    """Bare mmcv `NonLocal2d` / mmseg `DisentangledNonLocal2d` → (module, variables, report)."""
+    """Bare mmcv `NonLocal2d` / `ContextBlock` / mmseg `DisentangledNonLocal2d` → (module,
+    variables, report)."""
     module, channels = block_for_state_dict(state_dict)
     template = mapping.template_of(module, jnp.zeros((1, 2, 2, channels), jnp.float32))
-    rename = _sub_sample_rename if module.sub_sample else None
+    rename = _sub_sample_rename if getattr(module, "sub_sample", False) else None
     variables, report = mapping.torch_to_flax(
         state_dict, template, rename=rename, strict=strict,
         what=f"{type(module).__name__} state_dict",
@@ -104,5 +125,6 @@ def mmseg_to_flax(state_dict: Mapping[str, Any], *, strict: bool = True):
 
 def flax_block_to_torch_state_dict(module: Any, variables: Any, *, as_torch: bool = False) -> dict:
     """A dnl_jax block's variables → the mmcv/mmseg block's state_dict (inverse of the above)."""
-    rename: Optional[mapping.Rename] = _sub_sample_rename if module.sub_sample else None
+    sub_sample = getattr(module, "sub_sample", False)
+    rename: Optional[mapping.Rename] = _sub_sample_rename if sub_sample else None
     return mapping.flax_to_torch_state_dict(variables, rename=rename, as_torch=as_torch)

@@ -22,9 +22,8 @@ from dnl_jax.interop.checkpoint_io import to_numpy
 CLASSIFIER_PREFIXES = ("fc.",)  # ImageNet classifier of pretrained backbones: not in our trunk.
 
 
-def mmseg_rename(module_path: tuple[str, ...]) -> str:
-    """Flax `('backbone', 'layer1_0', 'downsample_1')` → `'backbone.layer1.0.downsample.1'`."""
-    return ".".join(re.sub(r"_(\d+)$", r".\1", name) for name in module_path)
+# Flax `('backbone', 'layer1_0', 'downsample_1')` ↔ `'backbone.layer1.0.downsample.1'`.
+mmseg_rename = mapping.default_rename
 
 
 def _shape(state_dict: Mapping[str, Any], key: str) -> tuple[int, ...]:
@@ -77,6 +76,11 @@ def segmentor_config(state_dict: Mapping[str, Any]) -> dict:
     if kind in ("dnl", "nl"):
         inner = _shape(state_dict, f"decode_head.{kind}_block.g.conv.weight")[0]
         head_kwargs["reduction"] = channels // inner
+    elif kind == "gc":
+        from dnl_jax.interop import mmseg  # pylint: disable=import-outside-toplevel
+
+        block, _ = mmseg.block_for_state_dict(mmseg.strip_prefix(state_dict, "decode_head.gc_block"))
+        head_kwargs["ratio"] = block.ratio
     elif kind == "fcn":
         head_kwargs["num_convs"] = len(_indices_under(state_dict, "decode_head.convs."))
         head_kwargs["concat_input"] = "decode_head.conv_cat.conv.weight" in state_dict
