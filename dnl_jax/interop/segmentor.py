@@ -79,8 +79,8 @@ def segmentor_config(state_dict: Mapping[str, Any]) -> dict:
     elif kind == "gc":
         from dnl_jax.interop import mmseg  # pylint: disable=import-outside-toplevel
 
-        block, _ = mmseg.block_for_state_dict(mmseg.strip_prefix(state_dict, "decode_head.gc_block"))
-        head_kwargs["ratio"] = block.ratio
+        gc_block = mmseg.strip_prefix(state_dict, "decode_head.gc_block")
+        head_kwargs["ratio"] = mmseg.block_for_state_dict(gc_block)[0].ratio
     elif kind == "fcn":
         head_kwargs["num_convs"] = len(_indices_under(state_dict, "decode_head.convs."))
         head_kwargs["concat_input"] = "decode_head.conv_cat.conv.weight" in state_dict

@@ -2,7 +2,8 @@
 torchvision weights load exactly (`dnl_jax.interop.torchvision_resnet_to_flax`).
 
     stem: conv 7×7 (in → stem_channels, stride 2, padding 3, no bias) → BN → ReLU →
-          3×3 max-pool (stride 2, padding 1); names `conv1`, `bn1` ↔ torchvision `conv1.weight`, `bn1.*`.
+          3×3 max-pool (stride 2, padding 1); names `conv1`, `bn1` ↔ torchvision `conv1.weight`,
+          `bn1.*`.
 
 Everything after the stem (stages, strides/dilations per output stride, names `layer{s}_{i}`) is
 `ResNetV1c`'s. torchvision's own network is the `output_stride=32` case (no dilation).
