@@ -1,0 +1,138 @@
+"""Convert a PyTorch (mmseg / open-mmlab) checkpoint into an orbax checkpoint of dnl_jax variables.
+
+    python -m dnl_jax.interop.convert IN.pth OUT_DIR --model dnl_r50-d8 [--partial]
+
+Writes `OUT_DIR/state` (an orbax `StandardCheckpointer` PyTree `{'params', 'batch_stats'}`, what
+the trainer's `--config.init_from=OUT_DIR` and the evaluator load) and `OUT_DIR/conversion.json`
+(model, classes, and the key report). `--model` is a registry name (`dnl_jax.models.MODEL_NAMES`)
+or `auto` (architecture read from the checkpoint's keys). The number of classes comes from the
+checkpoint's `decode_head.conv_seg` unless `--num-classes` is given.
+
+A whole mmseg segmentor converts strictly: any missing, unexpected or mis-shaped key fails with
+one report. `--partial` loads what matches and keeps a fresh initialisation elsewhere: for an
+ImageNet-pretrained `resnet*_v1c` backbone (keys `stem.*`, `layer*`; loaded under `backbone`)
+or a checkpoint with another number of classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+from dnl_jax.interop import mapping, segmentor
+from dnl_jax.interop.mapping import ConversionError
+from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
+
+
+def _num_classes(state_dict: dict, given: Optional[int]) -> int:
+    if given is not None:
+        return given
+    key = "decode_head.conv_seg.weight"
+    if key not in state_dict:
+        raise ValueError(f"the checkpoint has no {key!r} to read the number of classes from; "
+                         "pass --num-classes K.")
+    return int(to_numpy(state_dict[key]).shape[0])
+
+
+def _as_segmentor_keys(state_dict: dict) -> dict:
+    """A bare ResNetV1c backbone (`stem.*`, `layer*`, `fc.*`) goes under `backbone.`."""
+    if any(key.startswith("backbone.") for key in state_dict):
+        return state_dict
+    if "stem.0.weight" in state_dict:
+        return {f"backbone.{key}": value for key, value in state_dict.items()
+                if not key.startswith(segmentor.CLASSIFIER_PREFIXES)}
+    raise ValueError("the checkpoint is neither an mmseg segmentor (backbone.*) nor a ResNetV1c "
+                     f"backbone (stem.*); first keys: {sorted(state_dict)[:6]}.")
+
+
+def build_module(state_dict: dict, model: str, num_classes: Optional[int],
+                 output_stride: int) -> Any:
+    if model == "auto":
+        return segmentor.segmentor_for_state_dict(state_dict, output_stride=output_stride)
+    from dnl_jax.models import registry  # pylint: disable=import-outside-toplevel
+
+    bundle = registry.get_model(model, _num_classes(state_dict, num_classes),
+                                output_stride=output_stride)
+    if bundle.task != "segmentation":
+        raise ValueError(f"--model {model!r} is a {bundle.task} model; only segmentation models "
+                         "convert from mmseg checkpoints.")
+    return bundle.module
+
+
+def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Optional[int] = None,
+            output_stride: int = 8, partial: bool = False, seed: int = 0) -> dict:
+    """Converts `in_path` for `model` and writes `out_dir/state`; returns the summary dict."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(os.path.join(out_dir, "state")):
+        raise ValueError(f"{out_dir}/state already exists; choose a new OUT_DIR or delete it.")
+    state_dict = _as_segmentor_keys(load_torch_checkpoint(in_path))
+    module = build_module(state_dict, model, num_classes, output_stride)
+    template = segmentor.segmentor_template(module)
+    loaded, report = mapping.torch_to_flax(
+        state_dict, template, rename=segmentor.mmseg_rename, strict=not partial,
+        what=f"{in_path} for --model {model}",
+    )
+    variables = loaded
+    if partial:
+        variables = mapping.merge_variables(_fresh_variables(module, seed), loaded)
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(out_dir, exist_ok=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(out_dir, "state"), jax.tree.map(np.asarray, variables))
+    checkpointer.wait_until_finished()
+    mismatched = [dict(key=key, checkpoint=list(got), model=list(want))
+                  for key, got, want, _ in report.mismatched]
+    summary = dict(
+        source=os.path.abspath(in_path), model=model,
+        num_classes=int(module.decode_head.num_classes), partial=partial,
+        loaded=len(report.loaded), missing=[key for key, _ in report.missing],
+        unexpected=list(report.unexpected), mismatched=mismatched,
+    )
+    with open(os.path.join(out_dir, "conversion.json"), "w", encoding="utf-8") as file:
+        json.dump(summary, file, indent=2)
+    return summary
+
+
+def _fresh_variables(module: Any, seed: int) -> dict:
+    """The module's own initialisation (train=True so the auxiliary head is created)."""
+    images = np.zeros((1, 64, 64, module.backbone.in_channels), np.float32)
+    keys = {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
+    init = jax.jit(lambda rngs, x: module.init(rngs, x, train=True))
+    return jax.tree.map(np.asarray, mapping.plain_dict(init(keys, images)))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dnl_jax.interop.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help=".pth/.pt/.safetensors (no pickled code is run)")
+    parser.add_argument("out_dir", help="output directory; OUT_DIR/state is the orbax checkpoint")
+    parser.add_argument("--model", default="auto", help="registry name, or 'auto' (default)")
+    parser.add_argument("--num-classes", type=int, default=None)
+    parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
+    parser.add_argument("--partial", action="store_true",
+                        help="load the matching tensors only; initialise the rest")
+    args = parser.parse_args(argv)
+    try:
+        summary = convert(args.checkpoint, args.out_dir, model=args.model,
+                          num_classes=args.num_classes, output_stride=args.output_stride,
+                          partial=args.partial)
+    except ValueError as error:
+        hint = "\n(strict=False is --partial here.)" if isinstance(error, ConversionError) else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
+        return 2
+    state_dir = os.path.join(os.path.abspath(args.out_dir), "state")
+    print(f"wrote {state_dir}: loaded {summary['loaded']} tensors; "
+          f"missing {len(summary['missing'])}, unexpected {len(summary['unexpected'])}, "
+          f"mis-shaped {len(summary['mismatched'])} (details in conversion.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""ResNet-V1b: `ResNetV1c` with torchvision's single 7×7 stem, so that ImageNet-pretrained
+torchvision weights load exactly (`dnl_jax.interop.torchvision_resnet_to_flax`).
+
+    stem: conv 7×7 (in → stem_channels, stride 2, padding 3, no bias) → BN → ReLU →
+          3×3 max-pool (stride 2, padding 1); names `conv1`, `bn1` ↔ torchvision `conv1.weight`,
+          `bn1.*`.
+
+Everything after the stem (stages, strides/dilations per output stride, names `layer{s}_{i}`) is
+`ResNetV1c`'s. torchvision's own network is the `output_stride=32` case (no dilation).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from dnl_jax import layers
+from dnl_jax.models.resnet import Array, ResNetV1c
+
+
+class ResNetV1b(ResNetV1c):
+    """`ResNetV1c` with a 7×7 stem (torchvision / mmseg `ResNetV1b` / `ResNet`). Input
+    `[B, H, W, in_channels]`, output the 4 stage maps as `ResNetV1c`."""
+
+    def _stem(self, x: Array, train: bool) -> Array:
+        x = nn.Conv(
+            self.stem_channels, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
+            kernel_init=layers.kaiming_fan_out, dtype=self.dtype, name="conv1",
+        )(x)
+        x = layers.make_norm(
+            "batch", train=train and not self.frozen_bn, axis_name=self.axis_name,
+            dtype=self.dtype, name="bn1",
+        )(x)
+        x = nn.relu(x)
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+__all__ = ["ResNetV1b"]
