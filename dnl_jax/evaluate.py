@@ -259,3 +259,107 @@ def evaluate_video(predict_fn: PredictFn, examples: Iterable[dict], *, clip_len:
     if video_total == 0:
         raise ValueError("evaluate_video: no examples.")
     return {"clip_accuracy": clip_hits / clip_total, "video_accuracy": video_hits / video_total}
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: a checkpoint on a split
+# ----------------------------------------------------------------------------------------------
+
+
+def _config_value(config, *paths: str, default=None):
+    """The first of `paths` (dotted) present in `config`: recipe configs and the trainer's
+    schema name a few keys differently (e.g. model.num_classes / data.num_classes)."""
+    for path in paths:
+        node = config
+        for key in path.split("."):
+            if node is None or key not in node:
+                node = None
+                break
+            node = node[key]
+        if node is not None:
+            return node
+    return default
+
+
+def inference_settings(config) -> dict[str, Any]:
+    """predict_scores kwargs from `config.eval` (mode, crop_size, stride, scales, flip)."""
+    tuple_or_none = lambda v: None if v is None else tuple(v)  # noqa: E731
+    return {"mode": _config_value(config, "eval.mode", default="whole"),
+            "crop_size": tuple_or_none(_config_value(config, "eval.crop_size")),
+            "stride": tuple_or_none(_config_value(config, "eval.stride")),
+            "scales": tuple(_config_value(config, "eval.scales", default=(1.0,))),
+            "flip": bool(_config_value(config, "eval.flip", default=False))}
+
+
+def _predict_fn(config, checkpoint: str):
+    """(jitted logits function, bundle) of the checkpoint's model (config.model)."""
+    from dnl_jax.models import get_model
+    from dnl_jax.train.checkpoint import load_variables
+
+    num_classes = int(_config_value(config, "model.num_classes", "data.num_classes"))
+    kwargs = _config_value(config, "model.kwargs", default={})
+    kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+    bundle = get_model(config.model.name, num_classes, **kwargs)
+    variables = load_variables(checkpoint)
+    return jax.jit(lambda x: bundle.module.apply(variables, x, train=False)["logits"]), bundle
+
+
+def evaluate_checkpoint(config, checkpoint: str, split: str, *, output_dir: str | None = None,
+                        log=print) -> dict[str, Any]:
+    """Evaluates checkpoint `checkpoint` (a step directory) on `split` of `config.data` and
+    returns the metrics (segmentation: mIoU etc., with the IoU table logged; video: clip and
+    multi-view accuracy). Needs dnl_jax.models and dnl_jax.train (registry, checkpoint reader).
+    Each host evaluates examples process_index::process_count; confusions are summed."""
+    from dnl_jax.data import load_split
+
+    predict, bundle = _predict_fn(config, checkpoint)
+    source = load_split(config.data.name, split, config.data.data_dir, with_names=True)
+    process, processes = jax.process_index(), jax.process_count()
+    examples = (source[i] for i in range(process, len(source), processes))
+    if bundle.task != "segmentation":
+        if processes > 1:
+            raise ValueError("video evaluation runs on one host; run it with one process.")
+        return evaluate_video(
+            predict, examples, clip_len=config.data.clip_len, stride=config.data.frame_stride,
+            crop_size=config.data.crop_size, num_clips=config.eval.num_clips,
+            num_crops=config.eval.num_crops, short_side=config.eval.short_side)
+    confusion = evaluate_segmentation(
+        predict, examples, num_classes=bundle.num_classes,
+        base_size=_config_value(config, "data.base_size"), output_dir=output_dir,
+        dataset=config.data.name, **inference_settings(config))
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
+    metrics = segmentation_metrics(confusion)
+    log(format_iou_table(metrics, source.classes))
+    return metrics
+
+
+def main(argv: Sequence[str]) -> None:
+    import json
+
+    from absl import flags
+
+    split = flags.FLAGS.split
+    metrics = evaluate_checkpoint(_CONFIG.value, flags.FLAGS.checkpoint, split,
+                                  output_dir=flags.FLAGS.output_dir)
+    if "clip_accuracy" in metrics:
+        print(f"clip accuracy {100 * metrics['clip_accuracy']:.2f}  "
+              f"video (multi-view) accuracy {100 * metrics['video_accuracy']:.2f}")
+    if flags.FLAGS.output_dir:
+        with open(os.path.join(flags.FLAGS.output_dir, f"metrics_{split}.json"), "w") as f:
+            json.dump({k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                       for k, v in metrics.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file.")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint step directory, e.g. runs/x/checkpoints/80000.")
+    flags.DEFINE_string("split", "val", "Split of config.data to evaluate.")
+    flags.DEFINE_string("output_dir", None, "Writes prediction PNGs and metrics_SPLIT.json here.")
+    flags.mark_flags_as_required(["config", "checkpoint"])
+    app.run(main)
