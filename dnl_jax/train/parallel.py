@@ -2,6 +2,7 @@
 
 Both wrap the same pure steps (`dnl_jax.train.step`) and expose one interface to the trainer:
 
+    context()                    → context manager the run executes in (jit: the mesh)
     init_state(init_fn)          → the TrainState placed for this driver
     train_step(state, batch)     → (state, metrics); batch = this host's numpy batch [b, ...]
     eval_step(state, batch)      → numpy metric sums over every device and host
@@ -18,6 +19,7 @@ reshaped to `[local_devices, b / local_devices, ...]`, reductions use `axis_name
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import jax
@@ -51,12 +53,15 @@ class JitDriver:
 
     def __init__(self, train_step: Callable, eval_step: Callable):
         self.mesh = make_mesh()
-        jax.set_mesh(self.mesh)
         self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
         self.replicated = NamedSharding(self.mesh, P())
         self._train_step = train_step
         self._eval_step = eval_step
         self._jitted_train = self._jitted_eval = None
+
+    def context(self):
+        """The mesh in context for the whole run (`with driver.context(): ...`)."""
+        return jax.set_mesh(self.mesh)
 
     def _compile(self, state_shardings):
         self._jitted_train = jax.jit(
@@ -105,8 +110,14 @@ class PmapDriver:
 
     def __init__(self, train_step: Callable, eval_step: Callable):
         self.devices = jax.local_devices()
+        # Leading axis over the local devices: how pmap lays out its replicated arguments.
+        self._stacked = NamedSharding(jax.sharding.Mesh(np.array(self.devices), (PMAP_AXIS,)),
+                                      P(PMAP_AXIS))
         self._train = jax.pmap(train_step, axis_name=PMAP_AXIS, donate_argnums=0)
         self._eval = jax.pmap(eval_step, axis_name=PMAP_AXIS)
+
+    def context(self):
+        return contextlib.nullcontext()
 
     def _split(self, host_batch: dict) -> dict:
         n = len(self.devices)
@@ -134,7 +145,9 @@ class PmapDriver:
                             abstract_state)
 
     def from_checkpoint(self, tree):
-        return jax.device_put_replicated(tree, self.devices)
+        n = len(self.devices)
+        return jax.tree.map(lambda x: jax.device_put(
+            np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))), self._stacked), tree)
 
 
 def make_driver(parallelism: str, train_step: Callable, eval_step: Callable):

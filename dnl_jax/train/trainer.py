@@ -219,11 +219,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     run = _build(config, workdir)
     try:
         run.writer.write_config(config)
-        state, signature = _initial_state(run)
-        state, status, last_val = _train_loop(run, state, signature, on_step)
-        host_state = parallel.fetch_replicated(run.driver.to_checkpoint(state))
-        if status == "completed" and last_val is None:  # resumed after the last step
-            last_val = evaluate(run, state)
+        with run.driver.context():
+            state, signature = _initial_state(run)
+            state, status, last_val = _train_loop(run, state, signature, on_step)
+            host_state = parallel.fetch_replicated(run.driver.to_checkpoint(state))
+            if status == "completed" and last_val is None:  # resumed after the last step
+                last_val = evaluate(run, state)
     finally:
         run.checkpointer.close()
         run.writer.close()
