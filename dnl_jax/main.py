@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -51,6 +52,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("dnl_jax").setLevel(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep the bar clean
+        absl_logging.set_verbosity(absl_logging.WARNING)
     initialize_distributed()
     import jax
 

@@ -52,6 +52,15 @@ def test_one_step_end_to_end(tmp_path):
     assert json.load(open(tmp_path / "config.json"))["model"]["name"] == "dnl_tiny"
 
 
+def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
+    config = tiny_config(**{"model.dtype": "bfloat16", "total_steps": 2,
+                            "optimizer.grad_clip_norm": 1.0})
+    result = train_and_evaluate(config, str(tmp_path))
+    assert result["status"] == "completed" and np.isfinite(result["val"]["miou"])
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(result["state"].params)}
+    assert dtypes == {np.dtype(np.float32)}
+
+
 def _no_dropout(next_fun, args, kwargs, context):
     # Under pmap every device draws its own dropout mask, under jit one global mask is drawn:
     # the two cannot agree, so this comparison switches dropout off (and nothing else).
@@ -104,6 +113,15 @@ def test_workdir_of_another_model_is_refused_untouched(tmp_path):
         train_and_evaluate(tiny_config(**{"data.num_classes": 4, "total_steps": 2}),
                            str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
+    # Same model and workdir, now with NaN images: the resumed run's first step (3) is NaN.
+    poisoned = tiny_config(**{"total_steps": 4, "data.noise": float("nan")})
+    with pytest.raises(FloatingPointError, match="at step 3.*Last good checkpoint: step 2"):
+        train_and_evaluate(poisoned, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
 
 def test_init_from_takes_the_parameters_of_a_checkpoint(tmp_path):

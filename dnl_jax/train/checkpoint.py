@@ -12,6 +12,7 @@ complete one.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from typing import Any, Optional
@@ -95,7 +96,10 @@ def load_variables(path: str) -> dict:
     if not os.path.isdir(path):
         raise ValueError(f"config.init_from={path!r} is not a directory; give a checkpoint step "
                          "directory such as runs/demo/checkpoints/100.")
-    tree = ocp.PyTreeCheckpointer().restore(path)
+    checkpointer = ocp.PyTreeCheckpointer()
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            checkpointer.metadata(path).item_metadata.tree)
+    tree = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     if "params" not in tree:
         raise ValueError(f"config.init_from={path!r} holds no 'params'; keys: {list(tree)}.")
     return {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
@@ -111,7 +115,11 @@ class PreemptionWatcher:
     def __init__(self):
         self.requested = False
         self._previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, self._handle)
+        try:
+            signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: Python only lets the main thread install it
+            self._previous = None
+            logging.warning("not in the main thread: SIGTERM will not trigger a checkpoint.")
 
     def _handle(self, signum, frame):
         self.requested = True
@@ -123,4 +131,5 @@ class PreemptionWatcher:
         return bool(np.max(flags))
 
     def close(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)

@@ -92,9 +92,11 @@ def save_curves_figure(workdir: str, *, title: str = "") -> Optional[str]:
     import matplotlib.pyplot as plt
 
     records = read_metrics(workdir)
-    train = [(r["step"], r["loss"]) for r in records if r["split"] == "train" and r.get("loss")]
-    val = [(r["step"], r["miou"]) for r in records if r["split"] == "val"
-           and r.get("miou") is not None]
+    # A resumed run logs again the steps after its checkpoint: the last record of a step wins.
+    train = sorted({r["step"]: r["loss"] for r in records
+                    if r["split"] == "train" and r.get("loss") is not None}.items())
+    val = sorted({r["step"]: r["miou"] for r in records
+                  if r["split"] == "val" and r.get("miou") is not None}.items())
     if not train and not val:
         return None
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
