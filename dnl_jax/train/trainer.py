@@ -47,12 +47,13 @@ class Run:
 
 
 # ---------------------------------------------------------------- model, optimizer, driver, data
-def make_bundle(config: ml_collections.ConfigDict):
-    """The model bundle for `config.model`, with the batch-norm axis the driver needs."""
+def make_bundle(config: ml_collections.ConfigDict, *, for_init: bool = False):
+    """The model bundle for `config.model`, with the batch-norm axis the driver needs (none for
+    initialisation, which runs outside pmap)."""
     kwargs = config.model.kwargs.to_dict()
     if config.model.dtype == "bfloat16":
         kwargs["dtype"] = jnp.bfloat16
-    if config.parallelism == "pmap":
+    if config.parallelism == "pmap" and not for_init:
         kwargs["axis_name"] = parallel.PMAP_AXIS
     bundle = get_model(config.model.name, config.data.num_classes, **kwargs)
     if bundle.task != "segmentation":
@@ -61,14 +62,19 @@ def make_bundle(config: ml_collections.ConfigDict):
     return bundle
 
 
-def make_init_fn(bundle, optimizer, config: ml_collections.ConfigDict) -> Callable:
-    """() → fresh TrainState, deterministic from config.seed."""
+def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
+    """() → fresh TrainState, deterministic from config.seed.
+
+    Initialised in training mode so that training-only parts (the auxiliary head) get their
+    parameters too; flax's batch norm leaves its running statistics untouched while initialising.
+    """
+    module = make_bundle(config, for_init=True).module
     size = config.data.image_size
 
     def init_fn():
         params_key, dropout_key, train_key = jax.random.split(jax.random.key(config.seed), 3)
-        variables = bundle.module.init({"params": params_key, "dropout": dropout_key},
-                                       jnp.zeros((1, size, size, 3), jnp.float32), train=False)
+        variables = module.init({"params": params_key, "dropout": dropout_key},
+                                jnp.zeros((2, size, size, 3), jnp.float32), train=True)
         params = variables["params"]
         return step_lib.TrainState(
             step=jnp.zeros((), jnp.int32), params=params,
@@ -96,7 +102,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                      every_steps=config.checkpoint.every_steps,
                                      keep=config.checkpoint.keep,
                                      keep_best=config.checkpoint.keep_best)
-    return Run(config, bundle, driver, schedule, make_init_fn(bundle, optimizer, config),
+    return Run(config, bundle, driver, schedule, make_init_fn(optimizer, config),
                train_source, val_source, iter(dataset), checkpointer, logs.MetricWriter(workdir))
 
 
