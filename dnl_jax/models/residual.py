@@ -1,0 +1,256 @@
+"""Residual blocks (basic and bottleneck) for 2-D and 3-D ResNets, with an optional context block
+(non-local, disentangled non-local or global context) inserted into the block.
+
+Channel-last inputs `[B, *spatial, C]`; the same modules serve the 2-D segmentation backbone
+(`ResNetV1c`) and the 3-D video backbone (`ResNet3D`): the number of spatial dims is read from the
+input, and a 3-D block may inflate its first conv in time (`temporal_kernel` 3, I3D-style).
+
+Parameter names mirror mmseg/mmcv (PyTorch style, stride in the 3×3 conv) so that a state_dict
+maps one to one (`/` ↔ `.`, trailing `_N` ↔ `.N`; conv `kernel` ↔ `weight` transposed from
+`[O, I, *k]` to `[*k, I, O]`; norm `scale` ↔ `weight`; batch_stats `mean`/`var` ↔
+`running_mean`/`running_var`):
+
+    conv1/kernel            ↔ conv1.weight            bn1/{scale,bias}  ↔ bn1.{weight,bias}
+    conv2, bn2, conv3, bn3  ↔ conv2, bn2, conv3, bn3  (conv3/bn3 only in the bottleneck)
+    downsample_0/kernel     ↔ downsample.0.weight     (1×1 conv with the block's stride)
+    downsample_1            ↔ downsample.1            (its batch norm)
+    dnl_block | nl_block | gc_block   the inserted context block (its own names, see blocks.py),
+                                      as the plug-in of mmdet-style detection backbones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+
+from dnl_jax import blocks, layers
+
+Array = jax.Array
+Dtype = Any
+
+CONTEXT_KINDS = ("dnl", "nl", "gc")
+PLACEMENTS = ("after_block", "after_add")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextSpec:
+    """Which context block to insert into a residual block, and where.
+
+    Attributes:
+      kind: 'dnl' (`DisentangledNonLocal`), 'nl' (`NonLocal`, embedded Gaussian) or 'gc'
+        (`ContextBlock`).
+      placement: 'after_block' (after the block's final ReLU, as the video non-local network) or
+        'after_add' (after the residual add, before the final ReLU, as the official DNL detection
+        code).
+      reduction: inner channels = C // reduction for 'dnl'/'nl' (2 in mmseg and the video network,
+        4 in the detection code).
+      temperature: 'dnl' only.
+      sub_sample: max-pool keys and values by `pool_window` (video: (1, 2, 2)).
+      ratio: 'gc' bottleneck ratio.
+      implementation: attention implementation passed to `dnl_jax.ops.dnl_attention`.
+    """
+
+    kind: str = "dnl"
+    placement: str = "after_block"
+    reduction: int = 2
+    temperature: float = 0.05
+    sub_sample: bool = False
+    pool_window: Optional[tuple[int, ...]] = None
+    ratio: float = 1 / 4
+    implementation: Optional[str] = None
+
+    def __post_init__(self):
+        if self.kind not in CONTEXT_KINDS:
+            raise ValueError(f"unknown context block kind {self.kind!r}; choose one of {CONTEXT_KINDS}.")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {self.placement!r}; choose one of {PLACEMENTS}.")
+
+    @property
+    def module_name(self) -> str:
+        return f"{self.kind}_block"
+
+    def build(self, axis_name: Optional[str], dtype: Optional[Dtype]) -> nn.Module:
+        """The block, named `{kind}_block` (call it inside a compact method)."""
+        if self.kind == "gc":
+            return blocks.ContextBlock(ratio=self.ratio, dtype=dtype, name=self.module_name)
+        common = dict(
+            reduction=self.reduction, sub_sample=self.sub_sample, pool_window=self.pool_window,
+            axis_name=axis_name, implementation=self.implementation, dtype=dtype,
+            name=self.module_name,
+        )
+        if self.kind == "nl":
+            return blocks.NonLocal(**common)
+        return blocks.DisentangledNonLocal(temperature=self.temperature, **common)
+
+
+class _ResidualBase(nn.Module):
+    """Shared attributes and helpers of `BasicBlock` and `Bottleneck`.
+
+    Attributes:
+      planes: width of the block's inner convs (output = planes · expansion).
+      strides: spatial stride of the block, one int per spatial dim (or an int for all).
+      dilation: dilation of the 3×3 conv (padding = dilation, so the size only depends on stride).
+      downsample: project the identity with a 1×1 conv (stride) + BN (mmseg V1c, avg_down=False).
+      temporal_kernel: 3-D only: time extent of the first conv (1 = C2D, 3 = I3D inflation).
+      context: optional context block inserted into this block.
+      frozen_bn: use running statistics even in training (mmseg `norm_eval`).
+      zero_init_residual: the last BN's scale starts at 0 (mmseg's default), so the block starts
+        as identity + ReLU.
+    """
+
+    planes: int
+    strides: Any = 1
+    dilation: int = 1
+    downsample: bool = False
+    temporal_kernel: int = 1
+    context: Optional[ContextSpec] = None
+    axis_name: Optional[str] = None
+    frozen_bn: bool = False
+    zero_init_residual: bool = True
+    dtype: Optional[Dtype] = None
+
+    def _conv(self, x: Array, features: int, kernel: int, name: str, strides: Any = 1,
+              dilation: int = 1, temporal_kernel: int = 1) -> Array:
+        """Bias-free conv, PyTorch padding (kernel//2·dilation); 3-D convs get `temporal_kernel`
+        in time (padded by temporal_kernel//2) and no stride or dilation in time unless given."""
+        nd = x.ndim - 2
+        window = (kernel,) * min(nd, 2)
+        dilations = (dilation,) * min(nd, 2)
+        if nd == 3:
+            window = (temporal_kernel,) + window
+            dilations = (1,) + dilations
+        padding = [((w - 1) * d // 2,) * 2 for w, d in zip(window, dilations)]
+        return nn.Conv(
+            features, window, strides=_spatial_tuple(strides, nd), kernel_dilation=dilations,
+            padding=padding, use_bias=False, kernel_init=layers.kaiming_fan_out, dtype=self.dtype,
+            name=name,
+        )(x)
+
+    def _norm(self, x: Array, name: str, train: bool, zero_init: bool = False) -> Array:
+        """Batch norm over channels; frozen (running statistics) when `frozen_bn`. `zero_init`
+        zeroes the scale (the bias starts at 0 anyway), as mmcv's `constant_init(norm, 0)`."""
+        return layers.make_norm(
+            "batch", train=train and not self.frozen_bn, zero_init=zero_init,
+            axis_name=self.axis_name, dtype=self.dtype, name=name,
+        )(x)
+
+    def _identity(self, x: Array, features: int, train: bool) -> Array:
+        if not self.downsample:
+            return x
+        identity = self._conv(x, features, 1, "downsample_0", strides=self.strides)
+        return self._norm(identity, "downsample_1", train)
+
+    def _finish(self, out: Array, identity: Array, train: bool) -> Array:
+        """Residual add, context block (before or after the final ReLU), ReLU."""
+        out = out + identity
+        block = self.context.build(self.axis_name, self.dtype) if self.context else None
+        if block is not None and self.context.placement == "after_add":
+            out = block(out, train=train)
+        out = nn.relu(out)
+        if block is not None and self.context.placement == "after_block":
+            out = block(out, train=train)
+        return out
+
+
+class BasicBlock(_ResidualBase):
+    """conv3×3(stride, dilation) → BN → ReLU → conv3×3 → BN, + identity, ReLU. Expansion 1.
+
+    As mmseg's `BasicBlock`, the second 3×3 conv is not dilated (padding 1).
+    Input `[B, *spatial, C]`, output `[B, *spatial / stride, planes]`.
+    """
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        out = self._conv(x, self.planes, 3, "conv1", strides=self.strides, dilation=self.dilation,
+                         temporal_kernel=self.temporal_kernel)
+        out = nn.relu(self._norm(out, "bn1", train))
+        out = self._conv(out, self.planes, 3, "conv2")
+        out = self._norm(out, "bn2", train, zero_init=self.zero_init_residual)
+        return self._finish(out, self._identity(x, self.planes, train), train)
+
+
+class Bottleneck(_ResidualBase):
+    """conv1×1 → BN → ReLU → conv3×3(stride, dilation) → BN → ReLU → conv1×1 (4·planes) → BN,
+    + identity, ReLU (PyTorch style: the stride sits in the 3×3 conv).
+
+    Input `[B, *spatial, C]`, output `[B, *spatial / stride, 4·planes]`.
+    """
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        features = self.planes * self.expansion
+        out = self._conv(x, self.planes, 1, "conv1", temporal_kernel=self.temporal_kernel)
+        out = nn.relu(self._norm(out, "bn1", train))
+        out = self._conv(out, self.planes, 3, "conv2", strides=self.strides, dilation=self.dilation)
+        out = nn.relu(self._norm(out, "bn2", train))
+        out = self._conv(out, features, 1, "conv3")
+        out = self._norm(out, "bn3", train, zero_init=self.zero_init_residual)
+        return self._finish(out, self._identity(x, features, train), train)
+
+
+def _spatial_tuple(strides: Any, nd: int) -> tuple[int, ...]:
+    """An int stride applies to the 2 image dims (never to time); a tuple is taken as is."""
+    if isinstance(strides, int):
+        return ((1,) if nd == 3 else ()) + (strides,) * min(nd, 2)
+    strides = tuple(strides)
+    if len(strides) != nd:
+        raise ValueError(f"strides {strides} need one entry per spatial dim ({nd}).")
+    return strides
+
+
+def block_type(depth: int) -> type[_ResidualBase]:
+    return BasicBlock if depth < 50 else Bottleneck
+
+
+# (block type, blocks per stage) per ResNet depth, as torchvision/mmseg.
+ARCH_SETTINGS: dict[int, Sequence[int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+def check_depth(depth: int) -> None:
+    if depth not in ARCH_SETTINGS:
+        raise ValueError(f"unsupported ResNet depth {depth}; choose one of {sorted(ARCH_SETTINGS)}.")
+
+
+def expansion(depth: int) -> int:
+    return block_type(depth).expansion
+
+
+def stage_context_indices(
+    indices: Optional[Sequence[Sequence[int]]], num_blocks: Sequence[int]
+) -> list[frozenset[int]]:
+    """Normalises a per-stage list of block indices (negatives count from the end) into sets."""
+    if indices is None:
+        return [frozenset()] * len(num_blocks)
+    if len(indices) != len(num_blocks):
+        raise ValueError(
+            f"context_block_indices needs one entry per stage ({len(num_blocks)}); got "
+            f"{len(indices)}: {indices}."
+        )
+    out = []
+    for stage, (chosen, n) in enumerate(zip(indices, num_blocks)):
+        normalised = set()
+        for i in chosen:
+            if not -n <= i < n:
+                raise ValueError(f"stage {stage + 1} has {n} blocks; block index {i} is out of range.")
+            normalised.add(i % n)
+        out.append(frozenset(normalised))
+    return out
+
+
+__all__ = [
+    "ContextSpec", "BasicBlock", "Bottleneck", "ARCH_SETTINGS", "block_type", "check_depth",
+    "expansion", "stage_context_indices", "CONTEXT_KINDS", "PLACEMENTS",
+]

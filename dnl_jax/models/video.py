@@ -1,0 +1,205 @@
+"""3-D ResNet (C2D and I3D) with non-local / disentangled non-local blocks, for video
+classification as in the original non-local network (Wang et al., CVPR 2018).
+
+    clip [B, T, H, W, 3] → conv1 (kt×7×7, stride 1,2,2) → BN → ReLU → max-pool 1×3×3 (stride 1,2,2)
+      → res2 → [temporal max-pool 3×1×1, stride 2] → res3 → res4 → res5
+      → global average pool → dropout → fc → logits [B, K]
+
+- C2D: every kernel is 1 in time (kt = 1): a 2-D ResNet applied per frame, mixing frames only
+  through pooling and the non-local blocks.
+- I3D: conv1 has kt = 5 and the first 1×1 conv of some residual blocks is inflated to 3×1×1: all
+  of res2, every other block of res3 and res4 starting with the first, every other block of res5
+  starting with the second (the official ResNet-50 I3D pattern, extended to the other depths).
+- Context blocks: after every second residual block (1, 3, 5, ...) of res3 and res4, 5 blocks in
+  ResNet-50; a `NonLocal` or `DisentangledNonLocal` block with C/2 inner channels and keys/values
+  max-pooled by (1, 2, 2) in space, output BN zero-initialised.
+
+Parameter names: `backbone/conv1/kernel`, `backbone/bn1` (torchvision-style stem),
+`backbone/layer{s}_{i}/...` (see residual.py; the context block `nl_block`/`dnl_block` lives in
+its residual block, placement 'after_block'), `fc/{kernel,bias}` (mmaction `cls_head.fc_cls`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dnl_jax import layers
+from dnl_jax.models import residual
+from dnl_jax.models.residual import ContextSpec
+
+Array = jax.Array
+Dtype = Any
+
+INFLATIONS = ("c2d", "i3d")
+
+
+def every_other_block(num_blocks: Sequence[int], stages: Sequence[int] = (1, 2)) -> tuple:
+    """Per-stage block indices 1, 3, 5, ... in the chosen stages (0-based: res3 = 1, res4 = 2)."""
+    return tuple(tuple(range(1, n, 2)) if s in stages else () for s, n in enumerate(num_blocks))
+
+
+def i3d_inflated_blocks(num_blocks: Sequence[int]) -> tuple[frozenset[int], ...]:
+    """Blocks whose first conv is 3×1×1 in I3D: all of res2, even blocks of res3/res4, odd of res5."""
+    first = (0, 0, 0, 1)
+    return tuple(
+        frozenset(range(n)) if s == 0 else frozenset(range(first[s], n, 2))
+        for s, n in enumerate(num_blocks)
+    )
+
+
+def check_clip(x: Array, in_channels: int) -> None:
+    if x.ndim != 5:
+        raise ValueError(
+            f"the video model takes channel-last clips [B, T, H, W, {in_channels}] (rank 5); got "
+            f"shape {x.shape}. For single frames add a time axis, x[:, None]."
+        )
+    if x.shape[-1] != in_channels:
+        raise ValueError(
+            f"expected {in_channels} input channels (last axis); got shape {x.shape}. Transpose "
+            "[B, C, T, H, W] clips with x.transpose(0, 2, 3, 4, 1)."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"expected a floating-point clip; got dtype {x.dtype}.")
+
+
+class ResNet3D(nn.Module):
+    """3-D ResNet trunk: `[B, T, H, W, in_channels]` → res5 features `[B, T', H/32, W/32, C]`
+    (T' = ⌈T/2⌉ with `temporal_pool`, else T; C = 8 · base_channels · expansion).
+
+    Attributes:
+      depth: 18, 34, 50, 101 or 152.
+      inflation: 'c2d' or 'i3d'.
+      context: the non-local block to insert (None: a plain C2D/I3D baseline).
+      context_block_indices: per-stage block indices; None = every other block of res3 and res4.
+      temporal_pool: max-pool 3×1×1 with stride 2 in time after res2 (as the paper's Table 1).
+    """
+
+    depth: int = 50
+    inflation: str = "i3d"
+    in_channels: int = 3
+    stem_channels: int = 64
+    base_channels: int = 64
+    temporal_pool: bool = True
+    context: Optional[ContextSpec] = None
+    context_block_indices: Optional[Sequence[Sequence[int]]] = None
+    axis_name: Optional[str] = None
+    frozen_bn: bool = False
+    dtype: Optional[Dtype] = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        residual.check_depth(self.depth)
+        check_clip(x, self.in_channels)
+        if self.inflation not in INFLATIONS:
+            raise ValueError(f"unknown inflation {self.inflation!r}; choose one of {INFLATIONS}.")
+        num_blocks = residual.ARCH_SETTINGS[self.depth]
+        indices = self.context_block_indices
+        if indices is None:
+            indices = every_other_block(num_blocks)
+        chosen = residual.stage_context_indices(indices if self.context else None, num_blocks)
+        inflated = i3d_inflated_blocks(num_blocks)
+        x = self._stem(x, train)
+        block = residual.block_type(self.depth)
+        in_features = self.stem_channels
+        for stage, blocks_in_stage in enumerate(num_blocks):
+            planes = self.base_channels * 2**stage
+            for index in range(blocks_in_stage):
+                first = index == 0
+                x = block(
+                    planes=planes,
+                    strides=(1, 2, 2) if first and stage > 0 else 1,
+                    downsample=first and (stage > 0 or in_features != planes * block.expansion),
+                    temporal_kernel=3 if self._inflate(inflated, stage, index) else 1,
+                    context=self.context if index in chosen[stage] else None,
+                    axis_name=self.axis_name, frozen_bn=self.frozen_bn, dtype=self.dtype,
+                    name=f"layer{stage + 1}_{index}",
+                )(x, train=train)
+            in_features = planes * block.expansion
+            if stage == 0 and self.temporal_pool:
+                x = nn.max_pool(x, (3, 1, 1), strides=(2, 1, 1), padding=((1, 1), (0, 0), (0, 0)))
+        return x
+
+    def _inflate(self, inflated, stage: int, index: int) -> bool:
+        return self.inflation == "i3d" and index in inflated[stage]
+
+    def _stem(self, x: Array, train: bool) -> Array:
+        """conv kt×7×7 (stride 1, 2, 2; PyTorch padding) → BN → ReLU → max-pool 1×3×3 (1, 2, 2)."""
+        kt = 5 if self.inflation == "i3d" else 1
+        x = nn.Conv(
+            self.stem_channels, (kt, 7, 7), strides=(1, 2, 2),
+            padding=((kt // 2, kt // 2), (3, 3), (3, 3)), use_bias=False,
+            kernel_init=layers.kaiming_fan_out, dtype=self.dtype, name="conv1",
+        )(x)
+        x = layers.make_norm(
+            "batch", train=train and not self.frozen_bn, axis_name=self.axis_name,
+            dtype=self.dtype, name="bn1",
+        )(x)
+        x = nn.relu(x)
+        return nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
+
+
+class VideoClassifier(nn.Module):
+    """`ResNet3D` trunk → global average pool over (T, H, W) → dropout → `fc`.
+
+    `__call__(clips [B, T, H, W, 3], train=False)` → `{'logits': [B, num_classes]}`.
+    """
+
+    backbone: ResNet3D
+    num_classes: int
+    dropout_rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, clips: Array, train: bool = False) -> dict[str, Array]:
+        check_clip(clips, self.backbone.in_channels)
+        features = self.backbone(clips, train=train)
+        pooled = jnp.mean(features, axis=(1, 2, 3))
+        pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
+        logits = nn.Dense(self.num_classes, kernel_init=layers.normal_001, name="fc",
+                          dtype=self.backbone.dtype)(pooled)
+        return {"logits": logits}
+
+
+def build_video_classifier(
+    depth: int = 50,
+    context: Optional[str] = "dnl",
+    num_classes: int = 400,
+    *,
+    inflation: str = "i3d",
+    base_channels: int = 64,
+    stem_channels: int = 64,
+    dropout_rate: float = 0.5,
+    temporal_pool: bool = True,
+    axis_name: Optional[str] = None,
+    frozen_bn: bool = False,
+    dtype: Optional[Dtype] = None,
+    implementation: Optional[str] = None,
+    temperature: float = 0.05,
+) -> VideoClassifier:
+    """A `VideoClassifier` with `context` in {'dnl', 'nl', None} blocks (sub-sampled by (1, 2, 2),
+    reduction 2) after every other block of res3 and res4."""
+    residual.check_depth(depth)
+    if inflation not in INFLATIONS:
+        raise ValueError(f"unknown inflation {inflation!r}; choose one of {INFLATIONS}.")
+    if context not in ("dnl", "nl", None):
+        raise ValueError(
+            f"context must be 'dnl', 'nl' or None for the video model; got {context!r}."
+        )
+    spec = None
+    if context is not None:
+        spec = ContextSpec(kind=context, placement="after_block", reduction=2,
+                           temperature=temperature, sub_sample=True, pool_window=(1, 2, 2),
+                           implementation=implementation)
+    backbone = ResNet3D(
+        depth=depth, inflation=inflation, stem_channels=stem_channels,
+        base_channels=base_channels, temporal_pool=temporal_pool, context=spec,
+        axis_name=axis_name, frozen_bn=frozen_bn, dtype=dtype,
+    )
+    return VideoClassifier(backbone=backbone, num_classes=num_classes, dropout_rate=dropout_rate)
+
+
+__all__ = ["ResNet3D", "VideoClassifier", "build_video_classifier", "check_clip",
+           "every_other_block", "i3d_inflated_blocks"]
