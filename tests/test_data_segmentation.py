@@ -1,10 +1,8 @@
 """Preparation → load_split → augmentation for Cityscapes, ADE20K and PASCAL-Context, on tiny
 fixtures written here in each dataset's real on-disk format (no downloads)."""
 
-import io
 import json
 import os
-import zipfile
 
 import grain
 import numpy as np
@@ -12,50 +10,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from data_fixtures import CITYSCAPES_FILES, H, W, random_image, write_ade20k, write_cityscapes, write_voc
 from dnl_jax.data import ade20k, cityscapes, load_split, pascal_context, transforms
 from dnl_jax.data.prepare import main as prepare_main
 from dnl_jax.data.prepare import prepare
-
-H, W = 12, 20
-
-
-def _png(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _jpeg(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _image(rng):
-    return rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-
-
-CITYSCAPES_FILES = [("train", "aachen", "aachen_000000_000019"),
-                    ("train", "aachen", "aachen_000001_000019"),
-                    ("train", "bochum", "bochum_000000_000313"),
-                    ("val", "frankfurt", "frankfurt_000000_000294")]
-
-
-def write_cityscapes(raw, rng, *, skip_label=None, corrupt=None):
-    """The two official zips with real member names; labels hold ids 0..33 plus one id 40."""
-    os.makedirs(raw, exist_ok=True)
-    labels = {}
-    with zipfile.ZipFile(os.path.join(raw, cityscapes.IMAGES_ZIP), "w") as images, \
-            zipfile.ZipFile(os.path.join(raw, cityscapes.LABELS_ZIP), "w") as annotations:
-        for split, city, stem in CITYSCAPES_FILES:
-            image_bytes = b"not a png" if stem == corrupt else _png(_image(rng))
-            images.writestr(f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png", image_bytes)
-            label = rng.integers(0, 34, (H, W)).astype(np.uint8)
-            label[0, :3] = (7, 0, 40)  # road, unlabeled, not a Cityscapes id
-            labels[stem] = label
-            if stem != skip_label:
-                annotations.writestr(cityscapes.label_path(split, city, stem), _png(label))
-    return labels
 
 
 def test_cityscapes_prepare_read_and_label_mapping(tmp_path):
@@ -121,24 +79,6 @@ def test_existing_output_needs_overwrite_and_unknown_split(tmp_path):
         load_split("cityscapes", "test", str(tmp_path / "out"))
 
 
-def write_ade20k(raw, rng, counts=(("train", 3), ("val", 2))):
-    labels = {}
-    for split, count in counts:
-        folder = ade20k.SPLIT_DIRS[split]
-        for kind in ("images", "annotations"):
-            os.makedirs(os.path.join(raw, ade20k.ROOT, kind, folder), exist_ok=True)
-        for i in range(1, count + 1):
-            stem = f"ADE_{split}_{i:08d}"
-            Image.fromarray(_image(rng)).save(
-                os.path.join(raw, ade20k.ROOT, "images", folder, stem + ".jpg"))
-            label = rng.integers(0, 151, (H, W)).astype(np.uint8)
-            label[0, :3] = (0, 1, 200)
-            labels[stem] = label
-            Image.fromarray(label).save(os.path.join(raw, ade20k.ROOT, "annotations", folder,
-                                                     stem + ".png"))
-    return labels
-
-
 def test_ade20k_reduce_zero_label(tmp_path):
     labels = write_ade20k(tmp_path / "raw", np.random.default_rng(1))
     prepare("ade20k", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
@@ -164,21 +104,10 @@ def test_ade20k_missing_annotation_and_empty_split(tmp_path):
     assert os.listdir(tmp_path / "out") == []
 
 
-def _write_voc(raw, rng, ids):
-    voc = os.path.join(raw, pascal_context.VOC_ROOT)
-    os.makedirs(os.path.join(voc, "JPEGImages"), exist_ok=True)
-    os.makedirs(os.path.join(voc, "ImageSets", "SegmentationContext"), exist_ok=True)
-    for split, split_ids in ids.items():
-        with open(os.path.join(voc, "ImageSets", "SegmentationContext", f"{split}.txt"), "w") as f:
-            f.write("\n".join(split_ids) + "\n")
-        for image_id in split_ids:
-            Image.fromarray(_image(rng)).save(os.path.join(voc, "JPEGImages", f"{image_id}.jpg"))
-
-
 def test_pascal_context_from_original_mat_files(tmp_path):
     rng = np.random.default_rng(2)
     ids = {"train": ["2008_000002", "2008_000003"], "val": ["2008_000007"]}
-    _write_voc(tmp_path / "raw", rng, ids)
+    write_voc(tmp_path / "raw", rng, ids)
     os.makedirs(tmp_path / "raw" / "trainval")
     for image_id in sum(ids.values(), []):
         label = rng.integers(0, 460, (H, W)).astype(np.uint16)
@@ -196,7 +125,7 @@ def test_pascal_context_from_original_mat_files(tmp_path):
 def test_pascal_context_from_converted_pngs(tmp_path):
     rng = np.random.default_rng(3)
     ids = {"train": ["2008_000002"], "val": ["2008_000007"]}
-    _write_voc(tmp_path / "raw", rng, ids)
+    write_voc(tmp_path / "raw", rng, ids)
     masks = tmp_path / "raw" / pascal_context.PNG_DIR
     os.makedirs(masks)
     for image_id in sum(ids.values(), []):
@@ -209,7 +138,7 @@ def test_pascal_context_from_converted_pngs(tmp_path):
 
 
 def test_pascal_context_missing_annotations_named(tmp_path):
-    _write_voc(tmp_path / "raw", np.random.default_rng(0), {"train": ["a"], "val": ["b"]})
+    write_voc(tmp_path / "raw", np.random.default_rng(0), {"train": ["a"], "val": ["b"]})
     with pytest.raises(ValueError, match="trainval.*SegmentationClassContext"):
         prepare("pascal_context", str(tmp_path / "raw"), str(tmp_path / "out"))
 

@@ -3,29 +3,14 @@
 import csv
 import os
 
-import av
 import numpy as np
 import pytest
 
+from data_fixtures import write_video
 from dnl_jax.data import load_split, transforms
 from dnl_jax.data.prepare import prepare
 
 FRAMES, H, W = 6, 16, 24
-
-
-def write_video(path, colour, frames=FRAMES):
-    """An mpeg4 video of `frames` frames of one flat colour (so decoding is checkable)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        for _ in range(frames):
-            image = np.empty((H, W, 3), np.uint8)
-            image[:] = colour
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def test_class_folders(tmp_path):
