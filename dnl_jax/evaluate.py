@@ -25,6 +25,9 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import numpy as np
 
+# One definition of mIoU / accuracies (NaN-aware, as mmseg) for training and evaluation.
+from dnl_jax.train.metrics import segmentation_metrics  # noqa: F401  (re-exported)
+
 PredictFn = Callable[[np.ndarray], Any]
 IGNORE_LABEL = 255
 MODES = ("whole", "slide")
@@ -131,6 +134,9 @@ def confusion_matrix(prediction: np.ndarray, label: np.ndarray, num_classes: int
                      ignore_label: int = IGNORE_LABEL) -> np.ndarray:
     """int64 `[K, K]`, rows = ground truth, columns = prediction; ignored pixels left out.
 
+    Host-side twin of `dnl_jax.models.losses.confusion_matrix` (which runs inside jit and drops
+    invalid labels silently); here, at the edge, invalid labels are an error.
+
     Labels that are neither in [0, K) nor `ignore_label` raise ValueError (a dataset/num_classes
     mismatch, which would otherwise silently shift the metrics).
     """
@@ -144,27 +150,6 @@ def confusion_matrix(prediction: np.ndarray, label: np.ndarray, num_classes: int
                          "model.num_classes match the dataset?")
     return np.bincount(label * num_classes + prediction,
                        minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def segmentation_metrics(confusion: np.ndarray) -> dict[str, Any]:
-    """mIoU etc. from a confusion matrix C `[K, K]`:
-
-        IoU_k = C_kk / (Σ_j C_kj + Σ_i C_ik − C_kk)  (NaN if class k is in neither truth nor
-        prediction);  mIoU = nanmean_k IoU_k (as mmseg);  pixel accuracy = Σ_k C_kk / Σ C;
-        accuracy_k = C_kk / Σ_j C_kj;  mean accuracy = nanmean_k accuracy_k.
-    """
-    confusion = np.asarray(confusion, np.float64)
-    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
-        raise ValueError(f"confusion must be square [K, K]; got shape {confusion.shape}.")
-    hits, truth, predicted = np.diag(confusion), confusion.sum(1), confusion.sum(0)
-    union = truth + predicted - hits
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, hits / union, np.nan)
-        accuracy = np.where(truth > 0, hits / truth, np.nan)
-    total = confusion.sum()
-    nanmean = lambda x: float(np.nanmean(x)) if np.any(np.isfinite(x)) else float("nan")  # noqa: E731
-    return {"miou": nanmean(iou), "pixel_accuracy": float(hits.sum() / total) if total else float("nan"),
-            "mean_accuracy": nanmean(accuracy), "per_class_iou": iou, "per_class_accuracy": accuracy}
 
 
 def format_iou_table(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
