@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from data_fixtures import CITYSCAPES_FILES, H, W, random_image, write_ade20k, write_cityscapes, write_voc
+from data_fixtures import CITYSCAPES_FILES, H, W, write_ade20k, write_cityscapes, write_voc
 from dnl_jax.data import ade20k, cityscapes, load_split, pascal_context, transforms
 from dnl_jax.data.prepare import main as prepare_main
 from dnl_jax.data.prepare import prepare
@@ -171,3 +171,21 @@ def test_load_split_through_grain_augmentation_is_deterministic(tmp_path):
     resumed = iter(dataset)
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)["image"], expected["image"])
+
+
+def test_source_pickles_and_host_shards_partition_the_split(tmp_path):
+    import pickle
+
+    write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
+    prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), num_shards=2,
+            log=lambda _: 0)
+    source = load_split("cityscapes", "train", str(tmp_path / "out"), with_names=True)
+    first = source[0]
+    copy = pickle.loads(pickle.dumps(source))  # what grain's worker processes receive
+    np.testing.assert_array_equal(copy[0]["image"], first["image"])
+    dataset = grain.MapDataset.source(source)
+    hosts = [[example["name"] for example in dataset[p::2]] for p in range(2)]
+    assert sorted(hosts[0] + hosts[1]) == sorted(source[i]["name"] for i in range(len(source)))
+    assert not set(hosts[0]) & set(hosts[1])
+    with pytest.raises(IndexError):
+        source[len(source)]
