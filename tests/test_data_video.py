@@ -20,7 +20,7 @@ def test_class_folders(tmp_path):
     write_video(raw / "train" / "abseiling" / "c.mp4", (40, 40, 200))
     write_video(raw / "val" / "juggling" / "d.mp4", (200, 200, 40))
     prepare("kinetics", str(raw), str(tmp_path / "out"), short_side=8, max_frames=4,
-            log=lambda _: 0)
+            num_workers=2, log=lambda _: 0)
     train = load_split("kinetics", "train", str(tmp_path / "out"), with_names=True)
     assert train.classes == ["abseiling", "juggling"] and len(train) == 3
     example = train[0]

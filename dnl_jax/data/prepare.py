@@ -1,7 +1,7 @@
 """Prepare a dataset from its raw download into array_record shards that `load_split` reads.
 
     python -m dnl_jax.data.prepare NAME --manual_dir RAW --data_dir OUT [--num_shards S]
-        [--overwrite] [--short_side 256 --max_frames 300]   (video only)
+        [--overwrite] [--short_side 256 --max_frames 300 --num_workers N]   (video only)
 
 NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), kinetics (any video
 dataset in the Kinetics layout; see dnl_jax/data/video.py). The expected raw layout of each is
@@ -27,8 +27,10 @@ DATASETS = (*SEGMENTATION, "kinetics")
 
 def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int = 1,
             overwrite: bool = False, short_side: int = 256, max_frames: int = 300,
-            log=print) -> str:
-    """Prepares dataset `name`; returns its directory. Raises ValueError on any bad input."""
+            num_workers: int = 1, progress: bool = False, log=print) -> str:
+    """Prepares dataset `name`; returns its directory. Raises ValueError on any bad input.
+
+    `progress` shows a tqdm bar per split (the command line turns it on)."""
     if name in SEGMENTATION:
         module = SEGMENTATION[name]
         counter = records.OutOfRangeCounter()
@@ -37,11 +39,17 @@ def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int = 1,
         split_stats = counter.split_stats
     elif name == "kinetics":
         splits, classes = video.build_splits(manual_dir, short_side=short_side,
-                                             max_frames=max_frames)
+                                             max_frames=max_frames, num_workers=num_workers)
         meta = {"task": "video", "classes": classes}
         split_stats = None
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}.")
+    if progress:
+        from tqdm import tqdm
+
+        splits = {split: (lambda make=make, split=split: tqdm(make(), desc=f"{name}/{split}",
+                                                               unit=" examples"))
+                  for split, make in splits.items()}
     out = records.write_dataset(data_dir, name, splits, meta=meta, num_shards=num_shards,
                                 overwrite=overwrite, split_stats=split_stats)
     meta = records.read_meta(data_dir, name)
@@ -64,10 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--short_side", type=int, default=256, help="video frames only")
     parser.add_argument("--max_frames", type=int, default=300, help="video frames only")
+    parser.add_argument("--num_workers", type=int, default=1,
+                        help="video only: processes decoding videos in parallel")
     args = parser.parse_args(argv)
     try:
         prepare(args.name, args.manual_dir, args.data_dir, num_shards=args.num_shards,
-                overwrite=args.overwrite, short_side=args.short_side, max_frames=args.max_frames)
+                overwrite=args.overwrite, short_side=args.short_side, max_frames=args.max_frames,
+                num_workers=args.num_workers, progress=True)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

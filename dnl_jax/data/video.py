@@ -15,6 +15,8 @@ that). Class indices follow the sorted class names of the train split.
 from __future__ import annotations
 
 import csv
+import functools
+import multiprocessing
 import os
 from typing import Callable, Iterator
 
@@ -101,9 +103,20 @@ def list_split(manual_dir: str, split: str) -> list[tuple[str, str]]:
     return _folder_entries(split_dir)
 
 
+def _record(entry: tuple[str, int], *, manual_dir: str, short_side: int, max_frames: int) -> dict:
+    """One prepared record: {'name': path relative to manual_dir, 'label', 'frames': [JPEG]}."""
+    path, label = entry
+    frames = decode_video(path, short_side=short_side, max_frames=max_frames)
+    return {"name": os.path.relpath(path, manual_dir), "label": label,
+            "frames": [records.encode_jpeg(frame) for frame in frames]}
+
+
 def build_splits(manual_dir: str, *, short_side: int = 256, max_frames: int = 300,
-                 splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, Callable], list[str]]:
-    """(split → generator of records, class names). Unknown classes in val raise ValueError."""
+                 splits: tuple[str, ...] = SPLITS,
+                 num_workers: int = 1) -> tuple[dict[str, Callable], list[str]]:
+    """(split → generator of records, class names). Unknown classes in val raise ValueError.
+
+    With num_workers > 1, videos are decoded in that many processes (order is kept)."""
     listed = {split: list_split(manual_dir, split) for split in splits}
     classes = sorted({name for _, name in listed[splits[0]]})
     index = {name: i for i, name in enumerate(classes)}
@@ -113,10 +126,16 @@ def build_splits(manual_dir: str, *, short_side: int = 256, max_frames: int = 30
             raise ValueError(f"split {split!r} has classes {unknown[:5]} absent from "
                              f"{splits[0]!r}; every class needs training videos.")
 
+    make_record = functools.partial(_record, manual_dir=manual_dir, short_side=short_side,
+                                    max_frames=max_frames)
+
     def examples(split: str) -> Iterator[dict]:
-        for path, name in listed[split]:
-            frames = decode_video(path, short_side=short_side, max_frames=max_frames)
-            yield {"name": os.path.relpath(path, manual_dir), "label": index[name],
-                   "frames": [records.encode_jpeg(frame) for frame in frames]}
+        entries = [(path, index[name]) for path, name in listed[split]]
+        if num_workers <= 1:
+            yield from map(make_record, entries)
+            return
+        # spawn: forking a process that has initialised JAX/XLA threads is unsafe.
+        with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+            yield from pool.imap(make_record, entries)
 
     return {s: (lambda s=s: examples(s)) for s in splits}, classes
