@@ -62,3 +62,27 @@ def test_kinetics_csv_and_bad_videos(tmp_path):
     write_video(broken / "val" / "unseen" / "v.mp4", (0, 0, 0))
     with pytest.raises(ValueError, match="classes \\['unseen'\\] absent from 'train'"):
         prepare("kinetics", str(broken), str(tmp_path / "out3"))
+
+
+def test_ucf101_official_lists(tmp_path):
+    raw = tmp_path / "raw"
+    lists = raw / "ucfTrainTestlist"
+    os.makedirs(lists)
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n")
+    videos = {"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi": (200, 0, 0),
+              "Archery/v_Archery_g08_c01.avi": (0, 200, 0),
+              "Archery/v_Archery_g01_c01.avi": (0, 0, 200)}
+    for relative, colour in videos.items():
+        write_video(raw / "UCF-101" / relative, colour)
+    (lists / "trainlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\n"
+                                           "Archery/v_Archery_g08_c01.avi 2\n")
+    (lists / "testlist01.txt").write_text("Archery/v_Archery_g01_c01.avi\n")
+    prepare("ucf101", str(raw), str(tmp_path / "out"), short_side=8, log=lambda _: 0)
+    train = load_split("ucf101", "train", str(tmp_path / "out"))
+    test = load_split("ucf101", "test", str(tmp_path / "out"), with_names=True)
+    assert train.classes == ["ApplyEyeMakeup", "Archery"]
+    assert [int(train[i]["label"]) for i in range(2)] == [0, 1]
+    assert test[0]["label"] == 1 and test[0]["name"].endswith("v_Archery_g01_c01.avi")
+    (lists / "testlist01.txt").write_text("Archery/v_Archery_g02_c01.avi\n")
+    with pytest.raises(ValueError, match="UCF-101/Archery/v_Archery_g02_c01.avi"):
+        prepare("ucf101", str(raw), str(tmp_path / "out2"))

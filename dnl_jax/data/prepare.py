@@ -4,7 +4,7 @@
         [--overwrite] [--short_side 256 --max_frames 300 --num_workers N]   (video only)
 
 NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), kinetics (any video
-dataset in the Kinetics layout; see dnl_jax/data/video.py). The expected raw layout of each is
+dataset in the Kinetics layout) and ucf101 (split 1; see dnl_jax/data/video.py). The expected raw layout of each is
 in its module's docstring. Output: OUT/NAME/ with meta.json and SPLIT.array_record-* shards,
 renamed into place only once complete (see records.py). Pixels whose raw label lies outside the
 format's range become 255 and are reported.
@@ -22,7 +22,8 @@ from typing import Sequence
 from dnl_jax.data import ade20k, cityscapes, pascal_context, records, video
 
 SEGMENTATION = {"cityscapes": cityscapes, "ade20k": ade20k, "pascal_context": pascal_context}
-DATASETS = (*SEGMENTATION, "kinetics")
+VIDEO = {"kinetics": video.kinetics_listing, "ucf101": video.ucf101_listing}
+DATASETS = (*SEGMENTATION, *VIDEO)
 
 
 def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int = 1,
@@ -37,9 +38,10 @@ def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int = 1,
         splits = module.build_splits(manual_dir, counter)
         meta = {**module.META, "task": "segmentation"}
         split_stats = counter.split_stats
-    elif name == "kinetics":
-        splits, classes = video.build_splits(manual_dir, short_side=short_side,
-                                             max_frames=max_frames, num_workers=num_workers)
+    elif name in VIDEO:
+        listed, classes = VIDEO[name](manual_dir)
+        splits = video.build_splits(manual_dir, listed, classes, short_side=short_side,
+                                    max_frames=max_frames, num_workers=num_workers)
         meta = {"task": "video", "classes": classes}
         split_stats = None
     else:

@@ -18,8 +18,6 @@ import numpy as np
 
 from dnl_jax.data import records
 
-VIDEO_DATASETS = ("kinetics",)
-
 
 class PreparedSource:
     """One split of a prepared dataset; picklable (grain workers re-open the files)."""

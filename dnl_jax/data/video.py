@@ -1,4 +1,4 @@
-"""Action-recognition videos in the Kinetics layout → records of JPEG frames + class index.
+"""Action-recognition videos (Kinetics layout, or UCF101) → records of JPEG frames + class index.
 
 Raw input (`manual_dir`), either
   class folders:  {train,val}/CLASS_NAME/VIDEO.{mp4,avi,webm,mkv}
@@ -9,7 +9,8 @@ Raw input (`manual_dir`), either
 
 Frames are decoded with FFmpeg (PyAV, preparation time only), resized so the short side is
 `short_side` and stored JPEG-encoded, at most `max_frames` per video (evenly subsampled beyond
-that). Class indices follow the sorted class names of the train split.
+that). Kinetics class indices follow the sorted class names of the train split; UCF101's
+follow its classInd.txt (see `ucf101_listing`).
 """
 
 from __future__ import annotations
@@ -111,21 +112,49 @@ def _record(entry: tuple[str, int], *, manual_dir: str, short_side: int, max_fra
             "frames": [records.encode_jpeg(frame) for frame in frames]}
 
 
-def build_splits(manual_dir: str, *, short_side: int = 256, max_frames: int = 300,
-                 splits: tuple[str, ...] = SPLITS,
-                 num_workers: int = 1) -> tuple[dict[str, Callable], list[str]]:
-    """(split → generator of records, class names). Unknown classes in val raise ValueError.
+def kinetics_listing(manual_dir: str, splits: tuple[str, ...] = SPLITS
+                     ) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """({split: [(video path, class name)]}, class names sorted) in the Kinetics layout.
 
-    With num_workers > 1, videos are decoded in that many processes (order is kept)."""
+    Classes of later splits must all occur in the first (ValueError otherwise)."""
     listed = {split: list_split(manual_dir, split) for split in splits}
     classes = sorted({name for _, name in listed[splits[0]]})
-    index = {name: i for i, name in enumerate(classes)}
     for split, entries in listed.items():
-        unknown = sorted({name for _, name in entries} - set(index))
+        unknown = sorted({name for _, name in entries} - set(classes))
         if unknown:
             raise ValueError(f"split {split!r} has classes {unknown[:5]} absent from "
                              f"{splits[0]!r}; every class needs training videos.")
+    return listed, classes
 
+
+def ucf101_listing(manual_dir: str, fold: int = 1
+                   ) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """UCF101 (our builder in place of tfds'): UCF-101/CLASS/v_CLASS_gXX_cYY.avi videos and the
+    official ucfTrainTestlist/{classInd,trainlist0F,testlist0F}.txt; splits 'train' and 'test'.
+    Class index = classInd's number - 1 (as tfds)."""
+    lists = os.path.join(manual_dir, "ucfTrainTestlist")
+    class_file = records.require_file(os.path.join(lists, "classInd.txt"), "UCF101 class list")
+    with open(class_file) as f:
+        numbered = sorted((int(n), name) for n, name in (line.split() for line in f if line.strip()))
+    classes = [name for _, name in numbered]
+    listed = {}
+    for split, list_name in (("train", f"trainlist0{fold}.txt"), ("test", f"testlist0{fold}.txt")):
+        list_file = records.require_file(os.path.join(lists, list_name), "UCF101 split list")
+        with open(list_file) as f:
+            relative = [line.split()[0] for line in f if line.strip()]
+        listed[split] = [(records.require_file(os.path.join(manual_dir, "UCF-101", r),
+                                               f"video listed in {list_file}"), r.split("/")[0])
+                         for r in relative]
+    return listed, classes
+
+
+def build_splits(manual_dir: str, listed: dict[str, list[tuple[str, str]]], classes: list[str], *,
+                 short_side: int = 256, max_frames: int = 300,
+                 num_workers: int = 1) -> dict[str, Callable[[], Iterator[dict]]]:
+    """split → generator of records for the `listed` videos (see *_listing).
+
+    With num_workers > 1, videos are decoded in that many processes (order is kept)."""
+    index = {name: i for i, name in enumerate(classes)}
     make_record = functools.partial(_record, manual_dir=manual_dir, short_side=short_side,
                                     max_frames=max_frames)
 
@@ -138,4 +167,4 @@ def build_splits(manual_dir: str, *, short_side: int = 256, max_frames: int = 30
         with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
             yield from pool.imap(make_record, entries)
 
-    return {s: (lambda s=s: examples(s)) for s in splits}, classes
+    return {split: (lambda split=split: examples(split)) for split in listed}
