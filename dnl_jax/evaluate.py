@@ -213,7 +213,8 @@ def evaluate_segmentation(predict_fn: PredictFn, examples: Iterable[dict], *, nu
     norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for example in examples:
-        image = transforms.segmentation_eval_preprocess(example, base_size=base_size, **norm)["image"]
+        image = transforms.segmentation_eval_preprocess(
+            example, base_size=base_size, **norm)["image"]
         label = example["label"]
         scores = predict_scores(predict_fn, image[None], output_size=label.shape, **inference)
         prediction = np.argmax(scores[0], axis=-1).astype(np.uint8)
@@ -343,7 +344,8 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file.")
-    flags.DEFINE_string("checkpoint", None, "Checkpoint step directory, e.g. runs/x/checkpoints/80000.")
+    flags.DEFINE_string("checkpoint", None,
+                        "Checkpoint step directory, e.g. runs/x/checkpoints/80000.")
     flags.DEFINE_string("split", "val", "Split of config.data to evaluate.")
     flags.DEFINE_string("output_dir", None, "Writes prediction PNGs and metrics_SPLIT.json here.")
     flags.mark_flags_as_required(["config", "checkpoint"])

@@ -63,7 +63,8 @@ def _examples(root: str, split: str, counter: records.OutOfRangeCounter) -> Iter
 
 
 def build_splits(manual_dir: str, counter: records.OutOfRangeCounter,
-                 splits: tuple[str, ...] = tuple(SPLIT_DIRS)) -> dict[str, Callable[[], Iterator[dict]]]:
+                 splits: tuple[str, ...] = tuple(SPLIT_DIRS)
+                 ) -> dict[str, Callable[[], Iterator[dict]]]:
     """split → generator of records; checks the directory tree first."""
     root = os.path.join(manual_dir, ROOT)
     for split in splits:

@@ -63,7 +63,8 @@ def _examples(manual_dir: str, split: str,
             annotation = label_path(split, city, stem)
             if annotation not in label_names:
                 raise ValueError(f"missing annotation {annotation} in {labels_zip} for image "
-                                 f"{image_path}; the gtFine zip looks incomplete, download it again.")
+                                 f"{image_path}; the gtFine zip looks incomplete, download "
+                                 "it again.")
             example, outside = records.segmentation_example(
                 stem, images.read(image_path), labels.read(annotation),
                 lookup=LABEL_TO_TRAIN, num_valid_raw=NUM_LABEL_IDS,
@@ -78,7 +79,8 @@ def build_splits(manual_dir: str, counter: records.OutOfRangeCounter,
     for name in (IMAGES_ZIP, LABELS_ZIP):
         path = records.require_file(os.path.join(manual_dir, name), f"Cityscapes archive {name}")
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path} is not a zip archive (truncated download?); download it again.")
+            raise ValueError(f"{path} is not a zip archive (truncated download?); "
+                             "download it again.")
     with zipfile.ZipFile(os.path.join(manual_dir, IMAGES_ZIP)) as images:
         present = [s for s in splits if _image_entries(images, s)]
     missing = [s for s in ("train", "val") if s in splits and s not in present]

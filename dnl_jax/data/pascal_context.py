@@ -89,8 +89,8 @@ def _examples(manual_dir: str, split: str, form: str,
             os.path.join(manual_dir, VOC_ROOT, "JPEGImages", f"{image_id}.jpg"), "VOC2010 image")
         if form == "mat":
             label_path = os.path.join(manual_dir, MAT_DIR, f"{image_id}.mat")
-            label, lookup, num_raw = _read_mat_label(
-                records.require_file(label_path, "PASCAL-Context annotation")), FROM_459, NUM_459_VALUES
+            label = _read_mat_label(records.require_file(label_path, "PASCAL-Context annotation"))
+            lookup, num_raw = FROM_459, NUM_459_VALUES
         else:
             label_path = os.path.join(manual_dir, PNG_DIR, f"{image_id}.png")
             with open(records.require_file(label_path, "PASCAL-Context mask"), "rb") as f:

@@ -4,10 +4,10 @@
         [--overwrite] [--short_side 256 --max_frames 300 --num_workers N]   (video only)
 
 NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), kinetics (any video
-dataset in the Kinetics layout) and ucf101 (split 1; see dnl_jax/data/video.py). The expected raw layout of each is
-in its module's docstring. Output: OUT/NAME/ with meta.json and SPLIT.array_record-* shards,
-renamed into place only once complete (see records.py). Pixels whose raw label lies outside the
-format's range become 255 and are reported.
+dataset in the Kinetics layout) and ucf101 (split 1; see dnl_jax/data/video.py). The expected
+raw layout of each is in its module's docstring. Output: OUT/NAME/ with meta.json and
+SPLIT.array_record-* shards, renamed into place only once complete (see records.py). Pixels whose
+raw label lies outside the format's range become 255 and are reported.
 
 We write array_record with our own writers rather than through tfds builders: the records are
 what grain reads, and this keeps TensorFlow out of the install and out of CI.

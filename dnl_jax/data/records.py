@@ -71,7 +71,8 @@ def decode_image(data: bytes, *, mode: str, what: str) -> np.ndarray:
                          "from the original download.") from error
 
 
-def map_labels(raw: np.ndarray, lookup: np.ndarray, *, num_valid_raw: int) -> tuple[np.ndarray, int]:
+def map_labels(raw: np.ndarray, lookup: np.ndarray, *,
+               num_valid_raw: int) -> tuple[np.ndarray, int]:
     """Maps raw label values through `lookup` (a uint8 table over raw values).
 
     Args:
@@ -205,7 +206,8 @@ def segmentation_example(name: str, image_bytes: bytes, label: bytes | np.ndarra
     """One prepared segmentation record from the raw encoded image and annotation.
 
     The image bytes are kept as they are (after checking they decode); the annotation (encoded
-    bytes, or an already decoded integer `[H, W]` array) is mapped to train ids (`map_labels`) and stored as a PNG. Returns (record, out-of-range pixel count).
+    bytes, or an already decoded integer `[H, W]` array) is mapped to train ids (`map_labels`)
+    and stored as a PNG. Returns (record, out-of-range pixel count).
     Raises ValueError for a corrupt file or image/annotation sizes that differ.
     """
     image = decode_image(image_bytes, mode="RGB", what=image_what)

@@ -92,7 +92,7 @@ def random_flip(image, label, rng: np.random.Generator, prob: float = 0.5):
 
 
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """float RGB in [0, 255] `[..., 3]` → HSV with hue in [0, 1), saturation in [0, 1], V in [0, 255]."""
+    """float RGB in [0, 255] `[..., 3]` → HSV: hue in [0, 1), saturation in [0, 1], V as input."""
     value = rgb.max(-1)
     delta = value - rgb.min(-1)
     saturation = np.where(value > 0, delta / np.maximum(value, 1e-12), 0.0)
@@ -156,7 +156,8 @@ def pad_to(image: np.ndarray, label: np.ndarray | None, size: Sequence[int], *,
     """Pads bottom/right to `size` = (h, w): image with 0, label with `ignore_label`."""
     pad_h, pad_w = size[0] - image.shape[0], size[1] - image.shape[1]
     if pad_h < 0 or pad_w < 0:
-        raise ValueError(f"pad_to: image {image.shape[:2]} is larger than the target {tuple(size)}.")
+        raise ValueError(f"pad_to: image {image.shape[:2]} is larger than the target "
+                         f"{tuple(size)}.")
     image = np.pad(image, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2))
     if label is not None:
         label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=ignore_label)
@@ -225,7 +226,7 @@ def random_clip_indices(num_frames: int, rng: np.random.Generator, *, clip_len: 
 
 def uniform_clip_indices(num_frames: int, *, num_clips: int, clip_len: int,
                          stride: int) -> np.ndarray:
-    """`num_clips` clips with evenly spaced starts: int `[num_clips, clip_len]` (multi-view test)."""
+    """`num_clips` clips with evenly spaced starts: int `[num_clips, clip_len]` (multi-view)."""
     span = (clip_len - 1) * stride + 1
     starts = np.linspace(0, max(num_frames - span, 0), num_clips).round().astype(int)
     return np.stack([clip_indices(num_frames, s, clip_len, stride) for s in starts])
@@ -265,8 +266,9 @@ def video_eval_views(example: dict[str, Any], *, clip_len: int, stride: int, cro
     for indices in uniform_clip_indices(len(video), num_clips=num_clips, clip_len=clip_len,
                                         stride=stride):
         for offset in np.linspace(0.0, 1.0, num_crops) if num_crops > 1 else [0.5]:
-            top = int(round((height - crop_size) * offset)) if height > width else (height - crop_size) // 2
-            left = int(round((width - crop_size) * offset)) if width >= height else (width - crop_size) // 2
+            slide_vertically = height > width
+            top = round((height - crop_size) * (offset if slide_vertically else 0.5))
+            left = round((width - crop_size) * (0.5 if slide_vertically else offset))
             views.append(video[indices, top:top + crop_size, left:left + crop_size])
     return {"video": normalize(np.stack(views), mean, std), "label": example["label"]}
 

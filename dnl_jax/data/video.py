@@ -43,7 +43,8 @@ def decode_video(path: str, *, short_side: int, max_frames: int) -> list[np.ndar
             for frame in container.decode(video=0):
                 frames.append(_resize_short_side(frame.to_image(), short_side))
     except (av.FFmpegError, IndexError, OSError) as error:
-        raise ValueError(f"{path}: cannot decode video ({error}); re-download this file.") from error
+        raise ValueError(f"{path}: cannot decode video ({error}); re-download this file."
+                         ) from error
     if not frames:
         raise ValueError(f"{path}: video has no frames; re-download this file.")
     if len(frames) > max_frames:
@@ -65,7 +66,8 @@ def _folder_entries(split_dir: str) -> list[tuple[str, str]]:
     for class_name in sorted(os.listdir(split_dir)):
         class_dir = os.path.join(split_dir, class_name)
         if os.path.isdir(class_dir):
-            entries += [(os.path.join(class_dir, f), class_name) for f in sorted(os.listdir(class_dir))
+            entries += [(os.path.join(class_dir, f), class_name)
+                        for f in sorted(os.listdir(class_dir))
                         if f.lower().endswith(VIDEO_EXTENSIONS)]
     return entries
 
@@ -81,14 +83,16 @@ def _csv_entries(manual_dir: str, split: str, csv_path: str) -> list[tuple[str, 
                 path = os.path.join(manual_dir, row["path"])
             else:
                 try:
-                    stem = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
+                    start, end = int(row["time_start"]), int(row["time_end"])
+                    stem = f"{row['youtube_id']}_{start:06d}_{end:06d}"
                 except (KeyError, ValueError) as error:
                     raise ValueError(f"{csv_path}: row {row} needs 'path' or youtube_id, "
                                      "time_start, time_end.") from error
                 flat = os.path.join(manual_dir, split, stem + ".mp4")
                 nested = os.path.join(manual_dir, split, row["label"], stem + ".mp4")
                 path = nested if os.path.isfile(nested) else flat
-            entries.append((records.require_file(path, f"video listed in {csv_path}"), row["label"]))
+            path = records.require_file(path, f"video listed in {csv_path}")
+            entries.append((path, row["label"]))
     return entries
 
 
@@ -135,7 +139,8 @@ def ucf101_listing(manual_dir: str, fold: int = 1
     lists = os.path.join(manual_dir, "ucfTrainTestlist")
     class_file = records.require_file(os.path.join(lists, "classInd.txt"), "UCF101 class list")
     with open(class_file) as f:
-        numbered = sorted((int(n), name) for n, name in (line.split() for line in f if line.strip()))
+        numbered = sorted((int(number), name)
+                          for number, name in (line.split() for line in f if line.strip()))
     classes = [name for _, name in numbered]
     listed = {}
     for split, list_name in (("train", f"trainlist0{fold}.txt"), ("test", f"testlist0{fold}.txt")):
