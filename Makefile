@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test clean
+.PHONY: install test demo clean
 
 install: $(STAMP)
 
@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+# Train + evaluate the tiny DNL model on the embedded synthetic scenes (CPU, a few minutes).
+DEMO_DIR ?= runs/demo
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PY) -m dnl_jax.main --config experiments/configs/synthetic_dnl_tiny.py --workdir $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,73 @@
+"""Input pipelines on grain: deterministic, sharded per host, resumable.
+
+Training: the source is shuffled (a new permutation every epoch, from the seed) and repeated
+forever; the global stream of examples is cut into host-sized chunks of `local_batch` examples
+and host p of P takes chunks p, p+P, p+2P, ... So the global batch at step t, the concatenation
+of the hosts' batches in process order, is the same examples whatever P is: one host with batch
+B sees exactly what two hosts with B/2 each see together. The iterator's state (a position) is
+what the checkpoint stores (`grain.checkpoint.CheckpointSave`).
+
+Evaluation: host p reads examples p, p+P, ...; every host runs the same number of batches (the
+collectives need it) and short batches are padded with label 255 (ignored by the metrics).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import grain
+import ml_collections
+import numpy as np
+
+from dnl_jax.data.synthetic import SyntheticSegmentation
+
+IGNORE_LABEL = 255
+
+
+def make_sources(data: ml_collections.ConfigDict):
+    """(train, val) random-access sources for `config.data`."""
+    common = dict(image_size=data.image_size, num_classes=data.num_classes, seed=data.seed,
+                  noise=data.noise)
+    return (SyntheticSegmentation(data.num_train, split="train", **common),
+            SyntheticSegmentation(data.num_val, split="val", **common))
+
+
+def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
+                  process_count: int) -> grain.IterDataset:
+    """Infinite per-host batches `{'image': [b, ...], 'label': [b, ...]}` (b = local_batch).
+
+    Iterate with `iter(...)`; the iterator has `get_state()`/`set_state()`.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    chunks = stream.batch(local_batch, drop_remainder=True)
+    # No threads: examples are cheap to draw and the two cores are better spent on the step.
+    return chunks[process_index::process_count].to_iter_dataset(
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+
+
+def num_eval_batches(num_examples: int, *, local_batch: int, process_count: int) -> int:
+    """Batches every host runs to cover its ceil(N / P) examples."""
+    return math.ceil(math.ceil(num_examples / process_count) / local_batch)
+
+
+def eval_batches(source, *, local_batch: int, process_index: int,
+                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
+    """This host's evaluation batches, padded to `local_batch` with ignored pixels."""
+    shard = grain.MapDataset.source(source)[process_index::process_count]
+    steps = num_eval_batches(len(source), local_batch=local_batch, process_count=process_count)
+    for step in range(steps):
+        indices = range(step * local_batch, min((step + 1) * local_batch, len(shard)))
+        examples = [shard[i] for i in indices]
+        yield _pad_batch(examples, local_batch, template=source[0])
+
+
+def _pad_batch(examples: list[dict], size: int, *, template: dict) -> dict[str, np.ndarray]:
+    """Stacks `examples` and pads to `size` with zero images and IGNORE_LABEL labels."""
+    pad = size - len(examples)
+    filler = {"image": np.zeros_like(template["image"]),
+              "label": np.full_like(template["label"], IGNORE_LABEL)}
+    examples = examples + [filler] * pad
+    return {key: np.stack([ex[key] for ex in examples]) for key in template}

@@ -1,0 +1,73 @@
+"""Command line: `python -m dnl_jax.main --config experiments/configs/NAME.py --workdir DIR
+[--config.KEY=VALUE ...]`.
+
+Thin on purpose: flags, optional multi-host initialisation, then
+`dnl_jax.train.trainer.train_and_evaluate(config, workdir)`. Several hosts: pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each, or
+`--multihost` alone where JAX detects the cluster itself (TPU pods, SLURM, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figures.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0, for multi-host runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, N).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False,
+                               "Call jax.distributed.initialize() with the environment's "
+                               "defaults (TPU pods, SLURM, ...).")
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", None, "CPU cross-process collectives ('gloo'), for multi-process CPU runs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed() -> None:
+    """Calls `jax.distributed.initialize` when multi-host flags are given (before any JAX use)."""
+    import jax
+
+    explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
+    if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
+        raise app.UsageError("give all of --coordinator_address, --num_processes and "
+                             "--process_id, or none of them.")
+    if _CPU_COLLECTIVES.value:
+        jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
+    if all(v is not None for v in explicit):
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value,
+                                   process_id=_PROCESS_ID.value)
+    elif _MULTIHOST.value:
+        jax.distributed.initialize()
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger("dnl_jax").setLevel(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep the bar clean
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    initialize_distributed()
+    import jax
+
+    from dnl_jax.train.trainer import train_and_evaluate
+
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0:
+        val = result["val"] or {}
+        print(f"{result['status']} at step {result['step']}: val mIoU "
+              f"{val.get('miou', float('nan')):.4f}, pixel accuracy "
+              f"{val.get('pixel_accuracy', float('nan')):.4f}")
+        print(f"workdir: {result['workdir']} (checkpoints/, tensorboard/, metrics.jsonl, "
+              f"config.json{', ' + result['curves'] if result['curves'] else ''})")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Training system: config, steps, parallel drivers, checkpoints, metrics and the trainer."""

@@ -1,0 +1,116 @@
+"""Run outputs in the workdir, written by process 0 only: TensorBoard event files (tensorboardX,
+no TensorFlow needed), `metrics.jsonl` (one JSON object per line: {'step', 'split', ...}), the
+resolved config (`config.json`), a tqdm progress bar and a PNG of the training curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+def _jsonable(value):
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return [_jsonable(v) for v in np.asarray(value).tolist()] if np.ndim(value) else \
+            _jsonable(np.asarray(value).item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class MetricWriter:
+    """Scalars to TensorBoard + JSON lines; a no-op on processes other than 0."""
+
+    def __init__(self, workdir: str):
+        self.active = jax.process_index() == 0
+        self.workdir = workdir
+        self._tb = None
+        if self.active:
+            from tensorboardX import SummaryWriter  # imported lazily: heavy
+            os.makedirs(workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+
+    def write_config(self, config) -> None:
+        if self.active:
+            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    def write(self, step: int, split: str, metrics: dict) -> None:
+        """Logs `metrics` (scalars or arrays; arrays go to JSON only) under `split/`."""
+        if not self.active:
+            return
+        record = {"step": int(step), "split": split, "time": time.time()}
+        for name, value in metrics.items():
+            record[name] = _jsonable(value)
+            if np.ndim(value) == 0 and math.isfinite(float(value)):
+                self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.active:
+            self._tb.close()
+            self._jsonl.close()
+
+
+def progress_bar(*, total: int, initial: int, enabled: bool) -> tqdm.tqdm:
+    """Steps bar with ETA (tqdm's own); postfix set by `describe_progress`."""
+    return tqdm.tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                     dynamic_ncols=True, mininterval=0.5)
+
+
+def describe_progress(bar: tqdm.tqdm, *, loss: float, lr: float, images_per_s: float) -> None:
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}",
+                    refresh=False)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def save_curves_figure(workdir: str, *, title: str = "") -> Optional[str]:
+    """PNG with training loss and val mIoU against step, from `metrics.jsonl`; returns its path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(workdir)
+    # A resumed run logs again the steps after its checkpoint: the last record of a step wins.
+    train = sorted({r["step"]: r["loss"] for r in records
+                    if r["split"] == "train" and r.get("loss") is not None}.items())
+    val = sorted({r["step"]: r["miou"] for r in records
+                  if r["split"] == "val" and r.get("miou") is not None}.items())
+    if not train and not val:
+        return None
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        ax_loss.plot(*zip(*train), color="tab:blue")
+    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    if val:
+        ax_miou.plot(*zip(*val), marker="o", color="tab:green")
+    ax_miou.set(xlabel="step", ylabel="val mIoU", ylim=(0, 1), title="validation mIoU")
+    for ax in (ax_loss, ax_miou):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = os.path.join(workdir, CURVES_FILE)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,158 @@
+"""Data-parallel drivers: the global-view `jax.jit` driver on a mesh (main path) and `jax.pmap`.
+
+Both wrap the same pure steps (`dnl_jax.train.step`) and expose one interface to the trainer:
+
+    context()                    → context manager the run executes in (jit: the mesh)
+    init_state(init_fn)          → the TrainState placed for this driver
+    train_step(state, batch)     → (state, metrics); batch = this host's numpy batch [b, ...]
+    eval_step(state, batch)      → numpy metric sums over every device and host
+    to_checkpoint(state)         → the pytree orbax saves (global arrays / host numpy)
+    restore_target(abstract)     → what orbax restores into; from_checkpoint(tree) → state
+
+jit: a mesh with a 'data' axis over all devices of all hosts; the batch is sharded `P('data')`
+(each host contributes its rows through `jax.make_array_from_process_local_data`); the state is
+created directly with its sharding (replicated for pure data parallelism) by
+`jax.jit(init_fn, out_shardings=...)`; XLA inserts the gradient all-reduce and the cross-replica
+batch-norm reductions. pmap: the state is replicated on the local devices, the host batch is
+reshaped to `[local_devices, b / local_devices, ...]`, reductions use `axis_name='batch'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+PMAP_AXIS = "batch"
+DATA_AXIS = "data"
+
+
+def fetch_replicated(tree):
+    """Host numpy copy of a tree of replicated arrays (also across processes, where a plain
+    `device_get` refuses arrays that are not fully addressable: any local replica is the value).
+    """
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x)
+    return jax.tree.map(fetch, tree)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh over every device of every process, axis 'data'."""
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+class JitDriver:
+    """Global-view `jax.jit` steps on NamedSharding arrays (see the module docstring)."""
+
+    axis_name = None
+
+    def __init__(self, train_step: Callable, eval_step: Callable):
+        self.mesh = make_mesh()
+        self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+        self.replicated = NamedSharding(self.mesh, P())
+        self._train_step = train_step
+        self._eval_step = eval_step
+        self._jitted_train = self._jitted_eval = None
+
+    def context(self):
+        """The mesh in context for the whole run (`with driver.context(): ...`)."""
+        return jax.set_mesh(self.mesh)
+
+    def _compile(self, state_shardings):
+        self._jitted_train = jax.jit(
+            self._train_step, in_shardings=(state_shardings, self.batch_sharding),
+            out_shardings=(state_shardings, self.replicated), donate_argnums=0)
+        self._jitted_eval = jax.jit(self._eval_step,
+                                    in_shardings=(state_shardings, self.batch_sharding),
+                                    out_shardings=self.replicated)
+
+    def state_shardings(self, abstract_state):
+        return jax.tree.map(lambda _: self.replicated, abstract_state)
+
+    def init_state(self, init_fn: Callable):
+        shardings = self.state_shardings(jax.eval_shape(init_fn))
+        self._compile(shardings)
+        return jax.jit(init_fn, out_shardings=shardings)()
+
+    def global_batch(self, host_batch: dict) -> dict:
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
+
+    def train_step(self, state, host_batch: dict):
+        return self._jitted_train(state, self.global_batch(host_batch))
+
+    def eval_step(self, state, host_batch: dict) -> dict:
+        return fetch_replicated(self._jitted_eval(state, self.global_batch(host_batch)))
+
+    def to_checkpoint(self, state):
+        return state
+
+    def restore_target(self, abstract_state):
+        shardings = self.state_shardings(abstract_state)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_state, shardings)
+
+    def from_checkpoint(self, tree):
+        # Restored arrays already carry the target shardings; put them there anyway for trees
+        # read from elsewhere (init_from).
+        return jax.device_put(tree, self.state_shardings(tree))
+
+
+class PmapDriver:
+    """Classic `jax.pmap` driver with `axis_name='batch'` (see the module docstring)."""
+
+    axis_name = PMAP_AXIS
+
+    def __init__(self, train_step: Callable, eval_step: Callable):
+        self.devices = jax.local_devices()
+        # Leading axis over the local devices: how pmap lays out its replicated arguments.
+        self._stacked = NamedSharding(jax.sharding.Mesh(np.array(self.devices), (PMAP_AXIS,)),
+                                      P(PMAP_AXIS))
+        self._train = jax.pmap(train_step, axis_name=PMAP_AXIS, donate_argnums=0)
+        self._eval = jax.pmap(eval_step, axis_name=PMAP_AXIS)
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def _split(self, host_batch: dict) -> dict:
+        n = len(self.devices)
+        return jax.tree.map(lambda x: np.reshape(x, (n, x.shape[0] // n, *x.shape[1:])),
+                            host_batch)
+
+    def init_state(self, init_fn: Callable):
+        return self.from_checkpoint(jax.jit(init_fn)())
+
+    def train_step(self, state, host_batch: dict):
+        state, metrics = self._train(state, self._split(host_batch))
+        return state, jax.tree.map(lambda x: x[0], metrics)
+
+    def eval_step(self, state, host_batch: dict) -> dict:
+        return fetch_replicated(jax.tree.map(lambda x: x[0],
+                                             self._eval(state, self._split(host_batch))))
+
+    def to_checkpoint(self, state):
+        # Replicas are identical (pmean'd gradients, synced batch norm): save replica 0.
+        return fetch_replicated(jax.tree.map(lambda x: x[0], state))
+
+    def restore_target(self, abstract_state):
+        device = jax.sharding.SingleDeviceSharding(self.devices[0])
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                            abstract_state)
+
+    def from_checkpoint(self, tree):
+        n = len(self.devices)
+        return jax.tree.map(lambda x: jax.device_put(
+            np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))), self._stacked), tree)
+
+
+def make_driver(parallelism: str, train_step: Callable, eval_step: Callable):
+    """'jit' → JitDriver, 'pmap' → PmapDriver."""
+    drivers = {"jit": JitDriver, "pmap": PmapDriver}
+    if parallelism not in drivers:
+        raise ValueError(f"parallelism={parallelism!r}; choose one of {tuple(drivers)}.")
+    return drivers[parallelism](train_step, eval_step)

@@ -1,0 +1,15 @@
+"""DNL R101-D8 on ADE20K, mmseg recipe, 80k. Published (mmseg): 43.76 val mIoU single scale.
+
+Prepare the data once, train, then evaluate:
+    python -m dnl_jax.data.prepare ade20k --manual_dir RAW --data_dir data/prepared
+    python -m dnl_jax.main --config experiments/configs/ade20k_dnl_r101-d8_512x512_80k.py --workdir runs/ade20k_dnl_r101-d8_512x512_80k
+    python -m dnl_jax.evaluate --config experiments/configs/ade20k_dnl_r101-d8_512x512_80k.py \
+        --checkpoint runs/ade20k_dnl_r101-d8_512x512_80k/checkpoints/STEP --split val
+Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared
+"""
+
+from dnl_jax import recipes
+
+
+def get_config():
+    return recipes.ade20k_mmseg("dnl_r101-d8", total_steps=80_000)

@@ -1,0 +1,15 @@
+"""DNL R50-D8 on Cityscapes, mmseg recipe (512x1024 crops, batch 8, 80k iterations, slide test).
+
+Prepare the data once, train, then evaluate:
+    python -m dnl_jax.data.prepare cityscapes --manual_dir RAW --data_dir data/prepared
+    python -m dnl_jax.main --config experiments/configs/cityscapes_dnl_r50-d8_512x1024_80k.py --workdir runs/cityscapes_dnl_r50-d8_512x1024_80k
+    python -m dnl_jax.evaluate --config experiments/configs/cityscapes_dnl_r50-d8_512x1024_80k.py \
+        --checkpoint runs/cityscapes_dnl_r50-d8_512x1024_80k/checkpoints/STEP --split val
+Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared
+"""
+
+from dnl_jax import recipes
+
+
+def get_config():
+    return recipes.cityscapes_mmseg("dnl_r50-d8")

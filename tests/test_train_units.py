@@ -1,0 +1,169 @@
+"""Unit tests of the training system's parts: metrics, config validation, the synthetic data,
+the grain pipeline (per-host sharding, resumable position) and the optimizer schedule."""
+
+import numpy as np
+import optax
+import pytest
+
+from dnl_jax.data import pipeline
+from dnl_jax.data.synthetic import SyntheticSegmentation
+from dnl_jax.train import step as step_lib
+from dnl_jax.train.config import base_config, validate_config
+from dnl_jax.train.metrics import segmentation_metrics
+
+
+# --------------------------------------------------------------------------------- metrics
+def _reference_metrics(truth, pred, num_classes):
+    """Per-class IoU / pixel accuracy straight from label maps (no confusion matrix)."""
+    ious = []
+    for k in range(num_classes):
+        inter = np.sum((truth == k) & (pred == k))
+        union = np.sum((truth == k) | (pred == k))
+        ious.append(inter / union if union else np.nan)
+    return np.array(ious), np.mean(truth == pred)
+
+
+def test_segmentation_metrics_match_numpy_from_label_maps():
+    rng = np.random.default_rng(0)
+    num_classes = 6
+    truth = rng.integers(0, num_classes - 1, size=5000)  # class 5 never true ...
+    pred = np.where(rng.random(5000) < 0.6, truth, rng.integers(0, num_classes - 1, size=5000))
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (truth, pred), 1)
+    metrics = segmentation_metrics(confusion)
+    iou, pixel_accuracy = _reference_metrics(truth, pred, num_classes)
+    np.testing.assert_allclose(metrics["per_class_iou"], iou, rtol=1e-12)
+    assert np.isnan(metrics["per_class_iou"][5])  # ... nor predicted: excluded from the mean
+    np.testing.assert_allclose(metrics["miou"], np.nanmean(iou), rtol=1e-12)
+    np.testing.assert_allclose(metrics["pixel_accuracy"], pixel_accuracy, rtol=1e-12)
+
+
+def test_segmentation_metrics_perfect_and_bad_shape():
+    metrics = segmentation_metrics(np.diag([3, 4, 5]))
+    assert metrics["miou"] == 1.0 and metrics["pixel_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="square"):
+        segmentation_metrics(np.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------------------------- config
+def _valid(config, devices=4):
+    validate_config(config, num_devices=devices, num_processes=1)
+
+
+def test_config_unknown_key_suggests_close_name():
+    config = base_config()
+    config.optimiser = base_config().optimizer
+    with pytest.raises(ValueError, match=r"unknown config key 'optimiser.*Did you mean.*optimizer"):
+        _valid(config)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("parallelism", "pjit", "choose one of"),
+    ("batch_size", 18, "divisible by the 4 devices"),
+    ("grad_accum_steps", 3, "not divisible by config.grad_accum_steps"),
+    ("total_steps", 0, "total_steps=0 must be >= 1"),
+])
+def test_config_impossible_values(key, value, message):
+    config = base_config()
+    config[key] = value
+    with pytest.raises(ValueError, match=message):
+        _valid(config)
+
+
+def test_config_nested_impossible_values():
+    config = base_config()
+    config.optimizer.warmup_steps = config.total_steps
+    with pytest.raises(ValueError, match="warmup_steps"):
+        _valid(config)
+    config = base_config()
+    config.model.dtype = "float16"
+    with pytest.raises(ValueError, match="model.dtype"):
+        _valid(config)
+    _valid(base_config())  # and the defaults pass
+
+
+# -------------------------------------------------------------------------------- the data
+def test_synthetic_is_deterministic_and_labels_follow_the_cue():
+    source = SyntheticSegmentation(8, image_size=32, num_classes=5, seed=3)
+    a, b = source[5], SyntheticSegmentation(8, image_size=32, num_classes=5, seed=3)[5]
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+    other = SyntheticSegmentation(8, image_size=32, num_classes=5, seed=3, split="val")[5]
+    assert not np.array_equal(a["image"], other["image"])
+    assert a["image"].shape == (32, 32, 3) and a["image"].dtype == np.float32
+    assert a["label"].shape == (32, 32) and a["label"].dtype == np.int32
+    labels = np.concatenate([source[i]["label"].ravel() for i in range(8)])
+    assert set(np.unique(labels)) <= set(range(5)) and len(np.unique(labels)) >= 3
+    with pytest.raises(ValueError, match="split"):
+        SyntheticSegmentation(4, split="test")
+
+
+def test_pipeline_two_hosts_together_see_the_one_host_batches():
+    source = SyntheticSegmentation(20, image_size=16, num_classes=3)
+    one = iter(pipeline.train_dataset(source, seed=1, local_batch=4, process_index=0,
+                                      process_count=1))
+    hosts = [iter(pipeline.train_dataset(source, seed=1, local_batch=2, process_index=p,
+                                         process_count=2)) for p in range(2)]
+    for _ in range(7):  # crosses an epoch boundary (20 examples)
+        expected = next(one)["image"]
+        joined = np.concatenate([next(h)["image"] for h in hosts])
+        np.testing.assert_array_equal(joined, expected)
+
+
+def test_pipeline_resumes_from_its_state():
+    source = SyntheticSegmentation(12, image_size=16, num_classes=3)
+    make = lambda: iter(pipeline.train_dataset(source, seed=0, local_batch=4,  # noqa: E731
+                                               process_index=0, process_count=1))
+    first = make()
+    for _ in range(4):
+        next(first)
+    state = first.get_state()
+    expected = [next(first)["label"] for _ in range(3)]
+    resumed = make()
+    resumed.set_state(state)
+    for label in expected:
+        np.testing.assert_array_equal(next(resumed)["label"], label)
+
+
+def test_eval_batches_cover_each_example_once_and_pad_with_ignore():
+    source = SyntheticSegmentation(7, image_size=8, num_classes=3)
+    seen = []
+    for p in range(2):
+        batches = list(pipeline.eval_batches(source, local_batch=3, process_index=p,
+                                             process_count=2))
+        assert len(batches) == pipeline.num_eval_batches(7, local_batch=3, process_count=2)
+        for batch in batches:
+            for image, label in zip(batch["image"], batch["label"]):
+                if np.all(label == pipeline.IGNORE_LABEL):
+                    continue
+                seen.append(image)
+    assert len(seen) == 7
+    for index in range(7):
+        assert sum(np.array_equal(source[index]["image"], s) for s in seen) == 1
+
+
+# ---------------------------------------------------------------------------- optimization
+def test_poly_schedule_with_warmup_matches_mmseg_formula():
+    opt = base_config().optimizer
+    opt.lr, opt.min_lr, opt.poly_power, opt.warmup_steps, opt.warmup_ratio = 0.1, 1e-3, 0.9, 5, 0.1
+    schedule = step_lib.learning_rate_schedule(opt, total_steps=25)
+    np.testing.assert_allclose(schedule(0), 0.01, rtol=1e-6)
+    np.testing.assert_allclose(schedule(5), 0.1, rtol=1e-6)
+    for t in (7, 15, 24):
+        expected = (0.1 - 1e-3) * (1 - (t - 5) / 20) ** 0.9 + 1e-3
+        np.testing.assert_allclose(schedule(t), expected, rtol=1e-5)
+
+
+def test_optimizer_is_torch_sgd_with_l2_weight_decay():
+    opt = base_config().optimizer
+    opt.lr, opt.min_lr, opt.weight_decay, opt.momentum = 0.1, 0.1, 0.01, 0.9  # constant lr
+    optimizer = step_lib.make_optimizer(opt, total_steps=10)
+    params = {"w": np.array([1.0, -2.0])}
+    state = optimizer.init(params)
+    momentum, value = np.zeros(2), params["w"].copy()
+    for grad in (np.array([0.5, 0.5]), np.array([-1.0, 2.0])):
+        updates, state = optimizer.update({"w": grad}, state, params)
+        params = optax.apply_updates(params, updates)
+        momentum = 0.9 * momentum + grad + 0.01 * value  # torch.optim.SGD
+        value = value - 0.1 * momentum
+        np.testing.assert_allclose(params["w"], value, rtol=1e-6)
