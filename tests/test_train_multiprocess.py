@@ -12,13 +12,12 @@ import chex
 import jax
 import numpy as np
 
-from dnl_jax.train.config import base_config
 from dnl_jax.train.trainer import train_and_evaluate
+from train_testing import CACHE_ENV, TINY, enable_compilation_cache, tiny_config
 
-OVERRIDES = {"model.name": "dnl_tiny", "data.image_size": 32, "data.num_train": 64,
-             "data.num_val": 16, "batch_size": 8, "eval_batch_size": 8, "total_steps": 3,
-             "eval_every_steps": 100, "checkpoint.every_steps": 2, "progress_bar": False,
-             "curves_figure": False}
+enable_compilation_cache()
+# Gradient accumulation on, so that it too is checked across processes.
+OVERRIDES = {**TINY, "grad_accum_steps": 2}
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -53,7 +52,7 @@ def test_two_processes_equal_one_process(tmp_path):
     workdir = tmp_path / "two"
     workdir.mkdir()
     port = _free_port()
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **CACHE_ENV)
     env.pop("XLA_FLAGS", None)
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i), str(workdir),
                                json.dumps(OVERRIDES)], env=env, stdout=subprocess.PIPE,
@@ -62,9 +61,7 @@ def test_two_processes_equal_one_process(tmp_path):
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
 
-    config = base_config()
-    config.update_from_flattened_dict(OVERRIDES)
-    single = train_and_evaluate(config, str(tmp_path / "one"))
+    single = train_and_evaluate(tiny_config(**OVERRIDES), str(tmp_path / "one"))
     assert jax.device_count() == 4 and jax.process_count() == 1
     expected = {jax.tree_util.keystr(k): np.asarray(v)
                 for k, v in jax.tree_util.tree_leaves_with_path(single["state"].params)}
@@ -75,6 +72,6 @@ def test_two_processes_equal_one_process(tmp_path):
     np.testing.assert_allclose(mious, single["val"]["miou"], rtol=1e-6)
     # The shared workdir holds one complete checkpoint per saved step, and both hosts' data
     # positions.
-    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "3"]
-    data_files = set(os.listdir(workdir / "checkpoints" / "3" / "data"))
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+    data_files = set(os.listdir(workdir / "checkpoints" / "4" / "data"))
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= data_files

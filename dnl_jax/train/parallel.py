@@ -76,18 +76,22 @@ class JitDriver:
 
     def init_state(self, init_fn: Callable):
         shardings = self.state_shardings(jax.eval_shape(init_fn))
-        self._compile(shardings)
         return jax.jit(init_fn, out_shardings=shardings)()
+
+    def _jitted(self, state):
+        if self._jitted_train is None:  # the state's structure fixes the in/out shardings
+            self._compile(self.state_shardings(state))
+        return self._jitted_train, self._jitted_eval
 
     def global_batch(self, host_batch: dict) -> dict:
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
 
     def train_step(self, state, host_batch: dict):
-        return self._jitted_train(state, self.global_batch(host_batch))
+        return self._jitted(state)[0](state, self.global_batch(host_batch))
 
     def eval_step(self, state, host_batch: dict) -> dict:
-        return fetch_replicated(self._jitted_eval(state, self.global_batch(host_batch)))
+        return fetch_replicated(self._jitted(state)[1](state, self.global_batch(host_batch)))
 
     def to_checkpoint(self, state):
         return state
