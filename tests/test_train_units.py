@@ -1,12 +1,16 @@
 """Unit tests of the training system's parts: metrics, config validation, the synthetic data,
 the grain pipeline (per-host sharding, resumable position) and the optimizer schedule."""
 
+import importlib.util
+import os
+
 import numpy as np
 import optax
 import pytest
 
 from dnl_jax.data import pipeline
 from dnl_jax.data.synthetic import SyntheticSegmentation
+from dnl_jax.models import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import base_config, validate_config
 from dnl_jax.train.metrics import segmentation_metrics
@@ -167,3 +171,20 @@ def test_optimizer_is_torch_sgd_with_l2_weight_decay():
         momentum = 0.9 * momentum + grad + 0.01 * value  # torch.optim.SGD
         value = value - 0.1 * momentum
         np.testing.assert_allclose(params["w"], value, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------ experiment configs
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "experiments", "configs")
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py")))
+def test_experiment_configs_validate_build_and_document_their_launch(name):
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIG_DIR, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert f"--config experiments/configs/{name}" in module.__doc__
+    config = module.get_config()
+    _valid(config)
+    bundle = get_model(config.model.name, config.data.num_classes, **config.model.kwargs)
+    assert bundle.task == "segmentation"
