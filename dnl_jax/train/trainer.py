@@ -157,6 +157,18 @@ def evaluate(run: Run, state) -> dict:
 
 
 # -------------------------------------------------------------------------------------- loop
+def _say(bar, message: str) -> None:
+    if jax.process_index() == 0:
+        bar.write(message)
+
+
+def _save(run: Run, step: int, state, signature: dict, *, miou, force: bool) -> Optional[int]:
+    """Checkpoints `state` (moved to its saved layout only now: pmap copies it to the host)."""
+    saved = run.checkpointer.save(step, run.driver.to_checkpoint(state), run.iterator,
+                                  signature, miou=miou, force=force)
+    return step if saved else None
+
+
 def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -> tuple:
     """Steps from the state's step to config.total_steps; returns (state, status, last_val)."""
     config, writer = run.config, run.writer
@@ -192,20 +204,18 @@ def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -
                 last_val = evaluate(run, state)
                 writer.write(step, "val", last_val)
                 miou = last_val["miou"]
-                bar.write(f"step {step}: val mIoU {miou:.4f}, pixel acc "
+                _say(bar, f"step {step}: val mIoU {miou:.4f}, pixel acc "
                           f"{last_val['pixel_accuracy']:.4f}")
             final = step == config.total_steps
-            if run.checkpointer.save(step, run.driver.to_checkpoint(state), run.iterator,
-                                     signature, miou=miou, force=final):
-                last_saved = step
+            if final or run.checkpointer.should_save(step):
+                last_saved = _save(run, step, state, signature, miou=miou, force=final)
             if on_step is not None:
                 on_step(step)
             if not final and watcher.should_stop():
                 if last_saved != step:
-                    run.checkpointer.save(step, run.driver.to_checkpoint(state), run.iterator,
-                                          signature, force=True)
+                    _save(run, step, state, signature, miou=miou, force=True)
                 status = "preempted"
-                bar.write(f"SIGTERM: saved a checkpoint at step {step} and stopped.")
+                _say(bar, f"SIGTERM: saved a checkpoint at step {step} and stopped.")
                 break
     finally:
         bar.close()
