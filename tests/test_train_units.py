@@ -1,13 +1,18 @@
 """Unit tests of the training system's parts: metrics, config validation, the synthetic data,
 the grain pipeline (per-host sharding, resumable position) and the optimizer schedule."""
 
+import importlib.util
+import os
+
 import numpy as np
 import optax
 import pytest
 
 from dnl_jax.data import pipeline
 from dnl_jax.data.synthetic import SyntheticSegmentation
+from dnl_jax.models import get_model
 from dnl_jax.train import step as step_lib
+from dnl_jax.train.checkpoint import Checkpointer
 from dnl_jax.train.config import base_config, validate_config
 from dnl_jax.train.metrics import segmentation_metrics
 
@@ -167,3 +172,44 @@ def test_optimizer_is_torch_sgd_with_l2_weight_decay():
         momentum = 0.9 * momentum + grad + 0.01 * value  # torch.optim.SGD
         value = value - 0.1 * momentum
         np.testing.assert_allclose(params["w"], value, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------ experiment configs
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "experiments", "configs")
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py")))
+def test_experiment_configs_validate_build_and_document_their_launch(name):
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIG_DIR, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert f"--config experiments/configs/{name}" in module.__doc__
+    config = module.get_config()
+    _valid(config)
+    bundle = get_model(config.model.name, config.data.num_classes, **config.model.kwargs)
+    assert bundle.task == "segmentation"
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def test_checkpointer_keeps_the_last_k_and_the_best_by_miou(tmp_path):
+    source = SyntheticSegmentation(8, image_size=8, num_classes=3)
+    iterator = iter(pipeline.train_dataset(source, seed=0, local_batch=2, process_index=0,
+                                           process_count=1))
+    checkpointer = Checkpointer(str(tmp_path), every_steps=1, keep=1, keep_best=True)
+    signature = {"model": "m", "num_classes": 3, "param_shapes": {}}
+    mious = {1: 0.2, 2: 0.9, 3: 0.1, 4: None, 5: 0.3}
+    for step, miou in mious.items():
+        next(iterator)
+        state = {"w": np.full((2,), step, np.float32)}
+        assert checkpointer.save(step, state, iterator, signature, miou=miou)
+    # The latest (5) and the best (2); 4 had no metrics and is not the latest any more.
+    assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 5]
+    fresh = iter(pipeline.train_dataset(source, seed=0, local_batch=2, process_index=0,
+                                        process_count=1))
+    restored = checkpointer.restore(2, {"w": np.zeros((2,), np.float32)}, fresh)
+    np.testing.assert_array_equal(restored["w"], [2.0, 2.0])
+    assert fresh.get_state() == {"next_index": 2}  # the data position came back too
+    with pytest.raises(ValueError, match="different model m than config.model.name='other'"):
+        checkpointer.check_signature(5, {**signature, "model": "other"})
+    checkpointer.close()

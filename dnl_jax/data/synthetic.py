@@ -6,7 +6,7 @@ what makes the input pipeline's position checkpointable) and train/val never ove
 
 A scene (`[S, S]`, S = image_size):
 - a textured grey background (class 0);
-- a frame of width max(1, S // 16) around the image whose grey level is the *global cue*
+- a frame of width max(1, S // 8) around the image whose grey level is the *global cue*
   s ∈ {0, 1} (dark or light); the frame itself is background;
 - 1 to 3 filled rectangles or ellipses, each painted with one of K-1 palette colours a, with a
   darker outline (a salient boundary). An object's class is
@@ -105,7 +105,7 @@ def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray,
     rgb = BACKGROUND_GREY + 0.1 * rng.standard_normal((size, size, 1)).astype(np.float32)
     rgb = np.repeat(rgb, 3, axis=-1)
     label = np.zeros((size, size), np.int32)
-    frame = max(1, size // 16)
+    frame = max(1, size // 8)
     inner = np.zeros((size, size), bool)
     inner[frame:-frame, frame:-frame] = True
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):

@@ -51,6 +51,10 @@ class Checkpointer:
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
+    def should_save(self, step: int) -> bool:
+        """Whether the interval policy saves at `step`."""
+        return self.manager.should_save(step)
+
     def save(self, step: int, state, iterator, signature: dict, *,
              miou: Optional[float] = None, force: bool = False) -> bool:
         """Saves if the interval policy says so (or `force`); returns whether it saved."""

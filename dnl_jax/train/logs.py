@@ -36,15 +36,18 @@ class MetricWriter:
     def __init__(self, workdir: str):
         self.active = jax.process_index() == 0
         self.workdir = workdir
-        self._tb = None
-        if self.active:
+        self._tb = self._jsonl = None  # opened on first write: a refused run writes nothing
+
+    def _open(self) -> None:
+        if self._tb is None:
             from tensorboardX import SummaryWriter  # imported lazily: heavy
-            os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+            os.makedirs(self.workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+            self._jsonl = open(os.path.join(self.workdir, METRICS_FILE), "a")
 
     def write_config(self, config) -> None:
         if self.active:
+            os.makedirs(self.workdir, exist_ok=True)
             with open(os.path.join(self.workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -52,6 +55,7 @@ class MetricWriter:
         """Logs `metrics` (scalars or arrays; arrays go to JSON only) under `split/`."""
         if not self.active:
             return
+        self._open()
         record = {"step": int(step), "split": split, "time": time.time()}
         for name, value in metrics.items():
             record[name] = _jsonable(value)
@@ -61,7 +65,7 @@ class MetricWriter:
         self._jsonl.flush()
 
     def close(self) -> None:
-        if self.active:
+        if self._tb is not None:
             self._tb.close()
             self._jsonl.close()
 

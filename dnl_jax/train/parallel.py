@@ -46,6 +46,13 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
+def create_replicated_state(init_fn: Callable, mesh: jax.sharding.Mesh):
+    """`init_fn()` compiled to produce its outputs directly replicated over `mesh`."""
+    replicated = NamedSharding(mesh, P())
+    shardings = jax.tree.map(lambda _: replicated, jax.eval_shape(init_fn))
+    return jax.jit(init_fn, out_shardings=shardings)()
+
+
 class JitDriver:
     """Global-view `jax.jit` steps on NamedSharding arrays (see the module docstring)."""
 
@@ -75,19 +82,22 @@ class JitDriver:
         return jax.tree.map(lambda _: self.replicated, abstract_state)
 
     def init_state(self, init_fn: Callable):
-        shardings = self.state_shardings(jax.eval_shape(init_fn))
-        self._compile(shardings)
-        return jax.jit(init_fn, out_shardings=shardings)()
+        return create_replicated_state(init_fn, self.mesh)
+
+    def _jitted(self, state):
+        if self._jitted_train is None:  # the state's structure fixes the in/out shardings
+            self._compile(self.state_shardings(state))
+        return self._jitted_train, self._jitted_eval
 
     def global_batch(self, host_batch: dict) -> dict:
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
 
     def train_step(self, state, host_batch: dict):
-        return self._jitted_train(state, self.global_batch(host_batch))
+        return self._jitted(state)[0](state, self.global_batch(host_batch))
 
     def eval_step(self, state, host_batch: dict) -> dict:
-        return fetch_replicated(self._jitted_eval(state, self.global_batch(host_batch)))
+        return fetch_replicated(self._jitted(state)[1](state, self.global_batch(host_batch)))
 
     def to_checkpoint(self, state):
         return state
@@ -125,7 +135,12 @@ class PmapDriver:
                             host_batch)
 
     def init_state(self, init_fn: Callable):
-        return self.from_checkpoint(jax.jit(init_fn)())
+        # The jit driver's initialiser (same program, so its compilation is shared), then
+        # stacked per local device.
+        mesh = make_mesh()
+        with jax.set_mesh(mesh):
+            state = create_replicated_state(init_fn, mesh)
+        return self.from_checkpoint(fetch_replicated(state))
 
     def train_step(self, state, host_batch: dict):
         state, metrics = self._train(state, self._split(host_batch))

@@ -1,4 +1,5 @@
-"""The demo: the tiny DNL segmentor on the embedded synthetic scenes, 32x32, CPU-friendly.
+"""The demo: the tiny DNL segmentor on the embedded synthetic scenes, 32x32, CPU-friendly
+(about 1.5 minutes on 2 CPU cores, compilation included; val mIoU from ~0.15 to ~0.68).
 
 Launch (what `make demo` runs):
     python -m dnl_jax.main --config experiments/configs/synthetic_dnl_tiny.py --workdir runs/demo
@@ -18,11 +19,11 @@ def get_config():
     config.data.num_val = 256
     config.batch_size = 16
     config.eval_batch_size = 64
-    config.total_steps = 300
-    config.optimizer.lr = 0.05
+    config.total_steps = 1500
+    config.optimizer.lr = 0.1
     config.optimizer.min_lr = 1e-4
     config.optimizer.warmup_steps = 10
-    config.eval_every_steps = 50
+    config.eval_every_steps = 250
     config.log_every_steps = 10
-    config.checkpoint.every_steps = 100
+    config.checkpoint.every_steps = 500
     return config
