@@ -1,0 +1,114 @@
+"""Times one segmentor training step (default: DNL R50-D8, batch 2 of 512×512 images, 19 classes)
+on whatever device JAX sees: the trainer's own pure step (`dnl_jax.train.step.make_train_step`:
+forward with the aux head, loss, backward, SGD update), jitted. Not part of CI.
+
+    .venv/bin/python experiments/benchmarks/train_step.py
+    .venv/bin/python experiments/benchmarks/train_step.py --model fcn_r50-d8 --size 256,256
+
+Prints compile time, the best step time over `--repeats`, images/s, XLA's FLOP count of the
+step and the model FLOP utilisation against the same-run jitted float32 matmul peak, and writes
+them to experiments/benchmarks/results/train_step_<model>_<H>x<W>_b<B>_<platform>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+
+def matmul_peak_gflops(size: int = 4096, repeats: int = 3) -> float:
+    """Best GFLOP/s of a jitted float32 size×size matmul on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(matmul(a, a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model", default="dnl_r50-d8")
+    parser.add_argument("--size", default="512,512", help="H,W")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--num_classes", type=int, default=19)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out_dir", default="experiments/benchmarks/results")
+    args = parser.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import numpy as np
+
+    from dnl_jax import models
+    from dnl_jax.train import step as step_lib
+
+    height, width = (int(s) for s in args.size.split(","))
+    bundle = models.get_model(args.model, args.num_classes)
+    images = jax.random.normal(jax.random.key(0), (args.batch, height, width, 3), jnp.float32)
+    labels = jax.random.randint(jax.random.key(1), (args.batch, height, width), 0, args.num_classes)
+    batch = {"image": images, "label": labels.astype(jnp.int32)}
+
+    variables = models.init_variables(bundle.module, jax.random.key(2), images[:1])
+    opt = ml_collections.ConfigDict(dict(lr=0.01, momentum=0.9, weight_decay=5e-4, poly_power=0.9,
+                                         min_lr=1e-4, warmup_steps=0, warmup_ratio=0.1,
+                                         grad_clip_norm=0.0))
+    schedule = step_lib.learning_rate_schedule(opt, 80_000)
+    optimizer = step_lib.make_optimizer(opt, 80_000)
+    state = step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=variables["params"],
+        batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
+        rng=jax.random.key_data(jax.random.key(3)))
+    train_step = jax.jit(step_lib.make_train_step(bundle, optimizer, schedule))
+
+    start = time.perf_counter()
+    lowered = train_step.lower(state, batch)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    flops = models.summary_flops(lowered)
+
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - start)
+    loss = float(metrics["loss"])
+    assert np.isfinite(loss), loss
+
+    peak = matmul_peak_gflops()
+    best = min(times)
+    result = dict(
+        model=args.model, batch=args.batch, height=height, width=width,
+        platform=jax.default_backend(), device=str(jax.devices()[0].device_kind),
+        compile_s=round(compile_s, 2), step_s=[round(t, 3) for t in times],
+        best_step_s=round(best, 3), images_per_s=round(args.batch / best, 3),
+        step_gflop=round(flops / 1e9, 1) if flops else None,
+        achieved_gflops=round(flops / best / 1e9, 1) if flops else None,
+        matmul_peak_gflops=round(peak, 1),
+        mfu=round(flops / best / 1e9 / peak, 3) if flops else None, loss=round(loss, 4),
+    )
+    print(f"{args.model} train step, batch {args.batch} x {height}x{width} on "
+          f"{result['platform']} ({result['device']})")
+    for key, value in result.items():
+        print(f"  {key:>20}: {value}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, f"train_step_{args.model}_{height}x{width}_b{args.batch}_"
+                        f"{result['platform']}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
