@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from dnl_jax.data import pipeline
+from dnl_jax.data import pipeline, transforms
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import get_model
 from dnl_jax.train import step as step_lib
@@ -128,6 +128,36 @@ def test_pipeline_resumes_from_its_state():
     resumed.set_state(state)
     for label in expected:
         np.testing.assert_array_equal(next(resumed)["label"], label)
+
+
+def _augmented_stream(local_batch=2, process_index=0, process_count=1):
+    """Four distinct uint8 'images' through the real-dataset train transform."""
+    rng = np.random.default_rng(0)
+    source = [{"image": rng.integers(0, 256, (10, 14, 3), dtype=np.uint8),
+               "label": rng.integers(0, 3, (10, 14)).astype(np.uint8)} for _ in range(4)]
+    transform = transforms.SegmentationTrainTransform(crop_size=(8, 8), base_size=(14, 10),
+                                                      ratio_range=(0.8, 1.5))
+    return iter(pipeline.train_dataset(source, seed=0, local_batch=local_batch,
+                                       process_index=process_index,
+                                       process_count=process_count, transform=transform))
+
+
+def test_pipeline_augments_each_epoch_anew_and_resumes_and_shards_exactly():
+    stream = _augmented_stream()
+    batches = [next(stream) for _ in range(4)]  # two epochs of the 4 examples
+    assert batches[0]["image"].shape == (2, 8, 8, 3) and batches[0]["image"].dtype == np.float32
+    # Epoch 2 shows the same 4 examples, augmented differently: no crop repeats exactly.
+    first, second = (np.concatenate([b["image"] for b in batches[i:i + 2]]) for i in (0, 2))
+    assert not any(np.array_equal(a, b) for a in first for b in second)
+    resumed, original = _augmented_stream(), _augmented_stream()
+    next(original)
+    resumed.set_state(original.get_state())
+    for batch in batches[1:]:
+        np.testing.assert_array_equal(next(resumed)["image"], batch["image"])
+    hosts = [_augmented_stream(1, p, 2) for p in range(2)]  # per-host chunks: same global batch
+    for batch in batches:
+        np.testing.assert_array_equal(
+            np.concatenate([next(h)["label"] for h in hosts]), batch["label"])
 
 
 def test_eval_batches_cover_each_example_once_and_pad_with_ignore():
