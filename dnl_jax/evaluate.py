@@ -147,7 +147,7 @@ def confusion_matrix(prediction: np.ndarray, label: np.ndarray, num_classes: int
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         raise ValueError(f"labels {sorted(set(np.unique(label)) - set(range(num_classes)))[:5]} "
                          f"outside [0, {num_classes}) and not {ignore_label}; does "
-                         "model.num_classes match the dataset?")
+                         "data.num_classes match the dataset?")
     return np.bincount(label * num_classes + prediction,
                        minlength=num_classes ** 2).reshape(num_classes, num_classes)
 

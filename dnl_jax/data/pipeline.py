@@ -32,6 +32,7 @@ from dnl_jax.data.sources import load_split
 from dnl_jax.data.synthetic import SyntheticSegmentation
 
 IGNORE_LABEL = 255
+AUGMENT_THREADS = 4  # batches of a prepared dataset augmented ahead of the step, in parallel
 
 
 def make_sources(data: ml_collections.ConfigDict):
@@ -92,9 +93,13 @@ def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
     if transform is not None:
         stream = stream.random_map(transform, seed=seed)
     chunks = stream.batch(local_batch, drop_remainder=True)
-    # No threads: examples are cheap to draw and the two cores are better spent on the step.
-    return chunks[process_index::process_count].to_iter_dataset(
-        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    # Synthetic: no threads, examples are cheap to draw and the cores are better spent on the
+    # step. Augmenting decoded photographs is not cheap: a few threads prepare the next batches
+    # (a small buffer: each is a whole batch). Either way the state is the next chunk's index.
+    options = (grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if transform is None
+               else grain.ReadOptions(num_threads=AUGMENT_THREADS,
+                                      prefetch_buffer_size=AUGMENT_THREADS))
+    return chunks[process_index::process_count].to_iter_dataset(options)
 
 
 def num_eval_batches(num_examples: int, *, local_batch: int, process_count: int) -> int:
