@@ -13,8 +13,9 @@ per-example generator comes from (seed, position in the repeated stream), so an 
 augmented differently in every epoch while the stream stays a pure function of the position,
 which keeps the checkpointed iterator state an exact resume point.
 
-Evaluation (synthetic; prepared datasets are evaluated per image, see the trainer): host p reads examples p, p+P, ...; every host runs the same number of batches (the
-collectives need it) and short batches are padded with label 255 (ignored by the metrics).
+Evaluation batches (synthetic; prepared datasets are evaluated per image, see the trainer):
+host p reads examples p, p+P, ...; every host runs the same number of batches (the collectives
+need it) and short batches are padded with label 255 (ignored by the metrics).
 """
 
 from __future__ import annotations
