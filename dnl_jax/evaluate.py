@@ -274,7 +274,8 @@ def _predict_fn(config, checkpoint: str):
     bundle = get_model(config.model.name, int(config.data.num_classes),
                        **config.model.kwargs.to_dict())
     variables = load_variables(checkpoint)
-    return jax.jit(lambda x: bundle.module.apply(variables, x, train=False)["logits"]), bundle
+    return jax.jit(lambda x: bundle.module.apply(variables, x, train=False)["logits"].astype(
+        np.float32)), bundle
 
 
 def _square_size(size) -> int:

@@ -173,7 +173,9 @@ def _evaluate_per_image(run: Run, state) -> dict:
     host = parallel.fetch_replicated(run.driver.to_checkpoint(state))
     variables = {"params": host.params, "batch_stats": host.batch_stats}
     module = make_bundle(run.config, for_init=True).module  # no pmap axis outside pmap
-    logits_fn = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"])
+    # float32 logits: the host-side averaging and softmax of bfloat16 would lose precision.
+    logits_fn = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"].astype(
+        jnp.float32))
     count, index = jax.process_count(), jax.process_index()
     examples = (run.val_source[i] for i in range(index, len(run.val_source), count))
     confusion = evaluate_lib.evaluate_segmentation(
