@@ -147,7 +147,7 @@ def confusion_matrix(prediction: np.ndarray, label: np.ndarray, num_classes: int
     if label.size and (label.min() < 0 or label.max() >= num_classes):
         raise ValueError(f"labels {sorted(set(np.unique(label)) - set(range(num_classes)))[:5]} "
                          f"outside [0, {num_classes}) and not {ignore_label}; does "
-                         "model.num_classes match the dataset?")
+                         "data.num_classes match the dataset?")
     return np.bincount(label * num_classes + prediction,
                        minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
@@ -252,29 +252,18 @@ def evaluate_video(predict_fn: PredictFn, examples: Iterable[dict], *, clip_len:
 # ----------------------------------------------------------------------------------------------
 
 
-def _config_value(config, *paths: str, default=None):
-    """The first of `paths` (dotted) present in `config`: recipe configs and the trainer's
-    schema name a few keys differently (e.g. model.num_classes / data.num_classes)."""
-    for path in paths:
-        node = config
-        for key in path.split("."):
-            if node is None or key not in node:
-                node = None
-                break
-            node = node[key]
-        if node is not None:
-            return node
-    return default
-
-
 def inference_settings(config) -> dict[str, Any]:
-    """predict_scores kwargs from `config.eval` (mode, crop_size, stride, scales, flip)."""
-    tuple_or_none = lambda v: None if v is None else tuple(v)  # noqa: E731
-    return {"mode": _config_value(config, "eval.mode", default="whole"),
-            "crop_size": tuple_or_none(_config_value(config, "eval.crop_size")),
-            "stride": tuple_or_none(_config_value(config, "eval.stride")),
-            "scales": tuple(_config_value(config, "eval.scales", default=(1.0,))),
-            "flip": bool(_config_value(config, "eval.flip", default=False))}
+    """predict_scores kwargs from `config.eval` (mode, crop_size, stride, scales, flip).
+
+    The schema's (0, 0) placeholders for crop_size / stride (unused in 'whole' mode) become None.
+    """
+    def size_or_none(value):
+        return tuple(int(v) for v in value) if value and min(value) > 0 else None
+
+    return {"mode": config.eval.mode, "crop_size": size_or_none(config.eval.crop_size),
+            "stride": size_or_none(config.eval.stride),
+            "scales": tuple(float(s) for s in config.eval.scales),
+            "flip": bool(config.eval.flip)}
 
 
 def _predict_fn(config, checkpoint: str):
@@ -282,12 +271,19 @@ def _predict_fn(config, checkpoint: str):
     from dnl_jax.models import get_model
     from dnl_jax.train.checkpoint import load_variables
 
-    num_classes = int(_config_value(config, "model.num_classes", "data.num_classes"))
-    kwargs = _config_value(config, "model.kwargs", default={})
-    kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
-    bundle = get_model(config.model.name, num_classes, **kwargs)
+    bundle = get_model(config.model.name, int(config.data.num_classes),
+                       **config.model.kwargs.to_dict())
     variables = load_variables(checkpoint)
-    return jax.jit(lambda x: bundle.module.apply(variables, x, train=False)["logits"]), bundle
+    return jax.jit(lambda x: bundle.module.apply(variables, x, train=False)["logits"].astype(
+        np.float32)), bundle
+
+
+def _square_size(size) -> int:
+    """The side of a square (s, s) video crop."""
+    size = tuple(size)
+    if len(size) != 2 or size[0] != size[1]:
+        raise ValueError(f"config.data.crop_size={size}: video crops are square, e.g. (224, 224).")
+    return int(size[0])
 
 
 def evaluate_checkpoint(config, checkpoint: str, split: str, *, output_dir: str | None = None,
@@ -307,11 +303,11 @@ def evaluate_checkpoint(config, checkpoint: str, split: str, *, output_dir: str 
             raise ValueError("video evaluation runs on one host; run it with one process.")
         return evaluate_video(
             predict, examples, clip_len=config.data.clip_len, stride=config.data.frame_stride,
-            crop_size=config.data.crop_size, num_clips=config.eval.num_clips,
+            crop_size=_square_size(config.data.crop_size), num_clips=config.eval.num_clips,
             num_crops=config.eval.num_crops, short_side=config.eval.short_side)
     confusion = evaluate_segmentation(
         predict, examples, num_classes=bundle.num_classes,
-        base_size=_config_value(config, "data.base_size"), output_dir=output_dir,
+        base_size=tuple(config.data.base_size), output_dir=output_dir,
         dataset=config.data.name, **inference_settings(config))
     if processes > 1:
         from jax.experimental import multihost_utils

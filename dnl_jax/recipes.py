@@ -1,15 +1,16 @@
-"""The published training/evaluation recipes as ConfigDicts; `experiments/configs/*.py` call these.
+"""The published training/evaluation recipes as the trainer's ConfigDicts.
 
-Keys (the recipe configs' schema; the trainer's own schema may name some differently):
-  model.name, model.num_classes, model.kwargs (forwarded to dnl_jax.models.get_model)
-  data.name, data.data_dir, data.crop_size (h, w), data.base_size (long, short) for the random
-    resize (ratio data.ratio_range) and the test resize, data.cat_max_ratio, data.batch_size
-    (global), data.seed
-  optimizer.lr, optimizer.momentum, optimizer.weight_decay
-  schedule.total_steps, schedule.power, schedule.min_lr (poly: (lr-min)(1-t/T)^p + min)
-  eval.mode ('whole'|'slide'), eval.crop_size, eval.stride, eval.scales, eval.flip
-Video recipes add data.clip_len, data.frame_stride, data.short_side_range, eval.num_clips,
-eval.num_crops, eval.short_side.
+Every recipe starts from `dnl_jax.train.config.base_config()` (the one schema; see there for
+every key) and sets what the recipe fixes: model.name, model.kwargs (e.g. ohem), data.name,
+data.num_classes, data.data_dir, data.crop_size (h, w), data.base_size (long, short) for the
+random resize (ratio data.ratio_range) and the test resize, data.cat_max_ratio, batch_size
+(global), total_steps, optimizer.lr / momentum / weight_decay, optimizer.poly_power and
+optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), eval.mode ('whole'|'slide'),
+eval.crop_size, eval.stride, eval.scales, eval.flip, and the evaluation/checkpoint intervals.
+
+Video recipes also start from base_config() and add data.clip_len, data.frame_stride,
+data.short_side_range, eval.num_clips, eval.num_crops, eval.short_side (read by
+`python -m dnl_jax.evaluate`); the trainer refuses them: video training is not wired in yet.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ml_collections
 
 from dnl_jax.data import ade20k, cityscapes, pascal_context
+from dnl_jax.train.config import base_config
 
 NUM_CLASSES = {"cityscapes": len(cityscapes.CLASSES), "ade20k": len(ade20k.CLASSES),
                "pascal_context": len(pascal_context.CLASSES)}
@@ -28,24 +30,40 @@ def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
                         eval_crop_size=None, eval_stride=None, ohem: dict | None = None,
                         data_dir: str = "data/prepared") -> ml_collections.ConfigDict:
     """An mmseg-style segmentation recipe: SGD momentum 0.9, poly 0.9 down to 1e-4, the mmseg
-    train pipeline (resize 0.5-2.0, crop with cat_max_ratio 0.75, flip, photometric)."""
+    train pipeline (resize 0.5-2.0, crop with cat_max_ratio 0.75, flip, photometric);
+    evaluation and checkpoints every total_steps / 10 steps (mmseg's 8k of 80k)."""
     if dataset not in NUM_CLASSES:
         raise ValueError(f"dataset {dataset!r}; choose one of {sorted(NUM_CLASSES)}.")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.model = ml_collections.ConfigDict({"name": model, "num_classes": NUM_CLASSES[dataset],
-                                         "kwargs": {"ohem": ohem} if ohem else {}})
-    c.data = ml_collections.ConfigDict({
-        "name": dataset, "data_dir": data_dir, "crop_size": tuple(crop_size),
-        "base_size": tuple(base_size), "ratio_range": (0.5, 2.0), "cat_max_ratio": 0.75,
-        "batch_size": batch_size, "seed": 0})
-    c.optimizer = ml_collections.ConfigDict({"lr": lr, "momentum": 0.9,
-                                             "weight_decay": weight_decay})
-    c.schedule = ml_collections.ConfigDict({"total_steps": total_steps, "power": 0.9,
-                                            "min_lr": 1e-4})
-    c.eval = ml_collections.ConfigDict({
-        "mode": eval_mode, "crop_size": tuple(eval_crop_size) if eval_crop_size else None,
-        "stride": tuple(eval_stride) if eval_stride else None, "scales": (1.0,), "flip": False})
+    if eval_mode == "slide" and (eval_crop_size is None or eval_stride is None):
+        raise ValueError("eval_mode='slide' needs eval_crop_size and eval_stride.")
+    c = base_config()
+    c.model.name = model
+    if ohem:
+        c.model.kwargs.ohem = dict(ohem)
+    c.data.name = dataset
+    c.data.num_classes = NUM_CLASSES[dataset]
+    c.data.data_dir = data_dir
+    c.data.crop_size = tuple(crop_size)
+    c.data.base_size = tuple(base_size)
+    c.data.ratio_range = (0.5, 2.0)
+    c.data.cat_max_ratio = 0.75
+    c.batch_size = batch_size
+    c.total_steps = total_steps
+    c.optimizer.lr = lr
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = weight_decay
+    c.optimizer.poly_power = 0.9
+    c.optimizer.min_lr = 1e-4
+    c.optimizer.warmup_steps = 0
+    c.eval.mode = eval_mode
+    if eval_mode == "slide":
+        c.eval.crop_size = tuple(eval_crop_size)
+        c.eval.stride = tuple(eval_stride)
+    c.eval.scales = (1.0,)
+    c.eval.flip = False
+    c.eval_every_steps = max(1, total_steps // 10)
+    c.checkpoint.every_steps = max(1, total_steps // 10)
+    c.log_every_steps = 50
     return c
 
 
@@ -68,16 +86,27 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
                  data_dir: str = "data/prepared") -> ml_collections.ConfigDict:
     """The original non-local video recipe: 32 frames at stride 2, short side U[256, 320],
     224 crop, SGD lr 0.01 (batch 64) wd 1e-4; test 10 clips x 3 crops at short side 256.
-    (The original steps the lr down at fixed iterations; we use the poly schedule.)"""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.model = ml_collections.ConfigDict({"name": model, "num_classes": num_classes, "kwargs": {}})
-    c.data = ml_collections.ConfigDict({
-        "name": "kinetics", "data_dir": data_dir, "clip_len": clip_len,
-        "frame_stride": frame_stride, "crop_size": crop_size, "short_side_range": (256, 320),
-        "batch_size": batch_size, "seed": 0})
-    c.optimizer = ml_collections.ConfigDict({"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4})
-    c.schedule = ml_collections.ConfigDict({"total_steps": total_steps, "power": 0.9,
-                                            "min_lr": 0.0})
-    c.eval = ml_collections.ConfigDict({"num_clips": 10, "num_crops": 3, "short_side": 256})
+    (The original steps the lr down at fixed iterations; we use the poly schedule.)
+
+    For `python -m dnl_jax.evaluate` only: the trainer refuses video configs (not wired yet).
+    """
+    c = base_config()
+    c.model.name = model
+    c.data.name = "kinetics"
+    c.data.num_classes = num_classes
+    c.data.data_dir = data_dir
+    c.data.crop_size = (crop_size, crop_size)
+    c.data.clip_len = clip_len
+    c.data.frame_stride = frame_stride
+    c.data.short_side_range = (256, 320)
+    c.batch_size = batch_size
+    c.total_steps = total_steps
+    c.optimizer.lr = 0.01
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.poly_power = 0.9
+    c.optimizer.min_lr = 0.0
+    c.eval.num_clips = 10
+    c.eval.num_crops = 3
+    c.eval.short_side = 256
     return c

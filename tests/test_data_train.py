@@ -122,3 +122,37 @@ def test_evaluate_command_on_a_checkpoint_writes_cityscapes_pngs(tmp_path):
     assert prediction.shape == (H, W)
     assert set(np.unique(prediction)) <= set(cityscapes.TRAIN_TO_LABEL.tolist())
     assert (tmp_path / "preds" / "metrics_val.json").exists()
+
+
+def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tmp_path):
+    """train_and_evaluate on a prepared Cityscapes fixture (random resize/crop/flip to 16x16,
+    slide evaluation per image); its final val metrics equal `evaluate_checkpoint` on the
+    checkpoint it saved, so training-time and offline evaluation agree."""
+    from dnl_jax.evaluate import evaluate_checkpoint
+    from dnl_jax.train.trainer import train_and_evaluate
+
+    write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
+    prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
+    config = recipes.cityscapes_mmseg("dnl_tiny", total_steps=2)
+    config.update_from_flattened_dict({
+        "data.data_dir": str(tmp_path / "out"), "data.crop_size": (16, 16),
+        "data.base_size": (W, H), "data.ratio_range": (1.0, 2.0), "batch_size": 4,
+        "eval.crop_size": (8, 8), "eval.stride": (6, 6), "eval_every_steps": 100,
+        "checkpoint.every_steps": 1, "log_every_steps": 1, "progress_bar": False,
+        "curves_figure": False})
+    result = train_and_evaluate(config, str(tmp_path / "run"))
+    assert (result["status"], result["step"]) == ("completed", 2)
+    val = result["val"]
+    assert 0.0 <= val["miou"] <= 1.0 and 0.0 <= val["pixel_accuracy"] <= 1.0
+    offline = evaluate_checkpoint(config, str(tmp_path / "run" / "checkpoints" / "2"), "val",
+                                  log=lambda _: 0)
+    np.testing.assert_allclose(offline["per_class_iou"], val["per_class_iou"], equal_nan=True)
+
+
+def test_trainer_says_how_to_prepare_a_missing_dataset(tmp_path):
+    from dnl_jax.train.trainer import train_and_evaluate
+
+    config = recipes.cityscapes_mmseg("dnl_tiny", total_steps=2)
+    config.data.data_dir = str(tmp_path / "nothing_here")
+    with pytest.raises(ValueError, match="python -m dnl_jax.data.prepare cityscapes"):
+        train_and_evaluate(config, str(tmp_path / "run"))

@@ -9,6 +9,7 @@ import pytest
 
 from dnl_jax import recipes
 from dnl_jax.evaluate import inference_settings
+from dnl_jax.train.config import validate_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
 SEGMENTATION = r"^(cityscapes|ade20k|pascal_context)_(dnl|nl|fcn)_(r50|r101)-d8_(\d+)x(\d+)_(\d+)k(_ohem)?$"
@@ -43,15 +44,19 @@ def test_config_matches_its_name(path):
         assert config.data.clip_len * config.data.frame_stride == 64
         return
     dataset, head, depth, crop_h, crop_w, steps, ohem = re.match(SEGMENTATION, name).groups()
+    validate_config(config, num_devices=1, num_processes=1)  # the trainer's schema
     assert config.data.name == dataset
     assert config.model.name == f"{head}_{depth}-d8"
-    assert config.model.num_classes == recipes.NUM_CLASSES[dataset]
+    assert config.data.num_classes == recipes.NUM_CLASSES[dataset]
     assert tuple(config.data.crop_size) == (int(crop_h), int(crop_w))
-    assert config.schedule.total_steps == int(steps) * 1000
+    assert config.total_steps == int(steps) * 1000
+    assert (config.optimizer.poly_power, config.optimizer.min_lr) == (0.9, 1e-4)
     assert bool(ohem) == ("ohem" in config.model.kwargs)
     settings = inference_settings(config)
     if settings["mode"] == "slide":
         assert all(s <= c for s, c in zip(settings["stride"], settings["crop_size"]))
+    else:
+        assert settings["crop_size"] is None and settings["stride"] is None
 
 
 def test_unknown_dataset_is_refused():

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from dnl_jax.data import pipeline
+from dnl_jax.data import pipeline, transforms
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import get_model
 from dnl_jax.train import step as step_lib
@@ -130,6 +130,36 @@ def test_pipeline_resumes_from_its_state():
         np.testing.assert_array_equal(next(resumed)["label"], label)
 
 
+def _augmented_stream(local_batch=2, process_index=0, process_count=1):
+    """Four distinct uint8 'images' through the real-dataset train transform."""
+    rng = np.random.default_rng(0)
+    source = [{"image": rng.integers(0, 256, (10, 14, 3), dtype=np.uint8),
+               "label": rng.integers(0, 3, (10, 14)).astype(np.uint8)} for _ in range(4)]
+    transform = transforms.SegmentationTrainTransform(crop_size=(8, 8), base_size=(14, 10),
+                                                      ratio_range=(0.8, 1.5))
+    return iter(pipeline.train_dataset(source, seed=0, local_batch=local_batch,
+                                       process_index=process_index,
+                                       process_count=process_count, transform=transform))
+
+
+def test_pipeline_augments_each_epoch_anew_and_resumes_and_shards_exactly():
+    stream = _augmented_stream()
+    batches = [next(stream) for _ in range(4)]  # two epochs of the 4 examples
+    assert batches[0]["image"].shape == (2, 8, 8, 3) and batches[0]["image"].dtype == np.float32
+    # Epoch 2 shows the same 4 examples, augmented differently: no crop repeats exactly.
+    first, second = (np.concatenate([b["image"] for b in batches[i:i + 2]]) for i in (0, 2))
+    assert not any(np.array_equal(a, b) for a in first for b in second)
+    resumed, original = _augmented_stream(), _augmented_stream()
+    next(original)
+    resumed.set_state(original.get_state())
+    for batch in batches[1:]:
+        np.testing.assert_array_equal(next(resumed)["image"], batch["image"])
+    hosts = [_augmented_stream(1, p, 2) for p in range(2)]  # per-host chunks: same global batch
+    for batch in batches:
+        np.testing.assert_array_equal(
+            np.concatenate([next(h)["label"] for h in hosts]), batch["label"])
+
+
 def test_eval_batches_cover_each_example_once_and_pad_with_ignore():
     source = SyntheticSegmentation(7, image_size=8, num_classes=3)
     seen = []
@@ -179,16 +209,51 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           "experiments", "configs")
 
 
-@pytest.mark.parametrize("name", sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py")))
-def test_experiment_configs_validate_build_and_document_their_launch(name):
+CONFIG_FILES = sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py"))
+
+
+def _load_config_module(name):
     spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIG_DIR, name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert f"--config experiments/configs/{name}" in module.__doc__
+    return module
+
+
+@pytest.mark.parametrize("name", [f for f in CONFIG_FILES if not f.startswith("kinetics_")])
+def test_experiment_configs_validate_build_and_document_their_launch(name):
+    module = _load_config_module(name)
+    assert f"python -m dnl_jax.main --config experiments/configs/{name}" in module.__doc__
     config = module.get_config()
     _valid(config)
     bundle = get_model(config.model.name, config.data.num_classes, **config.model.kwargs)
     assert bundle.task == "segmentation"
+
+
+@pytest.mark.parametrize("name", [f for f in CONFIG_FILES if f.startswith("kinetics_")])
+def test_video_configs_are_refused_by_the_trainer_and_do_not_claim_it(name):
+    module = _load_config_module(name)
+    assert "python -m dnl_jax.main" not in module.__doc__
+    assert f"python -m dnl_jax.evaluate --config experiments/configs/{name}" in module.__doc__
+    with pytest.raises(ValueError, match="video training is not wired into the trainer yet"):
+        _valid(module.get_config())
+
+
+def test_config_real_dataset_keys_are_checked():
+    config = base_config()
+    config.data.name = "cityscapes"
+    config.data.data_dir = "/does/not/exist"  # checked when the data is opened, not here
+    _valid(config)
+    config.eval.mode = "slide"
+    with pytest.raises(ValueError, match="needs config.eval.crop_size and config.eval.stride"):
+        _valid(config)
+    config = base_config()
+    config.data.name = "ade20k"
+    config.data.ratio_range = (2.0, 0.5)
+    with pytest.raises(ValueError, match="ratio_range"):
+        _valid(config)
+    config.data.name = "coco"
+    with pytest.raises(ValueError, match="config.data.name='coco'; choose one of"):
+        _valid(config)
 
 
 # ------------------------------------------------------------------------------- checkpoints

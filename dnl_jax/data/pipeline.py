@@ -7,45 +7,100 @@ of the hosts' batches in process order, is the same examples whatever P is: one 
 B sees exactly what two hosts with B/2 each see together. The iterator's state (a position) is
 what the checkpoint stores (`grain.checkpoint.CheckpointSave`).
 
-Evaluation: host p reads examples p, p+P, ...; every host runs the same number of batches (the
-collectives need it) and short batches are padded with label 255 (ignored by the metrics).
+Prepared datasets (cityscapes, ade20k, pascal_context) are augmented by
+`transforms.SegmentationTrainTransform` as a grain RandomMap applied after `.repeat()`: its
+per-example generator comes from (seed, position in the repeated stream), so an image is
+augmented differently in every epoch while the stream stays a pure function of the position,
+which keeps the checkpointed iterator state an exact resume point.
+
+Evaluation batches (synthetic; prepared datasets are evaluated per image, see the trainer):
+host p reads examples p, p+P, ...; every host runs the same number of batches (the collectives
+need it) and short batches are padded with label 255 (ignored by the metrics).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+import os
+from typing import Iterator, Optional
 
 import grain
 import ml_collections
 import numpy as np
 
+from dnl_jax.data import transforms
+from dnl_jax.data.sources import load_split
 from dnl_jax.data.synthetic import SyntheticSegmentation
 
 IGNORE_LABEL = 255
+AUGMENT_THREADS = 4  # batches of a prepared dataset augmented ahead of the step, in parallel
 
 
 def make_sources(data: ml_collections.ConfigDict):
-    """(train, val) random-access sources for `config.data`."""
+    """(train, val) random-access sources for `config.data`: the synthetic scenes, or the
+    prepared splits of data.name under data.data_dir (val with names, for predictions)."""
+    if data.name != "synthetic":
+        return _prepared_sources(data)
     common = dict(image_size=data.image_size, num_classes=data.num_classes, seed=data.seed,
                   noise=data.noise)
     return (SyntheticSegmentation(data.num_train, split="train", **common),
             SyntheticSegmentation(data.num_val, split="val", **common))
 
 
+def _prepared_sources(data: ml_collections.ConfigDict):
+    if not os.path.isdir(data.data_dir):
+        raise ValueError(
+            f"config.data.data_dir={data.data_dir!r} does not exist; prepare the dataset first: "
+            f"python -m dnl_jax.data.prepare {data.name} --manual_dir RAW "
+            f"--data_dir {data.data_dir} (or point --config.data.data_dir at it).")
+    train = load_split(data.name, "train", data.data_dir)
+    val = load_split(data.name, "val", data.data_dir)
+    if len(train.classes) != data.num_classes:
+        raise ValueError(f"config.data.num_classes={data.num_classes} but {data.name} has "
+                         f"{len(train.classes)} classes; set --config.data.num_classes="
+                         f"{len(train.classes)}.")
+    return train, val
+
+
+def train_image_size(data: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(h, w) of the training images: data.crop_size, or the synthetic data.image_size."""
+    if data.name == "synthetic":
+        return data.image_size, data.image_size
+    return tuple(int(v) for v in data.crop_size)
+
+
+def train_transform(data: ml_collections.ConfigDict) -> Optional[grain.transforms.RandomMap]:
+    """The training augmentation of `config.data` (None for the synthetic scenes, which are
+    drawn already normalised at their final size)."""
+    if data.name == "synthetic":
+        return None
+    return transforms.SegmentationTrainTransform(
+        crop_size=tuple(data.crop_size), base_size=tuple(data.base_size),
+        ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
+
+
 def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
-                  process_count: int) -> grain.IterDataset:
+                  process_count: int,
+                  transform: Optional[grain.transforms.RandomMap] = None) -> grain.IterDataset:
     """Infinite per-host batches `{'image': [b, ...], 'label': [b, ...]}` (b = local_batch).
 
+    `transform` (a RandomMap, e.g. `train_transform(config.data)`) is applied to the shuffled,
+    repeated stream, so every epoch draws new augmentations (module docstring).
     Iterate with `iter(...)`; the iterator has `get_state()`/`set_state()`.
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
     stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    if transform is not None:
+        stream = stream.random_map(transform, seed=seed)
     chunks = stream.batch(local_batch, drop_remainder=True)
-    # No threads: examples are cheap to draw and the two cores are better spent on the step.
-    return chunks[process_index::process_count].to_iter_dataset(
-        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    # Synthetic: no threads, examples are cheap to draw and the cores are better spent on the
+    # step. Augmenting decoded photographs is not cheap: a few threads prepare the next batches
+    # (a small buffer: each is a whole batch). Either way the state is the next chunk's index.
+    options = (grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if transform is None
+               else grain.ReadOptions(num_threads=AUGMENT_THREADS,
+                                      prefetch_buffer_size=AUGMENT_THREADS))
+    return chunks[process_index::process_count].to_iter_dataset(options)
 
 
 def num_eval_batches(num_examples: int, *, local_batch: int, process_count: int) -> int:

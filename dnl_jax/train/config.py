@@ -15,6 +15,13 @@ from typing import Any
 import ml_collections
 
 PARALLELISMS = ("jit", "pmap")
+# Prepared segmentation datasets (python -m dnl_jax.data.prepare NAME ...) the trainer reads.
+REAL_SEGMENTATION = ("cityscapes", "ade20k", "pascal_context")
+SEGMENTATION_DATASETS = ("synthetic",) + REAL_SEGMENTATION
+VIDEO_DATASETS = ("kinetics",)
+EVAL_MODES = ("whole", "slide")
+VIDEO_NOT_WIRED = ("video training is not wired into the trainer yet; evaluate with "
+                   "python -m dnl_jax.evaluate --config CONFIG --checkpoint STEP_DIR")
 DTYPES = ("float32", "bfloat16")
 # Sub-dicts whose keys are not ours to check.
 FREE_FORM = ("model.kwargs",)
@@ -38,6 +45,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_val = 256
     c.data.seed = 0
     c.data.noise = 0.1
+    # Prepared datasets only (ignored by 'synthetic'): where `dnl_jax.data.prepare` wrote them,
+    # and the mmseg train pipeline: random resize of base_size (long, short) by a ratio in
+    # ratio_range, crop of crop_size (h, w) with cat_max_ratio, flip, photometric distortion.
+    c.data.data_dir = "data/prepared"
+    c.data.crop_size = (512, 512)
+    c.data.base_size = (2048, 512)
+    c.data.ratio_range = (0.5, 2.0)
+    c.data.cat_max_ratio = 0.75
 
     c.batch_size = 16  # global, over all hosts and devices
     c.eval_batch_size = 32
@@ -63,6 +78,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 2  # the last K, plus the best by val mIoU
     c.checkpoint.keep_best = True
     c.init_from = ""  # a checkpoint directory (with a 'state' item) to take params/batch_stats from
+
+    # Periodic and final evaluation of prepared datasets, per image at its own size after the
+    # resize to data.base_size (dnl_jax.evaluate.predict_scores); 'synthetic' evaluates whole
+    # fixed-size batches and ignores this section.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.mode = "whole"  # or "slide": windows of crop_size every stride
+    c.eval.crop_size = (0, 0)  # (h, w); slide only
+    c.eval.stride = (0, 0)  # (h, w); slide only
+    c.eval.scales = (1.0,)
+    c.eval.flip = False
 
     c.eval_every_steps = 50
     c.log_every_steps = 10
@@ -108,13 +133,15 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
 
     Raises ValueError naming the offending keys and how to fix them.
     """
+    if config.data.name in VIDEO_DATASETS:  # before the key check: video configs add keys
+        raise ValueError(f"config.data.name={config.data.name!r}: {VIDEO_NOT_WIRED}.")
     check_known_keys(config)
     c = config
     _require(c.parallelism in PARALLELISMS,
              f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.")
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
-    _require(c.data.name == "synthetic",
-             f"config.data.name={c.data.name!r}; only 'synthetic' is available in this trainer.")
+    _require(c.data.name in SEGMENTATION_DATASETS,
+             f"config.data.name={c.data.name!r}; choose one of {SEGMENTATION_DATASETS}.")
     for key in ("total_steps", "batch_size", "eval_batch_size", "grad_accum_steps",
                 "eval_every_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
@@ -131,6 +158,31 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
              f"config.mesh.data={c.mesh.data} but {num_devices} devices are visible; use -1 "
              "(all devices) until more mesh axes exist.")
     _check_batch_divisibility(c, num_devices=num_devices, num_processes=num_processes)
+    if c.data.name != "synthetic":
+        _check_real_data(c)
+
+
+def _pair_ok(value) -> bool:
+    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
+
+
+def _check_real_data(c) -> None:
+    """Keys of prepared datasets. data_dir is checked when the data is opened (train time)."""
+    for key in ("crop_size", "base_size"):
+        _require(_pair_ok(c.data[key]),
+                 f"config.data.{key}={tuple(c.data[key])} must be two positive sizes.")
+    low, high = c.data.ratio_range
+    _require(0 < low <= high, f"config.data.ratio_range={tuple(c.data.ratio_range)} must be "
+             "(low, high) with 0 < low <= high.")
+    _require(0 < c.data.cat_max_ratio <= 1, "config.data.cat_max_ratio must be in (0, 1].")
+    _require(c.eval.mode in EVAL_MODES,
+             f"config.eval.mode={c.eval.mode!r}; choose one of {EVAL_MODES}.")
+    if c.eval.mode == "slide":
+        _require(_pair_ok(c.eval.crop_size) and _pair_ok(c.eval.stride),
+                 f"config.eval.mode='slide' needs config.eval.crop_size and config.eval.stride "
+                 f"(h, w) >= 1, got {tuple(c.eval.crop_size)} and {tuple(c.eval.stride)}.")
+    _require(len(c.eval.scales) >= 1 and all(s > 0 for s in c.eval.scales),
+             f"config.eval.scales={tuple(c.eval.scales)} must be positive ratios.")
 
 
 def _check_batch_divisibility(c, *, num_devices: int, num_processes: int) -> None:
@@ -144,5 +196,7 @@ def _check_batch_divisibility(c, *, num_devices: int, num_processes: int) -> Non
     _require(c.eval_batch_size % num_devices == 0,
              f"config.eval_batch_size={c.eval_batch_size} must be divisible by the "
              f"{num_devices} devices.")
-    _require(c.data.num_val >= num_processes and c.data.num_train >= c.batch_size,
-             "config.data.num_train must be >= batch_size and num_val >= the number of hosts.")
+    if c.data.name == "synthetic":  # prepared datasets have their own sizes
+        _require(c.data.num_val >= num_processes and c.data.num_train >= c.batch_size,
+                 "config.data.num_train must be >= batch_size and num_val >= the number of "
+                 "hosts.")

@@ -69,7 +69,7 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
     parameters too; flax's batch norm leaves its running statistics untouched while initialising.
     """
     module = make_bundle(config, for_init=True).module
-    size = config.data.image_size
+    height, width = pipeline.train_image_size(config.data)
 
     def init_fn():
         # Parameters are drawn with XLA's RngBitGenerator ('unsafe_rbg'): deterministic for a
@@ -80,7 +80,7 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
             jax.random.key(config.seed, impl="unsafe_rbg"))
         train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
         variables = module.init({"params": params_key, "dropout": dropout_key},
-                                jnp.zeros((2, size, size, 3), jnp.float32), train=True)
+                                jnp.zeros((2, height, width, 3), jnp.float32), train=True)
         params = variables["params"]
         return step_lib.TrainState(
             step=jnp.zeros((), jnp.int32), params=params,
@@ -103,7 +103,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     train_source, val_source = pipeline.make_sources(config.data)
     dataset = pipeline.train_dataset(
         train_source, seed=config.data.seed, local_batch=config.batch_size // jax.process_count(),
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        transform=pipeline.train_transform(config.data))
     checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      every_steps=config.checkpoint.every_steps,
                                      keep=config.checkpoint.keep,
@@ -145,7 +146,13 @@ def _check_same_shapes(loaded, expected, source: str) -> None:
 
 # -------------------------------------------------------------------------------- evaluation
 def evaluate(run: Run, state) -> dict:
-    """Whole-image evaluation of the val split: mIoU, per-class IoU, accuracies."""
+    """Evaluation of the val split: mIoU, per-class IoU, accuracies.
+
+    Synthetic: whole fixed-size batches through the driver's eval step. Prepared datasets
+    (images of different sizes): `_evaluate_per_image`.
+    """
+    if run.config.data.name != "synthetic":
+        return _evaluate_per_image(run, state)
     count, index = jax.process_count(), jax.process_index()
     totals = None
     for batch in pipeline.eval_batches(run.val_source,
@@ -154,6 +161,32 @@ def evaluate(run: Run, state) -> dict:
         sums = run.driver.eval_step(state, batch)
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     return segmentation_metrics(totals["confusion"])
+
+
+def _evaluate_per_image(run: Run, state) -> dict:
+    """Each host takes val images process_index::process_count and evaluates them one at a time
+    at their own size, as `python -m dnl_jax.evaluate` does (resize to data.base_size, then
+    config.eval's whole/slide inference, scales and flip, scores resized back to the label); the
+    hosts' confusion matrices are summed. Inference runs on one local device per host."""
+    from dnl_jax import evaluate as evaluate_lib
+
+    host = parallel.fetch_replicated(run.driver.to_checkpoint(state))
+    variables = {"params": host.params, "batch_stats": host.batch_stats}
+    module = make_bundle(run.config, for_init=True).module  # no pmap axis outside pmap
+    # float32 logits: the host-side averaging and softmax of bfloat16 would lose precision.
+    logits_fn = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"].astype(
+        jnp.float32))
+    count, index = jax.process_count(), jax.process_index()
+    examples = (run.val_source[i] for i in range(index, len(run.val_source), count))
+    confusion = evaluate_lib.evaluate_segmentation(
+        lambda images: logits_fn(variables, images), examples,
+        num_classes=run.config.data.num_classes, base_size=tuple(run.config.data.base_size),
+        **evaluate_lib.inference_settings(run.config))
+    if count > 1:
+        from jax.experimental import multihost_utils
+
+        confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
+    return segmentation_metrics(confusion)
 
 
 # -------------------------------------------------------------------------------------- loop

@@ -1,10 +1,10 @@
 """NL I3D-R50 on Kinetics-400, the original non-local recipe (the DNL baseline).
 
-Prepare the data once, train, then evaluate:
+Prepare the data once, then evaluate a trained checkpoint (video training is not wired into
+the trainer yet; dnl_jax.main refuses this config and says so):
     python -m dnl_jax.data.prepare kinetics --manual_dir RAW --data_dir data/prepared
-    python -m dnl_jax.main --config experiments/configs/kinetics_nl_i3d_r50_32x2.py --workdir runs/kinetics_nl_i3d_r50_32x2
     python -m dnl_jax.evaluate --config experiments/configs/kinetics_nl_i3d_r50_32x2.py \
-        --checkpoint runs/kinetics_nl_i3d_r50_32x2/checkpoints/STEP --split val
+        --checkpoint CHECKPOINT_STEP_DIR --split val
 Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared
 """
 
