@@ -192,15 +192,36 @@ class DisentangledNonLocal(_NonLocalBase):
                 param_dtype=self.param_dtype, name="conv_mask",
             )(x)
             unary_logits = flatten_positions(self._sub_sample(mask))[..., 0]
+        theta = self._queries(x, inner) if self.pairwise else None
         if self.pairwise:
             y = ops.dnl_attention(
-                self._queries(x, inner), phi, g, unary_logits, temperature=self.temperature,
+                theta, phi, g, unary_logits, temperature=self.temperature,
                 scale=self._pairwise_scale(inner), whiten=self.whiten,
                 implementation=self.implementation,
             )
         else:
             y = ops.unary_attention(unary_logits, g)
+        self._sow_attention_weights(theta, phi, unary_logits, inner)
         return self._output(x, y, train)
+
+    def _sow_attention_weights(self, theta, phi, unary_logits, inner: int) -> None:
+        """Stores the attention weights for analysis, only when the caller makes the
+        'intermediates' collection mutable (`apply(..., mutable=['intermediates'])`): otherwise
+        nothing is computed, so training and evaluation never form the `[B, N, M]` matrix.
+
+        Sows 'pairwise_weights' `[B, N, M]` = softmax_j(scale · θ̂_iᵀφ̂_j / temperature) and
+        'unary_weights' `[B, M]` = softmax_j(conv_mask(x)_j), each summing to 1 over keys j.
+        """
+        if not self.is_mutable_collection("intermediates") or self.is_initializing():
+            return
+        if theta is not None:
+            logits_fn = ops.whitened_pairwise_logits if self.whiten else ops.nonlocal_logits
+            scale = self._pairwise_scale(inner) / self.temperature
+            logits = logits_fn(theta.astype(jnp.float32), phi.astype(jnp.float32), scale=scale)
+            self.sow("intermediates", "pairwise_weights", jax.nn.softmax(logits, axis=-1))
+        if unary_logits is not None:
+            self.sow("intermediates", "unary_weights",
+                     jax.nn.softmax(unary_logits.astype(jnp.float32), axis=-1))
 
 
 class ContextBlock(nn.Module):

@@ -66,7 +66,8 @@ def main(argv) -> None:
               f"{val.get('miou', float('nan')):.4f}, pixel accuracy "
               f"{val.get('pixel_accuracy', float('nan')):.4f}")
         print(f"workdir: {result['workdir']} (checkpoints/, tensorboard/, metrics.jsonl, "
-              f"config.json{', ' + result['curves'] if result['curves'] else ''})")
+              f"config.json{', ' + result['curves'] if result['curves'] else ''}"
+              f"{', ' + result['attention'] if result.get('attention') else ''})")
 
 
 if __name__ == "__main__":

@@ -32,11 +32,14 @@ def _sigterm_at(stop_step):
 
 def test_one_step_end_to_end_then_init_from_and_wrong_model(tmp_path):
     source = tmp_path / "source"
-    result = train_and_evaluate(tiny_config(total_steps=1, curves_figure=True), str(source))
+    result = train_and_evaluate(
+        tiny_config(total_steps=1, curves_figure=True, attention_figure=True), str(source))
     assert result["status"] == "completed" and result["step"] == 1
     assert 0.0 <= result["val"]["miou"] <= 1.0
     assert os.path.isdir(source / "checkpoints" / "1" / "state")
     assert os.path.exists(result["curves"])
+    assert result["attention"] == str(source / "attention.png")
+    assert os.path.getsize(result["attention"]) > 0
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(source / "tensorboard"))
     records = read_metrics(str(source))
     assert {(r["step"], r["split"]) for r in records} == {(0, "val"), (1, "train"), (1, "val")}

@@ -32,7 +32,7 @@ def enable_compilation_cache() -> None:
 TINY = {"model.name": "dnl_tiny", "data.image_size": 32, "data.num_classes": 5,
         "data.num_train": 64, "data.num_val": 16, "batch_size": 8, "eval_batch_size": 8,
         "total_steps": 4, "eval_every_steps": 100, "checkpoint.every_steps": 2,
-        "progress_bar": False, "curves_figure": False}
+        "progress_bar": False, "curves_figure": False, "attention_figure": False}
 
 
 def tiny_config(**overrides):

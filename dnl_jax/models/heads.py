@@ -130,7 +130,8 @@ class _ContextHead(FCNHead):
 
 class DNLHead(_ContextHead):
     """mmseg `DNLHead`: conv → `DisentangledNonLocal` (reduction 2, scaled, temperature 0.05)
-    → conv → conv_cat(concat(x, ·)) → dropout → conv_seg.
+    → conv → conv_cat(concat(x, ·)) → dropout → conv_seg. `pairwise=False` / `unary=False` give
+    the paper's unary-only / pairwise-only ablations.
 
     `[B, H, W, C]` → `[B, H, W, K]`.
     """
@@ -138,12 +139,14 @@ class DNLHead(_ContextHead):
     reduction: int = 2
     use_scale: bool = True
     temperature: float = 0.05
+    pairwise: bool = True  # False: unary-only ablation (no theta/phi parameters)
+    unary: bool = True  # False: pairwise-only ablation (no conv_mask parameters)
 
     def context_block(self) -> nn.Module:
         return blocks.DisentangledNonLocal(
             reduction=self.reduction, use_scale=self.use_scale, temperature=self.temperature,
-            axis_name=self.axis_name, implementation=self.implementation, dtype=self.dtype,
-            name="dnl_block",
+            pairwise=self.pairwise, unary=self.unary, axis_name=self.axis_name,
+            implementation=self.implementation, dtype=self.dtype, name="dnl_block",
         )
 
 

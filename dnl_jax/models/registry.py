@@ -30,7 +30,7 @@ from dnl_jax.models import losses, segmentor, video
 SEGMENTATION_OVERRIDES = (
     "depth", "base_channels", "stem_channels", "channels", "aux_channels", "output_stride", "aux",
     "dtype", "axis_name", "ignore_label", "aux_weight", "ohem", "class_weights", "dropout_rate",
-    "implementation", "frozen_bn",
+    "implementation", "frozen_bn", "head", "pairwise", "unary",
 )
 CLASSIFICATION_OVERRIDES = (
     "depth", "base_channels", "stem_channels", "inflation", "context", "temporal_pool",
@@ -40,10 +40,12 @@ CLASSIFICATION_OVERRIDES = (
 _SEG_DEFAULTS = dict(
     base_channels=64, stem_channels=64, output_stride=8, aux=True, dtype=None, axis_name=None,
     ignore_label=losses.IGNORE_LABEL, aux_weight=0.4, ohem=None, class_weights=None,
-    dropout_rate=0.1, implementation=None, frozen_bn=False,
+    dropout_rate=0.1, implementation=None, frozen_bn=False, pairwise=True, unary=True,
 )
 _R50_WIDTHS = dict(channels=512, aux_channels=256)  # mmseg heads on 2048/1024-channel stages
 _R18_WIDTHS = dict(channels=128, aux_channels=64)  # mmseg heads on 512/256-channel stages
+# The CPU demo's scale; the `*_tiny` family differs only in the decode head (ablations).
+_TINY = dict(base_channels=8, stem_channels=8, channels=16, aux_channels=8)
 
 
 def _seg(head: str, depth: int, **extra) -> dict:
@@ -61,7 +63,12 @@ def _vid(context: Optional[str], inflation: str, depth: int = 50, **extra) -> di
 
 
 _REGISTRY: dict[str, dict] = {
-    "dnl_tiny": _seg("dnl", 18, base_channels=8, stem_channels=8, channels=16, aux_channels=8),
+    "dnl_tiny": _seg("dnl", 18, **_TINY),
+    "dnl_pairwise_tiny": _seg("dnl", 18, **_TINY, unary=False),
+    "dnl_unary_tiny": _seg("dnl", 18, **_TINY, pairwise=False),
+    "nl_tiny": _seg("nl", 18, **_TINY),
+    "gc_tiny": _seg("gc", 18, **_TINY),
+    "fcn_tiny": _seg("fcn", 18, **_TINY),
     "dnl_r18-d8": _seg("dnl", 18),
     "dnl_r50-d8": _seg("dnl", 50),
     "dnl_r101-d8": _seg("dnl", 101),
@@ -127,7 +134,27 @@ def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
     return _classification_bundle(name, num_classes, config)
 
 
+def _dnl_head_kwargs(config: dict) -> dict:
+    """The DNL head's term switches (`pairwise`, `unary`), checked against the head."""
+    terms = {key: config[key] for key in ("pairwise", "unary")}
+    for key, value in terms.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be True or False; got {value!r}.")
+    if config["head"] != "dnl":
+        if not all(terms.values()):
+            raise ValueError(
+                f"pairwise/unary switch the terms of the 'dnl' head only; got {terms} with head="
+                f"{config['head']!r}. Use head='dnl' or leave both True."
+            )
+        return {}
+    if not any(terms.values()):
+        raise ValueError("pairwise and unary are both False: the DNL block would compute nothing;"
+                         " use head='fcn' for no context block.")
+    return terms
+
+
 def _segmentation_bundle(name: str, num_classes: int, config: dict) -> ModelBundle:
+    head_kwargs = _dnl_head_kwargs(config)
     ohem = losses.check_ohem(config["ohem"])
     if not isinstance(config["aux_weight"], (int, float)) or config["aux_weight"] < 0:
         raise ValueError(f"aux_weight must be a number >= 0; got {config['aux_weight']!r}.")
@@ -138,7 +165,7 @@ def _segmentation_bundle(name: str, num_classes: int, config: dict) -> ModelBund
         stem_channels=config["stem_channels"], channels=config["channels"],
         aux_channels=config["aux_channels"], dropout_rate=config["dropout_rate"],
         axis_name=config["axis_name"], frozen_bn=config["frozen_bn"], dtype=config["dtype"],
-        implementation=config["implementation"],
+        implementation=config["implementation"], head_kwargs=head_kwargs,
     )
     loss_fn = functools.partial(
         segmentor.segmentation_loss, ignore_label=config["ignore_label"],

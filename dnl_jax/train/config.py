@@ -93,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 10
     c.progress_bar = True
     c.curves_figure = True
+    c.attention_figure = True  # attention.png (DNL heads only; see dnl_jax/viz.py)
     return c
 
 

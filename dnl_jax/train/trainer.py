@@ -267,7 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         step number; for tools and tests (e.g. to deliver SIGTERM at a chosen step).
     Returns:
       {'status': 'completed'|'preempted', 'step', 'val': last val metrics (or None),
-       'state': the final TrainState (host numpy), 'workdir', 'curves': PNG path or None}.
+       'state': the final TrainState (host numpy), 'workdir', 'curves': PNG path or None,
+       'attention': the attention figure's PNG path, or None (off, or no DNL block)}.
     """
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     workdir = os.path.abspath(workdir)
@@ -287,5 +288,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if config.curves_figure and jax.process_index() == 0:
         curves = logs.save_curves_figure(workdir, title=f"{config.model.name} on "
                                          f"{config.data.name}")
+    attention = None
+    if config.attention_figure and status == "completed" and jax.process_index() == 0:
+        from dnl_jax import viz  # imported lazily: matplotlib
+
+        attention = viz.save_attention_figure(
+            workdir, make_bundle(config, for_init=True).module,
+            {"params": host_state.params, "batch_stats": host_state.batch_stats},
+            run.val_source, num_classes=config.data.num_classes)
     return {"status": status, "step": int(host_state.step), "val": last_val,
-            "state": host_state, "workdir": workdir, "curves": curves}
+            "state": host_state, "workdir": workdir, "curves": curves, "attention": attention}

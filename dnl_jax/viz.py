@@ -1,0 +1,209 @@
+"""Attention maps of a segmentor's `DisentangledNonLocal` block and the paper-style figure
+(Yin et al., ECCV 2020, Fig. 1/4): per val image, the image, ground truth, prediction, the pairwise
+attention map of three query pixels and the unary map.
+
+The maps come from the block itself: `DisentangledNonLocal` sows its attention weights into the
+'intermediates' collection when (and only when) the caller makes that collection mutable, and
+`capture_intermediates` records the block's output shape, i.e. its feature grid:
+
+    pairwise[b, i, :] = softmax_j(scale · θ̂_iᵀφ̂_j / temperature)   [B, N, M], rows sum to 1
+    unary[b, :]       = softmax_j(conv_mask(x)_j)                     [B, M],    sums to 1
+
+with N = h·w query and M key positions of the block's `[B, h, w, C]` features (M = N without
+sub-sampling). Figures use matplotlib's Agg backend and are written as PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from dnl_jax import blocks
+
+IGNORE_LABEL = 255
+PANEL_INCHES = 2.0
+DPI = 100
+
+
+def capture_attention(module: nn.Module, variables: Mapping, images) -> Optional[dict]:
+    """The attention weights of the first `DisentangledNonLocal` block of `module`.
+
+    Args:
+      module: a flax module containing a `DisentangledNonLocal` (e.g. a DNL `Segmentor`).
+      variables: its `{'params', 'batch_stats'}`.
+      images: `[B, H, W, 3]` float inputs.
+    Returns:
+      None when the module has no DNL block; else `{'logits': [B, H, W, K], 'grid': (h, w),
+      'pairwise': [B, h·w, M] or None (unary-only block), 'unary': [B, M] or None
+      (pairwise-only block)}` as float32 numpy arrays.
+    """
+    def is_dnl(mdl: nn.Module, method_name: str) -> bool:
+        return isinstance(mdl, blocks.DisentangledNonLocal) and method_name == "__call__"
+
+    outputs, state = jax.jit(lambda v, x: module.apply(
+        v, x, train=False, mutable=["intermediates"], capture_intermediates=is_dnl))(
+            dict(variables), images)
+    found = _find_dnl_intermediates(state.get("intermediates", {}))
+    if found is None:
+        return None
+    grid = tuple(found["__call__"][0].shape[1:-1])
+    if len(grid) != 2:
+        raise ValueError(f"attention figures need a 2-D feature grid; the block saw {grid}.")
+    pick = lambda key: np.asarray(found[key][0], np.float32) if key in found else None
+    return {"logits": np.asarray(outputs["logits"], np.float32), "grid": grid,
+            "pairwise": pick("pairwise_weights"), "unary": pick("unary_weights")}
+
+
+def has_dnl_block(module: nn.Module, variables: Mapping, images) -> bool:
+    """Whether `module` sows DNL attention weights (traced only, nothing is compiled or run)."""
+    _, state = jax.eval_shape(lambda v, x: module.apply(
+        v, x, train=False, mutable=["intermediates"]), dict(variables), images)
+    return _find_dnl_intermediates(state.get("intermediates", {})) is not None
+
+
+def _find_dnl_intermediates(tree: Mapping) -> Optional[Mapping]:
+    """Depth-first search for the first sub-dict holding the block's sown weights."""
+    if any(key in tree for key in ("pairwise_weights", "unary_weights")):
+        return tree
+    for value in tree.values():
+        if isinstance(value, Mapping):
+            found = _find_dnl_intermediates(value)
+            if found is not None:
+                return found
+    return None
+
+
+def query_pixels(label: np.ndarray, count: int = 3) -> list[tuple[int, int]]:
+    """`count` (row, col) query pixels: the median pixel of each labelled class, largest non-
+    background classes first, then background, then fixed points to fill up."""
+    classes, sizes = np.unique(label[label != IGNORE_LABEL], return_counts=True)
+    order = sorted(zip(classes, sizes), key=lambda cs: (cs[0] == 0, -cs[1]))
+    points = []
+    for cls, _ in order[:count]:
+        rows, cols = np.nonzero(label == cls)
+        middle = len(rows) // 2  # np.nonzero is row-major: the middle one lies inside the class
+        points.append((int(rows[middle]), int(cols[middle])))
+    height, width = label.shape
+    fill = [(height // 4, width // 4), (height // 2, 3 * width // 4), (3 * height // 4, width // 2)]
+    return (points + fill)[:count]
+
+
+def _grid_index(point: tuple[int, int], image_shape, grid) -> int:
+    """Flat index of the feature position covering image pixel `point`."""
+    row = min(point[0] * grid[0] // image_shape[0], grid[0] - 1)
+    col = min(point[1] * grid[1] // image_shape[1], grid[1] - 1)
+    return row * grid[1] + col
+
+
+def _label_colours(num_classes: int):
+    from matplotlib.colors import ListedColormap
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")(np.arange(num_classes))
+    return ListedColormap(colours)
+
+
+def attention_figure(images: np.ndarray, labels: np.ndarray, maps: Mapping, *,
+                     num_classes: int, num_queries: int = 3):
+    """A matplotlib Figure: one row per image, columns image | ground truth | prediction |
+    pairwise map of each query (if the block has the term) | unary map (if it has the term).
+
+    `images` `[B, H, W, 3]`, `labels` `[B, H, W]`, `maps` from `capture_attention`. Each panel
+    is `PANEL_INCHES` square at `DPI`, so the PNG is (columns · 200) × (rows · 200) pixels.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid, pairwise, unary = maps["grid"], maps["pairwise"], maps["unary"]
+    if pairwise is not None and pairwise.shape[-1] != grid[0] * grid[1]:
+        raise ValueError(f"pairwise maps over {pairwise.shape[-1]} keys do not match the "
+                         f"{grid} query grid (sub-sampled keys are not drawn).")
+    columns = 3 + (num_queries if pairwise is not None else 0) + (unary is not None)
+    rows = len(images)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, dpi=DPI,
+                             figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES))
+    cmap = _label_colours(num_classes)
+    prediction = np.argmax(maps["logits"], axis=-1)
+    for b in range(rows):
+        shown = _display_image(images[b])
+        height, width = labels[b].shape
+        extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+        panels = [("image", shown, {}),
+                  ("ground truth", np.ma.masked_equal(labels[b], IGNORE_LABEL),
+                   dict(cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest")),
+                  ("prediction", prediction[b],
+                   dict(cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest"))]
+        for column, (title, data, style) in enumerate(panels):
+            axes[b, column].imshow(data, **style)
+            axes[b, column].set_title(title, fontsize=8)
+        column = 3
+        if pairwise is not None:
+            for q, point in enumerate(query_pixels(labels[b], num_queries)):
+                weights = pairwise[b, _grid_index(point, (height, width), grid)].reshape(grid)
+                _overlay(axes[b, column], shown, weights, extent)
+                axes[b, column].plot(point[1], point[0], marker="*", color="red", markersize=9)
+                axes[b, column].set_title(f"pairwise, query {q + 1}", fontsize=8)
+                column += 1
+        if unary is not None:
+            _overlay(axes[b, column], shown, unary[b].reshape(grid), extent)
+            axes[b, column].set_title("unary", fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def _display_image(image: np.ndarray) -> np.ndarray:
+    """Per-image min-max rescale to [0, 1] (inputs are normalised, not in display range)."""
+    image = np.asarray(image, np.float32)
+    low, high = image.min(), image.max()
+    return (image - low) / max(high - low, 1e-6)
+
+
+def _overlay(axis, image: np.ndarray, weights: np.ndarray, extent) -> None:
+    """The image in grey with the attention weights (feature grid, stretched over it) on top."""
+    axis.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=1)
+    axis.imshow(weights, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
+
+
+def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, source: Any, *,
+                          num_classes: int, num_images: int = 3,
+                          filename: str = "attention.png") -> Optional[str]:
+    """Writes the attention figure of the first `num_images` examples of the random-access
+    `source` (items `{'image': [H, W, 3], 'label': [H, W]}`) to `workdir/filename`.
+
+    Returns the PNG's path, or None when `module` has no `DisentangledNonLocal` block (e.g. an
+    FCN, NL or GC head), in which case nothing is written.
+    """
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1; got {num_images}.")
+    examples = [source[i] for i in range(min(num_images, len(source)))]
+    if not has_dnl_block(module, variables, examples[0]["image"][None]):
+        return None
+    # One image per forward pass: val images may differ in size (real datasets).
+    captured = [capture_attention(module, variables, ex["image"][None]) for ex in examples]
+    if len({c["grid"] for c in captured}) > 1 or len({ex["image"].shape for ex in examples}) > 1:
+        examples, captured = examples[:1], captured[:1]  # rows must share a layout
+    maps = {"grid": captured[0]["grid"]}
+    for key in ("logits", "pairwise", "unary"):
+        parts = [c[key] for c in captured]
+        maps[key] = None if parts[0] is None else np.concatenate(parts)
+    import matplotlib.pyplot as plt
+
+    fig = attention_figure(np.stack([ex["image"] for ex in examples]),
+                           np.stack([ex["label"] for ex in examples]), maps,
+                           num_classes=num_classes)
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, filename)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["capture_attention", "has_dnl_block", "attention_figure", "save_attention_figure", "query_pixels"]

@@ -1,0 +1,13 @@
+"""Ablation of the demo: the tiny segmentor with the DNL head with the unary term only, trained
+with exactly the demo's recipe (`dnl_jax.train.ablation.synthetic_config`). Results:
+experiments/results/synthetic_ablation.md.
+
+Launch:
+    python -m dnl_jax.main --config experiments/configs/synthetic_unary_tiny.py --workdir runs/synthetic_unary_tiny
+"""
+
+from dnl_jax.train.ablation import synthetic_config
+
+
+def get_config():
+    return synthetic_config("dnl_unary_tiny")
