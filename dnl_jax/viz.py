@@ -16,7 +16,7 @@ sub-sampling). Figures use matplotlib's Agg backend and are written as PNG.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -174,9 +174,14 @@ def _overlay(axis, image: np.ndarray, weights: np.ndarray, extent) -> None:
 
 def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, source: Any, *,
                           num_classes: int, num_images: int = 3,
-                          filename: str = "attention.png") -> Optional[str]:
+                          filename: str = "attention.png",
+                          preprocess: Optional[Callable[[dict], dict]] = None) -> Optional[str]:
     """Writes the attention figure of the first `num_images` examples of the random-access
     `source` (items `{'image': [H, W, 3], 'label': [H, W]}`) to `workdir/filename`.
+
+    `preprocess` maps a raw example to the model's input: `{'image': float model input,
+    'label': [H, W] at the input's size, 'display': the image to draw}` (e.g. resized and
+    normalised uint8 images of a real dataset); None feeds the examples as they are.
 
     Returns the PNG's path, or None when `module` has no `DisentangledNonLocal` block (e.g. an
     FCN, NL or GC head), in which case nothing is written.
@@ -184,6 +189,8 @@ def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, s
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1; got {num_images}.")
     examples = [source[i] for i in range(min(num_images, len(source)))]
+    if preprocess is not None:
+        examples = [preprocess(ex) for ex in examples]
     if not has_dnl_block(module, variables, examples[0]["image"][None]):
         return None
     # One image per forward pass: val images may differ in size (real datasets).
@@ -196,7 +203,7 @@ def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, s
         maps[key] = None if parts[0] is None else np.concatenate(parts)
     import matplotlib.pyplot as plt
 
-    fig = attention_figure(np.stack([ex["image"] for ex in examples]),
+    fig = attention_figure(np.stack([ex.get("display", ex["image"]) for ex in examples]),
                            np.stack([ex["label"] for ex in examples]), maps,
                            num_classes=num_classes)
     os.makedirs(workdir, exist_ok=True)

@@ -142,6 +142,8 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
         "curves_figure": False})
     result = train_and_evaluate(config, str(tmp_path / "run"))
     assert (result["status"], result["step"]) == ("completed", 2)
+    # The attention figure is drawn from raw uint8 val images, resized and normalised first.
+    assert result["attention"] and os.path.getsize(result["attention"]) > 0
     val = result["val"]
     assert 0.0 <= val["miou"] <= 1.0 and 0.0 <= val["pixel_accuracy"] <= 1.0
     offline = evaluate_checkpoint(config, str(tmp_path / "run" / "checkpoints" / "2"), "val",

@@ -79,6 +79,22 @@ def train_transform(data: ml_collections.ConfigDict) -> Optional[grain.transform
         ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
 
 
+def figure_preprocess(data: ml_collections.ConfigDict):
+    """`example -> {'image': model input, 'label', 'display'}` for drawing predictions and
+    attention maps of a real dataset's raw val examples: resized to `data.base_size` (aspect
+    kept, label by nearest neighbour) and normalised as in evaluation. None for the synthetic
+    scenes, which are drawn already normalised."""
+    if data.name == "synthetic":
+        return None
+    base_size = tuple(data.base_size)
+
+    def preprocess(example: dict) -> dict:
+        image, label = transforms.resize_keep_ratio(example["image"], example["label"], base_size)
+        return {"image": transforms.normalize(image), "label": label, "display": image}
+
+    return preprocess
+
+
 def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
                   process_count: int,
                   transform: Optional[grain.transforms.RandomMap] = None) -> grain.IterDataset:

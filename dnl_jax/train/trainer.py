@@ -295,6 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         attention = viz.save_attention_figure(
             workdir, make_bundle(config, for_init=True).module,
             {"params": host_state.params, "batch_stats": host_state.batch_stats},
-            run.val_source, num_classes=config.data.num_classes)
+            run.val_source, num_classes=config.data.num_classes,
+            preprocess=pipeline.figure_preprocess(config.data))
     return {"status": status, "step": int(host_state.step), "val": last_val,
             "state": host_state, "workdir": workdir, "curves": curves, "attention": attention}
