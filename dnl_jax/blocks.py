@@ -215,9 +215,9 @@ class DisentangledNonLocal(_NonLocalBase):
         if not self.is_mutable_collection("intermediates") or self.is_initializing():
             return
         if theta is not None:
-            logits_fn = ops.whitened_pairwise_logits if self.whiten else ops.nonlocal_logits
             scale = self._pairwise_scale(inner) / self.temperature
-            logits = logits_fn(theta.astype(jnp.float32), phi.astype(jnp.float32), scale=scale)
+            logits = ops.pairwise_logits(theta.astype(jnp.float32), phi.astype(jnp.float32),
+                                         scale=scale, whiten=self.whiten)
             self.sow("intermediates", "pairwise_weights", jax.nn.softmax(logits, axis=-1))
         if unary_logits is not None:
             self.sow("intermediates", "unary_weights",

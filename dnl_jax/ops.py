@@ -238,6 +238,13 @@ def dnl_attention(
     return (pairwise + unary_attention(unary, v)).astype(v.dtype)
 
 
+def pairwise_logits(q: Array, k: Array, *, scale: float, whiten: bool = True) -> Array:
+    """The pairwise term's logits `[..., N, M]`: `whitened_pairwise_logits` when `whiten`, else
+    the plain `nonlocal_logits`."""
+    logits_fn = whitened_pairwise_logits if whiten else nonlocal_logits
+    return logits_fn(q, k, scale=scale)
+
+
 def materialised_pairwise_attention(
     q: Array, k: Array, v: Array, *, scale: float, whiten: bool = True
 ) -> Array:
@@ -245,8 +252,7 @@ def materialised_pairwise_attention(
 
     q̂, k̂ are q, k whitened (`whiten`) or as given. Shapes as `dnl_attention`; O(N · M) memory.
     """
-    logits_fn = whitened_pairwise_logits if whiten else nonlocal_logits
-    return softmax_aggregate(logits_fn(q, k, scale=scale), v)
+    return softmax_aggregate(pairwise_logits(q, k, scale=scale, whiten=whiten), v)
 
 
 def _pairwise_attention(
