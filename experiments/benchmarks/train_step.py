@@ -76,6 +76,8 @@ def main() -> None:
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     flops = models.summary_flops(lowered)
+    print(f"compiled in {compile_s:.1f} s; XLA counts {flops / 1e9 if flops else float('nan'):.1f} "
+          "GFLOP per step", flush=True)
 
     times = []
     for _ in range(args.repeats):
@@ -83,6 +85,7 @@ def main() -> None:
         state, metrics = compiled(state, batch)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
+        print(f"step {len(times)}: {times[-1]:.2f} s", flush=True)
     loss = float(metrics["loss"])
     assert np.isfinite(loss), loss
 
