@@ -6,6 +6,7 @@ import chex
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -320,7 +321,6 @@ def test_unknown_model_name_and_override_raise():
 
 
 def test_overrides_accept_config_values():
-    ml_collections = pytest.importorskip("ml_collections")
     ohem = ml_collections.ConfigDict({"thresh": 0.7, "min_kept": 100_000})
     bundle = models.get_model("dnl_tiny", 5, ohem=ohem, dtype="bfloat16", aux=False)
     assert bundle.config["ohem"] == {"thresh": 0.7, "min_kept": 100_000}

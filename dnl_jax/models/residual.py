@@ -262,3 +262,30 @@ __all__ = [
     "ContextSpec", "BasicBlock", "Bottleneck", "ARCH_SETTINGS", "block_type", "check_depth",
     "expansion", "stage_context_indices", "CONTEXT_KINDS", "PLACEMENTS",
 ]
+
+
+def conv7x7_stem(module: nn.Module, x: Array, train: bool, temporal_kernel: int = 0) -> Array:
+    """torchvision's stem inside `module`'s compact context: conv 7×7 (stride 2, padding 3, no
+    bias) → BN → ReLU → 3×3 max-pool (stride 2, padding 1); names `conv1`, `bn1`.
+
+    `temporal_kernel` > 0 adds a leading time axis for clips `[B, T, H, W, C]` (kernel
+    `temporal_kernel` with 'same' padding, stride 1; the pool does not mix frames), as the video
+    ResNet's C2D (1) and I3D (5) stems. `module` supplies `stem_channels`, `dtype`, `axis_name`
+    and `frozen_bn`.
+    """
+    time = (temporal_kernel,) if temporal_kernel else ()
+    time_pad = ((temporal_kernel // 2,) * 2,) if temporal_kernel else ()
+    unit = (1,) if temporal_kernel else ()
+    x = nn.Conv(
+        module.stem_channels, time + (7, 7), strides=unit + (2, 2),
+        padding=time_pad + ((3, 3), (3, 3)), use_bias=False,
+        kernel_init=layers.kaiming_fan_out, dtype=module.dtype, name="conv1",
+    )(x)
+    x = layers.make_norm(
+        "batch", train=train and not module.frozen_bn, axis_name=module.axis_name,
+        dtype=module.dtype, name="bn1",
+    )(x)
+    x = nn.relu(x)
+    no_pad = ((0, 0),) if temporal_kernel else ()
+    return nn.max_pool(x, unit + (3, 3), strides=unit + (2, 2),
+                       padding=no_pad + ((1, 1), (1, 1)))

@@ -11,9 +11,7 @@ Everything after the stem (stages, strides/dilations per output stride, names `l
 
 from __future__ import annotations
 
-import flax.linen as nn
-
-from dnl_jax import layers
+from dnl_jax.models import residual
 from dnl_jax.models.resnet import Array, ResNetV1c
 
 
@@ -22,16 +20,7 @@ class ResNetV1b(ResNetV1c):
     `[B, H, W, in_channels]`, output the 4 stage maps as `ResNetV1c`."""
 
     def _stem(self, x: Array, train: bool) -> Array:
-        x = nn.Conv(
-            self.stem_channels, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
-            kernel_init=layers.kaiming_fan_out, dtype=self.dtype, name="conv1",
-        )(x)
-        x = layers.make_norm(
-            "batch", train=train and not self.frozen_bn, axis_name=self.axis_name,
-            dtype=self.dtype, name="bn1",
-        )(x)
-        x = nn.relu(x)
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return residual.conv7x7_stem(self, x, train)
 
 
 __all__ = ["ResNetV1b"]

@@ -130,18 +130,8 @@ class ResNet3D(nn.Module):
 
     def _stem(self, x: Array, train: bool) -> Array:
         """conv kt×7×7 (stride 1,2,2; PyTorch padding) → BN → ReLU → max-pool 1×3×3 (1,2,2)."""
-        kt = 5 if self.inflation == "i3d" else 1
-        x = nn.Conv(
-            self.stem_channels, (kt, 7, 7), strides=(1, 2, 2),
-            padding=((kt // 2, kt // 2), (3, 3), (3, 3)), use_bias=False,
-            kernel_init=layers.kaiming_fan_out, dtype=self.dtype, name="conv1",
-        )(x)
-        x = layers.make_norm(
-            "batch", train=train and not self.frozen_bn, axis_name=self.axis_name,
-            dtype=self.dtype, name="bn1",
-        )(x)
-        x = nn.relu(x)
-        return nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
+        temporal_kernel = 5 if self.inflation == "i3d" else 1
+        return residual.conv7x7_stem(self, x, train, temporal_kernel=temporal_kernel)
 
 
 class VideoClassifier(nn.Module):
