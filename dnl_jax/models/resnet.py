@@ -53,22 +53,36 @@ def strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[in
     return OUTPUT_STRIDES[output_stride]
 
 
-def check_image(x: Array, in_channels: int, what: str = "image") -> None:
-    """A channel-last float batch `[B, H, W, in_channels]`."""
-    if x.ndim != 4:
+def check_channel_last(x: Array, in_channels: int, *, what: str, layout: str, add_axis: str,
+                       transpose: str) -> None:
+    """A channel-last float batch of `what`s laid out as `layout` (e.g. '[B, H, W]', to which
+    the channel axis is appended); `add_axis` / `transpose` tell how to fix a wrong rank or an
+    NCHW-style layout."""
+    rank = layout.count(",") + 2
+    full_layout = f"{layout[:-1]}, {in_channels}]"
+    if x.ndim != rank:
         raise ValueError(
-            f"expected a channel-last {what} batch [B, H, W, {in_channels}] (rank 4); got shape "
-            f"{x.shape}. Add a batch axis with x[None] for a single image."
+            f"expected channel-last {what}s {full_layout} (rank {rank}); got shape {x.shape}. "
+            f"{add_axis}"
         )
     if x.shape[-1] != in_channels:
         raise ValueError(
             f"expected {in_channels} input channels (last axis, channel-last layout); got shape "
-            f"{x.shape}. Transpose NCHW inputs with x.transpose(0, 2, 3, 1)."
+            f"{x.shape}. {transpose}"
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(
             f"expected a floating-point {what}; got dtype {x.dtype}. Normalise it first."
         )
+
+
+def check_image(x: Array, in_channels: int, what: str = "image") -> None:
+    """A channel-last float batch `[B, H, W, in_channels]`."""
+    check_channel_last(
+        x, in_channels, what=what, layout="[B, H, W]",
+        add_axis="Add a batch axis with x[None] for a single image.",
+        transpose="Transpose NCHW inputs with x.transpose(0, 2, 3, 1).",
+    )
 
 
 class ResNetV1c(nn.Module):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from dnl_jax import layers
-from dnl_jax.models import residual
+from dnl_jax.models import residual, resnet
 from dnl_jax.models.residual import ContextSpec
 
 Array = jax.Array
@@ -54,18 +54,12 @@ def i3d_inflated_blocks(num_blocks: Sequence[int]) -> tuple[frozenset[int], ...]
 
 
 def check_clip(x: Array, in_channels: int) -> None:
-    if x.ndim != 5:
-        raise ValueError(
-            f"the video model takes channel-last clips [B, T, H, W, {in_channels}] (rank 5); got "
-            f"shape {x.shape}. For single frames add a time axis, x[:, None]."
-        )
-    if x.shape[-1] != in_channels:
-        raise ValueError(
-            f"expected {in_channels} input channels (last axis); got shape {x.shape}. Transpose "
-            "[B, C, T, H, W] clips with x.transpose(0, 2, 3, 4, 1)."
-        )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"expected a floating-point clip; got dtype {x.dtype}.")
+    """A channel-last float batch of clips `[B, T, H, W, in_channels]`."""
+    resnet.check_channel_last(
+        x, in_channels, what="clip", layout="[B, T, H, W]",
+        add_axis="The video model takes clips; for single frames add a time axis, x[:, None].",
+        transpose="Transpose [B, C, T, H, W] clips with x.transpose(0, 2, 3, 4, 1).",
+    )
 
 
 class ResNet3D(nn.Module):
