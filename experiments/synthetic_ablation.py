@@ -55,7 +55,7 @@ def markdown_tables(runs: list[dict]) -> str:
     lines = ["| head | model | seed | final val mIoU | best val mIoU | wall time (s) |",
              "|---|---|---|---|---|---|"]
     runs = sorted(runs, key=lambda r: (list(SYNTHETIC_ABLATION_MODELS).index(r["head"]),
-                                       r.get("seed", 0)))
+                                       r["seed"]))
     for r in runs:
         lines.append(f"| {r['head']} | {r['model']} | {r.get('seed', 0)} | {r['val_miou']:.4f} | "
                      f"{r['best_val_miou']:.4f} | {r['wall_s']:.0f} |")
@@ -81,22 +81,29 @@ def main() -> None:
         with open(RESULTS) as f:
             print(markdown_tables(json.load(f)["runs"]))
         return
-    records = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as f:
-            records = {(r["head"], r.get("seed", 0)): r for r in json.load(f)["runs"]}
     heads = args.heads.split(",")
     unknown = sorted(set(heads) - set(SYNTHETIC_ABLATION_MODELS))
     if unknown:
         raise ValueError(f"unknown head(s) {unknown}; choose from {list(SYNTHETIC_ABLATION_MODELS)}.")
     for seed in [int(s) for s in args.seeds.split(",")]:
         for head in heads:
-            record = records[head, seed] = run_head(head, seed, args.runs_dir)
+            record = run_head(head, seed, args.runs_dir)
             print(json.dumps({k: v for k, v in record.items() if k != "val_miou_by_step"}))
-            with open(RESULTS, "w") as f:
-                json.dump({"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores visible "
-                                      f"(shared with other jobs)",
-                           "runs": list(records.values())}, f, indent=2)
+            save_record(record)
+
+
+def save_record(record: dict) -> None:
+    """Adds `record` to RESULTS, replacing the same head and seed; re-reads the file first so
+    that runners started side by side keep each other's records."""
+    records = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            records = {(r["head"], r["seed"]): r for r in json.load(f)["runs"]}
+    records[record["head"], record["seed"]] = record
+    with open(RESULTS, "w") as f:
+        json.dump({"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores visible "
+                              f"(shared with other jobs)",
+                   "runs": list(records.values())}, f, indent=2)
 
 
 if __name__ == "__main__":

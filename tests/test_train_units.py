@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from dnl_jax.data import pipeline, transforms
+from dnl_jax.data import pipeline, synthetic, transforms
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import get_model
 from dnl_jax.train import step as step_lib
@@ -88,7 +88,7 @@ def test_config_nested_impossible_values():
 
 
 # -------------------------------------------------------------------------------- the data
-def test_synthetic_is_deterministic_and_labels_follow_the_cue():
+def test_synthetic_is_deterministic_and_splits_differ():
     source = SyntheticSegmentation(8, image_size=32, num_classes=5, seed=3)
     a, b = source[5], SyntheticSegmentation(8, image_size=32, num_classes=5, seed=3)[5]
     np.testing.assert_array_equal(a["image"], b["image"])
@@ -101,6 +101,30 @@ def test_synthetic_is_deterministic_and_labels_follow_the_cue():
     assert set(np.unique(labels)) <= set(range(5)) and len(np.unique(labels)) >= 3
     with pytest.raises(ValueError, match="split"):
         SyntheticSegmentation(4, split="test")
+    with pytest.raises(ValueError, match="odd num_classes"):
+        SyntheticSegmentation(4, num_classes=4)
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_synthetic_object_classes_follow_the_distant_beacon(index):
+    """Same layout, beacon flipped dark → light: every object pixel moves from class 1 + 2a to
+    1 + 2a + 1, the background does not change, and only the beacon square changes grey."""
+    size, colours = 64, synthetic.palette(2)
+    dark, light = (synthetic.draw_scene(np.random.default_rng([7, index]), size, colours,
+                                        noise=0.0, cue=cue) for cue in (0, 1))
+    objects = dark["label"] > 0
+    assert objects.any()
+    np.testing.assert_array_equal(dark["label"][objects] % 2, 1)  # 1 + 2a: odd
+    np.testing.assert_array_equal(light["label"], np.where(objects, dark["label"] + 1, 0))
+    changed = np.argwhere(np.any(dark["image"] != light["image"], axis=-1))
+    side = size // 4
+    assert len(changed) == side * side  # exactly the beacon square
+    (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
+    assert (y1 - y0 + 1, x1 - x0 + 1) == (side, side)
+    assert not objects[max(0, y0 - 1):y1 + 2, max(0, x0 - 1):x1 + 2].any()  # clear of objects
+    grey = lambda scene: scene["image"][y0:y1 + 1, x0:x1 + 1] * 0.25 + 0.5  # noqa: E731
+    np.testing.assert_allclose(grey(dark), synthetic.CUE_GREYS[0], atol=1e-6)
+    np.testing.assert_allclose(grey(light), synthetic.CUE_GREYS[1], atol=1e-6)
 
 
 def test_pipeline_two_hosts_together_see_the_one_host_batches():

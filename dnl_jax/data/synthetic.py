@@ -4,18 +4,21 @@ Each example is drawn on the fly from `numpy.random.default_rng([seed, split, in
 dataset needs no files, any index can be read at any time (a grain random-access source, which is
 what makes the input pipeline's position checkpointable) and train/val never overlap.
 
-A scene (`[S, S]`, S = image_size):
+A scene (`[S, S]`, S = image_size) is built so that long-range context decides the labels:
 - a textured grey background (class 0);
-- a frame of width max(1, S // 8) around the image whose grey level is the *global cue*
-  s ∈ {0, 1} (dark or light); the frame itself is background;
-- 1 to 3 filled rectangles or ellipses, each painted with one of K-1 palette colours a, with a
-  darker outline (a salient boundary). An object's class is
+- 1 to 3 filled rectangles or ellipses, each painted with one of (K-1)/2 palette colours a, with
+  a darker outline (a salient boundary);
+- one small *beacon*: a black (cue s = 0) or white (s = 1) square of side max(2, S // 4) at a
+  random place in the background, one pixel or more away from every object (an object is dropped
+  when no such place is left); the beacon is background too.
+An object's class is
 
-      class = 1 + (a + s) mod (K - 1),
+    class = 1 + 2a + s,
 
-  so a pixel's colour says which two classes it may be, and only the distant frame decides
-  between them: a model that sees the whole image (a global-context block) can be right
-  everywhere, a purely local one at best half the time on objects.
+so a pixel's colour says which two classes it may be, and only the beacon, wherever it is in the
+image, decides between them. A single salient spot whose value every object needs is what the DNL
+block's unary term (a softmax over positions of a 1x1 conv, i.e. attention pooling) reads in one
+step; a purely convolutional head has to learn to carry it across the image.
 
 Images are float32 `[S, S, 3]`, normalised to roughly zero mean and unit variance; labels int32
 `[S, S]` in [0, K) (no ignore pixels; the pipeline pads evaluation batches with 255).
@@ -29,13 +32,14 @@ import numpy as np
 
 SPLITS = {"train": 0, "val": 1}
 BACKGROUND_GREY = 0.45
-CUE_GREYS = (0.1, 0.9)  # frame grey level for cue 0 and cue 1
+CUE_GREYS = (0.0, 1.0)  # beacon grey level for cue 0 and cue 1
 MAX_OBJECTS = 3
+BEACON_FRACTION = 0.25  # beacon side / image side
 
 
-def palette(num_object_classes: int) -> np.ndarray:
-    """K-1 saturated, evenly spaced hues: float32 `[K-1, 3]` in [0, 1]."""
-    hues = np.arange(num_object_classes) / num_object_classes
+def palette(num_colours: int) -> np.ndarray:
+    """`num_colours` saturated, evenly spaced hues: float32 `[num_colours, 3]` in [0, 1]."""
+    hues = np.arange(num_colours) / num_colours
     return np.array([colorsys.hsv_to_rgb(h, 0.85, 0.85) for h in hues], np.float32)
 
 
@@ -45,7 +49,7 @@ class SyntheticSegmentation:
     Args:
       num_examples: length of the split.
       image_size: S, images are `[S, S, 3]`.
-      num_classes: K >= 2 (class 0 is background).
+      num_classes: K, odd and >= 3 (class 0 is background, then two classes per colour).
       split: 'train' or 'val' (disjoint random streams).
       seed: the dataset seed; same seed, split and index → same example, bit for bit.
       noise: std of the per-pixel Gaussian noise added before normalisation.
@@ -55,16 +59,17 @@ class SyntheticSegmentation:
                  split: str = "train", seed: int = 0, noise: float = 0.1):
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; choose one of {tuple(SPLITS)}.")
-        if num_classes < 2 or image_size < 8 or num_examples < 1:
-            raise ValueError(f"need num_classes >= 2, image_size >= 8 and num_examples >= 1; got "
-                             f"{num_classes}, {image_size}, {num_examples}.")
+        if num_classes < 3 or num_classes % 2 == 0 or image_size < 8 or num_examples < 1:
+            raise ValueError(f"need an odd num_classes >= 3 (background + two classes per colour), "
+                             f"image_size >= 8 and num_examples >= 1; got {num_classes}, "
+                             f"{image_size}, {num_examples}.")
         self.num_examples = num_examples
         self.image_size = image_size
         self.num_classes = num_classes
         self.split = split
         self.seed = seed
         self.noise = noise
-        self._palette = palette(num_classes - 1)
+        self._palette = palette((num_classes - 1) // 2)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -97,24 +102,54 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray,
-               noise: float) -> dict[str, np.ndarray]:
-    """One scene (see the module docstring): {'image': f32 [S,S,3], 'label': i32 [S,S]}."""
-    num_object_classes = len(colours)
-    cue = int(rng.integers(2))
+def _beacon_corner(rng: np.random.Generator, occupied: np.ndarray,
+                   side: int) -> tuple[int, int] | None:
+    """Top-left corner of a `side`-square beacon that keeps one pixel clear of `occupied`
+    (random among the free places), or None if there is no such place."""
+    size = occupied.shape[0]
+    grown = np.pad(occupied, 1)  # the one-pixel margin: a beacon never touches an outline
+    grown = grown[:-2, 1:-1] | grown[2:, 1:-1] | grown[1:-1, :-2] | grown[1:-1, 2:] | occupied
+    # window[y, x]: pixels of `grown` under the square at (y, x) (a summed-area table).
+    table = np.pad(grown.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    span = size - side + 1
+    window = (table[side:, side:] - table[:span, side:] - table[side:, :span]
+              + table[:span, :span])
+    free = np.argwhere(window == 0)
+    if len(free) == 0:
+        return None
+    y, x = free[int(rng.integers(len(free)))]
+    return int(y), int(x)
+
+
+def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray, noise: float,
+               cue: int | None = None) -> dict[str, np.ndarray]:
+    """One scene (see the module docstring): {'image': f32 [S,S,3], 'label': i32 [S,S]}.
+
+    `cue` forces the beacon (0 dark, 1 light) without changing anything else the stream draws:
+    the same `rng` state with either cue gives the same layout.
+    """
+    drawn_cue = int(rng.integers(2))
+    cue = drawn_cue if cue is None else cue
+    shapes = [(_shape_mask(rng, size), int(rng.integers(len(colours))))
+              for _ in range(int(rng.integers(1, MAX_OBJECTS + 1)))]
+    side = max(2, int(size * BEACON_FRACTION))
+    # Drop objects (last drawn first) until the beacon fits beside them; only a single object
+    # too big for any free place (tiny images) lets the beacon cover part of it.
+    while (corner := _beacon_corner(rng, np.any([m for m, _ in shapes], axis=0), side)) is None:
+        if len(shapes) == 1:
+            corner = tuple(int(v) for v in rng.integers(size - side + 1, size=2))
+            break
+        shapes.pop()
     rgb = BACKGROUND_GREY + 0.1 * rng.standard_normal((size, size, 1)).astype(np.float32)
     rgb = np.repeat(rgb, 3, axis=-1)
     label = np.zeros((size, size), np.int32)
-    frame = max(1, size // 8)
-    inner = np.zeros((size, size), bool)
-    inner[frame:-frame, frame:-frame] = True
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        mask = _shape_mask(rng, size) & inner
-        colour_index = int(rng.integers(num_object_classes))
+    for mask, colour_index in shapes:
         rgb[mask] = colours[colour_index]
         rgb[_outline(mask)] *= 0.5  # a darker boundary
-        label[mask] = 1 + (colour_index + cue) % num_object_classes
-    rgb[~inner] = CUE_GREYS[cue]
+        label[mask] = 1 + 2 * colour_index + cue
+    y, x = corner
+    rgb[y:y + side, x:x + side] = CUE_GREYS[cue]
+    label[y:y + side, x:x + side] = 0
     rgb = rgb + noise * rng.standard_normal(rgb.shape).astype(np.float32)
     image = ((rgb - 0.5) / 0.25).astype(np.float32)
     return {"image": image, "label": label}
