@@ -8,9 +8,10 @@ random resize (ratio data.ratio_range) and the test resize, data.cat_max_ratio, 
 optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), eval.mode ('whole'|'slide'),
 eval.crop_size, eval.stride, eval.scales, eval.flip, and the evaluation/checkpoint intervals.
 
-Video recipes also start from base_config() and add data.clip_len, data.frame_stride,
-data.short_side_range, eval.num_clips, eval.num_crops, eval.short_side (read by
-`python -m dnl_jax.evaluate`); the trainer refuses them: video training is not wired in yet.
+Video recipes set the video keys of the same schema: data.clip_len, data.frame_stride,
+data.short_side_range, a square data.crop_size, and the test views eval.num_clips,
+eval.num_crops, eval.short_side (the trainer's final multi-view evaluation and
+`python -m dnl_jax.evaluate`).
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
     """The original non-local video recipe: 32 frames at stride 2, short side U[256, 320],
     224 crop, SGD lr 0.01 (batch 64) wd 1e-4; test 10 clips x 3 crops at short side 256.
     (The original steps the lr down at fixed iterations; we use the poly schedule.)
-
-    For `python -m dnl_jax.evaluate` only: the trainer refuses video configs (not wired yet).
+    Evaluation (one clip per video) and checkpoints every total_steps / 10 steps; the final
+    evaluation adds the 30-view test.
     """
     c = base_config()
     c.model.name = model
@@ -109,4 +110,8 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
     c.eval.num_clips = 10
     c.eval.num_crops = 3
     c.eval.short_side = 256
+    c.eval.multi_view = True
+    c.eval_every_steps = max(1, total_steps // 10)
+    c.checkpoint.every_steps = max(1, total_steps // 10)
+    c.log_every_steps = 50
     return c

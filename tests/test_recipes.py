@@ -39,12 +39,12 @@ def test_config_matches_its_name(path):
     config = module.get_config()
     name = os.path.basename(path)[:-3]
     assert f"--config experiments/configs/{name}.py" in module.__doc__
+    validate_config(config, num_devices=1, num_processes=1)  # the trainer's schema
     if name.startswith("kinetics_"):
         assert config.model.name == name[len("kinetics_"):].rsplit("_", 1)[0]
         assert config.data.clip_len * config.data.frame_stride == 64
         return
     dataset, head, depth, crop_h, crop_w, steps, ohem = re.match(SEGMENTATION, name).groups()
-    validate_config(config, num_devices=1, num_processes=1)  # the trainer's schema
     assert config.data.name == dataset
     assert config.model.name == f"{head}_{depth}-d8"
     assert config.data.num_classes == recipes.NUM_CLASSES[dataset]

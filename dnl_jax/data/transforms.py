@@ -226,9 +226,12 @@ def random_clip_indices(num_frames: int, rng: np.random.Generator, *, clip_len: 
 
 def uniform_clip_indices(num_frames: int, *, num_clips: int, clip_len: int,
                          stride: int) -> np.ndarray:
-    """`num_clips` clips with evenly spaced starts: int `[num_clips, clip_len]` (multi-view)."""
+    """`num_clips` clips with evenly spaced starts: int `[num_clips, clip_len]` (multi-view);
+    a single clip is the middle one."""
     span = (clip_len - 1) * stride + 1
-    starts = np.linspace(0, max(num_frames - span, 0), num_clips).round().astype(int)
+    last = max(num_frames - span, 0)
+    starts = np.linspace(0, last, num_clips) if num_clips > 1 else np.array([last / 2])
+    starts = starts.round().astype(int)
     return np.stack([clip_indices(num_frames, s, clip_len, stride) for s in starts])
 
 

@@ -17,8 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-INPUT_KEYS = {"segmentation": "image", "classification": "video"}
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -81,7 +79,7 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
     Gradients are averaged over `grad_accum_steps` micro-batches (a `lax.scan`), then over
     devices when `axis_name` is set; batch statistics come from the last micro-batch.
     """
-    input_key = INPUT_KEYS[bundle.task]
+    input_key = bundle.input_key
 
     def loss_and_stats(params, batch_stats, micro, rng):
         outputs, new_vars = bundle.module.apply(
@@ -133,7 +131,7 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
 def make_eval_step(bundle, *, axis_name: Optional[str] = None) -> Callable:
     """Returns `eval_step(state, batch) -> sums` (the bundle's metric sums, e.g. 'confusion'),
     summed over devices when `axis_name` is set."""
-    input_key = INPUT_KEYS[bundle.task]
+    input_key = bundle.input_key
 
     def eval_step(state: TrainState, batch: dict):
         outputs = bundle.module.apply({"params": state.params, "batch_stats": state.batch_stats},
