@@ -1,8 +1,6 @@
 """Validation metrics per task, from counts summed over batches, devices and hosts.
 
-Segmentation, from a confusion matrix:
-
-With C the `[K, K]` confusion matrix (rows = truth, columns = prediction):
+Segmentation, with C the `[K, K]` confusion matrix (rows = truth, columns = prediction):
     IoU_k       = C_kk / (Σ_j C_kj + Σ_i C_ik − C_kk)     (NaN where class k never occurs, in
                                                            truth nor prediction)
     mIoU        = mean of IoU_k over classes with a defined IoU (mmseg's nanmean)
