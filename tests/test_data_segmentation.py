@@ -62,7 +62,8 @@ def test_cityscapes_missing_zip_and_missing_annotation(tmp_path):
     write_cityscapes(tmp_path / "half", np.random.default_rng(0))
     os.remove(tmp_path / "half" / cityscapes.LABELS_ZIP)
     expected_at = re.escape(str(tmp_path / "half" / cityscapes.LABELS_ZIP))
-    with pytest.raises(ValueError, match=f"missing Cityscapes archive .*expected it at {expected_at}"):
+    with pytest.raises(ValueError,
+                       match=f"missing Cityscapes archive .*expected it at {expected_at}"):
         prepare("cityscapes", str(tmp_path / "half"), str(tmp_path / "out"))
     assert os.listdir(tmp_path / "out") == []
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0), skip_label="bochum_000000_000313")
@@ -88,16 +89,17 @@ def test_existing_output_needs_overwrite_and_a_failed_overwrite_keeps_it(tmp_pat
     prepare(*args, log=lambda _: 0)
     with pytest.raises(ValueError, match="already exists; pass --overwrite"):
         prepare(*args, log=lambda _: 0)
-    before = load_split("cityscapes", "val", str(tmp_path / "out"))[0]["image"]
+    def val_image():
+        return load_split("cityscapes", "val", str(tmp_path / "out"))[0]["image"]
+
+    before = val_image()
     write_cityscapes(tmp_path / "raw", np.random.default_rng(1), corrupt="aachen_000001_000019")
     with pytest.raises(ValueError, match="corrupt"):
         prepare(*args, overwrite=True, log=lambda _: 0)
-    np.testing.assert_array_equal(load_split("cityscapes", "val", str(tmp_path / "out"))[0]["image"],
-                                  before)  # tfds alone would have deleted it before building
+    np.testing.assert_array_equal(val_image(), before)  # tfds alone deletes it before building
     write_cityscapes(tmp_path / "raw", np.random.default_rng(1))
     prepare(*args, overwrite=True, log=lambda _: 0)
-    assert not np.array_equal(load_split("cityscapes", "val", str(tmp_path / "out"))[0]["image"],
-                              before)
+    assert not np.array_equal(val_image(), before)
     assert sorted(os.listdir(tmp_path / "out")) == ["cityscapes"]
     with pytest.raises(ValueError, match="no split 'test'"):
         load_split("cityscapes", "test", str(tmp_path / "out"))

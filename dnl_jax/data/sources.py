@@ -76,7 +76,8 @@ class PreparedSource:
 
 
 def _open_builder(builder_dir: str, name: str, data_dir: str | None = None):
-    """The tfds read-only builder of `builder_dir`; ValueError saying how to prepare it if absent."""
+    """The tfds read-only builder of `builder_dir`; a ValueError saying how to prepare it if
+    there is none."""
     try:
         import tensorflow_datasets as tfds  # reading imports no TensorFlow
     except ImportError as error:

@@ -10,7 +10,7 @@ Raw input (`manual_dir`), either
 Frames are decoded with FFmpeg (PyAV, preparation time only), resized so the short side is
 `short_side` and stored JPEG-encoded, at most `max_frames` per video (evenly subsampled beyond
 that). Kinetics class indices follow the sorted class names of the train split; UCF101's
-follow its classInd.txt (see `ucf101_listing`).
+follow its classInd.txt (see `ucf101_listing`; why not tfds's own ucf101: builders.py).
 """
 
 from __future__ import annotations
