@@ -36,11 +36,12 @@ import tensorflow_datasets as tfds
 
 from dnl_jax.data import ade20k, cityscapes, pascal_context, records, video
 from dnl_jax.data.sources import VERSION as PREPARED_VERSION
+
 INSTRUCTIONS = "Place the raw download in manual_dir as the dataset module's docstring describes."
 
 
 class _Prepared(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """What every builder shares: the version, array_record, the metadata and split checks."""
+    """What every builder shares: the version, the metadata and the empty-split check."""
 
     VERSION = tfds.core.Version(PREPARED_VERSION)
     RELEASE_NOTES = {PREPARED_VERSION: "First release of the dnl_jax preparation."}
@@ -52,13 +53,13 @@ class _Prepared(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             metadata=tfds.core.MetadataDict(**meta, splits={}), disable_shuffling=True)
 
     def _generate_examples(self, split: str, make_examples: Callable[[], Iterator[dict]],
-                           to_features: Callable[[dict], dict],
                            split_stats: Callable[[str], dict] | None = None):
-        """(name, features) of every record of `split`; ValueError if there are none."""
+        """(name, record) of every record of `split` (records have the features' keys);
+        ValueError if there are none."""
         count = 0
         for record in make_examples():
             count += 1
-            yield record["name"], to_features(record)
+            yield record["name"], record
         if count == 0:
             raise ValueError(f"split {split!r} of {self.name!r} has no examples; check that the "
                              "raw files are where the dataset's layout expects them.")
@@ -84,13 +85,8 @@ class _Segmentation(_Prepared, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         splits = self.PARSER.build_splits(os.fspath(dl_manager.manual_dir), self._out_of_range)
-        return {split: self._generate_examples(split, make, _segmentation_features,
-                                               self._out_of_range.split_stats)
+        return {split: self._generate_examples(split, make, self._out_of_range.split_stats)
                 for split, make in splits.items()}
-
-
-def _segmentation_features(record: dict) -> dict:
-    return {"name": record["name"], "image": record["image"], "label": record["label"]}
 
 
 class Cityscapes(_Segmentation, skip_registration=True):
@@ -132,12 +128,7 @@ class _Video(_Prepared, skip_registration=True):
         self.info.metadata.update(classes=list(classes), short_side=self._frames["short_side"],
                                   max_frames=self._frames["max_frames"])
         splits = video.build_splits(manual_dir, listed, classes, **self._frames)
-        return {split: self._generate_examples(split, make, _video_features)
-                for split, make in splits.items()}
-
-
-def _video_features(record: dict) -> dict:
-    return {"name": record["name"], "video": record["frames"], "label": record["label"]}
+        return {split: self._generate_examples(split, make) for split, make in splits.items()}
 
 
 class Kinetics(_Video, skip_registration=True):

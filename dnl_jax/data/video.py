@@ -109,11 +109,11 @@ def list_split(manual_dir: str, split: str) -> list[tuple[str, str]]:
 
 
 def _record(entry: tuple[str, int], *, manual_dir: str, short_side: int, max_frames: int) -> dict:
-    """One prepared record: {'name': path relative to manual_dir, 'label', 'frames': [JPEG]}."""
+    """One prepared record: {'name': path relative to manual_dir, 'label', 'video': [JPEG]}."""
     path, label = entry
     frames = decode_video(path, short_side=short_side, max_frames=max_frames)
     return {"name": os.path.relpath(path, manual_dir), "label": label,
-            "frames": [records.encode_jpeg(frame) for frame in frames]}
+            "video": [records.encode_jpeg(frame) for frame in frames]}
 
 
 def kinetics_listing(manual_dir: str, splits: tuple[str, ...] = SPLITS
