@@ -69,17 +69,28 @@ def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
 
 
 def cityscapes_mmseg(model: str, total_steps: int = 80_000) -> ml_collections.ConfigDict:
-    """mmseg Cityscapes 512x1024: batch 8 (4 GPUs x 2), slide test 512x1024 stride 341x683."""
+    """mmseg Cityscapes 512x1024: batch 8 (4 GPUs x 2), whole-image test at 2048x1024 (mmseg's
+    dnl/nonlocal/fcn 512x1024 configs keep `test_cfg=dict(mode='whole')` of
+    `_base_/models/*_r50-d8.py`; only their 769x769 configs slide)."""
     return segmentation_recipe(dataset="cityscapes", model=model, crop_size=(512, 1024),
-                               base_size=(2048, 1024), batch_size=8, total_steps=total_steps,
-                               eval_mode="slide", eval_crop_size=(512, 1024),
-                               eval_stride=(341, 683))
+                               base_size=(2048, 1024), batch_size=8, total_steps=total_steps)
 
 
 def ade20k_mmseg(model: str, total_steps: int = 160_000) -> ml_collections.ConfigDict:
     """mmseg ADE20K 512x512: batch 16 (4 x 4), resize to (2048, 512), whole-image test."""
     return segmentation_recipe(dataset="ade20k", model=model, crop_size=(512, 512),
                                base_size=(2048, 512), batch_size=16, total_steps=total_steps)
+
+
+def pascal_context_official(model: str) -> ml_collections.ConfigDict:
+    """The official DNL code's PASCAL-Context-59 recipe (configs/seg/pcontext/*59c*.conf):
+    short side resized to 520 (long side at most 1040) then randomly by 0.5-2.0, 520x520 crops,
+    batch 16, 30k iterations, SGD lr 0.001 weight decay 1e-4, whole-image single-scale val
+    (its test adds scales 0.5-2.0: --config.eval.scales). mmseg's own PASCAL-Context-59 recipe
+    differs: 480x480 crops of a (520, 520) resize, lr 0.004, slide 480x480 stride 320x320."""
+    return segmentation_recipe(dataset="pascal_context", model=model, crop_size=(520, 520),
+                               base_size=(1040, 520), batch_size=16, total_steps=30_000,
+                               lr=0.001, weight_decay=1e-4)
 
 
 def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, frame_stride: int = 2,
