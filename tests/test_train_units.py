@@ -84,6 +84,10 @@ def test_config_nested_impossible_values():
     config.model.dtype = "float16"
     with pytest.raises(ValueError, match="model.dtype"):
         _valid(config)
+    config = base_config()
+    config.data.num_classes = 4
+    with pytest.raises(ValueError, match="num_classes=4: the synthetic scenes need an odd"):
+        _valid(config)
     _valid(base_config())  # and the defaults pass
 
 
