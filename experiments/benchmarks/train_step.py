@@ -7,31 +7,15 @@ forward with the aux head, loss, backward, SGD update), jitted. Not part of CI.
 
 Prints compile time, the best step time over `--repeats`, images/s, XLA's FLOP count of the
 step and the model FLOP utilisation against the same-run jitted float32 matmul peak, and writes
-them to experiments/benchmarks/results/train_step_<model>_<H>x<W>_b<B>_<platform>.json.
+them to experiments/benchmarks/results/train_step_<model>_<H>x<W>_b<B>_<platform>.{json,png}.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
-
-def matmul_peak_gflops(size: int = 4096, repeats: int = 3) -> float:
-    """Best GFLOP/s of a jitted float32 size×size matmul on the default device."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    jax.block_until_ready(matmul(a, a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(matmul(a, a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+import bench_utils
 
 
 def main() -> None:
@@ -42,7 +26,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--num_classes", type=int, default=19)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out_dir", default="experiments/benchmarks/results")
     args = parser.parse_args()
 
     import jax
@@ -89,7 +72,7 @@ def main() -> None:
     loss = float(metrics["loss"])
     assert np.isfinite(loss), loss
 
-    peak = matmul_peak_gflops()
+    peak = bench_utils.matmul_peak_gflops()
     best = min(times)
     result = dict(
         model=args.model, batch=args.batch, height=height, width=width,
@@ -105,12 +88,26 @@ def main() -> None:
           f"{result['platform']} ({result['device']})")
     for key, value in result.items():
         print(f"  {key:>20}: {value}")
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"train_step_{args.model}_{height}x{width}_b{args.batch}_"
-                        f"{result['platform']}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"saved {path}")
+    name = f"train_step_{args.model}_{height}x{width}_b{args.batch}_{result['platform']}"
+    result["machine"] = bench_utils.machine_description()
+    print("saved", bench_utils.save_json(name, result))
+    print("saved", bench_utils.save_figure(name, plot(result)))
+
+
+def plot(result: dict):
+    """Bar chart: the step's achieved GFLOP/s beside the same-run matmul peak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    values = [result["achieved_gflops"] or 0.0, result["matmul_peak_gflops"]]
+    axis.bar(["train step (XLA FLOP count)", "float32 matmul peak"], values)
+    axis.set(ylabel="GFLOP/s", title=f"{result['model']} train step, batch {result['batch']} of "
+             f"{result['height']}x{result['width']}\n{result['images_per_s']} images/s on "
+             f"{result['platform']}, MFU {result['mfu']}")
+    return figure
 
 
 if __name__ == "__main__":
