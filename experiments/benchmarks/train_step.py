@@ -18,28 +18,19 @@ import time
 import bench_utils
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", default="dnl_r50-d8")
-    parser.add_argument("--size", default="512,512", help="H,W")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--num_classes", type=int, default=19)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-
+def build_step(model: str, num_classes: int, batch_size: int, height: int, width: int):
+    """(jitted train step, initial `TrainState`, random batch) for a registry segmentation model,
+    with mmseg's SGD settings (lr 0.01, momentum 0.9, weight decay 5e-4, poly schedule)."""
     import jax
     import jax.numpy as jnp
     import ml_collections
-    import numpy as np
 
     from dnl_jax import models
     from dnl_jax.train import step as step_lib
 
-    height, width = (int(s) for s in args.size.split(","))
-    bundle = models.get_model(args.model, args.num_classes)
-    images = jax.random.normal(jax.random.key(0), (args.batch, height, width, 3), jnp.float32)
-    labels = jax.random.randint(jax.random.key(1), (args.batch, height, width), 0, args.num_classes)
+    bundle = models.get_model(model, num_classes)
+    images = jax.random.normal(jax.random.key(0), (batch_size, height, width, 3), jnp.float32)
+    labels = jax.random.randint(jax.random.key(1), (batch_size, height, width), 0, num_classes)
     batch = {"image": images, "label": labels.astype(jnp.int32)}
 
     variables = models.init_variables(bundle.module, jax.random.key(2), images[:1])
@@ -53,6 +44,26 @@ def main() -> None:
         batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
         rng=jax.random.key_data(jax.random.key(3)))
     train_step = jax.jit(step_lib.make_train_step(bundle, optimizer, schedule))
+    return train_step, state, batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model", default="dnl_r50-d8")
+    parser.add_argument("--size", default="512,512", help="H,W")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--num_classes", type=int, default=19)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    import jax
+    import numpy as np
+
+    from dnl_jax import models
+
+    height, width = (int(s) for s in args.size.split(","))
+    train_step, state, batch = build_step(args.model, args.num_classes, args.batch, height, width)
 
     start = time.perf_counter()
     lowered = train_step.lower(state, batch)
