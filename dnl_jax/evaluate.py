@@ -224,27 +224,48 @@ def evaluate_segmentation(predict_fn: PredictFn, examples: Iterable[dict], *, nu
     return confusion
 
 
-def evaluate_video(predict_fn: PredictFn, examples: Iterable[dict], *, clip_len: int, stride: int,
-                   crop_size: int, num_clips: int = 10, num_crops: int = 3,
-                   short_side: int | None = None) -> dict[str, float]:
-    """{'clip_accuracy': top-1 of single views, 'video_accuracy': top-1 of the softmax averaged
-    over the num_clips x num_crops views} for `predict_fn(videos [V,T,c,c,3]) -> logits [V,K]`."""
+def video_view_counts(predict_fn: PredictFn, examples: Iterable[dict], *, clip_len: int,
+                      stride: int, crop_size: int, num_clips: int = 10, num_crops: int = 3,
+                      short_side: int | None = None) -> np.ndarray:
+    """int64 `[4]` = (correct views, views, correct videos, videos) for `predict_fn(videos
+    [V,T,c,c,3]) -> logits [V,K]` on the num_clips x num_crops views of each example; a video is
+    correct when the argmax of its views' mean softmax is its label. Summable over hosts."""
     from dnl_jax.data import transforms
 
-    clip_hits = clip_total = video_hits = video_total = 0
+    counts = np.zeros(4, np.int64)
     for example in examples:
         views = transforms.video_eval_views(example, clip_len=clip_len, stride=stride,
                                             crop_size=crop_size, num_clips=num_clips,
                                             num_crops=num_crops, short_side=short_side)
         logits = np.asarray(predict_fn(views["video"]), np.float32)
         label = int(example["label"])
-        clip_hits += int(np.sum(logits.argmax(-1) == label))
-        clip_total += len(logits)
-        video_hits += int(_softmax(logits).mean(0).argmax() == label)
-        video_total += 1
+        counts += (int(np.sum(logits.argmax(-1) == label)), len(logits),
+                   int(_softmax(logits).mean(0).argmax() == label), 1)
+    return counts
+
+
+def video_accuracies(counts: np.ndarray) -> dict[str, float]:
+    """{'clip_accuracy': top-1 of single views, 'video_accuracy': top-1 of the views' averaged
+    softmax} from `video_view_counts` (summed over hosts)."""
+    clip_hits, clip_total, video_hits, video_total = (int(c) for c in counts)
     if video_total == 0:
         raise ValueError("evaluate_video: no examples.")
     return {"clip_accuracy": clip_hits / clip_total, "video_accuracy": video_hits / video_total}
+
+
+def evaluate_video(predict_fn: PredictFn, examples: Iterable[dict], **view_settings
+                   ) -> dict[str, float]:
+    """`video_accuracies` of `video_view_counts(predict_fn, examples, **view_settings)`."""
+    return video_accuracies(video_view_counts(predict_fn, examples, **view_settings))
+
+
+def video_view_settings(config) -> dict[str, Any]:
+    """video_view_counts kwargs from `config.data` (clip_len, frame_stride, square crop_size)
+    and `config.eval` (num_clips, num_crops, short_side; 0 = the crop side)."""
+    return {"clip_len": int(config.data.clip_len), "stride": int(config.data.frame_stride),
+            "crop_size": _square_size(config.data.crop_size),
+            "num_clips": int(config.eval.num_clips), "num_crops": int(config.eval.num_crops),
+            "short_side": int(config.eval.short_side) or None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,29 +312,23 @@ def evaluate_checkpoint(config, checkpoint: str, split: str, *, output_dir: str 
     """Evaluates checkpoint `checkpoint` (a step directory) on `split` of `config.data` and
     returns the metrics (segmentation: mIoU etc., with the IoU table logged; video: clip and
     multi-view accuracy). Needs dnl_jax.models and dnl_jax.train (registry, checkpoint reader).
-    Each host evaluates examples process_index::process_count; confusions are summed."""
+    Each host evaluates examples process_index::process_count; confusions (video: counts) are
+    summed."""
     from dnl_jax.data import load_split
+    from dnl_jax.train.parallel import sum_over_hosts
 
     predict, bundle = _predict_fn(config, checkpoint)
     source = load_split(config.data.name, split, config.data.data_dir, with_names=True)
     process, processes = jax.process_index(), jax.process_count()
     examples = (source[i] for i in range(process, len(source), processes))
     if bundle.task != "segmentation":
-        if processes > 1:
-            raise ValueError("video evaluation runs on one host; run it with one process.")
-        return evaluate_video(
-            predict, examples, clip_len=config.data.clip_len, stride=config.data.frame_stride,
-            crop_size=_square_size(config.data.crop_size), num_clips=config.eval.num_clips,
-            num_crops=config.eval.num_crops, short_side=config.eval.short_side)
+        return video_accuracies(sum_over_hosts(
+            video_view_counts(predict, examples, **video_view_settings(config))))
     confusion = evaluate_segmentation(
         predict, examples, num_classes=bundle.num_classes,
         base_size=tuple(config.data.base_size), output_dir=output_dir,
         dataset=config.data.name, **inference_settings(config))
-    if processes > 1:
-        from jax.experimental import multihost_utils
-
-        confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(0)
-    metrics = segmentation_metrics(confusion)
+    metrics = segmentation_metrics(sum_over_hosts(confusion))
     log(format_iou_table(metrics, source.classes))
     return metrics
 

@@ -57,14 +57,14 @@ def main(argv) -> None:
     initialize_distributed()
     import jax
 
+    from dnl_jax.train.metrics import describe
     from dnl_jax.train.trainer import train_and_evaluate
 
     result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if jax.process_index() == 0:
-        val = result["val"] or {}
-        print(f"{result['status']} at step {result['step']}: val mIoU "
-              f"{val.get('miou', float('nan')):.4f}, pixel accuracy "
-              f"{val.get('pixel_accuracy', float('nan')):.4f}")
+        val = result["val"]
+        print(f"{result['status']} at step {result['step']}: "
+              f"{describe(val) if val else 'not evaluated'}")
         print(f"workdir: {result['workdir']} (checkpoints/, tensorboard/, metrics.jsonl, "
               f"config.json{', ' + result['curves'] if result['curves'] else ''}"
               f"{', ' + result['attention'] if result.get('attention') else ''})")

@@ -8,9 +8,10 @@ random resize (ratio data.ratio_range) and the test resize, data.cat_max_ratio, 
 optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), eval.mode ('whole'|'slide'),
 eval.crop_size, eval.stride, eval.scales, eval.flip, and the evaluation/checkpoint intervals.
 
-Video recipes also start from base_config() and add data.clip_len, data.frame_stride,
-data.short_side_range, eval.num_clips, eval.num_crops, eval.short_side (read by
-`python -m dnl_jax.evaluate`); the trainer refuses them: video training is not wired in yet.
+Video recipes set the video keys of the same schema: data.clip_len, data.frame_stride,
+data.short_side_range, a square data.crop_size, and the test views eval.num_clips,
+eval.num_crops, eval.short_side (the trainer's final multi-view evaluation and
+`python -m dnl_jax.evaluate`).
 """
 
 from __future__ import annotations
@@ -68,11 +69,11 @@ def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
 
 
 def cityscapes_mmseg(model: str, total_steps: int = 80_000) -> ml_collections.ConfigDict:
-    """mmseg Cityscapes 512x1024: batch 8 (4 GPUs x 2), slide test 512x1024 stride 341x683."""
+    """mmseg Cityscapes 512x1024: batch 8 (4 GPUs x 2), whole-image test at 2048x1024 (mmseg's
+    dnl/nonlocal/fcn 512x1024 configs keep `test_cfg=dict(mode='whole')` of
+    `_base_/models/*_r50-d8.py`; only their 769x769 configs slide)."""
     return segmentation_recipe(dataset="cityscapes", model=model, crop_size=(512, 1024),
-                               base_size=(2048, 1024), batch_size=8, total_steps=total_steps,
-                               eval_mode="slide", eval_crop_size=(512, 1024),
-                               eval_stride=(341, 683))
+                               base_size=(2048, 1024), batch_size=8, total_steps=total_steps)
 
 
 def ade20k_mmseg(model: str, total_steps: int = 160_000) -> ml_collections.ConfigDict:
@@ -81,14 +82,25 @@ def ade20k_mmseg(model: str, total_steps: int = 160_000) -> ml_collections.Confi
                                base_size=(2048, 512), batch_size=16, total_steps=total_steps)
 
 
+def pascal_context_official(model: str) -> ml_collections.ConfigDict:
+    """The official DNL code's PASCAL-Context-59 recipe (configs/seg/pcontext/*59c*.conf):
+    short side resized to 520 (long side at most 1040) then randomly by 0.5-2.0, 520x520 crops,
+    batch 16, 30k iterations, SGD lr 0.001 weight decay 1e-4, whole-image single-scale val
+    (its test adds scales 0.5-2.0: --config.eval.scales). mmseg's own PASCAL-Context-59 recipe
+    differs: 480x480 crops of a (520, 520) resize, lr 0.004, slide 480x480 stride 320x320."""
+    return segmentation_recipe(dataset="pascal_context", model=model, crop_size=(520, 520),
+                               base_size=(1040, 520), batch_size=16, total_steps=30_000,
+                               lr=0.001, weight_decay=1e-4)
+
+
 def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, frame_stride: int = 2,
                  crop_size: int = 224, batch_size: int = 64, total_steps: int = 400_000,
                  data_dir: str = "data/prepared") -> ml_collections.ConfigDict:
     """The original non-local video recipe: 32 frames at stride 2, short side U[256, 320],
     224 crop, SGD lr 0.01 (batch 64) wd 1e-4; test 10 clips x 3 crops at short side 256.
     (The original steps the lr down at fixed iterations; we use the poly schedule.)
-
-    For `python -m dnl_jax.evaluate` only: the trainer refuses video configs (not wired yet).
+    Evaluation (one clip per video) and checkpoints every total_steps / 10 steps; the final
+    evaluation adds the 30-view test.
     """
     c = base_config()
     c.model.name = model
@@ -109,4 +121,8 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
     c.eval.num_clips = 10
     c.eval.num_crops = 3
     c.eval.short_side = 256
+    c.eval.multi_view = True
+    c.eval_every_steps = max(1, total_steps // 10)
+    c.checkpoint.every_steps = max(1, total_steps // 10)
+    c.log_every_steps = 50
     return c

@@ -1,13 +1,15 @@
-"""Preparation → load_split → augmentation for Cityscapes, ADE20K and PASCAL-Context, on tiny
-fixtures written here in each dataset's real on-disk format (no downloads)."""
+"""Preparation (the tfds builders) → load_split → augmentation for Cityscapes, ADE20K and
+PASCAL-Context, on tiny fixtures written here in each dataset's real on-disk format (no downloads,
+no TensorFlow)."""
 
-import json
 import os
+import re
 
 import grain
 import numpy as np
 import pytest
 import scipy.io
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from data_fixtures import CITYSCAPES_FILES, H, W, write_ade20k, write_cityscapes, write_voc
@@ -19,7 +21,7 @@ from dnl_jax.data.prepare import prepare
 def test_cityscapes_prepare_read_and_label_mapping(tmp_path):
     rng = np.random.default_rng(0)
     labels = write_cityscapes(tmp_path / "raw", rng)
-    prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), num_shards=2, log=lambda _: 0)
+    prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
     train = load_split("cityscapes", "train", str(tmp_path / "out"), with_names=True)
     assert len(train) == 3
     assert len(load_split("cityscapes", "val", str(tmp_path / "out"))) == 1
@@ -28,16 +30,23 @@ def test_cityscapes_prepare_read_and_label_mapping(tmp_path):
     for i, name in enumerate(names):
         example = train[i]
         assert example["image"].shape == (H, W, 3) and example["image"].dtype == np.uint8
-        assert example["label"].dtype == np.uint8
+        assert example["label"].shape == (H, W) and example["label"].dtype == np.uint8
         np.testing.assert_array_equal(example["label"][0, :3], [0, 255, 255])
         expected = cityscapes.LABEL_TO_TRAIN[np.minimum(labels[name], 33)]
         expected[labels[name] > 33] = 255
         np.testing.assert_array_equal(example["label"], expected)
     assert set(np.unique(train[0]["label"])) <= set(range(19)) | {255}
-    meta = json.loads((tmp_path / "out" / "cityscapes" / "meta.json").read_text())
-    assert meta["classes"][0] == "road" and len(meta["classes"]) == 19
-    assert meta["splits"]["train"]["out_of_range_pixels"] == 3  # the id 40 in each image
-    assert meta["splits"]["train"]["out_of_range_images"] == 3
+    assert train.classes[0] == "road" and len(train.classes) == 19
+    assert train.metadata["splits"]["train"]["out_of_range_pixels"] == 3  # the id 40 in each image
+    assert train.metadata["splits"]["train"]["out_of_range_images"] == 3
+    # What tfds wrote, and nothing else: no downloads/ folder, no incomplete directory.
+    assert os.listdir(tmp_path / "out") == ["cityscapes"]
+    written = tmp_path / "out" / "cityscapes" / "1.0.0"
+    assert {"dataset_info.json", "features.json", "metadata.json",
+            "cityscapes-train.array_record-00000-of-00001"} <= set(os.listdir(written))
+    info = tfds.builder_from_directory(str(written)).info
+    assert info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+    assert info.splits["train"].num_examples == 3
 
 
 def test_cityscapes_label_id_round_trip():
@@ -48,8 +57,15 @@ def test_cityscapes_label_id_round_trip():
 
 
 def test_cityscapes_missing_zip_and_missing_annotation(tmp_path):
-    with pytest.raises(ValueError, match="leftImg8bit_trainvaltest.zip"):
+    with pytest.raises(ValueError, match="nothing does not exist.*leftImg8bit_trainvaltest.zip"):
         prepare("cityscapes", str(tmp_path / "nothing"), str(tmp_path / "out"))
+    write_cityscapes(tmp_path / "half", np.random.default_rng(0))
+    os.remove(tmp_path / "half" / cityscapes.LABELS_ZIP)
+    expected_at = re.escape(str(tmp_path / "half" / cityscapes.LABELS_ZIP))
+    with pytest.raises(ValueError,
+                       match=f"missing Cityscapes archive .*expected it at {expected_at}"):
+        prepare("cityscapes", str(tmp_path / "half"), str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == []
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0), skip_label="bochum_000000_000313")
     with pytest.raises(ValueError, match="gtFine/train/bochum/bochum_000000_000313_gtFine_labelIds.png"):
         prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"))
@@ -67,29 +83,57 @@ def test_corrupt_image_leaves_nothing_and_cli_exit_code(tmp_path, capsys):
         load_split("cityscapes", "train", str(tmp_path / "out"))
 
 
-def test_existing_output_needs_overwrite_and_unknown_split(tmp_path):
+def test_existing_output_needs_overwrite_and_a_failed_overwrite_keeps_it(tmp_path):
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
     args = ("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"))
     prepare(*args, log=lambda _: 0)
     with pytest.raises(ValueError, match="already exists; pass --overwrite"):
         prepare(*args, log=lambda _: 0)
+    def val_image():
+        return load_split("cityscapes", "val", str(tmp_path / "out"))[0]["image"]
+
+    before = val_image()
+    write_cityscapes(tmp_path / "raw", np.random.default_rng(1), corrupt="aachen_000001_000019")
+    with pytest.raises(ValueError, match="corrupt"):
+        prepare(*args, overwrite=True, log=lambda _: 0)
+    np.testing.assert_array_equal(val_image(), before)  # tfds alone deletes it before building
+    write_cityscapes(tmp_path / "raw", np.random.default_rng(1))
     prepare(*args, overwrite=True, log=lambda _: 0)
+    assert not np.array_equal(val_image(), before)
     assert sorted(os.listdir(tmp_path / "out")) == ["cityscapes"]
     with pytest.raises(ValueError, match="no split 'test'"):
         load_split("cityscapes", "test", str(tmp_path / "out"))
 
 
-def test_ade20k_reduce_zero_label(tmp_path):
+def test_more_shards_than_examples_is_a_clear_error(tmp_path):
+    write_cityscapes(tmp_path / "raw", np.random.default_rng(0))  # val has one image
+    with pytest.raises(ValueError, match="tfds could not write cityscapes.*number_of_shards"):
+        prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), num_shards=2)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_ade20k_reduce_zero_label_grey_images_and_deterministic_preparation(tmp_path):
     labels = write_ade20k(tmp_path / "raw", np.random.default_rng(1))
-    prepare("ade20k", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
+    # ADE20K has a few greyscale JPEGs: they must come back as [H, W, 3] like the others.
+    grey = tmp_path / "raw" / ade20k.ROOT / "images" / "validation" / "ADE_val_00000002.jpg"
+    Image.fromarray(np.full((H, W), 77, np.uint8)).save(grey)
+    for out in ("out", "again"):
+        prepare("ade20k", str(tmp_path / "raw"), str(tmp_path / out), num_shards=2,
+                log=lambda _: 0)
     val = load_split("ade20k", "val", str(tmp_path / "out"), with_names=True)
     assert len(val) == 2 and len(ade20k.CLASSES) == 150
     example = val[1]
+    assert example["name"] == "ADE_val_00000002"
     raw = labels[example["name"]].astype(int)
     expected = np.where((raw == 0) | (raw > 150), 255, raw - 1)
     np.testing.assert_array_equal(example["label"], expected)
     np.testing.assert_array_equal(example["label"][0, :3], [255, 0, 255])
     assert example["image"].shape == (H, W, 3)
+    np.testing.assert_allclose(example["image"], 77, atol=2)  # JPEG of a flat grey
+    again = load_split("ade20k", "val", str(tmp_path / "again"), with_names=True)
+    for i in range(len(val)):
+        for key in ("name", "image", "label"):
+            np.testing.assert_array_equal(val[i][key], again[i][key])
 
 
 def test_ade20k_missing_annotation_and_empty_split(tmp_path):
@@ -118,8 +162,7 @@ def test_pascal_context_from_original_mat_files(tmp_path):
     assert len(train) == 2 and len(pascal_context.CLASSES) == 59
     np.testing.assert_array_equal(train[0]["label"][0, :4], [0, 58, 255, 255])
     assert set(np.unique(train[1]["label"])) <= set(range(59)) | {255}
-    meta = json.loads((tmp_path / "out" / "pascal_context" / "meta.json").read_text())
-    assert meta["splits"]["val"]["out_of_range_pixels"] == 1
+    assert train.metadata["splits"]["val"]["out_of_range_pixels"] == 1
 
 
 def test_pascal_context_from_converted_pngs(tmp_path):
@@ -176,10 +219,10 @@ def test_load_split_through_grain_augmentation_is_deterministic(tmp_path):
 def test_source_pickles_and_host_shards_partition_the_split(tmp_path):
     import pickle
 
-    write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
-    prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), num_shards=2,
+    write_ade20k(tmp_path / "raw", np.random.default_rng(0))
+    prepare("ade20k", str(tmp_path / "raw"), str(tmp_path / "out"), num_shards=2,
             log=lambda _: 0)
-    source = load_split("cityscapes", "train", str(tmp_path / "out"), with_names=True)
+    source = load_split("ade20k", "train", str(tmp_path / "out"), with_names=True)
     first = source[0]
     copy = pickle.loads(pickle.dumps(source))  # what grain's worker processes receive
     np.testing.assert_array_equal(copy[0]["image"], first["image"])

@@ -112,7 +112,8 @@ def test_evaluate_command_on_a_checkpoint_writes_cityscapes_pngs(tmp_path):
     command = [sys.executable, "-m", "dnl_jax.evaluate", f"--config={config}",
                f"--checkpoint={checkpoint}", "--split=val", f"--output_dir={tmp_path / 'preds'}",
                "--config.model.name=dnl_tiny", f"--config.data.data_dir={tmp_path / 'out'}",
-               f"--config.data.base_size=({W},{H})", "--config.eval.crop_size=(8,8)",
+               f"--config.data.base_size=({W},{H})", "--config.eval.mode=slide",
+               "--config.eval.crop_size=(8,8)",
                "--config.eval.stride=(6,6)"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -137,7 +138,7 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
     config.update_from_flattened_dict({
         "data.data_dir": str(tmp_path / "out"), "data.crop_size": (16, 16),
         "data.base_size": (W, H), "data.ratio_range": (1.0, 2.0), "batch_size": 4,
-        "eval.crop_size": (8, 8), "eval.stride": (6, 6), "eval_every_steps": 100,
+        "eval.mode": "slide", "eval.crop_size": (8, 8), "eval.stride": (6, 6), "eval_every_steps": 100,
         "checkpoint.every_steps": 1, "log_every_steps": 1, "progress_bar": False,
         "curves_figure": False})
     result = train_and_evaluate(config, str(tmp_path / "run"))

@@ -112,6 +112,9 @@ def test_clip_sampling():
     assert starts == set(range(0, 14))  # span 7: starts 0..13
     views = transforms.uniform_clip_indices(20, num_clips=3, clip_len=4, stride=2)
     np.testing.assert_array_equal(views[:, 0], [0, 6, 13])
+    # One clip (the trainer's periodic video evaluation) is the middle one: starts 0..14 → 7.
+    middle = transforms.uniform_clip_indices(21, num_clips=1, clip_len=4, stride=2)
+    np.testing.assert_array_equal(middle, [[7, 9, 11, 13]])
 
 
 def test_video_augment_and_views():

@@ -1,4 +1,5 @@
-"""Video preparation in the Kinetics layout on a few tiny videos encoded here with FFmpeg (PyAV)."""
+"""Video preparation (the tfds builders) in the Kinetics and UCF101 layouts on a few tiny videos
+encoded here with FFmpeg (PyAV)."""
 
 import csv
 import os
@@ -23,6 +24,9 @@ def test_class_folders(tmp_path):
             num_workers=2, log=lambda _: 0)
     train = load_split("kinetics", "train", str(tmp_path / "out"), with_names=True)
     assert train.classes == ["abseiling", "juggling"] and len(train) == 3
+    assert (train.metadata["short_side"], train.metadata["max_frames"]) == (8, 4)
+    assert os.path.isfile(tmp_path / "out" / "kinetics" / "1.0.0" /
+                          "kinetics-train.array_record-00000-of-00001")  # tfds's layout
     example = train[0]
     assert example["name"] == os.path.join("train", "abseiling", "b.mp4")
     assert example["label"] == 0

@@ -39,12 +39,12 @@ def test_config_matches_its_name(path):
     config = module.get_config()
     name = os.path.basename(path)[:-3]
     assert f"--config experiments/configs/{name}.py" in module.__doc__
+    validate_config(config, num_devices=1, num_processes=1)  # the trainer's schema
     if name.startswith("kinetics_"):
         assert config.model.name == name[len("kinetics_"):].rsplit("_", 1)[0]
         assert config.data.clip_len * config.data.frame_stride == 64
         return
     dataset, head, depth, crop_h, crop_w, steps, ohem = re.match(SEGMENTATION, name).groups()
-    validate_config(config, num_devices=1, num_processes=1)  # the trainer's schema
     assert config.data.name == dataset
     assert config.model.name == f"{head}_{depth}-d8"
     assert config.data.num_classes == recipes.NUM_CLASSES[dataset]
@@ -57,6 +57,29 @@ def test_config_matches_its_name(path):
         assert all(s <= c for s, c in zip(settings["stride"], settings["crop_size"]))
     else:
         assert settings["crop_size"] is None and settings["stride"] is None
+
+
+# Evaluation protocol and weight decay of each recipe, checked against its source: mmseg's
+# dnl 512x1024 configs (test_cfg mode 'whole' from _base_/models/dnl_r50-d8.py), its 769x769
+# configs (slide 769 stride 513), ADE20K 512x512 (whole), and the official DNL code's
+# PASCAL-Context-59 conf (min side 520, whole-image val, weight decay 1e-4).
+PROTOCOLS = {
+    "cityscapes_dnl_r101-d8_512x1024_80k": ("whole", None, None, (2048, 1024), 5e-4),
+    "cityscapes_dnl_r101-d8_769x769_60k_ohem": ("slide", (769, 769), (513, 513), (2049, 1025),
+                                                5e-4),
+    "ade20k_dnl_r101-d8_512x512_160k": ("whole", None, None, (2048, 512), 5e-4),
+    "pascal_context_dnl_r101-d8_520x520_30k": ("whole", None, None, (1040, 520), 1e-4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_recipe_evaluation_protocol_matches_its_source(name):
+    config = load(os.path.join(CONFIG_DIR, name + ".py")).get_config()
+    settings = inference_settings(config)
+    mode, crop, stride, base_size, weight_decay = PROTOCOLS[name]
+    assert (settings["mode"], settings["crop_size"], settings["stride"]) == (mode, crop, stride)
+    assert tuple(config.data.base_size) == base_size
+    assert config.optimizer.weight_decay == weight_decay
 
 
 def test_unknown_dataset_is_refused():

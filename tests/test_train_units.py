@@ -13,7 +13,7 @@ from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.checkpoint import Checkpointer
-from dnl_jax.train.config import base_config, validate_config
+from dnl_jax.train.config import base_config, dataset_task, validate_config
 from dnl_jax.train.metrics import segmentation_metrics
 
 
@@ -83,6 +83,10 @@ def test_config_nested_impossible_values():
     config = base_config()
     config.model.dtype = "float16"
     with pytest.raises(ValueError, match="model.dtype"):
+        _valid(config)
+    config = base_config()
+    config.data.num_classes = 4
+    with pytest.raises(ValueError, match="num_classes=4: the synthetic scenes need an odd"):
         _valid(config)
     _valid(base_config())  # and the defaults pass
 
@@ -243,23 +247,14 @@ def _load_config_module(name):
     return module
 
 
-@pytest.mark.parametrize("name", [f for f in CONFIG_FILES if not f.startswith("kinetics_")])
+@pytest.mark.parametrize("name", CONFIG_FILES)
 def test_experiment_configs_validate_build_and_document_their_launch(name):
     module = _load_config_module(name)
     assert f"python -m dnl_jax.main --config experiments/configs/{name}" in module.__doc__
     config = module.get_config()
     _valid(config)
     bundle = get_model(config.model.name, config.data.num_classes, **config.model.kwargs)
-    assert bundle.task == "segmentation"
-
-
-@pytest.mark.parametrize("name", [f for f in CONFIG_FILES if f.startswith("kinetics_")])
-def test_video_configs_are_refused_by_the_trainer_and_do_not_claim_it(name):
-    module = _load_config_module(name)
-    assert "python -m dnl_jax.main" not in module.__doc__
-    assert f"python -m dnl_jax.evaluate --config experiments/configs/{name}" in module.__doc__
-    with pytest.raises(ValueError, match="video training is not wired into the trainer yet"):
-        _valid(module.get_config())
+    assert bundle.task == dataset_task(config.data.name)
 
 
 def test_config_real_dataset_keys_are_checked():
@@ -280,8 +275,51 @@ def test_config_real_dataset_keys_are_checked():
         _valid(config)
 
 
+def _video_config(**values):
+    config = base_config()
+    config.update_from_flattened_dict({"data.name": "kinetics", "model.name": "dnl_i3d_tiny",
+                                       "data.crop_size": (32, 32),
+                                       "data.short_side_range": (32, 40), **values})
+    return config
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("data.clip_len", 0, r"config.data.clip_len=0 must be >= 1"),
+    ("data.frame_stride", -1, r"config.data.frame_stride=-1 must be >= 1"),
+    ("data.crop_size", (32, 48), r"crop_size=\(32, 48\): video crops are square"),
+    ("data.short_side_range", (24, 40), r"short_side_range=\(24, 40\) .* crop side 32 <= low"),
+    ("data.short_side_range", (40, 36), r"low <= high"),
+    ("eval.num_clips", 0, r"config.eval.num_clips=0 must be >= 1"),
+    ("eval.num_crops", 0, r"config.eval.num_crops=0 must be >= 1"),
+    ("eval.short_side", 16, r"eval.short_side=16 must be 0 \(the crop side\) or >= the crop"),
+])
+def test_config_bad_video_values(key, value, message):
+    _valid(_video_config())  # the base of each case is valid
+    with pytest.raises(ValueError, match=message):
+        _valid(_video_config(**{key: value}))
+
+
+def test_config_video_keys_are_known_and_models_must_fit_the_dataset_task(tmp_path):
+    from dnl_jax.train.trainer import train_and_evaluate
+
+    config = _video_config()
+    config.data.clip_length = 8
+    with pytest.raises(ValueError, match=r"'data.clip_length'.*Did you mean data.clip_len"):
+        _valid(config)
+    # Checked before any data is read or anything written.
+    with pytest.raises(ValueError, match="'dnl_tiny' is a segmentation model but config.data.name"
+                                         "='kinetics' is a classification dataset"):
+        train_and_evaluate(_video_config(**{"model.name": "dnl_tiny", "batch_size": 4}),
+                           str(tmp_path / "run"))
+    on_images = base_config()
+    on_images.model.name = "dnl_i3d_tiny"
+    with pytest.raises(ValueError, match="'dnl_i3d_tiny' is a classification model"):
+        train_and_evaluate(on_images, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
 # ------------------------------------------------------------------------------- checkpoints
-def test_checkpointer_keeps_the_last_k_and_the_best_by_miou(tmp_path):
+def test_checkpointer_keeps_the_last_k_and_the_best_by_miou_across_restarts(tmp_path):
     source = SyntheticSegmentation(8, image_size=8, num_classes=3)
     iterator = iter(pipeline.train_dataset(source, seed=0, local_batch=2, process_index=0,
                                            process_count=1))
@@ -291,7 +329,7 @@ def test_checkpointer_keeps_the_last_k_and_the_best_by_miou(tmp_path):
     for step, miou in mious.items():
         next(iterator)
         state = {"w": np.full((2,), step, np.float32)}
-        assert checkpointer.save(step, state, iterator, signature, miou=miou)
+        assert checkpointer.save(step, state, iterator, signature, metric=miou)
     # The latest (5) and the best (2); 4 had no metrics and is not the latest any more.
     assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 5]
     fresh = iter(pipeline.train_dataset(source, seed=0, local_batch=2, process_index=0,
@@ -301,4 +339,22 @@ def test_checkpointer_keeps_the_last_k_and_the_best_by_miou(tmp_path):
     assert fresh.get_state() == {"next_index": 2}  # the data position came back too
     with pytest.raises(ValueError, match="different model m than config.model.name='other'"):
         checkpointer.check_signature(5, {**signature, "model": "other"})
+    checkpointer.close()
+    # A resumed run (a new manager on the same directory) still knows step 2 is the best.
+    reopened = Checkpointer(str(tmp_path), every_steps=1, keep=1, keep_best=True)
+    assert reopened.save(6, {"w": np.zeros((2,), np.float32)}, iterator, signature, metric=0.5)
+    assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [2, 6]
+    reopened.close()
+
+
+def test_checkpointer_ranks_classification_runs_by_val_accuracy(tmp_path):
+    iterator = iter(pipeline.train_dataset(SyntheticSegmentation(4, image_size=8, num_classes=3),
+                                           seed=0, local_batch=2, process_index=0,
+                                           process_count=1))
+    checkpointer = Checkpointer(str(tmp_path), every_steps=1, keep=1, keep_best=True,
+                                best_metric="val_accuracy")
+    for step, accuracy in {1: 0.75, 2: 0.5, 3: 0.25}.items():
+        checkpointer.save(step, {"w": np.zeros((2,), np.float32)}, iterator,
+                          {"model": "m", "num_classes": 3, "param_shapes": {}}, metric=accuracy)
+    assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [1, 3]
     checkpointer.close()

@@ -6,7 +6,8 @@ Raw input (`manual_dir`), the extracted ADEChallengeData2016.zip:
     ADEChallengeData2016/annotations/{training,validation}/ADE_{train,val}_%08d.png
 
 Annotation value v in 1..150 becomes train id v-1; 0 becomes 255, as mmseg's
-`reduce_zero_label=True`. Values above 150 are outside the format: 255, counted in meta.json.
+`reduce_zero_label=True`. Values above 150 are outside the format: 255, counted in the prepared
+metadata.json.
 """
 
 from __future__ import annotations

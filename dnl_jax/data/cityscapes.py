@@ -7,8 +7,8 @@ Raw input (`manual_dir`), as downloaded from the Cityscapes site:
 
 The label ids 0..33 of cityscapesScripts' `labels.py` map to train ids 0..18 (`LABEL_TO_TRAIN`),
 every other id to 255, as mmseg's `cityscapes.py` converter does. Values above 33 are not
-Cityscapes ids: they become 255 too and are counted in meta.json. (The test split's
-annotations are placeholders; its records are kept for submission PNGs.)
+Cityscapes ids: they become 255 too and are counted in the prepared metadata.json. (The test
+split's annotations are placeholders; its records are kept for submission PNGs.)
 """
 
 from __future__ import annotations

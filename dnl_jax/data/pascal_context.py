@@ -12,7 +12,7 @@ Raw input (`manual_dir`), either annotation form:
 The 59 classes are those of the 459-label set listed in `CLASS_IDS_459` (the standard
 PASCAL-Context-59 subset, sorted by id, which is also alphabetical). Every other label and
 "background" become 255 (mmseg's PascalContextDataset59 with reduce_zero_label). Values beyond
-the label set are counted in meta.json.
+the label set are counted in the prepared metadata.json.
 """
 
 from __future__ import annotations

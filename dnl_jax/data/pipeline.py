@@ -11,11 +11,14 @@ Prepared datasets (cityscapes, ade20k, pascal_context) are augmented by
 `transforms.SegmentationTrainTransform` as a grain RandomMap applied after `.repeat()`: its
 per-example generator comes from (seed, position in the repeated stream), so an image is
 augmented differently in every epoch while the stream stays a pure function of the position,
-which keeps the checkpointed iterator state an exact resume point.
+which keeps the checkpointed iterator state an exact resume point. Video datasets (task
+'classification') are sampled the same way by `transforms.VideoTrainTransform` (a clip of T
+frames with a stride, short-side rescale, square crop, flip).
 
-Evaluation batches (synthetic; prepared datasets are evaluated per image, see the trainer):
-host p reads examples p, p+P, ...; every host runs the same number of batches (the collectives
-need it) and short batches are padded with label 255 (ignored by the metrics).
+Evaluation batches (synthetic scenes, and video clips: one middle clip, centre crop per video;
+prepared segmentation datasets are evaluated per image, see the trainer): host p reads examples
+p, p+P, ...; every host runs the same number of batches (the collectives need it) and short
+batches are padded with a label the metrics ignore (255 for pixels, -1 for clips).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dnl_jax.data.sources import load_split
 from dnl_jax.data.synthetic import SyntheticSegmentation
 
 IGNORE_LABEL = 255
+PAD_LABELS = {"segmentation": IGNORE_LABEL, "classification": -1}  # not counted by the metrics
 AUGMENT_THREADS = 4  # batches of a prepared dataset augmented ahead of the step, in parallel
 
 
@@ -62,21 +66,48 @@ def _prepared_sources(data: ml_collections.ConfigDict):
     return train, val
 
 
-def train_image_size(data: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(h, w) of the training images: data.crop_size, or the synthetic data.image_size."""
+def example_shape(data: ml_collections.ConfigDict, task: str) -> tuple[int, ...]:
+    """Shape of one training input: images (h, w, 3) = data.crop_size (the synthetic
+    data.image_size), clips (data.clip_len, c, c, 3) with c the square data.crop_size."""
+    if task == "classification":
+        return (int(data.clip_len), *(int(v) for v in data.crop_size), 3)
     if data.name == "synthetic":
-        return data.image_size, data.image_size
-    return tuple(int(v) for v in data.crop_size)
+        return data.image_size, data.image_size, 3
+    return (*(int(v) for v in data.crop_size), 3)
 
 
-def train_transform(data: ml_collections.ConfigDict) -> Optional[grain.transforms.RandomMap]:
-    """The training augmentation of `config.data` (None for the synthetic scenes, which are
-    drawn already normalised at their final size)."""
+def train_transform(data: ml_collections.ConfigDict,
+                    task: str = "segmentation") -> Optional[grain.transforms.RandomMap]:
+    """The training augmentation of `config.data` for the model's `task` (None for the
+    synthetic scenes, which are drawn already normalised at their final size)."""
+    if task == "classification":
+        return transforms.VideoTrainTransform(
+            clip_len=int(data.clip_len), stride=int(data.frame_stride),
+            crop_size=int(data.crop_size[0]),
+            short_side_range=tuple(int(v) for v in data.short_side_range))
     if data.name == "synthetic":
         return None
     return transforms.SegmentationTrainTransform(
         crop_size=tuple(data.crop_size), base_size=tuple(data.base_size),
         ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
+
+
+def eval_preprocess(config: ml_collections.ConfigDict, task: str):
+    """`example -> model-ready example` for the batched evaluation: video → one view (the
+    middle clip, centre crop, short side config.eval.short_side or the crop side), `[T, c, c, 3]`
+    float32; None for the synthetic scenes (already model-ready)."""
+    if task != "classification":
+        return None
+    data = config.data
+
+    def one_view(example: dict) -> dict:
+        views = transforms.video_eval_views(
+            example, clip_len=int(data.clip_len), stride=int(data.frame_stride),
+            crop_size=int(data.crop_size[0]), num_clips=1, num_crops=1,
+            short_side=int(config.eval.short_side) or None)
+        return {"video": views["video"][0], "label": np.int32(example["label"])}
+
+    return one_view
 
 
 def figure_preprocess(data: ml_collections.ConfigDict):
@@ -124,21 +155,27 @@ def num_eval_batches(num_examples: int, *, local_batch: int, process_count: int)
     return math.ceil(math.ceil(num_examples / process_count) / local_batch)
 
 
-def eval_batches(source, *, local_batch: int, process_index: int,
-                 process_count: int) -> Iterator[dict[str, np.ndarray]]:
-    """This host's evaluation batches, padded to `local_batch` with ignored pixels."""
+def eval_batches(source, *, local_batch: int, process_index: int, process_count: int,
+                 preprocess=None, pad_label: int = IGNORE_LABEL
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """This host's evaluation batches of `preprocess(example)` (identity if None), padded to
+    `local_batch` with zero inputs labelled `pad_label` (PAD_LABELS: what the metrics ignore)."""
     shard = grain.MapDataset.source(source)[process_index::process_count]
+    if preprocess is not None:
+        shard = shard.map(preprocess)
     steps = num_eval_batches(len(source), local_batch=local_batch, process_count=process_count)
+    template = preprocess(source[0]) if preprocess else source[0]  # shapes of the padding
     for step in range(steps):
         indices = range(step * local_batch, min((step + 1) * local_batch, len(shard)))
         examples = [shard[i] for i in indices]
-        yield _pad_batch(examples, local_batch, template=source[0])
+        yield _pad_batch(examples, local_batch, template=template, pad_label=pad_label)
 
 
-def _pad_batch(examples: list[dict], size: int, *, template: dict) -> dict[str, np.ndarray]:
-    """Stacks `examples` and pads to `size` with zero images and IGNORE_LABEL labels."""
+def _pad_batch(examples: list[dict], size: int, *, template: dict,
+               pad_label: int) -> dict[str, np.ndarray]:
+    """Stacks `examples` and pads to `size` with zero inputs labelled `pad_label`."""
     pad = size - len(examples)
-    filler = {"image": np.zeros_like(template["image"]),
-              "label": np.full_like(template["label"], IGNORE_LABEL)}
+    filler = {key: np.zeros_like(value) for key, value in template.items()}
+    filler["label"] = np.full_like(template["label"], pad_label)
     examples = examples + [filler] * pad
     return {key: np.stack([ex[key] for ex in examples]) for key in template}

@@ -1,68 +1,99 @@
-"""Prepare a dataset from its raw download into array_record shards that `load_split` reads.
+"""Prepare a dataset from its raw download with its tfds builder, into array_record files.
 
     python -m dnl_jax.data.prepare NAME --manual_dir RAW --data_dir OUT [--num_shards S]
         [--overwrite] [--short_side 256 --max_frames 300 --num_workers N]   (video only)
 
 NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), kinetics (any video
-dataset in the Kinetics layout) and ucf101 (split 1; see dnl_jax/data/video.py). The expected
-raw layout of each is in its module's docstring. Output: OUT/NAME/ with meta.json and
-SPLIT.array_record-* shards, renamed into place only once complete (see records.py). Pixels whose
-raw label lies outside the format's range become 255 and are reported.
+dataset in the Kinetics layout) and ucf101 (split 1). The expected raw layout of each is in its
+module's docstring; the builders are in builders.py. Output: OUT/NAME/1.0.0/ as tfds writes it
+(dataset_info.json, features.json, metadata.json, NAME-SPLIT.array_record-* shards), which
+`dnl_jax.data.load_split` reads. Pixels whose raw label lies outside the format's range become 255
+and are reported. No network is used and TensorFlow is not needed.
 
-We write array_record with our own writers rather than through tfds builders: the records are
-what grain reads, and this keeps TensorFlow out of the install and out of CI.
+tfds would leave an empty OUT/NAME/ and OUT/downloads/ behind after a failure, and with
+--overwrite it deletes the old data before building the new; so the builder writes into
+OUT/.NAME.incomplete-XXXX/ and the result is renamed to OUT/NAME only once every split is complete.
+A crash or a bad input leaves nothing that looks prepared.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from typing import Sequence
 
-from dnl_jax.data import ade20k, cityscapes, pascal_context, records, video
+from dnl_jax.data import builders, sources
 
-SEGMENTATION = {"cityscapes": cityscapes, "ade20k": ade20k, "pascal_context": pascal_context}
-VIDEO = {"kinetics": video.kinetics_listing, "ucf101": video.ucf101_listing}
-DATASETS = (*SEGMENTATION, *VIDEO)
+DATASETS = tuple(builders.BUILDERS)
 
 
-def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int = 1,
+def build(name: str, manual_dir: str, data_dir: str, *, num_shards: int | None = None,
+          **video_options) -> None:
+    """Runs the tfds builder of `name` on `manual_dir`, writing `data_dir/name/VERSION`."""
+    import tensorflow_datasets as tfds
+
+    builder = builders.BUILDERS[name](data_dir=data_dir, file_format="array_record",
+                                      **video_options)
+    builder.download_and_prepare(
+        download_dir=os.path.join(data_dir, "downloads"),
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, try_download_gcs=False, num_shards=num_shards))
+
+
+def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int | None = None,
             overwrite: bool = False, short_side: int = 256, max_frames: int = 300,
             num_workers: int = 1, progress: bool = False, log=print) -> str:
     """Prepares dataset `name`; returns its directory. Raises ValueError on any bad input.
 
-    `progress` shows a tqdm bar per split (the command line turns it on)."""
-    if name in SEGMENTATION:
-        module = SEGMENTATION[name]
-        counter = records.OutOfRangeCounter()
-        splits = module.build_splits(manual_dir, counter)
-        meta = {**module.META, "task": "segmentation"}
-        split_stats = counter.split_stats
-    elif name in VIDEO:
-        listed, classes = VIDEO[name](manual_dir)
-        splits = video.build_splits(manual_dir, listed, classes, short_side=short_side,
-                                    max_frames=max_frames, num_workers=num_workers)
-        meta = {"task": "video", "classes": classes}
-        split_stats = None
-    else:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}.")
-    if progress:
-        from tqdm import tqdm
+    `num_shards` None lets tfds choose (by size); `progress` shows tfds's bars (the command line
+    turns them on)."""
+    import tensorflow_datasets as tfds
 
-        splits = {split: (lambda make=make, split=split: tqdm(make(), desc=f"{name}/{split}",
-                                                               unit=" examples"))
-                  for split, make in splits.items()}
-    out = records.write_dataset(data_dir, name, splits, meta=meta, num_shards=num_shards,
-                                overwrite=overwrite, split_stats=split_stats)
-    meta = records.read_meta(data_dir, name)
-    for split, info in meta["splits"].items():
+    if name not in builders.BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}.")
+    if num_shards is not None and num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} must be >= 1.")
+    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+        raise ValueError(f"--manual_dir {manual_dir} does not exist or is empty; it must hold "
+                         f"{builders.RAW_FILES[name]} (see dnl_jax/data/{_module(name)}.py).")
+    final_dir = os.path.join(data_dir, name)
+    if os.path.exists(final_dir) and not overwrite:
+        raise ValueError(f"{final_dir} already exists; pass --overwrite to replace it.")
+    video_options = ({} if name not in ("kinetics", "ucf101") else
+                     dict(short_side=short_side, max_frames=max_frames, num_workers=num_workers))
+    os.makedirs(data_dir, exist_ok=True)
+    work_dir = tempfile.mkdtemp(prefix=f".{name}.incomplete-", dir=data_dir)
+    tfds.display_progress_bar(progress)
+    try:
+        try:
+            build(name, manual_dir, work_dir, num_shards=num_shards, **video_options)
+        except AssertionError as error:  # tfds's own checks, e.g. more shards than examples
+            raise ValueError(f"tfds could not write {name}: {error}") from error
+        if os.path.exists(final_dir):
+            shutil.rmtree(final_dir)
+        os.rename(os.path.join(work_dir, name), final_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    written = sources.builder_dir(data_dir, name)
+    _report(dict(tfds.builder_from_directory(written).info.metadata), name, log)
+    log(f"written to {written}")
+    return final_dir
+
+
+def _module(name: str) -> str:
+    return "video" if name in ("kinetics", "ucf101") else name
+
+
+def _report(metadata: dict, name: str, log) -> None:
+    for split, info in metadata["splits"].items():
         log(f"{name}/{split}: {info['num_examples']} examples")
         if info.get("out_of_range_pixels"):
             log(f"  warning: {info['out_of_range_pixels']} pixels in {info['out_of_range_images']} "
                 f"images had labels outside the class range and were set to 255 (ignore), e.g. "
                 f"{info['out_of_range_examples'][:5]}")
-    log(f"written to {out}")
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("name", choices=DATASETS)
     parser.add_argument("--manual_dir", required=True, help="folder holding the raw download")
     parser.add_argument("--data_dir", required=True, help="output root; writes DATA_DIR/NAME")
-    parser.add_argument("--num_shards", type=int, default=1)
+    parser.add_argument("--num_shards", type=int, default=None,
+                        help="shards per split (default: tfds chooses by size)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--short_side", type=int, default=256, help="video frames only")
     parser.add_argument("--max_frames", type=int, default=300, help="video frames only")

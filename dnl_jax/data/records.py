@@ -1,40 +1,20 @@
-"""Prepared datasets on disk: array_record shards of msgpack-encoded examples, written atomically.
+"""What the raw-file parsers share: image checks, label mapping and the prepared records.
 
-Layout of a prepared dataset `NAME` under `data_dir`:
-
-    data_dir/NAME/meta.json                       {'name', 'classes', 'splits': {split: {...}}}
-    data_dir/NAME/SPLIT.array_record-00000-of-0000S   one record per example
-
-A record is `flax.serialization.msgpack_serialize` of a flat dict of bytes / ints / strings
-(images stay PNG/JPEG-encoded, so a prepared Cityscapes is about the size of the zips). Readers
-decode on access (`sources.py`), so grain can shard, shuffle and resume by index.
-
-Everything is first written to `data_dir/.NAME.incomplete-<random>` and renamed to `data_dir/NAME`
-only when every split is complete: a crash or a bad input never leaves a directory that looks
-prepared. `meta.json` is the completeness marker that readers check.
+A parser (cityscapes.py, ade20k.py, pascal_context.py, video.py) yields records, flat dicts of a
+'name' and encoded images (PNG/JPEG bytes, so a prepared Cityscapes is about the size of the zips)
+that the tfds builders (`builders.py`) write as they are; readers decode on access (`sources.py`).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
-import shutil
-import tempfile
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
-from flax import serialization
 from PIL import Image, UnidentifiedImageError
 
 IGNORE_LABEL = 255
-META_FILE = "meta.json"
-
-
-def shard_paths(dataset_dir: str, split: str, num_shards: int) -> list[str]:
-    """`dataset_dir/SPLIT.array_record-0000i-of-0000S` for i < S."""
-    return [os.path.join(dataset_dir, f"{split}.array_record-{i:05d}-of-{num_shards:05d}")
-            for i in range(num_shards)]
 
 
 def encode_png(array: np.ndarray) -> bytes:
@@ -52,20 +32,23 @@ def encode_jpeg(array: np.ndarray, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(data: bytes, *, mode: str, what: str) -> np.ndarray:
-    """PNG/JPEG bytes → uint8 array in PIL `mode` ('RGB' → [H,W,3], 'L'/'P' → [H,W]).
+def decode_image(data: bytes, *, mode: str, what: str) -> tuple[np.ndarray, str]:
+    """PNG/JPEG bytes → (uint8 array in PIL `mode`, the file's own PIL mode).
 
+    mode 'RGB' gives `[H, W, 3]` whatever the file holds (grey, palette, CMYK); mode 'L' gives
+    the single-channel `[H, W]` of a label image and refuses a colour one.
     Raises ValueError naming `what` (a path) when the bytes are not a readable image.
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
+            source_mode = image.mode
             if mode == "RGB":
                 image = image.convert("RGB")
             elif image.mode not in ("L", "P", "I", "I;16"):
                 raise ValueError(f"{what}: label image has mode {image.mode!r}; expected a "
                                  "single-channel PNG (mode L, P, I or I;16).")
-            return np.asarray(image)
+            return np.asarray(image), source_mode
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"{what}: corrupt or unreadable image ({error}); re-extract this file "
                          "from the original download.") from error
@@ -91,93 +74,12 @@ def map_labels(raw: np.ndarray, lookup: np.ndarray, *,
     return mapped.astype(np.uint8), int(outside.sum())
 
 
-def serialize(example: Mapping[str, Any]) -> bytes:
-    return serialization.msgpack_serialize(dict(example))
-
-
-def deserialize(record: bytes) -> dict[str, Any]:
-    return serialization.msgpack_restore(record)
-
-
-def _write_split(dataset_dir: str, split: str, examples: Iterable[Mapping[str, Any]],
-                 num_shards: int, on_example: Callable[[Mapping], None]) -> int:
-    """Writes `examples` round-robin into `num_shards` shards; returns how many were written."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    # group_size:1 makes every record individually addressable (fast random access).
-    writers = [ArrayRecordWriter(path, "group_size:1")
-               for path in shard_paths(dataset_dir, split, num_shards)]
-    count = 0
-    try:
-        for example in examples:
-            on_example(example)
-            writers[count % num_shards].write(serialize(example))
-            count += 1
-    finally:
-        for writer in writers:
-            writer.close()
-    return count
-
-
-def write_dataset(data_dir: str, name: str, splits: Mapping[str, Callable[[], Iterable[dict]]],
-                  *, meta: Mapping[str, Any], num_shards: int = 1, overwrite: bool = False,
-                  stats_fn: Callable[[str, Mapping], None] | None = None,
-                  split_stats: Callable[[str], Mapping] | None = None) -> str:
-    """Writes every split of dataset `name` under `data_dir/name`, atomically.
-
-    Args:
-      splits: split name → a zero-argument callable yielding serialisable example dicts.
-      meta: JSON-able facts stored in meta.json (classes, label mapping notes, ...).
-      stats_fn: called with (split, example) for each example before it is written.
-      split_stats: called with a split name after it is written; its dict joins that split's meta.
-
-    Returns the final directory. Raises ValueError if it exists and `overwrite` is False, or if a
-    split has no examples; in every error case the partial output is deleted.
-    """
-    if num_shards < 1:
-        raise ValueError(f"num_shards={num_shards} must be >= 1.")
-    final_dir = os.path.join(data_dir, name)
-    if os.path.exists(final_dir) and not overwrite:
-        raise ValueError(f"{final_dir} already exists; pass --overwrite to replace it.")
-    os.makedirs(data_dir, exist_ok=True)
-    work_dir = tempfile.mkdtemp(prefix=f".{name}.incomplete-", dir=data_dir)
-    try:
-        split_meta = {}
-        for split, make_examples in splits.items():
-            count = _write_split(work_dir, split, make_examples(), num_shards,
-                                 lambda ex, s=split: stats_fn and stats_fn(s, ex))
-            if count == 0:
-                raise ValueError(f"split {split!r} of {name!r} has no examples; check that the raw "
-                                 "files are where the dataset's layout expects them.")
-            split_meta[split] = {"num_examples": count, "num_shards": num_shards,
-                                 **(split_stats(split) if split_stats else {})}
-        with open(os.path.join(work_dir, META_FILE), "w") as f:
-            json.dump({"name": name, **meta, "splits": split_meta}, f, indent=1)
-        if os.path.exists(final_dir):
-            shutil.rmtree(final_dir)
-        os.rename(work_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-    return final_dir
-
-
-def read_meta(data_dir: str, name: str) -> dict[str, Any]:
-    """The meta.json of a prepared dataset; ValueError saying how to prepare it if absent."""
-    path = os.path.join(data_dir, name, META_FILE)
-    if not os.path.exists(path):
-        raise ValueError(f"{path} not found: dataset {name!r} is not prepared under {data_dir}. "
-                         f"Run: python -m dnl_jax.data.prepare {name} --manual_dir RAW "
-                         f"--data_dir {data_dir}")
-    with open(path) as f:
-        return json.load(f)
-
-
 def require_file(path: str, what: str) -> str:
     """Returns `path` if it is a file, else a ValueError naming the expected path."""
     if not os.path.isfile(path):
         raise ValueError(f"missing {what}: expected it at {path}. Download it and place it "
-                         "there (see dnl_jax/data/prepare.py for the expected layout).")
+                         "there (the dataset module's docstring in dnl_jax/data/ shows the "
+                         "expected layout).")
     return path
 
 
@@ -194,7 +96,7 @@ class OutOfRangeCounter:
             self.images.setdefault(split, []).append(name)
 
     def split_stats(self, split: str) -> dict[str, Any]:
-        """Joins meta.json; also printed by `prepare` so the user sees it."""
+        """Joins the split's metadata; also printed by `prepare` so the user sees it."""
         names = self.images.get(split, [])
         return {"out_of_range_pixels": self.pixels.get(split, 0),
                 "out_of_range_images": len(names), "out_of_range_examples": names[:20]}
@@ -205,14 +107,18 @@ def segmentation_example(name: str, image_bytes: bytes, label: bytes | np.ndarra
                          label_what: str) -> tuple[dict[str, Any], int]:
     """One prepared segmentation record from the raw encoded image and annotation.
 
-    The image bytes are kept as they are (after checking they decode); the annotation (encoded
-    bytes, or an already decoded integer `[H, W]` array) is mapped to train ids (`map_labels`)
-    and stored as a PNG. Returns (record, out-of-range pixel count).
+    The image bytes are kept as they are when they decode to 8-bit RGB; any other image (grey,
+    palette, CMYK: ADE20K has a few) is stored as its RGB conversion in PNG, so every reader
+    gets `[H, W, 3]`. The annotation (encoded bytes, or an already decoded integer `[H, W]`
+    array) is mapped to train ids (`map_labels`) and stored as a PNG.
+    Returns (record, out-of-range pixel count).
     Raises ValueError for a corrupt file or image/annotation sizes that differ.
     """
-    image = decode_image(image_bytes, mode="RGB", what=image_what)
+    image, source_mode = decode_image(image_bytes, mode="RGB", what=image_what)
+    if source_mode != "RGB":
+        image_bytes = encode_png(image)
     raw_label = (np.asarray(label) if isinstance(label, np.ndarray)
-                 else decode_image(label, mode="L", what=label_what))
+                 else decode_image(label, mode="L", what=label_what)[0])
     if raw_label.shape != image.shape[:2]:
         raise ValueError(f"{label_what}: annotation is {raw_label.shape[0]}x{raw_label.shape[1]} "
                          f"but its image {image_what} is {image.shape[0]}x{image.shape[1]}; "

@@ -5,8 +5,11 @@
   video:        {'video': uint8 [T, H, W, 3], 'label': int32 scalar}
 plus 'name' (the raw file's id) when `with_names=True`, for writing predictions.
 
-Decoding happens on access, so grain's `MapDataset.source(...)` can shuffle, shard per host
-(`dataset[process_index::process_count]`) and checkpoint its position by index.
+The data are the array_record files that the tfds builders (`builders.py`) wrote under
+`data_dir/NAME/VERSION`; tfds reads them as a random-access data source
+(`builder.as_data_source`), decoding on access without TensorFlow. So grain's
+`MapDataset.source(...)` can shuffle, shard per host (`dataset[process_index::process_count]`)
+and checkpoint its position by index.
 """
 
 from __future__ import annotations
@@ -16,65 +19,51 @@ from typing import Any
 
 import numpy as np
 
-from dnl_jax.data import records
+VERSION = "1.0.0"  # of every dataset the tfds builders in builders.py write
+
+
+def builder_dir(data_dir: str, name: str) -> str:
+    """Where the tfds builder of dataset `name` writes it under `data_dir` (and we read it)."""
+    return os.path.join(data_dir, name, VERSION)
 
 
 class PreparedSource:
     """One split of a prepared dataset; picklable (grain workers re-open the files)."""
 
     def __init__(self, data_dir: str, name: str, split: str, *, with_names: bool = False):
-        meta = records.read_meta(data_dir, name)
-        splits = meta["splits"]
-        if split not in splits:
+        self._builder_dir = builder_dir(data_dir, name)
+        info = _open_builder(self._builder_dir, name, data_dir).info
+        if split not in info.splits:
             raise ValueError(f"dataset {name!r} under {data_dir} has no split {split!r}; "
-                             f"it has {sorted(splits)}.")
-        if splits[split]["num_examples"] == 0:
+                             f"it has {sorted(info.splits.keys())}.")
+        self._length = int(info.splits[split].num_examples)
+        if self._length == 0:
             raise ValueError(f"split {split!r} of {name!r} is empty; prepare it again.")
         self.name, self.split, self.with_names = name, split, with_names
-        self.meta = meta
-        self.classes: list[str] = list(meta["classes"])
-        self.is_video = meta.get("task") == "video"
-        self._paths = records.shard_paths(os.path.join(data_dir, name), split,
-                                          splits[split]["num_shards"])
-        for path in self._paths:
-            records.require_file(path, f"shard of {name}/{split}")
+        self.metadata: dict[str, Any] = dict(info.metadata)
+        self.classes: list[str] = list(self.metadata["classes"])
+        self.is_video = self.metadata["task"] == "video"
         self._source = None  # opened lazily, per process
 
     def _records(self):
         if self._source is None:
-            import grain
-
-            self._source = grain.sources.ArrayRecordDataSource(self._paths)
+            self._source = _open_builder(self._builder_dir, self.name).as_data_source(self.split)
         return self._source
 
     def __len__(self) -> int:
-        return self.meta["splits"][self.split]["num_examples"]
+        return self._length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} examples.")
-        # Records were written round-robin over shards: example i is record i // S of shard i % S.
-        num_shards = len(self._paths)
-        shard, position = index % num_shards, index // num_shards
-        offset = sum(self._shard_length(s) for s in range(shard))
-        record = records.deserialize(self._records()[offset + position])
-        return self._decode(record)
-
-    def _shard_length(self, shard: int) -> int:
-        total, num_shards = len(self), len(self._paths)
-        return total // num_shards + (1 if shard < total % num_shards else 0)
-
-    def _decode(self, record: dict) -> dict[str, Any]:
-        what = f"{self.name}/{self.split}:{record['name']}"
+        record = self._records()[index]
         if self.is_video:
-            frames = [records.decode_image(f, mode="RGB", what=what) for f in record["frames"]]
-            example = {"video": np.stack(frames), "label": np.int32(record["label"])}
+            example = {"video": np.stack(record["video"]), "label": np.int32(record["label"])}
         else:
-            example = {"image": records.decode_image(record["image"], mode="RGB", what=what),
-                       "label": records.decode_image(record["label"], mode="L", what=what)}
+            example = {"image": record["image"], "label": record["label"][..., 0]}
         if self.with_names:
-            example["name"] = record["name"]
+            example["name"] = record["name"].decode()
         return example
 
     def __getstate__(self):
@@ -83,7 +72,23 @@ class PreparedSource:
         return state
 
     def __repr__(self) -> str:
-        return f"PreparedSource({self.name}/{self.split}, n={len(self)}, shards={len(self._paths)})"
+        return f"PreparedSource({self.name}/{self.split}, n={len(self)})"
+
+
+def _open_builder(builder_dir: str, name: str, data_dir: str | None = None):
+    """The tfds read-only builder of `builder_dir`; a ValueError saying how to prepare it if
+    there is none."""
+    try:
+        import tensorflow_datasets as tfds  # reading imports no TensorFlow
+    except ImportError as error:
+        raise ImportError("reading a prepared dataset needs tensorflow-datasets: "
+                          "pip install -e '.[data]'") from error
+    if not os.path.isfile(os.path.join(builder_dir, "dataset_info.json")):
+        data_dir = data_dir or os.path.dirname(os.path.dirname(builder_dir))
+        raise ValueError(f"{builder_dir} holds no prepared dataset: {name!r} is not prepared "
+                         f"under {data_dir}. Run: python -m dnl_jax.data.prepare {name} "
+                         f"--manual_dir RAW --data_dir {data_dir}")
+    return tfds.builder_from_directory(builder_dir)
 
 
 def load_split(name: str, split: str, data_dir: str, *, with_names: bool = False) -> PreparedSource:

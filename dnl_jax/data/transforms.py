@@ -226,9 +226,12 @@ def random_clip_indices(num_frames: int, rng: np.random.Generator, *, clip_len: 
 
 def uniform_clip_indices(num_frames: int, *, num_clips: int, clip_len: int,
                          stride: int) -> np.ndarray:
-    """`num_clips` clips with evenly spaced starts: int `[num_clips, clip_len]` (multi-view)."""
+    """`num_clips` clips with evenly spaced starts: int `[num_clips, clip_len]` (multi-view);
+    a single clip is the middle one."""
     span = (clip_len - 1) * stride + 1
-    starts = np.linspace(0, max(num_frames - span, 0), num_clips).round().astype(int)
+    last = max(num_frames - span, 0)
+    starts = np.linspace(0, last, num_clips) if num_clips > 1 else np.array([last / 2])
+    starts = starts.round().astype(int)
     return np.stack([clip_indices(num_frames, s, clip_len, stride) for s in starts])
 
 
@@ -260,16 +263,18 @@ def video_eval_views(example: dict[str, Any], *, clip_len: int, stride: int, cro
     Clips evenly spaced in time; crops evenly spaced along the longer side (short side resized to
     `short_side`, default crop_size, so each crop covers the full short side).
     """
-    video = _resize_frames(example["video"], short_side or crop_size)
-    height, width = video.shape[1:3]
+    video = example["video"]
     views = []
     for indices in uniform_clip_indices(len(video), num_clips=num_clips, clip_len=clip_len,
                                         stride=stride):
+        # Only the clip's frames are resized (a single eval view uses a few of ~300 frames).
+        clip = _resize_frames(video[indices], short_side or crop_size)
+        height, width = clip.shape[1:3]
         for offset in np.linspace(0.0, 1.0, num_crops) if num_crops > 1 else [0.5]:
             slide_vertically = height > width
             top = round((height - crop_size) * (offset if slide_vertically else 0.5))
             left = round((width - crop_size) * (0.5 if slide_vertically else offset))
-            views.append(video[indices, top:top + crop_size, left:left + crop_size])
+            views.append(clip[:, top:top + crop_size, left:left + crop_size])
     return {"video": normalize(np.stack(views), mean, std), "label": example["label"]}
 
 

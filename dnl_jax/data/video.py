@@ -10,7 +10,7 @@ Raw input (`manual_dir`), either
 Frames are decoded with FFmpeg (PyAV, preparation time only), resized so the short side is
 `short_side` and stored JPEG-encoded, at most `max_frames` per video (evenly subsampled beyond
 that). Kinetics class indices follow the sorted class names of the train split; UCF101's
-follow its classInd.txt (see `ucf101_listing`).
+follow its classInd.txt (see `ucf101_listing`; why not tfds's own ucf101: builders.py).
 """
 
 from __future__ import annotations
@@ -109,11 +109,11 @@ def list_split(manual_dir: str, split: str) -> list[tuple[str, str]]:
 
 
 def _record(entry: tuple[str, int], *, manual_dir: str, short_side: int, max_frames: int) -> dict:
-    """One prepared record: {'name': path relative to manual_dir, 'label', 'frames': [JPEG]}."""
+    """One prepared record: {'name': path relative to manual_dir, 'label', 'video': [JPEG]}."""
     path, label = entry
     frames = decode_video(path, short_side=short_side, max_frames=max_frames)
     return {"name": os.path.relpath(path, manual_dir), "label": label,
-            "frames": [records.encode_jpeg(frame) for frame in frames]}
+            "video": [records.encode_jpeg(frame) for frame in frames]}
 
 
 def kinetics_listing(manual_dir: str, splits: tuple[str, ...] = SPLITS

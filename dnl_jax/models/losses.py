@@ -105,9 +105,11 @@ def classification_cross_entropy(logits: Array, labels: Array) -> Array:
 
 
 def classification_counts(logits: Array, labels: Array) -> dict[str, Array]:
-    """`{'correct': int32 scalar, 'count': int32 scalar}` (top-1)."""
-    correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels).astype(jnp.int32)
-    return {"correct": correct, "count": jnp.asarray(labels.shape[0], jnp.int32)}
+    """`{'correct': int32 scalar, 'count': int32 scalar}` (top-1). Negative labels mark padding
+    (evaluation batches filled up to a fixed size) and are not counted."""
+    valid = labels >= 0
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels) & valid).astype(jnp.int32)
+    return {"correct": correct, "count": jnp.sum(valid).astype(jnp.int32)}
 
 
 def check_ohem(ohem: Optional[dict]) -> Optional[dict]:

@@ -128,7 +128,7 @@ class _ResidualBase(nn.Module):
         return nn.Conv(
             features, window, strides=_spatial_tuple(strides, nd), kernel_dilation=dilations,
             padding=padding, use_bias=False, kernel_init=layers.kaiming_fan_out, dtype=self.dtype,
-            name=name,
+            conv_general_dilated=layers.conv_or_pointwise_matmul, name=name,
         )(x)
 
     def _norm(self, x: Array, name: str, train: bool, zero_init: bool = False) -> Array:

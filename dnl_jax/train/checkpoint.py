@@ -5,7 +5,8 @@ One checkpoint = one step directory `workdir/checkpoints/<step>/` with three ite
     data   the training iterator's position, one JSON file per host    grain CheckpointSave
     meta   model name, classes and parameter shapes                    ocp JsonSave
 Saved every `every_steps`, at the end and on SIGTERM; kept: the last `keep` plus the best by
-val mIoU. Orbax writes into a temporary directory and renames it when complete, so a process
+the task's val metric (`best_metric`: 'val_miou' for segmentation, 'val_accuracy' for
+classification; higher is better). Orbax writes into a temporary directory and renames it when complete, so a process
 killed mid-save leaves the previous checkpoints intact and the next run resumes from the last
 complete one.
 """
@@ -35,12 +36,19 @@ def model_signature(model_name: str, num_classes: int, params) -> dict:
 class Checkpointer:
     """Thin wrapper around `ocp.CheckpointManager` (see the module docstring)."""
 
-    def __init__(self, directory: str, *, every_steps: int, keep: int, keep_best: bool):
+    def __init__(self, directory: str, *, every_steps: int, keep: int, keep_best: bool,
+                 best_metric: str = "val_miou"):
+        self.best_metric = best_metric
+        # Checkpoints saved under another metric name (another task) rank last.
+        rank = lambda metrics: metrics.get(best_metric, float("-inf"))  # noqa: E731
         keepers = [policies.LatestN(n=keep)]
         if keep_best:
-            keepers.append(policies.BestN(get_metric_fn=lambda m: m["miou"], n=1,
+            keepers.append(policies.BestN(get_metric_fn=rank, n=1,
                                           keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
+            # best_fn (ranking is the preservation policy's) makes orbax write each step's
+            # metrics to disk, so a resumed run still knows which checkpoint is the best.
+            best_fn=rank if keep_best else None,
             save_decision_policy=policies.FixedIntervalPolicy(every_steps),
             preservation_policy=policies.AnyPreservationPolicy(keepers),
             # Synchronous: a save that returned is complete, which SIGTERM handling relies on.
@@ -56,9 +64,11 @@ class Checkpointer:
         return self.manager.should_save(step)
 
     def save(self, step: int, state, iterator, signature: dict, *,
-             miou: Optional[float] = None, force: bool = False) -> bool:
-        """Saves if the interval policy says so (or `force`); returns whether it saved."""
-        metrics = {"miou": float(miou)} if miou is not None and np.isfinite(miou) else None
+             metric: Optional[float] = None, force: bool = False) -> bool:
+        """Saves if the interval policy says so (or `force`); returns whether it saved.
+        `metric`: the value of `best_metric` at this step (None: not evaluated)."""
+        metrics = ({self.best_metric: float(metric)}
+                   if metric is not None and np.isfinite(metric) else None)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=grain.checkpoint.CheckpointSave(iterator),
                                   meta=ocp.args.JsonSave(signature))

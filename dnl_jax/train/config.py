@@ -18,10 +18,10 @@ PARALLELISMS = ("jit", "pmap")
 # Prepared segmentation datasets (python -m dnl_jax.data.prepare NAME ...) the trainer reads.
 REAL_SEGMENTATION = ("cityscapes", "ade20k", "pascal_context")
 SEGMENTATION_DATASETS = ("synthetic",) + REAL_SEGMENTATION
+# Prepared action-recognition datasets (Kinetics layout, split 'val' evaluated).
 VIDEO_DATASETS = ("kinetics",)
+DATASETS = SEGMENTATION_DATASETS + VIDEO_DATASETS
 EVAL_MODES = ("whole", "slide")
-VIDEO_NOT_WIRED = ("video training is not wired into the trainer yet; evaluate with "
-                   "python -m dnl_jax.evaluate --config CONFIG --checkpoint STEP_DIR")
 DTYPES = ("float32", "bfloat16")
 # Sub-dicts whose keys are not ours to check.
 FREE_FORM = ("model.kwargs",)
@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.base_size = (2048, 512)
     c.data.ratio_range = (0.5, 2.0)
     c.data.cat_max_ratio = 0.75
+    # Video datasets only: clips of clip_len frames every frame_stride-th frame, short side
+    # rescaled to U[short_side_range], a square crop of crop_size, horizontal flip.
+    c.data.clip_len = 32
+    c.data.frame_stride = 2
+    c.data.short_side_range = (256, 320)
 
     c.batch_size = 16  # global, over all hosts and devices
     c.eval_batch_size = 32
@@ -75,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50
-    c.checkpoint.keep = 2  # the last K, plus the best by val mIoU
+    c.checkpoint.keep = 2  # the last K, plus the best by the task's val metric (best_metric)
     c.checkpoint.keep_best = True
     c.init_from = ""  # a checkpoint directory (with a 'state' item) to take params/batch_stats from
 
@@ -88,13 +93,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.stride = (0, 0)  # (h, w); slide only
     c.eval.scales = (1.0,)
     c.eval.flip = False
+    # Video: periodic evaluation is top-1 accuracy of one clip per video (the middle clip in
+    # time, centre crop, short side eval.short_side; 0 = the crop side), data-parallel. With
+    # multi_view the final evaluation adds the test protocol of `python -m dnl_jax.evaluate`:
+    # num_clips x num_crops views per video, softmax averaged (one device per host).
+    c.eval.num_clips = 10
+    c.eval.num_crops = 3
+    c.eval.short_side = 0
+    c.eval.multi_view = True
 
     c.eval_every_steps = 50
     c.log_every_steps = 10
     c.progress_bar = True
     c.curves_figure = True
-    c.attention_figure = True  # attention.png (DNL heads only; see dnl_jax/viz.py)
+    c.attention_figure = True  # attention.png (segmentation DNL heads only; see dnl_jax/viz.py)
     return c
+
+
+def dataset_task(name: str) -> str:
+    """'classification' for the video datasets, else 'segmentation' (the model's task must match).
+    """
+    return "classification" if name in VIDEO_DATASETS else "segmentation"
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -134,21 +153,22 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
 
     Raises ValueError naming the offending keys and how to fix them.
     """
-    if config.data.name in VIDEO_DATASETS:  # before the key check: video configs add keys
-        raise ValueError(f"config.data.name={config.data.name!r}: {VIDEO_NOT_WIRED}.")
     check_known_keys(config)
     c = config
     _require(c.parallelism in PARALLELISMS,
              f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.")
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
-    _require(c.data.name in SEGMENTATION_DATASETS,
-             f"config.data.name={c.data.name!r}; choose one of {SEGMENTATION_DATASETS}.")
+    _require(c.data.name in DATASETS,
+             f"config.data.name={c.data.name!r}; choose one of {DATASETS}.")
     for key in ("total_steps", "batch_size", "eval_batch_size", "grad_accum_steps",
                 "eval_every_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
     _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
              "config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.")
     _require(c.data.num_classes >= 2, "config.data.num_classes must be >= 2.")
+    _require(c.data.name != "synthetic" or c.data.num_classes % 2 == 1,
+             f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
+             "number (background + two classes per colour), e.g. 3 or 5.")
     _require(c.optimizer.lr > 0 and 0 <= c.optimizer.min_lr <= c.optimizer.lr,
              "need 0 < config.optimizer.lr and 0 <= config.optimizer.min_lr <= lr.")
     _require(0 <= c.optimizer.warmup_steps < c.total_steps,
@@ -159,16 +179,18 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
              f"config.mesh.data={c.mesh.data} but {num_devices} devices are visible; use -1 "
              "(all devices) until more mesh axes exist.")
     _check_batch_divisibility(c, num_devices=num_devices, num_processes=num_processes)
-    if c.data.name != "synthetic":
-        _check_real_data(c)
+    if c.data.name in VIDEO_DATASETS:
+        _check_video_data(c)
+    elif c.data.name != "synthetic":
+        _check_segmentation_data(c)
 
 
 def _pair_ok(value) -> bool:
     return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
 
 
-def _check_real_data(c) -> None:
-    """Keys of prepared datasets. data_dir is checked when the data is opened (train time)."""
+def _check_segmentation_data(c) -> None:
+    """Keys of prepared segmentation datasets. data_dir is checked when the data is opened."""
     for key in ("crop_size", "base_size"):
         _require(_pair_ok(c.data[key]),
                  f"config.data.{key}={tuple(c.data[key])} must be two positive sizes.")
@@ -184,6 +206,24 @@ def _check_real_data(c) -> None:
                  f"(h, w) >= 1, got {tuple(c.eval.crop_size)} and {tuple(c.eval.stride)}.")
     _require(len(c.eval.scales) >= 1 and all(s > 0 for s in c.eval.scales),
              f"config.eval.scales={tuple(c.eval.scales)} must be positive ratios.")
+
+
+def _check_video_data(c) -> None:
+    """Keys of video datasets: clip sampling, the square crop and the test views."""
+    for key in ("clip_len", "frame_stride"):
+        _require(int(c.data[key]) >= 1, f"config.data.{key}={c.data[key]} must be >= 1.")
+    crop = tuple(c.data.crop_size)
+    _require(_pair_ok(crop) and crop[0] == crop[1],
+             f"config.data.crop_size={crop}: video crops are square, e.g. (224, 224).")
+    low, high = tuple(c.data.short_side_range)
+    _require(crop[0] <= low <= high,
+             f"config.data.short_side_range={(low, high)} must be (low, high) with crop side "
+             f"{crop[0]} <= low <= high: frames are rescaled to it, then cropped.")
+    for key in ("num_clips", "num_crops"):
+        _require(int(c.eval[key]) >= 1, f"config.eval.{key}={c.eval[key]} must be >= 1.")
+    _require(c.eval.short_side == 0 or c.eval.short_side >= crop[0],
+             f"config.eval.short_side={c.eval.short_side} must be 0 (the crop side) or >= the "
+             f"crop side {crop[0]}.")
 
 
 def _check_batch_divisibility(c, *, num_devices: int, num_processes: int) -> None:

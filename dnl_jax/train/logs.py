@@ -76,8 +76,10 @@ def progress_bar(*, total: int, initial: int, enabled: bool) -> tqdm.tqdm:
                      dynamic_ncols=True, mininterval=0.5)
 
 
-def describe_progress(bar: tqdm.tqdm, *, loss: float, lr: float, images_per_s: float) -> None:
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}",
+def describe_progress(bar: tqdm.tqdm, *, loss: float, lr: float, per_s: float,
+                      unit: str = "img") -> None:
+    """Postfix: loss, lr and throughput in `unit`s per second (images or clips)."""
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{f"{unit}_s": f"{per_s:.1f}"},
                     refresh=False)
 
 
@@ -89,8 +91,10 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def save_curves_figure(workdir: str, *, title: str = "") -> Optional[str]:
-    """PNG with training loss and val mIoU against step, from `metrics.jsonl`; returns its path."""
+def save_curves_figure(workdir: str, *, title: str = "", val_metric: str = "miou",
+                       val_label: str = "val mIoU") -> Optional[str]:
+    """PNG with training loss and the val metric `val_metric` (in [0, 1], labelled `val_label`)
+    against step, from `metrics.jsonl`; returns its path (None when nothing was logged)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,18 +103,18 @@ def save_curves_figure(workdir: str, *, title: str = "") -> Optional[str]:
     # A resumed run logs again the steps after its checkpoint: the last record of a step wins.
     train = sorted({r["step"]: r["loss"] for r in records
                     if r["split"] == "train" and r.get("loss") is not None}.items())
-    val = sorted({r["step"]: r["miou"] for r in records
-                  if r["split"] == "val" and r.get("miou") is not None}.items())
+    val = sorted({r["step"]: r[val_metric] for r in records
+                  if r["split"] == "val" and r.get(val_metric) is not None}.items())
     if not train and not val:
         return None
-    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
         ax_loss.plot(*zip(*train), color="tab:blue")
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
     if val:
-        ax_miou.plot(*zip(*val), marker="o", color="tab:green")
-    ax_miou.set(xlabel="step", ylabel="val mIoU", ylim=(0, 1), title="validation mIoU")
-    for ax in (ax_loss, ax_miou):
+        ax_val.plot(*zip(*val), marker="o", color="tab:green")
+    ax_val.set(xlabel="step", ylabel=val_label, ylim=(0, 1), title=f"validation: {val_label}")
+    for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

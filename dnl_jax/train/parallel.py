@@ -41,6 +41,16 @@ def fetch_replicated(tree):
     return jax.tree.map(fetch, tree)
 
 
+def sum_over_hosts(tree):
+    """Elementwise sum of a tree of host numpy arrays over all processes (itself with one)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(lambda x: np.asarray(x).sum(0),
+                        multihost_utils.process_allgather(tree))
+
+
 def make_mesh() -> jax.sharding.Mesh:
     """A 1-D mesh over every device of every process, axis 'data'."""
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))

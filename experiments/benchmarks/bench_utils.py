@@ -40,20 +40,21 @@ def time_call(fn: Callable[[], object], repeats: int = 3, block=jax.block_until_
 
 
 def time_interleaved(fns: dict, repeats: int = 3, block=jax.block_until_ready) -> dict:
-    """Best wall time of each `fns[name]()`, the calls interleaved round by round.
+    """Wall times (seconds, one per round) of each `fns[name]()`, interleaved round by round.
 
     Side-by-side comparisons on a shared machine whose load drifts: every contender sees the
     same stretch of time. One warm-up call each first (compilation). `block` waits for a result.
+    Returns {name: [seconds of round 1, ..., round `repeats`]}.
     """
     for fn in fns.values():
         block(fn())
-    best = {name: float("inf") for name in fns}
+    times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             block(fn())
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:

@@ -7,15 +7,19 @@ Both blocks compute mmseg's DisentangledNonLocal2d (reduction 2, use_scale, temp
 whitening, unary conv_mask, conv_out 1×1 + BatchNorm in training mode) on the same weights and
 input; the script checks that their outputs agree before timing. The PyTorch block below is
 written here from mmseg's semantics (it materialises the N × N attention, as mmseg does). Timed:
-loss = Σ out², gradient w.r.t. the input and all parameters; the three contenders run interleaved,
-round by round, and each keeps its best time (the machine's load drifts). dnl_jax runs with
-implementation=None (automatic choice, printed) and 'xla'. Writes results/block_vs_torch.{json,png}.
+loss = Σ out², gradient w.r.t. the input and all parameters; the contenders run interleaved,
+round by round (the machine's load drifts), and the table gives each one's median (and the
+speed-up of the fastest rounds). dnl_jax runs with implementation=None (automatic choice, printed)
+and 'xla'. Each round also times a float32 4096² matmul in JAX and in PyTorch, so that each
+block's useful GFLOP/s (`block_flop`) is set against its own framework's same-run matmul peak.
+Writes results/block_vs_torch.{json,png}.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +93,28 @@ def torch_step(module, x):
     return out
 
 
+def block_flop(batch: int, positions: int, channels: int, inner: int) -> int:
+    """Useful FLOP of one DNL block fwd+bwd (gradients w.r.t. the input and the parameters).
+
+    Pairwise attention: forward q̂k̂ᵀ and p·g (2·N²·C' each), backward 4 such matmuls, so
+    12·B·N²·C'. The 1×1 convolutions (theta, phi, g: C→C'; conv_mask: C→1; conv_out: C'→C) cost
+    2·B·N·(3·C·C' + C + C'·C) forward and three times that with both gradients. Element-wise work
+    (softmax, whitening, batch norm) and the chunked kernel's recomputed logits are not counted.
+    """
+    attention_flop = 12 * batch * positions**2 * inner
+    convolution_flop = 3 * 2 * batch * positions * (3 * channels * inner + channels
+                                                     + inner * channels)
+    return attention_flop + convolution_flop
+
+
+def matmul_contenders(size: int = 4096) -> dict:
+    """A float32 size² matmul in each framework (2·size³ FLOP), for same-run peaks."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
+    a_torch = torch.from_numpy(np.array(a))
+    matmul = jax.jit(lambda m: m @ m)
+    return dict(jax_matmul=lambda: matmul(a), torch_matmul=lambda: a_torch @ a_torch)
+
+
 def measure(side: int, batch: int, channels: int, repeats: int) -> dict:
     x = jax.random.normal(jax.random.PRNGKey(side), (batch, side, side, channels))
     variables = blocks.DisentangledNonLocal().init(jax.random.PRNGKey(1), x)
@@ -111,11 +137,22 @@ def measure(side: int, batch: int, channels: int, repeats: int) -> dict:
     def wait(result):  # torch runs eagerly (returns when done); jax results are awaited
         return result if isinstance(result, torch.Tensor) else jax.block_until_ready(result)
 
-    times = bench_utils.time_interleaved(
+    rounds = bench_utils.time_interleaved(
         dict(jax_auto=lambda: jax_auto(params, x), jax_xla=lambda: jax_xla(params, x),
-             torch=lambda: torch_step(reference, x_torch)), repeats, block=wait)
-    row.update({f"{name}_s": seconds for name, seconds in times.items()})
+             torch=lambda: torch_step(reference, x_torch), **matmul_contenders()),
+        repeats, block=wait)
+    row["rounds_s"] = rounds
+    row.update({f"{name}_s": statistics.median(times) for name, times in rounds.items()})
+    row.update({f"{name}_min_s": min(times) for name, times in rounds.items()})
     row["speedup_auto_vs_torch"] = row["torch_s"] / row["jax_auto_s"]
+    row["speedup_auto_vs_torch_min"] = row["torch_min_s"] / row["jax_auto_min_s"]
+    flop = block_flop(batch, side * side, channels, channels // 2)
+    row["block_gflop"] = flop / 1e9
+    for framework, block_name in (("jax", "jax_auto"), ("torch", "torch")):
+        peak = 2 * 4096**3 / row[f"{framework}_matmul_s"] / 1e9
+        row[f"{framework}_matmul_peak_gflops"] = peak
+        row[f"{block_name}_gflops"] = flop / row[f"{block_name}_s"] / 1e9
+        row[f"{block_name}_fraction_of_peak"] = row[f"{block_name}_gflops"] / peak
     return row
 
 
@@ -124,22 +161,33 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--channels", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     machine = bench_utils.machine_description()
     print(f"machine: {machine}; torch {torch.__version__} with {torch.get_num_threads()} threads")
+    load_before = os.getloadavg()
     rows = [measure(side, args.batch, args.channels, args.repeats) for side in args.sizes]
+    load_after = os.getloadavg()
+    print(f"medians of {args.repeats} interleaved rounds; load average (1, 5, 15 min) before "
+          f"{load_before}, after {load_after}")
     bench_utils.print_table(
         ["positions", "dnl_jax auto (kernel) s", "dnl_jax xla s", "PyTorch s",
-         "speed-up auto vs PyTorch", "max |Δ out|"],
+         "speed-up auto vs PyTorch (fastest rounds)", "dnl_jax auto GFLOP/s (% of JAX peak)",
+         "PyTorch GFLOP/s (% of torch peak)", "max |Δ out|"],
         [[f"{r['side']}x{r['side']} (B={r['batch']})",
           f"{r['jax_auto_s']:.3f} ({r['auto_implementation']})",
-          f"{r['jax_xla_s']:.3f}", f"{r['torch_s']:.3f}", f"{r['speedup_auto_vs_torch']:.2f}x",
+          f"{r['jax_xla_s']:.3f}", f"{r['torch_s']:.3f}",
+          f"{r['speedup_auto_vs_torch']:.2f}x ({r['speedup_auto_vs_torch_min']:.2f}x)",
+          f"{r['jax_auto_gflops']:.0f} ({r['jax_auto_fraction_of_peak']:.0%} of "
+          f"{r['jax_matmul_peak_gflops']:.0f})",
+          f"{r['torch_gflops']:.0f} ({r['torch_fraction_of_peak']:.0%} of "
+          f"{r['torch_matmul_peak_gflops']:.0f})",
           f"{r['max_abs_diff_outputs']:.1e}"] for r in rows],
     )
     print("saved", bench_utils.save_json("block_vs_torch", dict(
         machine=machine, torch=torch.__version__, torch_threads=torch.get_num_threads(),
-        channels=args.channels, rows=rows)))
+        channels=args.channels, repeats=args.repeats, load_average_before=load_before,
+        load_average_after=load_after, rows=rows)))
     plot(rows, args.channels)
 
 
@@ -156,7 +204,8 @@ def plot(rows, channels) -> None:
                                                         ("jax_xla_s", "dnl_jax xla"),
                                                         ("torch_s", "PyTorch (mmseg-style)"))):
         axis.bar(positions + offset, [r[key] for r in rows], width=0.25, label=label)
-    axis.set(xticks=positions, xticklabels=labels, ylabel="fwd+bwd seconds (lower is better)",
+    axis.set(xticks=positions, xticklabels=labels,
+             ylabel="median fwd+bwd seconds (lower is better)",
              title=f"DNL block, {channels} channels", yscale="log")
     axis.legend()
     print("saved", bench_utils.save_figure("block_vs_torch", figure))

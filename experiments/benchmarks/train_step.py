@@ -7,56 +7,30 @@ forward with the aux head, loss, backward, SGD update), jitted. Not part of CI.
 
 Prints compile time, the best step time over `--repeats`, images/s, XLA's FLOP count of the
 step and the model FLOP utilisation against the same-run jitted float32 matmul peak, and writes
-them to experiments/benchmarks/results/train_step_<model>_<H>x<W>_b<B>_<platform>.json.
+them to experiments/benchmarks/results/train_step_<model>_<H>x<W>_b<B>_<platform>.{json,png}.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
-
-def matmul_peak_gflops(size: int = 4096, repeats: int = 3) -> float:
-    """Best GFLOP/s of a jitted float32 size×size matmul on the default device."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    jax.block_until_ready(matmul(a, a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(matmul(a, a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+import bench_utils
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--model", default="dnl_r50-d8")
-    parser.add_argument("--size", default="512,512", help="H,W")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--num_classes", type=int, default=19)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out_dir", default="experiments/benchmarks/results")
-    args = parser.parse_args()
-
+def build_step(model: str, num_classes: int, batch_size: int, height: int, width: int):
+    """(jitted train step, initial `TrainState`, random batch) for a registry segmentation model,
+    with mmseg's SGD settings (lr 0.01, momentum 0.9, weight decay 5e-4, poly schedule)."""
     import jax
     import jax.numpy as jnp
     import ml_collections
-    import numpy as np
 
     from dnl_jax import models
     from dnl_jax.train import step as step_lib
 
-    height, width = (int(s) for s in args.size.split(","))
-    bundle = models.get_model(args.model, args.num_classes)
-    images = jax.random.normal(jax.random.key(0), (args.batch, height, width, 3), jnp.float32)
-    labels = jax.random.randint(jax.random.key(1), (args.batch, height, width), 0, args.num_classes)
+    bundle = models.get_model(model, num_classes)
+    images = jax.random.normal(jax.random.key(0), (batch_size, height, width, 3), jnp.float32)
+    labels = jax.random.randint(jax.random.key(1), (batch_size, height, width), 0, num_classes)
     batch = {"image": images, "label": labels.astype(jnp.int32)}
 
     variables = models.init_variables(bundle.module, jax.random.key(2), images[:1])
@@ -70,6 +44,26 @@ def main() -> None:
         batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
         rng=jax.random.key_data(jax.random.key(3)))
     train_step = jax.jit(step_lib.make_train_step(bundle, optimizer, schedule))
+    return train_step, state, batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--model", default="dnl_r50-d8")
+    parser.add_argument("--size", default="512,512", help="H,W")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--num_classes", type=int, default=19)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    import jax
+    import numpy as np
+
+    from dnl_jax import models
+
+    height, width = (int(s) for s in args.size.split(","))
+    train_step, state, batch = build_step(args.model, args.num_classes, args.batch, height, width)
 
     start = time.perf_counter()
     lowered = train_step.lower(state, batch)
@@ -89,7 +83,7 @@ def main() -> None:
     loss = float(metrics["loss"])
     assert np.isfinite(loss), loss
 
-    peak = matmul_peak_gflops()
+    peak = bench_utils.matmul_peak_gflops()
     best = min(times)
     result = dict(
         model=args.model, batch=args.batch, height=height, width=width,
@@ -105,12 +99,26 @@ def main() -> None:
           f"{result['platform']} ({result['device']})")
     for key, value in result.items():
         print(f"  {key:>20}: {value}")
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"train_step_{args.model}_{height}x{width}_b{args.batch}_"
-                        f"{result['platform']}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"saved {path}")
+    name = f"train_step_{args.model}_{height}x{width}_b{args.batch}_{result['platform']}"
+    result["machine"] = bench_utils.machine_description()
+    print("saved", bench_utils.save_json(name, result))
+    print("saved", bench_utils.save_figure(name, plot(result)))
+
+
+def plot(result: dict):
+    """Bar chart: the step's achieved GFLOP/s beside the same-run matmul peak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    values = [result["achieved_gflops"] or 0.0, result["matmul_peak_gflops"]]
+    axis.bar(["train step (XLA FLOP count)", "float32 matmul peak"], values)
+    axis.set(ylabel="GFLOP/s", title=f"{result['model']} train step, batch {result['batch']} of "
+             f"{result['height']}x{result['width']}\n{result['images_per_s']} images/s on "
+             f"{result['platform']}, MFU {result['mfu']}")
+    return figure
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""DNL R50-D8 on Cityscapes, mmseg recipe (512x1024 crops, batch 8, 80k iterations, slide test).
+"""DNL R50-D8 on Cityscapes, mmseg recipe (512x1024 crops, batch 8, 80k iterations,
+whole-image test at 2048x1024 as mmseg's config).
 
 Prepare the data once, train, then evaluate:
     python -m dnl_jax.data.prepare cityscapes --manual_dir RAW --data_dir data/prepared

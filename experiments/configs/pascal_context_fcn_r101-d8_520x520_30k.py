@@ -12,7 +12,4 @@ from dnl_jax import recipes
 
 
 def get_config():
-    return recipes.segmentation_recipe(
-        dataset="pascal_context", model="fcn_r101-d8", crop_size=(520, 520), base_size=(520, 520),
-        batch_size=16, total_steps=30_000, lr=0.001, eval_mode="slide",
-        eval_crop_size=(520, 520), eval_stride=(346, 346))
+    return recipes.pascal_context_official("fcn_r101-d8")
