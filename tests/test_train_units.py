@@ -105,26 +105,28 @@ def test_synthetic_is_deterministic_and_splits_differ():
     assert set(np.unique(labels)) <= set(range(5)) and len(np.unique(labels)) >= 3
     with pytest.raises(ValueError, match="split"):
         SyntheticSegmentation(4, split="test")
-    with pytest.raises(ValueError, match="odd num_classes"):
-        SyntheticSegmentation(4, num_classes=4)
+    for bad in (3, 6):
+        with pytest.raises(ValueError, match="odd num_classes >= 5"):
+            SyntheticSegmentation(4, num_classes=bad)
 
 
 @pytest.mark.parametrize("index", range(8))
 def test_synthetic_object_classes_follow_the_distant_beacon(index):
-    """Same layout, beacon flipped dark → light: every object pixel moves from class 1 + 2a to
-    1 + 2a + 1, the background does not change, and only the beacon square changes grey."""
+    """Same layout, beacon flipped dark → light: every object pixel moves from class 3 + 2a to
+    3 + 2a + 1, the beacon from class 1 to 2, the background (0) stays, and only the beacon square
+    changes grey, one pixel or more away from every object."""
     size, colours = 64, synthetic.palette(2)
     dark, light = (synthetic.draw_scene(np.random.default_rng([7, index]), size, colours,
                                         noise=0.0, cue=cue) for cue in (0, 1))
-    objects = dark["label"] > 0
+    objects, beacon = dark["label"] >= 3, dark["label"] == 1
     assert objects.any()
-    np.testing.assert_array_equal(dark["label"][objects] % 2, 1)  # 1 + 2a: odd
-    np.testing.assert_array_equal(light["label"], np.where(objects, dark["label"] + 1, 0))
+    np.testing.assert_array_equal(dark["label"][objects] % 2, 1)  # 3 + 2a: odd
+    np.testing.assert_array_equal(light["label"], np.where(objects | beacon, dark["label"] + 1, 0))
     changed = np.argwhere(np.any(dark["image"] != light["image"], axis=-1))
+    np.testing.assert_array_equal(changed, np.argwhere(beacon))  # exactly the beacon square
     side = size // 4
-    assert len(changed) == side * side  # exactly the beacon square
     (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
-    assert (y1 - y0 + 1, x1 - x0 + 1) == (side, side)
+    assert (y1 - y0 + 1, x1 - x0 + 1) == (side, side) and len(changed) == side * side
     assert not objects[max(0, y0 - 1):y1 + 2, max(0, x0 - 1):x1 + 2].any()  # clear of objects
     grey = lambda scene: scene["image"][y0:y1 + 1, x0:x1 + 1] * 0.25 + 0.5  # noqa: E731
     np.testing.assert_allclose(grey(dark), synthetic.CUE_GREYS[0], atol=1e-6)
@@ -132,7 +134,7 @@ def test_synthetic_object_classes_follow_the_distant_beacon(index):
 
 
 def test_pipeline_two_hosts_together_see_the_one_host_batches():
-    source = SyntheticSegmentation(20, image_size=16, num_classes=3)
+    source = SyntheticSegmentation(20, image_size=16, num_classes=5)
     one = iter(pipeline.train_dataset(source, seed=1, local_batch=4, process_index=0,
                                       process_count=1))
     hosts = [iter(pipeline.train_dataset(source, seed=1, local_batch=2, process_index=p,
@@ -144,7 +146,7 @@ def test_pipeline_two_hosts_together_see_the_one_host_batches():
 
 
 def test_pipeline_resumes_from_its_state():
-    source = SyntheticSegmentation(12, image_size=16, num_classes=3)
+    source = SyntheticSegmentation(12, image_size=16, num_classes=5)
     make = lambda: iter(pipeline.train_dataset(source, seed=0, local_batch=4,  # noqa: E731
                                                process_index=0, process_count=1))
     first = make()
@@ -189,7 +191,7 @@ def test_pipeline_augments_each_epoch_anew_and_resumes_and_shards_exactly():
 
 
 def test_eval_batches_cover_each_example_once_and_pad_with_ignore():
-    source = SyntheticSegmentation(7, image_size=8, num_classes=3)
+    source = SyntheticSegmentation(7, image_size=8, num_classes=5)
     seen = []
     for p in range(2):
         batches = list(pipeline.eval_batches(source, local_batch=3, process_index=p,
@@ -320,7 +322,7 @@ def test_config_video_keys_are_known_and_models_must_fit_the_dataset_task(tmp_pa
 
 # ------------------------------------------------------------------------------- checkpoints
 def test_checkpointer_keeps_the_last_k_and_the_best_by_miou_across_restarts(tmp_path):
-    source = SyntheticSegmentation(8, image_size=8, num_classes=3)
+    source = SyntheticSegmentation(8, image_size=8, num_classes=5)
     iterator = iter(pipeline.train_dataset(source, seed=0, local_batch=2, process_index=0,
                                            process_count=1))
     checkpointer = Checkpointer(str(tmp_path), every_steps=1, keep=1, keep_best=True)
@@ -348,7 +350,7 @@ def test_checkpointer_keeps_the_last_k_and_the_best_by_miou_across_restarts(tmp_
 
 
 def test_checkpointer_ranks_classification_runs_by_val_accuracy(tmp_path):
-    iterator = iter(pipeline.train_dataset(SyntheticSegmentation(4, image_size=8, num_classes=3),
+    iterator = iter(pipeline.train_dataset(SyntheticSegmentation(4, image_size=8, num_classes=5),
                                            seed=0, local_batch=2, process_index=0,
                                            process_count=1))
     checkpointer = Checkpointer(str(tmp_path), every_steps=1, keep=1, keep_best=True,

@@ -6,14 +6,15 @@ what makes the input pipeline's position checkpointable) and train/val never ove
 
 A scene (`[S, S]`, S = image_size) is built so that long-range context decides the labels:
 - a textured grey background (class 0);
-- 1 to 3 filled rectangles or ellipses, each painted with one of (K-1)/2 palette colours a, with
+- 1 to 3 filled rectangles or ellipses, each painted with one of (K-3)/2 palette colours a, with
   a darker outline (a salient boundary);
 - one small *beacon*: a black (cue s = 0) or white (s = 1) square of side max(2, S // 4) at a
   random place in the background, one pixel or more away from every object (an object is dropped
-  when no such place is left); the beacon is background too.
+  when no such place is left). The beacon is labelled too, dark = class 1, light = class 2, so
+  that reading it is a local matter and only carrying it across the image is left to learn.
 An object's class is
 
-    class = 1 + 2a + s,
+    class = 3 + 2a + s,
 
 so a pixel's colour says which two classes it may be, and only the beacon, wherever it is in the
 image, decides between them. A single salient spot whose value every object needs is what the DNL
@@ -49,7 +50,8 @@ class SyntheticSegmentation:
     Args:
       num_examples: length of the split.
       image_size: S, images are `[S, S, 3]`.
-      num_classes: K, odd and >= 3 (class 0 is background, then two classes per colour).
+      num_classes: K, odd and >= 5 (class 0 background, 1 and 2 the dark and light beacon, then
+        two classes per colour).
       split: 'train' or 'val' (disjoint random streams).
       seed: the dataset seed; same seed, split and index → same example, bit for bit.
       noise: std of the per-pixel Gaussian noise added before normalisation.
@@ -59,8 +61,9 @@ class SyntheticSegmentation:
                  split: str = "train", seed: int = 0, noise: float = 0.1):
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; choose one of {tuple(SPLITS)}.")
-        if num_classes < 3 or num_classes % 2 == 0 or image_size < 8 or num_examples < 1:
-            raise ValueError(f"need an odd num_classes >= 3 (background + two classes per colour), "
+        if num_classes < 5 or num_classes % 2 == 0 or image_size < 8 or num_examples < 1:
+            raise ValueError(f"need an odd num_classes >= 5 (background, two beacon classes, two "
+                             f"classes per colour), "
                              f"image_size >= 8 and num_examples >= 1; got {num_classes}, "
                              f"{image_size}, {num_examples}.")
         self.num_examples = num_examples
@@ -69,7 +72,7 @@ class SyntheticSegmentation:
         self.split = split
         self.seed = seed
         self.noise = noise
-        self._palette = palette((num_classes - 1) // 2)
+        self._palette = palette((num_classes - 3) // 2)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -146,10 +149,10 @@ def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray, noise: 
     for mask, colour_index in shapes:
         rgb[mask] = colours[colour_index]
         rgb[_outline(mask)] *= 0.5  # a darker boundary
-        label[mask] = 1 + 2 * colour_index + cue
+        label[mask] = 3 + 2 * colour_index + cue
     y, x = corner
     rgb[y:y + side, x:x + side] = CUE_GREYS[cue]
-    label[y:y + side, x:x + side] = 0
+    label[y:y + side, x:x + side] = 1 + cue
     rgb = rgb + noise * rng.standard_normal(rgb.shape).astype(np.float32)
     image = ((rgb - 0.5) / 0.25).astype(np.float32)
     return {"image": image, "label": label}

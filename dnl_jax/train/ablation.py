@@ -29,23 +29,23 @@ SYNTHETIC_ABLATION_MODELS = {
 
 
 def synthetic_config(model: str = "dnl_tiny") -> ml_collections.ConfigDict:
-    """The demo recipe (64×64 synthetic scenes, batch 16, 600 SGD steps, lr 0.1 poly) for the
+    """The demo recipe (64×64 synthetic scenes, 7 classes, batch 16, 1000 SGD steps, lr 0.1 poly) for the
     registered segmentation model `model`."""
     config = base_config()
     config.model.name = model
     config.data.image_size = 64
-    config.data.num_classes = 5
+    config.data.num_classes = 7
     config.data.num_train = 4096
     config.data.num_val = 256
     config.batch_size = 16
     config.eval_batch_size = 64
-    config.total_steps = 600
+    config.total_steps = 1000
     config.optimizer.lr = 0.1
     config.optimizer.min_lr = 1e-4
     config.optimizer.warmup_steps = 10
-    config.eval_every_steps = 200
+    config.eval_every_steps = 250
     config.log_every_steps = 10
-    config.checkpoint.every_steps = 200
+    config.checkpoint.every_steps = 250
     return config
 
 

@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic"
     c.data.image_size = 32
-    c.data.num_classes = 5
+    c.data.num_classes = 7
     c.data.num_train = 2048
     c.data.num_val = 256
     c.data.seed = 0

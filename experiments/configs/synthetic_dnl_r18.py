@@ -12,7 +12,7 @@ def get_config():
     config = base_config()
     config.model.name = "dnl_r18-d8"
     config.data.image_size = 64
-    config.data.num_classes = 5
+    config.data.num_classes = 7
     config.data.num_train = 8192
     config.data.num_val = 256
     config.batch_size = 16
