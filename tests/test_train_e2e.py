@@ -57,7 +57,7 @@ def test_one_step_end_to_end_then_init_from_and_wrong_model(tmp_path):
     # A workdir holding another model's checkpoint is refused before anything is written.
     before = sorted(os.listdir(source)), sorted(os.listdir(source / "checkpoints"))
     with pytest.raises(ValueError, match="different .* nothing was overwritten"):
-        train_and_evaluate(tiny_config(**{"data.num_classes": 3}), str(source))
+        train_and_evaluate(tiny_config(**{"data.num_classes": 7}), str(source))
     assert (sorted(os.listdir(source)), sorted(os.listdir(source / "checkpoints"))) == before
     with pytest.raises(ValueError, match="init_from.* not a directory"):
         train_and_evaluate(tiny_config(init_from=str(tmp_path / "missing")), str(tmp_path / "x"))

@@ -85,9 +85,10 @@ def test_config_nested_impossible_values():
     with pytest.raises(ValueError, match="model.dtype"):
         _valid(config)
     config = base_config()
-    config.data.num_classes = 4
-    with pytest.raises(ValueError, match="num_classes=4: the synthetic scenes need an odd"):
-        _valid(config)
+    for bad in (3, 4):
+        config.data.num_classes = bad
+        with pytest.raises(ValueError, match=f"num_classes={bad}: the synthetic scenes need an odd"):
+            _valid(config)
     _valid(base_config())  # and the defaults pass
 
 

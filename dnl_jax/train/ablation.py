@@ -29,8 +29,8 @@ SYNTHETIC_ABLATION_MODELS = {
 
 
 def synthetic_config(model: str = "dnl_tiny") -> ml_collections.ConfigDict:
-    """The demo recipe (64×64 synthetic scenes, 7 classes, batch 16, 1000 SGD steps, lr 0.1 poly) for the
-    registered segmentation model `model`."""
+    """The demo recipe (64×64 synthetic scenes, 7 classes, batch 16, 1000 SGD steps, lr 0.1
+    poly) for the registered segmentation model `model`."""
     config = base_config()
     config.model.name = model
     config.data.image_size = 64

@@ -166,9 +166,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
              "config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.")
     _require(c.data.num_classes >= 2, "config.data.num_classes must be >= 2.")
-    _require(c.data.name != "synthetic" or c.data.num_classes % 2 == 1,
+    _require(c.data.name != "synthetic" or (c.data.num_classes >= 5
+                                            and c.data.num_classes % 2 == 1),
              f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
-             "number (background + two classes per colour), e.g. 3 or 5.")
+             "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
     _require(c.optimizer.lr > 0 and 0 <= c.optimizer.min_lr <= c.optimizer.lr,
              "need 0 < config.optimizer.lr and 0 <= config.optimizer.min_lr <= lr.")
     _require(0 <= c.optimizer.warmup_steps < c.total_steps,
