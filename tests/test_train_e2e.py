@@ -75,7 +75,10 @@ def test_jit_and_pmap_drivers_give_the_same_parameters(tmp_path):
     assert int(jit.step) == int(pmap.step) == 4
     chex.assert_trees_all_close(jit.params, pmap.params, rtol=2e-5, atol=1e-6)
     chex.assert_trees_all_close(jit.batch_stats, pmap.batch_stats, rtol=2e-5, atol=1e-6)
-    chex.assert_trees_all_close(jit.opt_state, pmap.opt_state, rtol=2e-5, atol=1e-6)
+    # Momentum traces are sums of gradients; a batch-norm bias's gradient is a sum over all
+    # pixels with heavy cancellation, so the drivers' different reduction orders leave absolute
+    # differences of a few 1e-6 on traces of ~1e-3 (a missing pmean would differ by ~1e-3).
+    chex.assert_trees_all_close(jit.opt_state, pmap.opt_state, rtol=2e-5, atol=2e-5)
     # The parameters moved: the comparison is not between two initialisations.
     first_val = [r for r in read_metrics(str(tmp_path / "jit")) if r["split"] == "val"]
     assert first_val[0]["step"] == 0 and first_val[-1]["step"] == 4
