@@ -98,11 +98,15 @@ def _shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return ((yy - cy) / half_h) ** 2 + ((xx - cx) / half_w) ** 2 <= 1.0
 
 
+def _four_neighbours(mask: np.ndarray) -> list[np.ndarray]:
+    """`mask` shifted by one pixel up, down, left and right (False shifted in at the edges)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    return [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+
+
 def _outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of `mask` with a 4-neighbour outside it (the object's boundary)."""
-    padded = np.pad(mask, 1, constant_values=False)
-    interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
-    return mask & ~interior
+    return mask & ~np.logical_and.reduce(_four_neighbours(mask))
 
 
 def _beacon_corner(rng: np.random.Generator, occupied: np.ndarray,
@@ -110,8 +114,8 @@ def _beacon_corner(rng: np.random.Generator, occupied: np.ndarray,
     """Top-left corner of a `side`-square beacon that keeps one pixel clear of `occupied`
     (random among the free places), or None if there is no such place."""
     size = occupied.shape[0]
-    grown = np.pad(occupied, 1)  # the one-pixel margin: a beacon never touches an outline
-    grown = grown[:-2, 1:-1] | grown[2:, 1:-1] | grown[1:-1, :-2] | grown[1:-1, 2:] | occupied
+    # The one-pixel margin: a beacon never touches an outline.
+    grown = occupied | np.logical_or.reduce(_four_neighbours(occupied))
     # window[y, x]: pixels of `grown` under the square at (y, x) (a summed-area table).
     table = np.pad(grown.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     span = size - side + 1
