@@ -259,15 +259,6 @@ def evaluate_video(predict_fn: PredictFn, examples: Iterable[dict], **view_setti
     return video_accuracies(video_view_counts(predict_fn, examples, **view_settings))
 
 
-def video_view_settings(config) -> dict[str, Any]:
-    """video_view_counts kwargs from `config.data` (clip_len, frame_stride, square crop_size)
-    and `config.eval` (num_clips, num_crops, short_side; 0 = the crop side)."""
-    return {"clip_len": int(config.data.clip_len), "stride": int(config.data.frame_stride),
-            "crop_size": _square_size(config.data.crop_size),
-            "num_clips": int(config.eval.num_clips), "num_crops": int(config.eval.num_crops),
-            "short_side": int(config.eval.short_side) or None}
-
-
 # ----------------------------------------------------------------------------------------------
 # Command line: a checkpoint on a split
 # ----------------------------------------------------------------------------------------------
@@ -299,14 +290,6 @@ def _predict_fn(config, checkpoint: str):
         np.float32)), bundle
 
 
-def _square_size(size) -> int:
-    """The side of a square (s, s) video crop."""
-    size = tuple(size)
-    if len(size) != 2 or size[0] != size[1]:
-        raise ValueError(f"config.data.crop_size={size}: video crops are square, e.g. (224, 224).")
-    return int(size[0])
-
-
 def evaluate_checkpoint(config, checkpoint: str, split: str, *, output_dir: str | None = None,
                         log=print) -> dict[str, Any]:
     """Evaluates checkpoint `checkpoint` (a step directory) on `split` of `config.data` and
@@ -315,6 +298,7 @@ def evaluate_checkpoint(config, checkpoint: str, split: str, *, output_dir: str 
     Each host evaluates examples process_index::process_count; confusions (video: counts) are
     summed."""
     from dnl_jax.data import load_split
+    from dnl_jax.data.pipeline import video_view_settings
     from dnl_jax.train.parallel import sum_over_hosts
 
     predict, bundle = _predict_fn(config, checkpoint)

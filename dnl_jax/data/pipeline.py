@@ -92,19 +92,34 @@ def train_transform(data: ml_collections.ConfigDict,
         ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
 
 
+def video_view_settings(config: ml_collections.ConfigDict, **overrides) -> dict:
+    """`transforms.video_eval_views` / `evaluate.video_view_counts` kwargs from `config.data`
+    (clip_len, frame_stride, square crop_size) and `config.eval` (num_clips, num_crops,
+    short_side; 0 = the crop side), with `overrides` (e.g. num_clips=1)."""
+    return {"clip_len": int(config.data.clip_len), "stride": int(config.data.frame_stride),
+            "crop_size": _square_size(config.data.crop_size),
+            "num_clips": int(config.eval.num_clips), "num_crops": int(config.eval.num_crops),
+            "short_side": int(config.eval.short_side) or None, **overrides}
+
+
+def _square_size(size) -> int:
+    """The side of a square (s, s) video crop."""
+    size = tuple(size)
+    if len(size) != 2 or size[0] != size[1]:
+        raise ValueError(f"config.data.crop_size={size}: video crops are square, e.g. (224, 224).")
+    return int(size[0])
+
+
 def eval_preprocess(config: ml_collections.ConfigDict, task: str):
     """`example -> model-ready example` for the batched evaluation: video → one view (the
     middle clip, centre crop, short side config.eval.short_side or the crop side), `[T, c, c, 3]`
     float32; None for the synthetic scenes (already model-ready)."""
     if task != "classification":
         return None
-    data = config.data
+    settings = video_view_settings(config, num_clips=1, num_crops=1)
 
     def one_view(example: dict) -> dict:
-        views = transforms.video_eval_views(
-            example, clip_len=int(data.clip_len), stride=int(data.frame_stride),
-            crop_size=int(data.crop_size[0]), num_clips=1, num_crops=1,
-            short_side=int(config.eval.short_side) or None)
+        views = transforms.video_eval_views(example, **settings)
         return {"video": views["video"][0], "label": np.int32(example["label"])}
 
     return one_view

@@ -215,7 +215,7 @@ def _evaluate_multi_view(run: Run, state) -> dict:
     from dnl_jax import evaluate as evaluate_lib
 
     counts = evaluate_lib.video_view_counts(_host_logits_fn(run, state), _host_val_examples(run),
-                                            **evaluate_lib.video_view_settings(run.config))
+                                            **pipeline.video_view_settings(run.config))
     return evaluate_lib.video_accuracies(parallel.sum_over_hosts(counts))
 
 
