@@ -1,7 +1,7 @@
-"""dnl_jax: Disentangled Non-Local neural networks (Yin et al., ECCV 2020) in JAX/Flax."""
+"""dnl_jax: Disentangled Non-Local networks (Yin et al., ECCV 2020) in JAX/Flax.
 
-from dnl_jax import blocks, ops
-from dnl_jax.blocks import ContextBlock, DisentangledNonLocal, NonLocal
+Import the layer you need (`from dnl_jax import ops, attention, blocks`); the package itself
+imports nothing, so `import dnl_jax.ops` loads the pure math alone.
+"""
 
-__all__ = ["blocks", "ops", "NonLocal", "DisentangledNonLocal", "ContextBlock"]
 __version__ = "0.1.0"

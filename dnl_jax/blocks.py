@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import layers, ops
+from dnl_jax import attention, layers, ops
 
 Array = jax.Array
 Dtype = Any
@@ -148,7 +148,7 @@ class NonLocal(_NonLocalBase):
         if self.mode == "dot_product":
             y = ops.dot_product_aggregate(theta, phi, g)
         else:
-            y = ops.dnl_attention(
+            y = attention.dnl_attention(
                 theta, phi, g, scale=self._pairwise_scale(inner), whiten=False,
                 implementation=self.implementation,
             )
@@ -194,7 +194,7 @@ class DisentangledNonLocal(_NonLocalBase):
             unary_logits = flatten_positions(self._sub_sample(mask))[..., 0]
         theta = self._queries(x, inner) if self.pairwise else None
         if self.pairwise:
-            y = ops.dnl_attention(
+            y = attention.dnl_attention(
                 theta, phi, g, unary_logits, temperature=self.temperature,
                 scale=self._pairwise_scale(inner), whiten=self.whiten,
                 implementation=self.implementation,

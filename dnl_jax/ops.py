@@ -17,22 +17,18 @@ row maximum, so large logits do not overflow.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-
-IMPLEMENTATIONS = (None, "xla", "chunked", "cudnn")
-
 
 # ----------------------------------------------------------------------------------------------
 # Input checks (static shapes only, so they are free under jit).
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_query_key(q: Array, k: Array) -> None:
+def check_query_key(q: Array, k: Array) -> None:
+    """Raises ValueError unless q `[..., N, C]` and k `[..., M, C]` share their channels."""
     if q.ndim < 2 or k.ndim < 2:
         raise ValueError(
             f"q and k must be [..., positions, channels] with rank >= 2; got q.shape={q.shape}, "
@@ -43,6 +39,15 @@ def _check_query_key(q: Array, k: Array) -> None:
             f"q and k must have the same number of channels (last axis); got q.shape={q.shape} "
             f"({q.shape[-1]} channels) and k.shape={k.shape} ({k.shape[-1]} channels). Project "
             "both to the same width (theta and phi must share their output channels)."
+        )
+
+
+def check_key_value(k: Array, v: Array) -> None:
+    """Raises ValueError unless k `[..., M, C]` and v `[..., M, Cv]` share their positions."""
+    if v.ndim < 2 or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"k and v must have the same number of positions (axis -2); got k.shape={k.shape} "
+            f"and v.shape={v.shape}. Sub-sample keys and values with the same pooling."
         )
 
 
@@ -72,7 +77,7 @@ def nonlocal_logits(q: Array, k: Array, *, scale: float = 1.0) -> Array:
     Returns:
       `[..., N, M]` with entry (i, j) = scale · q_iᵀk_j, in at least float32.
     """
-    _check_query_key(q, k)
+    check_query_key(q, k)
     dtype = _compute_dtype(q, k)
     logits = jnp.einsum("...nc,...mc->...nm", q.astype(dtype), k.astype(dtype))
     return logits * jnp.asarray(scale, dtype)
@@ -90,7 +95,7 @@ def whitened_pairwise_logits(q: Array, k: Array, *, scale: float = 1.0) -> Array
       `[..., N, M]`, in at least float32. Invariant to adding any per-sample vector to all queries
       or to all keys.
     """
-    _check_query_key(q, k)
+    check_query_key(q, k)
     dtype = _compute_dtype(q, k)
     q, k = q.astype(dtype), k.astype(dtype)
     return nonlocal_logits(q - _position_mean(q), k - _position_mean(k), scale=scale)
@@ -107,7 +112,7 @@ def unary_logits(q: Array, k: Array, *, scale: float = 1.0) -> Array:
     Returns:
       `[..., 1, M]` (broadcasts over the N queries), in at least float32.
     """
-    _check_query_key(q, k)
+    check_query_key(q, k)
     dtype = _compute_dtype(q, k)
     return nonlocal_logits(_position_mean(q.astype(dtype)), k, scale=scale)
 
@@ -175,67 +180,10 @@ def dot_product_aggregate(q: Array, k: Array, v: Array) -> Array:
     Returns:
       `[..., N, Cv]` in the dtype of `v`.
     """
-    _check_key_value(k, v)
+    check_key_value(k, v)
     weights = nonlocal_logits(q, k, scale=1.0 / k.shape[-2])
     out = jnp.einsum("...nm,...mc->...nc", weights, v.astype(weights.dtype))
     return out.astype(v.dtype)
-
-
-def _check_key_value(k: Array, v: Array) -> None:
-    if v.ndim < 2 or k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"k and v must have the same number of positions (axis -2); got k.shape={k.shape} "
-            f"and v.shape={v.shape}. Sub-sample keys and values with the same pooling."
-        )
-
-
-def dnl_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    unary: Optional[Array] = None,
-    *,
-    temperature: float = 1.0,
-    scale: Optional[float] = None,
-    whiten: bool = True,
-    implementation: Optional[str] = None,
-) -> Array:
-    """Disentangled non-local attention.
-
-        out_i = Σ_j softmax_j(scale · (q_i − μ_q)ᵀ(k_j − μ_k) / temperature) v_j
-              + Σ_j softmax_j(unary_j) v_j
-
-    Args:
-      q: queries `[..., N, C]`.
-      k: keys `[..., M, C]`.
-      v: values `[..., M, Cv]`.
-      unary: unary logits `[..., M]`, or None for the pairwise term alone.
-      temperature: divides the pairwise logits; must be > 0 (the paper uses 0.05).
-      scale: multiplies the pairwise logits; None means 1/√C.
-      whiten: subtract μ_q and μ_k in the pairwise term (False gives plain non-local logits).
-      implementation: None (pick automatically: `dnl_jax.attention.select_implementation`),
-        'xla' (materialises the N × M matrix), 'chunked' (exact, O(N + M) memory forward and
-        backward) or 'cudnn' (NVIDIA GPUs, bfloat16/float16), both in `dnl_jax.attention`.
-
-    Returns:
-      `[..., N, Cv]` in the dtype of `v`.
-    """
-    _check_query_key(q, k)
-    _check_key_value(k, v)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}.")
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}."
-        )
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    scale = scale / temperature
-
-    pairwise = _pairwise_attention(q, k, v, scale=scale, whiten=whiten, implementation=implementation)
-    if unary is None:
-        return pairwise
-    return (pairwise + unary_attention(unary, v)).astype(v.dtype)
 
 
 def pairwise_logits(q: Array, k: Array, *, scale: float, whiten: bool = True) -> Array:
@@ -253,17 +201,3 @@ def materialised_pairwise_attention(
     q̂, k̂ are q, k whitened (`whiten`) or as given. Shapes as `dnl_attention`; O(N · M) memory.
     """
     return softmax_aggregate(pairwise_logits(q, k, scale=scale, whiten=whiten), v)
-
-
-def _pairwise_attention(
-    q: Array, k: Array, v: Array, *, scale: float, whiten: bool, implementation: Optional[str]
-) -> Array:
-    """Dispatches Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j to a kernel (whitened or not)."""
-    if implementation == "xla":
-        return materialised_pairwise_attention(q, k, v, scale=scale, whiten=whiten)
-    # Imported here because dnl_jax.attention builds on this module.
-    from dnl_jax import attention
-
-    return attention.pairwise_attention(
-        q, k, v, scale=scale, whiten=whiten, implementation=implementation
-    )

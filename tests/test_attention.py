@@ -1,6 +1,8 @@
 """Memory-efficient attention kernels (dnl_jax.attention) against the materialised 'xla' path."""
 
 import logging
+import subprocess
+import sys
 
 import chex
 import jax
@@ -8,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import attention, blocks, ops
+from dnl_jax import attention, blocks, chunked, ops
 
 # Small blocks so that tiny inputs still span several query and key blocks, with remainders.
 SMALL_BLOCKS = (16, 8)
@@ -25,8 +27,8 @@ def _inputs(lead, n, m, c, cv, seed=0, dtype=jnp.float32):
 
 def _attention_fn(implementation, whiten=True, temperature=0.3, blocks_qk=SMALL_BLOCKS):
     def fn(q, k, v, unary):
-        with attention.block_sizes_override(*blocks_qk):
-            return ops.dnl_attention(
+        with chunked.block_sizes_override(*blocks_qk):
+            return attention.dnl_attention(
                 q, k, v, unary, temperature=temperature, whiten=whiten,
                 implementation=implementation,
             )
@@ -158,22 +160,31 @@ def test_chunked_backward_temp_memory_grows_linearly():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_select_implementation_on_cpu_and_logged_once(caplog):
+def test_select_implementation_on_cpu_and_logged_once_at_debug(monkeypatch, caplog):
+    monkeypatch.setattr(attention, "_logged_choices", set())  # as in a fresh process
     small = jax.ShapeDtypeStruct((2, 256, 16), jnp.float32)
     large = jax.ShapeDtypeStruct((2, 4096, 16), jnp.float32)
-    with caplog.at_level(logging.INFO, logger="dnl_jax.attention"):
+    with caplog.at_level(logging.DEBUG, logger="dnl_jax.attention"):
         assert attention.select_implementation(small, small, small) == "xla"
         assert attention.select_implementation(large, large, large) == "chunked"
         assert attention.select_implementation(large, large, large) == "chunked"
-    messages = [r.getMessage() for r in caplog.records if "chose 'chunked'" in r.getMessage()]
-    assert len(messages) <= 1  # once per distinct case (0 if an earlier test logged it already)
+    choices = [r for r in caplog.records if "implementation=None chose" in r.getMessage()]
+    assert [r.getMessage().split("chose ")[1][:9] for r in choices] == ["'xla' for", "'chunked'"]
+    # DEBUG, so progress output (absl/logging at INFO) stays free of kernel choices.
+    assert {r.levelno for r in choices} == {logging.DEBUG}
+
+
+def test_import_ops_loads_no_layer_above_it():
+    code = "import sys, dnl_jax.ops; print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['dnl_jax', 'dnl_jax.ops']"
 
 
 def test_cudnn_on_cpu_raises_a_clear_error():
     q, k, v, unary = _inputs((2,), 16, 16, 8, 8, dtype=jnp.bfloat16)
     assert "NVIDIA GPU" in attention.cudnn_unsupported_reason(q, k, v)
     with pytest.raises(ValueError, match="implementation='cudnn' is unavailable.*'chunked'"):
-        ops.dnl_attention(q, k, v, unary, implementation="cudnn")
+        attention.dnl_attention(q, k, v, unary, implementation="cudnn")
 
 
 def _pretend_nvidia_gpu(monkeypatch, capability=(9, 0)):
@@ -236,7 +247,7 @@ def test_automatic_choice_falls_back_when_cudnn_rejects(monkeypatch, caplog):
 
 def test_bad_block_sizes_raise():
     with pytest.raises(ValueError, match="positive integers"):
-        with attention.block_sizes_override(0, 8):
+        with chunked.block_sizes_override(0, 8):
             pass
 
 
@@ -266,7 +277,7 @@ def test_blocks_chunked_match_xla(module):
             out = module(impl).apply({**variables, "params": params}, x)
             return jnp.sum(jnp.sin(out)), out
 
-        with attention.block_sizes_override(*SMALL_BLOCKS):
+        with chunked.block_sizes_override(*SMALL_BLOCKS):
             return jax.grad(loss, argnums=(0, 1), has_aux=True)(variables["params"], x)
 
     (grads, out) = run("chunked")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import ops
+from dnl_jax import attention, ops
 
 
 def np_softmax(logits, axis=-1):
@@ -127,7 +127,7 @@ def test_dnl_attention_against_numpy(whiten, with_unary, scale):
     v = rng.standard_normal((2, 3, 6, 5))
     unary = rng.standard_normal((2, 3, 6)) if with_unary else None
     with jax.enable_x64(True):
-        out = ops.dnl_attention(
+        out = attention.dnl_attention(
             jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
             None if unary is None else jnp.asarray(unary),
             temperature=0.3, scale=scale, whiten=whiten, implementation="xla",
@@ -152,8 +152,8 @@ def test_bfloat16_inputs_use_float32_softmax():
     rng = np.random.default_rng(7)
     q, k, v = (rng.standard_normal(s).astype(np.float32) for s in [(2, 32, 8), (2, 32, 8), (2, 32, 8)])
     unary = 3 * rng.standard_normal((2, 32)).astype(np.float32)
-    reference = ops.dnl_attention(q, k, v, unary)
-    low = ops.dnl_attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v, unary)))
+    reference = attention.dnl_attention(q, k, v, unary)
+    low = attention.dnl_attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v, unary)))
     assert low.dtype == jnp.bfloat16
     assert ops.nonlocal_logits(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16)).dtype == jnp.float32
     chex.assert_trees_all_close(low.astype(jnp.float32), reference, atol=0.05, rtol=0.05)
@@ -163,7 +163,7 @@ def test_large_logits_do_not_overflow():
     q = jnp.full((1, 4, 2), 300.0, jnp.float32)
     k = jnp.asarray([[[300.0, 300.0], [-300.0, -300.0], [299.0, 300.0]]], jnp.float32)
     v = jnp.eye(3, dtype=jnp.float32)[None]
-    out = ops.dnl_attention(q, k, v, jnp.asarray([[1e4, 0.0, -1e4]]), whiten=False, scale=1.0)
+    out = attention.dnl_attention(q, k, v, jnp.asarray([[1e4, 0.0, -1e4]]), whiten=False, scale=1.0)
     assert bool(jnp.all(jnp.isfinite(out)))
     # Pairwise: all weight on key 0 (largest logit); unary: all weight on key 0 too.
     np.testing.assert_allclose(out[0, :, 0], 2.0, atol=1e-6)
@@ -173,7 +173,7 @@ def test_dnl_attention_is_differentiable_and_jittable():
     rng = np.random.default_rng(8)
     q, k, v = (jnp.asarray(rng.standard_normal((2, 6, 3)), jnp.float32) for _ in range(3))
     unary = jnp.asarray(rng.standard_normal((2, 6)), jnp.float32)
-    loss = lambda *a: jnp.sum(ops.dnl_attention(*a, temperature=0.5) ** 2)  # noqa: E731
+    loss = lambda *a: jnp.sum(attention.dnl_attention(*a, temperature=0.5) ** 2)  # noqa: E731
     grads = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, unary)
     jit_grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, k, v, unary)
     chex.assert_trees_all_close(grads, jit_grads, atol=1e-5)
@@ -187,11 +187,11 @@ def test_dnl_attention_is_differentiable_and_jittable():
     [
         (lambda: ops.nonlocal_logits(jnp.ones(4), jnp.ones((3, 4))), "rank >= 2"),
         (lambda: ops.whitened_pairwise_logits(jnp.ones((3, 4)), jnp.ones((3, 5))), "same number of channels"),
-        (lambda: ops.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((6, 2))), "same number of positions"),
-        (lambda: ops.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), temperature=0.0), "temperature must be > 0"),
-        (lambda: ops.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), temperature=-1.0), "temperature must be > 0"),
-        (lambda: ops.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), jnp.ones(4)), "unary logits"),
-        (lambda: ops.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), implementation="fast"), "unknown attention implementation"),
+        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((6, 2))), "same number of positions"),
+        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), temperature=0.0), "temperature must be > 0"),
+        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), temperature=-1.0), "temperature must be > 0"),
+        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), jnp.ones(4)), "unary logits"),
+        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), implementation="fast"), "unknown attention implementation"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, message):

@@ -1,5 +1,5 @@
 """Tests of dnl_jax.viz and the DNL block's sown attention weights: off by default, rows summing
-to 1 over keys, consistent with `ops.dnl_attention`, and the figure's PNG."""
+to 1 over keys, consistent with `attention.dnl_attention`, and the figure's PNG."""
 
 import os
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnl_jax import blocks, ops, viz
+from dnl_jax import attention, blocks, ops, viz
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import get_model
 from dnl_jax.models.registry import init_variables
@@ -45,7 +45,7 @@ def test_sown_weights_sum_to_one_and_reproduce_dnl_attention():
     flat = lambda name: found[name]["__call__"][0].reshape(2, 20, -1)
     theta, phi, g = flat("theta"), flat("phi"), flat("g")
     mask = found["conv_mask"]["__call__"][0].reshape(2, 20)
-    expected = ops.dnl_attention(theta, phi, g, mask, temperature=0.05, scale=4**-0.5,
+    expected = attention.dnl_attention(theta, phi, g, mask, temperature=0.05, scale=4**-0.5,
                                  implementation="xla")
     got = pairwise @ g + (unary[:, None, :] @ g)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

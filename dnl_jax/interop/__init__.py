@@ -18,11 +18,11 @@ from dnl_jax.interop.mmseg import (
     block_for_state_dict,
     block_to_flax,
     flax_block_to_torch_state_dict,
-    mmseg_to_flax,
     strip_prefix,
 )
 from dnl_jax.interop.segmentor import (
     flax_segmentor_to_torch_state_dict,
+    mmseg_to_flax,
     resnet_v1c_to_flax,
     segmentor_for_state_dict,
     segmentor_to_flax,

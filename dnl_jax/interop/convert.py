@@ -24,10 +24,12 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from dnl_jax.interop import mapping, segmentor
 from dnl_jax.interop.mapping import ConversionError
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
+from dnl_jax.models import registry
 
 
 def _num_classes(state_dict: dict, given: Optional[int]) -> int:
@@ -55,8 +57,6 @@ def build_module(state_dict: dict, model: str, num_classes: Optional[int],
                  output_stride: int) -> Any:
     if model == "auto":
         return segmentor.segmentor_for_state_dict(state_dict, output_stride=output_stride)
-    from dnl_jax.models import registry  # pylint: disable=import-outside-toplevel
-
     bundle = registry.get_model(model, _num_classes(state_dict, num_classes),
                                 output_stride=output_stride)
     if bundle.task != "segmentation":
@@ -80,9 +80,8 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
     )
     variables = loaded
     if partial:
+        _check_something_matched(report, in_path, model)
         variables = mapping.merge_variables(_fresh_variables(module, seed), loaded)
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
     os.makedirs(out_dir, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(out_dir, "state"), jax.tree.map(np.asarray, variables))
@@ -92,12 +91,24 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
     summary = dict(
         source=os.path.abspath(in_path), model=model,
         num_classes=int(module.decode_head.num_classes), partial=partial,
-        loaded=len(report.loaded), missing=[key for key, _ in report.missing],
+        loaded=len(report.loaded), model_tensors=len(report.loaded) + len(report.missing)
+        + len(report.mismatched), missing=[key for key, _ in report.missing],
         unexpected=list(report.unexpected), mismatched=mismatched,
     )
     with open(os.path.join(out_dir, "conversion.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
     return summary
+
+
+def _check_something_matched(report: mapping.ConversionReport, in_path: str, model: str) -> None:
+    """--partial keeps a fresh initialisation where nothing matched: refuse when that is all."""
+    if report.loaded:
+        return
+    unmatched = len(report.unexpected) + len(report.mismatched)
+    raise ValueError(
+        f"--partial matched 0 tensors of {in_path} to --model {model} ({unmatched} checkpoint "
+        f"tensors unmatched: {len(report.unexpected)} unexpected, {len(report.mismatched)} "
+        "mis-shaped); check that the checkpoint and --model are the same architecture.")
 
 
 def _fresh_variables(module: Any, seed: int) -> dict:
@@ -128,9 +139,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}{hint}", file=sys.stderr)
         return 2
     state_dir = os.path.join(os.path.abspath(args.out_dir), "state")
-    print(f"wrote {state_dir}: loaded {summary['loaded']} tensors; "
-          f"missing {len(summary['missing'])}, unexpected {len(summary['unexpected'])}, "
-          f"mis-shaped {len(summary['mismatched'])} (details in conversion.json)")
+    print(f"wrote {state_dir}: loaded {summary['loaded']} of the model's "
+          f"{summary['model_tensors']} tensors; missing {len(summary['missing'])}, unexpected "
+          f"{len(summary['unexpected'])}, mis-shaped {len(summary['mismatched'])} (details in "
+          "conversion.json)")
     return 0
 
 

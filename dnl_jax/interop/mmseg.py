@@ -100,29 +100,6 @@ def block_to_flax(
     return module, variables, report
 
 
-def mmseg_to_flax(state_dict: Mapping[str, Any], *, strict: bool = True):
-    """mmcv/mmseg state_dict → `{'params': ..., 'batch_stats': ...}` for the matching module.
-
-    A whole mmseg EncoderDecoder (keys `backbone.*`, `decode_head.*`, `auxiliary_head.*`) gives
-    the variables of `segmentor.segmentor_for_state_dict(state_dict)`; a bare block's those of
-    `block_for_state_dict(state_dict)[0]`.
-
-    Args:
-      state_dict: `{name: torch tensor or numpy array}`, e.g. from `load_torch_checkpoint`.
-      strict: fail with a `ConversionError` listing every missing, unexpected and mis-shaped key.
-
-    Returns:
-      The variables when `strict`; `(variables with only the matched leaves, report)` otherwise.
-    """
-    if any(key.startswith("backbone.") for key in state_dict):
-        from dnl_jax.interop import segmentor  # pylint: disable=import-outside-toplevel
-
-        _, variables, report = segmentor.segmentor_to_flax(state_dict, strict=strict)
-    else:
-        _, variables, report = block_to_flax(state_dict, strict=strict)
-    return variables if strict else (variables, report)
-
-
 def flax_block_to_torch_state_dict(module: Any, variables: Any, *, as_torch: bool = False) -> dict:
     """A dnl_jax block's variables → the mmcv/mmseg block's state_dict (inverse of the above)."""
     sub_sample = getattr(module, "sub_sample", False)

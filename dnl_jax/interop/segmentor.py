@@ -16,8 +16,11 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from dnl_jax.interop import mapping
+from dnl_jax.interop import mapping, mmseg
 from dnl_jax.interop.checkpoint_io import to_numpy
+from dnl_jax.models import residual
+from dnl_jax.models.resnet import ResNetV1c
+from dnl_jax.models.segmentor import build_segmentor
 
 CLASSIFIER_PREFIXES = ("fc.",)  # ImageNet classifier of pretrained backbones: not in our trunk.
 
@@ -46,8 +49,6 @@ def _stage_blocks(state_dict: Mapping[str, Any], prefix: str) -> tuple[int, ...]
 
 def resnet_depth(state_dict: Mapping[str, Any], prefix: str = "") -> int:
     """ResNet depth from the number of blocks per stage and the block type (conv3 = bottleneck)."""
-    from dnl_jax.models import residual  # pylint: disable=import-outside-toplevel
-
     blocks = _stage_blocks(state_dict, prefix)
     bottleneck = f"{prefix}layer1.0.conv3.weight" in state_dict
     for depth, setting in residual.ARCH_SETTINGS.items():
@@ -77,8 +78,6 @@ def segmentor_config(state_dict: Mapping[str, Any]) -> dict:
         inner = _shape(state_dict, f"decode_head.{kind}_block.g.conv.weight")[0]
         head_kwargs["reduction"] = channels // inner
     elif kind == "gc":
-        from dnl_jax.interop import mmseg  # pylint: disable=import-outside-toplevel
-
         gc_block = mmseg.strip_prefix(state_dict, "decode_head.gc_block")
         head_kwargs["ratio"] = mmseg.block_for_state_dict(gc_block)[0].ratio
     elif kind == "fcn":
@@ -109,9 +108,7 @@ def segmentor_for_state_dict(state_dict: Mapping[str, Any], **overrides):
     `overrides` go to `dnl_jax.models.segmentor.build_segmentor` (e.g. `output_stride=16`,
     `dtype=jnp.bfloat16`, `axis_name='batch'`).
     """
-    from dnl_jax.models import segmentor  # pylint: disable=import-outside-toplevel
-
-    return segmentor.build_segmentor(**{**segmentor_config(state_dict), **overrides})
+    return build_segmentor(**{**segmentor_config(state_dict), **overrides})
 
 
 def segmentor_template(module: Any, image_size: int = 64) -> dict:
@@ -136,6 +133,27 @@ def segmentor_to_flax(
     return module, variables, report
 
 
+def mmseg_to_flax(state_dict: Mapping[str, Any], *, strict: bool = True):
+    """mmcv/mmseg state_dict → `{'params': ..., 'batch_stats': ...}` for the matching module.
+
+    A whole mmseg EncoderDecoder (keys `backbone.*`, `decode_head.*`, `auxiliary_head.*`) gives
+    the variables of `segmentor_for_state_dict(state_dict)`; a bare block's those of
+    `mmseg.block_for_state_dict(state_dict)[0]`.
+
+    Args:
+      state_dict: `{name: torch tensor or numpy array}`, e.g. from `load_torch_checkpoint`.
+      strict: fail with a `ConversionError` listing every missing, unexpected and mis-shaped key.
+
+    Returns:
+      The variables when `strict`; `(variables with only the matched leaves, report)` otherwise.
+    """
+    if any(key.startswith("backbone.") for key in state_dict):
+        _, variables, report = segmentor_to_flax(state_dict, strict=strict)
+    else:
+        _, variables, report = mmseg.block_to_flax(state_dict, strict=strict)
+    return variables if strict else (variables, report)
+
+
 def resnet_v1c_to_flax(
     state_dict: Mapping[str, Any], module: Optional[Any] = None, *, strict: bool = True
 ) -> tuple[Any, dict, mapping.ConversionReport]:
@@ -145,8 +163,6 @@ def resnet_v1c_to_flax(
     To start a segmentor from it: `mapping.merge_variables(segmentor_variables,
     {'params': {'backbone': v['params']}, 'batch_stats': {'backbone': v['batch_stats']}})`.
     """
-    from dnl_jax.models.resnet import ResNetV1c  # pylint: disable=import-outside-toplevel
-
     trunk = {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES)}
     if module is None:
         module = ResNetV1c(

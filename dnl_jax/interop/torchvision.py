@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from dnl_jax.interop import mapping
 from dnl_jax.interop.checkpoint_io import to_numpy
 from dnl_jax.interop.segmentor import CLASSIFIER_PREFIXES, mmseg_rename, resnet_depth
+from dnl_jax.models.resnet_v1b import ResNetV1b
 
 TORCHVISION_STEM_KEY = "conv1.weight"
 
@@ -35,8 +36,6 @@ def torchvision_resnet_to_flax(
       output_stride: of the returned module (8 for DNLNet-style dilated backbones).
       strict: fail with a `ConversionError` on any key mismatch (besides `fc.*`).
     """
-    from dnl_jax.models.resnet_v1b import ResNetV1b  # pylint: disable=import-outside-toplevel
-
     trunk = {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES)}
     if TORCHVISION_STEM_KEY not in trunk:
         raise ValueError(

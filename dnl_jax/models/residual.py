@@ -50,7 +50,7 @@ class ContextSpec:
       temperature: 'dnl' only.
       sub_sample: max-pool keys and values by `pool_window` (video: (1, 2, 2)).
       ratio: 'gc' bottleneck ratio.
-      implementation: attention implementation passed to `dnl_jax.ops.dnl_attention`.
+      implementation: attention implementation passed to `dnl_jax.attention.dnl_attention`.
     """
 
     kind: str = "dnl"

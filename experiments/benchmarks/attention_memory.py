@@ -34,11 +34,11 @@ def child(implementation: str, n: int, run: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from dnl_jax import ops
+    from dnl_jax import attention
 
     def loss(q, k, v):
-        return jnp.sum(jnp.square(ops.dnl_attention(q, k, v, temperature=0.05,
-                                                    implementation=implementation)))
+        return jnp.sum(jnp.square(attention.dnl_attention(q, k, v, temperature=0.05,
+                                                          implementation=implementation)))
 
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     q, k, v = (jax.random.normal(key, (1, n, 256)) for key in keys)

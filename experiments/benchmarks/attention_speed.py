@@ -27,7 +27,7 @@ from dnl_jax import attention, ops  # noqa: E402
 
 def value_and_grad_fn(implementation: str):
     def loss(q, k, v):
-        out = ops.dnl_attention(q, k, v, temperature=0.05, implementation=implementation)
+        out = attention.dnl_attention(q, k, v, temperature=0.05, implementation=implementation)
         return jnp.sum(jnp.square(out.astype(jnp.float32)))
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
