@@ -6,13 +6,19 @@ One checkpoint = one step directory `workdir/checkpoints/<step>/` with three ite
     meta   model name, classes and parameter shapes                    ocp JsonSave
 Saved every `every_steps`, at the end and on SIGTERM; kept: the last `keep` plus the best by
 the task's val metric (`best_metric`: 'val_miou' for segmentation, 'val_accuracy' for
-classification; higher is better). Orbax writes into a temporary directory and renames it when complete, so a process
-killed mid-save leaves the previous checkpoints intact and the next run resumes from the last
-complete one.
+classification; higher is better). Orbax writes into a temporary directory and renames it when
+complete, so a process killed mid-save leaves the previous checkpoints intact.
+
+A newest checkpoint that still fails to read (files truncated or corrupted after the rename, e.g.
+by a full disk or a crash before the data reached the disk) is not a dead end:
+`Checkpointer.restore_latest` resumes from the newest checkpoint that restores and moves the newer
+ones aside into `<directory>-unrestorable/`, with a warning naming each step and its new place.
+Nothing is deleted. A checkpoint of another model is an error, never skipped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -54,7 +60,14 @@ class Checkpointer:
             # Synchronous: a save that returned is complete, which SIGTERM handling relies on.
             enable_async_checkpointing=False)
         self.directory = os.path.abspath(directory)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except Exception as error:  # noqa: BLE001 - orbax raises json, unicode, OS errors here
+            # Orbax reads every step's metrics when it opens the directory; move aside the steps
+            # whose records do not parse, then open it again.
+            if not self._set_aside_unreadable_records(error):
+                raise
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -78,8 +91,12 @@ class Checkpointer:
 
     def check_signature(self, step: int, signature: dict) -> None:
         """Raises ValueError when the checkpoint at `step` is of another model."""
-        saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        saved = saved.meta
+        self._compare_signature(step, self._read_signature(step), signature)
+
+    def _read_signature(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def _compare_signature(self, step: int, saved: dict, signature: dict) -> None:
         if saved != signature:
             what = ("model " + saved.get("model", "?") if saved.get("model") != signature["model"]
                     else "parameter shapes or classes")
@@ -96,9 +113,100 @@ class Checkpointer:
             data=grain.checkpoint.CheckpointRestore(iterator)))
         return restored.state
 
+    def restore_latest(self, target, iterator, signature: dict) -> Optional[tuple[int, Any]]:
+        """(step, state) of the newest checkpoint that restores, the data iterator's position
+        restored in place; None when the directory holds no checkpoint.
+
+        Newer steps that fail to read are moved aside (`_move_aside`, with a warning each) once
+        an older one has restored. When none restores, ValueError names each step's error and
+        nothing is moved (a changed config fails every step the same way: that is no
+        corruption). A readable checkpoint of another model raises ValueError
+        (`check_signature`).
+        """
+        failed = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                saved_signature = self._read_signature(step)
+            except Exception as error:  # noqa: BLE001 - any read failure means unrestorable
+                failed.append((step, error))
+                continue
+            self._compare_signature(step, saved_signature, signature)
+            try:
+                state = self.restore(step, target, iterator)
+            except Exception as error:  # noqa: BLE001 - orbax/tensorstore/grain raise many types
+                failed.append((step, error))
+                continue
+            for bad_step, error in failed:
+                _move_aside(self.directory, bad_step, error)
+            self.manager.reload()
+            return step, state
+        if failed:
+            errors = "; ".join(f"step {step}: {type(error).__name__}: {_first_line(error)}"
+                               for step, error in failed)
+            raise ValueError(f"no checkpoint in {self.directory} restores ({errors}); nothing was "
+                             "moved or deleted. Use a new --workdir, or the config that wrote "
+                             "them.")
+        return None
+
+    def _set_aside_unreadable_records(self, error: BaseException) -> list[int]:
+        """Before the manager opens: sets aside the steps whose JSON records (orbax's step
+        metadata and metrics) do not parse; returns their numbers."""
+        bad = [step for step in _step_numbers(self.directory)
+               if not _records_parse(os.path.join(self.directory, str(step)))]
+        for step in bad:
+            _move_aside(self.directory, step, error)
+        return bad
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _move_aside(directory: str, step: int, error: BaseException) -> str:
+    """Moves the unrestorable step `directory/<step>` to `<directory>-unrestorable/<step>[-N]`
+    (kept for inspection, and out of the way of the step's next save), with a warning; returns
+    the new path."""
+    aside = directory + "-unrestorable"
+    target = _free_path(os.path.join(aside, str(step)))
+    if jax.process_index() == 0:
+        os.makedirs(aside, exist_ok=True)
+        os.rename(os.path.join(directory, str(step)), target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"dnl_jax set aside checkpoint {step}")
+    logging.warning("checkpoint step %d in %s does not restore (%s: %s); moved it to %s, "
+                    "nothing deleted.", step, directory, type(error).__name__, _first_line(error),
+                    target)
+    return target
+
+
+def _step_numbers(directory: str) -> list[int]:
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def _records_parse(step_directory: str) -> bool:
+    """Whether the step's small JSON records (`_CHECKPOINT_METADATA`, `metrics/metrics`) parse."""
+    for name in ("_CHECKPOINT_METADATA", os.path.join("metrics", "metrics")):
+        path = os.path.join(step_directory, name)
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as file:
+                    json.load(file)
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError
+                return False
+    return True
+
+
+def _free_path(path: str) -> str:
+    """`path`, or `path-N` with the smallest N >= 2 that does not exist yet."""
+    candidate, n = path, 2
+    while os.path.exists(candidate):
+        candidate, n = f"{path}-{n}", n + 1
+    return candidate
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines() or [""])[0][:200]
 
 
 def load_variables(path: str) -> dict:

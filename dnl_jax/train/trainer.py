@@ -127,11 +127,11 @@ def _initial_state(run: Run) -> tuple[Any, dict]:
     abstract = jax.eval_shape(run.init_fn)
     signature = ckpt.model_signature(run.config.model.name, run.config.data.num_classes,
                                      abstract.params)
-    latest = run.checkpointer.latest_step()
-    if latest is not None:  # checked before anything is compiled or written
-        run.checkpointer.check_signature(latest, signature)
-        restored = run.checkpointer.restore(latest, run.driver.restore_target(abstract),
-                                            run.iterator)
+    # Checked before anything is compiled or written; unrestorable newer steps are set aside.
+    resumed = run.checkpointer.restore_latest(run.driver.restore_target(abstract), run.iterator,
+                                              signature)
+    if resumed is not None:
+        latest, restored = resumed
         log.info("resumed from %s at step %d", run.checkpointer.directory, latest)
         return run.driver.from_checkpoint(restored), signature
     state = run.driver.init_state(run.init_fn)
