@@ -1,0 +1,194 @@
+"""Soak test of resumable training (not run in CI): interrupt a short run many times, compare.
+
+    nice -n 10 python experiments/soak.py --interruptions 20 --steps 200 --every 10 \
+        --out experiments/results/soak.json
+
+1. Trains a tiny synthetic config once without interruption (the reference).
+2. Starts the same command in a second workdir and interrupts it `--interruptions` times at
+   random moments, with SIGKILL or SIGTERM (chosen at random), restarting it after each. Every
+   other SIGKILL is aimed at a checkpoint save in progress (the moment orbax's temporary step
+   directory appears, plus a random 0-50 ms): the case that can leave a partial newest
+   checkpoint. The random delays are drawn so that each attempt advances roughly
+   1/(interruptions left) of the remaining steps, so that the run lasts all interruptions.
+3. Lets the last attempt finish and compares the final parameters and batch statistics with the
+   reference: bitwise, and the largest absolute difference.
+
+Writes a JSON record (every attempt: signal, delay, whether a save was in progress, exit code,
+the step it resumed from, checkpoints set aside) and exits 1 when the parameters differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from dnl_jax.train.checkpoint import load_variables  # noqa: E402
+
+CONFIG = "experiments/configs/synthetic_dnl_tiny.py"
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def command(workdir: str, args) -> list[str]:
+    """The training command: the demo recipe, shrunk to a short run with frequent checkpoints."""
+    overrides = dict(total_steps=args.steps, **{"checkpoint.every_steps": args.every},
+                     eval_every_steps=10 * args.steps, log_every_steps=args.every,
+                     batch_size=8, curves_figure=False, attention_figure=False,
+                     **{"data.image_size": 32, "data.num_val": 32})
+    return [sys.executable, "-m", "dnl_jax.main", "--config", CONFIG, "--workdir", workdir,
+            *[f"--config.{key}={value}" for key, value in overrides.items()]]
+
+
+def environment(cache_dir: str) -> dict:
+    """Shared persistent compilation cache: restarts reuse the reference run's programs."""
+    return {**os.environ, "PYTHONPATH": REPO, "JAX_COMPILATION_CACHE_DIR": cache_dir,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+def steps_on_disk(workdir: str) -> list[int]:
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def saving(workdir: str) -> bool:
+    """Whether an orbax save is in progress (its temporary step directory exists)."""
+    return bool(glob.glob(os.path.join(workdir, "checkpoints", "*" + TMP_MARK + "*")))
+
+
+def run_reference(workdir: str, args, env: dict) -> dict:
+    """Trains uninterrupted; times the start-up (to the first checkpoint) and the steps."""
+    start = time.time()
+    process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = None
+    while process.poll() is None:
+        if first is None and steps_on_disk(workdir):
+            first = time.time() - start
+        time.sleep(0.05)
+    total = time.time() - start
+    output = process.stdout.read()
+    if process.returncode != 0:
+        raise SystemExit(f"reference run failed (exit {process.returncode}):\n{output[-3000:]}")
+    step_s = (total - first) / max(args.steps - args.every, 1)
+    return dict(seconds=round(total, 1), startup_s=round(first - args.every * step_s, 1),
+                step_s=round(step_s, 3), final_line=_final_line(output))
+
+
+def _final_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.startswith(("completed", "preempted"))]
+    return lines[-1] if lines else ""
+
+
+def interrupt_once(workdir: str, args, env: dict, rng: random.Random, left: int,
+                   timing: dict, aim_at_save: bool) -> dict:
+    """Starts the command, waits a random delay, sends the signal; returns the attempt record."""
+    done = (steps_on_disk(workdir) or [0])[-1]
+    remaining_s = (args.steps - done) * timing["step_s"]
+    delay = timing["startup_s"] * rng.uniform(0.5, 1.0) + rng.uniform(0, 2 * remaining_s / (left + 1))
+    kill = signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM
+    start = time.time()
+    process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while process.poll() is None and time.time() - start < delay:
+        time.sleep(0.01)
+    aimed = kill == signal.SIGKILL and aim_at_save
+    while aimed and process.poll() is None and not saving(workdir):
+        time.sleep(0.002)
+    if aimed:
+        time.sleep(rng.uniform(0, 0.05))
+    record = dict(signal=kill.name, delay_s=round(time.time() - start, 2), aimed_at_save=aimed,
+                  save_in_progress=saving(workdir), steps_before=steps_on_disk(workdir))
+    if process.poll() is None:
+        process.send_signal(kill)
+    output = process.communicate()[0]
+    record.update(returncode=process.returncode, interrupted=not output_completed(output),
+                  **_resume_facts(output), steps_after=steps_on_disk(workdir))
+    return record
+
+
+def output_completed(output: str) -> bool:
+    return _final_line(output).startswith("completed")
+
+
+def _resume_facts(output: str) -> dict:
+    resumed = re.findall(r"resumed from \S+ at step (\d+)", output)
+    aside = re.findall(r"checkpoint step (\d+) in \S+ does not restore", output)
+    errors = [line for line in output.splitlines() if line.startswith(("Traceback", "error"))]
+    return dict(resumed_from=int(resumed[-1]) if resumed else None,
+                set_aside=[int(step) for step in aside], errors=errors[:3])
+
+
+def compare(reference_dir: str, soak_dir: str, step: int) -> dict:
+    """Final params and batch statistics: bitwise equality and the largest |difference|."""
+    paths = [os.path.join(d, "checkpoints", str(step)) for d in (reference_dir, soak_dir)]
+    reference, soaked = (load_variables(path) for path in paths)
+    differences = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64)
+                                                                - np.asarray(b, np.float64)))),
+                               reference, soaked)
+    leaves = jax.tree.leaves(differences)
+    equal = all(jax.tree.leaves(jax.tree.map(np.array_equal, reference, soaked)))
+    return dict(bitwise_equal=bool(equal), max_abs_difference=max(leaves), leaves=len(leaves))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--interruptions", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--every", type=int, default=10, help="checkpoint interval (steps)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default="/tmp/dnl_jax_soak", help="deleted and re-created")
+    parser.add_argument("--out", default=os.path.join(REPO, "experiments/results/soak.json"))
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    env = environment(os.path.join(args.workdir, "jax_cache"))
+    reference_dir, soak_dir = (os.path.join(args.workdir, name) for name in ("reference", "soak"))
+    began = time.time()
+    timing = run_reference(reference_dir, args, env)
+    print(f"reference: {timing}", flush=True)
+    attempts, kills = [], 0
+    while sum(a["interrupted"] for a in attempts) < args.interruptions:
+        left = args.interruptions - sum(a["interrupted"] for a in attempts)
+        record = interrupt_once(soak_dir, args, env, rng, left, timing, aim_at_save=kills % 2 == 1)
+        kills += record["signal"] == "SIGKILL"
+        attempts.append(record)
+        print(f"attempt {len(attempts)}: {record}", flush=True)
+        if not record["interrupted"]:
+            break  # the run completed before the signal: no more interruptions possible
+    final = subprocess.run(command(soak_dir, args), env=env, cwd=REPO, capture_output=True,
+                           text=True)
+    result = dict(
+        command=" ".join(command("WORKDIR", args)), args=vars(args), reference=timing,
+        interruptions=sum(a["interrupted"] for a in attempts), attempts=attempts,
+        final_returncode=final.returncode, final_line=_final_line(final.stdout),
+        set_aside_dirs=sorted(os.listdir(os.path.join(soak_dir, "checkpoints-unrestorable")))
+        if os.path.isdir(os.path.join(soak_dir, "checkpoints-unrestorable")) else [],
+        comparison=compare(reference_dir, soak_dir, args.steps) if final.returncode == 0 else None,
+        seconds=round(time.time() - began, 1), load_average=os.getloadavg())
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as file:
+        json.dump(result, file, indent=2)
+    print(json.dumps({k: result[k] for k in ("interruptions", "final_line", "comparison",
+                                             "set_aside_dirs", "seconds")}, indent=2))
+    ok = (result["comparison"] or {}).get("bitwise_equal", False)
+    return 0 if ok and result["interruptions"] == args.interruptions else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
