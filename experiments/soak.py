@@ -5,11 +5,12 @@
 
 1. Trains a tiny synthetic config once without interruption (the reference).
 2. Starts the same command in a second workdir and interrupts it `--interruptions` times at
-   random moments, with SIGKILL or SIGTERM (chosen at random), restarting it after each. Every
-   other SIGKILL is aimed at a checkpoint save in progress (the moment orbax's temporary step
-   directory appears, plus a random 0-50 ms): the case that can leave a partial newest
-   checkpoint. The random delays are drawn so that each attempt advances roughly
-   1/(interruptions left) of the remaining steps, so that the run lasts all interruptions.
+   random moments, with SIGKILL or SIGTERM (chosen at random), restarting it after each. A
+   moment is a random time in the start-up (15% of attempts) or within a random training step,
+   read from the progress bar and drawn so that each attempt advances about 1/(interruptions
+   left) of the remaining steps. Every other SIGKILL is aimed at a checkpoint save in progress
+   (0-50 ms after orbax's temporary step directory appears): the case that could leave a
+   partial newest checkpoint.
 3. Lets the last attempt finish and compares the final parameters and batch statistics with the
    reference: bitwise, and the largest absolute difference.
 
@@ -29,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -40,6 +42,8 @@ from dnl_jax.train.checkpoint import load_variables  # noqa: E402
 
 CONFIG = "experiments/configs/synthetic_dnl_tiny.py"
 TMP_MARK = ".orbax-checkpoint-tmp"
+PROGRESS = re.compile(r"(\d+)/\d+ \[")
+STARTUP_SHARE = 0.15  # attempts killed at a random moment of the start-up (restore, compile)
 
 
 def command(workdir: str, args) -> list[str]:
@@ -66,23 +70,53 @@ def steps_on_disk(workdir: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def saving(workdir: str) -> bool:
-    """Whether an orbax save is in progress (its temporary step directory exists)."""
-    return bool(glob.glob(os.path.join(workdir, "checkpoints", "*" + TMP_MARK + "*")))
+def save_started_since(workdir: str, since: float) -> bool:
+    """Whether a save began after `since`: an orbax temporary step directory created since then
+    (a stale one, left by an earlier kill, is recreated when its step is saved again)."""
+    paths = glob.glob(os.path.join(workdir, "checkpoints", "*" + TMP_MARK + "*"))
+    return any(_created(path) > since for path in paths)
+
+
+def _created(path: str) -> float:
+    try:
+        return os.stat(path).st_ctime
+    except FileNotFoundError:  # renamed into place meanwhile
+        return 0.0
+
+
+class Output:
+    """Collects a process's output in a thread and parses the progress bar's step ('74/200')."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.text, self.step = "", 0
+        self._thread = threading.Thread(target=self._read, args=(process.stdout.fileno(),),
+                                        daemon=True)
+        self._thread.start()
+
+    def _read(self, fd: int) -> None:
+        while chunk := os.read(fd, 4096):
+            self.text += chunk.decode(errors="replace")
+            steps = PROGRESS.findall(self.text[-400:])
+            if steps:
+                self.step = int(steps[-1])
+
+    def join(self) -> str:
+        self._thread.join()
+        return self.text
 
 
 def run_reference(workdir: str, args, env: dict) -> dict:
     """Trains uninterrupted; times the steps and a warm start-up."""
     start = time.time()
     process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first = None
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    reader, first = Output(process), None
     while process.poll() is None:
         if first is None and steps_on_disk(workdir):
             first = time.time() - start
         time.sleep(0.05)
     total = time.time() - start
-    output = process.stdout.read()
+    output = reader.join()
     if process.returncode != 0:
         raise SystemExit(f"reference run failed (exit {process.returncode}):\n{output[-3000:]}")
     step_s = (total - first) / max(args.steps - args.every, 1)
@@ -101,29 +135,46 @@ def _final_line(output: str) -> str:
 
 def interrupt_once(workdir: str, args, env: dict, rng: random.Random, left: int,
                    timing: dict, aim_at_save: bool) -> dict:
-    """Starts the command, waits a random delay, sends the signal; returns the attempt record."""
+    """Starts the command, interrupts it at a random moment; returns the attempt record.
+
+    The moment: with probability STARTUP_SHARE a random time within the start-up; otherwise a
+    random time within a random target step, drawn so that the attempt advances about
+    1/(interruptions left) of the remaining steps; `aim_at_save` (SIGKILL only) then waits for
+    the next save to begin and kills 0-50 ms into it.
+    """
     done = (steps_on_disk(workdir) or [0])[-1]
-    remaining_s = (args.steps - done) * timing["step_s"]
-    delay = timing["startup_s"] * rng.uniform(0.5, 1.0) + rng.uniform(0, 2 * remaining_s / (left + 1))
     kill = signal.SIGKILL if rng.random() < 0.5 else signal.SIGTERM
+    in_startup = rng.random() < STARTUP_SHARE
+    target = done + rng.randint(1, max(1, 2 * (args.steps - done) // (left + 1)))
     start = time.time()
     process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while process.poll() is None and time.time() - start < delay:
-        time.sleep(0.01)
-    aimed = kill == signal.SIGKILL and aim_at_save
-    while aimed and process.poll() is None and not saving(workdir):
-        time.sleep(0.002)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = Output(process)
+    if in_startup:
+        _wait(process, lambda: time.time() - start > rng.uniform(0, timing["startup_s"]))
+    else:
+        _wait(process, lambda: output.step >= target)
+        time.sleep(rng.uniform(0, timing["step_s"]))
+    aimed = kill == signal.SIGKILL and aim_at_save and not in_startup
     if aimed:
+        _wait(process, lambda: save_started_since(workdir, start))
         time.sleep(rng.uniform(0, 0.05))
-    record = dict(signal=kill.name, delay_s=round(time.time() - start, 2), aimed_at_save=aimed,
-                  save_in_progress=saving(workdir), steps_before=steps_on_disk(workdir))
+    record = dict(signal=kill.name, moment="start-up" if in_startup else f"step {output.step}",
+                  delay_s=round(time.time() - start, 2), aimed_at_save=aimed,
+                  save_in_progress=save_started_since(workdir, start),
+                  steps_before=steps_on_disk(workdir))
     if process.poll() is None:
         process.send_signal(kill)
-    output = process.communicate()[0]
-    record.update(returncode=process.returncode, interrupted=not output_completed(output),
-                  **_resume_facts(output), steps_after=steps_on_disk(workdir))
+    process.wait()
+    text = output.join()
+    record.update(returncode=process.returncode, interrupted=not output_completed(text),
+                  **_resume_facts(text), steps_after=steps_on_disk(workdir))
     return record
+
+
+def _wait(process: subprocess.Popen, condition) -> None:
+    while process.poll() is None and not condition():
+        time.sleep(0.002)
 
 
 def output_completed(output: str) -> bool:
