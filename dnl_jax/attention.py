@@ -208,7 +208,8 @@ def dnl_attention(
         scale = q.shape[-1] ** -0.5
     scale = scale / temperature
 
-    pairwise = pairwise_attention(q, k, v, scale=scale, whiten=whiten, implementation=implementation)
+    pairwise = pairwise_attention(q, k, v, scale=scale, whiten=whiten,
+                                  implementation=implementation)
     if unary is None:
         return pairwise
     return (pairwise + ops.unary_attention(unary, v)).astype(v.dtype)

@@ -198,6 +198,7 @@ def materialised_pairwise_attention(
 ) -> Array:
     """The 'xla' kernel: Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with the `[..., N, M]` logits formed.
 
-    q̂, k̂ are q, k whitened (`whiten`) or as given. Shapes as `dnl_attention`; O(N · M) memory.
+    q̂, k̂ are q, k whitened (`whiten`) or as given. q `[..., N, C]`, k `[..., M, C]`,
+    v `[..., M, Cv]` → `[..., N, Cv]`; O(N · M) memory.
     """
     return softmax_aggregate(pairwise_logits(q, k, scale=scale, whiten=whiten), v)

@@ -175,7 +175,8 @@ def test_select_implementation_on_cpu_and_logged_once_at_debug(monkeypatch, capl
 
 
 def test_import_ops_loads_no_layer_above_it():
-    code = "import sys, dnl_jax.ops; print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))"
+    code = ("import sys, dnl_jax.ops; "
+            "print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['dnl_jax', 'dnl_jax.ops']"
 
