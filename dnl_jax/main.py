@@ -64,8 +64,11 @@ def main(argv) -> None:
     from dnl_jax.train.trainer import train_and_evaluate
 
     config = _CONFIG.value
-    set_model_kwargs(config, _MODEL_KWARGS)
-    result = train_and_evaluate(config, _WORKDIR.value)
+    try:
+        set_model_kwargs(config, _MODEL_KWARGS)
+        result = train_and_evaluate(config, _WORKDIR.value)
+    except ValueError as error:  # a bad config or workdir: one line, not a traceback
+        sys.exit(f"main: {error}")
     if jax.process_index() == 0:
         val = result["val"]
         print(f"{result['status']} at step {result['step']}: "
