@@ -128,9 +128,14 @@ def _write_metrics(results: dict, output_dir: str, split: str) -> str:
 def main(argv) -> None:
     from absl import app, flags
 
+    from absl import logging as absl_logging
+
+    from dnl_jax.train.config import set_model_kwargs
+
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from dnl_jax.train.config import set_model_kwargs
+    if not flags.FLAGS["verbosity"].present:  # the metrics, not INFO lines of the libraries
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
     config, split, output_dir = _CONFIG.value, flags.FLAGS.split, flags.FLAGS.output_dir
     try:
@@ -162,4 +167,5 @@ if __name__ == "__main__":
     except ValueError as _error:
         sys.exit(f"evaluate: {_error}")
     _MODEL_KWARGS.update(_kwargs)
-    app.run(main, argv=_argv)
+    sys.argv[:] = _argv  # config_flags reads its overrides from sys.argv itself
+    app.run(main)

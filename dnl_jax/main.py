@@ -90,7 +90,8 @@ def run() -> None:
     except ValueError as error:
         sys.exit(f"main: {error}")
     _MODEL_KWARGS.update(kwargs)
-    app.run(main, argv=argv)
+    sys.argv[:] = argv  # config_flags reads its overrides from sys.argv itself
+    app.run(main)
 
 
 if __name__ == "__main__":

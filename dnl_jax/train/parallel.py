@@ -86,9 +86,10 @@ class JitDriver(_HostCopies):
         return jax.set_mesh(self.mesh)
 
     def _compile(self, state_shardings):
-        self._jitted_train = jax.jit(
-            self._train_step, in_shardings=(state_shardings, self.batch_sharding),
-            out_shardings=(state_shardings, self.replicated), donate_argnums=0)
+        if self._train_step is not None:  # None: an evaluation-only driver (the evaluate command)
+            self._jitted_train = jax.jit(
+                self._train_step, in_shardings=(state_shardings, self.batch_sharding),
+                out_shardings=(state_shardings, self.replicated), donate_argnums=0)
         self._jitted_eval = jax.jit(self._eval_step,
                                     in_shardings=(state_shardings, self.batch_sharding),
                                     out_shardings=self.replicated)
@@ -100,7 +101,7 @@ class JitDriver(_HostCopies):
         return create_replicated_state(init_fn, self.mesh)
 
     def _jitted(self, state):
-        if self._jitted_train is None:  # the state's structure fixes the in/out shardings
+        if self._jitted_eval is None:  # the state's structure fixes the in/out shardings
             self._compile(self.state_shardings(state))
         return self._jitted_train, self._jitted_eval
 
