@@ -154,7 +154,7 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    from dnl_jax.train.config import pop_model_kwargs_flags
+    from dnl_jax.train.config import take_model_kwargs_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
     flags.DEFINE_string("checkpoint", None,
@@ -162,10 +162,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("split", "val", "Split of config.data to evaluate.")
     flags.DEFINE_string("output_dir", None, "Writes prediction PNGs and metrics_SPLIT.json here.")
     flags.mark_flags_as_required(["config", "checkpoint"])
-    try:
-        _argv, _kwargs = pop_model_kwargs_flags(sys.argv)
-    except ValueError as _error:
-        sys.exit(f"evaluate: {_error}")
-    _MODEL_KWARGS.update(_kwargs)
-    sys.argv[:] = _argv  # config_flags reads its overrides from sys.argv itself
+    _MODEL_KWARGS.update(take_model_kwargs_flags("evaluate"))
     app.run(main)

@@ -3,7 +3,8 @@
 
 Thin on purpose: flags, optional multi-host initialisation, then
 `dnl_jax.train.trainer.train_and_evaluate(config, workdir)`. The model's arguments are set with
-`--config.model.kwargs.NAME=VALUE` (e.g. `--config.model.kwargs.dropout_rate=0`). Several hosts: pass
+`--config.model.kwargs.NAME=VALUE` (e.g. `--config.model.kwargs.dropout_rate=0`).
+Several hosts: pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each, or
 `--multihost` alone where JAX detects the cluster itself (TPU pods, SLURM, ...).
 """
@@ -83,14 +84,9 @@ _MODEL_KWARGS: dict = {}
 
 def run() -> None:
     """`app.run(main)` with the `--config.model.kwargs.NAME=VALUE` flags taken off first."""
-    from dnl_jax.train.config import pop_model_kwargs_flags
+    from dnl_jax.train.config import take_model_kwargs_flags
 
-    try:
-        argv, kwargs = pop_model_kwargs_flags(sys.argv)
-    except ValueError as error:
-        sys.exit(f"main: {error}")
-    _MODEL_KWARGS.update(kwargs)
-    sys.argv[:] = argv  # config_flags reads its overrides from sys.argv itself
+    _MODEL_KWARGS.update(take_model_kwargs_flags("main"))
     app.run(main)
 
 

@@ -111,7 +111,8 @@ def test_segmentation_evaluator_on_a_perfect_model(section, tmp_path):
     result = _build(config, context)["val"].run(state=None)
     assert result["miou"] == 1.0 and result["pixel_accuracy"] == 1.0
     assert result["per_class_iou"].shape == (K,)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"img{i}_leftImg8bit.png" for i in range(3)]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == [f"img{i}_leftImg8bit.png" for i in range(3)]  # Cityscapes file names
 
 
 def test_multi_view_evaluator_counts_views_and_videos():

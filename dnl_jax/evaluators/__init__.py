@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import jax
+
 from dnl_jax.evaluators.batched import BatchedEvaluator
 from dnl_jax.evaluators.common import (EvalContext, Evaluator, make_predict_fn,
                                        settings_with_defaults)
@@ -30,32 +32,33 @@ TYPES: dict[str, type[Evaluator]] = {
 RANKING_EVAL = "val"  # the evaluator whose `best_metric` ranks checkpoints
 
 
-def _settings(name: str, section: Mapping, config) -> tuple[type[Evaluator], dict]:
+def _settings(name: str, section: Mapping, config, **hardware) -> tuple[type[Evaluator], dict]:
     if not hasattr(section, "get") or section.get("type") not in TYPES:
         found = section.get("type") if hasattr(section, "get") else section
         raise ValueError(f"config.evals.{name}.type={found!r}; choose one of {sorted(TYPES)}.")
     cls = TYPES[section["type"]]
     settings = settings_with_defaults(name, section, cls.KEYS, section["type"])
-    cls.check(name, settings, config)
+    cls.check(name, settings, config, **hardware)
     return cls, settings
 
 
-def check_config(config) -> None:
+def check_config(config, *, num_devices: int, num_processes: int) -> None:
     """Raises ValueError for a bad `config.evals` (no 'val' evaluator, unknown type or key, bad
-    value), naming the key and the fix."""
+    value, a batch that does not split over `num_devices`), naming the key and the fix."""
     evals = config.evals
     if RANKING_EVAL not in evals:
         raise ValueError(f"config.evals has no {RANKING_EVAL!r} evaluator (it ranks the "
                          "checkpoints); add config.evals.val = dict(type=..., every_steps=...).")
     for name, section in evals.items():
-        _settings(name, section, config)
+        _settings(name, section, config, num_devices=num_devices, num_processes=num_processes)
 
 
 def from_config(config, context: EvalContext) -> list[Evaluator]:
     """The evaluators of `config.evals`, in order, each built on `context`."""
     built = []
     for name, section in config.evals.items():
-        cls, settings = _settings(name, section, config)
+        cls, settings = _settings(name, section, config, num_devices=jax.device_count(),
+                                  num_processes=jax.process_count())
         built.append(cls(name, context, settings))
     return built
 

@@ -37,9 +37,11 @@ class BatchedEvaluator(common.Evaluator):
     KEYS = {"every_steps": 50, "batch_size": 32, "short_side": 0}
 
     @classmethod
-    def check(cls, name: str, settings: dict, config) -> None:
-        super().check(name, settings, config)
-        batch, devices = settings["batch_size"], jax.device_count()
+    def check(cls, name: str, settings: dict, config, *, num_devices: int,
+              num_processes: int) -> None:
+        super().check(name, settings, config, num_devices=num_devices,
+                      num_processes=num_processes)
+        batch, devices = settings["batch_size"], num_devices
         if not isinstance(batch, int) or batch < 1 or batch % devices:
             raise ValueError(f"config.evals.{name}.batch_size={batch!r} must be a positive "
                              f"multiple of the {devices} devices.")
@@ -53,7 +55,7 @@ class BatchedEvaluator(common.Evaluator):
                 "(per image, whole or slide).")
         elif settings["short_side"]:
             raise ValueError(f"config.evals.{name}.short_side is for video datasets only.")
-        if config.data.name == "synthetic" and int(config.data.num_val) < jax.process_count():
+        if config.data.name == "synthetic" and int(config.data.num_val) < num_processes:
             raise ValueError("config.data.num_val must be >= the number of hosts.")
 
     def run(self, state) -> dict:

@@ -53,8 +53,10 @@ class Evaluator:
         self.every_steps = int(self.settings["every_steps"])
 
     @classmethod
-    def check(cls, name: str, settings: Mapping[str, Any], config) -> None:
-        """Raises ValueError for a bad value (keys are checked by `settings_with_defaults`)."""
+    def check(cls, name: str, settings: Mapping[str, Any], config, *, num_devices: int,
+              num_processes: int) -> None:
+        """Raises ValueError for a bad value (keys are checked by `settings_with_defaults`) or
+        one that does not fit the devices / hosts at hand."""
         every = settings["every_steps"]
         if not isinstance(every, int) or every < 0:
             raise ValueError(f"config.evals.{name}.every_steps={every!r} must be an integer "

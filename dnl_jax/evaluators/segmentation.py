@@ -124,8 +124,8 @@ class SegmentationEvaluator(common.Evaluator):
             "scales": (1.0,), "flip": False}
 
     @classmethod
-    def check(cls, name: str, settings: dict, config) -> None:
-        super().check(name, settings, config)
+    def check(cls, name: str, settings: dict, config, **hardware) -> None:
+        super().check(name, settings, config, **hardware)
         where = f"config.evals.{name}"
         if settings["mode"] not in MODES:
             raise ValueError(f"{where}.mode={settings['mode']!r}; choose one of {MODES}.")

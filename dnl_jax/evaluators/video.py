@@ -88,8 +88,8 @@ class MultiViewEvaluator(common.Evaluator):
     KEYS = {"every_steps": 0, "num_clips": 10, "num_crops": 3, "short_side": 0}
 
     @classmethod
-    def check(cls, name: str, settings: dict, config) -> None:
-        super().check(name, settings, config)
+    def check(cls, name: str, settings: dict, config, **hardware) -> None:
+        super().check(name, settings, config, **hardware)
         check_views(name, settings, ("num_clips", "num_crops", "short_side"))
         check_short_side(name, settings["short_side"], config.data)
 

@@ -238,7 +238,8 @@ def parameter_mismatch(loaded, expected) -> Optional[str]:
     return None
 
 
-__all__ = ["ModelBundle", "get_model", "init_variables", "parameter_mismatch", "MODEL_NAMES", "SEGMENTATION_OVERRIDES",
+__all__ = ["ModelBundle", "get_model", "init_variables", "parameter_mismatch", "MODEL_NAMES",
+           "SEGMENTATION_OVERRIDES",
            "CLASSIFICATION_OVERRIDES", "classification_loss", "classification_metrics"]
 
 

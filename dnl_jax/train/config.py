@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import sys
 from typing import Any, Sequence
 
 import ml_collections
@@ -40,6 +41,7 @@ REPLACED_KEYS = {
             "never read); delete it",
 }
 MODEL_KWARGS_FLAG = "--config.model.kwargs."
+EXAMPLE_MODELS = {"segmentation": "dnl_r50-d8", "classification": "dnl_i3d_r50"}
 
 
 def batched_eval(every_steps: int = 50, batch_size: int = 32, **extra) -> dict:
@@ -134,7 +136,7 @@ def check_model_task(model_task: str, config: ml_collections.ConfigDict) -> None
     videos, or the reverse)."""
     task = dataset_task(config.data.name)
     if model_task != task:
-        example = "dnl_i3d_r50" if task == "classification" else "dnl_r50-d8"
+        example = EXAMPLE_MODELS[task]
         raise ValueError(f"config.model.name={config.model.name!r} is a {model_task} model but "
                          f"config.data.name={config.data.name!r} is a {task} dataset; choose a "
                          f"{task} model, e.g. --config.model.name={example}.")
@@ -193,26 +195,27 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
              "config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.")
     _require(c.data.num_classes >= 2, "config.data.num_classes must be >= 2.")
-    _require(c.data.name != "synthetic" or (c.data.num_classes >= 5
-                                            and c.data.num_classes % 2 == 1),
-             f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
-             "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
     _require(c.optimizer.lr > 0 and 0 <= c.optimizer.min_lr <= c.optimizer.lr,
              "need 0 < config.optimizer.lr and 0 <= config.optimizer.min_lr <= lr.")
     _require(0 <= c.optimizer.warmup_steps < c.total_steps,
              f"config.optimizer.warmup_steps={c.optimizer.warmup_steps} must be in "
              f"[0, total_steps={c.total_steps}).")
     _require(c.optimizer.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0.")
-    _check_batch_divisibility(c, num_devices=num_devices, num_processes=num_processes)
-    if c.data.name in VIDEO_DATASETS:
-        _check_video_data(c)
-    elif c.data.name != "synthetic":
-        _check_segmentation_data(c)
-    evaluators.check_config(c)
+    _check_batch_divisibility(c, num_devices=num_devices)
+    _DATA_CHECKS[c.data.name](c)
+    evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
 
 
 def _pair_ok(value) -> bool:
     return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
+
+
+def _check_synthetic_data(c) -> None:
+    """Keys of the embedded synthetic scenes."""
+    _require(c.data.num_classes >= 5 and c.data.num_classes % 2 == 1,
+             f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
+             "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
+    _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
 
 
 def _check_segmentation_data(c) -> None:
@@ -239,7 +242,13 @@ def _check_video_data(c) -> None:
              f"{crop[0]} <= low <= high: frames are rescaled to it, then cropped.")
 
 
-def _check_batch_divisibility(c, *, num_devices: int, num_processes: int) -> None:
+# The checks of each dataset's own keys.
+_DATA_CHECKS = {"synthetic": _check_synthetic_data,
+                **{name: _check_segmentation_data for name in REAL_SEGMENTATION},
+                **{name: _check_video_data for name in VIDEO_DATASETS}}
+
+
+def _check_batch_divisibility(c, *, num_devices: int) -> None:
     micro = c.batch_size // c.grad_accum_steps
     _require(c.batch_size % c.grad_accum_steps == 0,
              f"config.batch_size={c.batch_size} is not divisible by "
@@ -247,8 +256,6 @@ def _check_batch_divisibility(c, *, num_devices: int, num_processes: int) -> Non
     _require(micro % num_devices == 0,
              f"the micro-batch batch_size/grad_accum_steps={micro} must be divisible by the "
              f"{num_devices} devices; change config.batch_size or config.grad_accum_steps.")
-    if c.data.name == "synthetic":  # prepared datasets have their own sizes
-        _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
 
 
 def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
@@ -270,6 +277,18 @@ def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, An
         except (ValueError, SyntaxError):
             kwargs[name] = text
     return rest, kwargs
+
+
+def take_model_kwargs_flags(program: str) -> dict[str, Any]:
+    """`pop_model_kwargs_flags(sys.argv)` for a command line, before absl parses its flags:
+    sys.argv keeps the other flags (config_flags reads its overrides from sys.argv itself) and
+    the model's arguments are returned; a malformed flag exits with one line."""
+    try:
+        argv, kwargs = pop_model_kwargs_flags(sys.argv)
+    except ValueError as error:
+        sys.exit(f"{program}: {error}")
+    sys.argv[:] = argv
+    return kwargs
 
 
 def set_model_kwargs(config: ml_collections.ConfigDict, kwargs: dict[str, Any]) -> None:

@@ -281,7 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         run.writer.close()
     figures = _figures(run, host_state, status) if jax.process_index() == 0 else {}
     return {"status": status, "step": int(host_state.step),
-            "val": _merged(results) if results else None, "evals": results, "state": host_state, "workdir": workdir, "curves": figures.get("curves"),
+            "val": _merged(results) if results else None, "evals": results, "state": host_state,
+            "workdir": workdir, "curves": figures.get("curves"),
             "attention": figures.get("attention")}
 
 
