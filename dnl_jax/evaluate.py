@@ -71,9 +71,9 @@ def load_checked_variables(config, path: str) -> dict:
     expected = jax.eval_shape(make_init_fn(optimizer, config))
     try:
         variables = load_variables(path)
-    except ValueError:
-        raise
-    except Exception as error:  # orbax's own errors on unreadable files
+    except Exception as error:  # orbax's own errors on unreadable files, as one line
+        if isinstance(error, ValueError):
+            raise
         raise ValueError(f"--checkpoint={path} could not be read: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''}") from error
     mismatch = (parameter_mismatch(variables["params"], expected.params)

@@ -54,7 +54,8 @@ def check_config(config, *, num_devices: int, num_processes: int) -> None:
 
 
 def from_config(config, context: EvalContext) -> list[Evaluator]:
-    """The evaluators of `config.evals`, in order, each built on `context`."""
+    """The evaluators of `config.evals` (in name order, as ConfigDict keeps its keys), each
+    built on `context`."""
     built = []
     for name, section in config.evals.items():
         cls, settings = _settings(name, section, config, num_devices=jax.device_count(),
