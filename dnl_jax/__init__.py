@@ -4,4 +4,8 @@ Import the layer you need (`from dnl_jax import ops, attention, blocks`); the pa
 imports nothing, so `import dnl_jax.ops` loads the pure math alone.
 """
 
+# The label of pixels that no loss or metric counts (mmseg's, and every prepared dataset's),
+# defined once here so that every layer can import it from the package root.
+IGNORE_LABEL = 255
+
 __version__ = "0.1.0"

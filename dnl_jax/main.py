@@ -2,7 +2,9 @@
 [--config.KEY=VALUE ...]`.
 
 Thin on purpose: flags, optional multi-host initialisation, then
-`dnl_jax.train.trainer.train_and_evaluate(config, workdir)`. Several hosts: pass
+`dnl_jax.train.trainer.train_and_evaluate(config, workdir)`. The model's arguments are set with
+`--config.model.kwargs.NAME=VALUE` (e.g. `--config.model.kwargs.dropout_rate=0`).
+Several hosts: pass
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each, or
 `--multihost` alone where JAX detects the cluster itself (TPU pods, SLURM, ...).
 """
@@ -10,6 +12,7 @@ Thin on purpose: flags, optional multi-host initialisation, then
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -57,10 +60,16 @@ def main(argv) -> None:
     initialize_distributed()
     import jax
 
-    from dnl_jax.train.metrics import describe
+    from dnl_jax.models.metrics import describe
+    from dnl_jax.train.config import set_model_kwargs
     from dnl_jax.train.trainer import train_and_evaluate
 
-    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    try:
+        set_model_kwargs(config, _MODEL_KWARGS)
+        result = train_and_evaluate(config, _WORKDIR.value)
+    except ValueError as error:  # a bad config or workdir: one line, not a traceback
+        sys.exit(f"main: {error}")
     if jax.process_index() == 0:
         val = result["val"]
         print(f"{result['status']} at step {result['step']}: "
@@ -70,5 +79,16 @@ def main(argv) -> None:
               f"{', ' + result['attention'] if result.get('attention') else ''})")
 
 
-if __name__ == "__main__":
+_MODEL_KWARGS: dict = {}
+
+
+def run() -> None:
+    """`app.run(main)` with the `--config.model.kwargs.NAME=VALUE` flags taken off first."""
+    from dnl_jax.train.config import take_model_kwargs_flags
+
+    _MODEL_KWARGS.update(take_model_kwargs_flags("main"))
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

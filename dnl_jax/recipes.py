@@ -5,13 +5,14 @@ every key) and sets what the recipe fixes: model.name, model.kwargs (e.g. ohem),
 data.num_classes, data.data_dir, data.crop_size (h, w), data.base_size (long, short) for the
 random resize (ratio data.ratio_range) and the test resize, data.cat_max_ratio, batch_size
 (global), total_steps, optimizer.lr / momentum / weight_decay, optimizer.poly_power and
-optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), eval.mode ('whole'|'slide'),
-eval.crop_size, eval.stride, eval.scales, eval.flip, and the evaluation/checkpoint intervals.
+optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), the per-image evaluator
+`evals.val` (type 'segmentation': mode 'whole'|'slide', crop_size, stride, scales, flip), and
+the evaluation/checkpoint intervals.
 
 Video recipes set the video keys of the same schema: data.clip_len, data.frame_stride,
-data.short_side_range, a square data.crop_size, and the test views eval.num_clips,
-eval.num_crops, eval.short_side (the trainer's final multi-view evaluation and
-`python -m dnl_jax.evaluate`).
+data.short_side_range, a square data.crop_size, the one-clip evaluator `evals.val` (type
+'batched') and the test views of `evals.val_multi_view` (type 'multi_view': num_clips,
+num_crops, short_side; run at the end of training and by `python -m dnl_jax.evaluate`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import ml_collections
 
 from dnl_jax.data import ade20k, cityscapes, pascal_context
-from dnl_jax.train.config import base_config
+from dnl_jax.train.config import base_config, batched_eval, multi_view_eval, segmentation_eval
 
 NUM_CLASSES = {"cityscapes": len(cityscapes.CLASSES), "ade20k": len(ade20k.CLASSES),
                "pascal_context": len(pascal_context.CLASSES)}
@@ -56,13 +57,9 @@ def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
     c.optimizer.poly_power = 0.9
     c.optimizer.min_lr = 1e-4
     c.optimizer.warmup_steps = 0
-    c.eval.mode = eval_mode
-    if eval_mode == "slide":
-        c.eval.crop_size = tuple(eval_crop_size)
-        c.eval.stride = tuple(eval_stride)
-    c.eval.scales = (1.0,)
-    c.eval.flip = False
-    c.eval_every_steps = max(1, total_steps // 10)
+    c.evals.val = segmentation_eval(max(1, total_steps // 10), mode=eval_mode,
+                                    crop_size=eval_crop_size or (0, 0),
+                                    stride=eval_stride or (0, 0))
     c.checkpoint.every_steps = max(1, total_steps // 10)
     c.log_every_steps = 50
     return c
@@ -86,7 +83,7 @@ def pascal_context_official(model: str) -> ml_collections.ConfigDict:
     """The official DNL code's PASCAL-Context-59 recipe (configs/seg/pcontext/*59c*.conf):
     short side resized to 520 (long side at most 1040) then randomly by 0.5-2.0, 520x520 crops,
     batch 16, 30k iterations, SGD lr 0.001 weight decay 1e-4, whole-image single-scale val
-    (its test adds scales 0.5-2.0: --config.eval.scales). mmseg's own PASCAL-Context-59 recipe
+    (its test adds scales 0.5-2.0: --config.evals.val.scales). mmseg's own PASCAL-Context-59 recipe
     differs: 480x480 crops of a (520, 520) resize, lr 0.004, slide 480x480 stride 320x320."""
     return segmentation_recipe(dataset="pascal_context", model=model, crop_size=(520, 520),
                                base_size=(1040, 520), batch_size=16, total_steps=30_000,
@@ -118,11 +115,8 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
     c.optimizer.weight_decay = 1e-4
     c.optimizer.poly_power = 0.9
     c.optimizer.min_lr = 0.0
-    c.eval.num_clips = 10
-    c.eval.num_crops = 3
-    c.eval.short_side = 256
-    c.eval.multi_view = True
-    c.eval_every_steps = max(1, total_steps // 10)
+    c.evals.val = batched_eval(max(1, total_steps // 10), short_side=256)
+    c.evals.val_multi_view = multi_view_eval(num_clips=10, num_crops=3, short_side=256)
     c.checkpoint.every_steps = max(1, total_steps // 10)
     c.log_every_steps = 50
     return c

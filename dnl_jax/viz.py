@@ -22,9 +22,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from dnl_jax import blocks
-
-IGNORE_LABEL = 255
+from dnl_jax import IGNORE_LABEL, blocks
 PANEL_INCHES = 2.0
 DPI = 100
 
@@ -172,6 +170,24 @@ def _overlay(axis, image: np.ndarray, weights: np.ndarray, extent) -> None:
     axis.imshow(weights, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
 
 
+def figure_preprocess(data) -> Optional[Callable[[dict], dict]]:
+    """`example -> {'image': model input, 'label', 'display'}` for drawing the attention maps of
+    a real dataset's raw val examples (`config.data`): resized to `data.base_size` (aspect kept,
+    label by nearest neighbour) and normalised as in evaluation. None for the synthetic scenes,
+    which are drawn already normalised."""
+    if data.name == "synthetic":
+        return None
+    from dnl_jax.data import transforms
+
+    base_size = tuple(data.base_size)
+
+    def preprocess(example: dict) -> dict:
+        image, label = transforms.resize_keep_ratio(example["image"], example["label"], base_size)
+        return {"image": transforms.normalize(image), "label": label, "display": image}
+
+    return preprocess
+
+
 def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, source: Any, *,
                           num_classes: int, num_images: int = 3,
                           filename: str = "attention.png",
@@ -213,4 +229,5 @@ def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, s
     return path
 
 
-__all__ = ["capture_attention", "has_dnl_block", "attention_figure", "save_attention_figure", "query_pixels"]
+__all__ = ["capture_attention", "has_dnl_block", "attention_figure", "save_attention_figure", "query_pixels",
+           "figure_preprocess"]

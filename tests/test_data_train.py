@@ -112,9 +112,9 @@ def test_evaluate_command_on_a_checkpoint_writes_cityscapes_pngs(tmp_path):
     command = [sys.executable, "-m", "dnl_jax.evaluate", f"--config={config}",
                f"--checkpoint={checkpoint}", "--split=val", f"--output_dir={tmp_path / 'preds'}",
                "--config.model.name=dnl_tiny", f"--config.data.data_dir={tmp_path / 'out'}",
-               f"--config.data.base_size=({W},{H})", "--config.eval.mode=slide",
-               "--config.eval.crop_size=(8,8)",
-               "--config.eval.stride=(6,6)"]
+               f"--config.data.base_size=({W},{H})", "--config.evals.val.mode=slide",
+               "--config.evals.val.crop_size=(8,8)",
+               "--config.evals.val.stride=(6,6)"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -138,7 +138,8 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
     config.update_from_flattened_dict({
         "data.data_dir": str(tmp_path / "out"), "data.crop_size": (16, 16),
         "data.base_size": (W, H), "data.ratio_range": (1.0, 2.0), "batch_size": 4,
-        "eval.mode": "slide", "eval.crop_size": (8, 8), "eval.stride": (6, 6), "eval_every_steps": 100,
+        "evals.val.mode": "slide", "evals.val.crop_size": (8, 8), "evals.val.stride": (6, 6),
+        "evals.val.every_steps": 100,
         "checkpoint.every_steps": 1, "log_every_steps": 1, "progress_bar": False,
         "curves_figure": False})
     result = train_and_evaluate(config, str(tmp_path / "run"))
@@ -148,7 +149,7 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
     val = result["val"]
     assert 0.0 <= val["miou"] <= 1.0 and 0.0 <= val["pixel_accuracy"] <= 1.0
     offline = evaluate_checkpoint(config, str(tmp_path / "run" / "checkpoints" / "2"), "val",
-                                  log=lambda _: 0)
+                                  log=lambda _: 0)["val"]
     np.testing.assert_allclose(offline["per_class_iou"], val["per_class_iou"], equal_nan=True)
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from dnl_jax import recipes
-from dnl_jax.evaluate import inference_settings
+from dnl_jax.evaluators.segmentation import inference_settings
 from dnl_jax.train.config import validate_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
@@ -52,7 +52,7 @@ def test_config_matches_its_name(path):
     assert config.total_steps == int(steps) * 1000
     assert (config.optimizer.poly_power, config.optimizer.min_lr) == (0.9, 1e-4)
     assert bool(ohem) == ("ohem" in config.model.kwargs)
-    settings = inference_settings(config)
+    settings = inference_settings(config.evals.val)
     if settings["mode"] == "slide":
         assert all(s <= c for s, c in zip(settings["stride"], settings["crop_size"]))
     else:
@@ -75,7 +75,7 @@ PROTOCOLS = {
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
 def test_recipe_evaluation_protocol_matches_its_source(name):
     config = load(os.path.join(CONFIG_DIR, name + ".py")).get_config()
-    settings = inference_settings(config)
+    settings = inference_settings(config.evals.val)
     mode, crop, stride, base_size, weight_decay = PROTOCOLS[name]
     assert (settings["mode"], settings["crop_size"], settings["stride"]) == (mode, crop, stride)
     assert tuple(config.data.base_size) == base_size

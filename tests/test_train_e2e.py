@@ -3,6 +3,7 @@ one step, jit == pmap, SIGTERM + resume == uninterrupted, NaN stop, workdir erro
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,6 +127,18 @@ def test_cli_one_step_in_bfloat16_keeps_float32_parameters(tmp_path):
     assert os.path.exists(tmp_path / "curves.png")
     variables = load_variables(str(tmp_path / "checkpoints" / "1"))
     assert {leaf.dtype for leaf in jax.tree.leaves(variables["params"])} == {np.dtype("float32")}
+    # The evaluate command runs the model in bfloat16 too: the trainer's final val metrics.
+    trained = re.search(r"completed at step 1: (val mIoU [0-9.]+, pixel accuracy [0-9.]+)",
+                        done.stdout).group(1)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **CACHE_ENV)
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "dnl_jax.evaluate", "--config",
+         os.path.join(REPO, "experiments/configs/synthetic_dnl_tiny.py"),
+         f"--checkpoint={tmp_path / 'checkpoints' / '1'}", "--config.data.num_val=16",
+         "--config.model.dtype=bfloat16"], capture_output=True, text=True, env=env, cwd=REPO,
+        timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"val (val): {trained}" in evaluated.stdout
 
 
 def test_cli_rejects_unknown_key(tmp_path):

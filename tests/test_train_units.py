@@ -13,8 +13,10 @@ from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.checkpoint import Checkpointer
-from dnl_jax.train.config import base_config, dataset_task, validate_config
-from dnl_jax.train.metrics import segmentation_metrics
+from dnl_jax import IGNORE_LABEL
+from dnl_jax.models.metrics import metrics_from_confusion as segmentation_metrics
+from dnl_jax.train.config import (base_config, dataset_task, multi_view_eval, segmentation_eval,
+                                  validate_config)
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -200,7 +202,7 @@ def test_eval_batches_cover_each_example_once_and_pad_with_ignore():
         assert len(batches) == pipeline.num_eval_batches(7, local_batch=3, process_count=2)
         for batch in batches:
             for image, label in zip(batch["image"], batch["label"]):
-                if np.all(label == pipeline.IGNORE_LABEL):
+                if np.all(label == IGNORE_LABEL):
                     continue
                 seen.append(image)
     assert len(seen) == 7
@@ -264,9 +266,13 @@ def test_config_real_dataset_keys_are_checked():
     config = base_config()
     config.data.name = "cityscapes"
     config.data.data_dir = "/does/not/exist"  # checked when the data is opened, not here
+    with pytest.raises(ValueError, match="type 'batched' needs examples of one size"):
+        _valid(config)
+    config.evals.val = segmentation_eval(every_steps=10)
     _valid(config)
-    config.eval.mode = "slide"
-    with pytest.raises(ValueError, match="needs config.eval.crop_size and config.eval.stride"):
+    config.evals.val.mode = "slide"
+    with pytest.raises(ValueError, match="needs config.evals.val.crop_size and "
+                                         "config.evals.val.stride"):
         _valid(config)
     config = base_config()
     config.data.name = "ade20k"
@@ -282,7 +288,9 @@ def _video_config(**values):
     config = base_config()
     config.update_from_flattened_dict({"data.name": "kinetics", "model.name": "dnl_i3d_tiny",
                                        "data.crop_size": (32, 32),
-                                       "data.short_side_range": (32, 40), **values})
+                                       "data.short_side_range": (32, 40)})
+    config.evals.val_multi_view = multi_view_eval()
+    config.update_from_flattened_dict(values)
     return config
 
 
@@ -292,9 +300,13 @@ def _video_config(**values):
     ("data.crop_size", (32, 48), r"crop_size=\(32, 48\): video crops are square"),
     ("data.short_side_range", (24, 40), r"short_side_range=\(24, 40\) .* crop side 32 <= low"),
     ("data.short_side_range", (40, 36), r"low <= high"),
-    ("eval.num_clips", 0, r"config.eval.num_clips=0 must be >= 1"),
-    ("eval.num_crops", 0, r"config.eval.num_crops=0 must be >= 1"),
-    ("eval.short_side", 16, r"eval.short_side=16 must be 0 \(the crop side\) or >= the crop"),
+    ("evals.val_multi_view.num_clips", 0,
+     r"config.evals.val_multi_view.num_clips=0 must be an integer >= 1"),
+    ("evals.val_multi_view.num_crops", 0,
+     r"config.evals.val_multi_view.num_crops=0 must be an integer >= 1"),
+    ("evals.val_multi_view.short_side", 16,
+     r"evals.val_multi_view.short_side=16 must be 0 \(the crop side\) or >= the crop"),
+    ("evals.val.short_side", 16, r"evals.val.short_side=16 must be 0 \(the crop side\)"),
 ])
 def test_config_bad_video_values(key, value, message):
     _valid(_video_config())  # the base of each case is valid

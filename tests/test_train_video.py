@@ -29,8 +29,9 @@ VIDEOS = {"train": [("abseiling", (200, 40, 40)), ("abseiling", (180, 60, 40)),
           "val": [("abseiling", (190, 50, 40)), ("juggling", (40, 50, 190)),
                   ("juggling", (60, 40, 200))]}
 # The clip and view settings every run here shares (equal configs compile equal programs).
-TINY_VIDEO = {"data.short_side_range": (32, 36), "eval.num_clips": 2, "eval.num_crops": 2,
-              "eval.short_side": 0, "eval_batch_size": 4, "eval_every_steps": 100,
+TINY_VIDEO = {"data.short_side_range": (32, 36), "evals.val_multi_view.num_clips": 2,
+              "evals.val_multi_view.num_crops": 2, "evals.val_multi_view.short_side": 0,
+              "evals.val.short_side": 0, "evals.val.batch_size": 4, "evals.val.every_steps": 100,
               "checkpoint.every_steps": 1, "log_every_steps": 1, "progress_bar": False,
               "curves_figure": False, "attention_figure": False}
 
@@ -77,7 +78,8 @@ def test_video_run_logs_counts_and_matches_the_evaluate_command(reference):
     # The final 2 clips x 2 crops test equals the offline command on the saved checkpoint.
     offline = evaluate_checkpoint(config, os.path.join(result["workdir"], "checkpoints", "2"),
                                   "val", log=lambda _: 0)
-    assert offline == {k: val[k] for k in ("clip_accuracy", "video_accuracy")}
+    assert offline["val_multi_view"] == {k: val[k] for k in ("clip_accuracy", "video_accuracy")}
+    assert offline["val"] == {k: val[k] for k in ("accuracy", "correct", "count")}
     records = read_metrics(result["workdir"])
     assert {(r["step"], r["split"]) for r in records} == {
         (0, "val"), (1, "train"), (2, "train"), (2, "val"), (2, "val_multi_view")}
@@ -120,9 +122,11 @@ def test_cli_trains_the_kinetics_recipe_for_one_step(prepared, tmp_path):
                  "--config.data.num_classes=2", "--config.data.clip_len=4",
                  "--config.data.frame_stride=1", "--config.data.crop_size=(32,32)",
                  "--config.data.short_side_range=(32,36)", "--config.batch_size=4",
-                 "--config.eval_batch_size=4", "--config.total_steps=1",
-                 "--config.eval.num_clips=1", "--config.eval.num_crops=1",
-                 "--config.eval.short_side=0", "--config.progress_bar=False"]
+                 "--config.evals.val.batch_size=4", "--config.total_steps=1",
+                 "--config.evals.val_multi_view.num_clips=1",
+                 "--config.evals.val_multi_view.num_crops=1",
+                 "--config.evals.val_multi_view.short_side=0", "--config.evals.val.short_side=0",
+                 "--config.progress_bar=False"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", **CACHE_ENV)
     command = [sys.executable, "-m", "dnl_jax.main", "--config",
                os.path.join(REPO, "experiments", "configs", name), "--workdir", str(tmp_path),

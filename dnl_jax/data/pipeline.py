@@ -15,8 +15,7 @@ which keeps the checkpointed iterator state an exact resume point. Video dataset
 'classification') are sampled the same way by `transforms.VideoTrainTransform` (a clip of T
 frames with a stride, short-side rescale, square crop, flip).
 
-Evaluation batches (synthetic scenes, and video clips: one middle clip, centre crop per video;
-prepared segmentation datasets are evaluated per image, see the trainer): host p reads examples
+Evaluation batches (`eval_batches`, for dnl_jax/evaluators/batched.py): host p reads examples
 p, p+P, ...; every host runs the same number of batches (the collectives need it) and short
 batches are padded with a label the metrics ignore (255 for pixels, -1 for clips).
 """
@@ -31,13 +30,24 @@ import grain
 import ml_collections
 import numpy as np
 
+from dnl_jax import IGNORE_LABEL
 from dnl_jax.data import transforms
 from dnl_jax.data.sources import load_split
 from dnl_jax.data.synthetic import SyntheticSegmentation
 
-IGNORE_LABEL = 255
-PAD_LABELS = {"segmentation": IGNORE_LABEL, "classification": -1}  # not counted by the metrics
+# Prepared segmentation datasets (python -m dnl_jax.data.prepare NAME ...) the trainer reads.
+REAL_SEGMENTATION = ("cityscapes", "ade20k", "pascal_context")
+SEGMENTATION_DATASETS = ("synthetic",) + REAL_SEGMENTATION
+# Prepared action-recognition datasets (Kinetics layout).
+VIDEO_DATASETS = ("kinetics",)
+DATASETS = SEGMENTATION_DATASETS + VIDEO_DATASETS
 AUGMENT_THREADS = 4  # batches of a prepared dataset augmented ahead of the step, in parallel
+
+
+def dataset_task(name: str) -> str:
+    """'classification' for the video datasets, else 'segmentation' (the model's task must match).
+    """
+    return "classification" if name in VIDEO_DATASETS else "segmentation"
 
 
 def make_sources(data: ml_collections.ConfigDict):
@@ -51,14 +61,27 @@ def make_sources(data: ml_collections.ConfigDict):
             SyntheticSegmentation(data.num_val, split="val", **common))
 
 
-def _prepared_sources(data: ml_collections.ConfigDict):
+def eval_source(data: ml_collections.ConfigDict, split: str):
+    """The random-access source of `split` for evaluation: the synthetic scenes ('val' only:
+    the trainer's val scenes), or the prepared split with names (for prediction files)."""
+    if data.name == "synthetic":
+        if split != "val":
+            raise ValueError(f"split {split!r}: the synthetic scenes have a 'val' split only.")
+        return make_sources(data)[1]
+    return _prepared_split(data, split, with_names=True)
+
+
+def _prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: bool = False):
     if not os.path.isdir(data.data_dir):
         raise ValueError(
             f"config.data.data_dir={data.data_dir!r} does not exist; prepare the dataset first: "
             f"python -m dnl_jax.data.prepare {data.name} --manual_dir RAW "
             f"--data_dir {data.data_dir} (or point --config.data.data_dir at it).")
-    train = load_split(data.name, "train", data.data_dir)
-    val = load_split(data.name, "val", data.data_dir)
+    return load_split(data.name, split, data.data_dir, with_names=with_names)
+
+
+def _prepared_sources(data: ml_collections.ConfigDict):
+    train, val = _prepared_split(data, "train"), _prepared_split(data, "val")
     if len(train.classes) != data.num_classes:
         raise ValueError(f"config.data.num_classes={data.num_classes} but {data.name} has "
                          f"{len(train.classes)} classes; set --config.data.num_classes="
@@ -90,55 +113,6 @@ def train_transform(data: ml_collections.ConfigDict,
     return transforms.SegmentationTrainTransform(
         crop_size=tuple(data.crop_size), base_size=tuple(data.base_size),
         ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
-
-
-def video_view_settings(config: ml_collections.ConfigDict, **overrides) -> dict:
-    """`transforms.video_eval_views` / `evaluate.video_view_counts` kwargs from `config.data`
-    (clip_len, frame_stride, square crop_size) and `config.eval` (num_clips, num_crops,
-    short_side; 0 = the crop side), with `overrides` (e.g. num_clips=1)."""
-    return {"clip_len": int(config.data.clip_len), "stride": int(config.data.frame_stride),
-            "crop_size": _square_size(config.data.crop_size),
-            "num_clips": int(config.eval.num_clips), "num_crops": int(config.eval.num_crops),
-            "short_side": int(config.eval.short_side) or None, **overrides}
-
-
-def _square_size(size) -> int:
-    """The side of a square (s, s) video crop."""
-    size = tuple(size)
-    if len(size) != 2 or size[0] != size[1]:
-        raise ValueError(f"config.data.crop_size={size}: video crops are square, e.g. (224, 224).")
-    return int(size[0])
-
-
-def eval_preprocess(config: ml_collections.ConfigDict, task: str):
-    """`example -> model-ready example` for the batched evaluation: video → one view (the
-    middle clip, centre crop, short side config.eval.short_side or the crop side), `[T, c, c, 3]`
-    float32; None for the synthetic scenes (already model-ready)."""
-    if task != "classification":
-        return None
-    settings = video_view_settings(config, num_clips=1, num_crops=1)
-
-    def one_view(example: dict) -> dict:
-        views = transforms.video_eval_views(example, **settings)
-        return {"video": views["video"][0], "label": np.int32(example["label"])}
-
-    return one_view
-
-
-def figure_preprocess(data: ml_collections.ConfigDict):
-    """`example -> {'image': model input, 'label', 'display'}` for drawing predictions and
-    attention maps of a real dataset's raw val examples: resized to `data.base_size` (aspect
-    kept, label by nearest neighbour) and normalised as in evaluation. None for the synthetic
-    scenes, which are drawn already normalised."""
-    if data.name == "synthetic":
-        return None
-    base_size = tuple(data.base_size)
-
-    def preprocess(example: dict) -> dict:
-        image, label = transforms.resize_keep_ratio(example["image"], example["label"], base_size)
-        return {"image": transforms.normalize(image), "label": label, "display": image}
-
-    return preprocess
 
 
 def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
@@ -174,7 +148,8 @@ def eval_batches(source, *, local_batch: int, process_index: int, process_count:
                  preprocess=None, pad_label: int = IGNORE_LABEL
                  ) -> Iterator[dict[str, np.ndarray]]:
     """This host's evaluation batches of `preprocess(example)` (identity if None), padded to
-    `local_batch` with zero inputs labelled `pad_label` (PAD_LABELS: what the metrics ignore)."""
+    `local_batch` with zero inputs labelled `pad_label` (a label the metrics do not count: the
+    model bundle's `pad_label`)."""
     shard = grain.MapDataset.source(source)[process_index::process_count]
     if preprocess is not None:
         shard = shard.map(preprocess)

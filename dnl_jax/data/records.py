@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IGNORE_LABEL = 255
+from dnl_jax import IGNORE_LABEL  # noqa: E402  (one definition, re-exported here)
 
 
 def encode_png(array: np.ndarray) -> bytes:

@@ -21,7 +21,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-IGNORE_LABEL = 255
+from dnl_jax import IGNORE_LABEL  # noqa: E402  (one definition, re-exported here)
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale, as mmseg's img_norm_cfg
 IMAGENET_STD = (58.395, 57.12, 57.375)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-IGNORE_LABEL = 255
+from dnl_jax import IGNORE_LABEL  # noqa: E402  (one definition, re-exported here)
 
 
 def valid_pixels(labels: Array, num_classes: int, ignore_label: int = IGNORE_LABEL) -> Array:

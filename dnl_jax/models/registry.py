@@ -12,7 +12,10 @@ Bundle contract (what the trainer codes against):
   which key holds the inputs.
 - `loss_fn(outputs, batch)` → (scalar loss, dict of scalar metrics);
   `metrics_fn(outputs, batch)` → dict of int32 counts to sum over batches, devices and hosts:
-  `{'confusion': [K, K]}` (rows ground truth, columns prediction) or `{'correct', 'count'}`.
+  `{'confusion': [K, K]}` (rows ground truth, columns prediction) or `{'correct', 'count'}`;
+  `finalize_metrics(sums)` → the val metrics (mIoU, accuracies; see models/metrics.py), of which
+  `best_metric` ranks checkpoints; `pad_label` labels the padding of fixed-size evaluation
+  batches so that `metrics_fn` does not count it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax.models import losses, segmentor, video
+from dnl_jax import IGNORE_LABEL
+from dnl_jax.models import losses, metrics, segmentor, video
 
 SEGMENTATION_OVERRIDES = (
     "depth", "base_channels", "stem_channels", "channels", "aux_channels", "output_stride", "aux",
@@ -39,7 +43,7 @@ CLASSIFICATION_OVERRIDES = (
 
 _SEG_DEFAULTS = dict(
     base_channels=64, stem_channels=64, output_stride=8, aux=True, dtype=None, axis_name=None,
-    ignore_label=losses.IGNORE_LABEL, aux_weight=0.4, ohem=None, class_weights=None,
+    ignore_label=IGNORE_LABEL, aux_weight=0.4, ohem=None, class_weights=None,
     dropout_rate=0.1, implementation=None, frozen_bn=False, pairwise=True, unary=True,
 )
 _R50_WIDTHS = dict(channels=512, aux_channels=256)  # mmseg heads on 2048/1024-channel stages
@@ -98,6 +102,11 @@ class ModelBundle:
       name: the registry name.
       input_key: the batch key holding the inputs ('image' or 'video').
       config: the resolved settings (defaults + overrides), for logging.
+      finalize_metrics: `summed metrics_fn counts -> {name: value}` (the val metrics).
+      best_metric: the key of `finalize_metrics`' result that ranks checkpoints (higher is
+        better), and `metric_label` its name on figures.
+      pad_label: the label of evaluation-batch padding, which `metrics_fn` does not count.
+      example_unit: what one input is ('image' or 'clip'), for throughput logs.
     """
 
     module: nn.Module
@@ -108,6 +117,11 @@ class ModelBundle:
     name: str = ""
     input_key: str = "image"
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    finalize_metrics: Callable[[Mapping], dict] = metrics.segmentation_metrics_from_sums
+    best_metric: str = "miou"
+    metric_label: str = "val mIoU"
+    pad_label: int = IGNORE_LABEL
+    example_unit: str = "image"
 
 
 def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
@@ -172,8 +186,8 @@ def _segmentation_bundle(name: str, num_classes: int, config: dict) -> ModelBund
         aux_weight=float(config["aux_weight"]), ohem=ohem, class_weights=class_weights,
     )
     metrics_fn = functools.partial(
-        segmentor.segmentation_metrics, num_classes=num_classes, ignore_label=config["ignore_label"]
-    )
+        segmentor.segmentation_confusion, num_classes=num_classes,
+        ignore_label=config["ignore_label"])
     return ModelBundle(module, "segmentation", num_classes, loss_fn, metrics_fn, name, "image",
                        dict(config, ohem=ohem, class_weights=class_weights))
 
@@ -199,10 +213,33 @@ def _classification_bundle(name: str, num_classes: int, config: dict) -> ModelBu
         implementation=config["implementation"], temperature=config["temperature"],
     )
     return ModelBundle(module, "classification", num_classes, classification_loss,
-                       classification_metrics, name, "video", config)
+                       classification_metrics, name, "video", config,
+                       finalize_metrics=metrics.accuracy_from_counts, best_metric="accuracy",
+                       metric_label="val top-1 accuracy (1 clip)", pad_label=-1,
+                       example_unit="clip")
 
 
-__all__ = ["ModelBundle", "get_model", "init_variables", "MODEL_NAMES", "SEGMENTATION_OVERRIDES",
+def parameter_mismatch(loaded, expected) -> Optional[str]:
+    """None when the trees `loaded` and `expected` (arrays or shape structs) have the same
+    parameter names and shapes, else a short description of the first difference, e.g.
+    "['decode_head']['conv_seg']['kernel']: (1, 1, 16, 5) here, (1, 1, 16, 7) for the model"."""
+    def shapes(tree):
+        return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()))
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    here, there = shapes(loaded), shapes(expected)
+    missing, extra = sorted(set(there) - set(here)), sorted(set(here) - set(there))
+    if missing:
+        return f"{len(missing)} parameters missing, e.g. {missing[0]}"
+    if extra:
+        return f"{len(extra)} parameters the model does not have, e.g. {extra[0]}"
+    for path in sorted(there):
+        if here[path] != there[path]:
+            return f"{path}: {here[path]} here, {there[path]} for the model"
+    return None
+
+
+__all__ = ["ModelBundle", "get_model", "init_variables", "parameter_mismatch", "MODEL_NAMES",
+           "SEGMENTATION_OVERRIDES",
            "CLASSIFICATION_OVERRIDES", "classification_loss", "classification_metrics"]
 
 

@@ -8,7 +8,7 @@ last stage, an auxiliary FCN head on stage 3 (training only), logits resized to 
 Submodule names ↔ mmseg state_dict prefixes: `backbone` ↔ `backbone.`, `decode_head` ↔
 `decode_head.`, `auxiliary_head` ↔ `auxiliary_head.` (see resnet.py, heads.py for the rest).
 
-The segmentor's loss and metric live here too (`segmentation_loss`, `segmentation_metrics`), so
+The segmentor's loss and metric live here too (`segmentation_loss`, `segmentation_confusion`), so
 the trainer stays task-agnostic: total loss = CE(logits) + aux_weight · CE(aux_logits), OHEM (if
 set) on the main logits only, as the official DNL code.
 """
@@ -28,10 +28,14 @@ Array = jax.Array
 Dtype = Any
 
 
-def resize_bilinear(x: Array, height: int, width: int) -> Array:
+def resize_bilinear(x: Array, height: int, width: int, *, align_corners: bool = False) -> Array:
     """Bilinear resize of `[B, h, w, C]` to `[B, height, width, C]` with half-pixel centres and no
-    anti-aliasing, i.e. PyTorch `interpolate(mode='bilinear', align_corners=False)`."""
-    if x.shape[1:3] == (height, width):
+    anti-aliasing, i.e. PyTorch `interpolate(mode='bilinear', align_corners=False)`; the one
+    resize of logits and images in training and evaluation."""
+    if align_corners:
+        raise ValueError("align_corners=True is not implemented by resize_bilinear yet; use "
+                         "model.kwargs without align_corners (False).")
+    if tuple(x.shape[1:3]) == (height, width):
         return x
     shape = (x.shape[0], height, width, x.shape[-1])
     return jax.image.resize(x, shape, method="bilinear", antialias=False)
@@ -157,7 +161,7 @@ def pixel_accuracy(logits: Array, labels: Array, ignore_label: int = losses.IGNO
     return correct / jnp.maximum(jnp.sum(valid), 1)
 
 
-def segmentation_metrics(outputs: dict, batch: dict, *, num_classes: int,
+def segmentation_confusion(outputs: dict, batch: dict, *, num_classes: int,
                          ignore_label: int = losses.IGNORE_LABEL) -> dict[str, Array]:
     """`{'confusion': int32 [K, K]}` (rows ground truth, columns argmax prediction)."""
     predictions = jnp.argmax(outputs["logits"], axis=-1)
@@ -166,4 +170,4 @@ def segmentation_metrics(outputs: dict, batch: dict, *, num_classes: int,
 
 
 __all__ = ["Segmentor", "build_segmentor", "resize_bilinear", "segmentation_loss",
-           "segmentation_metrics", "pixel_accuracy"]
+           "segmentation_confusion", "pixel_accuracy"]

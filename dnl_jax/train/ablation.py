@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from dnl_jax.train.config import base_config
+from dnl_jax.train.config import base_config, batched_eval
 
 SYNTHETIC_ABLATION_MODELS = {
     "dnl": "dnl_tiny",
@@ -38,12 +38,11 @@ def synthetic_config(model: str = "dnl_tiny") -> ml_collections.ConfigDict:
     config.data.num_train = 4096
     config.data.num_val = 256
     config.batch_size = 16
-    config.eval_batch_size = 64
     config.total_steps = 1000
     config.optimizer.lr = 0.1
     config.optimizer.min_lr = 1e-4
     config.optimizer.warmup_steps = 10
-    config.eval_every_steps = 250
+    config.evals.val = batched_eval(every_steps=250, batch_size=64)
     config.log_every_steps = 10
     config.checkpoint.every_steps = 250
     return config

@@ -4,27 +4,64 @@ Experiment files in `experiments/configs/` start from `base_config()` and overri
 typo on the command line (`--config.optimiser.lr=...`) is already refused by ml_collections; a
 ConfigDict built by hand and passed to `train_and_evaluate` is checked here by `validate_config`,
 which names the unknown key and suggests the closest known one. `model.kwargs` is free-form: it is
-forwarded to `dnl_jax.models.get_model`, which validates its own arguments.
+forwarded to `dnl_jax.models.get_model`, which validates its own arguments; on the command line
+its entries are set with `--config.model.kwargs.NAME=VALUE` (`pop_model_kwargs_flags`).
+`evals` holds one section per evaluator, `config.evals.<name> = dict(type=..., every_steps=...,
+...)`, each checked by its evaluator (dnl_jax/evaluators/). Keys of earlier layouts are refused
+with the new key to use (`REPLACED_KEYS`).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
-from typing import Any
+import sys
+from typing import Any, Sequence
 
 import ml_collections
 
+from dnl_jax import evaluators
+from dnl_jax.data.pipeline import (DATASETS, REAL_SEGMENTATION, SEGMENTATION_DATASETS,  # noqa
+                                   VIDEO_DATASETS, dataset_task)
+
 PARALLELISMS = ("jit", "pmap")
-# Prepared segmentation datasets (python -m dnl_jax.data.prepare NAME ...) the trainer reads.
-REAL_SEGMENTATION = ("cityscapes", "ade20k", "pascal_context")
-SEGMENTATION_DATASETS = ("synthetic",) + REAL_SEGMENTATION
-# Prepared action-recognition datasets (Kinetics layout, split 'val' evaluated).
-VIDEO_DATASETS = ("kinetics",)
-DATASETS = SEGMENTATION_DATASETS + VIDEO_DATASETS
-EVAL_MODES = ("whole", "slide")
 DTYPES = ("float32", "bfloat16")
-# Sub-dicts whose keys are not ours to check.
-FREE_FORM = ("model.kwargs",)
+# Sub-dicts whose keys are not ours to check: the model's arguments (get_model checks them) and
+# the evaluators' sections (each evaluator checks its own).
+FREE_FORM = ("model.kwargs", "evals")
+# Keys of earlier layouts → what replaced them.
+REPLACED_KEYS = {
+    "eval": "config.evals.val = dict(type='segmentation', mode=..., crop_size=..., stride=..., "
+            "scales=..., flip=...) for prepared segmentation datasets, and "
+            "config.evals.val_multi_view = dict(type='multi_view', num_clips=..., "
+            "num_crops=..., short_side=...) for videos",
+    "eval_every_steps": "config.evals.<name>.every_steps",
+    "eval_batch_size": "config.evals.val.batch_size (type 'batched')",
+    "mesh": "nothing: the jit driver shards the batch over every device (config.mesh.data was "
+            "never read); delete it",
+}
+MODEL_KWARGS_FLAG = "--config.model.kwargs."
+EXAMPLE_MODELS = {"segmentation": "dnl_r50-d8", "classification": "dnl_i3d_r50"}
+
+
+def batched_eval(every_steps: int = 50, batch_size: int = 32, **extra) -> dict:
+    """`config.evals.<name>` of the batched evaluator (synthetic scenes, one clip per video)."""
+    return dict(type="batched", every_steps=every_steps, batch_size=batch_size, **extra)
+
+
+def segmentation_eval(every_steps: int, *, mode: str = "whole", crop_size=(0, 0),
+                      stride=(0, 0), scales=(1.0,), flip: bool = False) -> dict:
+    """`config.evals.<name>` of the per-image segmentation evaluator (prepared datasets)."""
+    return dict(type="segmentation", every_steps=every_steps, mode=mode,
+                crop_size=tuple(crop_size), stride=tuple(stride), scales=tuple(scales),
+                flip=flip)
+
+
+def multi_view_eval(num_clips: int = 10, num_crops: int = 3, short_side: int = 0,
+                    every_steps: int = 0) -> dict:
+    """`config.evals.<name>` of the multi-view video test (by default at the end only)."""
+    return dict(type="multi_view", every_steps=every_steps, num_clips=num_clips,
+                num_crops=num_crops, short_side=short_side)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -60,7 +97,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.short_side_range = (256, 320)
 
     c.batch_size = 16  # global, over all hosts and devices
-    c.eval_batch_size = 32
     c.total_steps = 100
     c.grad_accum_steps = 1  # micro-batches per optimizer step (batch_size is the effective batch)
 
@@ -74,9 +110,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.warmup_ratio = 0.1  # warm-up starts at lr * warmup_ratio
     c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
 
-    c.parallelism = "jit"
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices on the 'data' axis; -1 = all
+    c.parallelism = "jit"  # both shard the batch over every device (data parallel)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50
@@ -84,25 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep_best = True
     c.init_from = ""  # a checkpoint directory (with a 'state' item) to take params/batch_stats from
 
-    # Periodic and final evaluation of prepared datasets, per image at its own size after the
-    # resize to data.base_size (dnl_jax.evaluate.predict_scores); 'synthetic' evaluates whole
-    # fixed-size batches and ignores this section.
-    c.eval = ml_collections.ConfigDict()
-    c.eval.mode = "whole"  # or "slide": windows of crop_size every stride
-    c.eval.crop_size = (0, 0)  # (h, w); slide only
-    c.eval.stride = (0, 0)  # (h, w); slide only
-    c.eval.scales = (1.0,)
-    c.eval.flip = False
-    # Video: periodic evaluation is top-1 accuracy of one clip per video (the middle clip in
-    # time, centre crop, short side eval.short_side; 0 = the crop side), data-parallel. With
-    # multi_view the final evaluation adds the test protocol of `python -m dnl_jax.evaluate`:
-    # num_clips x num_crops views per video, softmax averaged (one device per host).
-    c.eval.num_clips = 10
-    c.eval.num_crops = 3
-    c.eval.short_side = 0
-    c.eval.multi_view = True
+    # One section per evaluator (dnl_jax/evaluators/): run at step 0, every `every_steps` and
+    # at the end (every_steps=0: at the end only); written to the logs under its name. 'val'
+    # ranks the checkpoints. The synthetic default: batched val scenes.
+    c.evals = ml_collections.ConfigDict()
+    c.evals.val = batched_eval()
 
-    c.eval_every_steps = 50
     c.log_every_steps = 10
     c.progress_bar = True
     c.curves_figure = True
@@ -110,10 +131,15 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def dataset_task(name: str) -> str:
-    """'classification' for the video datasets, else 'segmentation' (the model's task must match).
-    """
-    return "classification" if name in VIDEO_DATASETS else "segmentation"
+def check_model_task(model_task: str, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError when the model's task is not the dataset's (a segmentation model on
+    videos, or the reverse)."""
+    task = dataset_task(config.data.name)
+    if model_task != task:
+        example = EXAMPLE_MODELS[task]
+        raise ValueError(f"config.model.name={config.model.name!r} is a {model_task} model but "
+                         f"config.data.name={config.data.name!r} is a {task} dataset; choose a "
+                         f"{task} model, e.g. --config.model.name={example}.")
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -128,9 +154,13 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError for any key not in `base_config()`, suggesting the closest known one."""
+    """Raises ValueError for any key not in `base_config()`, suggesting the closest known one
+    (for keys of an earlier layout: what replaced them)."""
     known = _flatten(base_config())
     for path in _flatten(config):
+        old = path.split(".")[0]
+        if old in REPLACED_KEYS:
+            raise ValueError(f"config.{path} is no longer a key; use {REPLACED_KEYS[old]}.")
         if path not in known and not any(path.startswith(f + ".") for f in FREE_FORM):
             close = difflib.get_close_matches(path, list(known), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -160,34 +190,32 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
     _require(c.data.name in DATASETS,
              f"config.data.name={c.data.name!r}; choose one of {DATASETS}.")
-    for key in ("total_steps", "batch_size", "eval_batch_size", "grad_accum_steps",
-                "eval_every_steps", "log_every_steps"):
+    for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
     _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
              "config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.")
     _require(c.data.num_classes >= 2, "config.data.num_classes must be >= 2.")
-    _require(c.data.name != "synthetic" or (c.data.num_classes >= 5
-                                            and c.data.num_classes % 2 == 1),
-             f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
-             "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
     _require(c.optimizer.lr > 0 and 0 <= c.optimizer.min_lr <= c.optimizer.lr,
              "need 0 < config.optimizer.lr and 0 <= config.optimizer.min_lr <= lr.")
     _require(0 <= c.optimizer.warmup_steps < c.total_steps,
              f"config.optimizer.warmup_steps={c.optimizer.warmup_steps} must be in "
              f"[0, total_steps={c.total_steps}).")
     _require(c.optimizer.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0.")
-    _require(c.mesh.data == -1 or c.mesh.data == num_devices,
-             f"config.mesh.data={c.mesh.data} but {num_devices} devices are visible; use -1 "
-             "(all devices) until more mesh axes exist.")
-    _check_batch_divisibility(c, num_devices=num_devices, num_processes=num_processes)
-    if c.data.name in VIDEO_DATASETS:
-        _check_video_data(c)
-    elif c.data.name != "synthetic":
-        _check_segmentation_data(c)
+    _check_batch_divisibility(c, num_devices=num_devices)
+    _DATA_CHECKS[c.data.name](c)
+    evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
 
 
 def _pair_ok(value) -> bool:
     return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
+
+
+def _check_synthetic_data(c) -> None:
+    """Keys of the embedded synthetic scenes."""
+    _require(c.data.num_classes >= 5 and c.data.num_classes % 2 == 1,
+             f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
+             "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
+    _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
 
 
 def _check_segmentation_data(c) -> None:
@@ -199,18 +227,10 @@ def _check_segmentation_data(c) -> None:
     _require(0 < low <= high, f"config.data.ratio_range={tuple(c.data.ratio_range)} must be "
              "(low, high) with 0 < low <= high.")
     _require(0 < c.data.cat_max_ratio <= 1, "config.data.cat_max_ratio must be in (0, 1].")
-    _require(c.eval.mode in EVAL_MODES,
-             f"config.eval.mode={c.eval.mode!r}; choose one of {EVAL_MODES}.")
-    if c.eval.mode == "slide":
-        _require(_pair_ok(c.eval.crop_size) and _pair_ok(c.eval.stride),
-                 f"config.eval.mode='slide' needs config.eval.crop_size and config.eval.stride "
-                 f"(h, w) >= 1, got {tuple(c.eval.crop_size)} and {tuple(c.eval.stride)}.")
-    _require(len(c.eval.scales) >= 1 and all(s > 0 for s in c.eval.scales),
-             f"config.eval.scales={tuple(c.eval.scales)} must be positive ratios.")
 
 
 def _check_video_data(c) -> None:
-    """Keys of video datasets: clip sampling, the square crop and the test views."""
+    """Keys of video datasets: clip sampling and the square crop."""
     for key in ("clip_len", "frame_stride"):
         _require(int(c.data[key]) >= 1, f"config.data.{key}={c.data[key]} must be >= 1.")
     crop = tuple(c.data.crop_size)
@@ -220,14 +240,15 @@ def _check_video_data(c) -> None:
     _require(crop[0] <= low <= high,
              f"config.data.short_side_range={(low, high)} must be (low, high) with crop side "
              f"{crop[0]} <= low <= high: frames are rescaled to it, then cropped.")
-    for key in ("num_clips", "num_crops"):
-        _require(int(c.eval[key]) >= 1, f"config.eval.{key}={c.eval[key]} must be >= 1.")
-    _require(c.eval.short_side == 0 or c.eval.short_side >= crop[0],
-             f"config.eval.short_side={c.eval.short_side} must be 0 (the crop side) or >= the "
-             f"crop side {crop[0]}.")
 
 
-def _check_batch_divisibility(c, *, num_devices: int, num_processes: int) -> None:
+# The checks of each dataset's own keys.
+_DATA_CHECKS = {"synthetic": _check_synthetic_data,
+                **{name: _check_segmentation_data for name in REAL_SEGMENTATION},
+                **{name: _check_video_data for name in VIDEO_DATASETS}}
+
+
+def _check_batch_divisibility(c, *, num_devices: int) -> None:
     micro = c.batch_size // c.grad_accum_steps
     _require(c.batch_size % c.grad_accum_steps == 0,
              f"config.batch_size={c.batch_size} is not divisible by "
@@ -235,10 +256,44 @@ def _check_batch_divisibility(c, *, num_devices: int, num_processes: int) -> Non
     _require(micro % num_devices == 0,
              f"the micro-batch batch_size/grad_accum_steps={micro} must be divisible by the "
              f"{num_devices} devices; change config.batch_size or config.grad_accum_steps.")
-    _require(c.eval_batch_size % num_devices == 0,
-             f"config.eval_batch_size={c.eval_batch_size} must be divisible by the "
-             f"{num_devices} devices.")
-    if c.data.name == "synthetic":  # prepared datasets have their own sizes
-        _require(c.data.num_val >= num_processes and c.data.num_train >= c.batch_size,
-                 "config.data.num_train must be >= batch_size and num_val >= the number of "
-                 "hosts.")
+
+
+def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Splits `--config.model.kwargs.NAME=VALUE` flags off `argv` (ml_collections only overrides
+    keys the config file already has, and model.kwargs is free-form). VALUE is a Python literal
+    (`0`, `0.5`, `True`, `(1, 2)`, `{'thresh': 0.7, 'min_kept': 100000}`) or else a string.
+    Returns (the other arguments, {NAME: value}); ValueError for a flag without '=VALUE'."""
+    rest, kwargs = [], {}
+    for arg in argv:
+        if not arg.startswith(MODEL_KWARGS_FLAG):
+            rest.append(arg)
+            continue
+        name, sep, text = arg[len(MODEL_KWARGS_FLAG):].partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"{arg!r}: write --config.model.kwargs.NAME=VALUE, e.g. "
+                             "--config.model.kwargs.dropout_rate=0.")
+        try:
+            kwargs[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[name] = text
+    return rest, kwargs
+
+
+def take_model_kwargs_flags(program: str) -> dict[str, Any]:
+    """`pop_model_kwargs_flags(sys.argv)` for a command line, before absl parses its flags:
+    sys.argv keeps the other flags (config_flags reads its overrides from sys.argv itself) and
+    the model's arguments are returned; a malformed flag exits with one line."""
+    try:
+        argv, kwargs = pop_model_kwargs_flags(sys.argv)
+    except ValueError as error:
+        sys.exit(f"{program}: {error}")
+    sys.argv[:] = argv
+    return kwargs
+
+
+def set_model_kwargs(config: ml_collections.ConfigDict, kwargs: dict[str, Any]) -> None:
+    """Sets `config.model.kwargs[NAME] = value` for each entry (the model checks the names and
+    values when it is built: an unknown name is refused there, listing the valid ones)."""
+    with config.unlocked():
+        for name, value in kwargs.items():
+            config.model.kwargs[name] = value

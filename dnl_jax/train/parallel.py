@@ -7,6 +7,8 @@ Both wrap the same pure steps (`dnl_jax.train.step`) and expose one interface to
     train_step(state, batch)     → (state, metrics); batch = this host's numpy batch [b, ...]
     eval_step(state, batch)      → numpy metric sums over every device and host
     to_checkpoint(state)         → the pytree orbax saves (global arrays / host numpy)
+    host_state(state)            → a host numpy copy of the state (logs, figures, results)
+    host_variables(state)        → {'params', 'batch_stats'} of host_state, for host inference
     restore_target(abstract)     → what orbax restores into; from_checkpoint(tree) → state
 
 jit: a mesh with a 'data' axis over all devices of all hosts; the batch is sharded `P('data')`
@@ -41,16 +43,6 @@ def fetch_replicated(tree):
     return jax.tree.map(fetch, tree)
 
 
-def sum_over_hosts(tree):
-    """Elementwise sum of a tree of host numpy arrays over all processes (itself with one)."""
-    if jax.process_count() == 1:
-        return tree
-    from jax.experimental import multihost_utils
-
-    return jax.tree.map(lambda x: np.asarray(x).sum(0),
-                        multihost_utils.process_allgather(tree))
-
-
 def make_mesh() -> jax.sharding.Mesh:
     """A 1-D mesh over every device of every process, axis 'data'."""
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
@@ -63,7 +55,20 @@ def create_replicated_state(init_fn: Callable, mesh: jax.sharding.Mesh):
     return jax.jit(init_fn, out_shardings=shardings)()
 
 
-class JitDriver:
+class _HostCopies:
+    """The host-copy methods both drivers share (on top of their `to_checkpoint`)."""
+
+    def host_state(self, state):
+        """Host numpy copy of `state` (any replica: they are identical)."""
+        return fetch_replicated(self.to_checkpoint(state))
+
+    def host_variables(self, state) -> dict:
+        """{'params', 'batch_stats'} of `host_state(state)`."""
+        host = self.host_state(state)
+        return {"params": host.params, "batch_stats": host.batch_stats}
+
+
+class JitDriver(_HostCopies):
     """Global-view `jax.jit` steps on NamedSharding arrays (see the module docstring)."""
 
     axis_name = None
@@ -81,9 +86,10 @@ class JitDriver:
         return jax.set_mesh(self.mesh)
 
     def _compile(self, state_shardings):
-        self._jitted_train = jax.jit(
-            self._train_step, in_shardings=(state_shardings, self.batch_sharding),
-            out_shardings=(state_shardings, self.replicated), donate_argnums=0)
+        if self._train_step is not None:  # None: an evaluation-only driver (the evaluate command)
+            self._jitted_train = jax.jit(
+                self._train_step, in_shardings=(state_shardings, self.batch_sharding),
+                out_shardings=(state_shardings, self.replicated), donate_argnums=0)
         self._jitted_eval = jax.jit(self._eval_step,
                                     in_shardings=(state_shardings, self.batch_sharding),
                                     out_shardings=self.replicated)
@@ -95,7 +101,7 @@ class JitDriver:
         return create_replicated_state(init_fn, self.mesh)
 
     def _jitted(self, state):
-        if self._jitted_train is None:  # the state's structure fixes the in/out shardings
+        if self._jitted_eval is None:  # the state's structure fixes the in/out shardings
             self._compile(self.state_shardings(state))
         return self._jitted_train, self._jitted_eval
 
@@ -123,7 +129,7 @@ class JitDriver:
         return jax.device_put(tree, self.state_shardings(tree))
 
 
-class PmapDriver:
+class PmapDriver(_HostCopies):
     """Classic `jax.pmap` driver with `axis_name='batch'` (see the module docstring)."""
 
     axis_name = PMAP_AXIS

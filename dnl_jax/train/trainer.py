@@ -3,9 +3,11 @@
 Sections: config check → model and optimizer → driver (jit mesh or pmap) → input pipeline →
 state (fresh, resumed from the workdir's checkpoint, or initialised from `config.init_from`) →
 loop (step, log, evaluate, checkpoint, preemption) → final evaluation, checkpoint and figure.
-One trainer for both tasks: the model bundle's task ('segmentation' on images, 'classification'
-on video clips) picks the input shape, the augmentation, the val metrics and the metric that
-ranks checkpoints (`metrics.BEST_METRIC`); the steps and drivers are the same.
+One trainer for every task: the model bundle ('segmentation' on images, 'classification' on
+video clips) brings the loss, the metric counts, their finalisation and the metric that ranks
+checkpoints (`bundle.best_metric`); the data pipeline picks the input shape and augmentation;
+the evaluators of `config.evals` (dnl_jax/evaluators/) run the evaluation protocols. The
+trainer loops over them and never branches on the task.
 Rerunning the same command on the same workdir resumes exactly where the last complete
 checkpoint left off (state, RNG and data position), so the result equals an uninterrupted run.
 """
@@ -23,12 +25,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dnl_jax import evaluators
 from dnl_jax.data import pipeline
 from dnl_jax.models import get_model
+from dnl_jax.models.metrics import describe
+from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import checkpoint as ckpt
 from dnl_jax.train import logs, parallel, step as step_lib
-from dnl_jax.train import metrics as metrics_lib
-from dnl_jax.train.config import dataset_task, validate_config
+from dnl_jax.train.config import check_model_task, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +48,25 @@ class Run:
     init_fn: Callable
     train_source: Any
     val_source: Any
+    evaluators: list
     iterator: Any
     checkpointer: ckpt.Checkpointer
     writer: logs.MetricWriter
 
 
 # ---------------------------------------------------------------- model, optimizer, driver, data
-def make_bundle(config: ml_collections.ConfigDict, *, for_init: bool = False):
-    """The model bundle for `config.model`, with the batch-norm axis the driver needs (none for
-    initialisation, which runs outside pmap). Raises ValueError when the model's task is not
-    the dataset's (a segmentation model on videos, or the reverse)."""
+def make_bundle(config: ml_collections.ConfigDict, *, axis_name: Optional[str] = None):
+    """The model bundle of `config.model` (its kwargs, compute dtype `model.dtype`) for
+    `config.data.num_classes`, its batch norm reducing over `axis_name` (the pmap driver's
+    axis; None everywhere else: jit, initialisation, host inference). Raises ValueError when
+    the model's task is not the dataset's (a segmentation model on videos, or the reverse)."""
     kwargs = config.model.kwargs.to_dict()
     if config.model.dtype == "bfloat16":
         kwargs["dtype"] = jnp.bfloat16
-    if config.parallelism == "pmap" and not for_init:
-        kwargs["axis_name"] = parallel.PMAP_AXIS
+    if axis_name is not None:
+        kwargs["axis_name"] = axis_name
     bundle = get_model(config.model.name, config.data.num_classes, **kwargs)
-    task = dataset_task(config.data.name)
-    if bundle.task != task:
-        example = "dnl_i3d_r50" if task == "classification" else "dnl_r50-d8"
-        raise ValueError(f"config.model.name={config.model.name!r} is a {bundle.task} model but "
-                         f"config.data.name={config.data.name!r} is a {task} dataset; choose a "
-                         f"{task} model, e.g. --config.model.name={example}.")
+    check_model_task(bundle.task, config)
     return bundle
 
 
@@ -75,7 +76,7 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
     Initialised in training mode so that training-only parts (the auxiliary head) get their
     parameters too; flax's batch norm leaves its running statistics untouched while initialising.
     """
-    bundle = make_bundle(config, for_init=True)
+    bundle = make_bundle(config)
     module, shape = bundle.module, pipeline.example_shape(config.data, bundle.task)
 
     def init_fn():
@@ -98,10 +99,10 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
 
 
 def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    bundle = make_bundle(config)
+    axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
+    bundle = make_bundle(config, axis_name=axis_name)
     schedule = step_lib.learning_rate_schedule(config.optimizer, config.total_steps)
     optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
-    axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
     train_step = step_lib.make_train_step(bundle, optimizer, schedule,
                                           grad_accum_steps=config.grad_accum_steps,
                                           axis_name=axis_name)
@@ -116,9 +117,12 @@ def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                      every_steps=config.checkpoint.every_steps,
                                      keep=config.checkpoint.keep,
                                      keep_best=config.checkpoint.keep_best,
-                                     best_metric="val_" + metrics_lib.BEST_METRIC[bundle.task])
+                                     best_metric=f"{evaluators.RANKING_EVAL}_{bundle.best_metric}")
+    context = evaluators.EvalContext(config, bundle, make_bundle(config).module, val_source,
+                                     driver)
     return Run(config, bundle, driver, schedule, make_init_fn(optimizer, config),
-               train_source, val_source, iter(dataset), checkpointer, logs.MetricWriter(workdir))
+               train_source, val_source, evaluators.from_config(config, context), iter(dataset),
+               checkpointer, logs.MetricWriter(workdir))
 
 
 # ------------------------------------------------------------------------------------ state
@@ -138,85 +142,37 @@ def _initial_state(run: Run) -> tuple[Any, dict]:
     if run.config.init_from:
         variables = ckpt.load_variables(run.config.init_from)
         _check_same_shapes(variables["params"], abstract.params, run.config.init_from)
-        host_state = run.driver.to_checkpoint(state).replace(
+        host_state = run.driver.host_state(state).replace(
             params=variables["params"], batch_stats=variables["batch_stats"])
         state = run.driver.from_checkpoint(jax.tree.map(jnp.asarray, host_state))
     return state, signature
 
 
 def _check_same_shapes(loaded, expected, source: str) -> None:
-    loaded_shapes = jax.tree.map(np.shape, loaded)
-    expected_shapes = jax.tree.map(lambda a: tuple(a.shape), expected)
-    if loaded_shapes != expected_shapes:
+    mismatch = parameter_mismatch(loaded, expected)
+    if mismatch:
         raise ValueError(f"config.init_from={source!r} has parameters of other names or shapes "
-                         "than the configured model; convert them for this model first.")
+                         f"than the configured model ({mismatch}); convert them for this model "
+                         "first.")
 
 
 # -------------------------------------------------------------------------------- evaluation
-def evaluate(run: Run, state) -> dict:
-    """Periodic evaluation of the val split, summed over devices and hosts.
-
-    Segmentation: mIoU, per-class IoU, accuracies; synthetic scenes in whole fixed-size
-    batches, prepared datasets (images of different sizes) per image (`_evaluate_per_image`).
-    Classification: top-1 'accuracy' (+ 'correct', 'count') of one view per video (the middle
-    clip, centre crop), batched through the driver's eval step like the synthetic scenes.
-    """
-    task = run.bundle.task
-    if task == "segmentation" and run.config.data.name != "synthetic":
-        return _evaluate_per_image(run, state)
-    count, index = jax.process_count(), jax.process_index()
-    totals = None
-    for batch in pipeline.eval_batches(run.val_source,
-                                       local_batch=run.config.eval_batch_size // count,
-                                       process_index=index, process_count=count,
-                                       preprocess=pipeline.eval_preprocess(run.config, task),
-                                       pad_label=pipeline.PAD_LABELS[task]):
-        sums = run.driver.eval_step(state, batch)
-        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    return metrics_lib.metrics_from_sums(task, totals)
+def evaluate(run: Run, state, step: int, *, final: bool, write: bool = True) -> dict:
+    """{evaluator name: metrics} of the evaluators due after `step` (all of them when `final`),
+    each written to the logs under its name."""
+    results = {}
+    for evaluator in run.evaluators:
+        if evaluator.due(step, final=final):
+            results[evaluator.name] = evaluator.run(state)
+            if write:
+                run.writer.write(step, evaluator.name, results[evaluator.name])
+    return results
 
 
-def _host_logits_fn(run: Run, state) -> Callable:
-    """`inputs -> float32 logits` of `state`'s weights on one local device (jitted), for the
-    per-example evaluations that `dnl_jax.evaluate` also runs. float32: the host-side averaging
-    and softmax of bfloat16 would lose precision."""
-    host = parallel.fetch_replicated(run.driver.to_checkpoint(state))
-    variables = {"params": host.params, "batch_stats": host.batch_stats}
-    module = make_bundle(run.config, for_init=True).module  # no pmap axis outside pmap
-    logits_fn = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"].astype(
-        jnp.float32))
-    return lambda inputs: logits_fn(variables, inputs)
-
-
-def _host_val_examples(run: Run):
-    """This host's val examples: process_index::process_count."""
-    count, index = jax.process_count(), jax.process_index()
-    return (run.val_source[i] for i in range(index, len(run.val_source), count))
-
-
-def _evaluate_per_image(run: Run, state) -> dict:
-    """Each host evaluates its val images one at a time at their own size, as `python -m
-    dnl_jax.evaluate` does (resize to data.base_size, then config.eval's whole/slide inference,
-    scales and flip, scores resized back to the label); the hosts' confusion matrices are
-    summed."""
-    from dnl_jax import evaluate as evaluate_lib
-
-    confusion = evaluate_lib.evaluate_segmentation(
-        _host_logits_fn(run, state), _host_val_examples(run),
-        num_classes=run.config.data.num_classes, base_size=tuple(run.config.data.base_size),
-        **evaluate_lib.inference_settings(run.config))
-    return metrics_lib.segmentation_metrics(parallel.sum_over_hosts(confusion))
-
-
-def _evaluate_multi_view(run: Run, state) -> dict:
-    """Video test protocol, as `python -m dnl_jax.evaluate`: eval.num_clips x eval.num_crops
-    views per val video → {'clip_accuracy' (per view), 'video_accuracy' (views' mean softmax)},
-    each host its share of the videos, counts summed over hosts."""
-    from dnl_jax import evaluate as evaluate_lib
-
-    counts = evaluate_lib.video_view_counts(_host_logits_fn(run, state), _host_val_examples(run),
-                                            **pipeline.video_view_settings(run.config))
-    return evaluate_lib.video_accuracies(parallel.sum_over_hosts(counts))
+def _merged(results: dict) -> dict:
+    """One dict of every evaluator's metrics (the ranking evaluator's first)."""
+    ordered = sorted(results, key=lambda name: name != evaluators.RANKING_EVAL)
+    return {key: value for name in ordered for key, value in results[name].items()}
 
 
 # -------------------------------------------------------------------------------------- loop
@@ -236,23 +192,23 @@ def _save(run: Run, step: int, state, signature: dict, *, metric, force: bool) -
 def _log_train_step(run: Run, bar, step: int, metrics: dict, seconds: float) -> None:
     """Throughput (images/s or clips/s), the progress bar (loss, lr, throughput, ETA) and
     every config.log_every_steps the train metrics."""
-    unit = "clips" if run.bundle.task == "classification" else "images"
-    metrics[f"{unit}_per_s"] = run.config.batch_size / max(seconds, 1e-9)
+    unit = run.bundle.example_unit
+    metrics[f"{unit}s_per_s"] = run.config.batch_size / max(seconds, 1e-9)
     bar.update(1)
     logs.describe_progress(bar, loss=metrics["loss"], lr=metrics["lr"],
-                           per_s=metrics[f"{unit}_per_s"], unit=unit[:-1])
+                           per_s=metrics[f"{unit}s_per_s"], unit=unit)
     if step % run.config.log_every_steps == 0 or step == run.config.total_steps:
         run.writer.write(step, "train", metrics)
 
 
 def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -> tuple:
-    """Steps from the state's step to config.total_steps; returns (state, status, last_val)."""
-    config, writer = run.config, run.writer
-    start = int(parallel.fetch_replicated(run.driver.to_checkpoint(state).step))
-    last_val, status, last_saved = None, "completed", None
+    """Steps from the state's step to config.total_steps; returns (state, status, results):
+    results = {evaluator name: metrics} of the last evaluation (None if none ran)."""
+    config = run.config
+    start = int(run.driver.host_state(state).step)
+    results, status, last_saved = None, "completed", None
     if start == 0:
-        last_val = evaluate(run, state)
-        writer.write(0, "val", last_val)
+        results = evaluate(run, state, 0, final=False)
     watcher = ckpt.PreemptionWatcher()
     bar = logs.progress_bar(total=config.total_steps, initial=start,
                             enabled=config.progress_bar and jax.process_index() == 0)
@@ -270,13 +226,13 @@ def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -
             now = time.perf_counter()
             _log_train_step(run, bar, step, metrics, now - tick)
             tick = now
-            best = None  # the checkpoint-ranking val metric, where evaluated
-            if step % config.eval_every_steps == 0 or step == config.total_steps:
-                last_val = evaluate(run, state)
-                writer.write(step, "val", last_val)
-                best = last_val[metrics_lib.BEST_METRIC[run.bundle.task]]
-                _say(bar, f"step {step}: {metrics_lib.describe(last_val)}")
             final = step == config.total_steps
+            evaluated = evaluate(run, state, step, final=final)
+            # The checkpoint-ranking val metric, where evaluated.
+            best = evaluated.get(evaluators.RANKING_EVAL, {}).get(run.bundle.best_metric)
+            if evaluated:
+                results = evaluated
+                _say(bar, f"step {step}: {describe(_merged(evaluated))}")
             if final or run.checkpointer.should_save(step):
                 last_saved = _save(run, step, state, signature, metric=best, force=final)
             if on_step is not None:
@@ -290,7 +246,7 @@ def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -
     finally:
         bar.close()
         watcher.close()
-    return state, status, last_val
+    return state, status, results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -303,9 +259,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       on_step: optional callback after each completed step (checkpoint included), given the
         step number; for tools and tests (e.g. to deliver SIGTERM at a chosen step).
     Returns:
-      {'status': 'completed'|'preempted', 'step', 'val': last val metrics (or None; video runs
-       that complete add the multi-view 'clip_accuracy' and 'video_accuracy' when
-       config.eval.multi_view), 'state': the final TrainState (host numpy), 'workdir',
+      {'status': 'completed'|'preempted', 'step', 'val': the last evaluation's metrics, all
+       evaluators' merged into one dict (or None), 'evals': the same per evaluator name,
+       'state': the final TrainState (host numpy), 'workdir',
        'curves': PNG path or None, 'attention': the attention figure's PNG path, or None (off,
        no DNL block, or a video model)}.
     """
@@ -316,40 +272,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         with run.driver.context():
             state, signature = _initial_state(run)
             run.writer.write_config(config)
-            state, status, last_val = _train_loop(run, state, signature, on_step)
-            host_state = parallel.fetch_replicated(run.driver.to_checkpoint(state))
-            if status == "completed" and last_val is None:  # resumed after the last step
-                last_val = evaluate(run, state)
-            if status == "completed" and run.bundle.task == "classification" and \
-                    config.eval.multi_view:
-                multi_view = _evaluate_multi_view(run, state)
-                run.writer.write(int(host_state.step), "val_multi_view", multi_view)
-                last_val = {**last_val, **multi_view}
+            state, status, results = _train_loop(run, state, signature, on_step)
+            host_state = run.driver.host_state(state)
+            if status == "completed" and results is None:  # resumed after the last step
+                results = evaluate(run, state, int(host_state.step), final=True, write=False)
     finally:
         run.checkpointer.close()
         run.writer.close()
     figures = _figures(run, host_state, status) if jax.process_index() == 0 else {}
-    return {"status": status, "step": int(host_state.step), "val": last_val,
-            "state": host_state, "workdir": workdir, "curves": figures.get("curves"),
+    return {"status": status, "step": int(host_state.step),
+            "val": _merged(results) if results else None, "evals": results, "state": host_state,
+            "workdir": workdir, "curves": figures.get("curves"),
             "attention": figures.get("attention")}
 
 
 def _figures(run: Run, host_state, status: str) -> dict:
-    """{'curves', 'attention': PNG path or None}: the training curves (loss and the task's val
-    metric), and for a completed segmentation run the attention figure (maps over pixels)."""
-    config, task = run.config, run.bundle.task
+    """{'curves', 'attention': PNG path or None}: the training curves (loss and the bundle's val
+    metric), and for a completed run of an image model the attention figure (maps over pixels;
+    video models have none)."""
+    config, bundle = run.config, run.bundle
     figures = {"curves": None, "attention": None}
     if config.curves_figure:
-        metric = metrics_lib.BEST_METRIC[task]
         figures["curves"] = logs.save_curves_figure(
             run.writer.workdir, title=f"{config.model.name} on {config.data.name}",
-            val_metric=metric, val_label=metrics_lib.METRIC_LABELS[metric])
-    if config.attention_figure and status == "completed" and task == "segmentation":
+            val_metric=bundle.best_metric, val_label=bundle.metric_label)
+    if config.attention_figure and status == "completed" and bundle.input_key == "image":
         from dnl_jax import viz  # imported lazily: matplotlib
 
         figures["attention"] = viz.save_attention_figure(
-            run.writer.workdir, make_bundle(config, for_init=True).module,
+            run.writer.workdir, make_bundle(config).module,
             {"params": host_state.params, "batch_stats": host_state.batch_stats},
             run.val_source, num_classes=config.data.num_classes,
-            preprocess=pipeline.figure_preprocess(config.data))
+            preprocess=viz.figure_preprocess(config.data))
     return figures

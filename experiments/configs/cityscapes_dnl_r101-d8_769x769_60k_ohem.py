@@ -1,7 +1,7 @@
 """DNL R101-D8 on Cityscapes, the official code's recipe: 769x769 crops, 60k iterations, OHEM
 (thresh 0.7, min kept 100k). Published (paper): 80.15 val mIoU. Test: slide 769x769 stride 513
 as mmseg's 769x769 configs; the official code's val feeds the whole 2048x1024 image instead
-(--config.eval.mode=whole).
+(--config.evals.val.mode=whole).
 
 Prepare the data once, train, then evaluate:
     python -m dnl_jax.data.prepare cityscapes --manual_dir RAW --data_dir data/prepared

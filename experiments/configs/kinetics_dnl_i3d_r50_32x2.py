@@ -14,7 +14,8 @@ Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared. A sh
 of the same path on a small prepared set (tiny model, 4-frame 32x32 clips):
     --config.model.name=dnl_i3d_tiny --config.data.clip_len=4 --config.data.crop_size=(32,32)
     --config.data.short_side_range=(32,40) --config.batch_size=8 --config.total_steps=20
-    --config.eval.num_clips=2 --config.eval.num_crops=1 --config.eval.short_side=0
+    --config.evals.val.short_side=0 --config.evals.val_multi_view.short_side=0
+    --config.evals.val_multi_view.num_clips=2 --config.evals.val_multi_view.num_crops=1
 """
 
 from dnl_jax import recipes

@@ -13,7 +13,7 @@ def get_config():
     # smaller learning rate.
     config = synthetic_config("dnl_r18-d8")
     config.data.num_train = 8192
-    config.eval_batch_size = 32
+    config.evals.val.batch_size = 32
     config.total_steps = 2000
     config.optimizer.lr = 0.01
     config.optimizer.warmup_steps = 50

@@ -1,4 +1,4 @@
-"""Validation metrics per task, from counts summed over batches, devices and hosts.
+"""Metric finalisation: per-batch counts (summed over batches, devices and hosts) → val metrics.
 
 Segmentation, with C the `[K, K]` confusion matrix (rows = truth, columns = prediction):
     IoU_k       = C_kk / (Σ_j C_kj + Σ_i C_ik − C_kk)     (NaN where class k never occurs, in
@@ -8,16 +8,18 @@ Segmentation, with C the `[K, K]` confusion matrix (rows = truth, columns = pred
     class acc_k = C_kk / Σ_j C_kj                          (NaN where class k has no true pixel)
 Classification (video clips): top-1 accuracy = correct / count.
 
-Each task has one metric that picks the best checkpoint (`BEST_METRIC`, recorded in the
-checkpoint as `val_<name>`) and a one-line summary for the console (`describe`).
+Each task's bundle (`registry.ModelBundle`) carries its finaliser and the metric that ranks
+checkpoints (`best_metric`); `describe` is the console line for any of these results.
 """
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
 
-def segmentation_metrics(confusion) -> dict:
+def metrics_from_confusion(confusion) -> dict:
     """{'miou', 'pixel_accuracy', 'mean_accuracy': float, 'per_class_iou', 'per_class_accuracy':
     float64 [K]} from an integer confusion matrix `[K, K]`.
     """
@@ -42,32 +44,32 @@ def segmentation_metrics(confusion) -> dict:
     }
 
 
-def classification_metrics(sums) -> dict:
+def segmentation_metrics_from_sums(sums: Mapping) -> dict:
+    """`metrics_from_confusion` of the segmentor's summed `{'confusion': [K, K]}`."""
+    return metrics_from_confusion(sums["confusion"])
+
+
+def accuracy_from_counts(sums: Mapping) -> dict:
     """{'accuracy': correct / count (NaN for no example), 'correct', 'count': int} from the
-    bundle's summed `{'correct', 'count'}`."""
+    video classifier's summed `{'correct', 'count'}`."""
     correct, count = int(sums["correct"]), int(sums["count"])
     return {"accuracy": correct / count if count else float("nan"), "correct": correct,
             "count": count}
 
 
-# The metric that ranks checkpoints, per task (a key of `metrics_from_sums`' result).
-BEST_METRIC = {"segmentation": "miou", "classification": "accuracy"}
-METRIC_LABELS = {"miou": "val mIoU", "accuracy": "val top-1 accuracy (1 clip)"}
+def describe(metrics: Mapping) -> str:
+    """One console line for val metrics of any evaluator (by the keys present)."""
+    parts = []
+    if "miou" in metrics:
+        parts.append(f"val mIoU {metrics['miou']:.4f}, pixel accuracy "
+                     f"{metrics['pixel_accuracy']:.4f}")
+    if "accuracy" in metrics:
+        parts.append(f"val top-1 accuracy (1 clip per video) {metrics['accuracy']:.4f}")
+    if "video_accuracy" in metrics:
+        parts.append(f"multi-view: clip accuracy {metrics['clip_accuracy']:.4f}, video accuracy "
+                     f"{metrics['video_accuracy']:.4f}")
+    return "; ".join(parts) or "no metrics"
 
 
-def metrics_from_sums(task: str, sums: dict) -> dict:
-    """The task's val metrics from the bundle's `metrics_fn` sums (see models/registry.py)."""
-    if task == "segmentation":
-        return segmentation_metrics(sums["confusion"])
-    return classification_metrics(sums)
-
-
-def describe(val: dict) -> str:
-    """One console line for the val metrics of either task."""
-    if "miou" in val:
-        return f"val mIoU {val['miou']:.4f}, pixel accuracy {val['pixel_accuracy']:.4f}"
-    line = f"val top-1 accuracy (1 clip per video) {val['accuracy']:.4f}"
-    if "video_accuracy" in val:
-        line += (f"; multi-view: clip accuracy {val['clip_accuracy']:.4f}, video accuracy "
-                 f"{val['video_accuracy']:.4f}")
-    return line
+__all__ = ["metrics_from_confusion", "segmentation_metrics_from_sums", "accuracy_from_counts",
+           "describe"]

@@ -1,0 +1,73 @@
+"""Batched data-parallel evaluation (`type='batched'`): fixed-size val examples in batches of
+`batch_size` (global) through the driver's eval step (sharded over every device; the bundle's
+metric counts summed over devices and hosts), then the bundle's metric finalisation.
+
+For inputs that are model-ready at one size: the synthetic scenes, and one view per video (the
+middle clip, centre crop, short side `short_side`, 0 = the crop side). Host p reads examples p,
+p+P, ...; every host runs the same number of batches (the collectives need it) and short batches
+are padded with the bundle's `pad_label`, which the metrics do not count.
+
+    config.evals.val = dict(type='batched', every_steps=50, batch_size=32)
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from dnl_jax.data import pipeline, transforms
+from dnl_jax.evaluators import common, video
+
+
+def one_view_preprocess(data, short_side: int):
+    """`example -> {'video': [T, c, c, 3] float32, 'label': int32}`: the middle clip, centre
+    crop (`transforms.video_eval_views` with one clip and one crop)."""
+    settings = video.view_settings(data, num_clips=1, num_crops=1, short_side=short_side)
+
+    def one_view(example: dict) -> dict:
+        views = transforms.video_eval_views(example, **settings)
+        return {"video": views["video"][0], "label": np.int32(example["label"])}
+
+    return one_view
+
+
+class BatchedEvaluator(common.Evaluator):
+    """Batched evaluation (module docstring); metrics: `bundle.finalize_metrics` of the sums."""
+
+    KEYS = {"every_steps": 50, "batch_size": 32, "short_side": 0}
+
+    @classmethod
+    def check(cls, name: str, settings: dict, config, *, num_devices: int,
+              num_processes: int) -> None:
+        super().check(name, settings, config, num_devices=num_devices,
+                      num_processes=num_processes)
+        batch, devices = settings["batch_size"], num_devices
+        if not isinstance(batch, int) or batch < 1 or batch % devices:
+            raise ValueError(f"config.evals.{name}.batch_size={batch!r} must be a positive "
+                             f"multiple of the {devices} devices.")
+        if pipeline.dataset_task(config.data.name) == "classification":
+            video.check_views(name, settings, ("short_side",))
+            video.check_short_side(name, settings["short_side"], config.data)
+        elif config.data.name != "synthetic":
+            raise ValueError(
+                f"config.evals.{name}: type 'batched' needs examples of one size, and "
+                f"{config.data.name!r} images have their own sizes; use type='segmentation' "
+                "(per image, whole or slide).")
+        elif settings["short_side"]:
+            raise ValueError(f"config.evals.{name}.short_side is for video datasets only.")
+        if config.data.name == "synthetic" and int(config.data.num_val) < num_processes:
+            raise ValueError("config.data.num_val must be >= the number of hosts.")
+
+    def run(self, state) -> dict:
+        context = self.context
+        preprocess = None
+        if context.bundle.input_key == "video":
+            preprocess = one_view_preprocess(context.config.data, self.settings["short_side"])
+        totals = None
+        for batch in pipeline.eval_batches(
+                context.source, local_batch=self.settings["batch_size"] // jax.process_count(),
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                preprocess=preprocess, pad_label=context.bundle.pad_label):
+            sums = context.driver.eval_step(state, batch)
+            totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        return context.bundle.finalize_metrics(totals)

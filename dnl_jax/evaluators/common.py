@@ -1,0 +1,129 @@
+"""What every evaluator shares: the one host predict function, this host's share of a split, the
+sum over hosts, and the check of an evaluator's config section.
+
+An evaluator is built from one `config.evals.<name>` section and an `EvalContext` (what it runs
+on), and `run(state)` returns its named metrics. `every_steps` > 0 runs it at step 0, every
+`every_steps` and at the last step; 0 only at the last step of a completed run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+PredictFn = Callable[[np.ndarray], Any]
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What the evaluators run on, built by the trainer (or the evaluate command).
+
+    config: the whole run config (data settings, model.kwargs).
+    bundle: the task's `ModelBundle` (metrics_fn, finalize_metrics, pad_label, input_key).
+    module: `bundle.module` without a pmap axis, for per-example inference on one device.
+    source: the evaluated split, random access (`len`, `[i]` → example dict).
+    driver: `eval_step(state, host_batch)` → numpy metric sums over every device and host, and
+      `host_variables(state)` → {'params', 'batch_stats'} host numpy (train/parallel.py).
+    output_dir: where evaluators that write predictions write them (None: nowhere).
+    """
+
+    config: ml_collections.ConfigDict
+    bundle: Any
+    module: Any
+    source: Any
+    driver: Any
+    output_dir: Optional[str] = None
+
+
+class Evaluator:
+    """Base: `name`, `every_steps`, `run(state) -> {metric: value}`; subclasses declare their
+    config keys and defaults in `KEYS` and check values in `check`."""
+
+    KEYS: Mapping[str, Any] = {}
+
+    def __init__(self, name: str, context: EvalContext, settings: Mapping[str, Any]):
+        self.name, self.context = name, context
+        self.settings = dict(settings)
+        self.every_steps = int(self.settings["every_steps"])
+
+    @classmethod
+    def check(cls, name: str, settings: Mapping[str, Any], config, *, num_devices: int,
+              num_processes: int) -> None:
+        """Raises ValueError for a bad value (keys are checked by `settings_with_defaults`) or
+        one that does not fit the devices / hosts at hand."""
+        every = settings["every_steps"]
+        if not isinstance(every, int) or every < 0:
+            raise ValueError(f"config.evals.{name}.every_steps={every!r} must be an integer "
+                             ">= 0 (0: only at the end of the run).")
+
+    def due(self, step: int, *, final: bool) -> bool:
+        """Whether to run after `step` (step 0: before training)."""
+        if final:
+            return True
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def run(self, state) -> dict:
+        raise NotImplementedError
+
+    def predict_fn(self, state) -> PredictFn:
+        """`make_predict_fn` of the context's module with `state`'s weights."""
+        return make_predict_fn(self.context.module, self.context.driver.host_variables(state))
+
+
+def settings_with_defaults(name: str, section: Mapping[str, Any], keys: Mapping[str, Any],
+                           evaluator_type: str) -> dict:
+    """`section` (without 'type') over `keys`' defaults; ValueError for an unknown key."""
+    settings = {k: v for k, v in section.items() if k != "type"}
+    for key in settings:
+        if key not in keys:
+            close = difflib.get_close_matches(key, list(keys), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"config.evals.{name}.{key}: unknown key for an evaluator of type "
+                             f"{evaluator_type!r}.{hint} Known: {sorted(keys)}.")
+    return {**keys, **settings}
+
+
+def make_predict_fn(module, variables: Mapping) -> PredictFn:
+    """`inputs [B, ...] -> float32 logits` of `module` with `variables` ({'params',
+    'batch_stats'}) on one local device, jitted: the one predict function of the trainer's
+    per-example evaluations and of `python -m dnl_jax.evaluate`. The module's compute dtype is
+    kept (model.dtype); the logits are cast to float32 because the host-side averaging and
+    softmax of bfloat16 would lose precision."""
+    apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"].astype(jnp.float32))
+    return lambda inputs: apply(variables, inputs)
+
+
+def host_examples(source) -> Iterator[dict]:
+    """This host's examples of `source`: process_index::process_count (all with one host)."""
+    return (source[i] for i in range(jax.process_index(), len(source), jax.process_count()))
+
+
+def sum_over_hosts(tree):
+    """Elementwise sum of a tree of host numpy arrays over all processes (itself with one)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(lambda x: np.asarray(x).sum(0),
+                        multihost_utils.process_allgather(tree))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis, in numpy."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(-1, keepdims=True)
+
+
+def positive_pair(value) -> Optional[tuple[int, int]]:
+    """(h, w) of two positive sizes, or None (for (0, 0) placeholders and other bad values)."""
+    value = tuple(value) if value is not None else ()
+    if len(value) == 2 and all(int(v) >= 1 for v in value):
+        return int(value[0]), int(value[1])
+    return None

@@ -1,0 +1,152 @@
+"""Per-image segmentation evaluation (`type='segmentation'`): each val image at its own size,
+resized to data.base_size (aspect kept) and normalised, inferred whole or by sliding windows,
+optionally at several scales and mirrored (segmentation_inference.py), its scores resized back
+to the label's resolution before the argmax; mIoU from the confusion matrix summed over hosts.
+
+    config.evals.val = dict(type='segmentation', every_steps=8000, mode='slide',
+                            crop_size=(769, 769), stride=(513, 513), scales=(1.0,), flip=False)
+
+The resize follows `config.model.kwargs.align_corners` (default False). The evaluate command
+adds the IoU table (`format_iou_table`) and, with --output_dir, one prediction PNG per image.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from dnl_jax import IGNORE_LABEL
+from dnl_jax.data import cityscapes, records, transforms
+from dnl_jax.evaluators import common
+from dnl_jax.evaluators.segmentation_inference import MODES, predict_scores
+
+
+def confusion_matrix(prediction: np.ndarray, label: np.ndarray, num_classes: int, *,
+                     ignore_label: int = IGNORE_LABEL) -> np.ndarray:
+    """int64 `[K, K]`, rows = ground truth, columns = prediction; ignored pixels left out.
+
+    Host-side twin of `dnl_jax.models.losses.confusion_matrix` (which runs inside jit); here, at
+    the edge, labels that are neither in [0, K) nor `ignore_label` raise ValueError (a
+    dataset/num_classes mismatch, which would otherwise silently shift the metrics).
+    """
+    label = np.asarray(label).astype(np.int64).ravel()
+    prediction = np.asarray(prediction).astype(np.int64).ravel()
+    keep = label != ignore_label
+    label, prediction = label[keep], prediction[keep]
+    if label.size and (label.min() < 0 or label.max() >= num_classes):
+        raise ValueError(f"labels {sorted(set(np.unique(label)) - set(range(num_classes)))[:5]} "
+                         f"outside [0, {num_classes}) and not {ignore_label}; does "
+                         "data.num_classes match the dataset?")
+    return np.bincount(label * num_classes + prediction,
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def format_iou_table(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
+    """A plain-text table: one row per class (IoU, accuracy in %), then the summary."""
+    iou, accuracy = metrics["per_class_iou"], metrics["per_class_accuracy"]
+    if len(class_names) != len(iou):
+        raise ValueError(f"{len(class_names)} class names for {len(iou)} classes.")
+    width = max(12, *(len(name) for name in class_names))
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
+    for name, class_iou, class_acc in zip(class_names, iou, accuracy):
+        lines.append(f"{name:<{width}}  {100 * class_iou:6.2f}  {100 * class_acc:6.2f}")
+    lines.append(f"{'mIoU':<{width}}  {100 * metrics['miou']:6.2f}")
+    lines.append(f"{'mAcc':<{width}}  {100 * metrics['mean_accuracy']:6.2f}")
+    lines.append(f"{'aAcc':<{width}}  {100 * metrics['pixel_accuracy']:6.2f}")
+    return "\n".join(lines)
+
+
+def prediction_png_name(dataset: str, name: str) -> str:
+    """File name of a prediction: Cityscapes' `CITY_SEQ_FRAME_leftImg8bit.png`, else NAME.png."""
+    return f"{name}_leftImg8bit.png" if dataset == "cityscapes" else f"{name}.png"
+
+
+def write_prediction_png(prediction: np.ndarray, dataset: str, name: str, output_dir: str) -> str:
+    """Writes one uint8 `[H, W]` train-id prediction in the dataset's submission ids.
+
+    Cityscapes: label ids (`cityscapes.train_ids_to_label_ids`), the official benchmark format;
+    ADE20K: train id + 1 (the challenge's 1..150); others: train ids. Returns the path.
+    """
+    prediction = np.asarray(prediction, np.uint8)
+    if dataset == "cityscapes":
+        prediction = cityscapes.train_ids_to_label_ids(prediction)
+    elif dataset == "ade20k":
+        prediction = prediction + 1
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, prediction_png_name(dataset, name))
+    with open(path, "wb") as f:
+        f.write(records.encode_png(prediction))
+    return path
+
+
+def evaluate_segmentation(predict_fn: common.PredictFn, examples: Iterable[dict], *,
+                          num_classes: int, base_size: Sequence[int] | None = None, mean=None,
+                          std=None, output_dir: str | None = None, dataset: str = "",
+                          **inference) -> np.ndarray:
+    """Confusion matrix `[K, K]` of `predict_fn` over `examples` ({'image', 'label'[, 'name']}).
+
+    Each image is resized to `base_size` (aspect kept) and normalised, inferred with
+    `predict_scores(**inference)` (mode, crop_size, stride, scales, flip, align_corners), and its
+    scores resized back to the label's resolution before the argmax. With `output_dir`, writes
+    one PNG per example (`write_prediction_png`; examples then need 'name').
+    """
+    norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for example in examples:
+        image = transforms.segmentation_eval_preprocess(
+            example, base_size=base_size, **norm)["image"]
+        label = example["label"]
+        scores = predict_scores(predict_fn, image[None], output_size=label.shape, **inference)
+        prediction = np.argmax(scores[0], axis=-1).astype(np.uint8)
+        confusion += confusion_matrix(prediction, label, num_classes)
+        if output_dir is not None:
+            write_prediction_png(prediction, dataset, example["name"], output_dir)
+    return confusion
+
+
+def inference_settings(section, model_kwargs=None) -> dict[str, Any]:
+    """`predict_scores` kwargs of an evaluator section (mode, crop_size, stride, scales, flip;
+    the (0, 0) placeholders of crop_size / stride, unused in 'whole' mode, become None) and of
+    `model_kwargs` (align_corners, default False)."""
+    return {"mode": section["mode"], "crop_size": common.positive_pair(section["crop_size"]),
+            "stride": common.positive_pair(section["stride"]),
+            "scales": tuple(float(v) for v in section["scales"]), "flip": bool(section["flip"]),
+            "align_corners": bool((model_kwargs or {}).get("align_corners", False))}
+
+
+class SegmentationEvaluator(common.Evaluator):
+    """Per-image segmentation (module docstring); metrics: the bundle's finalisation of the
+    summed confusion matrix (mIoU, per-class IoU, accuracies)."""
+
+    KEYS = {"every_steps": 50, "mode": "whole", "crop_size": (0, 0), "stride": (0, 0),
+            "scales": (1.0,), "flip": False}
+
+    @classmethod
+    def check(cls, name: str, settings: dict, config, **hardware) -> None:
+        super().check(name, settings, config, **hardware)
+        where = f"config.evals.{name}"
+        if settings["mode"] not in MODES:
+            raise ValueError(f"{where}.mode={settings['mode']!r}; choose one of {MODES}.")
+        if settings["mode"] == "slide" and not (common.positive_pair(settings["crop_size"])
+                                                and common.positive_pair(settings["stride"])):
+            raise ValueError(
+                f"{where}.mode='slide' needs {where}.crop_size and {where}.stride (h, w) >= 1, "
+                f"got {tuple(settings['crop_size'])} and {tuple(settings['stride'])}.")
+        scales = tuple(settings["scales"])
+        if not scales or not all(s > 0 for s in scales):
+            raise ValueError(f"{where}.scales={scales} must be positive ratios.")
+        if config.data.name == "synthetic":
+            raise ValueError(f"{where}: type 'segmentation' resizes and normalises raw images; "
+                             "the synthetic scenes are model-ready: use type='batched'.")
+
+    def run(self, state) -> dict:
+        context, data = self.context, self.context.config.data
+        confusion = evaluate_segmentation(
+            self.predict_fn(state), common.host_examples(context.source),
+            num_classes=int(data.num_classes), base_size=tuple(data.base_size),
+            output_dir=context.output_dir, dataset=data.name,
+            **inference_settings(self.settings, context.config.model.kwargs))
+        return context.bundle.finalize_metrics(
+            {"confusion": common.sum_over_hosts(confusion)})

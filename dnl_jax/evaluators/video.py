@@ -1,0 +1,102 @@
+"""Multi-view video evaluation (`type='multi_view'`), the non-local network's test protocol:
+num_clips clips evenly spaced in time x num_crops crops along the longer side per video (short
+side rescaled to short_side; 0 = the crop side); a view is correct when its argmax is the label,
+a video when the argmax of its views' mean softmax is. Each host evaluates its share of the
+videos on one device; the counts are summed over hosts.
+
+    config.evals.val_multi_view = dict(type='multi_view', every_steps=0, num_clips=10,
+                                       num_crops=3, short_side=256)
+
+Clip length, frame stride and the square crop come from config.data. `one_view_settings` is
+the single middle-clip, centre-crop view of the batched evaluator (batched.py).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from dnl_jax.data import transforms
+from dnl_jax.evaluators import common
+
+
+def view_settings(data, *, num_clips: int, num_crops: int, short_side: int) -> dict:
+    """`transforms.video_eval_views` kwargs from `config.data` (clip_len, frame_stride, the
+    square crop_size) and the evaluator's views (short_side 0 = the crop side)."""
+    crop = tuple(data.crop_size)
+    if len(crop) != 2 or crop[0] != crop[1]:
+        raise ValueError(f"config.data.crop_size={crop}: video crops are square, e.g. (224, 224).")
+    return {"clip_len": int(data.clip_len), "stride": int(data.frame_stride),
+            "crop_size": int(crop[0]), "num_clips": int(num_clips), "num_crops": int(num_crops),
+            "short_side": int(short_side) or None}
+
+
+def video_view_counts(predict_fn: common.PredictFn, examples: Iterable[dict], *, clip_len: int,
+                      stride: int, crop_size: int, num_clips: int = 10, num_crops: int = 3,
+                      short_side: int | None = None) -> np.ndarray:
+    """int64 `[4]` = (correct views, views, correct videos, videos) for `predict_fn(videos
+    [V,T,c,c,3]) -> logits [V,K]` on the num_clips x num_crops views of each example. Summable
+    over hosts."""
+    counts = np.zeros(4, np.int64)
+    for example in examples:
+        views = transforms.video_eval_views(example, clip_len=clip_len, stride=stride,
+                                            crop_size=crop_size, num_clips=num_clips,
+                                            num_crops=num_crops, short_side=short_side)
+        logits = np.asarray(predict_fn(views["video"]), np.float32)
+        label = int(example["label"])
+        counts += (int(np.sum(logits.argmax(-1) == label)), len(logits),
+                   int(common.softmax(logits).mean(0).argmax() == label), 1)
+    return counts
+
+
+def video_accuracies(counts: np.ndarray) -> dict[str, float]:
+    """{'clip_accuracy': top-1 of single views, 'video_accuracy': top-1 of the views' averaged
+    softmax} from `video_view_counts` (summed over hosts)."""
+    clip_hits, clip_total, video_hits, video_total = (int(c) for c in counts)
+    if video_total == 0:
+        raise ValueError("evaluate_video: no examples.")
+    return {"clip_accuracy": clip_hits / clip_total, "video_accuracy": video_hits / video_total}
+
+
+def evaluate_video(predict_fn: common.PredictFn, examples: Iterable[dict], **settings
+                   ) -> dict[str, float]:
+    """`video_accuracies` of `video_view_counts(predict_fn, examples, **settings)`."""
+    return video_accuracies(video_view_counts(predict_fn, examples, **settings))
+
+
+def check_views(name: str, settings: dict, keys: tuple[str, ...]) -> None:
+    """num_clips / num_crops >= 1 and short_side >= 0 among `keys` of `settings`."""
+    for key in keys:
+        low = 0 if key == "short_side" else 1
+        if not isinstance(settings[key], int) or settings[key] < low:
+            raise ValueError(f"config.evals.{name}.{key}={settings[key]!r} must be an integer "
+                             f">= {low}.")
+
+
+def check_short_side(name: str, short_side: int, data) -> None:
+    """short_side is 0 (the crop side) or at least the crop side."""
+    crop = int(tuple(data.crop_size)[0])
+    if short_side and short_side < crop:
+        raise ValueError(f"config.evals.{name}.short_side={short_side} must be 0 (the crop side) "
+                         f"or >= the crop side {crop}.")
+
+
+class MultiViewEvaluator(common.Evaluator):
+    """Multi-view video accuracy (module docstring): {'clip_accuracy', 'video_accuracy'}."""
+
+    KEYS = {"every_steps": 0, "num_clips": 10, "num_crops": 3, "short_side": 0}
+
+    @classmethod
+    def check(cls, name: str, settings: dict, config, **hardware) -> None:
+        super().check(name, settings, config, **hardware)
+        check_views(name, settings, ("num_clips", "num_crops", "short_side"))
+        check_short_side(name, settings["short_side"], config.data)
+
+    def run(self, state) -> dict:
+        s, context = self.settings, self.context
+        settings = view_settings(context.config.data, num_clips=s["num_clips"],
+                                 num_crops=s["num_crops"], short_side=s["short_side"])
+        counts = video_view_counts(self.predict_fn(state), common.host_examples(context.source),
+                                   **settings)
+        return video_accuracies(common.sum_over_hosts(counts))
