@@ -153,8 +153,8 @@ class _TinySegmentor(nn.Module):
 
 
 def _bundle(**overrides):
-    bundle = get_model("dnl_tiny", K, ohem=dict(thresh=0.7, min_kept=40),
-                       class_weights=(0.5, 1.0, 2.0, 1.5, 0.8), **overrides)
+    settings = dict(ohem=dict(thresh=0.7, min_kept=40), class_weights=(0.5, 1.0, 2.0, 1.5, 0.8))
+    bundle = get_model("dnl_tiny", K, **{**settings, **overrides})
     return dataclasses.replace(bundle, module=_TinySegmentor())
 
 
