@@ -4,6 +4,7 @@ OHEM and class weights), align_corners resizes against PyTorch, weight-decay mul
 name, the synthetic ignore rectangle, the finiteness flag and out-of-range labels."""
 
 import dataclasses
+import os
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,12 @@ from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import get_model, losses
 from dnl_jax.models.segmentor import resize_bilinear
 from dnl_jax.train import step as step_lib
+from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.config import base_config
+from dnl_jax.train.trainer import train_and_evaluate
+from train_testing import enable_compilation_cache, tiny_config
+
+enable_compilation_cache()
 
 K = 5
 
@@ -262,3 +268,15 @@ def test_updated_parameters_overflowing_are_flagged():
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
     assert not np.isfinite(new_state.params["unused"]).all()
     assert float(metrics["finite"]) == 0.0
+
+
+def test_run_stops_at_the_first_non_finite_step_and_saves_nothing_non_finite(tmp_path):
+    """lr 1e38 sends the parameters to ±1e38 or past float32's range within two steps: the run
+    stops naming the step, and every checkpoint it saved (one per step) is finite."""
+    config = tiny_config(**{"optimizer.lr": 1e38, "optimizer.min_lr": 1e38,
+                            "checkpoint.every_steps": 1})
+    with pytest.raises(FloatingPointError, match=r"non-finite training step at step [12] "):
+        train_and_evaluate(config, str(tmp_path))
+    for step in os.listdir(tmp_path / "checkpoints"):
+        variables = load_variables(str(tmp_path / "checkpoints" / step))
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
