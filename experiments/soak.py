@@ -49,7 +49,7 @@ STARTUP_SHARE = 0.15  # attempts killed at a random moment of the start-up (rest
 def command(workdir: str, args) -> list[str]:
     """The training command: the demo recipe, shrunk to a short run with frequent checkpoints."""
     overrides = dict(total_steps=args.steps, **{"checkpoint.every_steps": args.every},
-                     eval_every_steps=10 * args.steps, log_every_steps=args.every,
+                     **{"evals.val.every_steps": 0}, log_every_steps=args.every,
                      batch_size=8, curves_figure=False, attention_figure=False,
                      **{"data.image_size": 32, "data.num_val": 32})
     return [sys.executable, "-m", "dnl_jax.main", "--config", CONFIG, "--workdir", workdir,

@@ -163,7 +163,8 @@ def test_train_step_outputs_aux_logits_updates_stats_and_lowers_the_loss(tiny):
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
     (loss, (outputs, updates, scalars)), grads = run_compiled(grad_fn, variables["params"])
     chex.assert_shape([outputs["logits"], outputs["aux_logits"]], (2, 32, 32, 5))
-    assert set(scalars) == {"loss", "decode_loss", "aux_loss", "pixel_accuracy"}
+    assert set(scalars) == {"loss", "decode_loss", "aux_loss", "pixel_accuracy",
+                            "out_of_range_labels"}
     np.testing.assert_allclose(loss, scalars["decode_loss"] + 0.4 * scalars["aux_loss"], rtol=1e-6)
     assert set(updates) == {"batch_stats"}
     assert not np.allclose(updates["batch_stats"]["backbone"]["stem_1"]["mean"], 0.0)
@@ -213,7 +214,13 @@ def test_loss_ignores_255_and_matches_numpy():
 
 
 def numpy_ohem_keep(logits, labels, thresh, min_kept):
-    """The official OhemCrossEntropy2d selection, written with a loop-free NumPy argsort."""
+    """The official OhemCrossEntropy2d selection, applied to each image on its own."""
+    return np.stack([numpy_ohem_keep_batch(logits[i:i + 1], labels[i:i + 1], thresh, min_kept)[0]
+                     for i in range(len(labels))])
+
+
+def numpy_ohem_keep_batch(logits, labels, thresh, min_kept):
+    """The official OhemCrossEntropy2d selection over a batch, with a NumPy sort."""
     valid = labels != 255
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
@@ -234,7 +241,8 @@ def test_ohem_keeps_hard_pixels_and_at_least_min_kept(thresh, min_kept):
     keep = np.asarray(losses.ohem_keep_mask(jnp.asarray(logits), jnp.asarray(labels),
                                             jnp.asarray(valid), thresh, min_kept))
     np.testing.assert_array_equal(keep, numpy_ohem_keep(logits, labels, thresh, min_kept))
-    assert keep.sum() >= min(min_kept, valid.sum())
+    for image_keep, image_valid in zip(keep, valid):  # min_kept holds per image
+        assert image_keep.sum() >= min(min_kept, image_valid.sum())
     assert not keep[~valid].any()
     loss = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
                                       ohem=dict(thresh=thresh, min_kept=min_kept))
@@ -379,7 +387,7 @@ def numpy_resize_align_corners_false(x, out_h, out_w):
 
 def test_resize_matches_pytorch_bilinear_align_corners_false():
     x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
-    got = models.segmentor.resize_bilinear(jnp.asarray(x)[None, :, :, None], 37, 19)[0, ..., 0]
+    got = models.segmentor.resize_bilinear(jnp.asarray(x)[None, :, :, None], (37, 19))[0, ..., 0]
     np.testing.assert_allclose(got, numpy_resize_align_corners_false(x, 37, 19), atol=1e-5)
 
 

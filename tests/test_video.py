@@ -43,7 +43,7 @@ def test_tiny_video_clip_runs_with_loss_and_accuracy_counts():
     chex.assert_tree_all_finite((outputs, loss))
     assert set(updates) == {"batch_stats"}
     np.testing.assert_allclose(loss, np.log(7), rtol=0.1)  # fc starts near 0: uniform softmax
-    assert set(scalars) == {"loss", "accuracy"}
+    assert set(scalars) == {"loss", "cross_entropy", "accuracy"}
     assert counts["count"] == 2 and 0 <= counts["correct"] <= 2
     # Non-local blocks after every second block of res3 and res4 only (ResNet-18: blocks 1).
     blocks = {name.split("/")[1] for name in flat_params(variables) if "dnl_block" in name}

@@ -56,7 +56,7 @@ def make_sources(data: ml_collections.ConfigDict):
     if data.name != "synthetic":
         return _prepared_sources(data)
     common = dict(image_size=data.image_size, num_classes=data.num_classes, seed=data.seed,
-                  noise=data.noise)
+                  noise=data.noise, ignore_fraction=data.ignore_fraction)
     return (SyntheticSegmentation(data.num_train, split="train", **common),
             SyntheticSegmentation(data.num_val, split="val", **common))
 

@@ -22,7 +22,10 @@ block's unary term (a softmax over positions of a 1x1 conv, i.e. attention pooli
 step; a purely convolutional head has to learn to carry it across the image.
 
 Images are float32 `[S, S, 3]`, normalised to roughly zero mean and unit variance; labels int32
-`[S, S]` in [0, K) (no ignore pixels; the pipeline pads evaluation batches with 255).
+`[S, S]` in [0, K) (the pipeline pads evaluation batches with 255). With `ignore_fraction` f > 0,
+one rectangle per label map of round(f·S²) pixels (up to rounding of its random aspect ratio)
+at a random place is set to the ignore label 255, as padded crops of real data are; it is drawn
+after the scene, so the scene itself is the same for every f.
 """
 
 from __future__ import annotations
@@ -55,10 +58,12 @@ class SyntheticSegmentation:
       split: 'train' or 'val' (disjoint random streams).
       seed: the dataset seed; same seed, split and index → same example, bit for bit.
       noise: std of the per-pixel Gaussian noise added before normalisation.
+      ignore_fraction: fraction of each label map set to 255, as one random rectangle.
     """
 
     def __init__(self, num_examples: int, *, image_size: int = 32, num_classes: int = 5,
-                 split: str = "train", seed: int = 0, noise: float = 0.1):
+                 split: str = "train", seed: int = 0, noise: float = 0.1,
+                 ignore_fraction: float = 0.0):
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; choose one of {tuple(SPLITS)}.")
         if num_classes < 5 or num_classes % 2 == 0 or image_size < 8 or num_examples < 1:
@@ -72,6 +77,10 @@ class SyntheticSegmentation:
         self.split = split
         self.seed = seed
         self.noise = noise
+        if not 0.0 <= ignore_fraction < 1.0:
+            raise ValueError(f"config.data.ignore_fraction={ignore_fraction!r} must be in [0, 1)"
+                             " (the fraction of each label map set to the ignore label).")
+        self.ignore_fraction = float(ignore_fraction)
         self._palette = palette((num_classes - 3) // 2)
 
     def __len__(self) -> int:
@@ -81,11 +90,25 @@ class SyntheticSegmentation:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
-        return draw_scene(rng, self.image_size, self._palette, self.noise)
+        example = draw_scene(rng, self.image_size, self._palette, self.noise)
+        if self.ignore_fraction > 0:
+            ignore_rectangle(rng, example["label"], self.ignore_fraction)
+        return example
 
     def __repr__(self) -> str:
         return (f"SyntheticSegmentation(n={self.num_examples}, S={self.image_size}, "
                 f"K={self.num_classes}, split={self.split!r}, seed={self.seed})")
+
+
+def ignore_rectangle(rng: np.random.Generator, label: np.ndarray, fraction: float) -> None:
+    """Sets one rectangle of about `fraction` of the `[S, S]` label map to 255, in place: a
+    random height h in [ceil(f·S), S], width round(f·S²/h), at a random place."""
+    size = label.shape[0]
+    area = fraction * size * size
+    height = int(rng.integers(max(1, int(np.ceil(area / size))), size + 1))
+    width = min(size, int(round(area / height)))
+    top, left = (int(v) for v in rng.integers(0, (size - height + 1, size - width + 1)))
+    label[top:top + height, left:left + width] = 255
 
 
 def _shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:

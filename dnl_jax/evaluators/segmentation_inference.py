@@ -30,8 +30,7 @@ def resize(x: np.ndarray, size: Sequence[int], *, align_corners: bool = False) -
     """`resize_bilinear` of host `[B, H, W, C]` to `[B, *size, C]`, float32 numpy."""
     if tuple(x.shape[1:3]) == tuple(size):
         return np.asarray(x)
-    return np.asarray(resize_bilinear(jnp.asarray(x, jnp.float32), int(size[0]), int(size[1]),
-                                      align_corners=align_corners))
+    return np.asarray(resize_bilinear(jnp.asarray(x, jnp.float32), size, align_corners))
 
 
 def whole_inference(predict_fn: PredictFn, images: np.ndarray, *,

@@ -10,7 +10,12 @@ Bundle contract (what the trainer codes against):
 - Batches: segmentation `{'image': float32 [B, H, W, 3], 'label': int32 [B, H, W]}` (255 =
   ignore); video `{'video': float32 [B, T, H, W, 3], 'label': int32 [B]}`. `bundle.input_key` says
   which key holds the inputs.
-- `loss_fn(outputs, batch)` → (scalar loss, dict of scalar metrics);
+- `loss_ratios_fn(outputs, batch)` → `{name: (numerator, denominator)}` float32 scalars, summed
+  over micro-batches, devices and hosts by the train step before dividing; the loss is
+  Σ loss_weights[name] · Σnumerator/Σdenominator (one definition whatever the split,
+  losses.py). `loss_selection_fn(outputs, batch)` (or None) → arrays that select what the loss
+  counts (OHEM's kept pixels), which the step may compute first and add to the batch.
+  `loss_fn(outputs, batch)` → (scalar loss, dict of scalar metrics) of one batch on its own;
   `metrics_fn(outputs, batch)` → dict of int32 counts to sum over batches, devices and hosts:
   `{'confusion': [K, K]}` (rows ground truth, columns prediction) or `{'correct', 'count'}`;
   `finalize_metrics(sums)` → the val metrics (mIoU, accuracies; see models/metrics.py), of which
@@ -34,7 +39,8 @@ from dnl_jax.models import losses, metrics, segmentor, video
 SEGMENTATION_OVERRIDES = (
     "depth", "base_channels", "stem_channels", "channels", "aux_channels", "output_stride", "aux",
     "dtype", "axis_name", "ignore_label", "aux_weight", "ohem", "class_weights", "dropout_rate",
-    "implementation", "frozen_bn", "head", "pairwise", "unary",
+    "implementation", "frozen_bn", "head", "pairwise", "unary", "loss_normalizer",
+    "align_corners",
 )
 CLASSIFICATION_OVERRIDES = (
     "depth", "base_channels", "stem_channels", "inflation", "context", "temporal_pool",
@@ -45,6 +51,9 @@ _SEG_DEFAULTS = dict(
     base_channels=64, stem_channels=64, output_stride=8, aux=True, dtype=None, axis_name=None,
     ignore_label=IGNORE_LABEL, aux_weight=0.4, ohem=None, class_weights=None,
     dropout_rate=0.1, implementation=None, frozen_bn=False, pairwise=True, unary=True,
+    # 'kept' (the official code, and this codebase before the option existed) or 'all' (mmseg's
+    # avg_non_ignore=False): see losses.py. align_corners: mmseg's heads' resize setting.
+    loss_normalizer="kept", align_corners=False,
 )
 _R50_WIDTHS = dict(channels=512, aux_channels=256)  # mmseg heads on 2048/1024-channel stages
 _R18_WIDTHS = dict(channels=128, aux_channels=64)  # mmseg heads on 512/256-channel stages
@@ -97,11 +106,14 @@ class ModelBundle:
       module: the flax.linen Module (`Segmentor` or `VideoClassifier`).
       task: 'segmentation' or 'classification'.
       num_classes: K.
-      loss_fn: `(outputs, batch) -> (scalar loss, {name: scalar})`.
+      loss_fn: `(outputs, batch) -> (scalar loss, {name: scalar})` of one batch on its own.
       metrics_fn: `(outputs, batch) -> {name: int32 array}`, summable over batches/devices/hosts.
       name: the registry name.
       input_key: the batch key holding the inputs ('image' or 'video').
       config: the resolved settings (defaults + overrides), for logging.
+      loss_ratios_fn: `(outputs, batch) -> {name: (numerator, denominator)}`.
+      loss_weights: `{name: weight}`, the loss = Σ weight · ratio over the names present.
+      loss_selection_fn: `(outputs, batch) -> {key: array}` or None (see the module docstring).
       finalize_metrics: `summed metrics_fn counts -> {name: value}` (the val metrics).
       best_metric: the key of `finalize_metrics`' result that ranks checkpoints (higher is
         better), and `metric_label` its name on figures.
@@ -117,6 +129,9 @@ class ModelBundle:
     name: str = ""
     input_key: str = "image"
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    loss_ratios_fn: Optional[Callable[[Mapping, Mapping], dict]] = None
+    loss_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    loss_selection_fn: Optional[Callable[[Mapping, Mapping], dict]] = None
     finalize_metrics: Callable[[Mapping], dict] = metrics.segmentation_metrics_from_sums
     best_metric: str = "miou"
     metric_label: str = "val mIoU"
@@ -167,11 +182,22 @@ def _dnl_head_kwargs(config: dict) -> dict:
     return terms
 
 
+def _mean_loss_fn(ratios_fn: Callable, loss_weights: Mapping[str, float]) -> Callable:
+    """`(outputs, batch) -> (loss, metrics + {'loss'})` of one batch on its own."""
+    def loss_fn(outputs, batch):
+        loss, metrics = losses.combine_ratios(ratios_fn(outputs, batch), loss_weights)
+        return loss, {**metrics, "loss": loss}
+    return loss_fn
+
+
 def _segmentation_bundle(name: str, num_classes: int, config: dict) -> ModelBundle:
     head_kwargs = _dnl_head_kwargs(config)
     ohem = losses.check_ohem(config["ohem"])
     if not isinstance(config["aux_weight"], (int, float)) or config["aux_weight"] < 0:
         raise ValueError(f"aux_weight must be a number >= 0; got {config['aux_weight']!r}.")
+    if not isinstance(config["align_corners"], bool):
+        raise ValueError(f"align_corners must be True or False; got {config['align_corners']!r}.")
+    normalizer = losses.check_normalizer(config["loss_normalizer"])
     class_weights = losses.check_class_weights(config["class_weights"], num_classes)
     module = segmentor.build_segmentor(
         config["depth"], config["head"], num_classes, output_stride=config["output_stride"],
@@ -179,24 +205,39 @@ def _segmentation_bundle(name: str, num_classes: int, config: dict) -> ModelBund
         stem_channels=config["stem_channels"], channels=config["channels"],
         aux_channels=config["aux_channels"], dropout_rate=config["dropout_rate"],
         axis_name=config["axis_name"], frozen_bn=config["frozen_bn"], dtype=config["dtype"],
-        implementation=config["implementation"], head_kwargs=head_kwargs,
+        implementation=config["implementation"], align_corners=config["align_corners"],
+        head_kwargs=head_kwargs,
     )
-    loss_fn = functools.partial(
-        segmentor.segmentation_loss, ignore_label=config["ignore_label"],
-        aux_weight=float(config["aux_weight"]), ohem=ohem, class_weights=class_weights,
-    )
+    ratios_fn = functools.partial(
+        segmentor.segmentation_loss_ratios, ignore_label=config["ignore_label"], ohem=ohem,
+        class_weights=class_weights, normalizer=normalizer)
+    weights = {"decode_loss": 1.0, "aux_loss": float(config["aux_weight"])}
+    selection_fn = None
+    if ohem is not None and normalizer == "kept":  # the normaliser depends on the logits
+        selection_fn = functools.partial(segmentor.ohem_selection, ohem=ohem,
+                                         ignore_label=config["ignore_label"])
     metrics_fn = functools.partial(
         segmentor.segmentation_confusion, num_classes=num_classes,
         ignore_label=config["ignore_label"])
-    return ModelBundle(module, "segmentation", num_classes, loss_fn, metrics_fn, name, "image",
-                       dict(config, ohem=ohem, class_weights=class_weights))
+    return ModelBundle(module, "segmentation", num_classes, _mean_loss_fn(ratios_fn, weights),
+                       metrics_fn, name, "image",
+                       dict(config, ohem=ohem, class_weights=class_weights),
+                       loss_ratios_fn=ratios_fn, loss_weights=weights,
+                       loss_selection_fn=selection_fn)
 
 
-def classification_loss(outputs: Mapping, batch: Mapping) -> tuple[jax.Array, dict]:
-    """(mean CE, {'loss', 'accuracy'}) for `{'logits': [B, K]}` and `{'label': int [B]}`."""
-    loss = losses.classification_cross_entropy(outputs["logits"], batch["label"])
-    accuracy = jnp.mean(jnp.argmax(outputs["logits"], -1) == batch["label"]).astype(jnp.float32)
-    return loss, {"loss": loss, "accuracy": accuracy}
+def classification_loss_ratios(outputs: Mapping, batch: Mapping) -> dict:
+    """{'cross_entropy': (Σ CE, B), 'accuracy': (top-1 correct, B)} for `{'logits': [B, K]}`
+    and `{'label': int [B]}`."""
+    logits, labels = outputs["logits"], batch["label"]
+    count = jnp.float32(labels.shape[0])
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels, dtype=jnp.float32)
+    return {"cross_entropy": (-jnp.sum(losses.pixel_log_likelihood(logits, labels)), count),
+            "accuracy": (correct, count)}
+
+
+CLASSIFICATION_LOSS_WEIGHTS = {"cross_entropy": 1.0}
+classification_loss = _mean_loss_fn(classification_loss_ratios, CLASSIFICATION_LOSS_WEIGHTS)
 
 
 def classification_metrics(outputs: Mapping, batch: Mapping) -> dict:
@@ -214,6 +255,8 @@ def _classification_bundle(name: str, num_classes: int, config: dict) -> ModelBu
     )
     return ModelBundle(module, "classification", num_classes, classification_loss,
                        classification_metrics, name, "video", config,
+                       loss_ratios_fn=classification_loss_ratios,
+                       loss_weights=CLASSIFICATION_LOSS_WEIGHTS,
                        finalize_metrics=metrics.accuracy_from_counts, best_metric="accuracy",
                        metric_label="val top-1 accuracy (1 clip)", pad_label=-1,
                        example_unit="clip")

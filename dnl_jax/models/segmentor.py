@@ -8,18 +8,20 @@ last stage, an auxiliary FCN head on stage 3 (training only), logits resized to 
 Submodule names ↔ mmseg state_dict prefixes: `backbone` ↔ `backbone.`, `decode_head` ↔
 `decode_head.`, `auxiliary_head` ↔ `auxiliary_head.` (see resnet.py, heads.py for the rest).
 
-The segmentor's loss and metric live here too (`segmentation_loss`, `segmentation_confusion`), so
-the trainer stays task-agnostic: total loss = CE(logits) + aux_weight · CE(aux_logits), OHEM (if
-set) on the main logits only, as the official DNL code.
+The segmentor's loss and metric live here too (`segmentation_loss_ratios`,
+`segmentation_confusion`), so the trainer stays task-agnostic: total loss = CE(logits) +
+aux_weight · CE(aux_logits), OHEM (if set) on the main logits only, as the official DNL code;
+each CE a sum over pixels divided by a normaliser summed over the global batch (losses.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dnl_jax.models import heads, losses, residual
 from dnl_jax.models.resnet import ResNetV1c, check_image, strides_and_dilations
@@ -28,17 +30,34 @@ Array = jax.Array
 Dtype = Any
 
 
-def resize_bilinear(x: Array, height: int, width: int, *, align_corners: bool = False) -> Array:
-    """Bilinear resize of `[B, h, w, C]` to `[B, height, width, C]` with half-pixel centres and no
-    anti-aliasing, i.e. PyTorch `interpolate(mode='bilinear', align_corners=False)`; the one
-    resize of logits and images in training and evaluation."""
-    if align_corners:
-        raise ValueError("align_corners=True is not implemented by resize_bilinear yet; use "
-                         "model.kwargs without align_corners (False).")
-    if tuple(x.shape[1:3]) == (height, width):
+def resize_bilinear(x: Array, size: Sequence[int], align_corners: bool = False) -> Array:
+    """Bilinear resize of `[B, h, w, C]` to `[B, *size, C]`, no anti-aliasing: PyTorch
+    `interpolate(mode='bilinear', align_corners=...)`; the one resize of logits and images in
+    training and evaluation.
+
+    align_corners=False: half-pixel centres, source = (i + 0.5)·h/H − 0.5 (clamped at the edges);
+    align_corners=True: the corner pixels of input and output coincide, source = i·(h−1)/(H−1)
+    (mmseg's 769×769 Cityscapes configs, the official DNL code).
+    """
+    height, width = (int(s) for s in size)
+    if x.shape[1:3] == (height, width):
         return x
-    shape = (x.shape[0], height, width, x.shape[-1])
-    return jax.image.resize(x, shape, method="bilinear", antialias=False)
+    if not align_corners:
+        shape = (x.shape[0], height, width, x.shape[-1])
+        return jax.image.resize(x, shape, method="bilinear", antialias=False)
+    return _resize_axis_align_corners(_resize_axis_align_corners(x, height, 1), width, 2)
+
+
+def _resize_axis_align_corners(x: Array, size: int, axis: int) -> Array:
+    """Linear interpolation of `x` along `axis` to `size` samples, corners aligned."""
+    length = x.shape[axis]
+    scale = (length - 1) / (size - 1) if size > 1 else 0.0
+    source = np.arange(size, dtype=np.float32) * np.float32(scale)  # static: shapes are known
+    low = np.minimum(np.floor(source).astype(np.int32), length - 1)
+    high = np.minimum(low + 1, length - 1)
+    frac = (source - low).reshape([-1 if a == axis else 1 for a in range(x.ndim)])
+    frac = jnp.asarray(frac, x.dtype)
+    return (1 - frac) * jnp.take(x, low, axis=axis) + frac * jnp.take(x, high, axis=axis)
 
 
 class Segmentor(nn.Module):
@@ -46,12 +65,14 @@ class Segmentor(nn.Module):
 
     `__call__(images [B, H, W, in_channels], train=False)` → `{'logits': [B, H, W, K]}` plus
     `'aux_logits'` when `train` and the auxiliary head is on. Any H, W work (no multiple-of-8
-    constraint): the logits are resized bilinearly (align_corners=False) to (H, W).
+    constraint): the logits are resized bilinearly to (H, W) with `align_corners` (mmseg's
+    heads' setting; the loss sees these logits, so the loss's resize uses it too).
     """
 
     backbone: ResNetV1c
     decode_head: nn.Module
     auxiliary_head: Optional[nn.Module] = None
+    align_corners: bool = False
 
     @nn.compact
     def __call__(self, images: Array, train: bool = False) -> dict[str, Array]:
@@ -59,13 +80,14 @@ class Segmentor(nn.Module):
         height, width = images.shape[1:3]
         stages = self.backbone(images, train=train)
         logits = self.decode_head(stages[-1], train=train)
-        outputs = {"logits": resize_bilinear(logits, height, width)}
+        outputs = {"logits": resize_bilinear(logits, (height, width), self.align_corners)}
         # The auxiliary head also runs at init, so `init(..., train=False)` creates its
         # parameters; in evaluation it is skipped.
         if self.auxiliary_head is not None and (train or self.is_initializing()):
             aux = self.auxiliary_head(stages[-2], train=train)
             if train:
-                outputs["aux_logits"] = resize_bilinear(aux, height, width)
+                outputs["aux_logits"] = resize_bilinear(aux, (height, width),
+                                                        self.align_corners)
         return outputs
 
 
@@ -86,6 +108,7 @@ def build_segmentor(
     dtype: Optional[Dtype] = None,
     implementation: Optional[str] = None,
     in_channels: int = 3,
+    align_corners: bool = False,
     backbone_kwargs: Optional[dict] = None,
     head_kwargs: Optional[dict] = None,
 ) -> Segmentor:
@@ -128,46 +151,55 @@ def build_segmentor(
             num_classes=num_classes, channels=aux_channels, num_convs=1, concat_input=False,
             dropout_rate=dropout_rate, **common,
         )
-    return Segmentor(backbone=backbone, decode_head=decode_head, auxiliary_head=auxiliary_head)
+    return Segmentor(backbone=backbone, decode_head=decode_head, auxiliary_head=auxiliary_head,
+                     align_corners=align_corners)
 
 
-def segmentation_loss(outputs: dict, batch: dict, *, ignore_label: int = losses.IGNORE_LABEL,
-                      aux_weight: float = 0.4, ohem: Optional[dict] = None,
-                      class_weights=None) -> tuple[Array, dict[str, Array]]:
-    """(total loss, {'loss', 'decode_loss', 'pixel_accuracy'[, 'aux_loss']}) for `outputs` of a
-    `Segmentor` and a batch `{'label': int [B, H, W]}`; the auxiliary term only when
-    'aux_logits' is present (training)."""
+def segmentation_loss_ratios(outputs: dict, batch: dict, *, ignore_label: int = losses.IGNORE_LABEL,
+                             ohem: Optional[dict] = None, class_weights=None,
+                             normalizer: str = "kept") -> dict[str, tuple[Array, Array]]:
+    """Ratio statistics `{name: (numerator, denominator)}` of a `Segmentor`'s `outputs` for a
+    batch `{'label': int [B, H, W]}` (+ 'ohem_keep': bool [B, H, W], the pixels OHEM selected,
+    when already known): 'decode_loss', 'aux_loss' (when 'aux_logits' is present, i.e. in
+    training; no OHEM, as the official code), 'pixel_accuracy' and 'out_of_range_labels' (the
+    fraction of label pixels outside [0, K) that are not the ignore label). Each metric of the
+    global batch is Σ numerators / Σ denominators over its shards (losses module docstring).
+    """
     labels = batch["label"]
-    decode_loss = losses.pixel_cross_entropy(
-        outputs["logits"], labels, ignore_label=ignore_label, class_weights=class_weights, ohem=ohem
-    )
-    metrics = {"decode_loss": decode_loss}
-    total = decode_loss
+    options = dict(ignore_label=ignore_label, class_weights=class_weights, normalizer=normalizer)
+    ratios = {"decode_loss": losses.pixel_cross_entropy_sum(
+        outputs["logits"], labels, ohem=ohem, keep=batch.get("ohem_keep"), **options)}
     if "aux_logits" in outputs:
-        aux_loss = losses.pixel_cross_entropy(
-            outputs["aux_logits"], labels, ignore_label=ignore_label, class_weights=class_weights
-        )
-        metrics["aux_loss"] = aux_loss
-        total = total + aux_weight * aux_loss
-    metrics["loss"] = total
-    metrics["pixel_accuracy"] = pixel_accuracy(outputs["logits"], labels, ignore_label)
-    return total, metrics
+        ratios["aux_loss"] = losses.pixel_cross_entropy_sum(outputs["aux_logits"], labels,
+                                                            **options)
+    num_classes = outputs["logits"].shape[-1]
+    valid = losses.valid_pixels(labels, num_classes, ignore_label)
+    correct = valid & (jnp.argmax(outputs["logits"], axis=-1) == labels)
+    ratios["pixel_accuracy"] = (jnp.sum(correct, dtype=jnp.float32),
+                                jnp.sum(valid, dtype=jnp.float32))
+    ratios["out_of_range_labels"] = (
+        losses.out_of_range_pixels(labels, num_classes, ignore_label).astype(jnp.float32),
+        jnp.float32(labels.size))
+    return ratios
 
 
-def pixel_accuracy(logits: Array, labels: Array, ignore_label: int = losses.IGNORE_LABEL) -> Array:
-    """Fraction of valid pixels whose argmax is right (mmseg's `acc_seg` / 100); 0 if none."""
+def ohem_selection(outputs: dict, batch: dict, *, ohem: dict,
+                   ignore_label: int = losses.IGNORE_LABEL) -> dict[str, Array]:
+    """`{'ohem_keep': bool [B, H, W]}`: the pixels OHEM keeps for the main logits (computed
+    once, before the backward pass, so that the global normaliser can be summed first)."""
+    logits, labels = outputs["logits"], batch["label"]
     valid = losses.valid_pixels(labels, logits.shape[-1], ignore_label)
-    correct = jnp.sum(valid & (jnp.argmax(logits, axis=-1) == labels))
-    return correct / jnp.maximum(jnp.sum(valid), 1)
+    return {"ohem_keep": losses.ohem_keep_mask(logits, labels, valid, ohem["thresh"],
+                                               ohem["min_kept"])}
 
 
 def segmentation_confusion(outputs: dict, batch: dict, *, num_classes: int,
-                         ignore_label: int = losses.IGNORE_LABEL) -> dict[str, Array]:
+                           ignore_label: int = losses.IGNORE_LABEL) -> dict[str, Array]:
     """`{'confusion': int32 [K, K]}` (rows ground truth, columns argmax prediction)."""
     predictions = jnp.argmax(outputs["logits"], axis=-1)
     confusion = losses.confusion_matrix(predictions, batch["label"], num_classes, ignore_label)
     return {"confusion": confusion}
 
 
-__all__ = ["Segmentor", "build_segmentor", "resize_bilinear", "segmentation_loss",
-           "segmentation_confusion", "pixel_accuracy"]
+__all__ = ["Segmentor", "build_segmentor", "resize_bilinear", "segmentation_loss_ratios",
+           "ohem_selection", "segmentation_confusion"]

@@ -128,6 +128,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
     c.curves_figure = True
     c.attention_figure = True  # attention.png (segmentation DNL heads only; see dnl_jax/viz.py)
+
+    # Loss and optimizer options (issue 11). Weight-decay multipliers: ((pattern, multiplier),
+    # ...) matched as substrings of '/'-joined parameter paths, longest pattern first, like
+    # mmseg's paramwise_cfg.custom_keys (dnl_jax/train/step.py:weight_decay_multiplier).
+    c.optimizer.weight_decay_multipliers = ()
+    # Synthetic scenes: the fraction of each label map set to 255 (one random rectangle).
+    c.data.ignore_fraction = 0.0
     return c
 
 

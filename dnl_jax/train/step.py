@@ -9,6 +9,8 @@ axis name).
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Callable, Optional
 
 import flax
@@ -16,6 +18,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from dnl_jax.models import losses
+
+log = logging.getLogger(__name__)
 
 
 @flax.struct.dataclass
@@ -48,15 +54,73 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
 
 def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
     """SGD with momentum and L2 weight decay added to the gradient (PyTorch/mmseg semantics:
-    g ← clip(g) + wd·θ; m ← μ·m + g; θ ← θ − lr_t·m).
+    g ← clip(g) + wd·mult(θ)·θ; m ← μ·m + g; θ ← θ − lr_t·m), mult(θ) from
+    `opt.weight_decay_multipliers` (see `weight_decay_multiplier`; 1 without a match).
     """
     parts = []
     if opt.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
     if opt.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(opt.weight_decay))
+        parts.extend(_decayed_weights(opt.weight_decay, opt.get("weight_decay_multipliers", ())))
     parts.append(optax.sgd(learning_rate_schedule(opt, total_steps), momentum=opt.momentum))
     return optax.chain(*parts)
+
+
+def check_weight_decay_multipliers(multipliers) -> tuple[tuple[str, float], ...]:
+    """Validates `((pattern, multiplier), ...)`: non-empty distinct patterns, multipliers >= 0."""
+    try:
+        pairs = tuple((pattern, float(mult)) for pattern, mult in multipliers)
+    except (TypeError, ValueError):
+        pairs = None
+    if pairs is None or not all(isinstance(p, str) and p and m >= 0 for p, m in pairs) or \
+            len({p for p, _ in pairs}) != len(pairs):
+        raise ValueError(
+            f"optimizer.weight_decay_multipliers={multipliers!r} must be pairs (pattern, "
+            "multiplier >= 0) with distinct non-empty patterns, e.g. (('theta', 0.0), "
+            "('phi', 0.0)).")
+    return pairs
+
+
+def weight_decay_multiplier(path: str, multipliers: tuple[tuple[str, float], ...]) -> float:
+    """The multiplier of the parameter at `path` ('/'-joined, e.g.
+    'decode_head/dnl_block/theta/conv/kernel'), as mmengine's `paramwise_cfg.custom_keys`
+    (DefaultOptimWrapperConstructor.add_params): the patterns that are substrings of the path
+    are tried longest first (equal lengths alphabetically), the first one wins; 1.0 without a
+    match. Patterns match our '/'-separated names, not mmseg's '.'-separated ones."""
+    for pattern, mult in sorted(sorted(multipliers), key=lambda pair: len(pair[0]),
+                                reverse=True):
+        if pattern in path:
+            return mult
+    return 1.0
+
+
+def _decayed_weights(weight_decay: float, multipliers) -> list[optax.GradientTransformation]:
+    """`add_decayed_weights` for all parameters, or one per distinct multiplier, each masked to
+    the parameters it applies to (no decay where the multiplier is 0)."""
+    pairs = check_weight_decay_multipliers(multipliers)
+    if not pairs:
+        return [optax.add_decayed_weights(weight_decay)]
+
+    def paths(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda key_path, _: "/".join(str(getattr(k, "key", k)) for k in key_path), params)
+
+    def mask_for(value: float):
+        def mask(params):
+            unused = {p for p, _ in pairs} - {p for p, _ in pairs
+                                             for path in jax.tree.leaves(paths(params))
+                                             if p in path}
+            if unused:
+                raise ValueError(f"optimizer.weight_decay_multipliers: pattern(s) "
+                                 f"{sorted(unused)} match no parameter name; names look like "
+                                 f"{jax.tree.leaves(paths(params))[:3]}.")
+            return jax.tree.map(lambda path: weight_decay_multiplier(path, pairs) == value,
+                                paths(params))
+        return mask
+
+    values = sorted({weight_decay_multiplier("", pairs)} | {m for _, m in pairs})
+    return [optax.add_decayed_weights(weight_decay * value, mask=mask_for(value))
+            for value in values if value > 0]
 
 
 def split_micro_batches(batch: dict, num_micro: int) -> dict:
@@ -71,65 +135,153 @@ def split_micro_batches(batch: dict, num_micro: int) -> dict:
     return jax.tree.map(split, batch)
 
 
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def _all_finite(*trees) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
+
+
 def make_train_step(bundle, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum_steps: int = 1,
                     axis_name: Optional[str] = None) -> Callable:
     """Returns `train_step(state, batch) -> (state, metrics)` (metrics: dict of f32 scalars).
 
-    Gradients are averaged over `grad_accum_steps` micro-batches (a `lax.scan` if more than one),
-    then over devices when `axis_name` is set; batch statistics come from the last micro-batch.
+    The loss is the bundle's over the global step batch: each of its ratios (losses.py) is
+    Σ numerators / Σ denominators over micro-batches, devices and hosts. Denominators carry no
+    gradient, so the gradient of the global loss is the sum over shards of the gradients of
+    Σ_name w · numerator_shard / DENOMINATOR_global: with one micro-batch the denominators are
+    summed over devices (psum) inside the forward pass, before the backward one; with
+    `grad_accum_steps` > 1 a first pass over the micro-batches computes them (and the bundle's
+    loss selection, e.g. OHEM's kept pixels, which is then reused; when nothing depends on the
+    logits XLA drops that pass's forward computation). Batch statistics come from the last
+    micro-batch. metrics: every ratio, 'loss', 'lr', 'grad_norm' and 'finite' (1.0 when the
+    loss, the gradients and the updated parameters and statistics are all finite).
     """
-    input_key = bundle.input_key
-
-    def loss_and_stats(params, batch_stats, micro, rng):
-        outputs, new_vars = bundle.module.apply(
-            {"params": params, "batch_stats": batch_stats}, micro[input_key], train=True,
-            rngs={"dropout": rng}, mutable=["batch_stats"])
-        loss, metrics = bundle.loss_fn(outputs, micro)
-        return loss, (new_vars.get("batch_stats", batch_stats), metrics)
-
-    grad_fn = jax.value_and_grad(loss_and_stats, has_aux=True)
+    grad_fn = jax.value_and_grad(_make_share_of_loss(bundle, axis_name), has_aux=True)
+    denominators_fn = _make_denominators_fn(bundle, axis_name)
 
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if axis_name is not None:  # independent dropout per device
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
-        def accumulate(carry, inputs):
-            grads_sum, batch_stats, loss_sum, metrics_sum = carry
+        def accumulate(carry, inputs, denominators=None):
+            grads_sum, batch_stats, ratio_sums = carry
             index, micro = inputs
-            (loss, (batch_stats, metrics)), grads = grad_fn(
-                state.params, batch_stats, micro, jax.random.fold_in(rng, index))
-            add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
-            return (add(grads_sum, grads), batch_stats, loss_sum + loss,
-                    add(metrics_sum, metrics)), None
+            (_, (batch_stats, ratios)), grads = grad_fn(
+                state.params, batch_stats, micro, jax.random.fold_in(rng, index), denominators)
+            return (_add(grads_sum, grads), batch_stats, _add(ratio_sums, ratios)), None
 
         micro_batches = split_micro_batches(batch, grad_accum_steps)
         first = jax.tree.map(lambda x: x[0], micro_batches)
-        zeros_like_metrics = jax.eval_shape(lambda: grad_fn(
-            state.params, state.batch_stats, first, rng)[0][1][1])
+        ratio_shapes = jax.eval_shape(lambda: grad_fn(
+            state.params, state.batch_stats, first, rng, None)[0][1][1])
         init = (jax.tree.map(jnp.zeros_like, state.params), state.batch_stats,
-                jnp.zeros((), jnp.float32),
-                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zeros_like_metrics))
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ratio_shapes))
         if grad_accum_steps == 1:  # no loop: XLA:CPU runs conv weight gradients ~40× slower
             # inside a while loop than outside one (3×3 conv, 16×16×128, measured for issue 6).
-            (grads, batch_stats, loss, metrics), _ = accumulate(init, (jnp.int32(0), first))
+            (grads, batch_stats, ratio_sums), _ = accumulate(init, (jnp.int32(0), first))
         else:
-            (grads, batch_stats, loss, metrics), _ = jax.lax.scan(
-                accumulate, init, (jnp.arange(grad_accum_steps), micro_batches))
-        scale = 1.0 / grad_accum_steps
-        grads, loss, metrics = jax.tree.map(lambda x: x * scale, (grads, loss, metrics))
-        if axis_name is not None:
-            grads, loss, metrics = jax.lax.pmean((grads, loss, metrics), axis_name)
+            indices = jnp.arange(grad_accum_steps)
+            selections, denominators = denominators_fn(state, micro_batches, indices, rng)
+            (grads, batch_stats, ratio_sums), _ = jax.lax.scan(
+                functools.partial(accumulate, denominators=denominators), init,
+                (indices, {**micro_batches, **selections}))
+        if axis_name is not None:  # each device holds its share of the global sums
+            grads, ratio_sums = jax.lax.psum((grads, ratio_sums), axis_name)
+        loss, metrics = losses.combine_ratios(ratio_sums, bundle.loss_weights)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "lr": schedule(state.step),
-                   "grad_norm": optax.tree.norm(grads)}
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params, batch_stats)
+        metrics = {**metrics, "loss": loss, "lr": schedule(state.step), "grad_norm": grad_norm,
+                   "finite": finite}
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state)
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
     return train_step
+
+
+def _make_forward(bundle) -> Callable:
+    def forward(params, batch_stats, micro, rng):
+        outputs, new_vars = bundle.module.apply(
+            {"params": params, "batch_stats": batch_stats}, micro[bundle.input_key], train=True,
+            rngs={"dropout": rng}, mutable=["batch_stats"])
+        return outputs, new_vars.get("batch_stats", batch_stats)
+    return forward
+
+
+def _with_selection(bundle, outputs, micro) -> dict:
+    """`micro` plus the bundle's loss selection (e.g. OHEM's kept pixels), if it has one."""
+    if bundle.loss_selection_fn is None:
+        return micro
+    return {**micro, **bundle.loss_selection_fn(jax.lax.stop_gradient(outputs), micro)}
+
+
+def _global_denominators(ratios: dict, axis_name: Optional[str]) -> dict:
+    denominators = {name: jax.lax.stop_gradient(den) for name, (_, den) in ratios.items()}
+    return denominators if axis_name is None else jax.lax.psum(denominators, axis_name)
+
+
+def _make_share_of_loss(bundle, axis_name: Optional[str]) -> Callable:
+    """`(params, batch_stats, micro, rng, denominators) -> (share, (batch_stats, ratios))`: this
+    shard's part Σ w · numerator / global denominator of the global loss. `denominators` None:
+    the micro-batch is the whole step batch, its denominators are summed over devices here
+    (with the loss selection made here too); else the micro-batch carries its selection."""
+    forward = _make_forward(bundle)
+
+    def share_of_loss(params, batch_stats, micro, rng, denominators):
+        outputs, batch_stats = forward(params, batch_stats, micro, rng)
+        if denominators is None:
+            micro = _with_selection(bundle, outputs, micro)
+        ratios = bundle.loss_ratios_fn(outputs, micro)
+        if denominators is None:
+            denominators = _global_denominators(ratios, axis_name)
+        share = sum(weight * losses.safe_ratio(ratios[name][0], denominators[name])
+                    for name, weight in bundle.loss_weights.items() if name in ratios)
+        return share, (batch_stats, ratios)
+
+    return share_of_loss
+
+
+def _make_denominators_fn(bundle, axis_name: Optional[str]) -> Callable:
+    """`(state, micro_batches [A, b, ...], indices, rng) -> (selections [A, b, ...], global
+    denominators)`: a forward pass over the micro-batches (same dropout keys as the gradient
+    pass) for the loss selection and the denominators of the whole step batch."""
+    forward = _make_forward(bundle)
+
+    def denominators_fn(state, micro_batches, indices, rng):
+        def one(inputs):
+            index, micro = inputs
+            outputs, _ = forward(state.params, state.batch_stats, micro,
+                                 jax.random.fold_in(rng, index))
+            selected = _with_selection(bundle, outputs, micro)
+            ratios = bundle.loss_ratios_fn(outputs, selected)
+            return ({key: value for key, value in selected.items() if key not in micro},
+                    {name: den for name, (_, den) in ratios.items()})
+
+        selections, denominators = jax.lax.map(one, (indices, micro_batches))
+        totals = {name: (None, jnp.sum(den, axis=0)) for name, den in denominators.items()}
+        return selections, _global_denominators(totals, axis_name)
+
+    return denominators_fn
+
+
+def warn_out_of_range_labels(metrics: dict, step: int, warned: bool) -> bool:
+    """Logs once per run that labels outside [0, K) (not the ignore label) were seen, from the
+    step's 'out_of_range_labels' fraction; returns whether that warning has been given."""
+    fraction = metrics.get("out_of_range_labels", 0.0)
+    if fraction > 0 and not warned:
+        log.warning("step %d: %.4g%% of the label pixels are outside [0, num_classes) and not the "
+                    "ignore label; the loss and the metrics leave them out. Check "
+                    "config.data.num_classes and the dataset's label mapping (train ids, 255 "
+                    "= ignore). Reported once; the 'out_of_range_labels' train metric has every "
+                    "step's fraction.", step, 100 * fraction)
+        return True
+    return warned
 
 
 def make_eval_step(bundle, *, axis_name: Optional[str] = None) -> Callable:

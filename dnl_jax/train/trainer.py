@@ -206,7 +206,7 @@ def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -
     results = {evaluator name: metrics} of the last evaluation (None if none ran)."""
     config = run.config
     start = int(run.driver.host_state(state).step)
-    results, status, last_saved = None, "completed", None
+    results, status, last_saved, warned_labels = None, "completed", None, False
     if start == 0:
         results = evaluate(run, state, 0, final=False)
     watcher = ckpt.PreemptionWatcher()
@@ -217,12 +217,14 @@ def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -
         for step in range(start + 1, config.total_steps + 1):
             state, metrics = run.driver.train_step(state, next(run.iterator))
             metrics = {k: float(v) for k, v in parallel.fetch_replicated(metrics).items()}
-            if not np.isfinite(metrics["loss"]):
+            if not metrics.pop("finite"):  # loss, gradients, new parameters or statistics
                 raise FloatingPointError(
-                    f"training loss is {metrics['loss']} at step {step}; stopped without saving "
-                    f"it. Last good checkpoint: step {run.checkpointer.latest_step()} in "
+                    f"non-finite training step at step {step} (loss {metrics['loss']}, gradient "
+                    f"norm {metrics['grad_norm']}); stopped without saving it. Last good "
+                    f"checkpoint: step {run.checkpointer.latest_step()} in "
                     f"{run.checkpointer.directory}. Lower config.optimizer.lr or set "
                     "config.optimizer.grad_clip_norm.")
+            warned_labels = step_lib.warn_out_of_range_labels(metrics, step, warned_labels)
             now = time.perf_counter()
             _log_train_step(run, bar, step, metrics, now - tick)
             tick = now
