@@ -26,7 +26,7 @@ import numpy as np
 from dnl_jax.data import pipeline
 from dnl_jax.models import get_model
 from dnl_jax.train import checkpoint as ckpt
-from dnl_jax.train import logs, parallel, step as step_lib
+from dnl_jax.train import logs, parallel, pretrained, step as step_lib
 from dnl_jax.train import metrics as metrics_lib
 from dnl_jax.train.config import dataset_task, validate_config
 
@@ -141,6 +141,13 @@ def _initial_state(run: Run) -> tuple[Any, dict]:
         host_state = run.driver.to_checkpoint(state).replace(
             params=variables["params"], batch_stats=variables["batch_stats"])
         state = run.driver.from_checkpoint(jax.tree.map(jnp.asarray, host_state))
+    elif run.config.model.pretrained:
+        host_state = run.driver.to_checkpoint(state)
+        params, batch_stats = pretrained.load_into(
+            run.config.model, jax.tree.map(np.asarray, host_state.params),
+            jax.tree.map(np.asarray, host_state.batch_stats), ckpt.load_variables)
+        state = run.driver.from_checkpoint(jax.tree.map(
+            jnp.asarray, host_state.replace(params=params, batch_stats=batch_stats)))
     return state, signature
 
 
@@ -310,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
        no DNL block, or a video model)}.
     """
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    pretrained.check_initialisation(config)  # before anything is built or written
     workdir = os.path.abspath(workdir)
     run = _build(config, workdir)
     try:
