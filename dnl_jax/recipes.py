@@ -127,6 +127,11 @@ def ade20k_mmseg(model: str, total_steps: int = 160_000) -> ml_collections.Confi
                                pretrained=mmseg_backbone(model))
 
 
+# The official code's deep-base ResNet stem ends with 128 channels (64 -> 64 -> 128), mmcv's
+# ResNetV1c with 64 (32 -> 32 -> 64); its ImageNet file only loads into the wider stem.
+DEEPBASE_STEM_CHANNELS = 128
+
+
 def pascal_context_official(model: str) -> ml_collections.ConfigDict:
     """The official DNL code's PASCAL-Context-59 recipe (configs/seg/pcontext/*59c*.conf):
     short side resized to 520 (long side at most 1040) then randomly by 0.5-2.0, 520x520 crops,
@@ -134,10 +139,12 @@ def pascal_context_official(model: str) -> ml_collections.ConfigDict:
     (its test adds scales 0.5-2.0: --config.eval.scales), from its deep-base ResNet-101, loss
     averaged over the kept pixels. mmseg's own PASCAL-Context-59 recipe differs: 480x480 crops
     of a (520, 520) resize, lr 0.004, slide 480x480 stride 320x320."""
-    return segmentation_recipe(dataset="pascal_context", model=model, crop_size=(520, 520),
-                               base_size=(1040, 520), batch_size=16, total_steps=30_000,
-                               lr=0.001, weight_decay=1e-4, pretrained="deepbase_resnet101",
-                               loss_normalizer="kept", align_corners=True)
+    c = segmentation_recipe(dataset="pascal_context", model=model, crop_size=(520, 520),
+                            base_size=(1040, 520), batch_size=16, total_steps=30_000, lr=0.001,
+                            weight_decay=1e-4, pretrained="deepbase_resnet101",
+                            loss_normalizer="kept", align_corners=True)
+    c.model.kwargs.stem_channels = DEEPBASE_STEM_CHANNELS
+    return c
 
 
 # The official DNL code's Cityscapes class weights (configs/seg/cityscapes/*.conf,
@@ -167,6 +174,7 @@ def cityscapes_official_ohem(model: str) -> ml_collections.ConfigDict:
         eval_crop_size=(769, 769), eval_stride=(512, 512),
         ohem={"thresh": 0.7, "min_kept": 50_000})
     c.model.kwargs.class_weights = OFFICIAL_CITYSCAPES_CLASS_WEIGHTS
+    c.model.kwargs.stem_channels = DEEPBASE_STEM_CHANNELS
     c.data.cat_max_ratio = 1.0
     c.optimizer.min_lr = 0.0
     return c
