@@ -196,3 +196,24 @@ def test_official_recipes_are_not_held_to_mmseg():
         n for n in names if n.startswith("pascal_context_")}
     assert official <= names and not official & set(MMSEG_RECIPES)
     assert recipes.OFFICIAL_CITYSCAPES_CLASS_WEIGHTS[0] == 0.8373
+
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+METAFILE_ROW = re.compile(r"^\| (\S+) \| ([\d.]+) \| mmseg 1\.2\.2 metafile `([^`]+)` \|")
+
+
+def test_readme_targets_are_the_mmseg_metafile_numbers():
+    import yaml
+
+    rows = [m.groups() for line in open(README, encoding="utf-8")
+            if (m := METAFILE_ROW.match(line))]
+    assert {row[0] for row in rows} == set(MMSEG_RECIPES)  # one sourced row per mmseg recipe
+    for recipe_name, target, mmseg_name in rows:
+        folder = MMSEG_HEADS[RECIPE.match(recipe_name).group(2)][0]
+        metafile = yaml.safe_load(open(os.path.join(MMSEG_CONFIGS, folder, "metafile.yaml")))
+        (entry,) = [m for m in metafile["Models"] if m["Name"] == mmseg_name]
+        results = entry["Results"] if isinstance(entry["Results"], list) else [entry["Results"]]
+        assert float(target) == results[0]["Metrics"]["mIoU"], recipe_name
+        mm, _ = mmseg_config(recipe_name)  # the row's recipe is that config
+        assert os.path.basename(entry["Config"])[:-3] == mmseg_name
+        assert mm.filename.endswith(entry["Config"].split("configs/")[-1])
