@@ -99,6 +99,7 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
 
 def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     bundle = make_bundle(config)
+    pretrained.check_initialisation(config)  # before the data is opened or anything written
     schedule = step_lib.learning_rate_schedule(config.optimizer, config.total_steps)
     optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
     axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
@@ -317,7 +318,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
        no DNL block, or a video model)}.
     """
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    pretrained.check_initialisation(config)  # before anything is built or written
     workdir = os.path.abspath(workdir)
     run = _build(config, workdir)
     try:
