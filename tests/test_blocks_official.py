@@ -82,14 +82,15 @@ def test_matches_the_official_forward(variant):
 
 
 def test_parameter_names_counts_and_initialisers():
-    reference = OfficialReference(64, 32, "channel", True, 0.05)
+    reference = OfficialReference(512, 256, "channel", True, 0.05)  # the head's block
     torch_count = sum(p.numel() for p in reference.parameters())
     block = OfficialDisentangledNonLocal(reduction=2)
-    variables = block.init(jax.random.key(0), jnp.zeros((1, 8, 8, 64)))
+    variables = block.init(jax.random.key(0), jnp.zeros((1, 4, 4, 512)))
     params = variables["params"]
     ours = sum(int(np.size(v)) for v in jax.tree.leaves(params))
-    # query/key 64·32 + 32 each, value 64·64 (no bias), mask 64 + 1, gamma 1.
-    assert ours == torch_count == 2 * (64 * 32 + 32) + 64 * 64 + 65 + 1
+    # query/key 512·256 + 256 each, value 512·512 (no bias), mask 512 + 1, gamma 1 = 525,314
+    # (mmseg's DisentangledNonLocal2d at 512 channels: 526,593, with its conv_out and norm).
+    assert ours == torch_count == 2 * (512 * 256 + 256) + 512 * 512 + 513 + 1 == 525_314
     assert set(params) == {"conv_query", "conv_key", "conv_value", "conv_mask", "gamma"}
     assert "bias" not in params["conv_value"]
     assert float(params["gamma"][0]) == 0.0
@@ -98,14 +99,13 @@ def test_parameter_names_counts_and_initialisers():
         assert 0.005 < kernel.std() < 0.02, name  # N(0, 0.01)
         assert not np.any(np.asarray(params[name].get("bias", 0.0)))
     # Zero gamma: the block starts as x + unary (not the identity, unlike mmseg's).
-    x = jax.random.normal(jax.random.key(1), (1, 8, 8, 64))
+    x = jax.random.normal(jax.random.key(1), (1, 4, 4, 512))
     assert not np.allclose(block.apply(variables, x), x)
 
 
 def test_head_is_selected_by_name_and_nowd_names_its_parameters():
     bundle = get_model("dnl_tiny", 7, head="dnl_official_nowd")
-    variables = bundle.module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                                   jnp.zeros((1, 32, 32, 3)), train=True)
+    variables = jax.eval_shape(bundle.module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     block = variables["params"]["decode_head"]["dnl_block"]
     paths = ["/".join(str(getattr(k, "key", k)) for k in path)
              for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]]
