@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir)`: the whole training run, top to bottom.
 
 Sections: config check → model and optimizer → driver (jit mesh or pmap) → input pipeline →
-state (fresh, resumed from the workdir's checkpoint, or initialised from `config.init_from`) →
+state (fresh, resumed from the workdir's checkpoint, initialised from `config.init_from`, or
+with the ImageNet backbone of `config.model.pretrained`, see train/pretrained.py) →
 loop (step, log, evaluate, checkpoint, preemption) → final evaluation, checkpoint and figure.
 One trainer for both tasks: the model bundle's task ('segmentation' on images, 'classification'
 on video clips) picks the input shape, the augmentation, the val metrics and the metric that
