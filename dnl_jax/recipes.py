@@ -9,6 +9,15 @@ optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), the per-image evaluator
 `evals.val` (type 'segmentation': mode 'whole'|'slide', crop_size, stride, scales, flip), and
 the evaluation/checkpoint intervals.
 
+Initialisation (dnl_jax/train/pretrained.py): every recipe names its ImageNet backbone in
+model.pretrained (mmseg recipes open-mmlab's resnet{50,101}_v1c, the official DNL code's
+recipes its deep-base ResNet-101, video recipes torchvision's ResNet-50). mmseg's per-parameter
+options are set under the names the trainer reads: model.kwargs.loss_normalizer ('all':
+mmseg's CrossEntropyLoss divides by every pixel, ignored ones included; 'kept': the official
+code's mean over the pixels kept), model.kwargs.align_corners (mmseg's 769x769 configs and the
+official code resize with True) and optimizer.weight_decay_multipliers (mmengine custom_keys:
+(substring of the '/'-joined parameter path, multiplier) pairs).
+
 Video recipes set the video keys of the same schema: data.clip_len, data.frame_stride,
 data.short_side_range, a square data.crop_size, the one-clip evaluator `evals.val` (type
 'batched') and the test views of `evals.val_multi_view` (type 'multi_view': num_clips,
@@ -26,20 +35,44 @@ NUM_CLASSES = {"cityscapes": len(cityscapes.CLASSES), "ade20k": len(ade20k.CLASS
                "pascal_context": len(pascal_context.CLASSES)}
 
 
+# mmseg's dnl_r50-d8_4xb2-80k_cityscapes-769x769.py (and the r101 one that inherits it) writes
+# optim_wrapper.paramwise_cfg.custom_keys theta/phi `wd_mult=0.`, but mmengine's
+# DefaultOptimWrapperConstructor reads only `lr_mult` and `decay_mult` from custom keys, so
+# mmseg's published runs decayed theta/phi like every other weight. The recipes follow what mmseg
+# trained (no multipliers); NO_DECAY_THETA_PHI is what the config's authors meant, for
+# --config.optimizer.weight_decay_multipliers.
+NO_DECAY_THETA_PHI = (("theta", 0.0), ("phi", 0.0))
+
+
+def mmseg_backbone(model: str) -> str:
+    """open-mmlab's ImageNet ResNetV1c of an mmseg `*_r50-d8` / `*_r101-d8` model name."""
+    for depth in ("50", "101"):
+        if f"_r{depth}-" in model:
+            return f"resnet{depth}_v1c"
+    raise ValueError(f"model {model!r} names no ResNet-50/101 backbone (e.g. 'dnl_r50-d8').")
+
+
 def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
                         base_size: tuple[int, int], batch_size: int, total_steps: int,
-                        lr: float = 0.01, weight_decay: float = 5e-4, eval_mode: str = "whole",
-                        eval_crop_size=None, eval_stride=None, ohem: dict | None = None,
+                        pretrained: str, lr: float = 0.01, weight_decay: float = 5e-4,
+                        eval_mode: str = "whole", eval_crop_size=None, eval_stride=None,
+                        ohem: dict | None = None, loss_normalizer: str = "all",
+                        align_corners: bool = False, weight_decay_multipliers: tuple = (),
                         data_dir: str = "data/prepared") -> ml_collections.ConfigDict:
     """An mmseg-style segmentation recipe: SGD momentum 0.9, poly 0.9 down to 1e-4, the mmseg
     train pipeline (resize 0.5-2.0, crop with cat_max_ratio 0.75, flip, photometric);
-    evaluation and checkpoints every total_steps / 10 steps (mmseg's 8k of 80k)."""
+    evaluation and checkpoints every total_steps / 10 steps (mmseg's 8k of 80k). `pretrained`
+    names the backbone (`dnl_jax.train.pretrained.BACKBONES`)."""
     if dataset not in NUM_CLASSES:
         raise ValueError(f"dataset {dataset!r}; choose one of {sorted(NUM_CLASSES)}.")
     if eval_mode == "slide" and (eval_crop_size is None or eval_stride is None):
         raise ValueError("eval_mode='slide' needs eval_crop_size and eval_stride.")
     c = base_config()
     c.model.name = model
+    c.model.pretrained = pretrained
+    c.model.kwargs.loss_normalizer = loss_normalizer
+    c.model.kwargs.align_corners = align_corners
+    c.optimizer.weight_decay_multipliers = tuple(weight_decay_multipliers)
     if ohem:
         c.model.kwargs.ohem = dict(ohem)
     c.data.name = dataset
@@ -70,24 +103,80 @@ def cityscapes_mmseg(model: str, total_steps: int = 80_000) -> ml_collections.Co
     dnl/nonlocal/fcn 512x1024 configs keep `test_cfg=dict(mode='whole')` of
     `_base_/models/*_r50-d8.py`; only their 769x769 configs slide)."""
     return segmentation_recipe(dataset="cityscapes", model=model, crop_size=(512, 1024),
-                               base_size=(2048, 1024), batch_size=8, total_steps=total_steps)
+                               base_size=(2048, 1024), batch_size=8, total_steps=total_steps,
+                               pretrained=mmseg_backbone(model))
+
+
+def cityscapes_mmseg_769(model: str, total_steps: int) -> ml_collections.ConfigDict:
+    """mmseg Cityscapes 769x769 (`*_4xb2-{40k,80k}_cityscapes-769x769.py`): resize of
+    (2049, 1025), 769x769 crops, batch 8 (4 x 2), align_corners True in both heads (and so in
+    the loss and the test), slide test 769x769 with stride 513. (The 80k DNL configs' theta/phi
+    `wd_mult=0` has no effect in mmengine: see NO_DECAY_THETA_PHI.)"""
+    return segmentation_recipe(dataset="cityscapes", model=model, crop_size=(769, 769),
+                               base_size=(2049, 1025), batch_size=8, total_steps=total_steps,
+                               pretrained=mmseg_backbone(model), align_corners=True,
+                               eval_mode="slide", eval_crop_size=(769, 769),
+                               eval_stride=(513, 513))
 
 
 def ade20k_mmseg(model: str, total_steps: int = 160_000) -> ml_collections.ConfigDict:
     """mmseg ADE20K 512x512: batch 16 (4 x 4), resize to (2048, 512), whole-image test."""
     return segmentation_recipe(dataset="ade20k", model=model, crop_size=(512, 512),
-                               base_size=(2048, 512), batch_size=16, total_steps=total_steps)
+                               base_size=(2048, 512), batch_size=16, total_steps=total_steps,
+                               pretrained=mmseg_backbone(model))
+
+
+# The official code's deep-base ResNet stem ends with 128 channels (64 -> 64 -> 128), mmcv's
+# ResNetV1c with 64 (32 -> 32 -> 64); its ImageNet file only loads into the wider stem.
+DEEPBASE_STEM_CHANNELS = 128
 
 
 def pascal_context_official(model: str) -> ml_collections.ConfigDict:
     """The official DNL code's PASCAL-Context-59 recipe (configs/seg/pcontext/*59c*.conf):
     short side resized to 520 (long side at most 1040) then randomly by 0.5-2.0, 520x520 crops,
     batch 16, 30k iterations, SGD lr 0.001 weight decay 1e-4, whole-image single-scale val
-    (its test adds scales 0.5-2.0: --config.evals.val.scales). mmseg's own PASCAL-Context-59 recipe
-    differs: 480x480 crops of a (520, 520) resize, lr 0.004, slide 480x480 stride 320x320."""
-    return segmentation_recipe(dataset="pascal_context", model=model, crop_size=(520, 520),
-                               base_size=(1040, 520), batch_size=16, total_steps=30_000,
-                               lr=0.001, weight_decay=1e-4)
+    (its test adds scales 0.5-2.0: --config.evals.val.scales), from its deep-base ResNet-101, loss
+    averaged over the kept pixels. mmseg's own PASCAL-Context-59 recipe differs: 480x480 crops
+    of a (520, 520) resize, lr 0.004, slide 480x480 stride 320x320."""
+    c = segmentation_recipe(dataset="pascal_context", model=model, crop_size=(520, 520),
+                            base_size=(1040, 520), batch_size=16, total_steps=30_000, lr=0.001,
+                            weight_decay=1e-4, pretrained="deepbase_resnet101",
+                            loss_normalizer="kept", align_corners=True)
+    c.model.kwargs.stem_channels = DEEPBASE_STEM_CHANNELS
+    return c
+
+
+# The official DNL code's Cityscapes class weights (configs/seg/cityscapes/*.conf,
+# loss.params.ohem_ce_loss.weight), in train-id order road ... bicycle.
+OFFICIAL_CITYSCAPES_CLASS_WEIGHTS = (
+    0.8373, 0.9180, 0.8660, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539,
+    0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
+
+
+def cityscapes_official_ohem(model: str) -> ml_collections.ConfigDict:
+    """The official DNL code's Cityscapes recipe (scripts/seg/cityscapes/run_fs_res101_
+    nonlocal*_cityscapes_seg.sh with configs/seg/cityscapes/NL*_fcn_cityscapes_seg.conf):
+    deep-base ResNet-101 D8, 4 GPUs x 2 = batch 8, 60k iterations, SGD lr 0.01 momentum 0.9
+    wd 5e-4, poly 0.9 down to 0 (its lambda_poly), random resize 0.5-2.0 of the 2048x1024 image,
+    769x769 crops (no category ratio check), flip; loss 'dsnohemce_loss': OHEM cross-entropy
+    (thresh 0.7, 100k kept pixels per GPU of 2 images = 50k per image) with its class weights
+    + 0.4 x the auxiliary ('dsn') cross-entropy, averaged over the kept pixels; bilinear resizes
+    with align_corners=True. Test ('sscrop_test'): the image at its own size, windows of
+    769x769 every int(769 x 0.667) = 512 pixels (runner/seg/fcn_segmentor_test.py), the last
+    one flush with the border, logits averaged. Not reproduced: its BGR 0-255 input with the
+    Caffe mean, the aspect jitter 0.9-1.1 and brightness shift (we use mmseg's photometric
+    distortion)."""
+    c = segmentation_recipe(
+        dataset="cityscapes", model=model, crop_size=(769, 769), base_size=(2048, 1024),
+        batch_size=8, total_steps=60_000, pretrained="deepbase_resnet101",
+        loss_normalizer="kept", align_corners=True, eval_mode="slide",
+        eval_crop_size=(769, 769), eval_stride=(512, 512),
+        ohem={"thresh": 0.7, "min_kept": 50_000})
+    c.model.kwargs.class_weights = OFFICIAL_CITYSCAPES_CLASS_WEIGHTS
+    c.model.kwargs.stem_channels = DEEPBASE_STEM_CHANNELS
+    c.data.cat_max_ratio = 1.0
+    c.optimizer.min_lr = 0.0
+    return c
 
 
 def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, frame_stride: int = 2,
@@ -101,6 +190,7 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
     """
     c = base_config()
     c.model.name = model
+    c.model.pretrained = "torchvision_resnet50"
     c.data.name = "kinetics"
     c.data.num_classes = num_classes
     c.data.data_dir = data_dir

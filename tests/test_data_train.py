@@ -99,6 +99,13 @@ def test_one_video_training_step(tmp_path):
     check_one_step(*make_trainer("dnl_i3d_tiny", len(source.classes), batch["video"]), batch)
 
 
+def tiny_cityscapes_recipe():
+    """The mmseg Cityscapes recipe (2 steps) on the tiny model, from scratch on purpose."""
+    config = recipes.cityscapes_mmseg("dnl_r50-d8", total_steps=2)
+    config.model.update(name="dnl_tiny", pretrained="", from_scratch=True)
+    return config
+
+
 def test_evaluate_command_on_a_checkpoint_writes_cityscapes_pngs(tmp_path):
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
     prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
@@ -134,7 +141,7 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
 
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
     prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
-    config = recipes.cityscapes_mmseg("dnl_tiny", total_steps=2)
+    config = tiny_cityscapes_recipe()
     config.update_from_flattened_dict({
         "data.data_dir": str(tmp_path / "out"), "data.crop_size": (16, 16),
         "data.base_size": (W, H), "data.ratio_range": (1.0, 2.0), "batch_size": 4,
@@ -156,7 +163,7 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
 def test_trainer_says_how_to_prepare_a_missing_dataset(tmp_path):
     from dnl_jax.train.trainer import train_and_evaluate
 
-    config = recipes.cityscapes_mmseg("dnl_tiny", total_steps=2)
+    config = tiny_cityscapes_recipe()
     config.data.data_dir = str(tmp_path / "nothing_here")
     with pytest.raises(ValueError, match="python -m dnl_jax.data.prepare cityscapes"):
         train_and_evaluate(config, str(tmp_path / "run"))

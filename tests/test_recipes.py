@@ -50,7 +50,12 @@ def test_config_matches_its_name(path):
     assert config.data.num_classes == recipes.NUM_CLASSES[dataset]
     assert tuple(config.data.crop_size) == (int(crop_h), int(crop_w))
     assert config.total_steps == int(steps) * 1000
-    assert (config.optimizer.poly_power, config.optimizer.min_lr) == (0.9, 1e-4)
+    official = bool(ohem) or dataset == "pascal_context"  # the official DNL code's recipes
+    assert config.optimizer.poly_power == 0.9
+    assert config.optimizer.min_lr == (0.0 if ohem else 1e-4)  # official lambda_poly ends at 0
+    assert config.model.pretrained == ("deepbase_resnet101" if official
+                                       else recipes.mmseg_backbone(config.model.name))
+    assert config.model.kwargs.loss_normalizer == ("kept" if official else "all")
     assert bool(ohem) == ("ohem" in config.model.kwargs)
     settings = inference_settings(config.evals.val)
     if settings["mode"] == "slide":
@@ -61,12 +66,14 @@ def test_config_matches_its_name(path):
 
 # Evaluation protocol and weight decay of each recipe, checked against its source: mmseg's
 # dnl 512x1024 configs (test_cfg mode 'whole' from _base_/models/dnl_r50-d8.py), its 769x769
-# configs (slide 769 stride 513), ADE20K 512x512 (whole), and the official DNL code's
-# PASCAL-Context-59 conf (min side 520, whole-image val, weight decay 1e-4).
+# configs (slide 769 stride 513), ADE20K 512x512 (whole), the official DNL code's Cityscapes
+# conf (sscrop_test: 769 windows every int(769 * 0.667) = 512 pixels of the 2048x1024 image)
+# and its PASCAL-Context-59 conf (min side 520, whole-image val, weight decay 1e-4).
 PROTOCOLS = {
     "cityscapes_dnl_r101-d8_512x1024_80k": ("whole", None, None, (2048, 1024), 5e-4),
-    "cityscapes_dnl_r101-d8_769x769_60k_ohem": ("slide", (769, 769), (513, 513), (2049, 1025),
+    "cityscapes_dnl_r101-d8_769x769_60k_ohem": ("slide", (769, 769), (512, 512), (2048, 1024),
                                                 5e-4),
+    "cityscapes_dnl_r50-d8_769x769_40k": ("slide", (769, 769), (513, 513), (2049, 1025), 5e-4),
     "ade20k_dnl_r101-d8_512x512_160k": ("whole", None, None, (2048, 512), 5e-4),
     "pascal_context_dnl_r101-d8_520x520_30k": ("whole", None, None, (1040, 520), 1e-4),
 }
@@ -85,4 +92,30 @@ def test_recipe_evaluation_protocol_matches_its_source(name):
 def test_unknown_dataset_is_refused():
     with pytest.raises(ValueError, match="choose one of"):
         recipes.segmentation_recipe(dataset="coco", model="dnl_r50-d8", crop_size=(8, 8),
-                                    base_size=(8, 8), batch_size=1, total_steps=1)
+                                    base_size=(8, 8), batch_size=1, total_steps=1,
+                                    pretrained="resnet50_v1c")
+
+
+def test_no_real_data_recipe_trains_from_scratch_and_every_backbone_is_published():
+    from dnl_jax.train.pretrained import BACKBONES
+
+    for path in RECIPE_FILES:
+        config = load(path).get_config()
+        spec = BACKBONES[config.model.pretrained]
+        assert not config.model.from_scratch and spec.url.startswith("https://")
+        assert f"python -m dnl_jax.interop.pretrained {spec.name} {spec.file}" in \
+            load(path).__doc__
+
+
+def test_official_cityscapes_recipe_follows_the_official_conf():
+    """configs/seg/cityscapes/NLin_fcn_cityscapes_seg.conf and its run script (see the
+    recipe): class weights, OHEM, loss normaliser, block, stem, resize and crop checks."""
+    config = load(os.path.join(CONFIG_DIR, "cityscapes_dnl_r101-d8_769x769_60k_ohem.py")
+                  ).get_config()
+    kwargs = config.model.kwargs
+    assert tuple(kwargs.class_weights) == recipes.OFFICIAL_CITYSCAPES_CLASS_WEIGHTS
+    assert len(kwargs.class_weights) == recipes.NUM_CLASSES["cityscapes"]
+    assert dict(kwargs.ohem) == {"thresh": 0.7, "min_kept": 100_000 // 2}  # per image
+    assert (kwargs.head, kwargs.stem_channels, kwargs.align_corners) == ("dnl_official", 128, True)
+    assert (config.batch_size, config.total_steps, config.data.cat_max_ratio) == (8, 60_000, 1.0)
+    assert (config.optimizer.lr, config.optimizer.weight_decay) == (0.01, 5e-4)

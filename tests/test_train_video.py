@@ -55,6 +55,7 @@ def video_config(data_dir, **overrides):
                                   frame_stride=1, crop_size=32, batch_size=4, total_steps=2,
                                   data_dir=data_dir)
     config.update_from_flattened_dict({**TINY_VIDEO, **overrides})
+    config.model.update(pretrained="", from_scratch=True)  # a tiny model: nothing published
     config.model.kwargs.dropout_rate = 0.0
     return config
 
@@ -126,7 +127,8 @@ def test_cli_trains_the_kinetics_recipe_for_one_step(prepared, tmp_path):
                  "--config.evals.val_multi_view.num_clips=1",
                  "--config.evals.val_multi_view.num_crops=1",
                  "--config.evals.val_multi_view.short_side=0", "--config.evals.val.short_side=0",
-                 "--config.progress_bar=False"]
+                 "--config.progress_bar=False",
+                 "--config.model.pretrained=", "--config.model.from_scratch=True"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", **CACHE_ENV)
     command = [sys.executable, "-m", "dnl_jax.main", "--config",
                os.path.join(REPO, "experiments", "configs", name), "--workdir", str(tmp_path),

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import blocks, layers
+from dnl_jax import blocks, blocks_official, layers
 
 Array = jax.Array
 Dtype = Any
@@ -173,6 +173,40 @@ class GCHead(_ContextHead):
         return blocks.ContextBlock(ratio=self.ratio, dtype=self.dtype, name="gc_block")
 
 
-HEADS = {"fcn": FCNHead, "dnl": DNLHead, "nl": NLHead, "gc": GCHead}
+class OfficialDNLHead(_ContextHead):
+    """The official DNL code's `NLModule` (yinmh17 model/seg/nets/nonlocalbn.py, the same
+    conv → block → conv → concat → dropout → 1×1 structure as mmseg's head, `channels` = C/4)
+    around its own block (`blocks_official.OfficialDisentangledNonLocal`, reduction 2) in the
+    variant `variant` ('in' or 'nowd', see `blocks_official.OFFICIAL_VARIANTS`).
 
-__all__ = ["FCNHead", "DNLHead", "NLHead", "GCHead", "HEADS"]
+    `[B, H, W, C]` → `[B, H, W, K]`; block parameters under `dnl_block/` (`conv_query`, ...).
+    """
+
+    reduction: int = 2
+    variant: str = "in"
+
+    def context_block(self) -> nn.Module:
+        if self.variant not in blocks_official.OFFICIAL_VARIANTS:
+            raise ValueError(f"unknown official DNL variant {self.variant!r}; choose one of "
+                             f"{sorted(blocks_official.OFFICIAL_VARIANTS)}.")
+        return blocks_official.OfficialDisentangledNonLocal(
+            reduction=self.reduction, implementation=self.implementation, dtype=self.dtype,
+            name="dnl_block", **blocks_official.OFFICIAL_VARIANTS[self.variant],
+        )
+
+
+class OfficialDNLNowdHead(OfficialDNLHead):
+    """`OfficialDNLHead` in the 'nowd' variant (give `NOWD_WEIGHT_DECAY` to the optimizer)."""
+
+    variant: str = "nowd"
+
+
+# Weight-decay multipliers of the 'nowd' variant (optimizer.weight_decay_multipliers).
+NOWD_WEIGHT_DECAY = tuple((f"dnl_block/{name}", 0.0)
+                          for name in blocks_official.NO_DECAY_PARAMETERS)
+
+HEADS = {"fcn": FCNHead, "dnl": DNLHead, "nl": NLHead, "gc": GCHead,
+         "dnl_official": OfficialDNLHead, "dnl_official_nowd": OfficialDNLNowdHead}
+
+__all__ = ["FCNHead", "DNLHead", "NLHead", "GCHead", "OfficialDNLHead", "OfficialDNLNowdHead",
+           "HEADS", "NOWD_WEIGHT_DECAY"]

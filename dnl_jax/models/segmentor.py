@@ -139,7 +139,7 @@ def build_segmentor(
         **(backbone_kwargs or {}),
     )
     head_options = dict(head_kwargs or {})
-    if head in ("dnl", "nl"):
+    if head in ("dnl", "nl", "dnl_official", "dnl_official_nowd"):
         head_options.setdefault("implementation", implementation)
     decode_head = heads.HEADS[head](
         num_classes=num_classes, channels=channels, dropout_rate=dropout_rate, **common,

@@ -73,6 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "dnl_tiny"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.kwargs = ml_collections.ConfigDict()  # forwarded to get_model(**kwargs)
+    # Initialisation (dnl_jax/train/pretrained.py): a converted ImageNet backbone by name
+    # (pretrained_dir/NAME, written by `python -m dnl_jax.interop.pretrained`). Real datasets
+    # refuse an empty name unless from_scratch=True says so; init_from overrides both.
+    c.model.pretrained = ""
+    c.model.pretrained_dir = "pretrained"
+    c.model.from_scratch = False
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic"
@@ -109,6 +115,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 0
     c.optimizer.warmup_ratio = 0.1  # warm-up starts at lr * warmup_ratio
     c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+    # ((pattern, multiplier), ...) on '/'-joined parameter paths (mmengine custom_keys); read by
+    # the loss/optimizer branch, set by the recipes.
+    c.optimizer.weight_decay_multipliers = ()
 
     c.parallelism = "jit"  # both shard the batch over every device (data parallel)
 

@@ -1,7 +1,8 @@
 """`train_and_evaluate(config, workdir)`: the whole training run, top to bottom.
 
 Sections: config check → model and optimizer → driver (jit mesh or pmap) → input pipeline →
-state (fresh, resumed from the workdir's checkpoint, or initialised from `config.init_from`) →
+state (fresh, resumed from the workdir's checkpoint, initialised from `config.init_from`, or
+with the ImageNet backbone of `config.model.pretrained`, see train/pretrained.py) →
 loop (step, log, evaluate, checkpoint, preemption) → final evaluation, checkpoint and figure.
 One trainer for every task: the model bundle ('segmentation' on images, 'classification' on
 video clips) brings the loss, the metric counts, their finalisation and the metric that ranks
@@ -31,7 +32,7 @@ from dnl_jax.models import get_model
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import checkpoint as ckpt
-from dnl_jax.train import logs, parallel, step as step_lib
+from dnl_jax.train import logs, parallel, pretrained, step as step_lib
 from dnl_jax.train.config import check_model_task, validate_config
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
 def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
     bundle = make_bundle(config, axis_name=axis_name)
+    pretrained.check_initialisation(config)  # before the data is opened or anything written
     schedule = step_lib.learning_rate_schedule(config.optimizer, config.total_steps)
     optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
     train_step = step_lib.make_train_step(bundle, optimizer, schedule,
@@ -145,6 +147,13 @@ def _initial_state(run: Run) -> tuple[Any, dict]:
         host_state = run.driver.host_state(state).replace(
             params=variables["params"], batch_stats=variables["batch_stats"])
         state = run.driver.from_checkpoint(jax.tree.map(jnp.asarray, host_state))
+    elif run.config.model.pretrained:
+        host_state = run.driver.host_state(state)
+        params, batch_stats = pretrained.load_into(
+            run.config.model, jax.tree.map(np.asarray, host_state.params),
+            jax.tree.map(np.asarray, host_state.batch_stats), ckpt.load_variables)
+        state = run.driver.from_checkpoint(jax.tree.map(
+            jnp.asarray, host_state.replace(params=params, batch_stats=batch_stats)))
     return state, signature
 
 

@@ -1,10 +1,19 @@
-"""DNL R101-D8 on Cityscapes, the official code's recipe: 769x769 crops, 60k iterations, OHEM
-(thresh 0.7, min kept 100k). Published (paper): 80.15 val mIoU. Test: slide 769x769 stride 513
-as mmseg's 769x769 configs; the official code's val feeds the whole 2048x1024 image instead
-(--config.evals.val.mode=whole).
+"""DNL R101-D8 on Cityscapes, the official DNL code's recipe (yinmh17/DNL-Semantic-Segmentation
+scripts/seg/cityscapes/run_fs_res101_nonlocal_in_cityscapes_seg.sh with
+configs/seg/cityscapes/NLin_fcn_cityscapes_seg.conf; see recipes.cityscapes_official_ohem): its
+own block (head 'dnl_official': value C->C, no output conv, scalar gamma on the pairwise term),
+its deep-base ImageNet ResNet-101 (stem 64-64-128), 769x769 crops, batch 8 (4 GPUs x 2), 60k
+iterations, OHEM (thresh 0.7, 100k pixels per GPU of 2 images = 50k per image) with its class
+weights, loss over the kept pixels, align_corners True; test on the whole 2048x1024 image in
+769x769 windows every 512 pixels (its 'sscrop_test', crop_stride_ratio 0.667). Published
+(official code, see the README table): 80.15 val mIoU. The 'nowd' variant of its README
+(NLnowd_ln conf): --config.model.kwargs.head=dnl_official_nowd and
+--config.optimizer.weight_decay_multipliers="(('dnl_block/conv_query', 0.0), ('dnl_block/conv_key', 0.0))".
 
-Prepare the data once, train, then evaluate:
+Prepare the data once, fetch and convert the pretrained backbone once, train, then evaluate:
     python -m dnl_jax.data.prepare cityscapes --manual_dir RAW --data_dir data/prepared
+    # 3x3resnet101-imagenet.pth from https://drive.google.com/open?id=1bUzCKazlh8ElGVYWlABBAb0b0uIqFgtR
+    python -m dnl_jax.interop.pretrained deepbase_resnet101 3x3resnet101-imagenet.pth --pretrained_dir pretrained
     python -m dnl_jax.main --config experiments/configs/cityscapes_dnl_r101-d8_769x769_60k_ohem.py --workdir runs/cityscapes_dnl_r101-d8_769x769_60k_ohem
     python -m dnl_jax.evaluate --config experiments/configs/cityscapes_dnl_r101-d8_769x769_60k_ohem.py \
         --checkpoint runs/cityscapes_dnl_r101-d8_769x769_60k_ohem/checkpoints/STEP --split val
@@ -15,7 +24,6 @@ from dnl_jax import recipes
 
 
 def get_config():
-    return recipes.segmentation_recipe(
-        dataset="cityscapes", model="dnl_r101-d8", crop_size=(769, 769), base_size=(2049, 1025),
-        batch_size=8, total_steps=60_000, eval_mode="slide", eval_crop_size=(769, 769),
-        eval_stride=(513, 513), ohem={"thresh": 0.7, "min_kept": 100_000})
+    config = recipes.cityscapes_official_ohem("dnl_r101-d8")
+    config.model.kwargs.head = "dnl_official"
+    return config

@@ -1,9 +1,12 @@
 """DNL R101-D8 on PASCAL-Context-59, the official code's recipe: short side 520, 520x520 crops,
 30k iterations, lr 0.001, weight decay 1e-4, batch 16, whole-image test (recipes.
-pascal_context_official). Published (paper): 54.5-55.3.
+pascal_context_official). Target: the DNL paper's PASCAL-Context table (no stored
+machine-readable source; cite it as the paper's).
 
-Prepare the data once, train, then evaluate:
+Prepare the data once, fetch and convert the pretrained backbone once, train, then evaluate:
     python -m dnl_jax.data.prepare pascal_context --manual_dir RAW --data_dir data/prepared
+    # 3x3resnet101-imagenet.pth from https://drive.google.com/open?id=1bUzCKazlh8ElGVYWlABBAb0b0uIqFgtR
+    python -m dnl_jax.interop.pretrained deepbase_resnet101 3x3resnet101-imagenet.pth --pretrained_dir pretrained
     python -m dnl_jax.main --config experiments/configs/pascal_context_dnl_r101-d8_520x520_30k.py --workdir runs/pascal_context_dnl_r101-d8_520x520_30k
     python -m dnl_jax.evaluate --config experiments/configs/pascal_context_dnl_r101-d8_520x520_30k.py \
         --checkpoint runs/pascal_context_dnl_r101-d8_520x520_30k/checkpoints/STEP --split val
