@@ -230,11 +230,12 @@ def randomize(module, seed: int = 0, std: float = 0.2):
             fill(sub.bias)
             sub.running_mean.copy_(0.3 * torch.randn(sub.running_mean.shape, generator=generator))
             fill(sub.running_var, 0.5)
-        elif isinstance(sub, (nn.Conv2d, nn.Linear)):
+        elif isinstance(sub, (nn.Conv2d, nn.Conv3d, nn.Linear)):
             fill(sub.weight)
             if sub.bias is not None:
                 fill(sub.bias)
-    return module.eval()
+    module.eval()  # Not `return module.eval()`: mmseg's and mmaction's `train()` return None.
+    return module
 
 
 def torch_output_and_input_grad(module, x_nchw, cotangent_nchw):

@@ -1,0 +1,175 @@
+"""The real OpenMMLab reference classes, loaded file by file from the installed wheels.
+
+mmsegmentation and mmaction2 are installed with `--no-deps` (Makefile, requirements-openmmlab.txt):
+their package `__init__`s import half of OpenMMLab (mmdet, mmcv's compiled ops, ...), which is not
+installed here. Their model files themselves need only torch, mmcv-lite and mmengine, plus a
+registry to decorate the classes. So each file is executed on its own, under its real module
+name, with small stand-ins for the few package modules it imports:
+
+- `<pkg>.registry.MODELS`: `register_module()` is a no-op decorator; `build(cfg)` (only reached
+  for a head's loss) returns a parameter-free `nn.Identity`, so the state_dict keys are mmaction's.
+- type aliases (`ConfigType`, `SampleList`, ...) and training-only helpers (`build_loss`,
+  `build_pixel_sampler`, `top_k_accuracy`) that the forward pass never calls: they raise if called.
+
+Everything numerical (convs, norms, `NonLocal3d`, residual layers, heads) is the wheel's own code.
+Like `torch_reference.require`, a missing wheel skips locally but fails in CI.
+
+    mmseg = mmseg_models()        # .ResNetV1c, .DisentangledNonLocal2d, .FCNHead, .DNLHead, .NLHead
+    mmaction = mmaction_models()  # .ResNet3d, .I3DHead
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import sys
+import types
+from typing import Any
+
+import pytest
+
+from torch_reference import require
+
+torch = require("torch")
+
+
+class _Registry:
+    """Stands in for an mmengine `Registry`: decorating registers nothing."""
+
+    def register_module(self, *args, **kwargs):
+        del args, kwargs
+        return lambda cls: cls
+
+    def build(self, cfg):
+        del cfg  # Only a head's loss is built this way; it has no parameters or buffers.
+        return torch.nn.Identity()
+
+
+def _not_for_inference(name: str):
+    def fail(*args, **kwargs):
+        raise NotImplementedError(f"{name} is a stand-in: the parity tests never train.")
+
+    return fail
+
+
+def package_root(package: str) -> str:
+    """The installed package's directory, without importing (executing) its `__init__`."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        message = (f"the {package} wheel is not installed; `make install` installs it "
+                   "(requirements-openmmlab.txt, pip --no-deps).")
+        if os.environ.get("CI"):
+            raise ImportError(message)
+        pytest.skip(message)
+    return list(spec.submodule_search_locations)[0]
+
+
+def _stub(name: str, **attributes: Any) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__path__ = []  # A package, so relative imports below it resolve.
+    module.__dict__.update(attributes)
+    return module
+
+
+@contextlib.contextmanager
+def _in_sys_modules(modules: dict[str, types.ModuleType]):
+    """Puts `modules` into sys.modules for the duration, then restores what was there, so the
+    stand-ins never leak into other tests (the loaded classes keep their own globals)."""
+    saved = {name: sys.modules.get(name) for name in modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+
+
+def _execute(root: str, qualified_name: str, modules: dict[str, types.ModuleType]):
+    """Runs `root/<qualified_name minus the package>.py` as module `qualified_name`."""
+    relative = qualified_name.split(".", 1)[1].replace(".", os.sep) + ".py"
+    spec = importlib.util.spec_from_file_location(qualified_name, os.path.join(root, relative))
+    module = importlib.util.module_from_spec(spec)
+    with _in_sys_modules({**modules, qualified_name: module}):
+        spec.loader.exec_module(module)
+    return module
+
+
+def _load_chain(package: str, stubs: dict[str, types.ModuleType], files: list[tuple[str, str]]):
+    """Executes `files` ([(qualified name, parent package to expose it in)]) in order; each file
+    becomes importable from its parent (as `from ..utils import ResLayer`) for the later ones."""
+    root = package_root(package)
+    modules = dict(stubs)
+    for parent in {name.rsplit(".", 1)[0] for name, _ in files} | {
+            name.rsplit(".", 2)[0] for name, _ in files}:
+        modules.setdefault(parent, _stub(parent))
+    loaded = {}
+    for qualified_name, expose_in in files:
+        module = _execute(root, qualified_name, modules)
+        modules[qualified_name] = loaded[qualified_name] = module
+        if expose_in:
+            parent = modules.setdefault(expose_in, _stub(expose_in))
+            parent.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("_")})
+    return loaded
+
+
+@functools.cache
+def mmseg_models() -> types.SimpleNamespace:
+    """mmsegmentation 1.2.2's `ResNetV1c` (backbones/resnet.py + utils/res_layer.py),
+    `DisentangledNonLocal2d` and `DNLHead` (decode_heads/dnl_head.py), `NLHead`, `FCNHead` and
+    their base `BaseDecodeHead` (decode_head.py; build it with `loss_decode=[]`)."""
+    stubs = {
+        "mmseg": _stub("mmseg"),
+        "mmseg.registry": _stub("mmseg.registry", MODELS=_Registry()),
+        "mmseg.utils": _stub("mmseg.utils", ConfigType=dict, OptConfigType=dict,
+                             SampleList=list, OptSampleList=list),
+        "mmseg.structures": _stub("mmseg.structures",
+                                  build_pixel_sampler=_not_for_inference("build_pixel_sampler")),
+        "mmseg.models.builder": _stub("mmseg.models.builder",
+                                      build_loss=_not_for_inference("build_loss")),
+    }
+    loaded = _load_chain("mmseg", stubs, [
+        ("mmseg.models.utils.res_layer", "mmseg.models.utils"),
+        ("mmseg.models.utils.wrappers", "mmseg.models.utils"),
+        ("mmseg.models.losses.accuracy", "mmseg.models.losses"),
+        ("mmseg.models.backbones.resnet", None),
+        ("mmseg.models.decode_heads.decode_head", None),
+        ("mmseg.models.decode_heads.fcn_head", None),
+        ("mmseg.models.decode_heads.nl_head", None),
+        ("mmseg.models.decode_heads.dnl_head", None),
+    ])
+    heads = "mmseg.models.decode_heads."
+    return types.SimpleNamespace(
+        ResNetV1c=loaded["mmseg.models.backbones.resnet"].ResNetV1c,
+        FCNHead=loaded[heads + "fcn_head"].FCNHead,
+        NLHead=loaded[heads + "nl_head"].NLHead,
+        DNLHead=loaded[heads + "dnl_head"].DNLHead,
+        DisentangledNonLocal2d=loaded[heads + "dnl_head"].DisentangledNonLocal2d,
+    )
+
+
+@functools.cache
+def mmaction_models() -> types.SimpleNamespace:
+    """mmaction2 1.2.0's `ResNet3d` (backbones/resnet3d.py, with mmcv's `NonLocal3d`) and
+    `I3DHead` (heads/i3d_head.py on heads/base.py)."""
+    stubs = {
+        "mmaction": _stub("mmaction"),
+        "mmaction.registry": _stub("mmaction.registry", MODELS=_Registry()),
+        "mmaction.utils": _stub("mmaction.utils", ConfigType=dict, ForwardResults=Any,
+                                SampleList=list, OptConfigType=dict),
+        "mmaction.evaluation": _stub("mmaction.evaluation",
+                                     top_k_accuracy=_not_for_inference("top_k_accuracy")),
+    }
+    loaded = _load_chain("mmaction", stubs, [
+        ("mmaction.models.backbones.resnet3d", None),
+        ("mmaction.models.heads.base", None),
+        ("mmaction.models.heads.i3d_head", None),
+    ])
+    return types.SimpleNamespace(
+        ResNet3d=loaded["mmaction.models.backbones.resnet3d"].ResNet3d,
+        I3DHead=loaded["mmaction.models.heads.i3d_head"].I3DHead,
+    )
