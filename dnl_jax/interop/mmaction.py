@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dnl_jax.interop import mapping, segmentor
 from dnl_jax.interop.checkpoint_io import to_numpy
@@ -172,10 +173,46 @@ def mmaction_to_flax(state_dict: Mapping[str, Any], module: Optional[Any] = None
     return module, variables, report
 
 
+def video_module(state_dict: Mapping[str, Any], model: str = "auto",
+                 num_classes: Optional[int] = None, **build_kwargs) -> Any:
+    """The `VideoClassifier` a Recognizer3D state_dict converts into: built from its keys
+    (`model='auto'`), or the registry model `model` with the 'mmaction' layout."""
+    if model == "auto":
+        return recognizer_for_state_dict(state_dict, **build_kwargs)
+    from dnl_jax.models import registry  # pylint: disable=import-outside-toplevel
+
+    classes = num_classes or recognizer_config(state_dict)["num_classes"]
+    task = registry.get_model(model, classes).task
+    if task != "classification":
+        raise ValueError(f"--model {model!r} is a {task} model; an mmaction2 recogniser "
+                         "converts into a video model (e.g. nl_i3d_r50) or --model auto.")
+    return registry.get_model(model, classes, **{"layout": "mmaction", **build_kwargs}).module
+
+
+def fresh_video_variables(module: Any, seed: int = 0) -> dict:
+    """A `VideoClassifier`'s own initialisation (numpy leaves), e.g. to merge a partial load."""
+    clips = jnp.zeros((1, 8, 64, 64, module.backbone.in_channels), jnp.float32)
+    init = jax.jit(lambda key, x: module.init(key, x, train=False))
+    return jax.tree.map(np.asarray, mapping.plain_dict(init(jax.random.key(seed), clips)))
+
+
+def layout_summary(module: Any) -> Optional[dict]:
+    """What a video model needs that its weights do not store (None for other modules)."""
+    backbone = getattr(module, "backbone", None)
+    if not hasattr(backbone, "conv1_temporal_stride"):
+        return None
+    spec = backbone.context
+    return dict(conv1_temporal_stride=backbone.conv1_temporal_stride,
+                pool1_temporal_stride=backbone.pool1_temporal_stride,
+                temporal_pool_window=backbone.temporal_pool_window,
+                nl_mode=spec.mode if spec else None, use_scale=spec.use_scale if spec else None)
+
+
 def flax_video_to_mmaction_state_dict(variables: Any, *, as_torch: bool = False) -> dict:
     """`VideoClassifier` variables → mmaction2 Recognizer3D state_dict (inverse of the above)."""
     return mapping.flax_to_torch_state_dict(variables, rename=mmaction_rename, as_torch=as_torch)
 
 
-__all__ = ["flax_video_to_mmaction_state_dict", "is_mmaction_recognizer", "mmaction_rename",
-           "mmaction_to_flax", "recognizer_config", "recognizer_for_state_dict", "video_template"]
+__all__ = ["flax_video_to_mmaction_state_dict", "fresh_video_variables", "is_mmaction_recognizer",
+           "layout_summary", "mmaction_rename", "mmaction_to_flax", "recognizer_config",
+           "recognizer_for_state_dict", "video_module", "video_template"]
