@@ -94,8 +94,7 @@ def recognizer_config(state_dict: Mapping[str, Any]) -> dict:
     depth = segmentor.resnet_depth(
         {key.replace(".conv3.conv.", ".conv3."): None for key in state_dict}, "backbone.")
     kernel_t = lambda prefix, conv: _shape(state_dict, f"{prefix}{conv}.conv.weight")[2]
-    if any(any(stage) for stage in _per_block(state_dict, depth,
-                                              lambda p: kernel_t(p, "conv2") > 1)):
+    if any(_per_block(state_dict, depth, lambda p: kernel_t(p, "conv2") > 1)):
         raise ValueError("this checkpoint inflates the 3×3 convs in time (inflate_style '3x3x3' "
                          "or an inflated BasicBlock3d); dnl_jax's I3D inflates the first 1×1 conv "
                          "(3×1×1) only.")
@@ -133,7 +132,8 @@ def recognizer_for_state_dict(state_dict: Mapping[str, Any], *, layout: str = "m
         raise ValueError(f"unknown video layout {layout!r}; choose one of "
                          f"{sorted(video.VIDEO_LAYOUTS)}.")
     strides = dict(video.VIDEO_LAYOUTS[layout])
-    scale = strides.pop("use_scale") if use_scale is None else use_scale
+    scale = strides.pop("use_scale")
+    scale = scale if use_scale is None else use_scale
     num_classes, reduction, sub_sample = (config.pop(k) for k in
                                           ("num_classes", "reduction", "sub_sample"))
     spec = None
@@ -191,9 +191,11 @@ def video_module(state_dict: Mapping[str, Any], model: str = "auto",
 
 def fresh_video_variables(module: Any, seed: int = 0) -> dict:
     """A `VideoClassifier`'s own initialisation (numpy leaves), e.g. to merge a partial load."""
+    from dnl_jax.models import registry  # pylint: disable=import-outside-toplevel
+
     clips = jnp.zeros((1, 8, 64, 64, module.backbone.in_channels), jnp.float32)
-    init = jax.jit(lambda key, x: module.init(key, x, train=False))
-    return jax.tree.map(np.asarray, mapping.plain_dict(init(jax.random.key(seed), clips)))
+    variables = registry.init_variables(module, jax.random.key(seed), clips)
+    return jax.tree.map(np.asarray, mapping.plain_dict(variables))
 
 
 def layout_summary(module: Any) -> Optional[dict]:
