@@ -73,6 +73,16 @@ def _stub(name: str, **attributes: Any) -> types.ModuleType:
     return module
 
 
+def _stand_ins(package: str, modules: dict[str, dict[str, Any]]) -> dict[str, types.ModuleType]:
+    """The package root, its `registry` (MODELS) and `modules` ({'utils': {name: value}}) as
+    stand-in modules, by qualified name."""
+    stubs = {package: _stub(package),
+             f"{package}.registry": _stub(f"{package}.registry", MODELS=_Registry())}
+    for name, attributes in modules.items():
+        stubs[f"{package}.{name}"] = _stub(f"{package}.{name}", **attributes)
+    return stubs
+
+
 @contextlib.contextmanager
 def _in_sys_modules(modules: dict[str, types.ModuleType]):
     """Puts `modules` into sys.modules for the duration, then restores what was there, so the
@@ -119,19 +129,14 @@ def _load_chain(package: str, stubs: dict[str, types.ModuleType], files: list[tu
 
 @functools.cache
 def mmseg_models() -> types.SimpleNamespace:
-    """mmsegmentation 1.2.2's `ResNet` (V1b) and `ResNetV1c` (backbones/resnet.py + utils/res_layer.py),
-    `DisentangledNonLocal2d` and `DNLHead` (decode_heads/dnl_head.py), `NLHead`, `GCHead`,
+    """mmsegmentation 1.2.2's `ResNet` (V1b) and `ResNetV1c` (backbones/resnet.py with
+    utils/res_layer.py), `DisentangledNonLocal2d` and `DNLHead` (decode_heads/dnl_head.py), `NLHead`, `GCHead`,
     `FCNHead` and their base `BaseDecodeHead` (decode_head.py; build it with `loss_decode=[]`)."""
-    stubs = {
-        "mmseg": _stub("mmseg"),
-        "mmseg.registry": _stub("mmseg.registry", MODELS=_Registry()),
-        "mmseg.utils": _stub("mmseg.utils", ConfigType=dict, OptConfigType=dict,
-                             SampleList=list, OptSampleList=list),
-        "mmseg.structures": _stub("mmseg.structures",
-                                  build_pixel_sampler=_not_for_inference("build_pixel_sampler")),
-        "mmseg.models.builder": _stub("mmseg.models.builder",
-                                      build_loss=_not_for_inference("build_loss")),
-    }
+    stubs = _stand_ins("mmseg", {
+        "utils": dict(ConfigType=dict, OptConfigType=dict, SampleList=list, OptSampleList=list),
+        "structures": dict(build_pixel_sampler=_not_for_inference("build_pixel_sampler")),
+        "models.builder": dict(build_loss=_not_for_inference("build_loss")),
+    })
     loaded = _load_chain("mmseg", stubs, [
         ("mmseg.models.utils.res_layer", "mmseg.models.utils"),
         ("mmseg.models.utils.wrappers", "mmseg.models.utils"),
@@ -159,14 +164,10 @@ def mmseg_models() -> types.SimpleNamespace:
 def mmaction_models() -> types.SimpleNamespace:
     """mmaction2 1.2.0's `ResNet3d` (backbones/resnet3d.py, with mmcv's `NonLocal3d`) and
     `I3DHead` (heads/i3d_head.py on heads/base.py)."""
-    stubs = {
-        "mmaction": _stub("mmaction"),
-        "mmaction.registry": _stub("mmaction.registry", MODELS=_Registry()),
-        "mmaction.utils": _stub("mmaction.utils", ConfigType=dict, ForwardResults=Any,
-                                SampleList=list, OptConfigType=dict),
-        "mmaction.evaluation": _stub("mmaction.evaluation",
-                                     top_k_accuracy=_not_for_inference("top_k_accuracy")),
-    }
+    stubs = _stand_ins("mmaction", {
+        "utils": dict(ConfigType=dict, ForwardResults=Any, SampleList=list, OptConfigType=dict),
+        "evaluation": dict(top_k_accuracy=_not_for_inference("top_k_accuracy")),
+    })
     loaded = _load_chain("mmaction", stubs, [
         ("mmaction.models.backbones.resnet3d", None),
         ("mmaction.models.heads.base", None),
