@@ -14,7 +14,7 @@ import pytest
 
 from dnl_jax import interop
 from dnl_jax.interop import convert, mmaction
-from openmmlab_reference import mmaction_models
+from openmmlab_reference import mmaction_models, package_root
 from test_interop_convert import restore
 from torch_reference import randomize, relative_error, require
 
@@ -207,3 +207,8 @@ def test_unsupported_mmaction_backbones_fail_clearly():
         mmaction.recognizer_config(state_dict)
     with pytest.raises(ValueError, match="unknown video layout"):
         mmaction.recognizer_for_state_dict(model.state_dict(), layout="slowfast")
+
+
+def test_a_missing_openmmlab_wheel_fails_instead_of_skipping():
+    with pytest.raises(ImportError, match="make install"):
+        package_root("mmdetection_not_installed")
