@@ -126,8 +126,9 @@ def _load_chain(package: str, stubs: dict[str, types.ModuleType], files: list[tu
 @functools.cache
 def mmseg_models() -> types.SimpleNamespace:
     """mmsegmentation 1.2.2's `ResNet` (V1b) and `ResNetV1c` (backbones/resnet.py with
-    utils/res_layer.py), `DisentangledNonLocal2d` and `DNLHead` (decode_heads/dnl_head.py), `NLHead`, `GCHead`,
-    `FCNHead` and their base `BaseDecodeHead` (decode_head.py; build it with `loss_decode=[]`)."""
+    utils/res_layer.py), `DisentangledNonLocal2d` and `DNLHead` (decode_heads/dnl_head.py),
+    `NLHead`, `GCHead`, `FCNHead` and their base `BaseDecodeHead` (decode_head.py; build it with
+    `loss_decode=[]`)."""
     stubs = _stand_ins("mmseg", {
         "utils": dict(ConfigType=dict, OptConfigType=dict, SampleList=list, OptSampleList=list),
         "structures": dict(build_pixel_sampler=_not_for_inference("build_pixel_sampler")),

@@ -170,9 +170,9 @@ def test_modes_scales_and_layouts_match_mmaction(inflation, nl_mode, use_scale, 
 def test_round_trip_flax_to_mmaction_to_flax_is_exact():
     model = mmaction_recognizer(base=8, classes=5, seed=3)
     module, _, _ = mmaction.mmaction_to_flax(model.state_dict())
-    variables = mmaction.fresh_video_variables(module, seed=4)
-    noise = np.random.default_rng(5)
-    variables = jax.tree.map(lambda v: v + noise.random(v.shape, v.dtype), variables)
+    rng = np.random.default_rng(5)  # Any Flax variables of the module's shapes.
+    variables = jax.tree.map(lambda leaf: rng.standard_normal(leaf.shape).astype(leaf.dtype),
+                             mmaction.video_template(module))
     model.load_state_dict(
         mmaction.flax_video_to_mmaction_state_dict(variables, as_torch=True), strict=True)
     _, again, report = mmaction.mmaction_to_flax(model.state_dict())
@@ -183,7 +183,7 @@ def test_round_trip_flax_to_mmaction_to_flax_is_exact():
 def test_registry_models_take_mmaction_weights_by_name(i3d_nl_r50_checkpoint, tmp_path, capsys):
     """`--model nl_i3d_r50` loads strictly (with the mmaction layout); a DNL model names the
     unary branch it lacks; the registry's paper layout stays the default elsewhere."""
-    _, path = i3d_nl_r50_checkpoint
+    model, path = i3d_nl_r50_checkpoint
     assert convert.main([str(path), str(tmp_path / "nl"), "--model", "nl_i3d_r50"]) == 0
     summary = json.loads((tmp_path / "nl" / "conversion.json").read_text())
     assert summary["video_layout"]["conv1_temporal_stride"] == 2 and not summary["missing"]
@@ -191,6 +191,15 @@ def test_registry_models_take_mmaction_weights_by_name(i3d_nl_r50_checkpoint, tm
     error = capsys.readouterr().err
     assert "missing:    backbone.layer2.1.non_local_block.conv_mask.weight" in error
     assert "10 missing, 0 unexpected, 0 mis-shaped" in error  # 5 blocks × conv_mask weight, bias
+    args = [str(path), str(tmp_path / "dnl_partial"), "--model", "dnl_i3d_r50", "--partial"]
+    assert convert.main(args) == 0  # The NL weights by name, a fresh unary branch.
+    partial = restore(tmp_path / "dnl_partial" / "state")
+    block = partial["params"]["backbone"]["layer2_1"]["dnl_block"]
+    assert block["conv_mask"]["kernel"].shape == (1, 1, 1, 512, 1)
+    np.testing.assert_array_equal(
+        block["theta"]["conv"]["kernel"][0, 0, 0],
+        model.state_dict()["backbone.layer2.1.non_local_block.theta.conv.weight"][:, :, 0, 0, 0]
+        .numpy().T)
     assert convert.main([str(path), str(tmp_path / "seg"), "--model", "dnl_r50-d8"]) == 2
     assert "an mmaction2 recogniser converts into a video model" in capsys.readouterr().err
 

@@ -1,6 +1,7 @@
 """Whole mmseg segmentors and heads: mmseg's real `ResNetV1c` and decode heads (from the
-mmsegmentation wheel, tests/openmmlab_reference.py) in our `EncoderDecoder` wrapper vs dnl_jax after conversion; exact round trips; backbone
-partial loads; the parameter count of a real-size R50-D8 DNLNet against mmseg's."""
+mmsegmentation wheel, tests/openmmlab_reference.py) in our `EncoderDecoder` wrapper vs dnl_jax
+after conversion; exact round trips; backbone partial loads; the parameter count of a real-size
+R50-D8 DNLNet against mmseg's."""
 
 import functools
 

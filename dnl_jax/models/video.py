@@ -148,7 +148,8 @@ class ResNet3D(nn.Module):
         """Max-pool in time, stride 2: window 3 padded by 1 (T' = ⌈T/2⌉) or window 2 unpadded
         (T' = ⌊T/2⌋)."""
         if self.temporal_pool_window not in (2, 3):
-            raise ValueError(f"temporal_pool_window must be 2 or 3; got {self.temporal_pool_window}.")
+            raise ValueError(
+                f"temporal_pool_window must be 2 or 3; got {self.temporal_pool_window}.")
         pad = 1 if self.temporal_pool_window == 3 else 0
         return nn.max_pool(x, (self.temporal_pool_window, 1, 1), strides=(2, 1, 1),
                            padding=((pad, pad), (0, 0), (0, 0)))
