@@ -1,4 +1,5 @@
-"""PyTorch (mmcv / mmseg / mmaction2 / torchvision) weights ↔ dnl_jax Flax variables, with safe loading.
+"""PyTorch (mmcv / mmseg / mmaction2 / torchvision) weights ↔ dnl_jax Flax variables, with safe
+loading.
 
     state_dict = load_torch_checkpoint("dnl_block.pth")      # no pickled code is run
     variables = mmseg_to_flax(state_dict)                       # strict: fails on any mismatch

@@ -96,8 +96,9 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
         what=f"{in_path} for --model {model}",
     )
     variables = loaded
+    video_layout = mmaction.layout_summary(module)  # None for a segmentor.
     if partial:
-        fresh = (mmaction.fresh_video_variables(module, seed) if hasattr(module, "num_classes")
+        fresh = (mmaction.fresh_video_variables(module, seed) if video_layout
                  else _fresh_variables(module, seed))
         variables = mapping.merge_variables(fresh, loaded)
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -110,8 +111,8 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
                   for key, got, want, _ in report.mismatched]
     summary = dict(
         source=os.path.abspath(in_path), model=model,
-        num_classes=int(getattr(module, "num_classes", None) or module.decode_head.num_classes),
-        video_layout=mmaction.layout_summary(module), partial=partial,
+        num_classes=int(module.num_classes if video_layout else module.decode_head.num_classes),
+        video_layout=video_layout, partial=partial,
         loaded=len(report.loaded), missing=[key for key, _ in report.missing],
         unexpected=list(report.unexpected), mismatched=mismatched,
     )
