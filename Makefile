@@ -9,11 +9,13 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-# Re-install whenever the project's dependency list changes.
-$(STAMP): pyproject.toml
+# Re-install whenever the project's dependency list changes. The OpenMMLab wheels whose model
+# files the parity tests run go in without their dependencies (see requirements-openmmlab.txt).
+$(STAMP): pyproject.toml requirements-openmmlab.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,torch]"
+	$(PY) -m pip install --quiet --no-deps -r requirements-openmmlab.txt
 	touch $(STAMP)
 
 test: install

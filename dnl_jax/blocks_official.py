@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import layers, ops
+from dnl_jax import attention, layers, ops
 from dnl_jax.blocks import check_block_input, flatten_positions
 
 Array = jax.Array
@@ -78,7 +78,7 @@ class OfficialDisentangledNonLocal(nn.Module):
         if self.whiten == "ln_nostd":
             query = query - jnp.mean(query, axis=(-2, -1), keepdims=True)
             key = key - jnp.mean(key, axis=(-2, -1), keepdims=True)
-        pairwise = ops.dnl_attention(
+        pairwise = attention.dnl_attention(
             query, key, value, temperature=self.temperature,
             scale=inner**-0.5 if self.use_scale else 1.0, whiten=self.whiten == "channel",
             implementation=self.implementation,

@@ -1,14 +1,14 @@
-"""Parity of bare blocks: mmcv's real `NonLocal2d` and `ContextBlock` (mmcv-lite) and our
-PyTorch DNL reference (tests/torch_reference.py) vs the dnl_jax blocks after `mmseg_to_flax`;
-strict key reports; exact flax → torch → flax round trips."""
+"""Parity of bare blocks: mmcv's real `NonLocal2d` and `ContextBlock` (mmcv-lite) and mmseg's real
+`DisentangledNonLocal2d` (from the mmsegmentation wheel, tests/openmmlab_reference.py) vs the
+dnl_jax blocks after `mmseg_to_flax`; strict key reports; exact flax → torch → flax round trips."""
 
 import jax
 import numpy as np
 import pytest
 
 from dnl_jax import blocks, interop
+from openmmlab_reference import mmseg_dnl_block
 from torch_reference import (
-    DisentangledNonLocal2d,
     flax_output_and_input_grad,
     randomize,
     relative_error,
@@ -36,7 +36,7 @@ TORCH_BLOCKS = {
     "mmcv_nonlocal_bn": lambda: mmcv_nonlocal(norm=True),
     "mmcv_nonlocal_plain": lambda: mmcv_nonlocal(norm=False),
     "mmcv_nonlocal_subsample": lambda: mmcv_nonlocal(norm=True, sub_sample=True),
-    "mmseg_dnl": lambda: DisentangledNonLocal2d(CHANNELS),
+    "mmseg_dnl": lambda: mmseg_dnl_block(CHANNELS),
 }
 EXPECTED_MODULES = {
     "mmcv_context_add": blocks.ContextBlock(ratio=1 / 4),
@@ -100,7 +100,7 @@ def test_round_trips_are_exact(name):
 
 
 def dnl_state_dict():
-    return {k: v.numpy() for k, v in randomize(DisentangledNonLocal2d(CHANNELS)).state_dict().items()}
+    return {k: v.numpy() for k, v in randomize(mmseg_dnl_block(CHANNELS)).state_dict().items()}
 
 
 def test_strict_report_names_every_mismatch():

@@ -9,16 +9,18 @@ import pytest
 
 from dnl_jax import interop
 from dnl_jax.interop import convert
-from torch_reference import EncoderDecoder, FCNHead, ResNetV1c, randomize, require
+from openmmlab_reference import mmseg_head, mmseg_resnet_v1c
+from torch_reference import EncoderDecoder, randomize, require
 
 torch = require("torch")
 
 
 def tiny_dnlnet(classes=3):
-    """Our PyTorch mmseg-style DNLNet with the registry's `dnl_tiny` widths (R18, 8/8/16/8)."""
+    """mmseg's DNLNet parts with the registry's `dnl_tiny` widths (R18, 8/8/16/8)."""
     return randomize(EncoderDecoder(
-        ResNetV1c((2, 2, 2, 2), False, stem=8, base=8), FCNHead(64, 16, classes, context="dnl"),
-        FCNHead(32, 8, classes, num_convs=1, concat_input=False)), seed=7)
+        mmseg_resnet_v1c((2, 2, 2, 2), False, stem=8, base=8),
+        mmseg_head(64, 16, classes, context="dnl", in_index=3),
+        mmseg_head(32, 8, classes, num_convs=1, concat_input=False, in_index=2)), seed=7)
 
 
 def restore(path):
@@ -52,7 +54,7 @@ def test_wrong_model_fails_with_report_and_partial_backbone_load(tmp_path, capsy
     error = capsys.readouterr().err
     assert "mis-shaped: backbone.stem.0.weight: checkpoint (4, 3, 3, 3), model expects (32, 3, 3, 3)" in error
 
-    backbone = randomize(ResNetV1c((2, 2, 2, 2), False, stem=8, base=8), seed=8)
+    backbone = randomize(mmseg_resnet_v1c((2, 2, 2, 2), False, stem=8, base=8), seed=8)
     pretrained = tmp_path / "resnet18_v1c.pth"
     torch.save({**backbone.state_dict(), "fc.weight": torch.zeros(5, 64)}, pretrained)
     args = [str(pretrained), str(tmp_path / "b"), "--model", "dnl_tiny", "--num-classes", "4"]
@@ -71,7 +73,7 @@ def test_wrong_model_fails_with_report_and_partial_backbone_load(tmp_path, capsy
 
 def test_unknown_model_and_missing_classes(tmp_path):
     pretrained = tmp_path / "r.pth"
-    torch.save(randomize(ResNetV1c((2, 2, 2, 2), False, stem=8, base=8)).state_dict(), pretrained)
+    torch.save(randomize(mmseg_resnet_v1c((2, 2, 2, 2), False, stem=8, base=8)).state_dict(), pretrained)
     with pytest.raises(ValueError, match="pass --num-classes"):
         convert.convert(str(pretrained), str(tmp_path / "c"), model="dnl_tiny", partial=True)
     with pytest.raises(ValueError, match="unknown model"):

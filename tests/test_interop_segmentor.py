@@ -1,6 +1,7 @@
-"""Whole mmseg segmentors and heads: our PyTorch references (tests/torch_reference.py, written
-from mmseg's semantics and key names) vs dnl_jax after conversion; exact round trips; backbone
-partial loads; the parameter count of a real-size R50-D8 DNLNet against mmseg's."""
+"""Whole mmseg segmentors and heads: mmseg's real `ResNetV1c` and decode heads (from the
+mmsegmentation wheel, tests/openmmlab_reference.py) in our `EncoderDecoder` wrapper vs dnl_jax
+after conversion; exact round trips; backbone partial loads; the parameter count of a real-size
+R50-D8 DNLNet against mmseg's."""
 
 import functools
 
@@ -11,10 +12,9 @@ import pytest
 from dnl_jax import interop
 from dnl_jax.interop import mapping, segmentor
 from dnl_jax.models import heads
+from openmmlab_reference import mmseg_head, mmseg_resnet_v1c
 from torch_reference import (
     EncoderDecoder,
-    FCNHead,
-    ResNetV1c,
     flax_output_and_input_grad,
     randomize,
     relative_error,
@@ -33,9 +33,11 @@ def torch_segmentor(stage_blocks, bottleneck, width, channels, aux_channels, cla
                     seed=0, std=0.05):
     """A random mmseg-style EncoderDecoder (eval mode); `width` = stem and base channels."""
     expansion = 4 if bottleneck else 1
-    backbone = ResNetV1c(stage_blocks, bottleneck, stem=width, base=width)
-    decode = FCNHead(width * 8 * expansion, channels, classes, context=None if head == "fcn" else head)
-    aux = FCNHead(width * 4 * expansion, aux_channels, classes, num_convs=1, concat_input=False)
+    backbone = mmseg_resnet_v1c(stage_blocks, bottleneck, stem=width, base=width)
+    decode = mmseg_head(width * 8 * expansion, channels, classes, in_index=3,
+                        context=None if head == "fcn" else head)
+    aux = mmseg_head(width * 4 * expansion, aux_channels, classes, num_convs=1,
+                     concat_input=False, in_index=2)
     return randomize(EncoderDecoder(backbone, decode, aux), seed=seed, std=std)
 
 
@@ -68,11 +70,11 @@ def test_real_size_r50_d8_dnlnet_parity():
 
 
 HEAD_CASES = {
-    "dnl": lambda: FCNHead(24, 16, 5, context="dnl"),
-    "nl": lambda: FCNHead(24, 16, 5, context="nl"),
-    "gc": lambda: FCNHead(24, 16, 5, context="gc"),
-    "fcn": lambda: FCNHead(24, 16, 5),
-    "aux_fcn": lambda: FCNHead(24, 8, 5, num_convs=1, concat_input=False),
+    "dnl": lambda: mmseg_head(24, 16, 5, context="dnl"),
+    "nl": lambda: mmseg_head(24, 16, 5, context="nl"),
+    "gc": lambda: mmseg_head(24, 16, 5, context="gc"),
+    "fcn": lambda: mmseg_head(24, 16, 5),
+    "aux_fcn": lambda: mmseg_head(24, 8, 5, num_convs=1, concat_input=False),
 }
 FLAX_HEADS = {
     "dnl": heads.DNLHead(num_classes=5, channels=16),
@@ -93,7 +95,8 @@ def test_head_parity(name):
     variables, _ = mapping.torch_to_flax(
         torch_head.state_dict(), template, rename=segmentor.mmseg_rename
     )
-    out_torch, grad_torch = torch_output_and_input_grad(torch_head, x, cotangent)
+    # mmseg heads take the backbone's tuple of features (in_index -1 here).
+    out_torch, grad_torch = torch_output_and_input_grad(lambda t: torch_head([t]), x, cotangent)
     out_flax, grad_flax = flax_output_and_input_grad(
         functools.partial(module.apply, variables), x, cotangent
     )
@@ -123,7 +126,7 @@ def test_checkpoint_file_to_segmentor_and_exact_round_trip(tmp_path):
 
 
 def test_pretrained_backbone_into_segmentor_needs_partial_load():
-    torch_backbone = randomize(ResNetV1c((2, 2, 2, 2), False, stem=8, base=8), seed=5)
+    torch_backbone = randomize(mmseg_resnet_v1c((2, 2, 2, 2), False, stem=8, base=8), seed=5)
     state_dict = dict(torch_backbone.state_dict())
     state_dict["fc.weight"] = torch.zeros(10, 64)  # ImageNet classifier: dropped.
     state_dict["fc.bias"] = torch.zeros(10)

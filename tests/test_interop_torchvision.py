@@ -10,20 +10,21 @@ from dnl_jax.interop import mapping, segmentor
 from dnl_jax.models import heads
 from dnl_jax.models.resnet_v1b import ResNetV1b
 from dnl_jax.models.segmentor import Segmentor
-from torch_reference import ResNetV1c, randomize, relative_error, require
+from openmmlab_reference import mmseg_models
+from torch_reference import randomize, relative_error, require
 
 torch = require("torch")
 
 # torchvision.models.resnet18().parameters() / resnet50(): ImageNet classifier included.
 TORCHVISION_PARAMS = {18: 11_689_512, 50: 25_557_032}
-STAGE_BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 
 
 def torchvision_resnet(depth, seed=0):
-    """Our reference with torchvision's layout: 7×7 stem, no dilation, fc 512·expansion → 1000."""
+    """mmseg's `ResNet` (V1b: torchvision's layout and keys, 7×7 stem `conv1`/`bn1`, no dilation)
+    + an fc 512·expansion → 1000, as torchvision's ImageNet models."""
     bottleneck = depth >= 50
-    model = ResNetV1c(STAGE_BLOCKS[depth], bottleneck, strides=(1, 2, 2, 2),
-                      dilations=(1, 1, 1, 1), torchvision_stem=True)
+    model = mmseg_models().ResNet(depth=depth, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1),
+                                  out_indices=(0, 1, 2, 3))
     model.fc = torch.nn.Linear(512 * (4 if bottleneck else 1), 1000)
     return randomize(model, seed=seed, std=0.03)
 

@@ -97,3 +97,21 @@ def test_video_bad_inputs_raise():
         models.get_model("dnl_i3d_tiny", 5, context="gc")
     with pytest.raises(ValueError, match="unknown override.*output_stride"):
         models.get_model("dnl_i3d_tiny", 5, output_stride=8)
+
+
+def test_mmaction_layout_strides_time_eightfold_by_res3_and_drops_the_nl_scale():
+    """`layout='mmaction'` (mmaction2's I3D strides) vs the paper's: a 32-frame clip reaches res5
+    with 4 frames instead of 16; the NL blocks lose their 1/√C' unless use_scale says otherwise."""
+    inputs = jax.ShapeDtypeStruct((1, 32, 64, 64, 3), jnp.float32)
+    frames = {}
+    for layout in ("paper", "mmaction"):
+        module = models.get_model("dnl_i3d_tiny", 5, context="nl", layout=layout).module
+        variables = jax.eval_shape(lambda x, m=module: m.backbone.init(jax.random.key(0), x),
+                                   inputs)
+        frames[layout] = jax.eval_shape(module.backbone.apply, variables, inputs).shape[1]
+        assert module.backbone.context.use_scale == (layout == "paper")
+    assert frames == {"paper": 16, "mmaction": 4}
+    scaled = models.get_model("dnl_i3d_tiny", 5, layout="mmaction", use_scale=True).module
+    assert scaled.backbone.context.use_scale and scaled.backbone.conv1_temporal_stride == 2
+    with pytest.raises(ValueError, match="unknown video layout"):
+        models.get_model("dnl_i3d_tiny", 5, layout="slowfast")

@@ -1,4 +1,5 @@
-"""PyTorch (mmcv / mmseg / torchvision) weights ↔ dnl_jax Flax variables, with safe loading.
+"""PyTorch (mmcv / mmseg / mmaction2 / torchvision) weights ↔ dnl_jax Flax variables, with safe
+loading.
 
     state_dict = load_torch_checkpoint("dnl_block.pth")      # no pickled code is run
     variables = mmseg_to_flax(state_dict)                       # strict: fails on any mismatch
@@ -14,6 +15,7 @@ from dnl_jax.interop.mapping import (
     merge_variables,
     torch_to_flax,
 )
+from dnl_jax.interop.mmaction import flax_video_to_mmaction_state_dict, mmaction_to_flax
 from dnl_jax.interop.mmseg import (
     block_for_state_dict,
     block_to_flax,
@@ -36,9 +38,11 @@ __all__ = [
     "block_to_flax",
     "flax_block_to_torch_state_dict",
     "flax_segmentor_to_torch_state_dict",
+    "flax_video_to_mmaction_state_dict",
     "flax_to_torch_state_dict",
     "load_torch_checkpoint",
     "merge_variables",
+    "mmaction_to_flax",
     "mmseg_to_flax",
     "resnet_v1c_to_flax",
     "segmentor_for_state_dict",

@@ -8,6 +8,12 @@ the trainer's `--config.init_from=OUT_DIR` and the evaluator load) and `OUT_DIR/
 or `auto` (architecture read from the checkpoint's keys). The number of classes comes from the
 checkpoint's `decode_head.conv_seg` unless `--num-classes` is given.
 
+An mmaction2 `Recognizer3D` checkpoint (I3D/C2D `ResNet3d` + `I3DHead`, keys `backbone.conv1.conv`,
+`cls_head.fc_cls`) converts into a `VideoClassifier` (`dnl_jax.interop.mmaction`): `--model auto`
+reads the architecture from its keys and uses mmaction2's time strides ('mmaction' layout);
+`--nl-mode dot_product` for its dot-product NL checkpoints (the keys are the same). A registry
+video model (e.g. `nl_i3d_r50`) is built with `layout='mmaction'` and loads strictly by name.
+
 A whole mmseg segmentor converts strictly: any missing, unexpected or mis-shaped key fails with
 one report. `--partial` loads what matches and keeps a fresh initialisation elsewhere: for an
 ImageNet-pretrained `resnet*_v1c` backbone (keys `stem.*`, `layer*`; loaded under `backbone`)
@@ -26,7 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dnl_jax.interop import mapping, segmentor
+from dnl_jax.interop import mapping, mmaction, segmentor
 from dnl_jax.interop.mapping import ConversionError
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
 from dnl_jax.models import registry
@@ -65,23 +71,37 @@ def build_module(state_dict: dict, model: str, num_classes: Optional[int],
     return bundle.module
 
 
+def _target(state_dict: dict, model: str, num_classes: Optional[int], output_stride: int,
+            nl_mode: str) -> tuple[dict, Any, dict, mapping.Rename]:
+    """(state_dict with segmentor keys, module, variable template, key rename) for the source."""
+    if mmaction.is_mmaction_recognizer(state_dict):
+        module = mmaction.video_module(state_dict, model, num_classes, nl_mode=nl_mode)
+        return state_dict, module, mmaction.video_template(module), mmaction.mmaction_rename
+    state_dict = _as_segmentor_keys(state_dict)
+    module = build_module(state_dict, model, num_classes, output_stride)
+    return state_dict, module, segmentor.segmentor_template(module), segmentor.mmseg_rename
+
+
 def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Optional[int] = None,
-            output_stride: int = 8, partial: bool = False, seed: int = 0) -> dict:
+            output_stride: int = 8, partial: bool = False, seed: int = 0,
+            nl_mode: str = "embedded_gaussian") -> dict:
     """Converts `in_path` for `model` and writes `out_dir/state`; returns the summary dict."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(os.path.join(out_dir, "state")):
         raise ValueError(f"{out_dir}/state already exists; choose a new OUT_DIR or delete it.")
-    state_dict = _as_segmentor_keys(load_torch_checkpoint(in_path))
-    module = build_module(state_dict, model, num_classes, output_stride)
-    template = segmentor.segmentor_template(module)
+    state_dict, module, template, rename = _target(
+        load_torch_checkpoint(in_path), model, num_classes, output_stride, nl_mode)
     loaded, report = mapping.torch_to_flax(
-        state_dict, template, rename=segmentor.mmseg_rename, strict=not partial,
+        state_dict, template, rename=rename, strict=not partial,
         what=f"{in_path} for --model {model}",
     )
     variables = loaded
+    video_layout = mmaction.layout_summary(module)  # None for a segmentor.
     if partial:
         _check_something_matched(report, in_path, model)
-        variables = mapping.merge_variables(_fresh_variables(module, seed), loaded)
+        fresh = (mmaction.fresh_video_variables(module, seed) if video_layout
+                 else _fresh_variables(module, seed))
+        variables = mapping.merge_variables(fresh, loaded)
     os.makedirs(out_dir, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(out_dir, "state"), jax.tree.map(np.asarray, variables))
@@ -90,7 +110,8 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
                   for key, got, want, _ in report.mismatched]
     summary = dict(
         source=os.path.abspath(in_path), model=model,
-        num_classes=int(module.decode_head.num_classes), partial=partial,
+        num_classes=int(module.num_classes if video_layout else module.decode_head.num_classes),
+        video_layout=video_layout, partial=partial,
         loaded=len(report.loaded), model_tensors=len(report.loaded) + len(report.missing)
         + len(report.mismatched), missing=[key for key, _ in report.missing],
         unexpected=list(report.unexpected), mismatched=mismatched,
@@ -129,11 +150,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
     parser.add_argument("--partial", action="store_true",
                         help="load the matching tensors only; initialise the rest")
+    parser.add_argument("--nl-mode", default="embedded_gaussian",
+                        choices=("embedded_gaussian", "dot_product"),
+                        help="mmaction2 video checkpoints: the non-local blocks' mode")
     args = parser.parse_args(argv)
     try:
         summary = convert(args.checkpoint, args.out_dir, model=args.model,
                           num_classes=args.num_classes, output_stride=args.output_stride,
-                          partial=args.partial)
+                          partial=args.partial, nl_mode=args.nl_mode)
     except ValueError as error:
         hint = "\n(strict=False is --partial here.)" if isinstance(error, ConversionError) else ""
         print(f"error: {error}{hint}", file=sys.stderr)

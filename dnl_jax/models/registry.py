@@ -45,6 +45,7 @@ SEGMENTATION_OVERRIDES = (
 CLASSIFICATION_OVERRIDES = (
     "depth", "base_channels", "stem_channels", "inflation", "context", "temporal_pool",
     "dropout_rate", "dtype", "axis_name", "implementation", "frozen_bn", "temperature",
+    "layout", "nl_mode", "use_scale",  # parity (#17): mmaction2 checkpoints, video.VIDEO_LAYOUTS
 )
 
 _SEG_DEFAULTS = dict(
@@ -71,7 +72,7 @@ def _vid(context: Optional[str], inflation: str, depth: int = 50, **extra) -> di
     defaults = dict(task="classification", depth=depth, base_channels=64, stem_channels=64,
                     inflation=inflation, context=context, temporal_pool=True, dropout_rate=0.5,
                     dtype=None, axis_name=None, implementation=None, frozen_bn=False,
-                    temperature=0.05)
+                    temperature=0.05, layout="paper", nl_mode="embedded_gaussian", use_scale=None)
     return {**defaults, **extra}
 
 
@@ -252,6 +253,7 @@ def _classification_bundle(name: str, num_classes: int, config: dict) -> ModelBu
         dropout_rate=config["dropout_rate"], temporal_pool=config["temporal_pool"],
         axis_name=config["axis_name"], frozen_bn=config["frozen_bn"], dtype=config["dtype"],
         implementation=config["implementation"], temperature=config["temperature"],
+        layout=config["layout"], nl_mode=config["nl_mode"], use_scale=config["use_scale"],
     )
     return ModelBundle(module, "classification", num_classes, classification_loss,
                        classification_metrics, name, "video", config,

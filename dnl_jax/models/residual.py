@@ -51,6 +51,8 @@ class ContextSpec:
       sub_sample: max-pool keys and values by `pool_window` (video: (1, 2, 2)).
       ratio: 'gc' bottleneck ratio.
       implementation: attention implementation passed to `dnl_jax.attention.dnl_attention`.
+      use_scale: 'dnl'/'nl': divide the pairwise logits by √C' (mmaction2's video configs: False).
+      mode: 'nl' only: 'embedded_gaussian' or 'dot_product' (mmcv `NonLocal3d`'s `mode`).
     """
 
     kind: str = "dnl"
@@ -61,6 +63,8 @@ class ContextSpec:
     pool_window: Optional[tuple[int, ...]] = None
     ratio: float = 1 / 4
     implementation: Optional[str] = None
+    use_scale: bool = True
+    mode: str = "embedded_gaussian"
 
     def __post_init__(self):
         if self.kind not in CONTEXT_KINDS:
@@ -80,11 +84,11 @@ class ContextSpec:
             return blocks.ContextBlock(ratio=self.ratio, dtype=dtype, name=self.module_name)
         common = dict(
             reduction=self.reduction, sub_sample=self.sub_sample, pool_window=self.pool_window,
-            axis_name=axis_name, implementation=self.implementation, dtype=dtype,
-            name=self.module_name,
+            axis_name=axis_name, implementation=self.implementation, use_scale=self.use_scale,
+            dtype=dtype, name=self.module_name,
         )
         if self.kind == "nl":
-            return blocks.NonLocal(**common)
+            return blocks.NonLocal(mode=self.mode, **common)
         return blocks.DisentangledNonLocal(temperature=self.temperature, **common)
 
 
@@ -264,20 +268,23 @@ __all__ = [
 ]
 
 
-def conv7x7_stem(module: nn.Module, x: Array, train: bool, temporal_kernel: int = 0) -> Array:
+def conv7x7_stem(module: nn.Module, x: Array, train: bool, temporal_kernel: int = 0,
+                 temporal_strides: tuple[int, int] = (1, 1)) -> Array:
     """torchvision's stem inside `module`'s compact context: conv 7×7 (stride 2, padding 3, no
     bias) → BN → ReLU → 3×3 max-pool (stride 2, padding 1); names `conv1`, `bn1`.
 
     `temporal_kernel` > 0 adds a leading time axis for clips `[B, T, H, W, C]` (kernel
-    `temporal_kernel` with 'same' padding, stride 1; the pool does not mix frames), as the video
-    ResNet's C2D (1) and I3D (5) stems. `module` supplies `stem_channels`, `dtype`, `axis_name`
-    and `frozen_bn`.
+    `temporal_kernel` with 'same' padding; the pool's window is 1 in time), as the video
+    ResNet's C2D (1) and I3D (5) stems; `temporal_strides` = (conv, pool) strides in time
+    (mmaction2's I3D: (2, 2)). `module` supplies `stem_channels`, `dtype`, `axis_name` and
+    `frozen_bn`.
     """
     time = (temporal_kernel,) if temporal_kernel else ()
     time_pad = ((temporal_kernel // 2,) * 2,) if temporal_kernel else ()
+    conv_stride, pool_stride = ((s,) for s in temporal_strides) if temporal_kernel else ((), ())
     unit = (1,) if temporal_kernel else ()
     x = nn.Conv(
-        module.stem_channels, time + (7, 7), strides=unit + (2, 2),
+        module.stem_channels, time + (7, 7), strides=conv_stride + (2, 2),
         padding=time_pad + ((3, 3), (3, 3)), use_bias=False,
         kernel_init=layers.kaiming_fan_out, dtype=module.dtype, name="conv1",
     )(x)
@@ -287,5 +294,5 @@ def conv7x7_stem(module: nn.Module, x: Array, train: bool, temporal_kernel: int 
     )(x)
     x = nn.relu(x)
     no_pad = ((0, 0),) if temporal_kernel else ()
-    return nn.max_pool(x, unit + (3, 3), strides=unit + (2, 2),
+    return nn.max_pool(x, unit + (3, 3), strides=pool_stride + (2, 2),
                        padding=no_pad + ((1, 1), (1, 1)))

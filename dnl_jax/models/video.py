@@ -14,6 +14,11 @@ classification as in the original non-local network (Wang et al., CVPR 2018).
 - Context blocks: after every second residual block (1, 3, 5, ...) of res3 and res4, 5 blocks in
   ResNet-50; a `NonLocal` or `DisentangledNonLocal` block with C/2 inner channels and keys/values
   max-pooled by (1, 2, 2) in space, output BN zero-initialised.
+- Layouts (`VIDEO_LAYOUTS`, not stored in weights): 'paper' is the diagram above (Wang et al.,
+  Table 1: time strides only in the 3×1×1 pool after res2; NL logits scaled by 1/√C'); 'mmaction'
+  is mmaction2's `_base_/models/i3d_r50.py` + its NL configs: conv1 and pool1 stride 2 in time,
+  a 2×1×1 pool (stride 2, no padding) after res2, `use_scale=False` in the NL blocks, so a
+  32-frame clip reaches res3 with 4 frames instead of 16. Its published checkpoints need it.
 
 Parameter names: `backbone/conv1/kernel`, `backbone/bn1` (torchvision-style stem),
 `backbone/layer{s}_{i}/...` (see residual.py; the context block `nl_block`/`dnl_block` lives in
@@ -36,6 +41,13 @@ Array = jax.Array
 Dtype = Any
 
 INFLATIONS = ("c2d", "i3d")
+# Settings not stored in the weights; see the module docstring.
+VIDEO_LAYOUTS = {
+    "paper": dict(conv1_temporal_stride=1, pool1_temporal_stride=1, temporal_pool_window=3,
+                  use_scale=True),
+    "mmaction": dict(conv1_temporal_stride=2, pool1_temporal_stride=2, temporal_pool_window=2,
+                     use_scale=False),
+}
 
 
 def every_other_block(num_blocks: Sequence[int], stages: Sequence[int] = (1, 2)) -> tuple:
@@ -71,7 +83,13 @@ class ResNet3D(nn.Module):
       inflation: 'c2d' or 'i3d'.
       context: the non-local block to insert (None: a plain C2D/I3D baseline).
       context_block_indices: per-stage block indices; None = every other block of res3 and res4.
-      temporal_pool: max-pool 3×1×1 with stride 2 in time after res2 (as the paper's Table 1).
+      temporal_pool: max-pool in time with stride 2 after res2 (as the paper's Table 1).
+      temporal_pool_window: its window: 3 (padding 1, the paper) or 2 (no padding, mmaction2).
+      conv1_temporal_stride, pool1_temporal_stride: time strides of the stem's conv and max-pool
+        (1 in the paper, 2 in mmaction2's I3D).
+      inflated_block_indices: per-stage indices of the blocks whose first conv is 3×1×1 (I3D);
+        None = `i3d_inflated_blocks`. Ignored for 'c2d'.
+      conv1_temporal_kernel: the stem conv's time extent; None = 5 (I3D) or 1 (C2D).
     """
 
     depth: int = 50
@@ -80,6 +98,11 @@ class ResNet3D(nn.Module):
     stem_channels: int = 64
     base_channels: int = 64
     temporal_pool: bool = True
+    temporal_pool_window: int = 3
+    conv1_temporal_stride: int = 1
+    pool1_temporal_stride: int = 1
+    inflated_block_indices: Optional[Sequence[Sequence[int]]] = None
+    conv1_temporal_kernel: Optional[int] = None
     context: Optional[ContextSpec] = None
     context_block_indices: Optional[Sequence[Sequence[int]]] = None
     axis_name: Optional[str] = None
@@ -98,6 +121,8 @@ class ResNet3D(nn.Module):
             indices = every_other_block(num_blocks)
         chosen = residual.stage_context_indices(indices if self.context else None, num_blocks)
         inflated = i3d_inflated_blocks(num_blocks)
+        if self.inflated_block_indices is not None:
+            inflated = residual.stage_context_indices(self.inflated_block_indices, num_blocks)
         x = self._stem(x, train)
         block = residual.block_type(self.depth)
         in_features = self.stem_channels
@@ -116,16 +141,28 @@ class ResNet3D(nn.Module):
                 )(x, train=train)
             in_features = planes * block.expansion
             if stage == 0 and self.temporal_pool:
-                x = nn.max_pool(x, (3, 1, 1), strides=(2, 1, 1), padding=((1, 1), (0, 0), (0, 0)))
+                x = self._temporal_pool(x)
         return x
+
+    def _temporal_pool(self, x: Array) -> Array:
+        """Max-pool in time, stride 2: window 3 padded by 1 (T' = ⌈T/2⌉) or window 2 unpadded
+        (T' = ⌊T/2⌋)."""
+        if self.temporal_pool_window not in (2, 3):
+            raise ValueError(
+                f"temporal_pool_window must be 2 or 3; got {self.temporal_pool_window}.")
+        pad = 1 if self.temporal_pool_window == 3 else 0
+        return nn.max_pool(x, (self.temporal_pool_window, 1, 1), strides=(2, 1, 1),
+                           padding=((pad, pad), (0, 0), (0, 0)))
 
     def _inflate(self, inflated, stage: int, index: int) -> bool:
         return self.inflation == "i3d" and index in inflated[stage]
 
     def _stem(self, x: Array, train: bool) -> Array:
         """conv kt×7×7 (stride 1,2,2; PyTorch padding) → BN → ReLU → max-pool 1×3×3 (1,2,2)."""
-        temporal_kernel = 5 if self.inflation == "i3d" else 1
-        return residual.conv7x7_stem(self, x, train, temporal_kernel=temporal_kernel)
+        temporal_kernel = self.conv1_temporal_kernel or (5 if self.inflation == "i3d" else 1)
+        return residual.conv7x7_stem(
+            self, x, train, temporal_kernel=temporal_kernel,
+            temporal_strides=(self.conv1_temporal_stride, self.pool1_temporal_stride))
 
 
 class VideoClassifier(nn.Module):
@@ -164,10 +201,24 @@ def build_video_classifier(
     dtype: Optional[Dtype] = None,
     implementation: Optional[str] = None,
     temperature: float = 0.05,
+    layout: str = "paper",
+    nl_mode: str = "embedded_gaussian",
+    use_scale: Optional[bool] = None,
+    context_block_indices: Optional[Sequence[Sequence[int]]] = None,
+    inflated_block_indices: Optional[Sequence[Sequence[int]]] = None,
 ) -> VideoClassifier:
     """A `VideoClassifier` with `context` in {'dnl', 'nl', None} blocks (sub-sampled by (1, 2, 2),
-    reduction 2) after every other block of res3 and res4."""
+    reduction 2) after every other block of res3 and res4 (or `context_block_indices`).
+
+    `layout` ('paper' or 'mmaction', see `VIDEO_LAYOUTS`) sets the time strides and the blocks'
+    `use_scale` (an explicit `use_scale` wins); `nl_mode` is the 'nl' blocks' mode.
+    """
     residual.check_depth(depth)
+    if layout not in VIDEO_LAYOUTS:
+        raise ValueError(f"unknown video layout {layout!r}; choose one of {sorted(VIDEO_LAYOUTS)}.")
+    strides = {key: value for key, value in VIDEO_LAYOUTS[layout].items() if key != "use_scale"}
+    if use_scale is None:
+        use_scale = VIDEO_LAYOUTS[layout]["use_scale"]
     if inflation not in INFLATIONS:
         raise ValueError(f"unknown inflation {inflation!r}; choose one of {INFLATIONS}.")
     if context not in ("dnl", "nl", None):
@@ -178,14 +229,16 @@ def build_video_classifier(
     if context is not None:
         spec = ContextSpec(kind=context, placement="after_block", reduction=2,
                            temperature=temperature, sub_sample=True, pool_window=(1, 2, 2),
-                           implementation=implementation)
+                           implementation=implementation, use_scale=use_scale, mode=nl_mode)
     backbone = ResNet3D(
         depth=depth, inflation=inflation, stem_channels=stem_channels,
         base_channels=base_channels, temporal_pool=temporal_pool, context=spec,
-        axis_name=axis_name, frozen_bn=frozen_bn, dtype=dtype,
+        context_block_indices=context_block_indices,
+        inflated_block_indices=inflated_block_indices, axis_name=axis_name, frozen_bn=frozen_bn,
+        dtype=dtype, **strides,
     )
     return VideoClassifier(backbone=backbone, num_classes=num_classes, dropout_rate=dropout_rate)
 
 
-__all__ = ["ResNet3D", "VideoClassifier", "build_video_classifier", "check_clip",
+__all__ = ["VIDEO_LAYOUTS", "ResNet3D", "VideoClassifier", "build_video_classifier", "check_clip",
            "every_other_block", "i3d_inflated_blocks"]
