@@ -33,6 +33,7 @@ import numpy as np
 
 from dnl_jax.data import transforms
 from dnl_jax.data.sources import load_split
+from dnl_jax.data.regions import RegionScenes
 from dnl_jax.data.synthetic import SyntheticSegmentation
 
 IGNORE_LABEL = 255
@@ -47,8 +48,9 @@ def make_sources(data: ml_collections.ConfigDict):
         return _prepared_sources(data)
     common = dict(image_size=data.image_size, num_classes=data.num_classes, seed=data.seed,
                   noise=data.noise)
-    return (SyntheticSegmentation(data.num_train, split="train", **common),
-            SyntheticSegmentation(data.num_val, split="val", **common))
+    source = RegionScenes if data.get("scenes", "beacon") == "regions" else SyntheticSegmentation
+    return (source(data.num_train, split="train", **common),
+            source(data.num_val, split="val", **common))
 
 
 def _prepared_sources(data: ml_collections.ConfigDict):

@@ -22,6 +22,7 @@ SEGMENTATION_DATASETS = ("synthetic",) + REAL_SEGMENTATION
 VIDEO_DATASETS = ("kinetics",)
 DATASETS = SEGMENTATION_DATASETS + VIDEO_DATASETS
 EVAL_MODES = ("whole", "slide")
+SYNTHETIC_SCENES = ("beacon", "regions")  # config.data.scenes
 DTYPES = ("float32", "bfloat16")
 # Sub-dicts whose keys are not ours to check.
 FREE_FORM = ("model.kwargs",)
@@ -45,6 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_val = 256
     c.data.seed = 0
     c.data.noise = 0.1
+    # --- analysis (#12): which synthetic scenes ('synthetic' only): 'beacon' (the demo's, one
+    # distant cue for every object, dnl_jax/data/synthetic.py) or 'regions' (a distant twin
+    # object decides each object's class, thin boundaries; dnl_jax/data/regions.py).
+    c.data.scenes = "beacon"
     # Prepared datasets only (ignored by 'synthetic'): where `dnl_jax.data.prepare` wrote them,
     # and the mmseg train pipeline: random resize of base_size (long, short) by a ratio in
     # ratio_range, crop of crop_size (h, w) with cat_max_ratio, flip, photometric distortion.
@@ -170,6 +175,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
                                             and c.data.num_classes % 2 == 1),
              f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
              "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
+    _require(c.data.scenes in SYNTHETIC_SCENES,
+             f"config.data.scenes={c.data.scenes!r}; choose one of {SYNTHETIC_SCENES}.")
     _require(c.optimizer.lr > 0 and 0 <= c.optimizer.min_lr <= c.optimizer.lr,
              "need 0 < config.optimizer.lr and 0 <= config.optimizer.min_lr <= lr.")
     _require(0 <= c.optimizer.warmup_steps < c.total_steps,
