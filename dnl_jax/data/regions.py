@@ -56,7 +56,7 @@ def _object_in_half(rng: np.random.Generator, size: int, half: int, vertical: bo
     """A filled rectangle or ellipse (bool `[S, S]`) centred in half `half` (0 or 1) of the
     image, split left/right (`vertical`) or top/bottom."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    half_h, half_w = rng.uniform(0.09, 0.2, size=2) * size
+    half_h, half_w = rng.uniform(0.12, 0.25, size=2) * size
     along = rng.uniform(0.15, 0.35) + 0.5 * half  # the split axis: inside the chosen half
     across = rng.uniform(0.2, 0.8)
     cy, cx = (across, along) if vertical else (along, across)
