@@ -73,8 +73,8 @@ def analyze_model(module, variables, examples: list[dict], *, input_key: str = "
                   figure_images: int = 3) -> dict[str, Any]:
     """Runs the analysis over `examples`; returns {'blocks': [summary per block], 'miou',
     'num_images', 'figure_rows': rows for `viz.decomposition_figure` (first block)}."""
+    from dnl_jax.models.losses import confusion_matrix
     from dnl_jax.train.metrics import segmentation_metrics
-    from dnl_jax.evaluate import confusion_matrix
 
     capturer = analysis.BlockCapturer(module)
     stats: dict[str, analysis.BlockStatistics] = {}
@@ -90,7 +90,7 @@ def analyze_model(module, variables, examples: list[dict], *, input_key: str = "
         if labels is None:
             continue
         logits = np.asarray(outputs["logits"])
-        confusion += confusion_matrix(logits.argmax(-1), labels, num_classes)
+        confusion += np.asarray(confusion_matrix(logits.argmax(-1), labels, num_classes))
         if captures and len(figure_rows) < figure_images:
             figure_rows += figure_maps(captures[0], batch, figure_images - len(figure_rows))
     miou = segmentation_metrics(confusion)["miou"] if input_key == "image" else None

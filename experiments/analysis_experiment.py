@@ -2,7 +2,8 @@
 
     python experiments/analysis_experiment.py --out OUT [--workers 8] [--seeds 0,1,2,3,4]
         [--experiments regions,beacon] [--regions_heads fcn,nl,pairwise,unary,dnl]
-        [--beacon_heads dnl,pairwise,unary,nl,gc,fcn] [--steps 1000] [--num_images 64]
+        [--beacon_heads dnl,pairwise,unary,nl,gc,fcn] [--steps 1000] [--regions_steps N]
+        [--num_images 64]
         [--runs_dir DIR] [--deadline_s S] [--smoke]
 
 Every run is the demo recipe (`dnl_jax.train.ablation.synthetic_config`) with one decode head,
@@ -132,7 +133,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--experiments", default="regions,beacon")
     parser.add_argument("--regions_heads", default=None)
     parser.add_argument("--beacon_heads", default=None)
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1000, help="SGD steps of every run")
+    parser.add_argument("--regions_steps", type=int, default=0,
+                        help="SGD steps of the regions runs (0: --steps)")
     parser.add_argument("--num_images", type=int, default=64, help="val scenes analysed per run")
     parser.add_argument("--runs_dir", default=os.path.join("runs", "analysis_experiment"))
     parser.add_argument("--deadline_s", type=float, default=0.0,
@@ -141,7 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="2 steps, seed 0, NL on regions and DNL on beacon, tiny data")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.steps, args.seeds, args.num_images = 2, "0", 8
+        args.steps, args.regions_steps, args.seeds, args.num_images = 2, 0, "0", 8
     if args.workers < 1 or args.steps < 1 or args.num_images < 1:
         raise SystemExit("--workers, --steps and --num_images must be >= 1.")
     return args
@@ -162,7 +165,8 @@ def run_specs(args) -> list[dict]:
             for head in chosen.split(","):
                 if head not in HEADS:
                     raise SystemExit(f"unknown head {head!r}; choose from {sorted(HEADS)}.")
-                specs.append({"scenes": scenes, "head": head, "seed": seed, "steps": args.steps,
+                steps = args.regions_steps if scenes == "regions" and args.regions_steps else args.steps
+                specs.append({"scenes": scenes, "head": head, "seed": seed, "steps": steps,
                               "num_images": args.num_images, "runs_dir": args.runs_dir,
                               "smoke": args.smoke, "first_seed": seeds[0]})
     return specs
