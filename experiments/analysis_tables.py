@@ -21,6 +21,22 @@ FIGURE_HEADS = ("nl", "pairwise", "unary", "dnl")
 TITLES = {"regions": "Analysis of trained non-local blocks on the 'regions' scenes",
           "beacon": "Synthetic-scene ablation (beacon scenes): DNL vs FCN, NL, GC, pairwise-only, "
                     "unary-only"}
+SCENES = {
+    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, `config.data.scenes='regions'`): "
+               "textured grey background (class 0); two of three colours per scene, each on two "
+               "objects in opposite halves of the image; a black or white marker inside only one "
+               "of a colour's objects decides the class of both (1 + 2·colour + bit), so an "
+               "unmarked object's class lies in its distant twin (a within-category relation); "
+               "thin light lines where objects of different classes touch, darker outlines "
+               "towards the background.",
+    "beacon": "The beacon scenes (`dnl_jax/data/synthetic.py`, the `make demo` data): textured "
+              "grey background (class 0); one black (class 1) or white (class 2) 16×16 beacon "
+              "anywhere in the background; 1–3 objects in one of two colours a with darker "
+              "outlines, class 3 + 2a + s with s = 1 if the beacon is white. A pixel's colour "
+              "gives the pair of classes; only the distant beacon decides within the pair. (An "
+              "earlier 32×32 version with the cue as a frame around the image gave no separation "
+              "at all: the frame lies next to every pixel.)",
+}
 DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis.py`), on the decode-head block's 8×8
 feature grid, over the first val scenes (`analysed`), labels taken to the grid by majority vote:
 - QI full / pairwise / unary: GCNet's query-independence, the mean cosine distance between the
@@ -160,6 +176,7 @@ def markdown(scenes: str, records: list[dict], failures: list[dict], context: di
              f"trunk of width 8, decode head of width 16; {_recipe(records)}), "
              f"`config.data.scenes='{scenes}'`; only the decode head and `config.seed` differ "
              "between runs. Final val mIoU = all val scenes after the last step.", "",
+             "## The data", "", SCENES[scenes], "",
              "## Command", "", f"    {context['argv']}", "",
              "which, per run, is equivalent to (e.g.)", "",
              f"    {records[0]['command'] if records else ''}", "",
