@@ -38,7 +38,7 @@ def resolve_checkpoint(path: str) -> str:
     return os.path.join(path, str(max(steps))) if steps else path
 
 
-def _examples(config, split: str, num_images: int) -> tuple[list[dict], str]:
+def load_examples(config, split: str, num_images: int) -> tuple[list[dict], str]:
     """Up to `num_images` examples of `split`, preprocessed to the model's input, and the key
     holding the inputs ('image' or 'video')."""
     from dnl_jax.data import pipeline
@@ -152,7 +152,7 @@ def analyze_checkpoint(config, checkpoint: str, *, split: str = "val", num_image
     bundle = get_model(config.model.name, int(config.data.num_classes),
                        **config.model.kwargs.to_dict())
     variables = load_variables(resolve_checkpoint(checkpoint))
-    examples, input_key = _examples(config, split, num_images)
+    examples, input_key = load_examples(config, split, num_images)
     result = analyze_model(bundle.module, variables, examples, input_key=input_key,
                            num_classes=bundle.num_classes, batch_size=batch_size)
     if not result["blocks"]:

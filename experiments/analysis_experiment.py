@@ -102,7 +102,7 @@ def run_one(spec: dict) -> dict:
               "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})"}
     bundle = get_model(config.model.name, config.data.num_classes)
     variables = load_variables(analyze.resolve_checkpoint(os.path.join(workdir, "checkpoints")))
-    examples, _ = analyze._examples(config, "val", spec["num_images"])
+    examples, _ = analyze.load_examples(config, "val", spec["num_images"])
     start = time.perf_counter()
     analysed = analyze.analyze_model(bundle.module, variables, examples,
                                      num_classes=bundle.num_classes,

@@ -212,7 +212,7 @@ def write_figure(out: str, records: list[dict]) -> None:
 
     from dnl_jax import viz
 
-    fig = viz.decomposition_figure(rows, num_classes=7)
+    fig = viz.decomposition_figure(rows, num_classes=records[0]["recipe"]["num_classes"])
     fig.savefig(os.path.join(out, "analysis.png"), dpi=viz.DPI)
     plt.close(fig)
 
