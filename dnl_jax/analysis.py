@@ -261,9 +261,9 @@ def pearson_rows(maps: np.ndarray, targets: np.ndarray, valid_keys: np.ndarray) 
 # ------------------------------------------------------------------------------ statistics
 def normalised_row_sum(rows: np.ndarray, valid_queries: np.ndarray) -> np.ndarray:
     """Σ_i a_i / ‖a_i‖ over the valid queries: rows `[B, n, M]`, valid `[B, n]` → `[B, M]`."""
-    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    unit = rows / np.maximum(norms, 1e-30)
-    return np.einsum("bnm,bn->bm", unit.astype(np.float64), valid_queries.astype(np.float64))
+    rows = rows.astype(np.float64)  # trained maps can differ by 1e-6: keep rounding below that
+    unit = rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-300)
+    return np.einsum("bnm,bn->bm", unit, valid_queries.astype(np.float64))
 
 
 def query_independence_from_sum(row_sum: np.ndarray, count: np.ndarray) -> np.ndarray:

@@ -29,6 +29,14 @@ COLUMNS = (("QI full", "query_independence/full"), ("QI pairwise", "query_indepe
            ("un~within", "unary~within"))
 
 
+def format_value(key: str, value) -> str:
+    """'–' for a missing term; query-independence in scientific notation (trained maps can
+    differ by 1e-5 between queries), correlations with three decimals."""
+    if value is None or value != value:
+        return "–"
+    return f"{value:.2e}" if key.startswith("query_independence") else f"{value:.3f}"
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint step directory; a `checkpoints/` directory resolves to its latest step."""
     if not os.path.isdir(path):
@@ -125,8 +133,7 @@ def format_table(result: dict, *, label: str = "") -> list[str]:
     """Markdown table rows (no header) of `analyze_model`'s result, one per block."""
     lines = []
     for block in result["blocks"]:
-        values = [block["means"].get(key) for _, key in COLUMNS]
-        cells = ["–" if v is None else f"{v:.3f}" for v in values]
+        cells = [format_value(key, block["means"].get(key)) for _, key in COLUMNS]
         miou = "–" if result["miou"] is None else f"{result['miou']:.4f}"
         lines.append(f"| {label or block['path']} | {block['kind']} | " + " | ".join(cells)
                      + f" | {miou} |")

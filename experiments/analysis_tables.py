@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from dnl_jax.analyze import COLUMNS
+from dnl_jax.analyze import COLUMNS, format_value
 
 HEAD_ORDER = ("fcn", "nl", "pairwise", "unary", "dnl", "gc")
 FIGURE_HEADS = ("nl", "pairwise", "unary", "dnl")
@@ -109,12 +109,12 @@ def analysis_tables(records: list[dict]) -> list[str]:
         cells = []
         for _, key in COLUMNS:
             mean, std, _, _ = _stats(_block_means(r).get(key) for r in runs)
-            cells.append("–" if np.isnan(mean) else f"{mean:.3f} ± {_fmt(std, 3)}")
+            cells.append("–" if np.isnan(mean) else
+                         f"{format_value(key, mean)} ± {format_value(key, std)}")
         summary.append(f"| {head} | {len(runs)} | " + " | ".join(cells) + " |")
         for r in runs:
-            values = [_block_means(r).get(key) for _, key in COLUMNS]
             per_run.append(f"| {head} | {r['seed']} | " + " | ".join(
-                "–" if v is None else f"{v:.3f}" for v in values)
+                format_value(key, _block_means(r).get(key)) for _, key in COLUMNS)
                 + f" | {r['analysed_images']} |")
     return summary + [""] + per_run
 
@@ -146,8 +146,8 @@ def claims(records: list[dict]) -> list[str]:
             lines.append(f"- {text}: not measured in these runs.")
             continue
         holds = all(v > ref or ("≥" in text and v == ref) for v in values.values())
-        numbers = ", ".join(f"{h} {v:.3f}" for h, v in values.items())
-        lines.append(f"- {text}: {reference} {ref:.3f} vs {numbers} (means over seeds) → "
+        numbers = ", ".join(f"{h} {v:.4g}" for h, v in values.items())
+        lines.append(f"- {text}: {reference} {ref:.4g} vs {numbers} (means over seeds) → "
                      f"{'holds' if holds else 'does NOT hold'}.")
     return lines
 
