@@ -184,3 +184,17 @@ def test_analyze_command_end_to_end(tmp_path):
     assert all(np.isfinite(v) for v in block["means"].values())
     assert 0 <= record["miou"] <= 1
     assert os.path.getsize(tmp_path / "run" / "analysis" / "analysis.png") > 10_000
+
+
+def test_config_scenes_key_is_checked_and_picks_the_source():
+    from dnl_jax.data import pipeline
+    from dnl_jax.train.config import base_config, validate_config
+
+    config = base_config()
+    config.data.scenes = "rings"
+    with pytest.raises(ValueError, match="config.data.scenes='rings'; choose one of"):
+        validate_config(config, num_devices=1, num_processes=1)
+    config.data.scenes = "regions"
+    validate_config(config, num_devices=1, num_processes=1)
+    train, val = pipeline.make_sources(config.data)
+    assert isinstance(train, RegionScenes) and val.split == "val"
