@@ -229,5 +229,59 @@ def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, s
     return path
 
 
-__all__ = ["capture_attention", "has_dnl_block", "attention_figure", "save_attention_figure", "query_pixels",
-           "figure_preprocess"]
+def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
+    """The analysis figure (Yin et al., Fig. 1): one row per (model, image), columns image |
+    ground truth | full attention of each query | its pairwise term | the unary term.
+
+    Each row: {'title': str, 'image': [H, W, 3], 'label': [H, W], 'grid': (h, w), 'points':
+    [(row, col), ...] query pixels, 'maps': {'full', 'pairwise', 'unary'}: `[n_points, h·w]` or
+    None} (from `dnl_jax.analysis.attention_rows`). Missing terms leave their panels blank.
+    Returns a matplotlib Figure (Agg).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_points = max(len(row["points"]) for row in rows)
+    columns = 3 + 2 * num_points
+    fig, axes = plt.subplots(len(rows), columns, squeeze=False, dpi=DPI,
+                             figsize=(columns * PANEL_INCHES, len(rows) * PANEL_INCHES))
+    cmap = _label_colours(num_classes)
+    for r, row in enumerate(rows):
+        shown = _display_image(row["image"])
+        height, width = row["label"].shape
+        extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+        axes[r, 0].imshow(shown)
+        axes[r, 0].set_title(row["title"], fontsize=8)
+        axes[r, 1].imshow(np.ma.masked_equal(row["label"], IGNORE_LABEL), cmap=cmap, vmin=0,
+                          vmax=num_classes - 1, interpolation="nearest")
+        axes[r, 1].set_title("ground truth", fontsize=8)
+        panels = [(2 + q, "full", q) for q in range(num_points)]
+        panels += [(2 + num_points + q, "pairwise", q) for q in range(num_points)]
+        panels.append((columns - 1, "unary", 0))
+        for column, term, q in panels:
+            maps = row["maps"].get(term)
+            if maps is None or q >= len(row["points"]):
+                axes[r, column].axis("off")
+                continue
+            _overlay(axes[r, column], shown, maps[q].reshape(row["grid"]), extent)
+            if term != "unary":
+                point = row["points"][q]
+                axes[r, column].plot(point[1], point[0], marker="*", color="red", markersize=9)
+            axes[r, column].set_title(term if term == "unary" else f"{term}, query {q + 1}",
+                                      fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def query_positions(label: np.ndarray, grid, count: int = 3) -> tuple[list, np.ndarray]:
+    """(`query_pixels(label, count)`, their flat indices on the feature `grid`)."""
+    points = query_pixels(label, count)
+    return points, np.array([_grid_index(p, label.shape, grid) for p in points])
+
+
+__all__ = ["decomposition_figure", "query_positions", "capture_attention", "has_dnl_block",
+           "attention_figure", "save_attention_figure", "query_pixels", "figure_preprocess"]

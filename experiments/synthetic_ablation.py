@@ -7,7 +7,9 @@ and records each run's final val mIoU, wall time and exact command.
 `--seeds` sets `config.seed` (parameter initialisation, dropout and the training order); the
 data (`config.data.seed`) stay the same for every run.
 
-Each head is a separate `python -m dnl_jax.main` process (compilation included in its wall time),
+The record experiments/results/synthetic_ablation.* is now written by
+experiments/analysis_experiment.py (5 seeds, all heads, with the analysis of each block); this
+runner remains for single runs on a CPU. Each head is a separate `python -m dnl_jax.main` process (compilation included in its wall time),
 run one after another. Writes experiments/results/synthetic_ablation.json; `--table` prints the
 Markdown tables of experiments/results/synthetic_ablation.md from it (no training).
 """
@@ -58,7 +60,7 @@ def markdown_tables(runs: list[dict]) -> str:
                                        r["seed"]))
     for r in runs:
         lines.append(f"| {r['head']} | {r['model']} | {r.get('seed', 0)} | {r['val_miou']:.4f} | "
-                     f"{r['best_val_miou']:.4f} | {r['wall_s']:.0f} |")
+                     f"{r['best_val_miou']:.4f} | {r.get('wall_s', r.get('train_wall_s', 0)):.0f} |")
     lines += ["", "| head | seeds | final val mIoU mean | std | min | max |",
               "|---|---|---|---|---|---|"]
     for head in SYNTHETIC_ABLATION_MODELS:

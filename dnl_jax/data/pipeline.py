@@ -33,6 +33,7 @@ import numpy as np
 from dnl_jax import IGNORE_LABEL
 from dnl_jax.data import transforms
 from dnl_jax.data.sources import load_split
+from dnl_jax.data.regions import RegionScenes
 from dnl_jax.data.synthetic import SyntheticSegmentation
 
 # Prepared segmentation datasets (python -m dnl_jax.data.prepare NAME ...) the trainer reads.
@@ -57,8 +58,9 @@ def make_sources(data: ml_collections.ConfigDict):
         return _prepared_sources(data)
     common = dict(image_size=data.image_size, num_classes=data.num_classes, seed=data.seed,
                   noise=data.noise, ignore_fraction=data.ignore_fraction)
-    return (SyntheticSegmentation(data.num_train, split="train", **common),
-            SyntheticSegmentation(data.num_val, split="val", **common))
+    source = RegionScenes if data.scenes == "regions" else SyntheticSegmentation
+    return (source(data.num_train, split="train", **common),
+            source(data.num_val, split="val", **common))
 
 
 def eval_source(data: ml_collections.ConfigDict, split: str):

@@ -90,10 +90,14 @@ class SyntheticSegmentation:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
         rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
-        example = draw_scene(rng, self.image_size, self._palette, self.noise)
+        example = self.draw(rng)
         if self.ignore_fraction > 0:
             ignore_rectangle(rng, example["label"], self.ignore_fraction)
         return example
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One scene from `rng` (subclasses draw other scene families)."""
+        return draw_scene(rng, self.image_size, self._palette, self.noise)
 
     def __repr__(self) -> str:
         return (f"SyntheticSegmentation(n={self.num_examples}, S={self.image_size}, "

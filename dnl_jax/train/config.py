@@ -25,6 +25,7 @@ from dnl_jax.data.pipeline import (DATASETS, REAL_SEGMENTATION, SEGMENTATION_DAT
                                    VIDEO_DATASETS, dataset_task)
 
 PARALLELISMS = ("jit", "pmap")
+SYNTHETIC_SCENES = ("beacon", "regions")  # config.data.scenes: data/synthetic.py, data/regions.py
 DTYPES = ("float32", "bfloat16")
 # Sub-dicts whose keys are not ours to check: the model's arguments (get_model checks them) and
 # the evaluators' sections (each evaluator checks its own).
@@ -88,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_val = 256
     c.data.seed = 0
     c.data.noise = 0.1
+    # --- analysis (#12): which synthetic scenes ('synthetic' only): 'beacon' (the demo's, one
+    # distant cue for every object, dnl_jax/data/synthetic.py) or 'regions' (a distant twin
+    # object decides each object's class, thin boundaries; dnl_jax/data/regions.py).
+    c.data.scenes = "beacon"
     # Prepared datasets only (ignored by 'synthetic'): where `dnl_jax.data.prepare` wrote them,
     # and the mmseg train pipeline: random resize of base_size (long, short) by a ratio in
     # ratio_range, crop of crop_size (h, w) with cat_max_ratio, flip, photometric distortion.
@@ -231,6 +236,8 @@ def _check_synthetic_data(c) -> None:
     _require(c.data.num_classes >= 5 and c.data.num_classes % 2 == 1,
              f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
              "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
+    _require(c.data.scenes in SYNTHETIC_SCENES,
+             f"config.data.scenes={c.data.scenes!r}; choose one of {SYNTHETIC_SCENES}.")
     _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
 
 

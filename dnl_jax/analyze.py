@@ -1,0 +1,213 @@
+"""Command line: the DNL paper's analysis of a trained model's non-local blocks.
+
+    python -m dnl_jax.analyze --config experiments/configs/NAME.py \
+        --checkpoint runs/NAME/checkpoints/1000 [--split val --num_images 64] [--output_dir DIR]
+
+For every `NonLocal` / `DisentangledNonLocal` / `ContextBlock` of the model (head or backbone)
+it prints and saves (`analysis.json`) a table: query-independence of the full attention and of
+each term, the four consistencies with ground truth (pairwise ↔ within-category, unary ↔
+boundary, and the crossed pairs), and the model's mIoU on the analysed images; and it draws
+`analysis.png`: per image, the image, ground truth, the full attention of three query pixels,
+their pairwise term and the unary term (first block). The statistics are defined in
+`dnl_jax.analysis` (consistency = Pearson correlation, our choice: the paper's formula is not
+available). Video models get query-independence only (no pixel labels).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from dnl_jax import analysis, viz
+from dnl_jax.data import pipeline
+from dnl_jax.data.sources import load_split
+from dnl_jax.evaluators.batched import one_view_preprocess
+from dnl_jax.models import get_model
+from dnl_jax.models.losses import confusion_matrix
+from dnl_jax.models.metrics import metrics_from_confusion
+from dnl_jax.train.checkpoint import load_variables
+
+COLUMNS = (("QI full", "query_independence/full"), ("QI pairwise", "query_independence/pairwise"),
+           ("QI unary", "query_independence/unary"), ("pw~within", "pairwise~within"),
+           ("un~boundary", "unary~boundary"), ("pw~boundary", "pairwise~boundary"),
+           ("un~within", "unary~within"))
+
+
+def format_value(key: str, value) -> str:
+    """'–' for a missing term; query-independence in scientific notation (trained maps can
+    differ by 1e-5 between queries), correlations with three decimals."""
+    if value is None or value != value:
+        return "–"
+    return f"{value:.2e}" if key.startswith("query_independence") else f"{value:.3f}"
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint step directory; a `checkpoints/` directory resolves to its latest step."""
+    if not os.path.isdir(path):
+        raise ValueError(f"--checkpoint {path!r} is not a directory; give a step directory such "
+                         "as runs/demo/checkpoints/1000 (or the checkpoints/ directory).")
+    steps = [int(name) for name in os.listdir(path) if name.isdigit()]
+    return os.path.join(path, str(max(steps))) if steps else path
+
+
+def load_examples(config, split: str, num_images: int) -> tuple[list[dict], str]:
+    """Up to `num_images` examples of `split`, preprocessed to the model's input, and the key
+    holding the inputs ('image' or 'video')."""
+    task = pipeline.dataset_task(config.data.name)
+    if config.data.name == "synthetic":
+        train, val = pipeline.make_sources(config.data)
+        source, preprocess = {"train": train, "val": val}[split], None
+    else:
+        source = load_split(config.data.name, split, config.data.data_dir)
+        preprocess = (viz.figure_preprocess(config.data) if task == "segmentation" else
+                      one_view_preprocess(config.data, config.evals.val.get("short_side", 0)))
+    examples = [source[i] for i in range(min(num_images, len(source)))]
+    if preprocess is not None:
+        examples = [preprocess(example) for example in examples]
+    return examples, ("image" if task == "segmentation" else "video")
+
+
+def _batches(examples: list[dict], batch_size: int):
+    """Stacked batches of examples of equal shapes (real images of different sizes: one by one)."""
+    same = len({ex[next(iter(ex))].shape for ex in examples}) == 1
+    size = batch_size if same else 1
+    for start in range(0, len(examples), size):
+        part = examples[start:start + size]
+        yield {key: np.stack([ex[key] for ex in part]) for key in part[0]}
+
+
+def analyze_model(module, variables, examples: list[dict], *, input_key: str = "image",
+                  num_classes: int, batch_size: int = 16, chunk: int = 1024,
+                  figure_images: int = 3) -> dict[str, Any]:
+    """Runs the analysis over `examples`; returns {'blocks': [summary per block], 'miou',
+    'num_images', 'figure_rows': rows for `viz.decomposition_figure` (first block)}."""
+    capturer = analysis.BlockCapturer(module)
+    stats: dict[str, analysis.BlockStatistics] = {}
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    figure_rows = []
+    for batch in _batches(examples, batch_size):
+        outputs, captures = capturer(variables, batch[input_key])
+        labels = batch["label"] if input_key == "image" else None
+        for capture in captures:
+            block = stats.setdefault(capture.path,
+                                     analysis.BlockStatistics(capture.path, capture.kind))
+            analysis.accumulate(block, capture, labels, chunk=chunk)
+        if labels is None:
+            continue
+        logits = np.asarray(outputs["logits"])
+        confusion += np.asarray(confusion_matrix(logits.argmax(-1), labels, num_classes))
+        if captures and len(figure_rows) < figure_images:
+            figure_rows += figure_maps(captures[0], batch, figure_images - len(figure_rows))
+    miou = metrics_from_confusion(confusion)["miou"] if input_key == "image" else None
+    return {"blocks": [s.summary() for s in stats.values()], "miou": miou,
+            "num_images": len(examples), "figure_rows": figure_rows}
+
+
+def figure_maps(capture: analysis.BlockCapture, batch: dict, count: int) -> list[dict]:
+    """`viz.decomposition_figure` rows for the first `count` images of a batch."""
+    rows = []
+    if len(capture.grid) != 2 or capture.key_grid != capture.grid:
+        return rows  # maps over sub-sampled keys or 3-D grids are not drawn
+    for b in range(min(count, len(batch["label"]))):
+        points, queries = viz.query_positions(batch["label"][b], capture.grid)
+        single = _one_image(capture, b)
+        maps = {term: None if m is None else m[0]
+                for term, m in analysis.attention_rows(single, queries).items()}
+        rows.append({"title": f"{capture.path} ({capture.kind})",
+                     "image": batch.get("display", batch["image"])[b], "label": batch["label"][b],
+                     "grid": capture.grid, "points": points, "maps": maps})
+    return rows
+
+
+def _one_image(capture: analysis.BlockCapture, b: int) -> analysis.BlockCapture:
+    pick = lambda x: None if x is None else x[b:b + 1]
+    return analysis.BlockCapture(capture.path, capture.kind, capture.grid, capture.key_grid,
+                                 pick(capture.q), pick(capture.k), pick(capture.unary_logits),
+                                 capture.scale, capture.whiten)
+
+
+def format_table(result: dict, *, label: str = "") -> list[str]:
+    """Markdown table rows (no header) of `analyze_model`'s result, one per block."""
+    lines = []
+    for block in result["blocks"]:
+        cells = [format_value(key, block["means"].get(key)) for _, key in COLUMNS]
+        miou = "–" if result["miou"] is None else f"{result['miou']:.4f}"
+        lines.append(f"| {label or block['path']} | {block['kind']} | " + " | ".join(cells)
+                     + f" | {miou} |")
+    return lines
+
+
+def table_header(first: str = "block") -> list[str]:
+    names = [name for name, _ in COLUMNS]
+    return [f"| {first} | kind | " + " | ".join(names) + " | mIoU |",
+            "|---" * (len(names) + 3) + "|"]
+
+
+def analyze_checkpoint(config, checkpoint: str, *, split: str = "val", num_images: int = 64,
+                       batch_size: int = 16, output_dir: Optional[str] = None,
+                       log: Callable = print) -> dict[str, Any]:
+    """Analyses `checkpoint` (a step directory) of the model `config.model`; writes
+    analysis.json and analysis.png to `output_dir` when given; returns the result."""
+    if num_images < 1:
+        raise ValueError(f"--num_images must be >= 1; got {num_images}.")
+    bundle = get_model(config.model.name, int(config.data.num_classes),
+                       **config.model.kwargs.to_dict())
+    variables = load_variables(resolve_checkpoint(checkpoint))
+    examples, input_key = load_examples(config, split, num_images)
+    result = analyze_model(bundle.module, variables, examples, input_key=input_key,
+                           num_classes=bundle.num_classes, batch_size=batch_size)
+    if not result["blocks"]:
+        log(f"model {config.model.name!r} has no non-local-family block: nothing to analyse "
+            f"(mIoU on {len(examples)} {split} images: {result['miou']}).")
+    else:
+        log("\n".join(table_header() + format_table(result)))
+    if output_dir:
+        write_outputs(result, output_dir, num_classes=bundle.num_classes,
+                      extra={"config": config.model.name, "checkpoint": checkpoint,
+                             "split": split})
+    return result
+
+
+def write_outputs(result: dict, output_dir: str, *, num_classes: int, extra: dict) -> None:
+    """analysis.json (everything but the maps) and analysis.png (if there are maps)."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "analysis.json"), "w") as f:
+        json.dump({**extra, **{k: v for k, v in result.items() if k != "figure_rows"}}, f,
+                  indent=1)
+    if result["figure_rows"]:
+        import matplotlib.pyplot as plt
+
+        fig = viz.decomposition_figure(result["figure_rows"], num_classes=num_classes)
+        fig.savefig(os.path.join(output_dir, "analysis.png"), dpi=viz.DPI)
+        plt.close(fig)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    flag = flags.FLAGS
+    output_dir = flag.output_dir or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(resolve_checkpoint(flag.checkpoint)))),
+        "analysis")
+    analyze_checkpoint(_CONFIG.value, flag.checkpoint, split=flag.split,
+                       num_images=flag.num_images, batch_size=flag.batch_size,
+                       output_dir=output_dir)
+    print(f"wrote {output_dir}/analysis.json and analysis.png")
+
+
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file.")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint step directory (or checkpoints/: the "
+                        "latest step), e.g. runs/demo/checkpoints/1000.")
+    flags.DEFINE_string("split", "val", "Split of config.data to analyse.")
+    flags.DEFINE_integer("num_images", 64, "Images (or videos) analysed: the first N of split.")
+    flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")
+    flags.DEFINE_string("output_dir", None, "Where analysis.json / analysis.png go (default: "
+                        "WORKDIR/analysis next to WORKDIR/checkpoints).")
+    flags.mark_flags_as_required(["config", "checkpoint"])
+    app.run(main)

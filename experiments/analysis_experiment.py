@@ -1,0 +1,255 @@
+"""The analysis experiment (issue 12) and the refreshed beacon ablation, in one script.
+
+    python experiments/analysis_experiment.py --out OUT [--workers 8] [--seeds 0,1,2,3,4]
+        [--experiments regions,beacon] [--regions_heads fcn,nl,pairwise,unary,dnl]
+        [--beacon_heads dnl,pairwise,unary,nl,gc,fcn] [--steps 1000] [--regions_steps 2000]
+        [--num_images 64]
+        [--runs_dir DIR] [--deadline_s S] [--smoke]
+
+Every run is the demo recipe (`dnl_jax.train.ablation.synthetic_config`) with one decode head,
+one `config.seed` and one scene family (`config.data.scenes`: 'regions' for the analysis,
+'beacon' for the ablation of experiments/results/synthetic_ablation.md), trained with
+`dnl_jax.train.trainer.train_and_evaluate` in one of `--workers` processes, and then analysed
+in the same process (`dnl_jax.analyze.analyze_model` on the first `--num_images` val scenes of
+the final checkpoint). Runs go out seed by seed, so a run stopped early (`--deadline_s`: no run
+starts after it) still has every head at the first seeds. After every finished run OUT is
+rewritten: analysis.{json,md} (the regions scenes: mIoU and the analysis table), 
+synthetic_ablation.{json,md} (the beacon scenes: mIoU; analysis table too) and analysis.png (the
+seed-0 models' attention on one val scene). `--smoke`: 2 steps, 1 seed, 2 heads (NL on regions,
+DNL on beacon), 32×32 scenes, tiny data (a CPU check of the whole pipeline; tests/test_analysis_experiment.py).
+
+Several processes share one GPU: each gets XLA_PYTHON_CLIENT_PREALLOCATE=false and a
+1/workers share of the memory; compiled programs are shared through JAX's persistent
+compilation cache in RUNS_DIR/jax_cache, so only the first run of each model compiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script
+
+import analysis_tables  # noqa: E402  (experiments/analysis_tables.py)
+
+HEADS = {"dnl": "dnl_tiny", "pairwise": "dnl_pairwise_tiny", "unary": "dnl_unary_tiny",
+         "nl": "nl_tiny", "gc": "gc_tiny", "fcn": "fcn_tiny"}
+DEFAULT_HEADS = {"regions": "fcn,nl,pairwise,unary,dnl", "beacon": "dnl,pairwise,unary,nl,gc,fcn"}
+SMOKE_HEADS = {"regions": "nl", "beacon": "dnl"}  # 2 heads: the implicit and explicit terms
+
+
+def run_config(spec: dict):
+    """The ConfigDict of one run: the demo recipe with the run's head, seed, scenes, steps."""
+    from dnl_jax.train.ablation import synthetic_config
+
+    config = synthetic_config(HEADS[spec["head"]])
+    config.seed = spec["seed"]
+    config.data.scenes = spec["scenes"]
+    config.total_steps = spec["steps"]
+    config.progress_bar = False
+    config.curves_figure = False
+    config.attention_figure = False
+    if spec["smoke"]:
+        config.data.num_train, config.data.num_val, config.data.image_size = 64, 16, 32
+        config.batch_size = config.evals.val.batch_size = 8
+        config.optimizer.warmup_steps = 0
+        config.evals.val.every_steps = config.checkpoint.every_steps = spec["steps"]
+    return config
+
+
+def command_line(spec: dict) -> str:
+    """The equivalent single-run commands (train, then analyse)."""
+    config = f"experiments/configs/synthetic_{spec['head']}_tiny.py"
+    workdir = f"runs/{spec['scenes']}/{spec['head']}_seed{spec['seed']}"
+    overrides = (f"--config.seed={spec['seed']} --config.data.scenes={spec['scenes']} "
+                 f"--config.total_steps={spec['steps']}")
+    return (f"python -m dnl_jax.main --config {config} --workdir {workdir} {overrides}; "
+            f"python -m dnl_jax.analyze --config {config} {overrides} "
+            f"--checkpoint {workdir}/checkpoints --num_images {spec['num_images']}")
+
+
+class CachedSource:
+    """A random-access source that draws each index of `source` once and keeps it: the scenes
+    are a pure function of (seed, split, index), so this changes no result, only the time (on a
+    GPU host, drawing 16 scenes per step on the CPU would dominate the tiny model's step)."""
+
+    def __init__(self, source):
+        self.source, self.cache = source, {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        if index not in self.cache:
+            self.cache[index] = self.source[index]
+        return self.cache[index]
+
+
+def _cache_scenes() -> None:
+    """Makes the trainer's `pipeline.make_sources` return `CachedSource`s (this process only)."""
+    from dnl_jax.data import pipeline
+
+    if getattr(pipeline.make_sources, "cached", False):
+        return
+    make_sources = pipeline.make_sources
+
+    def cached_sources(data):
+        return tuple(CachedSource(source) for source in make_sources(data))
+
+    cached_sources.cached = True
+    pipeline.make_sources = cached_sources
+
+
+def run_one(spec: dict) -> dict:
+    """Trains and analyses one run (in a worker process); returns its record."""
+    import jax
+
+    from dnl_jax import analyze
+    from dnl_jax.models import get_model
+    from dnl_jax.train import logs
+    from dnl_jax.train.checkpoint import load_variables
+    from dnl_jax.train.trainer import train_and_evaluate
+
+    _cache_scenes()
+    config = run_config(spec)
+    workdir = os.path.join(spec["runs_dir"], spec["scenes"], f"{spec['head']}_seed{spec['seed']}")
+    start = time.perf_counter()
+    result = train_and_evaluate(config, workdir)
+    train_s = time.perf_counter() - start
+    val = [r for r in logs.read_metrics(workdir) if r["split"] == "val"]
+    record = {**{k: spec[k] for k in ("scenes", "head", "seed", "steps")},
+              "model": HEADS[spec["head"]], "val_miou": max(val, key=lambda r: r["step"])["miou"],
+              "best_val_miou": max(r["miou"] for r in val),
+              "val_miou_by_step": {r["step"]: r["miou"] for r in val},
+              "train_wall_s": round(train_s, 1), "command": command_line(spec),
+              "recipe": {"image_size": config.data.image_size, "num_classes": config.data.num_classes,
+                         "num_train": config.data.num_train, "num_val": config.data.num_val,
+                         "batch_size": config.batch_size, "total_steps": config.total_steps,
+                         "lr": config.optimizer.lr},
+              "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})"}
+    bundle = get_model(config.model.name, config.data.num_classes)
+    variables = load_variables(analyze.resolve_checkpoint(os.path.join(workdir, "checkpoints")))
+    examples, _ = analyze.load_examples(config, "val", spec["num_images"])
+    start = time.perf_counter()
+    analysed = analyze.analyze_model(bundle.module, variables, examples,
+                                     num_classes=bundle.num_classes,
+                                     figure_images=1 if spec["seed"] == spec["first_seed"] else 0)
+    record.update(analysis_wall_s=round(time.perf_counter() - start, 1),
+                  analysis=analysed["blocks"], analysed_images=analysed["num_images"],
+                  analysed_miou=analysed["miou"], figure_rows=analysed["figure_rows"],
+                  status=result["status"])
+    return record
+
+
+def _worker_init(cache_dir: str) -> None:
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="directory for the records (<= 5 files)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--experiments", default="regions,beacon")
+    parser.add_argument("--regions_heads", default=None)
+    parser.add_argument("--beacon_heads", default=None)
+    parser.add_argument("--steps", type=int, default=1000, help="SGD steps of every run")
+    parser.add_argument("--regions_steps", type=int, default=2000,
+                        help="SGD steps of the regions runs (0: --steps); at 1000 steps neither "
+                             "FCN nor DNL had learnt the markers on a CPU trial")
+    parser.add_argument("--num_images", type=int, default=64, help="val scenes analysed per run")
+    parser.add_argument("--runs_dir", default=os.path.join("runs", "analysis_experiment"))
+    parser.add_argument("--deadline_s", type=float, default=0.0,
+                        help="start no run after this many seconds (0: no limit)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 steps, seed 0, NL on regions and DNL on beacon, tiny data")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps, args.regions_steps, args.seeds, args.num_images = 2, 0, "0", 8
+    if args.workers < 1 or args.steps < 1 or args.num_images < 1:
+        raise SystemExit("--workers, --steps and --num_images must be >= 1.")
+    return args
+
+
+def run_specs(args) -> list[dict]:
+    """Every (scenes, head, seed) run, seed-major so that early seeds finish first."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    specs = []
+    experiments = args.experiments.split(",")
+    unknown = sorted(set(experiments) - set(DEFAULT_HEADS))
+    if unknown:
+        raise SystemExit(f"--experiments {unknown}: choose from {sorted(DEFAULT_HEADS)}.")
+    for seed in seeds:
+        for scenes in experiments:
+            chosen = getattr(args, f"{scenes}_heads") or (SMOKE_HEADS if args.smoke
+                                                          else DEFAULT_HEADS)[scenes]
+            for head in chosen.split(","):
+                if head not in HEADS:
+                    raise SystemExit(f"unknown head {head!r}; choose from {sorted(HEADS)}.")
+                steps = args.regions_steps if scenes == "regions" and args.regions_steps else args.steps
+                specs.append({"scenes": scenes, "head": head, "seed": seed, "steps": steps,
+                              "num_images": args.num_images, "runs_dir": args.runs_dir,
+                              "smoke": args.smoke, "first_seed": seeds[0]})
+    return specs
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    specs = run_specs(args)
+    os.makedirs(args.out, exist_ok=True)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.9, 0.9 / args.workers):.3f}")
+    cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.abspath(
+        os.path.join(args.runs_dir, "jax_cache"))
+    context = {"argv": " ".join(["python", "experiments/analysis_experiment.py"]
+                                + list(argv if argv is not None else sys.argv[1:])),
+               "workers": args.workers, "host": f"{platform.machine()}, {os.cpu_count()} CPU "
+                                                   "cores visible", "started": time.time()}
+    records, failures = [], []
+    start = time.perf_counter()
+    with futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(cache_dir,)) as pool:
+        pending = {pool.submit(run_one, spec): spec for spec in specs}
+        while pending:
+            done, _ = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                spec = pending.pop(future)
+                if future.cancelled():
+                    continue
+                try:
+                    records.append(future.result())
+                    print(f"[{time.perf_counter() - start:6.0f} s] done {spec['scenes']} "
+                          f"{spec['head']} seed {spec['seed']}: val mIoU "
+                          f"{records[-1]['val_miou']:.4f}", flush=True)
+                except Exception as error:  # noqa: BLE001  (recorded, the other runs go on)
+                    failures.append({**spec, "error": repr(error)})
+                    print(f"FAILED {spec}: {error!r}", flush=True)
+                context["elapsed_s"] = round(time.perf_counter() - start, 1)
+                analysis_tables.write_all(args.out, records, failures, context)
+            if args.deadline_s and time.perf_counter() - start > args.deadline_s:
+                for future in pending:
+                    future.cancel()
+    context["elapsed_s"] = round(time.perf_counter() - start, 1)
+    analysis_tables.write_all(args.out, records, failures, context)
+    print(f"{len(records)} runs done, {len(failures)} failed, "
+          f"{len(specs) - len(records) - len(failures)} not run; records in {args.out} "
+          f"({context['elapsed_s']} s)")
+    if failures:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
