@@ -48,7 +48,7 @@ def _axis_samples(start: Array, bin_size: Array, grid: Array, pooled: int, size:
     return jnp.stack([low, high], -1), weights
 
 
-def _align_flat(flat: Array, rois: Array, offsets: Array, heights: Array, widths: Array,
+def align_flat(flat: Array, rois: Array, offsets: Array, heights: Array, widths: Array,
                 scales: Array, output_size: tuple[int, int], grid_limit: int,
                 aligned: bool) -> Array:
     """RoIAlign of `[K, 4]` RoIs, each with its own level geometry (`offsets`, `heights`,
@@ -89,7 +89,7 @@ def roi_align(features: Array, rois: Array, output_size: tuple[int, int], spatia
     height, width = features.shape[:2]
     count = rois.shape[0]
     full = lambda value: jnp.full((count,), value)  # noqa: E731
-    return _align_flat(features.reshape(-1, features.shape[-1]), rois, full(0), full(height),
+    return align_flat(features.reshape(-1, features.shape[-1]), rois, full(0), full(height),
                        full(width), full(spatial_scale).astype(rois.dtype), output_size,
                        grid_limit, aligned)
 
@@ -115,7 +115,7 @@ def multi_level_roi_align(features: Sequence[Array], rois: Array, output_size: t
     flat = jnp.concatenate([f.reshape(-1, f.shape[-1]) for f in features], axis=0)
     level = map_roi_levels(rois, len(features), finest_scale)
     table = lambda values, dtype: jnp.asarray(np.asarray(values), dtype)[level]  # noqa: E731
-    return _align_flat(
+    return align_flat(
         flat, rois, table(np.cumsum([0] + sizes[:-1]), jnp.int32),
         table([f.shape[0] for f in features], jnp.int32),
         table([f.shape[1] for f in features], jnp.int32),
