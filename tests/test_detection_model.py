@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax.models.detection import mask_rcnn, proposals, targets
+from dnl_jax.models.detection import mask_rcnn, proposals
 from dnl_jax.models.residual import ContextSpec
+from detection_fixtures import tiny_mask_rcnn
 
 
 def _conv(cin, cout, k, bias=True):
@@ -46,6 +47,8 @@ def test_reference_formula_reproduces_torchvision_published_count():
 def _count(model, size=64):
     image = jnp.zeros((1, size, size, 3))
     shapes = jax.eval_shape(model.init, jax.random.key(0), image, jnp.array([[size, size]]))
+    built = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, method=model.build), image)
+    assert jax.tree.map(lambda a: a.shape, built) == jax.tree.map(lambda a: a.shape, shapes)
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
 
 
@@ -64,18 +67,8 @@ def test_parameter_counts_match_the_reference_structure():
     assert _count(both) - 44_396_336 == block(1024) + 3 * block(2048)
 
 
-def _tiny(**overrides):
-    settings = dict(
-        num_classes=3, depth=18, stem_channels=8, base_channels=8, fpn_channels=16,
-        fc_channels=32, conv_channels=16, rpn_train=(48, 24), rpn_test=(48, 24),
-        rpn_sampler=targets.SamplerConfig(32, 0.5), rcnn_sampler=targets.SamplerConfig(16, 0.25),
-        max_detections=5, roi_grid_limit=2)
-    settings.update(overrides)
-    return mask_rcnn.MaskRCNN(**settings)
-
-
 def test_context_block_sits_in_the_chosen_block_and_stage_one_is_frozen():
-    model = _tiny(context=ContextSpec("gc", "after_add"),
+    model = tiny_mask_rcnn(context=ContextSpec("gc", "after_add"),
                   context_block_indices=((), (), (-2,), ()))
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
                             jnp.array([[64, 64]]))
@@ -91,15 +84,16 @@ def test_context_block_sits_in_the_chosen_block_and_stage_one_is_frozen():
 
 def test_image_not_padded_to_32_is_rejected():
     with pytest.raises(ValueError, match="multiple of 32"):
-        jax.eval_shape(_tiny().init, jax.random.key(0), jnp.zeros((1, 60, 64, 3)),
+        jax.eval_shape(tiny_mask_rcnn().init, jax.random.key(0), jnp.zeros((1, 60, 64, 3)),
                        jnp.array([[60, 64]]))
 
 
 def test_bfloat16_forward_gives_finite_detections():
-    model = _tiny(dtype=jnp.bfloat16)
+    model = tiny_mask_rcnn(dtype=jnp.bfloat16)
     image = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
     size = jnp.array([[64.0, 48.0]])
-    variables = jax.jit(model.init)(jax.random.key(0), image, size)
+    variables = jax.jit(lambda key, x: model.init(key, x, method=model.build))(
+        jax.random.key(0), image)
     out = jax.jit(model.apply)(variables, image, size)
     assert out["boxes"].shape == (1, 5, 4) and out["masks"].shape == (1, 5, 28, 28)
     assert bool(jnp.isfinite(out["boxes"]).all() & jnp.isfinite(out["masks"]).all())

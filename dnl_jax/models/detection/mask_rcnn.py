@@ -120,6 +120,17 @@ class MaskRCNN(nn.Module):
             self.finest_scale, self.roi_grid_limit)
         return jax.vmap(align)(list(roi_levels), rois)
 
+    def build(self, image: Array) -> Array:
+        """Runs every layer once without proposals, NMS or RoIAlign: a cheap method for
+        `init` (`model.init(rng, image, method=model.build)`). Returns a scalar."""
+        levels = self._features(image, train=False)
+        logits, deltas, _ = self._rpn(levels)
+        roi = jnp.zeros((1, self.box_roi_size, self.box_roi_size, self.fpn_channels), image.dtype)
+        box_logits, _ = self.bbox_head(roi)
+        mask_roi = jnp.zeros((1, self.mask_roi_size, self.mask_roi_size, self.fpn_channels),
+                             image.dtype)
+        return logits[0].sum() + box_logits.sum() + self.mask_head(mask_roi).sum()
+
     def __call__(self, image: Array, image_size: Array, train: bool = False) -> dict[str, Array]:
         """Detections per image: `boxes` `[B, D, 4]`, `scores` `[B, D]`, `labels` `[B, D]`,
         `valid` `[B, D]` and `masks` `[B, D, 28, 28]` (probabilities of the label's channel),
