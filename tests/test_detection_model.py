@@ -8,7 +8,7 @@ import pytest
 
 from dnl_jax.models.detection import mask_rcnn, proposals
 from dnl_jax.models.residual import ContextSpec
-from detection_fixtures import tiny_mask_rcnn
+from detection_fixtures import fast_jit, tiny_mask_rcnn
 
 
 def _conv(cin, cout, k, bias=True):
@@ -92,9 +92,9 @@ def test_bfloat16_forward_gives_finite_detections():
     model = tiny_mask_rcnn(dtype=jnp.bfloat16)
     image = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
     size = jnp.array([[64.0, 48.0]])
-    variables = jax.jit(lambda key, x: model.init(key, x, method=model.build))(
+    variables = fast_jit(lambda key, x: model.init(key, x, method=model.build))(
         jax.random.key(0), image)
-    out = jax.jit(model.apply)(variables, image, size)
+    out = fast_jit(model.apply)(variables, image, size)
     assert out["boxes"].shape == (1, 5, 4) and out["masks"].shape == (1, 5, 28, 28)
     assert bool(jnp.isfinite(out["boxes"]).all() & jnp.isfinite(out["masks"]).all())
     # Boxes are clipped to the valid (unpadded) image.

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dnl_jax.models.detection import mask_rcnn
-from detection_fixtures import tiny_batch, tiny_mask_rcnn
+from detection_fixtures import FAST_COMPILE, fast_jit, tiny_batch, tiny_mask_rcnn
 
 LEARNING_RATE = 0.02
 
@@ -33,12 +33,12 @@ def test_train_step_jit_equals_pmap_and_freezes_stage_one():
     counts per image match and per-device normalisation equals the global one."""
     model = tiny_mask_rcnn()
     batch = tiny_batch()
-    variables = jax.jit(lambda key, x: model.init(key, x, method=model.build))(
+    variables = fast_jit(lambda key, x: model.init(key, x, method=model.build))(
         jax.random.key(0), batch["image"][:1])
     params, stats = variables["params"], variables["batch_stats"]
     trainable = jax.tree.map(float, mask_rcnn.frozen_stage_mask(params))
     rng = jax.random.key(1)
-    new_jit, loss_jit, parts = jax.jit(_step(model, trainable, stats))(params, batch, rng)
+    new_jit, loss_jit, parts = fast_jit(_step(model, trainable, stats))(params, batch, rng)
     for name, value in parts.items():
         assert np.isfinite(float(value)), name
     assert float(parts["loss_mask"]) > 0 and float(parts["loss_rpn_bbox"]) > 0
@@ -47,7 +47,8 @@ def test_train_step_jit_equals_pmap_and_freezes_stage_one():
     replicate = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)  # noqa: E731
     shard = jax.tree.map(lambda x: x.reshape((2, 1) + x.shape[1:]), batch)
     pmapped = jax.pmap(_step(model, trainable, stats, "batch"), axis_name="batch", devices=devices)
-    new_pmap, loss_pmap, _ = pmapped(replicate(params), shard, replicate(rng))
+    args = (replicate(params), shard, replicate(rng))
+    new_pmap, loss_pmap, _ = pmapped.lower(*args).compile(FAST_COMPILE)(*args)
     np.testing.assert_allclose(loss_pmap[0], loss_jit, rtol=1e-5)
     first = jax.tree.map(lambda x: x[0], new_pmap)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
