@@ -46,9 +46,7 @@ def test_reference_formula_reproduces_torchvision_published_count():
 
 def _count(model, size=64):
     image = jnp.zeros((1, size, size, 3))
-    shapes = jax.eval_shape(model.init, jax.random.key(0), image, jnp.array([[size, size]]))
-    built = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, method=model.build), image)
-    assert jax.tree.map(lambda a: a.shape, built) == jax.tree.map(lambda a: a.shape, shapes)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, method=model.build), image)
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
 
 

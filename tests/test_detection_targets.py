@@ -1,10 +1,16 @@
 """Target assignment, sampling and mask targets on hand-made boxes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dnl_jax.models.detection import boxes, targets
+
+# Jitted once per configuration: one compile instead of one per eager op.
+assign = jax.jit(targets.assign_max_iou, static_argnums=4)
+sample = jax.jit(targets.sample_fixed, static_argnums=2)
 
 GT = jnp.array([[0., 0, 10, 10], [20, 20, 40, 40], [0, 0, 0, 0]])
 GT_VALID = jnp.array([True, True, False])
@@ -20,9 +26,9 @@ def test_max_iou_assignment_thresholds_and_low_quality_matches():
         [1., 1, 5, 5],      # IoU 16/100 < 0.3 → background
     ])
     valid = jnp.array([True] * 5 + [False])
-    assigned = targets.assign_max_iou(candidates, valid, GT, GT_VALID, targets.RPN_ASSIGNER)
+    assigned = assign(candidates, valid, GT, GT_VALID, targets.RPN_ASSIGNER)
     assert list(assigned) == [1, 1, -1, 2, 0, -1]
-    rcnn = targets.assign_max_iou(candidates, jnp.ones(6, bool), GT, GT_VALID,
+    rcnn = assign(candidates, jnp.ones(6, bool), GT, GT_VALID,
                                   targets.RCNN_ASSIGNER)
     # RCNN: 0.5 ≥ pos 0.5 → gt 0; 0.39 < min_pos_iou 0.5 → background; 0.16 → background.
     assert list(rcnn) == [1, 1, 1, 0, 0, 0]
@@ -30,7 +36,7 @@ def test_max_iou_assignment_thresholds_and_low_quality_matches():
 
 def test_image_without_instances_is_all_background():
     candidates = jnp.array([[0., 0, 10, 10], [5, 5, 8, 8]])
-    assigned = targets.assign_max_iou(candidates, jnp.ones(2, bool), GT, jnp.zeros(3, bool),
+    assigned = assign(candidates, jnp.ones(2, bool), GT, jnp.zeros(3, bool),
                                       targets.RPN_ASSIGNER)
     assert list(assigned) == [0, 0]
 
@@ -38,13 +44,13 @@ def test_image_without_instances_is_all_background():
 def test_sampler_caps_positives_and_fills_with_negatives():
     assigned = jnp.array([1] * 10 + [0] * 30 + [-1] * 5)
     config = targets.SamplerConfig(num=16, pos_fraction=0.25)
-    index, valid = targets.sample_fixed(jax.random.key(0), assigned, config)
+    index, valid = sample(jax.random.key(0), assigned, config)
     picked = np.asarray(assigned)[np.asarray(index)]
     assert bool(valid.all()) and list(picked[:4]) == [1] * 4 and list(picked[4:]) == [0] * 12
     assert len(set(np.asarray(index).tolist())) == 16
     # Few candidates: 2 positives, 3 negatives, the rest of the 16 slots invalid.
     few = jnp.array([1, 0, 0, 1, 0] + [-1] * 20)
-    index, valid = targets.sample_fixed(jax.random.key(1), few, config)
+    index, valid = sample(jax.random.key(1), few, config)
     assert int(valid.sum()) == 5
     assert sorted(np.asarray(index)[:2].tolist()) == [0, 3]
     assert sorted(np.asarray(index)[2:5].tolist()) == [1, 2, 4]
@@ -52,9 +58,10 @@ def test_sampler_caps_positives_and_fills_with_negatives():
 
 def test_rcnn_targets_add_gts_as_proposals_and_encode_deltas():
     proposals = jnp.array([[1., 1, 11, 11], [50, 50, 60, 60]])
-    out = targets.rcnn_targets(jax.random.key(0), proposals, jnp.ones(2, bool), GT,
-                               jnp.array([3, 7, 0]), GT_VALID, num_classes=9,
-                               sampler=targets.SamplerConfig(num=6, pos_fraction=0.5))
+    rcnn = jax.jit(functools.partial(targets.rcnn_targets, num_classes=9,
+                                     sampler=targets.SamplerConfig(num=6, pos_fraction=0.5)))
+    out = rcnn(jax.random.key(0), proposals, jnp.ones(2, bool), GT, jnp.array([3, 7, 0]),
+               GT_VALID)
     valid = np.asarray(out["label_weight"]) > 0
     # Candidates: gt 0, gt 1 (positives), the padded gt (invalid), 2 proposals (1 pos, 1 neg).
     assert valid.sum() == 4 and np.asarray(out["delta_weight"]).sum() == 3
@@ -69,7 +76,7 @@ def test_rcnn_targets_add_gts_as_proposals_and_encode_deltas():
 
 def test_rpn_targets_mark_sampled_anchors():
     anchors = jnp.array([[0., 0, 10, 10], [21, 21, 41, 41], [60, 60, 70, 70], [0, 0, 10, 20]])
-    out = targets.rpn_targets(jax.random.key(0), anchors, GT, GT_VALID)
+    out = jax.jit(targets.rpn_targets)(jax.random.key(0), anchors, GT, GT_VALID)
     assert list(out["objectness"]) == [1, 1, 0, 0]
     assert list(out["label_weight"]) == [1, 1, 1, 0]  # anchor 3 (IoU 0.5) is ignored
     assert list(out["delta_weight"]) == [1, 1, 0, 0]
@@ -81,6 +88,7 @@ def test_mask_targets_crop_and_resize_the_matched_gt_mask():
     masks[0, 4:12, 4:8] = 1  # left half of the box (4, 4, 12, 12)
     masks[1] = 1
     rois = jnp.array([[4., 4, 12, 12], [0, 0, 16, 16]])
-    got = targets.mask_targets(rois, jnp.array([0, 1]), jnp.asarray(masks), mask_size=4)
+    got = jax.jit(targets.mask_targets, static_argnums=3)(rois, jnp.array([0, 1]),
+                                                          jnp.asarray(masks), 4)
     np.testing.assert_array_equal(got[0], np.tile([1, 1, 0, 0], (4, 1)))
     np.testing.assert_array_equal(got[1], np.ones((4, 4)))
