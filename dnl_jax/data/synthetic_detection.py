@@ -96,13 +96,16 @@ class SyntheticDetection:
     def __len__(self) -> int:
         return self.num_examples
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        if not 0 <= index < self.num_examples:
+    def _stream(self, index: int) -> np.random.Generator:
+        """The example's own random stream; a bad index is an IndexError (grain's protocol)."""
+        if index < 0 or index >= self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
-        example = draw_detection_scene(rng, self.image_size, self._palette, self.noise)
-        example["image_id"] = np.int32(index)
-        return example
+        return np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        example = draw_detection_scene(self._stream(index), self.image_size, self._palette,
+                                       self.noise)
+        return {**example, "image_id": np.int32(index)}
 
 
 __all__ = ["SyntheticDetection", "draw_detection_scene", "MAX_OBJECTS"]
