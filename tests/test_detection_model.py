@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax.models.detection import mask_rcnn, proposals
+from dnl_jax.data.synthetic_detection import SyntheticDetection
+from dnl_jax.models.detection import coco_eval, mask_rcnn, proposals
 from dnl_jax.models.residual import ContextSpec
 from detection_fixtures import fast_jit, tiny_mask_rcnn
 
@@ -86,10 +87,12 @@ def test_image_not_padded_to_32_is_rejected():
                        jnp.array([[60, 64]]))
 
 
-def test_bfloat16_forward_gives_finite_detections():
+def test_bfloat16_forward_gives_detections_that_coco_evaluates():
+    """Inference end to end in bf16, then through the COCO results / COCOeval path against the
+    scene's ground truth (an untrained model: AP is only checked to be a valid number)."""
     model = tiny_mask_rcnn(dtype=jnp.bfloat16)
-    image = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
-    size = jnp.array([[64.0, 48.0]])
+    scene = SyntheticDetection(1, image_size=64)[0]
+    image, size = jnp.asarray(scene["image"])[None], jnp.array([[64.0, 48.0]])
     variables = fast_jit(lambda key, x: model.init(key, x, method=model.build))(
         jax.random.key(0), image)
     out = fast_jit(model.apply)(variables, image, size)
@@ -97,6 +100,15 @@ def test_bfloat16_forward_gives_finite_detections():
     assert bool(jnp.isfinite(out["boxes"]).all() & jnp.isfinite(out["masks"]).all())
     # Boxes are clipped to the valid (unpadded) image.
     assert float(out["boxes"][..., 0::2].max()) <= 48 and float(out["boxes"].min()) >= 0
+    valid = scene["gt_valid"]
+    truth = coco_eval.ground_truth_dataset(
+        [{"id": 0, "height": 64, "width": 48, "boxes": scene["gt_boxes"][valid],
+          "labels": scene["gt_labels"][valid], "masks": scene["gt_masks"][valid][:, :, :48]}],
+        category_ids=(1, 2, 3))
+    results = coco_eval.model_results(out, [0], np.array([[64, 48]]), (1, 2, 3))
+    assert len(results) == int(out["valid"].sum())
+    metrics, _ = coco_eval.evaluate(truth, results)
+    assert 0.0 <= metrics["bbox_AP"] <= 1.0 and 0.0 <= metrics["segm_AP"] <= 1.0
 
 
 def test_paste_masks_puts_the_mask_inside_its_box():
