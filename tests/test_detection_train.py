@@ -16,7 +16,8 @@ def _step(model, trainable, batch_stats, axis_name=None):
 
     def step(params, batch, rng):
         def loss_fn(p):
-            return model.apply({"params": p, "batch_stats": batch_stats}, batch, method=model.loss, rngs={"sampler": rng})
+            return model.apply({"params": p, "batch_stats": batch_stats}, batch,
+                               method=model.loss, rngs={"sampler": rng})
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         grads = jax.tree.map(lambda g, keep: g * keep, grads, trainable)

@@ -80,7 +80,8 @@ class DeltaBoxCoder:
         """References `[..., 4]` and deltas `[..., 4]` → boxes `[..., 4]`, clipped to
         `image_size` = (height, width) when given."""
         references, deltas = jnp.asarray(references), jnp.asarray(deltas)
-        deltas = deltas * jnp.asarray(self.stds, deltas.dtype) + jnp.asarray(self.means, deltas.dtype)
+        stds, means = jnp.asarray(self.stds, deltas.dtype), jnp.asarray(self.means, deltas.dtype)
+        deltas = deltas * stds + means
         max_ratio = abs(math.log(self.wh_ratio_clip))
         dw = jnp.clip(deltas[..., 2], -max_ratio, max_ratio)
         dh = jnp.clip(deltas[..., 3], -max_ratio, max_ratio)

@@ -134,5 +134,5 @@ def evaluate(dataset: dict, results: list[dict],
     return metrics, summary.getvalue()
 
 
-__all__ = ["ground_truth_dataset", "detection_results", "model_results", "write_results", "evaluate",
-           "encode_mask", "STAT_NAMES"]
+__all__ = ["ground_truth_dataset", "detection_results", "model_results", "write_results",
+           "evaluate", "encode_mask", "STAT_NAMES"]
