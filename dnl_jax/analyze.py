@@ -50,7 +50,7 @@ def resolve_checkpoint(path: str) -> str:
     """A checkpoint step directory; a `checkpoints/` directory resolves to its latest step."""
     if not os.path.isdir(path):
         raise ValueError(f"--checkpoint {path!r} is not a directory; give a step directory such "
-                         "as runs/demo/checkpoints/1000 (or the checkpoints/ directory).")
+                         "as runs/demo-latest/checkpoints/1000 (or the checkpoints/ directory).")
     steps = [int(name) for name in os.listdir(path) if name.isdigit()]
     return os.path.join(path, str(max(steps))) if steps else path
 
@@ -203,7 +203,7 @@ def main(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file.")
     flags.DEFINE_string("checkpoint", None, "Checkpoint step directory (or checkpoints/: the "
-                        "latest step), e.g. runs/demo/checkpoints/1000.")
+                        "latest step), e.g. runs/demo-latest/checkpoints/1000.")
     flags.DEFINE_string("split", "val", "Split of config.data to analyse.")
     flags.DEFINE_integer("num_images", 64, "Images (or videos) analysed: the first N of split.")
     flags.DEFINE_integer("batch_size", 16, "Images per forward pass.")

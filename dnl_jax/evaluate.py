@@ -51,7 +51,7 @@ def checkpoint_state_dir(path: str) -> str:
     what = "is not a checkpoint step directory (no 'state' in it)" if os.path.isdir(path) \
         else "does not exist"
     raise ValueError(f"--checkpoint={path} {what}; give a step directory such as "
-                     f"runs/demo/checkpoints/1000.{nearby}")
+                     f"runs/demo-latest/checkpoints/1000.{nearby}")
 
 
 def _saved_model(path: str) -> str:
@@ -158,7 +158,7 @@ if __name__ == "__main__":
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
     flags.DEFINE_string("checkpoint", None,
-                        "Checkpoint step directory, e.g. runs/demo/checkpoints/1000.")
+                        "Checkpoint step directory, e.g. runs/demo-latest/checkpoints/1000.")
     flags.DEFINE_string("split", "val", "Split of config.data to evaluate.")
     flags.DEFINE_string("output_dir", None, "Writes prediction PNGs and metrics_SPLIT.json here.")
     flags.mark_flags_as_required(["config", "checkpoint"])

@@ -22,7 +22,8 @@ def _make_demo(directory, *extra):
 
 def test_make_demo_starts_fresh_each_time_and_resumes_when_asked(tmp_path):
     shutil.copy(os.path.join(REPO, "Makefile"), tmp_path)
-    shutil.copy(os.path.join(REPO, "pyproject.toml"), tmp_path)
+    for name in ("pyproject.toml", "requirements-openmmlab.txt"):  # the install stamp's inputs
+        shutil.copy(os.path.join(REPO, name), tmp_path)
     (tmp_path / "stamp").touch()  # newer than pyproject.toml: `install` has nothing to do
     stub = tmp_path / "python_stub"
     stub.write_text(STUB)

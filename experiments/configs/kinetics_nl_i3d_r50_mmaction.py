@@ -12,6 +12,14 @@ Convert the checkpoint (the architecture is read from its keys; strict key repor
         --checkpoint runs/mmaction_i3d_nl --split val
 For the dot-product checkpoint add `--nl-mode dot_product` to the conversion and
 `--config.model.kwargs.nl_mode=dot_product` to the evaluation.
+
+The same architecture also trains here from torchvision's ImageNet ResNet-50 (inflated in time
+when training starts), like the other video recipes:
+    python -m dnl_jax.data.prepare kinetics --manual_dir RAW --data_dir data/prepared
+    # resnet50-0676ba61.pth from https://download.pytorch.org/models/resnet50-0676ba61.pth
+    python -m dnl_jax.interop.pretrained torchvision_resnet50 resnet50-0676ba61.pth --pretrained_dir pretrained
+    python -m dnl_jax.main --config experiments/configs/kinetics_nl_i3d_r50_mmaction.py \
+        --workdir runs/kinetics_nl_i3d_r50_mmaction
 """
 
 from dnl_jax import recipes
