@@ -57,6 +57,11 @@ def time_interleaved(fns: dict, repeats: int = 3, block=jax.block_until_ready) -
     return times
 
 
+def block_jax_results(result):
+    """Waits for the JAX arrays in `result` (a PyTorch result beside them is already computed)."""
+    return jax.block_until_ready([r for r in jax.tree.leaves(result) if isinstance(r, jax.Array)])
+
+
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
     """Same-run float32 matmul throughput of this machine under jit: 2·size³ FLOP per call."""
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
