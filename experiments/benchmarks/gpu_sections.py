@@ -3,6 +3,7 @@ step. Each takes (recorder, sizes, out_dir, smoke) and records case by case (see
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -46,6 +47,12 @@ def relative_errors(results, reference) -> list[float]:
             for a, b in zip(results, reference)]
 
 
+def highest_precision():
+    """float32 matmuls in full precision (GPUs otherwise use TF32) where JAX offers the switch."""
+    switch = getattr(jax, "default_matmul_precision", None)
+    return contextlib.nullcontext() if switch is None else switch("highest")
+
+
 def attention_check(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> None:
     """Each kernel in bf16 and f32 against a float32 'xla' reference at the highest matmul
     precision (GPUs otherwise use TF32 for float32 matmuls). A kernel passes if its error is at
@@ -54,7 +61,7 @@ def attention_check(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) 
         for dtype in ("float32", "bfloat16"):
             inputs, cotangent = attention_inputs(sizes["check_batch"], n,
                                                  sizes["check_channels"], getattr(jnp, dtype))
-            with jax.default_matmul_precision("highest"):
+            with highest_precision():
                 reference = output_and_grads("xla", [x.astype(jnp.float32) for x in inputs],
                                              cotangent)
             baseline = {}

@@ -210,20 +210,17 @@ def main() -> None:
 
 
 def run_section(section: str, out_dir: str, smoke: bool, deadline: float) -> None:
-    import gpu_sections  # noqa: F401 - the sections that need dnl_jax
-
     recorder = Recorder(output_path(out_dir, section, smoke), deadline)
     recorder.put("section", section)
     recorder.put("smoke", smoke)
     sizes = SIZES["smoke" if smoke else "full"]
-    functions = {"env": section_env, "attention_check": gpu_sections.attention_check,
-                 "attention_speed": gpu_sections.attention_speed,
-                 "train_step": gpu_sections.train_step}
     try:
         if section == "env":
-            functions[section](recorder, sizes)
+            section_env(recorder, sizes)
         else:
-            functions[section](recorder, sizes, out_dir, smoke)
+            import gpu_sections  # the sections that run dnl_jax code
+
+            getattr(gpu_sections, section)(recorder, sizes, out_dir, smoke)
         recorder.put("finished", True)
     except Exception as error:  # noqa: BLE001 - recorded; the parent goes on to the next section
         recorder.put("error", classify_error(error))
@@ -255,9 +252,9 @@ def run_all(sections: list[str], out_dir: str, smoke: bool, budget_s: float) -> 
             status = f"killed after {limit:.0f} s (partial results kept)"
         summary[section] = {"status": status, "seconds": round(time.time() - section_start, 1)}
         print(f"== {section}: {status} in {summary[section]['seconds']} s", flush=True)
-    summary["total_seconds"] = round(time.time() - start, 1)
-    with open(output_path(out_dir, "summary", smoke), "w") as f:
-        json.dump(summary, f, indent=1)
+        summary["total_seconds"] = round(time.time() - start, 1)
+        with open(output_path(out_dir, "summary", smoke), "w") as f:
+            json.dump(summary, f, indent=1)
     import gpu_report
 
     print(gpu_report.render(out_dir, smoke), flush=True)

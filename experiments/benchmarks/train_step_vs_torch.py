@@ -14,15 +14,18 @@ mmseg's own classes do not import here (mmseg 1.2.2 wants ftfy and more). Differ
 costing us time, not PyTorch: our heads apply dropout 0.1 before the classifier (mmseg's do,
 the reference has none) and our step also returns metrics (pixel accuracy, gradient norm).
 
-The four contenders of a (model, size) run round-robin for `--rounds` rounds after a warm-up
+The contenders of a (model, size) run round-robin for `--rounds` rounds after a warm-up
 call each (compilation), so all see the same stretch of a shared machine's load; the table gives
 medians and the ratio PyTorch time / our time (> 1: we are faster). Writes
-results/train_step_vs_torch.{json,png} (merged with earlier runs by (model, size)).
+results/train_step_vs_torch.{json,png} (merged with earlier runs by (model, size)). `--ab` adds
+our step compiled with XLA's own convolution gradients everywhere (the step before issue 16's
+`layers.conv_with_matmul_gradients`) to the same rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 
 import bench_utils
 import train_step as train_step_bench
-from dnl_jax import models
+from dnl_jax import layers, models
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 import torch_reference as ref  # noqa: E402
@@ -90,31 +93,50 @@ def torch_contenders(model: str, images: np.ndarray, labels: np.ndarray):
     return forward, step
 
 
-def jax_contenders(model: str, batch_size: int, size: int):
-    """(forward, step, images, labels) of ours; the step carries its donated state along."""
+def jax_contenders(model: str, batch_size: int, size: int, with_xla_conv_grads: bool):
+    """{name: closure} of ours and (images, labels); the step carries its donated state along.
+    With `with_xla_conv_grads`, also the step compiled with XLA's own convolution gradients
+    everywhere ('jax_step_xla_conv_grads', the step before issue 16), for an A/B in one run."""
     step_fn, state, batch = train_step_bench.build_step(model, NUM_CLASSES, batch_size, size, size)
     bundle = models.get_model(model, NUM_CLASSES)
-    step = jax.jit(step_fn, donate_argnums=0)
     apply = jax.jit(lambda params, stats, x: bundle.module.apply(
         {"params": params, "batch_stats": stats}, x, train=False)["logits"])
+    compile_step = lambda: jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()  # noqa
+    steps = {"jax_step": compile_step()}
+    if with_xla_conv_grads:
+        with xla_conv_gradients():
+            steps["jax_step_xla_conv_grads"] = compile_step()
     holder = {"state": state}
 
     def forward():
         return apply(holder["state"].params, holder["state"].batch_stats, batch["image"])
 
-    def train_step():
-        holder["state"], metrics = step(holder["state"], batch)
-        return metrics["loss"]
+    def make_step(compiled):
+        def train_step():
+            holder["state"], metrics = compiled(holder["state"], batch)
+            return metrics["loss"]
+        return train_step
 
-    return forward, train_step, np.asarray(batch["image"]), np.asarray(batch["label"])
+    contenders = {"jax_forward": forward, **{k: make_step(v) for k, v in steps.items()}}
+    return contenders, np.asarray(batch["image"]), np.asarray(batch["label"])
 
 
-def compare(model: str, size: int, batch_size: int, rounds: int) -> dict:
+@contextlib.contextmanager
+def xla_conv_gradients():
+    """Within: models traced use XLA's convolution gradients for every width (the threshold of
+    `layers.conv_or_pointwise_matmul` is read at trace time)."""
+    saved, layers.MATMUL_GRAD_MIN_CHANNELS = layers.MATMUL_GRAD_MIN_CHANNELS, 10**9
+    try:
+        yield
+    finally:
+        layers.MATMUL_GRAD_MIN_CHANNELS = saved
+
+
+def compare(model: str, size: int, batch_size: int, rounds: int, ab: bool) -> dict:
     load_before = os.getloadavg()[0]
-    jax_forward, jax_step, images, labels = jax_contenders(model, batch_size, size)
+    ours, images, labels = jax_contenders(model, batch_size, size, ab)
     torch_forward, torch_step = torch_contenders(model, images, labels)
-    contenders = {"jax_forward": jax_forward, "torch_forward": torch_forward,
-                  "jax_step": jax_step, "torch_step": torch_step}
+    contenders = {**ours, "torch_forward": torch_forward, "torch_step": torch_step}
     start = time.perf_counter()
     times = bench_utils.time_interleaved(contenders, rounds, block=bench_utils.block_jax_results)
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -123,6 +145,8 @@ def compare(model: str, size: int, batch_size: int, rounds: int) -> dict:
                median_s={k: round(v, 3) for k, v in medians.items()},
                forward_ratio=round(medians["torch_forward"] / medians["jax_forward"], 3),
                step_ratio=round(medians["torch_step"] / medians["jax_step"], 3),
+               **({"step_ratio_xla_conv_grads": round(
+                   medians["torch_step"] / medians["jax_step_xla_conv_grads"], 3)} if ab else {}),
                load_average_before=round(load_before, 2),
                load_average_after=round(os.getloadavg()[0], 2),
                timed_s=round(time.perf_counter() - start, 1))
@@ -137,18 +161,21 @@ def main() -> None:
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ab", action="store_true",
+                        help="also time our step with XLA's own conv gradients (before issue 16)")
     args = parser.parse_args()
     unknown = sorted(set(args.models.split(",")) - set(CONTEXT))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {sorted(CONTEXT)}.")
-    rows = [compare(model, int(size), args.batch, args.rounds)
+    rows = [compare(model, int(size), args.batch, args.rounds, args.ab)
             for size in args.sizes.split(",") for model in args.models.split(",")]
     header = ["model", "size", "ours fwd s", "torch fwd s", "fwd ratio", "ours step s",
-              "torch step s", "step ratio", "load avg"]
+              "torch step s", "step ratio", "ours step, XLA conv grads s (--ab)", "load avg"]
     bench_utils.print_table(header, [[
         r["model"], f"{r['batch']}×{r['size']}²", r["median_s"]["jax_forward"],
         r["median_s"]["torch_forward"], r["forward_ratio"], r["median_s"]["jax_step"],
         r["median_s"]["torch_step"], r["step_ratio"],
+        r["median_s"].get("jax_step_xla_conv_grads", "-"),
         f"{r['load_average_before']}→{r['load_average_after']}"] for r in rows])
     save(rows)
 
