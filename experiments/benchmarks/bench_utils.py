@@ -22,7 +22,9 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     device = jax.devices()[0]
-    return f"{cpu}, {os.cpu_count()} cores visible, JAX {jax.__version__} on {device.device_kind}"
+    flags = os.environ.get("XLA_FLAGS", "")
+    return (f"{cpu}, {os.cpu_count()} cores visible, JAX {jax.__version__} on "
+            f"{device.device_kind}" + (f", XLA_FLAGS={flags!r}" if flags else ""))
 
 
 def time_call(fn: Callable[[], object], repeats: int = 3, block=jax.block_until_ready) -> float:

@@ -132,7 +132,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layers", default="", help="comma-separated name prefixes (default all)")
+    parser.add_argument("--torch_threads", type=int, default=0,
+                        help="torch.set_num_threads (0: torch's default). For one core on both "
+                             "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+                             "intra_op_parallelism_threads=1'")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     chosen = [layer for layer in LAYERS if not args.layers or any(
         layer[0].startswith(prefix) for prefix in args.layers.split(","))]
     load_before = os.getloadavg()[0]

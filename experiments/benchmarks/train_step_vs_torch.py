@@ -141,6 +141,7 @@ def compare(model: str, size: int, batch_size: int, rounds: int, ab: bool) -> di
     times = bench_utils.time_interleaved(contenders, rounds, block=bench_utils.block_jax_results)
     medians = {name: statistics.median(t) for name, t in times.items()}
     row = dict(model=model, size=size, batch=batch_size, rounds=rounds,
+               torch_threads=torch.get_num_threads(), xla_flags=os.environ.get("XLA_FLAGS", ""),
                times_s={k: [round(x, 3) for x in v] for k, v in times.items()},
                median_s={k: round(v, 3) for k, v in medians.items()},
                forward_ratio=round(medians["torch_forward"] / medians["jax_forward"], 3),
@@ -163,7 +164,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ab", action="store_true",
                         help="also time our step with XLA's own conv gradients (before issue 16)")
+    parser.add_argument("--torch_threads", type=int, default=0,
+                        help="torch.set_num_threads (0: torch's default). For one core on both "
+                             "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+                             "intra_op_parallelism_threads=1'")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     unknown = sorted(set(args.models.split(",")) - set(CONTEXT))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {sorted(CONTEXT)}.")
@@ -181,10 +188,11 @@ def main() -> None:
 
 
 def save(rows: list[dict]) -> None:
-    """Merges `rows` into results/train_step_vs_torch.json by (model, size, batch); PNG of all."""
+    """Merges `rows` into results/train_step_vs_torch.json by (model, size, batch, torch threads);
+    PNG of all."""
     path = os.path.join(bench_utils.RESULTS_DIR, "train_step_vs_torch.json")
     previous = json.load(open(path))["rows"] if os.path.exists(path) else []
-    key = lambda r: (r["model"], r["size"], r["batch"])  # noqa: E731
+    key = lambda r: (r["model"], r["size"], r["batch"], r.get("torch_threads", 0))  # noqa: E731
     merged = {key(r): r for r in previous + rows}
     payload = {"machine": bench_utils.machine_description(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(),
@@ -200,7 +208,8 @@ def plot(rows: list[dict]):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    labels = [f"{r['model'].split('_')[0]} {r['size']}²" for r in rows]
+    labels = [f"{r['model'].split('_')[0]} {r['size']}² {r.get('torch_threads', '?')}t"
+              for r in rows]
     positions = np.arange(len(rows))
     for axis, kind in zip(axes, ("forward", "step")):
         for offset, side in ((-0.2, "jax"), (0.2, "torch")):
