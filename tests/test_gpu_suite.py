@@ -20,8 +20,8 @@ def test_gpu_suite_smoke_runs_every_section_on_cpu(tmp_path):
     out = str(tmp_path)
     result = subprocess.run(
         [sys.executable, os.path.join(BENCHMARKS, "gpu_suite.py"), "--smoke", "--out", out,
-         "--budget_s", "1500"],
-        capture_output=True, text=True, timeout=1600)
+         "--budget_s", "2400"],
+        capture_output=True, text=True, timeout=2500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = load(out, "summary")

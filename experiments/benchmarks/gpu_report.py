@@ -58,8 +58,8 @@ def render_step(data: dict) -> str:
              c.get("median_step_s"), c.get("images_per_s"), c.get("achieved_tflops"),
              percent(c.get("mfu_vs_spec_bf16_peak")), percent(c.get("mfu_vs_measured_bf16_peak")),
              c.get("compile_and_first_step_s"), c.get("loss")] for c in data.get("cases", [])]
-    model = next((c["model"] for c in data.get("cases", [])), "?")
-    return f"Model {model}, bf16 compute:\n\n" + table(
+    first = next(iter(data.get("cases", [])), {})
+    return f"Model {first.get('model', '?')}, {first.get('dtype', '?')}:\n\n" + table(
         ["driver", "batch", "status", "step s (median)", "images/s", "TFLOP/s (XLA count)",
          "MFU (data-sheet peak)", "MFU (same-run matmul)", "compile + 1st step s", "loss"], rows)
 

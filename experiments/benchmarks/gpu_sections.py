@@ -125,7 +125,7 @@ def attention_speed(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) 
 
 
 def step_program(parallelism: str, sizes: dict):
-    """(compiled step, state, batch, XLA FLOP count) of the bf16 train step under jit or a
+    """(compiled step, state, batch, XLA FLOP count) of the train step under jit or a
     one-device pmap; the state is donated."""
     import train_step as train_step_bench
 
@@ -135,7 +135,7 @@ def step_program(parallelism: str, sizes: dict):
     height, width = sizes["step_hw"]
     step_fn, state, batch = train_step_bench.build_step(
         sizes["step_model"], 19, sizes["step_batch"], height, width, axis_name=axis_name,
-        dtype=jnp.bfloat16)
+        dtype=getattr(jnp, sizes["step_dtype"]))
     if parallelism == "jit":
         lowered = jax.jit(step_fn, donate_argnums=0).lower(state, batch)
         return lowered.compile(), state, batch, models.summary_flops(lowered)
@@ -181,7 +181,7 @@ def train_step(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> No
     for parallelism in ("jit", "pmap"):
         case = {"model": sizes["step_model"], "parallelism": parallelism,
                 "batch": sizes["step_batch"], "height": height, "width": width,
-                "dtype": "bfloat16 compute, float32 parameters"}
+                "dtype": f"{sizes['step_dtype']} compute, float32 parameters"}
         run_case(recorder, "cases", case,
                  lambda parallelism=parallelism: time_steps(parallelism, sizes, out_dir, smoke),
                  min_left_s=min_left_s)

@@ -43,12 +43,14 @@ SIZES = {
     "full": dict(check_n=(1024, 1023), check_batch=2, check_channels=64,
                  speed_n=(4096, 8192, 16384, 32768, 65536), speed_batch=1, speed_channels=256,
                  step_model="dnl_r50-d8", step_hw=(512, 1024), step_batch=8, step_repeats=5,
+                 step_dtype="bfloat16",
                  matmul_size=8192),
-    # The smoke step is the FCN (the DNL block runs in attention_check): it proves the plumbing
-    # and compiles twice (jit, pmap) on CI's CPU.
+    # The smoke step is the float32 FCN (the DNL block runs in attention_check): it proves the
+    # plumbing and compiles twice (jit, pmap) on CI's CPU, where bfloat16 compiles slowly.
     "smoke": dict(check_n=(63,), check_batch=2, check_channels=16,
                   speed_n=(64,), speed_batch=1, speed_channels=16,
                   step_model="fcn_tiny", step_hw=(64, 64), step_batch=2, step_repeats=2,
+                  step_dtype="float32",
                   matmul_size=256),
 }
 # Dense bfloat16 tensor-core peaks from NVIDIA's data sheets (SXM parts), TFLOP/s, by the
