@@ -15,12 +15,14 @@ and weight) of Σ conv(x, w) · cotangent, for these JAX expressions of the same
   models run on CPU for >= `layers.MATMUL_GRAD_MIN_CHANNELS` input channels).
 
 Prints per layer the medians and `count ×` each, the sum over the model's convolutions (what
-the 3×3 convolutions cost one train step), and writes results/conv_vs_torch_<size>.{json,png}.
+the 3×3 convolutions cost one train step), and writes results/conv_vs_torch_<size>.{json,png}
+after every layer (rows of earlier runs at the same size are kept unless re-timed).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 
@@ -103,7 +105,7 @@ def torch_fns(x, w, cotangent, stride, dilation):
     return forward, forward_backward
 
 
-def time_layer(layer, size: int, batch: int, rounds: int) -> dict:
+def time_layer(layer, size: int, batch: int, rounds: int, variants=VARIANTS) -> dict:
     name, cin, cout, stride, dilation, fraction, count = layer
     side = size // fraction
     keys = jax.random.split(jax.random.key(0), 3)
@@ -113,7 +115,7 @@ def time_layer(layer, size: int, batch: int, rounds: int) -> dict:
     cotangent = jax.random.normal(keys[2], (batch, out_side, out_side, cout))
     reference = np.asarray(conv("xla", x, w, stride, dilation))
     fns = {}
-    for variant in VARIANTS:
+    for variant in variants:
         forward, forward_backward = jax_fns(variant, x, w, cotangent, stride, dilation)
         np.testing.assert_allclose(np.asarray(forward()), reference, rtol=2e-4, atol=2e-4)
         fns[f"{variant} fwd"], fns[f"{variant} fwd+bwd"] = forward, forward_backward
@@ -132,6 +134,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layers", default="", help="comma-separated name prefixes (default all)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"JAX expressions to time, of {VARIANTS}")
     parser.add_argument("--torch_threads", type=int, default=0,
                         help="torch.set_num_threads (0: torch's default). For one core on both "
                              "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
@@ -139,21 +143,32 @@ def main() -> None:
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    variants = tuple(v for v in args.variants.split(",") if v)
+    if not set(variants) <= set(VARIANTS):
+        parser.error(f"--variants {variants}: choose from {VARIANTS}.")
     chosen = [layer for layer in LAYERS if not args.layers or any(
         layer[0].startswith(prefix) for prefix in args.layers.split(","))]
-    load_before = os.getloadavg()[0]
-    rows = [time_layer(layer, args.size, args.batch, args.rounds) for layer in chosen]
-    columns = [f"{v} {k}" for k in ("fwd", "fwd+bwd") for v in (*VARIANTS, "torch")]
-    totals = {c: round(sum(r["count"] * r["median_s"][c] for r in rows), 3) for c in columns}
-    bench_utils.print_table(["layer", "×", "side", *columns], [
-        [r["layer"], r["count"], r["side"], *(r["median_s"][c] for c in columns)] for r in rows]
-        + [["**sum × count**", "", "", *(totals[c] for c in columns)]])
-    payload = dict(size=args.size, batch=args.batch, rounds=args.rounds, rows=rows,
-                   totals_s=totals, load_average_before=round(load_before, 2),
-                   load_average_after=round(os.getloadavg()[0], 2),
-                   machine=bench_utils.machine_description(), torch_threads=torch.get_num_threads())
     name = f"conv_vs_torch_{args.size}"
-    print("saved", bench_utils.save_json(name, payload))
+    path = os.path.join(bench_utils.RESULTS_DIR, f"{name}.json")
+    # Rows of earlier runs at this size stay unless re-measured (--layers re-times a few).
+    measured = {r["layer"]: r for r in (json.load(open(path))["rows"]
+                                        if os.path.exists(path) else [])}
+    for layer in chosen:
+        row = time_layer(layer, args.size, args.batch, args.rounds, variants)
+        measured[row["layer"]] = {**row, "load_average": round(os.getloadavg()[0], 2)}
+        rows = [measured[layer[0]] for layer in LAYERS if layer[0] in measured]
+        payload = dict(size=args.size, batch=args.batch, rows=rows,
+                       machine=bench_utils.machine_description(),
+                       torch_threads=torch.get_num_threads())
+        bench_utils.save_json(name, payload)  # after every layer: a killed run keeps its rows
+    columns = [f"{v} {k}" for k in ("fwd", "fwd+bwd") for v in (*VARIANTS, "torch")
+               if all(f"{v} {k}" in r["median_s"] for r in rows)]
+    totals = {c: round(sum(r["count"] * r["median_s"][c] for r in rows), 3) for c in columns}
+    bench_utils.print_table(["layer", "×", "side", *columns, "load"], [
+        [r["layer"], r["count"], r["side"], *(r["median_s"][c] for c in columns),
+         r.get("load_average")] for r in rows]
+        + [["**sum × count**", "", "", *(totals[c] for c in columns), ""]])
+    print("saved", bench_utils.save_json(name, {**payload, "totals_s": totals}))
     print("saved", bench_utils.save_figure(name, plot(payload, columns)))
 
 
@@ -168,8 +183,8 @@ def plot(payload: dict, columns: list[str]):
     positions = np.arange(len(rows))
     chosen = [c for c in columns if c.endswith("fwd+bwd")]
     for i, column in enumerate(chosen):
-        axis.bar(positions + (i - 2) * 0.16, [r["count"] * r["median_s"][column] for r in rows],
-                 0.16, label=column)
+        heights = [r["count"] * r["median_s"][column] for r in rows]
+        axis.bar(positions + (i - len(chosen) / 2) * 0.16, heights, 0.16, label=column)
     axis.set(xticks=positions, ylabel="seconds × count (median)",
              title=f"R50-D8 3×3 convolutions fwd+bwd, batch {payload['batch']} of "
                    f"{payload['size']}², float32")
