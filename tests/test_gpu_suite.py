@@ -26,7 +26,8 @@ def test_gpu_suite_smoke_runs_every_section_on_cpu(tmp_path):
 
     summary = load(out, "summary")
     for section in ("env", "attention_check", "train_step", "attention_speed"):
-        assert summary[section]["status"] == "ok", (section, summary[section], result.stdout[-3000:])
+        assert summary[section]["status"] == "ok", (section, summary[section],
+                                                    result.stdout[-3000:])
         assert load(out, section)["finished"] is True
 
     env = load(out, "env")

@@ -53,7 +53,7 @@ VARIANTS = ("xla", "taps", "im2col", "xla+mm")
 
 
 def shifted_slices(x, kernel: int, stride: int, dilation: int):
-    """The kernel² slices of the 'same'-padded `[B, H, W, C]` that meet each tap: `[B, Ho, Wo, C]`."""
+    """The kernel² slices of the 'same'-padded `[B, H, W, C]` meeting each tap: `[B, Ho, Wo, C]`."""
     pad = dilation * (kernel // 2)
     padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)

@@ -163,7 +163,8 @@ def time_steps(parallelism: str, sizes: dict, out_dir: str, smoke: bool) -> dict
     step_s = statistics.median(times)
     loss = float(np.ravel(np.asarray(metrics["loss"]))[0])
     row = {"compile_and_first_step_s": round(compile_s, 2), "step_s": [round(t, 4) for t in times],
-           "median_step_s": round(step_s, 4), "images_per_s": round(sizes["step_batch"] / step_s, 2),
+           "median_step_s": round(step_s, 4),
+           "images_per_s": round(sizes["step_batch"] / step_s, 2),
            "loss": round(loss, 4), "loss_finite": bool(np.isfinite(loss))}
     if flops:
         tflops = flops / step_s / 1e12

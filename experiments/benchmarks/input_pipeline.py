@@ -13,7 +13,8 @@ wall time.
 
 Video: Kinetics-like videos (340×256 after preparation's short side 256, 300 stored frames)
 through `transforms.VideoTrainTransform` (32 frames, stride 2, short side U[256, 320], 224 crop):
-clips/s (and per CPU-second) with the stored JPEGs decoded lazily (only the clip's 32 frames; `video.EncodedFrames`)
+clips/s (and per CPU-second) with the stored JPEGs decoded lazily (only the clip's 32 frames;
+`video.EncodedFrames`)
 and, for comparison, with every stored frame decoded first (the behaviour before issue 16).
 
 The images are synthetic (smooth colour fields plus noise, so PNG sizes are in the range of
