@@ -64,6 +64,21 @@ def block_jax_results(result):
     return jax.block_until_ready([r for r in jax.tree.leaves(result) if isinstance(r, jax.Array)])
 
 
+def add_torch_threads_argument(parser) -> None:
+    """`--torch_threads` of the scripts that compare against PyTorch."""
+    parser.add_argument("--torch_threads", type=int, default=0,
+                        help="torch.set_num_threads (0: torch's default). For one core on both "
+                             "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+                             "intra_op_parallelism_threads=1'")
+
+
+def set_torch_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
     """Same-run float32 matmul throughput of this machine under jit: 2·size³ FLOP per call."""
     a = jax.random.normal(jax.random.PRNGKey(0), (size, size))

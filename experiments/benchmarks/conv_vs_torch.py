@@ -136,13 +136,9 @@ def main() -> None:
     parser.add_argument("--layers", default="", help="comma-separated name prefixes (default all)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"JAX expressions to time, of {VARIANTS}")
-    parser.add_argument("--torch_threads", type=int, default=0,
-                        help="torch.set_num_threads (0: torch's default). For one core on both "
-                             "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
-                             "intra_op_parallelism_threads=1'")
+    bench_utils.add_torch_threads_argument(parser)
     args = parser.parse_args()
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    bench_utils.set_torch_threads(args.torch_threads)
     variants = tuple(v for v in args.variants.split(",") if v)
     if not set(variants) <= set(VARIANTS):
         parser.error(f"--variants {variants}: choose from {VARIANTS}.")

@@ -164,13 +164,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ab", action="store_true",
                         help="also time our step with XLA's own conv gradients (before issue 16)")
-    parser.add_argument("--torch_threads", type=int, default=0,
-                        help="torch.set_num_threads (0: torch's default). For one core on both "
-                             "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
-                             "intra_op_parallelism_threads=1'")
+    bench_utils.add_torch_threads_argument(parser)
     args = parser.parse_args()
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    bench_utils.set_torch_threads(args.torch_threads)
     unknown = sorted(set(args.models.split(",")) - set(CONTEXT))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {sorted(CONTEXT)}.")
