@@ -91,7 +91,8 @@ def conv_or_pointwise_matmul(
     (`[B, *spatial, Cin]` × `[1, ..., 1, Cin, Cout]`): then out = lhs @ rhs[..., :, :], the same
     numbers up to float rounding. Why: XLA:CPU runs 1×1 convolutions ~3.5× slower than the
     equivalent matmul (fwd+bwd, 128×128×512 → 256, measured for issue 6); the non-local blocks'
-    projections are all 1×1.
+    projections are all 1×1. The matmul gradients are off by default (see
+    `MATMUL_GRAD_MIN_CHANNELS`).
     """
     window = rhs.shape[:-2]
     unpadded = padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
@@ -99,8 +100,8 @@ def conv_or_pointwise_matmul(
              and not kwargs and _channel_last(dimension_numbers, lhs.ndim))
     if plain and unpadded and all(w == 1 for w in window) and all(s == 1 for s in window_strides):
         return jnp.einsum("...c,cf->...f", lhs, rhs.reshape(rhs.shape[-2:]), precision=precision)
-    if (plain and precision is None and lhs.ndim == 4 and rhs.shape[-2] >= MATMUL_GRAD_MIN_CHANNELS
-            and jax.default_backend() == "cpu"):
+    if (plain and precision is None and lhs.ndim == 4 and MATMUL_GRAD_MIN_CHANNELS is not None
+            and rhs.shape[-2] >= MATMUL_GRAD_MIN_CHANNELS and jax.default_backend() == "cpu"):
         if isinstance(padding, str):
             dilated = [(w - 1) * d + 1 for w, d in zip(window, rhs_dilation or (1, 1))]
             padding = jax.lax.padtype_to_pads(lhs.shape[1:3], dilated, window_strides, padding)
@@ -114,13 +115,14 @@ def conv_or_pointwise_matmul(
     )
 
 
-# XLA:CPU computes a convolution's gradients (above all the weight gradient) several times
-# slower than its forward pass; the same gradients from im2col matmuls run at the machine's
-# matmul speed. Measured fwd+bwd (experiments/benchmarks/conv_vs_torch.py, 2×256² R50-D8):
-# stage-4 3×3 512→512 (32×32, dilation 4) 1.66 s → 0.87 s, head 3×3 2048→512 8.19 s → 4.88 s.
-# Below this many input channels the gain is small and the tiny CPU models (demo, tests) keep
-# XLA's own gradients bit for bit.
-MATMUL_GRAD_MIN_CHANNELS = 256
+# Input channels from which a CPU k×k convolution takes its gradients from im2col matmuls
+# (`conv_with_matmul_gradients`); None = never (the default). Measured for issue 16
+# (experiments/benchmarks/RESULTS.md (g), (i)): on the 2 cores shared by 7 jobs (load ~20) the
+# matmul gradients cut a wide layer's fwd+bwd by 25-46% and the DNL R50-D8 step (2×256²) by
+# 28%, but on the quiet machine the same step was slower with them (7.55 s vs 5.89 s median of 3
+# interleaved rounds), so they stay opt-in (e.g. 256) until a quiet-machine benchmark says
+# otherwise.
+MATMUL_GRAD_MIN_CHANNELS: Optional[int] = None
 
 
 def _im2col_conv(lhs: Array, rhs: Array, strides, padding, dilation) -> Array:

@@ -12,7 +12,7 @@ and weight) of Σ conv(x, w) · cotangent, for these JAX expressions of the same
   matmuls whose gradients autodiff turns into matmuls as well;
 - im2col: the 9 slices concatenated on channels, one matmul with w reshaped to [9·Cin, Cout];
 - xla+mm: `layers.conv_with_matmul_gradients`, XLA's forward with im2col's gradients (what the
-  models run on CPU for >= `layers.MATMUL_GRAD_MIN_CHANNELS` input channels).
+  models run on CPU from `layers.MATMUL_GRAD_MIN_CHANNELS` input channels, when it is set).
 
 Prints per layer the medians and `count ×` each, the sum over the model's convolutions (what
 the 3×3 convolutions cost one train step), and writes results/conv_vs_torch_<size>.{json,png}

@@ -18,8 +18,8 @@ The contenders of a (model, size) run round-robin for `--rounds` rounds after a 
 call each (compilation), so all see the same stretch of a shared machine's load; the table gives
 medians and the ratio PyTorch time / our time (> 1: we are faster). Writes
 results/train_step_vs_torch.{json,png} (merged with earlier runs by (model, size)). `--ab` adds
-our step compiled with XLA's own convolution gradients everywhere (the step before issue 16's
-`layers.conv_with_matmul_gradients`) to the same rounds.
+our step with the wide convolutions' gradients from matmuls (`layers.MATMUL_GRAD_MIN_CHANNELS`
+= 256, off by default) to the same rounds.
 """
 
 from __future__ import annotations
@@ -93,19 +93,20 @@ def torch_contenders(model: str, images: np.ndarray, labels: np.ndarray):
     return forward, step
 
 
-def jax_contenders(model: str, batch_size: int, size: int, with_xla_conv_grads: bool):
+def jax_contenders(model: str, batch_size: int, size: int, with_matmul_conv_grads: bool):
     """{name: closure} of ours and (images, labels); the step carries its donated state along.
-    With `with_xla_conv_grads`, also the step compiled with XLA's own convolution gradients
-    everywhere ('jax_step_xla_conv_grads', the step before issue 16), for an A/B in one run."""
+    With `with_matmul_conv_grads`, also the step compiled with `layers.MATMUL_GRAD_MIN_CHANNELS`
+    = 256 ('jax_step_matmul_conv_grads': wide convolutions' gradients from matmuls), for an A/B
+    in one run."""
     step_fn, state, batch = train_step_bench.build_step(model, NUM_CLASSES, batch_size, size, size)
     bundle = models.get_model(model, NUM_CLASSES)
     apply = jax.jit(lambda params, stats, x: bundle.module.apply(
         {"params": params, "batch_stats": stats}, x, train=False)["logits"])
     compile_step = lambda: jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()  # noqa
     steps = {"jax_step": compile_step()}
-    if with_xla_conv_grads:
-        with xla_conv_gradients():
-            steps["jax_step_xla_conv_grads"] = compile_step()
+    if with_matmul_conv_grads:
+        with matmul_conv_gradients():
+            steps["jax_step_matmul_conv_grads"] = compile_step()
     holder = {"state": state}
 
     def forward():
@@ -122,10 +123,10 @@ def jax_contenders(model: str, batch_size: int, size: int, with_xla_conv_grads: 
 
 
 @contextlib.contextmanager
-def xla_conv_gradients():
-    """Within: models traced use XLA's convolution gradients for every width (the threshold of
-    `layers.conv_or_pointwise_matmul` is read at trace time)."""
-    saved, layers.MATMUL_GRAD_MIN_CHANNELS = layers.MATMUL_GRAD_MIN_CHANNELS, 10**9
+def matmul_conv_gradients():
+    """Within: models traced take the gradients of convolutions with >= 256 input channels from
+    matmuls (`layers.MATMUL_GRAD_MIN_CHANNELS` is read at trace time)."""
+    saved, layers.MATMUL_GRAD_MIN_CHANNELS = layers.MATMUL_GRAD_MIN_CHANNELS, 256
     try:
         yield
     finally:
@@ -146,8 +147,8 @@ def compare(model: str, size: int, batch_size: int, rounds: int, ab: bool) -> di
                median_s={k: round(v, 3) for k, v in medians.items()},
                forward_ratio=round(medians["torch_forward"] / medians["jax_forward"], 3),
                step_ratio=round(medians["torch_step"] / medians["jax_step"], 3),
-               **({"step_ratio_xla_conv_grads": round(
-                   medians["torch_step"] / medians["jax_step_xla_conv_grads"], 3)} if ab else {}),
+               **({"step_ratio_matmul_conv_grads": round(
+                   medians["torch_step"] / medians["jax_step_matmul_conv_grads"], 3)} if ab else {}),
                load_average_before=round(load_before, 2),
                load_average_after=round(os.getloadavg()[0], 2),
                timed_s=round(time.perf_counter() - start, 1))
@@ -163,7 +164,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ab", action="store_true",
-                        help="also time our step with XLA's own conv gradients (before issue 16)")
+                        help="also time our step with matmul conv gradients (>= 256 channels)")
     bench_utils.add_torch_threads_argument(parser)
     args = parser.parse_args()
     bench_utils.set_torch_threads(args.torch_threads)
@@ -173,12 +174,12 @@ def main() -> None:
     rows = [compare(model, int(size), args.batch, args.rounds, args.ab)
             for size in args.sizes.split(",") for model in args.models.split(",")]
     header = ["model", "size", "ours fwd s", "torch fwd s", "fwd ratio", "ours step s",
-              "torch step s", "step ratio", "ours step, XLA conv grads s (--ab)", "load avg"]
+              "torch step s", "step ratio", "ours step, matmul conv grads s (--ab)", "load avg"]
     bench_utils.print_table(header, [[
         r["model"], f"{r['batch']}×{r['size']}²", r["median_s"]["jax_forward"],
         r["median_s"]["torch_forward"], r["forward_ratio"], r["median_s"]["jax_step"],
         r["median_s"]["torch_step"], r["step_ratio"],
-        r["median_s"].get("jax_step_xla_conv_grads", "-"),
+        r["median_s"].get("jax_step_matmul_conv_grads", "-"),
         f"{r['load_average_before']}→{r['load_average_after']}"] for r in rows])
     save(rows)
 
