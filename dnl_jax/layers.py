@@ -9,6 +9,8 @@ are channel-last: inputs `[B, *spatial, C]` with 1 to 3 spatial dims, kernels `[
 
 from __future__ import annotations
 
+import functools
+import itertools
 from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -82,28 +84,87 @@ def conv_or_pointwise_matmul(
     lhs: Array, rhs: Array, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
     dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs,
 ) -> Array:
-    """`lax.conv_general_dilated`, except that a 1×1 convolution is computed as a matmul.
+    """`lax.conv_general_dilated`, except that a 1×1 convolution is computed as a matmul, and, on
+    CPU, a wide 2-D k×k convolution gets its gradients from matmuls (`conv_with_matmul_gradients`).
 
     1×1 = unit window, unit strides, no padding or input dilation, one group, channel-last
     (`[B, *spatial, Cin]` × `[1, ..., 1, Cin, Cout]`): then out = lhs @ rhs[..., :, :], the same
     numbers up to float rounding. Why: XLA:CPU runs 1×1 convolutions ~3.5× slower than the
     equivalent matmul (fwd+bwd, 128×128×512 → 256, measured for issue 6); the non-local blocks'
-    projections are all 1×1.
+    projections are all 1×1. The matmul gradients are off by default (see
+    `MATMUL_GRAD_MIN_CHANNELS`).
     """
     window = rhs.shape[:-2]
     unpadded = padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
-    pointwise = (
-        all(w == 1 for w in window) and all(s == 1 for s in window_strides) and unpadded
-        and all(d == 1 for d in (lhs_dilation or ())) and feature_group_count == 1
-        and not kwargs and _channel_last(dimension_numbers, lhs.ndim)
-    )
-    if pointwise:
+    plain = (all(d == 1 for d in (lhs_dilation or ())) and feature_group_count == 1
+             and not kwargs and _channel_last(dimension_numbers, lhs.ndim))
+    if plain and unpadded and all(w == 1 for w in window) and all(s == 1 for s in window_strides):
         return jnp.einsum("...c,cf->...f", lhs, rhs.reshape(rhs.shape[-2:]), precision=precision)
+    if (plain and precision is None and lhs.ndim == 4 and MATMUL_GRAD_MIN_CHANNELS is not None
+            and rhs.shape[-2] >= MATMUL_GRAD_MIN_CHANNELS and jax.default_backend() == "cpu"):
+        if isinstance(padding, str):
+            dilated = [(w - 1) * d + 1 for w, d in zip(window, rhs_dilation or (1, 1))]
+            padding = jax.lax.padtype_to_pads(lhs.shape[1:3], dilated, window_strides, padding)
+        return conv_with_matmul_gradients(lhs, rhs, tuple(window_strides),
+                                          tuple(tuple(p) for p in padding),
+                                          tuple(rhs_dilation or (1, 1)))
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         precision=precision, **kwargs,
     )
+
+
+# Input channels from which a CPU k×k convolution takes its gradients from im2col matmuls
+# (`conv_with_matmul_gradients`); None = never (the default). Measured for issue 16
+# (experiments/benchmarks/RESULTS.md (g), (i)): on the 2 cores shared by 7 jobs (load ~20) the
+# matmul gradients cut a wide layer's fwd+bwd by 25-46% and the DNL R50-D8 step (2×256²) by
+# 28%, but on the quiet machine the same step was slower with them (7.55 s vs 5.89 s median of 3
+# interleaved rounds), so they stay opt-in (e.g. 256) until a quiet-machine benchmark says
+# otherwise.
+MATMUL_GRAD_MIN_CHANNELS: Optional[int] = None
+
+
+def _im2col_conv(lhs: Array, rhs: Array, strides, padding, dilation) -> Array:
+    """The convolution as one matmul over its patches: `[B, H, W, Cin]` × `[kh, kw, Cin, Cout]`
+    → `[B, Ho, Wo, Cout]` (patches `[B, Ho, Wo, kh·kw·Cin]`, tap-major like `rhs`)."""
+    padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    window = rhs.shape[:2]
+    out = [(padded.shape[1 + a] - (window[a] - 1) * dilation[a] - 1) // strides[a] + 1
+           for a in range(2)]
+    patches = []
+    for offsets in itertools.product(*(range(w) for w in window)):
+        start = [o * d for o, d in zip(offsets, dilation)]
+        limit = [s + (n - 1) * st + 1 for s, n, st in zip(start, out, strides)]
+        patches.append(jax.lax.slice(padded, (0, *start, 0), (lhs.shape[0], *limit, lhs.shape[3]),
+                                     (1, *strides, 1)))
+    return jnp.concatenate(patches, axis=-1) @ rhs.reshape(-1, rhs.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_with_matmul_gradients(lhs: Array, rhs: Array, strides: tuple, padding: tuple,
+                               dilation: tuple) -> Array:
+    """2-D channel-last convolution (`[B, H, W, Cin]` × `[kh, kw, Cin, Cout]`, explicit
+    `padding` ((top, bottom), (left, right)), kernel `dilation`) → `[B, Ho, Wo, Cout]`.
+
+    The forward pass is XLA's convolution (the same numbers as `lax.conv_general_dilated`); the
+    backward pass differentiates the im2col form (`_im2col_conv`), so both gradients are matmuls
+    (equal up to float rounding). Costs a `[B, Ho, Wo, kh·kw·Cin]` patch array in the backward.
+    """
+    return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, rhs_dilation=dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_forward(lhs, rhs, strides, padding, dilation):
+    return conv_with_matmul_gradients(lhs, rhs, strides, padding, dilation), (lhs, rhs)
+
+
+def _conv_backward(strides, padding, dilation, residuals, cotangent):
+    _, vjp = jax.vjp(lambda x, w: _im2col_conv(x, w, strides, padding, dilation), *residuals)
+    return vjp(cotangent.astype(jnp.result_type(*residuals)))
+
+
+conv_with_matmul_gradients.defvjp(_conv_forward, _conv_backward)
 
 
 def _channel_last(dimension_numbers, ndim: int) -> bool:

@@ -32,12 +32,35 @@ def test_class_folders(tmp_path):
     assert example["label"] == 0
     assert example["video"].shape == (4, 8, 12, 3) and example["video"].dtype == np.uint8
     # Flat green frames survive mpeg4 + JPEG within a few grey levels.
-    np.testing.assert_allclose(example["video"].reshape(-1, 3).mean(0), (40, 200, 40), atol=12)
+    np.testing.assert_allclose(np.asarray(example["video"]).reshape(-1, 3).mean(0), (40, 200, 40),
+                               atol=12)
     val = load_split("kinetics", "val", str(tmp_path / "out"))
     assert len(val) == 1 and val[0]["label"] == 1
     clip = transforms.video_train_augment(val[0], np.random.default_rng(0), clip_len=2, stride=2,
                                           crop_size=6, short_side_range=(8, 8))
     assert clip["video"].shape == (2, 6, 6, 3)
+    assert_clip_decodes_only_its_frames(train[1])
+
+
+def assert_clip_decodes_only_its_frames(example):
+    """A source's video decodes lazily: a clip of 2 frames (stride 2) decodes 2 of the 4 stored
+    JPEGs, and gives the pixels the full decode gives."""
+    frames = example["video"]
+    full = np.asarray(frames)
+    decoded = []
+    decode = frames._decode
+    frames._decode = lambda data: decoded.append(data) or decode(data)
+    rng = np.random.default_rng(3)
+    indices = transforms.random_clip_indices(len(frames), np.random.default_rng(3), clip_len=2,
+                                             stride=2)
+    clip = transforms.video_train_augment(example, rng, clip_len=2, stride=2, crop_size=8,
+                                          short_side_range=(8, 8))
+    assert len(decoded) == 2 and clip["video"].shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(frames[indices], full[indices])
+    np.testing.assert_array_equal(frames[1:3], full[1:3])
+    np.testing.assert_array_equal(frames[-1], full[-1])
+    with pytest.raises(TypeError, match="1-D int array"):
+        frames[:, 0]
 
 
 def test_kinetics_csv_and_bad_videos(tmp_path):

@@ -27,6 +27,7 @@ import os
 from typing import Iterator, Optional
 
 import grain
+from absl import flags
 import ml_collections
 import numpy as np
 
@@ -117,28 +118,51 @@ def train_transform(data: ml_collections.ConfigDict,
         ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
 
 
+def worker_settings(data: ml_collections.ConfigDict) -> dict:
+    """`train_dataset`'s worker kwargs from `config.data` (worker_processes, worker_threads)."""
+    return {"worker_processes": int(data.worker_processes),
+            "worker_threads": int(data.worker_threads)}
+
+
 def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
                   process_count: int,
-                  transform: Optional[grain.transforms.RandomMap] = None) -> grain.IterDataset:
+                  transform: Optional[grain.transforms.RandomMap] = None,
+                  worker_processes: int = 0,
+                  worker_threads: int = AUGMENT_THREADS) -> grain.IterDataset:
     """Infinite per-host batches `{'image': [b, ...], 'label': [b, ...]}` (b = local_batch).
 
     `transform` (a RandomMap, e.g. `train_transform(config.data)`) is applied to the shuffled,
-    repeated stream, so every epoch draws new augmentations (module docstring).
+    repeated stream, so every epoch draws new augmentations (module docstring). With a transform,
+    `worker_threads` threads in each process augment batches ahead of the step and, when
+    `worker_processes` > 0, that many grain worker processes (multiprocessing prefetch) do so
+    in parallel, past the one Python interpreter's lock; the batches are the same either way.
     Iterate with `iter(...)`; the iterator has `get_state()`/`set_state()`.
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    if worker_processes < 0 or worker_threads < 0:
+        raise ValueError(f"config.data.worker_processes={worker_processes} and "
+                         f"config.data.worker_threads={worker_threads} must be >= 0 (0 processes:"
+                         " augment in this process; 0 threads: no read-ahead).")
     stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
     if transform is not None:
         stream = stream.random_map(transform, seed=seed)
     chunks = stream.batch(local_batch, drop_remainder=True)
     # Synthetic: no threads, examples are cheap to draw and the cores are better spent on the
-    # step. Augmenting decoded photographs is not cheap: a few threads prepare the next batches
-    # (a small buffer: each is a whole batch). Either way the state is the next chunk's index.
-    options = (grain.ReadOptions(num_threads=0, prefetch_buffer_size=0) if transform is None
-               else grain.ReadOptions(num_threads=AUGMENT_THREADS,
-                                      prefetch_buffer_size=AUGMENT_THREADS))
-    return chunks[process_index::process_count].to_iter_dataset(options)
+    # step. Augmenting decoded photographs is not cheap: threads (and worker processes, if
+    # asked) prepare the next batches (a small buffer: each is a whole batch). Either way the
+    # state is the next chunk's index.
+    threads = 0 if transform is None else worker_threads
+    dataset = chunks[process_index::process_count].to_iter_dataset(
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
+    if transform is not None and worker_processes > 0:
+        # grain's workers read absl flags; outside an absl app (tests, notebooks) nobody parsed
+        # them, so take their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=worker_processes, per_worker_buffer_size=2))
+    return dataset
 
 
 def num_eval_batches(num_examples: int, *, local_batch: int, process_count: int) -> int:

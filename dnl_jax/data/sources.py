@@ -2,7 +2,8 @@
 
 `load_split(name, split, data_dir)` → a source with `len()` and `source[i]`:
   segmentation: {'image': uint8 [H, W, 3], 'label': uint8 [H, W]} (train ids, 255 = ignore)
-  video:        {'video': uint8 [T, H, W, 3], 'label': int32 scalar}
+  video:        {'video': `video.EncodedFrames` (acts as uint8 [T, H, W, 3]; indexing decodes
+                 only the frames asked for), 'label': int32 scalar}
 plus 'name' (the raw file's id) when `with_names=True`, for writing predictions.
 
 The data are the array_record files that the tfds builders (`builders.py`) wrote under
@@ -18,6 +19,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from dnl_jax.data import video
 
 VERSION = "1.0.0"  # of every dataset the tfds builders in builders.py write
 
@@ -43,11 +46,16 @@ class PreparedSource:
         self.metadata: dict[str, Any] = dict(info.metadata)
         self.classes: list[str] = list(self.metadata["classes"])
         self.is_video = self.metadata["task"] == "video"
-        self._source = None  # opened lazily, per process
+        self._source = self._decode_frame = None  # opened lazily, per process
 
     def _records(self):
         if self._source is None:
-            self._source = _open_builder(self._builder_dir, self.name).as_data_source(self.split)
+            builder = _open_builder(self._builder_dir, self.name)
+            # Video frames stay JPEG bytes until a transform picks a clip's frames.
+            decoders = {"video": _keep_encoded()} if self.is_video else None
+            self._source = builder.as_data_source(self.split, decoders=decoders)
+            if self.is_video:
+                self._decode_frame = builder.info.features["video"].feature.decode_example_np
         return self._source
 
     def __len__(self) -> int:
@@ -59,7 +67,8 @@ class PreparedSource:
             raise IndexError(f"index {index} out of range for {len(self)} examples.")
         record = self._records()[index]
         if self.is_video:
-            example = {"video": np.stack(record["video"]), "label": np.int32(record["label"])}
+            example = {"video": video.EncodedFrames(record["video"], self._decode_frame),
+                       "label": np.int32(record["label"])}
         else:
             example = {"image": record["image"], "label": record["label"][..., 0]}
         if self.with_names:
@@ -68,11 +77,22 @@ class PreparedSource:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_source"] = None
+        state["_source"] = state["_decode_frame"] = None
         return state
 
     def __repr__(self) -> str:
         return f"PreparedSource({self.name}/{self.split}, n={len(self)})"
+
+
+def _keep_encoded():
+    """A tfds decoder that hands a sequence feature's serialized items (JPEG bytes) through."""
+    import tensorflow_datasets as tfds
+
+    class KeepEncoded(tfds.decode.SkipDecoding):
+        def decode_batch_example_np(self, serialized):
+            return serialized
+
+    return KeepEncoded()
 
 
 def _open_builder(builder_dir: str, name: str, data_dir: str | None = None):

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import multiprocessing
 import os
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -51,6 +52,60 @@ def decode_video(path: str, *, short_side: int, max_frames: int) -> list[np.ndar
         keep = np.linspace(0, len(frames) - 1, max_frames).round().astype(int)
         frames = [frames[i] for i in keep]
     return frames
+
+
+class EncodedFrames:
+    """A stored video's JPEG frames, decoded when indexed: `frames[indices]` decodes only those.
+
+    Stands in for the uint8 `[T, H, W, 3]` array where the transforms read it (`len`, `.shape`,
+    `.dtype`, an int, a slice or a 1-D index array), so a clip of 32 frames decodes 32 JPEGs,
+    not the ~300 a Kinetics video stores. `np.asarray(frames)` decodes all of them.
+
+    Args:
+      encoded: the frames' JPEG bytes, in order.
+      decode: bytes → uint8 `[H, W, 3]` (the dataset feature's own decoder, so the pixels are
+        the same as a full decode's).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, encoded: Sequence[bytes], decode: Callable[[bytes], np.ndarray]):
+        if len(encoded) == 0:
+            raise ValueError("a stored video has no frames; prepare the dataset again.")
+        self._encoded, self._decode, self._frame_shape = list(encoded), decode, None
+
+    def __len__(self) -> int:
+        return len(self._encoded)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """`(T, H, W, 3)`, read from the first frame's JPEG header (no decoding)."""
+        if self._frame_shape is None:
+            with Image.open(io.BytesIO(self._encoded[0])) as image:
+                self._frame_shape = (image.height, image.width, 3)
+        return (len(self), *self._frame_shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """uint8 `[H, W, 3]` for an int; `[k, H, W, 3]` for a slice or 1-D int index array
+        (each distinct frame decoded once)."""
+        if isinstance(index, (int, np.integer)):
+            return self._decode(self._encoded[index])
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        positions = np.asarray(index)
+        if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
+            raise TypeError(f"EncodedFrames takes an int, a slice or a 1-D int array of frame "
+                            f"indices; got {index!r}. Use np.asarray(frames) for other indexing.")
+        decoded = {int(i): self._decode(self._encoded[i]) for i in np.unique(positions)}
+        return np.stack([decoded[int(i)] for i in positions])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        frames = self[np.arange(len(self))]
+        return frames if dtype is None else frames.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"EncodedFrames({len(self)} JPEG frames)"
 
 
 def _resize_short_side(image: Image.Image, short_side: int) -> np.ndarray:

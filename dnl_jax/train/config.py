@@ -106,6 +106,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.clip_len = 32
     c.data.frame_stride = 2
     c.data.short_side_range = (256, 320)
+    # Input workers of prepared datasets (perf, issue 16): grain worker processes that decode and
+    # augment batches in parallel (0 = in this process), and read-ahead threads per process.
+    c.data.worker_processes = 0
+    c.data.worker_threads = 4
 
     c.batch_size = 16  # global, over all hosts and devices
     c.total_steps = 100

@@ -114,7 +114,8 @@ def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     dataset = pipeline.train_dataset(
         train_source, seed=config.data.seed, local_batch=config.batch_size // jax.process_count(),
         process_index=jax.process_index(), process_count=jax.process_count(),
-        transform=pipeline.train_transform(config.data, bundle.task))
+        transform=pipeline.train_transform(config.data, bundle.task),
+        **pipeline.worker_settings(config.data))
     checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      every_steps=config.checkpoint.every_steps,
                                      keep=config.checkpoint.keep,

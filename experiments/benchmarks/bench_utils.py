@@ -22,7 +22,9 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     device = jax.devices()[0]
-    return f"{cpu}, {os.cpu_count()} cores visible, JAX {jax.__version__} on {device.device_kind}"
+    flags = os.environ.get("XLA_FLAGS", "")
+    return (f"{cpu}, {os.cpu_count()} cores visible, JAX {jax.__version__} on "
+            f"{device.device_kind}" + (f", XLA_FLAGS={flags!r}" if flags else ""))
 
 
 def time_call(fn: Callable[[], object], repeats: int = 3, block=jax.block_until_ready) -> float:
@@ -55,6 +57,26 @@ def time_interleaved(fns: dict, repeats: int = 3, block=jax.block_until_ready) -
             block(fn())
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def block_jax_results(result):
+    """Waits for the JAX arrays in `result` (a PyTorch result beside them is already computed)."""
+    return jax.block_until_ready([r for r in jax.tree.leaves(result) if isinstance(r, jax.Array)])
+
+
+def add_torch_threads_argument(parser) -> None:
+    """`--torch_threads` of the scripts that compare against PyTorch."""
+    parser.add_argument("--torch_threads", type=int, default=0,
+                        help="torch.set_num_threads (0: torch's default). For one core on both "
+                             "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+                             "intra_op_parallelism_threads=1'")
+
+
+def set_torch_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:

@@ -18,9 +18,12 @@ import time
 import bench_utils
 
 
-def build_step(model: str, num_classes: int, batch_size: int, height: int, width: int):
-    """(jitted train step, initial `TrainState`, random batch) for a registry segmentation model,
-    with mmseg's SGD settings (lr 0.01, momentum 0.9, weight decay 5e-4, poly schedule)."""
+def build_step(model: str, num_classes: int, batch_size: int, height: int, width: int,
+               axis_name=None, **overrides):
+    """(train step function, not jitted; initial `TrainState`; random batch) for a registry
+    segmentation model with mmseg's SGD settings (lr 0.01, momentum 0.9, weight decay 5e-4, poly
+    schedule). `overrides` go to `models.get_model` (e.g. dtype=jnp.bfloat16); `axis_name` names
+    the pmap axis for the model's batch norm and the step's gradient mean (None under jit)."""
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -28,7 +31,7 @@ def build_step(model: str, num_classes: int, batch_size: int, height: int, width
     from dnl_jax import models
     from dnl_jax.train import step as step_lib
 
-    bundle = models.get_model(model, num_classes)
+    bundle = models.get_model(model, num_classes, axis_name=axis_name, **overrides)
     images = jax.random.normal(jax.random.key(0), (batch_size, height, width, 3), jnp.float32)
     labels = jax.random.randint(jax.random.key(1), (batch_size, height, width), 0, num_classes)
     batch = {"image": images, "label": labels.astype(jnp.int32)}
@@ -43,8 +46,7 @@ def build_step(model: str, num_classes: int, batch_size: int, height: int, width
         step=jnp.zeros((), jnp.int32), params=variables["params"],
         batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
         rng=jax.random.key_data(jax.random.key(3)))
-    train_step = jax.jit(step_lib.make_train_step(bundle, optimizer, schedule))
-    return train_step, state, batch
+    return step_lib.make_train_step(bundle, optimizer, schedule, axis_name=axis_name), state, batch
 
 
 def main() -> None:
@@ -63,7 +65,8 @@ def main() -> None:
     from dnl_jax import models
 
     height, width = (int(s) for s in args.size.split(","))
-    train_step, state, batch = build_step(args.model, args.num_classes, args.batch, height, width)
+    step_fn, state, batch = build_step(args.model, args.num_classes, args.batch, height, width)
+    train_step = jax.jit(step_fn, donate_argnums=0)
 
     start = time.perf_counter()
     lowered = train_step.lower(state, batch)

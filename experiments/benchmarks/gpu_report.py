@@ -1,0 +1,105 @@
+"""Markdown tables (for RESULTS.md and the README) from the JSON files `gpu_suite.py` wrote:
+
+    python experiments/benchmarks/gpu_report.py DIR [--smoke]
+
+Reads DIR/gpu_<section>.json; a missing file or case shows as such, never as a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from gpu_suite import SECTIONS, output_path
+
+
+def load(out_dir: str, section: str, smoke: bool) -> dict:
+    try:
+        with open(output_path(out_dir, section, smoke)) as f:
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        return {"error": f"no results ({type(error).__name__})"}
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("-" if c is None else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def short(status: str, length: int = 70) -> str:
+    return status if len(status) <= length else status[:length] + "…"
+
+
+def percent(fraction) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
+
+
+def render_env(data: dict) -> str:
+    peaks = {row["dtype"]: row.get("tflops", row["status"]) for row in data.get("matmul_peak", [])}
+    return (f"Device: **{data.get('device_kind', '?')}** ({data.get('platform', '?')}, "
+            f"{data.get('memory_limit_gib', '?')} GiB usable), JAX {data.get('jax_version', '?')}. "
+            f"Same-run matmul peak: bf16 {peaks.get('bfloat16', '-')} TFLOP/s, f32 "
+            f"{peaks.get('float32', '-')} TFLOP/s; data-sheet bf16 dense peak "
+            f"{data.get('bf16_spec_peak_tflops') or 'unknown'} TFLOP/s.")
+
+
+def render_check(data: dict) -> str:
+    rows = [[c["n"], c["dtype"], c["implementation"], short(c["status"]),
+             " / ".join(c.get("relative_errors_out_dq_dk_dv_dunary", [])) or None,
+             c.get("within_tolerance"), c.get("auto_choice")] for c in data.get("cases", [])]
+    return table(["N", "dtype", "kernel", "status", "rel. error out / dq / dk / dv / dunary",
+                  "within tolerance", "auto picks"], rows)
+
+
+def render_step(data: dict) -> str:
+    rows = [[c["parallelism"], f"{c['batch']}×{c['height']}×{c['width']}", short(c["status"]),
+             c.get("median_step_s"), c.get("images_per_s"), c.get("achieved_tflops"),
+             percent(c.get("mfu_vs_spec_bf16_peak")), percent(c.get("mfu_vs_measured_bf16_peak")),
+             c.get("compile_and_first_step_s"), c.get("loss")] for c in data.get("cases", [])]
+    first = next(iter(data.get("cases", [])), {})
+    return f"Model {first.get('model', '?')}, {first.get('dtype', '?')}:\n\n" + table(
+        ["driver", "batch", "status", "step s (median)", "images/s", "TFLOP/s (XLA count)",
+         "MFU (data-sheet peak)", "MFU (same-run matmul)", "compile + 1st step s", "loss"], rows)
+
+
+def render_speed(data: dict) -> str:
+    rows = [[c["n"], c["implementation"], short(c["status"]), c.get("fwd_bwd_s"), c.get("tflops"),
+             percent(c.get("fraction_of_spec_bf16_peak")),
+             percent(c.get("fraction_of_measured_bf16_peak")), c.get("compiled_gib")]
+            for c in data.get("cases", [])]
+    first = next(iter(data.get("cases", [])), {})
+    return (f"bf16, B={first.get('batch', '?')}, C={first.get('channels', '?')}, "
+            "useful FLOP 12·B·N²·C:\n\n" + table(
+                ["N", "kernel", "status", "fwd+bwd s", "TFLOP/s", "% data-sheet bf16 peak",
+                 "% same-run matmul peak", "compiled GiB"], rows))
+
+
+def render(out_dir: str, smoke: bool = False) -> str:
+    renderers = {"env": render_env, "attention_check": render_check,
+                 "train_step": render_step, "attention_speed": render_speed}
+    parts = []
+    for section in SECTIONS:
+        data = load(out_dir, section, smoke)
+        parts.append(f"### {section}\n")
+        if "error" in data:
+            parts.append(f"section error: {data['error']}\n")
+        parts.append(renderers[section](data) + "\n")
+    summary = load(out_dir, "summary", smoke)
+    parts.append("Sections: " + ", ".join(f"{k} {v['status']} ({v['seconds']} s)"
+                                          for k, v in summary.items() if isinstance(v, dict)))
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out_dir", nargs="?",
+                        default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    print(render(args.out_dir, args.smoke))
+
+
+if __name__ == "__main__":
+    main()
