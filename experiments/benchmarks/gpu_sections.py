@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gpu_suite import (
     TEMPERATURE, Recorder, device_memory_limit, peak_fractions, run_case, timed,
 )
-from dnl_jax import attention, ops
+from dnl_jax import attention
 
 CHECKED = ("xla", "chunked", "cudnn")
 
@@ -31,9 +31,9 @@ def attention_inputs(batch: int, n: int, channels: int, dtype):
 
 
 def output_and_grads(implementation: str, inputs, cotangent):
-    """(out, dq, dk, dv, dunary) of `ops.dnl_attention` with the unary term, as float32."""
+    """(out, dq, dk, dv, dunary) of `attention.dnl_attention` with the unary term, as float32."""
     def weighted_sum(q, k, v, unary):
-        out = ops.dnl_attention(q, k, v, unary, temperature=TEMPERATURE,
+        out = attention.dnl_attention(q, k, v, unary, temperature=TEMPERATURE,
                                 implementation=implementation)
         return jnp.sum(out.astype(jnp.float32) * cotangent), out
 
@@ -85,7 +85,7 @@ def attention_check(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) 
 def pairwise_grad_fn(implementation: str):
     """jit of value-and-gradient (q, k, v) of Σ pairwise attention (temperature 0.05)."""
     def total(q, k, v):
-        out = ops.dnl_attention(q, k, v, None, temperature=TEMPERATURE,
+        out = attention.dnl_attention(q, k, v, None, temperature=TEMPERATURE,
                                 implementation=implementation)
         return jnp.sum(out.astype(jnp.float32))
 

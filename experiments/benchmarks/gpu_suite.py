@@ -7,7 +7,7 @@ Sections, each in its own process with its own time limit (a hang or a crash cos
 only, and every section writes its JSON after each case, so a killed run keeps what it measured):
 
 - env: device name and memory, JAX/CUDA versions, the same-run bfloat16 and float32 matmul peaks.
-- attention_check: 'chunked' and 'cudnn' against 'xla' (`ops.dnl_attention` with the unary term,
+- attention_check: 'chunked' and 'cudnn' against 'xla' (`attention.dnl_attention` with the unary term,
   temperature 0.05): values and gradients, bfloat16 and float32, an even and an odd N; where a
   kernel cannot run the case is recorded as 'unsupported' with the reason.
 - train_step: the R50-D8 DNL train step (fwd + aux head + loss + bwd + SGD) at 512×1024, batch 8,
