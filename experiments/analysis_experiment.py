@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
-import json
 import multiprocessing
 import os
 import platform

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import attention, blocks, chunked, ops
+from dnl_jax import attention, blocks, chunked
 
 # Small blocks so that tiny inputs still span several query and key blocks, with remainders.
 SMALL_BLOCKS = (16, 8)

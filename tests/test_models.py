@@ -360,12 +360,6 @@ def test_two_dimensional_input_to_video_model_raises():
         shapes_of_init(module, (1, 32, 32, 3))
 
 
-def test_two_dimensional_input_to_video_model_raises():
-    module = models.get_model("dnl_i3d_tiny", 5).module
-    with pytest.raises(ValueError, match=r"clips \[B, T, H, W, 3\] \(rank 5\)"):
-        shapes_of_init(module, (1, 32, 32, 3))
-
-
 # ---------------------------------------------------------------------------------------------
 # Resize, context blocks in the backbone, batch-norm modes, dtype.
 # ---------------------------------------------------------------------------------------------

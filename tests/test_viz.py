@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnl_jax import attention, blocks, ops, viz
+from dnl_jax import attention, blocks, viz
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import get_model
 from dnl_jax.models.registry import init_variables

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import bench_utils  # noqa: E402
-from dnl_jax import attention, ops  # noqa: E402
+from dnl_jax import attention  # noqa: E402
 
 
 def value_and_grad_fn(implementation: str):
