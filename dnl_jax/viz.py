@@ -229,6 +229,23 @@ def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, s
     return path
 
 
+def save_task_figure(workdir: str, bundle, module: nn.Module, variables: Mapping, source: Any,
+                     data) -> Optional[str]:
+    """The end-of-training figure of `bundle.task`: segmentation, the attention figure
+    (`save_attention_figure`, 'attention.png'); detection, the detections with the attention of
+    the backbone's context block (`viz_detection.save_detection_figure`, 'detections.png');
+    None for other tasks or when the model has nothing to draw."""
+    if bundle.task == "segmentation":
+        return save_attention_figure(workdir, module, variables, source,
+                                     num_classes=data.num_classes,
+                                     preprocess=figure_preprocess(data))
+    if bundle.task == "detection":
+        from dnl_jax import viz_detection
+
+        return viz_detection.save_detection_figure(workdir, module, variables, source)
+    return None
+
+
 def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
     """The analysis figure (Yin et al., Fig. 1): one row per (model, image), columns image |
     ground truth | full attention of each query | its pairwise term | the unary term.

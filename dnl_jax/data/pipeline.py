@@ -36,25 +36,36 @@ from dnl_jax.data import transforms
 from dnl_jax.data.sources import load_split
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.data.synthetic import SyntheticSegmentation
+from dnl_jax.data.synthetic_detection import SyntheticDetection
 
 # Prepared segmentation datasets (python -m dnl_jax.data.prepare NAME ...) the trainer reads.
 REAL_SEGMENTATION = ("cityscapes", "ade20k", "pascal_context")
 SEGMENTATION_DATASETS = ("synthetic",) + REAL_SEGMENTATION
 # Prepared action-recognition datasets (Kinetics layout).
 VIDEO_DATASETS = ("kinetics",)
-DATASETS = SEGMENTATION_DATASETS + VIDEO_DATASETS
+# Detection datasets (task 'detection'): the embedded synthetic detection scenes.
+DETECTION_DATASETS = ("synthetic_detection",)
+SYNTHETIC_DATASETS = ("synthetic", "synthetic_detection")  # drawn, not prepared
+DATASETS = SEGMENTATION_DATASETS + VIDEO_DATASETS + DETECTION_DATASETS
 AUGMENT_THREADS = 4  # batches of a prepared dataset augmented ahead of the step, in parallel
 
 
 def dataset_task(name: str) -> str:
-    """'classification' for the video datasets, else 'segmentation' (the model's task must match).
-    """
-    return "classification" if name in VIDEO_DATASETS else "segmentation"
+    """'classification' for the video datasets, 'detection' for the detection ones, else
+    'segmentation' (the model's task must match)."""
+    if name in VIDEO_DATASETS:
+        return "classification"
+    return "detection" if name in DETECTION_DATASETS else "segmentation"
 
 
 def make_sources(data: ml_collections.ConfigDict):
     """(train, val) random-access sources for `config.data`: the synthetic scenes, or the
     prepared splits of data.name under data.data_dir (val with names, for predictions)."""
+    if data.name == "synthetic_detection":
+        common = dict(image_size=data.image_size, num_colours=data.num_classes // 2,
+                      seed=data.seed, noise=data.noise)
+        return (SyntheticDetection(data.num_train, split="train", **common),
+                SyntheticDetection(data.num_val, split="val", **common))
     if data.name != "synthetic":
         return _prepared_sources(data)
     common = dict(image_size=data.image_size, num_classes=data.num_classes, seed=data.seed,
@@ -67,7 +78,7 @@ def make_sources(data: ml_collections.ConfigDict):
 def eval_source(data: ml_collections.ConfigDict, split: str):
     """The random-access source of `split` for evaluation: the synthetic scenes ('val' only:
     the trainer's val scenes), or the prepared split with names (for prediction files)."""
-    if data.name == "synthetic":
+    if data.name in SYNTHETIC_DATASETS:
         if split != "val":
             raise ValueError(f"split {split!r}: the synthetic scenes have a 'val' split only.")
         return make_sources(data)[1]
@@ -97,7 +108,7 @@ def example_shape(data: ml_collections.ConfigDict, task: str) -> tuple[int, ...]
     data.image_size), clips (data.clip_len, c, c, 3) with c the square data.crop_size."""
     if task == "classification":
         return (int(data.clip_len), *(int(v) for v in data.crop_size), 3)
-    if data.name == "synthetic":
+    if data.name in SYNTHETIC_DATASETS:
         return data.image_size, data.image_size, 3
     return (*(int(v) for v in data.crop_size), 3)
 
@@ -105,13 +116,14 @@ def example_shape(data: ml_collections.ConfigDict, task: str) -> tuple[int, ...]
 def train_transform(data: ml_collections.ConfigDict,
                     task: str = "segmentation") -> Optional[grain.transforms.RandomMap]:
     """The training augmentation of `config.data` for the model's `task` (None for the
-    synthetic scenes, which are drawn already normalised at their final size)."""
+    synthetic scenes, which are drawn already normalised at their final size, padded ground
+    truth included)."""
     if task == "classification":
         return transforms.VideoTrainTransform(
             clip_len=int(data.clip_len), stride=int(data.frame_stride),
             crop_size=int(data.crop_size[0]),
             short_side_range=tuple(int(v) for v in data.short_side_range))
-    if data.name == "synthetic":
+    if data.name in SYNTHETIC_DATASETS:
         return None
     return transforms.SegmentationTrainTransform(
         crop_size=tuple(data.crop_size), base_size=tuple(data.base_size),

@@ -8,6 +8,7 @@ under its name; the evaluate command runs them on a checkpoint.
     'segmentation'  segmentation.py               prepared segmentation datasets, per image
                                                   (whole / slide / multi-scale + flip)
     'multi_view'    video.py                      videos, num_clips x num_crops views
+    'coco'          coco.py                       detection: COCO box / mask AP (pycocotools)
 
 The evaluator named 'val' ranks checkpoints by the bundle's `best_metric`.
 """
@@ -19,6 +20,7 @@ from typing import Mapping
 import jax
 
 from dnl_jax.evaluators.batched import BatchedEvaluator
+from dnl_jax.evaluators.coco import CocoEvaluator
 from dnl_jax.evaluators.common import (EvalContext, Evaluator, make_predict_fn,
                                        settings_with_defaults)
 from dnl_jax.evaluators.segmentation import SegmentationEvaluator
@@ -28,6 +30,7 @@ TYPES: dict[str, type[Evaluator]] = {
     "batched": BatchedEvaluator,
     "segmentation": SegmentationEvaluator,
     "multi_view": MultiViewEvaluator,
+    "coco": CocoEvaluator,
 }
 RANKING_EVAL = "val"  # the evaluator whose `best_metric` ranks checkpoints
 

@@ -45,7 +45,11 @@ class BatchedEvaluator(common.Evaluator):
         if not isinstance(batch, int) or batch < 1 or batch % devices:
             raise ValueError(f"config.evals.{name}.batch_size={batch!r} must be a positive "
                              f"multiple of the {devices} devices.")
-        if pipeline.dataset_task(config.data.name) == "classification":
+        task = pipeline.dataset_task(config.data.name)
+        if task == "detection":
+            raise ValueError(f"config.evals.{name}: detection is scored by COCO AP; use "
+                             "type='coco'.")
+        if task == "classification":
             video.check_views(name, settings, ("short_side",))
             video.check_short_side(name, settings["short_side"], config.data)
         elif config.data.name != "synthetic":

@@ -31,6 +31,8 @@ class EvalContext:
     driver: `eval_step(state, host_batch)` → numpy metric sums over every device and host, and
       `host_variables(state)` → {'params', 'batch_stats'} host numpy (train/parallel.py).
     output_dir: where evaluators that write predictions write them (None: nowhere).
+    workdir: the training run's directory (None outside the trainer); evaluators whose results
+      are files (the COCO results JSON) write them under it.
     """
 
     config: ml_collections.ConfigDict
@@ -39,6 +41,7 @@ class EvalContext:
     source: Any
     driver: Any
     output_dir: Optional[str] = None
+    workdir: Optional[str] = None
 
 
 class Evaluator:

@@ -68,6 +68,10 @@ def describe(metrics: Mapping) -> str:
     if "video_accuracy" in metrics:
         parts.append(f"multi-view: clip accuracy {metrics['clip_accuracy']:.4f}, video accuracy "
                      f"{metrics['video_accuracy']:.4f}")
+    if "bbox_AP" in metrics:
+        parts.append(f"val box AP {metrics['bbox_AP']:.4f} (AP50 {metrics['bbox_AP50']:.4f})")
+    if "segm_AP" in metrics:
+        parts.append(f"mask AP {metrics['segm_AP']:.4f} (AP50 {metrics['segm_AP50']:.4f})")
     return "; ".join(parts) or "no metrics"
 
 

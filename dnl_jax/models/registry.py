@@ -21,13 +21,17 @@ Bundle contract (what the trainer codes against):
   `finalize_metrics(sums)` → the val metrics (mIoU, accuracies; see models/metrics.py), of which
   `best_metric` ranks checkpoints; `pad_label` labels the padding of fixed-size evaluation
   batches so that `metrics_fn` does not count it.
+- Detection (`MaskRCNN`, models/detection/task.py): batches `{'image', 'image_size', 'image_id',
+  'gt_boxes', 'gt_labels', 'gt_masks', 'gt_valid'}` (padded; mask_rcnn.py); the bundle's
+  `train_forward` runs the detector's `loss_ratios` on the whole batch (its outputs are the
+  ratios), `init_fn` initialises through `MaskRCNN.build`, and calling the module predicts
+  detections, which the COCO evaluator (evaluators/coco.py) scores; `best_metric` 'bbox_AP'.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -35,6 +39,8 @@ import jax.numpy as jnp
 
 from dnl_jax import IGNORE_LABEL
 from dnl_jax.models import losses, metrics, segmentor, video
+from dnl_jax.models.bundle import ModelBundle
+from dnl_jax.models.detection import task as detection
 
 SEGMENTATION_OVERRIDES = (
     "depth", "base_channels", "stem_channels", "channels", "aux_channels", "output_stride", "aux",
@@ -76,6 +82,11 @@ def _vid(context: Optional[str], inflation: str, depth: int = 50, **extra) -> di
     return {**defaults, **extra}
 
 
+_TINY_DETECTOR = dict(
+    depth=18, stem_channels=16, base_channels=16, frozen_bn=False, fpn_channels=32,
+    fc_channels=64, conv_channels=32, rpn_train=(200, 100), rpn_test=(200, 100),
+    rpn_sampler=(64, 0.5), rcnn_sampler=(32, 0.25), max_detections=10, roi_grid_limit=2)
+
 _REGISTRY: dict[str, dict] = {
     "dnl_tiny": _seg("dnl", 18, **_TINY),
     "dnl_pairwise_tiny": _seg("dnl", 18, **_TINY, unary=False),
@@ -95,49 +106,21 @@ _REGISTRY: dict[str, dict] = {
     "nl_i3d_r50": _vid("nl", "i3d"),
     "dnl_c2d_r50": _vid("dnl", "c2d"),
     "dnl_i3d_tiny": _vid("dnl", "i3d", depth=18, base_channels=4, stem_channels=8),
+    # Mask R-CNN R50-FPN (mmdet 3.x mask-rcnn_r50_fpn_1x_coco) and the context blocks of the
+    # official DNL detection code (models/detection/task.py).
+    "mask_rcnn_r50_fpn": detection.detection_config(None),
+    "mask_rcnn_r50_fpn_nl_c4": detection.detection_config("nl"),
+    "mask_rcnn_r50_fpn_gc_c4": detection.detection_config("gc"),
+    "mask_rcnn_r50_fpn_dnl_c4": detection.detection_config("dnl_official"),
+    "mask_rcnn_r50_fpn_dnl_c4c5": detection.detection_config("dnl_official", "c4+c5_all"),
+    # The synthetic detection scenes' scale (CPU): ResNet-18 of 16 base channels trained from
+    # scratch (batch norm in training mode), 32/64-wide heads, few proposals and samples.
+    **{f"mask_rcnn_{name}_tiny": detection.detection_config(context, **_TINY_DETECTOR)
+       for name, context in (("fcn", None), ("dnl", "dnl_official"), ("nl", "nl"),
+                             ("gc", "gc"))},
 }
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelBundle:
-    """A Flax module with its task, loss and metrics (see the module docstring for the contract).
-
-    Attributes:
-      module: the flax.linen Module (`Segmentor` or `VideoClassifier`).
-      task: 'segmentation' or 'classification'.
-      num_classes: K.
-      loss_fn: `(outputs, batch) -> (scalar loss, {name: scalar})` of one batch on its own.
-      metrics_fn: `(outputs, batch) -> {name: int32 array}`, summable over batches/devices/hosts.
-      name: the registry name.
-      input_key: the batch key holding the inputs ('image' or 'video').
-      config: the resolved settings (defaults + overrides), for logging.
-      loss_ratios_fn: `(outputs, batch) -> {name: (numerator, denominator)}`.
-      loss_weights: `{name: weight}`, the loss = Σ weight · ratio over the names present.
-      loss_selection_fn: `(outputs, batch) -> {key: array}` or None (see the module docstring).
-      finalize_metrics: `summed metrics_fn counts -> {name: value}` (the val metrics).
-      best_metric: the key of `finalize_metrics`' result that ranks checkpoints (higher is
-        better), and `metric_label` its name on figures.
-      pad_label: the label of evaluation-batch padding, which `metrics_fn` does not count.
-      example_unit: what one input is ('image' or 'clip'), for throughput logs.
-    """
-
-    module: nn.Module
-    task: str
-    num_classes: int
-    loss_fn: Callable[[Mapping, Mapping], tuple[jax.Array, dict]]
-    metrics_fn: Callable[[Mapping, Mapping], dict]
-    name: str = ""
-    input_key: str = "image"
-    config: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
-    loss_ratios_fn: Optional[Callable[[Mapping, Mapping], dict]] = None
-    loss_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    loss_selection_fn: Optional[Callable[[Mapping, Mapping], dict]] = None
-    finalize_metrics: Callable[[Mapping], dict] = metrics.segmentation_metrics_from_sums
-    best_metric: str = "miou"
-    metric_label: str = "val mIoU"
-    pad_label: int = IGNORE_LABEL
-    example_unit: str = "image"
+DETECTION_OVERRIDES = detection.DETECTION_OVERRIDES
 
 
 def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
@@ -152,7 +135,8 @@ def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
         raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
     config = dict(_REGISTRY[name])
     task = config.pop("task")
-    valid = SEGMENTATION_OVERRIDES if task == "segmentation" else CLASSIFICATION_OVERRIDES
+    valid = {"segmentation": SEGMENTATION_OVERRIDES, "classification": CLASSIFICATION_OVERRIDES,
+             "detection": detection.DETECTION_OVERRIDES}[task]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(
@@ -161,6 +145,8 @@ def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
     config.update(overrides)
     if task == "segmentation":
         return _segmentation_bundle(name, num_classes, config)
+    if task == "detection":
+        return ModelBundle(name=name, **detection.bundle_fields(num_classes, config))
     return _classification_bundle(name, num_classes, config)
 
 
@@ -284,7 +270,7 @@ def parameter_mismatch(loaded, expected) -> Optional[str]:
 
 
 __all__ = ["ModelBundle", "get_model", "init_variables", "parameter_mismatch", "MODEL_NAMES",
-           "SEGMENTATION_OVERRIDES",
+           "SEGMENTATION_OVERRIDES", "DETECTION_OVERRIDES",
            "CLASSIFICATION_OVERRIDES", "classification_loss", "classification_metrics"]
 
 

@@ -14,7 +14,7 @@ maps one to one (`/` ↔ `.`, trailing `_N` ↔ `.N`; conv `kernel` ↔ `weight`
     conv2, bn2, conv3, bn3  ↔ conv2, bn2, conv3, bn3  (conv3/bn3 only in the bottleneck)
     downsample_0/kernel     ↔ downsample.0.weight     (1×1 conv with the block's stride)
     downsample_1            ↔ downsample.1            (its batch norm)
-    dnl_block | nl_block | gc_block   the inserted context block (its own names, see blocks.py),
+    dnl_block | nl_block | gc_block | dnl_official_block   the inserted context block (its own names, see blocks.py),
                                       as the plug-in of mmdet-style detection backbones.
 """
 
@@ -26,12 +26,12 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 
-from dnl_jax import blocks, layers
+from dnl_jax import blocks, blocks_official, layers
 
 Array = jax.Array
 Dtype = Any
 
-CONTEXT_KINDS = ("dnl", "nl", "gc")
+CONTEXT_KINDS = ("dnl", "nl", "gc", "dnl_official")
 PLACEMENTS = ("after_block", "after_add", "before_add")
 
 
@@ -40,8 +40,10 @@ class ContextSpec:
     """Which context block to insert into a residual block, and where.
 
     Attributes:
-      kind: 'dnl' (`DisentangledNonLocal`), 'nl' (`NonLocal`, embedded Gaussian) or 'gc'
-        (`ContextBlock`).
+      kind: 'dnl' (`DisentangledNonLocal`, mmseg's), 'nl' (`NonLocal`, embedded Gaussian), 'gc'
+        (`ContextBlock`) or 'dnl_official' (`blocks_official.OfficialDisentangledNonLocal`: the
+        paper's own code, as in the official DNL detection backbone; channel whitening, scale
+        1/√C', `temperature`, value C → C, no output conv, scalar gamma on the pairwise term).
       placement: 'after_block' (after the block's final ReLU, as the video non-local network),
         'after_add' (after the residual add, before the final ReLU, as the official DNL detection
         code) or 'before_add' (on the residual branch after the last BN, as GCNet's mmdet code).
@@ -89,6 +91,11 @@ class ContextSpec:
         )
         if self.kind == "nl":
             return blocks.NonLocal(mode=self.mode, **common)
+        if self.kind == "dnl_official":
+            return blocks_official.OfficialDisentangledNonLocal(
+                reduction=self.reduction, temperature=self.temperature,
+                use_scale=self.use_scale, implementation=self.implementation, dtype=dtype,
+                name=self.module_name)
         return blocks.DisentangledNonLocal(temperature=self.temperature, **common)
 
 

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import ml_collections
 
 from dnl_jax import evaluators
-from dnl_jax.data.pipeline import (DATASETS, REAL_SEGMENTATION, SEGMENTATION_DATASETS,  # noqa
-                                   VIDEO_DATASETS, dataset_task)
+from dnl_jax.data.pipeline import (DATASETS, DETECTION_DATASETS, REAL_SEGMENTATION,  # noqa
+                                   SEGMENTATION_DATASETS, VIDEO_DATASETS, dataset_task)
 
 PARALLELISMS = ("jit", "pmap")
 SYNTHETIC_SCENES = ("beacon", "regions")  # config.data.scenes: data/synthetic.py, data/regions.py
@@ -42,7 +42,9 @@ REPLACED_KEYS = {
             "never read); delete it",
 }
 MODEL_KWARGS_FLAG = "--config.model.kwargs."
-EXAMPLE_MODELS = {"segmentation": "dnl_r50-d8", "classification": "dnl_i3d_r50"}
+EXAMPLE_MODELS = {"segmentation": "dnl_r50-d8", "classification": "dnl_i3d_r50",
+                  "detection": "mask_rcnn_r50_fpn_dnl_c4"}
+SCHEDULES = ("poly", "step")  # config.optimizer.schedule (train/step.py)
 
 
 def batched_eval(every_steps: int = 50, batch_size: int = 32, **extra) -> dict:
@@ -56,6 +58,13 @@ def segmentation_eval(every_steps: int, *, mode: str = "whole", crop_size=(0, 0)
     return dict(type="segmentation", every_steps=every_steps, mode=mode,
                 crop_size=tuple(crop_size), stride=tuple(stride), scales=tuple(scales),
                 flip=flip)
+
+
+def coco_eval(every_steps: int = 0, batch_size: int = 8, iou_types=("bbox", "segm"),
+              write_results: bool = True) -> dict:
+    """`config.evals.<name>` of the COCO box / mask AP evaluator (detection datasets)."""
+    return dict(type="coco", every_steps=every_steps, batch_size=batch_size,
+                iou_types=tuple(iou_types), write_results=write_results)
 
 
 def multi_view_eval(num_clips: int = 10, num_crops: int = 3, short_side: int = 0,
@@ -119,11 +128,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.lr = 0.01
     c.optimizer.momentum = 0.9
     c.optimizer.weight_decay = 5e-4
+    # 'poly' (mmseg: lr_t = (lr - min_lr)(1 - t/T)^power + min_lr) or 'step' (mmdet's
+    # MultiStepLR: lr multiplied by decay_factor at each of decay_steps).
+    c.optimizer.schedule = "poly"
     c.optimizer.poly_power = 0.9
     c.optimizer.min_lr = 1e-4
+    c.optimizer.decay_steps = ()
+    c.optimizer.decay_factor = 0.1
     c.optimizer.warmup_steps = 0
     c.optimizer.warmup_ratio = 0.1  # warm-up starts at lr * warmup_ratio
     c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+    # Parameters left untrained ('/'-joined path prefixes, e.g. mmdet's frozen_stages=1:
+    # ('backbone/conv1', 'backbone/bn1', 'backbone/layer1_')): no update, no weight decay.
+    c.optimizer.frozen = ()
     # ((pattern, multiplier), ...) on '/'-joined parameter paths (mmengine custom_keys); read by
     # the loss/optimizer branch, set by the recipes.
     c.optimizer.weight_decay_multipliers = ()
@@ -226,9 +243,28 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
              f"config.optimizer.warmup_steps={c.optimizer.warmup_steps} must be in "
              f"[0, total_steps={c.total_steps}).")
     _require(c.optimizer.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0.")
+    _check_schedule(c)
     _check_batch_divisibility(c, num_devices=num_devices)
     _DATA_CHECKS[c.data.name](c)
     evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
+
+
+def _check_schedule(c) -> None:
+    opt = c.optimizer
+    _require(opt.schedule in SCHEDULES,
+             f"config.optimizer.schedule={opt.schedule!r}; choose one of {SCHEDULES}.")
+    steps = tuple(opt.decay_steps)
+    _require(all(isinstance(s, int) and 0 < s < c.total_steps for s in steps)
+             and list(steps) == sorted(set(steps)),
+             f"config.optimizer.decay_steps={steps} must be increasing integers in (0, "
+             f"total_steps={c.total_steps}).")
+    _require(opt.schedule == "step" or not steps,
+             "config.optimizer.decay_steps is read by schedule='step' only; set "
+             "--config.optimizer.schedule=step or leave decay_steps empty.")
+    _require(0 < opt.decay_factor <= 1, "config.optimizer.decay_factor must be in (0, 1].")
+    _require(all(isinstance(p, str) and p for p in opt.frozen),
+             f"config.optimizer.frozen={tuple(opt.frozen)!r} must be non-empty path prefixes, "
+             "e.g. ('backbone/conv1', 'backbone/bn1', 'backbone/layer1_').")
 
 
 def _pair_ok(value) -> bool:
@@ -269,8 +305,21 @@ def _check_video_data(c) -> None:
              f"{crop[0]} <= low <= high: frames are rescaled to it, then cropped.")
 
 
+def _check_synthetic_detection_data(c) -> None:
+    """Keys of the embedded synthetic detection scenes (data/synthetic_detection.py)."""
+    _require(c.data.num_classes >= 2 and c.data.num_classes % 2 == 0,
+             f"config.data.num_classes={c.data.num_classes}: the synthetic detection scenes have "
+             "two classes per object colour (the distant beacon picks one); use an even number, "
+             "e.g. 4.")
+    _require(c.data.image_size % 32 == 0 and c.data.image_size >= 64,
+             f"config.data.image_size={c.data.image_size} must be a multiple of 32 (the "
+             "detector's stride), at least 64.")
+    _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
+
+
 # The checks of each dataset's own keys.
 _DATA_CHECKS = {"synthetic": _check_synthetic_data,
+                "synthetic_detection": _check_synthetic_detection_data,
                 **{name: _check_segmentation_data for name in REAL_SEGMENTATION},
                 **{name: _check_video_data for name in VIDEO_DATASETS}}
 

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from dnl_jax.data.pipeline import SYNTHETIC_DATASETS
+
 log = logging.getLogger(__name__)
 
 BACKBONE_SCOPE = "backbone"  # where both the segmentor and the video classifier keep it
@@ -108,7 +110,7 @@ def check_initialisation(config: Any) -> None:
         raise ValueError(f"config.model.pretrained={model.pretrained!r} and "
                          "config.model.from_scratch=True contradict each other; set one.")
     if not model.pretrained:
-        if config.data.name != "synthetic" and not model.from_scratch:
+        if config.data.name not in SYNTHETIC_DATASETS and not model.from_scratch:
             raise ValueError(
                 f"config.model.pretrained is empty: this {config.data.name} run would train "
                 f"from scratch. Name a backbone ({', '.join(sorted(BACKBONES))}) or set "

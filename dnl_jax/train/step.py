@@ -40,9 +40,13 @@ class TrainState:
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """mmseg's poly schedule, lr_t = (lr − min_lr)(1 − t/T)^power + min_lr, optionally preceded
-    by a linear warm-up from lr·warmup_ratio to lr over `warmup_steps` (then T = total − warmup).
-    """
+    """`opt.schedule`: 'poly', mmseg's lr_t = (lr − min_lr)(1 − t/T)^power + min_lr, optionally
+    preceded by a linear warm-up from lr·warmup_ratio to lr over `warmup_steps` (then
+    T = total − warmup); or 'step', mmdet's MultiStepLR × LinearLR: lr · decay_factor^(number of
+    decay_steps <= t), times (warmup_ratio + (1 − warmup_ratio) · t / warmup_steps) while
+    t < warmup_steps."""
+    if opt.get("schedule", "poly") == "step":
+        return _step_schedule(opt)
     poly = optax.polynomial_schedule(init_value=opt.lr, end_value=opt.min_lr,
                                      power=opt.poly_power,
                                      transition_steps=total_steps - opt.warmup_steps)
@@ -52,10 +56,26 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
     return optax.join_schedules([warmup, poly], boundaries=[opt.warmup_steps])
 
 
+def _step_schedule(opt: ml_collections.ConfigDict) -> optax.Schedule:
+    decay_steps = jnp.asarray(tuple(opt.decay_steps) or (0,), jnp.int32)
+    decays = len(tuple(opt.decay_steps))
+    warmup_steps = max(int(opt.warmup_steps), 1)
+
+    def schedule(step):
+        passed = jnp.sum(step >= decay_steps) if decays else 0
+        warm = jnp.where(step < opt.warmup_steps,
+                         opt.warmup_ratio + (1 - opt.warmup_ratio) * step / warmup_steps, 1.0)
+        return opt.lr * opt.decay_factor ** passed * warm
+
+    return schedule
+
+
 def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
     """SGD with momentum and L2 weight decay added to the gradient (PyTorch/mmseg semantics:
     g ← clip(g) + wd·mult(θ)·θ; m ← μ·m + g; θ ← θ − lr_t·m), mult(θ) from
     `opt.weight_decay_multipliers` (see `weight_decay_multiplier`; 1 without a match).
+    Parameters under a prefix of `opt.frozen` get no update at all (mmdet's frozen stages: no
+    gradient, so no clipping share and no decay either).
     """
     parts = []
     if opt.grad_clip_norm > 0:
@@ -63,7 +83,30 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
     if opt.weight_decay > 0:
         parts.extend(_decayed_weights(opt.weight_decay, opt.get("weight_decay_multipliers", ())))
     parts.append(optax.sgd(learning_rate_schedule(opt, total_steps), momentum=opt.momentum))
-    return optax.chain(*parts)
+    optimizer = optax.chain(*parts)
+    frozen = tuple(opt.get("frozen", ()))
+    if not frozen:
+        return optimizer
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
+                                 functools.partial(_frozen_labels, prefixes=frozen))
+
+
+def _frozen_labels(params, prefixes: tuple[str, ...]):
+    """'frozen' for the parameters whose '/'-joined path starts with one of `prefixes`, else
+    'train'; ValueError for a prefix that matches nothing."""
+    paths = _paths(params)
+    names = jax.tree.leaves(paths)
+    unused = [p for p in prefixes if not any(name.startswith(p) for name in names)]
+    if unused:
+        raise ValueError(f"optimizer.frozen: prefix(es) {unused} match no parameter; paths look "
+                         f"like {names[:3]}.")
+    return jax.tree.map(lambda path: "frozen" if path.startswith(prefixes) else "train", paths)
+
+
+def _paths(params):
+    """The tree of '/'-joined parameter paths."""
+    return jax.tree_util.tree_map_with_path(
+        lambda key_path, _: "/".join(str(getattr(k, "key", k)) for k in key_path), params)
 
 
 def check_weight_decay_multipliers(multipliers) -> tuple[tuple[str, float], ...]:
@@ -101,21 +144,17 @@ def _decayed_weights(weight_decay: float, multipliers) -> list[optax.GradientTra
     if not pairs:
         return [optax.add_decayed_weights(weight_decay)]
 
-    def paths(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda key_path, _: "/".join(str(getattr(k, "key", k)) for k in key_path), params)
-
     def mask_for(value: float):
         def mask(params):
             unused = {p for p, _ in pairs} - {p for p, _ in pairs
-                                             for path in jax.tree.leaves(paths(params))
+                                             for path in jax.tree.leaves(_paths(params))
                                              if p in path}
             if unused:
                 raise ValueError(f"optimizer.weight_decay_multipliers: pattern(s) "
                                  f"{sorted(unused)} match no parameter name; names look like "
-                                 f"{jax.tree.leaves(paths(params))[:3]}.")
+                                 f"{jax.tree.leaves(_paths(params))[:3]}.")
             return jax.tree.map(lambda path: weight_decay_multiplier(path, pairs) == value,
-                                paths(params))
+                                _paths(params))
         return mask
 
     values = sorted({weight_decay_multiplier("", pairs)} | {m for _, m in pairs})
@@ -163,7 +202,8 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
     denominators_fn = _make_denominators_fn(bundle, axis_name)
 
     def train_step(state: TrainState, batch: dict):
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        rng = step_rng
         if axis_name is not None:  # independent dropout per device
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
@@ -171,13 +211,15 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
             grads_sum, batch_stats, ratio_sums = carry
             index, micro = inputs
             (_, (batch_stats, ratios)), grads = grad_fn(
-                state.params, batch_stats, micro, jax.random.fold_in(rng, index), denominators)
+                state.params, batch_stats, micro, _micro_rngs(rng, step_rng, index),
+                denominators)
             return (_add(grads_sum, grads), batch_stats, _add(ratio_sums, ratios)), None
 
         micro_batches = split_micro_batches(batch, grad_accum_steps)
         first = jax.tree.map(lambda x: x[0], micro_batches)
         ratio_shapes = jax.eval_shape(lambda: grad_fn(
-            state.params, state.batch_stats, first, rng, None)[0][1][1])
+            state.params, state.batch_stats, first, _micro_rngs(rng, step_rng, 0),
+            None)[0][1][1])
         init = (jax.tree.map(jnp.zeros_like, state.params), state.batch_stats,
                 jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ratio_shapes))
         if grad_accum_steps == 1:  # no loop: XLA:CPU runs conv weight gradients ~40× slower
@@ -185,7 +227,8 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
             (grads, batch_stats, ratio_sums), _ = accumulate(init, (jnp.int32(0), first))
         else:
             indices = jnp.arange(grad_accum_steps)
-            selections, denominators = denominators_fn(state, micro_batches, indices, rng)
+            selections, denominators = denominators_fn(state, micro_batches, indices, rng,
+                                                       step_rng)
             (grads, batch_stats, ratio_sums), _ = jax.lax.scan(
                 functools.partial(accumulate, denominators=denominators), init,
                 (indices, {**micro_batches, **selections}))
@@ -205,11 +248,25 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
     return train_step
 
 
+def _micro_rngs(rng: jax.Array, step_rng: jax.Array, index) -> dict:
+    """The keys of micro-batch `index`: 'dropout' from `rng` (the step's key, folded with the
+    device index under pmap) and `index`; 'sampler' the step's key itself, the same on every
+    device and micro-batch: the detector's RoI / anchor sampling folds in each image's id, so
+    an image draws the same samples under jit, pmap and gradient accumulation."""
+    return {"dropout": jax.random.fold_in(rng, index), "sampler": step_rng}
+
+
 def _make_forward(bundle) -> Callable:
-    def forward(params, batch_stats, micro, rng):
-        outputs, new_vars = bundle.module.apply(
-            {"params": params, "batch_stats": batch_stats}, micro[bundle.input_key], train=True,
-            rngs={"dropout": rng}, mutable=["batch_stats"])
+    """`(params, batch_stats, micro, rngs) -> (outputs, batch_stats)` of training: the bundle's
+    `train_forward`, or its module on `micro[input_key]` with dropout."""
+    def forward(params, batch_stats, micro, rngs):
+        variables = {"params": params, "batch_stats": batch_stats}
+        if bundle.train_forward is not None:
+            outputs, new_vars = bundle.train_forward(variables, micro, rngs)
+        else:
+            outputs, new_vars = bundle.module.apply(
+                variables, micro[bundle.input_key], train=True,
+                rngs={"dropout": rngs["dropout"]}, mutable=["batch_stats"])
         return outputs, new_vars.get("batch_stats", batch_stats)
     return forward
 
@@ -227,14 +284,14 @@ def _global_denominators(ratios: dict, axis_name: Optional[str]) -> dict:
 
 
 def _make_share_of_loss(bundle, axis_name: Optional[str]) -> Callable:
-    """`(params, batch_stats, micro, rng, denominators) -> (share, (batch_stats, ratios))`: this
+    """`(params, batch_stats, micro, rngs, denominators) -> (share, (batch_stats, ratios))`: this
     shard's part Σ w · numerator / global denominator of the global loss. `denominators` None:
     the micro-batch is the whole step batch, its denominators are summed over devices here
     (with the loss selection made here too); else the micro-batch carries its selection."""
     forward = _make_forward(bundle)
 
-    def share_of_loss(params, batch_stats, micro, rng, denominators):
-        outputs, batch_stats = forward(params, batch_stats, micro, rng)
+    def share_of_loss(params, batch_stats, micro, rngs, denominators):
+        outputs, batch_stats = forward(params, batch_stats, micro, rngs)
         if denominators is None:
             micro = _with_selection(bundle, outputs, micro)
         ratios = bundle.loss_ratios_fn(outputs, micro)
@@ -248,16 +305,16 @@ def _make_share_of_loss(bundle, axis_name: Optional[str]) -> Callable:
 
 
 def _make_denominators_fn(bundle, axis_name: Optional[str]) -> Callable:
-    """`(state, micro_batches [A, b, ...], indices, rng) -> (selections [A, b, ...], global
-    denominators)`: a forward pass over the micro-batches (same dropout keys as the gradient
+    """`(state, micro_batches [A, b, ...], indices, rng, step_rng) -> (selections [A, b, ...],
+    global denominators)`: a forward pass over the micro-batches (same dropout keys as the gradient
     pass) for the loss selection and the denominators of the whole step batch."""
     forward = _make_forward(bundle)
 
-    def denominators_fn(state, micro_batches, indices, rng):
+    def denominators_fn(state, micro_batches, indices, rng, step_rng):
         def one(inputs):
             index, micro = inputs
             outputs, _ = forward(state.params, state.batch_stats, micro,
-                                 jax.random.fold_in(rng, index))
+                                 _micro_rngs(rng, step_rng, index))
             selected = _with_selection(bundle, outputs, micro)
             ratios = bundle.loss_ratios_fn(outputs, selected)
             return ({key: value for key, value in selected.items() if key not in micro},

@@ -88,8 +88,11 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
         params_key, dropout_key = jax.random.split(
             jax.random.key(config.seed, impl="unsafe_rbg"))
         train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-        variables = module.init({"params": params_key, "dropout": dropout_key},
-                                jnp.zeros((2, *shape), jnp.float32), train=True)
+        rngs, inputs = {"params": params_key, "dropout": dropout_key}, jnp.zeros((2, *shape))
+        if bundle.init_fn is not None:
+            variables = bundle.init_fn(rngs, inputs)
+        else:
+            variables = module.init(rngs, inputs, train=True)
         params = variables["params"]
         return step_lib.TrainState(
             step=jnp.zeros((), jnp.int32), params=params,
@@ -122,7 +125,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                      keep_best=config.checkpoint.keep_best,
                                      best_metric=f"{evaluators.RANKING_EVAL}_{bundle.best_metric}")
     context = evaluators.EvalContext(config, bundle, make_bundle(config).module, val_source,
-                                     driver)
+                                     driver, workdir=workdir)
     return Run(config, bundle, driver, schedule, make_init_fn(optimizer, config),
                train_source, val_source, evaluators.from_config(config, context), iter(dataset),
                checkpointer, logs.MetricWriter(workdir))
@@ -300,20 +303,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _figures(run: Run, host_state, status: str) -> dict:
     """{'curves', 'attention': PNG path or None}: the training curves (loss and the bundle's val
-    metric), and for a completed run of an image model the attention figure (maps over pixels;
-    video models have none)."""
+    metric), and for a completed run the task's figure (viz.save_task_figure: segmentation
+    attention maps, detections with the backbone block's attention; video models have none)."""
     config, bundle = run.config, run.bundle
     figures = {"curves": None, "attention": None}
     if config.curves_figure:
         figures["curves"] = logs.save_curves_figure(
             run.writer.workdir, title=f"{config.model.name} on {config.data.name}",
             val_metric=bundle.best_metric, val_label=bundle.metric_label)
-    if config.attention_figure and status == "completed" and bundle.input_key == "image":
+    if config.attention_figure and status == "completed":
         from dnl_jax import viz  # imported lazily: matplotlib
 
-        figures["attention"] = viz.save_attention_figure(
-            run.writer.workdir, make_bundle(config).module,
+        figures["attention"] = viz.save_task_figure(
+            run.writer.workdir, bundle, make_bundle(config).module,
             {"params": host_state.params, "batch_stats": host_state.batch_stats},
-            run.val_source, num_classes=config.data.num_classes,
-            preprocess=viz.figure_preprocess(config.data))
+            run.val_source, config.data)
     return figures

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from dnl_jax.models.detection import anchors as anchor_ops
+from dnl_jax.models import losses as model_losses
 from dnl_jax.models.detection import heads, losses, proposals, roi_align, targets
 from dnl_jax.models.residual import ContextSpec
 from dnl_jax.models.resnet_v1b import ResNetV1b
@@ -151,15 +152,22 @@ class MaskRCNN(nn.Module):
                 "masks": jax.nn.sigmoid(chosen.astype(jnp.float32))}
 
     def loss(self, batch: dict[str, Array], train: bool = True) -> tuple[Array, dict[str, Array]]:
-        """Total loss and its parts (RPN cls / bbox, RCNN cls / bbox, mask, RCNN accuracy)."""
+        """Total loss and its parts (RPN cls / bbox, RCNN cls / bbox, mask, RCNN accuracy) of
+        this batch on its own."""
+        return model_losses.combine_ratios(self.loss_ratios(batch, train), losses.LOSS_WEIGHTS)
+
+    def loss_ratios(self, batch: dict[str, Array], train: bool = True
+                    ) -> dict[str, tuple[Array, Array]]:
+        """{name: (numerator, denominator)} of every loss and of the RCNN accuracy (see
+        losses.py); the trainer sums both parts over devices before dividing."""
         levels = self._features(batch["image"], train)
         logits, deltas, level_anchors = self._rpn(levels)
         rpn_keys, rcnn_keys = _sampling_keys(self.make_rng("sampler"), batch)
         all_anchors = jnp.concatenate([jnp.asarray(a) for a in level_anchors])
         rpn_targets = jax.vmap(targets.rpn_targets, in_axes=(0, None, 0, 0))(
             rpn_keys, all_anchors, batch["gt_boxes"], batch["gt_valid"])
-        parts = losses.rpn_loss(jnp.concatenate(logits, 1), jnp.concatenate(deltas, 1),
-                                rpn_targets)
+        ratios = losses.rpn_loss_ratios(jnp.concatenate(logits, 1), jnp.concatenate(deltas, 1),
+                                        rpn_targets)
         rois, roi_valid = proposals.rpn_proposals(
             logits, deltas, level_anchors, batch["image_size"], *self.rpn_train,
             self.rpn_nms_iou)
@@ -170,13 +178,13 @@ class MaskRCNN(nn.Module):
                                         batch["gt_labels"], batch["gt_valid"])
         box_logits, box_deltas = self.bbox_head(
             self._roi_features(levels, rcnn_targets["rois"], self.box_roi_size), train=train)
-        parts.update(losses.rcnn_loss(box_logits, box_deltas, rcnn_targets))
-        parts["loss_mask"] = self._mask_loss(levels, rcnn_targets, batch["gt_masks"])
-        total = sum(v for k, v in parts.items() if k.startswith("loss_"))
-        return total, parts
+        ratios.update(losses.rcnn_loss_ratios(box_logits, box_deltas, rcnn_targets))
+        ratios["loss_mask"] = self._mask_loss(levels, rcnn_targets, batch["gt_masks"])
+        return ratios
 
-    def _mask_loss(self, levels, rcnn_targets, gt_masks) -> Array:
-        """Mask loss on the sampled positives (they fill the first `max_positives` slots)."""
+    def _mask_loss(self, levels, rcnn_targets, gt_masks) -> tuple[Array, Array]:
+        """Mask loss ratio on the sampled positives (they fill the first `max_positives`
+        slots)."""
         count = min(self.rcnn_sampler.max_positives, rcnn_targets["rois"].shape[1])
         first = jax.tree.map(lambda x: x[:, :count], rcnn_targets)
         mask_logits = self.mask_head(
@@ -184,8 +192,8 @@ class MaskRCNN(nn.Module):
         mask_size = mask_logits.shape[-2]
         mask_targets = jax.vmap(targets.mask_targets, in_axes=(0, 0, 0, None))(
             first["rois"], first["gt_index"], gt_masks, mask_size)
-        return losses.mask_loss(mask_logits, first["labels"], mask_targets,
-                                first["delta_weight"])
+        return losses.mask_loss_ratio(mask_logits, first["labels"], mask_targets,
+                                      first["delta_weight"])
 
 
 def _sampling_keys(rng: Array, batch: dict[str, Array]) -> tuple[Array, Array]:
