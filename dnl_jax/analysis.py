@@ -36,15 +36,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnl_jax import blocks, ops
+from dnl_jax import blocks, blocks_official, ops
 
 IGNORE_LABEL = 255
-BLOCK_TYPES = (blocks.NonLocal, blocks.DisentangledNonLocal, blocks.ContextBlock)
+BLOCK_TYPES = (blocks.NonLocal, blocks.DisentangledNonLocal, blocks.ContextBlock,
+               blocks_official.OfficialDisentangledNonLocal)
 TERMS = ("full", "pairwise", "unary")
 # (attention term, ground-truth map): the paper's two matches, then the crossed pairs.
 CONSISTENCIES = (("pairwise", "within"), ("unary", "boundary"), ("pairwise", "boundary"),
                  ("unary", "within"), ("full", "within"), ("full", "boundary"))
-_CAPTURED = ("theta", "phi", "conv_mask")
+_CAPTURED = ("theta", "phi", "conv_mask", "conv_query", "conv_key")
+# The official-code block's names of the queries and keys.
+_OFFICIAL_NAMES = {"conv_query": "theta", "conv_key": "phi"}
 
 
 @dataclasses.dataclass
@@ -78,6 +81,12 @@ def _block_settings(block: nn.Module) -> dict:
     """The Python attributes the analysis needs from a block instance."""
     if isinstance(block, blocks.ContextBlock):
         return {"kind": "gc", "window": ()}
+    if isinstance(block, blocks_official.OfficialDisentangledNonLocal):
+        if block.whiten == "ln_nostd":
+            raise ValueError(f"block {'/'.join(block.path)} whitens with 'ln_nostd' (one mean "
+                             "per sample); the analysis covers 'channel' whitening or none.")
+        return {"kind": "dnl", "window": (), "use_scale": block.use_scale,
+                "whiten": block.whiten == "channel", "temperature": block.temperature}
     if isinstance(block, blocks.NonLocal) and block.mode != "embedded_gaussian":
         raise ValueError(f"block {'/'.join(block.path)} uses mode {block.mode!r}: only "
                          "'embedded_gaussian' non-local blocks have a softmax to decompose.")
@@ -97,8 +106,10 @@ class BlockCapturer:
     of the model changes and no N × M matrix is formed. Block attributes are read while tracing.
     """
 
-    def __init__(self, module: nn.Module):
-        self.module = module
+    def __init__(self, module: nn.Module, method=None):
+        """`method`: the module method to run instead of `__call__(inputs, train=False)`, called
+        as `method(inputs)` (e.g. `MaskRCNN.build`, which runs the backbone on images alone)."""
+        self.module, self.method = module, method
         self.settings: dict[str, dict] = {}
         self._forward = jax.jit(self._trace)
 
@@ -115,11 +126,15 @@ class BlockCapturer:
                 self.settings[path] = _block_settings(module)
                 captured.setdefault(path, {})["input"] = args[0]
             elif isinstance(module.parent, BLOCK_TYPES) and module.name in _CAPTURED:
-                captured.setdefault("/".join(module.parent.path), {})[module.name] = out
+                name = _OFFICIAL_NAMES.get(module.name, module.name)
+                captured.setdefault("/".join(module.parent.path), {})[name] = out
             return out
 
         with nn.intercept_methods(interceptor):
-            outputs = self.module.apply(variables, inputs, train=False)
+            if self.method is None:
+                outputs = self.module.apply(variables, inputs, train=False)
+            else:
+                outputs = self.module.apply(variables, inputs, method=self.method)
         return outputs, captured
 
     def __call__(self, variables: Mapping, inputs) -> tuple[Any, list[BlockCapture]]:
