@@ -2,8 +2,9 @@
 
 One `tfds.core.GeneratorBasedBuilder` per dataset; its `_generate_examples` is the parser of the
 dataset's own module (cityscapes.py, ade20k.py, pascal_context.py, coco.py, video.py), which knows
-the raw layout and the label mapping. The raw files come from `DownloadConfig(manual_dir=...)`; nothing is
-ever downloaded (`try_download_gcs=False`, and the builders ask the download manager for nothing).
+the raw layout and the label mapping. The raw files come from `DownloadConfig(manual_dir=...)`;
+nothing is ever downloaded (`try_download_gcs=False`, and the builders ask the download manager
+for nothing).
 
 Features written (`file_format='array_record'`, so every split is a random-access source):
 

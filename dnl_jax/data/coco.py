@@ -325,8 +325,8 @@ def train_indices(source, *, filter_empty_gt: bool = True,
                   min_size: int = MIN_IMAGE_SIZE) -> np.ndarray:
     """Indices of the examples mmdet's COCO training set keeps: with `filter_empty_gt`, not the
     images without annotations; with `min_size` (only 0 or the prepared `MIN_IMAGE_SIZE`), not
-    the images whose shorter side is below it. Use `source[i] for i in train_indices(source)`,
-    e.g. `grain.MapDataset.source(source)[...]`-style slicing by these indices."""
+    the images whose shorter side is below it. `sources.Subset(source, train_indices(source))`
+    is that training set as a source."""
     stats = source.metadata["splits"][source.split]
     if min_size not in (0, source.metadata["min_image_size"]):
         raise ValueError(f"min_size={min_size}: the preparation listed small images for "

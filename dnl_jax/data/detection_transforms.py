@@ -101,9 +101,14 @@ def _loadable(example: dict[str, Any]) -> np.ndarray:
             & (sizes >= 1).all(-1))
 
 
-def _resize_image(example: dict[str, Any], scale: Sequence[int]):
+def _resize_image(example: dict[str, Any], scale: Sequence[int], canvas: Sequence[int]):
     image = np.asarray(example["image"])
     size = transforms.rescale_size(*image.shape[:2], scale)
+    if size[0] > canvas[0] or size[1] > canvas[1]:
+        raise ValueError(f"image {example.get('image_id', '')} resized to {size} is larger than "
+                         f"the canvas {tuple(canvas)}; pass a canvas of at least "
+                         f"({max(scale)}, {max(scale)}) rounded up to a multiple of 32 for "
+                         f"scale {tuple(scale)}.")
     resized, _ = transforms.resize(image, None, size)
     factor = np.array([size[0] / image.shape[0], size[1] / image.shape[1]], np.float32)
     return resized, size, factor
@@ -122,7 +127,7 @@ def detection_train_augment(example: dict[str, Any], rng: np.random.Generator, *
     train_pipeline. `counter` (optional) counts what is left out."""
     crowd = np.asarray(example["iscrowd"], bool)
     loadable = _loadable(example)
-    image, size, factor = _resize_image(example, scale)
+    image, size, factor = _resize_image(example, scale, canvas)
     boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4) * np.tile(factor[::-1], 2)
     boxes = np.clip(boxes, 0, np.array([size[1], size[0]] * 2, np.float32))
     keep = ~crowd & loadable & ((boxes[:, 2:] - boxes[:, :2]) >= 1).all(-1)
@@ -156,7 +161,7 @@ def detection_eval_preprocess(example: dict[str, Any], *, scale: Sequence[int] =
                               canvas: Sequence[int] = CANVAS, mean=MEAN,
                               std=STD) -> dict[str, np.ndarray]:
     """A detection source's example → the evaluation input (module docstring)."""
-    image, size, factor = _resize_image(example, scale)
+    image, size, factor = _resize_image(example, scale, canvas)
     return {"image": _pad_image(image, canvas, mean, std),
             "image_size": np.array(size, np.float32), "scale_factor": factor,
             "orig_size": np.array(np.asarray(example["image"]).shape[:2], np.int32),

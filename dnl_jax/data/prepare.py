@@ -4,11 +4,12 @@
         [--overwrite] [--short_side 256 --max_frames 300 --num_workers N]   (video only)
 
 NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), coco (2017 instances),
-kinetics (any video dataset in the Kinetics layout) and ucf101 (split 1). The expected raw layout of each is in its
-module's docstring; the builders are in builders.py. Output: OUT/NAME/1.0.0/ as tfds writes it
-(dataset_info.json, features.json, metadata.json, NAME-SPLIT.array_record-* shards), which
-`dnl_jax.data.load_split` reads. Pixels whose raw label lies outside the format's range become 255
-and are reported. No network is used and TensorFlow is not needed.
+kinetics (any video dataset in the Kinetics layout) and ucf101 (split 1). The expected raw layout
+of each is in its module's docstring; the builders are in builders.py. Output: OUT/NAME/1.0.0/ as
+tfds writes it (dataset_info.json, features.json, metadata.json, NAME-SPLIT.array_record-*
+shards), which `dnl_jax.data.load_split` reads. Pixels whose raw label lies outside the format's
+range become 255 and are reported, as are COCO's malformed polygons. No network is used and
+TensorFlow is not needed.
 
 tfds would leave an empty OUT/NAME/ and OUT/downloads/ behind after a failure, and with
 --overwrite it deletes the old data before building the new; so the builder writes into

@@ -100,6 +100,32 @@ class PreparedSource:
         return f"PreparedSource({self.name}/{self.split}, n={len(self)})"
 
 
+class Subset:
+    """The examples `indices` of a random-access source, as a random-access source (e.g. COCO's
+    mmdet training set, `coco.train_indices`); picklable when the source is."""
+
+    def __init__(self, source, indices):
+        self.source = source
+        self.indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples.")
+        return self.source[int(self.indices[index])]
+
+    def __getattr__(self, name: str):  # metadata, classes, split... of the source
+        if name in ("source", "indices"):
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __repr__(self) -> str:
+        return f"Subset({self.source!r}, n={len(self)})"
+
+
 def _keep_encoded():
     """A tfds decoder that hands a sequence feature's serialized items (JPEG bytes) through."""
     import tensorflow_datasets as tfds
