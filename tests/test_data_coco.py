@@ -86,6 +86,7 @@ def test_prepare_and_read_back_match_pycocotools(prepared):
                 assert example["iscrowd"][i] == bool(ann["iscrowd"])
                 np.testing.assert_array_equal(example["masks"][i], api.annToMask(ann))
     train = load_split("coco", "train", out)
+    assert train.metadata["coco2017_categories"] is False  # the fixture's are 1, 3 and 90
     assert sorted(np.unique(np.concatenate([train[i]["labels"] for i in range(len(train))]))) \
         == [0, 1, 2]
     stats = train.metadata["splits"]["train"]
@@ -95,6 +96,12 @@ def test_prepare_and_read_back_match_pycocotools(prepared):
     assert stats["skipped_annotation_ids"] == [ALL_MALFORMED_ID] and stats["num_crowd"] == 1
     assert stats["indices_without_annotations"] == [2]  # image 25, third by id
     assert "2 malformed polygons" in printed and str(ALL_MALFORMED_ID) in printed
+
+
+def test_coco2017_category_ids_are_1_to_90_less_the_ten_unused():
+    unused = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
+    assert list(coco.COCO_CATEGORY_IDS) == [i for i in range(1, 91) if i not in unused]
+    assert len(coco.COCO_CATEGORY_IDS) == 80
 
 
 def test_train_indices_follow_mmdet_filters(prepared):

@@ -16,13 +16,16 @@ COCOeval's size ranges), annotation id, and the mask as compressed COCO RLE made
 (from polygons, from uncompressed RLE — crowd annotations — or kept when already compressed).
 
 Labels: the JSON's category ids sorted ascending; label k is the k-th (`category_ids[k]`, in the
-prepared metadata.json with the class names; for COCO 2017 they are `COCO_CATEGORY_IDS`). Both
-splits must list the same categories.
+prepared metadata.json with the class names, and 'coco2017_categories' says whether they are
+COCO 2017's 80, `COCO_CATEGORY_IDS`). Both splits must list the same categories.
 
 Images without annotations are kept (val: COCOeval counts their false positives; train: negative
 images). mmdet's COCO training set drops them (`filter_empty_gt=True`) with images whose shorter
-side is below 32 (`min_size=32`): `train_indices(source)` gives the indices of that filtered set,
-from lists the preparation stores in metadata.json.
+side is below 32 (`min_size=32`): `sources.Subset(source, train_indices(source))` is that
+filtered set (from lists the preparation stores in metadata.json).
+
+Reading: `load_split('coco', split, data_dir)` gives `decode_record`'s examples; the pipelines
+are in detection_transforms.py; `coco_ground_truth(source)` is what COCOeval scores against.
 
 Malformed polygons (odd length or fewer than 3 points) are dropped from their annotation, as
 mmdet's LoadAnnotations does; an annotation left without a valid polygon is skipped. Both are
@@ -246,7 +249,11 @@ def build_splits(manual_dir: str, report: ParseReport,
                              "must use the same category list.")
         category_ids, names = ids, split_names
         _check_images(manual_dir, split, dataset)
+    if len(category_ids) == len(COCO_CATEGORY_IDS) and category_ids != list(COCO_CATEGORY_IDS):
+        _log.warning("80 categories, but not COCO 2017's ids %s: labels follow the file's ids.",
+                     COCO_CATEGORY_IDS)
     meta = {"classes": names, "category_ids": category_ids,
+            "coco2017_categories": category_ids == list(COCO_CATEGORY_IDS),
             "label_mapping": "label k = the k-th smallest category id (category_ids[k])",
             "min_image_size": MIN_IMAGE_SIZE}
     generators = {s: (lambda s=s: _examples(manual_dir, s, datasets[s], category_ids, report))
