@@ -1,14 +1,19 @@
 """tfds builders of the real datasets: raw downloads → array_record files that `sources.py` reads.
 
 One `tfds.core.GeneratorBasedBuilder` per dataset; its `_generate_examples` is the parser of the
-dataset's own module (cityscapes.py, ade20k.py, pascal_context.py, video.py), which knows the raw
-layout and the label mapping. The raw files come from `DownloadConfig(manual_dir=...)`; nothing is
-ever downloaded (`try_download_gcs=False`, and the builders ask the download manager for nothing).
+dataset's own module (cityscapes.py, ade20k.py, pascal_context.py, coco.py, video.py), which knows
+the raw layout and the label mapping. The raw files come from `DownloadConfig(manual_dir=...)`;
+nothing is ever downloaded (`try_download_gcs=False`, and the builders ask the download manager
+for nothing).
 
 Features written (`file_format='array_record'`, so every split is a random-access source):
 
     segmentation  {'name': Text, 'image': Image uint8 [H, W, 3],
                    'label': Image uint8 [H, W, 1] (train ids, 255 = ignore)}
+    detection     {'name': Text, 'image': Image uint8 [H, W, 3], 'image_id': int64, 'height',
+                   'width': int32, per instance: 'boxes' float64 [n, 4] (x1, y1, x2, y2),
+                   'labels' / 'category_ids' int32 [n], 'iscrowd' bool [n], 'areas' float64 [n],
+                   'annotation_ids' int64 [n], 'mask_counts' Sequence(Text) (COCO RLE counts)}
     video         {'name': Text, 'video': Sequence(Image uint8 [H, W, 3], JPEG) → [T, H, W, 3],
                    'label': Scalar int64 (class index)}
 
@@ -34,7 +39,7 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dnl_jax.data import ade20k, cityscapes, pascal_context, records, video
+from dnl_jax.data import ade20k, cityscapes, coco, pascal_context, records, video
 from dnl_jax.data.sources import VERSION as PREPARED_VERSION
 
 INSTRUCTIONS = "Place the raw download in manual_dir as the dataset module's docstring describes."
@@ -104,6 +109,36 @@ class PascalContext(_Segmentation, skip_registration=True):
     PARSER = pascal_context
 
 
+class Coco(_Prepared, skip_registration=True):
+    """COCO 2017 instances (coco.py): per image its annotations, masks as COCO RLE."""
+
+    name = "coco"
+
+    def __init__(self, **kwargs):
+        self._report = coco.ParseReport()
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        instances = lambda dtype, *shape: tfds.features.Tensor(  # noqa: E731
+            shape=(None, *shape), dtype=dtype)
+        features = {"name": tfds.features.Text(),
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "image_id": tfds.features.Scalar(dtype=np.int64),
+                    "height": tfds.features.Scalar(dtype=np.int32),
+                    "width": tfds.features.Scalar(dtype=np.int32),
+                    "boxes": instances(np.float64, 4), "labels": instances(np.int32),
+                    "category_ids": instances(np.int32), "iscrowd": instances(np.bool_),
+                    "areas": instances(np.float64), "annotation_ids": instances(np.int64),
+                    "mask_counts": tfds.features.Sequence(tfds.features.Text())}
+        return self._make_info(features, coco.__doc__, {"task": "detection"})
+
+    def _split_generators(self, dl_manager):
+        splits, meta = coco.build_splits(os.fspath(dl_manager.manual_dir), self._report)
+        self.info.metadata.update(meta)
+        return {split: self._generate_examples(split, make, self._report.split_stats)
+                for split, make in splits.items()}
+
+
 class _Video(_Prepared, skip_registration=True):
     """Videos listed by `LISTING(manual_dir)` → ({split: [(path, class name)]}, class names);
     frames decoded with FFmpeg (PyAV), short side `short_side`, at most `max_frames` per video."""
@@ -141,12 +176,13 @@ class Ucf101(_Video, skip_registration=True):
     LISTING = staticmethod(video.ucf101_listing)
 
 
-BUILDERS = {builder.name: builder for builder in (Cityscapes, Ade20k, PascalContext, Kinetics,
-                                                  Ucf101)}
+BUILDERS = {builder.name: builder for builder in (Cityscapes, Ade20k, PascalContext, Coco,
+                                                  Kinetics, Ucf101)}
 # What manual_dir must hold, for the error when it is missing or empty.
 RAW_FILES = {"cityscapes": f"{cityscapes.IMAGES_ZIP} and {cityscapes.LABELS_ZIP}",
              "ade20k": f"the extracted {ade20k.ROOT}/ folder",
              "pascal_context": f"{pascal_context.VOC_ROOT}/ and the PASCAL-Context annotations",
+             "coco": "train2017/, val2017/ and annotations/instances_{train,val}2017.json",
              "kinetics": "train/ and val/ class folders of videos, or train.csv and val.csv",
              "ucf101": "UCF-101/ and ucfTrainTestlist/"}
 

@@ -3,12 +3,13 @@
     python -m dnl_jax.data.prepare NAME --manual_dir RAW --data_dir OUT [--num_shards S]
         [--overwrite] [--short_side 256 --max_frames 300 --num_workers N]   (video only)
 
-NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), kinetics (any video
-dataset in the Kinetics layout) and ucf101 (split 1). The expected raw layout of each is in its
-module's docstring; the builders are in builders.py. Output: OUT/NAME/1.0.0/ as tfds writes it
-(dataset_info.json, features.json, metadata.json, NAME-SPLIT.array_record-* shards), which
-`dnl_jax.data.load_split` reads. Pixels whose raw label lies outside the format's range become 255
-and are reported. No network is used and TensorFlow is not needed.
+NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), coco (2017 instances),
+kinetics (any video dataset in the Kinetics layout) and ucf101 (split 1). The expected raw layout
+of each is in its module's docstring; the builders are in builders.py. Output: OUT/NAME/1.0.0/ as
+tfds writes it (dataset_info.json, features.json, metadata.json, NAME-SPLIT.array_record-*
+shards), which `dnl_jax.data.load_split` reads. Pixels whose raw label lies outside the format's
+range become 255 and are reported, as are COCO's malformed polygons. No network is used and
+TensorFlow is not needed.
 
 tfds would leave an empty OUT/NAME/ and OUT/downloads/ behind after a failure, and with
 --overwrite it deletes the old data before building the new; so the builder writes into
@@ -94,6 +95,18 @@ def _report(metadata: dict, name: str, log) -> None:
             log(f"  warning: {info['out_of_range_pixels']} pixels in {info['out_of_range_images']} "
                 f"images had labels outside the class range and were set to 255 (ignore), e.g. "
                 f"{info['out_of_range_examples'][:5]}")
+        if "num_annotations" in info:  # detection
+            log(f"  {info['num_annotations']} annotations ({info['num_crowd']} crowd); "
+                f"{len(info['indices_without_annotations'])} images without annotations (kept)")
+        if info.get("malformed_polygons"):
+            log(f"  warning: {info['malformed_polygons']} malformed polygons (odd length or fewer "
+                f"than 3 points) were dropped, from annotations e.g. "
+                f"{info['malformed_polygon_annotation_ids'][:5]}; {info['skipped_annotations']} "
+                f"annotations had no valid polygon left and were skipped, e.g. "
+                f"{info['skipped_annotation_ids'][:5]}")
+    if "category_ids" in metadata:
+        log(f"{name}: {len(metadata['category_ids'])} categories; label k is category id "
+            "category_ids[k] of metadata.json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

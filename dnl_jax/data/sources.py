@@ -2,6 +2,9 @@
 
 `load_split(name, split, data_dir)` → a source with `len()` and `source[i]`:
   segmentation: {'image': uint8 [H, W, 3], 'label': uint8 [H, W]} (train ids, 255 = ignore)
+  detection:    COCO (`coco.decode_record`): {'image': uint8 [H, W, 3], 'image_id', 'height',
+                 'width', 'boxes': f32 [n, 4] (x1, y1, x2, y2), 'labels': int32 [n] (0..K-1),
+                 'category_ids', 'iscrowd': bool [n], 'areas', 'masks': uint8 [n, H, W]}
   video:        {'video': `video.EncodedFrames` (acts as uint8 [T, H, W, 3]; indexing decodes
                  only the frames asked for), 'label': int32 scalar}
 plus 'name' (the raw file's id) when `with_names=True`, for writing predictions.
@@ -20,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dnl_jax.data import video
+from dnl_jax.data import coco, video
 
 VERSION = "1.0.0"  # of every dataset the tfds builders in builders.py write
 
@@ -46,6 +49,7 @@ class PreparedSource:
         self.metadata: dict[str, Any] = dict(info.metadata)
         self.classes: list[str] = list(self.metadata["classes"])
         self.is_video = self.metadata["task"] == "video"
+        self.is_detection = self.metadata["task"] == "detection"
         self._source = self._decode_frame = None  # opened lazily, per process
 
     def _records(self):
@@ -58,6 +62,16 @@ class PreparedSource:
                 self._decode_frame = builder.info.features["video"].feature.decode_example_np
         return self._source
 
+    def raw_records(self, skip_decoding: tuple[str, ...] = ()):
+        """The split's records as tfds decodes them (a random-access sequence of dicts), with
+        the image features named in `skip_decoding` left encoded (bytes): e.g. COCO's ground
+        truth reads the annotations without decoding a single image."""
+        import tensorflow_datasets as tfds
+
+        decoders = {name: tfds.decode.SkipDecoding() for name in skip_decoding}
+        return _open_builder(self._builder_dir, self.name).as_data_source(
+            self.split, decoders=decoders or None)
+
     def __len__(self) -> int:
         return self._length
 
@@ -69,6 +83,8 @@ class PreparedSource:
         if self.is_video:
             example = {"video": video.EncodedFrames(record["video"], self._decode_frame),
                        "label": np.int32(record["label"])}
+        elif self.is_detection:
+            example = coco.decode_record(record)
         else:
             example = {"image": record["image"], "label": record["label"][..., 0]}
         if self.with_names:
@@ -82,6 +98,32 @@ class PreparedSource:
 
     def __repr__(self) -> str:
         return f"PreparedSource({self.name}/{self.split}, n={len(self)})"
+
+
+class Subset:
+    """The examples `indices` of a random-access source, as a random-access source (e.g. COCO's
+    mmdet training set, `coco.train_indices`); picklable when the source is."""
+
+    def __init__(self, source, indices):
+        self.source = source
+        self.indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples.")
+        return self.source[int(self.indices[index])]
+
+    def __getattr__(self, name: str):  # metadata, classes, split... of the source
+        if name in ("source", "indices"):
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __repr__(self) -> str:
+        return f"Subset({self.source!r}, n={len(self)})"
 
 
 def _keep_encoded():
