@@ -26,12 +26,12 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 
-from dnl_jax import blocks, layers
+from dnl_jax import blocks, blocks_official, layers
 
 Array = jax.Array
 Dtype = Any
 
-CONTEXT_KINDS = ("dnl", "nl", "gc")
+CONTEXT_KINDS = ("dnl", "nl", "gc", "dnl_official")
 PLACEMENTS = ("after_block", "after_add", "before_add")
 
 
@@ -40,14 +40,15 @@ class ContextSpec:
     """Which context block to insert into a residual block, and where.
 
     Attributes:
-      kind: 'dnl' (`DisentangledNonLocal`), 'nl' (`NonLocal`, embedded Gaussian) or 'gc'
-        (`ContextBlock`).
+      kind: 'dnl' (`DisentangledNonLocal`), 'nl' (`NonLocal`, embedded Gaussian), 'gc'
+        (`ContextBlock`) or 'dnl_official' (`blocks_official.OfficialDisentangledNonLocal`,
+        'channel' whitening: the official DNL detection code's `nl_gc_block`, no conv_out).
       placement: 'after_block' (after the block's final ReLU, as the video non-local network),
         'after_add' (after the residual add, before the final ReLU, as the official DNL detection
         code) or 'before_add' (on the residual branch after the last BN, as GCNet's mmdet code).
       reduction: inner channels = C // reduction for 'dnl'/'nl' (2 in mmseg and the video network,
         4 in the detection code).
-      temperature: 'dnl' only.
+      temperature: 'dnl' and 'dnl_official' only.
       sub_sample: max-pool keys and values by `pool_window` (video: (1, 2, 2)).
       ratio: 'gc' bottleneck ratio.
       implementation: attention implementation passed to `dnl_jax.attention.dnl_attention`.
@@ -82,6 +83,14 @@ class ContextSpec:
         """The block, named `{kind}_block` (call it inside a compact method)."""
         if self.kind == "gc":
             return blocks.ContextBlock(ratio=self.ratio, dtype=dtype, name=self.module_name)
+        if self.kind == "dnl_official":
+            if self.sub_sample:
+                raise ValueError("ContextSpec('dnl_official') has no sub-sampling (the official "
+                                 "detection configs use downsample=False); set sub_sample=False.")
+            return blocks_official.OfficialDisentangledNonLocal(
+                reduction=self.reduction, whiten="channel", use_scale=self.use_scale,
+                temperature=self.temperature, implementation=self.implementation, dtype=dtype,
+                name=self.module_name)
         common = dict(
             reduction=self.reduction, sub_sample=self.sub_sample, pool_window=self.pool_window,
             axis_name=axis_name, implementation=self.implementation, use_scale=self.use_scale,
