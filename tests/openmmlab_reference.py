@@ -1,6 +1,6 @@
 """The real OpenMMLab reference classes, loaded file by file from the installed wheels.
 
-mmsegmentation and mmaction2 are installed with `--no-deps` (Makefile, requirements-openmmlab.txt):
+mmsegmentation, mmaction2 and mmdet are installed with `--no-deps` (Makefile, requirements-openmmlab.txt):
 their package `__init__`s import half of OpenMMLab (mmdet, mmcv's compiled ops, ...), which is not
 installed here. Their model files themselves need only torch, mmcv-lite and mmengine, plus a
 registry to decorate the classes. So each file is executed on its own, under its real module

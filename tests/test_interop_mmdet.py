@@ -15,9 +15,11 @@ import jax
 import numpy as np
 import pytest
 
+from dnl_jax.blocks_official import OFFICIAL_VARIANTS, OfficialDisentangledNonLocal
 from dnl_jax.interop import convert, mapping, mmdet
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from openmmlab_reference import mmdet_models
+from test_blocks_official import OfficialReference
 from test_interop_convert import restore
 from torch_reference import randomize, relative_error, require
 
@@ -168,7 +170,9 @@ def test_v1_layout_converts_to_the_same_variables(case, request):
 def test_v1_official_dnl_blocks_map_onto_our_block(two_fc):
     """`nl_gc_block` (the official DNL detection code's `NonLocal2dGc`, ratio 1/4, in c4 block
     n−2 and all of c5, as its `stage_with_nlgcb=[[], [], [-2], [-2, -1, 0]]`) → our
-    'dnl_official' block, leaf by leaf."""
+    'dnl_official' block: leaf by leaf, and the converted block computes what the official
+    forward (tests/test_blocks_official.py's reference, which NonLocal2dGc with downsample=False,
+    use_out=False, with_gc=True is) computes with the checkpoint's tensors."""
     reference, _, _, _ = two_fc
     v1 = to_v1(_state_dict(reference))
     rng = np.random.default_rng(3)
@@ -182,7 +186,8 @@ def test_v1_official_dnl_blocks_map_onto_our_block(two_fc):
                   "conv_value.weight": (channels, channels, 1, 1),
                   "conv_mask.weight": (1, channels, 1, 1), "conv_mask.bias": (1,),
                   "gamma": (1,)}
-        v1.update({prefix + k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()})
+        v1.update({prefix + k: (rng.normal(size=s) * (1.0 if k == "gamma" else 0.05)).astype(
+            np.float32) for k, s in shapes.items()})
     module, variables, report = mmdet.mmdet_to_flax(v1, temperature=0.05)
     assert report.ok
     assert (module.context.kind, module.context.placement, module.context.reduction,
@@ -194,6 +199,17 @@ def test_v1_official_dnl_blocks_map_onto_our_block(two_fc):
     np.testing.assert_array_equal(block["conv_value"]["kernel"],
                                   v1[prefix + "conv_value.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(block["conv_mask"]["bias"], v1[prefix + "conv_mask.bias"])
+
+    channels = blocks["layer3.4"]
+    official = OfficialReference(channels, channels // 4, **OFFICIAL_VARIANTS["in"])
+    official.load_state_dict({key.removeprefix(prefix): torch.tensor(value)
+                              for key, value in v1.items() if key.startswith(prefix)})
+    x = np.random.default_rng(4).normal(size=(2, channels, 5, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = official(torch.tensor(x))
+    ours = OfficialDisentangledNonLocal(reduction=4, **OFFICIAL_VARIANTS["in"]).apply(
+        {"params": block}, _nhwc(x))
+    assert relative_error(np.asarray(ours), _nhwc(expected)) < 1e-4
 
 
 def test_strict_reports_name_the_key(two_fc):
@@ -237,3 +253,40 @@ def test_convert_cli_writes_the_detector(tmp_path, four_conv_gc):
     assert summary["loaded"] == summary["model_tensors"] == len(jax.tree.leaves(variables))
     jax.tree.map(np.testing.assert_array_equal, restore(tmp_path / "out" / "state"), variables)
     assert isinstance(module, MaskRCNN)
+
+
+def test_torchvision_resnet50_loads_into_the_detector_backbone(tmp_path):
+    """`torchvision_resnet50` (pretrained.BACKBONES) → MaskRCNN's `params['backbone']` with
+    `load_into`, in the official DNL c4+c5 placement: every backbone leaf but the context
+    blocks' comes from the file. The file is mmdet's ResNet-50 state_dict (torchvision's key
+    names and shapes; torchvision itself is not installed) plus an ImageNet `fc`."""
+    from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+
+    from dnl_jax.interop import pretrained as convert_cli  # pylint: disable=import-outside-toplevel
+    from dnl_jax.models.residual import ContextSpec  # pylint: disable=import-outside-toplevel
+    from dnl_jax.train import pretrained  # pylint: disable=import-outside-toplevel
+    from dnl_jax.train.checkpoint import load_variables  # pylint: disable=import-outside-toplevel
+
+    resnet = randomize(MMDET.ResNet(depth=50, norm_cfg=BN), seed=5)
+    state_dict = dict(resnet.state_dict())
+    state_dict["fc.weight"], state_dict["fc.bias"] = torch.zeros(10, 2048), torch.zeros(10)
+    source = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(state_dict, source)
+    spec = pretrained.BACKBONES["torchvision_resnet50"]
+    convert_cli.convert_backbone(spec, str(source), str(tmp_path / "pretrained"))
+
+    module = MaskRCNN(num_classes=CLASSES, context=ContextSpec("dnl_official", "after_add",
+                                                               reduction=4),
+                      context_block_indices=((), (), (-2,), (0, 1, 2)))
+    fresh = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
+                         mmdet.detector_template(module))
+    config = SimpleNamespace(pretrained=spec.name, pretrained_dir=str(tmp_path / "pretrained"))
+    params, stats = pretrained.load_into(config, fresh["params"], fresh["batch_stats"],
+                                         load_variables)
+    backbone = params["backbone"]
+    np.testing.assert_array_equal(backbone["conv1"]["kernel"],
+                                  state_dict["conv1.weight"].numpy().transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(stats["backbone"]["layer4_2"]["bn3"]["var"],
+                                  state_dict["layer4.2.bn3.running_var"].numpy())
+    assert not np.any(backbone["layer3_4"]["dnl_official_block"]["conv_value"]["kernel"])
+    assert not np.any(params["bbox_head"]["fc_cls"]["kernel"])  # heads keep their init
