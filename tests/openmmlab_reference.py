@@ -1,10 +1,10 @@
 """The real OpenMMLab reference classes, loaded file by file from the installed wheels.
 
-mmsegmentation, mmaction2 and mmdet are installed with `--no-deps` (Makefile, requirements-openmmlab.txt):
-their package `__init__`s import half of OpenMMLab (mmdet, mmcv's compiled ops, ...), which is not
-installed here. Their model files themselves need only torch, mmcv-lite and mmengine, plus a
-registry to decorate the classes. So each file is executed on its own, under its real module
-name, with small stand-ins for the few package modules it imports:
+mmsegmentation, mmaction2 and mmdet are installed with `--no-deps` (Makefile,
+requirements-openmmlab.txt): their package `__init__`s import half of OpenMMLab (mmdet, mmcv's
+compiled ops, ...), which is not installed here. Their model files themselves need only torch,
+mmcv-lite and mmengine, plus a registry to decorate the classes. So each file is executed on its
+own, under its real module name, with small stand-ins for the few package modules it imports:
 
 - `<pkg>.registry.MODELS`: `register_module()` is a no-op decorator; `build(cfg)` (only reached
   for a head's loss) returns a parameter-free `nn.Identity`, so the state_dict keys are mmaction's.

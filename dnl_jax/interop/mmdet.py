@@ -8,7 +8,7 @@ Layout 'mmdet' (mmdet v2.x and v3.x, e.g. `mask-rcnn_r50_fpn_1x_coco`):
     backbone/.../gc_block                    ↔ backbone.layer{s}.{i}.context_block.*  (GCNet's
                                                 mmcv `ContextBlock` plugin, position
                                                 'after_conv3' = our placement 'before_add')
-    neck/lateral_convs_{l}, fpn_convs_{l}    ↔ neck.lateral_convs.{l}.conv, neck.fpn_convs.{l}.conv
+    neck/lateral_convs_{l}, fpn_convs_{l}    ↔ neck.lateral_convs.{l}.conv, .fpn_convs.{l}.conv
     rpn_head/rpn_conv, rpn_cls, rpn_reg      ↔ rpn_head.rpn_conv, .rpn_cls, .rpn_reg
     bbox_head/shared_fcs_{i}, fc_cls, fc_reg ↔ roi_head.bbox_head.shared_fcs.{i}, .fc_cls, .fc_reg
     bbox_head/shared_convs_{i}/conv, bn      ↔ roi_head.bbox_head.shared_convs.{i}.conv, .bn
@@ -61,6 +61,9 @@ import numpy as np
 
 from dnl_jax.interop import mapping, segmentor
 from dnl_jax.interop.checkpoint_io import to_numpy
+from dnl_jax.models import residual
+from dnl_jax.models.detection.mask_rcnn import MaskRCNN
+from dnl_jax.models.residual import ContextSpec
 
 LAYOUTS = ("mmdet", "mmdet_v1")
 FPN_KEY = "neck.lateral_convs.0.conv.weight"
@@ -141,8 +144,6 @@ def _count(state_dict: Mapping[str, Any], pattern: str) -> int:
 
 def _context(state_dict: Mapping[str, Any], layout: str, depth: int) -> dict:
     """`context` (ContextSpec kwargs or None) and `context_block_indices` from the keys."""
-    from dnl_jax.models import residual  # pylint: disable=import-outside-toplevel
-
     found = {}
     indices = []
     for stage, blocks in enumerate(residual.ARCH_SETTINGS[depth]):
@@ -218,9 +219,6 @@ def detector_config(state_dict: Mapping[str, Any], layout: Optional[str] = None)
 def detector_for_state_dict(state_dict: Mapping[str, Any], layout: Optional[str] = None, *,
                             temperature: float = 0.05, **overrides):
     """The dnl_jax `MaskRCNN` for an mmdet state_dict (architecture from its keys)."""
-    from dnl_jax.models.detection.mask_rcnn import MaskRCNN  # pylint: disable=import-outside-toplevel
-    from dnl_jax.models.residual import ContextSpec  # pylint: disable=import-outside-toplevel
-
     config = detector_config(state_dict, layout)
     if config["context"] is not None:
         spec = dict(config["context"])
@@ -238,8 +236,8 @@ def detector_template(module: Any, image_size: int = 64) -> dict:
 
 
 def _first_fc_to_flax(weight: np.ndarray, channels: int) -> np.ndarray:
-    """`[O, C·S·S]` with inputs in (C, S, S) order → inputs in (S, S, C) order (a shape that does
-    not factor is returned as is, for the report to name)."""
+    """`[O, C·S·S]` with inputs in (C, S, S) order → inputs in (S, S, C) order (a shape that
+    does not factor is returned as is, for the report to name)."""
     out, inputs = weight.shape
     side = int(round((inputs / channels) ** 0.5)) if channels else 0
     if side < 1 or channels * side * side != inputs:
@@ -249,8 +247,6 @@ def _first_fc_to_flax(weight: np.ndarray, channels: int) -> np.ndarray:
 
 def is_detector_module(module: Any) -> bool:
     """Whether `module` is a dnl_jax `MaskRCNN`."""
-    from dnl_jax.models.detection.mask_rcnn import MaskRCNN  # pylint: disable=import-outside-toplevel
-
     return isinstance(module, MaskRCNN)
 
 
