@@ -1,10 +1,10 @@
 """The real OpenMMLab reference classes, loaded file by file from the installed wheels.
 
-mmsegmentation and mmaction2 are installed with `--no-deps` (Makefile, requirements-openmmlab.txt):
-their package `__init__`s import half of OpenMMLab (mmdet, mmcv's compiled ops, ...), which is not
-installed here. Their model files themselves need only torch, mmcv-lite and mmengine, plus a
-registry to decorate the classes. So each file is executed on its own, under its real module
-name, with small stand-ins for the few package modules it imports:
+mmsegmentation, mmaction2 and mmdet are installed with `--no-deps` (Makefile,
+requirements-openmmlab.txt): their package `__init__`s import half of OpenMMLab (mmdet, mmcv's
+compiled ops, ...), which is not installed here. Their model files themselves need only torch,
+mmcv-lite and mmengine, plus a registry to decorate the classes. So each file is executed on its
+own, under its real module name, with small stand-ins for the few package modules it imports:
 
 - `<pkg>.registry.MODELS`: `register_module()` is a no-op decorator; `build(cfg)` (only reached
   for a head's loss) returns a parameter-free `nn.Identity`, so the state_dict keys are mmaction's.
@@ -17,6 +17,12 @@ the parity tests never skip silently); only a missing torch skips them locally, 
 
     mmseg = mmseg_models()        # .ResNetV1c, .DisentangledNonLocal2d, .FCNHead, .DNLHead, .NLHead
     mmaction = mmaction_models()  # .ResNet3d, .I3DHead
+    mmdet = mmdet_models()        # .ResNet, .FPN, .RPNHead, .ConvFCBBoxHead, .FCNMaskHead
+
+mmdet 3.3.0's files import more of mmdet (structures, task modules, `mmcv.ops`, whose compiled
+ops mmcv-lite lacks) for training and post-processing only; those names are stand-ins that raise
+if called, and a few `__init__`-time builds get stand-ins with the real behaviour (see
+`mmdet_models`).
 """
 
 from __future__ import annotations
@@ -173,6 +179,92 @@ def mmaction_models() -> types.SimpleNamespace:
     return types.SimpleNamespace(
         ResNet3d=loaded["mmaction.models.backbones.resnet3d"].ResNet3d,
         I3DHead=loaded["mmaction.models.heads.i3d_head"].I3DHead,
+    )
+
+
+class _MMDetModels(_Registry):
+    """mmdet's MODELS for the heads' `__init__`: a 'Linear' predictor (fc_cls / fc_reg) is a
+    torch `nn.Linear` (mmcv registers its `Linear` wrapper, the same layer for non-empty
+    inputs); a loss is a parameter-free `nn.Identity`, as for the other wheels."""
+
+    def build(self, cfg):
+        cfg = dict(cfg)
+        if cfg.pop("type") == "Linear":
+            return torch.nn.Linear(**cfg)
+        return torch.nn.Identity()
+
+
+class _MMDetTaskUtils(_Registry):
+    """mmdet's TASK_UTILS for the heads' `__init__`: the anchor generator only reports its number
+    of base anchors per level (scales × ratios, as `AnchorGenerator.num_base_priors`), the box
+    coder its code size (4, `DeltaXYWHBBoxCoder.encode_size`)."""
+
+    def build(self, cfg, default_args=None):
+        del default_args
+        if cfg["type"] == "AnchorGenerator":
+            count = len(cfg.get("scales", cfg.get("octave_base_scale", ()))) * len(cfg["ratios"])
+            return types.SimpleNamespace(num_base_priors=[count] * len(cfg["strides"]))
+        if cfg["type"] == "DeltaXYWHBBoxCoder":
+            return types.SimpleNamespace(encode_size=4)
+        raise NotImplementedError(f"no stand-in for TASK_UTILS type {cfg['type']!r}.")
+
+
+def _not_for_inference_names(*names: str) -> dict[str, Any]:
+    return {name: _not_for_inference(name) for name in names}
+
+
+@functools.cache
+def mmdet_models() -> types.SimpleNamespace:
+    """mmdet 3.3.0's `ResNet` (backbones/resnet.py with layers/res_layer.py, mmcv's plug-in
+    builder), `FPN` (necks/fpn.py), `RPNHead` (dense_heads/rpn_head.py on the real
+    anchor_head.py; its `BaseDenseHead` base is mmengine's `BaseModule`: the base only adds
+    post-processing), `ConvFCBBoxHead` / `Shared2FCBBoxHead` / `Shared4Conv1FCBBoxHead`
+    (roi_heads/bbox_heads/convfc_bbox_head.py on bbox_head.py) and `FCNMaskHead`
+    (roi_heads/mask_heads/fcn_mask_head.py)."""
+    from mmengine.model import BaseModule  # pylint: disable=import-outside-toplevel
+
+    stubs = _stand_ins("mmdet", {
+        "utils": dict(ConfigType=dict, OptConfigType=dict, MultiConfig=dict, OptMultiConfig=dict,
+                      InstanceList=list, OptInstanceList=list),
+        "structures": dict(SampleList=list),
+        "structures.bbox": _not_for_inference_names(
+            "cat_boxes", "empty_box_as", "get_box_tensor", "get_box_wh", "scale_boxes",
+            "BaseBoxes"),
+        "structures.mask": _not_for_inference_names("mask_target"),
+        "models.layers": _not_for_inference_names("multiclass_nms"),
+        "models.losses": _not_for_inference_names("accuracy"),
+        "models.utils": _not_for_inference_names(
+            "empty_instances", "multi_apply", "images_to_levels", "unmap"),
+        "models.task_modules.samplers": dict(SamplingResult=object,
+                                             PseudoSampler=_not_for_inference("PseudoSampler")),
+        "models.task_modules.prior_generators": dict(
+            AnchorGenerator=object, **_not_for_inference_names("anchor_inside_flags")),
+        "models.dense_heads.base_dense_head": dict(BaseDenseHead=BaseModule),
+    })
+    stubs["mmdet.registry"].MODELS = _MMDetModels()
+    stubs["mmdet.registry"].TASK_UTILS = _MMDetTaskUtils()
+    ops = _stub("mmcv.ops", **_not_for_inference_names("batched_nms"))
+    stubs.update({"mmcv.ops": ops,
+                  "mmcv.ops.carafe": _stub("mmcv.ops.carafe", CARAFEPack=object)})
+    loaded = _load_chain("mmdet", stubs, [
+        ("mmdet.models.layers.res_layer", "mmdet.models.layers"),
+        ("mmdet.models.backbones.resnet", None),
+        ("mmdet.models.necks.fpn", None),
+        ("mmdet.models.dense_heads.anchor_head", "mmdet.models.dense_heads"),
+        ("mmdet.models.dense_heads.rpn_head", None),
+        ("mmdet.models.roi_heads.bbox_heads.bbox_head", "mmdet.models.roi_heads.bbox_heads"),
+        ("mmdet.models.roi_heads.bbox_heads.convfc_bbox_head", None),
+        ("mmdet.models.roi_heads.mask_heads.fcn_mask_head", None),
+    ])
+    convfc = loaded["mmdet.models.roi_heads.bbox_heads.convfc_bbox_head"]
+    return types.SimpleNamespace(
+        ResNet=loaded["mmdet.models.backbones.resnet"].ResNet,
+        FPN=loaded["mmdet.models.necks.fpn"].FPN,
+        RPNHead=loaded["mmdet.models.dense_heads.rpn_head"].RPNHead,
+        ConvFCBBoxHead=convfc.ConvFCBBoxHead,
+        Shared2FCBBoxHead=convfc.Shared2FCBBoxHead,
+        Shared4Conv1FCBBoxHead=convfc.Shared4Conv1FCBBoxHead,
+        FCNMaskHead=loaded["mmdet.models.roi_heads.mask_heads.fcn_mask_head"].FCNMaskHead,
     )
 
 

@@ -1,5 +1,5 @@
-"""PyTorch (mmcv / mmseg / mmaction2 / torchvision) weights ↔ dnl_jax Flax variables, with safe
-loading.
+"""PyTorch (mmcv / mmseg / mmaction2 / mmdet / torchvision) weights ↔ dnl_jax Flax variables,
+with safe loading.
 
     state_dict = load_torch_checkpoint("dnl_block.pth")      # no pickled code is run
     variables = mmseg_to_flax(state_dict)                       # strict: fails on any mismatch
@@ -16,6 +16,7 @@ from dnl_jax.interop.mapping import (
     torch_to_flax,
 )
 from dnl_jax.interop.mmaction import flax_video_to_mmaction_state_dict, mmaction_to_flax
+from dnl_jax.interop.mmdet import mmdet_to_flax
 from dnl_jax.interop.mmseg import (
     block_for_state_dict,
     block_to_flax,
@@ -43,6 +44,7 @@ __all__ = [
     "load_torch_checkpoint",
     "merge_variables",
     "mmaction_to_flax",
+    "mmdet_to_flax",
     "mmseg_to_flax",
     "resnet_v1c_to_flax",
     "segmentor_for_state_dict",

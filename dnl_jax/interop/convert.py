@@ -14,6 +14,11 @@ reads the architecture from its keys and uses mmaction2's time strides ('mmactio
 `--nl-mode dot_product` for its dot-product NL checkpoints (the keys are the same). A registry
 video model (e.g. `nl_i3d_r50`) is built with `layout='mmaction'` and loads strictly by name.
 
+An mmdet Mask R-CNN R-FPN checkpoint (keys `neck.lateral_convs.*` and `roi_head.bbox_head.*`
+for mmdet v2/v3, or `bbox_head.*` for mmdetection v1 such as the official DNL detection
+checkpoints; the layout is detected) converts into a `MaskRCNN` (`dnl_jax.interop.mmdet`):
+`--model auto` reads the architecture, context blocks included, from its keys.
+
 A whole mmseg segmentor converts strictly: any missing, unexpected or mis-shaped key fails with
 one report. `--partial` loads what matches and keeps a fresh initialisation elsewhere: for an
 ImageNet-pretrained `resnet*_v1c` backbone (keys `stem.*`, `layer*`; loaded under `backbone`)
@@ -32,7 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dnl_jax.interop import mapping, mmaction, segmentor
+from dnl_jax.interop import mapping, mmaction, mmdet, segmentor
 from dnl_jax.interop.mapping import ConversionError
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
 from dnl_jax.models import registry
@@ -71,9 +76,26 @@ def build_module(state_dict: dict, model: str, num_classes: Optional[int],
     return bundle.module
 
 
+def _detector_module(state_dict: dict, model: str, num_classes: Optional[int]) -> Any:
+    """The `MaskRCNN` an mmdet checkpoint converts into: from its keys, or a registry model."""
+    if model == "auto":
+        return mmdet.detector_for_state_dict(state_dict)
+    classes = num_classes or mmdet.detector_config(state_dict)["num_classes"]
+    bundle = registry.get_model(model, classes)
+    if bundle.task != "detection":
+        raise ValueError(f"--model {model!r} is a {bundle.task} model; an mmdet Mask R-CNN "
+                         "converts into a detection model or --model auto.")
+    return bundle.module
+
+
 def _target(state_dict: dict, model: str, num_classes: Optional[int], output_stride: int,
             nl_mode: str) -> tuple[dict, Any, dict, mapping.Rename]:
     """(state_dict with segmentor keys, module, variable template, key rename) for the source."""
+    if mmdet.is_mmdet_detector(state_dict):
+        module = _detector_module(state_dict, model, num_classes)
+        layout = mmdet.detect_layout(state_dict)
+        return (mmdet.prepared_state_dict(state_dict, layout, module), module,
+                mmdet.detector_template(module), mmdet.mmdet_rename(layout))
     if mmaction.is_mmaction_recognizer(state_dict):
         module = mmaction.video_module(state_dict, model, num_classes, nl_mode=nl_mode)
         return state_dict, module, mmaction.video_template(module), mmaction.mmaction_rename
@@ -96,11 +118,16 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
         what=f"{in_path} for --model {model}",
     )
     variables = loaded
-    video_layout = mmaction.layout_summary(module)  # None for a segmentor.
+    video_layout = mmaction.layout_summary(module)  # None for a segmentor or a detector.
+    detector = mmdet.is_detector_module(module)
     if partial:
         _check_something_matched(report, in_path, model)
-        fresh = (mmaction.fresh_video_variables(module, seed) if video_layout
-                 else _fresh_variables(module, seed))
+        if video_layout:
+            fresh = mmaction.fresh_video_variables(module, seed)
+        elif detector:
+            fresh = mmdet.fresh_detector_variables(module, seed)
+        else:
+            fresh = _fresh_variables(module, seed)
         variables = mapping.merge_variables(fresh, loaded)
     os.makedirs(out_dir, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -110,7 +137,8 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
                   for key, got, want, _ in report.mismatched]
     summary = dict(
         source=os.path.abspath(in_path), model=model,
-        num_classes=int(module.num_classes if video_layout else module.decode_head.num_classes),
+        num_classes=int(module.num_classes if video_layout or detector
+                        else module.decode_head.num_classes),
         video_layout=video_layout, partial=partial,
         loaded=len(report.loaded), model_tensors=len(report.loaded) + len(report.missing)
         + len(report.mismatched), missing=[key for key, _ in report.missing],

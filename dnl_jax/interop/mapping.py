@@ -13,6 +13,7 @@ or a model-specific `rename`):
     params/<path>/bias          ↔ <path>.bias
     batch_stats/<path>/mean     ↔ <path>.running_mean
     batch_stats/<path>/var      ↔ <path>.running_var
+    params/<path>/gamma         ↔ <path>.gamma          (a bare parameter, e.g. official DNL's)
     (none)                      ↔ <path>.num_batches_tracked   (a counter; ignored on load)
 
 mmcv's `ContextBlock` builds its LayerNorm as `LayerNorm([C, 1, 1])`, so the weight and bias of
@@ -42,6 +43,7 @@ LEAF_TO_TORCH = {
     ("params", "bias"): "bias",
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    ("params", "gamma"): "gamma",  # the official DNL block's scalar `nn.Parameter`
 }
 IGNORED_TORCH_LEAVES = ("num_batches_tracked",)
 

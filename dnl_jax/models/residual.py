@@ -14,7 +14,8 @@ maps one to one (`/` ↔ `.`, trailing `_N` ↔ `.N`; conv `kernel` ↔ `weight`
     conv2, bn2, conv3, bn3  ↔ conv2, bn2, conv3, bn3  (conv3/bn3 only in the bottleneck)
     downsample_0/kernel     ↔ downsample.0.weight     (1×1 conv with the block's stride)
     downsample_1            ↔ downsample.1            (its batch norm)
-    dnl_block | nl_block | gc_block | dnl_official_block   the inserted context block (its own names, see blocks.py),
+    dnl_block | nl_block | gc_block | dnl_official_block   the inserted context block (its own
+                                      names, see blocks.py and blocks_official.py),
                                       as the plug-in of mmdet-style detection backbones.
 """
 
@@ -49,7 +50,7 @@ class ContextSpec:
         code) or 'before_add' (on the residual branch after the last BN, as GCNet's mmdet code).
       reduction: inner channels = C // reduction for 'dnl'/'nl' (2 in mmseg and the video network,
         4 in the detection code).
-      temperature: 'dnl' only.
+      temperature: 'dnl' and 'dnl_official' only.
       sub_sample: max-pool keys and values by `pool_window` (video: (1, 2, 2)).
       ratio: 'gc' bottleneck ratio.
       implementation: attention implementation passed to `dnl_jax.attention.dnl_attention`.
@@ -84,6 +85,14 @@ class ContextSpec:
         """The block, named `{kind}_block` (call it inside a compact method)."""
         if self.kind == "gc":
             return blocks.ContextBlock(ratio=self.ratio, dtype=dtype, name=self.module_name)
+        if self.kind == "dnl_official":
+            if self.sub_sample:
+                raise ValueError("ContextSpec('dnl_official') has no sub-sampling (the official "
+                                 "detection configs use downsample=False); set sub_sample=False.")
+            return blocks_official.OfficialDisentangledNonLocal(
+                reduction=self.reduction, whiten="channel", use_scale=self.use_scale,
+                temperature=self.temperature, implementation=self.implementation, dtype=dtype,
+                name=self.module_name)
         common = dict(
             reduction=self.reduction, sub_sample=self.sub_sample, pool_window=self.pool_window,
             axis_name=axis_name, implementation=self.implementation, use_scale=self.use_scale,
@@ -91,11 +100,6 @@ class ContextSpec:
         )
         if self.kind == "nl":
             return blocks.NonLocal(mode=self.mode, **common)
-        if self.kind == "dnl_official":
-            return blocks_official.OfficialDisentangledNonLocal(
-                reduction=self.reduction, temperature=self.temperature,
-                use_scale=self.use_scale, implementation=self.implementation, dtype=dtype,
-                name=self.module_name)
         return blocks.DisentangledNonLocal(temperature=self.temperature, **common)
 
 

@@ -1,0 +1,312 @@
+"""mmdetection Mask R-CNN R-FPN state_dicts → dnl_jax `MaskRCNN` variables `{'params',
+'batch_stats'}`, in two key layouts.
+
+Layout 'mmdet' (mmdet v2.x and v3.x, e.g. `mask-rcnn_r50_fpn_1x_coco`):
+
+    backbone/conv1, bn1, layer{s}_{i}/...    ↔ backbone.conv1, .bn1, .layer{s}.{i}.* (torchvision
+                                                names; downsample.0 / .1)
+    backbone/.../gc_block                    ↔ backbone.layer{s}.{i}.context_block.*  (GCNet's
+                                                mmcv `ContextBlock` plugin, position
+                                                'after_conv3' = our placement 'before_add')
+    neck/lateral_convs_{l}, fpn_convs_{l}    ↔ neck.lateral_convs.{l}.conv, .fpn_convs.{l}.conv
+    rpn_head/rpn_conv, rpn_cls, rpn_reg      ↔ rpn_head.rpn_conv, .rpn_cls, .rpn_reg
+    bbox_head/shared_fcs_{i}, fc_cls, fc_reg ↔ roi_head.bbox_head.shared_fcs.{i}, .fc_cls, .fc_reg
+    bbox_head/shared_convs_{i}/conv, bn      ↔ roi_head.bbox_head.shared_convs.{i}.conv, .bn
+                                                ('4conv1fc' heads; bn with a norm_cfg)
+    mask_head/convs_{i}/conv, upsample,      ↔ roi_head.mask_head.convs.{i}.conv, .upsample,
+              conv_logits                       .conv_logits
+
+    fc_cls: K + 1 outputs, background LAST (as ours); fc_reg: 4K (class-specific); conv_logits:
+    K channels. Copied as they are.
+
+Layout 'mmdet_v1' (mmdetection v1.x, the official DNL detection code Howal/DNL-Object-Detection
+and GCNet's): the same names without the `roi_head.` prefix (`bbox_head.*`, `mask_head.*`), and
+`num_classes` counts the background, which is class 0:
+
+    fc_cls [K + 1] (background first)  → ours [K + 1] (background last): rows rolled by −1;
+    fc_reg [4(K + 1)] (rows 0–3 for the background, never trained) → ours [4K]: rows 4: kept;
+    conv_logits [K + 1] channels (channel 0 background) → ours [K]: channel 0 dropped.
+
+    Context blocks sit after the residual add, before the final ReLU (our 'after_add'):
+    backbone.layer{s}.{i}.nl_gc_block.{conv_query,conv_key,conv_value,conv_mask,gamma} (the
+    official DNL block, `NonLocal2dGc` with use_out=False: our 'dnl_official', C/4 inner
+    channels by its ratio 1/4, 'channel' whitening, temperature 0.05 unless told) and
+    backbone.layer{s}.{i}.context_block.* (GC, our 'gc').
+
+In both layouts the first fully connected layer after the flattened RoI features takes
+`[C, 7, 7]` inputs in PyTorch and `[7, 7, C]` here: its input rows are permuted on conversion.
+The deconvolution `upsample` ([C_in, C_out, 2, 2] in PyTorch, [2, 2, C_in, C_out] in Flax) is
+also flipped in space: Flax's `ConvTranspose` does not flip its kernel, PyTorch's does.
+
+The architecture (depth, widths, box-head kind and norm, classes, context blocks and their
+reduction) is read from the keys (`detector_config`). What weights do not store: the context
+block's temperature (`temperature`, 0.05 in the official configs) and, for v1, the behaviours
+v1 differs in beyond weights: its RoIAlign (aligned=False, sample_num=2) and its box coder
+(the +1 pixel convention); our detector runs mmdet v2+'s (aligned RoIAlign, no +1), so a v1
+checkpoint converts exactly but predicts slightly differently from the v1 code.
+
+Not supported (clear errors): a norm in the FPN or mask head (the official DNL configs build
+FPN and FCNMaskHead with SyncABN; our `FPN` and `MaskHead` have no norm), the NL plug-in
+(`nonlocal_block`), class-agnostic regression, and 'caffe' style.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnl_jax.interop import mapping, segmentor
+from dnl_jax.interop.checkpoint_io import to_numpy
+from dnl_jax.models import residual
+from dnl_jax.models.detection.mask_rcnn import MaskRCNN
+from dnl_jax.models.residual import ContextSpec
+
+LAYOUTS = ("mmdet", "mmdet_v1")
+FPN_KEY = "neck.lateral_convs.0.conv.weight"
+# Module names per layout: (prefix of the RoI heads, {our context block: theirs}).
+_ROI_PREFIX = {"mmdet": "roi_head.", "mmdet_v1": ""}
+_CONTEXT_NAMES = {
+    "mmdet": {"gc_block": "context_block"},
+    "mmdet_v1": {"gc_block": "context_block", "dnl_official_block": "nl_gc_block"},
+}
+# Their context block key (under a residual block) → (our kind, our placement).
+_CONTEXT_KINDS = {
+    "mmdet": {"context_block.conv_mask.weight": ("gc", "before_add")},
+    "mmdet_v1": {"context_block.conv_mask.weight": ("gc", "after_add"),
+                 "nl_gc_block.conv_query.weight": ("dnl_official", "after_add")},
+}
+_UNSUPPORTED = {
+    "neck.lateral_convs.0.bn.weight": "a norm in the FPN (the official DNL configs' SyncABN); "
+                                      "dnl_jax's FPN has none",
+    "nonlocal_block.g.conv.weight": "the NL plug-in (nonlocal_block); use a GC or official DNL "
+                                    "checkpoint",
+}
+
+
+def detect_layout(state_dict: Mapping[str, Any]) -> str:
+    """'mmdet' (v2/v3, `roi_head.` prefix) or 'mmdet_v1' (`bbox_head.` at the top level)."""
+    if any(key.startswith("roi_head.bbox_head.") for key in state_dict):
+        return "mmdet"
+    if any(key.startswith("bbox_head.") for key in state_dict):
+        return "mmdet_v1"
+    raise ValueError("not an mmdet Mask R-CNN state_dict: no 'roi_head.bbox_head.*' (mmdet v2/v3) "
+                     f"or 'bbox_head.*' (mmdet v1) keys; first keys: {sorted(state_dict)[:6]}.")
+
+
+def is_mmdet_detector(state_dict: Mapping[str, Any]) -> bool:
+    """An mmdet two-stage detector with an FPN neck and a box head (either layout)."""
+    return FPN_KEY in state_dict and any(
+        key.startswith(("roi_head.bbox_head.", "bbox_head.")) for key in state_dict)
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown mmdet layout {layout!r}; choose one of {LAYOUTS}.")
+
+
+def mmdet_rename(layout: str = "mmdet"):
+    """Flax module path of a `MaskRCNN` → mmdet key prefix, for `layout`."""
+    _check_layout(layout)
+    roi, context = _ROI_PREFIX[layout], _CONTEXT_NAMES[layout]
+
+    def rename(module_path: tuple[str, ...]) -> str:
+        head, *rest = module_path
+        if head == "backbone":
+            rest = [context.get(name, name) for name in rest]
+            return mapping.default_rename(("backbone", *rest))
+        if head == "neck":  # mmcv ConvModule: the conv sits at `.conv`.
+            return mapping.default_rename(("neck", *rest, "conv"))
+        if head in ("bbox_head", "mask_head"):
+            return roi + mapping.default_rename(module_path)
+        if head == "rpn_head":
+            return mapping.default_rename(module_path)
+        raise ValueError(f"no mmdet counterpart for Flax module {'/'.join(module_path)!r}.")
+
+    return rename
+
+
+def _shape(state_dict: Mapping[str, Any], key: str) -> tuple[int, ...]:
+    if key not in state_dict:
+        raise ValueError(f"expected key {key!r} in an mmdet Mask R-CNN state_dict; it is absent "
+                         f"(first keys: {sorted(state_dict)[:6]}).")
+    return tuple(to_numpy(state_dict[key]).shape)
+
+
+def _count(state_dict: Mapping[str, Any], pattern: str) -> int:
+    """How many distinct indices `(\\d+)` in `pattern` the keys have."""
+    regex = re.compile(pattern)
+    return len({m.group(1) for key in state_dict if (m := regex.match(key))})
+
+
+def _context(state_dict: Mapping[str, Any], layout: str, depth: int) -> dict:
+    """`context` (ContextSpec kwargs or None) and `context_block_indices` from the keys."""
+    found = {}
+    indices = []
+    for stage, blocks in enumerate(residual.ARCH_SETTINGS[depth]):
+        chosen = []
+        for index in range(blocks):
+            prefix = f"backbone.layer{stage + 1}.{index}."
+            for suffix, kind in _CONTEXT_KINDS[layout].items():
+                if prefix + suffix in state_dict:
+                    found[kind] = prefix + suffix
+                    chosen.append(index)
+        indices.append(tuple(chosen))
+    if not found:
+        return dict(context=None, context_block_indices=None)
+    if len(found) > 1:
+        raise ValueError(f"the backbone mixes context blocks {sorted(found.values())}; dnl_jax "
+                         "places one kind per backbone.")
+    (kind, placement), key = next(iter(found.items()))
+    spec = dict(kind=kind, placement=placement)
+    if kind == "gc":
+        planes, channels = _shape(state_dict, key.replace("conv_mask", "channel_add_conv.0"))[:2]
+        spec["ratio"] = planes / channels
+    else:
+        inner, channels = _shape(state_dict, key)[:2]
+        spec["reduction"] = channels // inner
+    return dict(context=spec, context_block_indices=tuple(indices))
+
+
+def detector_config(state_dict: Mapping[str, Any], layout: Optional[str] = None) -> dict:
+    """`MaskRCNN` keyword arguments read from the keys (`context` as ContextSpec kwargs)."""
+    layout = layout or detect_layout(state_dict)
+    _check_layout(layout)
+    for suffix, what in _UNSUPPORTED.items():
+        if any(key.endswith(suffix) for key in state_dict):
+            raise ValueError(f"this checkpoint has {what}; it cannot be converted.")
+    roi = _ROI_PREFIX[layout]
+    if any(key.startswith(f"{roi}mask_head.convs.0.") and ".conv." not in key
+           for key in state_dict):
+        raise ValueError("this checkpoint has a norm in the mask head (the official DNL configs' "
+                         "SyncABN); dnl_jax's MaskHead has none, so it cannot be converted.")
+    depth = segmentor.resnet_depth(state_dict, "backbone.")
+    box = f"{roi}bbox_head."
+    num_convs = _count(state_dict, rf"^{re.escape(box)}shared_convs\.(\d+)\.")
+    num_fcs = _count(state_dict, rf"^{re.escape(box)}shared_fcs\.(\d+)\.")
+    if (num_convs, num_fcs) not in ((0, 2), (4, 1)):
+        raise ValueError(f"box head with {num_convs} shared convs and {num_fcs} shared fcs; "
+                         "dnl_jax has '2fc' (0, 2) and '4conv1fc' (4, 1).")
+    classes = _shape(state_dict, f"{box}fc_cls.weight")[0] - (1 if layout == "mmdet" else 0)
+    reg = _shape(state_dict, f"{box}fc_reg.weight")[0]
+    expected_reg = 4 * classes  # K classes (v2+) or K + 1 with the background (v1)
+    if reg != expected_reg:
+        raise ValueError(f"fc_reg has {reg} outputs; a class-specific head for fc_cls's classes "
+                         f"has {expected_reg} (class-agnostic regression is not supported).")
+    if layout == "mmdet_v1":
+        classes -= 1  # v1 counts the background among its classes.
+    config = dict(
+        num_classes=classes, depth=depth,
+        stem_channels=_shape(state_dict, "backbone.conv1.weight")[0],
+        base_channels=_shape(state_dict, "backbone.layer1.0.conv1.weight")[0],
+        fpn_channels=_shape(state_dict, FPN_KEY)[0],
+        fc_channels=_shape(state_dict, f"{box}shared_fcs.0.weight")[0],
+        conv_channels=_shape(state_dict, f"{roi}mask_head.convs.0.conv.weight")[0],
+        box_head="2fc" if num_convs == 0 else "4conv1fc",
+        head_norm="batch" if f"{box}shared_convs.0.bn.weight" in state_dict else None,
+        **_context(state_dict, layout, depth),
+    )
+    if num_convs and _shape(state_dict, f"{box}shared_convs.0.conv.weight")[0] != \
+            config["conv_channels"]:
+        raise ValueError("the box head's and the mask head's conv widths differ; dnl_jax's "
+                         "MaskRCNN has one `conv_channels` for both.")
+    return config
+
+
+def detector_for_state_dict(state_dict: Mapping[str, Any], layout: Optional[str] = None, *,
+                            temperature: float = 0.05, **overrides):
+    """The dnl_jax `MaskRCNN` for an mmdet state_dict (architecture from its keys)."""
+    config = detector_config(state_dict, layout)
+    if config["context"] is not None:
+        spec = dict(config["context"])
+        if spec["kind"] == "dnl_official":
+            spec["temperature"] = temperature
+        config["context"] = ContextSpec(**spec)
+    return MaskRCNN(**{**config, **overrides})
+
+
+def detector_template(module: Any, image_size: int = 64) -> dict:
+    """Variable shapes of a `MaskRCNN` (from its cheap `build` method)."""
+    image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return mapping.plain_dict(jax.eval_shape(
+        lambda: module.init(jax.random.key(0), image, method=module.build)))
+
+
+def _first_fc_to_flax(weight: np.ndarray, channels: int) -> np.ndarray:
+    """`[O, C·S·S]` with inputs in (C, S, S) order → inputs in (S, S, C) order (a shape that
+    does not factor is returned as is, for the report to name)."""
+    out, inputs = weight.shape
+    side = int(round((inputs / channels) ** 0.5)) if channels else 0
+    if side < 1 or channels * side * side != inputs:
+        return weight
+    return weight.reshape(out, channels, side, side).transpose(0, 2, 3, 1).reshape(out, inputs)
+
+
+def is_detector_module(module: Any) -> bool:
+    """Whether `module` is a dnl_jax `MaskRCNN`."""
+    return isinstance(module, MaskRCNN)
+
+
+def prepared_state_dict(state_dict: Mapping[str, Any], layout: str, module: Any) -> dict:
+    """The state_dict (same keys, numpy values) in our conventions: the first fc's input order,
+    the deconvolution's flip, and v1's background-first classes (see the module docstring)."""
+    out = {key: to_numpy(value) for key, value in state_dict.items()}
+    roi = _ROI_PREFIX[layout]
+    box, mask = f"{roi}bbox_head.", f"{roi}mask_head."
+    first_fc = f"{box}shared_fcs.0.weight"
+    if first_fc in out and out[first_fc].ndim == 2:
+        channels = module.fpn_channels if module.box_head == "2fc" else module.conv_channels
+        out[first_fc] = _first_fc_to_flax(out[first_fc], channels)
+    deconv = f"{mask}upsample.weight"
+    if deconv in out and out[deconv].ndim == 4:
+        # [C_in, C_out, kh, kw] → [C_out, C_in, kh, kw] (what `mapping` reads as [O, I, ...]).
+        out[deconv] = out[deconv].transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+    if layout == "mmdet_v1":
+        for name in ("weight", "bias"):
+            if (key := f"{box}fc_cls.{name}") in out:
+                out[key] = np.roll(out[key], -1, axis=0)
+            if (key := f"{box}fc_reg.{name}") in out:
+                out[key] = out[key][4:]
+            if (key := f"{mask}conv_logits.{name}") in out:
+                out[key] = out[key][1:]
+    return out
+
+
+def mmdet_to_flax(state_dict: Mapping[str, Any], module: Optional[Any] = None, *,
+                  layout: Optional[str] = None, strict: bool = True,
+                  **build_kwargs) -> tuple[Any, dict, mapping.ConversionReport]:
+    """mmdet Mask R-CNN state_dict → (MaskRCNN, variables, report).
+
+    `layout` ('mmdet' or 'mmdet_v1') is detected from the keys when None. `module` is filled as
+    is; otherwise it is built from the keys (`detector_for_state_dict(state_dict, layout,
+    **build_kwargs)`, e.g. `temperature`). Strict: every tensor is used and every variable
+    filled, shapes checked; `strict=False` returns what matched and the report.
+    """
+    layout = layout or detect_layout(state_dict)
+    _check_layout(layout)
+    if module is None:
+        module = detector_for_state_dict(state_dict, layout, **build_kwargs)
+    elif build_kwargs:
+        raise ValueError(f"{sorted(build_kwargs)} only apply when the module is built here; "
+                         "build the module with them instead.")
+    variables, report = mapping.torch_to_flax(
+        prepared_state_dict(state_dict, layout, module), detector_template(module),
+        rename=mmdet_rename(layout), strict=strict,
+        what=f"{layout} Mask R-CNN state_dict")
+    return module, variables, report
+
+
+def fresh_detector_variables(module: Any, seed: int = 0) -> dict:
+    """A `MaskRCNN`'s own initialisation (numpy leaves), e.g. to merge a partial load."""
+    image = jnp.zeros((1, 64, 64, 3), jnp.float32)
+    variables = jax.jit(lambda key: module.init(key, image, method=module.build))(
+        jax.random.key(seed))
+    return jax.tree.map(np.asarray, mapping.plain_dict(variables))
+
+
+__all__ = ["LAYOUTS", "detect_layout", "detector_config", "detector_for_state_dict",
+           "detector_template", "fresh_detector_variables", "is_detector_module",
+           "is_mmdet_detector", "mmdet_rename", "mmdet_to_flax", "prepared_state_dict"]
