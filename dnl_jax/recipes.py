@@ -18,6 +18,12 @@ code's mean over the pixels kept), model.kwargs.align_corners (mmseg's 769x769 c
 official code resize with True) and optimizer.weight_decay_multipliers (mmengine custom_keys:
 (substring of the '/'-joined parameter path, multiplier) pairs).
 
+COCO detection recipes (`coco_mask_rcnn`) set the detection keys: data.base_size (the (long,
+short) resize scale), data.canvas (the fixed padded size), data.max_instances,
+data.filter_empty_gt, mmdet's step schedule (optimizer.schedule 'step', decay_steps,
+warm-up), gradient clipping, the frozen stem and first stage (optimizer.frozen) and the COCO
+evaluator `evals.val` (type 'coco').
+
 Video recipes set the video keys of the same schema: data.clip_len, data.frame_stride,
 data.short_side_range, a square data.crop_size, the one-clip evaluator `evals.val` (type
 'batched') and the test views of `evals.val_multi_view` (type 'multi_view': num_clips,
@@ -29,7 +35,8 @@ from __future__ import annotations
 import ml_collections
 
 from dnl_jax.data import ade20k, cityscapes, pascal_context
-from dnl_jax.train.config import base_config, batched_eval, multi_view_eval, segmentation_eval
+from dnl_jax.train.config import (base_config, batched_eval, coco_eval, multi_view_eval,
+                                  segmentation_eval)
 
 NUM_CLASSES = {"cityscapes": len(cityscapes.CLASSES), "ade20k": len(ade20k.CLASSES),
                "pascal_context": len(pascal_context.CLASSES)}
@@ -208,5 +215,59 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
     c.evals.val = batched_eval(max(1, total_steps // 10), short_side=256)
     c.evals.val_multi_view = multi_view_eval(num_clips=10, num_crops=3, short_side=256)
     c.checkpoint.every_steps = max(1, total_steps // 10)
+    c.log_every_steps = 50
+    return c
+
+
+# COCO 2017 train images in mmdet's training set (filter_empty_gt, shorter side >= 32): the
+# length of mmdet's CocoDataset train split, which sets the steps of an epoch.
+COCO_TRAIN_IMAGES = 117_266
+# Parameters mmdet's ResNet frozen_stages=1 does not train: the stem and res2.
+FROZEN_STEM_AND_STAGE_1 = ("backbone/conv1", "backbone/bn1", "backbone/layer1_")
+
+
+def coco_mask_rcnn(model: str, *, batch_size: int = 64, lr: float = 0.08, epochs: int = 12,
+                   data_dir: str = "data/prepared") -> ml_collections.ConfigDict:
+    """The official DNL detection recipe (Howal/DNL-Object-Detection, mmdetection v1,
+    configs/dnlnet/mask_rcnn_r50_*_fpn_syncabn_4conv1fc_1x*.py) for the registered Mask R-CNN
+    `model`: torchvision's ImageNet ResNet-50 (stem and res2 frozen), synchronised batch norm in
+    the backbone and the 4conv1fc box head, RPN training proposals 2000/2000; 1333×800
+    keep-ratio resize, flip 0.5, padded to a 1344×1344 canvas; SGD momentum 0.9, weight decay
+    1e-4, gradient clip 35, lr linear warm-up from lr/3 over 500 steps, × 0.1 after epochs 8 and
+    11 of 12. COCO box / mask AP on val2017 at the end.
+
+    Known differences from the official code (our model follows mmdet v2+): L1 box losses
+    (official: smooth L1, beta 1/9 RPN and 1 RCNN), adaptive RoIAlign sampling with aligned
+    boxes (official: 2 samples, not aligned), no norm in the FPN and the mask head (official:
+    SyncABN there too), and the frozen stage's batch norm keeps updating its statistics (mmdet
+    keeps it in eval mode).
+    """
+    steps_per_epoch = -(-COCO_TRAIN_IMAGES // batch_size)
+    c = base_config()
+    c.model.name = model
+    c.model.pretrained = "torchvision_resnet50"
+    c.model.kwargs = ml_collections.ConfigDict(dict(
+        frozen_bn=False, box_head="4conv1fc", head_norm="batch", rpn_train=(2000, 2000)))
+    c.data.name = "coco"
+    c.data.num_classes = 80
+    c.data.data_dir = data_dir
+    c.data.base_size = (1333, 800)
+    c.data.canvas = (1344, 1344)
+    c.data.max_instances = 100
+    c.data.filter_empty_gt = True
+    c.batch_size = batch_size
+    c.total_steps = epochs * steps_per_epoch
+    c.optimizer.lr = lr
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.grad_clip_norm = 35.0
+    c.optimizer.schedule = "step"
+    c.optimizer.decay_steps = (8 * steps_per_epoch, 11 * steps_per_epoch)
+    c.optimizer.decay_factor = 0.1
+    c.optimizer.warmup_steps = 500
+    c.optimizer.warmup_ratio = 1 / 3
+    c.optimizer.frozen = FROZEN_STEM_AND_STAGE_1
+    c.evals.val = coco_eval(every_steps=0, batch_size=8)
+    c.checkpoint.every_steps = steps_per_epoch
     c.log_every_steps = 50
     return c

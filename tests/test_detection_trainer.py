@@ -143,3 +143,29 @@ def test_evaluator_types_are_checked_against_the_task():
     segmentation.data.num_classes = 7
     with pytest.raises(ValueError, match="not a detection dataset"):
         validate_config(segmentation, num_devices=1, num_processes=1)
+
+
+def test_coco_fixture_prepares_trains_one_step_and_evaluates(tmp_path):
+    """The tiny COCO fixture in the real layout (tests/coco_fixtures.py): prepared with the tfds
+    builder, one training step through the trainer (mmdet's train pipeline, crowd regions and
+    the degenerate box left out of the targets), COCO AP of the val split by pycocotools against
+    the original annotations, and the results JSON in the original category ids."""
+    from coco_fixtures import CATEGORY_IDS, IMAGES, write_coco
+    from dnl_jax.data.prepare import prepare
+
+    write_coco(str(tmp_path / "raw"), np.random.default_rng(0))
+    prepare("coco", str(tmp_path / "raw"), str(tmp_path / "data"), log=lambda *a: None)
+    enable_compilation_cache()
+    config = tiny_detection_config(**{
+        "data.name": "coco", "data.data_dir": str(tmp_path / "data"), "data.num_classes": 3,
+        "data.base_size": (64, 48), "data.canvas": (64, 64), "data.max_instances": 4,
+        "model.name": "mask_rcnn_fcn_tiny", "model.from_scratch": True, "batch_size": 4,
+        "total_steps": 1, "optimizer.decay_steps": (), "optimizer.warmup_steps": 0,
+        "evals.val.batch_size": 2})
+    result = train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["status"] == "completed" and result["step"] == 1
+    assert 0.0 <= result["val"]["bbox_AP"] <= 1.0 and 0.0 <= result["val"]["segm_AP"] <= 1.0
+    results = json.loads((tmp_path / "run" / "predictions" / "val_coco_results.json").read_text())
+    val_ids = {image_id for image_id, _, _ in IMAGES["val"]}
+    assert {r["image_id"] for r in results} <= val_ids
+    assert {r["category_id"] for r in results} <= set(CATEGORY_IDS)

@@ -32,8 +32,8 @@ import ml_collections
 import numpy as np
 
 from dnl_jax import IGNORE_LABEL
-from dnl_jax.data import transforms
-from dnl_jax.data.sources import load_split
+from dnl_jax.data import coco, detection_transforms, transforms
+from dnl_jax.data.sources import Subset, load_split
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.data.synthetic_detection import SyntheticDetection
@@ -43,8 +43,8 @@ REAL_SEGMENTATION = ("cityscapes", "ade20k", "pascal_context")
 SEGMENTATION_DATASETS = ("synthetic",) + REAL_SEGMENTATION
 # Prepared action-recognition datasets (Kinetics layout).
 VIDEO_DATASETS = ("kinetics",)
-# Detection datasets (task 'detection'): the embedded synthetic detection scenes.
-DETECTION_DATASETS = ("synthetic_detection",)
+# Detection datasets (task 'detection'): the embedded synthetic detection scenes, COCO 2017.
+DETECTION_DATASETS = ("synthetic_detection", "coco")
 SYNTHETIC_DATASETS = ("synthetic", "synthetic_detection")  # drawn, not prepared
 DATASETS = SEGMENTATION_DATASETS + VIDEO_DATASETS + DETECTION_DATASETS
 AUGMENT_THREADS = 4  # batches of a prepared dataset augmented ahead of the step, in parallel
@@ -82,6 +82,9 @@ def eval_source(data: ml_collections.ConfigDict, split: str):
         if split != "val":
             raise ValueError(f"split {split!r}: the synthetic scenes have a 'val' split only.")
         return make_sources(data)[1]
+    if data.name in DETECTION_DATASETS:
+        return DetectionEvalSource(_prepared_split(data, split), scale=data.base_size,
+                                   canvas=data.canvas)
     return _prepared_split(data, split, with_names=True)
 
 
@@ -94,12 +97,48 @@ def _prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: 
     return load_split(data.name, split, data.data_dir, with_names=with_names)
 
 
-def _prepared_sources(data: ml_collections.ConfigDict):
+class DetectionEvalSource:
+    """A prepared detection split as evaluation inputs: example i is the eval preprocess
+    (resize keep-ratio to `scale`, normalise, pad to `canvas`) of the raw example i, and
+    `coco_ground_truth()` the split's COCO ground truth at the original sizes (for
+    evaluators/coco.py)."""
+
+    def __init__(self, raw, *, scale, canvas):
+        self.raw, self.scale, self.canvas = raw, tuple(scale), tuple(canvas)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> dict:
+        return detection_transforms.detection_eval_preprocess(
+            self.raw[index], scale=self.scale, canvas=self.canvas)
+
+    def coco_ground_truth(self) -> tuple[dict, list[int]]:
+        return coco.coco_ground_truth(self.raw)
+
+
+def _detection_sources(data: ml_collections.ConfigDict):
+    """COCO: the training split (mmdet's filter_empty_gt / min_size 32 filter when
+    data.filter_empty_gt) and the val split as evaluation inputs."""
     train, val = _prepared_split(data, "train"), _prepared_split(data, "val")
-    if len(train.classes) != data.num_classes:
+    _check_num_classes(data, train)
+    if data.filter_empty_gt:
+        train = Subset(train, coco.train_indices(train))
+    return train, DetectionEvalSource(val, scale=data.base_size, canvas=data.canvas)
+
+
+def _check_num_classes(data: ml_collections.ConfigDict, source) -> None:
+    if len(source.classes) != data.num_classes:
         raise ValueError(f"config.data.num_classes={data.num_classes} but {data.name} has "
-                         f"{len(train.classes)} classes; set --config.data.num_classes="
-                         f"{len(train.classes)}.")
+                         f"{len(source.classes)} classes; set --config.data.num_classes="
+                         f"{len(source.classes)}.")
+
+
+def _prepared_sources(data: ml_collections.ConfigDict):
+    if data.name in DETECTION_DATASETS:
+        return _detection_sources(data)
+    train, val = _prepared_split(data, "train"), _prepared_split(data, "val")
+    _check_num_classes(data, train)
     return train, val
 
 
@@ -110,6 +149,8 @@ def example_shape(data: ml_collections.ConfigDict, task: str) -> tuple[int, ...]
         return (int(data.clip_len), *(int(v) for v in data.crop_size), 3)
     if data.name in SYNTHETIC_DATASETS:
         return data.image_size, data.image_size, 3
+    if data.name in DETECTION_DATASETS:
+        return (*(int(v) for v in data.canvas), 3)
     return (*(int(v) for v in data.crop_size), 3)
 
 
@@ -125,6 +166,10 @@ def train_transform(data: ml_collections.ConfigDict,
             short_side_range=tuple(int(v) for v in data.short_side_range))
     if data.name in SYNTHETIC_DATASETS:
         return None
+    if data.name in DETECTION_DATASETS:
+        return detection_transforms.DetectionTrainTransform(
+            scale=tuple(data.base_size), canvas=tuple(data.canvas),
+            max_instances=int(data.max_instances))
     return transforms.SegmentationTrainTransform(
         crop_size=tuple(data.crop_size), base_size=tuple(data.base_size),
         ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))

@@ -110,6 +110,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.base_size = (2048, 512)
     c.data.ratio_range = (0.5, 2.0)
     c.data.cat_max_ratio = 0.75
+    # Prepared detection datasets (coco) only: resize keep-ratio to base_size (long, short), e.g.
+    # mmdet's (1333, 800); pad to a fixed canvas (h, w), a multiple of 32 that holds every
+    # resized image (static shapes); at most max_instances ground-truth objects per image (the
+    # rest are counted and reported); filter_empty_gt: train on mmdet's training set (images
+    # with annotations, shorter side >= 32) instead of every image.
+    c.data.canvas = (1344, 1344)
+    c.data.max_instances = 100
+    c.data.filter_empty_gt = True
     # Video datasets only: clips of clip_len frames every frame_stride-th frame, short side
     # rescaled to U[short_side_range], a square crop of crop_size, horizontal flip.
     c.data.clip_len = 32
@@ -317,9 +325,25 @@ def _check_synthetic_detection_data(c) -> None:
     _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
 
 
+def _check_detection_data(c) -> None:
+    """Keys of prepared detection datasets (COCO)."""
+    _require(_pair_ok(c.data.base_size), f"config.data.base_size={tuple(c.data.base_size)} must "
+             "be the (long, short) resize scale, e.g. (1333, 800).")
+    canvas = tuple(c.data.canvas)
+    _require(_pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
+             f"config.data.canvas={canvas} must be (h, w), multiples of 32 (the detector's "
+             "stride), e.g. (1344, 1344).")
+    _require(min(canvas) >= min(c.data.base_size) and max(canvas) >= max(c.data.base_size),
+             f"config.data.canvas={canvas} cannot hold an image resized to base_size="
+             f"{tuple(c.data.base_size)}; for landscape and portrait images use "
+             f"({max(c.data.base_size)}, {max(c.data.base_size)}) rounded up to 32.")
+    _require(int(c.data.max_instances) >= 1, "config.data.max_instances must be >= 1.")
+
+
 # The checks of each dataset's own keys.
 _DATA_CHECKS = {"synthetic": _check_synthetic_data,
                 "synthetic_detection": _check_synthetic_detection_data,
+                "coco": _check_detection_data,
                 **{name: _check_segmentation_data for name in REAL_SEGMENTATION},
                 **{name: _check_video_data for name in VIDEO_DATASETS}}
 

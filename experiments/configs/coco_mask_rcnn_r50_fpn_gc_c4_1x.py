@@ -1,0 +1,24 @@
+"""Mask R-CNN R50-FPN 1x on COCO 2017, a global-context block (ratio 1/4) at c4: the official DNL
+detection recipe (Howal/DNL-Object-Detection
+configs/dnlnet/mask_rcnn_r50_r4_gcb_c4_fpn_syncabn_4conv1fc_1x_4nodes.py; published val2017 box /
+mask AP 40.1 / 36.2). Recipe and its known differences from the official code:
+dnl_jax/recipes.py:coco_mask_rcnn.
+Batch 64 at lr 0.08: the config's 4 nodes × 4 images per GPU, lr 0.02 per 16 images.
+
+Prepare COCO once (RAW holds train2017/, val2017/, annotations/instances_{train,val}2017.json),
+fetch and convert the backbone once, then train and evaluate (rerunning resumes):
+    python -m dnl_jax.data.prepare coco --manual_dir RAW --data_dir data/prepared
+    # resnet50-0676ba61.pth from https://download.pytorch.org/models/resnet50-0676ba61.pth
+    python -m dnl_jax.interop.pretrained torchvision_resnet50 resnet50-0676ba61.pth --pretrained_dir pretrained
+    python -m dnl_jax.main --config experiments/configs/coco_mask_rcnn_r50_fpn_gc_c4_1x.py \\
+        --workdir runs/coco_mask_rcnn_r50_fpn_gc_c4_1x
+Evaluate a checkpoint (COCO box / mask AP, results JSON under --output_dir):
+    python -m dnl_jax.evaluate --config experiments/configs/coco_mask_rcnn_r50_fpn_gc_c4_1x.py \\
+        --checkpoint runs/coco_mask_rcnn_r50_fpn_gc_c4_1x/checkpoints/STEP --split val --output_dir preds/
+"""
+
+from dnl_jax import recipes
+
+
+def get_config():
+    return recipes.coco_mask_rcnn("mask_rcnn_r50_fpn_gc_c4")
