@@ -9,5 +9,7 @@ shapes (jit / pmap on CPU, GPU, TPU).
     heads.py      FPN, RPN head, box heads (2fc / 4conv1fc), FCN mask head
     proposals.py  RPN proposals, RCNN post-processing, mask pasting
     mask_rcnn.py  the detector, its losses and its config
-    coco_eval.py  COCO results JSON and box / mask AP through pycocotools' COCOeval
+    coco_eval.py  COCO results JSON and box / mask AP through pycocotools' COCOeval (the core of
+                  dnl_jax/evaluators/coco.py)
+    task.py       the registry's detection models and the trainer's bundle pieces
 """

@@ -1,8 +1,7 @@
 """COCO box / mask AP through pycocotools' `COCOeval`, and the standard results JSON.
 
-The core of the detection evaluator: ground truth and predictions as NumPy arrays in, COCO
-dicts and AP out. (It moves beside the other protocols in `dnl_jax/evaluators/` once the
-evaluation layer lands.)
+The core of the detection evaluator (`dnl_jax/evaluators/coco.py`, `type='coco'`): ground truth
+and predictions as NumPy arrays in, COCO dicts and AP out.
 
     ground truth   per image: id, height, width, boxes `[n, 4]` (x1, y1, x2, y2), labels `[n]`
                    (0..K−1), masks `[n, H, W]` (optional), iscrowd `[n]` (optional)
