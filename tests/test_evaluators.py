@@ -138,7 +138,7 @@ def test_multi_view_evaluator_counts_views_and_videos():
     (lambda c: setattr(c.evals, "val", dict(type="batched", batch_sise=8)),
      r"config.evals.val.batch_sise: unknown key .* Did you mean 'batch_size'"),
     (lambda c: setattr(c.evals, "val", dict(type="tiles")),
-     r"config.evals.val.type='tiles'; choose one of \['batched', 'multi_view', 'segmentation'\]"),
+     r"config.evals.val.type='tiles'; choose one of \['batched', 'coco', 'multi_view', 'segmentation'\]"),
     (lambda c: setattr(c.evals, "val", dict(type="batched", every_steps=-1)),
      r"config.evals.val.every_steps=-1 must be an integer >= 0"),
     (lambda c: setattr(c.evals, "val", dict(type="batched", batch_size=6)),

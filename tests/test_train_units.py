@@ -279,8 +279,8 @@ def test_config_real_dataset_keys_are_checked():
     config.data.ratio_range = (2.0, 0.5)
     with pytest.raises(ValueError, match="ratio_range"):
         _valid(config)
-    config.data.name = "coco"
-    with pytest.raises(ValueError, match="config.data.name='coco'; choose one of"):
+    config.data.name = "lvis"
+    with pytest.raises(ValueError, match="config.data.name='lvis'; choose one of"):
         _valid(config)
 
 
