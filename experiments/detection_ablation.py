@@ -6,6 +6,11 @@ the val scenes at the end).
     python experiments/detection_ablation.py [--contexts fcn,dnl] [--seeds 0,1,2] \\
         [--runs_dir runs/detection_ablation] [--parallelism jit]
     python experiments/detection_ablation.py --table     # the Markdown of the saved record
+    python experiments/detection_ablation.py --cue [--runs_dir ...]   # adds 'cue_right' to it
+
+`cue_right` (also measured after each run): of the val detections scoring > 0.5, the fraction
+whose class carries the image's beacon cue (class = 2·colour + cue), from the run's last
+checkpoint; 0.5 is chance, 1.0 means the distant cue is used for every object.
 
 `--seeds` sets `config.seed` (initialisation and training order); the scenes
 (`config.data.seed`) are the same for every run. Writes experiments/results/
@@ -27,6 +32,7 @@ import time
 import numpy as np
 
 from dnl_jax.train import logs
+from dnl_jax.train.checkpoint import load_variables
 
 RESULTS = os.path.join("experiments", "results", "detection_synthetic.json")
 METRICS = ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "segm_AP50", "segm_AP75")
@@ -50,13 +56,42 @@ def run(context: str, seed: int, runs_dir: str, parallelism: str) -> dict:
             "parallelism": parallelism, "command": " ".join(["python"] + command[1:])}
 
 
+def cue_right(workdir: str, context: str, score_threshold: float = 0.5) -> float:
+    """The 'cue_right' fraction (module docstring) of the run in `workdir`."""
+    import jax
+
+    from dnl_jax.data.synthetic_detection import SyntheticDetection
+    from dnl_jax.models import get_model
+    from dnl_jax.train.ablation import synthetic_detection_config
+
+    data = synthetic_detection_config().data
+    source = SyntheticDetection(data.num_val, image_size=data.image_size, split="val",
+                                num_colours=data.num_classes // 2, seed=data.seed)
+    examples = [source[i] for i in range(len(source))]
+    steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))
+                   if n.isdigit())
+    variables = load_variables(os.path.join(workdir, "checkpoints", str(steps[-1])))
+    module = get_model(f"mask_rcnn_{context}_tiny", data.num_classes).module
+    outputs = jax.jit(lambda v, x, s: module.apply(v, x, s))(
+        variables, np.stack([e["image"] for e in examples]),
+        np.stack([e["image_size"] for e in examples]))
+    labels, scores, valid = (np.asarray(outputs[k]) for k in ("labels", "scores", "valid"))
+    right = []
+    for b, example in enumerate(examples):
+        cue = example["gt_labels"][np.argmax(example["gt_valid"])] % 2
+        right += list(labels[b][valid[b] & (scores[b] > score_threshold)] % 2 == cue)
+    return float(np.mean(right)) if right else 0.0
+
+
 def markdown_tables(runs: list[dict]) -> str:
     """Per-run table and per-context summary (mean ± std over seeds)."""
     lines = ["| context | seed | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 "
-             "| wall (s) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| cue right | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(runs, key=lambda r: (r["context"] != "fcn", r["context"], r["seed"])):
+        cue = f"{r['cue_right']:.3f}" if "cue_right" in r else "-"
         lines.append(f"| {r['context']} | {r['seed']} | "
-                     + " | ".join(f"{r[key]:.4f}" for key in METRICS) + f" | {r['wall_s']} |")
+                     + " | ".join(f"{r[key]:.4f}" for key in METRICS)
+                     + f" | {cue} | {r['wall_s']} |")
     lines += ["", "| context | runs | box AP mean ± std | mask AP mean ± std |", "|---|---|---|---|"]
     for context in sorted({r["context"] for r in runs}, key=lambda c: (c != "fcn", c)):
         chosen = [r for r in runs if r["context"] == context]
@@ -72,15 +107,26 @@ def main() -> None:
     parser.add_argument("--runs_dir", default="runs/detection_ablation")
     parser.add_argument("--parallelism", default="jit", choices=("jit", "pmap"))
     parser.add_argument("--table", action="store_true", help="print the saved record's tables")
+    parser.add_argument("--cue", action="store_true",
+                        help="add 'cue_right' to the saved record's runs (their checkpoints)")
     args = parser.parse_args()
-    if args.table:
+    if args.table or args.cue:
         with open(RESULTS) as f:
-            print(markdown_tables(json.load(f)["runs"]))
+            record = json.load(f)
+        if args.cue:
+            for r in record["runs"]:
+                workdir = os.path.join(args.runs_dir, f"{r['context']}_seed{r['seed']}")
+                r["cue_right"] = round(cue_right(workdir, r["context"]), 4)
+            with open(RESULTS, "w") as f:
+                json.dump(record, f, indent=1)
+        print(markdown_tables(record["runs"]))
         return
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for context in args.contexts.split(","):
             runs.append(run(context, seed, args.runs_dir, args.parallelism))
+            runs[-1]["cue_right"] = round(cue_right(
+                os.path.join(args.runs_dir, f"{context}_seed{seed}"), context), 4)
             print(json.dumps(runs[-1]), flush=True)
     record = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "runs": runs}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
