@@ -1,5 +1,5 @@
 """The tiny Mask R-CNN (ResNet-18/16 + FPN, from scratch) on the embedded synthetic detection
-scenes, with a NL block after the residual add of res4's second-to-last
+scenes, with an NL block after the residual add of res4's second-to-last
 block (the official "c4" placement).
 Recipe: dnl_jax/train/ablation.py:synthetic_detection_config (300 steps of batch 8, mmdet's 1x
 optimiser shrunk in time); prints COCO box / mask AP (pycocotools) on the val scenes.
