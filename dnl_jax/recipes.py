@@ -231,23 +231,28 @@ def coco_mask_rcnn(model: str, *, batch_size: int = 64, lr: float = 0.08, epochs
     """The official DNL detection recipe (Howal/DNL-Object-Detection, mmdetection v1,
     configs/dnlnet/mask_rcnn_r50_*_fpn_syncabn_4conv1fc_1x*.py) for the registered Mask R-CNN
     `model`: torchvision's ImageNet ResNet-50 (stem and res2 frozen), synchronised batch norm in
-    the backbone and the 4conv1fc box head, RPN training proposals 2000/2000; 1333×800
+    the backbone, the FPN, the 4conv1fc box head and the mask head's convs, RPN training
+    proposals 2000/2000; 1333×800
     keep-ratio resize, flip 0.5, padded to a 1344×1344 canvas; SGD momentum 0.9, weight decay
     1e-4, gradient clip 35, lr linear warm-up from lr/3 over 500 steps, × 0.1 after epochs 8 and
     11 of 12. COCO box / mask AP on val2017 at the end.
 
     Known differences from the official code (our model follows mmdet v2+): L1 box losses
     (official: smooth L1, beta 1/9 RPN and 1 RCNN), adaptive RoIAlign sampling with aligned
-    boxes (official: 2 samples, not aligned), no norm in the FPN and the mask head (official:
-    SyncABN there too), and the frozen stage's batch norm keeps updating its statistics (mmdet
-    keeps it in eval mode).
+    boxes (official: 2 samples, not aligned), plain synchronised batch norm where the official
+    code has In-Place ABN (the same function in eval mode; ABN trains its scale as
+    |weight| + eps), the mask head's norm takes its training
+    statistics over all positive slots of the sampler, also those filled with other RoIs
+    (official: the positives only), and the frozen stage's batch norm keeps updating its
+    statistics (mmdet keeps it in eval mode).
     """
     steps_per_epoch = -(-COCO_TRAIN_IMAGES // batch_size)
     c = base_config()
     c.model.name = model
     c.model.pretrained = "torchvision_resnet50"
     c.model.kwargs = ml_collections.ConfigDict(dict(
-        frozen_bn=False, box_head="4conv1fc", head_norm="batch", rpn_train=(2000, 2000)))
+        frozen_bn=False, box_head="4conv1fc", head_norm="batch", neck_norm="batch",
+        mask_norm="batch", rpn_train=(2000, 2000)))
     c.data.name = "coco"
     c.data.num_classes = 80
     c.data.data_dir = data_dir

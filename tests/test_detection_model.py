@@ -9,14 +9,15 @@ import pytest
 from dnl_jax.data.synthetic_detection import SyntheticDetection
 from dnl_jax.models.detection import coco_eval, mask_rcnn, proposals
 from dnl_jax.models.residual import ContextSpec
-from detection_fixtures import fast_jit, tiny_mask_rcnn
+from detection_fixtures import fast_jit, tiny_batch, tiny_mask_rcnn
 
 
 def _conv(cin, cout, k, bias=True):
     return cin * cout * k * k + (cout if bias else 0)
 
 
-def reference_mask_rcnn_params(num_classes=80, box_head="2fc", torchvision_style=False):
+def reference_mask_rcnn_params(num_classes=80, box_head="2fc", torchvision_style=False,
+                                norms=False):
     """Parameters of mmdet 3.x `mask-rcnn_r50_fpn` from its classes' layer shapes.
 
     torchvision ResNet-50 without fc: 25,557,032 − 2,049,000 = 23,508,032 (batch-norm affine
@@ -26,18 +27,23 @@ def reference_mask_rcnn_params(num_classes=80, box_head="2fc", torchvision_style
     256 (bias, no norm) then one fc. FCNMaskHead: four 3×3 convs, 2×2 deconv, 1×1 to K.
     `torchvision_style` (frozen BN as buffers, K + 1 class-specific outputs everywhere) must give
     torchvision's published 44,401,393 for maskrcnn_resnet50_fpn: a check of these formulas.
+    `norms` (the official DNL configs' norm_cfg in the FPN, the 4conv1fc box head and the mask
+    head): those convs lose their bias and gain a norm's scale and bias.
     """
+    def normed(cin, cout, k):
+        return _conv(cin, cout, k, bias=not norms) + (2 * cout if norms else 0)
+
     batch_norm_params = 53_120  # 2 × 26,560 BN channels of ResNet-50
     backbone = 23_508_032 - (batch_norm_params if torchvision_style else 0)
-    fpn = sum(_conv(c, 256, 1) for c in (256, 512, 1024, 2048)) + 4 * _conv(256, 256, 3)
+    fpn = sum(normed(c, 256, 1) for c in (256, 512, 1024, 2048)) + 4 * normed(256, 256, 3)
     rpn = _conv(256, 256, 3) + _conv(256, 3, 1) + _conv(256, 12, 1)
     outputs = num_classes + 1 if torchvision_style else num_classes
     if box_head == "2fc":
         shared = _conv(256 * 49, 1024, 1) + _conv(1024, 1024, 1)
     else:
-        shared = 4 * _conv(256, 256, 3) + _conv(256 * 49, 1024, 1)
+        shared = 4 * normed(256, 256, 3) + _conv(256 * 49, 1024, 1)
     box = shared + _conv(1024, num_classes + 1, 1) + _conv(1024, 4 * outputs, 1)
-    mask = 4 * _conv(256, 256, 3) + _conv(256, 256, 2) + _conv(256, outputs, 1)
+    mask = 4 * normed(256, 256, 3) + _conv(256, 256, 2) + _conv(256, outputs, 1)
     return backbone + fpn + rpn + box + mask
 
 
@@ -55,6 +61,9 @@ def test_parameter_counts_match_the_reference_structure():
     assert _count(mask_rcnn.MaskRCNN()) == reference_mask_rcnn_params() == 44_396_336
     assert _count(mask_rcnn.MaskRCNN(box_head="4conv1fc")) == reference_mask_rcnn_params(
         box_head="4conv1fc")
+    official = mask_rcnn.MaskRCNN(box_head="4conv1fc", head_norm="batch", neck_norm="batch",
+                                  mask_norm="batch")
+    assert _count(official) == reference_mask_rcnn_params(box_head="4conv1fc", norms=True)
     # A DNL block on res4's 1024 channels, inner 256: θ, φ, g 1×1 with bias, conv_mask 1024 → 1
     # with bias, conv_out 256 → 1024 without bias + BN (mmseg's block; 1,052,417), once for c4
     # and four times for c4 + c5's three 2048-channel blocks.
@@ -79,6 +88,34 @@ def test_context_block_sits_in_the_chosen_block_and_stage_one_is_frozen():
         "conv2"]["kernel"]
     assert mask["backbone"]["layer2_0"]["conv1"]["kernel"] and mask["neck"][
         "lateral_convs_0"]["kernel"]
+
+
+def test_neck_and_mask_norms_have_bias_free_convs_and_train_their_statistics():
+    """neck_norm / mask_norm 'batch': every FPN conv and mask-head conv has a bias-free conv and
+    a batch norm (the P6 pool none); training calls update their running statistics."""
+    model = tiny_mask_rcnn(neck_norm="batch", mask_norm="batch")
+    batch = tiny_batch()
+    variables = fast_jit(lambda key: model.init(key, batch["image"][:1], method=model.build))(
+        jax.random.key(0))
+    neck, mask = variables["params"]["neck"], variables["params"]["mask_head"]
+    assert sorted(neck) == sorted([f"{kind}_{i}" for kind in ("lateral_convs", "fpn_convs")
+                                   for i in range(4)])
+    for convs in (neck, {k: v for k, v in mask.items() if k.startswith("convs_")}):
+        assert len(convs) in (4, 8)
+        for conv in convs.values():
+            assert sorted(conv) == ["bn", "conv"] and "bias" not in conv["conv"]
+
+    def train_forward(m, image, rois):
+        return m._features(image, True), m.mask_head(rois, train=True)
+
+    rois = jnp.asarray(np.random.default_rng(0).normal(size=(3, 14, 14, 16)), jnp.float32)
+    _, updated = fast_jit(lambda v: model.apply(v, batch["image"], rois, method=train_forward,
+                                                mutable=["batch_stats"]))(variables)
+    for head in ("neck", "mask_head"):
+        before = jax.tree.leaves(variables["batch_stats"][head])
+        after = jax.tree.leaves(updated["batch_stats"][head])
+        assert len(before) == len(after) > 0
+        assert all(not np.allclose(b, a) for b, a in zip(before, after))
 
 
 def test_image_not_padded_to_32_is_rejected():

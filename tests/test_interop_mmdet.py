@@ -3,6 +3,10 @@
 `FCNMaskHead` (tests/openmmlab_reference.py), converted with `dnl_jax.interop.mmdet` and
 `python -m dnl_jax.interop.convert`.
 
+The 4conv1fc detector has the official DNL configs' norms: batch norm (mmdet `norm_cfg=BN`) in
+the FPN, the box head's and the mask head's convs. In-Place ABN (the official SyncABN) is
+checked with a stand-in for its layer written from inplace_abn's formula.
+
 Random weights and batch-norm statistics, eval mode, R50 with reduced widths (mmdet's ResNet
 takes `stem_channels` / `base_channels`) on a 64×64 image: backbone + FPN features, RPN outputs
 per level, box and mask head outputs on given RoI features, all within 1e-4 relative. The
@@ -46,14 +50,14 @@ class RoIHead(torch.nn.Module):
 class Detector(torch.nn.Module):
     """mmdet's `MaskRCNN` key layout (backbone, neck, rpn_head, roi_head)."""
 
-    def __init__(self, box_head="2fc", gc=False):
+    def __init__(self, box_head="2fc", gc=False, norms=False):
         super().__init__()
         self.backbone = MMDET.ResNet(
             depth=50, stem_channels=STEM, base_channels=BASE, out_indices=(0, 1, 2, 3),
             frozen_stages=1, norm_cfg=BN, norm_eval=True, style="pytorch",
             plugins=GC_STAGE3 if gc else None)
         self.neck = MMDET.FPN(in_channels=[BASE * 4 * 2**s for s in range(4)],
-                              out_channels=FPN, num_outs=5)
+                              out_channels=FPN, num_outs=5, norm_cfg=BN if norms else None)
         self.rpn_head = MMDET.RPNHead(in_channels=FPN, feat_channels=FPN,
                                       anchor_generator=ANCHORS)
         common = dict(in_channels=FPN, fc_out_channels=FC, roi_feat_size=7, num_classes=CLASSES)
@@ -63,7 +67,7 @@ class Detector(torch.nn.Module):
             bbox_head = MMDET.Shared4Conv1FCBBoxHead(conv_out_channels=CONV, norm_cfg=BN,
                                                      **common)
         mask_head = MMDET.FCNMaskHead(num_convs=4, in_channels=FPN, conv_out_channels=CONV,
-                                      num_classes=CLASSES)
+                                      num_classes=CLASSES, norm_cfg=BN if norms else None)
         self.roi_head = RoIHead(bbox_head, mask_head)
 
 
@@ -84,7 +88,8 @@ def fixture_two_fc():
 
 @pytest.fixture(name="four_conv_gc", scope="module")
 def fixture_four_conv_gc():
-    reference = randomize(Detector("4conv1fc", gc=True), seed=1, fan_in_weights=True)
+    reference = randomize(Detector("4conv1fc", gc=True, norms=True), seed=1,
+                          fan_in_weights=True)
     module, variables, report = mmdet.mmdet_to_flax(_state_dict(reference))
     return reference, module, variables, report
 
@@ -92,12 +97,14 @@ def fixture_four_conv_gc():
 def test_architecture_is_read_from_the_keys(two_fc, four_conv_gc):
     _, module, _, report = two_fc
     assert report.ok and module.box_head == "2fc" and module.head_norm is None
+    assert module.neck_norm is None and module.mask_norm is None
     assert (module.num_classes, module.depth, module.stem_channels, module.base_channels,
             module.fpn_channels, module.fc_channels, module.conv_channels) == (
                 CLASSES, 50, STEM, BASE, FPN, FC, CONV)
     assert module.context is None
     _, module, _, report = four_conv_gc
     assert report.ok and module.box_head == "4conv1fc" and module.head_norm == "batch"
+    assert module.neck_norm == module.mask_norm == "batch"
     assert (module.context.kind, module.context.placement) == ("gc", "before_add")
     assert module.context.ratio == pytest.approx(1 / 4)
     assert module.context_block_indices == ((), (), tuple(range(6)), ())
@@ -212,6 +219,59 @@ def test_v1_official_dnl_blocks_map_onto_our_block(two_fc):
     assert relative_error(np.asarray(ours), _nhwc(expected)) < 1e-4
 
 
+class InPlaceABNStandIn(torch.nn.Module):
+    """mapillary inplace_abn 1.0.x's `InPlaceABNSync(C, activation='identity')` in eval mode, as
+    its forward computes it: batch norm with scale |weight| + eps; its state_dict has weight,
+    bias, running_mean and running_var (no num_batches_tracked)."""
+
+    def __init__(self, bn, rng):
+        super().__init__()
+        sign = np.where(rng.random(bn.weight.shape[0]) < 0.5, -1.0, 1.0).astype(np.float32)
+        self.weight = torch.nn.Parameter(bn.weight.detach() * torch.tensor(sign))
+        self.bias = torch.nn.Parameter(bn.bias.detach().clone())
+        self.register_buffer("running_mean", bn.running_mean.clone())
+        self.register_buffer("running_var", bn.running_var.clone())
+        self.eps = 1e-5
+
+    def forward(self, x):
+        scale = (self.weight.abs() + self.eps) / torch.sqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def test_v1_inplace_abn_norms_convert_to_their_function(four_conv_gc):
+    """The official configs' SyncABN in the FPN and the mask head (weights of both signs): the
+    layers without num_batches_tracked are found as ABN, and the converted FPN and mask head
+    compute what the ABN layers compute; taken as plain BN (abn=False) they would not."""
+    import copy  # pylint: disable=import-outside-toplevel
+
+    reference, _, _, _ = four_conv_gc
+    abn = copy.deepcopy(reference)
+    rng = np.random.default_rng(11)
+    convs = [*abn.neck.lateral_convs, *abn.neck.fpn_convs, *abn.roi_head.mask_head.convs]
+    for conv_module in convs:
+        conv_module.bn = InPlaceABNStandIn(conv_module.bn, rng)
+    v1 = to_v1(_state_dict(abn))
+    expected_abn = sorted([f"neck.{kind}.{i}.bn" for kind in ("lateral_convs", "fpn_convs")
+                           for i in range(4)] + [f"mask_head.convs.{i}.bn" for i in range(4)])
+    assert mmdet.abn_norm_layers(v1, "mmdet_v1") == expected_abn
+    module, variables, report = mmdet.mmdet_to_flax(v1)
+    assert report.ok and module.neck_norm == module.mask_norm == "batch"
+    _, plain, _ = mmdet.mmdet_to_flax(v1, abn=False)
+
+    image = np.random.default_rng(2).normal(size=(1, 3, 64, 64)).astype(np.float32)
+    features = np.random.default_rng(5).normal(size=(3, FPN, 14, 14)).astype(np.float32)
+    with torch.no_grad():
+        inputs = abn.backbone(torch.tensor(image))
+        expected = abn.neck(inputs) + (abn.roi_head.mask_head(torch.tensor(features)),)
+    apply = lambda variables_: [np.asarray(out) for out in module.apply(  # noqa: E731
+        variables_, [_nhwc(x) for x in inputs], _nhwc(features),
+        method=lambda m, levels, rois: (*m.neck(levels), m.mask_head(rois)))]
+    for ours, theirs in zip(apply(variables), expected):
+        assert relative_error(ours, _nhwc(theirs)) < 1e-4
+    assert relative_error(apply(plain)[-1], _nhwc(expected[-1])) > 0.1
+
+
 def test_strict_reports_name_the_key(two_fc):
     reference, _, _, _ = two_fc
     state_dict = _state_dict(reference)
@@ -232,9 +292,12 @@ def test_strict_reports_name_the_key(two_fc):
 def test_unsupported_checkpoints_fail_clearly(two_fc):
     reference, _, _, _ = two_fc
     state_dict = _state_dict(reference)
-    fpn_norm = {**state_dict, "neck.lateral_convs.0.bn.weight": np.ones(FPN, np.float32)}
-    with pytest.raises(ValueError, match="norm in the FPN"):
-        mmdet.detector_config(fpn_norm)
+    lateral_only = {**state_dict, "neck.lateral_convs.0.bn.weight": np.ones(FPN, np.float32)}
+    with pytest.raises(ValueError, match=r"the FPN has a norm in only some of its convs"):
+        mmdet.detector_config(lateral_only)
+    group_norm = {**state_dict, "roi_head.mask_head.convs.1.gn.weight": np.ones(CONV, np.float32)}
+    with pytest.raises(ValueError, match=r"mask_head\.convs\.1\.\*\) has \['gn'\]"):
+        mmdet.detector_config(group_norm)
     agnostic = {**state_dict, "roi_head.bbox_head.fc_reg.weight": np.zeros((4, FC), np.float32)}
     with pytest.raises(ValueError, match="class-agnostic"):
         mmdet.detector_config(agnostic)

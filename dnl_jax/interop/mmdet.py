@@ -9,12 +9,16 @@ Layout 'mmdet' (mmdet v2.x and v3.x, e.g. `mask-rcnn_r50_fpn_1x_coco`):
                                                 mmcv `ContextBlock` plugin, position
                                                 'after_conv3' = our placement 'before_add')
     neck/lateral_convs_{l}, fpn_convs_{l}    ↔ neck.lateral_convs.{l}.conv, .fpn_convs.{l}.conv
+    neck/lateral_convs_{l}/conv, bn (norm)   ↔ neck.lateral_convs.{l}.conv, .bn (and fpn_convs)
     rpn_head/rpn_conv, rpn_cls, rpn_reg      ↔ rpn_head.rpn_conv, .rpn_cls, .rpn_reg
     bbox_head/shared_fcs_{i}, fc_cls, fc_reg ↔ roi_head.bbox_head.shared_fcs.{i}, .fc_cls, .fc_reg
     bbox_head/shared_convs_{i}/conv, bn      ↔ roi_head.bbox_head.shared_convs.{i}.conv, .bn
                                                 ('4conv1fc' heads; bn with a norm_cfg)
-    mask_head/convs_{i}/conv, upsample,      ↔ roi_head.mask_head.convs.{i}.conv, .upsample,
-              conv_logits                       .conv_logits
+    mask_head/convs_{i}/conv, bn, upsample,  ↔ roi_head.mask_head.convs.{i}.conv, .bn,
+              conv_logits                       .upsample, .conv_logits (bn with a norm_cfg)
+
+    mmcv's ConvModule names a batch norm `bn` in every version (BN, SyncBN and the official
+    code's SyncABN alike), so the norm keys are the same in both layouts.
 
     fc_cls: K + 1 outputs, background LAST (as ours); fc_reg: 4K (class-specific); conv_logits:
     K channels. Copied as they are.
@@ -38,16 +42,33 @@ In both layouts the first fully connected layer after the flattened RoI features
 The deconvolution `upsample` ([C_in, C_out, 2, 2] in PyTorch, [2, 2, C_in, C_out] in Flax) is
 also flipped in space: Flax's `ConvTranspose` does not flip its kernel, PyTorch's does.
 
-The architecture (depth, widths, box-head kind and norm, classes, context blocks and their
-reduction) is read from the keys (`detector_config`). What weights do not store: the context
+The architecture (depth, widths, box-head kind, the norms of the FPN, box head and mask head,
+classes, context blocks and their reduction) is read from the keys (`detector_config`).
+
+In-Place ABN (the official DNL detection configs' `norm_cfg=dict(type='SyncABN')`, i.e.
+mapillary inplace_abn's `InPlaceABNSync`, everywhere: backbone, FPN, box and mask heads). Its
+mmdet v1 `build_norm_layer` sets `activation='identity'`, so its activation is not the library's
+default leaky ReLU: the ReLU after it is ConvModule's / the ResNet's own, as with BN, and the
+FPN has none. It stores `weight`, `bias`, `running_mean` and `running_var` (inplace_abn 1.0.x
+has no `num_batches_tracked`; 1.1+ has one) and computes, with eps 1e-5,
+
+    y = (x − mean) / sqrt(var + eps) · (|weight| + eps) + bias
+
+(|weight| + eps keeps the scale invertible): batch norm with scale |weight| + eps, which is what
+the conversion writes as our `scale` for an ABN layer (exact; when fine-tuning, our plain scale
+then trains where ABN's |weight| would). Which layers are ABN (`abn`): None infers it per layer
+in the v1 layout (a batch norm without `num_batches_tracked`, which torch's BatchNorm always
+saves, is inplace_abn 1.0.x's) and assumes none in the v2/v3 layout; True takes every batch
+norm as ABN (an inplace_abn 1.1+ checkpoint cannot be told apart by its keys: pass True);
+False none. What weights do not store: the context
 block's temperature (`temperature`, 0.05 in the official configs) and, for v1, the behaviours
 v1 differs in beyond weights: its RoIAlign (aligned=False, sample_num=2) and its box coder
 (the +1 pixel convention); our detector runs mmdet v2+'s (aligned RoIAlign, no +1), so a v1
 checkpoint converts exactly but predicts slightly differently from the v1 code.
 
-Not supported (clear errors): a norm in the FPN or mask head (the official DNL configs build
-FPN and FCNMaskHead with SyncABN; our `FPN` and `MaskHead` have no norm), the NL plug-in
-(`nonlocal_block`), class-agnostic regression, and 'caffe' style.
+Not supported (clear errors): a norm other than batch norm in the FPN or mask head (e.g. GN),
+an FPN with a norm on only one of its lateral / output convs (`no_norm_on_lateral`), the NL
+plug-in (`nonlocal_block`), class-agnostic regression, and 'caffe' style.
 """
 
 from __future__ import annotations
@@ -79,9 +100,9 @@ _CONTEXT_KINDS = {
     "mmdet_v1": {"context_block.conv_mask.weight": ("gc", "after_add"),
                  "nl_gc_block.conv_query.weight": ("dnl_official", "after_add")},
 }
+# In-Place ABN's eps (mmdet v1's build_norm_layer default, the official configs' value).
+ABN_EPS = 1e-5
 _UNSUPPORTED = {
-    "neck.lateral_convs.0.bn.weight": "a norm in the FPN (the official DNL configs' SyncABN); "
-                                      "dnl_jax's FPN has none",
     "nonlocal_block.g.conv.weight": "the NL plug-in (nonlocal_block); use a GC or official DNL "
                                     "checkpoint",
 }
@@ -118,8 +139,9 @@ def mmdet_rename(layout: str = "mmdet"):
         if head == "backbone":
             rest = [context.get(name, name) for name in rest]
             return mapping.default_rename(("backbone", *rest))
-        if head == "neck":  # mmcv ConvModule: the conv sits at `.conv`.
-            return mapping.default_rename(("neck", *rest, "conv"))
+        if head == "neck":  # mmcv ConvModule: a norm-free conv of ours sits at `.conv`.
+            return mapping.default_rename(("neck", *rest, "conv") if len(rest) == 1
+                                          else module_path)
         if head in ("bbox_head", "mask_head"):
             return roi + mapping.default_rename(module_path)
         if head == "rpn_head":
@@ -171,6 +193,52 @@ def _context(state_dict: Mapping[str, Any], layout: str, depth: int) -> dict:
     return dict(context=spec, context_block_indices=tuple(indices))
 
 
+def _conv_module_norm(state_dict: Mapping[str, Any], prefix: str, what: str) -> Optional[str]:
+    """'batch' or None: the norm of the mmcv ConvModule at `prefix` (e.g. 'neck.fpn_convs.0.')."""
+    names = {key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)}
+    others = sorted(names - {"conv", "bn"})
+    if others:
+        raise ValueError(f"{what} ({prefix}*) has {others} besides 'conv' / 'bn'; dnl_jax maps a "
+                         "ConvModule's conv and batch norm ('bn') only (no GN there).")
+    return "batch" if "bn" in names else None
+
+
+def _neck_and_mask_norms(state_dict: Mapping[str, Any], roi: str) -> dict:
+    """`neck_norm` and `mask_norm` from the keys: one norm for all FPN convs, one for the mask
+    head's convs."""
+    norms = {}
+    for attribute, what, lists in (
+            ("neck_norm", "the FPN", ("neck.lateral_convs.", "neck.fpn_convs.")),
+            ("mask_norm", "the mask head", (f"{roi}mask_head.convs.",))):
+        found = {}
+        for base in lists:
+            for index in range(_count(state_dict, rf"^{re.escape(base)}(\d+)\.")):
+                prefix = f"{base}{index}."
+                found[prefix] = _conv_module_norm(state_dict, prefix, what)
+        kinds = set(found.values())
+        if len(kinds) > 1:
+            with_norm = sorted(prefix for prefix, norm in found.items() if norm)
+            raise ValueError(f"{what} has a norm in only some of its convs ({with_norm}; e.g. "
+                             "mmdet's no_norm_on_lateral=True); dnl_jax's has one norm for all.")
+        norms[attribute] = kinds.pop() if kinds else None
+    return norms
+
+
+def abn_norm_layers(state_dict: Mapping[str, Any], layout: str,
+                    abn: Optional[bool] = None) -> list[str]:
+    """Key prefixes (e.g. 'neck.fpn_convs.0.bn') of the batch norms that are In-Place ABN
+    (scale |weight| + eps; see the module docstring): all (`abn=True`), none (False), or when
+    None, in the v1 layout those without `num_batches_tracked` (inplace_abn 1.0.x)."""
+    _check_layout(layout)
+    layers = sorted(key[: -len(".running_var")] for key in state_dict
+                    if key.endswith(".running_var") and key[: -len("running_var")] + "weight"
+                    in state_dict)
+    if abn is None:
+        abn = layout == "mmdet_v1"
+        layers = [prefix for prefix in layers if f"{prefix}.num_batches_tracked" not in state_dict]
+    return layers if abn else []
+
+
 def detector_config(state_dict: Mapping[str, Any], layout: Optional[str] = None) -> dict:
     """`MaskRCNN` keyword arguments read from the keys (`context` as ContextSpec kwargs)."""
     layout = layout or detect_layout(state_dict)
@@ -179,10 +247,6 @@ def detector_config(state_dict: Mapping[str, Any], layout: Optional[str] = None)
         if any(key.endswith(suffix) for key in state_dict):
             raise ValueError(f"this checkpoint has {what}; it cannot be converted.")
     roi = _ROI_PREFIX[layout]
-    if any(key.startswith(f"{roi}mask_head.convs.0.") and ".conv." not in key
-           for key in state_dict):
-        raise ValueError("this checkpoint has a norm in the mask head (the official DNL configs' "
-                         "SyncABN); dnl_jax's MaskHead has none, so it cannot be converted.")
     depth = segmentor.resnet_depth(state_dict, "backbone.")
     box = f"{roi}bbox_head."
     num_convs = _count(state_dict, rf"^{re.escape(box)}shared_convs\.(\d+)\.")
@@ -207,6 +271,7 @@ def detector_config(state_dict: Mapping[str, Any], layout: Optional[str] = None)
         conv_channels=_shape(state_dict, f"{roi}mask_head.convs.0.conv.weight")[0],
         box_head="2fc" if num_convs == 0 else "4conv1fc",
         head_norm="batch" if f"{box}shared_convs.0.bn.weight" in state_dict else None,
+        **_neck_and_mask_norms(state_dict, roi),
         **_context(state_dict, layout, depth),
     )
     if num_convs and _shape(state_dict, f"{box}shared_convs.0.conv.weight")[0] != \
@@ -250,10 +315,15 @@ def is_detector_module(module: Any) -> bool:
     return isinstance(module, MaskRCNN)
 
 
-def prepared_state_dict(state_dict: Mapping[str, Any], layout: str, module: Any) -> dict:
+def prepared_state_dict(state_dict: Mapping[str, Any], layout: str, module: Any,
+                        abn: Optional[bool] = None) -> dict:
     """The state_dict (same keys, numpy values) in our conventions: the first fc's input order,
-    the deconvolution's flip, and v1's background-first classes (see the module docstring)."""
+    the deconvolution's flip, v1's background-first classes and In-Place ABN's scale |weight| +
+    eps on its layers (`abn`, see `abn_norm_layers`; the module docstring has the details)."""
     out = {key: to_numpy(value) for key, value in state_dict.items()}
+    for prefix in abn_norm_layers(out, layout, abn):
+        weight = out[f"{prefix}.weight"]
+        out[f"{prefix}.weight"] = (np.abs(weight) + ABN_EPS).astype(weight.dtype)
     roi = _ROI_PREFIX[layout]
     box, mask = f"{roi}bbox_head.", f"{roi}mask_head."
     first_fc = f"{box}shared_fcs.0.weight"
@@ -276,11 +346,12 @@ def prepared_state_dict(state_dict: Mapping[str, Any], layout: str, module: Any)
 
 
 def mmdet_to_flax(state_dict: Mapping[str, Any], module: Optional[Any] = None, *,
-                  layout: Optional[str] = None, strict: bool = True,
+                  layout: Optional[str] = None, strict: bool = True, abn: Optional[bool] = None,
                   **build_kwargs) -> tuple[Any, dict, mapping.ConversionReport]:
     """mmdet Mask R-CNN state_dict → (MaskRCNN, variables, report).
 
-    `layout` ('mmdet' or 'mmdet_v1') is detected from the keys when None. `module` is filled as
+    `layout` ('mmdet' or 'mmdet_v1') is detected from the keys when None. `abn`: which batch
+    norms are In-Place ABN (`abn_norm_layers`; None infers it). `module` is filled as
     is; otherwise it is built from the keys (`detector_for_state_dict(state_dict, layout,
     **build_kwargs)`, e.g. `temperature`). Strict: every tensor is used and every variable
     filled, shapes checked; `strict=False` returns what matched and the report.
@@ -293,7 +364,7 @@ def mmdet_to_flax(state_dict: Mapping[str, Any], module: Optional[Any] = None, *
         raise ValueError(f"{sorted(build_kwargs)} only apply when the module is built here; "
                          "build the module with them instead.")
     variables, report = mapping.torch_to_flax(
-        prepared_state_dict(state_dict, layout, module), detector_template(module),
+        prepared_state_dict(state_dict, layout, module, abn), detector_template(module),
         rename=mmdet_rename(layout), strict=strict,
         what=f"{layout} Mask R-CNN state_dict")
     return module, variables, report
@@ -307,6 +378,7 @@ def fresh_detector_variables(module: Any, seed: int = 0) -> dict:
     return jax.tree.map(np.asarray, mapping.plain_dict(variables))
 
 
-__all__ = ["LAYOUTS", "detect_layout", "detector_config", "detector_for_state_dict",
+__all__ = ["ABN_EPS", "LAYOUTS", "abn_norm_layers", "detect_layout", "detector_config",
+           "detector_for_state_dict",
            "detector_template", "fresh_detector_variables", "is_detector_module",
            "is_mmdet_detector", "mmdet_rename", "mmdet_to_flax", "prepared_state_dict"]

@@ -45,11 +45,13 @@ class MaskRCNN(nn.Module):
       frozen_bn: backbone batch norm uses running statistics (mmdet norm_eval=True).
       fpn_channels, fc_channels, conv_channels: neck / head widths (256, 1024, 256).
       box_head: '2fc' (mmdet) or '4conv1fc' (official DNL code); head_norm None or 'batch'.
+      neck_norm, mask_norm: None (mmdet's default) or 'batch' (the official DNL configs' synced
+        norm) in the FPN's lateral and output convs / the mask head's convs.
       rpn_train, rpn_test: (pre-NMS per level, post-NMS) proposal counts.
       rpn_sampler, rcnn_sampler: fixed-size samplers (256 at 0.5, 512 at 0.25).
       roi_grid_limit: RoIAlign sample lattice (see roi_align.py).
-      axis_name: batch-norm axis under pmap (heads with norm 'batch'; the backbone's BN is
-        frozen by default).
+      axis_name: batch-norm axis under pmap (neck and heads with norm 'batch'; the backbone's
+        BN is frozen by default).
       dtype: compute dtype (bf16 supported); losses and box decoding run in float32.
     """
 
@@ -65,6 +67,8 @@ class MaskRCNN(nn.Module):
     conv_channels: int = 256
     box_head: str = "2fc"
     head_norm: Optional[str] = None
+    neck_norm: Optional[str] = None
+    mask_norm: Optional[str] = None
     anchor_strides: tuple[int, ...] = anchor_ops.MASK_RCNN_STRIDES
     anchor_scales: tuple[float, ...] = anchor_ops.MASK_RCNN_SCALES
     anchor_ratios: tuple[float, ...] = anchor_ops.MASK_RCNN_RATIOS
@@ -91,20 +95,22 @@ class MaskRCNN(nn.Module):
             context_block_indices=self.context_block_indices, axis_name=self.axis_name,
             dtype=self.dtype)
         self.neck = heads.FPN(self.fpn_channels, num_outs=len(self.anchor_strides),
-                              dtype=self.dtype)
+                              norm=self.neck_norm, axis_name=self.axis_name, dtype=self.dtype)
         self.rpn_head = heads.RPNHead(len(self.anchor_scales) * len(self.anchor_ratios),
                                       self.fpn_channels, dtype=self.dtype)
         self.bbox_head = heads.BoxHead(self.num_classes, self.box_head, self.conv_channels,
                                        self.fc_channels, self.head_norm, self.axis_name,
                                        dtype=self.dtype)
-        self.mask_head = heads.MaskHead(self.num_classes, self.conv_channels, dtype=self.dtype)
+        self.mask_head = heads.MaskHead(self.num_classes, self.conv_channels,
+                                        norm=self.mask_norm, axis_name=self.axis_name,
+                                        dtype=self.dtype)
 
     def _features(self, image: Array, train: bool) -> tuple[Array, ...]:
         if image.shape[1] % BACKBONE_STRIDE or image.shape[2] % BACKBONE_STRIDE:
             raise ValueError(
                 f"image size {image.shape[1:3]} is not a multiple of {BACKBONE_STRIDE}; pad "
                 "images (bottom/right) to a multiple of 32 as mmdet's Pad(size_divisor=32).")
-        return self.neck(self.backbone(image, train=train))
+        return self.neck(self.backbone(image, train=train), train=train)
 
     def _rpn(self, levels: Sequence[Array]):
         outputs = [self.rpn_head(x) for x in levels]
@@ -146,7 +152,8 @@ class MaskRCNN(nn.Module):
             *args, self.score_threshold, self.nms_iou, self.max_detections)
         boxes, scores, labels, valid = jax.vmap(detect)(rois, roi_valid, box_logits, box_deltas,
                                                         image_size)
-        mask_logits = self.mask_head(self._roi_features(levels, boxes, self.mask_roi_size))
+        mask_logits = self.mask_head(self._roi_features(levels, boxes, self.mask_roi_size),
+                                     train=train)
         chosen = jnp.take_along_axis(mask_logits, labels[..., None, None, None], axis=-1)[..., 0]
         return {"boxes": boxes, "scores": scores, "labels": labels, "valid": valid,
                 "masks": jax.nn.sigmoid(chosen.astype(jnp.float32))}
@@ -179,16 +186,17 @@ class MaskRCNN(nn.Module):
         box_logits, box_deltas = self.bbox_head(
             self._roi_features(levels, rcnn_targets["rois"], self.box_roi_size), train=train)
         ratios.update(losses.rcnn_loss_ratios(box_logits, box_deltas, rcnn_targets))
-        ratios["loss_mask"] = self._mask_loss(levels, rcnn_targets, batch["gt_masks"])
+        ratios["loss_mask"] = self._mask_loss(levels, rcnn_targets, batch["gt_masks"], train)
         return ratios
 
-    def _mask_loss(self, levels, rcnn_targets, gt_masks) -> tuple[Array, Array]:
+    def _mask_loss(self, levels, rcnn_targets, gt_masks, train: bool) -> tuple[Array, Array]:
         """Mask loss ratio on the sampled positives (they fill the first `max_positives`
-        slots)."""
+        slots). With `mask_norm` 'batch', training statistics cover all `max_positives` slots,
+        also those a batch with fewer positives fills with other RoIs (mmdet: positives only)."""
         count = min(self.rcnn_sampler.max_positives, rcnn_targets["rois"].shape[1])
         first = jax.tree.map(lambda x: x[:, :count], rcnn_targets)
         mask_logits = self.mask_head(
-            self._roi_features(levels, first["rois"], self.mask_roi_size))
+            self._roi_features(levels, first["rois"], self.mask_roi_size), train=train)
         mask_size = mask_logits.shape[-2]
         mask_targets = jax.vmap(targets.mask_targets, in_axes=(0, 0, 0, None))(
             first["rois"], first["gt_index"], gt_masks, mask_size)

@@ -29,8 +29,8 @@ CONTEXT_STAGES = ("c4", "c4+c5_all")
 # MaskRCNN attributes a config may set (besides num_classes), and the context switches.
 MODULE_OVERRIDES = (
     "depth", "stem_channels", "base_channels", "frozen_bn", "fpn_channels", "fc_channels",
-    "conv_channels", "box_head", "head_norm", "rpn_train", "rpn_test", "rpn_nms_iou",
-    "rpn_sampler", "rcnn_sampler", "roi_grid_limit", "score_threshold", "nms_iou",
+    "conv_channels", "box_head", "head_norm", "neck_norm", "mask_norm", "rpn_train", "rpn_test",
+    "rpn_nms_iou", "rpn_sampler", "rcnn_sampler", "roi_grid_limit", "score_threshold", "nms_iou",
     "max_detections", "axis_name", "dtype",
 )
 DETECTION_OVERRIDES = MODULE_OVERRIDES + ("context", "context_stages", "temperature",
