@@ -316,6 +316,24 @@ def test_convert_cli_writes_the_detector(tmp_path, four_conv_gc):
     assert summary["loaded"] == summary["model_tensors"] == len(jax.tree.leaves(variables))
     jax.tree.map(np.testing.assert_array_equal, restore(tmp_path / "out" / "state"), variables)
     assert isinstance(module, MaskRCNN)
+    # --abn true: every batch norm is read as In-Place ABN, whose scale is |weight| + eps.
+    assert convert.main([str(source), str(tmp_path / "abn"), "--abn", "true"]) == 0
+    abn = restore(tmp_path / "abn" / "state")
+
+    norms = [jax.tree_util.keystr(path[:-1]) for path, _ in
+             jax.tree_util.tree_leaves_with_path(variables["batch_stats"])
+             if jax.tree_util.keystr(path).endswith("['mean']")]  # the batch norms' paths
+
+    def check(path, ours, plain):
+        key = jax.tree_util.keystr(path)
+        if key.startswith("['params']") and key[len("['params']"):] in {
+                f"{norm}['scale']" for norm in norms}:
+            np.testing.assert_allclose(ours, np.abs(plain) + 1e-5, rtol=1e-6)
+        else:  # convs, biases, the GC blocks' layer norms, statistics: unchanged
+            np.testing.assert_array_equal(ours, plain)
+
+    assert len(norms) > 50
+    jax.tree_util.tree_map_with_path(check, abn, variables)
 
 
 def test_torchvision_resnet50_loads_into_the_detector_backbone(tmp_path):

@@ -89,12 +89,12 @@ def _detector_module(state_dict: dict, model: str, num_classes: Optional[int]) -
 
 
 def _target(state_dict: dict, model: str, num_classes: Optional[int], output_stride: int,
-            nl_mode: str) -> tuple[dict, Any, dict, mapping.Rename]:
+            nl_mode: str, abn: Optional[bool] = None) -> tuple[dict, Any, dict, mapping.Rename]:
     """(state_dict with segmentor keys, module, variable template, key rename) for the source."""
     if mmdet.is_mmdet_detector(state_dict):
         module = _detector_module(state_dict, model, num_classes)
         layout = mmdet.detect_layout(state_dict)
-        return (mmdet.prepared_state_dict(state_dict, layout, module), module,
+        return (mmdet.prepared_state_dict(state_dict, layout, module, abn=abn), module,
                 mmdet.detector_template(module), mmdet.mmdet_rename(layout))
     if mmaction.is_mmaction_recognizer(state_dict):
         module = mmaction.video_module(state_dict, model, num_classes, nl_mode=nl_mode)
@@ -106,13 +106,15 @@ def _target(state_dict: dict, model: str, num_classes: Optional[int], output_str
 
 def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Optional[int] = None,
             output_stride: int = 8, partial: bool = False, seed: int = 0,
-            nl_mode: str = "embedded_gaussian") -> dict:
-    """Converts `in_path` for `model` and writes `out_dir/state`; returns the summary dict."""
+            nl_mode: str = "embedded_gaussian", abn: Optional[bool] = None) -> dict:
+    """Converts `in_path` for `model` and writes `out_dir/state`; returns the summary dict.
+    `abn`: mmdet checkpoints only, whether their batch norms are In-Place ABN (None: inferred,
+    see `mmdet.abn_norm_layers`)."""
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(os.path.join(out_dir, "state")):
         raise ValueError(f"{out_dir}/state already exists; choose a new OUT_DIR or delete it.")
     state_dict, module, template, rename = _target(
-        load_torch_checkpoint(in_path), model, num_classes, output_stride, nl_mode)
+        load_torch_checkpoint(in_path), model, num_classes, output_stride, nl_mode, abn)
     loaded, report = mapping.torch_to_flax(
         state_dict, template, rename=rename, strict=not partial,
         what=f"{in_path} for --model {model}",
@@ -181,11 +183,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--nl-mode", default="embedded_gaussian",
                         choices=("embedded_gaussian", "dot_product"),
                         help="mmaction2 video checkpoints: the non-local blocks' mode")
+    parser.add_argument("--abn", default="auto", choices=("auto", "true", "false"),
+                        help="mmdet checkpoints: whether the batch norms are In-Place ABN (the "
+                        "official DNL detection checkpoints' SyncABN; auto: v1 norms without "
+                        "num_batches_tracked are; 'true' for inplace_abn >= 1.1 checkpoints)")
     args = parser.parse_args(argv)
     try:
         summary = convert(args.checkpoint, args.out_dir, model=args.model,
                           num_classes=args.num_classes, output_stride=args.output_stride,
-                          partial=args.partial, nl_mode=args.nl_mode)
+                          partial=args.partial, nl_mode=args.nl_mode,
+                          abn={"auto": None, "true": True, "false": False}[args.abn])
     except ValueError as error:
         hint = "\n(strict=False is --partial here.)" if isinstance(error, ConversionError) else ""
         print(f"error: {error}{hint}", file=sys.stderr)
