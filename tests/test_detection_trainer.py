@@ -99,8 +99,9 @@ def test_step_schedule_is_multistep_times_linear_warmup():
 
 
 def test_frozen_parameters_get_no_update_and_unknown_prefixes_are_refused():
-    params = {"backbone": {"conv1": {"kernel": np.ones(3)}, "layer2_0": {"kernel": np.ones(3)}},
-              "head": {"kernel": np.ones(2)}}
+    params = {"backbone": {"conv1": {"kernel": np.ones(3, np.float32)},
+                           "layer2_0": {"kernel": np.ones(3, np.float32)}},
+              "head": {"kernel": np.ones(2, np.float32)}}
     opt = ml_collections.ConfigDict(dict(
         schedule="poly", lr=0.1, poly_power=0.9, min_lr=0.0, warmup_steps=0, warmup_ratio=0.1,
         momentum=0.9, weight_decay=1e-2, grad_clip_norm=1.0, weight_decay_multipliers=(),

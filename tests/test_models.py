@@ -286,7 +286,9 @@ def test_registry_names_and_bundle_fields():
     for name in models.MODEL_NAMES:
         bundle = models.get_model(name, num_classes=3)
         is_video = "3d" in name or "c2d" in name
-        assert bundle.task == ("classification" if is_video else "segmentation")
+        task = "detection" if name.startswith("mask_rcnn") else (
+            "classification" if is_video else "segmentation")
+        assert bundle.task == task
         assert bundle.num_classes == 3 and bundle.name == name
 
 
