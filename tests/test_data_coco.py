@@ -165,6 +165,25 @@ def test_train_transform_scales_and_flips_boxes_with_masks(prepared, flip):
                                 "truncated": 2}
 
 
+def test_mask_crops_are_the_full_masks_resampled_inside_their_boxes(prepared):
+    """mask_crop_size=S: the same example and random draw give `gt_mask_crops` [G, S, S] equal
+    to `box_mask_crops` of the full-canvas masks in their boxes, and no `gt_masks`."""
+    train = load_split("coco", "train", prepared[1])
+    for index in range(len(train)):
+        common = dict(scale=SCALE, canvas=CANVAS, max_instances=3, flip_prob=0.5)
+        full = dt.detection_train_augment(train[index], np.random.default_rng(3), **common)
+        cropped = dt.detection_train_augment(train[index], np.random.default_rng(3),
+                                             mask_crop_size=16, **common)
+        assert "gt_masks" not in cropped and cropped["gt_mask_crops"].shape == (3, 16, 16)
+        np.testing.assert_array_equal(cropped["gt_boxes"], full["gt_boxes"])
+        valid = full["gt_valid"]
+        np.testing.assert_array_equal(
+            cropped["gt_mask_crops"][valid],
+            dt.box_mask_crops(full["gt_masks"][valid], full["gt_boxes"][valid], 16))
+        assert not cropped["gt_mask_crops"][~valid].any()
+        assert all(crop.any() for crop in cropped["gt_mask_crops"][valid])
+
+
 def test_degenerate_after_resize_and_grain_batches(prepared):
     train = load_split("coco", "train", prepared[1])
     example = train[3]  # 24x30, one 17x12 box

@@ -92,3 +92,32 @@ def test_mask_targets_crop_and_resize_the_matched_gt_mask():
                                                           jnp.asarray(masks), 4)
     np.testing.assert_array_equal(got[0], np.tile([1, 1, 0, 0], (4, 1)))
     np.testing.assert_array_equal(got[1], np.ones((4, 4)))
+
+
+def test_mask_targets_from_box_crops_match_the_full_mask_targets():
+    """gt masks (an ellipse and an L shape) as 56 × 56 crops inside their boxes
+    (`detection_transforms.box_mask_crops`) give the mask targets of the full masks for RoIs
+    around, inside and larger than the boxes, up to the crop resolution (a few boundary
+    pixels), and the same targets for the gt box itself."""
+    from dnl_jax.data.detection_transforms import box_mask_crops
+
+    size = 96
+    yy, xx = np.mgrid[:size, :size] + 0.5
+    ellipse = ((yy - 40) / 22) ** 2 + ((xx - 30) / 17) ** 2 <= 1
+    l_shape = np.zeros((size, size), bool)
+    l_shape[50:90, 55:65] = True
+    l_shape[80:90, 55:90] = True
+    masks = np.stack([ellipse, l_shape]).astype(np.uint8)
+    gt_boxes = np.array([[13, 18, 47, 62], [55, 50, 90, 90]], np.float32)
+    rois = jnp.array([[13., 18, 47, 62], [8, 10, 52, 70], [20, 25, 40, 50],
+                      [55, 50, 90, 90], [45, 40, 95, 95], [60, 70, 92, 92]])
+    gt_index = jnp.array([0, 0, 0, 1, 1, 1])
+    full = targets.mask_targets(rois, gt_index, jnp.asarray(masks), 28)
+    crops = box_mask_crops(masks, gt_boxes, 56)
+    assert crops.shape == (2, 56, 56) and crops[1, -1].all()  # the L's foot fills the box bottom
+    cropped = targets.mask_targets_from_crops(rois, gt_index, jnp.asarray(gt_boxes),
+                                              jnp.asarray(crops), 28)
+    disagree = np.asarray(full != cropped).reshape(len(rois), -1).mean(-1)
+    assert disagree.max() < 0.03, disagree
+    assert disagree[[0, 3]].max() < 0.015  # the gt box itself: curved-boundary pixels only
+    assert float(np.asarray(full).sum()) > 0.2 * full.size

@@ -23,7 +23,10 @@ Output (the detection example format; G = max_instances slots, canvas Hc × Wc):
     image f32 [Hc, Wc, 3]         image_size f32 [2] (h, w after resizing, before padding)
     image_id i32 []               gt_boxes f32 [G, 4] (x1, y1, x2, y2, resized pixels)
     gt_labels i32 [G] (0..K-1)    gt_masks u8 [G, Hc, Wc]       gt_valid bool [G]
-Invalid slots are zero. At the defaults gt_masks is 100 × 1344 × 1344 bytes (181 MB) per image.
+Invalid slots are zero. At the defaults gt_masks is 100 × 1344 × 1344 bytes (181 MB) per image;
+with `mask_crop_size` S the masks come as `gt_mask_crops` u8 [G, S, S] instead, each resampled
+inside its box (`box_mask_crops`; S = 56: 314 KB per image), from which the detector makes the
+same mask targets up to that resolution (`targets.mask_targets_from_crops`).
 
 Evaluation (mmdet's test_pipeline): the same resize (no flip), normalise and pad →
 {'image', 'image_size', 'scale_factor' f32 [2] (resized / original, h and w), 'orig_size' i32 [2]
@@ -122,9 +125,12 @@ def detection_train_augment(example: dict[str, Any], rng: np.random.Generator, *
                             scale: Sequence[int] = TRAIN_SCALE,
                             canvas: Sequence[int] = CANVAS, max_instances: int = MAX_INSTANCES,
                             flip_prob: float = 0.5, mean=MEAN, std=STD,
-                            counter: InstanceCounter | None = None) -> dict[str, np.ndarray]:
+                            counter: InstanceCounter | None = None,
+                            mask_crop_size: int = 0) -> dict[str, np.ndarray]:
     """A detection source's example → the training example (module docstring), mmdet's
-    train_pipeline. `counter` (optional) counts what is left out."""
+    train_pipeline. `counter` (optional) counts what is left out. `mask_crop_size` S > 0 gives
+    `gt_mask_crops` u8 [G, S, S] (each mask resampled inside its box, `box_mask_crops`) instead
+    of the full-canvas `gt_masks`."""
     crowd = np.asarray(example["iscrowd"], bool)
     loadable = _loadable(example)
     image, size, factor = _resize_image(example, scale, canvas)
@@ -146,15 +152,36 @@ def detection_train_augment(example: dict[str, Any], rng: np.random.Generator, *
     count = len(chosen)
     gt_boxes = np.zeros((max_instances, 4), np.float32)
     gt_labels = np.zeros(max_instances, np.int32)
-    gt_masks = np.zeros((max_instances, *canvas), np.uint8)
     gt_boxes[:count] = boxes
     gt_labels[:count] = np.asarray(example["labels"], np.int32)[chosen]
-    gt_masks[:count, :size[0], :size[1]] = masks
-    return {"image": _pad_image(np.ascontiguousarray(image), canvas, mean, std),
-            "image_size": np.array(size, np.float32),
-            "image_id": np.int32(example["image_id"]), "gt_boxes": gt_boxes,
-            "gt_labels": gt_labels, "gt_masks": gt_masks,
-            "gt_valid": np.arange(max_instances) < count}
+    out = {"image": _pad_image(np.ascontiguousarray(image), canvas, mean, std),
+           "image_size": np.array(size, np.float32),
+           "image_id": np.int32(example["image_id"]), "gt_boxes": gt_boxes,
+           "gt_labels": gt_labels, "gt_valid": np.arange(max_instances) < count}
+    if mask_crop_size:
+        out["gt_mask_crops"] = np.zeros((max_instances, mask_crop_size, mask_crop_size),
+                                        np.uint8)
+        out["gt_mask_crops"][:count] = box_mask_crops(masks, boxes, mask_crop_size)
+    else:
+        out["gt_masks"] = np.zeros((max_instances, *canvas), np.uint8)
+        out["gt_masks"][:count, :size[0], :size[1]] = masks
+    return out
+
+
+def box_mask_crops(masks: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Masks u8 `[n, h, w]` and their boxes `[n, 4]` (x1, y1, x2, y2) → u8 `[n, size, size]`:
+    crop pixel (i, j) is the mask's pixel under the box point (x1 + (j + ½)·w / size,
+    y1 + (i + ½)·h / size) (nearest), the layout `targets.mask_targets_from_crops` reads."""
+    crops = np.zeros((len(masks), size, size), np.uint8)
+    if not len(masks):
+        return crops
+    height, width = masks.shape[1:]
+    steps = (np.arange(size) + 0.5) / size
+    for index, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float64)):
+        rows = np.clip(np.floor(y1 + steps * (y2 - y1)).astype(np.int64), 0, height - 1)
+        cols = np.clip(np.floor(x1 + steps * (x2 - x1)).astype(np.int64), 0, width - 1)
+        crops[index] = masks[index][rows[:, None], cols[None, :]]
+    return crops
 
 
 def detection_eval_preprocess(example: dict[str, Any], *, scale: Sequence[int] = TRAIN_SCALE,

@@ -169,7 +169,7 @@ def train_transform(data: ml_collections.ConfigDict,
     if data.name in DETECTION_DATASETS:
         return detection_transforms.DetectionTrainTransform(
             scale=tuple(data.base_size), canvas=tuple(data.canvas),
-            max_instances=int(data.max_instances))
+            max_instances=int(data.max_instances), mask_crop_size=int(data.mask_crop_size))
     return transforms.SegmentationTrainTransform(
         crop_size=tuple(data.crop_size), base_size=tuple(data.base_size),
         ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))

@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.canvas = (1344, 1344)
     c.data.max_instances = 100
     c.data.filter_empty_gt = True
+    # 0: gt masks at the canvas size (G × H × W bytes per image); S > 0: each mask resampled to
+    # S × S inside its box (data/detection_transforms.py:box_mask_crops), e.g. 56.
+    c.data.mask_crop_size = 0
     # Video datasets only: clips of clip_len frames every frame_stride-th frame, short side
     # rescaled to U[short_side_range], a square crop of crop_size, horizontal flip.
     c.data.clip_len = 32
@@ -338,6 +341,8 @@ def _check_detection_data(c) -> None:
              f"{tuple(c.data.base_size)}; for landscape and portrait images use "
              f"({max(c.data.base_size)}, {max(c.data.base_size)}) rounded up to 32.")
     _require(int(c.data.max_instances) >= 1, "config.data.max_instances must be >= 1.")
+    _require(int(c.data.mask_crop_size) >= 0, "config.data.mask_crop_size must be >= 0 (0: "
+             "full-canvas masks).")
 
 
 # The checks of each dataset's own keys.

@@ -7,11 +7,13 @@ Batch (padded, channel-last):
     image_id     `[B]` int (optional): seeds each image's sampling
     gt_boxes     `[B, G, 4]` (x1, y1, x2, y2) pixels     gt_labels `[B, G]` int (0..K−1)
     gt_masks     `[B, G, H, W]` 0/1                       gt_valid  `[B, G]` bool
+      or gt_mask_crops `[B, G, S, S]` 0/1: each gt mask resampled inside its box
+                   (`targets.mask_targets_from_crops`; S² bytes per instance, not H · W)
 
 `loss(batch, train=True)` needs the 'sampler' rng (random RoI / anchor sampling); calling the
 module predicts detections. The official DNL detection backbone is
-`context=ContextSpec('dnl', 'after_add', reduction=4)`, `context_block_indices=((), (), (-2,),
-())` (c4) or `((), (), (-2,), (0, 1, 2))` (c4+c5_all).
+`context=ContextSpec('dnl_official', 'after_add', reduction=4)`, `context_block_indices=((),
+(), (-2,), ())` (c4) or `((), (), (-2,), (0, 1, 2))` (c4+c5_all).
 """
 
 from __future__ import annotations
@@ -186,10 +188,10 @@ class MaskRCNN(nn.Module):
         box_logits, box_deltas = self.bbox_head(
             self._roi_features(levels, rcnn_targets["rois"], self.box_roi_size), train=train)
         ratios.update(losses.rcnn_loss_ratios(box_logits, box_deltas, rcnn_targets))
-        ratios["loss_mask"] = self._mask_loss(levels, rcnn_targets, batch["gt_masks"], train)
+        ratios["loss_mask"] = self._mask_loss(levels, rcnn_targets, batch, train)
         return ratios
 
-    def _mask_loss(self, levels, rcnn_targets, gt_masks, train: bool) -> tuple[Array, Array]:
+    def _mask_loss(self, levels, rcnn_targets, batch, train: bool) -> tuple[Array, Array]:
         """Mask loss ratio on the sampled positives (they fill the first `max_positives`
         slots). With `mask_norm` 'batch', training statistics cover all `max_positives` slots,
         also those a batch with fewer positives fills with other RoIs (mmdet: positives only)."""
@@ -198,8 +200,14 @@ class MaskRCNN(nn.Module):
         mask_logits = self.mask_head(
             self._roi_features(levels, first["rois"], self.mask_roi_size), train=train)
         mask_size = mask_logits.shape[-2]
-        mask_targets = jax.vmap(targets.mask_targets, in_axes=(0, 0, 0, None))(
-            first["rois"], first["gt_index"], gt_masks, mask_size)
+        if "gt_mask_crops" in batch:
+            mask_targets = jax.vmap(targets.mask_targets_from_crops,
+                                    in_axes=(0, 0, 0, 0, None))(
+                first["rois"], first["gt_index"], batch["gt_boxes"], batch["gt_mask_crops"],
+                mask_size)
+        else:
+            mask_targets = jax.vmap(targets.mask_targets, in_axes=(0, 0, 0, None))(
+                first["rois"], first["gt_index"], batch["gt_masks"], mask_size)
         return losses.mask_loss_ratio(mask_logits, first["labels"], mask_targets,
                                       first["delta_weight"])
 

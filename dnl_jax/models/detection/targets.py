@@ -173,6 +173,37 @@ def mask_targets(rois: Array, gt_index: Array, gt_masks: Array, mask_size: int =
     return (sampled[..., 0] >= 0.5).astype(jnp.float32)
 
 
+def mask_targets_from_crops(rois: Array, gt_index: Array, gt_boxes: Array, crops: Array,
+                            mask_size: int = 28, grid_limit: int | None = None) -> Array:
+    """`mask_targets` from box-level gt masks: `crops` `[G, S, S]` (0/1) holds gt mask g
+    resampled to S × S inside its box `gt_boxes[g]` (x1, y1, x2, y2), crop pixel (i, j) being
+    the mask at the box point (x1 + (j + ½)·w / S, y1 + (i + ½)·h / S). Each RoI is mapped into
+    its gt's crop coordinates and RoI-aligned there (aligned; zero outside the box), then
+    binarised at 0.5. Outside its box a gt mask is 0, so this equals
+    `mask_targets` on full-image masks up to the crop's resolution, at S² bytes per instance
+    instead of H · W (COCO at 1344²: 56 × 56 = 3 KB instead of 1.8 MB)."""
+    size = crops.shape[-1]
+    boxes = gt_boxes[gt_index]
+    width = jnp.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
+    height = jnp.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
+    # A zero border of one crop pixel: beyond its box a mask is 0, and bilinear sampling across
+    # the box edge then fades to 0 as it does on the full mask (RoIAlign would otherwise repeat
+    # the crop's edge pixels for up to one pixel outside).
+    padded = jnp.pad(crops.astype(jnp.float32), ((0, 0), (1, 1), (1, 1)))
+    crop_rois = jnp.stack([(rois[:, 0] - boxes[:, 0]) * size / width,
+                           (rois[:, 1] - boxes[:, 1]) * size / height,
+                           (rois[:, 2] - boxes[:, 0]) * size / width,
+                           (rois[:, 3] - boxes[:, 1]) * size / height], axis=-1) + 1.0
+    if grid_limit is None:
+        grid_limit = roi_align.grid_limit_for(2 * size + 1, mask_size)
+    side = size + 2
+    full = lambda value: jnp.full(rois.shape[:1], value)  # noqa: E731
+    sampled = roi_align.align_flat(
+        padded.reshape(-1, 1), crop_rois, gt_index * side * side, full(side), full(side),
+        full(1.0).astype(rois.dtype), (mask_size, mask_size), grid_limit, aligned=True)
+    return (sampled[..., 0] >= 0.5).astype(jnp.float32)
+
+
 __all__ = ["AssignerConfig", "SamplerConfig", "RPN_ASSIGNER", "RCNN_ASSIGNER", "RPN_SAMPLER",
            "RCNN_SAMPLER", "assign_max_iou", "sample_fixed", "rpn_targets", "rcnn_targets",
-           "mask_targets"]
+           "mask_targets", "mask_targets_from_crops"]
