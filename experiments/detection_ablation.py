@@ -12,7 +12,8 @@ the val scenes at the end).
 whose class carries the image's beacon cue (class = 2·colour + cue), from the run's last
 checkpoint; 0.5 is chance, 1.0 means the distant cue is used for every object.
 
-`--seeds` sets `config.seed` (initialisation and training order); the scenes
+Runs are merged into the saved record (a new run replaces the saved one of its context and
+seed). `--seeds` sets `config.seed` (initialisation and training order); the scenes
 (`config.data.seed`) are the same for every run. Writes experiments/results/
 detection_synthetic.json (every run: final metrics, wall time, exact command) and prints the
 tables of detection_synthetic.md.
@@ -128,6 +129,13 @@ def main() -> None:
             runs[-1]["cue_right"] = round(cue_right(
                 os.path.join(args.runs_dir, f"{context}_seed{seed}"), context), 4)
             print(json.dumps(runs[-1]), flush=True)
+    # Merged into the saved record: a new run replaces the saved one of its context and seed.
+    saved = []
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            saved = json.load(f)["runs"]
+    done = {(r["context"], r["seed"]) for r in runs}
+    runs = [r for r in saved if (r["context"], r["seed"]) not in done] + runs
     record = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "runs": runs}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:

@@ -72,6 +72,8 @@ def rows_to_results(rows: dict, category_ids, mask_threshold: float = 0.5) -> li
     scale = rows["scale_factor"]  # (h, w) per row
     per_coordinate = np.stack([scale[:, 1], scale[:, 0], scale[:, 1], scale[:, 0]], -1)
     outputs = {key: rows[key] for key in _OUTPUT_KEYS if key in rows}
+    if "masks" in outputs:
+        outputs["masks"] = outputs["masks"].astype(np.float32)
     outputs["boxes"] = rows["boxes"] / per_coordinate[:, None, :]
     return coco_eval.model_results(outputs, rows["image_id"].tolist(), rows["orig_size"],
                                    category_ids, mask_threshold=mask_threshold)
@@ -127,15 +129,16 @@ class CocoEvaluator(common.Evaluator):
         local_batch = self.settings["batch_size"] // hosts
         steps = pipeline.num_eval_batches(len(source), local_batch=local_batch,
                                           process_count=hosts)
-        examples = list(common.host_examples(source))
+        indices = range(jax.process_index(), len(source), hosts)  # this host's examples
         chunks = []
-        for step in range(steps):
-            batch = examples[step * local_batch:(step + 1) * local_batch]
+        for step in range(steps):  # examples are read a batch at a time
+            batch = [source[i] for i in indices[step * local_batch:(step + 1) * local_batch]]
             count = len(batch)
-            batch = batch + [examples[0] if examples else source[0]] * (local_batch - count)
+            batch = batch + [batch[0] if batch else source[0]] * (local_batch - count)
             outputs = predict(variables, np.stack([e["image"] for e in batch]),
                               np.stack([np.asarray(e["image_size"], np.float32) for e in batch]))
             rows = {key: np.asarray(outputs[key]) for key in _OUTPUT_KEYS}
+            rows["masks"] = rows["masks"].astype(np.float16)  # probabilities; halves host memory
             geometry = [_geometry(e) for e in batch]
             rows.update({key: np.stack([g[key] for g in geometry]) for key in geometry[0]})
             rows["image_id"][count:] = -1  # padding
