@@ -150,7 +150,7 @@ def test_coco_fixture_prepares_trains_one_step_and_evaluates(tmp_path):
     """The tiny COCO fixture in the real layout (tests/coco_fixtures.py): prepared with the tfds
     builder, one training step through the trainer on all 4 training images (mmdet's train
     pipeline with box-level mask crops; crowd regions and the degenerate box left out of the
-    targets, the image without annotations a negative), COCO AP of the val split by pycocotools against
+    targets, the image without annotations a negative; bf16 compute), COCO AP of the val split by pycocotools against
     the original annotations, and the results JSON in the original category ids."""
     from coco_fixtures import CATEGORY_IDS, IMAGES, write_coco
     from dnl_jax.data.prepare import prepare
@@ -163,6 +163,7 @@ def test_coco_fixture_prepares_trains_one_step_and_evaluates(tmp_path):
         "data.base_size": (64, 48), "data.canvas": (64, 64), "data.max_instances": 4,
         "data.filter_empty_gt": False,  # the image without annotations trains as a negative
         "data.mask_crop_size": 16,  # box-level mask crops (gt_mask_crops), not full masks
+        "model.dtype": "bfloat16",  # bf16 compute, float32 parameters and losses
         "model.name": "mask_rcnn_fcn_tiny", "model.from_scratch": True, "batch_size": 4,
         "total_steps": 1, "optimizer.decay_steps": (), "optimizer.warmup_steps": 0,
         "evals.val.batch_size": 2})
