@@ -72,3 +72,12 @@ def test_frozen_prefixes_exist_in_the_real_detector_and_freeze_stem_and_res2():
         assert (label == "frozen") == path.startswith(stem_and_res2), path
     assert any(path.startswith("['backbone']['layer1_2']") for path in flat)
     assert any("['layer3_4']['dnl_official_block']" in path for path in flat)  # c4: block n-2
+
+
+def test_readme_lists_every_recipe_with_its_published_target():
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"),
+                  encoding="utf-8").read()
+    rows = dict(re.findall(r"^\| (coco_mask_rcnn_\S+) \| ([\d.]+ / [\d.]+) \|", readme, re.M))
+    assert rows == {name: target for name, (_, target) in EXPECTED.items()}
