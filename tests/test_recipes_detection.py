@@ -3,7 +3,6 @@ named after their model, the official schedule in steps, a published backbone wi
 conversion command, and frozen-parameter prefixes that exist in the real R50-FPN."""
 
 import glob
-import importlib.util
 import os
 
 import jax
@@ -15,6 +14,7 @@ from dnl_jax.models import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import validate_config
 from dnl_jax.train.pretrained import BACKBONES
+from test_recipes import load  # a config file as a module
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
 COCO_RECIPES = sorted(glob.glob(os.path.join(CONFIG_DIR, "coco_mask_rcnn_*.py")))
@@ -26,13 +26,6 @@ EXPECTED = {
     "coco_mask_rcnn_r50_fpn_dnl_c4_1x": ("mask_rcnn_r50_fpn_dnl_c4", "40.3 / 36.4"),
     "coco_mask_rcnn_r50_fpn_dnl_c4c5_1x": ("mask_rcnn_r50_fpn_dnl_c4c5", "41.2 / 37.2"),
 }
-
-
-def load(path):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_every_published_row_has_a_recipe():

@@ -143,6 +143,15 @@ def combine_ratios(ratios: Mapping[str, tuple[Array, Array]],
     return jnp.asarray(loss, jnp.float32), metrics
 
 
+def batch_loss_fn(ratios_fn, loss_weights: Mapping[str, float]):
+    """`(outputs, batch) -> (loss, metrics + {'loss'})` of one batch on its own, from a bundle's
+    `ratios_fn(outputs, batch) -> {name: (numerator, denominator)}` (`combine_ratios`)."""
+    def loss_fn(outputs, batch):
+        loss, metrics = combine_ratios(ratios_fn(outputs, batch), loss_weights)
+        return loss, {**metrics, "loss": loss}
+    return loss_fn
+
+
 def confusion_matrix(predictions: Array, labels: Array, num_classes: int,
                      ignore_label: int = IGNORE_LABEL) -> Array:
     """int32 `[K, K]`: entry [t, p] counts valid pixels with ground truth t predicted as p.
@@ -205,6 +214,6 @@ def check_class_weights(class_weights, num_classes: int) -> Optional[tuple[float
 __all__ = [
     "IGNORE_LABEL", "NORMALIZERS", "valid_pixels", "out_of_range_pixels", "pixel_log_likelihood",
     "ohem_keep_mask", "pixel_cross_entropy_sum", "pixel_cross_entropy", "safe_ratio",
-    "combine_ratios", "confusion_matrix", "classification_counts", "check_ohem",
+    "combine_ratios", "batch_loss_fn", "confusion_matrix", "classification_counts", "check_ohem",
     "check_class_weights", "check_normalizer",
 ]

@@ -31,7 +31,7 @@ Bundle contract (what the trainer codes against):
 from __future__ import annotations
 
 import functools
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -169,14 +169,6 @@ def _dnl_head_kwargs(config: dict) -> dict:
     return terms
 
 
-def _mean_loss_fn(ratios_fn: Callable, loss_weights: Mapping[str, float]) -> Callable:
-    """`(outputs, batch) -> (loss, metrics + {'loss'})` of one batch on its own."""
-    def loss_fn(outputs, batch):
-        loss, metrics = losses.combine_ratios(ratios_fn(outputs, batch), loss_weights)
-        return loss, {**metrics, "loss": loss}
-    return loss_fn
-
-
 def _segmentation_bundle(name: str, num_classes: int, config: dict) -> ModelBundle:
     head_kwargs = _dnl_head_kwargs(config)
     ohem = losses.check_ohem(config["ohem"])
@@ -206,7 +198,8 @@ def _segmentation_bundle(name: str, num_classes: int, config: dict) -> ModelBund
     metrics_fn = functools.partial(
         segmentor.segmentation_confusion, num_classes=num_classes,
         ignore_label=config["ignore_label"])
-    return ModelBundle(module, "segmentation", num_classes, _mean_loss_fn(ratios_fn, weights),
+    loss_fn = losses.batch_loss_fn(ratios_fn, weights)
+    return ModelBundle(module, "segmentation", num_classes, loss_fn,
                        metrics_fn, name, "image",
                        dict(config, ohem=ohem, class_weights=class_weights),
                        loss_ratios_fn=ratios_fn, loss_weights=weights,
@@ -224,7 +217,7 @@ def classification_loss_ratios(outputs: Mapping, batch: Mapping) -> dict:
 
 
 CLASSIFICATION_LOSS_WEIGHTS = {"cross_entropy": 1.0}
-classification_loss = _mean_loss_fn(classification_loss_ratios, CLASSIFICATION_LOSS_WEIGHTS)
+classification_loss = losses.batch_loss_fn(classification_loss_ratios, CLASSIFICATION_LOSS_WEIGHTS)
 
 
 def classification_metrics(outputs: Mapping, batch: Mapping) -> dict:

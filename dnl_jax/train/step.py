@@ -57,12 +57,11 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
 
 
 def _step_schedule(opt: ml_collections.ConfigDict) -> optax.Schedule:
-    decay_steps = jnp.asarray(tuple(opt.decay_steps) or (0,), jnp.int32)
-    decays = len(tuple(opt.decay_steps))
+    decay_steps = tuple(opt.decay_steps)
     warmup_steps = max(int(opt.warmup_steps), 1)
 
     def schedule(step):
-        passed = jnp.sum(step >= decay_steps) if decays else 0
+        passed = sum(step >= boundary for boundary in decay_steps)
         warm = jnp.where(step < opt.warmup_steps,
                          opt.warmup_ratio + (1 - opt.warmup_ratio) * step / warmup_steps, 1.0)
         return opt.lr * opt.decay_factor ** passed * warm

@@ -165,7 +165,15 @@ def mask_targets(rois: Array, gt_index: Array, gt_masks: Array, mask_size: int =
     _, height, width = gt_masks.shape
     if grid_limit is None:
         grid_limit = roi_align.grid_limit_for(max(height, width) + 1, mask_size)
-    flat = gt_masks.reshape(-1, 1).astype(jnp.float32)
+    return _binarised_align(gt_masks, rois, gt_index, mask_size, grid_limit)
+
+
+def _binarised_align(maps: Array, rois: Array, gt_index: Array, mask_size: int,
+                     grid_limit: int) -> Array:
+    """RoIAlign (aligned) of RoI k on map `gt_index[k]` of `maps` `[G, H, W]` (0/1), in the
+    maps' pixel coordinates, binarised at 0.5 → float32 `[K, mask_size, mask_size]`."""
+    _, height, width = maps.shape
+    flat = maps.reshape(-1, 1).astype(jnp.float32)
     full = lambda value: jnp.full(rois.shape[:1], value)  # noqa: E731
     sampled = roi_align.align_flat(
         flat, rois, gt_index * height * width, full(height), full(width),
@@ -196,12 +204,7 @@ def mask_targets_from_crops(rois: Array, gt_index: Array, gt_boxes: Array, crops
                            (rois[:, 3] - boxes[:, 1]) * size / height], axis=-1) + 1.0
     if grid_limit is None:
         grid_limit = roi_align.grid_limit_for(2 * size + 1, mask_size)
-    side = size + 2
-    full = lambda value: jnp.full(rois.shape[:1], value)  # noqa: E731
-    sampled = roi_align.align_flat(
-        padded.reshape(-1, 1), crop_rois, gt_index * side * side, full(side), full(side),
-        full(1.0).astype(rois.dtype), (mask_size, mask_size), grid_limit, aligned=True)
-    return (sampled[..., 0] >= 0.5).astype(jnp.float32)
+    return _binarised_align(padded, crop_rois, gt_index, mask_size, grid_limit)
 
 
 __all__ = ["AssignerConfig", "SamplerConfig", "RPN_ASSIGNER", "RCNN_ASSIGNER", "RPN_SAMPLER",

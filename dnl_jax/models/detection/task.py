@@ -127,19 +127,13 @@ def bundle_fields(num_classes: int, config: Mapping[str, Any]) -> dict:
         raise ValueError("detection models are evaluated with config.evals.<name>.type='coco' "
                          "(COCO box / mask AP), not with per-batch metric sums.")
 
-    return dict(module=module, task="detection", num_classes=num_classes,
-                loss_fn=lambda outputs, batch: losses_of(outputs),
+    loss_fn = model_losses.batch_loss_fn(loss_ratios_are_outputs, losses.LOSS_WEIGHTS)
+    return dict(module=module, task="detection", num_classes=num_classes, loss_fn=loss_fn,
                 metrics_fn=no_batched_metrics, input_key="image", config=dict(config),
                 loss_ratios_fn=loss_ratios_are_outputs, loss_weights=losses.LOSS_WEIGHTS,
                 finalize_metrics=finalize_metrics, best_metric=BEST_METRIC,
                 metric_label="val box AP", pad_label=-1, example_unit="image",
                 train_forward=train_forward(module), init_fn=init_fn(module))
-
-
-def losses_of(ratios: Mapping) -> tuple[jax.Array, dict]:
-    """(loss, metrics + {'loss'}) of one batch's loss ratios on its own."""
-    loss, metrics = model_losses.combine_ratios(ratios, losses.LOSS_WEIGHTS)
-    return loss, {**metrics, "loss": loss}
 
 
 __all__ = ["CONTEXTS", "CONTEXT_STAGES", "DETECTION_OVERRIDES", "detection_config",
