@@ -10,7 +10,11 @@ with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`:
 - 'chunked': `dnl_jax.chunked`, exact attention over query × key blocks with an online softmax and
   a recomputing custom VJP: O(N + M) memory in both passes.
 - 'cudnn': `jax.nn.dot_product_attention(implementation='cudnn')` (cuDNN's fused flash kernel) on
-  NVIDIA GPUs, for bfloat16/float16 inputs.
+  NVIDIA GPUs, for bfloat16/float16 inputs; any N and M (padded to a multiple of 128, the
+  padding masked through `query_seq_lengths` / `key_value_seq_lengths`).
+- 'pallas_tpu', 'pallas_gpu': JAX's Pallas flash-attention kernels (`dnl_jax.pallas_attention`),
+  for TPUs and for GPUs where cuDNN cannot run (float32, head dims cuDNN refuses); any shapes.
+  Off their platform they run in Pallas interpret mode (slow; for tests).
 - None (auto): `select_implementation` picks one from the platform, shapes and dtype; the choice is
   logged once per distinct case at DEBUG level (`logging`), so it stays out of progress output.
 
@@ -26,14 +30,14 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import chunked, ops
+from dnl_jax import chunked, ops, pallas_attention
 
 Array = jax.Array
 
 logger = logging.getLogger(__name__)
 
 # The kernels by name; `implementation=None` picks one of them (`select_implementation`).
-KERNELS = ("xla", "chunked", "cudnn")
+KERNELS = ("xla", "chunked", "cudnn", "pallas_tpu", "pallas_gpu")
 IMPLEMENTATIONS = (None, *KERNELS)
 
 # Below this many logits per sample the materialised matrix is small (4 MiB in float32) and one
@@ -46,11 +50,18 @@ _MATERIALISE_MAX_LOGITS = 1024 * 1024
 # ----------------------------------------------------------------------------------------------
 
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+# cuDNN rejects some sequence lengths (N = 1023 on an H200); padded lengths are multiples of this.
+_CUDNN_LENGTH_MULTIPLE = 128
+
+
+def platform() -> str:
+    """The platform kernels are chosen for: JAX's default backend ('cpu', 'gpu', 'tpu')."""
+    return jax.default_backend()
 
 
 def _nvidia_compute_capability() -> Optional[tuple[int, ...]]:
     """The default GPU's CUDA compute capability, or None off NVIDIA GPUs."""
-    if jax.default_backend() != "gpu":
+    if platform() != "gpu":
         return None
     device = jax.devices()[0]
     if "cuda" not in getattr(device.client, "platform_version", "").lower():
@@ -62,11 +73,12 @@ def cudnn_unsupported_reason(q: Array, k: Array, v: Array) -> Optional[str]:
     """Why the cuDNN kernel cannot run these inputs here, or None if it can.
 
     cuDNN flash attention wants an NVIDIA GPU, bfloat16/float16 operands and a head dim (C) that is
-    a multiple of 8 and <= 128 (<= 256 from Hopper, compute capability 9.0), with Cv == C.
+    a multiple of 8 and <= 128 (<= 256 from Hopper, compute capability 9.0), with Cv == C. Any N
+    and M: `cudnn_attention` pads them.
     """
     capability = _nvidia_compute_capability()
     if capability is None:
-        return f"it needs an NVIDIA GPU (default backend here: {jax.default_backend()!r})"
+        return f"it needs an NVIDIA GPU (default backend here: {platform()!r})"
     dtype = jnp.result_type(q, k, v)
     if dtype not in _CUDNN_DTYPES:
         return f"it needs bfloat16 or float16 inputs (got {dtype}); cast q, k, v, e.g. to bfloat16"
@@ -82,7 +94,10 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True)
     """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with cuDNN's fused kernel (NVIDIA GPUs only).
 
     Shapes as `chunked_attention`; leading axes are flattened into cuDNN's batch axis with a
-    single head, `[B, T, 1, C]`. The scale (and so the temperature) is folded into the queries.
+    single head, `[B, T, 1, C]`. cuDNN rejects some lengths (e.g. N = 1023), so N and M that are
+    not multiples of 128 are zero-padded to one and the padding is masked by passing the true
+    lengths as `query_seq_lengths` / `key_value_seq_lengths`. The scale goes to cuDNN's `scale`
+    (applied to float32 logits) when static, else it is folded into the queries.
 
     Raises:
       ValueError: where cuDNN cannot run (CPU/TPU, float32 inputs, unsupported C); the message
@@ -91,15 +106,26 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True)
     reason = cudnn_unsupported_reason(q, k, v)
     if reason is not None:
         raise ValueError(
-            f"implementation='cudnn' is unavailable: {reason}. Use implementation='chunked' "
-            "(exact, O(N) memory, any platform) or None to choose automatically."
+            f"implementation='cudnn' is unavailable: {reason}. Use implementation='pallas_gpu' "
+            "or 'chunked' (exact, O(N) memory, any platform) or None to choose automatically."
         )
     leading, (q3, k3, v3) = chunked.flatten_leading(q, k, v)
-    q3, k3, v3 = chunked.whiten_and_scale(q3, k3, v3, scale, whiten)
+    sm_scale = pallas_attention.static_scale(scale)
+    q3, k3, v3 = chunked.whiten_and_scale(q3, k3, v3, 1.0 if sm_scale is not None else scale,
+                                          whiten)
+    n, m = q3.shape[1], k3.shape[1]
+    lengths = {}
+    if n % _CUDNN_LENGTH_MULTIPLE or m % _CUDNN_LENGTH_MULTIPLE:
+        batch = q3.shape[0]
+        lengths = dict(query_seq_lengths=jnp.full((batch,), n, jnp.int32),
+                       key_value_seq_lengths=jnp.full((batch,), m, jnp.int32))
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CUDNN_LENGTH_MULTIPLE), (0, 0)))
+        q3, k3, v3 = pad(q3), pad(k3), pad(v3)
     out = jax.nn.dot_product_attention(
-        q3[:, :, None], k3[:, :, None], v3[:, :, None], scale=1.0, implementation="cudnn"
+        q3[:, :, None], k3[:, :, None], v3[:, :, None], scale=1.0 if sm_scale is None else sm_scale,
+        implementation="cudnn", **lengths,
     )
-    return out[:, :, 0].reshape(*leading, q.shape[-2], v.shape[-1]).astype(v.dtype)
+    return out[:, :n, 0].reshape(*leading, n, v.shape[-1]).astype(v.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,22 +136,31 @@ _logged_choices: set = set()
 
 
 def select_implementation(q: Array, k: Array, v: Array) -> str:
-    """The kernel `implementation=None` uses for these inputs: 'cudnn', 'xla' or 'chunked'.
+    """The kernel `implementation=None` uses for these inputs.
 
     - 'cudnn' where `cudnn_unsupported_reason` finds nothing (NVIDIA GPU, bf16/f16, C supported);
     - 'xla' when the logits are small (N · M <= 2**20 per sample): the materialised matrix is
       then a few MiB and one fused matmul + softmax is fastest;
-    - 'chunked' otherwise: exact and O(N + M) memory on any platform.
+    - above that, the platform's flash kernel: 'pallas_tpu' on TPUs, 'pallas_gpu' on NVIDIA GPUs
+      (float32, head dims cuDNN refuses), and 'chunked' elsewhere (CPU): exact, O(N + M) memory.
 
-    Only static information (shapes, dtypes, backend) is used, so this works on tracers.
+    All of them meet the bfloat16 accuracy bound (at most twice the error that rounding q, k, v
+    to bfloat16 alone causes) at temperatures 0.05 and 1, measured by
+    `experiments/benchmarks/bf16_accuracy.py` and tested, so the choice does not depend on the
+    temperature. Only static information (shapes, dtypes, backend) is used, so this works on
+    tracers.
     """
     if cudnn_unsupported_reason(q, k, v) is None:
         choice = "cudnn"
     elif q.shape[-2] * k.shape[-2] <= _MATERIALISE_MAX_LOGITS:
         choice = "xla"
+    elif platform() == "tpu":
+        choice = "pallas_tpu"
+    elif _nvidia_compute_capability() is not None:
+        choice = "pallas_gpu"
     else:
         choice = "chunked"
-    key = (jax.default_backend(), q.shape, k.shape, v.shape, str(jnp.result_type(q, k, v)), choice)
+    key = (platform(), q.shape, k.shape, v.shape, str(jnp.result_type(q, k, v)), choice)
     if key not in _logged_choices:
         _logged_choices.add(key)
         logger.debug(
@@ -135,30 +170,37 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
     return choice
 
 
+_KERNEL_FUNCTIONS = {
+    "xla": ops.materialised_pairwise_attention,
+    "chunked": chunked.chunked_attention,
+    "pallas_tpu": pallas_attention.tpu_flash_attention,
+    "pallas_gpu": pallas_attention.gpu_flash_attention,
+}
+
+
 def pairwise_attention(
     q: Array, k: Array, v: Array, *, scale, whiten: bool, implementation: Optional[str]
 ) -> Array:
     """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with the named kernel; None = `select_implementation`.
 
     With None, a cuDNN rejection at trace time (a constraint `cudnn_unsupported_reason` does not
-    know) falls back to 'chunked' with a warning; a named kernel never changes silently.
+    know) falls back to 'pallas_gpu', the other fast GPU kernel, with a warning; a named kernel
+    never changes.
     """
     automatic = implementation is None
     if automatic:
         implementation = select_implementation(q, k, v)
-    if implementation == "xla":
-        return ops.materialised_pairwise_attention(q, k, v, scale=scale, whiten=whiten)
-    if implementation == "chunked":
-        return chunked.chunked_attention(q, k, v, scale=scale, whiten=whiten)
+    if implementation in _KERNEL_FUNCTIONS:
+        return _KERNEL_FUNCTIONS[implementation](q, k, v, scale=scale, whiten=whiten)
     if implementation == "cudnn":
         if not automatic:
             return cudnn_attention(q, k, v, scale=scale, whiten=whiten)
         try:
             return cudnn_attention(q, k, v, scale=scale, whiten=whiten)
         except NotImplementedError as error:
-            logger.warning("dnl attention: cuDNN rejected q%s (%s); using 'chunked'.", q.shape,
-                           error)
-            return chunked.chunked_attention(q, k, v, scale=scale, whiten=whiten)
+            logger.warning("dnl attention: cuDNN rejected q%s (%s); using 'pallas_gpu'.",
+                           q.shape, error)
+            return pallas_attention.gpu_flash_attention(q, k, v, scale=scale, whiten=whiten)
     raise ValueError(
         f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}."
     )
@@ -194,8 +236,9 @@ def dnl_attention(
       scale: multiplies the pairwise logits; None means 1/√C.
       whiten: subtract μ_q and μ_k in the pairwise term (False gives plain non-local logits).
       implementation: None (pick automatically: `select_implementation`), 'xla' (materialises
-        the N × M matrix), 'chunked' (exact, O(N + M) memory forward and backward) or 'cudnn'
-        (NVIDIA GPUs, bfloat16/float16).
+        the N × M matrix), 'chunked' (exact, O(N + M) memory forward and backward), 'cudnn'
+        (NVIDIA GPUs, bfloat16/float16), 'pallas_tpu' or 'pallas_gpu' (flash attention;
+        interpreted, slowly, off their platform).
 
     Returns:
       `[..., N, Cv]` in the dtype of `v`.

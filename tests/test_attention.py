@@ -217,9 +217,10 @@ def test_cudnn_wrapper_layout_whitening_and_scale(monkeypatch):
     _pretend_nvidia_gpu(monkeypatch)
     xla_dot_product_attention = jax.nn.dot_product_attention
 
-    def kernel(q, k, v, *, scale, implementation):
+    def kernel(q, k, v, *, scale, implementation, **seq_lengths):
         assert implementation == "cudnn" and q.ndim == 4 and q.shape[2] == 1
-        return xla_dot_product_attention(q, k, v, scale=scale, implementation="xla")
+        return xla_dot_product_attention(q, k, v, scale=scale, implementation="xla",
+                                         **seq_lengths)
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", kernel)
     args = _inputs((2, 3), 24, 16, 8, 8, dtype=jnp.bfloat16)
@@ -240,8 +241,8 @@ def test_automatic_choice_falls_back_when_cudnn_rejects(monkeypatch, caplog):
     args = _inputs((2,), 24, 16, 8, 8, dtype=jnp.bfloat16)
     with caplog.at_level(logging.WARNING, logger="dnl_jax.attention"):
         out = _attention_fn(None)(*args)
-    assert any("using 'chunked'" in r.getMessage() for r in caplog.records)
-    chex.assert_trees_all_close(out, _attention_fn("chunked")(*args))
+    assert any("using 'pallas_gpu'" in r.getMessage() for r in caplog.records)
+    chex.assert_trees_all_close(out, _attention_fn("pallas_gpu")(*args))
     with pytest.raises(NotImplementedError):  # a named kernel is never swapped silently
         _attention_fn("cudnn")(*args)
 

@@ -1,0 +1,240 @@
+"""The Pallas kernels for the pairwise term of `dnl_jax.attention.dnl_attention`.
+
+    out_i = Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j,  q̂ = q − μ_q, k̂ = k − μ_k (or q, k unwhitened)
+
+with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`, on JAX's own flash
+attention kernels, imported, not copied:
+
+- 'pallas_tpu': `jax.experimental.pallas.ops.tpu.flash_attention` (Mosaic TPU).
+- 'pallas_gpu': `jax.experimental.pallas.ops.gpu.attention.mha` (Triton).
+
+Both run anywhere: off their platform they run in Pallas interpret mode (slow, exact), which is
+how CPU tests check them. What this module adds around them:
+
+- Shapes: leading axes are flattened into the kernels' batch axis with one head; C and Cv are
+  zero-padded to one common width (both kernels want equal q/k/v widths; the TPU kernel wants a
+  width <= 128 or a multiple of 128), which changes no logit and adds only zero output columns.
+- Any N and M: positions are zero-padded to a multiple of the block size and padded keys are
+  masked, so padded keys get weight exactly 0 (forward and backward):
+  - TPU: segment ids (queries all 1, real keys 1, padded keys 0);
+  - GPU with N == M: segment ids (the kernel takes one id array for queries and keys; padded
+    queries then see only padded keys and their rows are dropped);
+  - GPU with N != M: the kernel's one id array cannot mask keys independently of queries, so a
+    bias channel does it: queries get an extra channel of ones and keys an extra channel of 0
+    (real) or −X (padded), so padded logits are −X · scale and their softmax weight underflows
+    to 0 (X = 1e30, or a quarter of float16's maximum).
+- The scale: passed as the kernels' `sm_scale`, which they apply to the float32 logits, when it
+  is a static number; a traced scale (e.g. a learnt temperature) is folded into the queries.
+- Gradients: the kernels' own backward passes. The TPU kernel reads interpret mode from a context
+  at trace time, and JAX traces a backward pass after the forward call has returned, so the TPU
+  call is wrapped in a custom VJP that enters the context in both passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
+from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+from jax.experimental.pallas.ops.tpu import flash_attention as tpu_attention
+
+from dnl_jax import chunked
+
+Array = jax.Array
+
+# Block lengths (positions). TPU: multiples of 128 (its lane width), 512 as in JAX's own TPU
+# benchmarks for head dims <= 256. GPU: JAX's defaults for the Triton kernel (128 forward, 32
+# backward). Neither is tuned on hardware here (no accelerator was available).
+_TPU_BLOCK = 512
+_TPU_LANES = 128
+_GPU_BLOCK, _GPU_BACKWARD_BLOCK = 128, 32
+_block_override: list[Optional[int]] = [None]
+
+
+@contextlib.contextmanager
+def block_size_override(block: int) -> Iterator[None]:
+    """Within the context, the Pallas kernels traced use `block` positions per block, forward
+    and backward (rounded down to a multiple of 128 on TPU, to a power of two on GPU).
+
+    Interpret mode runs one grid step at a time, so big blocks make CPU tests fast. Read at
+    trace time: re-trace (a fresh `jax.jit`) for a jitted function to see a new value.
+    """
+    if not (isinstance(block, int) and block >= 16):
+        raise ValueError(f"block must be an integer >= 16; got {block!r}.")
+    previous, _block_override[0] = _block_override[0], block
+    try:
+        yield
+    finally:
+        _block_override[0] = previous
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def static_scale(scale) -> Optional[float]:
+    """`scale` as a python float if it is known at trace time, else None (a traced value)."""
+    try:
+        return float(scale)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return None
+
+
+def _prepare(q: Array, k: Array, v: Array, scale, whiten: bool):
+    """Flattened `[B, ·, ·]` operands, whitened, and the kernel's static scale (1.0 when the
+    scale had to be folded into the queries)."""
+    leading, (q3, k3, v3) = chunked.flatten_leading(q, k, v)
+    sm_scale = static_scale(scale)
+    q3, k3, v3 = chunked.whiten_and_scale(q3, k3, v3, 1.0 if sm_scale is not None else scale,
+                                          whiten)
+    return leading, q3, k3, v3, 1.0 if sm_scale is None else sm_scale
+
+
+def _pad(x: Array, length: int, width: int) -> Array:
+    """Zero-pads `[B, L, C]` to `[B, length, width]`."""
+    return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, width - x.shape[2])))
+
+
+def _finish(out: Array, leading, n: int, v: Array) -> Array:
+    return out[:, :n, : v.shape[-1]].reshape(*leading, n, v.shape[-1]).astype(v.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# 'pallas_tpu'
+# ----------------------------------------------------------------------------------------------
+
+
+def _tpu_block(length: int) -> int:
+    """The largest multiple of 128 that divides `length` (a multiple of 128) and is at most the
+    target block."""
+    block = min(_round_up(_block_override[0] or _TPU_BLOCK, _TPU_LANES), length)
+    block -= block % _TPU_LANES
+    while length % block:
+        block -= _TPU_LANES
+    return block
+
+
+def _tpu_interpret_context():
+    """Interpret mode off TPUs (CPU tests); nothing on a TPU."""
+    if jax.default_backend() == "tpu":
+        return contextlib.nullcontext()
+    return pltpu.force_tpu_interpret_mode()
+
+
+def _tpu_kernel(q: Array, k: Array, v: Array, config) -> Array:
+    """JAX's TPU flash attention on `[B, 1, L, D]` operands; `config` = (sm_scale, block_q,
+    block_k, number of real keys)."""
+    sm_scale, block_q, block_k, num_keys = config
+    segment_ids = None
+    if num_keys < k.shape[2]:
+        real = (jnp.arange(k.shape[2]) < num_keys).astype(jnp.int32)
+        segment_ids = tpu_attention.SegmentIds(
+            q=jnp.ones((q.shape[0], q.shape[2]), jnp.int32),
+            kv=jnp.broadcast_to(real, (k.shape[0], k.shape[2])))
+    sizes = tpu_attention.BlockSizes(
+        block_q=block_q, block_k_major=block_k, block_k=block_k, block_b=1,
+        block_q_major_dkv=block_q, block_k_major_dkv=block_k, block_k_dkv=block_k,
+        block_q_dkv=block_q, block_k_major_dq=block_k, block_k_dq=block_k, block_q_dq=block_q)
+    return tpu_attention.flash_attention(q, k, v, segment_ids=segment_ids, sm_scale=sm_scale,
+                                         block_sizes=sizes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _tpu_call(q: Array, k: Array, v: Array, config) -> Array:
+    with _tpu_interpret_context():
+        return _tpu_kernel(q, k, v, config)
+
+
+def _tpu_call_fwd(q, k, v, config):
+    with _tpu_interpret_context():
+        out, vjp = jax.vjp(functools.partial(_tpu_kernel, config=config), q, k, v)
+    return out, vjp
+
+
+def _tpu_call_bwd(config, vjp, d_out):
+    with _tpu_interpret_context():
+        return vjp(d_out)
+
+
+_tpu_call.defvjp(_tpu_call_fwd, _tpu_call_bwd)
+
+
+def tpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True) -> Array:
+    """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with JAX's Pallas TPU flash attention.
+
+    Shapes as `chunked.chunked_attention` (any N, M, C, Cv; leading axes broadcast). Interpret
+    mode off TPUs. Returns `[..., N, Cv]` in the dtype of `v`.
+    """
+    leading, q3, k3, v3, sm_scale = _prepare(q, k, v, scale, whiten)
+    n, m = q3.shape[1], k3.shape[1]
+    width = max(q3.shape[2], v3.shape[2])
+    if width > _TPU_LANES:
+        width = _round_up(width, _TPU_LANES)  # the kernel's rule for head dims above 128
+    q_len, k_len = _round_up(n, _TPU_LANES), _round_up(m, _TPU_LANES)
+    config = (sm_scale, _tpu_block(q_len), _tpu_block(k_len), m)
+    out = _tpu_call(_pad(q3, q_len, width)[:, None], _pad(k3, k_len, width)[:, None],
+                    _pad(v3, k_len, width)[:, None], config)
+    return _finish(out[:, 0], leading, n, v)
+
+
+# ----------------------------------------------------------------------------------------------
+# 'pallas_gpu'
+# ----------------------------------------------------------------------------------------------
+
+
+def _power_of_two_at_most(x: int) -> int:
+    return 1 << (max(x, 1).bit_length() - 1)
+
+
+def _gpu_blocks(length: int) -> tuple[int, int]:
+    """(forward, backward) block lengths: powers of two >= 16, at most the padded length."""
+    target = _block_override[0]
+    forward = _power_of_two_at_most(target or _GPU_BLOCK)
+    backward = _power_of_two_at_most(target or _GPU_BACKWARD_BLOCK)
+    reach = max(16, 1 << (length - 1).bit_length())  # next power of two >= length
+    return min(forward, reach), min(backward, forward, reach)
+
+
+def _mask_bias_channel(q: Array, k: Array, v: Array, num_keys: int):
+    """Appends a ones channel to q and a 0 / −X channel to k (−X on padded keys), and a zero
+    channel to v if needed for equal widths: the logit of a padded key becomes −X · scale."""
+    big = min(1e30, float(jnp.finfo(k.dtype).max) / 4)
+    real = jnp.arange(k.shape[1]) < num_keys
+    key_bias = jnp.where(real, 0.0, -big).astype(k.dtype)
+    q = jnp.concatenate([q, jnp.ones((*q.shape[:2], 1), q.dtype)], axis=-1)
+    k = jnp.concatenate([k, jnp.broadcast_to(key_bias[None, :, None], (*k.shape[:2], 1))],
+                        axis=-1)
+    return q, k, v
+
+
+def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True) -> Array:
+    """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with JAX's Pallas GPU (Triton) flash attention.
+
+    Shapes as `chunked.chunked_attention` (any N, M, C, Cv; leading axes broadcast). Queries and
+    keys are padded to one length L (the kernel's fused backward pass wants as many query as key
+    blocks). Interpret mode off GPUs. float32 matmuls follow Triton's default (TF32 on Ampere and
+    newer, like XLA's default for float32 on those GPUs). Returns `[..., N, Cv]` in v's dtype.
+    """
+    leading, q3, k3, v3, sm_scale = _prepare(q, k, v, scale, whiten)
+    n, m = q3.shape[1], k3.shape[1]
+    forward, backward = _gpu_blocks(max(n, m))
+    length = _round_up(max(n, m), forward)
+    segment_ids = None
+    if length != m and n == m:
+        real = (jnp.arange(length) < m).astype(jnp.int32)
+        segment_ids = jnp.broadcast_to(real, (q3.shape[0], length))
+    q3, k3, v3 = (_pad(x, length, x.shape[2]) for x in (q3, k3, v3))
+    if length != m and n != m:
+        q3, k3, v3 = _mask_bias_channel(q3, k3, v3, m)
+    width = max(q3.shape[2], v3.shape[2])
+    q4, k4, v4 = (_pad(x, length, width)[:, :, None] for x in (q3, k3, v3))
+    sizes = gpu_attention.BlockSizes(block_q=forward, block_k=forward, block_q_dkv=backward,
+                                     block_kv_dkv=backward, block_q_dq=backward,
+                                     block_kv_dq=backward)
+    out = gpu_attention.mha(q4, k4, v4, segment_ids, sm_scale=sm_scale, block_sizes=sizes,
+                            interpret=jax.default_backend() != "gpu")
+    return _finish(out[:, :, 0], leading, n, v)
