@@ -255,4 +255,9 @@ def dnl_attention(
                                   implementation=implementation)
     if unary is None:
         return pairwise
-    return (pairwise + ops.unary_attention(unary, v)).astype(v.dtype)
+    # The sum in >= float32: the unary output broadcasts over all N queries, so its gradient sums
+    # N cotangents; in bfloat16 that sum (and the extra rounding of the unary output) tripled the
+    # error of dunary and doubled dv's at N = 4096 (bf16_accuracy.py, RESULTS.md).
+    compute_dtype = jnp.promote_types(v.dtype, jnp.float32)
+    unary_out = ops.unary_attention(unary, v.astype(compute_dtype))
+    return (pairwise.astype(compute_dtype) + unary_out).astype(v.dtype)

@@ -6,7 +6,7 @@ with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`: exac
 query × key blocks with an online softmax (running max and running sum), wrapped in a custom VJP
 that recomputes the blocks in the backward pass (flash-attention style), so no N × M array is ever
 stored: memory is O(N + M) in both passes. Whitening and the scale are applied once, outside the
-blocks (O(N)), by `whiten_and_scale`, which the cuDNN kernel shares.
+blocks (O(N)), by `whiten_and_scale`, which the cuDNN and Pallas kernels share.
 """
 
 from __future__ import annotations
@@ -83,17 +83,22 @@ def flatten_leading(q: Array, k: Array, v: Array):
 
 
 def whiten_and_scale(q: Array, k: Array, v: Array, scale, whiten: bool):
-    """(scale · q̂, k̂, v) in the common operand dtype; whitening and scaling in >= float32.
+    """(scale · q̂, k, v) in the common operand dtype; whitening and scaling in >= float32.
 
-    The scale is folded into the queries so that the kernels need no static scale argument (it
-    may be a traced value, e.g. a learnt temperature).
+    Only the queries are whitened: softmax_j(q̂_iᵀk̂_j) == softmax_j(q̂_iᵀk_j), since the two
+    differ by q̂_iᵀμ_k, constant over the key axis j (for the gradients too: the keys' gradient
+    Σ_i ds_ij q̂_i sums to zero over j either way). Whitened keys would have to be rounded to a
+    bfloat16 operand again; unwhitened bfloat16 keys go to the matmuls exactly as given, which
+    keeps dq and dk of bfloat16 inputs within 1.5× of the floor that bfloat16 inputs set
+    instead of 2.3× (`experiments/benchmarks/bf16_accuracy.py`, RESULTS.md). The scale is folded
+    into the queries (one rounding with the whitening) so that the kernels need no static scale
+    argument (it may be a traced value, e.g. a learnt temperature).
     """
     operand_dtype = jnp.result_type(q, k, v)
     compute_dtype = jnp.promote_types(operand_dtype, jnp.float32)
     q, k = q.astype(compute_dtype), k.astype(compute_dtype)
     if whiten:
         q = q - jnp.mean(q, axis=-2, keepdims=True)
-        k = k - jnp.mean(k, axis=-2, keepdims=True)
     q = q * jnp.asarray(scale, compute_dtype)
     return q.astype(operand_dtype), k.astype(operand_dtype), v.astype(operand_dtype)
 
