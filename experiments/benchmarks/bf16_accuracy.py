@@ -29,6 +29,7 @@ floor to its source. Prints Markdown tables; `--out` saves the rows as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -69,16 +70,26 @@ def outputs_and_grads(implementation: str, q, k, v, unary, cotangent, temperatur
                                       implementation=implementation)
         return jnp.sum(out.astype(cotangent.dtype) * cotangent), out
 
-    with chunked.block_sizes_override(1024, 512), \
-            pallas_attention.block_size_override(INTERPRET_BLOCK):
+    with _interpret_blocks():
         grad_fn = jax.jit(jax.grad(weighted, argnums=(0, 1, 2, 3), has_aux=True))
         grads, out = grad_fn(q, k, v, unary)
     return [np.asarray(x, np.float64) for x in (out, *grads)]
 
 
+@contextlib.contextmanager
+def _interpret_blocks():
+    """Big blocks on CPU, where the Pallas kernels are interpreted; the defaults elsewhere."""
+    if jax.default_backend() != "cpu":
+        yield
+        return
+    with chunked.block_sizes_override(1024, 512), \
+            pallas_attention.block_size_override(INTERPRET_BLOCK):
+        yield
+
+
 def exact(inputs, temperature: float, whiten: bool = True) -> list[np.ndarray]:
-    """The float64 reference on the given (float32) inputs."""
-    with jax.enable_x64(True):
+    """The float64 reference on the given (float32) inputs, computed on the host CPU."""
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
         args = [jnp.asarray(x, jnp.float64) for x in inputs]
         return outputs_and_grads("xla", *args, temperature, whiten)
 
@@ -105,23 +116,27 @@ def floor_and_reference(inputs, temperature: float, whiten: bool = True):
     return reference, floor, relative_errors(rounded_inputs, reference)
 
 
+def kernel_row(kernel, inputs, reference, floor, input_floor, temperature: float,
+               whiten: bool = True) -> dict:
+    """One kernel's errors, error / floor and error / input floor, per quantity."""
+    start = time.perf_counter()
+    errors = relative_errors(in_bf16(kernel, inputs, temperature, whiten), reference)
+    ratios = [e / f for e, f in zip(errors, floor)]
+    return {"kernel": kernel, "n": inputs[0].shape[1], "temperature": temperature,
+            "batch": inputs[0].shape[0], "channels": inputs[0].shape[2], "floor": floor,
+            "input_floor": input_floor, "errors": errors, "ratios": ratios,
+            "ratios_to_input_floor": [e / f for e, f in zip(errors, input_floor)],
+            "within_bound": all(r <= BOUND for r in ratios),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
 def measure(kernels, n: int, temperature: float, batch: int = 2, channels: int = 64,
             seed: int = 0, whiten: bool = True) -> list[dict]:
-    """One row per kernel: its errors, the floors and error / floor, per quantity."""
+    """`kernel_row` for each kernel (None = automatic choice) on one set of inputs."""
     inputs = make_inputs(batch, n, channels, seed)
     reference, floor, input_floor = floor_and_reference(inputs, temperature, whiten)
-    rows = []
-    for kernel in kernels:
-        start = time.perf_counter()
-        errors = relative_errors(in_bf16(kernel, inputs, temperature, whiten), reference)
-        ratios = [e / f for e, f in zip(errors, floor)]
-        rows.append({"kernel": kernel, "n": n, "temperature": temperature, "batch": batch,
-                     "channels": channels, "floor": floor, "input_floor": input_floor,
-                     "errors": errors, "ratios": ratios,
-                     "ratios_to_input_floor": [e / f for e, f in zip(errors, input_floor)],
-                     "within_bound": all(r <= BOUND for r in ratios),
-                     "seconds": round(time.perf_counter() - start, 2)})
-    return rows
+    return [kernel_row(kernel, inputs, reference, floor, input_floor, temperature, whiten)
+            for kernel in kernels]
 
 
 # ----------------------------------------------------------------------------------------------

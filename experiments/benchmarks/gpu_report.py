@@ -45,12 +45,25 @@ def render_env(data: dict) -> str:
             f"{data.get('bf16_spec_peak_tflops') or 'unknown'} TFLOP/s.")
 
 
+def _errors(values) -> str:
+    return " / ".join(f"{v:.2e}" for v in values) if values else None
+
+
 def render_check(data: dict) -> str:
-    rows = [[c["n"], c["dtype"], c["implementation"], short(c["status"]),
-             " / ".join(c.get("relative_errors_out_dq_dk_dv_dunary", [])) or None,
-             c.get("within_tolerance"), c.get("auto_choice")] for c in data.get("cases", [])]
-    return table(["N", "dtype", "kernel", "status", "rel. error out / dq / dk / dv / dunary",
-                  "within tolerance", "auto picks"], rows)
+    bf16 = [[c["n"], c["temperature"], c["kernel"], short(c["status"]), _errors(c.get("floor")),
+             _errors(c.get("errors")),
+             f"{max(c['ratios']):.2f}" if c.get("ratios") else None, c.get("within_bound"),
+             c.get("auto_choice")] for c in data.get("bfloat16", [])]
+    f32 = [[c["n"], c["kernel"], short(c["status"]), _errors(c.get("errors")),
+            c.get("within_bound"), c.get("auto_choice")] for c in data.get("float32", [])]
+    return ("bfloat16 against the float64 host reference; floor = the exact computation "
+            "through a bfloat16 interface (bf16_accuracy.py); bound: error <= 2 × floor:\n\n"
+            + table(["N", "T", "kernel", "status", "floor out / dq / dk / dv / dunary",
+                     "error out / dq / dk / dv / dunary", "error / floor (max)",
+                     "within 2× floor", "auto picks"], bf16)
+            + "\n\nfloat32 (bound: 2 × 'xla''s error + 1e-5):\n\n"
+            + table(["N", "kernel", "status", "error out / dq / dk / dv / dunary",
+                     "within bound", "auto picks"], f32))
 
 
 def render_step(data: dict) -> str:
@@ -59,7 +72,10 @@ def render_step(data: dict) -> str:
              percent(c.get("mfu_vs_spec_bf16_peak")), percent(c.get("mfu_vs_measured_bf16_peak")),
              c.get("compile_and_first_step_s"), c.get("loss")] for c in data.get("cases", [])]
     first = next(iter(data.get("cases", [])), {})
-    return f"Model {first.get('model', '?')}, {first.get('dtype', '?')}:\n\n" + table(
+    count = next(iter(data.get("flop_count", [])), {})
+    flops = (f"{count['step_tflop']:.3f} TFLOP per step ({count['method']})"
+             if "step_tflop" in count else f"FLOP count: {count.get('status', 'missing')}")
+    return f"Model {first.get('model', '?')}, {first.get('dtype', '?')}; {flops}:\n\n" + table(
         ["driver", "batch", "status", "step s (median)", "images/s", "TFLOP/s (XLA count)",
          "MFU (data-sheet peak)", "MFU (same-run matmul)", "compile + 1st step s", "loss"], rows)
 
@@ -76,9 +92,20 @@ def render_speed(data: dict) -> str:
                  "% same-run matmul peak", "compiled GiB"], rows))
 
 
+def render_tpu(data: dict) -> str:
+    if "skipped" in data:
+        return f"skipped: {data['skipped']}"
+    rows = [[c["n"], c["implementation"], c.get("block"), short(c["status"]), c.get("fwd_bwd_s"),
+             c.get("tflops"), percent(c.get("fraction_of_measured_bf16_peak")),
+             c.get("compiled_gib")] for c in data.get("cases", [])]
+    return table(["N", "kernel", "block", "status", "fwd+bwd s", "TFLOP/s",
+                  "% same-run matmul peak", "compiled GiB"], rows)
+
+
 def render(out_dir: str, smoke: bool = False) -> str:
     renderers = {"env": render_env, "attention_check": render_check,
-                 "train_step": render_step, "attention_speed": render_speed}
+                 "train_step": render_step, "attention_speed": render_speed,
+                 "tpu_kernels": render_tpu}
     parts = []
     for section in SECTIONS:
         data = load(out_dir, section, smoke)

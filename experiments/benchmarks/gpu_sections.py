@@ -3,7 +3,6 @@ step. Each takes (recorder, sizes, out_dir, smoke) and records case by case (see
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 
@@ -15,9 +14,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from gpu_suite import (
     TEMPERATURE, Recorder, device_memory_limit, peak_fractions, run_case, timed,
 )
+import bf16_accuracy
 from dnl_jax import attention
 
-CHECKED = ("xla", "chunked", "cudnn")
+# The kernels each platform's sections measure: those that can run fast there, plus 'xla' and
+# 'chunked' for comparison. On CPU (--smoke) the Pallas kernels run interpreted and 'cudnn' is
+# recorded as unsupported.
+PLATFORM_KERNELS = {
+    "gpu": ("xla", "chunked", "cudnn", "pallas_gpu"),
+    "tpu": ("xla", "chunked", "pallas_tpu"),
+    "cpu": ("xla", "chunked", "cudnn", "pallas_tpu", "pallas_gpu"),
+}
+
+
+def platform_kernels() -> tuple:
+    return PLATFORM_KERNELS.get(jax.default_backend(), ("xla", "chunked"))
 
 
 def attention_inputs(batch: int, n: int, channels: int, dtype):
@@ -30,56 +41,47 @@ def attention_inputs(batch: int, n: int, channels: int, dtype):
     return inputs, jax.random.normal(keys[4], (batch, n, channels), jnp.float32)
 
 
-def output_and_grads(implementation: str, inputs, cotangent):
-    """(out, dq, dk, dv, dunary) of `attention.dnl_attention` with the unary term, as float32."""
-    def weighted_sum(q, k, v, unary):
-        out = attention.dnl_attention(q, k, v, unary, temperature=TEMPERATURE,
-                                implementation=implementation)
-        return jnp.sum(out.astype(jnp.float32) * cotangent), out
+def float32_check(recorder: Recorder, n: int, sizes: dict) -> None:
+    """Each kernel in float32 against the float64 host reference. A kernel passes if its error
+    is at most twice 'xla''s own plus 1e-5 (float32 matmuls may run as TF32 on GPUs, for 'xla'
+    too)."""
+    inputs = bf16_accuracy.make_inputs(sizes["check_batch"], n, sizes["check_channels"])
+    reference = bf16_accuracy.exact(inputs, TEMPERATURE)
+    baseline = {}
+    for kernel in platform_kernels():
+        case = {"n": n, "dtype": "float32", "temperature": TEMPERATURE, "kernel": kernel,
+                "auto_choice": attention.select_implementation(*map(jnp.asarray, inputs[:3]))}
 
-    grads, out = jax.jit(jax.grad(weighted_sum, argnums=(0, 1, 2, 3), has_aux=True))(*inputs)
-    return [np.asarray(x, np.float32) for x in (out, *grads)]
+        def compare(kernel=kernel):
+            results = bf16_accuracy.outputs_and_grads(
+                kernel, *map(jnp.asarray, inputs), TEMPERATURE)
+            errors = bf16_accuracy.relative_errors(results, reference)
+            if kernel == "xla":
+                baseline["errors"] = errors
+            bound = [2 * e + 1e-5 for e in baseline.get("errors", [0.0] * 5)]
+            return {"errors": errors, "within_bound": all(e <= b for e, b in zip(errors, bound))}
 
-
-def relative_errors(results, reference) -> list[float]:
-    """max |a − b| / max |b| for each of out, dq, dk, dv, dunary."""
-    return [float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-            for a, b in zip(results, reference)]
-
-
-def highest_precision():
-    """float32 matmuls in full precision (GPUs otherwise use TF32) where JAX offers the switch."""
-    switch = getattr(jax, "default_matmul_precision", None)
-    return contextlib.nullcontext() if switch is None else switch("highest")
+        run_case(recorder, "float32", case, compare)
 
 
 def attention_check(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> None:
-    """Each kernel in bf16 and f32 against a float32 'xla' reference at the highest matmul
-    precision (GPUs otherwise use TF32 for float32 matmuls). A kernel passes if its error is at
-    most twice the 'xla' kernel's own error in that dtype, plus 1e-3."""
+    """bfloat16: each kernel's error against the float64 host reference and the floor (the
+    exact computation through a bfloat16 interface; `bf16_accuracy.py`), at each N and
+    temperature; passes at error <= 2 × floor. Then a float32 check at the first N."""
+    recorder.put("kernels", list(platform_kernels()))
     for n in sizes["check_n"]:
-        for dtype in ("float32", "bfloat16"):
-            inputs, cotangent = attention_inputs(sizes["check_batch"], n,
-                                                 sizes["check_channels"], getattr(jnp, dtype))
-            with highest_precision():
-                reference = output_and_grads("xla", [x.astype(jnp.float32) for x in inputs],
-                                             cotangent)
-            baseline = {}
-            for implementation in CHECKED:
-                case = {"n": n, "dtype": dtype, "implementation": implementation,
-                        "batch": sizes["check_batch"], "channels": sizes["check_channels"],
-                        "auto_choice": attention.select_implementation(*inputs[:3])}
-
-                def compare(implementation=implementation):
-                    errors = relative_errors(output_and_grads(implementation, inputs, cotangent),
-                                             reference)
-                    if implementation == "xla":
-                        baseline["errors"] = errors
-                    bound = [2 * e + 1e-3 for e in baseline.get("errors", [0.0] * 5)]
-                    return {"relative_errors_out_dq_dk_dv_dunary": [f"{e:.2e}" for e in errors],
-                            "within_tolerance": all(e <= b for e, b in zip(errors, bound))}
-
-                run_case(recorder, "cases", case, compare)
+        for temperature in sizes["check_temperatures"]:
+            inputs = bf16_accuracy.make_inputs(sizes["check_batch"], n, sizes["check_channels"])
+            floors = bf16_accuracy.floor_and_reference(inputs, temperature)
+            auto = attention.select_implementation(
+                *(jnp.asarray(x).astype(jnp.bfloat16) for x in inputs[:3]))
+            for kernel in platform_kernels():
+                case = {"n": n, "dtype": "bfloat16", "temperature": temperature,
+                        "kernel": kernel, "auto_choice": auto}
+                run_case(recorder, "bfloat16", case, lambda kernel=kernel: {
+                    key: value for key, value in bf16_accuracy.kernel_row(
+                        kernel, inputs, *floors, temperature).items() if key not in case})
+    float32_check(recorder, sizes["check_n"][0], sizes)
 
 
 def pairwise_grad_fn(implementation: str):
@@ -98,38 +100,85 @@ def compiled_bytes(compiled) -> int:
                + analysis.output_size_in_bytes)
 
 
+def speed_row(implementation: str, q, k, v, memory_limit: int, out_dir: str,
+              smoke: bool) -> dict:
+    """Compile time, XLA's compiled memory, fwd+bwd seconds, TFLOP/s (12·B·N²·C useful FLOP)
+    and peak fractions of one kernel; skips programs XLA says exceed 85% of the memory."""
+    batch, n, channels = q.shape
+    start = time.perf_counter()
+    compiled = pairwise_grad_fn(implementation).lower(q, k, v).compile()
+    row = {"compile_s": round(time.perf_counter() - start, 2),
+           "compiled_gib": round(compiled_bytes(compiled) / 2**30, 3)}
+    if compiled_bytes(compiled) > 0.85 * memory_limit:
+        return {**row, "status": "skipped: needs more than 85% of device memory"}
+    seconds = min(timed(lambda: compiled(q, k, v), 3))
+    tflops = 12 * batch * n * n * channels / seconds / 1e12
+    return {**row, "fwd_bwd_s": round(seconds, 5), "tflops": round(tflops, 2),
+            **peak_fractions(tflops, out_dir, smoke)}
+
+
 def attention_speed(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> None:
-    """bf16 fwd+bwd time per kernel and N; skips programs XLA says exceed 85% of the memory."""
+    """bf16 fwd+bwd time per kernel (`platform_kernels`) and N."""
     batch, channels = sizes["speed_batch"], sizes["speed_channels"]
     memory_limit = device_memory_limit()
     recorder.put("memory_limit_gib", round(memory_limit / 2**30, 1))
     for n in sizes["speed_n"]:
         q, k, v = attention_inputs(batch, n, channels, jnp.bfloat16)[0][:3]
-        for implementation in CHECKED:
+        for implementation in platform_kernels():
+            if implementation == "chunked" and n > sizes["chunked_max_n"]:
+                continue  # its rate is flat in N (18 TFLOP/s on the H200): saves suite time
             case = {"n": n, "implementation": implementation, "batch": batch,
                     "channels": channels, "dtype": "bfloat16"}
-
-            def measure(implementation=implementation):
-                start = time.perf_counter()
-                compiled = pairwise_grad_fn(implementation).lower(q, k, v).compile()
-                row = {"compile_s": round(time.perf_counter() - start, 2),
-                       "compiled_gib": round(compiled_bytes(compiled) / 2**30, 3)}
-                if compiled_bytes(compiled) > 0.85 * memory_limit:
-                    return {**row, "status": "skipped: needs more than 85% of device memory"}
-                seconds = min(timed(lambda: compiled(q, k, v), 3))
-                tflops = 12 * batch * n * n * channels / seconds / 1e12
-                return {**row, "fwd_bwd_s": round(seconds, 5), "tflops": round(tflops, 2),
-                        **peak_fractions(tflops, out_dir, smoke)}
-
-            run_case(recorder, "cases", case, measure)
+            run_case(recorder, "cases", case, lambda implementation=implementation: speed_row(
+                implementation, q, k, v, memory_limit, out_dir, smoke))
 
 
-def step_program(parallelism: str, sizes: dict):
-    """(compiled step, state, batch, XLA FLOP count) of the train step under jit or a
-    one-device pmap; the state is donated."""
+def tpu_kernels(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> None:
+    """TPU only: 'pallas_tpu' fwd+bwd per block size against 'xla', to choose its blocks (the
+    bfloat16 check and the kernel comparison run in attention_check and attention_speed, which
+    pick the TPU's kernels there). Under --smoke it runs anywhere, interpreted, at a tiny size."""
+    if jax.default_backend() != "tpu" and not smoke:
+        recorder.put("skipped", f"the backend is {jax.default_backend()!r}, not 'tpu'")
+        return
+    from dnl_jax import pallas_attention
+
+    batch, channels = sizes["speed_batch"], sizes["speed_channels"]
+    memory_limit = device_memory_limit()
+    for n in sizes["tpu_n"]:
+        q, k, v = attention_inputs(batch, n, channels, jnp.bfloat16)[0][:3]
+        run_case(recorder, "cases", {"n": n, "implementation": "xla", "block": None},
+                 lambda: speed_row("xla", q, k, v, memory_limit, out_dir, smoke))
+        for block in sizes["tpu_blocks"]:
+            def measure(block=block):
+                with pallas_attention.block_size_override(block):
+                    return speed_row("pallas_tpu", q, k, v, memory_limit, out_dir, smoke)
+
+            run_case(recorder, "cases", {"n": n, "implementation": "pallas_tpu",
+                                         "block": block}, measure)
+
+
+def step_flop_count(sizes: dict) -> float:
+    """XLA's FLOP count of the train step: the same step (attention materialised, 'xla')
+    lowered for the host CPU and read with `cost_analysis` (lowering only, no compile). Not on
+    the GPU itself: its analysis gave no count on the H200 (RESULTS.md (e)), and it could not
+    see inside cuDNN's or Pallas's custom calls anyway. The state is built on the default device
+    (quick on an accelerator) and only its shapes are traced."""
     import train_step as train_step_bench
 
     from dnl_jax import models
+
+    step_fn, state, batch = train_step_bench.build_step(
+        sizes["step_model"], 19, sizes["step_batch"], *sizes["step_hw"],
+        dtype=getattr(jnp, sizes["step_dtype"]), implementation="xla")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+    traced = jax.jit(step_fn).trace(*abstract)
+    return models.summary_flops(traced.lower(lowering_platforms=("cpu",)))
+
+
+def step_program(parallelism: str, sizes: dict):
+    """(compiled step, state, batch) of the train step under jit or a one-device pmap; the
+    state is donated."""
+    import train_step as train_step_bench
 
     axis_name = "batch" if parallelism == "pmap" else None
     height, width = sizes["step_hw"]
@@ -137,20 +186,19 @@ def step_program(parallelism: str, sizes: dict):
         sizes["step_model"], 19, sizes["step_batch"], height, width, axis_name=axis_name,
         dtype=getattr(jnp, sizes["step_dtype"]))
     if parallelism == "jit":
-        lowered = jax.jit(step_fn, donate_argnums=0).lower(state, batch)
-        return lowered.compile(), state, batch, models.summary_flops(lowered)
+        return jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile(), state, batch
     devices = jax.devices()[:1]
     program = jax.pmap(step_fn, axis_name=axis_name, devices=devices, donate_argnums=0)
     # Stacked and placed as pmap's own outputs are, so that feeding the output state back in
     # does not compile the step a second time (it did with plain stacked arrays).
     stacked = NamedSharding(Mesh(np.array(devices), (axis_name,)), P(axis_name))
     state, batch = jax.device_put(jax.tree.map(lambda x: x[None], (state, batch)), stacked)
-    return program, state, batch, None
+    return program, state, batch
 
 
-def time_steps(parallelism: str, sizes: dict, out_dir: str, smoke: bool) -> dict:
+def time_steps(parallelism: str, sizes: dict, out_dir: str, smoke: bool, flops) -> dict:
     start = time.perf_counter()
-    program, state, batch, flops = step_program(parallelism, sizes)
+    program, state, batch = step_program(parallelism, sizes)
     state, metrics = program(state, batch)  # pmap compiles here
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - start
@@ -175,16 +223,23 @@ def time_steps(parallelism: str, sizes: dict, out_dir: str, smoke: bool) -> dict
 
 
 def train_step(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> None:
-    """jit first (the number the README quotes), then pmap on the same single device if the time
-    left covers another compilation as long as jit's."""
+    """The step's FLOP count (`step_flop_count`), then jit (the number the README quotes), then
+    pmap on the same single device if the time left covers another compilation as long as
+    jit's. Each timed case reports TFLOP/s and MFU against the data-sheet and same-run peaks."""
     height, width = sizes["step_hw"]
+    run_case(recorder, "flop_count", {"model": sizes["step_model"], "batch": sizes["step_batch"],
+                                      "height": height, "width": width},
+             lambda: {"step_tflop": step_flop_count(sizes) / 1e12,
+                      "method": "XLA cost analysis of the step lowered for CPU, attention 'xla'"})
+    flops = recorder.data["flop_count"][-1].get("step_tflop", 0.0) * 1e12 or None
     min_left_s = 1.0 if smoke else 20.0
     for parallelism in ("jit", "pmap"):
         case = {"model": sizes["step_model"], "parallelism": parallelism,
                 "batch": sizes["step_batch"], "height": height, "width": width,
                 "dtype": f"{sizes['step_dtype']} compute, float32 parameters"}
         run_case(recorder, "cases", case,
-                 lambda parallelism=parallelism: time_steps(parallelism, sizes, out_dir, smoke),
+                 lambda parallelism=parallelism: time_steps(parallelism, sizes, out_dir, smoke,
+                                                            flops),
                  min_left_s=min_left_s)
         if not smoke:
             min_left_s = max(min_left_s, 1.2 * recorder.data["cases"][-1].get(

@@ -1,4 +1,4 @@
-"""Everything we need from a (rare, short) NVIDIA GPU session, in one command of about 5 minutes:
+"""Everything we need from a (rare, short) GPU or TPU session, in one command of at most 8 minutes:
 
     python experiments/benchmarks/gpu_suite.py --out DIR          # on the GPU machine
     python experiments/benchmarks/gpu_suite.py --smoke --out DIR  # tiny sizes, any device (CI)
@@ -7,14 +7,23 @@ Sections, each in its own process with its own time limit (a hang or a crash cos
 only, and every section writes its JSON after each case, so a killed run keeps what it measured):
 
 - env: device name and memory, JAX/CUDA versions, the same-run bfloat16 and float32 matmul peaks.
-- attention_check: 'chunked' and 'cudnn' against 'xla' (`attention.dnl_attention` with the unary term,
-  temperature 0.05): values and gradients, bfloat16 and float32, an even and an odd N; where a
-  kernel cannot run the case is recorded as 'unsupported' with the reason.
+- attention_check: each kernel of the platform (GPU: 'xla', 'chunked', 'cudnn', 'pallas_gpu';
+  TPU: 'xla', 'chunked', 'pallas_tpu'; CPU: all, the Pallas ones interpreted) in bfloat16 at
+  N = 1023, 1024, 4096 and temperatures 0.05 and 1: its error in out, dq, dk, dv, dunary
+  against a float64 host reference, next to the floor (`bf16_accuracy.py`); passes at
+  error <= 2 × floor. Then float32 at N = 1023. Where a kernel cannot run the case is recorded
+  as 'unsupported' with the reason.
 - train_step: the R50-D8 DNL train step (fwd + aux head + loss + bwd + SGD) at 512×1024, batch 8,
-  bfloat16 compute: images/s, MFU (XLA's FLOP count against the bf16 peak), jit and pmap on one
-  device.
+  bfloat16 compute: its FLOP count (XLA's cost analysis of the step lowered for CPU), then
+  images/s, TFLOP/s and MFU (against the data-sheet and the same-run bf16 matmul peak), jit and
+  pmap on one device.
 - attention_speed: pairwise attention fwd+bwd at N = 4096 … 65536 in bfloat16 per kernel: time,
   TFLOP/s (12·B·N²·C useful FLOP) and the fraction of the bf16 peak, XLA's compiled memory.
+- tpu_kernels: on a TPU only, 'pallas_tpu' per block size against 'xla' (skipped elsewhere).
+
+Budget: the section limits add up to 460 s, so the whole suite, compiles included, fits in 8
+minutes on one GPU (sized from the H200 run of RESULTS.md (e): env 4 s, train-step compile
+100 s per driver; not yet run end to end at this size).
 
 Writes DIR/gpu_<section>.json (`gpu_smoke_<section>.json` with --smoke) and prints the tables
 (`gpu_report.py DIR` prints them again, as Markdown for RESULTS.md and the README).
@@ -36,18 +45,22 @@ for _path in (_HERE, _REPO):  # this copy of dnl_jax, installed or not
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-SECTIONS = ("env", "attention_check", "train_step", "attention_speed")
+SECTIONS = ("env", "attention_check", "train_step", "attention_speed", "tpu_kernels")
 # Seconds each section may run (compilation included), full size; --budget_s scales them.
-SECTION_SECONDS = {"env": 25, "attention_check": 60, "train_step": 125, "attention_speed": 85}
+SECTION_SECONDS = {"env": 15, "attention_check": 100, "train_step": 250, "attention_speed": 85,
+                   "tpu_kernels": 10}
 SIZES = {
-    "full": dict(check_n=(1024, 1023), check_batch=2, check_channels=64,
+    "full": dict(check_n=(1023, 1024, 4096), check_temperatures=(0.05, 1.0), check_batch=2,
+                 check_channels=64, chunked_max_n=16384, tpu_n=(8192, 32768),
+                 tpu_blocks=(256, 512, 1024),
                  speed_n=(4096, 8192, 16384, 32768, 65536), speed_batch=1, speed_channels=256,
                  step_model="dnl_r50-d8", step_hw=(512, 1024), step_batch=8, step_repeats=5,
                  step_dtype="bfloat16",
                  matmul_size=8192),
     # The smoke step is the float32 FCN (the DNL block runs in attention_check): it proves the
     # plumbing and compiles twice (jit, pmap) on CI's CPU, where bfloat16 compiles slowly.
-    "smoke": dict(check_n=(63,), check_batch=2, check_channels=16,
+    "smoke": dict(check_n=(63,), check_temperatures=(0.05, 1.0), check_batch=2,
+                  check_channels=16, chunked_max_n=64, tpu_n=(200,), tpu_blocks=(128, 256),
                   speed_n=(64,), speed_batch=1, speed_channels=16,
                   step_model="fcn_tiny", step_hw=(64, 64), step_batch=2, step_repeats=2,
                   step_dtype="float32",
