@@ -109,10 +109,7 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True)
             f"implementation='cudnn' is unavailable: {reason}. Use implementation='pallas_gpu' "
             "or 'chunked' (exact, O(N) memory, any platform) or None to choose automatically."
         )
-    leading, (q3, k3, v3) = chunked.flatten_leading(q, k, v)
-    sm_scale = pallas_attention.static_scale(scale)
-    q3, k3, v3 = chunked.whiten_and_scale(q3, k3, v3, 1.0 if sm_scale is not None else scale,
-                                          whiten)
+    leading, q3, k3, v3, sm_scale = chunked.prepare(q, k, v, scale, whiten)
     n, m = q3.shape[1], k3.shape[1]
     lengths = {}
     if n % _CUDNN_LENGTH_MULTIPLE or m % _CUDNN_LENGTH_MULTIPLE:
@@ -122,8 +119,8 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True)
         pad = lambda x: jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CUDNN_LENGTH_MULTIPLE), (0, 0)))
         q3, k3, v3 = pad(q3), pad(k3), pad(v3)
     out = jax.nn.dot_product_attention(
-        q3[:, :, None], k3[:, :, None], v3[:, :, None], scale=1.0 if sm_scale is None else sm_scale,
-        implementation="cudnn", **lengths,
+        q3[:, :, None], k3[:, :, None], v3[:, :, None], scale=sm_scale, implementation="cudnn",
+        **lengths,
     )
     return out[:, :n, 0].reshape(*leading, n, v.shape[-1]).astype(v.dtype)
 

@@ -5,8 +5,9 @@
 with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`: exact attention over
 query × key blocks with an online softmax (running max and running sum), wrapped in a custom VJP
 that recomputes the blocks in the backward pass (flash-attention style), so no N × M array is ever
-stored: memory is O(N + M) in both passes. Whitening and the scale are applied once, outside the
-blocks (O(N)), by `whiten_and_scale`, which the cuDNN and Pallas kernels share.
+stored: memory is O(N + M) in both passes. Whitening is applied once, outside the blocks (O(N)),
+by `prepare`, which the cuDNN and Pallas kernels share; a static scale multiplies the float32
+logits, a traced one is folded into the queries.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _check_block_sizes(sizes: BlockSizes) -> BlockSizes:
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared preparation: broadcast leading axes, whiten and scale once (O(N)).
+# Shared preparation: broadcast leading axes, whiten once (O(N)), place the scale.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -90,9 +91,9 @@ def whiten_and_scale(q: Array, k: Array, v: Array, scale, whiten: bool):
     Σ_i ds_ij q̂_i sums to zero over j either way). Whitened keys would have to be rounded to a
     bfloat16 operand again; unwhitened bfloat16 keys go to the matmuls exactly as given, which
     keeps dq and dk of bfloat16 inputs within 1.5× of the floor that bfloat16 inputs set
-    instead of 2.3× (`experiments/benchmarks/bf16_accuracy.py`, RESULTS.md). The scale is folded
-    into the queries (one rounding with the whitening) so that the kernels need no static scale
-    argument (it may be a traced value, e.g. a learnt temperature).
+    instead of 2.3× (`experiments/benchmarks/bf16_accuracy.py`, RESULTS.md). `scale` multiplies
+    the queries before their one rounding; `prepare` passes 1.0 here when the kernel applies a
+    static scale to its float32 logits instead.
     """
     operand_dtype = jnp.result_type(q, k, v)
     compute_dtype = jnp.promote_types(operand_dtype, jnp.float32)
@@ -101,6 +102,29 @@ def whiten_and_scale(q: Array, k: Array, v: Array, scale, whiten: bool):
         q = q - jnp.mean(q, axis=-2, keepdims=True)
     q = q * jnp.asarray(scale, compute_dtype)
     return q.astype(operand_dtype), k.astype(operand_dtype), v.astype(operand_dtype)
+
+
+def static_scale(scale) -> Optional[float]:
+    """`scale` as a python float if it is known at trace time, else None (a traced value)."""
+    try:
+        return float(scale)
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return None
+
+
+def prepare(q: Array, k: Array, v: Array, scale, whiten: bool):
+    """(leading axes, q̂ `[B, N, C]`, k `[B, M, C]`, v `[B, M, Cv]`, logit scale) for a kernel.
+
+    A static scale is returned for the kernel to apply to its float32 logits (the queries are
+    then rounded to the operand dtype unscaled); a traced one is folded into the queries and
+    the returned logit scale is 1.0. Applying a scale of 5 (C = 16, T = 0.05) to the float32
+    logits instead of folding it brought dq of bfloat16 inputs at N = 63 from 2.9× to 0.8× the
+    floor, the same kernel otherwise (RESULTS.md (j)).
+    """
+    leading, (q3, k3, v3) = flatten_leading(q, k, v)
+    logit_scale = static_scale(scale)
+    q3, k3, v3 = whiten_and_scale(q3, k3, v3, 1.0 if logit_scale is not None else scale, whiten)
+    return leading, q3, k3, v3, 1.0 if logit_scale is None else logit_scale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,12 +163,14 @@ def _matmul(spec: str, a: Array, b: Array) -> Array:
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
-def _block_logits(q_blk: Array, key_step) -> Array:
-    """`[B, bq, C]` × one key step (k `[B, bk, C]`, v, optional bias) → float32 `[B, bq, bk]`.
+def _block_logits(q_blk: Array, key_step, scale: float) -> Array:
+    """scale · `[B, bq, C]` × one key step (k `[B, bk, C]`, v, optional bias) → float32
+    `[B, bq, bk]`, the scale applied to the float32 logits.
 
     Padded keys get −inf from the bias.
     """
     s = _matmul("bqc,bkc->bqk", q_blk, key_step[0])
+    s = s if scale == 1.0 else s * scale
     return s + key_step[2] if len(key_step) == 3 else s
 
 
@@ -153,7 +179,7 @@ def _key_xs(k_blocks: Array, v_blocks: Array, num_keys: int):
     return (k_blocks, v_blocks) if bias is None else (k_blocks, v_blocks, bias)
 
 
-def _forward_query_block(q_blk: Array, key_xs) -> tuple[Array, Array]:
+def _forward_query_block(q_blk: Array, key_xs, scale: float) -> tuple[Array, Array]:
     """One query block against all key blocks with a running max m and running sum l.
 
     Returns (out `[B, bq, Cv]` float32, logsumexp `[B, bq]` float32).
@@ -163,7 +189,7 @@ def _forward_query_block(q_blk: Array, key_xs) -> tuple[Array, Array]:
 
     def step(carry, xs):
         m, l, acc = carry
-        s = _block_logits(q_blk, xs)
+        s = _block_logits(q_blk, xs, scale)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         correction = jnp.exp(m - m_new)  # exp(−inf) = 0 on the first block
         p = jnp.exp(s - m_new[..., None])
@@ -180,37 +206,40 @@ def _forward_query_block(q_blk: Array, key_xs) -> tuple[Array, Array]:
     return acc / l[..., None], m + jnp.log(l)
 
 
-def _blocked_forward(q_blocks, k_blocks, v_blocks, num_keys):
+def _blocked_forward(q_blocks, k_blocks, v_blocks, static):
+    num_keys, scale = static
     key_xs = _key_xs(k_blocks, v_blocks, num_keys)
-    return jax.lax.map(lambda q_blk: _forward_query_block(q_blk, key_xs), q_blocks)
+    return jax.lax.map(lambda q_blk: _forward_query_block(q_blk, key_xs, scale), q_blocks)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _blocked_attention(q_blocks: Array, k_blocks: Array, v_blocks: Array, num_keys: int) -> Array:
-    """softmax(q kᵀ) v on blocked, padded inputs; float32 output `[nq, B, bq, Cv]`."""
-    return _blocked_forward(q_blocks, k_blocks, v_blocks, num_keys)[0]
+def _blocked_attention(q_blocks: Array, k_blocks: Array, v_blocks: Array, static) -> Array:
+    """softmax(scale · q kᵀ) v on blocked, padded inputs; float32 output `[nq, B, bq, Cv]`.
+    `static` = (number of real keys, scale: a python float)."""
+    return _blocked_forward(q_blocks, k_blocks, v_blocks, static)[0]
 
 
-def _blocked_attention_fwd(q_blocks, k_blocks, v_blocks, num_keys):
-    out, logsumexp = _blocked_forward(q_blocks, k_blocks, v_blocks, num_keys)
+def _blocked_attention_fwd(q_blocks, k_blocks, v_blocks, static):
+    out, logsumexp = _blocked_forward(q_blocks, k_blocks, v_blocks, static)
     return out, (q_blocks, k_blocks, v_blocks, out, logsumexp)
 
 
-def _backward_query_block(q_blk, d_out, logsumexp, delta, key_xs):
+def _backward_query_block(q_blk, d_out, logsumexp, delta, key_xs, scale):
     """Gradients from one query block: (dq `[B, bq, C]`, dk, dv `[nk, B, bk, ·]`), float32.
 
     With p = exp(s − logsumexp) recomputed per block: dv = pᵀ dO, dp = dO vᵀ,
-    ds = p ⊙ (dp − δ) with δ_i = Σ_c dO_ic out_ic, dq = ds k, dk = dsᵀ q.
+    ds = scale · p ⊙ (dp − δ) with δ_i = Σ_c dO_ic out_ic, dq = ds k, dk = dsᵀ q.
     """
     dtype = q_blk.dtype
     d_out = d_out.astype(dtype)
 
     def step(dq, xs):
         k_blk, v_blk = xs[0], xs[1]
-        p = jnp.exp(_block_logits(q_blk, xs) - logsumexp[..., None])
+        p = jnp.exp(_block_logits(q_blk, xs, scale) - logsumexp[..., None])
         dv = _matmul("bqk,bqc->bkc", p.astype(dtype), d_out)
         dp = _matmul("bqc,bkc->bqk", d_out, v_blk)
-        ds = (p * (dp - delta[..., None])).astype(dtype)
+        ds = p * (dp - delta[..., None])
+        ds = (ds if scale == 1.0 else ds * scale).astype(dtype)
         dq = dq + _matmul("bqk,bkc->bqc", ds, k_blk)
         dk = _matmul("bqk,bqc->bkc", ds, q_blk)
         return dq, (dk, dv)
@@ -218,13 +247,14 @@ def _backward_query_block(q_blk, d_out, logsumexp, delta, key_xs):
     return jax.lax.scan(step, jnp.zeros(q_blk.shape, jnp.float32), key_xs)
 
 
-def _blocked_attention_bwd(num_keys, residuals, d_out_blocks):
+def _blocked_attention_bwd(static, residuals, d_out_blocks):
+    num_keys, scale = static
     q_blocks, k_blocks, v_blocks, out, logsumexp = residuals
     delta = jnp.sum(d_out_blocks * out, axis=-1)  # [nq, B, bq]
     key_xs = _key_xs(k_blocks, v_blocks, num_keys)
 
     def step(carry, xs):
-        dq, (dk, dv) = _backward_query_block(*xs, key_xs)
+        dq, (dk, dv) = _backward_query_block(*xs, key_xs, scale)
         return (carry[0] + dk, carry[1] + dv), dq
 
     init = (jnp.zeros(k_blocks.shape, jnp.float32), jnp.zeros(v_blocks.shape, jnp.float32))
@@ -249,7 +279,8 @@ def chunked_attention(
     Args:
       q: queries `[..., N, C]`; k: keys `[..., M, C]`; v: values `[..., M, Cv]` (leading axes
         broadcast). N and M need not be multiples of the block sizes (padded and masked).
-      scale: multiplies the logits (python float or traced scalar).
+      scale: multiplies the logits: applied to the float32 logits when static (a number), folded
+        into the queries when traced (e.g. a learnt scale).
       whiten: subtract the position means μ_q, μ_k first.
       block_sizes: (query, key) block lengths; None = `default_block_sizes()`.
 
@@ -257,12 +288,12 @@ def chunked_attention(
       `[..., N, Cv]` in the dtype of `v`.
     """
     sizes = _check_block_sizes(BlockSizes(*(block_sizes or default_block_sizes())))
-    leading, (q3, k3, v3) = flatten_leading(q, k, v)
-    q3, k3, v3 = whiten_and_scale(q3, k3, v3, scale, whiten)
+    leading, q3, k3, v3, logit_scale = prepare(q, k, v, scale, whiten)
     num_queries, num_keys = q3.shape[1], k3.shape[1]
     block_q, block_k = min(sizes.query, num_queries), min(sizes.key, num_keys)
     out = _blocked_attention(
-        _to_blocks(q3, block_q), _to_blocks(k3, block_k), _to_blocks(v3, block_k), num_keys
+        _to_blocks(q3, block_q), _to_blocks(k3, block_k), _to_blocks(v3, block_k),
+        (num_keys, logit_scale),
     )
     out = _from_blocks(out, num_queries)
     return out.reshape(*leading, num_queries, v.shape[-1]).astype(v.dtype)

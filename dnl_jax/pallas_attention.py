@@ -76,24 +76,6 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def static_scale(scale) -> Optional[float]:
-    """`scale` as a python float if it is known at trace time, else None (a traced value)."""
-    try:
-        return float(scale)
-    except (jax.errors.ConcretizationTypeError, TypeError):
-        return None
-
-
-def _prepare(q: Array, k: Array, v: Array, scale, whiten: bool):
-    """Flattened `[B, ·, ·]` operands, whitened, and the kernel's static scale (1.0 when the
-    scale had to be folded into the queries)."""
-    leading, (q3, k3, v3) = chunked.flatten_leading(q, k, v)
-    sm_scale = static_scale(scale)
-    q3, k3, v3 = chunked.whiten_and_scale(q3, k3, v3, 1.0 if sm_scale is not None else scale,
-                                          whiten)
-    return leading, q3, k3, v3, 1.0 if sm_scale is None else sm_scale
-
-
 def _pad(x: Array, length: int, width: int) -> Array:
     """Zero-pads `[B, L, C]` to `[B, length, width]`."""
     return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, width - x.shape[2])))
@@ -169,7 +151,7 @@ def tpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
     Shapes as `chunked.chunked_attention` (any N, M, C, Cv; leading axes broadcast). Interpret
     mode off TPUs. Returns `[..., N, Cv]` in the dtype of `v`.
     """
-    leading, q3, k3, v3, sm_scale = _prepare(q, k, v, scale, whiten)
+    leading, q3, k3, v3, sm_scale = chunked.prepare(q, k, v, scale, whiten)
     n, m = q3.shape[1], k3.shape[1]
     width = max(q3.shape[2], v3.shape[2])
     if width > _TPU_LANES:
@@ -219,7 +201,7 @@ def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
     blocks). Interpret mode off GPUs. float32 matmuls follow Triton's default (TF32 on Ampere and
     newer, like XLA's default for float32 on those GPUs). Returns `[..., N, Cv]` in v's dtype.
     """
-    leading, q3, k3, v3, sm_scale = _prepare(q, k, v, scale, whiten)
+    leading, q3, k3, v3, sm_scale = chunked.prepare(q, k, v, scale, whiten)
     n, m = q3.shape[1], k3.shape[1]
     forward, backward = _gpu_blocks(max(n, m))
     length = _round_up(max(n, m), forward)

@@ -78,8 +78,8 @@ def test_traced_scale_is_folded_into_the_queries():
                                                implementation=implementation))
 
     grads = [jax.jit(jax.grad(total), static_argnums=1)(0.5, kernel)
-             for kernel in ("xla", *PALLAS)]
-    np.testing.assert_allclose(grads[1:], [grads[0]] * 2, rtol=1e-5)
+             for kernel in ("xla", "chunked", *PALLAS)]
+    np.testing.assert_allclose(grads[1:], [grads[0]] * 3, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
