@@ -90,7 +90,7 @@ def whiten_and_scale(q: Array, k: Array, v: Array, scale, whiten: bool):
     differ by q̂_iᵀμ_k, constant over the key axis j (for the gradients too: the keys' gradient
     Σ_i ds_ij q̂_i sums to zero over j either way). Whitened keys would have to be rounded to a
     bfloat16 operand again; unwhitened bfloat16 keys go to the matmuls exactly as given, which
-    keeps dq and dk of bfloat16 inputs within 1.5× of the floor that bfloat16 inputs set
+    keeps dq and dk of bfloat16 inputs within 1.6× of the floor that bfloat16 inputs set
     instead of 2.3× (`experiments/benchmarks/bf16_accuracy.py`, RESULTS.md). `scale` multiplies
     the queries before their one rounding; `prepare` passes 1.0 here when the kernel applies a
     static scale to its float32 logits instead.
