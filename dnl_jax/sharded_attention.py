@@ -48,6 +48,7 @@ _ALL_GATHER_MAX_BYTES = 256 * 1024 * 1024
 # A finite "−∞" for masked keys: a key block that is all padding then gives finite garbage that
 # the first real block's rescaling exp(m_old − m_new) = 0 wipes out (−inf would give NaN).
 _MASKED = -1e30
+_CHECK_VMA = False
 
 
 def space_shards() -> int:
@@ -213,7 +214,8 @@ def _shard_call(body, arrays, out_spec_space: bool):
     batch = _batch_axis(arrays[0].shape[0])
     spec = P(batch, SPACE_AXIS)
     return jax.shard_map(body, in_specs=tuple(spec for _ in arrays),
-                         out_specs=spec if out_spec_space else P(batch))(*arrays)
+                         out_specs=spec if out_spec_space else P(batch),
+                         check_vma=_CHECK_VMA)(*arrays)
 
 
 def dnl_attention(q: Array, k: Array, v: Array, unary: Optional[Array] = None, *,
