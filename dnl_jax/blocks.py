@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import attention, layers, ops
+from dnl_jax import layers, ops
+from dnl_jax import sharded_attention as attention_ops
 
 Array = jax.Array
 Dtype = Any
@@ -146,9 +147,9 @@ class NonLocal(_NonLocalBase):
         theta = self._queries(x, inner)
         phi, g = self._keys_values(x, inner)
         if self.mode == "dot_product":
-            y = ops.dot_product_aggregate(theta, phi, g)
+            y = attention_ops.dot_product_aggregate(theta, phi, g)
         else:
-            y = attention.dnl_attention(
+            y = attention_ops.dnl_attention(
                 theta, phi, g, scale=self._pairwise_scale(inner), whiten=False,
                 implementation=self.implementation,
             )
@@ -194,13 +195,13 @@ class DisentangledNonLocal(_NonLocalBase):
             unary_logits = flatten_positions(self._sub_sample(mask))[..., 0]
         theta = self._queries(x, inner) if self.pairwise else None
         if self.pairwise:
-            y = attention.dnl_attention(
+            y = attention_ops.dnl_attention(
                 theta, phi, g, unary_logits, temperature=self.temperature,
                 scale=self._pairwise_scale(inner), whiten=self.whiten,
                 implementation=self.implementation,
             )
         else:
-            y = ops.unary_attention(unary_logits, g)
+            y = attention_ops.unary_attention(unary_logits, g)
         self._sow_attention_weights(theta, phi, unary_logits, inner)
         return self._output(x, y, train)
 
@@ -255,7 +256,7 @@ class ContextBlock(nn.Module):
                 1, kernel, kernel_init=layers.kaiming_fan_in, dtype=self.dtype,
                 param_dtype=self.param_dtype, name="conv_mask",
             )(x)
-            context = ops.unary_attention(flatten_positions(mask)[..., 0], flat)
+            context = attention_ops.unary_attention(flatten_positions(mask)[..., 0], flat)
         else:
             context = jnp.mean(flat, axis=-2, keepdims=True)
         context = context.reshape(x.shape[0], *(1,) * (x.ndim - 2), channels)

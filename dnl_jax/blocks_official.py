@@ -36,7 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import attention, layers, ops
+from dnl_jax import layers
+from dnl_jax import sharded_attention as attention_ops
 from dnl_jax.blocks import check_block_input, flatten_positions
 
 Array = jax.Array
@@ -78,7 +79,7 @@ class OfficialDisentangledNonLocal(nn.Module):
         if self.whiten == "ln_nostd":
             query = query - jnp.mean(query, axis=(-2, -1), keepdims=True)
             key = key - jnp.mean(key, axis=(-2, -1), keepdims=True)
-        pairwise = attention.dnl_attention(
+        pairwise = attention_ops.dnl_attention(
             query, key, value, temperature=self.temperature,
             scale=inner**-0.5 if self.use_scale else 1.0, whiten=self.whiten == "channel",
             implementation=self.implementation,
@@ -87,7 +88,7 @@ class OfficialDisentangledNonLocal(nn.Module):
         y = gamma.astype(pairwise.dtype) * pairwise
         if self.unary:
             mask = flatten_positions(self._conv(1, "conv_mask", x, bias=True))[..., 0]
-            y = y + ops.unary_attention(mask, value)
+            y = y + attention_ops.unary_attention(mask, value)
         return x + y.reshape(x.shape).astype(x.dtype)
 
     def _conv(self, features: int, name: str, x: Array, *, bias: bool) -> Array:

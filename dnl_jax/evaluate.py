@@ -97,7 +97,8 @@ def evaluate_checkpoint(config, checkpoint: str, split: str = "val", *,
     variables = load_checked_variables(config, path)
     bundle = make_bundle(config)
     source = pipeline.eval_source(config.data, split)
-    driver = parallel.make_driver("jit", None, step_lib.make_eval_step(bundle))
+    driver = parallel.make_driver("jit", None, step_lib.make_eval_step(bundle),
+                                  space=int(config.mesh.space))
     context = evaluators.EvalContext(config, bundle, bundle.module, source, driver, output_dir)
     state = step_lib.TrainState(step=np.int32(0), params=variables["params"],
                                 batch_stats=variables["batch_stats"], opt_state=None, rng=None)

@@ -163,8 +163,7 @@ def test_missing_val_evaluator_and_old_keys_are_refused_with_the_new_ones():
     with pytest.raises(ValueError, match="config.evals has no 'val' evaluator"):
         validate_config(config, num_devices=1, num_processes=1)
     for key, value, new in (("eval_every_steps", 10, "config.evals.<name>.every_steps"),
-                            ("eval_batch_size", 8, "config.evals.val.batch_size"),
-                            ("mesh", {"data": -1}, "delete it")):
+                            ("eval_batch_size", 8, "config.evals.val.batch_size")):
         old = base_config()
         with old.unlocked():
             old[key] = value

@@ -69,8 +69,10 @@ class BatchedEvaluator(common.Evaluator):
             preprocess = one_view_preprocess(context.config.data, self.settings["short_side"])
         totals = None
         for batch in pipeline.eval_batches(
-                context.source, local_batch=self.settings["batch_size"] // jax.process_count(),
-                process_index=jax.process_index(), process_count=jax.process_count(),
+                context.source,
+                local_batch=self.settings["batch_size"] // context.driver.data_process_count,
+                process_index=context.driver.data_process_index,
+                process_count=context.driver.data_process_count,
                 preprocess=preprocess, pad_label=context.bundle.pad_label):
             sums = context.driver.eval_step(state, batch)
             totals = sums if totals is None else jax.tree.map(np.add, totals, sums)

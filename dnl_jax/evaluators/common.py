@@ -76,7 +76,8 @@ class Evaluator:
 
     def predict_fn(self, state) -> PredictFn:
         """`make_predict_fn` of the context's module with `state`'s weights."""
-        return make_predict_fn(self.context.module, self.context.driver.host_variables(state))
+        return make_predict_fn(self.context.module, self.context.driver.host_variables(state),
+                               space=getattr(self.context.driver, "space", 1))
 
 
 def settings_with_defaults(name: str, section: Mapping[str, Any], keys: Mapping[str, Any],
@@ -92,14 +93,36 @@ def settings_with_defaults(name: str, section: Mapping[str, Any], keys: Mapping[
     return {**keys, **settings}
 
 
-def make_predict_fn(module, variables: Mapping) -> PredictFn:
+def make_predict_fn(module, variables: Mapping, *, space: int = 1) -> PredictFn:
     """`inputs [B, ...] -> float32 logits` of `module` with `variables` ({'params',
-    'batch_stats'}) on one local device, jitted: the one predict function of the trainer's
-    per-example evaluations and of `python -m dnl_jax.evaluate`. The module's compute dtype is
-    kept (model.dtype); the logits are cast to float32 because the host-side averaging and
-    softmax of bfloat16 would lose precision."""
-    apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"].astype(jnp.float32))
-    return lambda inputs: apply(variables, inputs)
+    'batch_stats'}), jitted: the one predict function of the trainer's per-example evaluations
+    and of `python -m dnl_jax.evaluate`. On one local device; with `space` > 1 each input is
+    sharded along its second axis (H of images, T of clips) over min(space, local devices) of
+    this host's devices (each host infers its own examples), so a full-resolution image needs
+    no tiling. The module's compute dtype is kept (model.dtype); the logits are cast to float32
+    because the host-side averaging and softmax of bfloat16 would lose precision."""
+    space = min(space, jax.local_device_count())
+    if space <= 1:
+        apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"]
+                        .astype(jnp.float32))
+        return lambda inputs: apply(variables, inputs)
+    mesh = jax.make_mesh((1, space), ("data", "space"), devices=jax.local_devices()[:space],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    spec = jax.sharding.PartitionSpec(None, "space")
+
+    def sharded(v, x):
+        x = jax.lax.with_sharding_constraint(x, spec)
+        return module.apply(v, x, train=False)["logits"].astype(jnp.float32)
+
+    with jax.set_mesh(mesh):
+        replicated = jax.device_put(variables, jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec()))
+    apply = jax.jit(sharded)
+
+    def predict(inputs):
+        with jax.set_mesh(mesh):
+            return np.asarray(apply(replicated, inputs))
+    return predict
 
 
 def host_examples(source) -> Iterator[dict]:

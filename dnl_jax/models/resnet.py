@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import layers
+from dnl_jax import layers, sharded_attention
 from dnl_jax.models import residual
 from dnl_jax.models.residual import ContextSpec
 
@@ -130,13 +130,14 @@ class ResNetV1c(nn.Module):
             raise ValueError(
                 "context_block_indices is set but context is None; give a ContextSpec."
             )
-        x = self._stem(x, train)
+        x = sharded_attention.constrain_positions(self._stem(x, train))
         outputs = []
         in_features = self.stem_channels
         for stage, blocks_in_stage in enumerate(num_blocks):
             planes = self.base_channels * 2**stage
             x = self._stage(x, stage, blocks_in_stage, planes, in_features, strides[stage],
                             dilations[stage], chosen[stage], train)
+            x = sharded_attention.constrain_positions(x)  # stage boundary (mesh 'space' axis)
             in_features = planes * residual.expansion(self.depth)
             outputs.append(x)
         return tuple(outputs)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dnl_jax import sharded_attention
 from dnl_jax.models import heads, losses, residual
 from dnl_jax.models.resnet import ResNetV1c, check_image, strides_and_dilations
 
@@ -79,8 +80,9 @@ class Segmentor(nn.Module):
         check_image(images, self.backbone.in_channels)
         height, width = images.shape[1:3]
         stages = self.backbone(images, train=train)
-        logits = self.decode_head(stages[-1], train=train)
-        outputs = {"logits": resize_bilinear(logits, (height, width), self.align_corners)}
+        logits = sharded_attention.constrain_positions(self.decode_head(stages[-1], train=train))
+        outputs = {"logits": sharded_attention.constrain_positions(
+            resize_bilinear(logits, (height, width), self.align_corners))}
         # The auxiliary head also runs at init, so `init(..., train=False)` creates its
         # parameters; in evaluation it is skipped.
         if self.auxiliary_head is not None and (train or self.is_initializing()):

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import layers
+from dnl_jax import layers, sharded_attention
 from dnl_jax.models import residual, resnet
 from dnl_jax.models.residual import ContextSpec
 
@@ -142,6 +142,7 @@ class ResNet3D(nn.Module):
             in_features = planes * block.expansion
             if stage == 0 and self.temporal_pool:
                 x = self._temporal_pool(x)
+            x = sharded_attention.constrain_positions(x)  # stage boundary (mesh 'space' axis)
         return x
 
     def _temporal_pool(self, x: Array) -> Array:

@@ -38,8 +38,6 @@ REPLACED_KEYS = {
             "num_crops=..., short_side=...) for videos",
     "eval_every_steps": "config.evals.<name>.every_steps",
     "eval_batch_size": "config.evals.val.batch_size (type 'batched')",
-    "mesh": "nothing: the jit driver shards the batch over every device (config.mesh.data was "
-            "never read); delete it",
 }
 MODEL_KWARGS_FLAG = "--config.model.kwargs."
 EXAMPLE_MODELS = {"segmentation": "dnl_r50-d8", "classification": "dnl_i3d_r50",
@@ -157,6 +155,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay_multipliers = ()
 
     c.parallelism = "jit"  # both shard the batch over every device (data parallel)
+    # The jit driver's device mesh (train/parallel.py): 'data' shards the batch, 'space' shards
+    # each image along H (each clip along T) with exact non-local blocks
+    # (dnl_jax/sharded_attention.py). data * space = all devices; -1: what the other leaves.
+    # space > 1 is for inputs whose activations do not fit one device; pmap needs space = 1.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, space=1))
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50
@@ -255,7 +258,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
              f"[0, total_steps={c.total_steps}).")
     _require(c.optimizer.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0.")
     _check_schedule(c)
-    _check_batch_divisibility(c, num_devices=num_devices)
+    data_shards = mesh_shape(c, num_devices)[0]
+    _check_batch_divisibility(c, num_devices=data_shards)
     _DATA_CHECKS[c.data.name](c)
     evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
 
@@ -353,6 +357,21 @@ _DATA_CHECKS = {"synthetic": _check_synthetic_data,
                 **{name: _check_video_data for name in VIDEO_DATASETS}}
 
 
+def mesh_shape(c, num_devices: int) -> tuple[int, int]:
+    """(data, space) of `config.mesh` on `num_devices` devices (-1 resolved); ValueError for a
+    mesh that does not tile the devices, or space > 1 with pmap."""
+    data, space = int(c.mesh.data), int(c.mesh.space)
+    _require(space >= 1 and num_devices % space == 0,
+             f"config.mesh.space={space} must be >= 1 and divide the {num_devices} devices.")
+    _require(data == -1 or data * space == num_devices,
+             f"config.mesh.data={data} x config.mesh.space={space} must equal the "
+             f"{num_devices} devices; set config.mesh.data=-1 to use the rest.")
+    _require(space == 1 or c.parallelism == "jit",
+             f"config.mesh.space={space}: spatial sharding needs the jit driver; set "
+             "--config.parallelism=jit (pmap shards the batch only) or config.mesh.space=1.")
+    return num_devices // space, space
+
+
 def _check_batch_divisibility(c, *, num_devices: int) -> None:
     micro = c.batch_size // c.grad_accum_steps
     _require(c.batch_size % c.grad_accum_steps == 0,
@@ -360,7 +379,8 @@ def _check_batch_divisibility(c, *, num_devices: int) -> None:
              f"config.grad_accum_steps={c.grad_accum_steps}.")
     _require(micro % num_devices == 0,
              f"the micro-batch batch_size/grad_accum_steps={micro} must be divisible by the "
-             f"{num_devices} devices; change config.batch_size or config.grad_accum_steps.")
+             f"{num_devices} data shards (devices / config.mesh.space); change "
+             "config.batch_size or config.grad_accum_steps.")
 
 
 def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:

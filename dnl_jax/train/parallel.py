@@ -11,8 +11,11 @@ Both wrap the same pure steps (`dnl_jax.train.step`) and expose one interface to
     host_variables(state)        → {'params', 'batch_stats'} of host_state, for host inference
     restore_target(abstract)     → what orbax restores into; from_checkpoint(tree) → state
 
-jit: a mesh with a 'data' axis over all devices of all hosts; the batch is sharded `P('data')`
-(each host contributes its rows through `jax.make_array_from_process_local_data`); the state is
+jit: a mesh ('data', 'space') over all devices of all hosts (`config.mesh`; space = 1 by
+default); the batch is sharded `P('data')`, and with space > 1 images along H and clips along T,
+`P('data', 'space')` (the model's non-local blocks then run `dnl_jax.sharded_attention`). Each
+host contributes the rows of its data shards through `jax.make_array_from_process_local_data`
+(hosts whose devices share data shards load the same rows: `data_process_index/_count`); the state is
 created directly with its sharding (replicated for pure data parallelism) by
 `jax.jit(init_fn, out_shardings=...)`; XLA inserts the gradient all-reduce and the cross-replica
 batch-norm reductions. pmap: the state is replicated on the local devices, the host batch is
@@ -30,6 +33,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 PMAP_AXIS = "batch"
 DATA_AXIS = "data"
+SPACE_AXIS = "space"
 
 
 def fetch_replicated(tree):
@@ -43,9 +47,34 @@ def fetch_replicated(tree):
     return jax.tree.map(fetch, tree)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over every device of every process, axis 'data'."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+def make_mesh(space: int = 1) -> jax.sharding.Mesh:
+    """A (data, space) mesh over every device of every process, data = devices / space, both
+    axes Auto (sharding constraints and XLA's partitioner place the rest)."""
+    if space < 1 or jax.device_count() % space:
+        raise ValueError(f"space={space} must be >= 1 and divide the {jax.device_count()} devices.")
+    return jax.make_mesh((jax.device_count() // space, space), (DATA_AXIS, SPACE_AXIS),
+                         axis_types=(AxisType.Auto,) * 2)
+
+
+def data_groups(mesh: jax.sharding.Mesh) -> tuple[int, int]:
+    """(index, count): this process holds batch slice `index` of `count` distinct slices (hosts
+    whose devices share the same data shards hold the same rows)."""
+    mine = sorted({row for (row, _), device in np.ndenumerate(mesh.devices)
+                   if device.process_index == jax.process_index()})
+    per, rows = len(mine), mesh.devices.shape[0]
+    if mine != list(range(mine[0], mine[0] + per)) or mine[0] % per or rows % per:
+        raise ValueError(f"process {jax.process_index()} holds data shards {mine} of {rows}: "
+                         "not one contiguous block; choose config.mesh.space to divide the "
+                         "devices per process, or be a multiple of them.")
+    return mine[0] // per, rows // per
+
+
+def batch_spec(x, space: int) -> P:
+    """`P('data', 'space')` for images `[B, H, ...]` and clips `[B, T, ...]` (and their dense
+    labels) when space > 1 divides H (T), else `P('data')` (the model's first constraint, after
+    the stem, then shards the positions)."""
+    split = space > 1 and np.ndim(x) >= 3 and np.shape(x)[1] % space == 0
+    return P(DATA_AXIS, SPACE_AXIS) if split else P(DATA_AXIS)
 
 
 def create_replicated_state(init_fn: Callable, mesh: jax.sharding.Mesh):
@@ -73,25 +102,30 @@ class JitDriver(_HostCopies):
 
     axis_name = None
 
-    def __init__(self, train_step: Callable, eval_step: Callable):
-        self.mesh = make_mesh()
-        self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+    def __init__(self, train_step: Callable, eval_step: Callable, space: int = 1):
+        self.mesh = make_mesh(space)
+        self.space = space
+        self.data_process_index, self.data_process_count = data_groups(self.mesh)
         self.replicated = NamedSharding(self.mesh, P())
         self._train_step = train_step
         self._eval_step = eval_step
         self._jitted_train = self._jitted_eval = None
+
+    def batch_shardings(self, host_batch: dict) -> dict:
+        return jax.tree.map(lambda x: NamedSharding(self.mesh, batch_spec(x, self.space)),
+                            host_batch)
 
     def context(self):
         """The mesh in context for the whole run (`with driver.context(): ...`)."""
         return jax.set_mesh(self.mesh)
 
     def _compile(self, state_shardings):
+        # The batch's shardings are those of the global arrays (`global_batch`).
         if self._train_step is not None:  # None: an evaluation-only driver (the evaluate command)
             self._jitted_train = jax.jit(
-                self._train_step, in_shardings=(state_shardings, self.batch_sharding),
+                self._train_step, in_shardings=(state_shardings, None),
                 out_shardings=(state_shardings, self.replicated), donate_argnums=0)
-        self._jitted_eval = jax.jit(self._eval_step,
-                                    in_shardings=(state_shardings, self.batch_sharding),
+        self._jitted_eval = jax.jit(self._eval_step, in_shardings=(state_shardings, None),
                                     out_shardings=self.replicated)
 
     def state_shardings(self, abstract_state):
@@ -106,8 +140,11 @@ class JitDriver(_HostCopies):
         return self._jitted_train, self._jitted_eval
 
     def global_batch(self, host_batch: dict) -> dict:
+        """This host's rows → global arrays sharded by `batch_spec`."""
         return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch)
+            lambda x, sharding: jax.make_array_from_process_local_data(
+                sharding, x, (x.shape[0] * self.data_process_count, *x.shape[1:])),
+            host_batch, self.batch_shardings(host_batch))
 
     def train_step(self, state, host_batch: dict):
         return self._jitted(state)[0](state, self.global_batch(host_batch))
@@ -133,9 +170,14 @@ class PmapDriver(_HostCopies):
     """Classic `jax.pmap` driver with `axis_name='batch'` (see the module docstring)."""
 
     axis_name = PMAP_AXIS
+    space = 1
 
-    def __init__(self, train_step: Callable, eval_step: Callable):
+    def __init__(self, train_step: Callable, eval_step: Callable, space: int = 1):
+        if space != 1:
+            raise ValueError(f"the pmap driver shards the batch only; mesh space={space} needs "
+                             "parallelism='jit'.")
         self.devices = jax.local_devices()
+        self.data_process_index, self.data_process_count = jax.process_index(), jax.process_count()
         # Leading axis over the local devices: how pmap lays out its replicated arguments.
         self._stacked = NamedSharding(jax.sharding.Mesh(np.array(self.devices), (PMAP_AXIS,)),
                                       P(PMAP_AXIS))
@@ -181,9 +223,9 @@ class PmapDriver(_HostCopies):
             np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))), self._stacked), tree)
 
 
-def make_driver(parallelism: str, train_step: Callable, eval_step: Callable):
-    """'jit' → JitDriver, 'pmap' → PmapDriver."""
+def make_driver(parallelism: str, train_step: Callable, eval_step: Callable, space: int = 1):
+    """'jit' → JitDriver on a (data, space) mesh, 'pmap' → PmapDriver (space must be 1)."""
     drivers = {"jit": JitDriver, "pmap": PmapDriver}
     if parallelism not in drivers:
         raise ValueError(f"parallelism={parallelism!r}; choose one of {tuple(drivers)}.")
-    return drivers[parallelism](train_step, eval_step)
+    return drivers[parallelism](train_step, eval_step, space)

@@ -112,11 +112,13 @@ def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                           grad_accum_steps=config.grad_accum_steps,
                                           axis_name=axis_name)
     eval_step = step_lib.make_eval_step(bundle, axis_name=axis_name)
-    driver = parallel.make_driver(config.parallelism, train_step, eval_step)
+    driver = parallel.make_driver(config.parallelism, train_step, eval_step,
+                                  space=int(config.mesh.space))
     train_source, val_source = pipeline.make_sources(config.data)
-    dataset = pipeline.train_dataset(
-        train_source, seed=config.data.seed, local_batch=config.batch_size // jax.process_count(),
-        process_index=jax.process_index(), process_count=jax.process_count(),
+    dataset = pipeline.train_dataset(  # hosts sharing data shards (mesh.space) read the same rows
+        train_source, seed=config.data.seed,
+        local_batch=config.batch_size // driver.data_process_count,
+        process_index=driver.data_process_index, process_count=driver.data_process_count,
         transform=pipeline.train_transform(config.data, bundle.task),
         **pipeline.worker_settings(config.data))
     checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"),
