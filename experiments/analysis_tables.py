@@ -217,7 +217,8 @@ def write_figure(out: str, records: list[dict]) -> None:
     plt.close(fig)
 
 
-def write_all(out: str, records: list[dict], failures: list[dict], context: dict) -> None:
+def write_all(out: str, records: list[dict], failures: list[dict], context: dict,
+              planned=None) -> None:
     """Rewrites the five record files of `out` from all records so far."""
     names = {"regions": "analysis", "beacon": "synthetic_ablation"}
     for scenes, name in names.items():
