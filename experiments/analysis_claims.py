@@ -95,7 +95,7 @@ def sign_test_p(wins: int, losses: int) -> float:
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
 
 
-def _mean_se(values) -> tuple[float, float]:
+def mean_se(values) -> tuple[float, float]:
     values = np.asarray(values, np.float64)
     if values.size == 0:
         return float("nan"), float("nan")
@@ -118,10 +118,10 @@ def compare(records: list[dict], claim: dict, head: str) -> dict:
                       never_head=sum(a is None for _, a, _ in pairs),
                       never_reference=sum(b is None for _, _, b in pairs),
                       both_learn=len(both), p=sign_test_p(wins, losses))
-        result["mean"], result["se"] = _mean_se(both)
+        result["mean"], result["se"] = mean_se(both)
     else:
         diffs = [a - b for _, a, b in pairs if a is not None and b is not None]
-        result["mean"], result["se"] = _mean_se(diffs)
+        result["mean"], result["se"] = mean_se(diffs)
         result.update(n=len(diffs), p=permutation_p(diffs, margin=claim["margin"]))
     result["holds"] = bool(result["p"] < ALPHA) if result["p"] == result["p"] else False
     return result
@@ -139,3 +139,31 @@ def evaluate(records: list[dict]) -> list[dict]:
         results.append({"id": claim["id"], "text": claim["text"], "measure": claim["measure"],
                         "test": claim["test"], "comparisons": comparisons, "verdict": verdict})
     return results
+
+
+def _number(x: float, digits: int, sign: str = "+") -> str:
+    return "–" if x != x else f"{x:{sign}.{digits}f}"
+
+
+def markdown(results: list[dict]) -> list[str]:
+    """Markdown table of `evaluate`'s results: one row per comparison, then each verdict."""
+    lines = ["| claim | comparison | seeds paired | paired difference mean ± s.e. | test | p "
+             "(one-sided) | comparison holds |", "|---|---|---|---|---|---|---|"]
+    for claim in results:
+        digits = 0 if claim["measure"] == "steps_to_learn" else 4
+        for c in claim["comparisons"]:
+            difference = f"{_number(c['mean'], digits)} ± {_number(c['se'], digits, '')}"
+            if claim["test"] == "sign":
+                test = (f"sign test: {c['head']} earlier in {c['wins']}, later in {c['losses']}, "
+                        f"ties {c['ties']}; never learnt: {c['head']} {c['never_head']}, "
+                        f"{c['reference']} {c['never_reference']}; mean over the "
+                        f"{c['both_learn']} seeds where both learn")
+            else:
+                test = "sign-flip permutation (exact)"
+            p = "–" if c["p"] != c["p"] else f"{c['p']:.4f}"
+            lines.append(f"| ({claim['id']}) {claim['text']} | {c['head']} − {c['reference']} | "
+                         f"{len(c['seeds'])} | {difference} | {test} | {p} | "
+                         f"{'yes' if c['holds'] else 'no'} |")
+    lines.append("")
+    lines += [f"- ({claim['id']}) {claim['text']}: **{claim['verdict']}**." for claim in results]
+    return lines
