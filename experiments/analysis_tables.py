@@ -227,7 +227,9 @@ def markdown(records: list[dict], failures: list[dict], context: dict, planned: 
              "trunk of width 8, decode head of width 16, batch 16, lr 0.1 poly); only the decode "
              "head, `config.seed` and `config.data.scenes` differ between runs; beacon runs 1000 "
              "steps, regions runs 2000 (the budgets of the earlier records).", "",
-             "## Claims and statistics", "", analysis_claims.__doc__.strip(), ""]
+             "## Claims and statistics", "", "Stated in `experiments/analysis_claims.py`, "
+             "committed before the first run of this experiment (see its git history); quoted:",
+             "", analysis_claims.__doc__.strip(), ""]
     for scenes in FAMILIES:
         chosen = [r for r in records if r["scenes"] == scenes]
         wanted = [p for p in planned if p["scenes"] == scenes]
