@@ -11,6 +11,11 @@ boundary, and the crossed pairs), and the model's mIoU on the analysed images; a
 their pairwise term and the unary term (first block). The statistics are defined in
 `dnl_jax.analysis` (consistency = Pearson correlation, our choice: the paper's formula is not
 available). Video models get query-independence only (no pixel labels).
+
+On the synthetic scenes, whose salient keys are known (the beacon, the markers), it adds the
+saliency columns of `dnl_jax.saliency`: unary ↔ salient, pairwise ↔ salient (the crossed
+control), the share of the unary and pairwise attention mass on salient cells, and the salient
+area (that share for a uniform map); the figure adds the salient map beside the unary map.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dnl_jax import analysis, viz
+from dnl_jax import analysis, saliency, viz
 from dnl_jax.data import pipeline
 from dnl_jax.data.sources import load_split
 from dnl_jax.evaluators.batched import one_view_preprocess
@@ -36,6 +41,10 @@ COLUMNS = (("QI full", "query_independence/full"), ("QI pairwise", "query_indepe
            ("QI unary", "query_independence/unary"), ("pw~within", "pairwise~within"),
            ("un~boundary", "unary~boundary"), ("pw~boundary", "pairwise~boundary"),
            ("un~within", "unary~within"))
+# Scenes with known salient keys only (`dnl_jax.saliency`).
+SALIENCY_COLUMNS = (("un~salient", "unary~salient"), ("pw~salient", "pairwise~salient"),
+                    ("un@salient", "unary@salient"), ("pw@salient", "pairwise@salient"),
+                    ("salient area", "salient_area"))
 
 
 def format_value(key: str, value) -> str:
@@ -67,6 +76,9 @@ def load_examples(config, split: str, num_images: int) -> tuple[list[dict], str]
         preprocess = (viz.figure_preprocess(config.data) if task == "segmentation" else
                       one_view_preprocess(config.data, config.evals.val.get("short_side", 0)))
     examples = [source[i] for i in range(min(num_images, len(source)))]
+    if hasattr(source, "salient_map"):  # scenes that know their salient keys
+        examples = [{**example, "salient": source.salient_map(i)}
+                    for i, example in enumerate(examples)]
     if preprocess is not None:
         examples = [preprocess(example) for example in examples]
     return examples, ("image" if task == "segmentation" else "video")
@@ -85,7 +97,8 @@ def analyze_model(module, variables, examples: list[dict], *, input_key: str = "
                   num_classes: int, batch_size: int = 16, chunk: int = 1024,
                   figure_images: int = 3) -> dict[str, Any]:
     """Runs the analysis over `examples`; returns {'blocks': [summary per block], 'miou',
-    'num_images', 'figure_rows': rows for `viz.decomposition_figure` (first block)}."""
+    'num_images', 'figure_rows': rows for `viz.decomposition_figure` (first block), 'salient':
+    whether the examples carry a 'salient' map (then the saliency statistics are included)}."""
     capturer = analysis.BlockCapturer(module)
     stats: dict[str, analysis.BlockStatistics] = {}
     confusion = np.zeros((num_classes, num_classes), np.int64)
@@ -97,6 +110,9 @@ def analyze_model(module, variables, examples: list[dict], *, input_key: str = "
             block = stats.setdefault(capture.path,
                                      analysis.BlockStatistics(capture.path, capture.kind))
             analysis.accumulate(block, capture, labels, chunk=chunk)
+            if "salient" in batch:
+                saliency.accumulate_saliency(block, capture, batch["salient"], labels,
+                                             chunk=chunk)
         if labels is None:
             continue
         logits = np.asarray(outputs["logits"])
@@ -105,7 +121,8 @@ def analyze_model(module, variables, examples: list[dict], *, input_key: str = "
             figure_rows += figure_maps(captures[0], batch, figure_images - len(figure_rows))
     miou = metrics_from_confusion(confusion)["miou"] if input_key == "image" else None
     return {"blocks": [s.summary() for s in stats.values()], "miou": miou,
-            "num_images": len(examples), "figure_rows": figure_rows}
+            "num_images": len(examples), "figure_rows": figure_rows,
+            "salient": bool(examples) and "salient" in examples[0]}
 
 
 def figure_maps(capture: analysis.BlockCapture, batch: dict, count: int) -> list[dict]:
@@ -118,9 +135,11 @@ def figure_maps(capture: analysis.BlockCapture, batch: dict, count: int) -> list
         single = _one_image(capture, b)
         maps = {term: None if m is None else m[0]
                 for term, m in analysis.attention_rows(single, queries).items()}
+        salient = (saliency.salient_to_grid(batch["salient"][b:b + 1], capture.grid)[0]
+                   if "salient" in batch else None)
         rows.append({"title": f"{capture.path} ({capture.kind})",
                      "image": batch.get("display", batch["image"])[b], "label": batch["label"][b],
-                     "grid": capture.grid, "points": points, "maps": maps})
+                     "grid": capture.grid, "points": points, "maps": maps, "salient": salient})
     return rows
 
 
@@ -131,19 +150,25 @@ def _one_image(capture: analysis.BlockCapture, b: int) -> analysis.BlockCapture:
                                  capture.scale, capture.whiten)
 
 
+def columns(salient: bool = False) -> tuple:
+    """(name, statistic) of the table: `COLUMNS`, then `SALIENCY_COLUMNS` when `salient`."""
+    return COLUMNS + (SALIENCY_COLUMNS if salient else ())
+
+
 def format_table(result: dict, *, label: str = "") -> list[str]:
     """Markdown table rows (no header) of `analyze_model`'s result, one per block."""
     lines = []
     for block in result["blocks"]:
-        cells = [format_value(key, block["means"].get(key)) for _, key in COLUMNS]
+        cells = [format_value(key, block["means"].get(key))
+                 for _, key in columns(result.get("salient", False))]
         miou = "–" if result["miou"] is None else f"{result['miou']:.4f}"
         lines.append(f"| {label or block['path']} | {block['kind']} | " + " | ".join(cells)
                      + f" | {miou} |")
     return lines
 
 
-def table_header(first: str = "block") -> list[str]:
-    names = [name for name, _ in COLUMNS]
+def table_header(first: str = "block", *, salient: bool = False) -> list[str]:
+    names = [name for name, _ in columns(salient)]
     return [f"| {first} | kind | " + " | ".join(names) + " | mIoU |",
             "|---" * (len(names) + 3) + "|"]
 
@@ -165,7 +190,7 @@ def analyze_checkpoint(config, checkpoint: str, *, split: str = "val", num_image
         log(f"model {config.model.name!r} has no non-local-family block: nothing to analyse "
             f"(mIoU on {len(examples)} {split} images: {result['miou']}).")
     else:
-        log("\n".join(table_header() + format_table(result)))
+        log("\n".join(table_header(salient=result["salient"]) + format_table(result)))
     if output_dir:
         write_outputs(result, output_dir, num_classes=bundle.num_classes,
                       extra={"config": config.model.name, "checkpoint": checkpoint,

@@ -252,7 +252,9 @@ def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
 
     Each row: {'title': str, 'image': [H, W, 3], 'label': [H, W], 'grid': (h, w), 'points':
     [(row, col), ...] query pixels, 'maps': {'full', 'pairwise', 'unary'}: `[n_points, h·w]` or
-    None} (from `dnl_jax.analysis.attention_rows`). Missing terms leave their panels blank.
+    None} (from `dnl_jax.analysis.attention_rows`), and optionally 'salient': `[h, w]` (the
+    scene's salient keys on the grid, `dnl_jax.saliency.salient_to_grid`), drawn in a last
+    column beside the unary term. Missing terms leave their panels blank.
     Returns a matplotlib Figure (Agg).
     """
     import matplotlib
@@ -260,7 +262,8 @@ def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
     import matplotlib.pyplot as plt
 
     num_points = max(len(row["points"]) for row in rows)
-    columns = 3 + 2 * num_points
+    salient = any(row.get("salient") is not None for row in rows)
+    columns = 3 + 2 * num_points + salient
     fig, axes = plt.subplots(len(rows), columns, squeeze=False, dpi=DPI,
                              figsize=(columns * PANEL_INCHES, len(rows) * PANEL_INCHES))
     cmap = _label_colours(num_classes)
@@ -275,7 +278,9 @@ def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
         axes[r, 1].set_title("ground truth", fontsize=8)
         panels = [(2 + q, "full", q) for q in range(num_points)]
         panels += [(2 + num_points + q, "pairwise", q) for q in range(num_points)]
-        panels.append((columns - 1, "unary", 0))
+        panels.append((2 + 2 * num_points, "unary", 0))
+        if salient:
+            _salient_panel(axes[r, columns - 1], shown, row.get("salient"), extent)
         for column, term, q in panels:
             maps = row["maps"].get(term)
             if maps is None or q >= len(row["points"]):
@@ -292,6 +297,15 @@ def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
         axis.set_yticks([])
     fig.tight_layout(pad=0.3)
     return fig
+
+
+def _salient_panel(axis, shown: np.ndarray, salient, extent) -> None:
+    """The salient keys' map `[h, w]` over the image (blank when the row has none)."""
+    if salient is None:
+        axis.axis("off")
+        return
+    _overlay(axis, shown, np.asarray(salient, np.float64), extent)
+    axis.set_title("salient keys", fontsize=8)
 
 
 def query_positions(label: np.ndarray, grid, count: int = 3) -> tuple[list, np.ndarray]:

@@ -1,22 +1,32 @@
-"""The analysis experiment (issue 12) and the refreshed beacon ablation, in one script.
+"""The analysis experiment: trained non-local blocks on scenes whose salient keys we know.
 
-    python experiments/analysis_experiment.py --out OUT [--workers 8] [--seeds 0,1,2,3,4]
-        [--experiments regions,beacon] [--regions_heads fcn,nl,pairwise,unary,dnl]
-        [--beacon_heads dnl,pairwise,unary,nl,gc,fcn] [--steps 1000] [--regions_steps 2000]
-        [--num_images 64]
-        [--runs_dir DIR] [--deadline_s S] [--smoke]
+    python experiments/analysis_experiment.py --out OUT [--workers 8] [--seeds 0,...,7]
+        [--experiments beacon,regions] [--regions_heads fcn,nl,pairwise,unary,dnl]
+        [--beacon_heads fcn,nl,pairwise,unary,dnl] [--steps 1000] [--regions_steps 2000]
+        [--num_images 64] [--cue_every 50] [--cue_images 128]
+        [--runs_dir DIR] [--deadline_s S] [--report_only] [--smoke]
 
 Every run is the demo recipe (`dnl_jax.train.ablation.synthetic_config`) with one decode head,
-one `config.seed` and one scene family (`config.data.scenes`: 'regions' for the analysis,
-'beacon' for the ablation of experiments/results/synthetic_ablation.md), trained with
-`dnl_jax.train.trainer.train_and_evaluate` in one of `--workers` processes, and then analysed
-in the same process (`dnl_jax.analyze.analyze_model` on the first `--num_images` val scenes of
-the final checkpoint). Runs go out seed by seed, so a run stopped early (`--deadline_s`: no run
-starts after it) still has every head at the first seeds. After every finished run OUT is
-rewritten: analysis.{json,md} (the regions scenes: mIoU and the analysis table), 
-synthetic_ablation.{json,md} (the beacon scenes: mIoU; analysis table too) and analysis.png (the
-seed-0 models' attention on one val scene). `--smoke`: 2 steps, 1 seed, 2 heads (NL on regions,
-DNL on beacon), 32×32 scenes, tiny data (a CPU check of the whole pipeline; tests/test_analysis_experiment.py).
+one `config.seed` and one scene family (`config.data.scenes`: 'beacon', the demo scenes, or
+'regions'), trained with `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers`
+processes, and then analysed in the same process (`dnl_jax.analyze.analyze_model` on the first
+`--num_images` val scenes of the final checkpoint, saliency statistics included).
+
+Learning speed: every `--cue_every` steps the run's checkpoint is read back and the head
+segments the first `--cue_images` val scenes; the record keeps the share of val objects whose
+cue is right (`dnl_jax.saliency.object_cue_accuracy`) and the mIoU on those scenes, and each
+run's steps to learn the cue (`dnl_jax.saliency.steps_to_learn`, threshold
+`analysis_claims.CUE_THRESHOLD`).
+
+Runs go out scene family by scene family (in `--experiments` order), seed by seed. Each
+finished run is saved as RUNS_DIR/records/<scenes>_<head>_seed<seed>.json; a rerun skips the
+runs saved there (a run stopped midway resumes from its checkpoint), so partial progress is
+kept. After every finished run OUT is rewritten from all saved runs: analysis.{json,md} (every
+table, the claims of `analysis_claims` with their statistics) and analysis.png (the
+first seed's attention on one val scene, salient map beside the unary map). `--report_only`:
+rewrite OUT from the saved runs, train nothing. `--smoke`: 2 steps, 1 seed, 2 heads (NL on
+regions, DNL on beacon), 32×32 scenes, tiny data (a CPU check of the whole pipeline;
+tests/test_analysis_experiment.py).
 
 Several processes share one GPU: each gets XLA_PYTHON_CLIENT_PREALLOCATE=false and a
 1/workers share of the memory; compiled programs are shared through JAX's persistent
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import json
 import multiprocessing
 import os
 import platform
@@ -35,11 +46,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script
 
+import analysis_claims  # noqa: E402  (experiments/analysis_claims.py)
 import analysis_tables  # noqa: E402  (experiments/analysis_tables.py)
 
 HEADS = {"dnl": "dnl_tiny", "pairwise": "dnl_pairwise_tiny", "unary": "dnl_unary_tiny",
          "nl": "nl_tiny", "gc": "gc_tiny", "fcn": "fcn_tiny"}
-DEFAULT_HEADS = {"regions": "fcn,nl,pairwise,unary,dnl", "beacon": "dnl,pairwise,unary,nl,gc,fcn"}
+DEFAULT_HEADS = {"regions": "fcn,nl,pairwise,unary,dnl", "beacon": "fcn,nl,pairwise,unary,dnl"}
 SMOKE_HEADS = {"regions": "nl", "beacon": "dnl"}  # 2 heads: the implicit and explicit terms
 
 
@@ -58,7 +70,8 @@ def run_config(spec: dict):
         config.data.num_train, config.data.num_val, config.data.image_size = 64, 16, 32
         config.batch_size = config.evals.val.batch_size = 8
         config.optimizer.warmup_steps = 0
-        config.evals.val.every_steps = config.checkpoint.every_steps = spec["steps"]
+        config.evals.val.every_steps = spec["steps"]
+    config.checkpoint.every_steps = spec["cue_every"]  # the cue curve reads every one back
     return config
 
 
@@ -89,6 +102,9 @@ class CachedSource:
             self.cache[index] = self.source[index]
         return self.cache[index]
 
+    def salient_map(self, index: int):
+        return self.source.salient_map(index)
+
 
 def _cache_scenes() -> None:
     """Makes the trainer's `pipeline.make_sources` return `CachedSource`s (this process only)."""
@@ -105,11 +121,65 @@ def _cache_scenes() -> None:
     pipeline.make_sources = cached_sources
 
 
+def record_path(spec: dict) -> str:
+    """Where a finished run's record is saved (a rerun skips the runs saved there)."""
+    return os.path.join(spec["runs_dir"], "records",
+                        f"{spec['scenes']}_{spec['head']}_seed{spec['seed']}.json")
+
+
+def cue_tracker(config, spec: dict, workdir: str):
+    """The `on_step` callback of the learning-speed curve: at every `cue_every`-th step, reads
+    that step's checkpoint back, segments the first `cue_images` val scenes and appends
+    {'step', 'cue_accuracy', 'objects', 'miou'} to WORKDIR/cue_curve.jsonl (kept on resume)."""
+    import jax
+    import numpy as np
+
+    from dnl_jax import analyze, saliency
+    from dnl_jax.data import pipeline
+    from dnl_jax.models import get_model
+    from dnl_jax.models.losses import confusion_matrix
+    from dnl_jax.models.metrics import metrics_from_confusion
+    from dnl_jax.train.checkpoint import load_variables
+
+    bundle = get_model(config.model.name, config.data.num_classes)
+    examples, _ = analyze.load_examples(config, "val", spec["cue_images"])
+    images = np.stack([ex["image"] for ex in examples])
+    labels = np.stack([ex["label"] for ex in examples])
+    first_object_class = type(pipeline.make_sources(config.data)[1].source).first_object_class
+    segment = jax.jit(lambda variables: bundle.module.apply(variables, images, train=False)[
+        "logits"].argmax(-1))
+    path = os.path.join(workdir, "cue_curve.jsonl")
+
+    def on_step(step: int) -> None:
+        if step % spec["cue_every"]:
+            return
+        variables = load_variables(os.path.join(workdir, "checkpoints", str(step)))
+        predicted = np.asarray(segment(variables))
+        right, total = saliency.object_cue_accuracy(predicted, labels, first_object_class)
+        confusion = np.asarray(confusion_matrix(predicted, labels, bundle.num_classes))
+        with open(path, "a") as f:
+            f.write(json.dumps({"step": step, "cue_accuracy": right / max(total, 1),
+                                "objects": total,
+                                "miou": metrics_from_confusion(confusion)["miou"]}) + "\n")
+
+    return on_step
+
+
+def read_cue_curve(workdir: str) -> list[dict]:
+    """The cue curve of a run, one entry per step (the last written wins after a resume)."""
+    path = os.path.join(workdir, "cue_curve.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        entries = {e["step"]: e for e in (json.loads(line) for line in f if line.strip())}
+    return [entries[step] for step in sorted(entries)]
+
+
 def run_one(spec: dict) -> dict:
-    """Trains and analyses one run (in a worker process); returns its record."""
+    """Trains and analyses one run (in a worker process); saves and returns its record."""
     import jax
 
-    from dnl_jax import analyze
+    from dnl_jax import analyze, saliency
     from dnl_jax.models import get_model
     from dnl_jax.train import logs
     from dnl_jax.train.checkpoint import load_variables
@@ -119,13 +189,17 @@ def run_one(spec: dict) -> dict:
     config = run_config(spec)
     workdir = os.path.join(spec["runs_dir"], spec["scenes"], f"{spec['head']}_seed{spec['seed']}")
     start = time.perf_counter()
-    result = train_and_evaluate(config, workdir)
+    result = train_and_evaluate(config, workdir, on_step=cue_tracker(config, spec, workdir))
     train_s = time.perf_counter() - start
+    curve = read_cue_curve(workdir)
     val = [r for r in logs.read_metrics(workdir) if r["split"] == "val"]
     record = {**{k: spec[k] for k in ("scenes", "head", "seed", "steps")},
               "model": HEADS[spec["head"]], "val_miou": max(val, key=lambda r: r["step"])["miou"],
               "best_val_miou": max(r["miou"] for r in val),
               "val_miou_by_step": {r["step"]: r["miou"] for r in val},
+              "cue_curve": curve, "cue_threshold": analysis_claims.CUE_THRESHOLD,
+              "steps_to_learn": saliency.steps_to_learn(
+                  {e["step"]: e["cue_accuracy"] for e in curve}, analysis_claims.CUE_THRESHOLD),
               "train_wall_s": round(train_s, 1), "command": command_line(spec),
               "recipe": {"image_size": config.data.image_size, "num_classes": config.data.num_classes,
                          "num_train": config.data.num_train, "num_val": config.data.num_val,
@@ -143,7 +217,24 @@ def run_one(spec: dict) -> dict:
                   analysis=analysed["blocks"], analysed_images=analysed["num_images"],
                   analysed_miou=analysed["miou"], figure_rows=analysed["figure_rows"],
                   status=result["status"])
+    os.makedirs(os.path.dirname(record_path(spec)), exist_ok=True)
+    with open(record_path(spec) + ".tmp", "w") as f:
+        json.dump(record, f, cls=_NumpyEncoder)
+    os.replace(record_path(spec) + ".tmp", record_path(spec))
     return record
+
+
+class _NumpyEncoder(json.JSONEncoder):
+    """numpy arrays and scalars (the figure's maps) as lists and numbers."""
+
+    def default(self, o):
+        import numpy as np
+
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        return super().default(o)
 
 
 def _worker_init(cache_dir: str) -> None:
@@ -161,8 +252,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="directory for the records (<= 5 files)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--seeds", default="0,1,2,3,4")
-    parser.add_argument("--experiments", default="regions,beacon")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
+    parser.add_argument("--experiments", default="beacon,regions")
     parser.add_argument("--regions_heads", default=None)
     parser.add_argument("--beacon_heads", default=None)
     parser.add_argument("--steps", type=int, default=1000, help="SGD steps of every run")
@@ -170,6 +261,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="SGD steps of the regions runs (0: --steps); at 1000 steps neither "
                              "FCN nor DNL had learnt the markers on a CPU trial")
     parser.add_argument("--num_images", type=int, default=64, help="val scenes analysed per run")
+    parser.add_argument("--cue_every", type=int, default=50,
+                        help="steps between two points of the learning-speed curve")
+    parser.add_argument("--cue_images", type=int, default=128,
+                        help="val scenes segmented for each point of the learning-speed curve")
+    parser.add_argument("--report_only", action="store_true",
+                        help="rewrite OUT from the runs saved in RUNS_DIR/records; train nothing")
     parser.add_argument("--runs_dir", default=os.path.join("runs", "analysis_experiment"))
     parser.add_argument("--deadline_s", type=float, default=0.0,
                         help="start no run after this many seconds (0: no limit)")
@@ -178,21 +275,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.regions_steps, args.seeds, args.num_images = 2, 0, "0", 8
-    if args.workers < 1 or args.steps < 1 or args.num_images < 1:
-        raise SystemExit("--workers, --steps and --num_images must be >= 1.")
+        args.cue_every, args.cue_images = 1, 8
+    if min(args.workers, args.steps, args.num_images, args.cue_every, args.cue_images) < 1:
+        raise SystemExit("--workers, --steps, --num_images, --cue_every and --cue_images must "
+                         "be >= 1.")
     return args
 
 
 def run_specs(args) -> list[dict]:
-    """Every (scenes, head, seed) run, seed-major so that early seeds finish first."""
+    """Every (scenes, head, seed) run: scene family by scene family, then seed-major so that
+    early seeds finish first."""
     seeds = [int(s) for s in args.seeds.split(",")]
     specs = []
     experiments = args.experiments.split(",")
     unknown = sorted(set(experiments) - set(DEFAULT_HEADS))
     if unknown:
         raise SystemExit(f"--experiments {unknown}: choose from {sorted(DEFAULT_HEADS)}.")
-    for seed in seeds:
-        for scenes in experiments:
+    for scenes in experiments:
+        for seed in seeds:
             chosen = getattr(args, f"{scenes}_heads") or (SMOKE_HEADS if args.smoke
                                                           else DEFAULT_HEADS)[scenes]
             for head in chosen.split(","):
@@ -201,27 +301,36 @@ def run_specs(args) -> list[dict]:
                 steps = args.regions_steps if scenes == "regions" and args.regions_steps else args.steps
                 specs.append({"scenes": scenes, "head": head, "seed": seed, "steps": steps,
                               "num_images": args.num_images, "runs_dir": args.runs_dir,
+                              "cue_every": args.cue_every, "cue_images": args.cue_images,
                               "smoke": args.smoke, "first_seed": seeds[0]})
     return specs
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    specs = run_specs(args)
-    os.makedirs(args.out, exist_ok=True)
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.9, 0.9 / args.workers):.3f}")
+def saved_record(spec: dict):
+    """The saved record of a finished run of `spec` (same steps), or None."""
+    if not os.path.exists(record_path(spec)):
+        return None
+    with open(record_path(spec)) as f:
+        record = json.load(f)
+    return record if record["steps"] == spec["steps"] else None
+
+
+def _context(args, argv) -> dict:
+    return {"argv": " ".join(["python", "experiments/analysis_experiment.py"]
+                             + list(argv if argv is not None else sys.argv[1:])),
+            "workers": args.workers, "host": f"{platform.machine()}, {os.cpu_count()} CPU "
+                                                "cores visible", "started": time.time()}
+
+
+def _run_pool(args, todo: list[dict], records: list, failures: list, write) -> None:
+    """Runs `todo` in `args.workers` processes, appending to `records` / `failures` and calling
+    `write()` after every finished run; no run starts after `args.deadline_s`."""
     cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.abspath(
         os.path.join(args.runs_dir, "jax_cache"))
-    context = {"argv": " ".join(["python", "experiments/analysis_experiment.py"]
-                                + list(argv if argv is not None else sys.argv[1:])),
-               "workers": args.workers, "host": f"{platform.machine()}, {os.cpu_count()} CPU "
-                                                   "cores visible", "started": time.time()}
-    records, failures = [], []
     start = time.perf_counter()
     with futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_worker_init, initargs=(cache_dir,)) as pool:
-        pending = {pool.submit(run_one, spec): spec for spec in specs}
+        pending = {pool.submit(run_one, spec): spec for spec in todo}
         while pending:
             done, _ = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
             for future in done:
@@ -232,20 +341,46 @@ def main(argv=None) -> None:
                     records.append(future.result())
                     print(f"[{time.perf_counter() - start:6.0f} s] done {spec['scenes']} "
                           f"{spec['head']} seed {spec['seed']}: val mIoU "
-                          f"{records[-1]['val_miou']:.4f}", flush=True)
+                          f"{records[-1]['val_miou']:.4f}, steps to learn the cue "
+                          f"{records[-1]['steps_to_learn']}", flush=True)
                 except Exception as error:  # noqa: BLE001  (recorded, the other runs go on)
                     failures.append({**spec, "error": repr(error)})
                     print(f"FAILED {spec}: {error!r}", flush=True)
-                context["elapsed_s"] = round(time.perf_counter() - start, 1)
-                analysis_tables.write_all(args.out, records, failures, context)
+                write()
             if args.deadline_s and time.perf_counter() - start > args.deadline_s:
                 for future in pending:
                     future.cancel()
-    context["elapsed_s"] = round(time.perf_counter() - start, 1)
-    analysis_tables.write_all(args.out, records, failures, context)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    specs = run_specs(args)
+    os.makedirs(args.out, exist_ok=True)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.9, 0.9 / args.workers):.3f}")
+    context = _context(args, argv)
+    saved = [saved_record(spec) for spec in specs]
+    records = [r for r in saved if r is not None]
+    todo = [] if args.report_only else [s for s, r in zip(specs, saved) if r is None]
+    failures: list[dict] = []
+    started = time.perf_counter()
+
+    def write():
+        context["elapsed_s"] = round(time.perf_counter() - started, 1)
+        try:
+            analysis_tables.write_all(args.out, records, failures, context, planned=specs)
+        except Exception as error:  # noqa: BLE001  (the saved runs keep everything; rerun
+            print(f"could not write the record: {error!r}", flush=True)  # --report_only)
+            if not todo:
+                raise
+
+    print(f"{len(records)} of {len(specs)} runs already saved in {args.runs_dir}/records; "
+          f"{len(todo)} to run", flush=True)
+    if todo:
+        _run_pool(args, todo, records, failures, write)
+    write()
     print(f"{len(records)} runs done, {len(failures)} failed, "
-          f"{len(specs) - len(records) - len(failures)} not run; records in {args.out} "
-          f"({context['elapsed_s']} s)")
+          f"{len(specs) - len(records) - len(failures)} not run; records in {args.out}")
     if failures:
         raise SystemExit(1)
 

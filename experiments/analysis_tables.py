@@ -1,10 +1,13 @@
 """Records of experiments/analysis_experiment.py: JSON, Markdown tables and the figure.
 
-`write_all(out, records, failures, context)` (re)writes, in `out`:
-  analysis.json / analysis.md                   the 'regions' scenes: mIoU + analysis tables
-  synthetic_ablation.json / synthetic_ablation.md   the 'beacon' scenes (the demo's ablation)
-  analysis.png                                   seed-0 attention of each head on one val scene
-Every number in the Markdown comes from the records; the "paper's claims" lines compare means.
+`write_all(out, records, failures, context, planned)` (re)writes, in `out`, from the runs so far:
+  analysis.json   every run (figure maps left out), the planned runs, the claims' statistics
+  analysis.md     per scene family ('beacon', 'regions'): the runs present and missing, the
+                  claims (`analysis_claims`) with paired statistics, the saliency table, the
+                  learning-speed table, the analysis tables and val mIoU of every run
+  analysis.png    the first seed's attention on one val scene of each family, salient map beside
+                  each head's unary map
+Every number in the Markdown comes from the records.
 """
 
 from __future__ import annotations
@@ -14,13 +17,12 @@ import os
 
 import numpy as np
 
-from dnl_jax.analyze import COLUMNS, format_value
+import analysis_claims
+from dnl_jax.analyze import COLUMNS, SALIENCY_COLUMNS, format_value
 
 HEAD_ORDER = ("fcn", "nl", "pairwise", "unary", "dnl", "gc")
 FIGURE_HEADS = ("nl", "pairwise", "unary", "dnl")
-TITLES = {"regions": "Analysis of trained non-local blocks on the 'regions' scenes",
-          "beacon": "Synthetic-scene ablation (beacon scenes): DNL vs FCN, NL, GC, pairwise-only, "
-                    "unary-only"}
+FAMILIES = ("beacon", "regions")
 SCENES = {
     "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, `config.data.scenes='regions'`): "
                "textured grey background (class 0); two of three colours per scene, each on two "
@@ -49,6 +51,24 @@ feature grid, over the first val scenes (`analysed`), labels taken to the grid b
   the boundary map (1 where a 4-neighbour cell has another label), averaged over queries (queries
   with a constant binary map left out). The paper's exact consistency statistic is not available
   to us; this correlation is our stand-in. '–': the block has no such term.
+"""
+SALIENCY_DEFINITIONS = """Saliency columns (`dnl_jax/saliency.py`): the scene's salient keys (the beacon square; the
+markers) taken to the 8×8 grid as the salient share s_j of each cell (area, not majority vote: an
+8×8-pixel marker straddling four cells would have no majority anywhere).
+- un~salient: Pearson correlation between the unary map (DNL's and unary-only's explicit
+  softmax(conv_mask), NL's implicit softmax_j(s·μ_θᵀφ_j)) and s over the keys, one value per
+  image (1: the map is an increasing affine function of s; about 0: unrelated).
+- pw~salient: the same for each query's pairwise map, averaged over queries (the crossed
+  control: a query-dependent term need not follow s).
+- un@salient, pw@salient: the share of the map's attention mass on salient cells,
+  Σ_j a_j s_j / Σ_j a_j; salient area: Σ_j s_j / M, the share a uniform map puts there (chance).
+"""
+LEARNING_DEFINITION = f"""Learning speed: every 50 steps the run's checkpoint segments the first 128 val scenes; an
+object (a 4-connected region of one object class) has its *cue right* when more of its pixels are
+predicted as its class than as the other class of its colour (which only the salient keys
+decide). Steps to learn the cue = the first evaluation with the cue right on ≥
+{analysis_claims.CUE_THRESHOLD:.0%} of the objects (`dnl_jax.saliency.steps_to_learn`); runs that
+never get there are counted as 'never', not averaged in.
 """
 
 
@@ -96,9 +116,9 @@ def _block_means(record: dict) -> dict:
     return record["analysis"][0]["means"] if record.get("analysis") else {}
 
 
-def analysis_tables(records: list[dict]) -> list[str]:
+def analysis_tables(records: list[dict], columns=COLUMNS) -> list[str]:
     """Mean ± std over seeds of every analysis column per head, then every run."""
-    names = [name for name, _ in COLUMNS]
+    names = [name for name, _ in columns]
     header = ["| head | seeds | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     summary, per_run = list(header), ["| head | seed | " + " | ".join(names) + " | analysed |",
                                       "|---" * (len(names) + 3) + "|"]
@@ -107,48 +127,54 @@ def analysis_tables(records: list[dict]) -> list[str]:
         if not runs:
             continue
         cells = []
-        for _, key in COLUMNS:
+        for _, key in columns:
             mean, std, _, _ = _stats(_block_means(r).get(key) for r in runs)
             cells.append("–" if np.isnan(mean) else
                          f"{format_value(key, mean)} ± {format_value(key, std)}")
         summary.append(f"| {head} | {len(runs)} | " + " | ".join(cells) + " |")
         for r in runs:
             per_run.append(f"| {head} | {r['seed']} | " + " | ".join(
-                format_value(key, _block_means(r).get(key)) for _, key in COLUMNS)
+                format_value(key, _block_means(r).get(key)) for _, key in columns)
                 + f" | {r['analysed_images']} |")
     return summary + [""] + per_run
 
 
-def _mean(records: list[dict], head: str, key: str) -> float:
-    values = [(r["val_miou"] if key == "miou" else _block_means(r).get(key))
-              for r in records if r["head"] == head]
-    return _stats(values)[0]
+def learning_tables(records: list[dict]) -> list[str]:
+    """Per head: runs that learn the cue, their steps to learn it, the final cue accuracy."""
+    lines = ["| head | runs | learnt the cue | steps to learn: mean ± s.e. (learnt runs) | median "
+             "| every seed (steps; – never) | final cue accuracy mean |",
+             "|---|---|---|---|---|---|---|"]
+    for head, runs in _by_head(records).items():
+        steps = [r["steps_to_learn"] for r in runs if r.get("steps_to_learn") is not None]
+        mean, se = analysis_claims.mean_se(steps)
+        final = [r["cue_curve"][-1]["cue_accuracy"] for r in runs if r.get("cue_curve")]
+        seeds = ", ".join(f"{r['seed']}: {r.get('steps_to_learn') or '–'}" for r in runs)
+        lines.append(f"| {head} | {len(runs)} | {len(steps)} / {len(runs)} | {_fmt(mean, 0)} ± "
+                     f"{_fmt(se, 0)} | {_fmt(float(np.median(steps)) if steps else np.nan, 0)} | "
+                     f"{seeds} | {_fmt(_stats(final)[0], 3)} |")
+    steps = [e["step"] for e in next((r["cue_curve"] for r in records if r.get("cue_curve")), [])]
+    shown = ", ".join(str(s) for s in steps[:2]) + (f", …, {steps[-1]}" if len(steps) > 2 else "")
+    lines += ["", "Cue accuracy (share of val objects with the cue right) by step, every run:", "",
+              f"| head | seed | cue accuracy at steps {shown} |", "|---|---|---|"]
+    for head, runs in _by_head(records).items():
+        for r in runs:
+            curve = " ".join(f"{e['cue_accuracy']:.2f}" for e in r.get("cue_curve", []))
+            lines.append(f"| {head} | {r['seed']} | {curve} |")
+    return lines
 
 
-def claims(records: list[dict]) -> list[str]:
-    """The paper's qualitative claims, checked by comparing means over seeds (no test of
-    significance: compare the differences with the std columns above)."""
-    # (claim, statistic, heads, reference head): the claim holds when every head's mean is
-    # above the reference's (for QI: NL's maps vary less between queries than theirs).
-    checks = [("pairwise ↔ within-category higher for PNL and DNL than for NL",
-               "pairwise~within", ("pairwise", "dnl"), "nl"),
-              ("unary ↔ boundary higher for UNL and DNL than for NL",
-               "unary~boundary", ("unary", "dnl"), "nl"),
-              ("NL's attention nearly query-independent (QI full lower than PNL's and DNL's)",
-               "query_independence/full", ("pairwise", "dnl"), "nl"),
-              ("DNL ≥ NL in mIoU (ties count)", "miou", ("dnl",), "nl"),
-              ("a context block helps: DNL > FCN in mIoU", "miou", ("dnl",), "fcn")]
+def present_runs(records: list[dict], planned: list[dict]) -> list[str]:
+    """Exactly which planned runs are in the record, and which are not."""
+    have = {(r["head"], r["seed"]) for r in records}
     lines = []
-    for text, key, heads, reference in checks:
-        ref = _mean(records, reference, key)
-        values = {h: _mean(records, h, key) for h in heads}
-        if np.isnan(ref) or any(np.isnan(v) for v in values.values()):
-            lines.append(f"- {text}: not measured in these runs.")
+    for head in HEAD_ORDER:
+        wanted = sorted({p["seed"] for p in planned if p["head"] == head})
+        if not wanted:
             continue
-        holds = all(v > ref or ("≥" in text and v == ref) for v in values.values())
-        numbers = ", ".join(f"{h} {v:.4g}" for h, v in values.items())
-        lines.append(f"- {text}: {reference} {ref:.4g} vs {numbers} (means over seeds) → "
-                     f"{'holds' if holds else 'does NOT hold'}.")
+        present = [s for s in wanted if (head, s) in have]
+        missing = [s for s in wanted if (head, s) not in have]
+        lines.append(f"- {head}: seeds {present or 'none'} present"
+                     + (f"; seeds {missing} NOT run (not in any number below)" if missing else ""))
     return lines
 
 
@@ -161,36 +187,60 @@ def _recipe(records: list[dict]) -> str:
             f"{r['total_steps']} SGD steps, lr {r['lr']} poly")
 
 
-def markdown(scenes: str, records: list[dict], failures: list[dict], context: dict) -> str:
+def family_section(scenes: str, records: list[dict], planned: list[dict],
+                   claims: list[dict]) -> list[str]:
+    """The Markdown of one scene family."""
+    lines = [f"## The {scenes} scenes", "", SCENES[scenes], "",
+             f"Recipe: {_recipe(records)}.", "", "### Runs in this record", ""]
+    lines += present_runs(records, planned)
+    if not records:
+        return lines + ["", "No run of this family has finished: nothing is claimed for it."]
+    lines += ["", "### The claims (stated before the runs)", ""]
+    lines += analysis_claims.markdown(claims)
+    lines += ["", "### Saliency", "", SALIENCY_DEFINITIONS]
+    lines += analysis_tables(records, SALIENCY_COLUMNS)
+    lines += ["", "### Learning speed", "", LEARNING_DEFINITION]
+    lines += learning_tables(records)
+    lines += ["", "### Analysis of the decode head's block", "", DEFINITIONS]
+    lines += analysis_tables(records)
+    lines += ["", "### Val mIoU", ""] + miou_tables(records)
+    return lines
+
+
+def markdown(records: list[dict], failures: list[dict], context: dict, planned: list[dict],
+             claims: dict) -> str:
     devices = sorted({r["device"] for r in records}) or ["(no run finished)"]
-    seeds = sorted({r["seed"] for r in records})
-    lines = [f"# {TITLES[scenes]}", "",
-             f"Generated by `experiments/analysis_experiment.py` (all numbers below come from its "
-             f"records; rerun it to refresh). Ran on: {', '.join(devices)}; host {context['host']}; "
-             f"{context['workers']} worker processes sharing the device; {len(records)} runs "
-             f"(seeds {seeds}) in {context.get('elapsed_s', 0):.0f} s. **Exact values differ "
-             "between machines** (a GPU and a CPU, or two GPUs, sum in different orders and a "
-             "chaotic run such as the FCN's can end elsewhere), so compare means and spreads, not "
-             "single seeds.", "",
-             "Setup: the demo recipe (`dnl_jax.train.ablation.synthetic_config`: ResNet-V1c-18-D8 "
-             f"trunk of width 8, decode head of width 16; {_recipe(records)}), "
-             f"`config.data.scenes='{scenes}'`; only the decode head and `config.seed` differ "
-             "between runs. Final val mIoU = all val scenes after the last step.", "",
-             "## The data", "", SCENES[scenes], "",
-             "## Command", "", f"    {context['argv']}", "",
-             "which, per run, is equivalent to (e.g.)", "",
+    lines = ["# The paper's claims on scenes whose salient keys we know", "",
+             "Generated by `experiments/analysis_experiment.py` from the runs saved in its "
+             f"`--runs_dir` (every number below comes from them): {len(records)} of the "
+             f"{len(planned)} planned runs. Ran on: {', '.join(devices)}; host {context['host']}; "
+             f"{context['workers']} worker processes. **Exact values differ between machines** "
+             "(a GPU and a CPU sum in different orders, and chaotic runs such as the FCN's can "
+             "end elsewhere), so compare means and spreads, not single seeds.", "",
+             "## Command", "", "The runs and this record:", "",
+             "    python experiments/analysis_experiment.py --out experiments/results --workers 2",
+             "", "(rerunning it skips the runs already saved in `--runs_dir` and trains the "
+             "rest; `--report_only` only rewrites the record). This file was written by:", "",
+             f"    {context['argv']}", "", "One run is equivalent to (e.g.)", "",
              f"    {records[0]['command'] if records else ''}", "",
-             "## Val mIoU", ""] + miou_tables(records)
-    if any(r.get("analysis") for r in records):
-        lines += ["", "## Analysis of the decode head's block", "", DEFINITIONS] + \
-            analysis_tables(records) + ["", "## The paper's claims, checked on these runs", ""] + \
-            claims(records)
-    if scenes == "regions" and any(r.get("figure_rows") for r in records):
-        lines += ["", "## Figure", "", "`analysis.png`: one val scene, seed " f"{seeds[0]}, one row "
-                  "per head (NL, pairwise-only, unary-only, DNL): image, ground truth, the full "
-                  "attention of three query pixels (red stars), their pairwise term, the unary "
-                  "term; each on the 8×8 grid stretched over the image, colours per panel.", "",
-                  "![analysis](analysis.png)"]
+             "Setup: the demo recipe (`dnl_jax.train.ablation.synthetic_config`: ResNet-V1c-18-D8 "
+             "trunk of width 8, decode head of width 16, batch 16, lr 0.1 poly); only the decode "
+             "head, `config.seed` and `config.data.scenes` differ between runs; beacon runs 1000 "
+             "steps, regions runs 2000 (the budgets of the earlier records).", "",
+             "## Claims and statistics", "", "Stated in `experiments/analysis_claims.py`, "
+             "committed before the first run of this experiment (see its git history); quoted:",
+             "", analysis_claims.__doc__.strip(), ""]
+    for scenes in FAMILIES:
+        chosen = [r for r in records if r["scenes"] == scenes]
+        wanted = [p for p in planned if p["scenes"] == scenes]
+        if wanted or chosen:
+            lines += family_section(scenes, chosen, wanted, claims[scenes]) + [""]
+    if any(r.get("figure_rows") for r in records):
+        lines += ["## Figure", "", "`analysis.png`: one val scene per family, the first seed's "
+                  "model of each head (NL, pairwise-only, unary-only, DNL): image, ground truth, "
+                  "the full attention of three query pixels (red stars), their pairwise term, the "
+                  "unary term and, last, the scene's salient keys; each on the 8×8 grid stretched "
+                  "over the image, colours per panel.", "", "![analysis](analysis.png)"]
     if failures:
         lines += ["", "## Failed runs", ""] + [f"- {f['scenes']} {f['head']} seed {f['seed']}: "
                                                f"{f['error']}" for f in failures]
@@ -199,13 +249,17 @@ def markdown(scenes: str, records: list[dict], failures: list[dict], context: di
 
 def write_figure(out: str, records: list[dict]) -> None:
     rows = []
-    for head in FIGURE_HEADS:
-        for r in records:
-            if r["head"] == head and r.get("figure_rows"):
-                row = dict(r["figure_rows"][0])
-                row["title"] = f"{head} (seed {r['seed']})"
+    for scenes in FAMILIES:
+        for head in FIGURE_HEADS:
+            runs = sorted((r for r in records if r["scenes"] == scenes and r["head"] == head
+                           and r.get("figure_rows")), key=lambda r: r["seed"])
+            if runs:
+                row = {k: (np.asarray(v) if isinstance(v, list) and k != "points" else v)
+                       for k, v in runs[0]["figure_rows"][0].items()}
+                row["maps"] = {t: None if m is None else np.asarray(m)
+                               for t, m in row["maps"].items()}
+                row["title"] = f"{scenes}: {head} (seed {runs[0]['seed']})"
                 rows.append(row)
-                break
     if not rows:
         return
     import matplotlib.pyplot as plt
@@ -217,18 +271,17 @@ def write_figure(out: str, records: list[dict]) -> None:
     plt.close(fig)
 
 
-def write_all(out: str, records: list[dict], failures: list[dict], context: dict) -> None:
-    """Rewrites the five record files of `out` from all records so far."""
-    names = {"regions": "analysis", "beacon": "synthetic_ablation"}
-    for scenes, name in names.items():
-        chosen = [r for r in records if r["scenes"] == scenes]
-        failed = [f for f in failures if f["scenes"] == scenes]
-        if not chosen and not failed:
-            continue
-        with open(os.path.join(out, f"{name}.json"), "w") as f:
-            json.dump({"context": context, "failures": failed,
-                       "runs": [{k: v for k, v in r.items() if k != "figure_rows"}
-                                for r in chosen]}, f, indent=1)
-        with open(os.path.join(out, f"{name}.md"), "w") as f:
-            f.write(markdown(scenes, chosen, failed, context))
-    write_figure(out, [r for r in records if r["scenes"] == "regions"])
+def write_all(out: str, records: list[dict], failures: list[dict], context: dict,
+              planned: list[dict]) -> None:
+    """Rewrites the three record files of `out` from all records so far."""
+    planned = [{k: p[k] for k in ("scenes", "head", "seed", "steps")} for p in planned]
+    claims = {scenes: analysis_claims.evaluate([r for r in records if r["scenes"] == scenes])
+              for scenes in FAMILIES}
+    with open(os.path.join(out, "analysis.json"), "w") as f:
+        json.dump({"context": context, "planned": planned, "failures": failures,
+                   "claims": claims, "cue_threshold": analysis_claims.CUE_THRESHOLD,
+                   "runs": [{k: v for k, v in r.items() if k != "figure_rows"} for r in records]},
+                  f, indent=1)
+    with open(os.path.join(out, "analysis.md"), "w") as f:
+        f.write(markdown(records, failures, context, planned, claims))
+    write_figure(out, records)

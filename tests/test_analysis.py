@@ -177,10 +177,13 @@ def test_analyze_command_end_to_end(tmp_path):
                           env={**os.environ, **CACHE_ENV})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| decode_head/nl_block | nl |" in done.stdout
+    # The beacon scenes know their salient keys: the saliency columns are printed too.
+    assert "| un~salient | pw~salient | un@salient | pw@salient | salient area |" in done.stdout
     with open(tmp_path / "run" / "analysis" / "analysis.json") as f:
         record = json.load(f)
     (block,) = record["blocks"]
     assert block["counts"]["query_independence/full"] == 4
+    assert block["counts"]["unary~salient"] == 4  # one unary map per image
     assert all(np.isfinite(v) for v in block["means"].values())
     assert 0 <= record["miou"] <= 1
     assert os.path.getsize(tmp_path / "run" / "analysis" / "analysis.png") > 10_000

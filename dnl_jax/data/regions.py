@@ -19,7 +19,8 @@ object it labels); carrying it to the distant twin is the long-range part a plai
 head must learn with its receptive field alone.
 
 Images float32 `[S, S, 3]` normalised like `dnl_jax.data.synthetic`; labels int32 `[S, S]` in
-[0, K), no ignore pixels. Deterministic from (seed, split, index), as the beacon scenes.
+[0, K), no ignore pixels. Deterministic from (seed, split, index), as the beacon scenes. The
+salient keys (`salient_map(index)`) are the marker squares: each decides both objects of its colour.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ INTERFACE_GREY = 0.95
 class RegionScenes(synthetic.SyntheticSegmentation):
     """Random-access source of 'regions' scenes; same arguments and protocol as
     `SyntheticSegmentation` (num_classes odd and >= 5 gives P = (K - 1) / 2 >= 2 colours)."""
+
+    first_object_class = 1
 
     def __init__(self, num_examples: int, **kwargs):
         super().__init__(num_examples, **kwargs)
@@ -83,7 +86,8 @@ def _marker_corner(rng: np.random.Generator, visible: np.ndarray, side: int):
 
 def draw_regions(rng: np.random.Generator, size: int, colours: np.ndarray,
                  noise: float) -> dict[str, np.ndarray]:
-    """One 'regions' scene (module docstring): {'image': f32 [S,S,3], 'label': i32 [S,S]}."""
+    """One 'regions' scene (module docstring): {'image': f32 [S,S,3], 'label': i32 [S,S],
+    'salient': bool [S,S] (the marker squares)}."""
     chosen = rng.choice(len(colours), size=COLOURS_PER_SCENE, replace=False)
     bits = rng.integers(2, size=COLOURS_PER_SCENE)
     objects = []  # (mask, colour index, class, carries the marker)
@@ -105,16 +109,19 @@ def draw_regions(rng: np.random.Generator, size: int, colours: np.ndarray,
         label[mask] = cls
         owner[mask] = index
     side = max(2, int(size * MARKER_FRACTION))
+    salient = np.zeros((size, size), bool)
     for index, (_, _, cls, marked) in enumerate(objects):
         if marked and np.any(owner == index):
             y, x = _marker_corner(rng, owner == index, side)
             rgb[y:y + side, x:x + side] = synthetic.CUE_GREYS[(cls - 1) % 2]
             label[y:y + side, x:x + side] = cls
+            salient[y:y + side, x:x + side] = True
     foreground = label > 0
     rgb[synthetic._outline(foreground)] *= 0.5  # darker edge towards the background
     rgb[_interfaces(label)] = INTERFACE_GREY
     rgb = rgb + noise * rng.standard_normal(rgb.shape).astype(np.float32)
-    return {"image": ((rgb - 0.5) / 0.25).astype(np.float32), "label": label}
+    return {"image": ((rgb - 0.5) / 0.25).astype(np.float32), "label": label,
+            "salient": salient}
 
 
 def _interfaces(label: np.ndarray) -> np.ndarray:

@@ -26,6 +26,11 @@ Images are float32 `[S, S, 3]`, normalised to roughly zero mean and unit varianc
 one rectangle per label map of round(f·S²) pixels (up to rounding of its random aspect ratio)
 at a random place is set to the ignore label 255, as padded crops of real data are; it is drawn
 after the scene, so the scene itself is the same for every f.
+
+The *salient keys* of a scene are the pixels whose content decides other pixels' classes: the
+beacon square here (`salient_map(index)`, bool `[S, S]`; the analysis compares the unary
+attention term with it, `dnl_jax.saliency`). It is drawn with the scene, not stored in the
+examples the training pipeline reads.
 """
 
 from __future__ import annotations
@@ -86,17 +91,31 @@ class SyntheticSegmentation:
     def __len__(self) -> int:
         return self.num_examples
 
+    # Object classes come in cue pairs (first + 2a, first + 2a + 1) from this class on.
+    first_object_class = 3
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        if not 0 <= index < self.num_examples:
-            raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
-        rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
-        example = self.draw(rng)
+        """{'image': f32 `[S, S, 3]`, 'label': i32 `[S, S]`} of example `index`."""
+        example, rng = self._draw_index(index)
+        example.pop("salient")
         if self.ignore_fraction > 0:
             ignore_rectangle(rng, example["label"], self.ignore_fraction)
         return example
 
+    def salient_map(self, index: int) -> np.ndarray:
+        """bool `[S, S]`: the salient keys of example `index` (the beacon here, the markers of
+        the 'regions' scenes), True where a pixel's content decides other pixels' classes."""
+        return self._draw_index(index)[0]["salient"]
+
+    def _draw_index(self, index: int) -> tuple[dict, np.random.Generator]:
+        if not 0 <= index < self.num_examples:
+            raise IndexError(f"index {index} out of range for {self.num_examples} examples.")
+        rng = np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
+        return self.draw(rng), rng
+
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One scene from `rng` (subclasses draw other scene families)."""
+        """One scene from `rng`: {'image', 'label', 'salient'} (subclasses draw other scene
+        families)."""
         return draw_scene(rng, self.image_size, self._palette, self.noise)
 
     def __repr__(self) -> str:
@@ -157,7 +176,8 @@ def _beacon_corner(rng: np.random.Generator, occupied: np.ndarray,
 
 def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray, noise: float,
                cue: int | None = None) -> dict[str, np.ndarray]:
-    """One scene (see the module docstring): {'image': f32 [S,S,3], 'label': i32 [S,S]}.
+    """One scene (see the module docstring): {'image': f32 [S,S,3], 'label': i32 [S,S],
+    'salient': bool [S,S] (the beacon square)}.
 
     `cue` forces the beacon (0 dark, 1 light) without changing anything else the stream draws:
     the same `rng` state with either cue gives the same layout.
@@ -186,4 +206,6 @@ def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray, noise: 
     label[y:y + side, x:x + side] = 1 + cue
     rgb = rgb + noise * rng.standard_normal(rgb.shape).astype(np.float32)
     image = ((rgb - 0.5) / 0.25).astype(np.float32)
-    return {"image": image, "label": label}
+    salient = np.zeros((size, size), bool)
+    salient[y:y + side, x:x + side] = True
+    return {"image": image, "label": label, "salient": salient}
