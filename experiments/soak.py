@@ -18,7 +18,7 @@ Writes a JSON record (every attempt: signal, delay, whether a save was in progre
 the step it resumed from, checkpoints set aside) and exits 1 when the parameters differ.
 
 `--target save` (the save-window soak): every interruption is a SIGKILL timed to land inside a
-checkpoint write. Each attempt picks a save a few intervals past the newest complete checkpoint,
+checkpoint write. Each attempt picks a save 1-2 intervals past the newest complete checkpoint,
 waits for orbax's temporary directory of that step to appear and kills 0-`--window` seconds
 later; the kill counts as inside the write when afterwards the step's temporary directory is
 there and its final directory is not. The next attempt must remove the unfinished save, resume
@@ -185,9 +185,9 @@ def interrupt_once(workdir: str, args, env: dict, rng: random.Random, left: int,
 
 def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict:
     """Starts the command and SIGKILLs it `uniform(0, args.window)` s after the save of a step
-    1-3 intervals past the newest complete checkpoint begins; returns the attempt record."""
+    1-2 intervals past the newest complete checkpoint begins; returns the attempt record."""
     done = (steps_on_disk(workdir) or [0])[-1]
-    target = done + args.every * rng.randint(1, 3)
+    target = done + args.every * rng.randint(1, 2)
     target = min(target - target % args.every, args.steps - args.every)
     start = time.time()
     process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
@@ -204,7 +204,7 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
         target not in steps_on_disk(workdir)
     return dict(signal="SIGKILL", moment=f"save of step {target}", target_step=target,
                 newest_complete_before=done, delay_s=round(time.time() - start, 2),
-                inside_write=in_write, returncode=process.returncode,
+                inside_write=in_write, save_in_progress=in_write, returncode=process.returncode,
                 interrupted=not output_completed(text), **_resume_facts(text),
                 removed_unfinished=bool(re.search(r"removed \d+ unfinished checkpoint", text)),
                 steps_after=steps_on_disk(workdir))

@@ -24,12 +24,12 @@ import time
 import chex
 import jax
 import pytest
+from multihost_launcher import _config
+from train_testing import CACHE_ENV, enable_compilation_cache
 
 from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.distributed import LOST_EXIT_CODE
 from dnl_jax.train.trainer import train_and_evaluate
-from multihost_launcher import _config
-from train_testing import CACHE_ENV, enable_compilation_cache
 
 enable_compilation_cache()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

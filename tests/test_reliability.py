@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_checkpoint_recovery import SIGNATURE, TARGET, _iterator, _open, _save_steps
 
 from dnl_jax.data import pipeline
 from dnl_jax.evaluators import common
@@ -20,7 +21,6 @@ from dnl_jax.train import checkpoint_faults as faults
 from dnl_jax.train import distributed, logs, preemption
 from dnl_jax.train.checkpoint import Checkpointer
 from dnl_jax.train.step import make_eval_step
-from test_checkpoint_recovery import SIGNATURE, TARGET, _iterator, _open, _save_steps
 
 
 def _saved(directory, steps):
@@ -275,6 +275,7 @@ def test_nonfinite_evaluation_names_the_step(tmp_path):
 
 def test_damaged_shard_names_file_split_record_and_the_fix(tmp_path):
     from data_fixtures import write_cityscapes
+
     from dnl_jax.data import load_split
     from dnl_jax.data.prepare import prepare
 

@@ -1,19 +1,21 @@
-"""Checkpoints with orbax's CheckpointManager, and preemption (SIGTERM) handling.
+"""Checkpoints with orbax's CheckpointManager (preemption itself: preemption.py).
 
 One checkpoint = one step directory `workdir/checkpoints/<step>/` with three items:
     state  TrainState (params, batch_stats, opt_state, step, rng)       ocp StandardSave
     data   the training iterator's position, one JSON file per host    grain CheckpointSave
     meta   model name, classes and parameter shapes                    ocp JsonSave
-Saved every `every_steps`, at the end and on SIGTERM; kept: the last `keep` plus the best by
-the task's val metric (`best_metric`: 'val_miou' for segmentation, 'val_accuracy' for
-classification; higher is better). Orbax writes into a temporary directory and renames it when
+Saved every `every_steps` or `every_seconds` (whichever first), at the end and on SIGTERM;
+kept: the last `keep` plus the best by the task's val metric (`best_metric`: 'val_miou' for
+segmentation, 'val_accuracy' for classification; higher is better). Orbax writes into a temporary directory and renames it when
 complete, so a process killed mid-save leaves the previous checkpoints intact.
 
 A newest checkpoint that still fails to read (files truncated or corrupted after the rename, e.g.
 by a full disk or a crash before the data reached the disk) is not a dead end:
 `Checkpointer.restore_latest` resumes from the newest checkpoint that restores and moves the newer
 ones aside into `<directory>-unrestorable/`, with a warning naming each step and its new place.
-Nothing is deleted. A checkpoint of another model is an error, never skipped.
+Nothing is deleted. A checkpoint of another model is an error, never skipped; an error that shows
+no damage (out of memory, permissions) stops the run and moves nothing (checkpoint_faults.py).
+Unfinished saves of a killed run are removed at start-up; a full disk stops with one line.
 """
 
 from __future__ import annotations
