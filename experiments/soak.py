@@ -25,7 +25,7 @@ there and its final directory is not. The next attempt must remove the unfinishe
 from the newest complete step (the one before the killed save: at most one interval lost) and,
 at the end, match the uninterrupted run bitwise with the same final metrics line.
 
-    nice -n 10 python experiments/soak.py --target save --interruptions 30 --steps 120 \
+    nice -n 10 python experiments/soak.py --target save --interruptions 30 --steps 90 \
         --every 3 --out experiments/results/soak_save.json
 """
 
