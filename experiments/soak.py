@@ -194,14 +194,17 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = Output(process)
     directory = os.path.join(workdir, "checkpoints")
-    _wait(process, lambda: glob.glob(os.path.join(directory, f"{target}{TMP_MARK}*")))
+    # This attempt's save of `target`: a temporary directory created after the start (one left
+    # by the previous kill is older, and the trainer removes it at start-up).
+    this_save = lambda: [path for path in glob.glob(  # noqa: E731
+        os.path.join(directory, f"{target}{TMP_MARK}*")) if _created(path) > start]
+    _wait(process, this_save)
     time.sleep(rng.uniform(0, args.window))
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
     process.wait()
     text = output.join()
-    in_write = bool(glob.glob(os.path.join(directory, f"{target}{TMP_MARK}*"))) and \
-        target not in steps_on_disk(workdir)
+    in_write = bool(this_save()) and target not in steps_on_disk(workdir)
     return dict(signal="SIGKILL", moment=f"save of step {target}", target_step=target,
                 newest_complete_before=done, delay_s=round(time.time() - start, 2),
                 inside_write=in_write, save_in_progress=in_write, returncode=process.returncode,

@@ -78,9 +78,15 @@ def _run_pair(workdir, sigterm=None, target=0):
         _kill_all(processes)
 
 
+def _tails(outputs) -> str:
+    """Both processes' last output, for a failure message."""
+    return "\n".join(f"--- process {i} (rc {rc}):\n{out[-1500:]}\n{err[-2500:]}"
+                     for i, (rc, out, err) in enumerate(outputs))
+
+
 def _result(outputs):
     line = re.search(r"RESULT (\w+) (\d+) (\S+)", outputs[0][1])
-    assert line, outputs[0][2][-3000:]
+    assert line, _tails(outputs)
     return line.group(1), int(line.group(2)), line.group(3)
 
 
@@ -111,26 +117,26 @@ def test_sigterm_on_one_host_at_three_moments_resumes_exactly(tmp_path, referenc
     workdir = tmp_path / "run"
     # 1. Start-up: nothing trained yet, so nothing to save; both stop.
     outputs = _run_pair(workdir, "startup", target=1)
-    assert [rc for rc, _, _ in outputs] == [0, 0], outputs[1][2][-3000:]
+    assert [rc for rc, _, _ in outputs] == [0, 0], _tails(outputs)
     status, step, _ = _result(outputs)
     assert status == "preempted" and step <= 1
     assert "preempted (SIGTERM)" in outputs[0][2] + outputs[0][1]
     # 2. Mid-training, SIGTERM to process 0 after step 2: one checkpoint at an agreed step.
     outputs = _run_pair(workdir, "step:2", target=0)
-    assert [rc for rc, _, _ in outputs] == [0, 0], outputs[0][2][-3000:]
+    assert [rc for rc, _, _ in outputs] == [0, 0], _tails(outputs)
     status, stopped, _ = _result(outputs)
     assert status == "preempted" and 2 < stopped < OVERRIDES["total_steps"]
     assert _steps(workdir)[-1] == stopped
     assert "during training: checkpoint at step" in outputs[0][2] + outputs[0][1]
     # 3. Mid-evaluation (process 1): stops between batches, saves the evaluated step.
     outputs = _run_pair(workdir, "eval", target=1)
-    assert [rc for rc, _, _ in outputs] == [0, 0], outputs[1][2][-3000:]
+    assert [rc for rc, _, _ in outputs] == [0, 0], _tails(outputs)
     status, stopped, _ = _result(outputs)
     assert status == "preempted" and "during evaluation" in outputs[0][2] + outputs[0][1]
     assert _steps(workdir)[-1] == stopped
     # 4. The restart redoes that evaluation and finishes like the uninterrupted run.
     outputs = _run_pair(workdir)
-    assert [rc for rc, _, _ in outputs] == [0, 0], outputs[0][2][-3000:]
+    assert [rc for rc, _, _ in outputs] == [0, 0], _tails(outputs)
     status, step, miou = _result(outputs)
     assert (status, step) == ("completed", OVERRIDES["total_steps"])
     _assert_same_as(reference, workdir, miou)
@@ -161,7 +167,7 @@ def test_a_lost_host_ends_its_peer_with_one_line_and_a_restart_finishes(tmp_path
     assert "multihost_launcher.py" in last  # the command to run again
     print(f"survivor {survivor} exited {took:.1f} s after SIGKILL of {victim}: {last}")
     outputs = _run_pair(workdir)
-    assert [rc for rc, _, _ in outputs] == [0, 0], outputs[0][2][-3000:]
+    assert [rc for rc, _, _ in outputs] == [0, 0], _tails(outputs)
     status, step, miou = _result(outputs)
     assert (status, step) == ("completed", OVERRIDES["total_steps"])
     _assert_same_as(reference, workdir, miou)
