@@ -88,6 +88,13 @@ def save_started_since(workdir: str, since: float) -> bool:
     return any(_created(path) > since for path in paths)
 
 
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:  # removed meanwhile
+        return -1
+
+
 def _created(path: str) -> float:
     try:
         return os.stat(path).st_ctime
@@ -194,10 +201,11 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = Output(process)
     directory = os.path.join(workdir, "checkpoints")
-    # This attempt's save of `target`: a temporary directory created after the start (one left
-    # by the previous kill is older, and the trainer removes it at start-up).
+    # This attempt's save of `target`: a temporary directory that was not there at the start
+    # (the trainer removes the one the previous kill left; a new one has a new inode).
+    stale = {_inode(path) for path in glob.glob(os.path.join(directory, f"{target}{TMP_MARK}*"))}
     this_save = lambda: [path for path in glob.glob(  # noqa: E731
-        os.path.join(directory, f"{target}{TMP_MARK}*")) if _created(path) > start]
+        os.path.join(directory, f"{target}{TMP_MARK}*")) if _inode(path) not in stale]
     _wait(process, this_save)
     time.sleep(rng.uniform(0, args.window))
     if process.poll() is None:
@@ -219,6 +227,8 @@ def check_save_soak(attempts: list, every: int) -> dict:
     problems = []
     for before, after in zip(attempts, attempts[1:]):
         newest = (before["steps_after"] or [None])[-1]
+        if after["resumed_from"] is None and not after["inside_write"]:
+            continue  # killed during its start-up, before it could say where it resumed
         if after["resumed_from"] != newest:
             problems.append(f"resumed from {after['resumed_from']}, newest complete {newest}")
         if before["inside_write"] and before["target_step"] - (newest or 0) > every:

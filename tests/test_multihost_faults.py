@@ -54,8 +54,12 @@ def _start(workdir, port, process_id, sigterm=None):
     if sigterm:
         args += ["--sigterm", sigterm]
     args += [f"{key}={value}" for key, value in OVERRIDES.items()]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", **CACHE_ENV)
-    env.pop("XLA_FLAGS", None)
+    # No persistent compilation cache: JAX writes it from process 0 only, so process 1 would
+    # always compile while process 0 loads, and a skew over gloo's fixed 30 s context timeout
+    # fails the first collective. Both compiling keeps them in step.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
+    for key in ("XLA_FLAGS", *CACHE_ENV):
+        env.pop(key, None)
     return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
