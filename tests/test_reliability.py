@@ -208,7 +208,9 @@ def test_peer_watch_names_a_silent_peer_and_ignores_a_finished_one(tmp_path, mon
     os.makedirs(tmp_path / "checkpoints" / "4")
     line = distributed.lost_message([2], str(tmp_path))
     assert "lost process 2" in line and "resumes from step 4" in line
-    assert "python -m dnl_jax.main" in line and "\n" not in line
+    assert "\n" not in line
+    assert distributed.resume_command(["/x/dnl_jax/main.py", "--workdir", "w w"]) == \
+        "python -m dnl_jax.main --workdir 'w w'"
 
 
 # ------------------------------------------------------------------------------- bad data

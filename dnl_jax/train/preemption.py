@@ -22,12 +22,19 @@ the counter: the trainer's CheckpointManager answers orbax `reached_preemption` 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+from typing import Optional
 
+import jax
 from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+
+
+# In the workdir while an evaluation a preemption interrupted is still to be redone.
+INTERRUPTED_EVALUATION = "interrupted_evaluation"
 
 
 class Preempted(Exception):
@@ -96,3 +103,27 @@ def _service_enabled() -> bool:
     from jax._src import distributed
 
     return distributed.global_state.preemption_sync_manager is not None
+
+
+def mark_interrupted_evaluation(workdir: str, step: int) -> None:
+    """Records (process 0) that the evaluation after `step` did not finish."""
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, INTERRUPTED_EVALUATION), "w") as file:
+            file.write(str(step))
+
+
+def interrupted_evaluation(workdir: str) -> Optional[int]:
+    """The step whose evaluation a preemption interrupted, or None."""
+    path = os.path.join(workdir, INTERRUPTED_EVALUATION)
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return int(file.read().strip() or -1)
+
+
+def clear_interrupted_evaluation(workdir: str) -> None:
+    """Removes the mark once every host has read it."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("dnl_jax read the interrupted evaluation mark")
+    if jax.process_index() == 0:
+        os.remove(os.path.join(workdir, INTERRUPTED_EVALUATION))

@@ -36,8 +36,6 @@ from dnl_jax.train import logs, parallel, preemption, pretrained, step as step_l
 from dnl_jax.train.config import check_model_task, validate_config
 
 log = logging.getLogger(__name__)
-# In the workdir while an evaluation a preemption interrupted is still to be redone.
-INTERRUPTED_EVALUATION = "interrupted_evaluation"
 
 
 @dataclasses.dataclass
@@ -233,34 +231,20 @@ def _stop(run: Run, bar, step: int, state, signature: dict, *, saved: bool, duri
     if not saved:
         _save(run, step, state, signature, metric=None, force=True)
     if during == "evaluation":
-        _mark_interrupted_evaluation(run, step)
+        preemption.mark_interrupted_evaluation(run.writer.workdir, step)
     _say(bar, f"preempted (SIGTERM) during {during}: checkpoint at step {step} in "
               f"{run.checkpointer.directory}; stopped cleanly. Rerun the same command to "
               "resume.")
 
 
-def _mark_interrupted_evaluation(run: Run, step: int) -> None:
-    """Records that the evaluation after `step` did not finish: the resumed run redoes it."""
-    if jax.process_index() == 0:
-        with open(os.path.join(run.writer.workdir, INTERRUPTED_EVALUATION), "w") as file:
-            file.write(str(step))
-
-
 def _redo_interrupted_evaluation(run: Run, state, start: int) -> Optional[dict]:
     """The evaluation a preemption interrupted after step `start`, rerun (None if none)."""
-    path = os.path.join(run.writer.workdir, INTERRUPTED_EVALUATION)
-    if not os.path.exists(path):
+    step = preemption.interrupted_evaluation(run.writer.workdir)
+    if step is None:
         return None
-    with open(path) as file:
-        step = int(file.read().strip() or -1)
-    results = None
-    if step == start:
-        results = evaluate(run, state, start, final=start == run.config.total_steps)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("dnl_jax read the interrupted evaluation mark")
-    if jax.process_index() == 0:
-        os.remove(path)
+    results = evaluate(run, state, start, final=start == run.config.total_steps) \
+        if step == start else None
+    preemption.clear_interrupted_evaluation(run.writer.workdir)
     return results
 
 
