@@ -54,6 +54,7 @@ from dnl_jax.train.checkpoint import load_variables  # noqa: E402
 CONFIG = "experiments/configs/synthetic_dnl_tiny.py"
 TMP_MARK = ".orbax-checkpoint-tmp"
 PROGRESS = re.compile(r"(\d+)/\d+ \[")
+REMOVED = re.compile(r"removed \d+ unfinished checkpoint")
 STARTUP_SHARE = 0.15  # attempts killed at a random moment of the start-up (restore, compile)
 
 
@@ -86,13 +87,6 @@ def save_started_since(workdir: str, since: float) -> bool:
     (a stale one, left by an earlier kill, is recreated when its step is saved again)."""
     paths = glob.glob(os.path.join(workdir, "checkpoints", "*" + TMP_MARK + "*"))
     return any(_created(path) > since for path in paths)
-
-
-def _inode(path: str) -> int:
-    try:
-        return os.stat(path).st_ino
-    except FileNotFoundError:  # removed meanwhile
-        return -1
 
 
 def _created(path: str) -> float:
@@ -201,11 +195,12 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = Output(process)
     directory = os.path.join(workdir, "checkpoints")
-    # This attempt's save of `target`: a temporary directory that was not there at the start
-    # (the trainer removes the one the previous kill left; a new one has a new inode).
-    stale = {_inode(path) for path in glob.glob(os.path.join(directory, f"{target}{TMP_MARK}*"))}
-    this_save = lambda: [path for path in glob.glob(  # noqa: E731
-        os.path.join(directory, f"{target}{TMP_MARK}*")) if _inode(path) not in stale]
+    # This attempt's save of `target`: when the previous kill left one, only a temporary
+    # directory that appears after the trainer logged its removal.
+    pattern = os.path.join(directory, f"{target}{TMP_MARK}*")
+    stale = bool(glob.glob(pattern))
+    this_save = lambda: (not stale or REMOVED.search(output.text)) and glob.glob(pattern)  # noqa
+
     _wait(process, this_save)
     time.sleep(rng.uniform(0, args.window))
     if process.poll() is None:
@@ -217,7 +212,7 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
                 newest_complete_before=done, delay_s=round(time.time() - start, 2),
                 inside_write=in_write, save_in_progress=in_write, returncode=process.returncode,
                 interrupted=not output_completed(text), **_resume_facts(text),
-                removed_unfinished=bool(re.search(r"removed \d+ unfinished checkpoint", text)),
+                removed_unfinished=bool(REMOVED.search(text)),
                 steps_after=steps_on_disk(workdir))
 
 
