@@ -16,6 +16,11 @@ process at once with one line: which process was lost, the newest checkpoint ste
 the command that resumes. `os._exit` skips the exit barrier, which would otherwise wait for the
 dead process until `shutdown_timeout_seconds`. A process that finished marks itself done, so
 that the others never take a completed peer for a lost one.
+
+Process 0 is different: it hosts JAX's coordination service, and when it dies JAX's client ends
+every survivor at once with its own fatal log ("the JAX distributed service detected fatal
+errors"), before any Python code can run. That exit is immediate (no hang) but has no line of
+ours; the command to resume is the same: restart every process.
 """
 
 from __future__ import annotations
