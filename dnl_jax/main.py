@@ -33,9 +33,12 @@ _CPU_COLLECTIVES = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def initialize_distributed() -> None:
-    """Calls `jax.distributed.initialize` when multi-host flags are given (before any JAX use)."""
+def initialize_distributed(section) -> None:
+    """Calls `jax.distributed.initialize` when multi-host flags are given (before any JAX use),
+    with the coordination timeouts of `section` (`config.distributed`)."""
     import jax
+
+    from dnl_jax.train import distributed
 
     explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
     if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
@@ -44,11 +47,10 @@ def initialize_distributed() -> None:
     if _CPU_COLLECTIVES.value:
         jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
     if all(v is not None for v in explicit):
-        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                                   num_processes=_NUM_PROCESSES.value,
-                                   process_id=_PROCESS_ID.value)
+        distributed.initialize(section, coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
     elif _MULTIHOST.value:
-        jax.distributed.initialize()
+        distributed.initialize(section)
 
 
 def main(argv) -> None:
@@ -57,18 +59,24 @@ def main(argv) -> None:
     logging.getLogger("dnl_jax").setLevel(logging.INFO)
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep the bar clean
         absl_logging.set_verbosity(absl_logging.WARNING)
-    initialize_distributed()
+    config = _CONFIG.value
+    try:
+        initialize_distributed(config.distributed)
+    except ValueError as error:
+        sys.exit(f"main: {error}")
     import jax
 
     from dnl_jax.models.metrics import describe
+    from dnl_jax.train import distributed
+    from dnl_jax.train.checkpoint_faults import DiskFull
     from dnl_jax.train.config import set_model_kwargs
     from dnl_jax.train.trainer import train_and_evaluate
 
-    config = _CONFIG.value
     try:
         set_model_kwargs(config, _MODEL_KWARGS)
-        result = train_and_evaluate(config, _WORKDIR.value)
-    except ValueError as error:  # a bad config or workdir: one line, not a traceback
+        result = distributed.run_watched(_WORKDIR.value, config.distributed,
+                                         lambda: train_and_evaluate(config, _WORKDIR.value))
+    except (ValueError, DiskFull) as error:  # a bad config, workdir or a full disk: one line
         sys.exit(f"main: {error}")
     if jax.process_index() == 0:
         val = result["val"]

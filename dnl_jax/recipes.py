@@ -7,7 +7,9 @@ random resize (ratio data.ratio_range) and the test resize, data.cat_max_ratio, 
 (global), total_steps, optimizer.lr / momentum / weight_decay, optimizer.poly_power and
 optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), the per-image evaluator
 `evals.val` (type 'segmentation': mode 'whole'|'slide', crop_size, stride, scales, flip), and
-the evaluation/checkpoint intervals.
+the evaluation/checkpoint intervals: checkpoints every 10 % of the run (the detection recipe:
+every epoch) or every `SAVE_EVERY_SECONDS` of wall time, whichever comes first, so a preempted
+multi-day run loses at most that much.
 
 Initialisation (dnl_jax/train/pretrained.py): every recipe names its ImageNet backbone in
 model.pretrained (mmseg recipes open-mmlab's resnet{50,101}_v1c, the official DNL code's
@@ -40,7 +42,7 @@ from dnl_jax.train.config import (base_config, batched_eval, coco_eval, multi_vi
 
 NUM_CLASSES = {"cityscapes": len(cityscapes.CLASSES), "ade20k": len(ade20k.CLASSES),
                "pascal_context": len(pascal_context.CLASSES)}
-
+SAVE_EVERY_SECONDS = 1800  # 30 min: the most wall time a preemption or a lost host can cost
 
 # mmseg's dnl_r50-d8_4xb2-80k_cityscapes-769x769.py (and the r101 one that inherits it) writes
 # optim_wrapper.paramwise_cfg.custom_keys theta/phi `wd_mult=0.`, but mmengine's
@@ -101,6 +103,7 @@ def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
                                     crop_size=eval_crop_size or (0, 0),
                                     stride=eval_stride or (0, 0))
     c.checkpoint.every_steps = max(1, total_steps // 10)
+    c.checkpoint.every_seconds = SAVE_EVERY_SECONDS
     c.log_every_steps = 50
     return c
 
@@ -215,6 +218,7 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
     c.evals.val = batched_eval(max(1, total_steps // 10), short_side=256)
     c.evals.val_multi_view = multi_view_eval(num_clips=10, num_crops=3, short_side=256)
     c.checkpoint.every_steps = max(1, total_steps // 10)
+    c.checkpoint.every_seconds = SAVE_EVERY_SECONDS
     c.log_every_steps = 50
     return c
 
@@ -276,5 +280,6 @@ def coco_mask_rcnn(model: str, *, batch_size: int = 64, lr: float = 0.08, epochs
     c.optimizer.frozen = FROZEN_STEM_AND_STAGE_1
     c.evals.val = coco_eval(every_steps=0, batch_size=8)
     c.checkpoint.every_steps = steps_per_epoch
+    c.checkpoint.every_seconds = SAVE_EVERY_SECONDS
     c.log_every_steps = 50
     return c

@@ -16,6 +16,17 @@
 
 Writes a JSON record (every attempt: signal, delay, whether a save was in progress, exit code,
 the step it resumed from, checkpoints set aside) and exits 1 when the parameters differ.
+
+`--target save` (the save-window soak): every interruption is a SIGKILL timed to land inside a
+checkpoint write. Each attempt picks a save 1-2 intervals past the newest complete checkpoint,
+waits for orbax's temporary directory of that step to appear and kills 0-`--window` seconds
+later; the kill counts as inside the write when afterwards the step's temporary directory is
+there and its final directory is not. The next attempt must remove the unfinished save, resume
+from the newest complete step (the one before the killed save: at most one interval lost) and,
+at the end, match the uninterrupted run bitwise with the same final metrics line.
+
+    nice -n 10 python experiments/soak.py --target save --interruptions 30 --steps 90 \
+        --every 3 --out experiments/results/soak_save.json
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from dnl_jax.train.checkpoint import load_variables  # noqa: E402
 CONFIG = "experiments/configs/synthetic_dnl_tiny.py"
 TMP_MARK = ".orbax-checkpoint-tmp"
 PROGRESS = re.compile(r"(\d+)/\d+ \[")
+REMOVED = re.compile(r"removed \d+ unfinished checkpoint")
 STARTUP_SHARE = 0.15  # attempts killed at a random moment of the start-up (restore, compile)
 
 
@@ -172,6 +184,56 @@ def interrupt_once(workdir: str, args, env: dict, rng: random.Random, left: int,
     return record
 
 
+def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict:
+    """Starts the command and SIGKILLs it `uniform(0, args.window)` s after the save of a step
+    1-2 intervals past the newest complete checkpoint begins; returns the attempt record."""
+    done = (steps_on_disk(workdir) or [0])[-1]
+    target = done + args.every * rng.randint(1, 2)
+    target = min(target - target % args.every, args.steps - args.every)
+    start = time.time()
+    process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = Output(process)
+    directory = os.path.join(workdir, "checkpoints")
+    # This attempt's save of `target`: when the previous kill left one, only a temporary
+    # directory that appears after the trainer logged its removal.
+    pattern = os.path.join(directory, f"{target}{TMP_MARK}*")
+    stale = bool(glob.glob(pattern))
+    this_save = lambda: (not stale or REMOVED.search(output.text)) and glob.glob(pattern)  # noqa
+
+    _wait(process, this_save)
+    time.sleep(rng.uniform(0, args.window))
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait()
+    text = output.join()
+    in_write = bool(this_save()) and target not in steps_on_disk(workdir)
+    return dict(signal="SIGKILL", moment=f"save of step {target}", target_step=target,
+                newest_complete_before=done, delay_s=round(time.time() - start, 2),
+                inside_write=in_write, save_in_progress=in_write, returncode=process.returncode,
+                interrupted=not output_completed(text), **_resume_facts(text),
+                removed_unfinished=bool(REMOVED.search(text)),
+                steps_after=steps_on_disk(workdir))
+
+
+def check_save_soak(attempts: list, every: int) -> dict:
+    """Every restart resumed from the newest complete step (the killed save's step minus one
+    interval at most lost) and removed the unfinished save it found."""
+    problems = []
+    for before, after in zip(attempts, attempts[1:]):
+        newest = (before["steps_after"] or [None])[-1]
+        if after["resumed_from"] is None and not after["inside_write"]:
+            continue  # killed during its start-up, before it could say where it resumed
+        if after["resumed_from"] != newest:
+            problems.append(f"resumed from {after['resumed_from']}, newest complete {newest}")
+        if before["inside_write"] and before["target_step"] - (newest or 0) > every:
+            problems.append(f"kill at save {before['target_step']} lost more than one interval")
+        if before["inside_write"] and not after["removed_unfinished"]:
+            problems.append(f"the unfinished save of {before['target_step']} was not removed")
+    return dict(kills_inside_write=sum(a["inside_write"] for a in attempts),
+                kills=len(attempts), problems=problems)
+
+
 def _wait(process: subprocess.Popen, condition) -> None:
     while process.poll() is None and not condition():
         time.sleep(0.002)
@@ -218,6 +280,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=10, help="checkpoint interval (steps)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", choices=("random", "save"), default="random",
+                        help="'save': every kill lands inside a checkpoint write")
+    parser.add_argument("--window", type=float, default=0.15,
+                        help="--target save: kill 0..window s after the save begins")
     parser.add_argument("--workdir", default="/tmp/dnl_jax_soak", help="deleted and re-created")
     parser.add_argument("--cache", default="/tmp/dnl_jax_soak_cache",
                         help="persistent compilation cache (kept between soaks)")
@@ -230,15 +296,7 @@ def main() -> int:
     began = time.time()
     timing = run_reference(reference_dir, args, env)
     print(f"reference: {timing}", flush=True)
-    attempts, kills = [], 0
-    while sum(a["interrupted"] for a in attempts) < args.interruptions:
-        left = args.interruptions - sum(a["interrupted"] for a in attempts)
-        record = interrupt_once(soak_dir, args, env, rng, left, timing, aim_at_save=kills % 2 == 1)
-        kills += record["signal"] == "SIGKILL"
-        attempts.append(record)
-        print(f"attempt {len(attempts)}: {record}", flush=True)
-        if not record["interrupted"]:
-            break  # the run completed before the signal: no more interruptions possible
+    attempts = run_attempts(soak_dir, args, env, rng, timing)
     final = subprocess.run(command(soak_dir, args), env=env, cwd=REPO, capture_output=True,
                            text=True)
     result = dict(
@@ -249,14 +307,45 @@ def main() -> int:
         set_aside_dirs=sorted(os.listdir(os.path.join(soak_dir, "checkpoints-unrestorable")))
         if os.path.isdir(os.path.join(soak_dir, "checkpoints-unrestorable")) else [],
         comparison=compare(reference_dir, soak_dir, args.steps) if final.returncode == 0 else None,
+        final_line_equal=_final_line(final.stdout) == timing["final_line"],
+        save_window=check_save_soak(attempts + [dict(resumed_from=_resume_facts(
+            final.stdout)["resumed_from"], inside_write=False, target_step=None,
+            removed_unfinished=False, steps_after=[])], args.every)
+        if args.target == "save" else None,
         seconds=round(time.time() - began, 1), load_average=os.getloadavg())
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as file:
         json.dump(result, file, indent=2)
     print(json.dumps({k: result[k] for k in ("interruptions", "summary", "final_line", "comparison",
                                              "set_aside_dirs", "seconds")}, indent=2))
-    ok = (result["comparison"] or {}).get("bitwise_equal", False)
+    ok = (result["comparison"] or {}).get("bitwise_equal", False) and result["final_line_equal"]
+    if args.target == "save":
+        window = result["save_window"]
+        ok = ok and not window["problems"] and window["kills_inside_write"] >= args.interruptions
+        return 0 if ok else 1
     return 0 if ok and result["interruptions"] == args.interruptions else 1
+
+
+def run_attempts(soak_dir: str, args, env: dict, rng: random.Random, timing: dict) -> list:
+    """The interrupted attempts: random moments, or (--target save) until `interruptions` kills
+    landed inside a checkpoint write (at most 3x as many attempts)."""
+    attempts, kills = [], 0
+    if args.target == "save":
+        while (sum(a["inside_write"] for a in attempts) < args.interruptions
+               and len(attempts) < 3 * args.interruptions
+               and (steps_on_disk(soak_dir) or [0])[-1] < args.steps - 2 * args.every):
+            attempts.append(interrupt_in_save(soak_dir, args, env, rng))
+            print(f"attempt {len(attempts)}: {attempts[-1]}", flush=True)
+        return attempts
+    while sum(a["interrupted"] for a in attempts) < args.interruptions:
+        left = args.interruptions - sum(a["interrupted"] for a in attempts)
+        record = interrupt_once(soak_dir, args, env, rng, left, timing, aim_at_save=kills % 2 == 1)
+        kills += record["signal"] == "SIGKILL"
+        attempts.append(record)
+        print(f"attempt {len(attempts)}: {record}", flush=True)
+        if not record["interrupted"]:
+            break  # the run completed before the signal: no more interruptions possible
+    return attempts
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import grain
 from absl import flags
@@ -175,6 +175,34 @@ def train_transform(data: ml_collections.ConfigDict,
         ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
 
 
+class ClassLabelCheck:
+    """`batch -> batch`, raising ValueError when a class label is outside [0, num_classes):
+    such labels are refused, never clipped (clipping trains them as the first or last class).
+    The message gives their count and the first distinct values."""
+
+    def __init__(self, num_classes: int, what: str):
+        self.num_classes, self.what = int(num_classes), what
+
+    def __call__(self, batch: dict) -> dict:
+        labels = np.asarray(batch["label"]).reshape(-1)
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if bad.size:
+            examples = ", ".join(str(v) for v in sorted(set(bad.tolist()))[:10])
+            raise ValueError(
+                f"{bad.size} of {labels.size} {self.what} have class labels outside "
+                f"[0, {self.num_classes}) (values: {examples}); they are refused, never "
+                f"clipped. Set config.data.num_classes to the dataset's number of classes, or "
+                "fix the labels and prepare the dataset again.")
+        return batch
+
+
+def label_check(data: ml_collections.ConfigDict, task: str, what: str
+                ) -> Optional[ClassLabelCheck]:
+    """The class-label range check of classification data (None for other tasks, whose label
+    maps have an ignore label and are counted by the loss instead)."""
+    return ClassLabelCheck(data.num_classes, what) if task == "classification" else None
+
+
 def worker_settings(data: ml_collections.ConfigDict) -> dict:
     """`train_dataset`'s worker kwargs from `config.data` (worker_processes, worker_threads)."""
     return {"worker_processes": int(data.worker_processes),
@@ -185,7 +213,8 @@ def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
                   process_count: int,
                   transform: Optional[grain.transforms.RandomMap] = None,
                   worker_processes: int = 0,
-                  worker_threads: int = AUGMENT_THREADS) -> grain.IterDataset:
+                  worker_threads: int = AUGMENT_THREADS,
+                  check: Optional[Callable[[dict], dict]] = None) -> grain.IterDataset:
     """Infinite per-host batches `{'image': [b, ...], 'label': [b, ...]}` (b = local_batch).
 
     `transform` (a RandomMap, e.g. `train_transform(config.data)`) is applied to the shuffled,
@@ -193,7 +222,8 @@ def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
     `worker_threads` threads in each process augment batches ahead of the step and, when
     `worker_processes` > 0, that many grain worker processes (multiprocessing prefetch) do so
     in parallel, past the one Python interpreter's lock; the batches are the same either way.
-    Iterate with `iter(...)`; the iterator has `get_state()`/`set_state()`.
+    Iterate with `iter(...)`; the iterator has `get_state()`/`set_state()`. `check` (e.g.
+    `label_check(...)`) sees every batch and raises on bad data.
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
@@ -205,6 +235,8 @@ def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
     if transform is not None:
         stream = stream.random_map(transform, seed=seed)
     chunks = stream.batch(local_batch, drop_remainder=True)
+    if check is not None:
+        chunks = chunks.map(check)
     # Synthetic: no threads, examples are cheap to draw and the cores are better spent on the
     # step. Augmenting decoded photographs is not cheap: threads (and worker processes, if
     # asked) prepare the next batches (a small buffer: each is a whole batch). Either way the
@@ -228,11 +260,12 @@ def num_eval_batches(num_examples: int, *, local_batch: int, process_count: int)
 
 
 def eval_batches(source, *, local_batch: int, process_index: int, process_count: int,
-                 preprocess=None, pad_label: int = IGNORE_LABEL
+                 preprocess=None, pad_label: int = IGNORE_LABEL, check=None
                  ) -> Iterator[dict[str, np.ndarray]]:
     """This host's evaluation batches of `preprocess(example)` (identity if None), padded to
     `local_batch` with zero inputs labelled `pad_label` (a label the metrics do not count: the
-    model bundle's `pad_label`)."""
+    model bundle's `pad_label`); `check` (e.g. `label_check(...)`) sees each batch before its
+    padding."""
     shard = grain.MapDataset.source(source)[process_index::process_count]
     if preprocess is not None:
         shard = shard.map(preprocess)
@@ -241,6 +274,8 @@ def eval_batches(source, *, local_batch: int, process_index: int, process_count:
     for step in range(steps):
         indices = range(step * local_batch, min((step + 1) * local_batch, len(shard)))
         examples = [shard[i] for i in indices]
+        if check is not None and examples:
+            check({"label": np.stack([np.asarray(e["label"]) for e in examples])})
         yield _pad_batch(examples, local_batch, template=template, pad_label=pad_label)
 
 

@@ -33,6 +33,11 @@ def builder_dir(data_dir: str, name: str) -> str:
     return os.path.join(data_dir, name, VERSION)
 
 
+class DamagedRecord(ValueError):
+    """A prepared record that does not read: the message names the file, the split, the record
+    and how to prepare the dataset again."""
+
+
 class PreparedSource:
     """One split of a prepared dataset; picklable (grain workers re-open the files)."""
 
@@ -50,6 +55,8 @@ class PreparedSource:
         self.classes: list[str] = list(self.metadata["classes"])
         self.is_video = self.metadata["task"] == "video"
         self.is_detection = self.metadata["task"] == "detection"
+        self._files = [str(f) for f in info.splits[split].filenames]
+        self._shard_lengths = [int(n) for n in info.splits[split].shard_lengths]
         self._source = self._decode_frame = None  # opened lazily, per process
 
     def _records(self):
@@ -79,7 +86,10 @@ class PreparedSource:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} examples.")
-        record = self._records()[index]
+        try:
+            record = self._records()[index]
+        except Exception as error:  # noqa: BLE001 - riegeli/array_record/tfds raise many types
+            raise DamagedRecord(self._damage_message(index, error)) from error
         if self.is_video:
             example = {"video": video.EncodedFrames(record["video"], self._decode_frame),
                        "label": np.int32(record["label"])}
@@ -90,6 +100,25 @@ class PreparedSource:
         if self.with_names:
             example["name"] = record["name"].decode()
         return example
+
+    def shard_of(self, index: int) -> tuple[str, int]:
+        """(file name, index within it) of record `index` of the split."""
+        first = 0
+        for name, length in zip(self._files, self._shard_lengths):
+            if index < first + length:
+                return name, index - first
+            first += length
+        return "?", index
+
+    def _damage_message(self, index: int, error: BaseException) -> str:
+        name, within = self.shard_of(index)
+        data_dir = os.path.dirname(os.path.dirname(self._builder_dir))
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        return (f"damaged prepared data: record {index} of split {self.split!r} of "
+                f"{self.name!r} (record {within} of {os.path.join(self._builder_dir, name)}) "
+                f"does not read ({type(error).__name__}: {first}). Prepare the dataset again: "
+                f"delete {self._builder_dir} and run python -m dnl_jax.data.prepare {self.name} "
+                f"--manual_dir RAW --data_dir {data_dir}")
 
     def __getstate__(self):
         state = dict(self.__dict__)

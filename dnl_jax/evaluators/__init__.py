@@ -21,8 +21,8 @@ import jax
 
 from dnl_jax.evaluators.batched import BatchedEvaluator
 from dnl_jax.evaluators.coco import CocoEvaluator
-from dnl_jax.evaluators.common import (EvalContext, Evaluator, make_predict_fn,
-                                       settings_with_defaults)
+from dnl_jax.evaluators.common import (EvalContext, Evaluator, NonFiniteOutputs,
+                                       make_predict_fn, settings_with_defaults)
 from dnl_jax.evaluators.segmentation import SegmentationEvaluator
 from dnl_jax.evaluators.video import MultiViewEvaluator
 
@@ -67,5 +67,5 @@ def from_config(config, context: EvalContext) -> list[Evaluator]:
     return built
 
 
-__all__ = ["TYPES", "RANKING_EVAL", "EvalContext", "Evaluator", "make_predict_fn",
-           "check_config", "from_config"]
+__all__ = ["TYPES", "RANKING_EVAL", "EvalContext", "Evaluator", "NonFiniteOutputs",
+           "make_predict_fn", "check_config", "from_config"]

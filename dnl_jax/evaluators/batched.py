@@ -18,6 +18,8 @@ import numpy as np
 from dnl_jax.data import pipeline, transforms
 from dnl_jax.evaluators import common, video
 
+NONFINITE_KEY = "nonfinite_outputs"  # the eval step's count of NaN / inf outputs (train/step.py)
+
 
 def one_view_preprocess(data, short_side: int):
     """`example -> {'video': [T, c, c, 3] float32, 'label': int32}`: the middle clip, centre
@@ -73,7 +75,11 @@ class BatchedEvaluator(common.Evaluator):
                 local_batch=self.settings["batch_size"] // context.driver.data_process_count,
                 process_index=context.driver.data_process_index,
                 process_count=context.driver.data_process_count,
-                preprocess=preprocess, pad_label=context.bundle.pad_label):
+                preprocess=preprocess, pad_label=context.bundle.pad_label,
+                check=pipeline.label_check(context.config.data, context.bundle.task,
+                                           "evaluation examples in a batch")):
+            context.between_batches()
             sums = context.driver.eval_step(state, batch)
             totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+        common.check_finite(totals.pop(NONFINITE_KEY, 0))
         return context.bundle.finalize_metrics(totals)

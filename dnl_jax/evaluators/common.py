@@ -33,6 +33,8 @@ class EvalContext:
     output_dir: where evaluators that write predictions write them (None: nowhere).
     workdir: the training run's directory (None outside the trainer); evaluators whose results
       are files (the COCO results JSON) write them under it.
+    between_batches: called before every batch (or every round of per-example evaluation), the
+      same number of times on every host; the trainer's raises when the run is preempted.
     """
 
     config: ml_collections.ConfigDict
@@ -42,6 +44,19 @@ class EvalContext:
     driver: Any
     output_dir: Optional[str] = None
     workdir: Optional[str] = None
+    between_batches: Callable[[], None] = lambda: None
+
+
+class NonFiniteOutputs(FloatingPointError):
+    """The model gave NaN or infinite outputs on evaluation data (the message says how many)."""
+
+
+def check_finite(count, what: str = "outputs") -> None:
+    """Raises NonFiniteOutputs when `count` (of non-finite values, summed over hosts) is > 0:
+    an argmax would silently read NaN as class 0."""
+    if int(count):
+        raise NonFiniteOutputs(f"{int(count)} non-finite (NaN or inf) {what} in evaluation; "
+                               "the metrics would be meaningless, so it stopped.")
 
 
 class Evaluator:
@@ -125,9 +140,15 @@ def make_predict_fn(module, variables: Mapping, *, space: int = 1) -> PredictFn:
     return predict
 
 
-def host_examples(source) -> Iterator[dict]:
-    """This host's examples of `source`: process_index::process_count (all with one host)."""
-    return (source[i] for i in range(jax.process_index(), len(source), jax.process_count()))
+def host_examples(source, between: Callable[[], None] = lambda: None) -> Iterator[dict]:
+    """This host's examples of `source`: process_index::process_count (all with one host).
+    `between()` is called before each round of one example per host: ceil(n / hosts) times on
+    every host, also on hosts that have no example left in the last round."""
+    hosts, me = jax.process_count(), jax.process_index()
+    for first in range(0, len(source), hosts):
+        between()
+        if first + me < len(source):
+            yield source[first + me]
 
 
 def sum_over_hosts(tree):

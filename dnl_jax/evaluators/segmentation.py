@@ -99,6 +99,7 @@ def evaluate_segmentation(predict_fn: common.PredictFn, examples: Iterable[dict]
             example, base_size=base_size, **norm)["image"]
         label = example["label"]
         scores = predict_scores(predict_fn, image[None], output_size=label.shape, **inference)
+        common.check_finite(np.sum(~np.isfinite(scores)), "scores")
         prediction = np.argmax(scores[0], axis=-1).astype(np.uint8)
         confusion += confusion_matrix(prediction, label, num_classes)
         if output_dir is not None:
@@ -147,7 +148,8 @@ class SegmentationEvaluator(common.Evaluator):
     def run(self, state) -> dict:
         context, data = self.context, self.context.config.data
         confusion = evaluate_segmentation(
-            self.predict_fn(state), common.host_examples(context.source),
+            self.predict_fn(state),
+            common.host_examples(context.source, context.between_batches),
             num_classes=int(data.num_classes), base_size=tuple(data.base_size),
             output_dir=context.output_dir, dataset=data.name,
             **inference_settings(self.settings, context.config.model.kwargs))

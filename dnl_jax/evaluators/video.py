@@ -44,6 +44,7 @@ def video_view_counts(predict_fn: common.PredictFn, examples: Iterable[dict], *,
                                             crop_size=crop_size, num_clips=num_clips,
                                             num_crops=num_crops, short_side=short_side)
         logits = np.asarray(predict_fn(views["video"]), np.float32)
+        common.check_finite(np.sum(~np.isfinite(logits)), "logits")
         label = int(example["label"])
         counts += (int(np.sum(logits.argmax(-1) == label)), len(logits),
                    int(common.softmax(logits).mean(0).argmax() == label), 1)
@@ -97,6 +98,6 @@ class MultiViewEvaluator(common.Evaluator):
         s, context = self.settings, self.context
         settings = view_settings(context.config.data, num_clips=s["num_clips"],
                                  num_crops=s["num_crops"], short_side=s["short_side"])
-        counts = video_view_counts(self.predict_fn(state), common.host_examples(context.source),
-                                   **settings)
+        examples = common.host_examples(context.source, context.between_batches)
+        counts = video_view_counts(self.predict_fn(state), examples, **settings)
         return video_accuracies(common.sum_over_hosts(counts))

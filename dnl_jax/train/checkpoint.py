@@ -1,19 +1,21 @@
-"""Checkpoints with orbax's CheckpointManager, and preemption (SIGTERM) handling.
+"""Checkpoints with orbax's CheckpointManager (preemption itself: preemption.py).
 
 One checkpoint = one step directory `workdir/checkpoints/<step>/` with three items:
     state  TrainState (params, batch_stats, opt_state, step, rng)       ocp StandardSave
     data   the training iterator's position, one JSON file per host    grain CheckpointSave
     meta   model name, classes and parameter shapes                    ocp JsonSave
-Saved every `every_steps`, at the end and on SIGTERM; kept: the last `keep` plus the best by
-the task's val metric (`best_metric`: 'val_miou' for segmentation, 'val_accuracy' for
-classification; higher is better). Orbax writes into a temporary directory and renames it when
+Saved every `every_steps` or `every_seconds` (whichever first), at the end and on SIGTERM;
+kept: the last `keep` plus the best by the task's val metric (`best_metric`: 'val_miou' for
+segmentation, 'val_accuracy' for classification; higher is better). Orbax writes into a temporary directory and renames it when
 complete, so a process killed mid-save leaves the previous checkpoints intact.
 
 A newest checkpoint that still fails to read (files truncated or corrupted after the rename, e.g.
 by a full disk or a crash before the data reached the disk) is not a dead end:
 `Checkpointer.restore_latest` resumes from the newest checkpoint that restores and moves the newer
 ones aside into `<directory>-unrestorable/`, with a warning naming each step and its new place.
-Nothing is deleted. A checkpoint of another model is an error, never skipped.
+Nothing is deleted. A checkpoint of another model is an error, never skipped; an error that shows
+no damage (out of memory, permissions) stops the run and moves nothing (checkpoint_faults.py).
+Unfinished saves of a killed run are removed at start-up; a full disk stops with one line.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
+import time
 from typing import Any, Optional
 
 import grain
@@ -30,6 +32,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
+
+from dnl_jax.train import checkpoint_faults as faults
+
+# Several hosts compare clocks for `every_seconds` only every this many steps (a broadcast).
+TIME_CHECK_EVERY_STEPS = 10
+
+
+class OtherModelError(ValueError):
+    """The checkpoint belongs to another model (or classes): never set aside."""
+
+
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, minus its own question to JAX's preemption service: orbax would pass
+    step numbers as the sync counter, the trainer's watcher counts checks (preemption.py)."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
 
 
 def model_signature(model_name: str, num_classes: int, params) -> dict:
@@ -43,8 +62,10 @@ class Checkpointer:
     """Thin wrapper around `ocp.CheckpointManager` (see the module docstring)."""
 
     def __init__(self, directory: str, *, every_steps: int, keep: int, keep_best: bool,
-                 best_metric: str = "val_miou"):
+                 best_metric: str = "val_miou", every_seconds: float = 0):
         self.best_metric = best_metric
+        self.every_seconds = float(every_seconds)
+        self._last_save_time = time.monotonic()
         # Checkpoints saved under another metric name (another task) rank last.
         rank = lambda metrics: metrics.get(best_metric, float("-inf"))  # noqa: E731
         keepers = [policies.LatestN(n=keep)]
@@ -60,21 +81,35 @@ class Checkpointer:
             # Synchronous: a save that returned is complete, which SIGTERM handling relies on.
             enable_async_checkpointing=False)
         self.directory = os.path.abspath(directory)
+        faults.remove_unfinished_saves(self.directory)
         try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options)
+            self.manager = _Manager(self.directory, options=options)
         except Exception as error:  # noqa: BLE001 - orbax raises json, unicode, OS errors here
             # Orbax reads every step's metrics when it opens the directory; move aside the steps
             # whose records do not parse, then open it again.
             if not self._set_aside_unreadable_records(error):
                 raise
-            self.manager = ocp.CheckpointManager(self.directory, options=options)
+            self.manager = _Manager(self.directory, options=options)
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
     def should_save(self, step: int) -> bool:
-        """Whether the interval policy saves at `step`."""
-        return self.manager.should_save(step)
+        """Whether to save at `step`: every `every_steps` (orbax's interval policy) or when
+        `every_seconds` passed since the last save, whichever comes first. The clock is process
+        0's: with several hosts it is broadcast every TIME_CHECK_EVERY_STEPS steps, never per
+        step, so all hosts decide alike."""
+        return self.manager.should_save(step) or self._time_due(step)
+
+    def _time_due(self, step: int) -> bool:
+        if self.every_seconds <= 0:
+            return False
+        if jax.process_count() > 1 and step % TIME_CHECK_EVERY_STEPS:
+            return False
+        due = time.monotonic() - self._last_save_time >= self.every_seconds
+        if jax.process_count() > 1:
+            due = bool(multihost_utils.broadcast_one_to_all(np.array(due)))
+        return due
 
     def save(self, step: int, state, iterator, signature: dict, *,
              metric: Optional[float] = None, force: bool = False) -> bool:
@@ -85,8 +120,17 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=grain.checkpoint.CheckpointSave(iterator),
                                   meta=ocp.args.JsonSave(signature))
-        saved = self.manager.save(step, args=args, metrics=metrics, force=force)
-        self.manager.wait_until_finished()
+        try:
+            saved = self.manager.save(step, args=args, metrics=metrics, force=force)
+            self.manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 - orbax wraps the OSError in several types
+            if not faults.is_disk_full(error):
+                raise
+            faults.remove_unfinished_saves(self.directory, step)
+            raise faults.DiskFull(faults.disk_full_message(
+                self.directory, step, max(_step_numbers(self.directory), default=None))) from None
+        if saved:
+            self._last_save_time = time.monotonic()
         return saved
 
     def check_signature(self, step: int, signature: dict) -> None:
@@ -100,7 +144,7 @@ class Checkpointer:
         if saved != signature:
             what = ("model " + saved.get("model", "?") if saved.get("model") != signature["model"]
                     else "parameter shapes or classes")
-            raise ValueError(
+            raise OtherModelError(
                 f"{self.directory} holds a checkpoint (step {step}) of a different {what} than "
                 f"config.model.name={signature['model']!r} with {signature['num_classes']} "
                 "classes; nothing was overwritten. Use a new --workdir, or the matching config.")
@@ -117,25 +161,28 @@ class Checkpointer:
         """(step, state) of the newest checkpoint that restores, the data iterator's position
         restored in place; None when the directory holds no checkpoint.
 
-        Newer steps that fail to read are moved aside (`_move_aside`, with a warning each) once
-        an older one has restored. When none restores, ValueError names each step's error and
-        nothing is moved (a changed config fails every step the same way: that is no
-        corruption). A readable checkpoint of another model raises ValueError
-        (`check_signature`).
+        A newer step whose error shows damage (`checkpoint_faults.shows_damage`: missing,
+        truncated or corrupted files) is moved aside (`_move_aside`, with a warning each) once
+        an older one has restored. Any other error (out of memory, permission, a transient
+        read error) is raised at once, naming the step, and nothing is moved. When no step
+        restores, ValueError names each step's error and nothing is moved (a changed config
+        fails every step the same way: that is no corruption). A readable checkpoint of another
+        model raises ValueError (`check_signature`). Several hosts first check that they see
+        the same steps, and at the end that they restored the same one (ValueError if not).
         """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        faults.agree(steps[0] if steps else -1, f"the newest checkpoint in {self.directory}")
         failed = []
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        for step in steps:
             try:
-                saved_signature = self._read_signature(step)
-            except Exception as error:  # noqa: BLE001 - any read failure means unrestorable
-                failed.append((step, error))
-                continue
-            self._compare_signature(step, saved_signature, signature)
-            try:
+                self._compare_signature(step, self._read_signature(step), signature)
                 state = self.restore(step, target, iterator)
+            except OtherModelError:
+                raise  # another model's checkpoint: never skipped
             except Exception as error:  # noqa: BLE001 - orbax/tensorstore/grain raise many types
-                failed.append((step, error))
+                self._keep_or_raise(step, error, failed)
                 continue
+            faults.agree(step, "the restored checkpoint step")
             for bad_step, error in failed:
                 _move_aside(self.directory, bad_step, error)
             self.manager.reload()
@@ -147,6 +194,16 @@ class Checkpointer:
                              "moved or deleted. Use a new --workdir, or the config that wrote "
                              "them.")
         return None
+
+    def _keep_or_raise(self, step: int, error: BaseException, failed: list) -> None:
+        """Notes `step` as damaged, or raises when its error shows no damage."""
+        if not faults.shows_damage(error):
+            raise RuntimeError(
+                f"restoring checkpoint step {step} from {self.directory} failed with "
+                f"{type(error).__name__}: {_first_line(error)}. This does not look like a "
+                "damaged checkpoint (out of memory, permissions or a passing I/O error), so "
+                "nothing was moved; fix the cause and rerun.") from error
+        failed.append((step, error))
 
     def _set_aside_unreadable_records(self, error: BaseException) -> list[int]:
         """Before the manager opens: sets aside the steps whose JSON records (orbax's step
@@ -225,33 +282,3 @@ def load_variables(path: str) -> dict:
     if "params" not in tree:
         raise ValueError(f"config.init_from={path!r} holds no 'params'; keys: {list(tree)}.")
     return {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
-
-
-class PreemptionWatcher:
-    """Records SIGTERM so the training loop can checkpoint and stop at the next step boundary.
-
-    With several processes every host must agree to stop at the same step (the save is a
-    collective), so `should_stop()` takes the OR over hosts.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.getsignal(signal.SIGTERM)
-        try:
-            signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: Python only lets the main thread install it
-            self._previous = None
-            logging.warning("not in the main thread: SIGTERM will not trigger a checkpoint.")
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def should_stop(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        flags = multihost_utils.process_allgather(np.array(int(self.requested), np.int32))
-        return bool(np.max(flags))
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)

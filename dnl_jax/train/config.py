@@ -23,6 +23,7 @@ import ml_collections
 from dnl_jax import evaluators
 from dnl_jax.data.pipeline import (DATASETS, DETECTION_DATASETS, REAL_SEGMENTATION,  # noqa
                                    SEGMENTATION_DATASETS, VIDEO_DATASETS, dataset_task)
+from dnl_jax.train import distributed
 
 PARALLELISMS = ("jit", "pmap")
 SYNTHETIC_SCENES = ("beacon", "regions")  # config.data.scenes: data/synthetic.py, data/regions.py
@@ -163,8 +164,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 50
+    # Also save when this many seconds passed since the last save (0: off); whichever of the
+    # two comes first. Several hosts agree on it without a per-step collective (checkpoint.py).
+    c.checkpoint.every_seconds = 0
     c.checkpoint.keep = 2  # the last K, plus the best by the task's val metric (best_metric)
     c.checkpoint.keep_best = True
+    # Coordination-service timeouts of multi-process runs (train/distributed.py).
+    c.distributed = distributed.default_config()
     c.init_from = ""  # a checkpoint directory (with a 'state' item) to take params/batch_stats from
 
     # One section per evaluator (dnl_jax/evaluators/): run at step 0, every `every_steps` and
@@ -250,6 +256,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
     _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
              "config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.")
+    _require(c.checkpoint.every_seconds >= 0,
+             f"config.checkpoint.every_seconds={c.checkpoint.every_seconds} must be >= 0 "
+             "(0: by steps only).")
+    distributed.check_config(c.distributed)
     _require(c.data.num_classes >= 2, "config.data.num_classes must be >= 2.")
     _require(c.optimizer.lr > 0 and 0 <= c.optimizer.min_lr <= c.optimizer.lr,
              "need 0 < config.optimizer.lr and 0 <= config.optimizer.min_lr <= lr.")

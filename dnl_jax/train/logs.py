@@ -6,6 +6,7 @@ resolved config (`config.json`), a tqdm progress bar and a PNG of the training c
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -43,7 +44,9 @@ class MetricWriter:
             from tensorboardX import SummaryWriter  # imported lazily: heavy
             os.makedirs(self.workdir, exist_ok=True)
             self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(self.workdir, METRICS_FILE), "a")
+            path = os.path.join(self.workdir, METRICS_FILE)
+            _drop_torn_tail(path)
+            self._jsonl = open(path, "a")
 
     def write_config(self, config) -> None:
         if self.active:
@@ -70,6 +73,21 @@ class MetricWriter:
             self._jsonl.close()
 
 
+def _drop_torn_tail(path: str) -> None:
+    """Cuts a last line without its newline (a record torn by a kill or a full disk) off
+    `path`, with a warning, so that the next record starts on a line of its own."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    logging.getLogger(__name__).warning("%s: removed a torn last record (%d bytes) left by an "
+                                        "interrupted write.", path, len(data) - keep)
+
+
 def progress_bar(*, total: int, initial: int, enabled: bool) -> tqdm.tqdm:
     """Steps bar with ETA (tqdm's own); postfix set by `describe_progress`."""
     return tqdm.tqdm(total=total, initial=initial, disable=not enabled, unit="step",
@@ -84,11 +102,25 @@ def describe_progress(bar: tqdm.tqdm, *, loss: float, lr: float, per_s: float,
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The records of `metrics.jsonl`. A torn last line (a kill or a full disk in the middle of a
+    write) is skipped with a warning; a bad line elsewhere is a ValueError naming it."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            if position < len(lines) - 1:
+                raise ValueError(f"{path}, line {number}: not a JSON record ({error}); the file "
+                                 "is damaged in the middle. Remove that line.") from None
+            logging.getLogger(__name__).warning(
+                "%s: skipped its last line (%d), a torn record (%d characters) left by an "
+                "interrupted write.", path, number, len(line.rstrip("\n")))
+    return records
 
 
 def save_curves_figure(workdir: str, *, title: str = "", val_metric: str = "miou",

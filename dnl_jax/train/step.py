@@ -341,14 +341,18 @@ def warn_out_of_range_labels(metrics: dict, step: int, warned: bool) -> bool:
 
 
 def make_eval_step(bundle, *, axis_name: Optional[str] = None) -> Callable:
-    """Returns `eval_step(state, batch) -> sums` (the bundle's metric sums, e.g. 'confusion'),
+    """Returns `eval_step(state, batch) -> sums` (the bundle's metric sums, e.g. 'confusion',
+    and 'nonfinite_outputs': the count of NaN / inf model outputs, which the evaluator checks),
     summed over devices when `axis_name` is set."""
     input_key = bundle.input_key
 
     def eval_step(state: TrainState, batch: dict):
         outputs = bundle.module.apply({"params": state.params, "batch_stats": state.batch_stats},
                                       batch[input_key], train=False)
-        sums = bundle.metrics_fn(outputs, batch)
+        sums = dict(bundle.metrics_fn(outputs, batch))
+        sums["nonfinite_outputs"] = sum(
+            jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in jax.tree.leaves(outputs)
+            if jnp.issubdtype(x.dtype, jnp.inexact))
         if axis_name is not None:
             sums = jax.lax.psum(sums, axis_name)
         return sums

@@ -32,7 +32,7 @@ from dnl_jax.models import get_model
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import checkpoint as ckpt
-from dnl_jax.train import logs, parallel, pretrained, step as step_lib
+from dnl_jax.train import logs, parallel, preemption, pretrained, step as step_lib
 from dnl_jax.train.config import check_model_task, validate_config
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Run:
     iterator: Any
     checkpointer: ckpt.Checkpointer
     writer: logs.MetricWriter
+    watcher: preemption.PreemptionWatcher
 
 
 # ---------------------------------------------------------------- model, optimizer, driver, data
@@ -102,7 +103,8 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
     return init_fn
 
 
-def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def _build(config: ml_collections.ConfigDict, workdir: str,
+           watcher: preemption.PreemptionWatcher) -> Run:
     axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
     bundle = make_bundle(config, axis_name=axis_name)
     pretrained.check_initialisation(config)  # before the data is opened or anything written
@@ -120,17 +122,20 @@ def _build(config: ml_collections.ConfigDict, workdir: str) -> Run:
         local_batch=config.batch_size // driver.data_process_count,
         process_index=driver.data_process_index, process_count=driver.data_process_count,
         transform=pipeline.train_transform(config.data, bundle.task),
+        check=pipeline.label_check(config.data, bundle.task, "training clips in a batch"),
         **pipeline.worker_settings(config.data))
     checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      every_steps=config.checkpoint.every_steps,
                                      keep=config.checkpoint.keep,
                                      keep_best=config.checkpoint.keep_best,
-                                     best_metric=f"{evaluators.RANKING_EVAL}_{bundle.best_metric}")
+                                     best_metric=f"{evaluators.RANKING_EVAL}_{bundle.best_metric}",
+                                     every_seconds=config.checkpoint.every_seconds)
     context = evaluators.EvalContext(config, bundle, make_bundle(config).module, val_source,
-                                     driver, workdir=workdir)
+                                     driver, workdir=workdir,
+                                     between_batches=watcher.raise_if_preempted)
     return Run(config, bundle, driver, schedule, make_init_fn(optimizer, config),
                train_source, val_source, evaluators.from_config(config, context), iter(dataset),
-               checkpointer, logs.MetricWriter(workdir))
+               checkpointer, logs.MetricWriter(workdir), watcher)
 
 
 # ------------------------------------------------------------------------------------ state
@@ -178,7 +183,14 @@ def evaluate(run: Run, state, step: int, *, final: bool, write: bool = True) -> 
     results = {}
     for evaluator in run.evaluators:
         if evaluator.due(step, final=final):
-            results[evaluator.name] = evaluator.run(state)
+            try:
+                results[evaluator.name] = evaluator.run(state)
+            except evaluators.NonFiniteOutputs as error:
+                raise FloatingPointError(
+                    f"evaluation {evaluator.name!r} of the weights after step {step} "
+                    f"(checkpoint step {step} if saved; newest on disk: "
+                    f"{run.checkpointer.latest_step()} in {run.checkpointer.directory}): "
+                    f"{error}") from None
             if write:
                 run.writer.write(step, evaluator.name, results[evaluator.name])
     return results
@@ -216,54 +228,95 @@ def _log_train_step(run: Run, bar, step: int, metrics: dict, seconds: float) -> 
         run.writer.write(step, "train", metrics)
 
 
+def _stop(run: Run, bar, step: int, state, signature: dict, *, saved: bool, during: str):
+    """The preemption stop: one checkpoint at the agreed `step` (unless one exists), a line."""
+    if not saved:
+        _save(run, step, state, signature, metric=None, force=True)
+    if during == "evaluation":
+        preemption.mark_interrupted_evaluation(run.writer.workdir, step)
+    _say(bar, f"preempted (SIGTERM) during {during}: checkpoint at step {step} in "
+              f"{run.checkpointer.directory}; stopped cleanly. Rerun the same command to "
+              "resume.")
+
+
+def _redo_interrupted_evaluation(run: Run, state, start: int) -> Optional[dict]:
+    """The evaluation a preemption interrupted after step `start`, rerun (None if none)."""
+    step = preemption.interrupted_evaluation(run.writer.workdir)
+    if step is None:
+        return None
+    results = evaluate(run, state, start, final=start == run.config.total_steps) \
+        if step == start else None
+    preemption.clear_interrupted_evaluation(run.writer.workdir)
+    return results
+
+
 def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -> tuple:
     """Steps from the state's step to config.total_steps; returns (state, status, results):
-    results = {evaluator name: metrics} of the last evaluation (None if none ran)."""
+    results = {evaluator name: metrics} of the last evaluation (None if none ran).
+
+    Preemption (`run.watcher`, preemption.py) is checked after the restore, between evaluation
+    batches and after every step; on every host at the same check, it saves one checkpoint at
+    the current step (none when nothing changed since the restore) and stops."""
     config = run.config
     start = int(run.driver.host_state(state).step)
-    results, status, last_saved, warned_labels = None, "completed", None, False
-    if start == 0:
-        results = evaluate(run, state, 0, final=False)
-    watcher = ckpt.PreemptionWatcher()
     bar = logs.progress_bar(total=config.total_steps, initial=start,
                             enabled=config.progress_bar and jax.process_index() == 0)
-    tick = time.perf_counter()
     try:
-        for step in range(start + 1, config.total_steps + 1):
-            state, metrics = run.driver.train_step(state, next(run.iterator))
-            metrics = {k: float(v) for k, v in parallel.fetch_replicated(metrics).items()}
-            if not metrics.pop("finite"):  # loss, gradients, new parameters or statistics
-                raise FloatingPointError(
-                    f"non-finite training step at step {step} (loss {metrics['loss']}, gradient "
-                    f"norm {metrics['grad_norm']}); stopped without saving it. Last good "
-                    f"checkpoint: step {run.checkpointer.latest_step()} in "
-                    f"{run.checkpointer.directory}. Lower config.optimizer.lr or set "
-                    "config.optimizer.grad_clip_norm.")
-            warned_labels = step_lib.warn_out_of_range_labels(metrics, step, warned_labels)
-            now = time.perf_counter()
-            _log_train_step(run, bar, step, metrics, now - tick)
-            tick = now
-            final = step == config.total_steps
-            evaluated = evaluate(run, state, step, final=final)
-            # The checkpoint-ranking val metric, where evaluated.
-            best = evaluated.get(evaluators.RANKING_EVAL, {}).get(run.bundle.best_metric)
-            if evaluated:
-                results = evaluated
-                _say(bar, f"step {step}: {describe(_merged(evaluated))}")
-            if final or run.checkpointer.should_save(step):
-                last_saved = _save(run, step, state, signature, metric=best, force=final)
-            if on_step is not None:
-                on_step(step)
-            if not final and watcher.should_stop():
-                if last_saved != step:
-                    _save(run, step, state, signature, metric=best, force=True)
-                status = "preempted"
-                _say(bar, f"SIGTERM: saved a checkpoint at step {step} and stopped.")
-                break
+        if run.watcher.check():  # SIGTERM during start-up: the state is the one on disk
+            _say(bar, f"preempted (SIGTERM) before training resumed at step {start}; nothing "
+                      "new to save, stopped cleanly. Rerun the same command to resume.")
+            return state, "preempted", None
+        try:
+            results = _redo_interrupted_evaluation(run, state, start)
+            if start == 0:
+                results = evaluate(run, state, 0, final=False)
+        except preemption.Preempted:
+            _say(bar, "preempted (SIGTERM) during the evaluation before training; nothing new "
+                      "to save, stopped cleanly. Rerun the same command to resume.")
+            return state, "preempted", None
+        return _steps(run, bar, state, signature, on_step, start, results)
     finally:
         bar.close()
-        watcher.close()
-    return state, status, results
+
+
+def _steps(run: Run, bar, state, signature: dict, on_step: Optional[Callable], start: int,
+           results) -> tuple:
+    """The loop of `_train_loop` from `start`."""
+    config, warned_labels, tick = run.config, False, time.perf_counter()
+    for step in range(start + 1, config.total_steps + 1):
+        state, metrics = run.driver.train_step(state, next(run.iterator))
+        metrics = {k: float(v) for k, v in parallel.fetch_replicated(metrics).items()}
+        if not metrics.pop("finite"):  # loss, gradients, new parameters or statistics
+            raise FloatingPointError(
+                f"non-finite training step at step {step} (loss {metrics['loss']}, gradient "
+                f"norm {metrics['grad_norm']}); stopped without saving it. Last good "
+                f"checkpoint: step {run.checkpointer.latest_step()} in "
+                f"{run.checkpointer.directory}. Lower config.optimizer.lr or set "
+                "config.optimizer.grad_clip_norm.")
+        warned_labels = step_lib.warn_out_of_range_labels(metrics, step, warned_labels)
+        now = time.perf_counter()
+        _log_train_step(run, bar, step, metrics, now - tick)
+        tick = now
+        final = step == config.total_steps
+        try:
+            evaluated = evaluate(run, state, step, final=final)
+        except preemption.Preempted:
+            _stop(run, bar, step, state, signature, saved=False, during="evaluation")
+            return state, "preempted", results
+        # The checkpoint-ranking val metric, where evaluated.
+        best = evaluated.get(evaluators.RANKING_EVAL, {}).get(run.bundle.best_metric)
+        if evaluated:
+            results = evaluated
+            _say(bar, f"step {step}: {describe(_merged(evaluated))}")
+        saved = False
+        if final or run.checkpointer.should_save(step):
+            saved = _save(run, step, state, signature, metric=best, force=True) is not None
+        if on_step is not None:
+            on_step(step)
+        if not final and run.watcher.check():
+            _stop(run, bar, step, state, signature, saved=saved, during="training")
+            return state, "preempted", results
+    return state, "completed", results
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -284,7 +337,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     workdir = os.path.abspath(workdir)
-    run = _build(config, workdir)
+    watcher = preemption.PreemptionWatcher()  # before restore and compile
+    try:
+        return _train_and_evaluate(config, workdir, watcher, on_step)
+    finally:
+        watcher.close()
+
+
+def _train_and_evaluate(config, workdir: str, watcher, on_step) -> dict:
+    run = _build(config, workdir, watcher)
     try:
         with run.driver.context():
             state, signature = _initial_state(run)
