@@ -29,6 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dnl_jax import analysis, saliency, viz
+from dnl_jax.command_line import quiet_absl_command
 from dnl_jax.data import pipeline
 from dnl_jax.data.sources import load_split
 from dnl_jax.evaluators.batched import one_view_preprocess
@@ -215,6 +216,7 @@ def write_outputs(result: dict, output_dir: str, *, num_classes: int, extra: dic
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_absl_command(flags.FLAGS["verbosity"])  # the table, not orbax's restore events
     flag = flags.FLAGS
     output_dir = flag.output_dir or os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(resolve_checkpoint(flag.checkpoint)))),

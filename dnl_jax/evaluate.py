@@ -129,14 +129,12 @@ def _write_metrics(results: dict, output_dir: str, split: str) -> str:
 def main(argv) -> None:
     from absl import app, flags
 
-    from absl import logging as absl_logging
-
+    from dnl_jax.command_line import quiet_absl_command
     from dnl_jax.train.config import set_model_kwargs
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:  # the metrics, not INFO lines of the libraries
-        absl_logging.set_verbosity(absl_logging.WARNING)
+    quiet_absl_command(flags.FLAGS["verbosity"])  # the metrics, not the libraries' lines
 
     config, split, output_dir = _CONFIG.value, flags.FLAGS.split, flags.FLAGS.output_dir
     try:

@@ -11,12 +11,12 @@ Several hosts: pass
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from dnl_jax.command_line import quiet_absl_command
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -56,9 +56,7 @@ def initialize_distributed(section) -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.getLogger("dnl_jax").setLevel(logging.INFO)
-    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep the bar clean
-        absl_logging.set_verbosity(absl_logging.WARNING)
+    quiet_absl_command(flags.FLAGS["verbosity"])  # orbax logs every save: keep the bar clean
     config = _CONFIG.value
     try:
         initialize_distributed(config.distributed)

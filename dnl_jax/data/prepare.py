@@ -26,6 +26,7 @@ import sys
 import tempfile
 from typing import Sequence
 
+from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.data import builders, sources
 
 DATASETS = tuple(builders.BUILDERS)
@@ -121,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max_frames", type=int, default=300, help="video frames only")
     parser.add_argument("--num_workers", type=int, default=1,
                         help="video only: processes decoding videos in parallel")
+    add_log_level_argument(parser)
     args = parser.parse_args(argv)
+    set_library_log_level(args.log_level)
     try:
         prepare(args.name, args.manual_dir, args.data_dir, num_shards=args.num_shards,
                 overwrite=args.overwrite, short_side=args.short_side, max_frames=args.max_frames,

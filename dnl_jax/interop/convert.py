@@ -37,6 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.interop import mapping, mmaction, mmdet, segmentor
 from dnl_jax.interop.mapping import ConversionError
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
@@ -187,7 +188,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="mmdet checkpoints: whether the batch norms are In-Place ABN (the "
                         "official DNL detection checkpoints' SyncABN; auto: v1 norms without "
                         "num_batches_tracked are; 'true' for inplace_abn >= 1.1 checkpoints)")
+    add_log_level_argument(parser)
     args = parser.parse_args(argv)
+    set_library_log_level(args.log_level)
     try:
         summary = convert(args.checkpoint, args.out_dir, model=args.model,
                           num_classes=args.num_classes, output_stride=args.output_stride,

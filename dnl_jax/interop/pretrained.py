@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint
 from dnl_jax.interop.segmentor import CLASSIFIER_PREFIXES, resnet_depth, resnet_v1c_to_flax
 from dnl_jax.interop.torchvision import torchvision_resnet_to_flax
@@ -90,7 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("checkpoint", help="the downloaded .pth (no pickled code is run)")
     parser.add_argument("--pretrained_dir", default="pretrained",
                         help="folder of converted backbones (config.model.pretrained_dir)")
+    add_log_level_argument(parser)
     args = parser.parse_args(argv)
+    set_library_log_level(args.log_level)
     if args.name not in BACKBONES:
         print(f"error: unknown backbone {args.name!r}; choose one of {sorted(BACKBONES)}.",
               file=sys.stderr)

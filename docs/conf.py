@@ -1,0 +1,51 @@
+"""Sphinx configuration of the dnl_jax documentation (built by `make docs`, warnings as errors)."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+import dnl_jax  # noqa: E402  (after the path insert, so the checkout's package is documented)
+
+project = "dnl_jax"
+author = "The dnl_jax developers"
+copyright = "2026, the dnl_jax developers"
+release = dnl_jax.__version__
+version = release
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+]
+
+# Markdown pages and MyST markdown notebooks (executed on every build, as jax/flax/optax do).
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+myst_enable_extensions = ["dollarmath", "colon_fence"]
+myst_heading_anchors = 3
+nb_execution_mode = "force"
+nb_execution_timeout = 600
+nb_execution_raise_on_error = True
+nb_execution_show_tb = True
+nb_merge_streams = True
+
+# Docstrings use `backticks` for code: render them as inline literals.
+default_role = "code"
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
+autodoc_mock_imports: list = []
+autosummary_generate = False
+
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "README.md"]
+
+html_theme = "furo"
+html_title = f"dnl_jax {release}"
+html_static_path = ["_static"]
+html_theme_options = {
+    "source_repository": "https://github.com/dnl-jax/dnl_jax/",
+    "source_branch": "main",
+    "source_directory": "docs/",
+}
