@@ -23,11 +23,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dnl_jax import analysis, viz
-from dnl_jax.data import pipeline
-from dnl_jax.data.sources import load_split
-from dnl_jax.evaluators.batched import one_view_preprocess
-from dnl_jax.models import get_model
+from dnl_jax import analysis, tasks
+from dnl_jax.analysis import viz
 from dnl_jax.models.losses import confusion_matrix
 from dnl_jax.models.metrics import metrics_from_confusion
 from dnl_jax.train.checkpoint import load_variables
@@ -56,20 +53,10 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def load_examples(config, split: str, num_images: int) -> tuple[list[dict], str]:
-    """Up to `num_images` examples of `split`, preprocessed to the model's input, and the key
-    holding the inputs ('image' or 'video')."""
-    task = pipeline.dataset_task(config.data.name)
-    if config.data.name == "synthetic":
-        train, val = pipeline.make_sources(config.data)
-        source, preprocess = {"train": train, "val": val}[split], None
-    else:
-        source = load_split(config.data.name, split, config.data.data_dir)
-        preprocess = (viz.figure_preprocess(config.data) if task == "segmentation" else
-                      one_view_preprocess(config.data, config.evals.val.get("short_side", 0)))
-    examples = [source[i] for i in range(min(num_images, len(source)))]
-    if preprocess is not None:
-        examples = [preprocess(example) for example in examples]
-    return examples, ("image" if task == "segmentation" else "video")
+    """Up to `num_images` examples of `split`, preprocessed to the model's input (the task's
+    `analysis_examples`), and the key holding the inputs ('image' or 'video')."""
+    task = tasks.for_dataset(config.data.name)
+    return task.analysis_examples(config, split, num_images), task.input_key
 
 
 def _batches(examples: list[dict], batch_size: int):
@@ -155,7 +142,7 @@ def analyze_checkpoint(config, checkpoint: str, *, split: str = "val", num_image
     analysis.json and analysis.png to `output_dir` when given; returns the result."""
     if num_images < 1:
         raise ValueError(f"--num_images must be >= 1; got {num_images}.")
-    bundle = get_model(config.model.name, int(config.data.num_classes),
+    bundle = tasks.get_model(config.model.name, int(config.data.num_classes),
                        **config.model.kwargs.to_dict())
     variables = load_variables(resolve_checkpoint(checkpoint))
     examples, input_key = load_examples(config, split, num_images)

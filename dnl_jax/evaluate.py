@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnl_jax import evaluators
-from dnl_jax.data import pipeline
+from dnl_jax import evaluators, tasks
 from dnl_jax.evaluators.segmentation import format_iou_table
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
@@ -96,7 +95,7 @@ def evaluate_checkpoint(config, checkpoint: str, split: str = "val", *,
     path = checkpoint_state_dir(checkpoint)
     variables = load_checked_variables(config, path)
     bundle = make_bundle(config)
-    source = pipeline.eval_source(config.data, split)
+    source = tasks.for_dataset(config.data.name).eval_source(config.data, split)
     driver = parallel.make_driver("jit", None, step_lib.make_eval_step(bundle))
     context = evaluators.EvalContext(config, bundle, bundle.module, source, driver, output_dir)
     state = step_lib.TrainState(step=np.int32(0), params=variables["params"],

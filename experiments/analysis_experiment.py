@@ -6,7 +6,7 @@
         [--num_images 64]
         [--runs_dir DIR] [--deadline_s S] [--smoke]
 
-Every run is the demo recipe (`dnl_jax.train.ablation.synthetic_config`) with one decode head,
+Every run is the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`) with one decode head,
 one `config.seed` and one scene family (`config.data.scenes`: 'regions' for the analysis,
 'beacon' for the ablation of experiments/results/synthetic_ablation.md), trained with
 `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers` processes, and then analysed
@@ -45,7 +45,7 @@ SMOKE_HEADS = {"regions": "nl", "beacon": "dnl"}  # 2 heads: the implicit and ex
 
 def run_config(spec: dict):
     """The ConfigDict of one run: the demo recipe with the run's head, seed, scenes, steps."""
-    from dnl_jax.train.ablation import synthetic_config
+    from dnl_jax.recipes.ablation import synthetic_config
 
     config = synthetic_config(HEADS[spec["head"]])
     config.seed = spec["seed"]
@@ -91,18 +91,19 @@ class CachedSource:
 
 
 def _cache_scenes() -> None:
-    """Makes the trainer's `pipeline.make_sources` return `CachedSource`s (this process only)."""
-    from dnl_jax.data import pipeline
+    """Makes the segmentation task's `sources` (what the trainer reads) return `CachedSource`s
+    (this process only)."""
+    from dnl_jax.tasks.segmentation import Segmentation
 
-    if getattr(pipeline.make_sources, "cached", False):
+    if getattr(Segmentation.sources, "cached", False):
         return
-    make_sources = pipeline.make_sources
+    make_sources = Segmentation.sources
 
-    def cached_sources(data):
-        return tuple(CachedSource(source) for source in make_sources(data))
+    def cached_sources(self, data):
+        return tuple(CachedSource(source) for source in make_sources(self, data))
 
     cached_sources.cached = True
-    pipeline.make_sources = cached_sources
+    Segmentation.sources = cached_sources
 
 
 def run_one(spec: dict) -> dict:
@@ -110,7 +111,7 @@ def run_one(spec: dict) -> dict:
     import jax
 
     from dnl_jax import analyze
-    from dnl_jax.models import get_model
+    from dnl_jax.tasks import get_model
     from dnl_jax.train import logs
     from dnl_jax.train.checkpoint import load_variables
     from dnl_jax.train.trainer import train_and_evaluate

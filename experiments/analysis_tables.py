@@ -37,7 +37,7 @@ SCENES = {
               "earlier 32×32 version with the cue as a frame around the image gave no separation "
               "at all: the frame lies next to every pixel.)",
 }
-DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis.py`), on the decode-head block's 8×8
+DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis/__init__.py`), on the decode-head block's 8×8
 feature grid, over the first val scenes (`analysed`), labels taken to the grid by majority vote:
 - QI full / pairwise / unary: GCNet's query-independence, the mean cosine distance between the
   attention maps of two different query positions (0: the same map for every query). For NL the
@@ -172,7 +172,7 @@ def markdown(scenes: str, records: list[dict], failures: list[dict], context: di
              "between machines** (a GPU and a CPU, or two GPUs, sum in different orders and a "
              "chaotic run such as the FCN's can end elsewhere), so compare means and spreads, not "
              "single seeds.", "",
-             "Setup: the demo recipe (`dnl_jax.train.ablation.synthetic_config`: ResNet-V1c-18-D8 "
+             "Setup: the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`: ResNet-V1c-18-D8 "
              f"trunk of width 8, decode head of width 16; {_recipe(records)}), "
              f"`config.data.scenes='{scenes}'`; only the decode head and `config.seed` differ "
              "between runs. Final val mIoU = all val scenes after the last step.", "",
@@ -210,7 +210,7 @@ def write_figure(out: str, records: list[dict]) -> None:
         return
     import matplotlib.pyplot as plt
 
-    from dnl_jax import viz
+    from dnl_jax.analysis import viz
 
     fig = viz.decomposition_figure(rows, num_classes=records[0]["recipe"]["num_classes"])
     fig.savefig(os.path.join(out, "analysis.png"), dpi=viz.DPI)

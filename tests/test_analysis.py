@@ -136,7 +136,7 @@ def test_labels_to_grid_majority_and_ignore():
 
 
 def test_capture_finds_blocks_in_a_model_and_none_in_fcn():
-    from dnl_jax.models import get_model
+    from dnl_jax.tasks import get_model
 
     x = jnp.zeros((1, 32, 32, 3))
     found = {}
@@ -187,7 +187,7 @@ def test_analyze_command_end_to_end(tmp_path):
 
 
 def test_config_scenes_key_is_checked_and_picks_the_source():
-    from dnl_jax.data import pipeline
+    from dnl_jax import tasks
     from dnl_jax.train.config import base_config, validate_config
 
     config = base_config()
@@ -196,5 +196,5 @@ def test_config_scenes_key_is_checked_and_picks_the_source():
         validate_config(config, num_devices=1, num_processes=1)
     config.data.scenes = "regions"
     validate_config(config, num_devices=1, num_processes=1)
-    train, val = pipeline.make_sources(config.data)
+    train, val = tasks.for_dataset(config.data.name).sources(config.data)
     assert isinstance(train, RegionScenes) and val.split == "val"

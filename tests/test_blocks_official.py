@@ -13,7 +13,7 @@ import torch
 
 from dnl_jax.blocks_official import NO_DECAY_PARAMETERS, OFFICIAL_VARIANTS, \
     OfficialDisentangledNonLocal
-from dnl_jax.models import get_model
+from dnl_jax.tasks import get_model
 from dnl_jax.models.heads import NOWD_WEIGHT_DECAY
 
 

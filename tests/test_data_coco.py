@@ -23,7 +23,7 @@ from dnl_jax.data import detection_transforms as dt
 from dnl_jax.data.prepare import main as prepare_main
 from dnl_jax.data.prepare import prepare
 from dnl_jax.data.sources import Subset
-from dnl_jax.models.detection import coco_eval
+from dnl_jax.evaluators import coco_eval
 
 SCALE, CANVAS = (64, 48), (64, 64)  # 40x56 → 46x64, 56x40 → 64x46, 24x30 → 38x48
 

@@ -17,7 +17,7 @@ from data_fixtures import H, W, write_ade20k, write_cityscapes, write_video, wri
 from dnl_jax import recipes
 from dnl_jax.data import cityscapes, load_split, transforms
 from dnl_jax.data.prepare import prepare
-from dnl_jax.models import get_model
+from dnl_jax.tasks import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import base_config
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from dnl_jax.models.detection import coco_eval
+from dnl_jax.evaluators import coco_eval
 
 CATEGORIES = (1, 7)
 

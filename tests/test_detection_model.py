@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from dnl_jax.data.synthetic_detection import SyntheticDetection
-from dnl_jax.models.detection import coco_eval, mask_rcnn, proposals
+from dnl_jax.evaluators import coco_eval
+from dnl_jax.models.detection import mask_rcnn, proposals
 from dnl_jax.models.residual import ContextSpec
 from detection_fixtures import fast_jit, tiny_batch, tiny_mask_rcnn
 

@@ -12,9 +12,9 @@ import optax
 import pytest
 
 from dnl_jax.evaluators import coco
-from dnl_jax.models.detection import coco_eval
+from dnl_jax.evaluators import coco_eval
 from dnl_jax.train import step as step_lib
-from dnl_jax.train.ablation import synthetic_detection_config
+from dnl_jax.recipes.ablation import synthetic_detection_config
 from dnl_jax.train.config import validate_config
 from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import enable_compilation_cache
@@ -142,7 +142,7 @@ def test_evaluator_types_are_checked_against_the_task():
     segmentation = synthetic_detection_config()
     segmentation.data.name = "synthetic"
     segmentation.data.num_classes = 7
-    with pytest.raises(ValueError, match="not a detection dataset"):
+    with pytest.raises(ValueError, match="type='coco' does not apply to the segmentation dataset"):
         validate_config(segmentation, num_devices=1, num_processes=1)
 
 

@@ -144,7 +144,8 @@ def test_multi_view_evaluator_counts_views_and_videos():
     (lambda c: setattr(c.evals, "val", dict(type="batched", batch_size=6)),
      r"config.evals.val.batch_size=6 must be a positive multiple of the 4 devices"),
     (lambda c: setattr(c.evals, "val", segmentation_eval(every_steps=1)),
-     r"type 'segmentation' .* synthetic scenes are model-ready: use type='batched'"),
+     r"config.evals.val.type='segmentation' does not apply to the segmentation dataset "
+     r"'synthetic'; use type='batched'"),
 ])
 def test_evaluator_sections_are_checked_by_their_evaluator(change, message):
     config = base_config()

@@ -345,7 +345,7 @@ def test_torchvision_resnet50_loads_into_the_detector_backbone(tmp_path):
 
     from dnl_jax.interop import pretrained as convert_cli  # pylint: disable=import-outside-toplevel
     from dnl_jax.models.residual import ContextSpec  # pylint: disable=import-outside-toplevel
-    from dnl_jax.train import pretrained  # pylint: disable=import-outside-toplevel
+    from dnl_jax.train import initialisation  # pylint: disable=import-outside-toplevel
     from dnl_jax.train.checkpoint import load_variables  # pylint: disable=import-outside-toplevel
 
     resnet = randomize(MMDET.ResNet(depth=50, norm_cfg=BN), seed=5)
@@ -353,7 +353,7 @@ def test_torchvision_resnet50_loads_into_the_detector_backbone(tmp_path):
     state_dict["fc.weight"], state_dict["fc.bias"] = torch.zeros(10, 2048), torch.zeros(10)
     source = tmp_path / "resnet50-0676ba61.pth"
     torch.save(state_dict, source)
-    spec = pretrained.BACKBONES["torchvision_resnet50"]
+    spec = initialisation.BACKBONES["torchvision_resnet50"]
     convert_cli.convert_backbone(spec, str(source), str(tmp_path / "pretrained"))
 
     module = MaskRCNN(num_classes=CLASSES, context=ContextSpec("dnl_official", "after_add",
@@ -362,8 +362,8 @@ def test_torchvision_resnet50_loads_into_the_detector_backbone(tmp_path):
     fresh = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
                          mmdet.detector_template(module))
     config = SimpleNamespace(pretrained=spec.name, pretrained_dir=str(tmp_path / "pretrained"))
-    params, stats = pretrained.load_into(config, fresh["params"], fresh["batch_stats"],
-                                         load_variables)
+    params, stats = initialisation.load_into(config, fresh["params"], fresh["batch_stats"],
+                                              load_variables)
     backbone = params["backbone"]
     np.testing.assert_array_equal(backbone["conv1"]["kernel"],
                                   state_dict["conv1.weight"].numpy().transpose(2, 3, 1, 0))

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from dnl_jax.data.synthetic import SyntheticSegmentation
-from dnl_jax.models import get_model, losses
+from dnl_jax.models import losses
+from dnl_jax.tasks import get_model
 from dnl_jax.models.segmentor import resize_bilinear
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.checkpoint import load_variables

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dnl_jax import models
+from dnl_jax import models, tasks
 from dnl_jax.models import losses
 
 # Reference counts from mmseg/mmcv (shared/DESIGN.md), `params` only.
@@ -43,7 +43,7 @@ def flat_names(tree) -> set:
 @pytest.fixture(scope="module")
 def tiny():
     """The registered tiny segmentor (5 classes) and its initialised variables."""
-    bundle = models.get_model("dnl_tiny", num_classes=5)
+    bundle = tasks.get_model("dnl_tiny", num_classes=5)
     images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     variables = models.init_variables(bundle.module, jax.random.key(1), images)
     return bundle, variables
@@ -81,7 +81,7 @@ def test_head_parameter_counts():
 
 
 def test_full_r101_d8_dnl_segmentor_initialises_abstractly():
-    bundle = models.get_model("dnl_r101-d8", num_classes=19)
+    bundle = tasks.get_model("dnl_r101-d8", num_classes=19)
     variables = shapes_of_init(bundle.module, (1, 512, 1024, 3), train=False)
     counts = {k: models.count_params(v) for k, v in variables["params"].items()}
     assert counts == {
@@ -93,7 +93,7 @@ def test_full_r101_d8_dnl_segmentor_initialises_abstractly():
 
 
 def test_parameter_names_mirror_mmseg_state_dict_keys():
-    variables = shapes_of_init(models.get_model("dnl_tiny", 5).module, (1, 32, 32, 3))
+    variables = shapes_of_init(tasks.get_model("dnl_tiny", 5).module, (1, 32, 32, 3))
     params, stats = flat_names(variables["params"]), flat_names(variables["batch_stats"])
     expected_params = {
         "backbone/stem_0/kernel", "backbone/stem_1/scale", "backbone/stem_3/kernel",
@@ -282,21 +282,21 @@ def test_registry_names_and_bundle_fields():
     required = {"dnl_tiny", "dnl_r18-d8", "dnl_r50-d8", "dnl_r101-d8", "nl_r50-d8",
                 "nl_r101-d8", "fcn_r50-d8", "fcn_r101-d8", "gc_r50-d8", "dnl_i3d_r50",
                 "nl_i3d_r50", "dnl_c2d_r50", "dnl_i3d_tiny"}
-    assert required <= set(models.MODEL_NAMES)
-    for name in models.MODEL_NAMES:
-        bundle = models.get_model(name, num_classes=3)
+    assert required <= set(tasks.MODEL_NAMES)
+    for name in tasks.MODEL_NAMES:
+        bundle = tasks.get_model(name, num_classes=3)
         is_video = "3d" in name or "c2d" in name
         task = "detection" if name.startswith("mask_rcnn") else (
-            "classification" if is_video else "segmentation")
+            "video" if is_video else "segmentation")
         assert bundle.task == task
         assert bundle.num_classes == 3 and bundle.name == name
 
 
-@pytest.mark.parametrize("name", [n for n in models.MODEL_NAMES if n.startswith(("dnl_r", "nl_r",
+@pytest.mark.parametrize("name", [n for n in tasks.MODEL_NAMES if n.startswith(("dnl_r", "nl_r",
                                                                                 "fcn_r", "gc_r"))])
 def test_every_registered_segmentor_maps_images_to_logits_abstractly(name):
     # Each name's head and wiring, on a shallow narrow trunk (full sizes are tested above).
-    module = models.get_model(name, num_classes=4, depth=18, base_channels=4, stem_channels=8,
+    module = tasks.get_model(name, num_classes=4, depth=18, base_channels=4, stem_channels=8,
                               channels=8, aux_channels=4).module
     inputs = jax.ShapeDtypeStruct((1, 33, 47, 3), jnp.float32)
     variables = shapes_of_init(module, inputs.shape)
@@ -309,9 +309,9 @@ def test_every_registered_segmentor_maps_images_to_logits_abstractly(name):
 
 def test_summary_counts_parameters_and_flops():
     lines = []
-    small = models.summary("dnl_tiny", (1, 32, 32, 3), num_classes=5, print_fn=lines.append)
-    large = models.summary("dnl_tiny", (1, 64, 64, 3), num_classes=5, print_fn=lines.append)
-    variables = shapes_of_init(models.get_model("dnl_tiny", 5).module, (1, 32, 32, 3))
+    small = tasks.summary("dnl_tiny", (1, 32, 32, 3), num_classes=5, print_fn=lines.append)
+    large = tasks.summary("dnl_tiny", (1, 64, 64, 3), num_classes=5, print_fn=lines.append)
+    variables = shapes_of_init(tasks.get_model("dnl_tiny", 5).module, (1, 32, 32, 3))
     assert small["params"] == large["params"] == models.count_params(variables["params"])
     assert sum(small["params_by_module"].values()) == small["params"]
     # Convolutions dominate: 4x the pixels, at least 4x the FLOPs (attention grows faster).
@@ -321,35 +321,35 @@ def test_summary_counts_parameters_and_flops():
 
 def test_unknown_model_name_and_override_raise():
     with pytest.raises(ValueError, match="unknown model 'dnl_r77'.*dnl_r50-d8"):
-        models.get_model("dnl_r77", 19)
+        tasks.get_model("dnl_r77", 19)
     with pytest.raises(ValueError, match="unknown override.*'learning_rate'.*valid.*output_stride"):
-        models.get_model("dnl_tiny", 19, learning_rate=0.1)
+        tasks.get_model("dnl_tiny", 19, learning_rate=0.1)
     with pytest.raises(ValueError, match="ohem must be None or dict"):
-        models.get_model("dnl_tiny", 19, ohem=dict(thresh=0.7))
+        tasks.get_model("dnl_tiny", 19, ohem=dict(thresh=0.7))
     with pytest.raises(ValueError, match="class_weights needs 19"):
-        models.get_model("dnl_tiny", 19, class_weights=[1.0, 2.0])
+        tasks.get_model("dnl_tiny", 19, class_weights=[1.0, 2.0])
 
 
 def test_overrides_accept_config_values():
     ohem = ml_collections.ConfigDict({"thresh": 0.7, "min_kept": 100_000})
-    bundle = models.get_model("dnl_tiny", 5, ohem=ohem, dtype="bfloat16", aux=False)
+    bundle = tasks.get_model("dnl_tiny", 5, ohem=ohem, dtype="bfloat16", aux=False)
     assert bundle.config["ohem"] == {"thresh": 0.7, "min_kept": 100_000}
     variables = shapes_of_init(bundle.module, (1, 32, 32, 3))
     assert set(variables["params"]) == {"backbone", "decode_head"}  # aux=False: no aux head
     with pytest.raises(ValueError, match="aux_weight must be a number >= 0"):
-        models.get_model("dnl_tiny", 5, aux_weight=-1.0)
+        tasks.get_model("dnl_tiny", 5, aux_weight=-1.0)
     with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
-        models.get_model("dnl_tiny", 5, dropout_rate=1.0)
+        tasks.get_model("dnl_tiny", 5, dropout_rate=1.0)
 
 
 @pytest.mark.parametrize("output_stride", [4, 12, 64])
 def test_output_stride_outside_8_16_32_raises(output_stride):
     with pytest.raises(ValueError, match=r"output_stride must be one of \[8, 16, 32\]"):
-        models.get_model("dnl_tiny", 5, output_stride=output_stride)
+        tasks.get_model("dnl_tiny", 5, output_stride=output_stride)
 
 
 def test_wrong_channel_count_raises():
-    module = models.get_model("dnl_tiny", 5).module
+    module = tasks.get_model("dnl_tiny", 5).module
     with pytest.raises(ValueError, match="expected 3 input channels"):
         shapes_of_init(module, (1, 32, 32, 4))
     with pytest.raises(ValueError, match="rank 4"):
@@ -357,7 +357,7 @@ def test_wrong_channel_count_raises():
 
 
 def test_two_dimensional_input_to_video_model_raises():
-    module = models.get_model("dnl_i3d_tiny", 5).module
+    module = tasks.get_model("dnl_i3d_tiny", 5).module
     with pytest.raises(ValueError, match=r"clips \[B, T, H, W, 3\] \(rank 5\)"):
         shapes_of_init(module, (1, 32, 32, 3))
 
@@ -437,7 +437,7 @@ def test_frozen_bn_keeps_running_statistics_in_training():
 
 
 def test_bfloat16_compute_with_float32_parameters():
-    module = models.get_model("dnl_tiny", 5, dtype=jnp.bfloat16).module
+    module = tasks.get_model("dnl_tiny", 5, dtype=jnp.bfloat16).module
     variables = shapes_of_init(module, (1, 32, 32, 3))
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
     inputs = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
@@ -447,8 +447,8 @@ def test_bfloat16_compute_with_float32_parameters():
 
 def test_axis_name_synchronises_batch_norm_across_devices():
     """Under pmap with axis_name, each device's BN statistics are those of the whole batch."""
-    bundle = models.get_model("dnl_tiny", 5, axis_name="batch", dropout_rate=0.0)
-    single = models.get_model("dnl_tiny", 5, dropout_rate=0.0)
+    bundle = tasks.get_model("dnl_tiny", 5, axis_name="batch", dropout_rate=0.0)
+    single = tasks.get_model("dnl_tiny", 5, dropout_rate=0.0)
     images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
     variables = models.init_variables(single.module, jax.random.key(1), images)
 

@@ -15,10 +15,10 @@ from flax import traverse_util
 from dnl_jax.interop import mapping
 from dnl_jax.interop import pretrained as convert_cli
 from dnl_jax.interop.segmentor import mmseg_rename
-from dnl_jax.models import get_model
+from dnl_jax.tasks import get_model
 from dnl_jax.models.resnet import ResNetV1c
 from dnl_jax.models.resnet_v1b import ResNetV1b
-from dnl_jax.train import pretrained
+from dnl_jax.train import initialisation
 from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import enable_compilation_cache, tiny_config
@@ -51,7 +51,7 @@ def _save_backbone(module, path) -> tuple[dict, dict]:
 
 
 def _spec(name, layout, depth=18):
-    return pretrained.PretrainedBackbone(name, f"{name}.pth", "https://example.org/" + name,
+    return initialisation.PretrainedBackbone(name, f"{name}.pth", "https://example.org/" + name,
                                          layout, depth, "tests")
 
 
@@ -82,7 +82,7 @@ def test_open_mmlab_backbone_converts_and_loads_into_a_segmentor(tiny_v1c):
     assert summary["loaded"] == len(jax.tree.leaves(original))  # fc.* dropped, all else loaded
     bundle = get_model("dnl_tiny", 5)
     fresh = _fresh(bundle, (1, 32, 32, 3))
-    params, stats = pretrained.load_into(_model_config("tiny_v1c", directory), fresh["params"],
+    params, stats = initialisation.load_into(_model_config("tiny_v1c", directory), fresh["params"],
                                          fresh["batch_stats"], load_variables)
     jax.tree.map(np.testing.assert_array_equal, params["backbone"], original["params"])
     jax.tree.map(np.testing.assert_array_equal, stats["backbone"], original["batch_stats"])
@@ -107,11 +107,11 @@ def test_torchvision_backbone_is_inflated_into_the_video_model(tmp_path, monkeyp
     source = tmp_path / "tv.pth"
     original, _ = _save_backbone(ResNetV1b(depth=18, base_channels=4, stem_channels=8), source)
     spec = _spec("tiny_tv", "torchvision")
-    monkeypatch.setitem(pretrained.BACKBONES, spec.name, spec)
+    monkeypatch.setitem(initialisation.BACKBONES, spec.name, spec)
     convert_cli.convert_backbone(spec, str(source), str(tmp_path / "pretrained"))
     bundle = get_model("dnl_i3d_tiny", 3)
     fresh = _fresh(bundle, (1, 4, 32, 32, 3))
-    params, _ = pretrained.load_into(_model_config("tiny_tv", tmp_path / "pretrained"),
+    params, _ = initialisation.load_into(_model_config("tiny_tv", tmp_path / "pretrained"),
                                      fresh["params"], fresh["batch_stats"], load_variables)
     stem_2d = original["params"]["conv1"]["kernel"]  # [7, 7, 3, 8]
     stem_3d = params["backbone"]["conv1"]["kernel"]  # [5, 7, 7, 3, 8]
@@ -134,7 +134,7 @@ def test_wrong_files_are_refused(tmp_path, tiny_v1c):
     bundle = get_model("dnl_tiny", 5, base_channels=16)  # another width than the file
     fresh = _fresh(bundle, (1, 32, 32, 3))
     with pytest.raises(ValueError, match="shape"):
-        pretrained.load_into(_model_config("tiny_v1c", directory), fresh["params"],
+        initialisation.load_into(_model_config("tiny_v1c", directory), fresh["params"],
                              fresh["batch_stats"], load_variables)
     assert convert_cli.main(["resnet9_v1c", str(source)]) == 2
 
@@ -142,30 +142,30 @@ def test_wrong_files_are_refused(tmp_path, tiny_v1c):
 def test_initialisation_must_be_stated_and_present(tmp_path):
     real = {"data.name": "cityscapes"}
     with pytest.raises(ValueError, match="from scratch.*from_scratch=True"):
-        pretrained.check_initialisation(tiny_config(**real))
-    pretrained.check_initialisation(tiny_config(**real, **{"model.from_scratch": True}))
-    pretrained.check_initialisation(tiny_config())  # synthetic scenes: tiny demo models
-    pretrained.check_initialisation(tiny_config(**real, init_from="runs/x/checkpoints/1"))
+        initialisation.check_initialisation(tiny_config(**real))
+    initialisation.check_initialisation(tiny_config(**real, **{"model.from_scratch": True}))
+    initialisation.check_initialisation(tiny_config())  # synthetic scenes: tiny demo models
+    initialisation.check_initialisation(tiny_config(**real, init_from="runs/x/checkpoints/1"))
     missing = tiny_config(**real, **{"model.pretrained": "resnet101_v1c",
                                      "model.pretrained_dir": str(tmp_path)})
     with pytest.raises(ValueError) as error:
-        pretrained.check_initialisation(missing)
+        initialisation.check_initialisation(missing)
     message = str(error.value)
     for part in ("resnet101_v1c-e67eebb6.pth", "https://download.openmmlab.com/pretrain/",
                  f"python -m dnl_jax.interop.pretrained resnet101_v1c resnet101_v1c-e67eebb6.pth "
                  f"--pretrained_dir {tmp_path}"):
         assert part in message
     with pytest.raises(ValueError, match="not a known backbone"):
-        pretrained.check_initialisation(tiny_config(**{"model.pretrained": "resnet9"}))
+        initialisation.check_initialisation(tiny_config(**{"model.pretrained": "resnet9"}))
     with pytest.raises(ValueError, match="contradict"):
-        pretrained.check_initialisation(tiny_config(**{"model.pretrained": "resnet50_v1c",
+        initialisation.check_initialisation(tiny_config(**{"model.pretrained": "resnet50_v1c",
                                                        "model.from_scratch": True}))
 
 
 def test_training_starts_from_the_pretrained_backbone(tmp_path, tiny_v1c, monkeypatch):
     enable_compilation_cache()
     _, _, directory, _, _ = tiny_v1c
-    monkeypatch.setitem(pretrained.BACKBONES, "tiny_v1c", _spec("tiny_v1c", "open-mmlab"))
+    monkeypatch.setitem(initialisation.BACKBONES, "tiny_v1c", _spec("tiny_v1c", "open-mmlab"))
     config = tiny_config(total_steps=1, **{"model.pretrained": "tiny_v1c",
                                            "model.pretrained_dir": str(directory)})
     result = train_and_evaluate(config, str(tmp_path / "run"))

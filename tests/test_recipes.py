@@ -97,7 +97,7 @@ def test_unknown_dataset_is_refused():
 
 
 def test_no_real_data_recipe_trains_from_scratch_and_every_backbone_is_published():
-    from dnl_jax.train.pretrained import BACKBONES
+    from dnl_jax.train.initialisation import BACKBONES
 
     for path in RECIPE_FILES:
         config = load(path).get_config()

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import pytest
 
 from dnl_jax import recipes
-from dnl_jax.models import get_model
+from dnl_jax.tasks import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import validate_config
-from dnl_jax.train.pretrained import BACKBONES
+from dnl_jax.train.initialisation import BACKBONES
 from test_recipes import load  # a config file as a module
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")

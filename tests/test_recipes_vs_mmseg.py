@@ -19,6 +19,7 @@ import pytest
 from mmengine import Config
 
 from dnl_jax import recipes
+from dnl_jax import tasks
 from dnl_jax.models import heads, registry
 from test_recipes import CONFIG_DIR, load
 
@@ -47,7 +48,9 @@ def mmseg_config(recipe_name: str) -> tuple[Config, int]:
 
 def resolved_model_settings(config) -> dict:
     """The registry's settings of `config.model.name` with the recipe's overrides."""
-    return {**registry._REGISTRY[config.model.name], **config.model.kwargs.to_dict()}
+    name = config.model.name
+    return tasks.for_model(name).model_settings(name, registry.lookup(name)[1],
+                                                config.model.kwargs.to_dict())
 
 
 def _pipeline_step(pipeline, kind: str) -> dict:

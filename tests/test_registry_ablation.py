@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dnl_jax import models
-from dnl_jax.train.ablation import SYNTHETIC_ABLATION_MODELS, synthetic_config
+from dnl_jax import tasks
+from dnl_jax.recipes.ablation import SYNTHETIC_ABLATION_MODELS, synthetic_config
 from dnl_jax.train.config import validate_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
@@ -28,17 +28,17 @@ def head_names(names: set) -> set:
 
 
 def test_ablations_share_everything_but_the_context_block():
-    reference = param_names(models.get_model("dnl_tiny", 5))
+    reference = param_names(tasks.get_model("dnl_tiny", 5))
     trunk = {n for n in reference if not n.startswith("decode_head/")}
     for name in SYNTHETIC_ABLATION_MODELS.values():
-        names = param_names(models.get_model(name, 5))
+        names = param_names(tasks.get_model(name, 5))
         assert {n for n in names if not n.startswith("decode_head/")} == trunk, name
 
 
 def test_pairwise_and_unary_only_drop_exactly_their_parameters():
-    full = head_names(param_names(models.get_model("dnl_tiny", 5)))
-    pairwise = head_names(param_names(models.get_model("dnl_pairwise_tiny", 5)))
-    unary = head_names(param_names(models.get_model("dnl_unary_tiny", 5)))
+    full = head_names(param_names(tasks.get_model("dnl_tiny", 5)))
+    pairwise = head_names(param_names(tasks.get_model("dnl_pairwise_tiny", 5)))
+    unary = head_names(param_names(tasks.get_model("dnl_unary_tiny", 5)))
     mask = {n for n in full if "/dnl_block/conv_mask/" in n}
     query_key = {n for n in full if "/dnl_block/theta/" in n or "/dnl_block/phi/" in n}
     assert mask and query_key
@@ -48,14 +48,14 @@ def test_pairwise_and_unary_only_drop_exactly_their_parameters():
 
 @pytest.mark.parametrize("head, block", [("fcn", None), ("nl", "nl_block"), ("gc", "gc_block")])
 def test_registered_tiny_heads_equal_the_head_override(head, block):
-    registered = param_names(models.get_model(f"{head}_tiny", 5))
-    assert registered == param_names(models.get_model("dnl_tiny", 5, head=head))
+    registered = param_names(tasks.get_model(f"{head}_tiny", 5))
+    assert registered == param_names(tasks.get_model("dnl_tiny", 5, head=head))
     blocks = {n.split("/")[1] for n in head_names(registered) if n.split("/")[1].endswith("_block")}
     assert blocks == ({block} if block else set())
 
 
 def test_overrides_reach_the_dnl_block():
-    block = models.get_model("dnl_tiny", 5, unary=False).module.decode_head
+    block = tasks.get_model("dnl_tiny", 5, unary=False).module.decode_head
     assert (block.pairwise, block.unary) == (True, False)
 
 
@@ -67,7 +67,7 @@ def test_overrides_reach_the_dnl_block():
 ])
 def test_bad_ablation_overrides_raise(overrides, message):
     with pytest.raises(ValueError, match=message):
-        models.get_model("dnl_tiny", 5, **overrides)
+        tasks.get_model("dnl_tiny", 5, **overrides)
 
 
 def load_config(path):

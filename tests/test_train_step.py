@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnl_jax.models import get_model, init_variables
+from dnl_jax.models import init_variables
+from dnl_jax.tasks import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import base_config
 

@@ -10,12 +10,13 @@ import pytest
 
 from dnl_jax.data import pipeline, synthetic, transforms
 from dnl_jax.data.synthetic import SyntheticSegmentation
-from dnl_jax.models import get_model
+from dnl_jax.tasks import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.checkpoint import Checkpointer
 from dnl_jax import IGNORE_LABEL
 from dnl_jax.models.metrics import metrics_from_confusion as segmentation_metrics
-from dnl_jax.train.config import (base_config, dataset_task, multi_view_eval, segmentation_eval,
+from dnl_jax.tasks import for_dataset
+from dnl_jax.train.config import (base_config, multi_view_eval, segmentation_eval,
                                   validate_config)
 
 
@@ -259,14 +260,15 @@ def test_experiment_configs_validate_build_and_document_their_launch(name):
     config = module.get_config()
     _valid(config)
     bundle = get_model(config.model.name, config.data.num_classes, **config.model.kwargs)
-    assert bundle.task == dataset_task(config.data.name)
+    assert bundle.task == for_dataset(config.data.name).name
 
 
 def test_config_real_dataset_keys_are_checked():
     config = base_config()
     config.data.name = "cityscapes"
     config.data.data_dir = "/does/not/exist"  # checked when the data is opened, not here
-    with pytest.raises(ValueError, match="type 'batched' needs examples of one size"):
+    with pytest.raises(ValueError, match="type='batched' does not apply to the segmentation "
+                       "dataset 'cityscapes'; use type='segmentation'"):
         _valid(config)
     config.evals.val = segmentation_eval(every_steps=10)
     _valid(config)
@@ -323,12 +325,12 @@ def test_config_video_keys_are_known_and_models_must_fit_the_dataset_task(tmp_pa
         _valid(config)
     # Checked before any data is read or anything written.
     with pytest.raises(ValueError, match="'dnl_tiny' is a segmentation model but config.data.name"
-                                         "='kinetics' is a classification dataset"):
+                                         "='kinetics' is a video dataset"):
         train_and_evaluate(_video_config(**{"model.name": "dnl_tiny", "batch_size": 4}),
                            str(tmp_path / "run"))
     on_images = base_config()
     on_images.model.name = "dnl_i3d_tiny"
-    with pytest.raises(ValueError, match="'dnl_i3d_tiny' is a classification model"):
+    with pytest.raises(ValueError, match="'dnl_i3d_tiny' is a video model"):
         train_and_evaluate(on_images, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 

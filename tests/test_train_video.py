@@ -117,6 +117,37 @@ def test_interrupted_video_run_resumes_to_the_uninterrupted_result(reference, pr
     assert resumed["val"] == reference[0]["val"]
 
 
+@pytest.fixture(scope="module")
+def prepared_ucf101(tmp_path_factory):
+    """A UCF101-layout fixture (official class index and train / test lists) of the same videos:
+    the training videos in trainlist01, the val videos in testlist01."""
+    root = tmp_path_factory.mktemp("ucf101")
+    lists, classes = root / "raw" / "ucfTrainTestlist", sorted({c for c, _ in VIDEOS["train"]})
+    os.makedirs(lists)
+    (lists / "classInd.txt").write_text(
+        "".join(f"{k + 1} {name}\n" for k, name in enumerate(classes)))
+    listed = {}
+    for split, videos in VIDEOS.items():
+        for i, (name, colour) in enumerate(videos):
+            relative = f"{name}/v_{name}_g{i + 1:02d}_c0{1 + (split == 'val')}.avi"
+            write_video(root / "raw" / "UCF-101" / relative, colour, frames=8, height=32,
+                        width=40)
+            label = f" {classes.index(name) + 1}" if split == "train" else ""
+            listed.setdefault(split, []).append(relative + label)
+    (lists / "trainlist01.txt").write_text("\n".join(listed["train"]) + "\n")
+    (lists / "testlist01.txt").write_text("\n".join(listed["val"]) + "\n")
+    prepare("ucf101", str(root / "raw"), str(root / "out"), short_side=32, log=lambda _: 0)
+    return str(root / "out")
+
+
+def test_ucf101_trains_and_validates_on_its_test_list(prepared_ucf101, tmp_path):
+    config = video_config(prepared_ucf101, **{"data.name": "ucf101"})
+    result = train_and_evaluate(config, str(tmp_path))
+    assert (result["status"], result["step"]) == ("completed", 2)
+    assert result["val"]["count"] == len(VIDEOS["val"])  # the official test list is the val
+    assert 0 <= result["val"]["accuracy"] <= 1
+
+
 def test_cli_trains_the_kinetics_recipe_for_one_step(prepared, tmp_path):
     name = "kinetics_dnl_i3d_r50_32x2.py"
     overrides = [f"--config.data.data_dir={prepared}", "--config.model.name=dnl_i3d_tiny",

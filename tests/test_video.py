@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import models
+from dnl_jax import models, tasks
 from dnl_jax.models import video
 
 
@@ -22,8 +22,8 @@ def flat_params(variables) -> dict:
 
 
 def test_tiny_video_clip_runs_with_loss_and_accuracy_counts():
-    bundle = models.get_model("dnl_i3d_tiny", num_classes=7)
-    assert bundle.input_key == "video" and bundle.task == "classification"
+    bundle = tasks.get_model("dnl_i3d_tiny", num_classes=7)
+    assert bundle.input_key == "video" and bundle.task == "video"
     clips = jax.random.normal(jax.random.key(0), (2, 4, 32, 32, 3))
     batch = {"video": clips, "label": jnp.array([1, 6])}
     variables = models.init_variables(bundle.module, jax.random.key(1), clips)
@@ -53,7 +53,7 @@ def test_tiny_video_clip_runs_with_loss_and_accuracy_counts():
 @pytest.mark.parametrize("name, kind, count", [("dnl_i3d_r50", "dnl", 5), ("nl_i3d_r50", "nl", 5),
                                                ("dnl_c2d_r50", "dnl", 5)])
 def test_resnet50_video_models_have_five_blocks_in_res3_and_res4(name, kind, count):
-    variables = abstract_init(models.get_model(name, 400).module, (1, 8, 64, 64, 3))
+    variables = abstract_init(tasks.get_model(name, 400).module, (1, 8, 64, 64, 3))
     params = flat_params(variables)
     hosts = sorted({n.split("/")[1] for n in params if f"/{kind}_block/" in n})
     assert hosts == ["layer2_1", "layer2_3", "layer3_1", "layer3_3", "layer3_5"][:count]
@@ -63,8 +63,8 @@ def test_resnet50_video_models_have_five_blocks_in_res3_and_res4(name, kind, cou
 
 
 def test_c2d_has_no_temporal_kernels_and_i3d_inflates_the_official_pattern():
-    c2d = flat_params(abstract_init(models.get_model("dnl_c2d_r50", 10).module, (1, 4, 32, 32, 3)))
-    i3d = flat_params(abstract_init(models.get_model("dnl_i3d_r50", 10).module, (1, 4, 32, 32, 3)))
+    c2d = flat_params(abstract_init(tasks.get_model("dnl_c2d_r50", 10).module, (1, 4, 32, 32, 3)))
+    i3d = flat_params(abstract_init(tasks.get_model("dnl_i3d_r50", 10).module, (1, 4, 32, 32, 3)))
     assert all(v.shape[0] == 1 for n, v in c2d.items() if n.endswith("kernel") and v.ndim == 5)
     assert i3d["backbone/conv1/kernel"].shape[:3] == (5, 7, 7)
     inflated = {n.split("/")[1] for n, v in i3d.items()
@@ -86,17 +86,17 @@ def test_video_feature_shape_and_temporal_pool():
 
 
 def test_video_bad_inputs_raise():
-    module = models.get_model("dnl_i3d_tiny", 5).module
+    module = tasks.get_model("dnl_i3d_tiny", 5).module
     with pytest.raises(ValueError, match=r"clips \[B, T, H, W, 3\] \(rank 5\)"):
         abstract_init(module, (1, 32, 32, 3))
     with pytest.raises(ValueError, match="expected 3 input channels"):
         abstract_init(module, (1, 4, 32, 32, 1))
     with pytest.raises(ValueError, match="unknown inflation"):
-        models.get_model("dnl_i3d_tiny", 5, inflation="r2plus1d")
+        tasks.get_model("dnl_i3d_tiny", 5, inflation="r2plus1d")
     with pytest.raises(ValueError, match="context must be 'dnl', 'nl' or None"):
-        models.get_model("dnl_i3d_tiny", 5, context="gc")
+        tasks.get_model("dnl_i3d_tiny", 5, context="gc")
     with pytest.raises(ValueError, match="unknown override.*output_stride"):
-        models.get_model("dnl_i3d_tiny", 5, output_stride=8)
+        tasks.get_model("dnl_i3d_tiny", 5, output_stride=8)
 
 
 def test_mmaction_layout_strides_time_eightfold_by_res3_and_drops_the_nl_scale():
@@ -105,13 +105,13 @@ def test_mmaction_layout_strides_time_eightfold_by_res3_and_drops_the_nl_scale()
     inputs = jax.ShapeDtypeStruct((1, 32, 64, 64, 3), jnp.float32)
     frames = {}
     for layout in ("paper", "mmaction"):
-        module = models.get_model("dnl_i3d_tiny", 5, context="nl", layout=layout).module
+        module = tasks.get_model("dnl_i3d_tiny", 5, context="nl", layout=layout).module
         variables = jax.eval_shape(lambda x, m=module: m.backbone.init(jax.random.key(0), x),
                                    inputs)
         frames[layout] = jax.eval_shape(module.backbone.apply, variables, inputs).shape[1]
         assert module.backbone.context.use_scale == (layout == "paper")
     assert frames == {"paper": 16, "mmaction": 4}
-    scaled = models.get_model("dnl_i3d_tiny", 5, layout="mmaction", use_scale=True).module
+    scaled = tasks.get_model("dnl_i3d_tiny", 5, layout="mmaction", use_scale=True).module
     assert scaled.backbone.context.use_scale and scaled.backbone.conv1_temporal_stride == 2
     with pytest.raises(ValueError, match="unknown video layout"):
-        models.get_model("dnl_i3d_tiny", 5, layout="slowfast")
+        tasks.get_model("dnl_i3d_tiny", 5, layout="slowfast")

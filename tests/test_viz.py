@@ -1,4 +1,4 @@
-"""Tests of dnl_jax.viz and the DNL block's sown attention weights: off by default, rows summing
+"""Tests of dnl_jax.analysis.viz and the DNL block's sown attention weights: off by default, rows summing
 to 1 over keys, consistent with `attention.dnl_attention`, and the figure's PNG."""
 
 import os
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnl_jax import attention, blocks, viz
+from dnl_jax import attention, blocks
+from dnl_jax.analysis import viz
 from dnl_jax.data.synthetic import SyntheticSegmentation
-from dnl_jax.models import get_model
+from dnl_jax.tasks import get_model
 from dnl_jax.models.registry import init_variables
 
 

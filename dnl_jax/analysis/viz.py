@@ -170,24 +170,6 @@ def _overlay(axis, image: np.ndarray, weights: np.ndarray, extent) -> None:
     axis.imshow(weights, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
 
 
-def figure_preprocess(data) -> Optional[Callable[[dict], dict]]:
-    """`example -> {'image': model input, 'label', 'display'}` for drawing the attention maps of
-    a real dataset's raw val examples (`config.data`): resized to `data.base_size` (aspect kept,
-    label by nearest neighbour) and normalised as in evaluation. None for the synthetic scenes,
-    which are drawn already normalised."""
-    if data.name == "synthetic":
-        return None
-    from dnl_jax.data import transforms
-
-    base_size = tuple(data.base_size)
-
-    def preprocess(example: dict) -> dict:
-        image, label = transforms.resize_keep_ratio(example["image"], example["label"], base_size)
-        return {"image": transforms.normalize(image), "label": label, "display": image}
-
-    return preprocess
-
-
 def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, source: Any, *,
                           num_classes: int, num_images: int = 3,
                           filename: str = "attention.png",
@@ -227,23 +209,6 @@ def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, s
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
-
-
-def save_task_figure(workdir: str, bundle, module: nn.Module, variables: Mapping, source: Any,
-                     data) -> Optional[str]:
-    """The end-of-training figure of `bundle.task`: segmentation, the attention figure
-    (`save_attention_figure`, 'attention.png'); detection, the detections with the attention of
-    the backbone's context block (`viz_detection.save_detection_figure`, 'detections.png');
-    None for other tasks or when the model has nothing to draw."""
-    if bundle.task == "segmentation":
-        return save_attention_figure(workdir, module, variables, source,
-                                     num_classes=data.num_classes,
-                                     preprocess=figure_preprocess(data))
-    if bundle.task == "detection":
-        from dnl_jax import viz_detection
-
-        return viz_detection.save_detection_figure(workdir, module, variables, source)
-    return None
 
 
 def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
@@ -301,4 +266,4 @@ def query_positions(label: np.ndarray, grid, count: int = 3) -> tuple[list, np.n
 
 
 __all__ = ["decomposition_figure", "query_positions", "capture_attention", "has_dnl_block",
-           "attention_figure", "save_attention_figure", "query_pixels", "figure_preprocess"]
+           "attention_figure", "save_attention_figure", "query_pixels"]

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from dnl_jax import IGNORE_LABEL
-from dnl_jax.data import cityscapes, pipeline, records, transforms
+from dnl_jax.data import cityscapes, records, transforms
 from dnl_jax.evaluators import common
 from dnl_jax.evaluators.segmentation_inference import MODES, predict_scores
 
@@ -137,12 +137,6 @@ class SegmentationEvaluator(common.Evaluator):
         scales = tuple(settings["scales"])
         if not scales or not all(s > 0 for s in scales):
             raise ValueError(f"{where}.scales={scales} must be positive ratios.")
-        if pipeline.dataset_task(config.data.name) != "segmentation":
-            raise ValueError(f"{where}: type 'segmentation' is for segmentation datasets; "
-                             f"config.data.name={config.data.name!r} is not one.")
-        if config.data.name == "synthetic":
-            raise ValueError(f"{where}: type 'segmentation' resizes and normalises raw images; "
-                             "the synthetic scenes are model-ready: use type='batched'.")
 
     def run(self, state) -> dict:
         context, data = self.context, self.context.config.data

@@ -9,7 +9,7 @@ optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), the per-image evaluator
 `evals.val` (type 'segmentation': mode 'whole'|'slide', crop_size, stride, scales, flip), and
 the evaluation/checkpoint intervals.
 
-Initialisation (dnl_jax/train/pretrained.py): every recipe names its ImageNet backbone in
+Initialisation (dnl_jax/train/initialisation.py): every recipe names its ImageNet backbone in
 model.pretrained (mmseg recipes open-mmlab's resnet{50,101}_v1c, the official DNL code's
 recipes its deep-base ResNet-101, video recipes torchvision's ResNet-50). mmseg's per-parameter
 options are set under the names the trainer reads: model.kwargs.loss_normalizer ('all':
@@ -69,7 +69,7 @@ def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
     """An mmseg-style segmentation recipe: SGD momentum 0.9, poly 0.9 down to 1e-4, the mmseg
     train pipeline (resize 0.5-2.0, crop with cat_max_ratio 0.75, flip, photometric);
     evaluation and checkpoints every total_steps / 10 steps (mmseg's 8k of 80k). `pretrained`
-    names the backbone (`dnl_jax.train.pretrained.BACKBONES`)."""
+    names the backbone (`dnl_jax.train.initialisation.BACKBONES`)."""
     if dataset not in NUM_CLASSES:
         raise ValueError(f"dataset {dataset!r}; choose one of {sorted(NUM_CLASSES)}.")
     if eval_mode == "slide" and (eval_crop_size is None or eval_stride is None):

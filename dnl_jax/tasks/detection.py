@@ -1,6 +1,11 @@
-"""The detection task for the model registry: Mask R-CNN settings by name, their overrides, and
-the `ModelBundle` pieces the trainer needs (training forward = the loss ratios, initialisation
-through `MaskRCNN.build`, COCO AP as the ranking metric).
+"""The detection task: the synthetic detection scenes and COCO 2017, Mask R-CNN with context
+blocks in the backbone (its settings, overrides and `ModelBundle`: training forward = the loss
+ratios, initialisation through `MaskRCNN.build`, COCO AP as the ranking metric), and the figure
+of detections with the backbone block's attention.
+
+Inputs: COCO images are resized keep-ratio to `base_size` (long, short), normalised and padded to
+a fixed `canvas` (h, w) (static shapes), with at most `max_instances` ground-truth objects;
+the synthetic scenes are drawn model-ready at `image_size`². Evaluation: 'coco' (box / mask AP).
 
 Context blocks are named by `context` ('dnl_official' = the official DNL detection block, 'dnl'
 = mmseg's DNL block, 'nl', 'gc', or None) and `context_stages`:
@@ -15,14 +20,21 @@ inner channels C/4 ('dnl', 'dnl_official', 'nl') or GC ratio 1/4 ('gc').
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 
+from dnl_jax.data import coco, detection_transforms, pipeline
+from dnl_jax.data.sources import Subset
+from dnl_jax.data.synthetic_detection import SyntheticDetection
 from dnl_jax.models import losses as model_losses
 from dnl_jax.models.detection import losses, targets
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from dnl_jax.models.residual import ARCH_SETTINGS, ContextSpec
+from dnl_jax.tasks.base import ModelBundle, Task
+
+SYNTHETIC = ("synthetic_detection",)
+DATASETS = SYNTHETIC + ("coco",)
 
 CONTEXTS = (None, "dnl_official", "dnl", "nl", "gc")
 CONTEXT_STAGES = ("c4", "c4+c5_all")
@@ -33,19 +45,12 @@ MODULE_OVERRIDES = (
     "rpn_nms_iou", "rpn_sampler", "rcnn_sampler", "roi_grid_limit", "score_threshold", "nms_iou",
     "max_detections", "axis_name", "dtype",
 )
-DETECTION_OVERRIDES = MODULE_OVERRIDES + ("context", "context_stages", "temperature",
-                                          "implementation")
+# mmdet 3.x's `mask-rcnn_r50_fpn_1x_coco` settings (the module's field defaults), no context.
+MODEL_DEFAULTS = {
+    **{field.name: field.default for field in dataclasses.fields(MaskRCNN)
+       if field.name in MODULE_OVERRIDES},
+    "context": None, "context_stages": "c4", "temperature": 0.05, "implementation": None}
 BEST_METRIC = "bbox_AP"
-
-
-def detection_config(context: Optional[str], context_stages: str = "c4", **extra) -> dict:
-    """A registry entry: mmdet 3.x's `mask-rcnn_r50_fpn_1x_coco` settings with `extra` over
-    them."""
-    defaults = {field.name: field.default for field in dataclasses.fields(MaskRCNN)
-                if field.name in MODULE_OVERRIDES}
-    return {"task": "detection", **defaults, "context": context,
-            "context_stages": context_stages, "temperature": 0.05, "implementation": None,
-            **extra}
 
 
 def _sampler(value, key: str) -> targets.SamplerConfig:
@@ -119,22 +124,135 @@ def finalize_metrics(metrics: Mapping) -> dict:
     return dict(metrics)
 
 
-def bundle_fields(num_classes: int, config: Mapping[str, Any]) -> dict:
-    """The `ModelBundle` keyword arguments of a detection model (registry.get_model)."""
-    module = build_module(num_classes, config)
+class DetectionEvalSource:
+    """A prepared detection split as evaluation inputs: example i is the eval preprocess
+    (resize keep-ratio to `scale`, normalise, pad to `canvas`) of the raw example i, and
+    `coco_ground_truth()` the split's COCO ground truth at the original sizes (for
+    evaluators/coco.py)."""
 
-    def no_batched_metrics(outputs, batch):
-        raise ValueError("detection models are evaluated with config.evals.<name>.type='coco' "
-                         "(COCO box / mask AP), not with per-batch metric sums.")
+    def __init__(self, raw, *, scale, canvas):
+        self.raw, self.scale, self.canvas = raw, tuple(scale), tuple(canvas)
 
-    loss_fn = model_losses.batch_loss_fn(loss_ratios_are_outputs, losses.LOSS_WEIGHTS)
-    return dict(module=module, task="detection", num_classes=num_classes, loss_fn=loss_fn,
-                metrics_fn=no_batched_metrics, input_key="image", config=dict(config),
-                loss_ratios_fn=loss_ratios_are_outputs, loss_weights=losses.LOSS_WEIGHTS,
-                finalize_metrics=finalize_metrics, best_metric=BEST_METRIC,
-                metric_label="val box AP", pad_label=-1, example_unit="image",
-                train_forward=train_forward(module), init_fn=init_fn(module))
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> dict:
+        return detection_transforms.detection_eval_preprocess(
+            self.raw[index], scale=self.scale, canvas=self.canvas)
+
+    def coco_ground_truth(self) -> tuple[dict, list[int]]:
+        return coco.coco_ground_truth(self.raw)
 
 
-__all__ = ["CONTEXTS", "CONTEXT_STAGES", "DETECTION_OVERRIDES", "detection_config",
-           "context_block_indices", "build_module", "bundle_fields"]
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _pair_ok(value) -> bool:
+    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
+
+
+def _no_batched_metrics(outputs, batch):
+    raise ValueError("detection models are evaluated with config.evals.<name>.type='coco' "
+                     "(COCO box / mask AP), not with per-batch metric sums.")
+
+
+class Detection(Task):
+    """Instance detection and segmentation (module docstring)."""
+
+    name = "detection"
+    datasets = DATASETS
+    synthetic = SYNTHETIC
+    input_key = "image"
+    example_model = "mask_rcnn_r50_fpn_dnl_c4"
+    model_defaults = MODEL_DEFAULTS
+
+    def eval_types(self, data) -> tuple[str, ...]:
+        return ("coco",)
+
+    def check_data(self, config) -> None:
+        data = config.data
+        if data.name in SYNTHETIC:
+            _require(data.num_classes >= 2 and data.num_classes % 2 == 0,
+                     f"config.data.num_classes={data.num_classes}: the synthetic detection "
+                     "scenes have two classes per object colour (the distant beacon picks one); "
+                     "use an even number, e.g. 4.")
+            _require(data.image_size % 32 == 0 and data.image_size >= 64,
+                     f"config.data.image_size={data.image_size} must be a multiple of 32 (the "
+                     "detector's stride), at least 64.")
+            _require(data.num_train >= config.batch_size,
+                     "config.data.num_train must be >= batch_size.")
+            return
+        base, canvas = tuple(data.base_size), tuple(data.canvas)
+        _require(_pair_ok(base), f"config.data.base_size={base} must be the (long, short) resize "
+                 "scale, e.g. (1333, 800).")
+        _require(_pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
+                 f"config.data.canvas={canvas} must be (h, w), multiples of 32 (the detector's "
+                 "stride), e.g. (1344, 1344).")
+        _require(min(canvas) >= min(base) and max(canvas) >= max(base),
+                 f"config.data.canvas={canvas} cannot hold an image resized to base_size="
+                 f"{base}; for landscape and portrait images use ({max(base)}, {max(base)}) "
+                 "rounded up to 32.")
+        _require(int(data.max_instances) >= 1, "config.data.max_instances must be >= 1.")
+        _require(int(data.mask_crop_size) >= 0, "config.data.mask_crop_size must be >= 0 (0: "
+                 "full-canvas masks).")
+
+    def sources(self, data):
+        """The synthetic scenes; or COCO's training split (mmdet's filter_empty_gt / min_size 32
+        filter when `filter_empty_gt`) and its val split as evaluation inputs."""
+        if data.name in SYNTHETIC:
+            common = dict(image_size=data.image_size, num_colours=data.num_classes // 2,
+                          seed=data.seed, noise=data.noise)
+            return (SyntheticDetection(data.num_train, split="train", **common),
+                    SyntheticDetection(data.num_val, split="val", **common))
+        train, val = pipeline.prepared_sources(data)
+        if data.filter_empty_gt:
+            train = Subset(train, coco.train_indices(train))
+        return train, self._eval_inputs(data, val)
+
+    def _eval_inputs(self, data, raw) -> DetectionEvalSource:
+        return DetectionEvalSource(raw, scale=data.base_size, canvas=data.canvas)
+
+    def eval_source(self, data, split: str):
+        if data.name in SYNTHETIC:
+            return pipeline.synthetic_val(self.sources(data), split)
+        return self._eval_inputs(data, pipeline.prepared_split(data, split))
+
+    def example_shape(self, data) -> tuple[int, ...]:
+        if data.name in SYNTHETIC:
+            return data.image_size, data.image_size, 3
+        return (*(int(v) for v in data.canvas), 3)
+
+    def train_transform(self, data):
+        if data.name in SYNTHETIC:
+            return None
+        return detection_transforms.DetectionTrainTransform(
+            scale=tuple(data.base_size), canvas=tuple(data.canvas),
+            max_instances=int(data.max_instances), mask_crop_size=int(data.mask_crop_size))
+
+    def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]
+                     ) -> ModelBundle:
+        module = build_module(num_classes, settings)
+        loss_fn = model_losses.batch_loss_fn(loss_ratios_are_outputs, losses.LOSS_WEIGHTS)
+        return ModelBundle(module=module, task=self.name, num_classes=num_classes,
+                           loss_fn=loss_fn, metrics_fn=_no_batched_metrics, name=name,
+                           input_key="image", config=dict(settings),
+                           loss_ratios_fn=loss_ratios_are_outputs,
+                           loss_weights=losses.LOSS_WEIGHTS, finalize_metrics=finalize_metrics,
+                           best_metric=BEST_METRIC, metric_label="val box AP", pad_label=-1,
+                           example_unit="image", train_forward=train_forward(module),
+                           init_fn=init_fn(module))
+
+    def save_figure(self, workdir, bundle, module, variables, source, data):
+        """The detections with the backbone block's attention ('detections.png')."""
+        from dnl_jax.analysis import viz_detection  # imported lazily: matplotlib
+
+        return viz_detection.save_detection_figure(workdir, module, variables, source)
+
+
+TASK = Detection()
+
+__all__ = ["TASK", "Detection", "DetectionEvalSource", "CONTEXTS", "CONTEXT_STAGES",
+           "MODEL_DEFAULTS", "MODULE_OVERRIDES", "DATASETS", "context_block_indices",
+           "build_module"]

@@ -4,7 +4,7 @@ Experiment files in `experiments/configs/` start from `base_config()` and overri
 typo on the command line (`--config.optimiser.lr=...`) is already refused by ml_collections; a
 ConfigDict built by hand and passed to `train_and_evaluate` is checked here by `validate_config`,
 which names the unknown key and suggests the closest known one. `model.kwargs` is free-form: it is
-forwarded to `dnl_jax.models.get_model`, which validates its own arguments; on the command line
+forwarded to `dnl_jax.tasks.get_model`, which validates its own arguments; on the command line
 its entries are set with `--config.model.kwargs.NAME=VALUE` (`pop_model_kwargs_flags`).
 `evals` holds one section per evaluator, `config.evals.<name> = dict(type=..., every_steps=...,
 ...)`, each checked by its evaluator (dnl_jax/evaluators/). Keys of earlier layouts are refused
@@ -20,12 +20,9 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from dnl_jax import evaluators
-from dnl_jax.data.pipeline import (DATASETS, DETECTION_DATASETS, REAL_SEGMENTATION,  # noqa
-                                   SEGMENTATION_DATASETS, VIDEO_DATASETS, dataset_task)
+from dnl_jax import evaluators, tasks
 
 PARALLELISMS = ("jit", "pmap")
-SYNTHETIC_SCENES = ("beacon", "regions")  # config.data.scenes: data/synthetic.py, data/regions.py
 DTYPES = ("float32", "bfloat16")
 # Sub-dicts whose keys are not ours to check: the model's arguments (get_model checks them) and
 # the evaluators' sections (each evaluator checks its own).
@@ -42,8 +39,6 @@ REPLACED_KEYS = {
             "never read); delete it",
 }
 MODEL_KWARGS_FLAG = "--config.model.kwargs."
-EXAMPLE_MODELS = {"segmentation": "dnl_r50-d8", "classification": "dnl_i3d_r50",
-                  "detection": "mask_rcnn_r50_fpn_dnl_c4"}
 SCHEDULES = ("poly", "step")  # config.optimizer.schedule (train/step.py)
 
 
@@ -83,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "dnl_tiny"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.kwargs = ml_collections.ConfigDict()  # forwarded to get_model(**kwargs)
-    # Initialisation (dnl_jax/train/pretrained.py): a converted ImageNet backbone by name
+    # Initialisation (dnl_jax/train/initialisation.py): a converted ImageNet backbone by name
     # (pretrained_dir/NAME, written by `python -m dnl_jax.interop.pretrained`). Real datasets
     # refuse an empty name unless from_scratch=True says so; init_from overrides both.
     c.model.pretrained = ""
@@ -173,7 +168,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 10
     c.progress_bar = True
     c.curves_figure = True
-    c.attention_figure = True  # attention.png (segmentation DNL heads only; see dnl_jax/viz.py)
+    c.attention_figure = True  # attention.png (segmentation DNL heads only; see dnl_jax/analysis/viz.py)
 
     # Loss and optimizer options (issue 11). Weight-decay multipliers: ((pattern, multiplier),
     # ...) matched as substrings of '/'-joined parameter paths, longest pattern first, like
@@ -182,17 +177,6 @@ def base_config() -> ml_collections.ConfigDict:
     # Synthetic scenes: the fraction of each label map set to 255 (one random rectangle).
     c.data.ignore_fraction = 0.0
     return c
-
-
-def check_model_task(model_task: str, config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError when the model's task is not the dataset's (a segmentation model on
-    videos, or the reverse)."""
-    task = dataset_task(config.data.name)
-    if model_task != task:
-        example = EXAMPLE_MODELS[task]
-        raise ValueError(f"config.model.name={config.model.name!r} is a {model_task} model but "
-                         f"config.data.name={config.data.name!r} is a {task} dataset; choose a "
-                         f"{task} model, e.g. --config.model.name={example}.")
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -241,8 +225,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _require(c.parallelism in PARALLELISMS,
              f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.")
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
-    _require(c.data.name in DATASETS,
-             f"config.data.name={c.data.name!r}; choose one of {DATASETS}.")
+    task = tasks.for_dataset(c.data.name)  # ValueError listing the datasets
     for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
     _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
@@ -256,7 +239,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _require(c.optimizer.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0.")
     _check_schedule(c)
     _check_batch_divisibility(c, num_devices=num_devices)
-    _DATA_CHECKS[c.data.name](c)
+    task.check_data(c)
     evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
 
 
@@ -276,81 +259,6 @@ def _check_schedule(c) -> None:
     _require(all(isinstance(p, str) and p for p in opt.frozen),
              f"config.optimizer.frozen={tuple(opt.frozen)!r} must be non-empty path prefixes, "
              "e.g. ('backbone/conv1', 'backbone/bn1', 'backbone/layer1_').")
-
-
-def _pair_ok(value) -> bool:
-    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
-
-
-def _check_synthetic_data(c) -> None:
-    """Keys of the embedded synthetic scenes."""
-    _require(c.data.num_classes >= 5 and c.data.num_classes % 2 == 1,
-             f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
-             "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
-    _require(c.data.scenes in SYNTHETIC_SCENES,
-             f"config.data.scenes={c.data.scenes!r}; choose one of {SYNTHETIC_SCENES}.")
-    _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
-
-
-def _check_segmentation_data(c) -> None:
-    """Keys of prepared segmentation datasets. data_dir is checked when the data is opened."""
-    for key in ("crop_size", "base_size"):
-        _require(_pair_ok(c.data[key]),
-                 f"config.data.{key}={tuple(c.data[key])} must be two positive sizes.")
-    low, high = c.data.ratio_range
-    _require(0 < low <= high, f"config.data.ratio_range={tuple(c.data.ratio_range)} must be "
-             "(low, high) with 0 < low <= high.")
-    _require(0 < c.data.cat_max_ratio <= 1, "config.data.cat_max_ratio must be in (0, 1].")
-
-
-def _check_video_data(c) -> None:
-    """Keys of video datasets: clip sampling and the square crop."""
-    for key in ("clip_len", "frame_stride"):
-        _require(int(c.data[key]) >= 1, f"config.data.{key}={c.data[key]} must be >= 1.")
-    crop = tuple(c.data.crop_size)
-    _require(_pair_ok(crop) and crop[0] == crop[1],
-             f"config.data.crop_size={crop}: video crops are square, e.g. (224, 224).")
-    low, high = tuple(c.data.short_side_range)
-    _require(crop[0] <= low <= high,
-             f"config.data.short_side_range={(low, high)} must be (low, high) with crop side "
-             f"{crop[0]} <= low <= high: frames are rescaled to it, then cropped.")
-
-
-def _check_synthetic_detection_data(c) -> None:
-    """Keys of the embedded synthetic detection scenes (data/synthetic_detection.py)."""
-    _require(c.data.num_classes >= 2 and c.data.num_classes % 2 == 0,
-             f"config.data.num_classes={c.data.num_classes}: the synthetic detection scenes have "
-             "two classes per object colour (the distant beacon picks one); use an even number, "
-             "e.g. 4.")
-    _require(c.data.image_size % 32 == 0 and c.data.image_size >= 64,
-             f"config.data.image_size={c.data.image_size} must be a multiple of 32 (the "
-             "detector's stride), at least 64.")
-    _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
-
-
-def _check_detection_data(c) -> None:
-    """Keys of prepared detection datasets (COCO)."""
-    _require(_pair_ok(c.data.base_size), f"config.data.base_size={tuple(c.data.base_size)} must "
-             "be the (long, short) resize scale, e.g. (1333, 800).")
-    canvas = tuple(c.data.canvas)
-    _require(_pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
-             f"config.data.canvas={canvas} must be (h, w), multiples of 32 (the detector's "
-             "stride), e.g. (1344, 1344).")
-    _require(min(canvas) >= min(c.data.base_size) and max(canvas) >= max(c.data.base_size),
-             f"config.data.canvas={canvas} cannot hold an image resized to base_size="
-             f"{tuple(c.data.base_size)}; for landscape and portrait images use "
-             f"({max(c.data.base_size)}, {max(c.data.base_size)}) rounded up to 32.")
-    _require(int(c.data.max_instances) >= 1, "config.data.max_instances must be >= 1.")
-    _require(int(c.data.mask_crop_size) >= 0, "config.data.mask_crop_size must be >= 0 (0: "
-             "full-canvas masks).")
-
-
-# The checks of each dataset's own keys.
-_DATA_CHECKS = {"synthetic": _check_synthetic_data,
-                "synthetic_detection": _check_synthetic_detection_data,
-                "coco": _check_detection_data,
-                **{name: _check_segmentation_data for name in REAL_SEGMENTATION},
-                **{name: _check_video_data for name in VIDEO_DATASETS}}
 
 
 def _check_batch_divisibility(c, *, num_devices: int) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from dnl_jax.data.pipeline import SYNTHETIC_DATASETS
+from dnl_jax.tasks import SYNTHETIC_DATASETS
 
 log = logging.getLogger(__name__)
 

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 import bench_utils
+from dnl_jax import tasks
 from dnl_jax.data import cityscapes, pipeline, transforms
 from dnl_jax.data.prepare import prepare
 from dnl_jax.data.sources import load_split
@@ -101,7 +102,7 @@ def segmentation(work: str, images: int, batches: int, rng) -> list[dict]:
     for processes, threads in WORKER_SETTINGS:
         dataset = pipeline.train_dataset(
             source, seed=0, local_batch=2, process_index=0, process_count=1,
-            transform=pipeline.train_transform(data), worker_processes=processes,
+            transform=tasks.for_dataset(data.name).train_transform(data), worker_processes=processes,
             worker_threads=threads)
         wall, cpu = batches_per_second(dataset, batches)
         rows.append(dict(kind="cityscapes 2048x1024 PNG → 512x1024 crop", processes=processes,

@@ -5,7 +5,7 @@ Launch:
     python -m dnl_jax.main --config experiments/configs/synthetic_dnl_r18.py --workdir runs/r18
 """
 
-from dnl_jax.train.ablation import synthetic_config
+from dnl_jax.recipes.ablation import synthetic_config
 
 
 def get_config():
