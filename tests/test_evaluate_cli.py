@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dnl_jax.evaluate import evaluate_checkpoint
+from dnl_jax.train.checkpoint_paths import step_directory
 from dnl_jax.train.config import pop_model_kwargs_flags, set_model_kwargs
 from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
@@ -19,8 +20,8 @@ enable_compilation_cache()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py")
 # The demo config shrunk to the shared tiny run's values (equal configs share compilations).
-TINY_FLAGS = ["--config.data.image_size=32", "--config.data.num_classes=5",
-              "--config.data.num_train=64", "--config.data.num_val=16",
+TINY_FLAGS = ["--config.data.synthetic.image_size=32", "--config.data.num_classes=5",
+              "--config.data.synthetic.num_train=64", "--config.data.synthetic.num_val=16",
               "--config.evals.val.batch_size=8"]
 
 
@@ -58,8 +59,8 @@ def test_evaluate_errors_name_the_problem(trained, tmp_path):
     with pytest.raises(ValueError, match=r"missing does not exist; give a step directory .* "
                                          r"Steps in .*checkpoints: \[1\]"):
         evaluate_checkpoint(config, os.path.join(checkpoints, "missing"), "val")
-    with pytest.raises(ValueError, match=r"holds checkpoints \[1\]; give one step"):
-        evaluate_checkpoint(config, checkpoints, "val")
+    # The checkpoints/ directory means its latest step (evaluate and analyze resolve alike).
+    assert step_directory(checkpoints) == os.path.join(checkpoints, "1")
     seven = tiny_config(**{"data.num_classes": 7})
     with pytest.raises(ValueError, match=r"does not fit config.model.name='dnl_tiny' with "
                                          r"config.data.num_classes=7 \(it was saved for model "

@@ -33,7 +33,6 @@ from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dnl_jax import blocks, blocks_official, ops
@@ -169,7 +168,7 @@ def _sub_sample(x: np.ndarray, window) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ attention maps
 def _softmax(logits) -> np.ndarray:
-    return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+    return ops.host_softmax(np.asarray(logits, np.float32))
 
 
 def attention_logits(capture: BlockCapture, queries: np.ndarray) -> dict[str, Optional[np.ndarray]]:

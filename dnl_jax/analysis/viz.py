@@ -2,9 +2,9 @@
 (Yin et al., ECCV 2020, Fig. 1/4): per val image, the image, ground truth, prediction, the pairwise
 attention map of three query pixels and the unary map.
 
-The maps come from the block itself: `DisentangledNonLocal` sows its attention weights into the
-'intermediates' collection when (and only when) the caller makes that collection mutable, and
-`capture_intermediates` records the block's output shape, i.e. its feature grid:
+The maps come from the one capture path of the analysis (`dnl_jax.analysis.BlockCapturer`: the
+block's θ, φ and unary logits from one inference pass, its input's shape the feature grid) and
+its `attention_rows`:
 
     pairwise[b, i, :] = softmax_j(scale · θ̂_iᵀφ̂_j / temperature)   [B, N, M], rows sum to 1
     unary[b, :]       = softmax_j(conv_mask(x)_j)                     [B, M],    sums to 1
@@ -19,60 +19,37 @@ import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import numpy as np
 
-from dnl_jax import IGNORE_LABEL, blocks
+from dnl_jax import IGNORE_LABEL, analysis
 PANEL_INCHES = 2.0
 DPI = 100
 
 
 def capture_attention(module: nn.Module, variables: Mapping, images) -> Optional[dict]:
-    """The attention weights of the first `DisentangledNonLocal` block of `module`.
+    """The attention weights of the first `DisentangledNonLocal`-kind block of `module`, from the
+    analysis' capture of the block's inputs (`analysis.BlockCapturer`, one inference pass).
 
     Args:
-      module: a flax module containing a `DisentangledNonLocal` (e.g. a DNL `Segmentor`).
+      module: a flax module containing a DNL block (e.g. a DNL `Segmentor`).
       variables: its `{'params', 'batch_stats'}`.
       images: `[B, H, W, 3]` float inputs.
     Returns:
       None when the module has no DNL block; else `{'logits': [B, H, W, K], 'grid': (h, w),
       'pairwise': [B, h·w, M] or None (unary-only block), 'unary': [B, M] or None
-      (pairwise-only block)}` as float32 numpy arrays.
+      (pairwise-only block)}` as float32 numpy arrays (`analysis.attention_rows`).
     """
-    def is_dnl(mdl: nn.Module, method_name: str) -> bool:
-        return isinstance(mdl, blocks.DisentangledNonLocal) and method_name == "__call__"
-
-    outputs, state = jax.jit(lambda v, x: module.apply(
-        v, x, train=False, mutable=["intermediates"], capture_intermediates=is_dnl))(
-            dict(variables), images)
-    found = _find_dnl_intermediates(state.get("intermediates", {}))
+    outputs, captures = analysis.BlockCapturer(module)(variables, images)
+    found = next((capture for capture in captures if capture.kind == "dnl"), None)
     if found is None:
         return None
-    grid = tuple(found["__call__"][0].shape[1:-1])
-    if len(grid) != 2:
-        raise ValueError(f"attention figures need a 2-D feature grid; the block saw {grid}.")
-    pick = lambda key: np.asarray(found[key][0], np.float32) if key in found else None
-    return {"logits": np.asarray(outputs["logits"], np.float32), "grid": grid,
-            "pairwise": pick("pairwise_weights"), "unary": pick("unary_weights")}
-
-
-def has_dnl_block(module: nn.Module, variables: Mapping, images) -> bool:
-    """Whether `module` sows DNL attention weights (traced only, nothing is compiled or run)."""
-    _, state = jax.eval_shape(lambda v, x: module.apply(
-        v, x, train=False, mutable=["intermediates"]), dict(variables), images)
-    return _find_dnl_intermediates(state.get("intermediates", {})) is not None
-
-
-def _find_dnl_intermediates(tree: Mapping) -> Optional[Mapping]:
-    """Depth-first search for the first sub-dict holding the block's sown weights."""
-    if any(key in tree for key in ("pairwise_weights", "unary_weights")):
-        return tree
-    for value in tree.values():
-        if isinstance(value, Mapping):
-            found = _find_dnl_intermediates(value)
-            if found is not None:
-                return found
-    return None
+    if len(found.grid) != 2:
+        raise ValueError(f"attention figures need a 2-D feature grid; the block saw {found.grid}.")
+    rows = analysis.attention_rows(found, np.arange(int(np.prod(found.grid))))
+    unary = None if rows["unary"] is None else np.asarray(rows["unary"][:, 0], np.float32)
+    pairwise = None if rows["pairwise"] is None else np.asarray(rows["pairwise"], np.float32)
+    return {"logits": np.asarray(outputs["logits"], np.float32), "grid": found.grid,
+            "pairwise": pairwise, "unary": unary}
 
 
 def query_pixels(label: np.ndarray, count: int = 3) -> list[tuple[int, int]]:
@@ -189,10 +166,11 @@ def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, s
     examples = [source[i] for i in range(min(num_images, len(source)))]
     if preprocess is not None:
         examples = [preprocess(ex) for ex in examples]
-    if not has_dnl_block(module, variables, examples[0]["image"][None]):
-        return None
     # One image per forward pass: val images may differ in size (real datasets).
-    captured = [capture_attention(module, variables, ex["image"][None]) for ex in examples]
+    captured = [capture_attention(module, variables, ex["image"][None]) for ex in examples[:1]]
+    if captured[0] is None:
+        return None
+    captured += [capture_attention(module, variables, ex["image"][None]) for ex in examples[1:]]
     if len({c["grid"] for c in captured}) > 1 or len({ex["image"].shape for ex in examples}) > 1:
         examples, captured = examples[:1], captured[:1]  # rows must share a layout
     maps = {"grid": captured[0]["grid"]}
@@ -265,5 +243,5 @@ def query_positions(label: np.ndarray, grid, count: int = 3) -> tuple[list, np.n
     return points, np.array([_grid_index(p, label.shape, grid) for p in points])
 
 
-__all__ = ["decomposition_figure", "query_positions", "capture_attention", "has_dnl_block",
+__all__ = ["decomposition_figure", "query_positions", "capture_attention",
            "attention_figure", "save_attention_figure", "query_pixels"]

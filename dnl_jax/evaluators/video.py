@@ -19,6 +19,7 @@ import numpy as np
 
 from dnl_jax.data import transforms
 from dnl_jax.evaluators import common
+from dnl_jax.ops import host_softmax
 from dnl_jax.tasks.video import check_short_side, view_settings
 
 
@@ -36,7 +37,7 @@ def video_view_counts(predict_fn: common.PredictFn, examples: Iterable[dict], *,
         logits = np.asarray(predict_fn(views["video"]), np.float32)
         label = int(example["label"])
         counts += (int(np.sum(logits.argmax(-1) == label)), len(logits),
-                   int(common.softmax(logits).mean(0).argmax() == label), 1)
+                   int(host_softmax(logits).mean(0).argmax() == label), 1)
     return counts
 
 
