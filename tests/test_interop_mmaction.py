@@ -24,7 +24,7 @@ MMACTION = mmaction_models()
 # mmaction2's configs/_base_/models/i3d_r50.py and its NL configs (res3 blocks 1, 3; res4 1, 3, 5).
 I3D_INFLATE = ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))
 NL_BLOCKS = ((0, 0, 0), (0, 1, 0, 1), (0, 1, 0, 1, 0, 1), (0, 0, 0))
-# Its I3D NL R50 with the 400-class head (counted with mmaction2's classes; issue #17).
+# Its I3D NL R50 with the 400-class head (counted with mmaction2's classes).
 MMACTION_I3D_NL_R50_PARAMS = 35_397_840
 
 

@@ -1,4 +1,4 @@
-"""One loss definition whatever the split (issue 11): the normalisers, per-image OHEM, the train
+"""One loss definition whatever the split: the normalisers, per-image OHEM, the train
 step's global sums (jit == pmap on 4 fake devices == gradient accumulation, with ignore pixels,
 OHEM and class weights), align_corners resizes against PyTorch, weight-decay multipliers by
 name, the synthetic ignore rectangle, the finiteness flag and out-of-range labels."""
@@ -142,7 +142,7 @@ def test_synthetic_ignore_fraction_is_one_rectangle_over_the_same_scene():
         assert box.all()  # one filled rectangle
         assert abs(ignored.sum() - 256) <= 16  # 0.25 of 32x32, up to the aspect's rounding
         np.testing.assert_array_equal(a["label"][~ignored], b["label"][~ignored])
-    with pytest.raises(ValueError, match="config.data.ignore_fraction"):
+    with pytest.raises(ValueError, match="config.data.synthetic.ignore_fraction"):
         SyntheticSegmentation(4, ignore_fraction=1.0)
 
 

@@ -1,4 +1,4 @@
-"""One loss however the batch is split, end to end (issue 11): with ignore pixels (a quarter of
+"""One loss however the batch is split, end to end: with ignore pixels (a quarter of
 every label map) and OHEM on, 4 training steps under jit (4 fake devices), pmap, gradient
 accumulation (2 micro-batches) and two real processes (gloo, 2 fake devices each) end with the
 same parameters. Batch norm is frozen and dropout off: those legitimately depend on the split
@@ -19,7 +19,7 @@ from train_testing import CACHE_ENV, TINY, enable_compilation_cache
 
 enable_compilation_cache()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = {**TINY, "data.ignore_fraction": 0.25}
+SETTINGS = {**TINY, "data.synthetic.ignore_fraction": 0.25}
 MODEL_KWARGS = {"ohem": {"thresh": 0.7, "min_kept": 300}, "frozen_bn": True,
                 "dropout_rate": 0.0, "class_weights": (0.8, 1.0, 1.2, 0.9, 1.1)}
 CONFIG_FILE = f'''
