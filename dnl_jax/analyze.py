@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ from dnl_jax.analysis import viz
 from dnl_jax.models.losses import confusion_matrix
 from dnl_jax.models.metrics import metrics_from_confusion
 from dnl_jax.train.checkpoint import load_variables
+from dnl_jax.train.checkpoint_paths import step_directory
 
 COLUMNS = (("QI full", "query_independence/full"), ("QI pairwise", "query_independence/pairwise"),
            ("QI unary", "query_independence/unary"), ("pw~within", "pairwise~within"),
@@ -41,15 +43,6 @@ def format_value(key: str, value) -> str:
     if value is None or value != value:
         return "–"
     return f"{value:.2e}" if key.startswith("query_independence") else f"{value:.3f}"
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint step directory; a `checkpoints/` directory resolves to its latest step."""
-    if not os.path.isdir(path):
-        raise ValueError(f"--checkpoint {path!r} is not a directory; give a step directory such "
-                         "as runs/demo-latest/checkpoints/1000 (or the checkpoints/ directory).")
-    steps = [int(name) for name in os.listdir(path) if name.isdigit()]
-    return os.path.join(path, str(max(steps))) if steps else path
 
 
 def load_examples(config, split: str, num_images: int) -> tuple[list[dict], str]:
@@ -144,7 +137,7 @@ def analyze_checkpoint(config, checkpoint: str, *, split: str = "val", num_image
         raise ValueError(f"--num_images must be >= 1; got {num_images}.")
     bundle = tasks.get_model(config.model.name, int(config.data.num_classes),
                        **config.model.kwargs.to_dict())
-    variables = load_variables(resolve_checkpoint(checkpoint))
+    variables = load_variables(step_directory(checkpoint))
     examples, input_key = load_examples(config, split, num_images)
     result = analyze_model(bundle.module, variables, examples, input_key=input_key,
                            num_classes=bundle.num_classes, batch_size=batch_size)
@@ -179,7 +172,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     flag = flags.FLAGS
     output_dir = flag.output_dir or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(resolve_checkpoint(flag.checkpoint)))),
+        os.path.dirname(os.path.dirname(os.path.abspath(step_directory(flag.checkpoint)))),
         "analysis")
     analyze_checkpoint(_CONFIG.value, flag.checkpoint, split=flag.split,
                        num_images=flag.num_images, batch_size=flag.batch_size,
@@ -197,4 +190,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("output_dir", None, "Where analysis.json / analysis.png go (default: "
                         "WORKDIR/analysis next to WORKDIR/checkpoints).")
     flags.mark_flags_as_required(["config", "checkpoint"])
+    from dnl_jax.train.config import check_override_flags
+
+    try:  # before absl parses them: a key that is not one is one line, not a traceback
+        check_override_flags(sys.argv)
+    except ValueError as error:
+        sys.exit(f"analyze: {error}")
     app.run(main)

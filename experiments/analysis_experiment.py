@@ -1,4 +1,5 @@
-"""The analysis experiment (issue 12) and the refreshed beacon ablation, in one script.
+"""The analysis experiment (the DNL paper's attention analysis of trained heads) and the
+refreshed beacon ablation, in one script.
 
     python experiments/analysis_experiment.py --out OUT [--workers 8] [--seeds 0,1,2,3,4]
         [--experiments regions,beacon] [--regions_heads fcn,nl,pairwise,unary,dnl]
@@ -7,7 +8,7 @@
         [--runs_dir DIR] [--deadline_s S] [--smoke]
 
 Every run is the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`) with one decode head,
-one `config.seed` and one scene family (`config.data.scenes`: 'regions' for the analysis,
+one `config.seed` and one scene family (`config.data.synthetic.scenes`: 'regions' for the analysis,
 'beacon' for the ablation of experiments/results/synthetic_ablation.md), trained with
 `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers` processes, and then analysed
 in the same process (`dnl_jax.analyze.analyze_model` on the first `--num_images` val scenes of
@@ -49,13 +50,13 @@ def run_config(spec: dict):
 
     config = synthetic_config(HEADS[spec["head"]])
     config.seed = spec["seed"]
-    config.data.scenes = spec["scenes"]
+    config.data.synthetic.scenes = spec["scenes"]
     config.total_steps = spec["steps"]
     config.progress_bar = False
     config.curves_figure = False
     config.attention_figure = False
     if spec["smoke"]:
-        config.data.num_train, config.data.num_val, config.data.image_size = 64, 16, 32
+        config.data.synthetic.num_train, config.data.synthetic.num_val, config.data.synthetic.image_size = 64, 16, 32
         config.batch_size = config.evals.val.batch_size = 8
         config.optimizer.warmup_steps = 0
         config.evals.val.every_steps = config.checkpoint.every_steps = spec["steps"]
@@ -66,7 +67,7 @@ def command_line(spec: dict) -> str:
     """The equivalent single-run commands (train, then analyse)."""
     config = f"experiments/configs/synthetic_{spec['head']}_tiny.py"
     workdir = f"runs/{spec['scenes']}/{spec['head']}_seed{spec['seed']}"
-    overrides = (f"--config.seed={spec['seed']} --config.data.scenes={spec['scenes']} "
+    overrides = (f"--config.seed={spec['seed']} --config.data.synthetic.scenes={spec['scenes']} "
                  f"--config.total_steps={spec['steps']}")
     return (f"python -m dnl_jax.main --config {config} --workdir {workdir} {overrides}; "
             f"python -m dnl_jax.analyze --config {config} {overrides} "
@@ -114,6 +115,7 @@ def run_one(spec: dict) -> dict:
     from dnl_jax.tasks import get_model
     from dnl_jax.train import logs
     from dnl_jax.train.checkpoint import load_variables
+    from dnl_jax.train.checkpoint_paths import step_directory
     from dnl_jax.train.trainer import train_and_evaluate
 
     _cache_scenes()
@@ -128,13 +130,15 @@ def run_one(spec: dict) -> dict:
               "best_val_miou": max(r["miou"] for r in val),
               "val_miou_by_step": {r["step"]: r["miou"] for r in val},
               "train_wall_s": round(train_s, 1), "command": command_line(spec),
-              "recipe": {"image_size": config.data.image_size, "num_classes": config.data.num_classes,
-                         "num_train": config.data.num_train, "num_val": config.data.num_val,
+              "recipe": {"image_size": config.data.synthetic.image_size,
+                         "num_classes": config.data.num_classes,
+                         "num_train": config.data.synthetic.num_train,
+                         "num_val": config.data.synthetic.num_val,
                          "batch_size": config.batch_size, "total_steps": config.total_steps,
                          "lr": config.optimizer.lr},
               "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})"}
     bundle = get_model(config.model.name, config.data.num_classes)
-    variables = load_variables(analyze.resolve_checkpoint(os.path.join(workdir, "checkpoints")))
+    variables = load_variables(step_directory(os.path.join(workdir, "checkpoints")))
     examples, _ = analyze.load_examples(config, "val", spec["num_images"])
     start = time.perf_counter()
     analysed = analyze.analyze_model(bundle.module, variables, examples,

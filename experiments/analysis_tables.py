@@ -22,7 +22,7 @@ TITLES = {"regions": "Analysis of trained non-local blocks on the 'regions' scen
           "beacon": "Synthetic-scene ablation (beacon scenes): DNL vs FCN, NL, GC, pairwise-only, "
                     "unary-only"}
 SCENES = {
-    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, `config.data.scenes='regions'`): "
+    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, `config.data.synthetic.scenes='regions'`): "
                "textured grey background (class 0); two of three colours per scene, each on two "
                "objects in opposite halves of the image; a black or white marker inside only one "
                "of a colour's objects decides the class of both (1 + 2·colour + bit), so an "
@@ -174,7 +174,7 @@ def markdown(scenes: str, records: list[dict], failures: list[dict], context: di
              "single seeds.", "",
              "Setup: the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`: ResNet-V1c-18-D8 "
              f"trunk of width 8, decode head of width 16; {_recipe(records)}), "
-             f"`config.data.scenes='{scenes}'`; only the decode head and `config.seed` differ "
+             f"`config.data.synthetic.scenes='{scenes}'`; only the decode head and `config.seed` differ "
              "between runs. Final val mIoU = all val scenes after the last step.", "",
              "## The data", "", SCENES[scenes], "",
              "## Command", "", f"    {context['argv']}", "",

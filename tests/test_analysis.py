@@ -169,8 +169,8 @@ def test_analyze_command_end_to_end(tmp_path):
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny_config(**{"model.name": "nl_tiny", "total_steps": 2}), workdir)
     command = [sys.executable, "-m", "dnl_jax.analyze", "--config",
-               "experiments/configs/synthetic_nl_tiny.py", "--config.data.image_size=32",
-               "--config.data.num_classes=5", "--config.data.num_val=16",
+               "experiments/configs/synthetic_nl_tiny.py", "--config.data.synthetic.image_size=32",
+               "--config.data.num_classes=5", "--config.data.synthetic.num_val=16",
                "--checkpoint", os.path.join(workdir, "checkpoints"), "--num_images", "4",
                "--batch_size", "2"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
@@ -191,10 +191,10 @@ def test_config_scenes_key_is_checked_and_picks_the_source():
     from dnl_jax.train.config import base_config, validate_config
 
     config = base_config()
-    config.data.scenes = "rings"
-    with pytest.raises(ValueError, match="config.data.scenes='rings'; choose one of"):
+    config.data.synthetic.scenes = "rings"
+    with pytest.raises(ValueError, match="config.data.synthetic.scenes='rings'; choose one of"):
         validate_config(config, num_devices=1, num_processes=1)
-    config.data.scenes = "regions"
+    config.data.synthetic.scenes = "regions"
     validate_config(config, num_devices=1, num_processes=1)
     train, val = tasks.for_dataset(config.data.name).sources(config.data)
     assert isinstance(train, RegionScenes) and val.split == "val"

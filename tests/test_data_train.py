@@ -119,7 +119,7 @@ def test_evaluate_command_on_a_checkpoint_writes_cityscapes_pngs(tmp_path):
     command = [sys.executable, "-m", "dnl_jax.evaluate", f"--config={config}",
                f"--checkpoint={checkpoint}", "--split=val", f"--output_dir={tmp_path / 'preds'}",
                "--config.model.name=dnl_tiny", f"--config.data.data_dir={tmp_path / 'out'}",
-               f"--config.data.base_size=({W},{H})", "--config.evals.val.mode=slide",
+               f"--config.data.segmentation.base_size=({W},{H})", "--config.evals.val.mode=slide",
                "--config.evals.val.crop_size=(8,8)",
                "--config.evals.val.stride=(6,6)"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -143,8 +143,8 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
     prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
     config = tiny_cityscapes_recipe()
     config.update_from_flattened_dict({
-        "data.data_dir": str(tmp_path / "out"), "data.crop_size": (16, 16),
-        "data.base_size": (W, H), "data.ratio_range": (1.0, 2.0), "batch_size": 4,
+        "data.data_dir": str(tmp_path / "out"), "data.segmentation.crop_size": (16, 16),
+        "data.segmentation.base_size": (W, H), "data.segmentation.ratio_range": (1.0, 2.0), "batch_size": 4,
         "evals.val.mode": "slide", "evals.val.crop_size": (8, 8), "evals.val.stride": (6, 6),
         "evals.val.every_steps": 100,
         "checkpoint.every_steps": 1, "log_every_steps": 1, "progress_bar": False,

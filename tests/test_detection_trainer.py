@@ -11,11 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from dnl_jax.evaluators import coco
-from dnl_jax.evaluators import coco_eval
+from dnl_jax.evaluators import coco, coco_eval
 from dnl_jax.train import step as step_lib
 from dnl_jax.recipes.ablation import synthetic_detection_config
-from dnl_jax.train.config import validate_config
+from dnl_jax.train.config import base_config, validate_config
 from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import enable_compilation_cache
 
@@ -29,7 +28,7 @@ def tiny_detection_config(**overrides) -> ml_collections.ConfigDict:
     config = synthetic_detection_config("mask_rcnn_dnl_tiny")
     config.model.kwargs = ml_collections.ConfigDict(TINY_DETECTOR)
     config.update_from_flattened_dict({
-        "data.num_train": 16, "data.num_val": 4, "batch_size": 4, "total_steps": 2,
+        "data.synthetic.num_train": 16, "data.synthetic.num_val": 4, "batch_size": 4, "total_steps": 2,
         "optimizer.decay_steps": (1,), "optimizer.warmup_steps": 1,
         "evals.val.batch_size": 4, "checkpoint.every_steps": 2, "progress_bar": False,
         "curves_figure": False, "attention_figure": False, **overrides})
@@ -121,7 +120,7 @@ def test_frozen_parameters_get_no_update_and_unknown_prefixes_are_refused():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"data.num_classes": 5}, "even number"),
-    ({"data.image_size": 48}, "multiple of 32"),
+    ({"data.synthetic.image_size": 48}, "multiple of 32"),
     ({"optimizer.schedule": "poly"}, "decay_steps is read by schedule='step' only"),
     ({"optimizer.decay_steps": (300,)}, "increasing integers"),
     ({"evals.val.iou_types": ("keypoints",)}, "iou_types"),
@@ -160,13 +159,15 @@ def test_coco_fixture_prepares_trains_one_step_and_evaluates(tmp_path):
     enable_compilation_cache()
     config = tiny_detection_config(**{
         "data.name": "coco", "data.data_dir": str(tmp_path / "data"), "data.num_classes": 3,
-        "data.base_size": (64, 48), "data.canvas": (64, 64), "data.max_instances": 4,
-        "data.filter_empty_gt": False,  # the image without annotations trains as a negative
-        "data.mask_crop_size": 16,  # box-level mask crops (gt_mask_crops), not full masks
+        "data.detection.base_size": (64, 48), "data.detection.canvas": (64, 64),
+        "data.detection.max_instances": 4,
+        "data.detection.filter_empty_gt": False,  # the image without annotations: a negative
+        "data.detection.mask_crop_size": 16,  # box-level mask crops (gt_mask_crops), not full masks
         "model.dtype": "bfloat16",  # bf16 compute, float32 parameters and losses
         "model.name": "mask_rcnn_fcn_tiny", "model.from_scratch": True, "batch_size": 4,
         "total_steps": 1, "optimizer.decay_steps": (), "optimizer.warmup_steps": 0,
         "evals.val.batch_size": 2})
+    config.data.synthetic = base_config().data.synthetic  # a COCO run reads no synthetic key
     result = train_and_evaluate(config, str(tmp_path / "run"))
     assert result["status"] == "completed" and result["step"] == 1
     assert 0.0 <= result["val"]["bbox_AP"] <= 1.0 and 0.0 <= result["val"]["segm_AP"] <= 1.0

@@ -68,7 +68,7 @@ def _build(config, context):
 
 
 def test_batched_evaluator_covers_every_example_once_and_ignores_padding():
-    config = _config(**{"data.num_classes": 5, "data.num_val": 7})
+    config = _config(**{"data.num_classes": 5, "data.synthetic.num_val": 7})
     config.evals.val = batched_eval(every_steps=3, batch_size=4)  # 7 = 4 + 3 (+1 padded)
     source = SyntheticSegmentation(7, image_size=8, num_classes=5)
     driver = _HostDriver(5)
@@ -103,7 +103,7 @@ def _red_oracle(images):
 ])
 def test_segmentation_evaluator_on_a_perfect_model(section, tmp_path):
     config = _config(**{"data.name": "cityscapes", "data.num_classes": K,
-                        "data.base_size": (8, 6)})
+                        "data.segmentation.base_size": (8, 6)})
     config.evals.val = section
     examples = _colour_coded_examples(np.random.default_rng(0))
     context = EvalContext(config, _bundle(), _FakeModule(_red_oracle), examples, _HostDriver(K),
@@ -117,8 +117,8 @@ def test_segmentation_evaluator_on_a_perfect_model(section, tmp_path):
 
 def test_multi_view_evaluator_counts_views_and_videos():
     config = _config(**{"data.name": "kinetics", "model.name": "dnl_i3d_tiny",
-                        "data.num_classes": 2, "data.clip_len": 4, "data.frame_stride": 1,
-                        "data.crop_size": (8, 8), "data.short_side_range": (8, 10),
+                        "data.num_classes": 2, "data.video.clip_len": 4, "data.video.frame_stride": 1,
+                        "data.video.crop_size": (8, 8), "data.video.short_side_range": (8, 10),
                         "evals.val.batch_size": 4})
     config.evals.val_multi_view = multi_view_eval(num_clips=2, num_crops=3)
     rng = np.random.default_rng(1)

@@ -25,7 +25,7 @@ def load(path):
     return module
 
 
-def test_the_issue_configs_exist():
+def test_the_published_recipe_configs_exist():
     names = {os.path.basename(p)[:-3] for p in RECIPE_FILES}
     for required in ("cityscapes_dnl_r50-d8_512x1024_80k", "cityscapes_dnl_r101-d8_512x1024_80k",
                      "cityscapes_dnl_r101-d8_769x769_60k_ohem", "ade20k_dnl_r101-d8_512x512_160k",
@@ -42,13 +42,13 @@ def test_config_matches_its_name(path):
     validate_config(config, num_devices=1, num_processes=1)  # the trainer's schema
     if name.startswith("kinetics_"):
         assert config.model.name == name[len("kinetics_"):].rsplit("_", 1)[0]
-        assert config.data.clip_len * config.data.frame_stride == 64
+        assert config.data.video.clip_len * config.data.video.frame_stride == 64
         return
     dataset, head, depth, crop_h, crop_w, steps, ohem = re.match(SEGMENTATION, name).groups()
     assert config.data.name == dataset
     assert config.model.name == f"{head}_{depth}-d8"
     assert config.data.num_classes == recipes.NUM_CLASSES[dataset]
-    assert tuple(config.data.crop_size) == (int(crop_h), int(crop_w))
+    assert tuple(config.data.segmentation.crop_size) == (int(crop_h), int(crop_w))
     assert config.total_steps == int(steps) * 1000
     official = bool(ohem) or dataset == "pascal_context"  # the official DNL code's recipes
     assert config.optimizer.poly_power == 0.9
@@ -85,7 +85,7 @@ def test_recipe_evaluation_protocol_matches_its_source(name):
     settings = inference_settings(config.evals.val)
     mode, crop, stride, base_size, weight_decay = PROTOCOLS[name]
     assert (settings["mode"], settings["crop_size"], settings["stride"]) == (mode, crop, stride)
-    assert tuple(config.data.base_size) == base_size
+    assert tuple(config.data.segmentation.base_size) == base_size
     assert config.optimizer.weight_decay == weight_decay
 
 
@@ -117,5 +117,5 @@ def test_official_cityscapes_recipe_follows_the_official_conf():
     assert len(kwargs.class_weights) == recipes.NUM_CLASSES["cityscapes"]
     assert dict(kwargs.ohem) == {"thresh": 0.7, "min_kept": 100_000 // 2}  # per image
     assert (kwargs.head, kwargs.stem_channels, kwargs.align_corners) == ("dnl_official", 128, True)
-    assert (config.batch_size, config.total_steps, config.data.cat_max_ratio) == (8, 60_000, 1.0)
+    assert (config.batch_size, config.total_steps, config.data.segmentation.cat_max_ratio) == (8, 60_000, 1.0)
     assert (config.optimizer.lr, config.optimizer.weight_decay) == (0.01, 5e-4)

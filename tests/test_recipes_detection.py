@@ -47,7 +47,7 @@ def test_recipe_is_valid_and_follows_the_official_schedule(path):
     assert tuple(config.optimizer.decay_steps) == (8 * epoch, 11 * epoch)
     assert config.optimizer.lr == pytest.approx(0.02 * config.batch_size / 16)
     assert (config.optimizer.warmup_steps, config.optimizer.grad_clip_norm) == (500, 35.0)
-    assert (config.data.num_classes, tuple(config.data.base_size)) == (80, (1333, 800))
+    assert (config.data.num_classes, tuple(config.data.detection.base_size)) == (80, (1333, 800))
     assert config.evals.val.type == "coco"
 
 

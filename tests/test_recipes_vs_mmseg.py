@@ -74,10 +74,10 @@ def test_training_settings_match_mmseg(name):
     assert not config.model.from_scratch
     crop = _pipeline_step(mm.train_pipeline, "RandomCrop")
     resize = _pipeline_step(mm.train_pipeline, "RandomResize")
-    assert tuple(config.data.crop_size) == tuple(crop["crop_size"]) == tuple(mm.crop_size)
-    assert config.data.cat_max_ratio == crop["cat_max_ratio"]
-    assert tuple(config.data.base_size) == tuple(resize["scale"])
-    assert tuple(config.data.ratio_range) == tuple(resize["ratio_range"])
+    assert tuple(config.data.segmentation.crop_size) == tuple(crop["crop_size"]) == tuple(mm.crop_size)
+    assert config.data.segmentation.cat_max_ratio == crop["cat_max_ratio"]
+    assert tuple(config.data.segmentation.base_size) == tuple(resize["scale"])
+    assert tuple(config.data.segmentation.ratio_range) == tuple(resize["ratio_range"])
     assert config.batch_size == gpus * mm.train_dataloader.batch_size
     assert config.total_steps == mm.train_cfg.max_iters
     optimizer = mm.optim_wrapper.optimizer
@@ -162,7 +162,7 @@ def test_model_and_test_settings_match_mmseg(name):
         assert tuple(config.evals.val.crop_size) == tuple(test_cfg.crop_size)
         assert tuple(config.evals.val.stride) == tuple(test_cfg.stride)
     test_resize = _pipeline_step(mm.test_pipeline, "Resize")
-    assert tuple(config.data.base_size) == tuple(test_resize["scale"])
+    assert tuple(config.data.segmentation.base_size) == tuple(test_resize["scale"])
     assert tuple(config.evals.val.scales) == (1.0,) and not config.evals.val.flip
 
 
@@ -197,7 +197,7 @@ def test_video_recipes_match_mmaction_nonlocal_i3d(name):
     assert backbone.non_local_cfg.sub_sample and settings["inflation"] == "i3d"
     assert mm.model.cls_head.dropout_ratio == settings["dropout_rate"]
     sample = _pipeline_step(mm.train_pipeline, "SampleFrames")
-    assert (config.data.clip_len, config.data.frame_stride) == (sample.clip_len,
+    assert (config.data.video.clip_len, config.data.video.frame_stride) == (sample.clip_len,
                                                                 sample.frame_interval)
     gpus = int(re.search(r"_(\d+)xb(\d+)-", MMACTION_NL).group(1))
     assert config.batch_size == gpus * mm.train_dataloader.batch_size == 64

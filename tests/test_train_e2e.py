@@ -45,7 +45,11 @@ def test_one_step_end_to_end_then_init_from_and_wrong_model(tmp_path):
     records = read_metrics(str(source))
     assert {(r["step"], r["split"]) for r in records} == {(0, "val"), (1, "train"), (1, "val")}
     assert np.isfinite(next(r for r in records if r["split"] == "train")["loss"])
-    assert json.load(open(source / "config.json"))["model"]["name"] == "dnl_tiny"
+    recorded = json.load(open(source / "config.json"))
+    assert recorded["model"]["name"] == "dnl_tiny"
+    # Only what the run reads: the synthetic scenes' section, no other task's.
+    assert set(recorded["data"]) & {"synthetic", "segmentation", "video", "detection"} == {
+        "synthetic"}
 
     # init_from: the new run's step-0 evaluation is the source's final one (same weights).
     started = tmp_path / "started"
@@ -103,7 +107,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     first = train_and_evaluate(tiny_config(**ACCUMULATING), str(tmp_path), on_step=_sigterm_at(2))
     assert first["step"] == 2
     # Same model and workdir, now with NaN images: the resumed run's first step (3) is NaN.
-    poisoned = tiny_config(**ACCUMULATING, **{"data.noise": float("nan")})
+    poisoned = tiny_config(**ACCUMULATING, **{"data.synthetic.noise": float("nan")})
     with pytest.raises(FloatingPointError, match="at step 3.*Last good checkpoint: step 2"):
         train_and_evaluate(poisoned, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
@@ -120,7 +124,7 @@ def _cli(workdir, *overrides):
 
 def test_cli_one_step_in_bfloat16_keeps_float32_parameters(tmp_path):
     done = _cli(tmp_path, "--config.total_steps=1", "--config.optimizer.warmup_steps=0",
-                "--config.data.num_val=16", "--config.model.dtype=bfloat16",
+                "--config.data.synthetic.num_val=16", "--config.model.dtype=bfloat16",
                 "--config.optimizer.grad_clip_norm=1.0", "--config.progress_bar=False")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "completed at step 1: val mIoU" in done.stdout
@@ -134,7 +138,7 @@ def test_cli_one_step_in_bfloat16_keeps_float32_parameters(tmp_path):
     evaluated = subprocess.run(
         [sys.executable, "-m", "dnl_jax.evaluate", "--config",
          os.path.join(REPO, "experiments/configs/synthetic_dnl_tiny.py"),
-         f"--checkpoint={tmp_path / 'checkpoints' / '1'}", "--config.data.num_val=16",
+         f"--checkpoint={tmp_path / 'checkpoints' / '1'}", "--config.data.synthetic.num_val=16",
          "--config.model.dtype=bfloat16"], capture_output=True, text=True, env=env, cwd=REPO,
         timeout=600)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

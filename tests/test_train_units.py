@@ -278,7 +278,7 @@ def test_config_real_dataset_keys_are_checked():
         _valid(config)
     config = base_config()
     config.data.name = "ade20k"
-    config.data.ratio_range = (2.0, 0.5)
+    config.data.segmentation.ratio_range = (2.0, 0.5)
     with pytest.raises(ValueError, match="ratio_range"):
         _valid(config)
     config.data.name = "lvis"
@@ -289,19 +289,19 @@ def test_config_real_dataset_keys_are_checked():
 def _video_config(**values):
     config = base_config()
     config.update_from_flattened_dict({"data.name": "kinetics", "model.name": "dnl_i3d_tiny",
-                                       "data.crop_size": (32, 32),
-                                       "data.short_side_range": (32, 40)})
+                                       "data.video.crop_size": (32, 32),
+                                       "data.video.short_side_range": (32, 40)})
     config.evals.val_multi_view = multi_view_eval()
     config.update_from_flattened_dict(values)
     return config
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("data.clip_len", 0, r"config.data.clip_len=0 must be >= 1"),
-    ("data.frame_stride", -1, r"config.data.frame_stride=-1 must be >= 1"),
-    ("data.crop_size", (32, 48), r"crop_size=\(32, 48\): video crops are square"),
-    ("data.short_side_range", (24, 40), r"short_side_range=\(24, 40\) .* crop side 32 <= low"),
-    ("data.short_side_range", (40, 36), r"low <= high"),
+    ("data.video.clip_len", 0, r"config.data.video.clip_len=0 must be >= 1"),
+    ("data.video.frame_stride", -1, r"config.data.video.frame_stride=-1 must be >= 1"),
+    ("data.video.crop_size", (32, 48), r"crop_size=\(32, 48\): video crops are square"),
+    ("data.video.short_side_range", (24, 40), r"short_side_range=\(24, 40\) .* crop side 32 <= low"),
+    ("data.video.short_side_range", (40, 36), r"low <= high"),
     ("evals.val_multi_view.num_clips", 0,
      r"config.evals.val_multi_view.num_clips=0 must be an integer >= 1"),
     ("evals.val_multi_view.num_crops", 0,
@@ -321,7 +321,7 @@ def test_config_video_keys_are_known_and_models_must_fit_the_dataset_task(tmp_pa
 
     config = _video_config()
     config.data.clip_length = 8
-    with pytest.raises(ValueError, match=r"'data.clip_length'.*Did you mean data.clip_len"):
+    with pytest.raises(ValueError, match=r"'data.clip_length'.*Did you mean data.video.clip_len"):
         _valid(config)
     # Checked before any data is read or anything written.
     with pytest.raises(ValueError, match="'dnl_tiny' is a segmentation model but config.data.name"

@@ -29,7 +29,7 @@ VIDEOS = {"train": [("abseiling", (200, 40, 40)), ("abseiling", (180, 60, 40)),
           "val": [("abseiling", (190, 50, 40)), ("juggling", (40, 50, 190)),
                   ("juggling", (60, 40, 200))]}
 # The clip and view settings every run here shares (equal configs compile equal programs).
-TINY_VIDEO = {"data.short_side_range": (32, 36), "evals.val_multi_view.num_clips": 2,
+TINY_VIDEO = {"data.video.short_side_range": (32, 36), "evals.val_multi_view.num_clips": 2,
               "evals.val_multi_view.num_crops": 2, "evals.val_multi_view.short_side": 0,
               "evals.val.short_side": 0, "evals.val.batch_size": 4, "evals.val.every_steps": 100,
               "checkpoint.every_steps": 1, "log_every_steps": 1, "progress_bar": False,
@@ -151,9 +151,9 @@ def test_ucf101_trains_and_validates_on_its_test_list(prepared_ucf101, tmp_path)
 def test_cli_trains_the_kinetics_recipe_for_one_step(prepared, tmp_path):
     name = "kinetics_dnl_i3d_r50_32x2.py"
     overrides = [f"--config.data.data_dir={prepared}", "--config.model.name=dnl_i3d_tiny",
-                 "--config.data.num_classes=2", "--config.data.clip_len=4",
-                 "--config.data.frame_stride=1", "--config.data.crop_size=(32,32)",
-                 "--config.data.short_side_range=(32,36)", "--config.batch_size=4",
+                 "--config.data.num_classes=2", "--config.data.video.clip_len=4",
+                 "--config.data.video.frame_stride=1", "--config.data.video.crop_size=(32,32)",
+                 "--config.data.video.short_side_range=(32,36)", "--config.batch_size=4",
                  "--config.evals.val.batch_size=4", "--config.total_steps=1",
                  "--config.evals.val_multi_view.num_clips=1",
                  "--config.evals.val_multi_view.num_crops=1",

@@ -29,8 +29,8 @@ def enable_compilation_cache() -> None:
 
 # Every e2e run uses these values unless a test needs another; equal configs compile equal
 # programs, so keep overrides to what a test is about.
-TINY = {"model.name": "dnl_tiny", "data.image_size": 32, "data.num_classes": 5,
-        "data.num_train": 64, "data.num_val": 16, "batch_size": 8, "evals.val.batch_size": 8,
+TINY = {"model.name": "dnl_tiny", "data.synthetic.image_size": 32, "data.num_classes": 5,
+        "data.synthetic.num_train": 64, "data.synthetic.num_val": 16, "batch_size": 8, "evals.val.batch_size": 8,
         "total_steps": 4, "evals.val.every_steps": 100, "checkpoint.every_steps": 2,
         "progress_bar": False, "curves_figure": False, "attention_figure": False}
 

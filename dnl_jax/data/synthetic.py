@@ -78,7 +78,8 @@ class SyntheticSegmentation:
         self.seed = seed
         self.noise = noise
         if not 0.0 <= ignore_fraction < 1.0:
-            raise ValueError(f"config.data.ignore_fraction={ignore_fraction!r} must be in [0, 1)"
+            raise ValueError(f"config.data.synthetic.ignore_fraction={ignore_fraction!r} must be "
+                             "in [0, 1)"
                              " (the fraction of each label map set to the ignore label).")
         self.ignore_fraction = float(ignore_fraction)
         self._palette = palette((num_classes - 3) // 2)

@@ -42,8 +42,8 @@ class BatchedEvaluator(common.Evaluator):
         else:
             if settings["short_side"]:
                 raise ValueError(f"config.evals.{name}.short_side is for video datasets only.")
-            if int(config.data.num_val) < num_processes:  # drawn scenes: num_val of them
-                raise ValueError("config.data.num_val must be >= the number of hosts.")
+            if int(config.data.synthetic.num_val) < num_processes:  # drawn scenes
+                raise ValueError("config.data.synthetic.num_val must be >= the number of hosts.")
 
     def run(self, state) -> dict:
         context = self.context

@@ -1,7 +1,8 @@
 """Per-image segmentation evaluation (`type='segmentation'`): each val image at its own size,
-resized to data.base_size (aspect kept) and normalised, inferred whole or by sliding windows,
-optionally at several scales and mirrored (segmentation_inference.py), its scores resized back
-to the label's resolution before the argmax; mIoU from the confusion matrix summed over hosts.
+resized to config.data.segmentation.base_size (aspect kept) and normalised, inferred whole or by
+sliding windows, optionally at several scales and mirrored (segmentation_inference.py), its
+scores resized back to the label's resolution before the argmax; mIoU from the confusion matrix
+summed over hosts.
 
     config.evals.val = dict(type='segmentation', every_steps=8000, mode='slide',
                             crop_size=(769, 769), stride=(513, 513), scales=(1.0,), flip=False)
@@ -142,7 +143,7 @@ class SegmentationEvaluator(common.Evaluator):
         context, data = self.context, self.context.config.data
         confusion = evaluate_segmentation(
             self.predict_fn(state), common.host_examples(context.source),
-            num_classes=int(data.num_classes), base_size=tuple(data.base_size),
+            num_classes=int(data.num_classes), base_size=tuple(data.segmentation.base_size),
             output_dir=context.output_dir, dataset=data.name,
             **inference_settings(self.settings, context.config.model.kwargs))
         return context.bundle.finalize_metrics(

@@ -2,12 +2,12 @@
 
 Every recipe starts from `dnl_jax.train.config.base_config()` (the one schema; see there for
 every key) and sets what the recipe fixes: model.name, model.kwargs (e.g. ohem), data.name,
-data.num_classes, data.data_dir, data.crop_size (h, w), data.base_size (long, short) for the
-random resize (ratio data.ratio_range) and the test resize, data.cat_max_ratio, batch_size
-(global), total_steps, optimizer.lr / momentum / weight_decay, optimizer.poly_power and
-optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), the per-image evaluator
-`evals.val` (type 'segmentation': mode 'whole'|'slide', crop_size, stride, scales, flip), and
-the evaluation/checkpoint intervals.
+data.num_classes, data.data_dir, its task's section of config.data (segmentation: crop_size
+(h, w), base_size (long, short) for the random resize (ratio ratio_range) and the test resize,
+cat_max_ratio), batch_size (global), total_steps, optimizer.lr / momentum / weight_decay,
+optimizer.poly_power and optimizer.min_lr (poly: (lr - min)(1 - t/T)^p + min), the per-image
+evaluator `evals.val` (type 'segmentation': mode 'whole'|'slide', crop_size, stride, scales,
+flip), and the evaluation/checkpoint intervals.
 
 Initialisation (dnl_jax/train/initialisation.py): every recipe names its ImageNet backbone in
 model.pretrained (mmseg recipes open-mmlab's resnet{50,101}_v1c, the official DNL code's
@@ -18,14 +18,14 @@ code's mean over the pixels kept), model.kwargs.align_corners (mmseg's 769x769 c
 official code resize with True) and optimizer.weight_decay_multipliers (mmengine custom_keys:
 (substring of the '/'-joined parameter path, multiplier) pairs).
 
-COCO detection recipes (`coco_mask_rcnn`) set the detection keys: data.base_size (the (long,
-short) resize scale), data.canvas (the fixed padded size), data.max_instances,
-data.filter_empty_gt, mmdet's step schedule (optimizer.schedule 'step', decay_steps,
+COCO detection recipes (`coco_mask_rcnn`) set config.data.detection: base_size (the (long,
+short) resize scale), canvas (the fixed padded size), max_instances, filter_empty_gt,
+mask_crop_size; and mmdet's step schedule (optimizer.schedule 'step', decay_steps,
 warm-up), gradient clipping, the frozen stem and first stage (optimizer.frozen) and the COCO
 evaluator `evals.val` (type 'coco').
 
-Video recipes set the video keys of the same schema: data.clip_len, data.frame_stride,
-data.short_side_range, a square data.crop_size, the one-clip evaluator `evals.val` (type
+Video recipes set config.data.video: clip_len, frame_stride, short_side_range, a square
+crop_size; and the one-clip evaluator `evals.val` (type
 'batched') and the test views of `evals.val_multi_view` (type 'multi_view': num_clips,
 num_crops, short_side; run at the end of training and by `python -m dnl_jax.evaluate`).
 """
@@ -85,10 +85,10 @@ def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
     c.data.name = dataset
     c.data.num_classes = NUM_CLASSES[dataset]
     c.data.data_dir = data_dir
-    c.data.crop_size = tuple(crop_size)
-    c.data.base_size = tuple(base_size)
-    c.data.ratio_range = (0.5, 2.0)
-    c.data.cat_max_ratio = 0.75
+    c.data.segmentation.crop_size = tuple(crop_size)
+    c.data.segmentation.base_size = tuple(base_size)
+    c.data.segmentation.ratio_range = (0.5, 2.0)
+    c.data.segmentation.cat_max_ratio = 0.75
     c.batch_size = batch_size
     c.total_steps = total_steps
     c.optimizer.lr = lr
@@ -181,7 +181,7 @@ def cityscapes_official_ohem(model: str) -> ml_collections.ConfigDict:
         ohem={"thresh": 0.7, "min_kept": 50_000})
     c.model.kwargs.class_weights = OFFICIAL_CITYSCAPES_CLASS_WEIGHTS
     c.model.kwargs.stem_channels = DEEPBASE_STEM_CHANNELS
-    c.data.cat_max_ratio = 1.0
+    c.data.segmentation.cat_max_ratio = 1.0
     c.optimizer.min_lr = 0.0
     return c
 
@@ -201,10 +201,10 @@ def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, fram
     c.data.name = "kinetics"
     c.data.num_classes = num_classes
     c.data.data_dir = data_dir
-    c.data.crop_size = (crop_size, crop_size)
-    c.data.clip_len = clip_len
-    c.data.frame_stride = frame_stride
-    c.data.short_side_range = (256, 320)
+    c.data.video.crop_size = (crop_size, crop_size)
+    c.data.video.clip_len = clip_len
+    c.data.video.frame_stride = frame_stride
+    c.data.video.short_side_range = (256, 320)
     c.batch_size = batch_size
     c.total_steps = total_steps
     c.optimizer.lr = 0.01
@@ -244,7 +244,7 @@ def coco_mask_rcnn(model: str, *, batch_size: int = 64, lr: float = 0.08, epochs
     |weight| + eps), the mask head's norm takes its training statistics over all positive
     slots of the sampler, also those filled with other RoIs (official: the positives only), the
     frozen stage's batch norm keeps updating its statistics (mmdet keeps it in eval mode), and
-    mask targets come from 112 × 112 crops of each gt mask inside its box (data.mask_crop_size;
+    mask targets come from 112 × 112 crops of each gt mask inside its box (mask_crop_size;
     the official code crops the full-resolution mask; 0 restores that at 181 MB per image).
     """
     steps_per_epoch = -(-COCO_TRAIN_IMAGES // batch_size)
@@ -257,11 +257,11 @@ def coco_mask_rcnn(model: str, *, batch_size: int = 64, lr: float = 0.08, epochs
     c.data.name = "coco"
     c.data.num_classes = 80
     c.data.data_dir = data_dir
-    c.data.base_size = (1333, 800)
-    c.data.canvas = (1344, 1344)
-    c.data.max_instances = 100
-    c.data.filter_empty_gt = True
-    c.data.mask_crop_size = 112  # gt masks as 112² crops in their boxes, not 1344² canvases
+    c.data.detection.base_size = (1333, 800)
+    c.data.detection.canvas = (1344, 1344)
+    c.data.detection.max_instances = 100
+    c.data.detection.filter_empty_gt = True
+    c.data.detection.mask_crop_size = 112  # gt masks as 112² crops in their boxes, not 1344²
     c.batch_size = batch_size
     c.total_steps = epochs * steps_per_epoch
     c.optimizer.lr = lr

@@ -18,6 +18,10 @@ subclass and one line in `TASKS` below (and its models' lines in models/registry
 
 from __future__ import annotations
 
+from typing import Any
+
+import ml_collections
+
 from dnl_jax.models import registry
 from dnl_jax.tasks import detection, segmentation, video
 from dnl_jax.tasks.base import ModelBundle, Task
@@ -31,6 +35,47 @@ DATASETS: tuple[str, ...] = tuple(name for task in TASKS.values() for name in ta
 SYNTHETIC_DATASETS: tuple[str, ...] = tuple(
     name for task in TASKS.values() for name in task.synthetic)
 MODEL_NAMES = registry.MODEL_NAMES
+
+
+def data_sections() -> dict[str, dict[str, Any]]:
+    """Every task's `config.data` sections with their defaults: {section: {key: default}}."""
+    sections: dict[str, dict[str, Any]] = {}
+    for task in TASKS.values():
+        sections.update(task.config_sections())
+    return sections
+
+
+def _normalised(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_unused_sections(data) -> None:
+    """ValueError for an override in a `config.data` section that the run does not read (e.g.
+    config.data.detection.canvas on Cityscapes), naming the active task and what it reads."""
+    task = for_dataset(data.name)
+    read = task.sections_read(data)
+    for section, defaults in data_sections().items():
+        if section in read:
+            continue
+        for key, default in defaults.items():
+            value = data[section][key]
+            if _normalised(value) != _normalised(default):
+                raise ValueError(
+                    f"config.data.{section}.{key}={value!r} is not read by this run: "
+                    f"config.data.name={data.name!r} is a {task.name} dataset, which reads "
+                    f"{' and '.join(f'config.data.{s}' for s in read)}; remove the override.")
+
+
+def applicable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` without the `config.data` sections the run does not read (what the
+    run's config.json records)."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    read = for_dataset(config.data.name).sections_read(config.data)
+    with copy.unlocked():
+        for section in data_sections():
+            if section not in read:
+                del copy.data[section]
+    return copy
 
 
 def for_dataset(name: str) -> Task:
@@ -80,4 +125,5 @@ def summary(name: str, input_shape, num_classes: int = 19, *, print_fn=print,
 
 
 __all__ = ["TASKS", "DATASETS", "SYNTHETIC_DATASETS", "MODEL_NAMES", "Task", "ModelBundle",
-           "for_dataset", "for_model", "get_model", "check_model_task", "summary"]
+           "for_dataset", "for_model", "get_model", "check_model_task", "summary",
+           "data_sections", "check_unused_sections", "applicable"]

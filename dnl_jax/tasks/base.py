@@ -110,6 +110,15 @@ class Task:
     # exactly these keys (`model_settings`).
     model_defaults: Mapping[str, Any] = {}
 
+    def config_sections(self) -> dict[str, dict]:
+        """The `config.data` sections this task contributes: {section name: {key: default}}."""
+        raise NotImplementedError
+
+    def sections_read(self, data) -> tuple[str, ...]:
+        """The `config.data` sections a run on `data.name` reads (all others must keep their
+        defaults, and config.json leaves them out)."""
+        raise NotImplementedError
+
     def eval_types(self, data) -> tuple[str, ...]:
         """The evaluator types (`config.evals.<name>.type`) that apply to `data.name`."""
         raise NotImplementedError

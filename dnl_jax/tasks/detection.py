@@ -32,9 +32,19 @@ from dnl_jax.models.detection import losses, targets
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from dnl_jax.models.residual import ARCH_SETTINGS, ContextSpec
 from dnl_jax.tasks.base import ModelBundle, Task
+from dnl_jax.tasks.segmentation import SEGMENTATION_SCENE_KEYS, SYNTHETIC_SECTION
 
-SYNTHETIC = ("synthetic_detection",)
+SYNTHETIC = ("synthetic_detection",)  # reads config.data.synthetic (tasks/segmentation.py)
 DATASETS = SYNTHETIC + ("coco",)
+# config.data.detection, the prepared datasets (COCO): resize keep-ratio to base_size (long,
+# short), e.g. mmdet's (1333, 800); pad to a fixed canvas (h, w), a multiple of 32 that holds
+# every resized image (static shapes); at most max_instances ground-truth objects per image (the
+# rest are counted and reported); filter_empty_gt: train on mmdet's training set (images with
+# annotations, shorter side >= 32) instead of every image; mask_crop_size 0: gt masks at the
+# canvas size (G × H × W bytes per image), S > 0: each mask resampled to S × S inside its box
+# (data/detection_transforms.py:box_mask_crops), e.g. 56.
+SECTION = dict(base_size=(1333, 800), canvas=(1344, 1344), max_instances=100,
+               filter_empty_gt=True, mask_crop_size=0)
 
 CONTEXTS = (None, "dnl_official", "dnl", "nl", "gc")
 CONTEXT_STAGES = ("c4", "c4+c5_all")
@@ -168,51 +178,71 @@ class Detection(Task):
     example_model = "mask_rcnn_r50_fpn_dnl_c4"
     model_defaults = MODEL_DEFAULTS
 
+    def config_sections(self) -> dict[str, dict]:
+        return {"detection": SECTION}
+
+    def sections_read(self, data) -> tuple[str, ...]:
+        return ("synthetic",) if data.name in SYNTHETIC else ("detection",)
+
     def eval_types(self, data) -> tuple[str, ...]:
         return ("coco",)
 
     def check_data(self, config) -> None:
         data = config.data
         if data.name in SYNTHETIC:
-            _require(data.num_classes >= 2 and data.num_classes % 2 == 0,
-                     f"config.data.num_classes={data.num_classes}: the synthetic detection "
-                     "scenes have two classes per object colour (the distant beacon picks one); "
-                     "use an even number, e.g. 4.")
-            _require(data.image_size % 32 == 0 and data.image_size >= 64,
-                     f"config.data.image_size={data.image_size} must be a multiple of 32 (the "
-                     "detector's stride), at least 64.")
-            _require(data.num_train >= config.batch_size,
-                     "config.data.num_train must be >= batch_size.")
+            self._check_synthetic(config)
             return
-        base, canvas = tuple(data.base_size), tuple(data.canvas)
-        _require(_pair_ok(base), f"config.data.base_size={base} must be the (long, short) resize "
-                 "scale, e.g. (1333, 800).")
+        section = data.detection
+        base, canvas = tuple(section.base_size), tuple(section.canvas)
+        _require(_pair_ok(base), f"config.data.detection.base_size={base} must be the (long, "
+                 "short) resize scale, e.g. (1333, 800).")
         _require(_pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
-                 f"config.data.canvas={canvas} must be (h, w), multiples of 32 (the detector's "
-                 "stride), e.g. (1344, 1344).")
+                 f"config.data.detection.canvas={canvas} must be (h, w), multiples of 32 (the "
+                 "detector's stride), e.g. (1344, 1344).")
         _require(min(canvas) >= min(base) and max(canvas) >= max(base),
-                 f"config.data.canvas={canvas} cannot hold an image resized to base_size="
-                 f"{base}; for landscape and portrait images use ({max(base)}, {max(base)}) "
-                 "rounded up to 32.")
-        _require(int(data.max_instances) >= 1, "config.data.max_instances must be >= 1.")
-        _require(int(data.mask_crop_size) >= 0, "config.data.mask_crop_size must be >= 0 (0: "
-                 "full-canvas masks).")
+                 f"config.data.detection.canvas={canvas} cannot hold an image resized to "
+                 f"base_size={base}; for landscape and portrait images use ({max(base)}, "
+                 f"{max(base)}) rounded up to 32.")
+        _require(int(section.max_instances) >= 1,
+                 "config.data.detection.max_instances must be >= 1.")
+        _require(int(section.mask_crop_size) >= 0, "config.data.detection.mask_crop_size must be "
+                 ">= 0 (0: full-canvas masks).")
+
+    @staticmethod
+    def _check_synthetic(config) -> None:
+        data, drawn = config.data, config.data.synthetic
+        _require(data.num_classes >= 2 and data.num_classes % 2 == 0,
+                 f"config.data.num_classes={data.num_classes}: the synthetic detection scenes "
+                 "have two classes per object colour (the distant beacon picks one); use an even "
+                 "number, e.g. 4.")
+        _require(drawn.image_size % 32 == 0 and drawn.image_size >= 64,
+                 f"config.data.synthetic.image_size={drawn.image_size} must be a multiple of 32 "
+                 "(the detector's stride), at least 64.")
+        _require(drawn.num_train >= config.batch_size,
+                 "config.data.synthetic.num_train must be >= batch_size.")
+        for key in SEGMENTATION_SCENE_KEYS:  # what only the segmentation scenes read
+            _require(drawn[key] == SYNTHETIC_SECTION[key],
+                     f"config.data.synthetic.{key}={drawn[key]!r} is read by the segmentation "
+                     f"scenes only; the detection scenes ({data.name!r}) have no {key}: "
+                     "remove the override.")
 
     def sources(self, data):
         """The synthetic scenes; or COCO's training split (mmdet's filter_empty_gt / min_size 32
         filter when `filter_empty_gt`) and its val split as evaluation inputs."""
         if data.name in SYNTHETIC:
-            common = dict(image_size=data.image_size, num_colours=data.num_classes // 2,
-                          seed=data.seed, noise=data.noise)
-            return (SyntheticDetection(data.num_train, split="train", **common),
-                    SyntheticDetection(data.num_val, split="val", **common))
+            drawn = data.synthetic
+            common = dict(image_size=drawn.image_size, num_colours=data.num_classes // 2,
+                          seed=data.seed, noise=drawn.noise)
+            return (SyntheticDetection(drawn.num_train, split="train", **common),
+                    SyntheticDetection(drawn.num_val, split="val", **common))
         train, val = pipeline.prepared_sources(data)
-        if data.filter_empty_gt:
+        if data.detection.filter_empty_gt:
             train = Subset(train, coco.train_indices(train))
         return train, self._eval_inputs(data, val)
 
     def _eval_inputs(self, data, raw) -> DetectionEvalSource:
-        return DetectionEvalSource(raw, scale=data.base_size, canvas=data.canvas)
+        return DetectionEvalSource(raw, scale=data.detection.base_size,
+                                   canvas=data.detection.canvas)
 
     def eval_source(self, data, split: str):
         if data.name in SYNTHETIC:
@@ -221,15 +251,16 @@ class Detection(Task):
 
     def example_shape(self, data) -> tuple[int, ...]:
         if data.name in SYNTHETIC:
-            return data.image_size, data.image_size, 3
-        return (*(int(v) for v in data.canvas), 3)
+            return data.synthetic.image_size, data.synthetic.image_size, 3
+        return (*(int(v) for v in data.detection.canvas), 3)
 
     def train_transform(self, data):
         if data.name in SYNTHETIC:
             return None
+        section = data.detection
         return detection_transforms.DetectionTrainTransform(
-            scale=tuple(data.base_size), canvas=tuple(data.canvas),
-            max_instances=int(data.max_instances), mask_crop_size=int(data.mask_crop_size))
+            scale=tuple(section.base_size), canvas=tuple(section.canvas),
+            max_instances=int(section.max_instances), mask_crop_size=int(section.mask_crop_size))
 
     def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]
                      ) -> ModelBundle:
@@ -253,6 +284,6 @@ class Detection(Task):
 
 TASK = Detection()
 
-__all__ = ["TASK", "Detection", "DetectionEvalSource", "CONTEXTS", "CONTEXT_STAGES",
+__all__ = ["TASK", "Detection", "DetectionEvalSource", "SECTION", "CONTEXTS", "CONTEXT_STAGES",
            "MODEL_DEFAULTS", "MODULE_OVERRIDES", "DATASETS", "context_block_indices",
            "build_module"]

@@ -24,7 +24,20 @@ from dnl_jax.tasks.base import ModelBundle, Task
 
 SYNTHETIC = ("synthetic",)
 PREPARED = ("cityscapes", "ade20k", "pascal_context")  # python -m dnl_jax.data.prepare NAME
-SCENES = {"beacon": SyntheticSegmentation, "regions": RegionScenes}  # config.data.scenes
+SCENES = {"beacon": SyntheticSegmentation, "regions": RegionScenes}  # data.synthetic.scenes
+
+# config.data.synthetic: the drawn scenes (both tasks' synthetic datasets read it; `scenes` and
+# `ignore_fraction` are the segmentation scenes' own): image side, scenes per split, noise, which
+# scenes ('beacon': data/synthetic.py; 'regions': data/regions.py) and the fraction of each label
+# map set to 255 (one random rectangle).
+SYNTHETIC_SECTION = dict(image_size=32, num_train=2048, num_val=256, noise=0.1, scenes="beacon",
+                         ignore_fraction=0.0)
+SEGMENTATION_SCENE_KEYS = ("scenes", "ignore_fraction")
+# config.data.segmentation: mmseg's train pipeline of the prepared datasets: random resize of
+# base_size (long, short) by a ratio in ratio_range, crop of crop_size (h, w) with
+# cat_max_ratio, flip, photometric distortion.
+SECTION = dict(crop_size=(512, 512), base_size=(2048, 512), ratio_range=(0.5, 2.0),
+               cat_max_ratio=0.75)
 
 MODEL_DEFAULTS = dict(
     head="dnl", depth=50, base_channels=64, stem_channels=64, channels=512, aux_channels=256,
@@ -74,7 +87,7 @@ def figure_preprocess(data) -> Optional[Callable[[dict], dict]]:
     already normalised."""
     if data.name in SYNTHETIC:
         return None
-    base_size = tuple(data.base_size)
+    base_size = tuple(data.segmentation.base_size)
 
     def preprocess(example: dict) -> dict:
         image, label = transforms.resize_keep_ratio(example["image"], example["label"], base_size)
@@ -93,6 +106,12 @@ class Segmentation(Task):
     example_model = "dnl_r50-d8"
     model_defaults = MODEL_DEFAULTS
 
+    def config_sections(self) -> dict[str, dict]:
+        return {"synthetic": SYNTHETIC_SECTION, "segmentation": SECTION}
+
+    def sections_read(self, data) -> tuple[str, ...]:
+        return ("synthetic",) if data.name in SYNTHETIC else ("segmentation",)
+
     def eval_types(self, data) -> tuple[str, ...]:
         # Synthetic scenes are model-ready at one size; prepared images have their own sizes.
         return ("batched",) if data.name in SYNTHETIC else ("segmentation",)
@@ -100,31 +119,35 @@ class Segmentation(Task):
     def check_data(self, config) -> None:
         data = config.data
         if data.name in SYNTHETIC:
+            scenes = data.synthetic
             _require(data.num_classes >= 5 and data.num_classes % 2 == 1,
                      f"config.data.num_classes={data.num_classes}: the synthetic scenes need an "
                      "odd number >= 5 (background, two beacon classes, two classes per colour), "
                      "e.g. 7.")
-            _require(data.scenes in SCENES,
-                     f"config.data.scenes={data.scenes!r}; choose one of {tuple(SCENES)}.")
-            _require(data.num_train >= config.batch_size,
-                     "config.data.num_train must be >= batch_size.")
+            _require(scenes.scenes in SCENES, f"config.data.synthetic.scenes={scenes.scenes!r}; "
+                     f"choose one of {tuple(SCENES)}.")
+            _require(scenes.num_train >= config.batch_size,
+                     "config.data.synthetic.num_train must be >= batch_size.")
             return
+        section = data.segmentation
         for key in ("crop_size", "base_size"):
-            _require(_pair_ok(data[key]),
-                     f"config.data.{key}={tuple(data[key])} must be two positive sizes.")
-        low, high = data.ratio_range
-        _require(0 < low <= high, f"config.data.ratio_range={tuple(data.ratio_range)} must be "
-                 "(low, high) with 0 < low <= high.")
-        _require(0 < data.cat_max_ratio <= 1, "config.data.cat_max_ratio must be in (0, 1].")
+            _require(_pair_ok(section[key]), f"config.data.segmentation.{key}="
+                     f"{tuple(section[key])} must be two positive sizes.")
+        low, high = section.ratio_range
+        _require(0 < low <= high, f"config.data.segmentation.ratio_range="
+                 f"{tuple(section.ratio_range)} must be (low, high) with 0 < low <= high.")
+        _require(0 < section.cat_max_ratio <= 1,
+                 "config.data.segmentation.cat_max_ratio must be in (0, 1].")
 
     def sources(self, data):
         if data.name not in SYNTHETIC:
             return pipeline.prepared_sources(data)
-        common = dict(image_size=data.image_size, num_classes=data.num_classes, seed=data.seed,
-                      noise=data.noise, ignore_fraction=data.ignore_fraction)
-        scenes = SCENES[data.scenes]
-        return (scenes(data.num_train, split="train", **common),
-                scenes(data.num_val, split="val", **common))
+        drawn = data.synthetic
+        common = dict(image_size=drawn.image_size, num_classes=data.num_classes, seed=data.seed,
+                      noise=drawn.noise, ignore_fraction=drawn.ignore_fraction)
+        scenes = SCENES[drawn.scenes]
+        return (scenes(drawn.num_train, split="train", **common),
+                scenes(drawn.num_val, split="val", **common))
 
     def eval_source(self, data, split: str):
         if data.name in SYNTHETIC:
@@ -133,15 +156,16 @@ class Segmentation(Task):
 
     def example_shape(self, data) -> tuple[int, ...]:
         if data.name in SYNTHETIC:
-            return data.image_size, data.image_size, 3
-        return (*(int(v) for v in data.crop_size), 3)
+            return data.synthetic.image_size, data.synthetic.image_size, 3
+        return (*(int(v) for v in data.segmentation.crop_size), 3)
 
     def train_transform(self, data):
         if data.name in SYNTHETIC:
             return None  # drawn normalised at their final size, padded ground truth included
+        section = data.segmentation
         return transforms.SegmentationTrainTransform(
-            crop_size=tuple(data.crop_size), base_size=tuple(data.base_size),
-            ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
+            crop_size=tuple(section.crop_size), base_size=tuple(section.base_size),
+            ratio_range=tuple(section.ratio_range), cat_max_ratio=float(section.cat_max_ratio))
 
     def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]
                      ) -> ModelBundle:
@@ -193,5 +217,5 @@ class Segmentation(Task):
 
 TASK = Segmentation()
 
-__all__ = ["TASK", "Segmentation", "MODEL_DEFAULTS", "SYNTHETIC", "PREPARED",
-           "figure_preprocess"]
+__all__ = ["TASK", "Segmentation", "MODEL_DEFAULTS", "SECTION", "SYNTHETIC_SECTION", "SYNTHETIC",
+           "PREPARED", "figure_preprocess"]

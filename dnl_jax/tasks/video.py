@@ -24,6 +24,10 @@ from dnl_jax.tasks.base import ModelBundle, Task
 VAL_SPLITS = {"kinetics": "val", "ucf101": "test"}
 DATASETS = tuple(VAL_SPLITS)
 
+# config.data.video: clips of clip_len frames every frame_stride-th frame, short side rescaled to
+# U[short_side_range], a square crop of crop_size, horizontal flip.
+SECTION = dict(clip_len=32, frame_stride=2, crop_size=(224, 224), short_side_range=(256, 320))
+
 MODEL_DEFAULTS = dict(
     depth=50, base_channels=64, stem_channels=64, inflation="i3d", context="dnl",
     temporal_pool=True, dropout_rate=0.5, dtype=None, axis_name=None, implementation=None,
@@ -40,16 +44,16 @@ def _require(ok: bool, message: str) -> None:
 
 def crop_side(data) -> int:
     """The square crop's side (ValueError for a non-square `crop_size`)."""
-    crop = tuple(data.crop_size)
+    crop = tuple(data.video.crop_size)
     _require(len(crop) == 2 and crop[0] == crop[1] and int(crop[0]) >= 1,
-             f"config.data.crop_size={crop}: video crops are square, e.g. (224, 224).")
+             f"config.data.video.crop_size={crop}: video crops are square, e.g. (224, 224).")
     return int(crop[0])
 
 
 def view_settings(data, *, num_clips: int, num_crops: int, short_side: int) -> dict:
-    """`transforms.video_eval_views` kwargs from `config.data` (clip_len, frame_stride, the
-    square crop_size) and the evaluator's views (short_side 0 = the crop side)."""
-    return {"clip_len": int(data.clip_len), "stride": int(data.frame_stride),
+    """`transforms.video_eval_views` kwargs from `config.data.video` (clip_len, frame_stride,
+    the square crop_size) and the evaluator's views (short_side 0 = the crop side)."""
+    return {"clip_len": int(data.video.clip_len), "stride": int(data.video.frame_stride),
             "crop_size": crop_side(data), "num_clips": int(num_clips),
             "num_crops": int(num_crops), "short_side": int(short_side) or None}
 
@@ -102,18 +106,25 @@ class Video(Task):
     example_model = "dnl_i3d_r50"
     model_defaults = MODEL_DEFAULTS
 
+    def config_sections(self) -> dict[str, dict]:
+        return {"video": SECTION}
+
+    def sections_read(self, data) -> tuple[str, ...]:
+        return ("video",)
+
     def eval_types(self, data) -> tuple[str, ...]:
         return ("batched", "multi_view")
 
     def check_data(self, config) -> None:
-        data = config.data
+        section = config.data.video
         for key in ("clip_len", "frame_stride"):
-            _require(int(data[key]) >= 1, f"config.data.{key}={data[key]} must be >= 1.")
-        crop = crop_side(data)
-        low, high = tuple(data.short_side_range)
+            _require(int(section[key]) >= 1,
+                     f"config.data.video.{key}={section[key]} must be >= 1.")
+        crop = crop_side(config.data)
+        low, high = tuple(section.short_side_range)
         _require(crop <= low <= high,
-                 f"config.data.short_side_range={(low, high)} must be (low, high) with crop "
-                 f"side {crop} <= low <= high: frames are rescaled to it, then cropped.")
+                 f"config.data.video.short_side_range={(low, high)} must be (low, high) with crop"
+                 f" side {crop} <= low <= high: frames are rescaled to it, then cropped.")
 
     def sources(self, data):
         return pipeline.prepared_sources(data, VAL_SPLITS[data.name])
@@ -123,12 +134,14 @@ class Video(Task):
 
     def example_shape(self, data) -> tuple[int, ...]:
         side = crop_side(data)
-        return int(data.clip_len), side, side, 3
+        return int(data.video.clip_len), side, side, 3
 
     def train_transform(self, data):
+        section = data.video
         return transforms.VideoTrainTransform(
-            clip_len=int(data.clip_len), stride=int(data.frame_stride), crop_size=crop_side(data),
-            short_side_range=tuple(int(v) for v in data.short_side_range))
+            clip_len=int(section.clip_len), stride=int(section.frame_stride),
+            crop_size=crop_side(data),
+            short_side_range=tuple(int(v) for v in section.short_side_range))
 
     def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]
                      ) -> ModelBundle:
@@ -147,5 +160,6 @@ class Video(Task):
 
 TASK = Video()
 
-__all__ = ["TASK", "Video", "MODEL_DEFAULTS", "DATASETS", "view_settings", "check_short_side",
-           "one_view_preprocess", "loss_ratios", "loss", "metric_counts", "LOSS_WEIGHTS"]
+__all__ = ["TASK", "Video", "MODEL_DEFAULTS", "SECTION", "DATASETS", "view_settings",
+           "check_short_side", "one_view_preprocess", "loss_ratios", "loss", "metric_counts",
+           "LOSS_WEIGHTS"]

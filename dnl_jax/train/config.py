@@ -27,7 +27,26 @@ DTYPES = ("float32", "bfloat16")
 # Sub-dicts whose keys are not ours to check: the model's arguments (get_model checks them) and
 # the evaluators' sections (each evaluator checks its own).
 FREE_FORM = ("model.kwargs", "evals")
-# Keys of earlier layouts → what replaced them.
+# config.data's keys before the per-task sections (dnl_jax/tasks/).
+_FLAT_DATA_KEYS = ("image_size", "num_train", "num_val", "noise", "scenes", "ignore_fraction",
+                   "crop_size", "base_size", "ratio_range", "cat_max_ratio", "canvas",
+                   "max_instances", "filter_empty_gt", "mask_crop_size", "clip_len",
+                   "frame_stride", "short_side_range")
+
+
+def _moved_data_keys() -> dict[str, str]:
+    """'data.KEY' → the task sections' keys that replaced it (e.g. config.data.crop_size →
+    config.data.segmentation.crop_size or config.data.video.crop_size)."""
+    moved: dict[str, list[str]] = {}
+    for section, keys in tasks.data_sections().items():
+        for key in keys:
+            if key in _FLAT_DATA_KEYS:
+                moved.setdefault(f"data.{key}", []).append(
+                    f"config.data.{section}.{key} ({section})")
+    return {old: " or ".join(new) for old, new in moved.items()}
+
+
+# Keys of earlier layouts (a top-level key or a dotted path) → what replaced them.
 REPLACED_KEYS = {
     "eval": "config.evals.val = dict(type='segmentation', mode=..., crop_size=..., stride=..., "
             "scales=..., flip=...) for prepared segmentation datasets, and "
@@ -37,7 +56,9 @@ REPLACED_KEYS = {
     "eval_batch_size": "config.evals.val.batch_size (type 'batched')",
     "mesh": "nothing: the jit driver shards the batch over every device (config.mesh.data was "
             "never read); delete it",
+    **_moved_data_keys(),
 }
+CONFIG_FLAG = "--config."
 MODEL_KWARGS_FLAG = "--config.model.kwargs."
 SCHEDULES = ("poly", "step")  # config.optimizer.schedule (train/step.py)
 
@@ -87,44 +108,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic"
-    c.data.image_size = 32
     c.data.num_classes = 7
-    c.data.num_train = 2048
-    c.data.num_val = 256
     c.data.seed = 0
-    c.data.noise = 0.1
-    # --- analysis (#12): which synthetic scenes ('synthetic' only): 'beacon' (the demo's, one
-    # distant cue for every object, dnl_jax/data/synthetic.py) or 'regions' (a distant twin
-    # object decides each object's class, thin boundaries; dnl_jax/data/regions.py).
-    c.data.scenes = "beacon"
-    # Prepared datasets only (ignored by 'synthetic'): where `dnl_jax.data.prepare` wrote them,
-    # and the mmseg train pipeline: random resize of base_size (long, short) by a ratio in
-    # ratio_range, crop of crop_size (h, w) with cat_max_ratio, flip, photometric distortion.
+    # Prepared datasets: where `dnl_jax.data.prepare` wrote them, and the input workers: grain
+    # worker processes that decode and augment batches in parallel (0 = in this process), and
+    # read-ahead threads per process.
     c.data.data_dir = "data/prepared"
-    c.data.crop_size = (512, 512)
-    c.data.base_size = (2048, 512)
-    c.data.ratio_range = (0.5, 2.0)
-    c.data.cat_max_ratio = 0.75
-    # Prepared detection datasets (coco) only: resize keep-ratio to base_size (long, short), e.g.
-    # mmdet's (1333, 800); pad to a fixed canvas (h, w), a multiple of 32 that holds every
-    # resized image (static shapes); at most max_instances ground-truth objects per image (the
-    # rest are counted and reported); filter_empty_gt: train on mmdet's training set (images
-    # with annotations, shorter side >= 32) instead of every image.
-    c.data.canvas = (1344, 1344)
-    c.data.max_instances = 100
-    c.data.filter_empty_gt = True
-    # 0: gt masks at the canvas size (G × H × W bytes per image); S > 0: each mask resampled to
-    # S × S inside its box (data/detection_transforms.py:box_mask_crops), e.g. 56.
-    c.data.mask_crop_size = 0
-    # Video datasets only: clips of clip_len frames every frame_stride-th frame, short side
-    # rescaled to U[short_side_range], a square crop of crop_size, horizontal flip.
-    c.data.clip_len = 32
-    c.data.frame_stride = 2
-    c.data.short_side_range = (256, 320)
-    # Input workers of prepared datasets (perf, issue 16): grain worker processes that decode and
-    # augment batches in parallel (0 = in this process), and read-ahead threads per process.
     c.data.worker_processes = 0
     c.data.worker_threads = 4
+    # One section per task (dnl_jax/tasks/: synthetic, segmentation, video, detection). A run
+    # reads those of its dataset's task only and refuses an override of any other.
+    for section, keys in tasks.data_sections().items():
+        c.data[section] = ml_collections.ConfigDict(keys)
 
     c.batch_size = 16  # global, over all hosts and devices
     c.total_steps = 100
@@ -147,8 +142,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Parameters left untrained ('/'-joined path prefixes, e.g. mmdet's frozen_stages=1:
     # ('backbone/conv1', 'backbone/bn1', 'backbone/layer1_')): no update, no weight decay.
     c.optimizer.frozen = ()
-    # ((pattern, multiplier), ...) on '/'-joined parameter paths (mmengine custom_keys); read by
-    # the loss/optimizer branch, set by the recipes.
+    # ((pattern, multiplier), ...) matched as substrings of '/'-joined parameter paths, longest
+    # pattern first, like mmseg's paramwise_cfg.custom_keys (train/step.py), set by the recipes.
     c.optimizer.weight_decay_multipliers = ()
 
     c.parallelism = "jit"  # both shard the batch over every device (data parallel)
@@ -168,14 +163,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 10
     c.progress_bar = True
     c.curves_figure = True
-    c.attention_figure = True  # attention.png (segmentation DNL heads only; see dnl_jax/analysis/viz.py)
+    c.attention_figure = True  # the task's figure (attention.png, detections.png; tasks/)
 
-    # Loss and optimizer options (issue 11). Weight-decay multipliers: ((pattern, multiplier),
-    # ...) matched as substrings of '/'-joined parameter paths, longest pattern first, like
-    # mmseg's paramwise_cfg.custom_keys (dnl_jax/train/step.py:weight_decay_multiplier).
-    c.optimizer.weight_decay_multipliers = ()
-    # Synthetic scenes: the fraction of each label map set to 255 (one random rectangle).
-    c.data.ignore_fraction = 0.0
     return c
 
 
@@ -195,18 +184,37 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
     (for keys of an earlier layout: what replaced them)."""
     known = _flatten(base_config())
     for path in _flatten(config):
-        old = path.split(".")[0]
-        if old in REPLACED_KEYS:
-            raise ValueError(f"config.{path} is no longer a key; use {REPLACED_KEYS[old]}.")
-        if path not in known and not any(path.startswith(f + ".") for f in FREE_FORM):
-            close = difflib.get_close_matches(path, list(known), n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown config key {path!r}.{hint} Known keys: see "
-                             f"dnl_jax/train/config.py:base_config().")
+        check_key(path, known)
     missing = sorted(set(known) - set(_flatten(config)))
     if missing:
         raise ValueError(f"config is missing keys {missing}; build configs from "
                          "dnl_jax.train.config.base_config().")
+
+
+def check_key(path: str, known: dict[str, Any]) -> None:
+    """ValueError for `config.<path>` when it is not among the `known` keys: what replaced it
+    (`REPLACED_KEYS`), or the closest known keys. Keys under `FREE_FORM` sections pass."""
+    for old in (path, path.split(".")[0], ".".join(path.split(".")[:2])):
+        if old in REPLACED_KEYS:
+            raise ValueError(f"config.{path} is no longer a key; use {REPLACED_KEYS[old]}.")
+    if path not in known and not any(path == f or path.startswith(f + ".") for f in FREE_FORM):
+        close = difflib.get_close_matches(path, list(known), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown config key {path!r}.{hint} Known keys: see "
+                         f"dnl_jax/train/config.py:base_config().")
+
+
+def check_override_flags(argv: Sequence[str]) -> None:
+    """ValueError for a `--config.KEY=VALUE` argument whose KEY is not a key of `base_config()`
+    (checked before ml_collections parses the flags, which would end in a traceback)."""
+    known = None
+    for arg in argv:
+        if not arg.startswith(CONFIG_FLAG) or arg.startswith(MODEL_KWARGS_FLAG):
+            continue
+        path = arg[len(CONFIG_FLAG):].partition("=")[0]
+        if known is None:
+            known = _flatten(base_config())
+        check_key(path, known)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -226,6 +234,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
              f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.")
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
     task = tasks.for_dataset(c.data.name)  # ValueError listing the datasets
+    tasks.check_unused_sections(c.data)
     for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
     _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
@@ -295,9 +304,11 @@ def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, An
 def take_model_kwargs_flags(program: str) -> dict[str, Any]:
     """`pop_model_kwargs_flags(sys.argv)` for a command line, before absl parses its flags:
     sys.argv keeps the other flags (config_flags reads its overrides from sys.argv itself) and
-    the model's arguments are returned; a malformed flag exits with one line."""
+    the model's arguments are returned; a malformed flag, or an override of a key that is not
+    one (a typo, a replaced key), exits with one line naming it and what to use."""
     try:
         argv, kwargs = pop_model_kwargs_flags(sys.argv)
+        check_override_flags(argv)
     except ValueError as error:
         sys.exit(f"{program}: {error}")
     sys.argv[:] = argv

@@ -30,6 +30,7 @@ from dnl_jax import evaluators
 from dnl_jax.data import pipeline
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
+from dnl_jax import tasks
 from dnl_jax.tasks import check_model_task, for_dataset, get_model
 from dnl_jax.train import checkpoint as ckpt
 from dnl_jax.train import initialisation, logs, parallel, step as step_lib
@@ -287,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     try:
         with run.driver.context():
             state, signature = _initial_state(run)
-            run.writer.write_config(config)
+            run.writer.write_config(tasks.applicable(config))
             state, status, results = _train_loop(run, state, signature, on_step)
             host_state = run.driver.host_state(state)
             if status == "completed" and results is None:  # resumed after the last step

@@ -15,7 +15,7 @@ Video: Kinetics-like videos (340×256 after preparation's short side 256, 300 st
 through `transforms.VideoTrainTransform` (32 frames, stride 2, short side U[256, 320], 224 crop):
 clips/s (and per CPU-second) with the stored JPEGs decoded lazily (only the clip's 32 frames;
 `video.EncodedFrames`)
-and, for comparison, with every stored frame decoded first (the behaviour before issue 16).
+and, for comparison, with every stored frame decoded first (the earlier behaviour).
 
 The images are synthetic (smooth colour fields plus noise, so PNG sizes are in the range of
 real street scenes, 1.5–3 MB); writes results/input_pipeline.json.
@@ -97,7 +97,8 @@ def segmentation(work: str, images: int, batches: int, rng) -> list[dict]:
             log=lambda _: None)
     source = load_split("cityscapes", "train", os.path.join(work, "prepared"))
     data = base_config().data
-    data.name, data.crop_size, data.base_size = "cityscapes", (512, 1024), (2048, 1024)
+    data.name = "cityscapes"
+    data.segmentation.crop_size, data.segmentation.base_size = (512, 1024), (2048, 1024)
     rows = []
     for processes, threads in WORKER_SETTINGS:
         dataset = pipeline.train_dataset(

@@ -12,7 +12,7 @@ def get_config():
     # The demo's scenes and schedule shape; a real-width backbone wants more data, steps and a
     # smaller learning rate.
     config = synthetic_config("dnl_r18-d8")
-    config.data.num_train = 8192
+    config.data.synthetic.num_train = 8192
     config.evals.val.batch_size = 32
     config.total_steps = 2000
     config.optimizer.lr = 0.01
