@@ -96,6 +96,12 @@ class ModelBundle:
 
 
 
+def drawn_image_shape(data) -> tuple[int, int, int]:
+    """(s, s, 3), s = config.data.synthetic.image_size: the drawn scenes' model-ready images."""
+    side = int(data.synthetic.image_size)
+    return side, side, 3
+
+
 class Task:
     """One task's knowledge (module docstring). Subclasses set the attributes and override the
     methods; every method that takes `data` reads `config.data` (its common keys and this task's
@@ -171,4 +177,4 @@ class Task:
                          f"and video models; {self.name} models are not analysed.")
 
 
-__all__ = ["ModelBundle", "Task"]
+__all__ = ["ModelBundle", "Task", "drawn_image_shape"]

@@ -31,7 +31,7 @@ from dnl_jax.models import losses as model_losses
 from dnl_jax.models.detection import losses, targets
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from dnl_jax.models.residual import ARCH_SETTINGS, ContextSpec
-from dnl_jax.tasks.base import ModelBundle, Task
+from dnl_jax.tasks.base import ModelBundle, Task, drawn_image_shape
 from dnl_jax.tasks.segmentation import SEGMENTATION_SCENE_KEYS, SYNTHETIC_SECTION
 
 SYNTHETIC = ("synthetic_detection",)  # reads config.data.synthetic (tasks/segmentation.py)
@@ -87,21 +87,21 @@ def context_block_indices(stages: str, depth: int) -> tuple[tuple[int, ...], ...
     return ((), (), (-2,), last)
 
 
-def build_module(num_classes: int, config: Mapping[str, Any]) -> MaskRCNN:
-    """The `MaskRCNN` of a resolved registry config (defaults + overrides)."""
-    context = config["context"]
+def build_module(num_classes: int, settings: Mapping[str, Any]) -> MaskRCNN:
+    """The `MaskRCNN` of the resolved model settings (defaults, registry entry, overrides)."""
+    context = settings["context"]
     if context not in CONTEXTS:
         raise ValueError(f"context={context!r}; choose one of {CONTEXTS}.")
-    kwargs = {key: config[key] for key in MODULE_OVERRIDES}
-    kwargs["rpn_sampler"] = _sampler(config["rpn_sampler"], "rpn_sampler")
-    kwargs["rcnn_sampler"] = _sampler(config["rcnn_sampler"], "rcnn_sampler")
+    kwargs = {key: settings[key] for key in MODULE_OVERRIDES}
+    kwargs["rpn_sampler"] = _sampler(settings["rpn_sampler"], "rpn_sampler")
+    kwargs["rcnn_sampler"] = _sampler(settings["rcnn_sampler"], "rcnn_sampler")
     for key in ("rpn_train", "rpn_test"):
-        kwargs[key] = tuple(int(v) for v in config[key])
+        kwargs[key] = tuple(int(v) for v in settings[key])
     spec, indices = None, None
     if context is not None:
-        spec = ContextSpec(context, "after_add", reduction=4, temperature=config["temperature"],
-                           implementation=config["implementation"])
-        indices = context_block_indices(config["context_stages"], config["depth"])
+        spec = ContextSpec(context, "after_add", reduction=4, temperature=settings["temperature"],
+                           implementation=settings["implementation"])
+        indices = context_block_indices(settings["context_stages"], settings["depth"])
     return MaskRCNN(num_classes=num_classes, context=spec, context_block_indices=indices,
                     **kwargs)
 
@@ -251,7 +251,7 @@ class Detection(Task):
 
     def example_shape(self, data) -> tuple[int, ...]:
         if data.name in SYNTHETIC:
-            return data.synthetic.image_size, data.synthetic.image_size, 3
+            return drawn_image_shape(data)
         return (*(int(v) for v in data.detection.canvas), 3)
 
     def train_transform(self, data):

@@ -20,7 +20,7 @@ from dnl_jax.data import pipeline, transforms
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import losses, segmentor
-from dnl_jax.tasks.base import ModelBundle, Task
+from dnl_jax.tasks.base import ModelBundle, Task, drawn_image_shape
 
 SYNTHETIC = ("synthetic",)
 PREPARED = ("cityscapes", "ade20k", "pascal_context")  # python -m dnl_jax.data.prepare NAME
@@ -156,7 +156,7 @@ class Segmentation(Task):
 
     def example_shape(self, data) -> tuple[int, ...]:
         if data.name in SYNTHETIC:
-            return data.synthetic.image_size, data.synthetic.image_size, 3
+            return drawn_image_shape(data)
         return (*(int(v) for v in data.segmentation.crop_size), 3)
 
     def train_transform(self, data):
