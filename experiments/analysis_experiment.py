@@ -17,7 +17,8 @@ starts after it) still has every head at the first seeds. After every finished r
 rewritten: analysis.{json,md} (the regions scenes: mIoU and the analysis table), 
 synthetic_ablation.{json,md} (the beacon scenes: mIoU; analysis table too) and analysis.png (the
 seed-0 models' attention on one val scene). `--smoke`: 2 steps, 1 seed, 2 heads (NL on regions,
-DNL on beacon), 32×32 scenes, tiny data (a CPU check of the whole pipeline; tests/test_analysis_experiment.py).
+DNL on beacon), 32×32 scenes, tiny data (a CPU check of the whole pipeline;
+tests/analysis/test_analysis_experiment.py).
 
 Several processes share one GPU: each gets XLA_PYTHON_CLIENT_PREALLOCATE=false and a
 1/workers share of the memory; compiled programs are shared through JAX's persistent

@@ -10,6 +10,8 @@ import os
 import tempfile
 
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
 
 from dnl_jax.train.config import base_config
 
@@ -39,3 +41,11 @@ def tiny_config(**overrides):
     config = base_config()
     config.update_from_flattened_dict({**TINY, **overrides})
     return config
+
+
+def restore(path):
+    """Read back as the trainer does (a PyTree checkpoint, numpy leaves)."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            checkpointer.metadata(path).item_metadata.tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))

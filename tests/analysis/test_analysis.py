@@ -15,7 +15,7 @@ from dnl_jax.data.regions import RegionScenes
 from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _random_block(module, shape, seed=0, spread=0.5):

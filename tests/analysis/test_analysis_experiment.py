@@ -7,7 +7,7 @@ import sys
 
 from train_testing import CACHE_ENV
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_smoke_mode_writes_all_records(tmp_path):

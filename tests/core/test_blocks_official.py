@@ -3,8 +3,6 @@
 nonlocal_block_nowd.py `_NonLocalNd_nowd`, read, not copied), its variants, initialisers,
 parameter names and counts, and its head."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,39 +13,7 @@ from dnl_jax.blocks_official import NO_DECAY_PARAMETERS, OFFICIAL_VARIANTS, \
     OfficialDisentangledNonLocal
 from dnl_jax.tasks import get_model
 from dnl_jax.models.heads import NOWD_WEIGHT_DECAY
-
-
-class OfficialReference(torch.nn.Module):
-    """NCHW reference: the official forward with downsample=False, use_out=False, out_bn=False,
-    with_gc=True (the configurations of the official Cityscapes confs)."""
-
-    def __init__(self, inplanes, planes, whiten, use_scale, temperature):
-        super().__init__()
-        self.conv_query = torch.nn.Conv2d(inplanes, planes, 1)
-        self.conv_key = torch.nn.Conv2d(inplanes, planes, 1)
-        self.conv_value = torch.nn.Conv2d(inplanes, inplanes, 1, bias=False)
-        self.conv_mask = torch.nn.Conv2d(inplanes, 1, 1)
-        self.gamma = torch.nn.Parameter(torch.zeros(1))
-        self.whiten, self.temperature = whiten, temperature
-        self.scale = math.sqrt(planes) if use_scale else 1.0
-
-    def forward(self, x):
-        n, c = x.shape[:2]
-        query = self.conv_query(x).view(n, -1, x.shape[2] * x.shape[3])
-        key = self.conv_key(x).view(n, query.shape[1], -1)
-        value = self.conv_value(x).view(n, c, -1)
-        if self.whiten == "channel":  # mean over positions, per channel
-            query = query - query.mean(2, keepdim=True)
-            key = key - key.mean(2, keepdim=True)
-        elif self.whiten == "ln_nostd":  # one mean per sample
-            query = query - query.mean(1).mean(1).view(n, 1, 1)
-            key = key - key.mean(1).mean(1).view(n, 1, 1)
-        sim = torch.softmax(torch.bmm(query.transpose(1, 2), key) / self.scale
-                            / self.temperature, dim=2)
-        out = self.gamma * torch.bmm(sim, value.transpose(1, 2)).transpose(1, 2).reshape(x.shape)
-        mask = torch.softmax(self.conv_mask(x).view(n, 1, -1), dim=2)
-        out = out + torch.bmm(value, mask.permute(0, 2, 1)).unsqueeze(-1)
-        return out + x
+from torch_reference import OfficialReference
 
 
 def _flax_variables(module):

@@ -17,7 +17,7 @@ from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
 enable_compilation_cache()
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py")
 # The demo config shrunk to the shared tiny run's values (equal configs share compilations).
 TINY_FLAGS = ["--config.data.synthetic.image_size=32", "--config.data.num_classes=5",

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUB = """#!/bin/sh
 for last; do :; done
 mkdir -p "$last/checkpoints/1000" && echo "stub trained in $last"

@@ -4,13 +4,13 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from dnl_jax import interop
 from dnl_jax.interop import convert
 from openmmlab_reference import mmseg_head, mmseg_resnet_v1c
 from torch_reference import EncoderDecoder, randomize, require
+from train_testing import restore
 
 torch = require("torch")
 
@@ -21,14 +21,6 @@ def tiny_dnlnet(classes=3):
         mmseg_resnet_v1c((2, 2, 2, 2), False, stem=8, base=8),
         mmseg_head(64, 16, classes, context="dnl", in_index=3),
         mmseg_head(32, 8, classes, num_convs=1, concat_input=False, in_index=2)), seed=7)
-
-
-def restore(path):
-    """Read back as the trainer does (a PyTree checkpoint, numpy leaves)."""
-    checkpointer = ocp.PyTreeCheckpointer()
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                            checkpointer.metadata(path).item_metadata.tree)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def test_convert_mmseg_checkpoint_for_a_registry_model(tmp_path, capsys):

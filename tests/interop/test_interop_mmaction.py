@@ -15,7 +15,7 @@ import pytest
 from dnl_jax import interop
 from dnl_jax.interop import convert, mmaction
 from openmmlab_reference import mmaction_models, package_root
-from test_interop_convert import restore
+from train_testing import restore
 from torch_reference import randomize, relative_error, require
 
 torch = require("torch")

@@ -23,9 +23,8 @@ from dnl_jax.blocks_official import OFFICIAL_VARIANTS, OfficialDisentangledNonLo
 from dnl_jax.interop import convert, mapping, mmdet
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from openmmlab_reference import mmdet_models
-from test_blocks_official import OfficialReference
-from test_interop_convert import restore
-from torch_reference import randomize, relative_error, require
+from torch_reference import OfficialReference, randomize, relative_error, require
+from train_testing import restore
 
 torch = require("torch")
 MMDET = mmdet_models()
@@ -178,7 +177,7 @@ def test_v1_official_dnl_blocks_map_onto_our_block(two_fc):
     """`nl_gc_block` (the official DNL detection code's `NonLocal2dGc`, ratio 1/4, in c4 block
     n−2 and all of c5, as its `stage_with_nlgcb=[[], [], [-2], [-2, -1, 0]]`) → our
     'dnl_official' block: leaf by leaf, and the converted block computes what the official
-    forward (tests/test_blocks_official.py's reference, which NonLocal2dGc with downsample=False,
+    forward (tests/core/test_blocks_official.py's reference, which NonLocal2dGc with downsample=False,
     use_out=False, with_gc=True is) computes with the checkpoint's tensors."""
     reference, _, _, _ = two_fc
     v1 = to_v1(_state_dict(reference))

@@ -1,52 +1,22 @@
-"""Tests of dnl_jax.models: parameter counts against the PyTorch references, shapes, the bundle
-contract (loss, OHEM, confusion matrix) and input validation. Big models only go through
-`jax.eval_shape` (no memory, no compile); real runs use tiny widths."""
+"""The segmentor (dilated ResNet-V1c + decode heads): parameter counts against the PyTorch
+references, parameter names, shapes at every output stride, the resize, context blocks in the
+backbone, batch-norm modes and compute dtypes. Big models only go through `jax.eval_shape` (no
+memory, no compile); real runs use tiny widths."""
 
 import chex
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from dnl_jax import models, tasks
-from dnl_jax.models import losses
+from model_testing import compile_for, flat_names, run_compiled, shapes_of_init
 
 # Reference counts from mmseg/mmcv (shared/DESIGN.md), `params` only.
 RESNET_V1C_PARAMS = {50: 23_527_264, 101: 42_519_392}
 DNL_HEAD_2048_TO_512_19 = 24_132_372
 FCN_AUX_HEAD_1024_TO_256_19 = 2_364_691
-
-
-def shapes_of_init(module, input_shape, **kwargs):
-    """Variables of `module` as ShapeDtypeStructs (nothing is allocated or compiled)."""
-    inputs = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-    return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **kwargs), inputs)
-
-
-def compile_for(fn, *args):
-    """`fn` jit-compiled for arguments shaped like `args`, without XLA's backend optimisation
-    (about 4x faster to compile on CPU; these tests check values, not speed)."""
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    return jax.jit(fn).lower(*args).compile(compiler_options=options)
-
-
-def run_compiled(fn, *args):
-    return compile_for(fn, *args)(*args)
-
-
-def flat_names(tree) -> set:
-    return {"/".join(path) for path in flax.traverse_util.flatten_dict(tree)}
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """The registered tiny segmentor (5 classes) and its initialised variables."""
-    bundle = tasks.get_model("dnl_tiny", num_classes=5)
-    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    variables = models.init_variables(bundle.module, jax.random.key(1), images)
-    return bundle, variables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,195 +141,6 @@ def test_train_step_outputs_aux_logits_updates_stats_and_lowers_the_loss(tiny):
     stepped = jax.tree_util.tree_map(lambda p, g: p - 0.05 * g, variables["params"], grads)
     (new_loss, _), _ = run_compiled(grad_fn, stepped)
     assert new_loss < loss
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss, OHEM and metrics against NumPy.
-# ---------------------------------------------------------------------------------------------
-
-
-def numpy_cross_entropy(logits, labels, keep, weights=None):
-    logits = np.asarray(logits, np.float64)
-    log_probs = logits - logits.max(-1, keepdims=True)
-    log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
-    safe = np.clip(labels, 0, logits.shape[-1] - 1)
-    nll = -np.take_along_axis(log_probs, safe[..., None], -1)[..., 0]
-    w = keep.astype(np.float64) * (1.0 if weights is None else np.asarray(weights)[safe])
-    return (w * nll).sum() / w.sum()
-
-
-def random_logits_labels(seed, shape=(2, 6, 7), num_classes=4):
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=shape + (num_classes,)).astype(np.float32) * 2
-    labels = rng.integers(0, num_classes, size=shape)
-    labels[rng.random(shape) < 0.3] = 255
-    return logits, labels
-
-
-def test_loss_ignores_255_and_matches_numpy():
-    logits, labels = random_logits_labels(0)
-    keep = labels != 255
-    loss = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
-    np.testing.assert_allclose(loss, numpy_cross_entropy(logits, labels, keep), rtol=1e-5)
-    # Whatever the network predicts at ignored pixels, the loss is the same.
-    noise = 50.0 * np.random.default_rng(1).normal(size=logits.shape)
-    changed = np.where(keep[..., None], logits, noise)
-    changed_loss = losses.pixel_cross_entropy(jnp.asarray(changed), jnp.asarray(labels))
-    np.testing.assert_allclose(changed_loss, loss, rtol=1e-6)
-    weights = [0.5, 1.0, 2.0, 0.1]
-    weighted = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
-                                          class_weights=weights)
-    np.testing.assert_allclose(weighted, numpy_cross_entropy(logits, labels, keep, weights),
-                               rtol=1e-5)
-
-
-def numpy_ohem_keep(logits, labels, thresh, min_kept):
-    """The official OhemCrossEntropy2d selection, applied to each image on its own."""
-    return np.stack([numpy_ohem_keep_batch(logits[i:i + 1], labels[i:i + 1], thresh, min_kept)[0]
-                     for i in range(len(labels))])
-
-
-def numpy_ohem_keep_batch(logits, labels, thresh, min_kept):
-    """The official OhemCrossEntropy2d selection over a batch, with a NumPy sort."""
-    valid = labels != 255
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    p_true = np.take_along_axis(probs, np.clip(labels, 0, 3)[..., None], -1)[..., 0]
-    if min_kept > valid.sum():
-        return valid
-    threshold = thresh
-    if min_kept > 0:
-        ranked = np.sort(p_true[valid])
-        threshold = max(thresh, ranked[min(len(ranked), min_kept) - 1])
-    return valid & (p_true <= threshold)
-
-
-@pytest.mark.parametrize("thresh, min_kept", [(0.7, 0), (0.3, 10), (0.05, 40), (0.7, 10_000)])
-def test_ohem_keeps_hard_pixels_and_at_least_min_kept(thresh, min_kept):
-    logits, labels = random_logits_labels(2)
-    valid = labels != 255
-    keep = np.asarray(losses.ohem_keep_mask(jnp.asarray(logits), jnp.asarray(labels),
-                                            jnp.asarray(valid), thresh, min_kept))
-    np.testing.assert_array_equal(keep, numpy_ohem_keep(logits, labels, thresh, min_kept))
-    for image_keep, image_valid in zip(keep, valid):  # min_kept holds per image
-        assert image_keep.sum() >= min(min_kept, image_valid.sum())
-    assert not keep[~valid].any()
-    loss = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
-                                      ohem=dict(thresh=thresh, min_kept=min_kept))
-    np.testing.assert_allclose(loss, numpy_cross_entropy(logits, labels, keep), rtol=1e-5)
-
-
-def test_confusion_matrix_matches_numpy_count():
-    rng = np.random.default_rng(3)
-    labels = rng.integers(0, 5, size=(3, 9, 11))
-    labels[rng.random(labels.shape) < 0.2] = 255
-    labels[0, 0, :3] = 7  # out of range: excluded like the ignore label
-    predictions = rng.integers(0, 5, size=labels.shape)
-    expected = np.zeros((5, 5), np.int64)
-    for t, p in zip(labels.ravel(), predictions.ravel()):
-        if t < 5:
-            expected[t, p] += 1
-    got = losses.confusion_matrix(jnp.asarray(predictions), jnp.asarray(labels), 5)
-    assert got.dtype == jnp.int32
-    np.testing.assert_array_equal(got, expected)
-
-
-def test_bundle_metrics_fn_confusion_of_argmax(tiny):
-    bundle, _ = tiny
-    logits, labels = random_logits_labels(4, num_classes=5)
-    metrics = bundle.metrics_fn({"logits": jnp.asarray(logits)}, {"label": jnp.asarray(labels)})
-    expected = losses.confusion_matrix(jnp.argmax(logits, -1), jnp.asarray(labels), 5)
-    np.testing.assert_array_equal(metrics["confusion"], expected)
-    assert metrics["confusion"].sum() == (labels != 255).sum()
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry and input validation.
-# ---------------------------------------------------------------------------------------------
-
-
-def test_registry_names_and_bundle_fields():
-    required = {"dnl_tiny", "dnl_r18-d8", "dnl_r50-d8", "dnl_r101-d8", "nl_r50-d8",
-                "nl_r101-d8", "fcn_r50-d8", "fcn_r101-d8", "gc_r50-d8", "dnl_i3d_r50",
-                "nl_i3d_r50", "dnl_c2d_r50", "dnl_i3d_tiny"}
-    assert required <= set(tasks.MODEL_NAMES)
-    for name in tasks.MODEL_NAMES:
-        bundle = tasks.get_model(name, num_classes=3)
-        is_video = "3d" in name or "c2d" in name
-        task = "detection" if name.startswith("mask_rcnn") else (
-            "video" if is_video else "segmentation")
-        assert bundle.task == task
-        assert bundle.num_classes == 3 and bundle.name == name
-
-
-@pytest.mark.parametrize("name", [n for n in tasks.MODEL_NAMES if n.startswith(("dnl_r", "nl_r",
-                                                                                "fcn_r", "gc_r"))])
-def test_every_registered_segmentor_maps_images_to_logits_abstractly(name):
-    # Each name's head and wiring, on a shallow narrow trunk (full sizes are tested above).
-    module = tasks.get_model(name, num_classes=4, depth=18, base_channels=4, stem_channels=8,
-                              channels=8, aux_channels=4).module
-    inputs = jax.ShapeDtypeStruct((1, 33, 47, 3), jnp.float32)
-    variables = shapes_of_init(module, inputs.shape)
-    outputs, _ = jax.eval_shape(
-        lambda v, x: module.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)},
-                                  mutable=["batch_stats"]), variables, inputs)
-    assert {k: v.shape for k, v in outputs.items()} == {"logits": (1, 33, 47, 4),
-                                                        "aux_logits": (1, 33, 47, 4)}
-
-
-def test_summary_counts_parameters_and_flops():
-    lines = []
-    small = tasks.summary("dnl_tiny", (1, 32, 32, 3), num_classes=5, print_fn=lines.append)
-    large = tasks.summary("dnl_tiny", (1, 64, 64, 3), num_classes=5, print_fn=lines.append)
-    variables = shapes_of_init(tasks.get_model("dnl_tiny", 5).module, (1, 32, 32, 3))
-    assert small["params"] == large["params"] == models.count_params(variables["params"])
-    assert sum(small["params_by_module"].values()) == small["params"]
-    # Convolutions dominate: 4x the pixels, at least 4x the FLOPs (attention grows faster).
-    assert small["flops"] > 0 and large["flops"] >= 4 * small["flops"]
-    assert any("total" in line for line in lines)
-
-
-def test_unknown_model_name_and_override_raise():
-    with pytest.raises(ValueError, match="unknown model 'dnl_r77'.*dnl_r50-d8"):
-        tasks.get_model("dnl_r77", 19)
-    with pytest.raises(ValueError, match="unknown override.*'learning_rate'.*valid.*output_stride"):
-        tasks.get_model("dnl_tiny", 19, learning_rate=0.1)
-    with pytest.raises(ValueError, match="ohem must be None or dict"):
-        tasks.get_model("dnl_tiny", 19, ohem=dict(thresh=0.7))
-    with pytest.raises(ValueError, match="class_weights needs 19"):
-        tasks.get_model("dnl_tiny", 19, class_weights=[1.0, 2.0])
-
-
-def test_overrides_accept_config_values():
-    ohem = ml_collections.ConfigDict({"thresh": 0.7, "min_kept": 100_000})
-    bundle = tasks.get_model("dnl_tiny", 5, ohem=ohem, dtype="bfloat16", aux=False)
-    assert bundle.config["ohem"] == {"thresh": 0.7, "min_kept": 100_000}
-    variables = shapes_of_init(bundle.module, (1, 32, 32, 3))
-    assert set(variables["params"]) == {"backbone", "decode_head"}  # aux=False: no aux head
-    with pytest.raises(ValueError, match="aux_weight must be a number >= 0"):
-        tasks.get_model("dnl_tiny", 5, aux_weight=-1.0)
-    with pytest.raises(ValueError, match=r"dropout_rate must be in \[0, 1\)"):
-        tasks.get_model("dnl_tiny", 5, dropout_rate=1.0)
-
-
-@pytest.mark.parametrize("output_stride", [4, 12, 64])
-def test_output_stride_outside_8_16_32_raises(output_stride):
-    with pytest.raises(ValueError, match=r"output_stride must be one of \[8, 16, 32\]"):
-        tasks.get_model("dnl_tiny", 5, output_stride=output_stride)
-
-
-def test_wrong_channel_count_raises():
-    module = tasks.get_model("dnl_tiny", 5).module
-    with pytest.raises(ValueError, match="expected 3 input channels"):
-        shapes_of_init(module, (1, 32, 32, 4))
-    with pytest.raises(ValueError, match="rank 4"):
-        shapes_of_init(module, (32, 32, 3))
-
-
-def test_two_dimensional_input_to_video_model_raises():
-    module = tasks.get_model("dnl_i3d_tiny", 5).module
-    with pytest.raises(ValueError, match=r"clips \[B, T, H, W, 3\] \(rank 5\)"):
-        shapes_of_init(module, (1, 32, 32, 3))
 
 
 # ---------------------------------------------------------------------------------------------

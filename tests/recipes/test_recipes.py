@@ -11,7 +11,7 @@ from dnl_jax import recipes
 from dnl_jax.evaluators.segmentation import inference_settings
 from dnl_jax.train.config import validate_config
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
 SEGMENTATION = r"^(cityscapes|ade20k|pascal_context)_(dnl|nl|fcn)_(r50|r101)-d8_(\d+)x(\d+)_(\d+)k(_ohem)?$"
 RECIPE_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
                       if re.match(SEGMENTATION, os.path.basename(p)[:-3])

@@ -16,7 +16,7 @@ from dnl_jax.train.config import validate_config
 from dnl_jax.train.initialisation import BACKBONES
 from test_recipes import load  # a config file as a module
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
 COCO_RECIPES = sorted(glob.glob(os.path.join(CONFIG_DIR, "coco_mask_rcnn_*.py")))
 # recipe → (registry model, official config's published val2017 box / mask AP in the docstring)
 EXPECTED = {
@@ -70,7 +70,7 @@ def test_frozen_prefixes_exist_in_the_real_detector_and_freeze_stem_and_res2():
 def test_readme_lists_every_recipe_with_its_published_target():
     import re
 
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"),
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"),
                   encoding="utf-8").read()
     rows = dict(re.findall(r"^\| (coco_mask_rcnn_\S+) \| ([\d.]+ / [\d.]+) \|", readme, re.M))
     assert rows == {name: target for name, (_, target) in EXPECTED.items()}

@@ -220,7 +220,7 @@ def test_official_recipes_are_not_held_to_mmseg():
     assert recipes.OFFICIAL_CITYSCAPES_CLASS_WEIGHTS[0] == 0.8373
 
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
 METAFILE_ROW = re.compile(r"^\| (\S+) \| ([\d.]+) \| mmseg 1\.2\.2 metafile `([^`]+)` \|")
 
 

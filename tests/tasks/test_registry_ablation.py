@@ -13,7 +13,7 @@ from dnl_jax import tasks
 from dnl_jax.recipes.ablation import SYNTHETIC_ABLATION_MODELS, synthetic_config
 from dnl_jax.train.config import validate_config
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "experiments", "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
 IMAGE = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
 
 

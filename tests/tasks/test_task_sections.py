@@ -14,7 +14,7 @@ from dnl_jax import tasks
 from dnl_jax.recipes import coco_mask_rcnn, segmentation_recipe
 from dnl_jax.train.config import base_config, check_override_flags, validate_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def cityscapes():

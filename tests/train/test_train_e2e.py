@@ -19,7 +19,7 @@ from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
 enable_compilation_cache()
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The interrupted/resumed and NaN tests share this config (and so its compiled programs).
 ACCUMULATING = {"grad_accum_steps": 2}
 

@@ -18,7 +18,7 @@ from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import CACHE_ENV, TINY, enable_compilation_cache
 
 enable_compilation_cache()
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = {**TINY, "data.synthetic.ignore_fraction": 0.25}
 MODEL_KWARGS = {"ohem": {"thresh": 0.7, "min_kept": 300}, "frozen_bn": True,
                 "dropout_rate": 0.0, "class_weights": (0.8, 1.0, 1.2, 0.9, 1.1)}

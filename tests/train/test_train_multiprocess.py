@@ -18,7 +18,7 @@ from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import CACHE_ENV, TINY, enable_compilation_cache
 
 enable_compilation_cache()
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIG = os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py")
 # Gradient accumulation on, so that it too is checked across processes.
 OVERRIDES = {**TINY, "grad_accum_steps": 2, "optimizer.warmup_steps": 0}

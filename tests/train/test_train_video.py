@@ -22,7 +22,7 @@ from dnl_jax.train.trainer import train_and_evaluate
 from train_testing import CACHE_ENV, enable_compilation_cache
 
 enable_compilation_cache()
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Two classes of flat colours; 4 training videos, 3 val videos (so the eval batch of 4 is padded).
 VIDEOS = {"train": [("abseiling", (200, 40, 40)), ("abseiling", (180, 60, 40)),
                     ("juggling", (40, 40, 200)), ("juggling", (40, 60, 180))],
