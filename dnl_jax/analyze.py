@@ -13,7 +13,7 @@ their pairwise term and the unary term (first block). The statistics are defined
 available). Video models get query-independence only (no pixel labels).
 
 On the synthetic scenes, whose salient keys are known (the beacon, the markers), it adds the
-saliency columns of `dnl_jax.saliency`: unary ↔ salient, pairwise ↔ salient (the crossed
+saliency columns of `dnl_jax.analysis.saliency`: unary ↔ salient, pairwise ↔ salient (the crossed
 control), the share of the unary and pairwise attention mass on salient cells, and the salient
 area (that share for a uniform map); the figure adds the salient map beside the unary map.
 """
@@ -22,27 +22,27 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dnl_jax import analysis, saliency, viz
+from dnl_jax import analysis, tasks
+from dnl_jax.analysis import saliency
+from dnl_jax.analysis import viz
 from dnl_jax.command_line import quiet_absl_command
-from dnl_jax.data import pipeline
-from dnl_jax.data.sources import load_split
-from dnl_jax.evaluators.batched import one_view_preprocess
-from dnl_jax.models import get_model
 from dnl_jax.models.losses import confusion_matrix
 from dnl_jax.models.metrics import metrics_from_confusion
 from dnl_jax.train.checkpoint import load_variables
+from dnl_jax.train.checkpoint_paths import step_directory
 
 COLUMNS = (("QI full", "query_independence/full"), ("QI pairwise", "query_independence/pairwise"),
            ("QI unary", "query_independence/unary"), ("pw~within", "pairwise~within"),
            ("un~boundary", "unary~boundary"), ("pw~boundary", "pairwise~boundary"),
            ("un~within", "unary~within"))
-# Scenes with known salient keys only (`dnl_jax.saliency`).
+# Scenes with known salient keys only (`dnl_jax.analysis.saliency`).
 SALIENCY_COLUMNS = (("un~salient", "unary~salient"), ("pw~salient", "pairwise~salient"),
                     ("un@salient", "unary@salient"), ("pw@salient", "pairwise@salient"),
                     ("salient area", "salient_area"))
@@ -56,33 +56,12 @@ def format_value(key: str, value) -> str:
     return f"{value:.2e}" if key.startswith("query_independence") else f"{value:.3f}"
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint step directory; a `checkpoints/` directory resolves to its latest step."""
-    if not os.path.isdir(path):
-        raise ValueError(f"--checkpoint {path!r} is not a directory; give a step directory such "
-                         "as runs/demo-latest/checkpoints/1000 (or the checkpoints/ directory).")
-    steps = [int(name) for name in os.listdir(path) if name.isdigit()]
-    return os.path.join(path, str(max(steps))) if steps else path
-
-
 def load_examples(config, split: str, num_images: int) -> tuple[list[dict], str]:
-    """Up to `num_images` examples of `split`, preprocessed to the model's input, and the key
+    """Up to `num_images` examples of `split`, preprocessed to the model's input (the task's
+    `analysis_examples`; scenes that know their salient keys add them as 'salient'), and the key
     holding the inputs ('image' or 'video')."""
-    task = pipeline.dataset_task(config.data.name)
-    if config.data.name == "synthetic":
-        train, val = pipeline.make_sources(config.data)
-        source, preprocess = {"train": train, "val": val}[split], None
-    else:
-        source = load_split(config.data.name, split, config.data.data_dir)
-        preprocess = (viz.figure_preprocess(config.data) if task == "segmentation" else
-                      one_view_preprocess(config.data, config.evals.val.get("short_side", 0)))
-    examples = [source[i] for i in range(min(num_images, len(source)))]
-    if hasattr(source, "salient_map"):  # scenes that know their salient keys
-        examples = [{**example, "salient": source.salient_map(i)}
-                    for i, example in enumerate(examples)]
-    if preprocess is not None:
-        examples = [preprocess(example) for example in examples]
-    return examples, ("image" if task == "segmentation" else "video")
+    task = tasks.for_dataset(config.data.name)
+    return task.analysis_examples(config, split, num_images), task.input_key
 
 
 def _batches(examples: list[dict], batch_size: int):
@@ -181,9 +160,9 @@ def analyze_checkpoint(config, checkpoint: str, *, split: str = "val", num_image
     analysis.json and analysis.png to `output_dir` when given; returns the result."""
     if num_images < 1:
         raise ValueError(f"--num_images must be >= 1; got {num_images}.")
-    bundle = get_model(config.model.name, int(config.data.num_classes),
+    bundle = tasks.get_model(config.model.name, int(config.data.num_classes),
                        **config.model.kwargs.to_dict())
-    variables = load_variables(resolve_checkpoint(checkpoint))
+    variables = load_variables(step_directory(checkpoint))
     examples, input_key = load_examples(config, split, num_images)
     result = analyze_model(bundle.module, variables, examples, input_key=input_key,
                            num_classes=bundle.num_classes, batch_size=batch_size)
@@ -219,7 +198,7 @@ def main(argv: Sequence[str]) -> None:
     quiet_absl_command(flags.FLAGS["verbosity"])  # the table, not orbax's restore events
     flag = flags.FLAGS
     output_dir = flag.output_dir or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(resolve_checkpoint(flag.checkpoint)))),
+        os.path.dirname(os.path.dirname(os.path.abspath(step_directory(flag.checkpoint)))),
         "analysis")
     analyze_checkpoint(_CONFIG.value, flag.checkpoint, split=flag.split,
                        num_images=flag.num_images, batch_size=flag.batch_size,
@@ -237,4 +216,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("output_dir", None, "Where analysis.json / analysis.png go (default: "
                         "WORKDIR/analysis next to WORKDIR/checkpoints).")
     flags.mark_flags_as_required(["config", "checkpoint"])
+    from dnl_jax.train.config import check_override_flags
+
+    try:  # before absl parses them: a key that is not one is one line, not a traceback
+        check_override_flags(sys.argv)
+    except ValueError as error:
+        sys.exit(f"analyze: {error}")
     app.run(main)

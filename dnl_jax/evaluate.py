@@ -24,34 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnl_jax import evaluators
-from dnl_jax.data import pipeline
+from dnl_jax import evaluators, tasks
 from dnl_jax.evaluators.segmentation import format_iou_table
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import parallel, step as step_lib
 from dnl_jax.train.checkpoint import load_variables
+from dnl_jax.train.checkpoint_paths import step_directory
 from dnl_jax.train.config import validate_config
 from dnl_jax.train.trainer import make_bundle, make_init_fn
-
-
-def checkpoint_state_dir(path: str) -> str:
-    """The step directory `path` (runs/x/checkpoints/STEP) made absolute; ValueError naming the
-    problem when it does not exist or is not a step (listing the steps next to it)."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, "state")):
-        return path
-    steps = lambda d: sorted((int(n) for n in os.listdir(d) if n.isdigit()))  # noqa: E731
-    if os.path.isdir(path) and steps(path):
-        raise ValueError(f"--checkpoint={path} holds checkpoints {steps(path)}; give one step, "
-                         f"e.g. --checkpoint={os.path.join(path, str(steps(path)[-1]))}.")
-    parent = os.path.dirname(path)
-    nearby = f" Steps in {parent}: {steps(parent)}." if os.path.isdir(parent) and \
-        steps(parent) else ""
-    what = "is not a checkpoint step directory (no 'state' in it)" if os.path.isdir(path) \
-        else "does not exist"
-    raise ValueError(f"--checkpoint={path} {what}; give a step directory such as "
-                     f"runs/demo-latest/checkpoints/1000.{nearby}")
 
 
 def _saved_model(path: str) -> str:
@@ -93,10 +74,10 @@ def evaluate_checkpoint(config, checkpoint: str, split: str = "val", *,
     returns {evaluator name: metrics}; logs one line per evaluator and, for per-class results,
     the IoU table. Raises ValueError for a bad config, checkpoint or split."""
     validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    path = checkpoint_state_dir(checkpoint)
+    path = step_directory(checkpoint)
     variables = load_checked_variables(config, path)
     bundle = make_bundle(config)
-    source = pipeline.eval_source(config.data, split)
+    source = tasks.for_dataset(config.data.name).eval_source(config.data, split)
     driver = parallel.make_driver("jit", None, step_lib.make_eval_step(bundle),
                                   space=int(config.mesh.space))
     context = evaluators.EvalContext(config, bundle, bundle.module, source, driver, output_dir)

@@ -90,7 +90,7 @@ def conv_or_pointwise_matmul(
     1×1 = unit window, unit strides, no padding or input dilation, one group, channel-last
     (`[B, *spatial, Cin]` × `[1, ..., 1, Cin, Cout]`): then out = lhs @ rhs[..., :, :], the same
     numbers up to float rounding. Why: XLA:CPU runs 1×1 convolutions ~3.5× slower than the
-    equivalent matmul (fwd+bwd, 128×128×512 → 256, measured for issue 6); the non-local blocks'
+    equivalent matmul (fwd+bwd, 128×128×512 → 256, measured on CPU); the non-local blocks'
     projections are all 1×1. The matmul gradients are off by default (see
     `MATMUL_GRAD_MIN_CHANNELS`).
     """
@@ -116,7 +116,7 @@ def conv_or_pointwise_matmul(
 
 
 # Input channels from which a CPU k×k convolution takes its gradients from im2col matmuls
-# (`conv_with_matmul_gradients`); None = never (the default). Measured for issue 16
+# (`conv_with_matmul_gradients`); None = never (the default). Measured
 # (experiments/benchmarks/RESULTS.md (g), (i)): on the 2 cores shared by 7 jobs (load ~20) the
 # matmul gradients cut a wide layer's fwd+bwd by 25-46% and the DNL R50-D8 step (2×256²) by
 # 28%, but on the quiet machine the same step was slower with them (7.55 s vs 5.89 s median of 3

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -202,3 +203,12 @@ def materialised_pairwise_attention(
     v `[..., M, Cv]` → `[..., N, Cv]`; O(N · M) memory.
     """
     return softmax_aggregate(pairwise_logits(q, k, scale=scale, whiten=whiten), v)
+
+
+def host_softmax(logits) -> np.ndarray:
+    """softmax over the last axis on the host (numpy in, numpy out, the input's float dtype):
+    exp(x − max x) / Σ exp(x − max x). The one used by the evaluators (view averaging) and the
+    analysis (attention rows)."""
+    logits = np.asarray(logits)
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)

@@ -6,7 +6,7 @@ scene family ('beacon', 'regions') on the runs present, pairing runs of the same
 scenes, same initial trunk draw):
 
 (a) unary ↔ salient is higher for unary-only and for DNL than for NL's implicit unary term
-    (statistic 'unary~salient' of the decode-head block, `dnl_jax.saliency`);
+    (statistic 'unary~salient' of the decode-head block, `dnl_jax.analysis.saliency`);
 (b) pairwise ↔ within is higher for pairwise-only and for DNL than for NL's implicit pairwise
     term ('pairwise~within', `dnl_jax.analysis`);
 (c) DNL learns the cue in fewer steps than NL (steps to learn the cue, below);
@@ -30,7 +30,7 @@ when both do; otherwise it is "not shown" (which is not evidence against it). No
 testing several claims is applied: read p-values near 0.05 with that in mind.
 
 Steps to learn the cue: the first evaluation (every 50 steps) at which the cue is right on
-≥ `CUE_THRESHOLD` of the val objects (`dnl_jax.saliency.object_cue_accuracy`). Chosen over an
+≥ `CUE_THRESHOLD` of the val objects (`dnl_jax.analysis.saliency.object_cue_accuracy`). Chosen over an
 mIoU threshold because the cue is the one thing only the salient keys decide: mIoU mixes it with
 shapes, colours and borders, and the mIoU a head has when it reads the cue differs by scene
 family, so any mIoU threshold would have to be calibrated on outcomes. 90 %: a head that ignores

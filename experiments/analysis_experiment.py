@@ -6,16 +6,16 @@
         [--num_images 64] [--cue_every 50] [--cue_images 128]
         [--runs_dir DIR] [--deadline_s S] [--report_only] [--smoke]
 
-Every run is the demo recipe (`dnl_jax.train.ablation.synthetic_config`) with one decode head,
-one `config.seed` and one scene family (`config.data.scenes`: 'beacon', the demo scenes, or
+Every run is the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`) with one decode head,
+one `config.seed` and one scene family (`config.data.synthetic.scenes`: 'beacon', the demo scenes, or
 'regions'), trained with `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers`
 processes, and then analysed in the same process (`dnl_jax.analyze.analyze_model` on the first
 `--num_images` val scenes of the final checkpoint, saliency statistics included).
 
 Learning speed: every `--cue_every` steps the run's checkpoint is read back and the head
 segments the first `--cue_images` val scenes; the record keeps the share of val objects whose
-cue is right (`dnl_jax.saliency.object_cue_accuracy`) and the mIoU on those scenes, and each
-run's steps to learn the cue (`dnl_jax.saliency.steps_to_learn`, threshold
+cue is right (`dnl_jax.analysis.saliency.object_cue_accuracy`) and the mIoU on those scenes, and each
+run's steps to learn the cue (`dnl_jax.analysis.saliency.steps_to_learn`, threshold
 `analysis_claims.CUE_THRESHOLD`).
 
 Runs go out scene family by scene family (in `--experiments` order), seed by seed. Each
@@ -26,7 +26,7 @@ table, the claims of `analysis_claims` with their statistics) and analysis.png (
 first seed's attention on one val scene, salient map beside the unary map). `--report_only`:
 rewrite OUT from the saved runs, train nothing. `--smoke`: 2 steps, 1 seed, 2 heads (NL on
 regions, DNL on beacon), 32×32 scenes, tiny data (a CPU check of the whole pipeline;
-tests/test_analysis_experiment.py).
+tests/analysis/test_analysis_experiment.py).
 
 Several processes share one GPU: each gets XLA_PYTHON_CLIENT_PREALLOCATE=false and a
 1/workers share of the memory; compiled programs are shared through JAX's persistent
@@ -57,17 +57,17 @@ SMOKE_HEADS = {"regions": "nl", "beacon": "dnl"}  # 2 heads: the implicit and ex
 
 def run_config(spec: dict):
     """The ConfigDict of one run: the demo recipe with the run's head, seed, scenes, steps."""
-    from dnl_jax.train.ablation import synthetic_config
+    from dnl_jax.recipes.ablation import synthetic_config
 
     config = synthetic_config(HEADS[spec["head"]])
     config.seed = spec["seed"]
-    config.data.scenes = spec["scenes"]
+    config.data.synthetic.scenes = spec["scenes"]
     config.total_steps = spec["steps"]
     config.progress_bar = False
     config.curves_figure = False
     config.attention_figure = False
     if spec["smoke"]:
-        config.data.num_train, config.data.num_val, config.data.image_size = 64, 16, 32
+        config.data.synthetic.num_train, config.data.synthetic.num_val, config.data.synthetic.image_size = 64, 16, 32
         config.batch_size = config.evals.val.batch_size = 8
         config.optimizer.warmup_steps = 0
         config.evals.val.every_steps = spec["steps"]
@@ -79,7 +79,7 @@ def command_line(spec: dict) -> str:
     """The equivalent single-run commands (train, then analyse)."""
     config = f"experiments/configs/synthetic_{spec['head']}_tiny.py"
     workdir = f"runs/{spec['scenes']}/{spec['head']}_seed{spec['seed']}"
-    overrides = (f"--config.seed={spec['seed']} --config.data.scenes={spec['scenes']} "
+    overrides = (f"--config.seed={spec['seed']} --config.data.synthetic.scenes={spec['scenes']} "
                  f"--config.total_steps={spec['steps']}")
     return (f"python -m dnl_jax.main --config {config} --workdir {workdir} {overrides}; "
             f"python -m dnl_jax.analyze --config {config} {overrides} "
@@ -107,18 +107,19 @@ class CachedSource:
 
 
 def _cache_scenes() -> None:
-    """Makes the trainer's `pipeline.make_sources` return `CachedSource`s (this process only)."""
-    from dnl_jax.data import pipeline
+    """Makes the segmentation task's `sources` (what the trainer reads) return `CachedSource`s
+    (this process only)."""
+    from dnl_jax.tasks.segmentation import Segmentation
 
-    if getattr(pipeline.make_sources, "cached", False):
+    if getattr(Segmentation.sources, "cached", False):
         return
-    make_sources = pipeline.make_sources
+    make_sources = Segmentation.sources
 
-    def cached_sources(data):
-        return tuple(CachedSource(source) for source in make_sources(data))
+    def cached_sources(self, data):
+        return tuple(CachedSource(source) for source in make_sources(self, data))
 
     cached_sources.cached = True
-    pipeline.make_sources = cached_sources
+    Segmentation.sources = cached_sources
 
 
 def record_path(spec: dict) -> str:
@@ -134,9 +135,9 @@ def cue_tracker(config, spec: dict, workdir: str):
     import jax
     import numpy as np
 
-    from dnl_jax import analyze, saliency
-    from dnl_jax.data import pipeline
-    from dnl_jax.models import get_model
+    from dnl_jax import analyze, tasks
+    from dnl_jax.analysis import saliency
+    from dnl_jax.tasks import get_model
     from dnl_jax.models.losses import confusion_matrix
     from dnl_jax.models.metrics import metrics_from_confusion
     from dnl_jax.train.checkpoint import load_variables
@@ -145,7 +146,8 @@ def cue_tracker(config, spec: dict, workdir: str):
     examples, _ = analyze.load_examples(config, "val", spec["cue_images"])
     images = np.stack([ex["image"] for ex in examples])
     labels = np.stack([ex["label"] for ex in examples])
-    first_object_class = type(pipeline.make_sources(config.data)[1].source).first_object_class
+    val_source = tasks.for_dataset(config.data.name).sources(config.data)[1]  # a CachedSource
+    first_object_class = type(val_source.source).first_object_class
     segment = jax.jit(lambda variables: bundle.module.apply(variables, images, train=False)[
         "logits"].argmax(-1))
     path = os.path.join(workdir, "cue_curve.jsonl")
@@ -179,10 +181,12 @@ def run_one(spec: dict) -> dict:
     """Trains and analyses one run (in a worker process); saves and returns its record."""
     import jax
 
-    from dnl_jax import analyze, saliency
-    from dnl_jax.models import get_model
+    from dnl_jax import analyze
+    from dnl_jax.analysis import saliency
+    from dnl_jax.tasks import get_model
     from dnl_jax.train import logs
     from dnl_jax.train.checkpoint import load_variables
+    from dnl_jax.train.checkpoint_paths import step_directory
     from dnl_jax.train.trainer import train_and_evaluate
 
     _cache_scenes()
@@ -201,13 +205,15 @@ def run_one(spec: dict) -> dict:
               "steps_to_learn": saliency.steps_to_learn(
                   {e["step"]: e["cue_accuracy"] for e in curve}, analysis_claims.CUE_THRESHOLD),
               "train_wall_s": round(train_s, 1), "command": command_line(spec),
-              "recipe": {"image_size": config.data.image_size, "num_classes": config.data.num_classes,
-                         "num_train": config.data.num_train, "num_val": config.data.num_val,
+              "recipe": {"image_size": config.data.synthetic.image_size,
+                         "num_classes": config.data.num_classes,
+                         "num_train": config.data.synthetic.num_train,
+                         "num_val": config.data.synthetic.num_val,
                          "batch_size": config.batch_size, "total_steps": config.total_steps,
                          "lr": config.optimizer.lr},
               "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})"}
     bundle = get_model(config.model.name, config.data.num_classes)
-    variables = load_variables(analyze.resolve_checkpoint(os.path.join(workdir, "checkpoints")))
+    variables = load_variables(step_directory(os.path.join(workdir, "checkpoints")))
     examples, _ = analyze.load_examples(config, "val", spec["num_images"])
     start = time.perf_counter()
     analysed = analyze.analyze_model(bundle.module, variables, examples,

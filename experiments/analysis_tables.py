@@ -24,7 +24,7 @@ HEAD_ORDER = ("fcn", "nl", "pairwise", "unary", "dnl", "gc")
 FIGURE_HEADS = ("nl", "pairwise", "unary", "dnl")
 FAMILIES = ("beacon", "regions")
 SCENES = {
-    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, `config.data.scenes='regions'`): "
+    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, `config.data.synthetic.scenes='regions'`): "
                "textured grey background (class 0); two of three colours per scene, each on two "
                "objects in opposite halves of the image; a black or white marker inside only one "
                "of a colour's objects decides the class of both (1 + 2·colour + bit), so an "
@@ -39,7 +39,7 @@ SCENES = {
               "earlier 32×32 version with the cue as a frame around the image gave no separation "
               "at all: the frame lies next to every pixel.)",
 }
-DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis.py`), on the decode-head block's 8×8
+DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis/__init__.py`), on the decode-head block's 8×8
 feature grid, over the first val scenes (`analysed`), labels taken to the grid by majority vote:
 - QI full / pairwise / unary: GCNet's query-independence, the mean cosine distance between the
   attention maps of two different query positions (0: the same map for every query). For NL the
@@ -67,7 +67,7 @@ LEARNING_DEFINITION = f"""Learning speed: every 50 steps the run's checkpoint se
 object (a 4-connected region of one object class) has its *cue right* when more of its pixels are
 predicted as its class than as the other class of its colour (which only the salient keys
 decide). Steps to learn the cue = the first evaluation with the cue right on ≥
-{analysis_claims.CUE_THRESHOLD:.0%} of the objects (`dnl_jax.saliency.steps_to_learn`); runs that
+{analysis_claims.CUE_THRESHOLD:.0%} of the objects (`dnl_jax.analysis.saliency.steps_to_learn`); runs that
 never get there are counted as 'never', not averaged in.
 """
 
@@ -223,9 +223,9 @@ def markdown(records: list[dict], failures: list[dict], context: dict, planned: 
              "rest; `--report_only` only rewrites the record). This file was written by:", "",
              f"    {context['argv']}", "", "One run is equivalent to (e.g.)", "",
              f"    {records[0]['command'] if records else ''}", "",
-             "Setup: the demo recipe (`dnl_jax.train.ablation.synthetic_config`: ResNet-V1c-18-D8 "
+             "Setup: the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`: ResNet-V1c-18-D8 "
              "trunk of width 8, decode head of width 16, batch 16, lr 0.1 poly); only the decode "
-             "head, `config.seed` and `config.data.scenes` differ between runs; beacon runs 1000 "
+             "head, `config.seed` and `config.data.synthetic.scenes` differ between runs; beacon runs 1000 "
              "steps, regions runs 2000 (the budgets of the earlier records).", "",
              "## Claims and statistics", "", "Stated in `experiments/analysis_claims.py`, "
              "committed before the first run of this experiment (see its git history); quoted:",
@@ -264,7 +264,7 @@ def write_figure(out: str, records: list[dict]) -> None:
         return
     import matplotlib.pyplot as plt
 
-    from dnl_jax import viz
+    from dnl_jax.analysis import viz
 
     fig = viz.decomposition_figure(rows, num_classes=records[0]["recipe"]["num_classes"])
     fig.savefig(os.path.join(out, "analysis.png"), dpi=viz.DPI)

@@ -62,11 +62,11 @@ def cue_right(workdir: str, context: str, score_threshold: float = 0.5) -> float
     import jax
 
     from dnl_jax.data.synthetic_detection import SyntheticDetection
-    from dnl_jax.models import get_model
-    from dnl_jax.train.ablation import synthetic_detection_config
+    from dnl_jax.tasks import get_model
+    from dnl_jax.recipes.ablation import synthetic_detection_config
 
     data = synthetic_detection_config().data
-    source = SyntheticDetection(data.num_val, image_size=data.image_size, split="val",
+    source = SyntheticDetection(data.synthetic.num_val, image_size=data.synthetic.image_size, split="val",
                                 num_colours=data.num_classes // 2, seed=data.seed)
     examples = [source[i] for i in range(len(source))]
     steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))

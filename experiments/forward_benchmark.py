@@ -30,10 +30,10 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from dnl_jax import models
+    from dnl_jax import models, tasks
 
     height, width = (int(s) for s in args.size.split(","))
-    bundle = models.get_model(args.model, args.num_classes)
+    bundle = tasks.get_model(args.model, args.num_classes)
     images = jax.random.normal(jax.random.key(0), (args.batch, height, width, 3), jnp.float32)
 
     start = time.perf_counter()

@@ -4,7 +4,7 @@ full-width features and logits).
 
     PYTHONPATH=. python experiments/mmaction_r50_gradient_parity.py [--out experiments/results]
 
-Builds the reference exactly as tests/test_interop_mmaction.py does (random weights and batch-norm
+Builds the reference exactly as tests/interop/test_interop_mmaction.py does (random weights and batch-norm
 statistics, calibrated NL blocks, eval mode; one 16×64×64 clip, 400 classes), converts it with
 `dnl_jax.interop.mmaction`, and prints and saves (JSON) the relative errors of backbone features,
 logits and the input gradient, max |a − b| / max |b|.
@@ -19,7 +19,8 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests")
+sys.path[:0] = [_TESTS, os.path.join(_TESTS, "interop")]  # the helpers, the mmaction tests
 
 import test_interop_mmaction as reference  # noqa: E402  (the tests' reference builders)
 from dnl_jax.interop import mmaction  # noqa: E402

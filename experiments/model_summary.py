@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results/model_summary.json")
     args = parser.parse_args()
 
-    from dnl_jax import models  # after argparse, so --help is instant
+    from dnl_jax import tasks  # after argparse, so --help is instant
 
     if args.models:
         if args.input_shape is None:
@@ -45,7 +45,7 @@ def main() -> None:
     results = []
     for name, shape, num_classes in runs:
         shape = tuple(int(s) for s in shape.split(","))
-        results.append(models.summary(name, shape, num_classes or args.num_classes or 19))
+        results.append(tasks.summary(name, shape, num_classes or args.num_classes or 19))
         print()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

@@ -63,7 +63,7 @@ def command(workdir: str, args) -> list[str]:
     overrides = dict(total_steps=args.steps, **{"checkpoint.every_steps": args.every},
                      **{"evals.val.every_steps": 0}, log_every_steps=args.every,
                      batch_size=8, curves_figure=False, attention_figure=False,
-                     **{"data.image_size": 32, "data.num_val": 32})
+                     **{"data.synthetic.image_size": 32, "data.synthetic.num_val": 32})
     return [sys.executable, "-m", "dnl_jax.main", "--config", CONFIG, "--workdir", workdir,
             *[f"--config.{key}={value}" for key, value in overrides.items()]]
 

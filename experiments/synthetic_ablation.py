@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from dnl_jax.train import logs
-from dnl_jax.train.ablation import SYNTHETIC_ABLATION_MODELS
+from dnl_jax.recipes.ablation import SYNTHETIC_ABLATION_MODELS
 
 RESULTS = os.path.join("experiments", "results", "synthetic_ablation.json")
 

@@ -9,5 +9,17 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The registered tiny segmentor (5 classes) and its initialised variables."""
+    from dnl_jax import models, tasks
+
+    bundle = tasks.get_model("dnl_tiny", num_classes=5)
+    images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = models.init_variables(bundle.module, jax.random.key(1), images)
+    return bundle, variables

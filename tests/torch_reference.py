@@ -11,6 +11,7 @@ model files loaded from their wheels (tests/openmmlab_reference.py). What stays 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import pytest
@@ -98,3 +99,37 @@ def relative_error(actual, expected) -> float:
     import numpy as np  # pylint: disable=import-outside-toplevel
 
     return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+class OfficialReference(torch.nn.Module):
+    """The official-code DNL block (yinmh17/DNL-Semantic-Segmentation nonlocal_block.py
+    `_NonLocalNd_bn`, read, not copied) as an NCHW reference: the official forward with downsample=False, use_out=False, out_bn=False,
+    with_gc=True (the configurations of the official Cityscapes confs)."""
+
+    def __init__(self, inplanes, planes, whiten, use_scale, temperature):
+        super().__init__()
+        self.conv_query = torch.nn.Conv2d(inplanes, planes, 1)
+        self.conv_key = torch.nn.Conv2d(inplanes, planes, 1)
+        self.conv_value = torch.nn.Conv2d(inplanes, inplanes, 1, bias=False)
+        self.conv_mask = torch.nn.Conv2d(inplanes, 1, 1)
+        self.gamma = torch.nn.Parameter(torch.zeros(1))
+        self.whiten, self.temperature = whiten, temperature
+        self.scale = math.sqrt(planes) if use_scale else 1.0
+
+    def forward(self, x):
+        n, c = x.shape[:2]
+        query = self.conv_query(x).view(n, -1, x.shape[2] * x.shape[3])
+        key = self.conv_key(x).view(n, query.shape[1], -1)
+        value = self.conv_value(x).view(n, c, -1)
+        if self.whiten == "channel":  # mean over positions, per channel
+            query = query - query.mean(2, keepdim=True)
+            key = key - key.mean(2, keepdim=True)
+        elif self.whiten == "ln_nostd":  # one mean per sample
+            query = query - query.mean(1).mean(1).view(n, 1, 1)
+            key = key - key.mean(1).mean(1).view(n, 1, 1)
+        sim = torch.softmax(torch.bmm(query.transpose(1, 2), key) / self.scale
+                            / self.temperature, dim=2)
+        out = self.gamma * torch.bmm(sim, value.transpose(1, 2)).transpose(1, 2).reshape(x.shape)
+        mask = torch.softmax(self.conv_mask(x).view(n, 1, -1), dim=2)
+        out = out + torch.bmm(value, mask.permute(0, 2, 1)).unsqueeze(-1)
+        return out + x

@@ -10,6 +10,8 @@ import os
 import tempfile
 
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
 
 from dnl_jax.train.config import base_config
 
@@ -29,8 +31,8 @@ def enable_compilation_cache() -> None:
 
 # Every e2e run uses these values unless a test needs another; equal configs compile equal
 # programs, so keep overrides to what a test is about.
-TINY = {"model.name": "dnl_tiny", "data.image_size": 32, "data.num_classes": 5,
-        "data.num_train": 64, "data.num_val": 16, "batch_size": 8, "evals.val.batch_size": 8,
+TINY = {"model.name": "dnl_tiny", "data.synthetic.image_size": 32, "data.num_classes": 5,
+        "data.synthetic.num_train": 64, "data.synthetic.num_val": 16, "batch_size": 8, "evals.val.batch_size": 8,
         "total_steps": 4, "evals.val.every_steps": 100, "checkpoint.every_steps": 2,
         "progress_bar": False, "curves_figure": False, "attention_figure": False}
 
@@ -39,3 +41,11 @@ def tiny_config(**overrides):
     config = base_config()
     config.update_from_flattened_dict({**TINY, **overrides})
     return config
+
+
+def restore(path):
+    """Read back as the trainer does (a PyTree checkpoint, numpy leaves)."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            checkpointer.metadata(path).item_metadata.tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))

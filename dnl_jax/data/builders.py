@@ -178,6 +178,7 @@ class Ucf101(_Video, skip_registration=True):
 
 BUILDERS = {builder.name: builder for builder in (Cityscapes, Ade20k, PascalContext, Coco,
                                                   Kinetics, Ucf101)}
+VIDEO_DATASETS = tuple(name for name, builder in BUILDERS.items() if issubclass(builder, _Video))
 # What manual_dir must hold, for the error when it is missing or empty.
 RAW_FILES = {"cityscapes": f"{cityscapes.IMAGES_ZIP} and {cityscapes.LABELS_ZIP}",
              "ade20k": f"the extracted {ade20k.ROOT}/ folder",

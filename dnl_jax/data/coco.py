@@ -300,7 +300,7 @@ def category_ids(source) -> list[int]:
 def coco_ground_truth(source) -> tuple[dict, list[int]]:
     """(COCO-format dataset dict of the split at the original image sizes, category_ids).
 
-    Feed the dict to `dnl_jax.models.detection.coco_eval.evaluate`; predictions whose label is k
+    Feed the dict to `dnl_jax.evaluators.coco_eval.evaluate`; predictions whose label is k
     become category `category_ids[k]` (pass the list to `coco_eval.model_results`). Annotations
     keep their ids, original category ids, area and RLE (images are not decoded). It equals the
     official instances JSON but for the annotations skipped for malformed polygons (listed in

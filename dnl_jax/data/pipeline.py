@@ -7,13 +7,13 @@ of the hosts' batches in process order, is the same examples whatever P is: one 
 B sees exactly what two hosts with B/2 each see together. The iterator's state (a position) is
 what the checkpoint stores (`grain.checkpoint.CheckpointSave`).
 
-Prepared datasets (cityscapes, ade20k, pascal_context) are augmented by
-`transforms.SegmentationTrainTransform` as a grain RandomMap applied after `.repeat()`: its
-per-example generator comes from (seed, position in the repeated stream), so an image is
-augmented differently in every epoch while the stream stays a pure function of the position,
-which keeps the checkpointed iterator state an exact resume point. Video datasets (task
-'classification') are sampled the same way by `transforms.VideoTrainTransform` (a clip of T
-frames with a stride, short-side rescale, square crop, flip).
+Prepared datasets are augmented by their task's training transform (dnl_jax/tasks/: e.g.
+`transforms.SegmentationTrainTransform`, `transforms.VideoTrainTransform`) as a grain RandomMap
+applied after `.repeat()`: its per-example generator comes from (seed, position in the repeated
+stream), so an example is augmented differently in every epoch while the stream stays a pure
+function of the position, which keeps the checkpointed iterator state an exact resume point.
+Which sources, transform and input shape a dataset has is its task's knowledge (dnl_jax/tasks/);
+this module holds what every task shares.
 
 Evaluation batches (`eval_batches`, for dnl_jax/evaluators/batched.py): host p reads examples
 p, p+P, ...; every host runs the same number of batches (the collectives need it) and short
@@ -32,63 +32,14 @@ import ml_collections
 import numpy as np
 
 from dnl_jax import IGNORE_LABEL
-from dnl_jax.data import coco, detection_transforms, transforms
-from dnl_jax.data.sources import Subset, load_split
-from dnl_jax.data.regions import RegionScenes
-from dnl_jax.data.synthetic import SyntheticSegmentation
-from dnl_jax.data.synthetic_detection import SyntheticDetection
+from dnl_jax.data.sources import load_split
 
-# Prepared segmentation datasets (python -m dnl_jax.data.prepare NAME ...) the trainer reads.
-REAL_SEGMENTATION = ("cityscapes", "ade20k", "pascal_context")
-SEGMENTATION_DATASETS = ("synthetic",) + REAL_SEGMENTATION
-# Prepared action-recognition datasets (Kinetics layout).
-VIDEO_DATASETS = ("kinetics",)
-# Detection datasets (task 'detection'): the embedded synthetic detection scenes, COCO 2017.
-DETECTION_DATASETS = ("synthetic_detection", "coco")
-SYNTHETIC_DATASETS = ("synthetic", "synthetic_detection")  # drawn, not prepared
-DATASETS = SEGMENTATION_DATASETS + VIDEO_DATASETS + DETECTION_DATASETS
 AUGMENT_THREADS = 4  # batches of a prepared dataset augmented ahead of the step, in parallel
 
 
-def dataset_task(name: str) -> str:
-    """'classification' for the video datasets, 'detection' for the detection ones, else
-    'segmentation' (the model's task must match)."""
-    if name in VIDEO_DATASETS:
-        return "classification"
-    return "detection" if name in DETECTION_DATASETS else "segmentation"
-
-
-def make_sources(data: ml_collections.ConfigDict):
-    """(train, val) random-access sources for `config.data`: the synthetic scenes, or the
-    prepared splits of data.name under data.data_dir (val with names, for predictions)."""
-    if data.name == "synthetic_detection":
-        common = dict(image_size=data.image_size, num_colours=data.num_classes // 2,
-                      seed=data.seed, noise=data.noise)
-        return (SyntheticDetection(data.num_train, split="train", **common),
-                SyntheticDetection(data.num_val, split="val", **common))
-    if data.name != "synthetic":
-        return _prepared_sources(data)
-    common = dict(image_size=data.image_size, num_classes=data.num_classes, seed=data.seed,
-                  noise=data.noise, ignore_fraction=data.ignore_fraction)
-    source = RegionScenes if data.scenes == "regions" else SyntheticSegmentation
-    return (source(data.num_train, split="train", **common),
-            source(data.num_val, split="val", **common))
-
-
-def eval_source(data: ml_collections.ConfigDict, split: str):
-    """The random-access source of `split` for evaluation: the synthetic scenes ('val' only:
-    the trainer's val scenes), or the prepared split with names (for prediction files)."""
-    if data.name in SYNTHETIC_DATASETS:
-        if split != "val":
-            raise ValueError(f"split {split!r}: the synthetic scenes have a 'val' split only.")
-        return make_sources(data)[1]
-    if data.name in DETECTION_DATASETS:
-        return DetectionEvalSource(_prepared_split(data, split), scale=data.base_size,
-                                   canvas=data.canvas)
-    return _prepared_split(data, split, with_names=True)
-
-
-def _prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: bool = False):
+def prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: bool = False):
+    """The prepared `split` of data.name under data.data_dir (ValueError with the prepare
+    command when the directory is missing)."""
     if not os.path.isdir(data.data_dir):
         raise ValueError(
             f"config.data.data_dir={data.data_dir!r} does not exist; prepare the dataset first: "
@@ -97,82 +48,33 @@ def _prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: 
     return load_split(data.name, split, data.data_dir, with_names=with_names)
 
 
-class DetectionEvalSource:
-    """A prepared detection split as evaluation inputs: example i is the eval preprocess
-    (resize keep-ratio to `scale`, normalise, pad to `canvas`) of the raw example i, and
-    `coco_ground_truth()` the split's COCO ground truth at the original sizes (for
-    evaluators/coco.py)."""
-
-    def __init__(self, raw, *, scale, canvas):
-        self.raw, self.scale, self.canvas = raw, tuple(scale), tuple(canvas)
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, index: int) -> dict:
-        return detection_transforms.detection_eval_preprocess(
-            self.raw[index], scale=self.scale, canvas=self.canvas)
-
-    def coco_ground_truth(self) -> tuple[dict, list[int]]:
-        return coco.coco_ground_truth(self.raw)
-
-
-def _detection_sources(data: ml_collections.ConfigDict):
-    """COCO: the training split (mmdet's filter_empty_gt / min_size 32 filter when
-    data.filter_empty_gt) and the val split as evaluation inputs."""
-    train, val = _prepared_split(data, "train"), _prepared_split(data, "val")
-    _check_num_classes(data, train)
-    if data.filter_empty_gt:
-        train = Subset(train, coco.train_indices(train))
-    return train, DetectionEvalSource(val, scale=data.base_size, canvas=data.canvas)
-
-
-def _check_num_classes(data: ml_collections.ConfigDict, source) -> None:
-    if len(source.classes) != data.num_classes:
+def prepared_sources(data: ml_collections.ConfigDict, val_split: str = "val"):
+    """(train, `val_split`) prepared splits, checking data.num_classes against the dataset's
+    classes."""
+    train, val = prepared_split(data, "train"), prepared_split(data, val_split)
+    if len(train.classes) != data.num_classes:
         raise ValueError(f"config.data.num_classes={data.num_classes} but {data.name} has "
-                         f"{len(source.classes)} classes; set --config.data.num_classes="
-                         f"{len(source.classes)}.")
-
-
-def _prepared_sources(data: ml_collections.ConfigDict):
-    if data.name in DETECTION_DATASETS:
-        return _detection_sources(data)
-    train, val = _prepared_split(data, "train"), _prepared_split(data, "val")
-    _check_num_classes(data, train)
+                         f"{len(train.classes)} classes; set --config.data.num_classes="
+                         f"{len(train.classes)}.")
     return train, val
 
 
-def example_shape(data: ml_collections.ConfigDict, task: str) -> tuple[int, ...]:
-    """Shape of one training input: images (h, w, 3) = data.crop_size (the synthetic
-    data.image_size), clips (data.clip_len, c, c, 3) with c the square data.crop_size."""
-    if task == "classification":
-        return (int(data.clip_len), *(int(v) for v in data.crop_size), 3)
-    if data.name in SYNTHETIC_DATASETS:
-        return data.image_size, data.image_size, 3
-    if data.name in DETECTION_DATASETS:
-        return (*(int(v) for v in data.canvas), 3)
-    return (*(int(v) for v in data.crop_size), 3)
+def synthetic_val(sources, split: str):
+    """The val scenes of `(train, val)` drawn scenes for evaluating `split` ('val' only: the
+    trainer's val scenes)."""
+    if split != "val":
+        raise ValueError(f"split {split!r}: the synthetic scenes have a 'val' split only.")
+    return sources[1]
 
 
-def train_transform(data: ml_collections.ConfigDict,
-                    task: str = "segmentation") -> Optional[grain.transforms.RandomMap]:
-    """The training augmentation of `config.data` for the model's `task` (None for the
-    synthetic scenes, which are drawn already normalised at their final size, padded ground
-    truth included)."""
-    if task == "classification":
-        return transforms.VideoTrainTransform(
-            clip_len=int(data.clip_len), stride=int(data.frame_stride),
-            crop_size=int(data.crop_size[0]),
-            short_side_range=tuple(int(v) for v in data.short_side_range))
-    if data.name in SYNTHETIC_DATASETS:
-        return None
-    if data.name in DETECTION_DATASETS:
-        return detection_transforms.DetectionTrainTransform(
-            scale=tuple(data.base_size), canvas=tuple(data.canvas),
-            max_instances=int(data.max_instances), mask_crop_size=int(data.mask_crop_size))
-    return transforms.SegmentationTrainTransform(
-        crop_size=tuple(data.crop_size), base_size=tuple(data.base_size),
-        ratio_range=tuple(data.ratio_range), cat_max_ratio=float(data.cat_max_ratio))
+def first_examples(source, count: int, preprocess=None) -> list[dict]:
+    """`preprocess` (identity if None) of the first `count` examples of `source`. Scenes that know
+    their salient keys (`source.salient_map(index)`) add them to each example as 'salient'."""
+    examples = [source[i] for i in range(min(count, len(source)))]
+    if hasattr(source, "salient_map"):
+        examples = [{**example, "salient": source.salient_map(i)}
+                    for i, example in enumerate(examples)]
+    return examples if preprocess is None else [preprocess(example) for example in examples]
 
 
 class ClassLabelCheck:
@@ -196,13 +98,6 @@ class ClassLabelCheck:
         return batch
 
 
-def label_check(data: ml_collections.ConfigDict, task: str, what: str
-                ) -> Optional[ClassLabelCheck]:
-    """The class-label range check of classification data (None for other tasks, whose label
-    maps have an ignore label and are counted by the loss instead)."""
-    return ClassLabelCheck(data.num_classes, what) if task == "classification" else None
-
-
 def worker_settings(data: ml_collections.ConfigDict) -> dict:
     """`train_dataset`'s worker kwargs from `config.data` (worker_processes, worker_threads)."""
     return {"worker_processes": int(data.worker_processes),
@@ -217,13 +112,13 @@ def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
                   check: Optional[Callable[[dict], dict]] = None) -> grain.IterDataset:
     """Infinite per-host batches `{'image': [b, ...], 'label': [b, ...]}` (b = local_batch).
 
-    `transform` (a RandomMap, e.g. `train_transform(config.data)`) is applied to the shuffled,
+    `transform` (a RandomMap: the task's `train_transform(config.data)`) is applied to the shuffled,
     repeated stream, so every epoch draws new augmentations (module docstring). With a transform,
     `worker_threads` threads in each process augment batches ahead of the step and, when
     `worker_processes` > 0, that many grain worker processes (multiprocessing prefetch) do so
     in parallel, past the one Python interpreter's lock; the batches are the same either way.
     Iterate with `iter(...)`; the iterator has `get_state()`/`set_state()`. `check` (e.g.
-    `label_check(...)`) sees every batch and raises on bad data.
+    `Task.label_check(...)`) sees every batch and raises on bad data.
     """
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
@@ -264,7 +159,7 @@ def eval_batches(source, *, local_batch: int, process_index: int, process_count:
                  ) -> Iterator[dict[str, np.ndarray]]:
     """This host's evaluation batches of `preprocess(example)` (identity if None), padded to
     `local_batch` with zero inputs labelled `pad_label` (a label the metrics do not count: the
-    model bundle's `pad_label`); `check` (e.g. `label_check(...)`) sees each batch before its
+    model bundle's `pad_label`); `check` (e.g. `Task.label_check(...)`) sees each batch before its
     padding."""
     shard = grain.MapDataset.source(source)[process_index::process_count]
     if preprocess is not None:

@@ -64,7 +64,7 @@ def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int | None
     final_dir = os.path.join(data_dir, name)
     if os.path.exists(final_dir) and not overwrite:
         raise ValueError(f"{final_dir} already exists; pass --overwrite to replace it.")
-    video_options = ({} if name not in ("kinetics", "ucf101") else
+    video_options = ({} if name not in builders.VIDEO_DATASETS else
                      dict(short_side=short_side, max_frames=max_frames, num_workers=num_workers))
     os.makedirs(data_dir, exist_ok=True)
     work_dir = tempfile.mkdtemp(prefix=f".{name}.incomplete-", dir=data_dir)
@@ -86,7 +86,7 @@ def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int | None
 
 
 def _module(name: str) -> str:
-    return "video" if name in ("kinetics", "ucf101") else name
+    return "video" if name in builders.VIDEO_DATASETS else name
 
 
 def _report(metadata: dict, name: str, log) -> None:

@@ -1,4 +1,5 @@
-"""The 'regions' synthetic scenes: both of the DNL paper's clues matter (`data.scenes='regions'`).
+"""The 'regions' synthetic scenes: both of the DNL paper's clues matter
+(`config.data.synthetic.scenes='regions'`).
 
 A scene (`[S, S]`, S = image_size, K = num_classes classes, P = (K - 1) / 2 palette colours):
 - a textured grey background (class 0);

@@ -29,7 +29,7 @@ after the scene, so the scene itself is the same for every f.
 
 The *salient keys* of a scene are the pixels whose content decides other pixels' classes: the
 beacon square here (`salient_map(index)`, bool `[S, S]`; the analysis compares the unary
-attention term with it, `dnl_jax.saliency`). It is drawn with the scene, not stored in the
+attention term with it, `dnl_jax.analysis.saliency`). It is drawn with the scene, not stored in the
 examples the training pipeline reads.
 """
 
@@ -83,7 +83,8 @@ class SyntheticSegmentation:
         self.seed = seed
         self.noise = noise
         if not 0.0 <= ignore_fraction < 1.0:
-            raise ValueError(f"config.data.ignore_fraction={ignore_fraction!r} must be in [0, 1)"
+            raise ValueError(f"config.data.synthetic.ignore_fraction={ignore_fraction!r} must be "
+                             "in [0, 1)"
                              " (the fraction of each label map set to the ignore label).")
         self.ignore_fraction = float(ignore_fraction)
         self._palette = palette((num_classes - 3) // 2)

@@ -10,7 +10,8 @@ under its name; the evaluate command runs them on a checkpoint.
     'multi_view'    video.py                      videos, num_clips x num_crops views
     'coco'          coco.py                       detection: COCO box / mask AP (pycocotools)
 
-The evaluator named 'val' ranks checkpoints by the bundle's `best_metric`.
+Which types apply to a dataset is its task's `eval_types` (dnl_jax/tasks/). The evaluator named
+'val' ranks checkpoints by the bundle's `best_metric`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Mapping
 
 import jax
 
+from dnl_jax import tasks
 from dnl_jax.evaluators.batched import BatchedEvaluator
 from dnl_jax.evaluators.coco import CocoEvaluator
 from dnl_jax.evaluators.common import (EvalContext, Evaluator, NonFiniteOutputs,
@@ -39,6 +41,12 @@ def _settings(name: str, section: Mapping, config, **hardware) -> tuple[type[Eva
     if not hasattr(section, "get") or section.get("type") not in TYPES:
         found = section.get("type") if hasattr(section, "get") else section
         raise ValueError(f"config.evals.{name}.type={found!r}; choose one of {sorted(TYPES)}.")
+    task = tasks.for_dataset(config.data.name)
+    applies = task.eval_types(config.data)
+    if section["type"] not in applies:
+        raise ValueError(f"config.evals.{name}.type={section['type']!r} does not apply to the "
+                         f"{task.name} dataset {config.data.name!r}; use "
+                         f"{' or '.join(f'type={t!r}' for t in applies)}.")
     cls = TYPES[section["type"]]
     settings = settings_with_defaults(name, section, cls.KEYS, section["type"])
     cls.check(name, settings, config, **hardware)

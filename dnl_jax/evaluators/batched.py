@@ -15,22 +15,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from dnl_jax.data import pipeline, transforms
+from dnl_jax import tasks
+from dnl_jax.data import pipeline
 from dnl_jax.evaluators import common, video
+from dnl_jax.tasks.video import check_short_side, one_view_preprocess
 
 NONFINITE_KEY = "nonfinite_outputs"  # the eval step's count of NaN / inf outputs (train/step.py)
-
-
-def one_view_preprocess(data, short_side: int):
-    """`example -> {'video': [T, c, c, 3] float32, 'label': int32}`: the middle clip, centre
-    crop (`transforms.video_eval_views` with one clip and one crop)."""
-    settings = video.view_settings(data, num_clips=1, num_crops=1, short_side=short_side)
-
-    def one_view(example: dict) -> dict:
-        views = transforms.video_eval_views(example, **settings)
-        return {"video": views["video"][0], "label": np.int32(example["label"])}
-
-    return one_view
 
 
 class BatchedEvaluator(common.Evaluator):
@@ -47,22 +37,15 @@ class BatchedEvaluator(common.Evaluator):
         if not isinstance(batch, int) or batch < 1 or batch % devices:
             raise ValueError(f"config.evals.{name}.batch_size={batch!r} must be a positive "
                              f"multiple of the {devices} devices.")
-        task = pipeline.dataset_task(config.data.name)
-        if task == "detection":
-            raise ValueError(f"config.evals.{name}: detection is scored by COCO AP; use "
-                             "type='coco'.")
-        if task == "classification":
+        task = tasks.for_dataset(config.data.name)  # batched applies: evaluators.check_config
+        if task.input_key == "video":  # one view per video: its short side
             video.check_views(name, settings, ("short_side",))
-            video.check_short_side(name, settings["short_side"], config.data)
-        elif config.data.name != "synthetic":
-            raise ValueError(
-                f"config.evals.{name}: type 'batched' needs examples of one size, and "
-                f"{config.data.name!r} images have their own sizes; use type='segmentation' "
-                "(per image, whole or slide).")
-        elif settings["short_side"]:
-            raise ValueError(f"config.evals.{name}.short_side is for video datasets only.")
-        if config.data.name == "synthetic" and int(config.data.num_val) < num_processes:
-            raise ValueError("config.data.num_val must be >= the number of hosts.")
+            check_short_side(name, settings["short_side"], config.data)
+        else:
+            if settings["short_side"]:
+                raise ValueError(f"config.evals.{name}.short_side is for video datasets only.")
+            if int(config.data.synthetic.num_val) < num_processes:  # drawn scenes
+                raise ValueError("config.data.synthetic.num_val must be >= the number of hosts.")
 
     def run(self, state) -> dict:
         context = self.context
@@ -76,8 +59,8 @@ class BatchedEvaluator(common.Evaluator):
                 process_index=context.driver.data_process_index,
                 process_count=context.driver.data_process_count,
                 preprocess=preprocess, pad_label=context.bundle.pad_label,
-                check=pipeline.label_check(context.config.data, context.bundle.task,
-                                           "evaluation examples in a batch")):
+                check=tasks.for_dataset(context.config.data.name).label_check(
+                    context.config.data, "evaluation examples in a batch")):
             context.between_batches()
             sums = context.driver.eval_step(state, batch)
             totals = sums if totals is None else jax.tree.map(np.add, totals, sums)

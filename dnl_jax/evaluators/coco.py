@@ -1,5 +1,5 @@
 """COCO box and mask AP (`type='coco'`): the detector's predictions on the val split, scored by
-pycocotools' `COCOeval` (models/detection/coco_eval.py), and written as a standard COCO results
+pycocotools' `COCOeval` (evaluators/coco_eval.py), and written as a standard COCO results
 JSON.
 
     config.evals.val = dict(type='coco', every_steps=0, batch_size=8,
@@ -31,7 +31,7 @@ import numpy as np
 
 from dnl_jax.data import pipeline
 from dnl_jax.evaluators import common
-from dnl_jax.models.detection import coco_eval
+from dnl_jax.evaluators import coco_eval
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,6 @@ class CocoEvaluator(common.Evaluator):
         super().check(name, settings, config, num_devices=num_devices,
                       num_processes=num_processes)
         where = f"config.evals.{name}"
-        if pipeline.dataset_task(config.data.name) != "detection":
-            raise ValueError(f"{where}: type 'coco' scores detections; config.data.name="
-                             f"{config.data.name!r} is not a detection dataset (choose one of "
-                             f"{pipeline.DETECTION_DATASETS}).")
         batch = settings["batch_size"]
         if not isinstance(batch, int) or batch < 1 or batch % num_processes:
             raise ValueError(f"{where}.batch_size={batch!r} must be a positive multiple of the "

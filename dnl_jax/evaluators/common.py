@@ -161,13 +161,6 @@ def sum_over_hosts(tree):
                         multihost_utils.process_allgather(tree))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis, in numpy."""
-    shifted = logits - logits.max(-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(-1, keepdims=True)
-
-
 def positive_pair(value) -> Optional[tuple[int, int]]:
     """(h, w) of two positive sizes, or None (for (0, 0) placeholders and other bad values)."""
     value = tuple(value) if value is not None else ()

@@ -1,7 +1,8 @@
 """Per-image segmentation evaluation (`type='segmentation'`): each val image at its own size,
-resized to data.base_size (aspect kept) and normalised, inferred whole or by sliding windows,
-optionally at several scales and mirrored (segmentation_inference.py), its scores resized back
-to the label's resolution before the argmax; mIoU from the confusion matrix summed over hosts.
+resized to config.data.segmentation.base_size (aspect kept) and normalised, inferred whole or by
+sliding windows, optionally at several scales and mirrored (segmentation_inference.py), its
+scores resized back to the label's resolution before the argmax; mIoU from the confusion matrix
+summed over hosts.
 
     config.evals.val = dict(type='segmentation', every_steps=8000, mode='slide',
                             crop_size=(769, 769), stride=(513, 513), scales=(1.0,), flip=False)
@@ -18,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from dnl_jax import IGNORE_LABEL
-from dnl_jax.data import cityscapes, pipeline, records, transforms
+from dnl_jax.data import cityscapes, records, transforms
 from dnl_jax.evaluators import common
 from dnl_jax.evaluators.segmentation_inference import MODES, predict_scores
 
@@ -138,19 +139,13 @@ class SegmentationEvaluator(common.Evaluator):
         scales = tuple(settings["scales"])
         if not scales or not all(s > 0 for s in scales):
             raise ValueError(f"{where}.scales={scales} must be positive ratios.")
-        if pipeline.dataset_task(config.data.name) != "segmentation":
-            raise ValueError(f"{where}: type 'segmentation' is for segmentation datasets; "
-                             f"config.data.name={config.data.name!r} is not one.")
-        if config.data.name == "synthetic":
-            raise ValueError(f"{where}: type 'segmentation' resizes and normalises raw images; "
-                             "the synthetic scenes are model-ready: use type='batched'.")
 
     def run(self, state) -> dict:
         context, data = self.context, self.context.config.data
         confusion = evaluate_segmentation(
             self.predict_fn(state),
             common.host_examples(context.source, context.between_batches),
-            num_classes=int(data.num_classes), base_size=tuple(data.base_size),
+            num_classes=int(data.num_classes), base_size=tuple(data.segmentation.base_size),
             output_dir=context.output_dir, dataset=data.name,
             **inference_settings(self.settings, context.config.model.kwargs))
         return context.bundle.finalize_metrics(

@@ -20,7 +20,8 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from dnl_jax.evaluators.common import PredictFn, softmax
+from dnl_jax.evaluators.common import PredictFn
+from dnl_jax.ops import host_softmax as softmax
 from dnl_jax.models.segmentor import resize_bilinear
 
 MODES = ("whole", "slide")

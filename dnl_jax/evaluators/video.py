@@ -8,7 +8,7 @@ videos on one device; the counts are summed over hosts.
                                        num_crops=3, short_side=256)
 
 Clip length, frame stride and the square crop come from config.data. `one_view_settings` is
-the single middle-clip, centre-crop view of the batched evaluator (batched.py).
+the single middle-clip, centre-crop view of the batched evaluator (tasks/video.py).
 """
 
 from __future__ import annotations
@@ -19,17 +19,8 @@ import numpy as np
 
 from dnl_jax.data import transforms
 from dnl_jax.evaluators import common
-
-
-def view_settings(data, *, num_clips: int, num_crops: int, short_side: int) -> dict:
-    """`transforms.video_eval_views` kwargs from `config.data` (clip_len, frame_stride, the
-    square crop_size) and the evaluator's views (short_side 0 = the crop side)."""
-    crop = tuple(data.crop_size)
-    if len(crop) != 2 or crop[0] != crop[1]:
-        raise ValueError(f"config.data.crop_size={crop}: video crops are square, e.g. (224, 224).")
-    return {"clip_len": int(data.clip_len), "stride": int(data.frame_stride),
-            "crop_size": int(crop[0]), "num_clips": int(num_clips), "num_crops": int(num_crops),
-            "short_side": int(short_side) or None}
+from dnl_jax.ops import host_softmax
+from dnl_jax.tasks.video import check_short_side, view_settings
 
 
 def video_view_counts(predict_fn: common.PredictFn, examples: Iterable[dict], *, clip_len: int,
@@ -47,7 +38,7 @@ def video_view_counts(predict_fn: common.PredictFn, examples: Iterable[dict], *,
         common.check_finite(np.sum(~np.isfinite(logits)), "logits")
         label = int(example["label"])
         counts += (int(np.sum(logits.argmax(-1) == label)), len(logits),
-                   int(common.softmax(logits).mean(0).argmax() == label), 1)
+                   int(host_softmax(logits).mean(0).argmax() == label), 1)
     return counts
 
 
@@ -73,14 +64,6 @@ def check_views(name: str, settings: dict, keys: tuple[str, ...]) -> None:
         if not isinstance(settings[key], int) or settings[key] < low:
             raise ValueError(f"config.evals.{name}.{key}={settings[key]!r} must be an integer "
                              f">= {low}.")
-
-
-def check_short_side(name: str, short_side: int, data) -> None:
-    """short_side is 0 (the crop side) or at least the crop side."""
-    crop = int(tuple(data.crop_size)[0])
-    if short_side and short_side < crop:
-        raise ValueError(f"config.evals.{name}.short_side={short_side} must be 0 (the crop side) "
-                         f"or >= the crop side {crop}.")
 
 
 class MultiViewEvaluator(common.Evaluator):

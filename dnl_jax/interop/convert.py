@@ -41,7 +41,7 @@ from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.interop import mapping, mmaction, mmdet, segmentor
 from dnl_jax.interop.mapping import ConversionError
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
-from dnl_jax.models import registry
+from dnl_jax import tasks
 
 
 def _num_classes(state_dict: dict, given: Optional[int]) -> int:
@@ -69,7 +69,7 @@ def build_module(state_dict: dict, model: str, num_classes: Optional[int],
                  output_stride: int) -> Any:
     if model == "auto":
         return segmentor.segmentor_for_state_dict(state_dict, output_stride=output_stride)
-    bundle = registry.get_model(model, _num_classes(state_dict, num_classes),
+    bundle = tasks.get_model(model, _num_classes(state_dict, num_classes),
                                 output_stride=output_stride)
     if bundle.task != "segmentation":
         raise ValueError(f"--model {model!r} is a {bundle.task} model; only segmentation models "
@@ -82,7 +82,7 @@ def _detector_module(state_dict: dict, model: str, num_classes: Optional[int]) -
     if model == "auto":
         return mmdet.detector_for_state_dict(state_dict)
     classes = num_classes or mmdet.detector_config(state_dict)["num_classes"]
-    bundle = registry.get_model(model, classes)
+    bundle = tasks.get_model(model, classes)
     if bundle.task != "detection":
         raise ValueError(f"--model {model!r} is a {bundle.task} model; an mmdet Mask R-CNN "
                          "converts into a detection model or --model auto.")

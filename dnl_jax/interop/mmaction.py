@@ -179,14 +179,14 @@ def video_module(state_dict: Mapping[str, Any], model: str = "auto",
     (`model='auto'`), or the registry model `model` with the 'mmaction' layout."""
     if model == "auto":
         return recognizer_for_state_dict(state_dict, **build_kwargs)
-    from dnl_jax.models import registry  # pylint: disable=import-outside-toplevel
+    from dnl_jax import tasks  # pylint: disable=import-outside-toplevel
 
     classes = num_classes or recognizer_config(state_dict)["num_classes"]
-    task = registry.get_model(model, classes).task
-    if task != "classification":
-        raise ValueError(f"--model {model!r} is a {task} model; an mmaction2 recogniser "
+    task = tasks.for_model(model)
+    if task is not tasks.TASKS["video"]:
+        raise ValueError(f"--model {model!r} is a {task.name} model; an mmaction2 recogniser "
                          "converts into a video model (e.g. nl_i3d_r50) or --model auto.")
-    return registry.get_model(model, classes, **{"layout": "mmaction", **build_kwargs}).module
+    return tasks.get_model(model, classes, **{"layout": "mmaction", **build_kwargs}).module
 
 
 def fresh_video_variables(module: Any, seed: int = 0) -> dict:

@@ -2,7 +2,7 @@
 
     python -m dnl_jax.interop.pretrained NAME DOWNLOADED_FILE [--pretrained_dir pretrained]
 
-NAME is a key of `dnl_jax.train.pretrained.BACKBONES` (`resnet50_v1c`, `resnet101_v1c`,
+NAME is a key of `dnl_jax.train.initialisation.BACKBONES` (`resnet50_v1c`, `resnet101_v1c`,
 `torchvision_resnet50`, `deepbase_resnet101`); each names its published file and URL. Writes
 `PRETRAINED_DIR/NAME/state` (orbax `{'params', 'batch_stats'}` of the 2-D backbone) and
 `PRETRAINED_DIR/NAME/pretrained.json` (source, layout, depth, tensor count). The conversion is
@@ -27,7 +27,7 @@ from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint
 from dnl_jax.interop.segmentor import CLASSIFIER_PREFIXES, resnet_depth, resnet_v1c_to_flax
 from dnl_jax.interop.torchvision import torchvision_resnet_to_flax
-from dnl_jax.train.pretrained import BACKBONES, PretrainedBackbone
+from dnl_jax.train.initialisation import BACKBONES, PretrainedBackbone
 
 # The official DNL code's deep-stem ResNet (torchcv `deepbase_resnet*`, an nn.Sequential called
 # `prefix`, which its loader also accepts without the prefix) → mmcv ResNetV1c's `stem.N`.

@@ -1,4 +1,5 @@
-"""Parameter and FLOP counts of a registered model, without running it.
+"""Parameter and FLOP counts of a model, without running it (by registry name:
+`dnl_jax.tasks.summary`).
 
 Parameters come from `jax.eval_shape` of `init` (no memory is allocated); FLOPs from XLA's cost
 analysis of the lowered inference forward pass (`jax.jit(apply).lower(...).cost_analysis()`),
@@ -11,8 +12,6 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-
-from dnl_jax.models.registry import get_model
 
 
 def count_params(tree: Any) -> int:
@@ -30,19 +29,18 @@ def summary_flops(lowered) -> Optional[float]:
     return float(cost["flops"])
 
 
-def summary(name: str, input_shape: Sequence[int], num_classes: int = 19, *,
-            print_fn=print, **overrides) -> dict:
-    """Prints and returns `{'name', 'input_shape', 'params', 'params_by_module', 'flops'}` of the
-    registered model `name` on inputs of `input_shape` ([B, H, W, 3] or [B, T, H, W, 3]); FLOPs of
-    the inference forward pass (None when the backend gives no cost analysis)."""
-    bundle = get_model(name, num_classes, **overrides)
+def module_summary(module, input_shape: Sequence[int], *, name: str, num_classes: int,
+                   print_fn=print) -> dict:
+    """Prints and returns `{'name', 'input_shape', 'params', 'params_by_module', 'flops'}` of
+    `module` on inputs of `input_shape` ([B, H, W, 3] or [B, T, H, W, 3]); FLOPs of the
+    inference forward pass (None when the backend gives no cost analysis)."""
     inputs = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
     variables = jax.eval_shape(
-        lambda x: bundle.module.init(jax.random.key(0), x, train=False), inputs
+        lambda x: module.init(jax.random.key(0), x, train=False), inputs
     )
     params = variables["params"]
     by_module = {key: count_params(value) for key, value in params.items()}
-    lowered = jax.jit(lambda v, x: bundle.module.apply(v, x, train=False)).lower(variables, inputs)
+    lowered = jax.jit(lambda v, x: module.apply(v, x, train=False)).lower(variables, inputs)
     flops = summary_flops(lowered)
     result = dict(name=name, input_shape=list(input_shape), num_classes=num_classes,
                   params=count_params(params), params_by_module=by_module, flops=flops)
@@ -55,4 +53,4 @@ def summary(name: str, input_shape: Sequence[int], num_classes: int = 19, *,
     return result
 
 
-__all__ = ["summary", "count_params", "summary_flops"]
+__all__ = ["module_summary", "count_params", "summary_flops"]

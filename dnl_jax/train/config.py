@@ -4,7 +4,7 @@ Experiment files in `experiments/configs/` start from `base_config()` and overri
 typo on the command line (`--config.optimiser.lr=...`) is already refused by ml_collections; a
 ConfigDict built by hand and passed to `train_and_evaluate` is checked here by `validate_config`,
 which names the unknown key and suggests the closest known one. `model.kwargs` is free-form: it is
-forwarded to `dnl_jax.models.get_model`, which validates its own arguments; on the command line
+forwarded to `dnl_jax.tasks.get_model`, which validates its own arguments; on the command line
 its entries are set with `--config.model.kwargs.NAME=VALUE` (`pop_model_kwargs_flags`).
 `evals` holds one section per evaluator, `config.evals.<name> = dict(type=..., every_steps=...,
 ...)`, each checked by its evaluator (dnl_jax/evaluators/). Keys of earlier layouts are refused
@@ -20,18 +20,34 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from dnl_jax import evaluators
-from dnl_jax.data.pipeline import (DATASETS, DETECTION_DATASETS, REAL_SEGMENTATION,  # noqa
-                                   SEGMENTATION_DATASETS, VIDEO_DATASETS, dataset_task)
+from dnl_jax import evaluators, tasks
 from dnl_jax.train import distributed
 
 PARALLELISMS = ("jit", "pmap")
-SYNTHETIC_SCENES = ("beacon", "regions")  # config.data.scenes: data/synthetic.py, data/regions.py
 DTYPES = ("float32", "bfloat16")
 # Sub-dicts whose keys are not ours to check: the model's arguments (get_model checks them) and
 # the evaluators' sections (each evaluator checks its own).
 FREE_FORM = ("model.kwargs", "evals")
-# Keys of earlier layouts → what replaced them.
+# config.data's keys before the per-task sections (dnl_jax/tasks/).
+_FLAT_DATA_KEYS = ("image_size", "num_train", "num_val", "noise", "scenes", "ignore_fraction",
+                   "crop_size", "base_size", "ratio_range", "cat_max_ratio", "canvas",
+                   "max_instances", "filter_empty_gt", "mask_crop_size", "clip_len",
+                   "frame_stride", "short_side_range")
+
+
+def _moved_data_keys() -> dict[str, str]:
+    """'data.KEY' → the task sections' keys that replaced it (e.g. config.data.crop_size →
+    config.data.segmentation.crop_size or config.data.video.crop_size)."""
+    moved: dict[str, list[str]] = {}
+    for section, keys in tasks.data_sections().items():
+        for key in keys:
+            if key in _FLAT_DATA_KEYS:
+                moved.setdefault(f"data.{key}", []).append(
+                    f"config.data.{section}.{key} ({section})")
+    return {old: " or ".join(new) for old, new in moved.items()}
+
+
+# Keys of earlier layouts (a top-level key or a dotted path) → what replaced them.
 REPLACED_KEYS = {
     "eval": "config.evals.val = dict(type='segmentation', mode=..., crop_size=..., stride=..., "
             "scales=..., flip=...) for prepared segmentation datasets, and "
@@ -39,10 +55,10 @@ REPLACED_KEYS = {
             "num_crops=..., short_side=...) for videos",
     "eval_every_steps": "config.evals.<name>.every_steps",
     "eval_batch_size": "config.evals.val.batch_size (type 'batched')",
+    **_moved_data_keys(),
 }
+CONFIG_FLAG = "--config."
 MODEL_KWARGS_FLAG = "--config.model.kwargs."
-EXAMPLE_MODELS = {"segmentation": "dnl_r50-d8", "classification": "dnl_i3d_r50",
-                  "detection": "mask_rcnn_r50_fpn_dnl_c4"}
 SCHEDULES = ("poly", "step")  # config.optimizer.schedule (train/step.py)
 
 
@@ -82,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "dnl_tiny"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.kwargs = ml_collections.ConfigDict()  # forwarded to get_model(**kwargs)
-    # Initialisation (dnl_jax/train/pretrained.py): a converted ImageNet backbone by name
+    # Initialisation (dnl_jax/train/initialisation.py): a converted ImageNet backbone by name
     # (pretrained_dir/NAME, written by `python -m dnl_jax.interop.pretrained`). Real datasets
     # refuse an empty name unless from_scratch=True says so; init_from overrides both.
     c.model.pretrained = ""
@@ -91,44 +107,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic"
-    c.data.image_size = 32
     c.data.num_classes = 7
-    c.data.num_train = 2048
-    c.data.num_val = 256
     c.data.seed = 0
-    c.data.noise = 0.1
-    # --- analysis (#12): which synthetic scenes ('synthetic' only): 'beacon' (the demo's, one
-    # distant cue for every object, dnl_jax/data/synthetic.py) or 'regions' (a distant twin
-    # object decides each object's class, thin boundaries; dnl_jax/data/regions.py).
-    c.data.scenes = "beacon"
-    # Prepared datasets only (ignored by 'synthetic'): where `dnl_jax.data.prepare` wrote them,
-    # and the mmseg train pipeline: random resize of base_size (long, short) by a ratio in
-    # ratio_range, crop of crop_size (h, w) with cat_max_ratio, flip, photometric distortion.
+    # Prepared datasets: where `dnl_jax.data.prepare` wrote them, and the input workers: grain
+    # worker processes that decode and augment batches in parallel (0 = in this process), and
+    # read-ahead threads per process.
     c.data.data_dir = "data/prepared"
-    c.data.crop_size = (512, 512)
-    c.data.base_size = (2048, 512)
-    c.data.ratio_range = (0.5, 2.0)
-    c.data.cat_max_ratio = 0.75
-    # Prepared detection datasets (coco) only: resize keep-ratio to base_size (long, short), e.g.
-    # mmdet's (1333, 800); pad to a fixed canvas (h, w), a multiple of 32 that holds every
-    # resized image (static shapes); at most max_instances ground-truth objects per image (the
-    # rest are counted and reported); filter_empty_gt: train on mmdet's training set (images
-    # with annotations, shorter side >= 32) instead of every image.
-    c.data.canvas = (1344, 1344)
-    c.data.max_instances = 100
-    c.data.filter_empty_gt = True
-    # 0: gt masks at the canvas size (G × H × W bytes per image); S > 0: each mask resampled to
-    # S × S inside its box (data/detection_transforms.py:box_mask_crops), e.g. 56.
-    c.data.mask_crop_size = 0
-    # Video datasets only: clips of clip_len frames every frame_stride-th frame, short side
-    # rescaled to U[short_side_range], a square crop of crop_size, horizontal flip.
-    c.data.clip_len = 32
-    c.data.frame_stride = 2
-    c.data.short_side_range = (256, 320)
-    # Input workers of prepared datasets (perf, issue 16): grain worker processes that decode and
-    # augment batches in parallel (0 = in this process), and read-ahead threads per process.
     c.data.worker_processes = 0
     c.data.worker_threads = 4
+    # One section per task (dnl_jax/tasks/: synthetic, segmentation, video, detection). A run
+    # reads those of its dataset's task only and refuses an override of any other.
+    for section, keys in tasks.data_sections().items():
+        c.data[section] = ml_collections.ConfigDict(keys)
 
     c.batch_size = 16  # global, over all hosts and devices
     c.total_steps = 100
@@ -151,8 +141,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Parameters left untrained ('/'-joined path prefixes, e.g. mmdet's frozen_stages=1:
     # ('backbone/conv1', 'backbone/bn1', 'backbone/layer1_')): no update, no weight decay.
     c.optimizer.frozen = ()
-    # ((pattern, multiplier), ...) on '/'-joined parameter paths (mmengine custom_keys); read by
-    # the loss/optimizer branch, set by the recipes.
+    # ((pattern, multiplier), ...) matched as substrings of '/'-joined parameter paths, longest
+    # pattern first, like mmseg's paramwise_cfg.custom_keys (train/step.py), set by the recipes.
     c.optimizer.weight_decay_multipliers = ()
 
     c.parallelism = "jit"  # both shard the batch over every device (data parallel)
@@ -182,26 +172,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 10
     c.progress_bar = True
     c.curves_figure = True
-    c.attention_figure = True  # attention.png (segmentation DNL heads only; see dnl_jax/viz.py)
+    c.attention_figure = True  # the task's figure (attention.png, detections.png; tasks/)
 
-    # Loss and optimizer options (issue 11). Weight-decay multipliers: ((pattern, multiplier),
-    # ...) matched as substrings of '/'-joined parameter paths, longest pattern first, like
-    # mmseg's paramwise_cfg.custom_keys (dnl_jax/train/step.py:weight_decay_multiplier).
-    c.optimizer.weight_decay_multipliers = ()
-    # Synthetic scenes: the fraction of each label map set to 255 (one random rectangle).
-    c.data.ignore_fraction = 0.0
     return c
-
-
-def check_model_task(model_task: str, config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError when the model's task is not the dataset's (a segmentation model on
-    videos, or the reverse)."""
-    task = dataset_task(config.data.name)
-    if model_task != task:
-        example = EXAMPLE_MODELS[task]
-        raise ValueError(f"config.model.name={config.model.name!r} is a {model_task} model but "
-                         f"config.data.name={config.data.name!r} is a {task} dataset; choose a "
-                         f"{task} model, e.g. --config.model.name={example}.")
 
 
 def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -220,18 +193,37 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
     (for keys of an earlier layout: what replaced them)."""
     known = _flatten(base_config())
     for path in _flatten(config):
-        old = path.split(".")[0]
-        if old in REPLACED_KEYS:
-            raise ValueError(f"config.{path} is no longer a key; use {REPLACED_KEYS[old]}.")
-        if path not in known and not any(path.startswith(f + ".") for f in FREE_FORM):
-            close = difflib.get_close_matches(path, list(known), n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown config key {path!r}.{hint} Known keys: see "
-                             f"dnl_jax/train/config.py:base_config().")
+        check_key(path, known)
     missing = sorted(set(known) - set(_flatten(config)))
     if missing:
         raise ValueError(f"config is missing keys {missing}; build configs from "
                          "dnl_jax.train.config.base_config().")
+
+
+def check_key(path: str, known: dict[str, Any]) -> None:
+    """ValueError for `config.<path>` when it is not among the `known` keys: what replaced it
+    (`REPLACED_KEYS`), or the closest known keys. Keys under `FREE_FORM` sections pass."""
+    for old in (path, path.split(".")[0], ".".join(path.split(".")[:2])):
+        if old in REPLACED_KEYS:
+            raise ValueError(f"config.{path} is no longer a key; use {REPLACED_KEYS[old]}.")
+    if path not in known and not any(path == f or path.startswith(f + ".") for f in FREE_FORM):
+        close = difflib.get_close_matches(path, list(known), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown config key {path!r}.{hint} Known keys: see "
+                         f"dnl_jax/train/config.py:base_config().")
+
+
+def check_override_flags(argv: Sequence[str]) -> None:
+    """ValueError for a `--config.KEY=VALUE` argument whose KEY is not a key of `base_config()`
+    (checked before ml_collections parses the flags, which would end in a traceback)."""
+    known = None
+    for arg in argv:
+        if not arg.startswith(CONFIG_FLAG) or arg.startswith(MODEL_KWARGS_FLAG):
+            continue
+        path = arg[len(CONFIG_FLAG):].partition("=")[0]
+        if known is None:
+            known = _flatten(base_config())
+        check_key(path, known)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -250,8 +242,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _require(c.parallelism in PARALLELISMS,
              f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.")
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
-    _require(c.data.name in DATASETS,
-             f"config.data.name={c.data.name!r}; choose one of {DATASETS}.")
+    task = tasks.for_dataset(c.data.name)  # ValueError listing the datasets
+    tasks.check_unused_sections(c.data)
     for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
     _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
@@ -270,7 +262,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
     _check_schedule(c)
     data_shards = mesh_shape(c, num_devices)[0]
     _check_batch_divisibility(c, num_devices=data_shards)
-    _DATA_CHECKS[c.data.name](c)
+    task.check_data(c)
     evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
 
 
@@ -290,81 +282,6 @@ def _check_schedule(c) -> None:
     _require(all(isinstance(p, str) and p for p in opt.frozen),
              f"config.optimizer.frozen={tuple(opt.frozen)!r} must be non-empty path prefixes, "
              "e.g. ('backbone/conv1', 'backbone/bn1', 'backbone/layer1_').")
-
-
-def _pair_ok(value) -> bool:
-    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
-
-
-def _check_synthetic_data(c) -> None:
-    """Keys of the embedded synthetic scenes."""
-    _require(c.data.num_classes >= 5 and c.data.num_classes % 2 == 1,
-             f"config.data.num_classes={c.data.num_classes}: the synthetic scenes need an odd "
-             "number >= 5 (background, two beacon classes, two classes per colour), e.g. 7.")
-    _require(c.data.scenes in SYNTHETIC_SCENES,
-             f"config.data.scenes={c.data.scenes!r}; choose one of {SYNTHETIC_SCENES}.")
-    _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
-
-
-def _check_segmentation_data(c) -> None:
-    """Keys of prepared segmentation datasets. data_dir is checked when the data is opened."""
-    for key in ("crop_size", "base_size"):
-        _require(_pair_ok(c.data[key]),
-                 f"config.data.{key}={tuple(c.data[key])} must be two positive sizes.")
-    low, high = c.data.ratio_range
-    _require(0 < low <= high, f"config.data.ratio_range={tuple(c.data.ratio_range)} must be "
-             "(low, high) with 0 < low <= high.")
-    _require(0 < c.data.cat_max_ratio <= 1, "config.data.cat_max_ratio must be in (0, 1].")
-
-
-def _check_video_data(c) -> None:
-    """Keys of video datasets: clip sampling and the square crop."""
-    for key in ("clip_len", "frame_stride"):
-        _require(int(c.data[key]) >= 1, f"config.data.{key}={c.data[key]} must be >= 1.")
-    crop = tuple(c.data.crop_size)
-    _require(_pair_ok(crop) and crop[0] == crop[1],
-             f"config.data.crop_size={crop}: video crops are square, e.g. (224, 224).")
-    low, high = tuple(c.data.short_side_range)
-    _require(crop[0] <= low <= high,
-             f"config.data.short_side_range={(low, high)} must be (low, high) with crop side "
-             f"{crop[0]} <= low <= high: frames are rescaled to it, then cropped.")
-
-
-def _check_synthetic_detection_data(c) -> None:
-    """Keys of the embedded synthetic detection scenes (data/synthetic_detection.py)."""
-    _require(c.data.num_classes >= 2 and c.data.num_classes % 2 == 0,
-             f"config.data.num_classes={c.data.num_classes}: the synthetic detection scenes have "
-             "two classes per object colour (the distant beacon picks one); use an even number, "
-             "e.g. 4.")
-    _require(c.data.image_size % 32 == 0 and c.data.image_size >= 64,
-             f"config.data.image_size={c.data.image_size} must be a multiple of 32 (the "
-             "detector's stride), at least 64.")
-    _require(c.data.num_train >= c.batch_size, "config.data.num_train must be >= batch_size.")
-
-
-def _check_detection_data(c) -> None:
-    """Keys of prepared detection datasets (COCO)."""
-    _require(_pair_ok(c.data.base_size), f"config.data.base_size={tuple(c.data.base_size)} must "
-             "be the (long, short) resize scale, e.g. (1333, 800).")
-    canvas = tuple(c.data.canvas)
-    _require(_pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
-             f"config.data.canvas={canvas} must be (h, w), multiples of 32 (the detector's "
-             "stride), e.g. (1344, 1344).")
-    _require(min(canvas) >= min(c.data.base_size) and max(canvas) >= max(c.data.base_size),
-             f"config.data.canvas={canvas} cannot hold an image resized to base_size="
-             f"{tuple(c.data.base_size)}; for landscape and portrait images use "
-             f"({max(c.data.base_size)}, {max(c.data.base_size)}) rounded up to 32.")
-    _require(int(c.data.max_instances) >= 1, "config.data.max_instances must be >= 1.")
-    _require(int(c.data.mask_crop_size) >= 0, "config.data.mask_crop_size must be >= 0 (0: "
-             "full-canvas masks).")
-
-
-# The checks of each dataset's own keys.
-_DATA_CHECKS = {"synthetic": _check_synthetic_data,
-                "synthetic_detection": _check_synthetic_detection_data,
-                "coco": _check_detection_data,
-                **{name: _check_segmentation_data for name in REAL_SEGMENTATION},
-                **{name: _check_video_data for name in VIDEO_DATASETS}}
 
 
 def mesh_shape(c, num_devices: int) -> tuple[int, int]:
@@ -417,9 +334,11 @@ def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, An
 def take_model_kwargs_flags(program: str) -> dict[str, Any]:
     """`pop_model_kwargs_flags(sys.argv)` for a command line, before absl parses its flags:
     sys.argv keeps the other flags (config_flags reads its overrides from sys.argv itself) and
-    the model's arguments are returned; a malformed flag exits with one line."""
+    the model's arguments are returned; a malformed flag, or an override of a key that is not
+    one (a typo, a replaced key), exits with one line naming it and what to use."""
     try:
         argv, kwargs = pop_model_kwargs_flags(sys.argv)
+        check_override_flags(argv)
     except ValueError as error:
         sys.exit(f"{program}: {error}")
     sys.argv[:] = argv

@@ -222,7 +222,7 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
         init = (jax.tree.map(jnp.zeros_like, state.params), state.batch_stats,
                 jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ratio_shapes))
         if grad_accum_steps == 1:  # no loop: XLA:CPU runs conv weight gradients ~40× slower
-            # inside a while loop than outside one (3×3 conv, 16×16×128, measured for issue 6).
+            # inside a while loop than outside one (3×3 conv, 16×16×128, measured on CPU).
             (grads, batch_stats, ratio_sums), _ = accumulate(init, (jnp.int32(0), first))
         else:
             indices = jnp.arange(grad_accum_steps)

@@ -2,9 +2,9 @@
 
 Sections: config check → model and optimizer → driver (jit mesh or pmap) → input pipeline →
 state (fresh, resumed from the workdir's checkpoint, initialised from `config.init_from`, or
-with the ImageNet backbone of `config.model.pretrained`, see train/pretrained.py) →
+with the ImageNet backbone of `config.model.pretrained`, see train/initialisation.py) →
 loop (step, log, evaluate, checkpoint, preemption) → final evaluation, checkpoint and figure.
-One trainer for every task: the model bundle ('segmentation' on images, 'classification' on
+One trainer for every task: the model bundle ('segmentation' on images, 'video' on
 video clips) brings the loss, the metric counts, their finalisation and the metric that ranks
 checkpoints (`bundle.best_metric`); the data pipeline picks the input shape and augmentation;
 the evaluators of `config.evals` (dnl_jax/evaluators/) run the evaluation protocols. The
@@ -28,12 +28,13 @@ import numpy as np
 
 from dnl_jax import evaluators
 from dnl_jax.data import pipeline
-from dnl_jax.models import get_model
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
+from dnl_jax import tasks
+from dnl_jax.tasks import check_model_task, for_dataset, get_model
 from dnl_jax.train import checkpoint as ckpt
-from dnl_jax.train import logs, parallel, preemption, pretrained, step as step_lib
-from dnl_jax.train.config import check_model_task, validate_config
+from dnl_jax.train import initialisation, logs, parallel, preemption, step as step_lib
+from dnl_jax.train.config import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def make_bundle(config: ml_collections.ConfigDict, *, axis_name: Optional[str] =
     if axis_name is not None:
         kwargs["axis_name"] = axis_name
     bundle = get_model(config.model.name, config.data.num_classes, **kwargs)
-    check_model_task(bundle.task, config)
+    check_model_task(config.model.name, config.data.name)
     return bundle
 
 
@@ -79,7 +80,7 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
     parameters too; flax's batch norm leaves its running statistics untouched while initialising.
     """
     bundle = make_bundle(config)
-    module, shape = bundle.module, pipeline.example_shape(config.data, bundle.task)
+    module, shape = bundle.module, for_dataset(config.data.name).example_shape(config.data)
 
     def init_fn():
         # Parameters are drawn with XLA's RngBitGenerator ('unsafe_rbg'): deterministic for a
@@ -107,7 +108,7 @@ def _build(config: ml_collections.ConfigDict, workdir: str,
            watcher: preemption.PreemptionWatcher) -> Run:
     axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
     bundle = make_bundle(config, axis_name=axis_name)
-    pretrained.check_initialisation(config)  # before the data is opened or anything written
+    initialisation.check_initialisation(config)  # before the data is opened or anything written
     schedule = step_lib.learning_rate_schedule(config.optimizer, config.total_steps)
     optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
     train_step = step_lib.make_train_step(bundle, optimizer, schedule,
@@ -116,13 +117,14 @@ def _build(config: ml_collections.ConfigDict, workdir: str,
     eval_step = step_lib.make_eval_step(bundle, axis_name=axis_name)
     driver = parallel.make_driver(config.parallelism, train_step, eval_step,
                                   space=int(config.mesh.space))
-    train_source, val_source = pipeline.make_sources(config.data)
+    task = for_dataset(config.data.name)
+    train_source, val_source = task.sources(config.data)
     dataset = pipeline.train_dataset(  # hosts sharing data shards (mesh.space) read the same rows
         train_source, seed=config.data.seed,
         local_batch=config.batch_size // driver.data_process_count,
         process_index=driver.data_process_index, process_count=driver.data_process_count,
-        transform=pipeline.train_transform(config.data, bundle.task),
-        check=pipeline.label_check(config.data, bundle.task, "training clips in a batch"),
+        transform=task.train_transform(config.data),
+        check=task.label_check(config.data, "training clips in a batch"),
         **pipeline.worker_settings(config.data))
     checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"),
                                      every_steps=config.checkpoint.every_steps,
@@ -160,7 +162,7 @@ def _initial_state(run: Run) -> tuple[Any, dict]:
         state = run.driver.from_checkpoint(jax.tree.map(jnp.asarray, host_state))
     elif run.config.model.pretrained:
         host_state = run.driver.host_state(state)
-        params, batch_stats = pretrained.load_into(
+        params, batch_stats = initialisation.load_into(
             run.config.model, jax.tree.map(np.asarray, host_state.params),
             jax.tree.map(np.asarray, host_state.batch_stats), ckpt.load_variables)
         state = run.driver.from_checkpoint(jax.tree.map(
@@ -349,7 +351,7 @@ def _train_and_evaluate(config, workdir: str, watcher, on_step) -> dict:
     try:
         with run.driver.context():
             state, signature = _initial_state(run)
-            run.writer.write_config(config)
+            run.writer.write_config(tasks.applicable(config))
             state, status, results = _train_loop(run, state, signature, on_step)
             host_state = run.driver.host_state(state)
             if status == "completed" and results is None:  # resumed after the last step
@@ -366,7 +368,7 @@ def _train_and_evaluate(config, workdir: str, watcher, on_step) -> dict:
 
 def _figures(run: Run, host_state, status: str) -> dict:
     """{'curves', 'attention': PNG path or None}: the training curves (loss and the bundle's val
-    metric), and for a completed run the task's figure (viz.save_task_figure: segmentation
+    metric), and for a completed run the task's figure (`Task.save_figure`: segmentation
     attention maps, detections with the backbone block's attention; video models have none)."""
     config, bundle = run.config, run.bundle
     figures = {"curves": None, "attention": None}
@@ -375,9 +377,7 @@ def _figures(run: Run, host_state, status: str) -> dict:
             run.writer.workdir, title=f"{config.model.name} on {config.data.name}",
             val_metric=bundle.best_metric, val_label=bundle.metric_label)
     if config.attention_figure and status == "completed":
-        from dnl_jax import viz  # imported lazily: matplotlib
-
-        figures["attention"] = viz.save_task_figure(
+        figures["attention"] = for_dataset(config.data.name).save_figure(
             run.writer.workdir, bundle, make_bundle(config).module,
             {"params": host_state.params, "batch_stats": host_state.batch_stats},
             run.val_source, config.data)

@@ -15,7 +15,7 @@ Video: Kinetics-like videos (340×256 after preparation's short side 256, 300 st
 through `transforms.VideoTrainTransform` (32 frames, stride 2, short side U[256, 320], 224 crop):
 clips/s (and per CPU-second) with the stored JPEGs decoded lazily (only the clip's 32 frames;
 `video.EncodedFrames`)
-and, for comparison, with every stored frame decoded first (the behaviour before issue 16).
+and, for comparison, with every stored frame decoded first (the earlier behaviour).
 
 The images are synthetic (smooth colour fields plus noise, so PNG sizes are in the range of
 real street scenes, 1.5–3 MB); writes results/input_pipeline.json.
@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 import bench_utils
+from dnl_jax import tasks
 from dnl_jax.data import cityscapes, pipeline, transforms
 from dnl_jax.data.prepare import prepare
 from dnl_jax.data.sources import load_split
@@ -96,12 +97,13 @@ def segmentation(work: str, images: int, batches: int, rng) -> list[dict]:
             log=lambda _: None)
     source = load_split("cityscapes", "train", os.path.join(work, "prepared"))
     data = base_config().data
-    data.name, data.crop_size, data.base_size = "cityscapes", (512, 1024), (2048, 1024)
+    data.name = "cityscapes"
+    data.segmentation.crop_size, data.segmentation.base_size = (512, 1024), (2048, 1024)
     rows = []
     for processes, threads in WORKER_SETTINGS:
         dataset = pipeline.train_dataset(
             source, seed=0, local_batch=2, process_index=0, process_count=1,
-            transform=pipeline.train_transform(data), worker_processes=processes,
+            transform=tasks.for_dataset(data.name).train_transform(data), worker_processes=processes,
             worker_threads=threads)
         wall, cpu = batches_per_second(dataset, batches)
         rows.append(dict(kind="cityscapes 2048x1024 PNG → 512x1024 crop", processes=processes,

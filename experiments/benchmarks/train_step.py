@@ -28,10 +28,10 @@ def build_step(model: str, num_classes: int, batch_size: int, height: int, width
     import jax.numpy as jnp
     import ml_collections
 
-    from dnl_jax import models
+    from dnl_jax import models, tasks
     from dnl_jax.train import step as step_lib
 
-    bundle = models.get_model(model, num_classes, axis_name=axis_name, **overrides)
+    bundle = tasks.get_model(model, num_classes, axis_name=axis_name, **overrides)
     images = jax.random.normal(jax.random.key(0), (batch_size, height, width, 3), jnp.float32)
     labels = jax.random.randint(jax.random.key(1), (batch_size, height, width), 0, num_classes)
     batch = {"image": images, "label": labels.astype(jnp.int32)}

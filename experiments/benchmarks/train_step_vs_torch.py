@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 import bench_utils
 import train_step as train_step_bench
-from dnl_jax import layers, models
+from dnl_jax import layers, tasks
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 import torch_reference as ref  # noqa: E402
@@ -98,7 +98,7 @@ def jax_contenders(model: str, batch_size: int, size: int, with_matmul_conv_grad
     = 256 ('jax_step_matmul_conv_grads': wide convolutions' gradients from matmuls), for an A/B
     in one run."""
     step_fn, state, batch = train_step_bench.build_step(model, NUM_CLASSES, batch_size, size, size)
-    bundle = models.get_model(model, NUM_CLASSES)
+    bundle = tasks.get_model(model, NUM_CLASSES)
     apply = jax.jit(lambda params, stats, x: bundle.module.apply(
         {"params": params, "batch_stats": stats}, x, train=False)["logits"])
     compile_step = lambda: jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile()  # noqa

@@ -2,7 +2,7 @@
 official DNL detection recipe (Howal/DNL-Object-Detection
 configs/dnlnet/mask_rcnn_r50_r4_nlgcb_c4c5_fpn_syncabn_4conv1fc_1x.py; published val2017 box / mask
 AP 41.2 / 37.2). Recipe and its known differences from the official code:
-dnl_jax/recipes.py:coco_mask_rcnn.
+dnl_jax/recipes/__init__.py:coco_mask_rcnn.
 Batch 16 at lr 0.02: the config sets lr 0.02 and 4 images per GPU without naming the GPU count; lr
 0.02 per 16 images is mmdet's linear scaling rule.
 

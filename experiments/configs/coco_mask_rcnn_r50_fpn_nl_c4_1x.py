@@ -2,7 +2,7 @@
 official DNL detection recipe (Howal/DNL-Object-Detection
 configs/dnlnet/mask_rcnn_r50_nl_eg_c4_fpn_syncabn_4conv1fc_1x_4nodes.py; published val2017 box /
 mask AP 39.6 / 35.8). Recipe and its known differences from the official code:
-dnl_jax/recipes.py:coco_mask_rcnn.
+dnl_jax/recipes/__init__.py:coco_mask_rcnn.
 Batch 64 at lr 0.08: the config's 4 nodes × 4 images per GPU, lr 0.02 per 16 images.
 
 Prepare COCO once (RAW holds train2017/, val2017/, annotations/instances_{train,val}2017.json),

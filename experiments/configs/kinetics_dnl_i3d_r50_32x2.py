@@ -15,8 +15,8 @@ Evaluate a checkpoint on its own (10 clips x 3 crops):
         --checkpoint runs/kinetics_dnl_i3d_r50_32x2/checkpoints/400000 --split val
 Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared. A short smoke run
 of the same path on a small prepared set (tiny model, 4-frame 32x32 clips):
-    --config.model.name=dnl_i3d_tiny --config.data.clip_len=4 --config.data.crop_size=(32,32)
-    --config.data.short_side_range=(32,40) --config.batch_size=8 --config.total_steps=20
+    --config.model.name=dnl_i3d_tiny --config.data.video.clip_len=4 --config.data.video.crop_size=(32,32)
+    --config.data.video.short_side_range=(32,40) --config.batch_size=8 --config.total_steps=20
     --config.evals.val.short_side=0 --config.evals.val_multi_view.short_side=0
     --config.evals.val_multi_view.num_clips=2 --config.evals.val_multi_view.num_crops=1
     --config.model.pretrained='' --config.model.from_scratch=True

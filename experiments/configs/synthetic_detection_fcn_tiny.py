@@ -1,13 +1,13 @@
 """The tiny Mask R-CNN (ResNet-18/16 + FPN, from scratch) on the embedded synthetic detection
 scenes, without a context block (the baseline).
-Recipe: dnl_jax/train/ablation.py:synthetic_detection_config (300 steps of batch 8, mmdet's 1x
+Recipe: dnl_jax/recipes/ablation.py:synthetic_detection_config (300 steps of batch 8, mmdet's 1x
 optimiser shrunk in time); prints COCO box / mask AP (pycocotools) on the val scenes.
 
     python -m dnl_jax.main --config experiments/configs/synthetic_detection_fcn_tiny.py \\
         --workdir runs/detection_fcn   [--config.parallelism=pmap] [--config.seed=1]
 """
 
-from dnl_jax.train.ablation import synthetic_detection_config
+from dnl_jax.recipes.ablation import synthetic_detection_config
 
 
 def get_config():

@@ -5,14 +5,14 @@ Launch:
     python -m dnl_jax.main --config experiments/configs/synthetic_dnl_r18.py --workdir runs/r18
 """
 
-from dnl_jax.train.ablation import synthetic_config
+from dnl_jax.recipes.ablation import synthetic_config
 
 
 def get_config():
     # The demo's scenes and schedule shape; a real-width backbone wants more data, steps and a
     # smaller learning rate.
     config = synthetic_config("dnl_r18-d8")
-    config.data.num_train = 8192
+    config.data.synthetic.num_train = 8192
     config.evals.val.batch_size = 32
     config.total_steps = 2000
     config.optimizer.lr = 0.01

@@ -10,7 +10,7 @@ Overrides, e.g. pmap and a shorter run:
     ... --config.parallelism=pmap --config.total_steps=50
 """
 
-from dnl_jax.train.ablation import synthetic_config
+from dnl_jax.recipes.ablation import synthetic_config
 
 
 def get_config():

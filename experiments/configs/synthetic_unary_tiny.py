@@ -1,12 +1,12 @@
 """Ablation of the demo: the tiny segmentor with the DNL head with the unary term only, trained
-with exactly the demo's recipe (`dnl_jax.train.ablation.synthetic_config`). Results:
+with exactly the demo's recipe (`dnl_jax.recipes.ablation.synthetic_config`). Results:
 experiments/results/synthetic_ablation.md.
 
 Launch:
     python -m dnl_jax.main --config experiments/configs/synthetic_unary_tiny.py --workdir runs/synthetic_unary_tiny
 """
 
-from dnl_jax.train.ablation import synthetic_config
+from dnl_jax.recipes.ablation import synthetic_config
 
 
 def get_config():

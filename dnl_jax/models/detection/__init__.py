@@ -9,7 +9,7 @@ shapes (jit / pmap on CPU, GPU, TPU).
     heads.py      FPN, RPN head, box heads (2fc / 4conv1fc), FCN mask head
     proposals.py  RPN proposals, RCNN post-processing, mask pasting
     mask_rcnn.py  the detector, its losses and its config
-    coco_eval.py  COCO results JSON and box / mask AP through pycocotools' COCOeval (the core of
-                  dnl_jax/evaluators/coco.py)
-    task.py       the registry's detection models and the trainer's bundle pieces
+
+The COCO scorer is with the evaluators (dnl_jax/evaluators/coco_eval.py); the detection task (its
+registry settings, datasets and bundle) is dnl_jax/tasks/detection.py.
 """

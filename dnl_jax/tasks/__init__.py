@@ -1,0 +1,129 @@
+"""The tasks: one module each, and the two lookups everything else uses.
+
+    task = tasks.for_dataset(config.data.name)    # the task of a dataset
+    task = tasks.for_model(config.model.name)     # the task of a registered model
+    bundle = tasks.get_model('dnl_r50-d8', num_classes=19)
+
+    name            module            datasets                                  evaluators
+    'segmentation'  segmentation.py   synthetic, cityscapes, ade20k,            batched (synthetic),
+                                      pascal_context                            segmentation
+    'video'         video.py          kinetics, ucf101                          batched, multi_view
+    'detection'     detection.py      synthetic_detection, coco                 coco
+
+A task (`base.Task`) owns its datasets, its checks of `config.data`, its sources and training
+transform, the shape of one input, its evaluation source, its model options and bundles, its
+end-of-training figure and its analysis inputs. Adding a task is one new module with a `Task`
+subclass and one line in `TASKS` below (and its models' lines in models/registry.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from dnl_jax.models import registry
+from dnl_jax.tasks import detection, segmentation, video
+from dnl_jax.tasks.base import ModelBundle, Task
+
+TASKS: dict[str, Task] = {task.name: task for task in (
+    segmentation.TASK,
+    video.TASK,
+    detection.TASK,
+)}
+DATASETS: tuple[str, ...] = tuple(name for task in TASKS.values() for name in task.datasets)
+SYNTHETIC_DATASETS: tuple[str, ...] = tuple(
+    name for task in TASKS.values() for name in task.synthetic)
+MODEL_NAMES = registry.MODEL_NAMES
+
+
+def data_sections() -> dict[str, dict[str, Any]]:
+    """Every task's `config.data` sections with their defaults: {section: {key: default}}."""
+    sections: dict[str, dict[str, Any]] = {}
+    for task in TASKS.values():
+        sections.update(task.config_sections())
+    return sections
+
+
+def _normalised(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_unused_sections(data) -> None:
+    """ValueError for an override in a `config.data` section that the run does not read (e.g.
+    config.data.detection.canvas on Cityscapes), naming the active task and what it reads."""
+    task = for_dataset(data.name)
+    read = task.sections_read(data)
+    for section, defaults in data_sections().items():
+        if section in read:
+            continue
+        for key, default in defaults.items():
+            value = data[section][key]
+            if _normalised(value) != _normalised(default):
+                raise ValueError(
+                    f"config.data.{section}.{key}={value!r} is not read by this run: "
+                    f"config.data.name={data.name!r} is a {task.name} dataset, which reads "
+                    f"{' and '.join(f'config.data.{s}' for s in read)}; remove the override.")
+
+
+def applicable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` without the `config.data` sections the run does not read (what the
+    run's config.json records)."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    read = for_dataset(config.data.name).sections_read(config.data)
+    with copy.unlocked():
+        for section in data_sections():
+            if section not in read:
+                del copy.data[section]
+    return copy
+
+
+def for_dataset(name: str) -> Task:
+    """The task whose datasets include `name` (ValueError listing `DATASETS`)."""
+    for task in TASKS.values():
+        if name in task.datasets:
+            return task
+    raise ValueError(f"config.data.name={name!r}; choose one of {DATASETS}.")
+
+
+def for_model(name: str) -> Task:
+    """The task of the registered model `name` (ValueError listing `MODEL_NAMES`)."""
+    return TASKS[registry.lookup(name)[0]]
+
+
+def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
+    """The registered model `name` for `num_classes` classes, with `overrides` of its settings.
+
+    Raises ValueError for an unknown name (listing `MODEL_NAMES`), an unknown override (listing
+    the valid ones: the keys of the task's `model_defaults`) or an invalid value.
+    """
+    task_name, entry = registry.lookup(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
+    task = TASKS[task_name]
+    return task.build_bundle(name, num_classes, task.model_settings(name, entry, overrides))
+
+
+def check_model_task(model_name: str, data_name: str) -> None:
+    """ValueError when the model's task is not the dataset's (a segmentation model on videos, or
+    the reverse), suggesting a model of the dataset's task."""
+    model_task, data_task = for_model(model_name), for_dataset(data_name)
+    if model_task is not data_task:
+        raise ValueError(f"config.model.name={model_name!r} is a {model_task.name} model but "
+                         f"config.data.name={data_name!r} is a {data_task.name} dataset; choose "
+                         f"a {data_task.name} model, e.g. "
+                         f"--config.model.name={data_task.example_model}.")
+
+
+def summary(name: str, input_shape, num_classes: int = 19, *, print_fn=print,
+            **overrides) -> dict:
+    """`models.summary.module_summary` of the registered model `name` (parameters and FLOPs)."""
+    from dnl_jax.models.summary import module_summary
+
+    return module_summary(get_model(name, num_classes, **overrides).module, input_shape,
+                          name=name, num_classes=num_classes, print_fn=print_fn)
+
+
+__all__ = ["TASKS", "DATASETS", "SYNTHETIC_DATASETS", "MODEL_NAMES", "Task", "ModelBundle",
+           "for_dataset", "for_model", "get_model", "check_model_task", "summary",
+           "data_sections", "check_unused_sections", "applicable"]

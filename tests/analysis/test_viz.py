@@ -1,0 +1,100 @@
+"""Tests of dnl_jax.analysis.viz and the DNL block's sown attention weights: off by default, rows summing
+to 1 over keys, consistent with `attention.dnl_attention`, and the figure's PNG."""
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from dnl_jax import attention, blocks
+from dnl_jax.analysis import viz
+from dnl_jax.data.synthetic import SyntheticSegmentation
+from dnl_jax.tasks import get_model
+from dnl_jax.models.registry import init_variables
+
+
+def random_block_and_input():
+    block = blocks.DisentangledNonLocal(reduction=2, temperature=0.05)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 5, 8))
+    variables = block.init(jax.random.key(1), x)
+    # Larger weights than the N(0, 0.01) init, so the attention is far from uniform.
+    params = jax.tree.map(lambda p: p * 30.0, variables["params"])
+    return block, x, {**variables, "params": params}
+
+
+def test_attention_weights_are_not_sown_by_default():
+    block, x, variables = random_block_and_input()
+    assert set(variables) == {"params", "batch_stats"}  # init sows nothing
+    _, state = block.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert set(state) == {"batch_stats"}
+
+
+def test_sown_weights_sum_to_one_and_reproduce_dnl_attention():
+    block, x, variables = random_block_and_input()
+    _, state = block.apply(variables, x, mutable=["intermediates"], capture_intermediates=True)
+    found = state["intermediates"]
+    pairwise, unary = found["pairwise_weights"][0], found["unary_weights"][0]
+    chex.assert_shape(pairwise, (2, 20, 20))
+    chex.assert_shape(unary, (2, 20))
+    np.testing.assert_allclose(pairwise.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(unary.sum(-1), 1.0, atol=1e-5)
+    assert float(pairwise.max()) > 0.5  # peaked, so the check below is not about uniform maps
+    flat = lambda name: found[name]["__call__"][0].reshape(2, 20, -1)
+    theta, phi, g = flat("theta"), flat("phi"), flat("g")
+    mask = found["conv_mask"]["__call__"][0].reshape(2, 20)
+    expected = attention.dnl_attention(theta, phi, g, mask, temperature=0.05, scale=4**-0.5,
+                                 implementation="xla")
+    got = pairwise @ g + (unary[:, None, :] @ g)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def val_source():
+    return SyntheticSegmentation(3, image_size=32, num_classes=5, split="val")
+
+
+def tiny_variables(name, source):
+    bundle = get_model(name, 5)
+    return bundle.module, init_variables(bundle.module, jax.random.key(0), source[0]["image"][None])
+
+
+def test_capture_attention_on_the_tiny_segmentor(val_source):
+    module, variables = tiny_variables("dnl_tiny", val_source)
+    images = jnp.stack([val_source[i]["image"] for i in range(2)])
+    maps = viz.capture_attention(module, variables, images)
+    assert maps["grid"] == (4, 4)  # 32 / output stride 8
+    chex.assert_shape(maps["pairwise"], (2, 16, 16))
+    chex.assert_shape(maps["logits"], (2, 32, 32, 5))
+    np.testing.assert_allclose(maps["pairwise"].sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(maps["unary"].sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, columns", [("dnl_tiny", 7), ("dnl_unary_tiny", 4)])
+def test_figure_is_a_png_of_the_expected_size(tmp_path, val_source, name, columns):
+    module, variables = tiny_variables(name, val_source)
+    path = viz.save_attention_figure(str(tmp_path), module, variables, val_source, num_classes=5)
+    assert path == os.path.join(str(tmp_path), "attention.png") and os.path.getsize(path) > 0
+    with Image.open(path) as png:
+        assert png.format == "PNG"
+        # 3 rows; image | truth | prediction | 3 pairwise queries (if any) | unary; 200 px each.
+        assert png.size == (columns * 200, 3 * 200)
+
+
+def test_no_figure_without_a_dnl_block(tmp_path, val_source):
+    module, variables = tiny_variables("fcn_tiny", val_source)
+    assert viz.save_attention_figure(str(tmp_path), module, variables, val_source,
+                                     num_classes=5) is None
+    assert os.listdir(tmp_path) == []
+
+
+def test_query_pixels_lie_on_distinct_classes():
+    label = np.zeros((8, 8), np.int32)
+    label[:3, :3], label[5:, 5:], label[0, 7] = 2, 3, 255
+    points = viz.query_pixels(label, 3)
+    assert [int(label[p]) for p in points] == [2, 3, 0]
+    with pytest.raises(ValueError, match="num_images"):
+        viz.save_attention_figure("/nonexistent", None, {}, [], num_classes=2, num_images=0)
