@@ -297,8 +297,8 @@ def main() -> int:
     timing = run_reference(reference_dir, args, env)
     print(f"reference: {timing}", flush=True)
     attempts = run_attempts(soak_dir, args, env, rng, timing)
-    final = subprocess.run(command(soak_dir, args), env=env, cwd=REPO, capture_output=True,
-                           text=True)
+    final = subprocess.run(command(soak_dir, args), env=env, cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)  # the logs too (resume facts)
     result = dict(
         command=" ".join(command("WORKDIR", args)), args=vars(args), reference=timing,
         interruptions=sum(a["interrupted"] for a in attempts), summary=summarise(attempts),
