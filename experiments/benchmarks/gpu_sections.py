@@ -216,7 +216,7 @@ def time_steps(parallelism: str, sizes: dict, out_dir: str, smoke: bool, flops) 
            "loss": round(loss, 4), "loss_finite": bool(np.isfinite(loss))}
     if flops:
         tflops = flops / step_s / 1e12
-        row.update(step_tflop=round(flops / 1e12, 3), achieved_tflops=round(tflops, 2),
+        row.update(step_tflop=float(f"{flops / 1e12:.4g}"), achieved_tflops=float(f"{tflops:.4g}"),
                    **{k.replace("fraction_of", "mfu_vs"): v
                       for k, v in peak_fractions(tflops, out_dir, smoke).items()})
     return row
