@@ -108,12 +108,23 @@ def compile_case(model: str, shape: tuple, space: int, num_classes: int) -> dict
             "compile_s": seconds}
 
 
-def _load() -> dict:
-    path = os.path.join(bench_utils.RESULTS_DIR, f"{NAME}.json")
+def _load(name: str = NAME) -> dict:
+    path = os.path.join(bench_utils.RESULTS_DIR, f"{name}.json")
     if not os.path.exists(path):
         return {"machine": bench_utils.machine_description(), "cases": []}
     with open(path) as f:
         return json.load(f)
+
+
+def _merge(results: dict) -> dict:
+    """`results` plus the cases of results/spatial_memory_part*.json (other processes' shares,
+    `--part`) it lacks."""
+    cases = list(results["cases"])
+    for file in sorted(os.listdir(bench_utils.RESULTS_DIR)):
+        if file.startswith(f"{NAME}_part") and file.endswith(".json"):
+            done = {_key(c) for c in cases}
+            cases += [c for c in _load(file[:-5])["cases"] if _key(c) not in done]
+    return {**results, "cases": cases}
 
 
 def _key(case: dict) -> tuple:
@@ -186,8 +197,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--report", action="store_true", help="only print the table and figure")
     parser.add_argument("--models", default="", help="comma-separated subset of the models")
+    parser.add_argument("--part", default="", help="write to results/<part>.json instead (a "
+                        "second process compiling other models; the report merges "
+                        "results/spatial_memory_part*.json)")
     args = parser.parse_args()
-    results = _load()
+    name = args.part or NAME
+    results = _load(name)
     if not args.report:
         done = {_key(c) for c in results["cases"]}
         todo = [(m, s, 19) for m, s in IMAGE_CASES] + [(*VIDEO_CASE, 400)]
@@ -200,8 +215,8 @@ def main() -> None:
                 case = compile_case(model, shape, space, classes)
                 print(json.dumps(case), flush=True)
                 results["cases"].append(case)
-                bench_utils.save_json(NAME, results)
-    report(results)
+                bench_utils.save_json(name, results)
+    report(_merge(_load()) if not args.part else results)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def test_sharded_equals_unsharded_on_eight_devices():
     command = [sys.executable, "-m", "pytest", "--noconftest", "-q", "-p", "no:xdist", "-p",
                "no:cacheprovider", os.path.join(REPO, "tests", "train", "spatial_eight_devices.py")]
     done = subprocess.run(command, env=env, cwd=os.path.join(REPO, "tests"), text=True,
-                          capture_output=True, timeout=900)
+                          capture_output=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert re.search(r"\b[1-9]\d* passed", done.stdout) and "failed" not in done.stdout
 
