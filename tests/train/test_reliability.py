@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from test_checkpoint_recovery import SIGNATURE, TARGET, _iterator, _open, _save_steps
 
+from dnl_jax import tasks
 from dnl_jax.data import pipeline
 from dnl_jax.evaluators import common
 from dnl_jax.train import checkpoint_faults as faults
