@@ -42,6 +42,9 @@ class _HostDriver:
     """`eval_step`: numpy confusion of the labels themselves (a perfect model), counting what the
     batched evaluator passes; `host_variables`: no weights."""
 
+    # One host reading every data shard (the drivers' data_process_index / _count).
+    data_process_index, data_process_count = 0, 1
+
     def __init__(self, num_classes):
         self.num_classes, self.labels_seen = num_classes, 0
 
