@@ -182,6 +182,7 @@ def report(results: dict) -> None:
 
 def _figure(cases: list[dict]) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -197,6 +198,7 @@ def _figure(cases: list[dict]) -> None:
     axis.set(xscale="log", yscale="log", xlabel="space shards", ylabel="peak GiB per device",
              title="Train step, batch 1 per data shard (compiled, float32)")
     axis.set_xticks(SPACES, [str(s) for s in SPACES])
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.legend(fontsize=7)
     print(bench_utils.save_figure(NAME, figure))
 
