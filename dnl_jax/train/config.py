@@ -260,8 +260,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
              f"[0, total_steps={c.total_steps}).")
     _require(c.optimizer.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0.")
     _check_schedule(c)
-    data_shards = mesh_shape(c, num_devices)[0]
-    _check_batch_divisibility(c, num_devices=data_shards)
+    data_shards, space = mesh_shape(c, num_devices)
+    _check_batch_divisibility(c, num_devices=data_shards,
+                              what="devices" if space == 1 else
+                              "data shards (devices / config.mesh.space)")
     task.check_data(c)
     evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
 
@@ -299,15 +301,14 @@ def mesh_shape(c, num_devices: int) -> tuple[int, int]:
     return num_devices // space, space
 
 
-def _check_batch_divisibility(c, *, num_devices: int) -> None:
+def _check_batch_divisibility(c, *, num_devices: int, what: str = "devices") -> None:
     micro = c.batch_size // c.grad_accum_steps
     _require(c.batch_size % c.grad_accum_steps == 0,
              f"config.batch_size={c.batch_size} is not divisible by "
              f"config.grad_accum_steps={c.grad_accum_steps}.")
     _require(micro % num_devices == 0,
              f"the micro-batch batch_size/grad_accum_steps={micro} must be divisible by the "
-             f"{num_devices} data shards (devices / config.mesh.space); change "
-             "config.batch_size or config.grad_accum_steps.")
+             f"{num_devices} {what}; change config.batch_size or config.grad_accum_steps.")
 
 
 def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:

@@ -11,8 +11,9 @@ of every all-reduce / all-gather / collective-permute / all-to-all / reduce-scat
 compiled program (per device, per step; the gradient all-reduce of data parallelism included).
 Cases: DNL R50-D8 and R101-D8 (19 classes) at 512×1024 and 1024×2048, space ∈ {1, 2, 4, 8};
 I3D DNL R50 at 32×224² (400 classes) for the same space sizes. The largest resolution fitting a
-16 GiB and a 95 GiB device is the line through the two image sizes (peak = a + b · pixels, per
-model and space size), solved for pixels at an aspect ratio of 1:2 — an extrapolation, marked so.
+16 GiB and a 95 GiB device is extrapolated (`largest_fitting`): peak = a + b · pixels per model
+and space size, through the two image sizes, or through one with the temporaries ∝ pixels,
+solved for pixels at an aspect ratio of 1:2.
 Each case is compiled once and appended to results/spatial_memory.json as it finishes (the
 R101 compiles take minutes each on CPU); `--report` prints the table and draws the figure.
 """
@@ -132,20 +133,27 @@ def _key(case: dict) -> tuple:
 
 
 def largest_fitting(cases: list[dict]) -> dict:
-    """{(model, space): {budget GiB: (H, W) or None}} from the line through the two image sizes."""
+    """{(model, space): {budget GiB: (H, W) or None}}, extrapolated at aspect 1:2: the line
+    through both image sizes where both were compiled, else temporaries ∝ pixels through the
+    one compiled size (peak = (peak − temp) + temp · pixels / pixels₀; the arguments — state,
+    gradients — do not grow with the image)."""
     fits = {}
     by = {_key(c): c for c in cases}
     for model, _ in IMAGE_CASES:
         for space in SPACES:
-            points = [by.get((model, s, space)) for s in ((512, 1024), (1024, 2048))]
-            if None in points:
+            points = [by[k] for k in ((model, s, space) for s in ((512, 1024), (1024, 2048)))
+                      if k in by]
+            if not points:
                 continue
-            (p0, m0), (p1, m1) = [(np.prod(c["shape"]), c["peak_gib"]) for c in points]
-            slope = (m1 - m0) / (p1 - p0)
+            if len(points) == 2:
+                (p0, m0), (p1, m1) = [(np.prod(c["shape"]), c["peak_gib"]) for c in points]
+                slope, offset = (m1 - m0) / (p1 - p0), m0 - (m1 - m0) / (p1 - p0) * p0
+            else:
+                c = points[0]
+                slope, offset = c["temp_gib"] / np.prod(c["shape"]), c["peak_gib"] - c["temp_gib"]
             fits[(model, space)] = {}
             for budget in BUDGETS_GIB:
-                pixels = (budget - (m0 - slope * p0)) / slope
-                side = int(np.sqrt(max(pixels, 0) / 2) // 8 * 8)
+                side = int(np.sqrt(max((budget - offset) / slope, 0) / 2) // 8 * 8)
                 fits[(model, space)][budget] = (side, 2 * side) if side >= 8 else None
     return fits
 
@@ -174,6 +182,7 @@ def report(results: dict) -> None:
 
 def _figure(cases: list[dict]) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -189,6 +198,7 @@ def _figure(cases: list[dict]) -> None:
     axis.set(xscale="log", yscale="log", xlabel="space shards", ylabel="peak GiB per device",
              title="Train step, batch 1 per data shard (compiled, float32)")
     axis.set_xticks(SPACES, [str(s) for s in SPACES])
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.legend(fontsize=7)
     print(bench_utils.save_figure(NAME, figure))
 

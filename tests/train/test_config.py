@@ -22,7 +22,7 @@ def test_config_unknown_key_suggests_close_name():
 
 @pytest.mark.parametrize("key, value, message", [
     ("parallelism", "pjit", "choose one of"),
-    ("batch_size", 18, "divisible by the 4 data shards"),
+    ("batch_size", 18, "divisible by the 4 devices"),
     ("grad_accum_steps", 3, "not divisible by config.grad_accum_steps"),
     ("total_steps", 0, "total_steps=0 must be >= 1"),
 ])
