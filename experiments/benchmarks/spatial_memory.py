@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_utils  # noqa: E402
 
-from dnl_jax.models import get_model  # noqa: E402
+from dnl_jax.tasks import get_model  # noqa: E402
 from dnl_jax.train import parallel, step as step_lib  # noqa: E402
 from dnl_jax.train.config import base_config  # noqa: E402
 

@@ -22,7 +22,7 @@ def build_step(model: str, num_classes: int, batch_size: int, height: int, width
                axis_name=None, **overrides):
     """(train step function, not jitted; initial `TrainState`; random batch) for a registry
     segmentation model with mmseg's SGD settings (lr 0.01, momentum 0.9, weight decay 5e-4, poly
-    schedule). `overrides` go to `models.get_model` (e.g. dtype=jnp.bfloat16); `axis_name` names
+    schedule). `overrides` go to `tasks.get_model` (e.g. dtype=jnp.bfloat16); `axis_name` names
     the pmap axis for the model's batch norm and the step's gradient mean (None under jit)."""
     import jax
     import jax.numpy as jnp

@@ -22,7 +22,7 @@ from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.evaluators.common import make_predict_fn
 from dnl_jax.evaluators.segmentation import confusion_matrix
 from dnl_jax.evaluators.segmentation_inference import predict_scores
-from dnl_jax.models import get_model
+from dnl_jax.tasks import get_model
 from dnl_jax.models.metrics import metrics_from_confusion
 from dnl_jax.train import parallel, step as step_lib
 from dnl_jax.train.config import base_config
