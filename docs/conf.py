@@ -18,6 +18,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
 ]
 
@@ -33,6 +34,9 @@ nb_merge_streams = True
 
 # Docstrings use `backticks` for code: render them as inline literals.
 default_role = "code"
+# Google-style sections (Args:, Returns:, Attributes:); attributes as fields, since autodoc
+# already documents dataclass fields.
+napoleon_use_ivar = True
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "undoc-members": False, "show-inheritance": False}
@@ -43,9 +47,20 @@ exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", 
 
 html_theme = "furo"
 html_title = f"dnl_jax {release}"
-html_static_path = ["_static"]
 html_theme_options = {
     "source_repository": "https://github.com/dnl-jax/dnl_jax/",
     "source_branch": "main",
     "source_directory": "docs/",
 }
+
+
+def _module_docstring_as_written(app, what, name, obj, options, lines):
+    """Module docstrings are plain text with aligned tables and diagrams (e.g. `dnl_jax.tasks`,
+    `dnl_jax.train.checkpoint`): show them as written instead of parsing them as reST."""
+    del app, name, obj, options
+    if what == "module" and lines:
+        lines[:] = ["::", ""] + ["    " + line for line in lines] + [""]
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _module_docstring_as_written)

@@ -35,9 +35,9 @@ def capture_attention(module: nn.Module, variables: Mapping, images) -> Optional
       variables: its `{'params', 'batch_stats'}`.
       images: `[B, H, W, 3]` float inputs.
     Returns:
-      None when the module has no DNL block; else `{'logits': [B, H, W, K], 'grid': (h, w),
-      'pairwise': [B, h·w, M] or None (unary-only block), 'unary': [B, M] or None
-      (pairwise-only block)}` as float32 numpy arrays (`analysis.attention_rows`).
+      None when the module has no DNL block; else a dict of float32 numpy arrays
+      (`analysis.attention_rows`): 'logits' `[B, H, W, K]`, 'grid' `(h, w)`, 'pairwise'
+      `[B, h·w, M]` or None (unary-only block), 'unary' `[B, M]` or None (pairwise-only block).
     """
     outputs, captures = analysis.BlockCapturer(module)(variables, images)
     found = next((capture for capture in captures if capture.kind == "dnl"), None)

@@ -38,11 +38,11 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Loads a PyTorch checkpoint file without executing pickled code.
 
     Args:
-      path: a `.pth`/`.pt`/`.bin`/`.ckpt` file (`torch.save` output, possibly an mmseg checkpoint
-        with `state_dict`/`meta`) or a `.safetensors` file.
+      path: a `.pth`, `.pt`, `.bin` or `.ckpt` file (`torch.save` output, possibly an mmseg
+        checkpoint with `state_dict` and `meta`) or a `.safetensors` file.
 
     Returns:
-      `{parameter name: numpy array}` in PyTorch layout (conv weights OIHW).
+      The parameters as numpy arrays by name, in PyTorch layout (conv weights OIHW).
 
     Raises:
       ValueError: missing file, unknown suffix, a pickle that is not plain weights (e.g. one that
