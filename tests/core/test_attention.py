@@ -29,7 +29,12 @@ def _attention_fn(implementation, whiten=True, temperature=0.3, blocks_qk=SMALL_
     def fn(q, k, v, unary):
         with chunked.block_sizes_override(*blocks_qk):
             return attention.dnl_attention(
-                q, k, v, unary, temperature=temperature, whiten=whiten,
+                q,
+                k,
+                v,
+                unary,
+                temperature=temperature,
+                whiten=whiten,
                 implementation=implementation,
             )
 
@@ -175,8 +180,9 @@ def test_select_implementation_on_cpu_and_logged_once_at_debug(monkeypatch, capl
 
 
 def test_import_ops_loads_no_layer_above_it():
-    code = ("import sys, dnl_jax.ops; "
-            "print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))")
+    code = (
+        "import sys, dnl_jax.ops; print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['dnl_jax', 'dnl_jax.ops']"
 
@@ -219,8 +225,7 @@ def test_cudnn_wrapper_layout_whitening_and_scale(monkeypatch):
 
     def kernel(q, k, v, *, scale, implementation, **seq_lengths):
         assert implementation == "cudnn" and q.ndim == 4 and q.shape[2] == 1
-        return xla_dot_product_attention(q, k, v, scale=scale, implementation="xla",
-                                         **seq_lengths)
+        return xla_dot_product_attention(q, k, v, scale=scale, implementation="xla", **seq_lengths)
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", kernel)
     args = _inputs((2, 3), 24, 16, 8, 8, dtype=jnp.bfloat16)
