@@ -158,7 +158,9 @@ def figure_maps(capture: analysis.BlockCapture, batch: dict, count: int) -> list
 
 
 def _one_image(capture: analysis.BlockCapture, b: int) -> analysis.BlockCapture:
-    pick = lambda x: None if x is None else x[b : b + 1]
+    def pick(x):
+        return None if x is None else x[b : b + 1]
+
     return analysis.BlockCapture(
         capture.path,
         capture.kind,

@@ -117,7 +117,10 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True)
             query_seq_lengths=jnp.full((batch,), n, jnp.int32),
             key_value_seq_lengths=jnp.full((batch,), m, jnp.int32),
         )
-        pad = lambda x: jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CUDNN_LENGTH_MULTIPLE), (0, 0)))
+
+        def pad(x):
+            return jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CUDNN_LENGTH_MULTIPLE), (0, 0)))
+
         q3, k3, v3 = pad(q3), pad(k3), pad(v3)
     out = jax.nn.dot_product_attention(
         q3[:, :, None],

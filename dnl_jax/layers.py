@@ -125,7 +125,9 @@ def conv_or_pointwise_matmul(
         and jax.default_backend() == "cpu"
     ):
         if isinstance(padding, str):
-            dilated = [(w - 1) * d + 1 for w, d in zip(window, rhs_dilation or (1, 1))]
+            dilated = [
+                (w - 1) * d + 1 for w, d in zip(window, rhs_dilation or (1, 1), strict=False)
+            ]
             padding = jax.lax.padtype_to_pads(lhs.shape[1:3], dilated, window_strides, padding)
         return conv_with_matmul_gradients(
             lhs,
@@ -169,8 +171,8 @@ def _im2col_conv(lhs: Array, rhs: Array, strides, padding, dilation) -> Array:
     ]
     patches = []
     for offsets in itertools.product(*(range(w) for w in window)):
-        start = [o * d for o, d in zip(offsets, dilation)]
-        limit = [s + (n - 1) * st + 1 for s, n, st in zip(start, out, strides)]
+        start = [o * d for o, d in zip(offsets, dilation, strict=False)]
+        limit = [s + (n - 1) * st + 1 for s, n, st in zip(start, out, strides, strict=False)]
         patches.append(
             jax.lax.slice(
                 padded, (0, *start, 0), (lhs.shape[0], *limit, lhs.shape[3]), (1, *strides, 1)

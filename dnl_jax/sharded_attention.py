@@ -60,7 +60,7 @@ def space_shards() -> int:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or SPACE_AXIS not in mesh.axis_names:
         return 1
-    axis_type = dict(zip(mesh.axis_names, mesh.axis_types))[SPACE_AXIS]
+    axis_type = dict(zip(mesh.axis_names, mesh.axis_types, strict=False))[SPACE_AXIS]
     if axis_type == jax.sharding.AxisType.Manual:
         return 1
     return mesh.shape[SPACE_AXIS]

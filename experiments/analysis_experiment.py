@@ -459,7 +459,7 @@ def main(argv=None) -> None:
     context = _context(args, argv)
     saved = [saved_record(spec) for spec in specs]
     records = [r for r in saved if r is not None]
-    todo = [] if args.report_only else [s for s, r in zip(specs, saved) if r is None]
+    todo = [] if args.report_only else [s for s, r in zip(specs, saved, strict=False) if r is None]
     failures: list[dict] = []
     started = time.perf_counter()
 

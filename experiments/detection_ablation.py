@@ -126,9 +126,12 @@ def markdown_tables(runs: list[dict]) -> str:
     ]
     for context in sorted({r["context"] for r in runs}, key=lambda c: (c != "fcn", c)):
         chosen = [r for r in runs if r["context"] == context]
-        stat = lambda key: (
-            f"{np.mean([r[key] for r in chosen]):.4f} ± {np.std([r[key] for r in chosen]):.4f}"
-        )  # noqa: E501,E731
+
+        def stat(key):
+            return (
+                f"{np.mean([r[key] for r in chosen]):.4f} ± {np.std([r[key] for r in chosen]):.4f}"
+            )
+
         lines.append(f"| {context} | {len(chosen)} | {stat('bbox_AP')} | {stat('segm_AP')} |")
     return "\n".join(lines)
 

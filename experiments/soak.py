@@ -263,7 +263,7 @@ def check_save_soak(attempts: list, every: int) -> dict:
     """Every restart resumed from the newest complete step (the killed save's step minus one
     interval at most lost) and removed the unfinished save it found."""
     problems = []
-    for before, after in zip(attempts, attempts[1:]):
+    for before, after in zip(attempts, attempts[1:], strict=False):
         newest = (before["steps_after"] or [None])[-1]
         if after["resumed_from"] is None and not after["inside_write"]:
             continue  # killed during its start-up, before it could say where it resumed

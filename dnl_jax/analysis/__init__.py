@@ -173,7 +173,10 @@ class BlockCapturer:
     def _capture(self, path: str, arrays: dict) -> BlockCapture:
         settings = self.settings[path]
         grid = tuple(arrays["input"].shape[1:-1])
-        pool = lambda x: _sub_sample(np.asarray(x, np.float32), settings["window"])
+
+        def pool(x):
+            return _sub_sample(np.asarray(x, np.float32), settings["window"])
+
         unary = arrays.get("conv_mask")
         unary = None if unary is None else blocks.flatten_positions(pool(unary))[..., 0]
         if settings["kind"] == "gc" or "theta" not in arrays:

@@ -159,7 +159,7 @@ def object_cue_accuracy(
             f"predictions {predictions.shape} and labels {labels.shape} must both be [B, H, W]."
         )
     right = total = 0
-    for prediction, label in zip(predictions, labels):
+    for prediction, label in zip(predictions, labels, strict=False):
         for cls in np.unique(
             label[(label >= first_object_class) & (label != analysis.IGNORE_LABEL)]
         ):

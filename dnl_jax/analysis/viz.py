@@ -62,7 +62,7 @@ def query_pixels(label: np.ndarray, count: int = 3) -> list[tuple[int, int]]:
     """`count` (row, col) query pixels: the median pixel of each labelled class, largest non-
     background classes first, then background, then fixed points to fill up."""
     classes, sizes = np.unique(label[label != IGNORE_LABEL], return_counts=True)
-    order = sorted(zip(classes, sizes), key=lambda cs: (cs[0] == 0, -cs[1]))
+    order = sorted(zip(classes, sizes, strict=False), key=lambda cs: (cs[0] == 0, -cs[1]))
     points = []
     for cls, _ in order[:count]:
         rows, cols = np.nonzero(label == cls)

@@ -67,7 +67,9 @@ def _draw_detections(
         np.asarray(example.get("gt_valid", ()), bool)
     ]:
         axis.add_patch(_rectangle(box, "lime", "--"))
-    for box, label, score in zip(boxes, outputs["labels"][b][keep], outputs["scores"][b][keep]):
+    for box, label, score in zip(
+        boxes, outputs["labels"][b][keep], outputs["scores"][b][keep], strict=False
+    ):
         axis.add_patch(_rectangle(box, "red", "-"))
         axis.text(
             box[0],

@@ -296,7 +296,7 @@ def _instances(
                 counts,
             )
         )
-    columns = list(zip(*rows)) if rows else [[]] * 7
+    columns = list(zip(*rows, strict=False)) if rows else [[]] * 7
     report.annotations(split, len(rows), int(sum(columns[3])))
     return {
         "boxes": np.asarray(columns[0], np.float64).reshape(-1, 4),
@@ -482,7 +482,7 @@ def coco_ground_truth(source) -> tuple[dict, list[int]]:
     dataset = {
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": c, "name": n} for c, n in zip(ids, names)],
+        "categories": [{"id": c, "name": n} for c, n in zip(ids, names, strict=False)],
     }
     return dataset, ids
 

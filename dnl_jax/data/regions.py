@@ -82,7 +82,10 @@ def _marker_corner(rng: np.random.Generator, visible: np.ndarray, side: int):
         return int(y), int(x)
     rows, cols = np.nonzero(visible)
     middle = len(rows) // 2
-    clip = lambda v: int(np.clip(v - side // 2, 0, size - side))
+
+    def clip(v):
+        return int(np.clip(v - side // 2, 0, size - side))
+
     return clip(rows[middle]), clip(cols[middle])
 
 
@@ -94,7 +97,7 @@ def draw_regions(
     chosen = rng.choice(len(colours), size=COLOURS_PER_SCENE, replace=False)
     bits = rng.integers(2, size=COLOURS_PER_SCENE)
     objects = []  # (mask, colour index, class, carries the marker)
-    for colour, bit in zip(chosen, bits):
+    for colour, bit in zip(chosen, bits, strict=False):
         vertical, marked = bool(rng.integers(2)), int(rng.integers(OBJECTS_PER_COLOUR))
         for half in range(OBJECTS_PER_COLOUR):
             objects.append(

@@ -109,7 +109,7 @@ class PreparedSource:
     def shard_of(self, index: int) -> tuple[str, int]:
         """(file name, index within it) of record `index` of the split."""
         first = 0
-        for name, length in zip(self._files, self._shard_lengths):
+        for name, length in zip(self._files, self._shard_lengths, strict=False):
             if index < first + length:
                 return name, index - first
             first += length

@@ -64,7 +64,7 @@ def ground_truth_dataset(images: Iterable[dict], category_ids: Sequence[int]) ->
         boxes = _xywh(image["boxes"])
         masks = image.get("masks")
         crowd = image.get("iscrowd", np.zeros(len(boxes), bool))
-        for index, (box, label) in enumerate(zip(boxes, image["labels"])):
+        for index, (box, label) in enumerate(zip(boxes, image["labels"], strict=False)):
             entry = {
                 "id": len(annotations) + 1,
                 "image_id": int(image["id"]),
@@ -94,7 +94,7 @@ def detection_results(
 ) -> list[dict]:
     """One image's detections as COCO results entries (bbox in x, y, w, h; RLE masks)."""
     results = []
-    for index, (box, score, label) in enumerate(zip(_xywh(boxes), scores, labels)):
+    for index, (box, score, label) in enumerate(zip(_xywh(boxes), scores, labels, strict=False)):
         entry = {
             "image_id": int(image_id),
             "category_id": int(category_ids[int(label)]),
@@ -175,7 +175,7 @@ def evaluate(
             metrics.update(
                 {
                     f"{iou_type}_{name}": float(value)
-                    for name, value in zip(STAT_NAMES, evaluator.stats)
+                    for name, value in zip(STAT_NAMES, evaluator.stats, strict=False)
                 }
             )
     return metrics, summary.getvalue()

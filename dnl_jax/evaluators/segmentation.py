@@ -56,7 +56,7 @@ def format_iou_table(metrics: dict[str, Any], class_names: Sequence[str]) -> str
         raise ValueError(f"{len(class_names)} class names for {len(iou)} classes.")
     width = max(12, *(len(name) for name in class_names))
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
-    for name, class_iou, class_acc in zip(class_names, iou, accuracy):
+    for name, class_iou, class_acc in zip(class_names, iou, accuracy, strict=False):
         lines.append(f"{name:<{width}}  {100 * class_iou:6.2f}  {100 * class_acc:6.2f}")
     lines.append(f"{'mIoU':<{width}}  {100 * metrics['miou']:6.2f}")
     lines.append(f"{'mAcc':<{width}}  {100 * metrics['mean_accuracy']:6.2f}")

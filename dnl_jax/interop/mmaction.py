@@ -98,7 +98,10 @@ def recognizer_config(state_dict: Mapping[str, Any]) -> dict:
     depth = segmentor.resnet_depth(
         {key.replace(".conv3.conv.", ".conv3."): None for key in state_dict}, "backbone."
     )
-    kernel_t = lambda prefix, conv: _shape(state_dict, f"{prefix}{conv}.conv.weight")[2]
+
+    def kernel_t(prefix, conv):
+        return _shape(state_dict, f"{prefix}{conv}.conv.weight")[2]
+
     if any(_per_block(state_dict, depth, lambda p: kernel_t(p, "conv2") > 1)):
         raise ValueError(
             "this checkpoint inflates the 3×3 convs in time (inflate_style '3x3x3' "

@@ -183,7 +183,7 @@ def check_ohem(ohem: dict | None) -> dict | None:
     if ohem is None:
         return None
     if hasattr(ohem, "keys"):  # dicts and ml_collections ConfigDicts alike
-        ohem = {key: ohem[key] for key in ohem.keys()}
+        ohem = {key: ohem[key] for key in ohem}
     if not isinstance(ohem, dict) or set(ohem) != {"thresh", "min_kept"}:
         raise ValueError(
             f"ohem must be None or dict(thresh=..., min_kept=...), e.g. dict(thresh=0.7, "

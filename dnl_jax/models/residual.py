@@ -160,7 +160,7 @@ class _ResidualBase(nn.Module):
         if nd == 3:
             window = (temporal_kernel,) + window
             dilations = (1,) + dilations
-        padding = [((w - 1) * d // 2,) * 2 for w, d in zip(window, dilations)]
+        padding = [((w - 1) * d // 2,) * 2 for w, d in zip(window, dilations, strict=False)]
         return nn.Conv(
             features,
             window,
@@ -300,7 +300,7 @@ def stage_context_indices(
             f"{len(indices)}: {indices}."
         )
     out = []
-    for stage, (chosen, n) in enumerate(zip(indices, num_blocks)):
+    for stage, (chosen, n) in enumerate(zip(indices, num_blocks, strict=False)):
         normalised = set()
         for i in chosen:
             if not -n <= i < n:

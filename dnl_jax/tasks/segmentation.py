@@ -282,7 +282,7 @@ class Segmentation(Task):
     def analysis_examples(self, config, split: str, num_images: int) -> list[dict]:
         data = config.data
         if data.name in SYNTHETIC:
-            source = dict(zip(("train", "val"), self.sources(data)))[split]
+            source = dict(zip(("train", "val"), self.sources(data), strict=False))[split]
         else:
             source = pipeline.prepared_split(data, split)
         return pipeline.first_examples(source, num_images, figure_preprocess(data))

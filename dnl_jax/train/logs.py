@@ -173,10 +173,10 @@ def save_curves_figure(
         return None
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
-        ax_loss.plot(*zip(*train), color="tab:blue")
+        ax_loss.plot(*zip(*train, strict=False), color="tab:blue")
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
     if val:
-        ax_val.plot(*zip(*val), marker="o", color="tab:green")
+        ax_val.plot(*zip(*val, strict=False), marker="o", color="tab:green")
     ax_val.set(xlabel="step", ylabel=val_label, ylim=(0, 1), title=f"validation: {val_label}")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)

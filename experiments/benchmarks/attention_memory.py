@@ -113,7 +113,10 @@ def main() -> None:
     rows = sweep("xla", args) + sweep("chunked", args)
     machine = bench_utils.machine_description()
     print(f"machine: {machine}")
-    fmt = lambda x: "-" if x is None else f"{x:.3f}"
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.3f}"
+
     bench_utils.print_table(
         ["N", "implementation", "measured peak GiB (above baseline)", "compiled GiB", "<= budget"],
         [

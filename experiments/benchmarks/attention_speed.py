@@ -136,9 +136,14 @@ def main() -> None:
             (r["n"], r["gflops"]) for r in rows if r["implementation"] == name and r["gflops"]
         ]
         if points:
-            axis.plot(*zip(*points), marker="o", label=name)
+            axis.plot(*zip(*points, strict=False), marker="o", label=name)
     peaks = sorted({(r["n"], r["matmul_peak_gflops"]) for r in rows})
-    axis.plot(*zip(*peaks), color="gray", linestyle="--", label="matmul peak (same run, per N)")
+    axis.plot(
+        *zip(*peaks, strict=False),
+        color="gray",
+        linestyle="--",
+        label="matmul peak (same run, per N)",
+    )
     axis.set(
         xscale="log",
         xlabel="positions N",

@@ -110,7 +110,7 @@ def relative_errors(results, reference) -> list[float]:
     """max |a − b| / max |b| for each quantity."""
     return [
         float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
-        for a, b in zip(results, reference)
+        for a, b in zip(results, reference, strict=False)
     ]
 
 
@@ -129,7 +129,7 @@ def kernel_row(
     """One kernel's errors, error / floor and error / input floor, per quantity."""
     start = time.perf_counter()
     errors = relative_errors(in_bf16(kernel, inputs, temperature, whiten), reference)
-    ratios = [e / f for e, f in zip(errors, floor)]
+    ratios = [e / f for e, f in zip(errors, floor, strict=False)]
     return {
         "kernel": kernel,
         "n": inputs[0].shape[1],
@@ -140,7 +140,7 @@ def kernel_row(
         "input_floor": input_floor,
         "errors": errors,
         "ratios": ratios,
-        "ratios_to_input_floor": [e / f for e, f in zip(errors, input_floor)],
+        "ratios_to_input_floor": [e / f for e, f in zip(errors, input_floor, strict=False)],
         "within_bound": all(r <= BOUND for r in ratios),
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -244,6 +244,7 @@ def plot(rows, channels) -> None:
             ("jax_xla_s", "dnl_jax xla"),
             ("torch_s", "PyTorch (mmseg-style)"),
         ),
+        strict=False,
     ):
         axis.bar(positions + offset, [r[key] for r in rows], width=0.25, label=label)
     axis.set(

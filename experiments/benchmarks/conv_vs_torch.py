@@ -93,7 +93,7 @@ def conv(variant: str, x, w, stride: int, dilation: int):
     slices = shifted_slices(x, w.shape[0], stride, dilation)
     taps = w.reshape(-1, *w.shape[2:])
     if variant == "taps":
-        return sum(jnp.einsum("bhwc,cf->bhwf", s, t) for s, t in zip(slices, taps))
+        return sum(jnp.einsum("bhwc,cf->bhwf", s, t) for s, t in zip(slices, taps, strict=False))
     return jnp.concatenate(slices, axis=-1) @ taps.reshape(-1, w.shape[-1])
 
 

@@ -43,7 +43,8 @@ def attention_inputs(batch: int, n: int, channels: int, dtype):
     keys = jax.random.split(jax.random.key(0), 5)
     shapes = [(batch, n, channels)] * 3 + [(batch, n)]
     inputs = [
-        jax.random.normal(key, shape, jnp.float32).astype(dtype) for key, shape in zip(keys, shapes)
+        jax.random.normal(key, shape, jnp.float32).astype(dtype)
+        for key, shape in zip(keys, shapes, strict=False)
     ]
     return inputs, jax.random.normal(keys[4], (batch, n, channels), jnp.float32)
 
@@ -72,7 +73,10 @@ def float32_check(recorder: Recorder, n: int, sizes: dict) -> None:
             if kernel == "xla":
                 baseline["errors"] = errors
             bound = [2 * e + 1e-5 for e in baseline.get("errors", [0.0] * 5)]
-            return {"errors": errors, "within_bound": all(e <= b for e, b in zip(errors, bound))}
+            return {
+                "errors": errors,
+                "within_bound": all(e <= b for e, b in zip(errors, bound, strict=False)),
+            }
 
         run_case(recorder, "float32", case, compare)
 

@@ -257,7 +257,9 @@ def _figure(cases: list[dict]) -> None:
             for c in cases
             if (c["model"], tuple(c["shape"])) == (model, shape)
         )
-        axis.plot(*zip(*points), marker="o", label=f"{model} {'×'.join(map(str, shape))}")
+        axis.plot(
+            *zip(*points, strict=False), marker="o", label=f"{model} {'×'.join(map(str, shape))}"
+        )
     for budget in BUDGETS_GIB:
         axis.axhline(budget, color="grey", linestyle="--", linewidth=0.8)
     axis.set(

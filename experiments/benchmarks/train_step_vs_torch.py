@@ -59,12 +59,15 @@ class TorchSegmentor(torch.nn.Module):
 
     def forward(self, images, train: bool):
         stages = self.backbone(images)
-        resize = lambda x: F.interpolate(
-            x,
-            size=images.shape[2:],
-            mode="bilinear",  # noqa: E731
-            align_corners=False,
-        )
+
+        def resize(x):
+            return F.interpolate(
+                x,
+                size=images.shape[2:],
+                mode="bilinear",
+                align_corners=False,
+            )
+
         logits = resize(self.decode_head(stages[-1]))
         return (logits, resize(self.auxiliary_head(stages[-2]))) if train else logits
 
@@ -261,7 +264,7 @@ def plot(rows: list[dict]):
         f"{r['model'].split('_')[0]} {r['size']}² {r.get('torch_threads', '?')}t" for r in rows
     ]
     positions = np.arange(len(rows))
-    for axis, kind in zip(axes, ("forward", "step")):
+    for axis, kind in zip(axes, ("forward", "step"), strict=False):
         for offset, side in ((-0.2, "jax"), (0.2, "torch")):
             axis.bar(
                 positions + offset,
@@ -269,7 +272,7 @@ def plot(rows: list[dict]):
                 0.4,
                 label="dnl_jax" if side == "jax" else "PyTorch (eager)",
             )
-        for x, r in zip(positions, rows):
+        for x, r in zip(positions, rows, strict=False):
             axis.annotate(
                 f"{r[f'{kind}_ratio']:.2f}×",
                 (x, r["median_s"][f"jax_{kind}"]),

@@ -25,7 +25,8 @@ def _random_block(module, shape, seed=0, spread=0.5):
     leaves, tree = jax.tree.flatten(variables["params"])
     keys = jax.random.split(jax.random.key(seed + 2), len(leaves))
     params = jax.tree.unflatten(
-        tree, [spread * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)]
+        tree,
+        [spread * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=False)],
     )
     return {**variables, "params": params}, x
 
@@ -47,12 +48,17 @@ def test_nonlocal_decomposes_into_pairwise_plus_unary(shape, kwargs):
     rows = analysis.attention_rows(capture, queries)
     # The block's own attention, from its parameters by hand: softmax(θᵀφ / √C').
     params = variables["params"]
-    project = lambda name: (
-        np.einsum(
-            "...c,cd->...d", np.asarray(x), params[name]["conv"]["kernel"].reshape(shape[-1], -1)
+
+    def project(name):
+        return (
+            np.einsum(
+                "...c,cd->...d",
+                np.asarray(x),
+                params[name]["conv"]["kernel"].reshape(shape[-1], -1),
+            )
+            + params[name]["conv"]["bias"]
         )
-        + params[name]["conv"]["bias"]
-    )
+
     theta = project("theta").reshape(shape[0], -1, shape[-1] // 2)
     phi = analysis._sub_sample(project("phi"), capture_window(kwargs))
     phi = phi.reshape(shape[0], -1, shape[-1] // 2)

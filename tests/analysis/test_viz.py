@@ -43,7 +43,10 @@ def test_sown_weights_sum_to_one_and_reproduce_dnl_attention():
     np.testing.assert_allclose(pairwise.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(unary.sum(-1), 1.0, atol=1e-5)
     assert float(pairwise.max()) > 0.5  # peaked, so the check below is not about uniform maps
-    flat = lambda name: found[name]["__call__"][0].reshape(2, 20, -1)
+
+    def flat(name):
+        return found[name]["__call__"][0].reshape(2, 20, -1)
+
     theta, phi, g = flat("theta"), flat("phi"), flat("g")
     mask = found["conv_mask"]["__call__"][0].reshape(2, 20)
     expected = attention.dnl_attention(

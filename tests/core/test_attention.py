@@ -43,7 +43,10 @@ def _attention_fn(implementation, whiten=True, temperature=0.3, blocks_qk=SMALL_
 
 def _value_and_grads(fn, *args):
     """Output and d(Σ sin(out))/d(q, k, v, unary): a non-trivial cotangent for every entry."""
-    loss = lambda *a: jnp.sum(jnp.sin(fn(*a).astype(jnp.float32)))
+
+    def loss(*a):
+        return jnp.sum(jnp.sin(fn(*a).astype(jnp.float32)))
+
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args)
     return jax.jit(fn)(*args), grads
 
@@ -107,7 +110,7 @@ def test_chunked_bfloat16_close_to_float32():
     ref_out, ref_grads = _value_and_grads(_attention_fn("xla"), *rounded)
     assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
     chex.assert_trees_all_close(out.astype(jnp.float32), ref_out, rtol=3e-2, atol=3e-2)
-    for grad, ref in zip(grads, ref_grads):
+    for grad, ref in zip(grads, ref_grads, strict=False):
         scale = float(jnp.max(jnp.abs(ref)))
         np.testing.assert_allclose(grad.astype(jnp.float32), ref, atol=5e-2 * scale)
 
@@ -137,14 +140,20 @@ def test_backward_jaxpr_has_no_n_by_m_array(implementation, forms_nm):
     n, m = 96, 80  # N · M = 7680, far above any O(N) array here (at most 96 · 16 with C = 4)
     args = _inputs((1,), n, m, 4, 4)
     fn = _attention_fn(implementation, blocks_qk=(32, 16))
-    loss = lambda *a: jnp.sum(fn(*a) ** 2)
+
+    def loss(*a):
+        return jnp.sum(fn(*a) ** 2)
+
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args).jaxpr
     assert (_largest_intermediate(jaxpr) >= n * m) == forms_nm
 
 
 def _compiled_temp_bytes(implementation, n):
     fn = _attention_fn(implementation, blocks_qk=(64, 64))
-    loss = lambda *a: jnp.sum(fn(*a) ** 2)
+
+    def loss(*a):
+        return jnp.sum(fn(*a) ** 2)
+
     spec = jax.ShapeDtypeStruct((2, n, 8), jnp.float32)
     unary = jax.ShapeDtypeStruct((2, n), jnp.float32)
     grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))

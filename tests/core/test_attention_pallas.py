@@ -54,7 +54,7 @@ def _output_and_grads(implementation, args, whiten, temperature=0.3):
 
 def _assert_relative_close(results, reference, tolerance):
     errors = bf16_accuracy.relative_errors(results, reference)
-    assert max(errors) <= tolerance, dict(zip(bf16_accuracy.QUANTITIES, errors))
+    assert max(errors) <= tolerance, dict(zip(bf16_accuracy.QUANTITIES, errors, strict=False))
 
 
 @pytest.mark.parametrize("kernel", PALLAS)

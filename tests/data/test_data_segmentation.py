@@ -212,7 +212,7 @@ def test_load_split_through_grain_augmentation_is_deterministic(tmp_path):
         return [dataset[i] for i in range(n)]
 
     a, b, c = first_batches(0), first_batches(0), first_batches(1)
-    for batch_a, batch_b in zip(a, b):
+    for batch_a, batch_b in zip(a, b, strict=False):
         np.testing.assert_array_equal(batch_a["image"], batch_b["image"])
         np.testing.assert_array_equal(batch_a["label"], batch_b["label"])
     assert a[0]["image"].shape == (2, 8, 8, 3) and a[0]["image"].dtype == np.float32

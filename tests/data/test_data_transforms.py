@@ -56,7 +56,7 @@ def test_hsv_round_trip_matches_colorsys():
     rng = np.random.default_rng(0)
     rgb = rng.uniform(0, 255, (50, 3)).astype(np.float64)
     hsv = transforms.rgb_to_hsv(rgb)
-    for pixel, ours in zip(rgb, hsv):
+    for pixel, ours in zip(rgb, hsv, strict=False):
         expected = colorsys.rgb_to_hsv(*(pixel / 255.0))
         np.testing.assert_allclose(ours, [expected[0], expected[1], expected[2] * 255], atol=1e-6)
     np.testing.assert_allclose(transforms.hsv_to_rgb(hsv), rgb, atol=1e-6)

@@ -71,15 +71,18 @@ def test_pipeline_two_hosts_together_see_the_one_host_batches():
 
 def test_pipeline_resumes_from_its_state():
     source = SyntheticSegmentation(12, image_size=16, num_classes=5)
-    make = lambda: iter(
-        pipeline.train_dataset(
-            source,
-            seed=0,
-            local_batch=4,  # noqa: E731
-            process_index=0,
-            process_count=1,
+
+    def make():
+        return iter(
+            pipeline.train_dataset(
+                source,
+                seed=0,
+                local_batch=4,
+                process_index=0,
+                process_count=1,
+            )
         )
-    )
+
     first = make()
     for _ in range(4):
         next(first)
@@ -144,7 +147,7 @@ def test_eval_batches_cover_each_example_once_and_pad_with_ignore():
         )
         assert len(batches) == pipeline.num_eval_batches(7, local_batch=3, process_count=2)
         for batch in batches:
-            for image, label in zip(batch["image"], batch["label"]):
+            for image, label in zip(batch["image"], batch["label"], strict=False):
                 if np.all(label == IGNORE_LABEL):
                     continue
                 seen.append(image)

@@ -18,7 +18,7 @@ def _ground_truth():
         (4, [[10, 5, 50, 45]], [0]),
     ):
         masks = np.zeros((len(boxes), 48, 64), np.uint8)
-        for mask, (x1, y1, x2, y2) in zip(masks, boxes):
+        for mask, (x1, y1, x2, y2) in zip(masks, boxes, strict=False):
             mask[y1:y2, x1:x2] = 1
         images.append(
             {

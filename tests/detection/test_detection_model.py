@@ -131,7 +131,7 @@ def test_neck_and_mask_norms_have_bias_free_convs_and_train_their_statistics():
         before = jax.tree.leaves(variables["batch_stats"][head])
         after = jax.tree.leaves(updated["batch_stats"][head])
         assert len(before) == len(after) > 0
-        assert all(not np.allclose(b, a) for b, a in zip(before, after))
+        assert all(not np.allclose(b, a) for b, a in zip(before, after, strict=False))
 
 
 def test_image_not_padded_to_32_is_rejected():

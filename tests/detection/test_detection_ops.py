@@ -199,7 +199,7 @@ def test_multi_level_roi_align_uses_each_rois_level():
         )
     )
     out = align([jnp.asarray(m) for m in maps], jnp.asarray(rois))
-    for roi, level, got in zip(rois, [0, 1, 2], out):
+    for roi, level, got in zip(rois, [0, 1, 2], out, strict=False):
         expected = _roi_align_reference(maps[level], roi, 2, 1 / (1, 2, 4)[level])
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

@@ -15,7 +15,7 @@ def test_scenes_are_deterministic_with_tight_boxes_and_disjoint_masks():
         np.testing.assert_array_equal(example["image"], again["image"])
         valid = example["gt_valid"]
         assert 1 <= valid.sum() <= 3 and example["image"].shape == (64, 64, 3)
-        for box, mask in zip(example["gt_boxes"][valid], example["gt_masks"][valid]):
+        for box, mask in zip(example["gt_boxes"][valid], example["gt_masks"][valid], strict=False):
             ys, xs = np.nonzero(mask)
             np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
         assert example["gt_masks"].sum(0).max() == 1  # instances never overlap

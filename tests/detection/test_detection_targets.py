@@ -72,7 +72,7 @@ def test_rcnn_targets_add_gts_as_proposals_and_encode_deltas():
     assert sorted(np.asarray(out["labels"])[:3].tolist()) == [3, 3, 7]
     assert int(out["labels"][3]) == 9
     for roi, label, delta, weight in zip(
-        out["rois"], out["labels"], out["deltas"], out["delta_weight"]
+        out["rois"], out["labels"], out["deltas"], out["delta_weight"], strict=False
     ):
         if weight:
             gt = GT[0] if int(label) == 3 else GT[1]

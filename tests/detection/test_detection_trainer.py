@@ -87,7 +87,7 @@ def test_coco_rows_rescaled_to_the_original_image_score_ap_one():
     orig = (40, 60)
     boxes = np.array([[4, 6, 30, 26], [36, 10, 58, 38]], np.float32)  # x1, y1, x2, y2
     masks = np.zeros((2, *orig), np.uint8)
-    for mask, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.astype(int), strict=False):
         mask[y1:y2, x1:x2] = 1
     dataset = coco_eval.ground_truth_dataset(
         [

@@ -142,7 +142,7 @@ def test_features_and_heads_match_mmdet(case, request):
         expected = reference.neck(reference.backbone(torch.tensor(image)))
     levels = module.apply(variables, _nhwc(image), method=lambda m, x: m._features(x, False))
     assert len(levels) == len(expected) == 5
-    for ours, theirs in zip(levels, expected):
+    for ours, theirs in zip(levels, expected, strict=False):
         assert relative_error(np.asarray(ours), _nhwc(theirs)) < 1e-4
 
     for level in expected:  # RPN on mmdet's own features: (y, x, anchor) order.
@@ -316,16 +316,19 @@ def test_v1_inplace_abn_norms_convert_to_their_function(four_conv_gc):
     with torch.no_grad():
         inputs = abn.backbone(torch.tensor(image))
         expected = abn.neck(inputs) + (abn.roi_head.mask_head(torch.tensor(features)),)
-    apply = lambda variables_: [
-        np.asarray(out)
-        for out in module.apply(  # noqa: E731
-            variables_,
-            [_nhwc(x) for x in inputs],
-            _nhwc(features),
-            method=lambda m, levels, rois: (*m.neck(levels), m.mask_head(rois)),
-        )
-    ]
-    for ours, theirs in zip(apply(variables), expected):
+
+    def apply(variables_):
+        return [
+            np.asarray(out)
+            for out in module.apply(
+                variables_,
+                [_nhwc(x) for x in inputs],
+                _nhwc(features),
+                method=lambda m, levels, rois: (*m.neck(levels), m.mask_head(rois)),
+            )
+        ]
+
+    for ours, theirs in zip(apply(variables), expected, strict=False):
         assert relative_error(ours, _nhwc(theirs)) < 1e-4
     assert relative_error(apply(plain)[-1], _nhwc(expected[-1])) > 0.1
 

@@ -145,7 +145,7 @@ def test_pretrained_backbone_into_segmentor_needs_partial_load():
     with torch.no_grad():
         expected = [t.numpy() for t in torch_backbone(torch.tensor(x))]
     features = backbone.apply(variables, x.transpose(0, 2, 3, 1))
-    for got, want in zip(features, expected):
+    for got, want in zip(features, expected, strict=False):
         assert relative_error(np.asarray(got).transpose(0, 3, 1, 2), want) < 1e-5
 
     seg = segmentor.segmentor_for_state_dict(

@@ -52,7 +52,7 @@ def test_resnet18_stage_parity():
         expected = [t.numpy() for t in model(torch.tensor(x))]
     features = jax.jit(module.apply)(variables, x.transpose(0, 2, 3, 1))
     assert [f.shape[1:3] for f in features] == [e.shape[2:] for e in expected]
-    for got, want in zip(features, expected):
+    for got, want in zip(features, expected, strict=False):
         assert relative_error(np.asarray(got).transpose(0, 3, 1, 2), want) < 1e-5
 
 

@@ -84,7 +84,7 @@ def test_ohem_keeps_hard_pixels_and_at_least_min_kept(thresh, min_kept):
         )
     )
     np.testing.assert_array_equal(keep, numpy_ohem_keep(logits, labels, thresh, min_kept))
-    for image_keep, image_valid in zip(keep, valid):  # min_kept holds per image
+    for image_keep, image_valid in zip(keep, valid, strict=False):  # min_kept holds per image
         assert image_keep.sum() >= min(min_kept, image_valid.sum())
     assert not keep[~valid].any()
     loss = losses.pixel_cross_entropy(
@@ -100,7 +100,7 @@ def test_confusion_matrix_matches_numpy_count():
     labels[0, 0, :3] = 7  # out of range: excluded like the ignore label
     predictions = rng.integers(0, 5, size=labels.shape)
     expected = np.zeros((5, 5), np.int64)
-    for t, p in zip(labels.ravel(), predictions.ravel()):
+    for t, p in zip(labels.ravel(), predictions.ravel(), strict=False):
         if t < 5:
             expected[t, p] += 1
     got = losses.confusion_matrix(jnp.asarray(predictions), jnp.asarray(labels), 5)

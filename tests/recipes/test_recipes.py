@@ -70,7 +70,7 @@ def test_config_matches_its_name(path):
     assert bool(ohem) == ("ohem" in config.model.kwargs)
     settings = inference_settings(config.evals.val)
     if settings["mode"] == "slide":
-        assert all(s <= c for s, c in zip(settings["stride"], settings["crop_size"]))
+        assert all(s <= c for s, c in zip(settings["stride"], settings["crop_size"], strict=False))
     else:
         assert settings["crop_size"] is None and settings["stride"] is None
 

@@ -205,13 +205,14 @@ def test_video_recipes_match_mmaction_nonlocal_i3d(name):
     assert backbone.depth == settings["depth"] == 50
     blocks_per_stage = [len(stage) for stage in backbone.inflate]
     inflated = i3d_inflated_blocks(blocks_per_stage)
-    assert [tuple(int(i in s) for i in range(n)) for s, n in zip(inflated, blocks_per_stage)] == [
-        tuple(s) for s in backbone.inflate
-    ]
+    assert [
+        tuple(int(i in s) for i in range(n))
+        for s, n in zip(inflated, blocks_per_stage, strict=False)
+    ] == [tuple(s) for s in backbone.inflate]
     chosen = every_other_block(blocks_per_stage)
-    assert [tuple(int(i in s) for i in range(n)) for s, n in zip(chosen, blocks_per_stage)] == [
-        tuple(s) for s in backbone.non_local
-    ]
+    assert [
+        tuple(int(i in s) for i in range(n)) for s, n in zip(chosen, blocks_per_stage, strict=False)
+    ] == [tuple(s) for s in backbone.non_local]
     assert backbone.non_local_cfg.sub_sample and settings["inflation"] == "i3d"
     assert mm.model.cls_head.dropout_ratio == settings["dropout_rate"]
     sample = _pipeline_step(mm.train_pipeline, "SampleFrames")

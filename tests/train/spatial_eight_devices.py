@@ -111,7 +111,9 @@ def _randomised(variables):
     gammas would hide the attention from the output)."""
     leaves, tree = jax.tree.flatten(variables["params"])
     keys = jax.random.split(jax.random.key(7), len(leaves))
-    leaves = [0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    leaves = [
+        0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=False)
+    ]
     return {**variables, "params": jax.tree.unflatten(tree, leaves)}
 
 
@@ -184,9 +186,9 @@ def _compare_steps(model, batches, init_shape):
     (_, reference, reference_metrics, reference_grads) = runs[1]
     (_, sharded, sharded_metrics, sharded_grads) = runs[4]
     assert_close(reference_grads, sharded_grads)
-    for ref, shard in zip(reference_metrics, sharded_metrics):
+    for ref, shard in zip(reference_metrics, sharded_metrics, strict=False):
         assert_close((ref["loss"], ref["grad_norm"]), (shard["loss"], shard["grad_norm"]))
-    for ref, shard in zip(reference[1:], sharded[1:]):
+    for ref, shard in zip(reference[1:], sharded[1:], strict=False):
         assert_close((ref.params, ref.batch_stats), (shard.params, shard.batch_stats))
     return runs[1]
 

@@ -85,7 +85,7 @@ def _run_pair(workdir, sigterm=None, target=0):
     processes = [_start(workdir, port, i, sigterm if i == target else None) for i in range(2)]
     try:
         outputs = [p.communicate(timeout=RUN_TIMEOUT) for p in processes]
-        return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs)]
+        return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=False)]
     finally:
         _kill_all(processes)
 

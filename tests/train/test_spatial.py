@@ -113,7 +113,7 @@ def test_space_axis_across_two_processes_equals_one_data_parallel_process(tmp_pa
     port = _free_port()
     procs = [_launch(i, port, tmp_path / "two") for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
+    for p, (_, err) in zip(procs, outputs, strict=False):
         assert p.returncode == 0, err[-3000:]
     two_miou = float(re.search(r"val mIoU ([0-9.]+)", outputs[0][0]).group(1))
     config = synthetic_config("dnl_tiny")  # the demo config, as the CLI ran it

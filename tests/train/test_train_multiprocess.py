@@ -58,7 +58,7 @@ def test_two_processes_equal_one_process(tmp_path):
     port = _free_port()
     procs = [_launch(i, port, workdir) for i in range(2)]
     outputs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs, strict=False):
         assert p.returncode == 0, err[-3000:]
     # Only process 0 reports.
     assert "completed at step 4" in outputs[0][0] and "completed" not in outputs[1][0]

@@ -61,7 +61,8 @@ def multi_level_anchors(
             "stride per FPN level."
         )
     return [
-        grid_anchors(size, stride, scales, ratios) for size, stride in zip(feature_sizes, strides)
+        grid_anchors(size, stride, scales, ratios)
+        for size, stride in zip(feature_sizes, strides, strict=False)
     ]
 
 

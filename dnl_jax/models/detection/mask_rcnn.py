@@ -149,8 +149,9 @@ class MaskRCNN(nn.Module):
     def _roi_features(self, levels: Sequence[Array], rois: Array, size: int) -> Array:
         """FPN levels (all but the P6 pool level) and rois `[B, S, 4]` → `[B, S, size, size, C]`."""
         roi_levels = levels[: len(self.anchor_strides) - 1]
-        align = (
-            lambda maps, boxes: roi_align.multi_level_roi_align(  # noqa: E731
+
+        def align(maps, boxes):
+            return roi_align.multi_level_roi_align(
                 maps,
                 boxes,
                 (size, size),
@@ -158,7 +159,7 @@ class MaskRCNN(nn.Module):
                 self.finest_scale,
                 self.roi_grid_limit,
             )
-        )
+
         return jax.vmap(align)(list(roi_levels), rois)
 
     def build(self, image: Array) -> Array:

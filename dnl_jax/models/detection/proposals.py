@@ -63,8 +63,9 @@ def rpn_proposals(
             for parts in zip(
                 *[
                     _level_candidates(l, d, jnp.asarray(a), image_size, pre_nms, slots)
-                    for l, d, a in zip(image_logits, image_deltas, anchors)
-                ]
+                    for l, d, a in zip(image_logits, image_deltas, anchors, strict=False)
+                ],
+                strict=False,
             )
         )  # [L, slots, ...]
         keep, kept = per_level_nms(boxes, scores, valid, iou_threshold, min(post_nms, slots))
