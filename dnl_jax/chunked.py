@@ -189,22 +189,22 @@ def _forward_query_block(q_blk: Array, key_xs, scale: float) -> tuple[Array, Arr
     value_dtype, cv = key_xs[1].dtype, key_xs[1].shape[-1]
 
     def step(carry, xs):
-        m, l, acc = carry
+        m, denom, acc = carry
         s = _block_logits(q_blk, xs, scale)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         correction = jnp.exp(m - m_new)  # exp(−inf) = 0 on the first block
         p = jnp.exp(s - m_new[..., None])
-        l = l * correction + jnp.sum(p, axis=-1)
+        denom = denom * correction + jnp.sum(p, axis=-1)
         pv = _matmul("bqk,bkc->bqc", p.astype(value_dtype), xs[1])
-        return (m_new, l, acc * correction[..., None] + pv), None
+        return (m_new, denom, acc * correction[..., None] + pv), None
 
     init = (
         jnp.full((batch, block_q), -jnp.inf, jnp.float32),
         jnp.zeros((batch, block_q), jnp.float32),
         jnp.zeros((batch, block_q, cv), jnp.float32),
     )
-    (m, l, acc), _ = jax.lax.scan(step, init, key_xs)
-    return acc / l[..., None], m + jnp.log(l)
+    (m, denom, acc), _ = jax.lax.scan(step, init, key_xs)
+    return acc / denom[..., None], m + jnp.log(denom)
 
 
 def _blocked_forward(q_blocks, k_blocks, v_blocks, static):

@@ -4,7 +4,8 @@ the norm factory.
 Names mirror mmcv's `ConvModule` so that PyTorch weights map one to one: a module named `conv_out`
 holds `conv_out/conv/{kernel,bias}` and its norm `conv_out/bn` (batch), `conv_out/gn` (group) or
 `conv_out/ln` (layer), as mmcv's `conv_out.conv.weight`, `conv_out.bn.weight`, ... Convolutions
-are channel-last: inputs `[B, *spatial, C]` with 1 to 3 spatial dims, kernels `[*window, Cin, Cout]`.
+are channel-last: inputs `[B, *spatial, C]` with 1 to 3 spatial dims, kernels
+`[*window, Cin, Cout]`.
 """
 
 from __future__ import annotations

@@ -121,16 +121,16 @@ def _unary_body(unary: Array, v: Array, num_keys: int) -> Array:
 
 
 def _ring_step(q: Array, k: Array, v: Array, valid: Array, carry):
-    """One ring block merged into the online softmax (m, l, acc): float32 throughout."""
-    m, l, acc = carry
+    """One ring block merged into the online softmax (m, denom, acc): float32 throughout."""
+    m, denom, acc = carry
     s = jnp.einsum("bnc,bmc->bnm", q, k, preferred_element_type=jnp.float32)
     s = jnp.where(valid[None, None, :], s, _MASKED)
     m_new = jnp.maximum(m, lax.stop_gradient(jnp.max(s, axis=-1)))
     correction = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new[..., None])
-    l = l * correction + jnp.sum(p, axis=-1)
+    denom = denom * correction + jnp.sum(p, axis=-1)
     pv = jnp.einsum("bnm,bmc->bnc", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return m_new, l, acc * correction[..., None] + pv
+    return m_new, denom, acc * correction[..., None] + pv
 
 
 def _ring_attention(q: Array, k: Array, v: Array, num_keys: int, shards: int) -> Array:
@@ -155,8 +155,8 @@ def _ring_attention(q: Array, k: Array, v: Array, num_keys: int, shards: int) ->
         carry = step(q, k, v, valid, carry)
         if t < shards - 1:
             k, v = lax.ppermute((k, v), SPACE_AXIS, perm)
-    _, l, acc = carry
-    return acc / l[..., None]
+    _, denom, acc = carry
+    return acc / denom[..., None]
 
 
 def _pairwise_body(

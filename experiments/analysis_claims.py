@@ -30,9 +30,9 @@ when both do; otherwise it is "not shown" (which is not evidence against it). No
 testing several claims is applied: read p-values near 0.05 with that in mind.
 
 Steps to learn the cue: the first evaluation (every 50 steps) at which the cue is right on
-≥ `CUE_THRESHOLD` of the val objects (`dnl_jax.analysis.saliency.object_cue_accuracy`). Chosen over an
-mIoU threshold because the cue is the one thing only the salient keys decide: mIoU mixes it with
-shapes, colours and borders, and the mIoU a head has when it reads the cue differs by scene
+≥ `CUE_THRESHOLD` of the val objects (`dnl_jax.analysis.saliency.object_cue_accuracy`). Chosen
+over an mIoU threshold because the cue is the one thing only the salient keys decide: mIoU mixes
+it with shapes, colours and borders, and the mIoU a head has when it reads the cue differs by scene
 family, so any mIoU threshold would have to be calibrated on outcomes. 90 %: a head that ignores
 the cue is right on about half of the objects, one that reads it on nearly all.
 """

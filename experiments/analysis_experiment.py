@@ -7,15 +7,15 @@
         [--runs_dir DIR] [--deadline_s S] [--report_only] [--smoke]
 
 Every run is the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`) with one decode head,
-one `config.seed` and one scene family (`config.data.synthetic.scenes`: 'beacon', the demo scenes, or
-'regions'), trained with `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers`
+one `config.seed` and one scene family (`config.data.synthetic.scenes`: 'beacon', the demo scenes,
+or 'regions'), trained with `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers`
 processes, and then analysed in the same process (`dnl_jax.analyze.analyze_model` on the first
 `--num_images` val scenes of the final checkpoint, saliency statistics included).
 
 Learning speed: every `--cue_every` steps the run's checkpoint is read back and the head
 segments the first `--cue_images` val scenes; the record keeps the share of val objects whose
-cue is right (`dnl_jax.analysis.saliency.object_cue_accuracy`) and the mIoU on those scenes, and each
-run's steps to learn the cue (`dnl_jax.analysis.saliency.steps_to_learn`, threshold
+cue is right (`dnl_jax.analysis.saliency.object_cue_accuracy`) and the mIoU on those scenes, and
+each run's steps to learn the cue (`dnl_jax.analysis.saliency.steps_to_learn`, threshold
 `analysis_claims.CUE_THRESHOLD`).
 
 Runs go out scene family by scene family (in `--experiments` order), seed by seed. Each

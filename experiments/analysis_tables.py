@@ -24,7 +24,8 @@ HEAD_ORDER = ("fcn", "nl", "pairwise", "unary", "dnl", "gc")
 FIGURE_HEADS = ("nl", "pairwise", "unary", "dnl")
 FAMILIES = ("beacon", "regions")
 SCENES = {
-    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, `config.data.synthetic.scenes='regions'`): "
+    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, "
+    "`config.data.synthetic.scenes='regions'`): "
     "textured grey background (class 0); two of three colours per scene, each on two "
     "objects in opposite halves of the image; a black or white marker inside only one "
     "of a colour's objects decides the class of both (1 + 2·colour + bit), so an "
@@ -39,7 +40,8 @@ SCENES = {
     "earlier 32×32 version with the cue as a frame around the image gave no separation "
     "at all: the frame lies next to every pixel.)",
 }
-DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis/__init__.py`), on the decode-head block's 8×8
+DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis/__init__.py`), on the \
+decode-head block's 8×8
 feature grid, over the first val scenes (`analysed`), labels taken to the grid by majority vote:
 - QI full / pairwise / unary: GCNet's query-independence, the mean cosine distance between the
   attention maps of two different query positions (0: the same map for every query). For NL the
@@ -52,7 +54,8 @@ feature grid, over the first val scenes (`analysed`), labels taken to the grid b
   with a constant binary map left out). The paper's exact consistency statistic is not available
   to us; this correlation is our stand-in. '–': the block has no such term.
 """
-SALIENCY_DEFINITIONS = """Saliency columns (`dnl_jax/saliency.py`): the scene's salient keys (the beacon square; the
+SALIENCY_DEFINITIONS = """Saliency columns (`dnl_jax/saliency.py`): the scene's salient keys \
+(the beacon square; the
 markers) taken to the 8×8 grid as the salient share s_j of each cell (area, not majority vote: an
 8×8-pixel marker straddling four cells would have no majority anywhere).
 - un~salient: Pearson correlation between the unary map (DNL's and unary-only's explicit
@@ -63,11 +66,13 @@ markers) taken to the 8×8 grid as the salient share s_j of each cell (area, not
 - un@salient, pw@salient: the share of the map's attention mass on salient cells,
   Σ_j a_j s_j / Σ_j a_j; salient area: Σ_j s_j / M, the share a uniform map puts there (chance).
 """
-LEARNING_DEFINITION = f"""Learning speed: every 50 steps the run's checkpoint segments the first 128 val scenes; an
+LEARNING_DEFINITION = f"""Learning speed: every 50 steps the run's checkpoint segments the \
+first 128 val scenes; an
 object (a 4-connected region of one object class) has its *cue right* when more of its pixels are
 predicted as its class than as the other class of its colour (which only the salient keys
 decide). Steps to learn the cue = the first evaluation with the cue right on ≥
-{analysis_claims.CUE_THRESHOLD:.0%} of the objects (`dnl_jax.analysis.saliency.steps_to_learn`); runs that
+{analysis_claims.CUE_THRESHOLD:.0%} of the objects \
+(`dnl_jax.analysis.saliency.steps_to_learn`); runs that
 never get there are counted as 'never', not averaged in.
 """
 
@@ -276,7 +281,8 @@ def markdown(
         "",
         "Setup: the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`: ResNet-V1c-18-D8 "
         "trunk of width 8, decode head of width 16, batch 16, lr 0.1 poly); only the decode "
-        "head, `config.seed` and `config.data.synthetic.scenes` differ between runs; beacon runs 1000 "
+        "head, `config.seed` and `config.data.synthetic.scenes` differ between runs; "
+        "beacon runs 1000 "
         "steps, regions runs 2000 (the budgets of the earlier records).",
         "",
         "## Claims and statistics",

@@ -124,15 +124,15 @@ def markdown_tables(runs: list[dict]) -> str:
         "| context | runs | box AP mean ± std | mask AP mean ± std |",
         "|---|---|---|---|",
     ]
+
+    def stat(chosen, key):
+        values = [r[key] for r in chosen]
+        return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
     for context in sorted({r["context"] for r in runs}, key=lambda c: (c != "fcn", c)):
         chosen = [r for r in runs if r["context"] == context]
-
-        def stat(key):
-            return (
-                f"{np.mean([r[key] for r in chosen]):.4f} ± {np.std([r[key] for r in chosen]):.4f}"
-            )
-
-        lines.append(f"| {context} | {len(chosen)} | {stat('bbox_AP')} | {stat('segm_AP')} |")
+        box, mask = stat(chosen, "bbox_AP"), stat(chosen, "segm_AP")
+        lines.append(f"| {context} | {len(chosen)} | {box} | {mask} |")
     return "\n".join(lines)
 
 

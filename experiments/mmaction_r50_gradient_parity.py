@@ -4,10 +4,10 @@ full-width features and logits).
 
     PYTHONPATH=. python experiments/mmaction_r50_gradient_parity.py [--out experiments/results]
 
-Builds the reference exactly as tests/interop/test_interop_mmaction.py does (random weights and batch-norm
-statistics, calibrated NL blocks, eval mode; one 16×64×64 clip, 400 classes), converts it with
-`dnl_jax.interop.mmaction`, and prints and saves (JSON) the relative errors of backbone features,
-logits and the input gradient, max |a − b| / max |b|.
+Builds the reference exactly as tests/interop/test_interop_mmaction.py does (random weights and
+batch-norm statistics, calibrated NL blocks, eval mode; one 16×64×64 clip, 400 classes), converts it
+with `dnl_jax.interop.mmaction`, and prints and saves (JSON) the relative errors of backbone
+features, logits and the input gradient, max |a − b| / max |b|.
 """
 
 import argparse

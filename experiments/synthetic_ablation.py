@@ -9,9 +9,10 @@ data (`config.data.seed`) stay the same for every run.
 
 The record experiments/results/synthetic_ablation.* is now written by
 experiments/analysis_experiment.py (5 seeds, all heads, with the analysis of each block); this
-runner remains for single runs on a CPU. Each head is a separate `python -m dnl_jax.main` process (compilation included in its wall time),
-run one after another. Writes experiments/results/synthetic_ablation.json; `--table` prints the
-Markdown tables of experiments/results/synthetic_ablation.md from it (no training).
+runner remains for single runs on a CPU. Each head is a separate `python -m dnl_jax.main` process
+(compilation included in its wall time), run one after another. Writes
+experiments/results/synthetic_ablation.json; `--table` prints the Markdown tables of
+experiments/results/synthetic_ablation.md from it (no training).
 """
 
 from __future__ import annotations

@@ -104,8 +104,9 @@ def relative_error(actual, expected) -> float:
 
 class OfficialReference(torch.nn.Module):
     """The official-code DNL block (yinmh17/DNL-Semantic-Segmentation nonlocal_block.py
-    `_NonLocalNd_bn`, read, not copied) as an NCHW reference: the official forward with downsample=False, use_out=False, out_bn=False,
-    with_gc=True (the configurations of the official Cityscapes confs)."""
+    `_NonLocalNd_bn`, read, not copied) as an NCHW reference: the official forward with
+    downsample=False, use_out=False, out_bn=False, with_gc=True (the configurations of the official
+    Cityscapes confs)."""
 
     def __init__(self, inplanes, planes, whiten, use_scale, temperature):
         super().__init__()

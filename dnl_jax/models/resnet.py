@@ -3,7 +3,8 @@
 V1c = deep stem (three 3×3 convs, stem/2 → stem/2 → stem channels, the first with stride 2,
 each followed by BN and ReLU) + 3×3 max-pool (stride 2), then 4 stages of residual blocks; the
 identity path of a strided or widening block is a 1×1 conv (with the stride) + BN (no
-average-pool down-sampling). The output stride is set by striding or dilating the last stages, as mmseg:
+average-pool down-sampling). The output stride is set by striding or dilating the last stages, as
+mmseg:
 
     output stride   strides (stages 1-4)   dilations (stages 1-4)
          8             (1, 2, 1, 1)           (1, 1, 2, 4)

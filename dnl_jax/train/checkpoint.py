@@ -6,8 +6,9 @@ One checkpoint = one step directory `workdir/checkpoints/<step>/` with three ite
     meta   model name, classes and parameter shapes                    ocp JsonSave
 Saved every `every_steps` or `every_seconds` (whichever first), at the end and on SIGTERM;
 kept: the last `keep` plus the best by the task's val metric (`best_metric`: 'val_miou' for
-segmentation, 'val_accuracy' for classification; higher is better). Orbax writes into a temporary directory and renames it when
-complete, so a process killed mid-save leaves the previous checkpoints intact.
+segmentation, 'val_accuracy' for classification; higher is better). Orbax writes into a temporary
+directory and renames it when complete, so a process killed mid-save leaves the previous
+checkpoints intact.
 
 A newest checkpoint that still fails to read (files truncated or corrupted after the rename, e.g.
 by a full disk or a crash before the data reached the disk) is not a dead end:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -106,10 +107,8 @@ def directory_bytes(path: str) -> int:
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):  # removed meanwhile
                 total += os.path.getsize(os.path.join(root, name))
-            except OSError:  # removed meanwhile
-                pass
     return total
 
 

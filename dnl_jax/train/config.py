@@ -1,4 +1,5 @@
-"""The trainer's configuration schema: every key it reads, with defaults, and validation at the edge.
+"""The trainer's configuration schema: every key it reads, with defaults, and validation at the
+edge.
 
 Experiment files in `experiments/configs/` start from `base_config()` and override values, so a
 typo on the command line (`--config.optimiser.lr=...`) is already refused by ml_collections; a

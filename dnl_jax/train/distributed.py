@@ -25,6 +25,7 @@ ours; the command to resume is the same: restart every process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -195,10 +196,8 @@ class PeerWatch:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10 * BEAT_SECONDS)  # its last beat must not follow DONE
-            try:
+            with contextlib.suppress(Exception):  # shutting down anyway
                 self.client.key_value_set(f"{KEY_PREFIX}{self.me}", DONE, allow_overwrite=True)
-            except Exception:  # noqa: BLE001 - shutting down anyway
-                pass
 
 
 def run_watched(workdir: str, section, fn: Callable[[], object]):

@@ -49,7 +49,8 @@ class MetricWriter:
             self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
             path = os.path.join(self.workdir, METRICS_FILE)
             _drop_torn_tail(path)
-            self._jsonl = open(path, "a")
+            # Kept open across writes (append, flushed per record); closed in `close`.
+            self._jsonl = open(path, "a")  # noqa: SIM115
 
     def write_config(self, config) -> None:
         if self.active:

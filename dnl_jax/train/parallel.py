@@ -15,8 +15,8 @@ jit: a mesh ('data', 'space') over all devices of all hosts (`config.mesh`; spac
 default); the batch is sharded `P('data')`, and with space > 1 images along H and clips along T,
 `P('data', 'space')` (the model's non-local blocks then run `dnl_jax.sharded_attention`). Each
 host contributes the rows of its data shards through `jax.make_array_from_process_local_data`
-(hosts whose devices share data shards load the same rows: `data_process_index/_count`); the state is
-created directly with its sharding (replicated for pure data parallelism) by
+(hosts whose devices share data shards load the same rows: `data_process_index/_count`); the
+state is created directly with its sharding (replicated for pure data parallelism) by
 `jax.jit(init_fn, out_shardings=...)`; XLA inserts the gradient all-reduce and the cross-replica
 batch-norm reductions. pmap: the state is replicated on the local devices, the host batch is
 reshaped to `[local_devices, b / local_devices, ...]`, reductions use `axis_name='batch'`.

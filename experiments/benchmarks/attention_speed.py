@@ -13,6 +13,7 @@ skipped where its compiled memory would exceed --max-gib. Writes results/attenti
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +63,7 @@ def measure(n: int, batch: int, channels: int, implementations, max_gib: float, 
                 )
             )
             continue
-        seconds = bench_utils.time_call(lambda: fn(q, k, v), repeats)
+        seconds = bench_utils.time_call(functools.partial(fn, q, k, v), repeats)
         rows.append(
             dict(
                 implementation=name,

@@ -179,9 +179,11 @@ def main() -> None:
     name = f"conv_vs_torch_{args.size}"
     path = os.path.join(bench_utils.RESULTS_DIR, f"{name}.json")
     # Rows of earlier runs at this size stay unless re-measured (--layers re-times a few).
-    measured = {
-        r["layer"]: r for r in (json.load(open(path))["rows"] if os.path.exists(path) else [])
-    }
+    previous = []
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)["rows"]
+    measured = {r["layer"]: r for r in previous}
     for layer in chosen:
         row = time_layer(layer, args.size, args.batch, args.rounds, variants)
         measured[row["layer"]] = {**row, "load_average": round(os.getloadavg()[0], 2)}

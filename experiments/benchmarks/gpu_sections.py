@@ -3,6 +3,7 @@ step. Each takes (recorder, sizes, out_dir, smoke) and records case by case (see
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -105,15 +106,22 @@ def attention_check(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) 
                     recorder,
                     "bfloat16",
                     case,
-                    lambda kernel=kernel: {
-                        key: value
-                        for key, value in bf16_accuracy.kernel_row(
-                            kernel, inputs, *floors, temperature
-                        ).items()
-                        if key not in case
-                    },
+                    functools.partial(
+                        _row_without_case,
+                        case,
+                        bf16_accuracy.kernel_row,
+                        kernel,
+                        inputs,
+                        *floors,
+                        temperature,
+                    ),
                 )
     float32_check(recorder, sizes["check_n"][0], sizes)
+
+
+def _row_without_case(case: dict, row_fn, *args) -> dict:
+    """`row_fn(*args)` less the keys already in `case`."""
+    return {key: value for key, value in row_fn(*args).items() if key not in case}
 
 
 def pairwise_grad_fn(implementation: str):
@@ -180,9 +188,7 @@ def attention_speed(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) 
                 recorder,
                 "cases",
                 case,
-                lambda implementation=implementation: speed_row(
-                    implementation, q, k, v, memory_limit, out_dir, smoke
-                ),
+                functools.partial(speed_row, implementation, q, k, v, memory_limit, out_dir, smoke),
             )
 
 
@@ -203,13 +209,14 @@ def tpu_kernels(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> N
             recorder,
             "cases",
             {"n": n, "implementation": "xla", "block": None},
-            lambda: speed_row("xla", q, k, v, memory_limit, out_dir, smoke),
+            functools.partial(speed_row, "xla", q, k, v, memory_limit, out_dir, smoke),
         )
         for block in sizes["tpu_blocks"]:
 
             def measure(block=block):
                 with pallas_attention.block_size_override(block):
-                    return speed_row("pallas_tpu", q, k, v, memory_limit, out_dir, smoke)
+                    # run_case calls it at once, in this iteration: q, k, v are this n's.
+                    return speed_row("pallas_tpu", q, k, v, memory_limit, out_dir, smoke)  # noqa: B023
 
             run_case(
                 recorder, "cases", {"n": n, "implementation": "pallas_tpu", "block": block}, measure

@@ -240,7 +240,10 @@ def save(rows: list[dict]) -> None:
     """Merges `rows` into results/train_step_vs_torch.json by (model, size, batch, torch threads);
     PNG of all."""
     path = os.path.join(bench_utils.RESULTS_DIR, "train_step_vs_torch.json")
-    previous = json.load(open(path))["rows"] if os.path.exists(path) else []
+    previous = []
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)["rows"]
     key = lambda r: (r["model"], r["size"], r["batch"], r.get("torch_threads", 0))  # noqa: E731
     merged = {key(r): r for r in previous + rows}
     payload = {

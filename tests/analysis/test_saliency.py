@@ -1,4 +1,5 @@
-"""dnl_jax.analysis.saliency: attention terms against the scenes' known salient keys; the cue measure."""
+"""dnl_jax.analysis.saliency: attention terms against the scenes' known salient keys; the cue
+measure."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
-"""Tests of dnl_jax.analysis.viz and the DNL block's sown attention weights: off by default, rows summing
-to 1 over keys, consistent with `attention.dnl_attention`, and the figure's PNG."""
+"""Tests of dnl_jax.analysis.viz and the DNL block's sown attention weights: off by default, rows
+summing to 1 over keys, consistent with `attention.dnl_attention`, and the figure's PNG."""
 
 import os
 

@@ -262,9 +262,8 @@ def test_automatic_choice_falls_back_when_cudnn_rejects(monkeypatch, caplog):
 
 
 def test_bad_block_sizes_raise():
-    with pytest.raises(ValueError, match="positive integers"):
-        with chunked.block_sizes_override(0, 8):
-            pass
+    with pytest.raises(ValueError, match="positive integers"), chunked.block_sizes_override(0, 8):
+        pass
 
 
 # ----------------------------------------------------------------------------------------------

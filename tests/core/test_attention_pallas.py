@@ -200,6 +200,5 @@ def test_low_temperature_bfloat16_auto_choice_on_tpu_meets_the_bound(monkeypatch
 
 
 def test_bad_block_size_raises():
-    with pytest.raises(ValueError, match="integer >= 16"):
-        with pallas_attention.block_size_override(8):
-            pass
+    with pytest.raises(ValueError, match="integer >= 16"), pallas_attention.block_size_override(8):
+        pass

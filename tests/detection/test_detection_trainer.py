@@ -221,8 +221,9 @@ def test_coco_fixture_prepares_trains_one_step_and_evaluates(tmp_path):
     """The tiny COCO fixture in the real layout (tests/coco_fixtures.py): prepared with the tfds
     builder, one training step through the trainer on all 4 training images (mmdet's train
     pipeline with box-level mask crops; crowd regions and the degenerate box left out of the
-    targets, the image without annotations a negative; bf16 compute), COCO AP of the val split by pycocotools against
-    the original annotations, and the results JSON in the original category ids."""
+    targets, the image without annotations a negative; bf16 compute), COCO AP of the val split by
+    pycocotools against the original annotations, and the results JSON in the original category
+    ids."""
     from coco_fixtures import CATEGORY_IDS, IMAGES, write_coco
 
     from dnl_jax.data.prepare import prepare
@@ -239,7 +240,7 @@ def test_coco_fixture_prepares_trains_one_step_and_evaluates(tmp_path):
             "data.detection.canvas": (64, 64),
             "data.detection.max_instances": 4,
             "data.detection.filter_empty_gt": False,  # the image without annotations: a negative
-            "data.detection.mask_crop_size": 16,  # box-level mask crops (gt_mask_crops), not full masks
+            "data.detection.mask_crop_size": 16,  # box-level crops (gt_mask_crops), not full masks
             "model.dtype": "bfloat16",  # bf16 compute, float32 parameters and losses
             "model.name": "mask_rcnn_fcn_tiny",
             "model.from_scratch": True,

@@ -173,7 +173,8 @@ def test_multi_view_evaluator_counts_views_and_videos():
         ),
         (
             lambda c: setattr(c.evals, "val", dict(type="tiles")),
-            r"config.evals.val.type='tiles'; choose one of \['batched', 'coco', 'multi_view', 'segmentation'\]",
+            r"config.evals.val.type='tiles'; "
+            r"choose one of \['batched', 'coco', 'multi_view', 'segmentation'\]",
         ),
         (
             lambda c: setattr(c.evals, "val", dict(type="batched", every_steps=-1)),

@@ -202,8 +202,8 @@ def test_v1_official_dnl_blocks_map_onto_our_block(two_fc):
     """`nl_gc_block` (the official DNL detection code's `NonLocal2dGc`, ratio 1/4, in c4 block
     n−2 and all of c5, as its `stage_with_nlgcb=[[], [], [-2], [-2, -1, 0]]`) → our
     'dnl_official' block: leaf by leaf, and the converted block computes what the official
-    forward (tests/core/test_blocks_official.py's reference, which NonLocal2dGc with downsample=False,
-    use_out=False, with_gc=True is) computes with the checkpoint's tensors."""
+    forward (tests/core/test_blocks_official.py's reference, which NonLocal2dGc with
+    downsample=False, use_out=False, with_gc=True is) computes with the checkpoint's tensors."""
     reference, _, _, _ = two_fc
     v1 = to_v1(_state_dict(reference))
     rng = np.random.default_rng(3)
@@ -374,7 +374,7 @@ def test_convert_cli_writes_the_detector(tmp_path, four_conv_gc):
         source,
     )
     assert convert.main([str(source), str(tmp_path / "out")]) == 0
-    summary = json.load(open(tmp_path / "out" / "conversion.json"))
+    summary = json.loads((tmp_path / "out" / "conversion.json").read_text())
     assert summary["num_classes"] == CLASSES and not summary["missing"]
     assert summary["loaded"] == summary["model_tensors"] == len(jax.tree.leaves(variables))
     jax.tree.map(np.testing.assert_array_equal, restore(tmp_path / "out" / "state"), variables)

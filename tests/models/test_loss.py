@@ -251,8 +251,9 @@ def test_step_jit_pmap_and_accumulation_optimise_one_loss(normalizer):
     shards = [
         float(
             bundle.loss_fn(
-                jax.tree.map(lambda x: x[i : i + 2], outputs),
-                jax.tree.map(lambda x: x[i : i + 2], batch),
+                # tree.map calls the lambdas at once: no late binding of `i`.
+                jax.tree.map(lambda x: x[i : i + 2], outputs),  # noqa: B023
+                jax.tree.map(lambda x: x[i : i + 2], batch),  # noqa: B023
             )[0]
         )
         for i in range(0, 8, 2)

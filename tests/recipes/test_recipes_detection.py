@@ -74,8 +74,9 @@ def test_frozen_prefixes_exist_in_the_real_detector_and_freeze_stem_and_res2():
 def test_readme_lists_every_recipe_with_its_published_target():
     import re
 
-    readme = open(
+    with open(
         os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8"
-    ).read()
+    ) as f:
+        readme = f.read()
     rows = dict(re.findall(r"^\| (coco_mask_rcnn_\S+) \| ([\d.]+ / [\d.]+) \|", readme, re.M))
     assert rows == {name: target for name, (_, target) in EXPECTED.items()}

@@ -257,13 +257,13 @@ METAFILE_ROW = re.compile(r"^\| (\S+) \| ([\d.]+) \| mmseg 1\.2\.2 metafile `([^
 def test_readme_targets_are_the_mmseg_metafile_numbers():
     import yaml
 
-    rows = [
-        m.groups() for line in open(README, encoding="utf-8") if (m := METAFILE_ROW.match(line))
-    ]
+    with open(README, encoding="utf-8") as f:
+        rows = [m.groups() for line in f if (m := METAFILE_ROW.match(line))]
     assert {row[0] for row in rows} == set(MMSEG_RECIPES)  # one sourced row per mmseg recipe
     for recipe_name, target, mmseg_name in rows:
         folder = MMSEG_HEADS[RECIPE.match(recipe_name).group(2)][0]
-        metafile = yaml.safe_load(open(os.path.join(MMSEG_CONFIGS, folder, "metafile.yaml")))
+        with open(os.path.join(MMSEG_CONFIGS, folder, "metafile.yaml")) as f:
+            metafile = yaml.safe_load(f)
         (entry,) = [m for m in metafile["Models"] if m["Name"] == mmseg_name]
         results = entry["Results"] if isinstance(entry["Results"], list) else [entry["Results"]]
         assert float(target) == results[0]["Metrics"]["mIoU"], recipe_name

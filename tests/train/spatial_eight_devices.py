@@ -1,11 +1,11 @@
 """Spatial parallelism on 8 fake CPU devices: sharded == unsharded, float32.
 
-Run by tests/train/test_spatial.py in a subprocess (`pytest --noconftest`, JAX_NUM_CPU_DEVICES=8): the
-suite's own processes have 4 devices. Relative errors are max|sharded − reference| / max|reference|
-per array, and must be <= 1e-5; an array whose values are all below 1/10 of the largest value
-of its tree (outputs and gradients together) is measured against that tenth: gradients that are
-zero in exact arithmetic (the value conv's bias before a training-mode batch norm, the key conv's
-bias under a softmax) are float noise of the size of the terms they sum.
+Run by tests/train/test_spatial.py in a subprocess (`pytest --noconftest`, JAX_NUM_CPU_DEVICES=8):
+the suite's own processes have 4 devices. Relative errors are max|sharded − reference| /
+max|reference| per array, and must be <= 1e-5; an array whose values are all below 1/10 of the
+largest value of its tree (outputs and gradients together) is measured against that tenth: gradients
+that are zero in exact arithmetic (the value conv's bias before a training-mode batch norm, the key
+conv's bias under a softmax) are float noise of the size of the terms they sum.
 """
 
 import functools

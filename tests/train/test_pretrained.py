@@ -82,7 +82,7 @@ def fixture_tiny_v1c(tmp_path_factory):
 
 def test_open_mmlab_backbone_converts_and_loads_into_a_segmentor(tiny_v1c):
     original, summary, directory, _, _ = tiny_v1c
-    written = json.load(open(directory / "tiny_v1c" / "pretrained.json"))
+    written = json.loads((directory / "tiny_v1c" / "pretrained.json").read_text())
     assert written == summary and summary["layout"] == "open-mmlab"
     assert summary["loaded"] == len(jax.tree.leaves(original))  # fc.* dropped, all else loaded
     bundle = get_model("dnl_tiny", 5)

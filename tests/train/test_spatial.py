@@ -23,8 +23,8 @@ enable_compilation_cache()
 
 
 def test_sharded_equals_unsharded_on_eight_devices():
-    """tests/train/spatial_eight_devices.py in its own process with 8 fake devices: every block type,
-    the segmentor and video train steps, sharded whole-image and sliding-window evaluation."""
+    """tests/train/spatial_eight_devices.py in its own process with 8 fake devices: every block
+    type, the segmentor and video train steps, sharded whole-image and sliding-window evaluation."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8", **CACHE_ENV)
     env.pop("XLA_FLAGS", None)
     command = [

@@ -47,7 +47,7 @@ def test_one_step_end_to_end_then_init_from_and_wrong_model(tmp_path):
     records = read_metrics(str(source))
     assert {(r["step"], r["split"]) for r in records} == {(0, "val"), (1, "train"), (1, "val")}
     assert np.isfinite(next(r for r in records if r["split"] == "train")["loss"])
-    recorded = json.load(open(source / "config.json"))
+    recorded = json.loads((source / "config.json").read_text())
     assert recorded["model"]["name"] == "dnl_tiny"
     # Only what the run reads: the synthetic scenes' section, no other task's.
     assert set(recorded["data"]) & {"synthetic", "segmentation", "video", "detection"} == {

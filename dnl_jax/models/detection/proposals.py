@@ -62,8 +62,10 @@ def rpn_proposals(
             jnp.stack(parts)
             for parts in zip(
                 *[
-                    _level_candidates(l, d, jnp.asarray(a), image_size, pre_nms, slots)
-                    for l, d, a in zip(image_logits, image_deltas, anchors, strict=False)
+                    _level_candidates(logit, delta, jnp.asarray(anchor), image_size, pre_nms, slots)
+                    for logit, delta, anchor in zip(
+                        image_logits, image_deltas, anchors, strict=False
+                    )
                 ],
                 strict=False,
             )
