@@ -110,13 +110,13 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True)
         )
     leading, q3, k3, v3, sm_scale = chunked.prepare(q, k, v, scale, whiten)
     n, m = q3.shape[1], k3.shape[1]
-    lengths = {}
+    # The true lengths when padded to the cuDNN multiple; None (the default) when not.
+    query_lengths: Array | None = None
+    key_lengths: Array | None = None
     if n % _CUDNN_LENGTH_MULTIPLE or m % _CUDNN_LENGTH_MULTIPLE:
         batch = q3.shape[0]
-        lengths = dict(
-            query_seq_lengths=jnp.full((batch,), n, jnp.int32),
-            key_value_seq_lengths=jnp.full((batch,), m, jnp.int32),
-        )
+        query_lengths = jnp.full((batch,), n, jnp.int32)
+        key_lengths = jnp.full((batch,), m, jnp.int32)
 
         def pad(x):
             return jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CUDNN_LENGTH_MULTIPLE), (0, 0)))
@@ -128,7 +128,8 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True)
         v3[:, :, None],
         scale=sm_scale,
         implementation="cudnn",
-        **lengths,
+        query_seq_lengths=query_lengths,
+        key_value_seq_lengths=key_lengths,
     )
     return out[:, :n, 0].reshape(*leading, n, v.shape[-1]).astype(v.dtype)
 

@@ -213,8 +213,9 @@ class DisentangledNonLocal(_NonLocalBase):
                 name="conv_mask",
             )(x)
             unary_logits = flatten_positions(self._sub_sample(mask))[..., 0]
-        theta = self._queries(x, inner) if self.pairwise else None
+        theta: Array | None = None
         if self.pairwise:
+            theta = self._queries(x, inner)
             y = attention_ops.dnl_attention(
                 theta,
                 phi,
@@ -226,6 +227,7 @@ class DisentangledNonLocal(_NonLocalBase):
                 implementation=self.implementation,
             )
         else:
+            assert unary_logits is not None  # not both off: checked above
             y = attention_ops.unary_attention(unary_logits, g)
         self._sow_attention_weights(theta, phi, unary_logits, inner)
         return self._output(x, y, train)

@@ -259,9 +259,11 @@ class ConvModule(nn.Module):
         nd = x.ndim - 2
         use_bias = self.norm is None if self.use_bias is None else self.use_bias
         zero_conv = self.zero_init_norm and self.norm is None
-        padding = self.padding
-        if isinstance(padding, int):
-            padding = [(padding, padding)] * nd
+        padding: str | Sequence[tuple[int, int]]
+        if isinstance(self.padding, int):
+            padding = [(self.padding, self.padding)] * nd
+        else:
+            padding = self.padding
         x = nn.Conv(
             self.features,
             kernel_size=_tuple(self.kernel_size, nd),
