@@ -25,7 +25,6 @@ bfloat16 inputs feed bfloat16 matmuls that accumulate in float32 (`preferred_ele
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +58,7 @@ def platform() -> str:
     return jax.default_backend()
 
 
-def _nvidia_compute_capability() -> Optional[tuple[int, ...]]:
+def _nvidia_compute_capability() -> tuple[int, ...] | None:
     """The default GPU's CUDA compute capability, or None off NVIDIA GPUs."""
     if platform() != "gpu":
         return None
@@ -69,7 +68,7 @@ def _nvidia_compute_capability() -> Optional[tuple[int, ...]]:
     return tuple(int(part) for part in device.compute_capability.split("."))
 
 
-def cudnn_unsupported_reason(q: Array, k: Array, v: Array) -> Optional[str]:
+def cudnn_unsupported_reason(q: Array, k: Array, v: Array) -> str | None:
     """Why the cuDNN kernel cannot run these inputs here, or None if it can.
 
     cuDNN flash attention wants an NVIDIA GPU, bfloat16/float16 operands and a head dim (C) that is
@@ -111,16 +110,26 @@ def cudnn_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True)
         )
     leading, q3, k3, v3, sm_scale = chunked.prepare(q, k, v, scale, whiten)
     n, m = q3.shape[1], k3.shape[1]
-    lengths = {}
+    # The true lengths when padded to the cuDNN multiple; None (the default) when not.
+    query_lengths: Array | None = None
+    key_lengths: Array | None = None
     if n % _CUDNN_LENGTH_MULTIPLE or m % _CUDNN_LENGTH_MULTIPLE:
         batch = q3.shape[0]
-        lengths = dict(query_seq_lengths=jnp.full((batch,), n, jnp.int32),
-                       key_value_seq_lengths=jnp.full((batch,), m, jnp.int32))
-        pad = lambda x: jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CUDNN_LENGTH_MULTIPLE), (0, 0)))
+        query_lengths = jnp.full((batch,), n, jnp.int32)
+        key_lengths = jnp.full((batch,), m, jnp.int32)
+
+        def pad(x):
+            return jnp.pad(x, ((0, 0), (0, -x.shape[1] % _CUDNN_LENGTH_MULTIPLE), (0, 0)))
+
         q3, k3, v3 = pad(q3), pad(k3), pad(v3)
     out = jax.nn.dot_product_attention(
-        q3[:, :, None], k3[:, :, None], v3[:, :, None], scale=sm_scale, implementation="cudnn",
-        **lengths,
+        q3[:, :, None],
+        k3[:, :, None],
+        v3[:, :, None],
+        scale=sm_scale,
+        implementation="cudnn",
+        query_seq_lengths=query_lengths,
+        key_value_seq_lengths=key_lengths,
     )
     return out[:, :n, 0].reshape(*leading, n, v.shape[-1]).astype(v.dtype)
 
@@ -162,7 +171,12 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
         _logged_choices.add(key)
         logger.debug(
             "dnl attention: implementation=None chose %r for q%s k%s v%s %s on %s.",
-            choice, q.shape, k.shape, v.shape, key[4], key[0],
+            choice,
+            q.shape,
+            k.shape,
+            v.shape,
+            key[4],
+            key[0],
         )
     return choice
 
@@ -176,7 +190,7 @@ _KERNEL_FUNCTIONS = {
 
 
 def pairwise_attention(
-    q: Array, k: Array, v: Array, *, scale, whiten: bool, implementation: Optional[str]
+    q: Array, k: Array, v: Array, *, scale, whiten: bool, implementation: str | None
 ) -> Array:
     """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with the named kernel; None = `select_implementation`.
 
@@ -195,8 +209,9 @@ def pairwise_attention(
         try:
             return cudnn_attention(q, k, v, scale=scale, whiten=whiten)
         except NotImplementedError as error:
-            logger.warning("dnl attention: cuDNN rejected q%s (%s); using 'pallas_gpu'.",
-                           q.shape, error)
+            logger.warning(
+                "dnl attention: cuDNN rejected q%s (%s); using 'pallas_gpu'.", q.shape, error
+            )
             return pallas_attention.gpu_flash_attention(q, k, v, scale=scale, whiten=whiten)
     raise ValueError(
         f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}."
@@ -212,12 +227,12 @@ def dnl_attention(
     q: Array,
     k: Array,
     v: Array,
-    unary: Optional[Array] = None,
+    unary: Array | None = None,
     *,
     temperature: float = 1.0,
-    scale: Optional[float] = None,
+    scale: float | None = None,
     whiten: bool = True,
-    implementation: Optional[str] = None,
+    implementation: str | None = None,
 ) -> Array:
     """Disentangled non-local attention.
 
@@ -248,8 +263,9 @@ def dnl_attention(
         scale = q.shape[-1] ** -0.5
     scale = scale / temperature
 
-    pairwise = pairwise_attention(q, k, v, scale=scale, whiten=whiten,
-                                  implementation=implementation)
+    pairwise = pairwise_attention(
+        q, k, v, scale=scale, whiten=whiten, implementation=implementation
+    )
     if unary is None:
         return pairwise
     # The sum in >= float32: the unary output broadcasts over all N queries, so its gradient sums

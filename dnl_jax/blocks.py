@@ -15,7 +15,8 @@ is zero-initialised, as in the references. Submodule names mirror mmcv/mmseg's s
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -62,12 +63,12 @@ class _NonLocalBase(nn.Module):
     reduction: int = 2
     use_scale: bool = True
     sub_sample: bool = False
-    pool_window: Optional[Sequence[int]] = None
-    norm: Optional[str] = "batch"
-    axis_name: Optional[str] = None
+    pool_window: Sequence[int] | None = None
+    norm: str | None = "batch"
+    axis_name: str | None = None
     num_groups: int = 32
-    implementation: Optional[str] = None
-    dtype: Optional[Dtype] = None
+    implementation: str | None = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     def _check(self, x: Array) -> int:
@@ -85,8 +86,12 @@ class _NonLocalBase(nn.Module):
     def _projection(self, features: int, name: str) -> layers.ConvModule:
         """1×1 conv with bias, N(0, 0.01) init: mmcv's g / theta / phi."""
         return layers.ConvModule(
-            features, use_bias=True, kernel_init=layers.normal_001, dtype=self.dtype,
-            param_dtype=self.param_dtype, name=name,
+            features,
+            use_bias=True,
+            kernel_init=layers.normal_001,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
         )
 
     def _sub_sample(self, x: Array) -> Array:
@@ -115,8 +120,13 @@ class _NonLocalBase(nn.Module):
         y = jnp.broadcast_to(y, (x.shape[0], flatten_positions(x).shape[1], y.shape[-1]))
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         out = layers.ConvModule(
-            x.shape[-1], norm=self.norm, zero_init_norm=True, axis_name=self.axis_name,
-            num_groups=self.num_groups, dtype=self.dtype, param_dtype=self.param_dtype,
+            x.shape[-1],
+            norm=self.norm,
+            zero_init_norm=True,
+            axis_name=self.axis_name,
+            num_groups=self.num_groups,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="conv_out",
         )(y, train=train)
         return x + out
@@ -142,7 +152,9 @@ class NonLocal(_NonLocalBase):
     def __call__(self, x: Array, train: bool = False) -> Array:
         channels = self._check(x)
         if self.mode not in NONLOCAL_MODES:
-            raise ValueError(f"unknown non-local mode {self.mode!r}; choose one of {NONLOCAL_MODES}.")
+            raise ValueError(
+                f"unknown non-local mode {self.mode!r}; choose one of {NONLOCAL_MODES}."
+            )
         inner = channels // self.reduction
         theta = self._queries(x, inner)
         phi, g = self._keys_values(x, inner)
@@ -150,7 +162,11 @@ class NonLocal(_NonLocalBase):
             y = attention_ops.dot_product_aggregate(theta, phi, g)
         else:
             y = attention_ops.dnl_attention(
-                theta, phi, g, scale=self._pairwise_scale(inner), whiten=False,
+                theta,
+                phi,
+                g,
+                scale=self._pairwise_scale(inner),
+                whiten=False,
                 implementation=self.implementation,
             )
         return self._output(x, y, train)
@@ -188,19 +204,30 @@ class DisentangledNonLocal(_NonLocalBase):
         unary_logits = None
         if self.unary:
             mask = nn.Conv(
-                1, kernel_size=(1,) * (x.ndim - 2), kernel_init=layers.torch_default,
-                bias_init=layers.torch_default_bias(channels), dtype=self.dtype,
-                param_dtype=self.param_dtype, name="conv_mask",
+                1,
+                kernel_size=(1,) * (x.ndim - 2),
+                kernel_init=layers.torch_default,
+                bias_init=layers.torch_default_bias(channels),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="conv_mask",
             )(x)
             unary_logits = flatten_positions(self._sub_sample(mask))[..., 0]
-        theta = self._queries(x, inner) if self.pairwise else None
+        theta: Array | None = None
         if self.pairwise:
+            theta = self._queries(x, inner)
             y = attention_ops.dnl_attention(
-                theta, phi, g, unary_logits, temperature=self.temperature,
-                scale=self._pairwise_scale(inner), whiten=self.whiten,
+                theta,
+                phi,
+                g,
+                unary_logits,
+                temperature=self.temperature,
+                scale=self._pairwise_scale(inner),
+                whiten=self.whiten,
                 implementation=self.implementation,
             )
         else:
+            assert unary_logits is not None  # not both off: checked above
             y = attention_ops.unary_attention(unary_logits, g)
         self._sow_attention_weights(theta, phi, unary_logits, inner)
         return self._output(x, y, train)
@@ -217,12 +244,16 @@ class DisentangledNonLocal(_NonLocalBase):
             return
         if theta is not None:
             scale = self._pairwise_scale(inner) / self.temperature
-            logits = ops.pairwise_logits(theta.astype(jnp.float32), phi.astype(jnp.float32),
-                                         scale=scale, whiten=self.whiten)
+            logits = ops.pairwise_logits(
+                theta.astype(jnp.float32), phi.astype(jnp.float32), scale=scale, whiten=self.whiten
+            )
             self.sow("intermediates", "pairwise_weights", jax.nn.softmax(logits, axis=-1))
         if unary_logits is not None:
-            self.sow("intermediates", "unary_weights",
-                     jax.nn.softmax(unary_logits.astype(jnp.float32), axis=-1))
+            self.sow(
+                "intermediates",
+                "unary_weights",
+                jax.nn.softmax(unary_logits.astype(jnp.float32), axis=-1),
+            )
 
 
 class ContextBlock(nn.Module):
@@ -240,7 +271,7 @@ class ContextBlock(nn.Module):
     ratio: float = 1 / 4
     pooling: str = "att"
     fusion_types: Sequence[str] = ("channel_add",)
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -253,8 +284,12 @@ class ContextBlock(nn.Module):
         flat = flatten_positions(x)
         if self.pooling == "att":
             mask = nn.Conv(
-                1, kernel, kernel_init=layers.kaiming_fan_in, dtype=self.dtype,
-                param_dtype=self.param_dtype, name="conv_mask",
+                1,
+                kernel,
+                kernel_init=layers.kaiming_fan_in,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="conv_mask",
             )(x)
             context = attention_ops.unary_attention(flatten_positions(mask)[..., 0], flat)
         else:
@@ -286,8 +321,12 @@ class ContextBlock(nn.Module):
         kernel = (1,) * (context.ndim - 2)
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.Conv(
-            planes, kernel, kernel_init=layers.torch_default,
-            bias_init=layers.torch_default_bias(channels), name=f"{name}_0", **common,
+            planes,
+            kernel,
+            kernel_init=layers.torch_default,
+            bias_init=layers.torch_default_bias(channels),
+            name=f"{name}_0",
+            **common,
         )(context)
         h = nn.relu(nn.LayerNorm(epsilon=1e-5, name=f"{name}_1", **common)(h))
         return nn.Conv(

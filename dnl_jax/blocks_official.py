@@ -30,7 +30,7 @@ Parameter names mirror the official state_dict (`conv_query`, `conv_key`, `conv_
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -56,12 +56,12 @@ class OfficialDisentangledNonLocal(nn.Module):
     """The official code's DNL block (see the module docstring); defaults: the 'in' variant."""
 
     reduction: int = 2
-    whiten: Optional[str] = "channel"
+    whiten: str | None = "channel"
     use_scale: bool = True
     temperature: float = 0.05
     unary: bool = True
-    implementation: Optional[str] = None
-    dtype: Optional[Dtype] = None
+    implementation: str | None = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -80,8 +80,12 @@ class OfficialDisentangledNonLocal(nn.Module):
             query = query - jnp.mean(query, axis=(-2, -1), keepdims=True)
             key = key - jnp.mean(key, axis=(-2, -1), keepdims=True)
         pairwise = attention_ops.dnl_attention(
-            query, key, value, temperature=self.temperature,
-            scale=inner**-0.5 if self.use_scale else 1.0, whiten=self.whiten == "channel",
+            query,
+            key,
+            value,
+            temperature=self.temperature,
+            scale=inner**-0.5 if self.use_scale else 1.0,
+            whiten=self.whiten == "channel",
             implementation=self.implementation,
         )
         gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
@@ -94,8 +98,13 @@ class OfficialDisentangledNonLocal(nn.Module):
     def _conv(self, features: int, name: str, x: Array, *, bias: bool) -> Array:
         """1×1 conv of x, weight N(0, 0.01), bias 0 (the official `reset_parameters`)."""
         return nn.Conv(
-            features, (1,) * (x.ndim - 2), use_bias=bias, kernel_init=layers.normal_001,
-            bias_init=nn.initializers.zeros, dtype=self.dtype, param_dtype=self.param_dtype,
+            features,
+            (1,) * (x.ndim - 2),
+            use_bias=bias,
+            kernel_init=layers.normal_001,
+            bias_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name=name,
         )(x)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator, NamedTuple, Optional
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,10 +39,10 @@ _DEFAULT_BLOCK_SIZES = {
     "gpu": BlockSizes(query=512, key=512),
     "tpu": BlockSizes(query=512, key=512),
 }
-_block_sizes_override: list[Optional[BlockSizes]] = [None]
+_block_sizes_override: list[BlockSizes | None] = [None]
 
 
-def default_block_sizes(platform: Optional[str] = None) -> BlockSizes:
+def default_block_sizes(platform: str | None = None) -> BlockSizes:
     """Block sizes for `platform` ('cpu', 'gpu', 'tpu'; None = JAX's default backend)."""
     if _block_sizes_override[0] is not None:
         return _block_sizes_override[0]
@@ -104,7 +105,7 @@ def whiten_and_scale(q: Array, k: Array, v: Array, scale, whiten: bool):
     return q.astype(operand_dtype), k.astype(operand_dtype), v.astype(operand_dtype)
 
 
-def static_scale(scale) -> Optional[float]:
+def static_scale(scale) -> float | None:
     """`scale` as a python float if it is known at trace time, else None (a traced value)."""
     try:
         return float(scale)
@@ -146,7 +147,7 @@ def _from_blocks(x: Array, length: int) -> Array:
     return x.reshape(x.shape[0], -1, x.shape[-1])[:, :length]
 
 
-def _key_bias(num_blocks: int, block: int, num_keys: int) -> Optional[Array]:
+def _key_bias(num_blocks: int, block: int, num_keys: int) -> Array | None:
     """`[num_blocks, block]`: 0 for real keys, −inf for padding (None when there is none).
 
     Padding is shorter than one block, so every key block holds a real key and the running max
@@ -188,22 +189,22 @@ def _forward_query_block(q_blk: Array, key_xs, scale: float) -> tuple[Array, Arr
     value_dtype, cv = key_xs[1].dtype, key_xs[1].shape[-1]
 
     def step(carry, xs):
-        m, l, acc = carry
+        m, denom, acc = carry
         s = _block_logits(q_blk, xs, scale)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         correction = jnp.exp(m - m_new)  # exp(−inf) = 0 on the first block
         p = jnp.exp(s - m_new[..., None])
-        l = l * correction + jnp.sum(p, axis=-1)
+        denom = denom * correction + jnp.sum(p, axis=-1)
         pv = _matmul("bqk,bkc->bqc", p.astype(value_dtype), xs[1])
-        return (m_new, l, acc * correction[..., None] + pv), None
+        return (m_new, denom, acc * correction[..., None] + pv), None
 
     init = (
         jnp.full((batch, block_q), -jnp.inf, jnp.float32),
         jnp.zeros((batch, block_q), jnp.float32),
         jnp.zeros((batch, block_q, cv), jnp.float32),
     )
-    (m, l, acc), _ = jax.lax.scan(step, init, key_xs)
-    return acc / l[..., None], m + jnp.log(l)
+    (m, denom, acc), _ = jax.lax.scan(step, init, key_xs)
+    return acc / denom[..., None], m + jnp.log(denom)
 
 
 def _blocked_forward(q_blocks, k_blocks, v_blocks, static):
@@ -272,7 +273,7 @@ def chunked_attention(
     *,
     scale,
     whiten: bool = True,
-    block_sizes: Optional[BlockSizes] = None,
+    block_sizes: BlockSizes | None = None,
 ) -> Array:
     """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j in O(N + M) memory, forward and backward.
 
@@ -292,7 +293,9 @@ def chunked_attention(
     num_queries, num_keys = q3.shape[1], k3.shape[1]
     block_q, block_k = min(sizes.query, num_queries), min(sizes.key, num_keys)
     out = _blocked_attention(
-        _to_blocks(q3, block_q), _to_blocks(k3, block_k), _to_blocks(v3, block_k),
+        _to_blocks(q3, block_q),
+        _to_blocks(k3, block_k),
+        _to_blocks(v3, block_k),
         (num_keys, logit_scale),
     )
     out = _from_blocks(out, num_queries)

@@ -16,8 +16,12 @@ from absl import logging as absl_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_LOG_LEVEL = "error"
-_ABSL_LEVELS = {"debug": absl_logging.DEBUG, "info": absl_logging.INFO,
-                "warning": absl_logging.WARNING, "error": absl_logging.ERROR}
+_ABSL_LEVELS = {
+    "debug": absl_logging.DEBUG,
+    "info": absl_logging.INFO,
+    "warning": absl_logging.WARNING,
+    "error": absl_logging.ERROR,
+}
 
 
 def set_library_log_level(level: str = DEFAULT_LOG_LEVEL) -> None:
@@ -40,6 +44,10 @@ def quiet_absl_command(verbosity_flag) -> None:
 
 def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
     """`--log_level` for the argparse commands."""
-    parser.add_argument("--log_level", choices=LOG_LEVELS, default=DEFAULT_LOG_LEVEL,
-                        help="level of the libraries' log records shown (default: %(default)s; "
-                        "dnl_jax's own messages always show)")
+    parser.add_argument(
+        "--log_level",
+        choices=LOG_LEVELS,
+        default=DEFAULT_LOG_LEVEL,
+        help="level of the libraries' log records shown (default: %(default)s; "
+        "dnl_jax's own messages always show)",
+    )

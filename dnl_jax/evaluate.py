@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,8 @@ from dnl_jax import evaluators, tasks
 from dnl_jax.evaluators.segmentation import format_iou_table
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
-from dnl_jax.train import parallel, step as step_lib
+from dnl_jax.train import parallel
+from dnl_jax.train import step as step_lib
 from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.checkpoint_paths import step_directory
 from dnl_jax.train.config import validate_config
@@ -55,21 +57,30 @@ def load_checked_variables(config, path: str) -> dict:
     except Exception as error:  # orbax's own errors on unreadable files, as one line
         if isinstance(error, ValueError):
             raise
-        raise ValueError(f"--checkpoint={path} could not be read: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else ''}") from error
-    mismatch = (parameter_mismatch(variables["params"], expected.params)
-                or parameter_mismatch(variables["batch_stats"], expected.batch_stats))
+        raise ValueError(
+            f"--checkpoint={path} could not be read: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
+    mismatch = parameter_mismatch(variables["params"], expected.params) or parameter_mismatch(
+        variables["batch_stats"], expected.batch_stats
+    )
     if mismatch:
         raise ValueError(
             f"--checkpoint={path} does not fit config.model.name={config.model.name!r} with "
             f"config.data.num_classes={config.data.num_classes}{_saved_model(path)}: "
-            f"{mismatch}. Pass the config (and model.kwargs) it was trained with.")
+            f"{mismatch}. Pass the config (and model.kwargs) it was trained with."
+        )
     return variables
 
 
-def evaluate_checkpoint(config, checkpoint: str, split: str = "val", *,
-                        output_dir: Optional[str] = None,
-                        log: Callable[[str], Any] = print) -> dict[str, dict]:
+def evaluate_checkpoint(
+    config,
+    checkpoint: str,
+    split: str = "val",
+    *,
+    output_dir: str | None = None,
+    log: Callable[[str], Any] = print,
+) -> dict[str, dict]:
     """Runs every evaluator of `config.evals` on checkpoint step `checkpoint` over `split` and
     returns {evaluator name: metrics}; logs one line per evaluator and, for per-class results,
     the IoU table. Raises ValueError for a bad config, checkpoint or split."""
@@ -78,11 +89,17 @@ def evaluate_checkpoint(config, checkpoint: str, split: str = "val", *,
     variables = load_checked_variables(config, path)
     bundle = make_bundle(config)
     source = tasks.for_dataset(config.data.name).eval_source(config.data, split)
-    driver = parallel.make_driver("jit", None, step_lib.make_eval_step(bundle),
-                                  space=int(config.mesh.space))
+    driver = parallel.make_driver(
+        "jit", None, step_lib.make_eval_step(bundle), space=int(config.mesh.space)
+    )
     context = evaluators.EvalContext(config, bundle, bundle.module, source, driver, output_dir)
-    state = step_lib.TrainState(step=np.int32(0), params=variables["params"],
-                                batch_stats=variables["batch_stats"], opt_state=None, rng=None)
+    state = step_lib.TrainState(
+        step=np.int32(0),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=None,
+        rng=None,
+    )
     results = {}
     with driver.context():
         state = driver.from_checkpoint(jax.tree.map(jnp.asarray, state))
@@ -91,7 +108,8 @@ def evaluate_checkpoint(config, checkpoint: str, split: str = "val", *,
             metrics = results[evaluator.name]
             if "per_class_iou" in metrics:
                 names = getattr(source, "classes", None) or [
-                    f"class {k}" for k in range(len(metrics["per_class_iou"]))]
+                    f"class {k}" for k in range(len(metrics["per_class_iou"]))
+                ]
                 log(format_iou_table(metrics, names))
             log(f"{evaluator.name} ({split}): {describe(metrics)}")
     return results
@@ -100,8 +118,10 @@ def evaluate_checkpoint(config, checkpoint: str, split: str = "val", *,
 def _write_metrics(results: dict, output_dir: str, split: str) -> str:
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, f"metrics_{split}.json")
-    as_json = {name: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                      for k, v in metrics.items()} for name, metrics in results.items()}
+    as_json = {
+        name: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in metrics.items()}
+        for name, metrics in results.items()
+    }
     with open(path, "w") as f:
         json.dump(as_json, f, indent=1)
     return path
@@ -120,8 +140,7 @@ def main(argv) -> None:
     config, split, output_dir = _CONFIG.value, flags.FLAGS.split, flags.FLAGS.output_dir
     try:
         set_model_kwargs(config, _MODEL_KWARGS)
-        results = evaluate_checkpoint(config, flags.FLAGS.checkpoint, split,
-                                      output_dir=output_dir)
+        results = evaluate_checkpoint(config, flags.FLAGS.checkpoint, split, output_dir=output_dir)
     except ValueError as error:
         sys.exit(f"evaluate: {error}")
     if output_dir:
@@ -137,8 +156,9 @@ if __name__ == "__main__":
     from dnl_jax.train.config import take_model_kwargs_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
-    flags.DEFINE_string("checkpoint", None,
-                        "Checkpoint step directory, e.g. runs/demo-latest/checkpoints/1000.")
+    flags.DEFINE_string(
+        "checkpoint", None, "Checkpoint step directory, e.g. runs/demo-latest/checkpoints/1000."
+    )
     flags.DEFINE_string("split", "val", "Split of config.data to evaluate.")
     flags.DEFINE_string("output_dir", None, "Writes prediction PNGs and metrics_SPLIT.json here.")
     flags.mark_flags_as_required(["config", "checkpoint"])

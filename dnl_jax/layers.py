@@ -4,14 +4,16 @@ the norm factory.
 Names mirror mmcv's `ConvModule` so that PyTorch weights map one to one: a module named `conv_out`
 holds `conv_out/conv/{kernel,bias}` and its norm `conv_out/bn` (batch), `conv_out/gn` (group) or
 `conv_out/ln` (layer), as mmcv's `conv_out.conv.weight`, `conv_out.bn.weight`, ... Convolutions
-are channel-last: inputs `[B, *spatial, C]` with 1 to 3 spatial dims, kernels `[*window, Cin, Cout]`.
+are channel-last: inputs `[B, *spatial, C]` with 1 to 3 spatial dims, kernels
+`[*window, Cin, Cout]`.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -44,7 +46,7 @@ def torch_default_bias(fan_in: int) -> Initializer:
     return init
 
 
-def check_norm(norm: Optional[str]) -> None:
+def check_norm(norm: str | None) -> None:
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}.")
 
@@ -54,13 +56,13 @@ def make_norm(
     *,
     train: bool,
     zero_init: bool = False,
-    axis_name: Optional[str] = None,
+    axis_name: str | None = None,
     num_groups: int = 32,
     momentum: float = 0.9,
     epsilon: float = 1e-5,
-    dtype: Optional[Dtype] = None,
+    dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> nn.Module:
     """A norm layer over the channel axis (-1), with PyTorch's epsilon and momentum (0.1 there).
 
@@ -70,7 +72,9 @@ def make_norm(
     check_norm(norm)
     scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
     name = name or NORM_NAMES[norm]
-    common = dict(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
+    common = dict(
+        epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name
+    )
     if norm == "batch":
         return nn.BatchNorm(
             use_running_average=not train, momentum=momentum, axis_name=axis_name, **common
@@ -81,8 +85,17 @@ def make_norm(
 
 
 def conv_or_pointwise_matmul(
-    lhs: Array, rhs: Array, window_strides, padding, *, lhs_dilation=None, rhs_dilation=None,
-    dimension_numbers=None, feature_group_count: int = 1, precision=None, **kwargs,
+    lhs: Array,
+    rhs: Array,
+    window_strides,
+    padding,
+    *,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    **kwargs,
 ) -> Array:
     """`lax.conv_general_dilated`, except that a 1×1 convolution is computed as a matmul, and, on
     CPU, a wide 2-D k×k convolution gets its gradients from matmuls (`conv_with_matmul_gradients`).
@@ -96,22 +109,45 @@ def conv_or_pointwise_matmul(
     """
     window = rhs.shape[:-2]
     unpadded = padding in ("SAME", "VALID") or all(tuple(p) == (0, 0) for p in padding)
-    plain = (all(d == 1 for d in (lhs_dilation or ())) and feature_group_count == 1
-             and not kwargs and _channel_last(dimension_numbers, lhs.ndim))
+    plain = (
+        all(d == 1 for d in (lhs_dilation or ()))
+        and feature_group_count == 1
+        and not kwargs
+        and _channel_last(dimension_numbers, lhs.ndim)
+    )
     if plain and unpadded and all(w == 1 for w in window) and all(s == 1 for s in window_strides):
         return jnp.einsum("...c,cf->...f", lhs, rhs.reshape(rhs.shape[-2:]), precision=precision)
-    if (plain and precision is None and lhs.ndim == 4 and MATMUL_GRAD_MIN_CHANNELS is not None
-            and rhs.shape[-2] >= MATMUL_GRAD_MIN_CHANNELS and jax.default_backend() == "cpu"):
+    if (
+        plain
+        and precision is None
+        and lhs.ndim == 4
+        and MATMUL_GRAD_MIN_CHANNELS is not None
+        and rhs.shape[-2] >= MATMUL_GRAD_MIN_CHANNELS
+        and jax.default_backend() == "cpu"
+    ):
         if isinstance(padding, str):
-            dilated = [(w - 1) * d + 1 for w, d in zip(window, rhs_dilation or (1, 1))]
+            dilated = [
+                (w - 1) * d + 1 for w, d in zip(window, rhs_dilation or (1, 1), strict=False)
+            ]
             padding = jax.lax.padtype_to_pads(lhs.shape[1:3], dilated, window_strides, padding)
-        return conv_with_matmul_gradients(lhs, rhs, tuple(window_strides),
-                                          tuple(tuple(p) for p in padding),
-                                          tuple(rhs_dilation or (1, 1)))
+        return conv_with_matmul_gradients(
+            lhs,
+            rhs,
+            tuple(window_strides),
+            tuple(tuple(p) for p in padding),
+            tuple(rhs_dilation or (1, 1)),
+        )
     return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        precision=precision, **kwargs,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+        **kwargs,
     )
 
 
@@ -122,7 +158,7 @@ def conv_or_pointwise_matmul(
 # 28%, but on the quiet machine the same step was slower with them (7.55 s vs 5.89 s median of 3
 # interleaved rounds), so they stay opt-in (e.g. 256) until a quiet-machine benchmark says
 # otherwise.
-MATMUL_GRAD_MIN_CHANNELS: Optional[int] = None
+MATMUL_GRAD_MIN_CHANNELS: int | None = None
 
 
 def _im2col_conv(lhs: Array, rhs: Array, strides, padding, dilation) -> Array:
@@ -130,20 +166,26 @@ def _im2col_conv(lhs: Array, rhs: Array, strides, padding, dilation) -> Array:
     → `[B, Ho, Wo, Cout]` (patches `[B, Ho, Wo, kh·kw·Cin]`, tap-major like `rhs`)."""
     padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
     window = rhs.shape[:2]
-    out = [(padded.shape[1 + a] - (window[a] - 1) * dilation[a] - 1) // strides[a] + 1
-           for a in range(2)]
+    out = [
+        (padded.shape[1 + a] - (window[a] - 1) * dilation[a] - 1) // strides[a] + 1
+        for a in range(2)
+    ]
     patches = []
     for offsets in itertools.product(*(range(w) for w in window)):
-        start = [o * d for o, d in zip(offsets, dilation)]
-        limit = [s + (n - 1) * st + 1 for s, n, st in zip(start, out, strides)]
-        patches.append(jax.lax.slice(padded, (0, *start, 0), (lhs.shape[0], *limit, lhs.shape[3]),
-                                     (1, *strides, 1)))
+        start = [o * d for o, d in zip(offsets, dilation, strict=False)]
+        limit = [s + (n - 1) * st + 1 for s, n, st in zip(start, out, strides, strict=False)]
+        patches.append(
+            jax.lax.slice(
+                padded, (0, *start, 0), (lhs.shape[0], *limit, lhs.shape[3]), (1, *strides, 1)
+            )
+        )
     return jnp.concatenate(patches, axis=-1) @ rhs.reshape(-1, rhs.shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_with_matmul_gradients(lhs: Array, rhs: Array, strides: tuple, padding: tuple,
-                               dilation: tuple) -> Array:
+def conv_with_matmul_gradients(
+    lhs: Array, rhs: Array, strides: tuple, padding: tuple, dilation: tuple
+) -> Array:
     """2-D channel-last convolution (`[B, H, W, Cin]` × `[kh, kw, Cin, Cout]`, explicit
     `padding` ((top, bottom), (left, right)), kernel `dilation`) → `[B, Ho, Wo, Cout]`.
 
@@ -151,8 +193,14 @@ def conv_with_matmul_gradients(lhs: Array, rhs: Array, strides: tuple, padding: 
     backward pass differentiates the im2col form (`_im2col_conv`), so both gradients are matmuls
     (equal up to float rounding). Costs a `[B, Ho, Wo, kh·kw·Cin]` patch array in the backward.
     """
-    return jax.lax.conv_general_dilated(lhs, rhs, strides, padding, rhs_dilation=dilation,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        lhs,
+        rhs,
+        strides,
+        padding,
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
 
 def _conv_forward(lhs, rhs, strides, padding, dilation):
@@ -170,8 +218,9 @@ conv_with_matmul_gradients.defvjp(_conv_forward, _conv_backward)
 def _channel_last(dimension_numbers, ndim: int) -> bool:
     """True for flax's layout: lhs/out `[B, *spatial, C]`, rhs `[*window, Cin, Cout]`."""
     expected = jax.lax.conv_dimension_numbers(
-        (1,) * ndim, (1,) * ndim, ("N" + "HWD"[: ndim - 2] + "C", "HWD"[: ndim - 2] + "IO",
-                                   "N" + "HWD"[: ndim - 2] + "C")
+        (1,) * ndim,
+        (1,) * ndim,
+        ("N" + "HWD"[: ndim - 2] + "C", "HWD"[: ndim - 2] + "IO", "N" + "HWD"[: ndim - 2] + "C"),
     )
     return dimension_numbers == expected
 
@@ -190,19 +239,19 @@ class ConvModule(nn.Module):
     """
 
     features: int
-    kernel_size: Union[int, Sequence[int]] = 1
-    strides: Union[int, Sequence[int]] = 1
-    dilation: Union[int, Sequence[int]] = 1
-    padding: Union[str, int] = 0
-    use_bias: Optional[bool] = None
-    norm: Optional[str] = None
+    kernel_size: int | Sequence[int] = 1
+    strides: int | Sequence[int] = 1
+    dilation: int | Sequence[int] = 1
+    padding: str | int = 0
+    use_bias: bool | None = None
+    norm: str | None = None
     activation: bool = False
     zero_init_norm: bool = False
     kernel_init: Initializer = kaiming_fan_out
     bias_init: Initializer = nn.initializers.zeros
-    axis_name: Optional[str] = None
+    axis_name: str | None = None
     num_groups: int = 32
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -210,9 +259,11 @@ class ConvModule(nn.Module):
         nd = x.ndim - 2
         use_bias = self.norm is None if self.use_bias is None else self.use_bias
         zero_conv = self.zero_init_norm and self.norm is None
-        padding = self.padding
-        if isinstance(padding, int):
-            padding = [(padding, padding)] * nd
+        padding: str | Sequence[tuple[int, int]]
+        if isinstance(self.padding, int):
+            padding = [(self.padding, self.padding)] * nd
+        else:
+            padding = self.padding
         x = nn.Conv(
             self.features,
             kernel_size=_tuple(self.kernel_size, nd),
@@ -242,7 +293,7 @@ class ConvModule(nn.Module):
         return x
 
 
-def _tuple(value: Union[int, Sequence[int]], nd: int) -> tuple[int, ...]:
+def _tuple(value: int | Sequence[int], nd: int) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,) * nd
     value = tuple(value)

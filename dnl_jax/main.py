@@ -18,18 +18,23 @@ from ml_collections import config_flags
 
 from dnl_jax.command_line import quiet_absl_command
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and figures.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "HOST:PORT of process 0, for multi-host runs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for multi-host runs."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, N).")
-_MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "Call jax.distributed.initialize() with the environment's "
-                               "defaults (TPU pods, SLURM, ...).")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Call jax.distributed.initialize() with the environment's defaults (TPU pods, SLURM, ...).",
+)
 _CPU_COLLECTIVES = flags.DEFINE_string(
-    "cpu_collectives", None, "CPU cross-process collectives ('gloo'), for multi-process CPU runs.")
+    "cpu_collectives", None, "CPU cross-process collectives ('gloo'), for multi-process CPU runs."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,13 +47,18 @@ def initialize_distributed(section) -> None:
 
     explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
     if any(v is not None for v in explicit) and not all(v is not None for v in explicit):
-        raise app.UsageError("give all of --coordinator_address, --num_processes and "
-                             "--process_id, or none of them.")
+        raise app.UsageError(
+            "give all of --coordinator_address, --num_processes and --process_id, or none of them."
+        )
     if _CPU_COLLECTIVES.value:
         jax.config.update("jax_cpu_collectives_implementation", _CPU_COLLECTIVES.value)
     if all(v is not None for v in explicit):
-        distributed.initialize(section, coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+        distributed.initialize(
+            section,
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
     elif _MULTIHOST.value:
         distributed.initialize(section)
 
@@ -72,17 +82,22 @@ def main(argv) -> None:
 
     try:
         set_model_kwargs(config, _MODEL_KWARGS)
-        result = distributed.run_watched(_WORKDIR.value, config.distributed,
-                                         lambda: train_and_evaluate(config, _WORKDIR.value))
+        result = distributed.run_watched(
+            _WORKDIR.value, config.distributed, lambda: train_and_evaluate(config, _WORKDIR.value)
+        )
     except (ValueError, DiskFull) as error:  # a bad config, workdir or a full disk: one line
         sys.exit(f"main: {error}")
     if jax.process_index() == 0:
         val = result["val"]
-        print(f"{result['status']} at step {result['step']}: "
-              f"{describe(val) if val else 'not evaluated'}")
-        print(f"workdir: {result['workdir']} (checkpoints/, tensorboard/, metrics.jsonl, "
-              f"config.json{', ' + result['curves'] if result['curves'] else ''}"
-              f"{', ' + result['attention'] if result.get('attention') else ''})")
+        print(
+            f"{result['status']} at step {result['step']}: "
+            f"{describe(val) if val else 'not evaluated'}"
+        )
+        print(
+            f"workdir: {result['workdir']} (checkpoints/, tensorboard/, metrics.jsonl, "
+            f"config.json{', ' + result['curves'] if result['curves'] else ''}"
+            f"{', ' + result['attention'] if result.get('attention') else ''})"
+        )
 
 
 _MODEL_KWARGS: dict = {}

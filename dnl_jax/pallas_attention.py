@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,7 @@ Array = jax.Array
 _TPU_BLOCK = 512
 _TPU_LANES = 128
 _GPU_BLOCK, _GPU_BACKWARD_BLOCK = 128, 32
-_block_override: list[Optional[int]] = [None]
+_block_override: list[int | None] = [None]
 
 
 @contextlib.contextmanager
@@ -116,13 +116,24 @@ def _tpu_kernel(q: Array, k: Array, v: Array, config) -> Array:
         real = (jnp.arange(k.shape[2]) < num_keys).astype(jnp.int32)
         segment_ids = tpu_attention.SegmentIds(
             q=jnp.ones((q.shape[0], q.shape[2]), jnp.int32),
-            kv=jnp.broadcast_to(real, (k.shape[0], k.shape[2])))
+            kv=jnp.broadcast_to(real, (k.shape[0], k.shape[2])),
+        )
     sizes = tpu_attention.BlockSizes(
-        block_q=block_q, block_k_major=block_k, block_k=block_k, block_b=1,
-        block_q_major_dkv=block_q, block_k_major_dkv=block_k, block_k_dkv=block_k,
-        block_q_dkv=block_q, block_k_major_dq=block_k, block_k_dq=block_k, block_q_dq=block_q)
-    return tpu_attention.flash_attention(q, k, v, segment_ids=segment_ids, sm_scale=sm_scale,
-                                         block_sizes=sizes)
+        block_q=block_q,
+        block_k_major=block_k,
+        block_k=block_k,
+        block_b=1,
+        block_q_major_dkv=block_q,
+        block_k_major_dkv=block_k,
+        block_k_dkv=block_k,
+        block_q_dkv=block_q,
+        block_k_major_dq=block_k,
+        block_k_dq=block_k,
+        block_q_dq=block_q,
+    )
+    return tpu_attention.flash_attention(
+        q, k, v, segment_ids=segment_ids, sm_scale=sm_scale, block_sizes=sizes
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -158,8 +169,12 @@ def tpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
         width = _round_up(width, _TPU_LANES)  # the kernel's rule for head dims above 128
     q_len, k_len = _round_up(n, _TPU_LANES), _round_up(m, _TPU_LANES)
     config = (sm_scale, _tpu_block(q_len), _tpu_block(k_len), m)
-    out = _tpu_call(_pad(q3, q_len, width)[:, None], _pad(k3, k_len, width)[:, None],
-                    _pad(v3, k_len, width)[:, None], config)
+    out = _tpu_call(
+        _pad(q3, q_len, width)[:, None],
+        _pad(k3, k_len, width)[:, None],
+        _pad(v3, k_len, width)[:, None],
+        config,
+    )
     return _finish(out[:, 0], leading, n, v)
 
 
@@ -188,8 +203,7 @@ def _mask_bias_channel(q: Array, k: Array, v: Array, num_keys: int):
     real = jnp.arange(k.shape[1]) < num_keys
     key_bias = jnp.where(real, 0.0, -big).astype(k.dtype)
     q = jnp.concatenate([q, jnp.ones((*q.shape[:2], 1), q.dtype)], axis=-1)
-    k = jnp.concatenate([k, jnp.broadcast_to(key_bias[None, :, None], (*k.shape[:2], 1))],
-                        axis=-1)
+    k = jnp.concatenate([k, jnp.broadcast_to(key_bias[None, :, None], (*k.shape[:2], 1))], axis=-1)
     return q, k, v
 
 
@@ -214,9 +228,21 @@ def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
         q3, k3, v3 = _mask_bias_channel(q3, k3, v3, m)
     width = max(q3.shape[2], v3.shape[2])
     q4, k4, v4 = (_pad(x, length, width)[:, :, None] for x in (q3, k3, v3))
-    sizes = gpu_attention.BlockSizes(block_q=forward, block_k=forward, block_q_dkv=backward,
-                                     block_kv_dkv=backward, block_q_dq=backward,
-                                     block_kv_dq=backward)
-    out = gpu_attention.mha(q4, k4, v4, segment_ids, sm_scale=sm_scale, block_sizes=sizes,
-                            interpret=jax.default_backend() != "gpu")
+    sizes = gpu_attention.BlockSizes(
+        block_q=forward,
+        block_k=forward,
+        block_q_dkv=backward,
+        block_kv_dkv=backward,
+        block_q_dq=backward,
+        block_kv_dq=backward,
+    )
+    out = gpu_attention.mha(
+        q4,
+        k4,
+        v4,
+        segment_ids,
+        sm_scale=sm_scale,
+        block_sizes=sizes,
+        interpret=jax.default_backend() != "gpu",
+    )
     return _finish(out[:, :, 0], leading, n, v)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +60,7 @@ def space_shards() -> int:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or SPACE_AXIS not in mesh.axis_names:
         return 1
-    axis_type = dict(zip(mesh.axis_names, mesh.axis_types))[SPACE_AXIS]
+    axis_type = dict(zip(mesh.axis_names, mesh.axis_types, strict=False))[SPACE_AXIS]
     if axis_type == jax.sharding.AxisType.Manual:
         return 1
     return mesh.shape[SPACE_AXIS]
@@ -122,16 +121,16 @@ def _unary_body(unary: Array, v: Array, num_keys: int) -> Array:
 
 
 def _ring_step(q: Array, k: Array, v: Array, valid: Array, carry):
-    """One ring block merged into the online softmax (m, l, acc): float32 throughout."""
-    m, l, acc = carry
+    """One ring block merged into the online softmax (m, denom, acc): float32 throughout."""
+    m, denom, acc = carry
     s = jnp.einsum("bnc,bmc->bnm", q, k, preferred_element_type=jnp.float32)
     s = jnp.where(valid[None, None, :], s, _MASKED)
     m_new = jnp.maximum(m, lax.stop_gradient(jnp.max(s, axis=-1)))
     correction = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new[..., None])
-    l = l * correction + jnp.sum(p, axis=-1)
+    denom = denom * correction + jnp.sum(p, axis=-1)
     pv = jnp.einsum("bnm,bmc->bnc", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return m_new, l, acc * correction[..., None] + pv
+    return m_new, denom, acc * correction[..., None] + pv
 
 
 def _ring_attention(q: Array, k: Array, v: Array, num_keys: int, shards: int) -> Array:
@@ -144,9 +143,11 @@ def _ring_attention(q: Array, k: Array, v: Array, num_keys: int, shards: int) ->
     local = k.shape[1]
     perm = [(i, (i + 1) % shards) for i in range(shards)]
     batch, queries = q.shape[:2]
-    carry = (jnp.full((batch, queries), _MASKED, jnp.float32),
-             jnp.zeros((batch, queries), jnp.float32),
-             jnp.zeros((batch, queries, v.shape[-1]), jnp.float32))
+    carry = (
+        jnp.full((batch, queries), _MASKED, jnp.float32),
+        jnp.zeros((batch, queries), jnp.float32),
+        jnp.zeros((batch, queries, v.shape[-1]), jnp.float32),
+    )
     step = jax.checkpoint(_ring_step)
     for t in range(shards):
         source = (index - t) % shards
@@ -154,12 +155,13 @@ def _ring_attention(q: Array, k: Array, v: Array, num_keys: int, shards: int) ->
         carry = step(q, k, v, valid, carry)
         if t < shards - 1:
             k, v = lax.ppermute((k, v), SPACE_AXIS, perm)
-    _, l, acc = carry
-    return acc / l[..., None]
+    _, denom, acc = carry
+    return acc / denom[..., None]
 
 
-def _pairwise_body(q, k, v, *, num_queries, num_keys, scale, whiten, strategy, implementation,
-                   shards):
+def _pairwise_body(
+    q, k, v, *, num_queries, num_keys, scale, whiten, strategy, implementation, shards
+):
     """The pairwise term for this shard's queries `[B, n, Cv]` float32 (see module docstring)."""
     dtype = _compute_dtype(q, k, v)
     q, k = q.astype(dtype), k.astype(dtype)
@@ -173,8 +175,9 @@ def _pairwise_body(q, k, v, *, num_queries, num_keys, scale, whiten, strategy, i
         return _ring_attention(q, k, v, num_keys, shards)
     k_all = lax.all_gather(k, SPACE_AXIS, axis=1, tiled=True)[:, :num_keys]
     v_all = lax.all_gather(v, SPACE_AXIS, axis=1, tiled=True)[:, :num_keys]
-    out = attention.pairwise_attention(q, k_all, v_all, scale=1.0, whiten=False,
-                                       implementation=implementation)
+    out = attention.pairwise_attention(
+        q, k_all, v_all, scale=1.0, whiten=False, implementation=implementation
+    )
     return out.astype(jnp.float32)
 
 
@@ -197,18 +200,27 @@ def select_strategy(q: Array, k: Array, v: Array, shards: int) -> str:
     key = (q.shape, k.shape, v.shape, shards, choice)
     if key not in _logged:
         _logged.add(key)
-        logger.debug("sharded attention: %r for q%s k%s v%s over %d space shards (%d bytes of "
-                     "keys and values per device when gathered).", choice, q.shape, k.shape,
-                     v.shape, shards, gathered)
+        logger.debug(
+            "sharded attention: %r for q%s k%s v%s over %d space shards (%d bytes of "
+            "keys and values per device when gathered).",
+            choice,
+            q.shape,
+            k.shape,
+            v.shape,
+            shards,
+            gathered,
+        )
     return choice
 
 
-def _check_flat(q: Optional[Array], k: Optional[Array], v: Array) -> None:
+def _check_flat(q: Array | None, k: Array | None, v: Array) -> None:
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x is not None and x.ndim != 3:
-            raise ValueError(f"sharded attention takes flattened [B, positions, C] arrays; got "
-                             f"{name}.shape={x.shape}. Flatten the spatial axes first "
-                             "(blocks.flatten_positions).")
+            raise ValueError(
+                f"sharded attention takes flattened [B, positions, C] arrays; got "
+                f"{name}.shape={x.shape}. Flatten the spatial axes first "
+                "(blocks.flatten_positions)."
+            )
 
 
 def _shard_call(body, arrays, out_spec_space: bool):
@@ -217,15 +229,26 @@ def _shard_call(body, arrays, out_spec_space: bool):
     'space' (`out_spec_space=False`)."""
     batch = _batch_axis(arrays[0].shape[0])
     spec = P(batch, SPACE_AXIS)
-    return jax.shard_map(body, in_specs=tuple(spec for _ in arrays),
-                         out_specs=spec if out_spec_space else P(batch),
-                         check_vma=_CHECK_VMA)(*arrays)
+    return jax.shard_map(
+        body,
+        in_specs=tuple(spec for _ in arrays),
+        out_specs=spec if out_spec_space else P(batch),
+        check_vma=_CHECK_VMA,
+    )(*arrays)
 
 
-def dnl_attention(q: Array, k: Array, v: Array, unary: Optional[Array] = None, *,
-                  temperature: float = 1.0, scale: Optional[float] = None, whiten: bool = True,
-                  implementation: Optional[str] = None,
-                  strategy: Optional[str] = None) -> Array:
+def dnl_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    unary: Array | None = None,
+    *,
+    temperature: float = 1.0,
+    scale: float | None = None,
+    whiten: bool = True,
+    implementation: str | None = None,
+    strategy: str | None = None,
+) -> Array:
     """`attention.dnl_attention` (same arguments, q `[B, N, C]`, k `[B, M, C]`, v `[B, M, Cv]`,
     unary `[B, M]`) with the positions sharded over 'space' when the mesh has S > 1 shards.
 
@@ -234,8 +257,16 @@ def dnl_attention(q: Array, k: Array, v: Array, unary: Optional[Array] = None, *
     """
     shards = space_shards()
     if shards == 1:
-        return attention.dnl_attention(q, k, v, unary, temperature=temperature, scale=scale,
-                                       whiten=whiten, implementation=implementation)
+        return attention.dnl_attention(
+            q,
+            k,
+            v,
+            unary,
+            temperature=temperature,
+            scale=scale,
+            whiten=whiten,
+            implementation=implementation,
+        )
     ops.check_query_key(q, k)
     ops.check_key_value(k, v)
     _check_flat(q, k, v)
@@ -247,8 +278,15 @@ def dnl_attention(q: Array, k: Array, v: Array, unary: Optional[Array] = None, *
     strategy = strategy or select_strategy(q, k, v, shards)
     num_queries, num_keys = q.shape[1], k.shape[1]
     pairwise = functools.partial(
-        _pairwise_body, num_queries=num_queries, num_keys=num_keys, scale=scale, whiten=whiten,
-        strategy=strategy, implementation=implementation, shards=shards)
+        _pairwise_body,
+        num_queries=num_queries,
+        num_keys=num_keys,
+        scale=scale,
+        whiten=whiten,
+        strategy=strategy,
+        implementation=implementation,
+        shards=shards,
+    )
 
     def body(q, k, v, *maybe_unary):
         out = pairwise(q, k, v)
@@ -270,12 +308,15 @@ def unary_attention(unary: Array, v: Array) -> Array:
         return ops.unary_attention(unary, v)
     _check_flat(None, None, v)
     if unary.shape != v.shape[:2]:
-        raise ValueError(f"unary logits must be [B, M] with M the number of value positions; got "
-                         f"unary.shape={unary.shape} and v.shape={v.shape}.")
+        raise ValueError(
+            f"unary logits must be [B, M] with M the number of value positions; got "
+            f"unary.shape={unary.shape} and v.shape={v.shape}."
+        )
     num_keys = v.shape[1]
     body = lambda u, x: _unary_body(u, x, num_keys).astype(v.dtype)  # noqa: E731
-    return _shard_call(body, [_pad_positions(unary, shards), _pad_positions(v, shards)],
-                       out_spec_space=False)
+    return _shard_call(
+        body, [_pad_positions(unary, shards), _pad_positions(v, shards)], out_spec_space=False
+    )
 
 
 def dot_product_aggregate(q: Array, k: Array, v: Array) -> Array:

@@ -30,9 +30,9 @@ when both do; otherwise it is "not shown" (which is not evidence against it). No
 testing several claims is applied: read p-values near 0.05 with that in mind.
 
 Steps to learn the cue: the first evaluation (every 50 steps) at which the cue is right on
-≥ `CUE_THRESHOLD` of the val objects (`dnl_jax.analysis.saliency.object_cue_accuracy`). Chosen over an
-mIoU threshold because the cue is the one thing only the salient keys decide: mIoU mixes it with
-shapes, colours and borders, and the mIoU a head has when it reads the cue differs by scene
+≥ `CUE_THRESHOLD` of the val objects (`dnl_jax.analysis.saliency.object_cue_accuracy`). Chosen
+over an mIoU threshold because the cue is the one thing only the salient keys decide: mIoU mixes
+it with shapes, colours and borders, and the mIoU a head has when it reads the cue differs by scene
 family, so any mIoU threshold would have to be calibrated on outcomes. 90 %: a head that ignores
 the cue is right on about half of the objects, one that reads it on nearly all.
 """
@@ -49,17 +49,44 @@ NONINFERIORITY_MARGIN = 0.01  # mIoU; about two seed-to-seed stds of the heads' 
 ALPHA = 0.05
 
 CLAIMS = (
-    {"id": "a", "text": "unary ↔ salient is higher for unary-only and DNL than for NL's implicit "
-                        "unary term", "measure": "unary~salient", "heads": ("unary", "dnl"),
-     "reference": "nl", "test": "permutation", "margin": 0.0},
-    {"id": "b", "text": "pairwise ↔ within is higher for pairwise-only and DNL than for NL's "
-                        "implicit pairwise term", "measure": "pairwise~within",
-     "heads": ("pairwise", "dnl"), "reference": "nl", "test": "permutation", "margin": 0.0},
-    {"id": "c", "text": "DNL learns the cue in fewer steps than NL", "measure": "steps_to_learn",
-     "heads": ("dnl",), "reference": "nl", "test": "sign", "margin": 0.0},
-    {"id": "d", "text": f"unary-only is not worse than NL (final val mIoU, margin "
-                        f"{NONINFERIORITY_MARGIN})", "measure": "val_miou", "heads": ("unary",),
-     "reference": "nl", "test": "permutation", "margin": NONINFERIORITY_MARGIN},
+    {
+        "id": "a",
+        "text": "unary ↔ salient is higher for unary-only and DNL than for NL's implicit "
+        "unary term",
+        "measure": "unary~salient",
+        "heads": ("unary", "dnl"),
+        "reference": "nl",
+        "test": "permutation",
+        "margin": 0.0,
+    },
+    {
+        "id": "b",
+        "text": "pairwise ↔ within is higher for pairwise-only and DNL than for NL's "
+        "implicit pairwise term",
+        "measure": "pairwise~within",
+        "heads": ("pairwise", "dnl"),
+        "reference": "nl",
+        "test": "permutation",
+        "margin": 0.0,
+    },
+    {
+        "id": "c",
+        "text": "DNL learns the cue in fewer steps than NL",
+        "measure": "steps_to_learn",
+        "heads": ("dnl",),
+        "reference": "nl",
+        "test": "sign",
+        "margin": 0.0,
+    },
+    {
+        "id": "d",
+        "text": f"unary-only is not worse than NL (final val mIoU, margin {NONINFERIORITY_MARGIN})",
+        "measure": "val_miou",
+        "heads": ("unary",),
+        "reference": "nl",
+        "test": "permutation",
+        "margin": NONINFERIORITY_MARGIN,
+    },
 )
 
 
@@ -72,8 +99,9 @@ def value(record: dict, measure: str):
     return blocks[0].get("means", {}).get(measure)
 
 
-def permutation_p(differences, *, margin: float = 0.0, exact_up_to: int = 16,
-                  draws: int = 200_000) -> float:
+def permutation_p(
+    differences, *, margin: float = 0.0, exact_up_to: int = 16, draws: int = 200_000
+) -> float:
     """One-sided p of mean(d + margin) > 0 under random signs: exact over all 2ⁿ patterns for
     n ≤ `exact_up_to`, else `draws` random patterns (fixed seed); NaN for no difference."""
     d = np.asarray(differences, np.float64) + margin
@@ -92,7 +120,7 @@ def sign_test_p(wins: int, losses: int) -> float:
     n = wins + losses
     if n == 0:
         return float("nan")
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
 
 
 def mean_se(values) -> tuple[float, float]:
@@ -107,17 +135,28 @@ def compare(records: list[dict], claim: dict, head: str) -> dict:
     """The statistics of one comparison (module docstring) on `records` of one scene family."""
     by_seed = {(r["head"], r["seed"]): r for r in records}
     seeds = sorted(s for h, s in by_seed if h == head and (claim["reference"], s) in by_seed)
-    pairs = [(s, value(by_seed[head, s], claim["measure"]),
-              value(by_seed[claim["reference"], s], claim["measure"])) for s in seeds]
+    pairs = [
+        (
+            s,
+            value(by_seed[head, s], claim["measure"]),
+            value(by_seed[claim["reference"], s], claim["measure"]),
+        )
+        for s in seeds
+    ]
     result = {"head": head, "reference": claim["reference"], "seeds": seeds}
     if claim["test"] == "sign":
         both = [a - b for _, a, b in pairs if a is not None and b is not None]
         wins = sum(1 for _, a, b in pairs if a is not None and (b is None or a < b))
         losses = sum(1 for _, a, b in pairs if b is not None and (a is None or b < a))
-        result.update(wins=wins, losses=losses, ties=len(pairs) - wins - losses,
-                      never_head=sum(a is None for _, a, _ in pairs),
-                      never_reference=sum(b is None for _, _, b in pairs),
-                      both_learn=len(both), p=sign_test_p(wins, losses))
+        result.update(
+            wins=wins,
+            losses=losses,
+            ties=len(pairs) - wins - losses,
+            never_head=sum(a is None for _, a, _ in pairs),
+            never_reference=sum(b is None for _, _, b in pairs),
+            both_learn=len(both),
+            p=sign_test_p(wins, losses),
+        )
         result["mean"], result["se"] = mean_se(both)
     else:
         diffs = [a - b for _, a, b in pairs if a is not None and b is not None]
@@ -134,10 +173,23 @@ def evaluate(records: list[dict]) -> list[dict]:
     for claim in CLAIMS:
         comparisons = [compare(records, claim, head) for head in claim["heads"]]
         measured = all(c["seeds"] for c in comparisons)
-        verdict = ("not measured" if not measured else
-                   "holds" if all(c["holds"] for c in comparisons) else "not shown")
-        results.append({"id": claim["id"], "text": claim["text"], "measure": claim["measure"],
-                        "test": claim["test"], "comparisons": comparisons, "verdict": verdict})
+        verdict = (
+            "not measured"
+            if not measured
+            else "holds"
+            if all(c["holds"] for c in comparisons)
+            else "not shown"
+        )
+        results.append(
+            {
+                "id": claim["id"],
+                "text": claim["text"],
+                "measure": claim["measure"],
+                "test": claim["test"],
+                "comparisons": comparisons,
+                "verdict": verdict,
+            }
+        )
     return results
 
 
@@ -147,23 +199,30 @@ def _number(x: float, digits: int, sign: str = "+") -> str:
 
 def markdown(results: list[dict]) -> list[str]:
     """Markdown table of `evaluate`'s results: one row per comparison, then each verdict."""
-    lines = ["| claim | comparison | seeds paired | paired difference mean ± s.e. | test | p "
-             "(one-sided) | comparison holds |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| claim | comparison | seeds paired | paired difference mean ± s.e. | test | p "
+        "(one-sided) | comparison holds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for claim in results:
         digits = 0 if claim["measure"] == "steps_to_learn" else 4
         for c in claim["comparisons"]:
             difference = f"{_number(c['mean'], digits)} ± {_number(c['se'], digits, '')}"
             if claim["test"] == "sign":
-                test = (f"sign test: {c['head']} earlier in {c['wins']}, later in {c['losses']}, "
-                        f"ties {c['ties']}; never learnt: {c['head']} {c['never_head']}, "
-                        f"{c['reference']} {c['never_reference']}; mean over the "
-                        f"{c['both_learn']} seeds where both learn")
+                test = (
+                    f"sign test: {c['head']} earlier in {c['wins']}, later in {c['losses']}, "
+                    f"ties {c['ties']}; never learnt: {c['head']} {c['never_head']}, "
+                    f"{c['reference']} {c['never_reference']}; mean over the "
+                    f"{c['both_learn']} seeds where both learn"
+                )
             else:
                 test = "sign-flip permutation (exact)"
             p = "–" if c["p"] != c["p"] else f"{c['p']:.4f}"
-            lines.append(f"| ({claim['id']}) {claim['text']} | {c['head']} − {c['reference']} | "
-                         f"{len(c['seeds'])} | {difference} | {test} | {p} | "
-                         f"{'yes' if c['holds'] else 'no'} |")
+            lines.append(
+                f"| ({claim['id']}) {claim['text']} | {c['head']} − {c['reference']} | "
+                f"{len(c['seeds'])} | {difference} | {test} | {p} | "
+                f"{'yes' if c['holds'] else 'no'} |"
+            )
     lines.append("")
     lines += [f"- ({claim['id']}) {claim['text']}: **{claim['verdict']}**." for claim in results]
     return lines

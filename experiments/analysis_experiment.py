@@ -7,15 +7,15 @@
         [--runs_dir DIR] [--deadline_s S] [--report_only] [--smoke]
 
 Every run is the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`) with one decode head,
-one `config.seed` and one scene family (`config.data.synthetic.scenes`: 'beacon', the demo scenes, or
-'regions'), trained with `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers`
+one `config.seed` and one scene family (`config.data.synthetic.scenes`: 'beacon', the demo scenes,
+or 'regions'), trained with `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers`
 processes, and then analysed in the same process (`dnl_jax.analyze.analyze_model` on the first
 `--num_images` val scenes of the final checkpoint, saliency statistics included).
 
 Learning speed: every `--cue_every` steps the run's checkpoint is read back and the head
 segments the first `--cue_images` val scenes; the record keeps the share of val objects whose
-cue is right (`dnl_jax.analysis.saliency.object_cue_accuracy`) and the mIoU on those scenes, and each
-run's steps to learn the cue (`dnl_jax.analysis.saliency.steps_to_learn`, threshold
+cue is right (`dnl_jax.analysis.saliency.object_cue_accuracy`) and the mIoU on those scenes, and
+each run's steps to learn the cue (`dnl_jax.analysis.saliency.steps_to_learn`, threshold
 `analysis_claims.CUE_THRESHOLD`).
 
 Runs go out scene family by scene family (in `--experiments` order), seed by seed. Each
@@ -49,8 +49,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a scrip
 import analysis_claims  # noqa: E402  (experiments/analysis_claims.py)
 import analysis_tables  # noqa: E402  (experiments/analysis_tables.py)
 
-HEADS = {"dnl": "dnl_tiny", "pairwise": "dnl_pairwise_tiny", "unary": "dnl_unary_tiny",
-         "nl": "nl_tiny", "gc": "gc_tiny", "fcn": "fcn_tiny"}
+HEADS = {
+    "dnl": "dnl_tiny",
+    "pairwise": "dnl_pairwise_tiny",
+    "unary": "dnl_unary_tiny",
+    "nl": "nl_tiny",
+    "gc": "gc_tiny",
+    "fcn": "fcn_tiny",
+}
 DEFAULT_HEADS = {"regions": "fcn,nl,pairwise,unary,dnl", "beacon": "fcn,nl,pairwise,unary,dnl"}
 SMOKE_HEADS = {"regions": "nl", "beacon": "dnl"}  # 2 heads: the implicit and explicit terms
 
@@ -67,7 +73,11 @@ def run_config(spec: dict):
     config.curves_figure = False
     config.attention_figure = False
     if spec["smoke"]:
-        config.data.synthetic.num_train, config.data.synthetic.num_val, config.data.synthetic.image_size = 64, 16, 32
+        (
+            config.data.synthetic.num_train,
+            config.data.synthetic.num_val,
+            config.data.synthetic.image_size,
+        ) = 64, 16, 32
         config.batch_size = config.evals.val.batch_size = 8
         config.optimizer.warmup_steps = 0
         config.evals.val.every_steps = spec["steps"]
@@ -79,11 +89,15 @@ def command_line(spec: dict) -> str:
     """The equivalent single-run commands (train, then analyse)."""
     config = f"experiments/configs/synthetic_{spec['head']}_tiny.py"
     workdir = f"runs/{spec['scenes']}/{spec['head']}_seed{spec['seed']}"
-    overrides = (f"--config.seed={spec['seed']} --config.data.synthetic.scenes={spec['scenes']} "
-                 f"--config.total_steps={spec['steps']}")
-    return (f"python -m dnl_jax.main --config {config} --workdir {workdir} {overrides}; "
-            f"python -m dnl_jax.analyze --config {config} {overrides} "
-            f"--checkpoint {workdir}/checkpoints --num_images {spec['num_images']}")
+    overrides = (
+        f"--config.seed={spec['seed']} --config.data.synthetic.scenes={spec['scenes']} "
+        f"--config.total_steps={spec['steps']}"
+    )
+    return (
+        f"python -m dnl_jax.main --config {config} --workdir {workdir} {overrides}; "
+        f"python -m dnl_jax.analyze --config {config} {overrides} "
+        f"--checkpoint {workdir}/checkpoints --num_images {spec['num_images']}"
+    )
 
 
 class CachedSource:
@@ -124,8 +138,9 @@ def _cache_scenes() -> None:
 
 def record_path(spec: dict) -> str:
     """Where a finished run's record is saved (a rerun skips the runs saved there)."""
-    return os.path.join(spec["runs_dir"], "records",
-                        f"{spec['scenes']}_{spec['head']}_seed{spec['seed']}.json")
+    return os.path.join(
+        spec["runs_dir"], "records", f"{spec['scenes']}_{spec['head']}_seed{spec['seed']}.json"
+    )
 
 
 def cue_tracker(config, spec: dict, workdir: str):
@@ -137,9 +152,9 @@ def cue_tracker(config, spec: dict, workdir: str):
 
     from dnl_jax import analyze, tasks
     from dnl_jax.analysis import saliency
-    from dnl_jax.tasks import get_model
     from dnl_jax.models.losses import confusion_matrix
     from dnl_jax.models.metrics import metrics_from_confusion
+    from dnl_jax.tasks import get_model
     from dnl_jax.train.checkpoint import load_variables
 
     bundle = get_model(config.model.name, config.data.num_classes)
@@ -148,8 +163,9 @@ def cue_tracker(config, spec: dict, workdir: str):
     labels = np.stack([ex["label"] for ex in examples])
     val_source = tasks.for_dataset(config.data.name).sources(config.data)[1]  # a CachedSource
     first_object_class = type(val_source.source).first_object_class
-    segment = jax.jit(lambda variables: bundle.module.apply(variables, images, train=False)[
-        "logits"].argmax(-1))
+    segment = jax.jit(
+        lambda variables: bundle.module.apply(variables, images, train=False)["logits"].argmax(-1)
+    )
     path = os.path.join(workdir, "cue_curve.jsonl")
 
     def on_step(step: int) -> None:
@@ -160,9 +176,17 @@ def cue_tracker(config, spec: dict, workdir: str):
         right, total = saliency.object_cue_accuracy(predicted, labels, first_object_class)
         confusion = np.asarray(confusion_matrix(predicted, labels, bundle.num_classes))
         with open(path, "a") as f:
-            f.write(json.dumps({"step": step, "cue_accuracy": right / max(total, 1),
-                                "objects": total,
-                                "miou": metrics_from_confusion(confusion)["miou"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "cue_accuracy": right / max(total, 1),
+                        "objects": total,
+                        "miou": metrics_from_confusion(confusion)["miou"],
+                    }
+                )
+                + "\n"
+            )
 
     return on_step
 
@@ -197,32 +221,49 @@ def run_one(spec: dict) -> dict:
     train_s = time.perf_counter() - start
     curve = read_cue_curve(workdir)
     val = [r for r in logs.read_metrics(workdir) if r["split"] == "val"]
-    record = {**{k: spec[k] for k in ("scenes", "head", "seed", "steps")},
-              "model": HEADS[spec["head"]], "val_miou": max(val, key=lambda r: r["step"])["miou"],
-              "best_val_miou": max(r["miou"] for r in val),
-              "val_miou_by_step": {r["step"]: r["miou"] for r in val},
-              "cue_curve": curve, "cue_threshold": analysis_claims.CUE_THRESHOLD,
-              "steps_to_learn": saliency.steps_to_learn(
-                  {e["step"]: e["cue_accuracy"] for e in curve}, analysis_claims.CUE_THRESHOLD),
-              "train_wall_s": round(train_s, 1), "command": command_line(spec),
-              "recipe": {"image_size": config.data.synthetic.image_size,
-                         "num_classes": config.data.num_classes,
-                         "num_train": config.data.synthetic.num_train,
-                         "num_val": config.data.synthetic.num_val,
-                         "batch_size": config.batch_size, "total_steps": config.total_steps,
-                         "lr": config.optimizer.lr},
-              "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})"}
+    record = {
+        **{k: spec[k] for k in ("scenes", "head", "seed", "steps")},
+        "model": HEADS[spec["head"]],
+        "val_miou": max(val, key=lambda r: r["step"])["miou"],
+        "best_val_miou": max(r["miou"] for r in val),
+        "val_miou_by_step": {r["step"]: r["miou"] for r in val},
+        "cue_curve": curve,
+        "cue_threshold": analysis_claims.CUE_THRESHOLD,
+        "steps_to_learn": saliency.steps_to_learn(
+            {e["step"]: e["cue_accuracy"] for e in curve}, analysis_claims.CUE_THRESHOLD
+        ),
+        "train_wall_s": round(train_s, 1),
+        "command": command_line(spec),
+        "recipe": {
+            "image_size": config.data.synthetic.image_size,
+            "num_classes": config.data.num_classes,
+            "num_train": config.data.synthetic.num_train,
+            "num_val": config.data.synthetic.num_val,
+            "batch_size": config.batch_size,
+            "total_steps": config.total_steps,
+            "lr": config.optimizer.lr,
+        },
+        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+    }
     bundle = get_model(config.model.name, config.data.num_classes)
     variables = load_variables(step_directory(os.path.join(workdir, "checkpoints")))
     examples, _ = analyze.load_examples(config, "val", spec["num_images"])
     start = time.perf_counter()
-    analysed = analyze.analyze_model(bundle.module, variables, examples,
-                                     num_classes=bundle.num_classes,
-                                     figure_images=1 if spec["seed"] == spec["first_seed"] else 0)
-    record.update(analysis_wall_s=round(time.perf_counter() - start, 1),
-                  analysis=analysed["blocks"], analysed_images=analysed["num_images"],
-                  analysed_miou=analysed["miou"], figure_rows=analysed["figure_rows"],
-                  status=result["status"])
+    analysed = analyze.analyze_model(
+        bundle.module,
+        variables,
+        examples,
+        num_classes=bundle.num_classes,
+        figure_images=1 if spec["seed"] == spec["first_seed"] else 0,
+    )
+    record.update(
+        analysis_wall_s=round(time.perf_counter() - start, 1),
+        analysis=analysed["blocks"],
+        analysed_images=analysed["num_images"],
+        analysed_miou=analysed["miou"],
+        figure_rows=analysed["figure_rows"],
+        status=result["status"],
+    )
     os.makedirs(os.path.dirname(record_path(spec)), exist_ok=True)
     with open(record_path(spec) + ".tmp", "w") as f:
         json.dump(record, f, cls=_NumpyEncoder)
@@ -254,8 +295,9 @@ def _worker_init(cache_dir: str) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="directory for the records (<= 5 files)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
@@ -263,28 +305,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--regions_heads", default=None)
     parser.add_argument("--beacon_heads", default=None)
     parser.add_argument("--steps", type=int, default=1000, help="SGD steps of every run")
-    parser.add_argument("--regions_steps", type=int, default=2000,
-                        help="SGD steps of the regions runs (0: --steps); at 1000 steps neither "
-                             "FCN nor DNL had learnt the markers on a CPU trial")
+    parser.add_argument(
+        "--regions_steps",
+        type=int,
+        default=2000,
+        help="SGD steps of the regions runs (0: --steps); at 1000 steps neither "
+        "FCN nor DNL had learnt the markers on a CPU trial",
+    )
     parser.add_argument("--num_images", type=int, default=64, help="val scenes analysed per run")
-    parser.add_argument("--cue_every", type=int, default=50,
-                        help="steps between two points of the learning-speed curve")
-    parser.add_argument("--cue_images", type=int, default=128,
-                        help="val scenes segmented for each point of the learning-speed curve")
-    parser.add_argument("--report_only", action="store_true",
-                        help="rewrite OUT from the runs saved in RUNS_DIR/records; train nothing")
+    parser.add_argument(
+        "--cue_every",
+        type=int,
+        default=50,
+        help="steps between two points of the learning-speed curve",
+    )
+    parser.add_argument(
+        "--cue_images",
+        type=int,
+        default=128,
+        help="val scenes segmented for each point of the learning-speed curve",
+    )
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="rewrite OUT from the runs saved in RUNS_DIR/records; train nothing",
+    )
     parser.add_argument("--runs_dir", default=os.path.join("runs", "analysis_experiment"))
-    parser.add_argument("--deadline_s", type=float, default=0.0,
-                        help="start no run after this many seconds (0: no limit)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="2 steps, seed 0, NL on regions and DNL on beacon, tiny data")
+    parser.add_argument(
+        "--deadline_s",
+        type=float,
+        default=0.0,
+        help="start no run after this many seconds (0: no limit)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="2 steps, seed 0, NL on regions and DNL on beacon, tiny data",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.regions_steps, args.seeds, args.num_images = 2, 0, "0", 8
         args.cue_every, args.cue_images = 1, 8
     if min(args.workers, args.steps, args.num_images, args.cue_every, args.cue_images) < 1:
-        raise SystemExit("--workers, --steps, --num_images, --cue_every and --cue_images must "
-                         "be >= 1.")
+        raise SystemExit(
+            "--workers, --steps, --num_images, --cue_every and --cue_images must be >= 1."
+        )
     return args
 
 
@@ -299,16 +364,30 @@ def run_specs(args) -> list[dict]:
         raise SystemExit(f"--experiments {unknown}: choose from {sorted(DEFAULT_HEADS)}.")
     for scenes in experiments:
         for seed in seeds:
-            chosen = getattr(args, f"{scenes}_heads") or (SMOKE_HEADS if args.smoke
-                                                          else DEFAULT_HEADS)[scenes]
+            chosen = (
+                getattr(args, f"{scenes}_heads")
+                or (SMOKE_HEADS if args.smoke else DEFAULT_HEADS)[scenes]
+            )
             for head in chosen.split(","):
                 if head not in HEADS:
                     raise SystemExit(f"unknown head {head!r}; choose from {sorted(HEADS)}.")
-                steps = args.regions_steps if scenes == "regions" and args.regions_steps else args.steps
-                specs.append({"scenes": scenes, "head": head, "seed": seed, "steps": steps,
-                              "num_images": args.num_images, "runs_dir": args.runs_dir,
-                              "cue_every": args.cue_every, "cue_images": args.cue_images,
-                              "smoke": args.smoke, "first_seed": seeds[0]})
+                steps = (
+                    args.regions_steps if scenes == "regions" and args.regions_steps else args.steps
+                )
+                specs.append(
+                    {
+                        "scenes": scenes,
+                        "head": head,
+                        "seed": seed,
+                        "steps": steps,
+                        "num_images": args.num_images,
+                        "runs_dir": args.runs_dir,
+                        "cue_every": args.cue_every,
+                        "cue_images": args.cue_images,
+                        "smoke": args.smoke,
+                        "first_seed": seeds[0],
+                    }
+                )
     return specs
 
 
@@ -322,20 +401,30 @@ def saved_record(spec: dict):
 
 
 def _context(args, argv) -> dict:
-    return {"argv": " ".join(["python", "experiments/analysis_experiment.py"]
-                             + list(argv if argv is not None else sys.argv[1:])),
-            "workers": args.workers, "host": f"{platform.machine()}, {os.cpu_count()} CPU "
-                                                "cores visible", "started": time.time()}
+    return {
+        "argv": " ".join(
+            ["python", "experiments/analysis_experiment.py"]
+            + list(argv if argv is not None else sys.argv[1:])
+        ),
+        "workers": args.workers,
+        "host": f"{platform.machine()}, {os.cpu_count()} CPU cores visible",
+        "started": time.time(),
+    }
 
 
 def _run_pool(args, todo: list[dict], records: list, failures: list, write) -> None:
     """Runs `todo` in `args.workers` processes, appending to `records` / `failures` and calling
     `write()` after every finished run; no run starts after `args.deadline_s`."""
     cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.abspath(
-        os.path.join(args.runs_dir, "jax_cache"))
+        os.path.join(args.runs_dir, "jax_cache")
+    )
     start = time.perf_counter()
-    with futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_worker_init, initargs=(cache_dir,)) as pool:
+    with futures.ProcessPoolExecutor(
+        args.workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(cache_dir,),
+    ) as pool:
         pending = {pool.submit(run_one, spec): spec for spec in todo}
         while pending:
             done, _ = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
@@ -345,10 +434,13 @@ def _run_pool(args, todo: list[dict], records: list, failures: list, write) -> N
                     continue
                 try:
                     records.append(future.result())
-                    print(f"[{time.perf_counter() - start:6.0f} s] done {spec['scenes']} "
-                          f"{spec['head']} seed {spec['seed']}: val mIoU "
-                          f"{records[-1]['val_miou']:.4f}, steps to learn the cue "
-                          f"{records[-1]['steps_to_learn']}", flush=True)
+                    print(
+                        f"[{time.perf_counter() - start:6.0f} s] done {spec['scenes']} "
+                        f"{spec['head']} seed {spec['seed']}: val mIoU "
+                        f"{records[-1]['val_miou']:.4f}, steps to learn the cue "
+                        f"{records[-1]['steps_to_learn']}",
+                        flush=True,
+                    )
                 except Exception as error:  # noqa: BLE001  (recorded, the other runs go on)
                     failures.append({**spec, "error": repr(error)})
                     print(f"FAILED {spec}: {error!r}", flush=True)
@@ -367,7 +459,7 @@ def main(argv=None) -> None:
     context = _context(args, argv)
     saved = [saved_record(spec) for spec in specs]
     records = [r for r in saved if r is not None]
-    todo = [] if args.report_only else [s for s, r in zip(specs, saved) if r is None]
+    todo = [] if args.report_only else [s for s, r in zip(specs, saved, strict=False) if r is None]
     failures: list[dict] = []
     started = time.perf_counter()
 
@@ -380,13 +472,18 @@ def main(argv=None) -> None:
             if not todo:
                 raise
 
-    print(f"{len(records)} of {len(specs)} runs already saved in {args.runs_dir}/records; "
-          f"{len(todo)} to run", flush=True)
+    print(
+        f"{len(records)} of {len(specs)} runs already saved in {args.runs_dir}/records; "
+        f"{len(todo)} to run",
+        flush=True,
+    )
     if todo:
         _run_pool(args, todo, records, failures, write)
     write()
-    print(f"{len(records)} runs done, {len(failures)} failed, "
-          f"{len(specs) - len(records) - len(failures)} not run; records in {args.out}")
+    print(
+        f"{len(records)} runs done, {len(failures)} failed, "
+        f"{len(specs) - len(records) - len(failures)} not run; records in {args.out}"
+    )
     if failures:
         raise SystemExit(1)
 

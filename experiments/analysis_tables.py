@@ -15,31 +15,33 @@ from __future__ import annotations
 import json
 import os
 
+import analysis_claims
 import numpy as np
 
-import analysis_claims
 from dnl_jax.analyze import COLUMNS, SALIENCY_COLUMNS, format_value
 
 HEAD_ORDER = ("fcn", "nl", "pairwise", "unary", "dnl", "gc")
 FIGURE_HEADS = ("nl", "pairwise", "unary", "dnl")
 FAMILIES = ("beacon", "regions")
 SCENES = {
-    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, `config.data.synthetic.scenes='regions'`): "
-               "textured grey background (class 0); two of three colours per scene, each on two "
-               "objects in opposite halves of the image; a black or white marker inside only one "
-               "of a colour's objects decides the class of both (1 + 2·colour + bit), so an "
-               "unmarked object's class lies in its distant twin (a within-category relation); "
-               "thin light lines where objects of different classes touch, darker outlines "
-               "towards the background.",
+    "regions": "The 'regions' scenes (`dnl_jax/data/regions.py`, "
+    "`config.data.synthetic.scenes='regions'`): "
+    "textured grey background (class 0); two of three colours per scene, each on two "
+    "objects in opposite halves of the image; a black or white marker inside only one "
+    "of a colour's objects decides the class of both (1 + 2·colour + bit), so an "
+    "unmarked object's class lies in its distant twin (a within-category relation); "
+    "thin light lines where objects of different classes touch, darker outlines "
+    "towards the background.",
     "beacon": "The beacon scenes (`dnl_jax/data/synthetic.py`, the `make demo` data): textured "
-              "grey background (class 0); one black (class 1) or white (class 2) 16×16 beacon "
-              "anywhere in the background; 1–3 objects in one of two colours a with darker "
-              "outlines, class 3 + 2a + s with s = 1 if the beacon is white. A pixel's colour "
-              "gives the pair of classes; only the distant beacon decides within the pair. (An "
-              "earlier 32×32 version with the cue as a frame around the image gave no separation "
-              "at all: the frame lies next to every pixel.)",
+    "grey background (class 0); one black (class 1) or white (class 2) 16×16 beacon "
+    "anywhere in the background; 1–3 objects in one of two colours a with darker "
+    "outlines, class 3 + 2a + s with s = 1 if the beacon is white. A pixel's colour "
+    "gives the pair of classes; only the distant beacon decides within the pair. (An "
+    "earlier 32×32 version with the cue as a frame around the image gave no separation "
+    "at all: the frame lies next to every pixel.)",
 }
-DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis/__init__.py`), on the decode-head block's 8×8
+DEFINITIONS = """Columns of the analysis tables (`dnl_jax/analysis/__init__.py`), on the \
+decode-head block's 8×8
 feature grid, over the first val scenes (`analysed`), labels taken to the grid by majority vote:
 - QI full / pairwise / unary: GCNet's query-independence, the mean cosine distance between the
   attention maps of two different query positions (0: the same map for every query). For NL the
@@ -52,7 +54,8 @@ feature grid, over the first val scenes (`analysed`), labels taken to the grid b
   with a constant binary map left out). The paper's exact consistency statistic is not available
   to us; this correlation is our stand-in. '–': the block has no such term.
 """
-SALIENCY_DEFINITIONS = """Saliency columns (`dnl_jax/saliency.py`): the scene's salient keys (the beacon square; the
+SALIENCY_DEFINITIONS = """Saliency columns (`dnl_jax/saliency.py`): the scene's salient keys \
+(the beacon square; the
 markers) taken to the 8×8 grid as the salient share s_j of each cell (area, not majority vote: an
 8×8-pixel marker straddling four cells would have no majority anywhere).
 - un~salient: Pearson correlation between the unary map (DNL's and unary-only's explicit
@@ -63,11 +66,13 @@ markers) taken to the 8×8 grid as the salient share s_j of each cell (area, not
 - un@salient, pw@salient: the share of the map's attention mass on salient cells,
   Σ_j a_j s_j / Σ_j a_j; salient area: Σ_j s_j / M, the share a uniform map puts there (chance).
 """
-LEARNING_DEFINITION = f"""Learning speed: every 50 steps the run's checkpoint segments the first 128 val scenes; an
+LEARNING_DEFINITION = f"""Learning speed: every 50 steps the run's checkpoint segments the \
+first 128 val scenes; an
 object (a 4-connected region of one object class) has its *cue right* when more of its pixels are
 predicted as its class than as the other class of its colour (which only the salient keys
 decide). Steps to learn the cue = the first evaluation with the cue right on ≥
-{analysis_claims.CUE_THRESHOLD:.0%} of the objects (`dnl_jax.analysis.saliency.steps_to_learn`); runs that
+{analysis_claims.CUE_THRESHOLD:.0%} of the objects \
+(`dnl_jax.analysis.saliency.steps_to_learn`); runs that
 never get there are counted as 'never', not averaged in.
 """
 
@@ -94,21 +99,32 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 def miou_tables(records: list[dict]) -> list[str]:
     """Summary (mean, sample std, min, max, every seed) and per-run table of final val mIoU."""
-    lines = ["| head | model | seeds | final val mIoU mean | std | min | max | every seed (final) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| head | model | seeds | final val mIoU mean | std | min | max | every seed (final) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for head, runs in _by_head(records).items():
         mean, std, low, high = _stats(r["val_miou"] for r in runs)
         seeds = ", ".join(f"{r['seed']}: {r['val_miou']:.4f}" for r in runs)
-        lines.append(f"| {head} | {runs[0]['model']} | {len(runs)} | {mean:.4f} | {_fmt(std)} | "
-                     f"{low:.4f} | {high:.4f} | {seeds} |")
-    lines += ["", "| head | seed | final val mIoU | best val mIoU | val mIoU by step | train wall (s) |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {head} | {runs[0]['model']} | {len(runs)} | {mean:.4f} | {_fmt(std)} | "
+            f"{low:.4f} | {high:.4f} | {seeds} |"
+        )
+    lines += [
+        "",
+        "| head | seed | final val mIoU | best val mIoU | val mIoU by step | train wall (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for head, runs in _by_head(records).items():
         for r in runs:
-            steps = ", ".join(f"{s}: {v:.3f}" for s, v in sorted(
-                r["val_miou_by_step"].items(), key=lambda kv: int(kv[0])))
-            lines.append(f"| {head} | {r['seed']} | {r['val_miou']:.4f} | "
-                         f"{r['best_val_miou']:.4f} | {steps} | {r['train_wall_s']:.0f} |")
+            steps = ", ".join(
+                f"{s}: {v:.3f}"
+                for s, v in sorted(r["val_miou_by_step"].items(), key=lambda kv: int(kv[0]))
+            )
+            lines.append(
+                f"| {head} | {r['seed']} | {r['val_miou']:.4f} | "
+                f"{r['best_val_miou']:.4f} | {steps} | {r['train_wall_s']:.0f} |"
+            )
     return lines
 
 
@@ -120,8 +136,10 @@ def analysis_tables(records: list[dict], columns=COLUMNS) -> list[str]:
     """Mean ± std over seeds of every analysis column per head, then every run."""
     names = [name for name, _ in columns]
     header = ["| head | seeds | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
-    summary, per_run = list(header), ["| head | seed | " + " | ".join(names) + " | analysed |",
-                                      "|---" * (len(names) + 3) + "|"]
+    summary, per_run = (
+        list(header),
+        ["| head | seed | " + " | ".join(names) + " | analysed |", "|---" * (len(names) + 3) + "|"],
+    )
     for head, runs in _by_head(records).items():
         runs = [r for r in runs if r.get("analysis")]
         if not runs:
@@ -129,33 +147,45 @@ def analysis_tables(records: list[dict], columns=COLUMNS) -> list[str]:
         cells = []
         for _, key in columns:
             mean, std, _, _ = _stats(_block_means(r).get(key) for r in runs)
-            cells.append("–" if np.isnan(mean) else
-                         f"{format_value(key, mean)} ± {format_value(key, std)}")
+            cells.append(
+                "–" if np.isnan(mean) else f"{format_value(key, mean)} ± {format_value(key, std)}"
+            )
         summary.append(f"| {head} | {len(runs)} | " + " | ".join(cells) + " |")
         for r in runs:
-            per_run.append(f"| {head} | {r['seed']} | " + " | ".join(
-                format_value(key, _block_means(r).get(key)) for _, key in columns)
-                + f" | {r['analysed_images']} |")
+            per_run.append(
+                f"| {head} | {r['seed']} | "
+                + " | ".join(format_value(key, _block_means(r).get(key)) for _, key in columns)
+                + f" | {r['analysed_images']} |"
+            )
     return summary + [""] + per_run
 
 
 def learning_tables(records: list[dict]) -> list[str]:
     """Per head: runs that learn the cue, their steps to learn it, the final cue accuracy."""
-    lines = ["| head | runs | learnt the cue | steps to learn: mean ± s.e. (learnt runs) | median "
-             "| every seed (steps; – never) | final cue accuracy mean |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| head | runs | learnt the cue | steps to learn: mean ± s.e. (learnt runs) | median "
+        "| every seed (steps; – never) | final cue accuracy mean |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for head, runs in _by_head(records).items():
         steps = [r["steps_to_learn"] for r in runs if r.get("steps_to_learn") is not None]
         mean, se = analysis_claims.mean_se(steps)
         final = [r["cue_curve"][-1]["cue_accuracy"] for r in runs if r.get("cue_curve")]
         seeds = ", ".join(f"{r['seed']}: {r.get('steps_to_learn') or '–'}" for r in runs)
-        lines.append(f"| {head} | {len(runs)} | {len(steps)} / {len(runs)} | {_fmt(mean, 0)} ± "
-                     f"{_fmt(se, 0)} | {_fmt(float(np.median(steps)) if steps else np.nan, 0)} | "
-                     f"{seeds} | {_fmt(_stats(final)[0], 3)} |")
+        lines.append(
+            f"| {head} | {len(runs)} | {len(steps)} / {len(runs)} | {_fmt(mean, 0)} ± "
+            f"{_fmt(se, 0)} | {_fmt(float(np.median(steps)) if steps else np.nan, 0)} | "
+            f"{seeds} | {_fmt(_stats(final)[0], 3)} |"
+        )
     steps = [e["step"] for e in next((r["cue_curve"] for r in records if r.get("cue_curve")), [])]
     shown = ", ".join(str(s) for s in steps[:2]) + (f", …, {steps[-1]}" if len(steps) > 2 else "")
-    lines += ["", "Cue accuracy (share of val objects with the cue right) by step, every run:", "",
-              f"| head | seed | cue accuracy at steps {shown} |", "|---|---|---|"]
+    lines += [
+        "",
+        "Cue accuracy (share of val objects with the cue right) by step, every run:",
+        "",
+        f"| head | seed | cue accuracy at steps {shown} |",
+        "|---|---|---|",
+    ]
     for head, runs in _by_head(records).items():
         for r in runs:
             curve = " ".join(f"{e['cue_accuracy']:.2f}" for e in r.get("cue_curve", []))
@@ -173,8 +203,10 @@ def present_runs(records: list[dict], planned: list[dict]) -> list[str]:
             continue
         present = [s for s in wanted if (head, s) in have]
         missing = [s for s in wanted if (head, s) not in have]
-        lines.append(f"- {head}: seeds {present or 'none'} present"
-                     + (f"; seeds {missing} NOT run (not in any number below)" if missing else ""))
+        lines.append(
+            f"- {head}: seeds {present or 'none'} present"
+            + (f"; seeds {missing} NOT run (not in any number below)" if missing else "")
+        )
     return lines
 
 
@@ -182,16 +214,27 @@ def _recipe(records: list[dict]) -> str:
     if not records:
         return "no run finished"
     r = records[0]["recipe"]
-    return (f"{r['image_size']}×{r['image_size']} scenes, {r['num_classes']} classes, "
-            f"{r['num_train']} train / {r['num_val']} val scenes, batch {r['batch_size']}, "
-            f"{r['total_steps']} SGD steps, lr {r['lr']} poly")
+    return (
+        f"{r['image_size']}×{r['image_size']} scenes, {r['num_classes']} classes, "
+        f"{r['num_train']} train / {r['num_val']} val scenes, batch {r['batch_size']}, "
+        f"{r['total_steps']} SGD steps, lr {r['lr']} poly"
+    )
 
 
-def family_section(scenes: str, records: list[dict], planned: list[dict],
-                   claims: list[dict]) -> list[str]:
+def family_section(
+    scenes: str, records: list[dict], planned: list[dict], claims: list[dict]
+) -> list[str]:
     """The Markdown of one scene family."""
-    lines = [f"## The {scenes} scenes", "", SCENES[scenes], "",
-             f"Recipe: {_recipe(records)}.", "", "### Runs in this record", ""]
+    lines = [
+        f"## The {scenes} scenes",
+        "",
+        SCENES[scenes],
+        "",
+        f"Recipe: {_recipe(records)}.",
+        "",
+        "### Runs in this record",
+        "",
+    ]
     lines += present_runs(records, planned)
     if not records:
         return lines + ["", "No run of this family has finished: nothing is claimed for it."]
@@ -207,43 +250,70 @@ def family_section(scenes: str, records: list[dict], planned: list[dict],
     return lines
 
 
-def markdown(records: list[dict], failures: list[dict], context: dict, planned: list[dict],
-             claims: dict) -> str:
+def markdown(
+    records: list[dict], failures: list[dict], context: dict, planned: list[dict], claims: dict
+) -> str:
     devices = sorted({r["device"] for r in records}) or ["(no run finished)"]
-    lines = ["# The paper's claims on scenes whose salient keys we know", "",
-             "Generated by `experiments/analysis_experiment.py` from the runs saved in its "
-             f"`--runs_dir` (every number below comes from them): {len(records)} of the "
-             f"{len(planned)} planned runs. Ran on: {', '.join(devices)}; host {context['host']}; "
-             f"{context['workers']} worker processes. **Exact values differ between machines** "
-             "(a GPU and a CPU sum in different orders, and chaotic runs such as the FCN's can "
-             "end elsewhere), so compare means and spreads, not single seeds.", "",
-             "## Command", "", "The runs and this record:", "",
-             "    python experiments/analysis_experiment.py --out experiments/results --workers 2",
-             "", "(rerunning it skips the runs already saved in `--runs_dir` and trains the "
-             "rest; `--report_only` only rewrites the record). This file was written by:", "",
-             f"    {context['argv']}", "", "One run is equivalent to (e.g.)", "",
-             f"    {records[0]['command'] if records else ''}", "",
-             "Setup: the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`: ResNet-V1c-18-D8 "
-             "trunk of width 8, decode head of width 16, batch 16, lr 0.1 poly); only the decode "
-             "head, `config.seed` and `config.data.synthetic.scenes` differ between runs; beacon runs 1000 "
-             "steps, regions runs 2000 (the budgets of the earlier records).", "",
-             "## Claims and statistics", "", "Stated in `experiments/analysis_claims.py`, "
-             "committed before the first run of this experiment (see its git history); quoted:",
-             "", analysis_claims.__doc__.strip(), ""]
+    lines = [
+        "# The paper's claims on scenes whose salient keys we know",
+        "",
+        "Generated by `experiments/analysis_experiment.py` from the runs saved in its "
+        f"`--runs_dir` (every number below comes from them): {len(records)} of the "
+        f"{len(planned)} planned runs. Ran on: {', '.join(devices)}; host {context['host']}; "
+        f"{context['workers']} worker processes. **Exact values differ between machines** "
+        "(a GPU and a CPU sum in different orders, and chaotic runs such as the FCN's can "
+        "end elsewhere), so compare means and spreads, not single seeds.",
+        "",
+        "## Command",
+        "",
+        "The runs and this record:",
+        "",
+        "    python experiments/analysis_experiment.py --out experiments/results --workers 2",
+        "",
+        "(rerunning it skips the runs already saved in `--runs_dir` and trains the "
+        "rest; `--report_only` only rewrites the record). This file was written by:",
+        "",
+        f"    {context['argv']}",
+        "",
+        "One run is equivalent to (e.g.)",
+        "",
+        f"    {records[0]['command'] if records else ''}",
+        "",
+        "Setup: the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`: ResNet-V1c-18-D8 "
+        "trunk of width 8, decode head of width 16, batch 16, lr 0.1 poly); only the decode "
+        "head, `config.seed` and `config.data.synthetic.scenes` differ between runs; "
+        "beacon runs 1000 "
+        "steps, regions runs 2000 (the budgets of the earlier records).",
+        "",
+        "## Claims and statistics",
+        "",
+        "Stated in `experiments/analysis_claims.py`, "
+        "committed before the first run of this experiment (see its git history); quoted:",
+        "",
+        analysis_claims.__doc__.strip(),
+        "",
+    ]
     for scenes in FAMILIES:
         chosen = [r for r in records if r["scenes"] == scenes]
         wanted = [p for p in planned if p["scenes"] == scenes]
         if wanted or chosen:
             lines += family_section(scenes, chosen, wanted, claims[scenes]) + [""]
     if any(r.get("figure_rows") for r in records):
-        lines += ["## Figure", "", "`analysis.png`: one val scene per family, the first seed's "
-                  "model of each head (NL, pairwise-only, unary-only, DNL): image, ground truth, "
-                  "the full attention of three query pixels (red stars), their pairwise term, the "
-                  "unary term and, last, the scene's salient keys; each on the 8×8 grid stretched "
-                  "over the image, colours per panel.", "", "![analysis](analysis.png)"]
+        lines += [
+            "## Figure",
+            "",
+            "`analysis.png`: one val scene per family, the first seed's "
+            "model of each head (NL, pairwise-only, unary-only, DNL): image, ground truth, "
+            "the full attention of three query pixels (red stars), their pairwise term, the "
+            "unary term and, last, the scene's salient keys; each on the 8×8 grid stretched "
+            "over the image, colours per panel.",
+            "",
+            "![analysis](analysis.png)",
+        ]
     if failures:
-        lines += ["", "## Failed runs", ""] + [f"- {f['scenes']} {f['head']} seed {f['seed']}: "
-                                               f"{f['error']}" for f in failures]
+        lines += ["", "## Failed runs", ""] + [
+            f"- {f['scenes']} {f['head']} seed {f['seed']}: {f['error']}" for f in failures
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -251,13 +321,22 @@ def write_figure(out: str, records: list[dict]) -> None:
     rows = []
     for scenes in FAMILIES:
         for head in FIGURE_HEADS:
-            runs = sorted((r for r in records if r["scenes"] == scenes and r["head"] == head
-                           and r.get("figure_rows")), key=lambda r: r["seed"])
+            runs = sorted(
+                (
+                    r
+                    for r in records
+                    if r["scenes"] == scenes and r["head"] == head and r.get("figure_rows")
+                ),
+                key=lambda r: r["seed"],
+            )
             if runs:
-                row = {k: (np.asarray(v) if isinstance(v, list) and k != "points" else v)
-                       for k, v in runs[0]["figure_rows"][0].items()}
-                row["maps"] = {t: None if m is None else np.asarray(m)
-                               for t, m in row["maps"].items()}
+                row = {
+                    k: (np.asarray(v) if isinstance(v, list) and k != "points" else v)
+                    for k, v in runs[0]["figure_rows"][0].items()
+                }
+                row["maps"] = {
+                    t: None if m is None else np.asarray(m) for t, m in row["maps"].items()
+                }
                 row["title"] = f"{scenes}: {head} (seed {runs[0]['seed']})"
                 rows.append(row)
     if not rows:
@@ -271,17 +350,28 @@ def write_figure(out: str, records: list[dict]) -> None:
     plt.close(fig)
 
 
-def write_all(out: str, records: list[dict], failures: list[dict], context: dict,
-              planned: list[dict]) -> None:
+def write_all(
+    out: str, records: list[dict], failures: list[dict], context: dict, planned: list[dict]
+) -> None:
     """Rewrites the three record files of `out` from all records so far."""
     planned = [{k: p[k] for k in ("scenes", "head", "seed", "steps")} for p in planned]
-    claims = {scenes: analysis_claims.evaluate([r for r in records if r["scenes"] == scenes])
-              for scenes in FAMILIES}
+    claims = {
+        scenes: analysis_claims.evaluate([r for r in records if r["scenes"] == scenes])
+        for scenes in FAMILIES
+    }
     with open(os.path.join(out, "analysis.json"), "w") as f:
-        json.dump({"context": context, "planned": planned, "failures": failures,
-                   "claims": claims, "cue_threshold": analysis_claims.CUE_THRESHOLD,
-                   "runs": [{k: v for k, v in r.items() if k != "figure_rows"} for r in records]},
-                  f, indent=1)
+        json.dump(
+            {
+                "context": context,
+                "planned": planned,
+                "failures": failures,
+                "claims": claims,
+                "cue_threshold": analysis_claims.CUE_THRESHOLD,
+                "runs": [{k: v for k, v in r.items() if k != "figure_rows"} for r in records],
+            },
+            f,
+            indent=1,
+        )
     with open(os.path.join(out, "analysis.md"), "w") as f:
         f.write(markdown(records, failures, context, planned, claims))
     write_figure(out, records)

@@ -43,18 +43,33 @@ def run(context: str, seed: int, runs_dir: str, parallelism: str) -> dict:
     """Trains + evaluates one config in a fresh workdir; returns its record."""
     workdir = os.path.join(runs_dir, f"{context}_seed{seed}")
     shutil.rmtree(workdir, ignore_errors=True)
-    command = [sys.executable, "-m", "dnl_jax.main", "--config",
-               f"experiments/configs/synthetic_detection_{context}_tiny.py", "--workdir", workdir,
-               "--config.progress_bar=False", f"--config.seed={seed}",
-               f"--config.parallelism={parallelism}", "--config.attention_figure=False"]
+    command = [
+        sys.executable,
+        "-m",
+        "dnl_jax.main",
+        "--config",
+        f"experiments/configs/synthetic_detection_{context}_tiny.py",
+        "--workdir",
+        workdir,
+        "--config.progress_bar=False",
+        f"--config.seed={seed}",
+        f"--config.parallelism={parallelism}",
+        "--config.attention_figure=False",
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     wall = time.perf_counter() - start
     val = [r for r in logs.read_metrics(workdir) if r["split"] == "val"]
     final = max(val, key=lambda r: r["step"])
-    return {"context": context, "seed": seed, "step": final["step"],
-            **{key: final[key] for key in METRICS}, "wall_s": round(wall, 1),
-            "parallelism": parallelism, "command": " ".join(["python"] + command[1:])}
+    return {
+        "context": context,
+        "seed": seed,
+        "step": final["step"],
+        **{key: final[key] for key in METRICS},
+        "wall_s": round(wall, 1),
+        "parallelism": parallelism,
+        "command": " ".join(["python"] + command[1:]),
+    }
 
 
 def cue_right(workdir: str, context: str, score_threshold: float = 0.5) -> float:
@@ -62,20 +77,26 @@ def cue_right(workdir: str, context: str, score_threshold: float = 0.5) -> float
     import jax
 
     from dnl_jax.data.synthetic_detection import SyntheticDetection
-    from dnl_jax.tasks import get_model
     from dnl_jax.recipes.ablation import synthetic_detection_config
+    from dnl_jax.tasks import get_model
 
     data = synthetic_detection_config().data
-    source = SyntheticDetection(data.synthetic.num_val, image_size=data.synthetic.image_size, split="val",
-                                num_colours=data.num_classes // 2, seed=data.seed)
+    source = SyntheticDetection(
+        data.synthetic.num_val,
+        image_size=data.synthetic.image_size,
+        split="val",
+        num_colours=data.num_classes // 2,
+        seed=data.seed,
+    )
     examples = [source[i] for i in range(len(source))]
-    steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))
-                   if n.isdigit())
+    steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
     variables = load_variables(os.path.join(workdir, "checkpoints", str(steps[-1])))
     module = get_model(f"mask_rcnn_{context}_tiny", data.num_classes).module
     outputs = jax.jit(lambda v, x, s: module.apply(v, x, s))(
-        variables, np.stack([e["image"] for e in examples]),
-        np.stack([e["image_size"] for e in examples]))
+        variables,
+        np.stack([e["image"] for e in examples]),
+        np.stack([e["image_size"] for e in examples]),
+    )
     labels, scores, valid = (np.asarray(outputs[k]) for k in ("labels", "scores", "valid"))
     right = []
     for b, example in enumerate(examples):
@@ -86,18 +107,32 @@ def cue_right(workdir: str, context: str, score_threshold: float = 0.5) -> float
 
 def markdown_tables(runs: list[dict]) -> str:
     """Per-run table and per-context summary (mean ± std over seeds)."""
-    lines = ["| context | seed | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 "
-             "| cue right | wall (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| context | seed | box AP | box AP50 | box AP75 | mask AP | mask AP50 | mask AP75 "
+        "| cue right | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(runs, key=lambda r: (r["context"] != "fcn", r["context"], r["seed"])):
         cue = f"{r['cue_right']:.3f}" if "cue_right" in r else "-"
-        lines.append(f"| {r['context']} | {r['seed']} | "
-                     + " | ".join(f"{r[key]:.4f}" for key in METRICS)
-                     + f" | {cue} | {r['wall_s']} |")
-    lines += ["", "| context | runs | box AP mean ± std | mask AP mean ± std |", "|---|---|---|---|"]
+        lines.append(
+            f"| {r['context']} | {r['seed']} | "
+            + " | ".join(f"{r[key]:.4f}" for key in METRICS)
+            + f" | {cue} | {r['wall_s']} |"
+        )
+    lines += [
+        "",
+        "| context | runs | box AP mean ± std | mask AP mean ± std |",
+        "|---|---|---|---|",
+    ]
+
+    def stat(chosen, key):
+        values = [r[key] for r in chosen]
+        return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+
     for context in sorted({r["context"] for r in runs}, key=lambda c: (c != "fcn", c)):
         chosen = [r for r in runs if r["context"] == context]
-        stat = lambda key: f"{np.mean([r[key] for r in chosen]):.4f} ± {np.std([r[key] for r in chosen]):.4f}"  # noqa: E501,E731
-        lines.append(f"| {context} | {len(chosen)} | {stat('bbox_AP')} | {stat('segm_AP')} |")
+        box, mask = stat(chosen, "bbox_AP"), stat(chosen, "segm_AP")
+        lines.append(f"| {context} | {len(chosen)} | {box} | {mask} |")
     return "\n".join(lines)
 
 
@@ -108,8 +143,11 @@ def main() -> None:
     parser.add_argument("--runs_dir", default="runs/detection_ablation")
     parser.add_argument("--parallelism", default="jit", choices=("jit", "pmap"))
     parser.add_argument("--table", action="store_true", help="print the saved record's tables")
-    parser.add_argument("--cue", action="store_true",
-                        help="add 'cue_right' to the saved record's runs (their checkpoints)")
+    parser.add_argument(
+        "--cue",
+        action="store_true",
+        help="add 'cue_right' to the saved record's runs (their checkpoints)",
+    )
     args = parser.parse_args()
     if args.table or args.cue:
         with open(RESULTS) as f:
@@ -126,8 +164,9 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         for context in args.contexts.split(","):
             runs.append(run(context, seed, args.runs_dir, args.parallelism))
-            runs[-1]["cue_right"] = round(cue_right(
-                os.path.join(args.runs_dir, f"{context}_seed{seed}"), context), 4)
+            runs[-1]["cue_right"] = round(
+                cue_right(os.path.join(args.runs_dir, f"{context}_seed{seed}"), context), 4
+            )
             print(json.dumps(runs[-1]), flush=True)
     # Merged into the saved record: a new run replaces the saved one of its context and seed.
     saved = []

@@ -31,11 +31,15 @@ def random_batch(batch: int, height: int, width: int, instances: int) -> dict:
     for b in range(batch):
         for i, (x1, y1, x2, y2) in enumerate(boxes[b].astype(int)):
             masks[b, i, y1:y2, x1:x2] = 1
-    return {"image": jnp.asarray(rng.normal(size=(batch, height, width, 3)), jnp.float32),
-            "image_size": jnp.tile(jnp.array([[height, width]], jnp.float32), (batch, 1)),
-            "image_id": jnp.arange(batch), "gt_boxes": jnp.asarray(boxes),
-            "gt_labels": jnp.asarray(rng.integers(0, 80, (batch, instances)), jnp.int32),
-            "gt_masks": jnp.asarray(masks), "gt_valid": jnp.ones((batch, instances), bool)}
+    return {
+        "image": jnp.asarray(rng.normal(size=(batch, height, width, 3)), jnp.float32),
+        "image_size": jnp.tile(jnp.array([[height, width]], jnp.float32), (batch, 1)),
+        "image_id": jnp.arange(batch),
+        "gt_boxes": jnp.asarray(boxes),
+        "gt_labels": jnp.asarray(rng.integers(0, 80, (batch, instances)), jnp.int32),
+        "gt_masks": jnp.asarray(masks),
+        "gt_valid": jnp.ones((batch, instances), bool),
+    }
 
 
 def timed(fn, *args, repeats: int) -> tuple[float, float]:
@@ -53,22 +57,34 @@ def timed(fn, *args, repeats: int) -> tuple[float, float]:
 def measure(dtype_name: str, batch: dict, repeats: int) -> list[dict]:
     model = MaskRCNN(dtype=jnp.bfloat16 if dtype_name == "bfloat16" else None)
     variables = jax.jit(lambda key, x: model.init(key, x, method=model.build))(
-        jax.random.key(0), batch["image"][:1])
+        jax.random.key(0), batch["image"][:1]
+    )
 
     def loss(params, data, key):
-        return model.apply({**variables, "params": params}, data, method=model.loss,
-                           rngs={"sampler": key})[0]
+        return model.apply(
+            {**variables, "params": params}, data, method=model.loss, rngs={"sampler": key}
+        )[0]
 
     grad_step = jax.jit(jax.value_and_grad(loss))
-    first, step = timed(grad_step, variables["params"], batch, jax.random.key(1),
-                        repeats=repeats)
-    records = [{"what": "train step (loss + grad)", "dtype": dtype_name,
-                "compile_plus_first_s": round(first, 2), "median_s": round(step, 4)}]
+    first, step = timed(grad_step, variables["params"], batch, jax.random.key(1), repeats=repeats)
+    records = [
+        {
+            "what": "train step (loss + grad)",
+            "dtype": dtype_name,
+            "compile_plus_first_s": round(first, 2),
+            "median_s": round(step, 4),
+        }
+    ]
     predict = jax.jit(lambda v, x, s: model.apply(v, x, s))
-    first, step = timed(predict, variables, batch["image"], batch["image_size"],
-                        repeats=repeats)
-    records.append({"what": "inference", "dtype": dtype_name,
-                    "compile_plus_first_s": round(first, 2), "median_s": round(step, 4)})
+    first, step = timed(predict, variables, batch["image"], batch["image_size"], repeats=repeats)
+    records.append(
+        {
+            "what": "inference",
+            "dtype": dtype_name,
+            "compile_plus_first_s": round(first, 2),
+            "median_s": round(step, 4),
+        }
+    )
     return records
 
 
@@ -85,8 +101,10 @@ def main() -> None:
     records = []
     for dtype_name in args.dtypes.split(","):
         for record in measure(dtype_name, batch, args.repeats):
-            record.update(device=str(jax.devices()[0].device_kind),
-                          shape=[args.batch, args.height, args.width])
+            record.update(
+                device=str(jax.devices()[0].device_kind),
+                shape=[args.batch, args.height, args.width],
+            )
             stats = jax.devices()[0].memory_stats() or {}
             record["peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
             print(json.dumps(record), flush=True)

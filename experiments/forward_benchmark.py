@@ -17,8 +17,9 @@ import time
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--model", default="dnl_r50-d8")
     parser.add_argument("--size", default="512,512", help="H,W")
     parser.add_argument("--batch", type=int, default=1)
@@ -58,9 +59,14 @@ def main() -> None:
 
     best = min(times)
     result = dict(
-        model=args.model, input_shape=[args.batch, height, width, 3],
-        device=str(jax.devices()[0]), platform=jax.default_backend(),
-        init_s=init_s, compile_s=compile_s, forward_s=times, best_forward_s=best,
+        model=args.model,
+        input_shape=[args.batch, height, width, 3],
+        device=str(jax.devices()[0]),
+        platform=jax.default_backend(),
+        init_s=init_s,
+        compile_s=compile_s,
+        forward_s=times,
+        best_forward_s=best,
         xla_gflops=None if flops is None else flops / 1e9,
         achieved_gflops_per_s=None if flops is None else flops / 1e9 / best,
     )
@@ -72,8 +78,10 @@ def main() -> None:
     if flops is not None:
         print(f"  {flops / 1e9:,.1f} GFLOPs → {result['achieved_gflops_per_s']:,.1f} GFLOP/s")
     os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"forward_{args.model}_{height}x{width}_b{args.batch}_"
-                                      f"{result['platform']}.json")
+    path = os.path.join(
+        args.out_dir,
+        f"forward_{args.model}_{height}x{width}_b{args.batch}_{result['platform']}.json",
+    )
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")

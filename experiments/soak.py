@@ -60,19 +60,37 @@ STARTUP_SHARE = 0.15  # attempts killed at a random moment of the start-up (rest
 
 def command(workdir: str, args) -> list[str]:
     """The training command: the demo recipe, shrunk to a short run with frequent checkpoints."""
-    overrides = dict(total_steps=args.steps, **{"checkpoint.every_steps": args.every},
-                     **{"evals.val.every_steps": 0}, log_every_steps=args.every,
-                     batch_size=8, curves_figure=False, attention_figure=False,
-                     **{"data.synthetic.image_size": 32, "data.synthetic.num_val": 32})
-    return [sys.executable, "-m", "dnl_jax.main", "--config", CONFIG, "--workdir", workdir,
-            *[f"--config.{key}={value}" for key, value in overrides.items()]]
+    overrides = dict(
+        total_steps=args.steps,
+        **{"checkpoint.every_steps": args.every},
+        **{"evals.val.every_steps": 0},
+        log_every_steps=args.every,
+        batch_size=8,
+        curves_figure=False,
+        attention_figure=False,
+        **{"data.synthetic.image_size": 32, "data.synthetic.num_val": 32},
+    )
+    return [
+        sys.executable,
+        "-m",
+        "dnl_jax.main",
+        "--config",
+        CONFIG,
+        "--workdir",
+        workdir,
+        *[f"--config.{key}={value}" for key, value in overrides.items()],
+    ]
 
 
 def environment(cache_dir: str) -> dict:
     """Shared persistent compilation cache: restarts reuse the reference run's programs."""
-    return {**os.environ, "PYTHONPATH": REPO, "JAX_COMPILATION_CACHE_DIR": cache_dir,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": REPO,
+        "JAX_COMPILATION_CACHE_DIR": cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
 
 
 def steps_on_disk(workdir: str) -> list[int]:
@@ -101,8 +119,9 @@ class Output:
 
     def __init__(self, process: subprocess.Popen):
         self.text, self.step = "", 0
-        self._thread = threading.Thread(target=self._read, args=(process.stdout.fileno(),),
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._read, args=(process.stdout.fileno(),), daemon=True
+        )
         self._thread.start()
 
     def _read(self, fd: int) -> None:
@@ -120,8 +139,9 @@ class Output:
 def run_reference(workdir: str, args, env: dict) -> dict:
     """Trains uninterrupted; times the steps and a warm start-up."""
     start = time.time()
-    process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command(workdir, args), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     reader, first = Output(process), None
     while process.poll() is None:
         if first is None and steps_on_disk(workdir):
@@ -136,8 +156,12 @@ def run_reference(workdir: str, args, env: dict) -> dict:
     # evaluation) by rerunning the finished run, for the delays of the restarts.
     warm = time.time()
     subprocess.run(command(workdir, args), env=env, cwd=REPO, capture_output=True, check=True)
-    return dict(seconds=round(total, 1), step_s=round(step_s, 3),
-                startup_s=round(time.time() - warm, 1), final_line=_final_line(output))
+    return dict(
+        seconds=round(total, 1),
+        step_s=round(step_s, 3),
+        startup_s=round(time.time() - warm, 1),
+        final_line=_final_line(output),
+    )
 
 
 def _final_line(output: str) -> str:
@@ -145,8 +169,9 @@ def _final_line(output: str) -> str:
     return lines[-1] if lines else ""
 
 
-def interrupt_once(workdir: str, args, env: dict, rng: random.Random, left: int,
-                   timing: dict, aim_at_save: bool) -> dict:
+def interrupt_once(
+    workdir: str, args, env: dict, rng: random.Random, left: int, timing: dict, aim_at_save: bool
+) -> dict:
     """Starts the command, interrupts it at a random moment; returns the attempt record.
 
     The moment: with probability STARTUP_SHARE a random time within the start-up; otherwise a
@@ -159,8 +184,9 @@ def interrupt_once(workdir: str, args, env: dict, rng: random.Random, left: int,
     in_startup = rng.random() < STARTUP_SHARE
     target = done + rng.randint(1, max(1, 2 * (args.steps - done) // (left + 1)))
     start = time.time()
-    process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command(workdir, args), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     output = Output(process)
     if in_startup:
         _wait(process, lambda: time.time() - start > rng.uniform(0, timing["startup_s"]))
@@ -171,16 +197,24 @@ def interrupt_once(workdir: str, args, env: dict, rng: random.Random, left: int,
     if aimed:
         _wait(process, lambda: save_started_since(workdir, start))
         time.sleep(rng.uniform(0, 0.05))
-    record = dict(signal=kill.name, moment="start-up" if in_startup else f"step {output.step}",
-                  delay_s=round(time.time() - start, 2), aimed_at_save=aimed,
-                  save_in_progress=save_started_since(workdir, start),
-                  steps_before=steps_on_disk(workdir))
+    record = dict(
+        signal=kill.name,
+        moment="start-up" if in_startup else f"step {output.step}",
+        delay_s=round(time.time() - start, 2),
+        aimed_at_save=aimed,
+        save_in_progress=save_started_since(workdir, start),
+        steps_before=steps_on_disk(workdir),
+    )
     if process.poll() is None:
         process.send_signal(kill)
     process.wait()
     text = output.join()
-    record.update(returncode=process.returncode, interrupted=not output_completed(text),
-                  **_resume_facts(text), steps_after=steps_on_disk(workdir))
+    record.update(
+        returncode=process.returncode,
+        interrupted=not output_completed(text),
+        **_resume_facts(text),
+        steps_after=steps_on_disk(workdir),
+    )
     return record
 
 
@@ -191,8 +225,9 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
     target = done + args.every * rng.randint(1, 2)
     target = min(target - target % args.every, args.steps - args.every)
     start = time.time()
-    process = subprocess.Popen(command(workdir, args), env=env, cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command(workdir, args), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     output = Output(process)
     directory = os.path.join(workdir, "checkpoints")
     # This attempt's save of `target`: when the previous kill left one, only a temporary
@@ -208,19 +243,27 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
     process.wait()
     text = output.join()
     in_write = bool(this_save()) and target not in steps_on_disk(workdir)
-    return dict(signal="SIGKILL", moment=f"save of step {target}", target_step=target,
-                newest_complete_before=done, delay_s=round(time.time() - start, 2),
-                inside_write=in_write, save_in_progress=in_write, returncode=process.returncode,
-                interrupted=not output_completed(text), **_resume_facts(text),
-                removed_unfinished=bool(REMOVED.search(text)),
-                steps_after=steps_on_disk(workdir))
+    return dict(
+        signal="SIGKILL",
+        moment=f"save of step {target}",
+        target_step=target,
+        newest_complete_before=done,
+        delay_s=round(time.time() - start, 2),
+        inside_write=in_write,
+        save_in_progress=in_write,
+        returncode=process.returncode,
+        interrupted=not output_completed(text),
+        **_resume_facts(text),
+        removed_unfinished=bool(REMOVED.search(text)),
+        steps_after=steps_on_disk(workdir),
+    )
 
 
 def check_save_soak(attempts: list, every: int) -> dict:
     """Every restart resumed from the newest complete step (the killed save's step minus one
     interval at most lost) and removed the unfinished save it found."""
     problems = []
-    for before, after in zip(attempts, attempts[1:]):
+    for before, after in zip(attempts, attempts[1:], strict=False):
         newest = (before["steps_after"] or [None])[-1]
         if after["resumed_from"] is None and not after["inside_write"]:
             continue  # killed during its start-up, before it could say where it resumed
@@ -230,8 +273,11 @@ def check_save_soak(attempts: list, every: int) -> dict:
             problems.append(f"kill at save {before['target_step']} lost more than one interval")
         if before["inside_write"] and not after["removed_unfinished"]:
             problems.append(f"the unfinished save of {before['target_step']} was not removed")
-    return dict(kills_inside_write=sum(a["inside_write"] for a in attempts),
-                kills=len(attempts), problems=problems)
+    return dict(
+        kills_inside_write=sum(a["inside_write"] for a in attempts),
+        kills=len(attempts),
+        problems=problems,
+    )
 
 
 def _wait(process: subprocess.Popen, condition) -> None:
@@ -247,28 +293,35 @@ def _resume_facts(output: str) -> dict:
     resumed = re.findall(r"resumed from \S+ at step (\d+)", output)
     aside = re.findall(r"checkpoint step (\d+) in \S+ does not restore", output)
     errors = [line for line in output.splitlines() if line.startswith(("Traceback", "error"))]
-    return dict(resumed_from=int(resumed[-1]) if resumed else None,
-                set_aside=[int(step) for step in aside], errors=errors[:3])
+    return dict(
+        resumed_from=int(resumed[-1]) if resumed else None,
+        set_aside=[int(step) for step in aside],
+        errors=errors[:3],
+    )
 
 
 def summarise(attempts: list) -> dict:
     """Counts per signal, SIGKILLs that hit a save in progress, checkpoints set aside."""
     kills = [a for a in attempts if a["interrupted"] and a["signal"] == "SIGKILL"]
-    return dict(sigkill=len(kills),
-                sigterm=sum(a["interrupted"] and a["signal"] == "SIGTERM" for a in attempts),
-                sigkill_during_save=sum(a["save_in_progress"] for a in kills),
-                resumed=sum(a["resumed_from"] is not None for a in attempts),
-                checkpoints_set_aside=sum(len(a["set_aside"]) for a in attempts),
-                attempts_with_errors=sum(bool(a["errors"]) for a in attempts))
+    return dict(
+        sigkill=len(kills),
+        sigterm=sum(a["interrupted"] and a["signal"] == "SIGTERM" for a in attempts),
+        sigkill_during_save=sum(a["save_in_progress"] for a in kills),
+        resumed=sum(a["resumed_from"] is not None for a in attempts),
+        checkpoints_set_aside=sum(len(a["set_aside"]) for a in attempts),
+        attempts_with_errors=sum(bool(a["errors"]) for a in attempts),
+    )
 
 
 def compare(reference_dir: str, soak_dir: str, step: int) -> dict:
     """Final params and batch statistics: bitwise equality and the largest |difference|."""
     paths = [os.path.join(d, "checkpoints", str(step)) for d in (reference_dir, soak_dir)]
     reference, soaked = (load_variables(path) for path in paths)
-    differences = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64)
-                                                                - np.asarray(b, np.float64)))),
-                               reference, soaked)
+    differences = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))),
+        reference,
+        soaked,
+    )
     leaves = jax.tree.leaves(differences)
     equal = all(jax.tree.leaves(jax.tree.map(np.array_equal, reference, soaked)))
     return dict(bitwise_equal=bool(equal), max_abs_difference=max(leaves), leaves=len(leaves))
@@ -280,13 +333,24 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=10, help="checkpoint interval (steps)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", choices=("random", "save"), default="random",
-                        help="'save': every kill lands inside a checkpoint write")
-    parser.add_argument("--window", type=float, default=0.15,
-                        help="--target save: kill 0..window s after the save begins")
+    parser.add_argument(
+        "--target",
+        choices=("random", "save"),
+        default="random",
+        help="'save': every kill lands inside a checkpoint write",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=0.15,
+        help="--target save: kill 0..window s after the save begins",
+    )
     parser.add_argument("--workdir", default="/tmp/dnl_jax_soak", help="deleted and re-created")
-    parser.add_argument("--cache", default="/tmp/dnl_jax_soak_cache",
-                        help="persistent compilation cache (kept between soaks)")
+    parser.add_argument(
+        "--cache",
+        default="/tmp/dnl_jax_soak_cache",
+        help="persistent compilation cache (kept between soaks)",
+    )
     parser.add_argument("--out", default=os.path.join(REPO, "experiments/results/soak.json"))
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -297,27 +361,65 @@ def main() -> int:
     timing = run_reference(reference_dir, args, env)
     print(f"reference: {timing}", flush=True)
     attempts = run_attempts(soak_dir, args, env, rng, timing)
-    final = subprocess.run(command(soak_dir, args), env=env, cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)  # the logs too (resume facts)
+    final = subprocess.run(
+        command(soak_dir, args),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # the logs too (resume facts)
     result = dict(
-        command=" ".join(command("WORKDIR", args)), args=vars(args), reference=timing,
-        interruptions=sum(a["interrupted"] for a in attempts), summary=summarise(attempts),
+        command=" ".join(command("WORKDIR", args)),
+        args=vars(args),
+        reference=timing,
+        interruptions=sum(a["interrupted"] for a in attempts),
+        summary=summarise(attempts),
         attempts=attempts,
-        final_returncode=final.returncode, final_line=_final_line(final.stdout),
+        final_returncode=final.returncode,
+        final_line=_final_line(final.stdout),
         set_aside_dirs=sorted(os.listdir(os.path.join(soak_dir, "checkpoints-unrestorable")))
-        if os.path.isdir(os.path.join(soak_dir, "checkpoints-unrestorable")) else [],
+        if os.path.isdir(os.path.join(soak_dir, "checkpoints-unrestorable"))
+        else [],
         comparison=compare(reference_dir, soak_dir, args.steps) if final.returncode == 0 else None,
         final_line_equal=_final_line(final.stdout) == timing["final_line"],
-        save_window=check_save_soak(attempts + [dict(resumed_from=_resume_facts(
-            final.stdout)["resumed_from"], inside_write=False, target_step=None,
-            removed_unfinished=False, steps_after=[])], args.every)
-        if args.target == "save" else None,
-        seconds=round(time.time() - began, 1), load_average=os.getloadavg())
+        save_window=check_save_soak(
+            attempts
+            + [
+                dict(
+                    resumed_from=_resume_facts(final.stdout)["resumed_from"],
+                    inside_write=False,
+                    target_step=None,
+                    removed_unfinished=False,
+                    steps_after=[],
+                )
+            ],
+            args.every,
+        )
+        if args.target == "save"
+        else None,
+        seconds=round(time.time() - began, 1),
+        load_average=os.getloadavg(),
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as file:
         json.dump(result, file, indent=2)
-    print(json.dumps({k: result[k] for k in ("interruptions", "summary", "final_line", "comparison",
-                                             "set_aside_dirs", "seconds")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "interruptions",
+                    "summary",
+                    "final_line",
+                    "comparison",
+                    "set_aside_dirs",
+                    "seconds",
+                )
+            },
+            indent=2,
+        )
+    )
     ok = (result["comparison"] or {}).get("bitwise_equal", False) and result["final_line_equal"]
     if args.target == "save":
         window = result["save_window"]
@@ -331,9 +433,11 @@ def run_attempts(soak_dir: str, args, env: dict, rng: random.Random, timing: dic
     landed inside a checkpoint write (at most 3x as many attempts)."""
     attempts, kills = [], 0
     if args.target == "save":
-        while (sum(a["inside_write"] for a in attempts) < args.interruptions
-               and len(attempts) < 3 * args.interruptions
-               and (steps_on_disk(soak_dir) or [0])[-1] < args.steps - 2 * args.every):
+        while (
+            sum(a["inside_write"] for a in attempts) < args.interruptions
+            and len(attempts) < 3 * args.interruptions
+            and (steps_on_disk(soak_dir) or [0])[-1] < args.steps - 2 * args.every
+        ):
             attempts.append(interrupt_in_save(soak_dir, args, env, rng))
             print(f"attempt {len(attempts)}: {attempts[-1]}", flush=True)
         return attempts

@@ -23,18 +23,22 @@ def random_image(rng):
     return rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
 
 
-CITYSCAPES_FILES = [("train", "aachen", "aachen_000000_000019"),
-                    ("train", "aachen", "aachen_000001_000019"),
-                    ("train", "bochum", "bochum_000000_000313"),
-                    ("val", "frankfurt", "frankfurt_000000_000294")]
+CITYSCAPES_FILES = [
+    ("train", "aachen", "aachen_000000_000019"),
+    ("train", "aachen", "aachen_000001_000019"),
+    ("train", "bochum", "bochum_000000_000313"),
+    ("val", "frankfurt", "frankfurt_000000_000294"),
+]
 
 
 def write_cityscapes(raw, rng, *, skip_label=None, corrupt=None):
     """The two official zips with real member names; labels hold ids 0..33 plus one id 40."""
     os.makedirs(raw, exist_ok=True)
     labels = {}
-    with zipfile.ZipFile(os.path.join(raw, cityscapes.IMAGES_ZIP), "w") as images, \
-            zipfile.ZipFile(os.path.join(raw, cityscapes.LABELS_ZIP), "w") as annotations:
+    with (
+        zipfile.ZipFile(os.path.join(raw, cityscapes.IMAGES_ZIP), "w") as images,
+        zipfile.ZipFile(os.path.join(raw, cityscapes.LABELS_ZIP), "w") as annotations,
+    ):
         for split, city, stem in CITYSCAPES_FILES:
             image_bytes = b"not a png" if stem == corrupt else png(random_image(rng))
             images.writestr(f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png", image_bytes)
@@ -55,12 +59,14 @@ def write_ade20k(raw, rng, counts=(("train", 3), ("val", 2))):
         for i in range(1, count + 1):
             stem = f"ADE_{split}_{i:08d}"
             Image.fromarray(random_image(rng)).save(
-                os.path.join(raw, ade20k.ROOT, "images", folder, stem + ".jpg"))
+                os.path.join(raw, ade20k.ROOT, "images", folder, stem + ".jpg")
+            )
             label = rng.integers(0, 151, (H, W)).astype(np.uint8)
             label[0, :3] = (0, 1, 200)
             labels[stem] = label
-            Image.fromarray(label).save(os.path.join(raw, ade20k.ROOT, "annotations", folder,
-                                                     stem + ".png"))
+            Image.fromarray(label).save(
+                os.path.join(raw, ade20k.ROOT, "annotations", folder, stem + ".png")
+            )
     return labels
 
 
@@ -72,7 +78,9 @@ def write_voc(raw, rng, ids):
         with open(os.path.join(voc, "ImageSets", "SegmentationContext", f"{split}.txt"), "w") as f:
             f.write("\n".join(split_ids) + "\n")
         for image_id in split_ids:
-            Image.fromarray(random_image(rng)).save(os.path.join(voc, "JPEGImages", f"{image_id}.jpg"))
+            Image.fromarray(random_image(rng)).save(
+                os.path.join(voc, "JPEGImages", f"{image_id}.jpg")
+            )
 
 
 def write_video(path, colour, frames=6, height=16, width=24):

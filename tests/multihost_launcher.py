@@ -31,7 +31,8 @@ def _config(overrides: dict):
     from train_testing import TINY
 
     spec = importlib.util.spec_from_file_location(
-        "demo_config", os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py"))
+        "demo_config", os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py")
+    )
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     config = demo.get_config()
@@ -88,13 +89,18 @@ def main(argv) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     from dnl_jax.train import distributed
 
-    distributed.initialize(config.distributed, coordinator_address=f"127.0.0.1:{port}",
-                           num_processes=2, process_id=int(process_id))
+    distributed.initialize(
+        config.distributed,
+        coordinator_address=f"127.0.0.1:{port}",
+        num_processes=2,
+        process_id=int(process_id),
+    )
     from dnl_jax.train.trainer import train_and_evaluate
 
     on_step = _arm(when) if when else None
     result = distributed.run_watched(
-        workdir, config.distributed, lambda: train_and_evaluate(config, workdir, on_step=on_step))
+        workdir, config.distributed, lambda: train_and_evaluate(config, workdir, on_step=on_step)
+    )
     if jax.process_index() == 0:
         metric = (result["val"] or {}).get("miou")
         print(f"RESULT {result['status']} {result['step']} {metric}", flush=True)

@@ -63,8 +63,10 @@ def package_root(package: str) -> str:
     """The installed package's directory, without importing (executing) its `__init__`."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the {package} wheel is not installed; `make install` installs it "
-                          "(pip install --no-deps -r requirements-openmmlab.txt).")
+        raise ImportError(
+            f"the {package} wheel is not installed; `make install` installs it "
+            "(pip install --no-deps -r requirements-openmmlab.txt)."
+        )
     return list(spec.submodule_search_locations)[0]
 
 
@@ -78,8 +80,10 @@ def _stub(name: str, **attributes: Any) -> types.ModuleType:
 def _stand_ins(package: str, modules: dict[str, dict[str, Any]]) -> dict[str, types.ModuleType]:
     """The package root, its `registry` (MODELS) and `modules` ({'utils': {name: value}}) as
     stand-in modules, by qualified name."""
-    stubs = {package: _stub(package),
-             f"{package}.registry": _stub(f"{package}.registry", MODELS=_Registry())}
+    stubs = {
+        package: _stub(package),
+        f"{package}.registry": _stub(f"{package}.registry", MODELS=_Registry()),
+    }
     for name, attributes in modules.items():
         stubs[f"{package}.{name}"] = _stub(f"{package}.{name}", **attributes)
     return stubs
@@ -117,7 +121,8 @@ def _load_chain(package: str, stubs: dict[str, types.ModuleType], files: list[tu
     root = package_root(package)
     modules = dict(stubs)
     for parent in {name.rsplit(".", 1)[0] for name, _ in files} | {
-            name.rsplit(".", 2)[0] for name, _ in files}:
+        name.rsplit(".", 2)[0] for name, _ in files
+    }:
         modules.setdefault(parent, _stub(parent))
     loaded = {}
     for qualified_name, expose_in in files:
@@ -135,22 +140,29 @@ def mmseg_models() -> types.SimpleNamespace:
     utils/res_layer.py), `DisentangledNonLocal2d` and `DNLHead` (decode_heads/dnl_head.py),
     `NLHead`, `GCHead`, `FCNHead` and their base `BaseDecodeHead` (decode_head.py; build it with
     `loss_decode=[]`)."""
-    stubs = _stand_ins("mmseg", {
-        "utils": dict(ConfigType=dict, OptConfigType=dict, SampleList=list, OptSampleList=list),
-        "structures": dict(build_pixel_sampler=_not_for_inference("build_pixel_sampler")),
-        "models.builder": dict(build_loss=_not_for_inference("build_loss")),
-    })
-    loaded = _load_chain("mmseg", stubs, [
-        ("mmseg.models.utils.res_layer", "mmseg.models.utils"),
-        ("mmseg.models.utils.wrappers", "mmseg.models.utils"),
-        ("mmseg.models.losses.accuracy", "mmseg.models.losses"),
-        ("mmseg.models.backbones.resnet", None),
-        ("mmseg.models.decode_heads.decode_head", None),
-        ("mmseg.models.decode_heads.fcn_head", None),
-        ("mmseg.models.decode_heads.nl_head", None),
-        ("mmseg.models.decode_heads.dnl_head", None),
-        ("mmseg.models.decode_heads.gc_head", None),
-    ])
+    stubs = _stand_ins(
+        "mmseg",
+        {
+            "utils": dict(ConfigType=dict, OptConfigType=dict, SampleList=list, OptSampleList=list),
+            "structures": dict(build_pixel_sampler=_not_for_inference("build_pixel_sampler")),
+            "models.builder": dict(build_loss=_not_for_inference("build_loss")),
+        },
+    )
+    loaded = _load_chain(
+        "mmseg",
+        stubs,
+        [
+            ("mmseg.models.utils.res_layer", "mmseg.models.utils"),
+            ("mmseg.models.utils.wrappers", "mmseg.models.utils"),
+            ("mmseg.models.losses.accuracy", "mmseg.models.losses"),
+            ("mmseg.models.backbones.resnet", None),
+            ("mmseg.models.decode_heads.decode_head", None),
+            ("mmseg.models.decode_heads.fcn_head", None),
+            ("mmseg.models.decode_heads.nl_head", None),
+            ("mmseg.models.decode_heads.dnl_head", None),
+            ("mmseg.models.decode_heads.gc_head", None),
+        ],
+    )
     heads = "mmseg.models.decode_heads."
     return types.SimpleNamespace(
         ResNet=loaded["mmseg.models.backbones.resnet"].ResNet,
@@ -167,15 +179,22 @@ def mmseg_models() -> types.SimpleNamespace:
 def mmaction_models() -> types.SimpleNamespace:
     """mmaction2 1.2.0's `ResNet3d` (backbones/resnet3d.py, with mmcv's `NonLocal3d`) and
     `I3DHead` (heads/i3d_head.py on heads/base.py)."""
-    stubs = _stand_ins("mmaction", {
-        "utils": dict(ConfigType=dict, ForwardResults=Any, SampleList=list, OptConfigType=dict),
-        "evaluation": dict(top_k_accuracy=_not_for_inference("top_k_accuracy")),
-    })
-    loaded = _load_chain("mmaction", stubs, [
-        ("mmaction.models.backbones.resnet3d", None),
-        ("mmaction.models.heads.base", None),
-        ("mmaction.models.heads.i3d_head", None),
-    ])
+    stubs = _stand_ins(
+        "mmaction",
+        {
+            "utils": dict(ConfigType=dict, ForwardResults=Any, SampleList=list, OptConfigType=dict),
+            "evaluation": dict(top_k_accuracy=_not_for_inference("top_k_accuracy")),
+        },
+    )
+    loaded = _load_chain(
+        "mmaction",
+        stubs,
+        [
+            ("mmaction.models.backbones.resnet3d", None),
+            ("mmaction.models.heads.base", None),
+            ("mmaction.models.heads.i3d_head", None),
+        ],
+    )
     return types.SimpleNamespace(
         ResNet3d=loaded["mmaction.models.backbones.resnet3d"].ResNet3d,
         I3DHead=loaded["mmaction.models.heads.i3d_head"].I3DHead,
@@ -223,39 +242,59 @@ def mmdet_models() -> types.SimpleNamespace:
     (roi_heads/mask_heads/fcn_mask_head.py)."""
     from mmengine.model import BaseModule  # pylint: disable=import-outside-toplevel
 
-    stubs = _stand_ins("mmdet", {
-        "utils": dict(ConfigType=dict, OptConfigType=dict, MultiConfig=dict, OptMultiConfig=dict,
-                      InstanceList=list, OptInstanceList=list),
-        "structures": dict(SampleList=list),
-        "structures.bbox": _not_for_inference_names(
-            "cat_boxes", "empty_box_as", "get_box_tensor", "get_box_wh", "scale_boxes",
-            "BaseBoxes"),
-        "structures.mask": _not_for_inference_names("mask_target"),
-        "models.layers": _not_for_inference_names("multiclass_nms"),
-        "models.losses": _not_for_inference_names("accuracy"),
-        "models.utils": _not_for_inference_names(
-            "empty_instances", "multi_apply", "images_to_levels", "unmap"),
-        "models.task_modules.samplers": dict(SamplingResult=object,
-                                             PseudoSampler=_not_for_inference("PseudoSampler")),
-        "models.task_modules.prior_generators": dict(
-            AnchorGenerator=object, **_not_for_inference_names("anchor_inside_flags")),
-        "models.dense_heads.base_dense_head": dict(BaseDenseHead=BaseModule),
-    })
+    stubs = _stand_ins(
+        "mmdet",
+        {
+            "utils": dict(
+                ConfigType=dict,
+                OptConfigType=dict,
+                MultiConfig=dict,
+                OptMultiConfig=dict,
+                InstanceList=list,
+                OptInstanceList=list,
+            ),
+            "structures": dict(SampleList=list),
+            "structures.bbox": _not_for_inference_names(
+                "cat_boxes",
+                "empty_box_as",
+                "get_box_tensor",
+                "get_box_wh",
+                "scale_boxes",
+                "BaseBoxes",
+            ),
+            "structures.mask": _not_for_inference_names("mask_target"),
+            "models.layers": _not_for_inference_names("multiclass_nms"),
+            "models.losses": _not_for_inference_names("accuracy"),
+            "models.utils": _not_for_inference_names(
+                "empty_instances", "multi_apply", "images_to_levels", "unmap"
+            ),
+            "models.task_modules.samplers": dict(
+                SamplingResult=object, PseudoSampler=_not_for_inference("PseudoSampler")
+            ),
+            "models.task_modules.prior_generators": dict(
+                AnchorGenerator=object, **_not_for_inference_names("anchor_inside_flags")
+            ),
+            "models.dense_heads.base_dense_head": dict(BaseDenseHead=BaseModule),
+        },
+    )
     stubs["mmdet.registry"].MODELS = _MMDetModels()
     stubs["mmdet.registry"].TASK_UTILS = _MMDetTaskUtils()
     ops = _stub("mmcv.ops", **_not_for_inference_names("batched_nms"))
-    stubs.update({"mmcv.ops": ops,
-                  "mmcv.ops.carafe": _stub("mmcv.ops.carafe", CARAFEPack=object)})
-    loaded = _load_chain("mmdet", stubs, [
-        ("mmdet.models.layers.res_layer", "mmdet.models.layers"),
-        ("mmdet.models.backbones.resnet", None),
-        ("mmdet.models.necks.fpn", None),
-        ("mmdet.models.dense_heads.anchor_head", "mmdet.models.dense_heads"),
-        ("mmdet.models.dense_heads.rpn_head", None),
-        ("mmdet.models.roi_heads.bbox_heads.bbox_head", "mmdet.models.roi_heads.bbox_heads"),
-        ("mmdet.models.roi_heads.bbox_heads.convfc_bbox_head", None),
-        ("mmdet.models.roi_heads.mask_heads.fcn_mask_head", None),
-    ])
+    stubs.update({"mmcv.ops": ops, "mmcv.ops.carafe": _stub("mmcv.ops.carafe", CARAFEPack=object)})
+    loaded = _load_chain(
+        "mmdet",
+        stubs,
+        [
+            ("mmdet.models.layers.res_layer", "mmdet.models.layers"),
+            ("mmdet.models.backbones.resnet", None),
+            ("mmdet.models.necks.fpn", None),
+            ("mmdet.models.dense_heads.anchor_head", "mmdet.models.dense_heads"),
+            ("mmdet.models.dense_heads.rpn_head", None),
+            ("mmdet.models.roi_heads.bbox_heads.bbox_head", "mmdet.models.roi_heads.bbox_heads"),
+            ("mmdet.models.roi_heads.bbox_heads.convfc_bbox_head", None),
+            ("mmdet.models.roi_heads.mask_heads.fcn_mask_head", None),
+        ],
+    )
     convfc = loaded["mmdet.models.roi_heads.bbox_heads.convfc_bbox_head"]
     return types.SimpleNamespace(
         ResNet=loaded["mmdet.models.backbones.resnet"].ResNet,
@@ -277,31 +316,52 @@ _DEPTHS = {((2, 2, 2, 2), False): 18, ((3, 4, 6, 3), True): 50, ((3, 4, 23, 3), 
 def mmseg_resnet_v1c(stage_blocks, bottleneck, *, stem=64, base=64):
     """mmseg's own `ResNetV1c` D8 (strides 1, 2, 1, 1; dilations 1, 1, 2, 4), all 4 stages out."""
     return mmseg_models().ResNetV1c(
-        depth=_DEPTHS[(tuple(stage_blocks), bottleneck)], stem_channels=stem, base_channels=base,
-        strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), contract_dilation=True, norm_cfg=BN,
-        out_indices=(0, 1, 2, 3))
+        depth=_DEPTHS[(tuple(stage_blocks), bottleneck)],
+        stem_channels=stem,
+        base_channels=base,
+        strides=(1, 2, 1, 1),
+        dilations=(1, 1, 2, 4),
+        contract_dilation=True,
+        norm_cfg=BN,
+        out_indices=(0, 1, 2, 3),
+    )
 
 
-def mmseg_head(in_channels, channels, num_classes, *, context=None, num_convs=2,
-               concat_input=True, in_index=-1):
+def mmseg_head(
+    in_channels, channels, num_classes, *, context=None, num_convs=2, concat_input=True, in_index=-1
+):
     """mmseg's `DNLHead` / `NLHead` / `GCHead` (`context` 'dnl' / 'nl' / 'gc', with their config
     defaults) or `FCNHead`; dropout 0.1 (identity in eval), no loss modules (`loss_decode=[]`)."""
     models = mmseg_models()
-    common = dict(in_channels=in_channels, channels=channels, num_classes=num_classes,
-                  dropout_ratio=0.1, norm_cfg=BN, loss_decode=[], in_index=in_index)
+    common = dict(
+        in_channels=in_channels,
+        channels=channels,
+        num_classes=num_classes,
+        dropout_ratio=0.1,
+        norm_cfg=BN,
+        loss_decode=[],
+        in_index=in_index,
+    )
     if context == "dnl":
-        return models.DNLHead(reduction=2, use_scale=True, mode="embedded_gaussian",
-                              temperature=0.05, **common)
+        return models.DNLHead(
+            reduction=2, use_scale=True, mode="embedded_gaussian", temperature=0.05, **common
+        )
     if context == "nl":
         return models.NLHead(reduction=2, use_scale=True, mode="embedded_gaussian", **common)
     if context == "gc":
-        return models.GCHead(ratio=1 / 4, pooling_type="att", fusion_types=("channel_add",),
-                             **common)
+        return models.GCHead(
+            ratio=1 / 4, pooling_type="att", fusion_types=("channel_add",), **common
+        )
     return models.FCNHead(num_convs=num_convs, concat_input=concat_input, **common)
 
 
 def mmseg_dnl_block(channels):
     """mmseg's `DisentangledNonLocal2d` as `DNLHead` builds it (BN after conv_out)."""
     return mmseg_models().DisentangledNonLocal2d(
-        in_channels=channels, reduction=2, use_scale=True, norm_cfg=BN, mode="embedded_gaussian",
-        temperature=0.05)
+        in_channels=channels,
+        reduction=2,
+        use_scale=True,
+        norm_cfg=BN,
+        mode="embedded_gaussian",
+        temperature=0.05,
+    )

@@ -41,7 +41,8 @@ class EncoderDecoder(nn.Module):
     def forward(self, images):
         logits = self.decode_head(self.backbone(images))
         return torch.nn.functional.interpolate(
-            logits, size=images.shape[2:], mode="bilinear", align_corners=False)
+            logits, size=images.shape[2:], mode="bilinear", align_corners=False
+        )
 
 
 @torch.no_grad()
@@ -103,8 +104,9 @@ def relative_error(actual, expected) -> float:
 
 class OfficialReference(torch.nn.Module):
     """The official-code DNL block (yinmh17/DNL-Semantic-Segmentation nonlocal_block.py
-    `_NonLocalNd_bn`, read, not copied) as an NCHW reference: the official forward with downsample=False, use_out=False, out_bn=False,
-    with_gc=True (the configurations of the official Cityscapes confs)."""
+    `_NonLocalNd_bn`, read, not copied) as an NCHW reference: the official forward with
+    downsample=False, use_out=False, out_bn=False, with_gc=True (the configurations of the official
+    Cityscapes confs)."""
 
     def __init__(self, inplanes, planes, whiten, use_scale, temperature):
         super().__init__()
@@ -127,8 +129,9 @@ class OfficialReference(torch.nn.Module):
         elif self.whiten == "ln_nostd":  # one mean per sample
             query = query - query.mean(1).mean(1).view(n, 1, 1)
             key = key - key.mean(1).mean(1).view(n, 1, 1)
-        sim = torch.softmax(torch.bmm(query.transpose(1, 2), key) / self.scale
-                            / self.temperature, dim=2)
+        sim = torch.softmax(
+            torch.bmm(query.transpose(1, 2), key) / self.scale / self.temperature, dim=2
+        )
         out = self.gamma * torch.bmm(sim, value.transpose(1, 2)).transpose(1, 2).reshape(x.shape)
         mask = torch.softmax(self.conv_mask(x).view(n, 1, -1), dim=2)
         out = out + torch.bmm(value, mask.permute(0, 2, 1)).unsqueeze(-1)

@@ -15,12 +15,15 @@ import orbax.checkpoint as ocp
 
 from dnl_jax.train.config import base_config
 
-CACHE_DIR = os.environ.get("DNL_JAX_TEST_XLA_CACHE",
-                           os.path.join(tempfile.gettempdir(), "dnl_jax_test_xla_cache"))
+CACHE_DIR = os.environ.get(
+    "DNL_JAX_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), "dnl_jax_test_xla_cache")
+)
 # The same settings for subprocesses, through JAX's environment variables.
-CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+CACHE_ENV = {
+    "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+}
 
 
 def enable_compilation_cache() -> None:
@@ -31,10 +34,21 @@ def enable_compilation_cache() -> None:
 
 # Every e2e run uses these values unless a test needs another; equal configs compile equal
 # programs, so keep overrides to what a test is about.
-TINY = {"model.name": "dnl_tiny", "data.synthetic.image_size": 32, "data.num_classes": 5,
-        "data.synthetic.num_train": 64, "data.synthetic.num_val": 16, "batch_size": 8, "evals.val.batch_size": 8,
-        "total_steps": 4, "evals.val.every_steps": 100, "checkpoint.every_steps": 2,
-        "progress_bar": False, "curves_figure": False, "attention_figure": False}
+TINY = {
+    "model.name": "dnl_tiny",
+    "data.synthetic.image_size": 32,
+    "data.num_classes": 5,
+    "data.synthetic.num_train": 64,
+    "data.synthetic.num_val": 16,
+    "batch_size": 8,
+    "evals.val.batch_size": 8,
+    "total_steps": 4,
+    "evals.val.every_steps": 100,
+    "checkpoint.every_steps": 2,
+    "progress_bar": False,
+    "curves_figure": False,
+    "attention_figure": False,
+}
 
 
 def tiny_config(**overrides):
@@ -46,6 +60,8 @@ def tiny_config(**overrides):
 def restore(path):
     """Read back as the trainer does (a PyTree checkpoint, numpy leaves)."""
     checkpointer = ocp.PyTreeCheckpointer()
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                            checkpointer.metadata(path).item_metadata.tree)
+    as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+        checkpointer.metadata(path).item_metadata.tree,
+    )
     return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))

@@ -20,10 +20,16 @@ _FORBIDDEN_SUFFIXES = (".png", ".jsonl", ".ipynb", ".pth", ".msgpack")
 def check_wheel(wheel: pathlib.Path, package_root: pathlib.Path) -> list[str]:
     """The problems of `wheel` (empty when it is clean)."""
     names = zipfile.ZipFile(wheel).namelist()
-    problems = [f"{name}: not part of the package" for name in names
-                if name.startswith(_FORBIDDEN_PREFIXES) or name.endswith(_FORBIDDEN_SUFFIXES)]
-    problems += [f"{name}: outside dnl_jax/ and its metadata" for name in names
-                 if not name.startswith(("dnl_jax/", "dnl_jax-"))]
+    problems = [
+        f"{name}: not part of the package"
+        for name in names
+        if name.startswith(_FORBIDDEN_PREFIXES) or name.endswith(_FORBIDDEN_SUFFIXES)
+    ]
+    problems += [
+        f"{name}: outside dnl_jax/ and its metadata"
+        for name in names
+        if not name.startswith(("dnl_jax/", "dnl_jax-"))
+    ]
     if not any(name.endswith("licenses/LICENSE") for name in names):
         problems.append("the LICENSE file is missing from the metadata")
     for init in sorted(package_root.rglob("__init__.py")):
@@ -46,8 +52,10 @@ def main(argv: list[str]) -> int:
     for problem in problems:
         print(f"check_wheel: {wheels[0].name}: {problem}")
     if not problems:
-        print(f"check_wheel: {wheels[0].name} holds the package only "
-              f"({len(zipfile.ZipFile(wheels[0]).namelist())} files)")
+        print(
+            f"check_wheel: {wheels[0].name} holds the package only "
+            f"({len(zipfile.ZipFile(wheels[0]).namelist())} files)"
+        )
     return 1 if problems else 0
 
 

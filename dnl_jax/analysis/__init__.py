@@ -29,7 +29,8 @@ them into attention maps and statistics, a chunk of queries at a time (never all
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,12 +39,22 @@ import numpy as np
 from dnl_jax import blocks, blocks_official, ops
 
 IGNORE_LABEL = 255
-BLOCK_TYPES = (blocks.NonLocal, blocks.DisentangledNonLocal, blocks.ContextBlock,
-               blocks_official.OfficialDisentangledNonLocal)
+BLOCK_TYPES = (
+    blocks.NonLocal,
+    blocks.DisentangledNonLocal,
+    blocks.ContextBlock,
+    blocks_official.OfficialDisentangledNonLocal,
+)
 TERMS = ("full", "pairwise", "unary")
 # (attention term, ground-truth map): the paper's two matches, then the crossed pairs.
-CONSISTENCIES = (("pairwise", "within"), ("unary", "boundary"), ("pairwise", "boundary"),
-                 ("unary", "within"), ("full", "within"), ("full", "boundary"))
+CONSISTENCIES = (
+    ("pairwise", "within"),
+    ("unary", "boundary"),
+    ("pairwise", "boundary"),
+    ("unary", "within"),
+    ("full", "within"),
+    ("full", "boundary"),
+)
 _CAPTURED = ("theta", "phi", "conv_mask", "conv_query", "conv_key")
 # The official-code block's names of the queries and keys.
 _OFFICIAL_NAMES = {"conv_query": "theta", "conv_key": "phi"}
@@ -69,9 +80,9 @@ class BlockCapture:
     kind: str
     grid: tuple
     key_grid: tuple
-    q: Optional[np.ndarray]
-    k: Optional[np.ndarray]
-    unary_logits: Optional[np.ndarray]
+    q: np.ndarray | None
+    k: np.ndarray | None
+    unary_logits: np.ndarray | None
     scale: float = 1.0
     whiten: bool = True
 
@@ -82,19 +93,38 @@ def _block_settings(block: nn.Module) -> dict:
         return {"kind": "gc", "window": ()}
     if isinstance(block, blocks_official.OfficialDisentangledNonLocal):
         if block.whiten == "ln_nostd":
-            raise ValueError(f"block {'/'.join(block.path)} whitens with 'ln_nostd' (one mean "
-                             "per sample); the analysis covers 'channel' whitening or none.")
-        return {"kind": "dnl", "window": (), "use_scale": block.use_scale,
-                "whiten": block.whiten == "channel", "temperature": block.temperature}
+            raise ValueError(
+                f"block {'/'.join(block.path)} whitens with 'ln_nostd' (one mean "
+                "per sample); the analysis covers 'channel' whitening or none."
+            )
+        return {
+            "kind": "dnl",
+            "window": (),
+            "use_scale": block.use_scale,
+            "whiten": block.whiten == "channel",
+            "temperature": block.temperature,
+        }
     if isinstance(block, blocks.NonLocal) and block.mode != "embedded_gaussian":
-        raise ValueError(f"block {'/'.join(block.path)} uses mode {block.mode!r}: only "
-                         "'embedded_gaussian' non-local blocks have a softmax to decompose.")
+        raise ValueError(
+            f"block {'/'.join(block.path)} uses mode {block.mode!r}: only "
+            "'embedded_gaussian' non-local blocks have a softmax to decompose."
+        )
     window = (tuple(block.pool_window) if block.pool_window else None) if block.sub_sample else ()
     if isinstance(block, blocks.NonLocal):
-        return {"kind": "nl", "window": window, "use_scale": block.use_scale, "whiten": False,
-                "temperature": 1.0}
-    return {"kind": "dnl", "window": window, "use_scale": block.use_scale,
-            "whiten": block.whiten, "temperature": block.temperature}
+        return {
+            "kind": "nl",
+            "window": window,
+            "use_scale": block.use_scale,
+            "whiten": False,
+            "temperature": 1.0,
+        }
+    return {
+        "kind": "dnl",
+        "window": window,
+        "use_scale": block.use_scale,
+        "whiten": block.whiten,
+        "temperature": block.temperature,
+    }
 
 
 class BlockCapturer:
@@ -143,7 +173,10 @@ class BlockCapturer:
     def _capture(self, path: str, arrays: dict) -> BlockCapture:
         settings = self.settings[path]
         grid = tuple(arrays["input"].shape[1:-1])
-        pool = lambda x: _sub_sample(np.asarray(x, np.float32), settings["window"])
+
+        def pool(x):
+            return _sub_sample(np.asarray(x, np.float32), settings["window"])
+
         unary = arrays.get("conv_mask")
         unary = None if unary is None else blocks.flatten_positions(pool(unary))[..., 0]
         if settings["kind"] == "gc" or "theta" not in arrays:
@@ -152,9 +185,17 @@ class BlockCapturer:
         keys = pool(arrays["phi"])
         q = np.asarray(blocks.flatten_positions(arrays["theta"]), np.float32)
         scale = (q.shape[-1] ** -0.5 if settings["use_scale"] else 1.0) / settings["temperature"]
-        return BlockCapture(path, settings["kind"], grid, tuple(keys.shape[1:-1]), q,
-                            np.asarray(blocks.flatten_positions(keys)), unary, scale,
-                            settings["whiten"])
+        return BlockCapture(
+            path,
+            settings["kind"],
+            grid,
+            tuple(keys.shape[1:-1]),
+            q,
+            np.asarray(blocks.flatten_positions(keys)),
+            unary,
+            scale,
+            settings["whiten"],
+        )
 
 
 def _sub_sample(x: np.ndarray, window) -> np.ndarray:
@@ -171,7 +212,7 @@ def _softmax(logits) -> np.ndarray:
     return ops.host_softmax(np.asarray(logits, np.float32))
 
 
-def attention_logits(capture: BlockCapture, queries: np.ndarray) -> dict[str, Optional[np.ndarray]]:
+def attention_logits(capture: BlockCapture, queries: np.ndarray) -> dict[str, np.ndarray | None]:
     """Logits of the block's terms for the query positions `queries` (int `[n]`).
 
     Returns {'full': `[B, n, M]` (NL only: s·θ_iᵀφ_j), 'pairwise': `[B, n, M]`, 'unary':
@@ -191,14 +232,15 @@ def attention_logits(capture: BlockCapture, queries: np.ndarray) -> dict[str, Op
         logits["unary"] = np.asarray(ops.unary_logits(q, k, scale=scale))
     if capture.whiten or capture.kind == "nl":
         centred_q = chunk - q.mean(axis=1, keepdims=True)
-        logits["pairwise"] = np.asarray(ops.nonlocal_logits(
-            centred_q, k - k.mean(axis=1, keepdims=True), scale=scale))
+        logits["pairwise"] = np.asarray(
+            ops.nonlocal_logits(centred_q, k - k.mean(axis=1, keepdims=True), scale=scale)
+        )
     else:
         logits["pairwise"] = np.asarray(ops.nonlocal_logits(chunk, k, scale=scale))
     return logits
 
 
-def attention_rows(capture: BlockCapture, queries: np.ndarray) -> dict[str, Optional[np.ndarray]]:
+def attention_rows(capture: BlockCapture, queries: np.ndarray) -> dict[str, np.ndarray | None]:
     """Attention weights `[B, n, M]` of each term for the queries `queries` (rows sum to 1).
 
     'full' is what the block applies to its values: NL softmax(θᵀφ); DNL (pairwise + unary) / 2,
@@ -209,8 +251,11 @@ def attention_rows(capture: BlockCapture, queries: np.ndarray) -> dict[str, Opti
     shape = (capture.unary_logits if capture.q is None else capture.q).shape[0], len(queries)
     rows = {}
     for term in ("pairwise", "unary"):
-        rows[term] = None if logits[term] is None else np.broadcast_to(
-            _softmax(logits[term]), (*shape, int(np.prod(capture.key_grid))))
+        rows[term] = (
+            None
+            if logits[term] is None
+            else np.broadcast_to(_softmax(logits[term]), (*shape, int(np.prod(capture.key_grid))))
+        )
     if logits["full"] is not None:
         rows["full"] = _softmax(logits["full"])
     else:
@@ -220,16 +265,19 @@ def attention_rows(capture: BlockCapture, queries: np.ndarray) -> dict[str, Opti
 
 
 # ------------------------------------------------------------------------------ ground truth
-def labels_to_grid(labels: np.ndarray, grid: tuple, *, ignore_label: int = IGNORE_LABEL
-                   ) -> np.ndarray:
+def labels_to_grid(
+    labels: np.ndarray, grid: tuple, *, ignore_label: int = IGNORE_LABEL
+) -> np.ndarray:
     """Labels `[B, H, W]` → `[B, h, w]` on a block's feature grid: the most frequent non-ignored
     label of each cell (pixel row r falls in cell row r·h // H), `ignore_label` where a cell has
     only ignored pixels. Ties go to the smaller label."""
     labels = np.asarray(labels)
     if labels.ndim != 3 or len(grid) != 2:
-        raise ValueError(f"labels_to_grid needs labels [B, H, W] and a 2-D grid; got labels "
-                         f"{labels.shape} and grid {tuple(grid)} (video blocks have no pixel "
-                         "labels to compare with).")
+        raise ValueError(
+            f"labels_to_grid needs labels [B, H, W] and a 2-D grid; got labels "
+            f"{labels.shape} and grid {tuple(grid)} (video blocks have no pixel "
+            "labels to compare with)."
+        )
     batch, height, width = labels.shape
     rows = (np.arange(height) * grid[0]) // height
     cols = (np.arange(width) * grid[1]) // width
@@ -267,7 +315,7 @@ def pearson_rows(maps: np.ndarray, targets: np.ndarray, valid_keys: np.ndarray) 
     a_centred = (a - (a * weight).sum(-1, keepdims=True) / count) * weight
     t_centred = (t - (t * weight).sum(-1, keepdims=True) / count) * weight
     covariance = (a_centred * t_centred).sum(-1)
-    norm = np.sqrt((a_centred ** 2).sum(-1) * (t_centred ** 2).sum(-1))
+    norm = np.sqrt((a_centred**2).sum(-1) * (t_centred**2).sum(-1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(norm > 1e-12, covariance / np.maximum(norm, 1e-300), np.nan)
 
@@ -286,7 +334,7 @@ def query_independence_from_sum(row_sum: np.ndarray, count: np.ndarray) -> np.nd
     NaN for images with fewer than two queries."""
     count = np.asarray(count, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        similarity = ((row_sum ** 2).sum(-1) - count) / (count * (count - 1))
+        similarity = ((row_sum**2).sum(-1) - count) / (count * (count - 1))
     return np.where(count >= 2, 1.0 - similarity, np.nan)
 
 
@@ -298,8 +346,15 @@ def query_independence(maps: np.ndarray) -> float:
     return float(query_independence_from_sum(total, np.array([maps.shape[1]]))[0])
 
 
-def consistency(maps: np.ndarray, query_labels: np.ndarray, key_labels: np.ndarray, target: str,
-                *, ignore_label: int = IGNORE_LABEL, key_grid: Optional[tuple] = None) -> np.ndarray:
+def consistency(
+    maps: np.ndarray,
+    query_labels: np.ndarray,
+    key_labels: np.ndarray,
+    target: str,
+    *,
+    ignore_label: int = IGNORE_LABEL,
+    key_grid: tuple | None = None,
+) -> np.ndarray:
     """Pearson correlation of each attention row with a ground-truth map (module docstring).
 
     Args:
@@ -316,8 +371,9 @@ def consistency(maps: np.ndarray, query_labels: np.ndarray, key_labels: np.ndarr
         targets = key_labels[:, None, :] == query_labels[:, :, None]
     elif target == "boundary":
         grid_labels = key_labels.reshape(key_labels.shape[0], *key_grid)
-        targets = boundary_map(grid_labels, ignore_label=ignore_label).reshape(
-            key_labels.shape)[:, None, :]
+        targets = boundary_map(grid_labels, ignore_label=ignore_label).reshape(key_labels.shape)[
+            :, None, :
+        ]
     else:
         raise ValueError(f"target {target!r}; choose 'within' or 'boundary'.")
     correlation = pearson_rows(maps, targets, valid_keys)
@@ -344,13 +400,21 @@ class BlockStatistics:
         self.counts[name] = self.counts.get(name, 0) + int(values.size)
 
     def summary(self) -> dict[str, Any]:
-        means = {name: (self.sums[name] / self.counts[name] if self.counts[name] else None)
-                 for name in self.sums}
+        means = {
+            name: (self.sums[name] / self.counts[name] if self.counts[name] else None)
+            for name in self.sums
+        }
         return {"path": self.path, "kind": self.kind, "means": means, "counts": dict(self.counts)}
 
 
-def accumulate(stats: BlockStatistics, capture: BlockCapture, labels: Optional[np.ndarray] = None,
-               *, ignore_label: int = IGNORE_LABEL, chunk: int = 1024) -> None:
+def accumulate(
+    stats: BlockStatistics,
+    capture: BlockCapture,
+    labels: np.ndarray | None = None,
+    *,
+    ignore_label: int = IGNORE_LABEL,
+    chunk: int = 1024,
+) -> None:
     """Adds one batch's query-independence and consistencies to `stats`.
 
     `labels` `[B, H, W]` (None for video: query-independence only) are taken to the query and
@@ -362,9 +426,11 @@ def accumulate(stats: BlockStatistics, capture: BlockCapture, labels: Optional[n
     valid = np.ones((batch, num_queries), bool)
     if labels is not None:
         query_labels = labels_to_grid(labels, capture.grid, ignore_label=ignore_label).reshape(
-            batch, -1)
+            batch, -1
+        )
         key_labels = labels_to_grid(labels, capture.key_grid, ignore_label=ignore_label).reshape(
-            batch, -1)
+            batch, -1
+        )
         valid = query_labels != ignore_label
     sums: dict[str, np.ndarray] = {}
     for start in range(0, num_queries, chunk):
@@ -379,13 +445,33 @@ def accumulate(stats: BlockStatistics, capture: BlockCapture, labels: Optional[n
                 continue
             for term_name, target in CONSISTENCIES:
                 if term_name == term:
-                    stats.add(f"{term}~{target}", consistency(
-                        rows[term], query_labels[:, queries], key_labels, target,
-                        ignore_label=ignore_label, key_grid=capture.key_grid))
+                    stats.add(
+                        f"{term}~{target}",
+                        consistency(
+                            rows[term],
+                            query_labels[:, queries],
+                            key_labels,
+                            target,
+                            ignore_label=ignore_label,
+                            key_grid=capture.key_grid,
+                        ),
+                    )
     for term, row_sum in sums.items():
         stats.add(f"query_independence/{term}", query_independence_from_sum(row_sum, valid.sum(1)))
 
 
-__all__ = ["BlockCapture", "BlockCapturer", "BlockStatistics", "attention_logits",
-           "attention_rows", "labels_to_grid", "boundary_map", "pearson_rows",
-           "query_independence", "consistency", "accumulate", "CONSISTENCIES", "TERMS"]
+__all__ = [
+    "BlockCapture",
+    "BlockCapturer",
+    "BlockStatistics",
+    "attention_logits",
+    "attention_rows",
+    "labels_to_grid",
+    "boundary_map",
+    "pearson_rows",
+    "query_independence",
+    "consistency",
+    "accumulate",
+    "CONSISTENCIES",
+    "TERMS",
+]

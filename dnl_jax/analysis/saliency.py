@@ -27,16 +27,21 @@ from the salient keys.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import scipy.ndimage
 
 from dnl_jax import analysis
 
 # (term, statistic): Pearson correlation with s (~) and the share of attention mass on s (@).
-SALIENCY_STATISTICS = ("unary~salient", "pairwise~salient", "full~salient", "unary@salient",
-                       "pairwise@salient", "full@salient", "salient_area")
+SALIENCY_STATISTICS = (
+    "unary~salient",
+    "pairwise~salient",
+    "full~salient",
+    "unary@salient",
+    "pairwise@salient",
+    "full@salient",
+    "salient_area",
+)
 
 
 def salient_to_grid(salient: np.ndarray, grid: tuple) -> np.ndarray:
@@ -44,8 +49,10 @@ def salient_to_grid(salient: np.ndarray, grid: tuple) -> np.ndarray:
     (pixel row r in cell row r·h // H, column c in cell column c·w // W)."""
     salient = np.asarray(salient)
     if salient.ndim != 3 or len(grid) != 2:
-        raise ValueError(f"salient_to_grid needs a salient map [B, H, W] and a 2-D grid; got "
-                         f"{salient.shape} and grid {tuple(grid)}.")
+        raise ValueError(
+            f"salient_to_grid needs a salient map [B, H, W] and a 2-D grid; got "
+            f"{salient.shape} and grid {tuple(grid)}."
+        )
     batch, height, width = salient.shape
     if grid[0] > height or grid[1] > width:
         raise ValueError(f"grid {tuple(grid)} is finer than the salient map {salient.shape[1:]}.")
@@ -57,24 +64,30 @@ def salient_to_grid(salient: np.ndarray, grid: tuple) -> np.ndarray:
     return sums / counts
 
 
-def salient_correlation(maps: np.ndarray, salient_keys: np.ndarray,
-                        valid_keys: np.ndarray) -> np.ndarray:
+def salient_correlation(
+    maps: np.ndarray, salient_keys: np.ndarray, valid_keys: np.ndarray
+) -> np.ndarray:
     """Pearson correlation of each row of `maps` `[B, n, M]` with `salient_keys` `[B, M]` over
     the keys where `valid_keys` `[B, M]`: `[B, n]`, NaN where either is constant."""
     return analysis.pearson_rows(maps, salient_keys[:, None, :], valid_keys[:, None, :])
 
 
-def salient_mass(maps: np.ndarray, salient_keys: np.ndarray, valid_keys: np.ndarray
-                 ) -> np.ndarray:
+def salient_mass(maps: np.ndarray, salient_keys: np.ndarray, valid_keys: np.ndarray) -> np.ndarray:
     """Σ_j a_ij s_j / Σ_j a_ij over valid keys: `[B, n]`; NaN for images with no salient key."""
     weight = (salient_keys * valid_keys)[:, None, :]
     mass = (maps * weight).sum(-1) / np.maximum((maps * valid_keys[:, None, :]).sum(-1), 1e-300)
     return np.where(weight.sum(-1) > 0, mass, np.nan)
 
 
-def accumulate_saliency(stats: analysis.BlockStatistics, capture: analysis.BlockCapture,
-                        salient: np.ndarray, labels: Optional[np.ndarray] = None, *,
-                        ignore_label: int = analysis.IGNORE_LABEL, chunk: int = 1024) -> None:
+def accumulate_saliency(
+    stats: analysis.BlockStatistics,
+    capture: analysis.BlockCapture,
+    salient: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    ignore_label: int = analysis.IGNORE_LABEL,
+    chunk: int = 1024,
+) -> None:
     """Adds one batch's `SALIENCY_STATISTICS` (module docstring) to `stats`.
 
     `salient` bool `[B, H, W]`; `labels` `[B, H, W]` (optional) mark the ignored pixels, which
@@ -87,10 +100,18 @@ def accumulate_saliency(stats: analysis.BlockStatistics, capture: analysis.Block
     num_queries = int(np.prod(capture.grid))
     valid_queries = np.ones((batch, num_queries), bool)
     if labels is not None:
-        valid_keys = analysis.labels_to_grid(labels, capture.key_grid, ignore_label=ignore_label
-                                             ).reshape(batch, -1) != ignore_label
-        valid_queries = analysis.labels_to_grid(labels, capture.grid, ignore_label=ignore_label
-                                                ).reshape(batch, -1) != ignore_label
+        valid_keys = (
+            analysis.labels_to_grid(labels, capture.key_grid, ignore_label=ignore_label).reshape(
+                batch, -1
+            )
+            != ignore_label
+        )
+        valid_queries = (
+            analysis.labels_to_grid(labels, capture.grid, ignore_label=ignore_label).reshape(
+                batch, -1
+            )
+            != ignore_label
+        )
     area = (salient_keys * valid_keys).sum(-1) / np.maximum(valid_keys.sum(-1), 1)
     stats.add("salient_area", np.where(valid_keys.any(-1), area, np.nan))
     unary = analysis.attention_rows(capture, np.arange(1))["unary"]
@@ -108,8 +129,10 @@ def accumulate_saliency(stats: analysis.BlockStatistics, capture: analysis.Block
                 continue
             correlation = salient_correlation(rows[term], salient_keys, valid_keys)
             stats.add(f"{term}~salient", np.where(keep, correlation, np.nan))
-            stats.add(f"{term}@salient", np.where(
-                keep, salient_mass(rows[term], salient_keys, valid_keys), np.nan))
+            stats.add(
+                f"{term}@salient",
+                np.where(keep, salient_mass(rows[term], salient_keys, valid_keys), np.nan),
+            )
 
 
 # ------------------------------------------------------------------------------ learning the cue
@@ -119,8 +142,9 @@ def cue_twin(classes: np.ndarray, first_object_class: int) -> np.ndarray:
     return first_object_class + ((classes - first_object_class) ^ 1)
 
 
-def object_cue_accuracy(predictions: np.ndarray, labels: np.ndarray, first_object_class: int
-                        ) -> tuple[int, int]:
+def object_cue_accuracy(
+    predictions: np.ndarray, labels: np.ndarray, first_object_class: int
+) -> tuple[int, int]:
     """(objects whose cue is right, objects) over a batch `[B, H, W]` of predicted and true labels.
 
     An object is a 4-connected component of pixels of one object class (class ≥
@@ -131,22 +155,26 @@ def object_cue_accuracy(predictions: np.ndarray, labels: np.ndarray, first_objec
     """
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.shape != labels.shape or labels.ndim != 3:
-        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} must both "
-                         "be [B, H, W].")
+        raise ValueError(
+            f"predictions {predictions.shape} and labels {labels.shape} must both be [B, H, W]."
+        )
     right = total = 0
-    for prediction, label in zip(predictions, labels):
-        for cls in np.unique(label[(label >= first_object_class) & (label != analysis.IGNORE_LABEL)]):
+    for prediction, label in zip(predictions, labels, strict=False):
+        for cls in np.unique(
+            label[(label >= first_object_class) & (label != analysis.IGNORE_LABEL)]
+        ):
             components, count = scipy.ndimage.label(label == cls)
             index = np.arange(1, count + 1)
             own = scipy.ndimage.sum_labels(prediction == cls, components, index)
-            twin = scipy.ndimage.sum_labels(prediction == cue_twin(cls, first_object_class),
-                                            components, index)
+            twin = scipy.ndimage.sum_labels(
+                prediction == cue_twin(cls, first_object_class), components, index
+            )
             right += int((own > twin).sum())
             total += count
     return right, total
 
 
-def steps_to_learn(curve: dict, threshold: float = 0.9) -> Optional[int]:
+def steps_to_learn(curve: dict, threshold: float = 0.9) -> int | None:
     """The first step of `curve` ({step: share of objects with the right cue}) at which the share
     is ≥ `threshold`, or None when it never is."""
     for step in sorted(curve, key=int):
@@ -155,5 +183,13 @@ def steps_to_learn(curve: dict, threshold: float = 0.9) -> Optional[int]:
     return None
 
 
-__all__ = ["SALIENCY_STATISTICS", "salient_to_grid", "salient_correlation", "salient_mass",
-           "accumulate_saliency", "cue_twin", "object_cue_accuracy", "steps_to_learn"]
+__all__ = [
+    "SALIENCY_STATISTICS",
+    "salient_to_grid",
+    "salient_correlation",
+    "salient_mass",
+    "accumulate_saliency",
+    "cue_twin",
+    "object_cue_accuracy",
+    "steps_to_learn",
+]

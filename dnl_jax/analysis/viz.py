@@ -16,17 +16,19 @@ sub-sampling). Figures use matplotlib's Agg backend and are written as PNG.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import numpy as np
 
 from dnl_jax import IGNORE_LABEL, analysis
+
 PANEL_INCHES = 2.0
 DPI = 100
 
 
-def capture_attention(module: nn.Module, variables: Mapping, images) -> Optional[dict]:
+def capture_attention(module: nn.Module, variables: Mapping, images) -> dict | None:
     """The attention weights of the first `DisentangledNonLocal`-kind block of `module`, from the
     analysis' capture of the block's inputs (`analysis.BlockCapturer`, one inference pass).
 
@@ -48,15 +50,19 @@ def capture_attention(module: nn.Module, variables: Mapping, images) -> Optional
     rows = analysis.attention_rows(found, np.arange(int(np.prod(found.grid))))
     unary = None if rows["unary"] is None else np.asarray(rows["unary"][:, 0], np.float32)
     pairwise = None if rows["pairwise"] is None else np.asarray(rows["pairwise"], np.float32)
-    return {"logits": np.asarray(outputs["logits"], np.float32), "grid": found.grid,
-            "pairwise": pairwise, "unary": unary}
+    return {
+        "logits": np.asarray(outputs["logits"], np.float32),
+        "grid": found.grid,
+        "pairwise": pairwise,
+        "unary": unary,
+    }
 
 
 def query_pixels(label: np.ndarray, count: int = 3) -> list[tuple[int, int]]:
     """`count` (row, col) query pixels: the median pixel of each labelled class, largest non-
     background classes first, then background, then fixed points to fill up."""
     classes, sizes = np.unique(label[label != IGNORE_LABEL], return_counts=True)
-    order = sorted(zip(classes, sizes), key=lambda cs: (cs[0] == 0, -cs[1]))
+    order = sorted(zip(classes, sizes, strict=False), key=lambda cs: (cs[0] == 0, -cs[1]))
     points = []
     for cls, _ in order[:count]:
         rows, cols = np.nonzero(label == cls)
@@ -75,15 +81,16 @@ def _grid_index(point: tuple[int, int], image_shape, grid) -> int:
 
 
 def _label_colours(num_classes: int):
-    from matplotlib.colors import ListedColormap
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
 
     colours = plt.get_cmap("tab10" if num_classes <= 10 else "tab20")(np.arange(num_classes))
     return ListedColormap(colours)
 
 
-def attention_figure(images: np.ndarray, labels: np.ndarray, maps: Mapping, *,
-                     num_classes: int, num_queries: int = 3):
+def attention_figure(
+    images: np.ndarray, labels: np.ndarray, maps: Mapping, *, num_classes: int, num_queries: int = 3
+):
     """A matplotlib Figure: one row per image, columns image | ground truth | prediction |
     pairwise map of each query (if the block has the term) | unary map (if it has the term).
 
@@ -91,28 +98,40 @@ def attention_figure(images: np.ndarray, labels: np.ndarray, maps: Mapping, *,
     is `PANEL_INCHES` square at `DPI`, so the PNG is (columns · 200) × (rows · 200) pixels.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     grid, pairwise, unary = maps["grid"], maps["pairwise"], maps["unary"]
     if pairwise is not None and pairwise.shape[-1] != grid[0] * grid[1]:
-        raise ValueError(f"pairwise maps over {pairwise.shape[-1]} keys do not match the "
-                         f"{grid} query grid (sub-sampled keys are not drawn).")
+        raise ValueError(
+            f"pairwise maps over {pairwise.shape[-1]} keys do not match the "
+            f"{grid} query grid (sub-sampled keys are not drawn)."
+        )
     columns = 3 + (num_queries if pairwise is not None else 0) + (unary is not None)
     rows = len(images)
-    fig, axes = plt.subplots(rows, columns, squeeze=False, dpi=DPI,
-                             figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES))
+    fig, axes = plt.subplots(
+        rows, columns, squeeze=False, dpi=DPI, figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES)
+    )
     cmap = _label_colours(num_classes)
     prediction = np.argmax(maps["logits"], axis=-1)
     for b in range(rows):
         shown = _display_image(images[b])
         height, width = labels[b].shape
         extent = (-0.5, width - 0.5, height - 0.5, -0.5)
-        panels = [("image", shown, {}),
-                  ("ground truth", np.ma.masked_equal(labels[b], IGNORE_LABEL),
-                   dict(cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest")),
-                  ("prediction", prediction[b],
-                   dict(cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest"))]
+        panels = [
+            ("image", shown, {}),
+            (
+                "ground truth",
+                np.ma.masked_equal(labels[b], IGNORE_LABEL),
+                dict(cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest"),
+            ),
+            (
+                "prediction",
+                prediction[b],
+                dict(cmap=cmap, vmin=0, vmax=num_classes - 1, interpolation="nearest"),
+            ),
+        ]
         for column, (title, data, style) in enumerate(panels):
             axes[b, column].imshow(data, **style)
             axes[b, column].set_title(title, fontsize=8)
@@ -147,10 +166,17 @@ def _overlay(axis, image: np.ndarray, weights: np.ndarray, extent) -> None:
     axis.imshow(weights, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
 
 
-def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, source: Any, *,
-                          num_classes: int, num_images: int = 3,
-                          filename: str = "attention.png",
-                          preprocess: Optional[Callable[[dict], dict]] = None) -> Optional[str]:
+def save_attention_figure(
+    workdir: str,
+    module: nn.Module,
+    variables: Mapping,
+    source: Any,
+    *,
+    num_classes: int,
+    num_images: int = 3,
+    filename: str = "attention.png",
+    preprocess: Callable[[dict], dict] | None = None,
+) -> str | None:
     """Writes the attention figure of the first `num_images` examples of the random-access
     `source` (items `{'image': [H, W, 3], 'label': [H, W]}`) to `workdir/filename`.
 
@@ -179,9 +205,12 @@ def save_attention_figure(workdir: str, module: nn.Module, variables: Mapping, s
         maps[key] = None if parts[0] is None else np.concatenate(parts)
     import matplotlib.pyplot as plt
 
-    fig = attention_figure(np.stack([ex.get("display", ex["image"]) for ex in examples]),
-                           np.stack([ex["label"] for ex in examples]), maps,
-                           num_classes=num_classes)
+    fig = attention_figure(
+        np.stack([ex.get("display", ex["image"]) for ex in examples]),
+        np.stack([ex["label"] for ex in examples]),
+        maps,
+        num_classes=num_classes,
+    )
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, filename)
     fig.savefig(path, dpi=DPI)
@@ -201,14 +230,20 @@ def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
     Returns a matplotlib Figure (Agg).
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     num_points = max(len(row["points"]) for row in rows)
     salient = any(row.get("salient") is not None for row in rows)
     columns = 3 + 2 * num_points + salient
-    fig, axes = plt.subplots(len(rows), columns, squeeze=False, dpi=DPI,
-                             figsize=(columns * PANEL_INCHES, len(rows) * PANEL_INCHES))
+    fig, axes = plt.subplots(
+        len(rows),
+        columns,
+        squeeze=False,
+        dpi=DPI,
+        figsize=(columns * PANEL_INCHES, len(rows) * PANEL_INCHES),
+    )
     cmap = _label_colours(num_classes)
     for r, row in enumerate(rows):
         shown = _display_image(row["image"])
@@ -216,8 +251,13 @@ def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
         extent = (-0.5, width - 0.5, height - 0.5, -0.5)
         axes[r, 0].imshow(shown)
         axes[r, 0].set_title(row["title"], fontsize=8)
-        axes[r, 1].imshow(np.ma.masked_equal(row["label"], IGNORE_LABEL), cmap=cmap, vmin=0,
-                          vmax=num_classes - 1, interpolation="nearest")
+        axes[r, 1].imshow(
+            np.ma.masked_equal(row["label"], IGNORE_LABEL),
+            cmap=cmap,
+            vmin=0,
+            vmax=num_classes - 1,
+            interpolation="nearest",
+        )
         axes[r, 1].set_title("ground truth", fontsize=8)
         panels = [(2 + q, "full", q) for q in range(num_points)]
         panels += [(2 + num_points + q, "pairwise", q) for q in range(num_points)]
@@ -233,8 +273,9 @@ def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):
             if term != "unary":
                 point = row["points"][q]
                 axes[r, column].plot(point[1], point[0], marker="*", color="red", markersize=9)
-            axes[r, column].set_title(term if term == "unary" else f"{term}, query {q + 1}",
-                                      fontsize=8)
+            axes[r, column].set_title(
+                term if term == "unary" else f"{term}, query {q + 1}", fontsize=8
+            )
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -257,5 +298,11 @@ def query_positions(label: np.ndarray, grid, count: int = 3) -> tuple[list, np.n
     return points, np.array([_grid_index(p, label.shape, grid) for p in points])
 
 
-__all__ = ["decomposition_figure", "query_positions", "capture_attention",
-           "attention_figure", "save_attention_figure", "query_pixels"]
+__all__ = [
+    "decomposition_figure",
+    "query_positions",
+    "capture_attention",
+    "attention_figure",
+    "save_attention_figure",
+    "query_pixels",
+]

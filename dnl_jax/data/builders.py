@@ -34,7 +34,7 @@ built by this module.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -54,11 +54,19 @@ class _Prepared(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _make_info(self, features: dict, description: str, meta: dict) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, description=description, features=tfds.features.FeaturesDict(features),
-            metadata=tfds.core.MetadataDict(**meta, splits={}), disable_shuffling=True)
+            builder=self,
+            description=description,
+            features=tfds.features.FeaturesDict(features),
+            metadata=tfds.core.MetadataDict(**meta, splits={}),
+            disable_shuffling=True,
+        )
 
-    def _generate_examples(self, split: str, make_examples: Callable[[], Iterator[dict]],
-                           split_stats: Callable[[str], dict] | None = None):
+    def _generate_examples(
+        self,
+        split: str,
+        make_examples: Callable[[], Iterator[dict]],
+        split_stats: Callable[[str], dict] | None = None,
+    ):
         """(name, record) of every record of `split` (records have the features' keys);
         ValueError if there are none."""
         count = 0
@@ -66,10 +74,14 @@ class _Prepared(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             count += 1
             yield record["name"], record
         if count == 0:
-            raise ValueError(f"split {split!r} of {self.name!r} has no examples; check that the "
-                             "raw files are where the dataset's layout expects them.")
-        self.info.metadata["splits"][split] = {"num_examples": count,
-                                               **(split_stats(split) if split_stats else {})}
+            raise ValueError(
+                f"split {split!r} of {self.name!r} has no examples; check that the "
+                "raw files are where the dataset's layout expects them."
+            )
+        self.info.metadata["splits"][split] = {
+            "num_examples": count,
+            **(split_stats(split) if split_stats else {}),
+        }
 
 
 class _Segmentation(_Prepared, skip_registration=True):
@@ -82,16 +94,21 @@ class _Segmentation(_Prepared, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = {"name": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "label": tfds.features.Image(shape=(None, None, 1))}
-        return self._make_info(features, self.PARSER.__doc__,
-                               {"task": "segmentation", **self.PARSER.META})
+        features = {
+            "name": tfds.features.Text(),
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.Image(shape=(None, None, 1)),
+        }
+        return self._make_info(
+            features, self.PARSER.__doc__, {"task": "segmentation", **self.PARSER.META}
+        )
 
     def _split_generators(self, dl_manager):
         splits = self.PARSER.build_splits(os.fspath(dl_manager.manual_dir), self._out_of_range)
-        return {split: self._generate_examples(split, make, self._out_of_range.split_stats)
-                for split, make in splits.items()}
+        return {
+            split: self._generate_examples(split, make, self._out_of_range.split_stats)
+            for split, make in splits.items()
+        }
 
 
 class Cityscapes(_Segmentation, skip_registration=True):
@@ -120,23 +137,31 @@ class Coco(_Prepared, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         instances = lambda dtype, *shape: tfds.features.Tensor(  # noqa: E731
-            shape=(None, *shape), dtype=dtype)
-        features = {"name": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "image_id": tfds.features.Scalar(dtype=np.int64),
-                    "height": tfds.features.Scalar(dtype=np.int32),
-                    "width": tfds.features.Scalar(dtype=np.int32),
-                    "boxes": instances(np.float64, 4), "labels": instances(np.int32),
-                    "category_ids": instances(np.int32), "iscrowd": instances(np.bool_),
-                    "areas": instances(np.float64), "annotation_ids": instances(np.int64),
-                    "mask_counts": tfds.features.Sequence(tfds.features.Text())}
+            shape=(None, *shape), dtype=dtype
+        )
+        features = {
+            "name": tfds.features.Text(),
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image_id": tfds.features.Scalar(dtype=np.int64),
+            "height": tfds.features.Scalar(dtype=np.int32),
+            "width": tfds.features.Scalar(dtype=np.int32),
+            "boxes": instances(np.float64, 4),
+            "labels": instances(np.int32),
+            "category_ids": instances(np.int32),
+            "iscrowd": instances(np.bool_),
+            "areas": instances(np.float64),
+            "annotation_ids": instances(np.int64),
+            "mask_counts": tfds.features.Sequence(tfds.features.Text()),
+        }
         return self._make_info(features, coco.__doc__, {"task": "detection"})
 
     def _split_generators(self, dl_manager):
         splits, meta = coco.build_splits(os.fspath(dl_manager.manual_dir), self._report)
         self.info.metadata.update(meta)
-        return {split: self._generate_examples(split, make, self._report.split_stats)
-                for split, make in splits.items()}
+        return {
+            split: self._generate_examples(split, make, self._report.split_stats)
+            for split, make in splits.items()
+        }
 
 
 class _Video(_Prepared, skip_registration=True):
@@ -145,23 +170,30 @@ class _Video(_Prepared, skip_registration=True):
 
     LISTING = None
 
-    def __init__(self, *, short_side: int = 256, max_frames: int = 300, num_workers: int = 1,
-                 **kwargs):
+    def __init__(
+        self, *, short_side: int = 256, max_frames: int = 300, num_workers: int = 1, **kwargs
+    ):
         self._frames = dict(short_side=short_side, max_frames=max_frames, num_workers=num_workers)
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        features = {"name": tfds.features.Text(),
-                    "video": tfds.features.Sequence(
-                        tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")),
-                    "label": tfds.features.Scalar(dtype=np.int64)}
+        features = {
+            "name": tfds.features.Text(),
+            "video": tfds.features.Sequence(
+                tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
+            ),
+            "label": tfds.features.Scalar(dtype=np.int64),
+        }
         return self._make_info(features, video.__doc__, {"task": "video"})
 
     def _split_generators(self, dl_manager):
         manual_dir = os.fspath(dl_manager.manual_dir)
         listed, classes = type(self).LISTING(manual_dir)
-        self.info.metadata.update(classes=list(classes), short_side=self._frames["short_side"],
-                                  max_frames=self._frames["max_frames"])
+        self.info.metadata.update(
+            classes=list(classes),
+            short_side=self._frames["short_side"],
+            max_frames=self._frames["max_frames"],
+        )
         splits = video.build_splits(manual_dir, listed, classes, **self._frames)
         return {split: self._generate_examples(split, make) for split, make in splits.items()}
 
@@ -176,14 +208,16 @@ class Ucf101(_Video, skip_registration=True):
     LISTING = staticmethod(video.ucf101_listing)
 
 
-BUILDERS = {builder.name: builder for builder in (Cityscapes, Ade20k, PascalContext, Coco,
-                                                  Kinetics, Ucf101)}
+BUILDERS = {
+    builder.name: builder for builder in (Cityscapes, Ade20k, PascalContext, Coco, Kinetics, Ucf101)
+}
 VIDEO_DATASETS = tuple(name for name, builder in BUILDERS.items() if issubclass(builder, _Video))
 # What manual_dir must hold, for the error when it is missing or empty.
-RAW_FILES = {"cityscapes": f"{cityscapes.IMAGES_ZIP} and {cityscapes.LABELS_ZIP}",
-             "ade20k": f"the extracted {ade20k.ROOT}/ folder",
-             "pascal_context": f"{pascal_context.VOC_ROOT}/ and the PASCAL-Context annotations",
-             "coco": "train2017/, val2017/ and annotations/instances_{train,val}2017.json",
-             "kinetics": "train/ and val/ class folders of videos, or train.csv and val.csv",
-             "ucf101": "UCF-101/ and ucfTrainTestlist/"}
-
+RAW_FILES = {
+    "cityscapes": f"{cityscapes.IMAGES_ZIP} and {cityscapes.LABELS_ZIP}",
+    "ade20k": f"the extracted {ade20k.ROOT}/ folder",
+    "pascal_context": f"{pascal_context.VOC_ROOT}/ and the PASCAL-Context annotations",
+    "coco": "train2017/, val2017/ and annotations/instances_{train,val}2017.json",
+    "kinetics": "train/ and val/ class folders of videos, or train.csv and val.csv",
+    "ucf101": "UCF-101/ and ucfTrainTestlist/",
+}

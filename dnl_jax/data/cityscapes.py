@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -25,12 +25,31 @@ from dnl_jax.data import records
 IMAGES_ZIP = "leftImg8bit_trainvaltest.zip"
 LABELS_ZIP = "gtFine_trainvaltest.zip"
 SPLITS = ("train", "val", "test")
-CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-           "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
-           "bus", "train", "motorcycle", "bicycle")
+CLASSES = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 # Label id (cityscapesScripts) of each train id 0..18, in CLASSES order.
-TRAIN_TO_LABEL = np.array([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32,
-                           33], np.uint8)
+TRAIN_TO_LABEL = np.array(
+    [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], np.uint8
+)
 NUM_LABEL_IDS = 34  # ids 0..33; -1 (license plate) never appears in *_labelIds.png
 LABEL_TO_TRAIN = np.full(NUM_LABEL_IDS, records.IGNORE_LABEL, np.uint8)
 LABEL_TO_TRAIN[TRAIN_TO_LABEL] = np.arange(len(CLASSES), dtype=np.uint8)
@@ -53,8 +72,7 @@ def _image_entries(images: zipfile.ZipFile, split: str) -> list[tuple[str, str, 
     return sorted(entries)
 
 
-def _examples(manual_dir: str, split: str,
-              counter: records.OutOfRangeCounter) -> Iterator[dict]:
+def _examples(manual_dir: str, split: str, counter: records.OutOfRangeCounter) -> Iterator[dict]:
     images_zip = os.path.join(manual_dir, IMAGES_ZIP)
     labels_zip = os.path.join(manual_dir, LABELS_ZIP)
     with zipfile.ZipFile(images_zip) as images, zipfile.ZipFile(labels_zip) as labels:
@@ -62,31 +80,42 @@ def _examples(manual_dir: str, split: str,
         for image_path, city, stem in _image_entries(images, split):
             annotation = label_path(split, city, stem)
             if annotation not in label_names:
-                raise ValueError(f"missing annotation {annotation} in {labels_zip} for image "
-                                 f"{image_path}; the gtFine zip looks incomplete, download "
-                                 "it again.")
+                raise ValueError(
+                    f"missing annotation {annotation} in {labels_zip} for image "
+                    f"{image_path}; the gtFine zip looks incomplete, download "
+                    "it again."
+                )
             example, outside = records.segmentation_example(
-                stem, images.read(image_path), labels.read(annotation),
-                lookup=LABEL_TO_TRAIN, num_valid_raw=NUM_LABEL_IDS,
-                image_what=f"{images_zip}:{image_path}", label_what=f"{labels_zip}:{annotation}")
+                stem,
+                images.read(image_path),
+                labels.read(annotation),
+                lookup=LABEL_TO_TRAIN,
+                num_valid_raw=NUM_LABEL_IDS,
+                image_what=f"{images_zip}:{image_path}",
+                label_what=f"{labels_zip}:{annotation}",
+            )
             counter.add(split, stem, outside)
             yield example
 
 
-def build_splits(manual_dir: str, counter: records.OutOfRangeCounter,
-                 splits: tuple[str, ...] = SPLITS) -> dict[str, Callable[[], Iterator[dict]]]:
+def build_splits(
+    manual_dir: str, counter: records.OutOfRangeCounter, splits: tuple[str, ...] = SPLITS
+) -> dict[str, Callable[[], Iterator[dict]]]:
     """split → generator of records; checks first that both zips exist and are zips."""
     for name in (IMAGES_ZIP, LABELS_ZIP):
         path = records.require_file(os.path.join(manual_dir, name), f"Cityscapes archive {name}")
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path} is not a zip archive (truncated download?); "
-                             "download it again.")
+            raise ValueError(
+                f"{path} is not a zip archive (truncated download?); download it again."
+            )
     with zipfile.ZipFile(os.path.join(manual_dir, IMAGES_ZIP)) as images:
         present = [s for s in splits if _image_entries(images, s)]
     missing = [s for s in ("train", "val") if s in splits and s not in present]
     if missing:
-        raise ValueError(f"{os.path.join(manual_dir, IMAGES_ZIP)} has no images for split(s) "
-                         f"{missing} (expected leftImg8bit/SPLIT/CITY/*_leftImg8bit.png).")
+        raise ValueError(
+            f"{os.path.join(manual_dir, IMAGES_ZIP)} has no images for split(s) "
+            f"{missing} (expected leftImg8bit/SPLIT/CITY/*_leftImg8bit.png)."
+        )
     return {s: (lambda s=s: _examples(manual_dir, s, counter)) for s in present}
 
 
@@ -97,5 +126,8 @@ def train_ids_to_label_ids(prediction: np.ndarray) -> np.ndarray:
     return table[np.asarray(prediction, np.uint8)]
 
 
-META = {"classes": list(CLASSES), "ignore_label": records.IGNORE_LABEL,
-        "label_mapping": "cityscapes labelIds -> 19 trainIds, others 255"}
+META = {
+    "classes": list(CLASSES),
+    "ignore_label": records.IGNORE_LABEL,
+    "label_mapping": "cityscapes labelIds -> 19 trainIds, others 255",
+}

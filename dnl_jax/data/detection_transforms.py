@@ -38,7 +38,8 @@ category_ids)` pastes the masks at the original size (mmdet's rescale=True).
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -77,10 +78,15 @@ class InstanceCounter:
         return {"images": self.images, "kept": self.kept, **self.counts}
 
     def log(self) -> None:
-        _log.info("detection gt over %d images: %d instances kept; left out %d crowd, %d "
-                  "degenerate (< 1 px or zero area), %d beyond max_instances", self.images,
-                  self.kept, self.counts["crowd"], self.counts["degenerate"],
-                  self.counts["truncated"])
+        _log.info(
+            "detection gt over %d images: %d instances kept; left out %d crowd, %d "
+            "degenerate (< 1 px or zero area), %d beyond max_instances",
+            self.images,
+            self.kept,
+            self.counts["crowd"],
+            self.counts["degenerate"],
+            self.counts["truncated"],
+        )
 
 
 def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -100,18 +106,21 @@ def _loadable(example: dict[str, Any]) -> np.ndarray:
     inter_h = np.minimum(boxes[:, 3], height) - np.maximum(boxes[:, 1], 0)
     sizes = boxes[:, 2:] - boxes[:, :2]
     areas = np.asarray(example.get("areas", sizes.prod(-1)), np.float64)
-    return ((np.maximum(inter_w, 0) * np.maximum(inter_h, 0) > 0) & (areas > 0)
-            & (sizes >= 1).all(-1))
+    return (
+        (np.maximum(inter_w, 0) * np.maximum(inter_h, 0) > 0) & (areas > 0) & (sizes >= 1).all(-1)
+    )
 
 
 def _resize_image(example: dict[str, Any], scale: Sequence[int], canvas: Sequence[int]):
     image = np.asarray(example["image"])
     size = transforms.rescale_size(*image.shape[:2], scale)
     if size[0] > canvas[0] or size[1] > canvas[1]:
-        raise ValueError(f"image {example.get('image_id', '')} resized to {size} is larger than "
-                         f"the canvas {tuple(canvas)}; pass a canvas of at least "
-                         f"({max(scale)}, {max(scale)}) rounded up to a multiple of 32 for "
-                         f"scale {tuple(scale)}.")
+        raise ValueError(
+            f"image {example.get('image_id', '')} resized to {size} is larger than "
+            f"the canvas {tuple(canvas)}; pass a canvas of at least "
+            f"({max(scale)}, {max(scale)}) rounded up to a multiple of 32 for "
+            f"scale {tuple(scale)}."
+        )
     resized, _ = transforms.resize(image, None, size)
     factor = np.array([size[0] / image.shape[0], size[1] / image.shape[1]], np.float32)
     return resized, size, factor
@@ -121,12 +130,19 @@ def _pad_image(image: np.ndarray, canvas: Sequence[int], mean, std) -> np.ndarra
     return transforms.pad_to(transforms.normalize(image, mean, std), None, canvas)[0]
 
 
-def detection_train_augment(example: dict[str, Any], rng: np.random.Generator, *,
-                            scale: Sequence[int] = TRAIN_SCALE,
-                            canvas: Sequence[int] = CANVAS, max_instances: int = MAX_INSTANCES,
-                            flip_prob: float = 0.5, mean=MEAN, std=STD,
-                            counter: InstanceCounter | None = None,
-                            mask_crop_size: int = 0) -> dict[str, np.ndarray]:
+def detection_train_augment(
+    example: dict[str, Any],
+    rng: np.random.Generator,
+    *,
+    scale: Sequence[int] = TRAIN_SCALE,
+    canvas: Sequence[int] = CANVAS,
+    max_instances: int = MAX_INSTANCES,
+    flip_prob: float = 0.5,
+    mean=MEAN,
+    std=STD,
+    counter: InstanceCounter | None = None,
+    mask_crop_size: int = 0,
+) -> dict[str, np.ndarray]:
     """A detection source's example → the training example (module docstring), mmdet's
     train_pipeline. `counter` (optional) counts what is left out. `mask_crop_size` S > 0 gives
     `gt_mask_crops` u8 [G, S, S] (each mask resampled inside its box, `box_mask_crops`) instead
@@ -141,30 +157,38 @@ def detection_train_augment(example: dict[str, Any], rng: np.random.Generator, *
     truncated = max(len(chosen) - max_instances, 0)
     chosen = chosen[:max_instances]
     if counter is not None:
-        counter.add(len(chosen), crowd=int(crowd.sum()),
-                    degenerate=int((~crowd & ~keep).sum()), truncated=truncated)
+        counter.add(
+            len(chosen),
+            crowd=int(crowd.sum()),
+            degenerate=int((~crowd & ~keep).sum()),
+            truncated=truncated,
+        )
     boxes = boxes[chosen]
     masks = _resize_masks(np.asarray(example["masks"], np.uint8)[chosen], size)
     if rng.random() < flip_prob:
         image, masks = image[:, ::-1], masks[:, :, ::-1]
-        boxes = np.stack([size[1] - boxes[:, 2], boxes[:, 1], size[1] - boxes[:, 0],
-                          boxes[:, 3]], axis=-1)
+        boxes = np.stack(
+            [size[1] - boxes[:, 2], boxes[:, 1], size[1] - boxes[:, 0], boxes[:, 3]], axis=-1
+        )
     count = len(chosen)
     gt_boxes = np.zeros((max_instances, 4), np.float32)
     gt_labels = np.zeros(max_instances, np.int32)
     gt_boxes[:count] = boxes
     gt_labels[:count] = np.asarray(example["labels"], np.int32)[chosen]
-    out = {"image": _pad_image(np.ascontiguousarray(image), canvas, mean, std),
-           "image_size": np.array(size, np.float32),
-           "image_id": np.int32(example["image_id"]), "gt_boxes": gt_boxes,
-           "gt_labels": gt_labels, "gt_valid": np.arange(max_instances) < count}
+    out = {
+        "image": _pad_image(np.ascontiguousarray(image), canvas, mean, std),
+        "image_size": np.array(size, np.float32),
+        "image_id": np.int32(example["image_id"]),
+        "gt_boxes": gt_boxes,
+        "gt_labels": gt_labels,
+        "gt_valid": np.arange(max_instances) < count,
+    }
     if mask_crop_size:
-        out["gt_mask_crops"] = np.zeros((max_instances, mask_crop_size, mask_crop_size),
-                                        np.uint8)
+        out["gt_mask_crops"] = np.zeros((max_instances, mask_crop_size, mask_crop_size), np.uint8)
         out["gt_mask_crops"][:count] = box_mask_crops(masks, boxes, mask_crop_size)
     else:
         out["gt_masks"] = np.zeros((max_instances, *canvas), np.uint8)
-        out["gt_masks"][:count, :size[0], :size[1]] = masks
+        out["gt_masks"][:count, : size[0], : size[1]] = masks
     return out
 
 
@@ -184,15 +208,23 @@ def box_mask_crops(masks: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarra
     return crops
 
 
-def detection_eval_preprocess(example: dict[str, Any], *, scale: Sequence[int] = TRAIN_SCALE,
-                              canvas: Sequence[int] = CANVAS, mean=MEAN,
-                              std=STD) -> dict[str, np.ndarray]:
+def detection_eval_preprocess(
+    example: dict[str, Any],
+    *,
+    scale: Sequence[int] = TRAIN_SCALE,
+    canvas: Sequence[int] = CANVAS,
+    mean=MEAN,
+    std=STD,
+) -> dict[str, np.ndarray]:
     """A detection source's example → the evaluation input (module docstring)."""
     image, size, factor = _resize_image(example, scale, canvas)
-    return {"image": _pad_image(image, canvas, mean, std),
-            "image_size": np.array(size, np.float32), "scale_factor": factor,
-            "orig_size": np.array(np.asarray(example["image"]).shape[:2], np.int32),
-            "image_id": np.int32(example["image_id"])}
+    return {
+        "image": _pad_image(image, canvas, mean, std),
+        "image_size": np.array(size, np.float32),
+        "scale_factor": factor,
+        "orig_size": np.array(np.asarray(example["image"]).shape[:2], np.int32),
+        "image_id": np.int32(example["image_id"]),
+    }
 
 
 def outputs_to_original(outputs: dict[str, Any], scale_factor: np.ndarray) -> dict[str, Any]:
@@ -224,6 +256,14 @@ class DetectionEvalTransform(grain.transforms.Map):
         return detection_eval_preprocess(element, **self.kwargs)
 
 
-__all__ = ["TRAIN_SCALE", "CANVAS", "MAX_INSTANCES", "InstanceCounter",
-           "detection_train_augment", "detection_eval_preprocess", "outputs_to_original",
-           "DetectionTrainTransform", "DetectionEvalTransform"]
+__all__ = [
+    "TRAIN_SCALE",
+    "CANVAS",
+    "MAX_INSTANCES",
+    "InstanceCounter",
+    "detection_train_augment",
+    "detection_eval_preprocess",
+    "outputs_to_original",
+    "DetectionTrainTransform",
+    "DetectionEvalTransform",
+]

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import grain
-from absl import flags
 import ml_collections
 import numpy as np
+from absl import flags
 
 from dnl_jax import IGNORE_LABEL
 from dnl_jax.data.sources import load_split
@@ -44,7 +44,8 @@ def prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: b
         raise ValueError(
             f"config.data.data_dir={data.data_dir!r} does not exist; prepare the dataset first: "
             f"python -m dnl_jax.data.prepare {data.name} --manual_dir RAW "
-            f"--data_dir {data.data_dir} (or point --config.data.data_dir at it).")
+            f"--data_dir {data.data_dir} (or point --config.data.data_dir at it)."
+        )
     return load_split(data.name, split, data.data_dir, with_names=with_names)
 
 
@@ -53,9 +54,11 @@ def prepared_sources(data: ml_collections.ConfigDict, val_split: str = "val"):
     classes."""
     train, val = prepared_split(data, "train"), prepared_split(data, val_split)
     if len(train.classes) != data.num_classes:
-        raise ValueError(f"config.data.num_classes={data.num_classes} but {data.name} has "
-                         f"{len(train.classes)} classes; set --config.data.num_classes="
-                         f"{len(train.classes)}.")
+        raise ValueError(
+            f"config.data.num_classes={data.num_classes} but {data.name} has "
+            f"{len(train.classes)} classes; set --config.data.num_classes="
+            f"{len(train.classes)}."
+        )
     return train, val
 
 
@@ -72,8 +75,9 @@ def first_examples(source, count: int, preprocess=None) -> list[dict]:
     their salient keys (`source.salient_map(index)`) add them to each example as 'salient'."""
     examples = [source[i] for i in range(min(count, len(source)))]
     if hasattr(source, "salient_map"):
-        examples = [{**example, "salient": source.salient_map(i)}
-                    for i, example in enumerate(examples)]
+        examples = [
+            {**example, "salient": source.salient_map(i)} for i, example in enumerate(examples)
+        ]
     return examples if preprocess is None else [preprocess(example) for example in examples]
 
 
@@ -94,22 +98,31 @@ class ClassLabelCheck:
                 f"{bad.size} of {labels.size} {self.what} have class labels outside "
                 f"[0, {self.num_classes}) (values: {examples}); they are refused, never "
                 f"clipped. Set config.data.num_classes to the dataset's number of classes, or "
-                "fix the labels and prepare the dataset again.")
+                "fix the labels and prepare the dataset again."
+            )
         return batch
 
 
 def worker_settings(data: ml_collections.ConfigDict) -> dict:
     """`train_dataset`'s worker kwargs from `config.data` (worker_processes, worker_threads)."""
-    return {"worker_processes": int(data.worker_processes),
-            "worker_threads": int(data.worker_threads)}
+    return {
+        "worker_processes": int(data.worker_processes),
+        "worker_threads": int(data.worker_threads),
+    }
 
 
-def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
-                  process_count: int,
-                  transform: Optional[grain.transforms.RandomMap] = None,
-                  worker_processes: int = 0,
-                  worker_threads: int = AUGMENT_THREADS,
-                  check: Optional[Callable[[dict], dict]] = None) -> grain.IterDataset:
+def train_dataset(
+    source,
+    *,
+    seed: int,
+    local_batch: int,
+    process_index: int,
+    process_count: int,
+    transform: grain.transforms.RandomMap | None = None,
+    worker_processes: int = 0,
+    worker_threads: int = AUGMENT_THREADS,
+    check: Callable[[dict], dict] | None = None,
+) -> grain.IterDataset:
     """Infinite per-host batches `{'image': [b, ...], 'label': [b, ...]}` (b = local_batch).
 
     `transform` (a RandomMap: the task's `train_transform(config.data)`) is applied to the shuffled,
@@ -123,9 +136,11 @@ def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
     if worker_processes < 0 or worker_threads < 0:
-        raise ValueError(f"config.data.worker_processes={worker_processes} and "
-                         f"config.data.worker_threads={worker_threads} must be >= 0 (0 processes:"
-                         " augment in this process; 0 threads: no read-ahead).")
+        raise ValueError(
+            f"config.data.worker_processes={worker_processes} and "
+            f"config.data.worker_threads={worker_threads} must be >= 0 (0 processes:"
+            " augment in this process; 0 threads: no read-ahead)."
+        )
     stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
     if transform is not None:
         stream = stream.random_map(transform, seed=seed)
@@ -138,14 +153,16 @@ def train_dataset(source, *, seed: int, local_batch: int, process_index: int,
     # state is the next chunk's index.
     threads = 0 if transform is None else worker_threads
     dataset = chunks[process_index::process_count].to_iter_dataset(
-        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+    )
     if transform is not None and worker_processes > 0:
         # grain's workers read absl flags; outside an absl app (tests, notebooks) nobody parsed
         # them, so take their defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_processes, per_worker_buffer_size=2))
+        dataset = dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_processes, per_worker_buffer_size=2)
+        )
     return dataset
 
 
@@ -154,9 +171,16 @@ def num_eval_batches(num_examples: int, *, local_batch: int, process_count: int)
     return math.ceil(math.ceil(num_examples / process_count) / local_batch)
 
 
-def eval_batches(source, *, local_batch: int, process_index: int, process_count: int,
-                 preprocess=None, pad_label: int = IGNORE_LABEL, check=None
-                 ) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+    source,
+    *,
+    local_batch: int,
+    process_index: int,
+    process_count: int,
+    preprocess=None,
+    pad_label: int = IGNORE_LABEL,
+    check=None,
+) -> Iterator[dict[str, np.ndarray]]:
     """This host's evaluation batches of `preprocess(example)` (identity if None), padded to
     `local_batch` with zero inputs labelled `pad_label` (a label the metrics do not count: the
     model bundle's `pad_label`); `check` (e.g. `Task.label_check(...)`) sees each batch before its
@@ -174,8 +198,9 @@ def eval_batches(source, *, local_batch: int, process_index: int, process_count:
         yield _pad_batch(examples, local_batch, template=template, pad_label=pad_label)
 
 
-def _pad_batch(examples: list[dict], size: int, *, template: dict,
-               pad_label: int) -> dict[str, np.ndarray]:
+def _pad_batch(
+    examples: list[dict], size: int, *, template: dict, pad_label: int
+) -> dict[str, np.ndarray]:
     """Stacks `examples` and pads to `size` with zero inputs labelled `pad_label`."""
     pad = size - len(examples)
     filler = {key: np.zeros_like(value) for key, value in template.items()}

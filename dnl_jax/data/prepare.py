@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.data import builders, sources
@@ -32,22 +32,36 @@ from dnl_jax.data import builders, sources
 DATASETS = tuple(builders.BUILDERS)
 
 
-def build(name: str, manual_dir: str, data_dir: str, *, num_shards: int | None = None,
-          **video_options) -> None:
+def build(
+    name: str, manual_dir: str, data_dir: str, *, num_shards: int | None = None, **video_options
+) -> None:
     """Runs the tfds builder of `name` on `manual_dir`, writing `data_dir/name/VERSION`."""
     import tensorflow_datasets as tfds
 
-    builder = builders.BUILDERS[name](data_dir=data_dir, file_format="array_record",
-                                      **video_options)
+    builder = builders.BUILDERS[name](
+        data_dir=data_dir, file_format="array_record", **video_options
+    )
     builder.download_and_prepare(
         download_dir=os.path.join(data_dir, "downloads"),
         download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, try_download_gcs=False, num_shards=num_shards))
+            manual_dir=manual_dir, try_download_gcs=False, num_shards=num_shards
+        ),
+    )
 
 
-def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int | None = None,
-            overwrite: bool = False, short_side: int = 256, max_frames: int = 300,
-            num_workers: int = 1, progress: bool = False, log=print) -> str:
+def prepare(
+    name: str,
+    manual_dir: str,
+    data_dir: str,
+    *,
+    num_shards: int | None = None,
+    overwrite: bool = False,
+    short_side: int = 256,
+    max_frames: int = 300,
+    num_workers: int = 1,
+    progress: bool = False,
+    log=print,
+) -> str:
     """Prepares dataset `name`; returns its directory. Raises ValueError on any bad input.
 
     `num_shards` None lets tfds choose (by size); `progress` shows tfds's bars (the command line
@@ -59,13 +73,18 @@ def prepare(name: str, manual_dir: str, data_dir: str, *, num_shards: int | None
     if num_shards is not None and num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be >= 1.")
     if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
-        raise ValueError(f"--manual_dir {manual_dir} does not exist or is empty; it must hold "
-                         f"{builders.RAW_FILES[name]} (see dnl_jax/data/{_module(name)}.py).")
+        raise ValueError(
+            f"--manual_dir {manual_dir} does not exist or is empty; it must hold "
+            f"{builders.RAW_FILES[name]} (see dnl_jax/data/{_module(name)}.py)."
+        )
     final_dir = os.path.join(data_dir, name)
     if os.path.exists(final_dir) and not overwrite:
         raise ValueError(f"{final_dir} already exists; pass --overwrite to replace it.")
-    video_options = ({} if name not in builders.VIDEO_DATASETS else
-                     dict(short_side=short_side, max_frames=max_frames, num_workers=num_workers))
+    video_options = (
+        {}
+        if name not in builders.VIDEO_DATASETS
+        else dict(short_side=short_side, max_frames=max_frames, num_workers=num_workers)
+    )
     os.makedirs(data_dir, exist_ok=True)
     work_dir = tempfile.mkdtemp(prefix=f".{name}.incomplete-", dir=data_dir)
     tfds.display_progress_bar(progress)
@@ -93,21 +112,29 @@ def _report(metadata: dict, name: str, log) -> None:
     for split, info in metadata["splits"].items():
         log(f"{name}/{split}: {info['num_examples']} examples")
         if info.get("out_of_range_pixels"):
-            log(f"  warning: {info['out_of_range_pixels']} pixels in {info['out_of_range_images']} "
+            log(
+                f"  warning: {info['out_of_range_pixels']} pixels in {info['out_of_range_images']} "
                 f"images had labels outside the class range and were set to 255 (ignore), e.g. "
-                f"{info['out_of_range_examples'][:5]}")
+                f"{info['out_of_range_examples'][:5]}"
+            )
         if "num_annotations" in info:  # detection
-            log(f"  {info['num_annotations']} annotations ({info['num_crowd']} crowd); "
-                f"{len(info['indices_without_annotations'])} images without annotations (kept)")
+            log(
+                f"  {info['num_annotations']} annotations ({info['num_crowd']} crowd); "
+                f"{len(info['indices_without_annotations'])} images without annotations (kept)"
+            )
         if info.get("malformed_polygons"):
-            log(f"  warning: {info['malformed_polygons']} malformed polygons (odd length or fewer "
+            log(
+                f"  warning: {info['malformed_polygons']} malformed polygons (odd length or fewer "
                 f"than 3 points) were dropped, from annotations e.g. "
                 f"{info['malformed_polygon_annotation_ids'][:5]}; {info['skipped_annotations']} "
                 f"annotations had no valid polygon left and were skipped, e.g. "
-                f"{info['skipped_annotation_ids'][:5]}")
+                f"{info['skipped_annotation_ids'][:5]}"
+            )
     if "category_ids" in metadata:
-        log(f"{name}: {len(metadata['category_ids'])} categories; label k is category id "
-            "category_ids[k] of metadata.json")
+        log(
+            f"{name}: {len(metadata['category_ids'])} categories; label k is category id "
+            "category_ids[k] of metadata.json"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,20 +142,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("name", choices=DATASETS)
     parser.add_argument("--manual_dir", required=True, help="folder holding the raw download")
     parser.add_argument("--data_dir", required=True, help="output root; writes DATA_DIR/NAME")
-    parser.add_argument("--num_shards", type=int, default=None,
-                        help="shards per split (default: tfds chooses by size)")
+    parser.add_argument(
+        "--num_shards",
+        type=int,
+        default=None,
+        help="shards per split (default: tfds chooses by size)",
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--short_side", type=int, default=256, help="video frames only")
     parser.add_argument("--max_frames", type=int, default=300, help="video frames only")
-    parser.add_argument("--num_workers", type=int, default=1,
-                        help="video only: processes decoding videos in parallel")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=1,
+        help="video only: processes decoding videos in parallel",
+    )
     add_log_level_argument(parser)
     args = parser.parse_args(argv)
     set_library_log_level(args.log_level)
     try:
-        prepare(args.name, args.manual_dir, args.data_dir, num_shards=args.num_shards,
-                overwrite=args.overwrite, short_side=args.short_side, max_frames=args.max_frames,
-                num_workers=args.num_workers, progress=True)
+        prepare(
+            args.name,
+            args.manual_dir,
+            args.data_dir,
+            num_shards=args.num_shards,
+            overwrite=args.overwrite,
+            short_side=args.short_side,
+            max_frames=args.max_frames,
+            num_workers=args.num_workers,
+            progress=True,
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

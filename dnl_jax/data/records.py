@@ -28,7 +28,8 @@ def encode_jpeg(array: np.ndarray, quality: int = 90) -> bytes:
     """uint8 `[H, W, 3]` → JPEG bytes (video frames; lossy like the source videos)."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(
-        buffer, format="JPEG", quality=quality)
+        buffer, format="JPEG", quality=quality
+    )
     return buffer.getvalue()
 
 
@@ -46,16 +47,21 @@ def decode_image(data: bytes, *, mode: str, what: str) -> tuple[np.ndarray, str]
             if mode == "RGB":
                 image = image.convert("RGB")
             elif image.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"{what}: label image has mode {image.mode!r}; expected a "
-                                 "single-channel PNG (mode L, P, I or I;16).")
+                raise ValueError(
+                    f"{what}: label image has mode {image.mode!r}; expected a "
+                    "single-channel PNG (mode L, P, I or I;16)."
+                )
             return np.asarray(image), source_mode
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"{what}: corrupt or unreadable image ({error}); re-extract this file "
-                         "from the original download.") from error
+        raise ValueError(
+            f"{what}: corrupt or unreadable image ({error}); re-extract this file "
+            "from the original download."
+        ) from error
 
 
-def map_labels(raw: np.ndarray, lookup: np.ndarray, *,
-               num_valid_raw: int) -> tuple[np.ndarray, int]:
+def map_labels(
+    raw: np.ndarray, lookup: np.ndarray, *, num_valid_raw: int
+) -> tuple[np.ndarray, int]:
     """Maps raw label values through `lookup` (a uint8 table over raw values).
 
     Args:
@@ -77,9 +83,11 @@ def map_labels(raw: np.ndarray, lookup: np.ndarray, *,
 def require_file(path: str, what: str) -> str:
     """Returns `path` if it is a file, else a ValueError naming the expected path."""
     if not os.path.isfile(path):
-        raise ValueError(f"missing {what}: expected it at {path}. Download it and place it "
-                         "there (the dataset module's docstring in dnl_jax/data/ shows the "
-                         "expected layout).")
+        raise ValueError(
+            f"missing {what}: expected it at {path}. Download it and place it "
+            "there (the dataset module's docstring in dnl_jax/data/ shows the "
+            "expected layout)."
+        )
     return path
 
 
@@ -98,13 +106,23 @@ class OutOfRangeCounter:
     def split_stats(self, split: str) -> dict[str, Any]:
         """Joins the split's metadata; also printed by `prepare` so the user sees it."""
         names = self.images.get(split, [])
-        return {"out_of_range_pixels": self.pixels.get(split, 0),
-                "out_of_range_images": len(names), "out_of_range_examples": names[:20]}
+        return {
+            "out_of_range_pixels": self.pixels.get(split, 0),
+            "out_of_range_images": len(names),
+            "out_of_range_examples": names[:20],
+        }
 
 
-def segmentation_example(name: str, image_bytes: bytes, label: bytes | np.ndarray, *,
-                         lookup: np.ndarray, num_valid_raw: int, image_what: str,
-                         label_what: str) -> tuple[dict[str, Any], int]:
+def segmentation_example(
+    name: str,
+    image_bytes: bytes,
+    label: bytes | np.ndarray,
+    *,
+    lookup: np.ndarray,
+    num_valid_raw: int,
+    image_what: str,
+    label_what: str,
+) -> tuple[dict[str, Any], int]:
     """One prepared segmentation record from the raw encoded image and annotation.
 
     The image bytes are kept as they are when they decode to 8-bit RGB; any other image (grey,
@@ -117,11 +135,16 @@ def segmentation_example(name: str, image_bytes: bytes, label: bytes | np.ndarra
     image, source_mode = decode_image(image_bytes, mode="RGB", what=image_what)
     if source_mode != "RGB":
         image_bytes = encode_png(image)
-    raw_label = (np.asarray(label) if isinstance(label, np.ndarray)
-                 else decode_image(label, mode="L", what=label_what)[0])
+    raw_label = (
+        np.asarray(label)
+        if isinstance(label, np.ndarray)
+        else decode_image(label, mode="L", what=label_what)[0]
+    )
     if raw_label.shape != image.shape[:2]:
-        raise ValueError(f"{label_what}: annotation is {raw_label.shape[0]}x{raw_label.shape[1]} "
-                         f"but its image {image_what} is {image.shape[0]}x{image.shape[1]}; "
-                         "they must match pixel for pixel.")
+        raise ValueError(
+            f"{label_what}: annotation is {raw_label.shape[0]}x{raw_label.shape[1]} "
+            f"but its image {image_what} is {image.shape[0]}x{image.shape[1]}; "
+            "they must match pixel for pixel."
+        )
     label, outside = map_labels(raw_label, lookup, num_valid_raw=num_valid_raw)
     return {"name": name, "image": image_bytes, "label": encode_png(label)}, outside

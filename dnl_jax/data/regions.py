@@ -73,30 +73,41 @@ def _marker_corner(rng: np.random.Generator, visible: np.ndarray, side: int):
     size = visible.shape[0]
     table = np.pad(visible.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     span = size - side + 1
-    inside = (table[side:, side:] - table[:span, side:] - table[side:, :span]
-              + table[:span, :span]) == side * side
+    inside = (
+        table[side:, side:] - table[:span, side:] - table[side:, :span] + table[:span, :span]
+    ) == side * side
     places = np.argwhere(inside)
     if len(places):
         y, x = places[int(rng.integers(len(places)))]
         return int(y), int(x)
     rows, cols = np.nonzero(visible)
     middle = len(rows) // 2
-    clip = lambda v: int(np.clip(v - side // 2, 0, size - side))
+
+    def clip(v):
+        return int(np.clip(v - side // 2, 0, size - side))
+
     return clip(rows[middle]), clip(cols[middle])
 
 
-def draw_regions(rng: np.random.Generator, size: int, colours: np.ndarray,
-                 noise: float) -> dict[str, np.ndarray]:
+def draw_regions(
+    rng: np.random.Generator, size: int, colours: np.ndarray, noise: float
+) -> dict[str, np.ndarray]:
     """One 'regions' scene (module docstring): {'image': f32 [S,S,3], 'label': i32 [S,S],
     'salient': bool [S,S] (the marker squares)}."""
     chosen = rng.choice(len(colours), size=COLOURS_PER_SCENE, replace=False)
     bits = rng.integers(2, size=COLOURS_PER_SCENE)
     objects = []  # (mask, colour index, class, carries the marker)
-    for colour, bit in zip(chosen, bits):
+    for colour, bit in zip(chosen, bits, strict=False):
         vertical, marked = bool(rng.integers(2)), int(rng.integers(OBJECTS_PER_COLOUR))
         for half in range(OBJECTS_PER_COLOUR):
-            objects.append((_object_in_half(rng, size, half, vertical), int(colour),
-                            1 + 2 * int(colour) + int(bit), half == marked))
+            objects.append(
+                (
+                    _object_in_half(rng, size, half, vertical),
+                    int(colour),
+                    1 + 2 * int(colour) + int(bit),
+                    half == marked,
+                )
+            )
     # Overlaps: unmarked objects first, then marked ones, each in random order, so that no
     # marker is covered (every class stays decidable).
     marked_last = sorted(rng.permutation(len(objects)), key=lambda i: objects[i][3])
@@ -114,15 +125,14 @@ def draw_regions(rng: np.random.Generator, size: int, colours: np.ndarray,
     for index, (_, _, cls, marked) in enumerate(objects):
         if marked and np.any(owner == index):
             y, x = _marker_corner(rng, owner == index, side)
-            rgb[y:y + side, x:x + side] = synthetic.CUE_GREYS[(cls - 1) % 2]
-            label[y:y + side, x:x + side] = cls
-            salient[y:y + side, x:x + side] = True
+            rgb[y : y + side, x : x + side] = synthetic.CUE_GREYS[(cls - 1) % 2]
+            label[y : y + side, x : x + side] = cls
+            salient[y : y + side, x : x + side] = True
     foreground = label > 0
     rgb[synthetic._outline(foreground)] *= 0.5  # darker edge towards the background
     rgb[_interfaces(label)] = INTERFACE_GREY
     rgb = rgb + noise * rng.standard_normal(rgb.shape).astype(np.float32)
-    return {"image": ((rgb - 0.5) / 0.25).astype(np.float32), "label": label,
-            "salient": salient}
+    return {"image": ((rgb - 0.5) / 0.25).astype(np.float32), "label": label, "salient": salient}
 
 
 def _interfaces(label: np.ndarray) -> np.ndarray:

@@ -45,8 +45,10 @@ class PreparedSource:
         self._builder_dir = builder_dir(data_dir, name)
         info = _open_builder(self._builder_dir, name, data_dir).info
         if split not in info.splits:
-            raise ValueError(f"dataset {name!r} under {data_dir} has no split {split!r}; "
-                             f"it has {sorted(info.splits.keys())}.")
+            raise ValueError(
+                f"dataset {name!r} under {data_dir} has no split {split!r}; "
+                f"it has {sorted(info.splits.keys())}."
+            )
         self._length = int(info.splits[split].num_examples)
         if self._length == 0:
             raise ValueError(f"split {split!r} of {name!r} is empty; prepare it again.")
@@ -77,7 +79,8 @@ class PreparedSource:
 
         decoders = {name: tfds.decode.SkipDecoding() for name in skip_decoding}
         return _open_builder(self._builder_dir, self.name).as_data_source(
-            self.split, decoders=decoders or None)
+            self.split, decoders=decoders or None
+        )
 
     def __len__(self) -> int:
         return self._length
@@ -91,8 +94,10 @@ class PreparedSource:
         except Exception as error:  # noqa: BLE001 - riegeli/array_record/tfds raise many types
             raise DamagedRecord(self._damage_message(index, error)) from error
         if self.is_video:
-            example = {"video": video.EncodedFrames(record["video"], self._decode_frame),
-                       "label": np.int32(record["label"])}
+            example = {
+                "video": video.EncodedFrames(record["video"], self._decode_frame),
+                "label": np.int32(record["label"]),
+            }
         elif self.is_detection:
             example = coco.decode_record(record)
         else:
@@ -104,7 +109,7 @@ class PreparedSource:
     def shard_of(self, index: int) -> tuple[str, int]:
         """(file name, index within it) of record `index` of the split."""
         first = 0
-        for name, length in zip(self._files, self._shard_lengths):
+        for name, length in zip(self._files, self._shard_lengths, strict=False):
             if index < first + length:
                 return name, index - first
             first += length
@@ -114,11 +119,13 @@ class PreparedSource:
         name, within = self.shard_of(index)
         data_dir = os.path.dirname(os.path.dirname(self._builder_dir))
         first = (str(error).strip().splitlines() or [""])[0][:200]
-        return (f"damaged prepared data: record {index} of split {self.split!r} of "
-                f"{self.name!r} (record {within} of {os.path.join(self._builder_dir, name)}) "
-                f"does not read ({type(error).__name__}: {first}). Prepare the dataset again: "
-                f"delete {self._builder_dir} and run python -m dnl_jax.data.prepare {self.name} "
-                f"--manual_dir RAW --data_dir {data_dir}")
+        return (
+            f"damaged prepared data: record {index} of split {self.split!r} of "
+            f"{self.name!r} (record {within} of {os.path.join(self._builder_dir, name)}) "
+            f"does not read ({type(error).__name__}: {first}). Prepare the dataset again: "
+            f"delete {self._builder_dir} and run python -m dnl_jax.data.prepare {self.name} "
+            f"--manual_dir RAW --data_dir {data_dir}"
+        )
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -172,13 +179,16 @@ def _open_builder(builder_dir: str, name: str, data_dir: str | None = None):
     try:
         import tensorflow_datasets as tfds  # reading imports no TensorFlow
     except ImportError as error:
-        raise ImportError("reading a prepared dataset needs tensorflow-datasets: "
-                          "pip install -e '.[data]'") from error
+        raise ImportError(
+            "reading a prepared dataset needs tensorflow-datasets: pip install -e '.[data]'"
+        ) from error
     if not os.path.isfile(os.path.join(builder_dir, "dataset_info.json")):
         data_dir = data_dir or os.path.dirname(os.path.dirname(builder_dir))
-        raise ValueError(f"{builder_dir} holds no prepared dataset: {name!r} is not prepared "
-                         f"under {data_dir}. Run: python -m dnl_jax.data.prepare {name} "
-                         f"--manual_dir RAW --data_dir {data_dir}")
+        raise ValueError(
+            f"{builder_dir} holds no prepared dataset: {name!r} is not prepared "
+            f"under {data_dir}. Run: python -m dnl_jax.data.prepare {name} "
+            f"--manual_dir RAW --data_dir {data_dir}"
+        )
     return tfds.builder_from_directory(builder_dir)
 
 

@@ -66,16 +66,26 @@ class SyntheticSegmentation:
       ignore_fraction: fraction of each label map set to 255, as one random rectangle.
     """
 
-    def __init__(self, num_examples: int, *, image_size: int = 32, num_classes: int = 5,
-                 split: str = "train", seed: int = 0, noise: float = 0.1,
-                 ignore_fraction: float = 0.0):
+    def __init__(
+        self,
+        num_examples: int,
+        *,
+        image_size: int = 32,
+        num_classes: int = 5,
+        split: str = "train",
+        seed: int = 0,
+        noise: float = 0.1,
+        ignore_fraction: float = 0.0,
+    ):
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; choose one of {tuple(SPLITS)}.")
         if num_classes < 5 or num_classes % 2 == 0 or image_size < 8 or num_examples < 1:
-            raise ValueError(f"need an odd num_classes >= 5 (background, two beacon classes, two "
-                             f"classes per colour), "
-                             f"image_size >= 8 and num_examples >= 1; got {num_classes}, "
-                             f"{image_size}, {num_examples}.")
+            raise ValueError(
+                f"need an odd num_classes >= 5 (background, two beacon classes, two "
+                f"classes per colour), "
+                f"image_size >= 8 and num_examples >= 1; got {num_classes}, "
+                f"{image_size}, {num_examples}."
+            )
         self.num_examples = num_examples
         self.image_size = image_size
         self.num_classes = num_classes
@@ -83,9 +93,11 @@ class SyntheticSegmentation:
         self.seed = seed
         self.noise = noise
         if not 0.0 <= ignore_fraction < 1.0:
-            raise ValueError(f"config.data.synthetic.ignore_fraction={ignore_fraction!r} must be "
-                             "in [0, 1)"
-                             " (the fraction of each label map set to the ignore label).")
+            raise ValueError(
+                f"config.data.synthetic.ignore_fraction={ignore_fraction!r} must be "
+                "in [0, 1)"
+                " (the fraction of each label map set to the ignore label)."
+            )
         self.ignore_fraction = float(ignore_fraction)
         self._palette = palette((num_classes - 3) // 2)
 
@@ -120,8 +132,10 @@ class SyntheticSegmentation:
         return draw_scene(rng, self.image_size, self._palette, self.noise)
 
     def __repr__(self) -> str:
-        return (f"SyntheticSegmentation(n={self.num_examples}, S={self.image_size}, "
-                f"K={self.num_classes}, split={self.split!r}, seed={self.seed})")
+        return (
+            f"SyntheticSegmentation(n={self.num_examples}, S={self.image_size}, "
+            f"K={self.num_classes}, split={self.split!r}, seed={self.seed})"
+        )
 
 
 def ignore_rectangle(rng: np.random.Generator, label: np.ndarray, fraction: float) -> None:
@@ -132,7 +146,7 @@ def ignore_rectangle(rng: np.random.Generator, label: np.ndarray, fraction: floa
     height = int(rng.integers(max(1, int(np.ceil(area / size))), size + 1))
     width = min(size, int(round(area / height)))
     top, left = (int(v) for v in rng.integers(0, (size - height + 1, size - width + 1)))
-    label[top:top + height, left:left + width] = 255
+    label[top : top + height, left : left + width] = 255
 
 
 def _shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -156,8 +170,9 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~np.logical_and.reduce(_four_neighbours(mask))
 
 
-def _beacon_corner(rng: np.random.Generator, occupied: np.ndarray,
-                   side: int) -> tuple[int, int] | None:
+def _beacon_corner(
+    rng: np.random.Generator, occupied: np.ndarray, side: int
+) -> tuple[int, int] | None:
     """Top-left corner of a `side`-square beacon that keeps one pixel clear of `occupied`
     (random among the free places), or None if there is no such place."""
     size = occupied.shape[0]
@@ -166,8 +181,7 @@ def _beacon_corner(rng: np.random.Generator, occupied: np.ndarray,
     # window[y, x]: pixels of `grown` under the square at (y, x) (a summed-area table).
     table = np.pad(grown.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     span = size - side + 1
-    window = (table[side:, side:] - table[:span, side:] - table[side:, :span]
-              + table[:span, :span])
+    window = table[side:, side:] - table[:span, side:] - table[side:, :span] + table[:span, :span]
     free = np.argwhere(window == 0)
     if len(free) == 0:
         return None
@@ -175,8 +189,9 @@ def _beacon_corner(rng: np.random.Generator, occupied: np.ndarray,
     return int(y), int(x)
 
 
-def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray, noise: float,
-               cue: int | None = None) -> dict[str, np.ndarray]:
+def draw_scene(
+    rng: np.random.Generator, size: int, colours: np.ndarray, noise: float, cue: int | None = None
+) -> dict[str, np.ndarray]:
     """One scene (see the module docstring): {'image': f32 [S,S,3], 'label': i32 [S,S],
     'salient': bool [S,S] (the beacon square)}.
 
@@ -185,8 +200,10 @@ def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray, noise: 
     """
     drawn_cue = int(rng.integers(2))
     cue = drawn_cue if cue is None else cue
-    shapes = [(_shape_mask(rng, size), int(rng.integers(len(colours))))
-              for _ in range(int(rng.integers(1, MAX_OBJECTS + 1)))]
+    shapes = [
+        (_shape_mask(rng, size), int(rng.integers(len(colours))))
+        for _ in range(int(rng.integers(1, MAX_OBJECTS + 1)))
+    ]
     side = max(2, int(size * BEACON_FRACTION))
     # Drop objects (last drawn first) until the beacon fits beside them; only a single object
     # too big for any free place (tiny images) lets the beacon cover part of it.
@@ -203,10 +220,10 @@ def draw_scene(rng: np.random.Generator, size: int, colours: np.ndarray, noise: 
         rgb[_outline(mask)] *= 0.5  # a darker boundary
         label[mask] = 3 + 2 * colour_index + cue
     y, x = corner
-    rgb[y:y + side, x:x + side] = CUE_GREYS[cue]
-    label[y:y + side, x:x + side] = 1 + cue
+    rgb[y : y + side, x : x + side] = CUE_GREYS[cue]
+    label[y : y + side, x : x + side] = 1 + cue
     rgb = rgb + noise * rng.standard_normal(rgb.shape).astype(np.float32)
     image = ((rgb - 0.5) / 0.25).astype(np.float32)
     salient = np.zeros((size, size), bool)
-    salient[y:y + side, x:x + side] = True
+    salient[y : y + side, x : x + side] = True
     return {"image": image, "label": label, "salient": salient}

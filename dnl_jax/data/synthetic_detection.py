@@ -42,13 +42,14 @@ def _tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
-def draw_detection_scene(rng: np.random.Generator, size: int, colours: np.ndarray,
-                         noise: float, cue: int | None = None) -> dict[str, np.ndarray]:
+def draw_detection_scene(
+    rng: np.random.Generator, size: int, colours: np.ndarray, noise: float, cue: int | None = None
+) -> dict[str, np.ndarray]:
     """One scene (module docstring). `cue` forces the beacon without changing the layout."""
     drawn_cue = int(rng.integers(2))
     cue = drawn_cue if cue is None else cue
     cells = [(int(c) // 2, int(c) % 2) for c in rng.permutation(4)]
-    beacon_cell, object_cells = cells[0], cells[1:1 + int(rng.integers(1, MAX_OBJECTS + 1))]
+    beacon_cell, object_cells = cells[0], cells[1 : 1 + int(rng.integers(1, MAX_OBJECTS + 1))]
     rgb = np.repeat(BACKGROUND_GREY + 0.1 * rng.standard_normal((size, size, 1)), 3, -1)
     boxes = np.zeros((MAX_OBJECTS, 4), np.float32)
     labels = np.zeros(MAX_OBJECTS, np.int32)
@@ -57,19 +58,27 @@ def draw_detection_scene(rng: np.random.Generator, size: int, colours: np.ndarra
         mask = _object_mask(rng, size, cell)
         colour = int(rng.integers(len(colours)))
         rgb[mask] = colours[colour]
-        inner = np.pad(mask, 1)[:-2, 1:-1] & np.pad(mask, 1)[2:, 1:-1] & np.pad(
-            mask, 1)[1:-1, :-2] & np.pad(mask, 1)[1:-1, 2:]
+        inner = (
+            np.pad(mask, 1)[:-2, 1:-1]
+            & np.pad(mask, 1)[2:, 1:-1]
+            & np.pad(mask, 1)[1:-1, :-2]
+            & np.pad(mask, 1)[1:-1, 2:]
+        )
         rgb[mask & ~inner] *= 0.5  # a darker outline
         boxes[slot], labels[slot], masks[slot] = _tight_box(mask), 2 * colour + cue, mask
     half, side = size // 2, max(2, size // 4)
     y = beacon_cell[0] * half + int(rng.integers(1, half - side))
     x = beacon_cell[1] * half + int(rng.integers(1, half - side))
-    rgb[y:y + side, x:x + side] = CUE_GREYS[cue]
+    rgb[y : y + side, x : x + side] = CUE_GREYS[cue]
     rgb = rgb + noise * rng.standard_normal(rgb.shape)
-    return {"image": ((rgb - 0.5) / 0.25).astype(np.float32), "gt_boxes": boxes,
-            "gt_labels": labels, "gt_masks": masks,
-            "gt_valid": np.arange(MAX_OBJECTS) < len(object_cells),
-            "image_size": np.array([size, size], np.float32)}
+    return {
+        "image": ((rgb - 0.5) / 0.25).astype(np.float32),
+        "gt_boxes": boxes,
+        "gt_labels": labels,
+        "gt_masks": masks,
+        "gt_valid": np.arange(MAX_OBJECTS) < len(object_cells),
+        "image_size": np.array([size, size], np.float32),
+    }
 
 
 class SyntheticDetection:
@@ -81,13 +90,23 @@ class SyntheticDetection:
       noise: per-pixel Gaussian noise before normalisation.
     """
 
-    def __init__(self, num_examples: int, *, image_size: int = 64, num_colours: int = 2,
-                 split: str = "train", seed: int = 0, noise: float = 0.1):
+    def __init__(
+        self,
+        num_examples: int,
+        *,
+        image_size: int = 64,
+        num_colours: int = 2,
+        split: str = "train",
+        seed: int = 0,
+        noise: float = 0.1,
+    ):
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; choose one of {tuple(SPLITS)}.")
         if image_size < 16 or num_colours < 1 or num_examples < 1:
-            raise ValueError(f"need image_size >= 16, num_colours >= 1 and num_examples >= 1; "
-                             f"got {image_size}, {num_colours}, {num_examples}.")
+            raise ValueError(
+                f"need image_size >= 16, num_colours >= 1 and num_examples >= 1; "
+                f"got {image_size}, {num_colours}, {num_examples}."
+            )
         self.num_examples, self.image_size, self.split = num_examples, image_size, split
         self.seed, self.noise = seed, noise
         self.num_classes = 2 * num_colours
@@ -103,8 +122,9 @@ class SyntheticDetection:
         return np.random.default_rng([self.seed, SPLITS[self.split], int(index)])
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        example = draw_detection_scene(self._stream(index), self.image_size, self._palette,
-                                       self.noise)
+        example = draw_detection_scene(
+            self._stream(index), self.image_size, self._palette, self.noise
+        )
         return {**example, "image_id": np.int32(index)}
 
 

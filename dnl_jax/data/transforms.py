@@ -15,13 +15,15 @@ filter differs from PIL's by a few grey levels when downsampling.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
 from PIL import Image
 
 from dnl_jax import IGNORE_LABEL  # noqa: E402  (one definition, re-exported here)
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0-255 scale, as mmseg's img_norm_cfg
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -32,8 +34,9 @@ def rescale_size(height: int, width: int, scale: Sequence[float]) -> tuple[int, 
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
-def resize(image: np.ndarray, label: np.ndarray | None,
-           size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+def resize(
+    image: np.ndarray, label: np.ndarray | None, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 image `[H, W, 3]` (bilinear) and label `[H, W]` (nearest) to `size` = (h, w)."""
     height, width = size
     image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
@@ -47,8 +50,14 @@ def resize_keep_ratio(image, label, base_size: Sequence[int]):
     return resize(image, label, rescale_size(*image.shape[:2], base_size))
 
 
-def random_resize(image, label, rng: np.random.Generator, *, base_size: Sequence[int],
-                  ratio_range: tuple[float, float] = (0.5, 2.0)):
+def random_resize(
+    image,
+    label,
+    rng: np.random.Generator,
+    *,
+    base_size: Sequence[int],
+    ratio_range: tuple[float, float] = (0.5, 2.0),
+):
     """mmseg Resize(img_scale=base_size, ratio_range): scale base_size by r ~ U(ratio_range)."""
     ratio = rng.uniform(*ratio_range)
     return resize_keep_ratio(image, label, [s * ratio for s in base_size])
@@ -60,8 +69,16 @@ def _crop_box(rng, height, width, crop_h, crop_w):
     return top, left, top + crop_h, left + crop_w
 
 
-def random_crop(image, label, rng: np.random.Generator, crop_size: Sequence[int], *,
-                cat_max_ratio: float = 0.75, ignore_label: int = IGNORE_LABEL, max_tries: int = 10):
+def random_crop(
+    image,
+    label,
+    rng: np.random.Generator,
+    crop_size: Sequence[int],
+    *,
+    cat_max_ratio: float = 0.75,
+    ignore_label: int = IGNORE_LABEL,
+    max_tries: int = 10,
+):
     """mmseg RandomCrop: a crop of at most `crop_size` = (h, w) (smaller images stay whole).
 
     With cat_max_ratio < 1, up to `max_tries` boxes are drawn until one whose most frequent
@@ -98,8 +115,11 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     saturation = np.where(value > 0, delta / np.maximum(value, 1e-12), 0.0)
     safe = np.maximum(delta, 1e-12)
     red, green, blue = np.moveaxis(rgb, -1, 0)
-    hue = np.where(value == red, (green - blue) / safe,
-                   np.where(value == green, 2.0 + (blue - red) / safe, 4.0 + (red - green) / safe))
+    hue = np.where(
+        value == red,
+        (green - blue) / safe,
+        np.where(value == green, 2.0 + (blue - red) / safe, 4.0 + (red - green) / safe),
+    )
     hue = np.where(delta > 0, (hue / 6.0) % 1.0, 0.0)
     return np.stack([hue, saturation, value], axis=-1)
 
@@ -119,9 +139,15 @@ def _affine(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndar
     return np.clip(image * alpha + beta, 0.0, 255.0)
 
 
-def photometric_distortion(image: np.ndarray, rng: np.random.Generator, *,
-                           brightness_delta: float = 32, contrast_range=(0.5, 1.5),
-                           saturation_range=(0.5, 1.5), hue_delta: float = 18) -> np.ndarray:
+def photometric_distortion(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    brightness_delta: float = 32,
+    contrast_range=(0.5, 1.5),
+    saturation_range=(0.5, 1.5),
+    hue_delta: float = 18,
+) -> np.ndarray:
     """mmseg PhotoMetricDistortion on uint8 RGB `[H, W, 3]`; each step applied with p 0.5.
 
     brightness (+U(-32, 32)) → contrast (xU(0.5, 1.5)) first or last (p 0.5) → saturation
@@ -147,34 +173,48 @@ def photometric_distortion(image: np.ndarray, rng: np.random.Generator, *,
 
 def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """(image - mean) / std per RGB channel, float32."""
-    return ((image.astype(np.float32) - np.asarray(mean, np.float32))
-            / np.asarray(std, np.float32))
+    return (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def pad_to(image: np.ndarray, label: np.ndarray | None, size: Sequence[int], *,
-           ignore_label: int = IGNORE_LABEL):
+def pad_to(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    size: Sequence[int],
+    *,
+    ignore_label: int = IGNORE_LABEL,
+):
     """Pads bottom/right to `size` = (h, w): image with 0, label with `ignore_label`."""
     pad_h, pad_w = size[0] - image.shape[0], size[1] - image.shape[1]
     if pad_h < 0 or pad_w < 0:
-        raise ValueError(f"pad_to: image {image.shape[:2]} is larger than the target "
-                         f"{tuple(size)}.")
+        raise ValueError(
+            f"pad_to: image {image.shape[:2]} is larger than the target {tuple(size)}."
+        )
     image = np.pad(image, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2))
     if label is not None:
         label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=ignore_label)
     return image, label
 
 
-def segmentation_train_augment(example: dict[str, Any], rng: np.random.Generator, *,
-                               crop_size: Sequence[int], base_size: Sequence[int],
-                               ratio_range=(0.5, 2.0), cat_max_ratio: float = 0.75,
-                               flip_prob: float = 0.5, photometric: bool = True,
-                               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, np.ndarray]:
+def segmentation_train_augment(
+    example: dict[str, Any],
+    rng: np.random.Generator,
+    *,
+    crop_size: Sequence[int],
+    base_size: Sequence[int],
+    ratio_range=(0.5, 2.0),
+    cat_max_ratio: float = 0.75,
+    flip_prob: float = 0.5,
+    photometric: bool = True,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> dict[str, np.ndarray]:
     """{'image': uint8 [H,W,3], 'label': uint8 [H,W]} → {'image': f32 [h,w,3], 'label': u8 [h,w]}.
 
     (h, w) = crop_size. The mmseg training pipeline (module docstring) for one example.
     """
-    image, label = random_resize(example["image"], example["label"], rng, base_size=base_size,
-                                 ratio_range=ratio_range)
+    image, label = random_resize(
+        example["image"], example["label"], rng, base_size=base_size, ratio_range=ratio_range
+    )
     image, label = random_crop(image, label, rng, crop_size, cat_max_ratio=cat_max_ratio)
     image, label = random_flip(image, label, rng, flip_prob)
     if photometric:
@@ -183,8 +223,13 @@ def segmentation_train_augment(example: dict[str, Any], rng: np.random.Generator
     return {"image": image, "label": np.ascontiguousarray(label)}
 
 
-def segmentation_eval_preprocess(example: dict[str, Any], *, base_size: Sequence[int] | None,
-                                 mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, np.ndarray]:
+def segmentation_eval_preprocess(
+    example: dict[str, Any],
+    *,
+    base_size: Sequence[int] | None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> dict[str, np.ndarray]:
     """Image resized to `base_size` (aspect kept; None keeps it) and normalised; label untouched.
 
     Metrics are computed at the label's original resolution, so evaluation resizes logits back.
@@ -216,16 +261,19 @@ def clip_indices(num_frames: int, start: int, clip_len: int, stride: int) -> np.
     return (start + stride * np.arange(clip_len)) % num_frames
 
 
-def random_clip_indices(num_frames: int, rng: np.random.Generator, *, clip_len: int,
-                        stride: int) -> np.ndarray:
+def random_clip_indices(
+    num_frames: int, rng: np.random.Generator, *, clip_len: int, stride: int
+) -> np.ndarray:
     """A clip whose start is uniform over the positions where it fits (0 if none does)."""
     span = (clip_len - 1) * stride + 1
-    return clip_indices(num_frames, int(rng.integers(0, max(num_frames - span, 0) + 1)),
-                        clip_len, stride)
+    return clip_indices(
+        num_frames, int(rng.integers(0, max(num_frames - span, 0) + 1)), clip_len, stride
+    )
 
 
-def uniform_clip_indices(num_frames: int, *, num_clips: int, clip_len: int,
-                         stride: int) -> np.ndarray:
+def uniform_clip_indices(
+    num_frames: int, *, num_clips: int, clip_len: int, stride: int
+) -> np.ndarray:
     """`num_clips` clips with evenly spaced starts: int `[num_clips, clip_len]` (multi-view);
     a single clip is the middle one."""
     span = (clip_len - 1) * stride + 1
@@ -240,10 +288,18 @@ def _resize_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
     return np.stack([resize(frame, None, size)[0] for frame in frames])
 
 
-def video_train_augment(example: dict[str, Any], rng: np.random.Generator, *, clip_len: int,
-                        stride: int, crop_size: int, short_side_range=(256, 320),
-                        flip_prob: float = 0.5, mean=IMAGENET_MEAN,
-                        std=IMAGENET_STD) -> dict[str, np.ndarray]:
+def video_train_augment(
+    example: dict[str, Any],
+    rng: np.random.Generator,
+    *,
+    clip_len: int,
+    stride: int,
+    crop_size: int,
+    short_side_range=(256, 320),
+    flip_prob: float = 0.5,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> dict[str, np.ndarray]:
     """{'video': uint8 [N,H,W,3], 'label'} → {'video': f32 [T,c,c,3], 'label'} (T = clip_len)."""
     video = example["video"]
     frames = video[random_clip_indices(len(video), rng, clip_len=clip_len, stride=stride)]
@@ -255,9 +311,18 @@ def video_train_augment(example: dict[str, Any], rng: np.random.Generator, *, cl
     return {"video": normalize(frames, mean, std), "label": example["label"]}
 
 
-def video_eval_views(example: dict[str, Any], *, clip_len: int, stride: int, crop_size: int,
-                     num_clips: int = 10, num_crops: int = 3, short_side: int | None = None,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, np.ndarray]:
+def video_eval_views(
+    example: dict[str, Any],
+    *,
+    clip_len: int,
+    stride: int,
+    crop_size: int,
+    num_clips: int = 10,
+    num_crops: int = 3,
+    short_side: int | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+) -> dict[str, np.ndarray]:
     """Multi-view test input: {'video': f32 [num_clips*num_crops, T, c, c, 3], 'label'}.
 
     Clips evenly spaced in time; crops evenly spaced along the longer side (short side resized to
@@ -265,8 +330,9 @@ def video_eval_views(example: dict[str, Any], *, clip_len: int, stride: int, cro
     """
     video = example["video"]
     views = []
-    for indices in uniform_clip_indices(len(video), num_clips=num_clips, clip_len=clip_len,
-                                        stride=stride):
+    for indices in uniform_clip_indices(
+        len(video), num_clips=num_clips, clip_len=clip_len, stride=stride
+    ):
         # Only the clip's frames are resized (a single eval view uses a few of ~300 frames).
         clip = _resize_frames(video[indices], short_side or crop_size)
         height, width = clip.shape[1:3]
@@ -274,7 +340,7 @@ def video_eval_views(example: dict[str, Any], *, clip_len: int, stride: int, cro
             slide_vertically = height > width
             top = round((height - crop_size) * (offset if slide_vertically else 0.5))
             left = round((width - crop_size) * (0.5 if slide_vertically else offset))
-            views.append(clip[:, top:top + crop_size, left:left + crop_size])
+            views.append(clip[:, top : top + crop_size, left : left + crop_size])
     return {"video": normalize(np.stack(views), mean, std), "label": example["label"]}
 
 

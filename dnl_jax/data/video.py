@@ -20,7 +20,7 @@ import functools
 import io
 import multiprocessing
 import os
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -44,8 +44,9 @@ def decode_video(path: str, *, short_side: int, max_frames: int) -> list[np.ndar
             for frame in container.decode(video=0):
                 frames.append(_resize_short_side(frame.to_image(), short_side))
     except (av.FFmpegError, IndexError, OSError) as error:
-        raise ValueError(f"{path}: cannot decode video ({error}); re-download this file."
-                         ) from error
+        raise ValueError(
+            f"{path}: cannot decode video ({error}); re-download this file."
+        ) from error
     if not frames:
         raise ValueError(f"{path}: video has no frames; re-download this file.")
     if len(frames) > max_frames:
@@ -95,8 +96,10 @@ class EncodedFrames:
             index = np.arange(len(self))[index]
         positions = np.asarray(index)
         if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
-            raise TypeError(f"EncodedFrames takes an int, a slice or a 1-D int array of frame "
-                            f"indices; got {index!r}. Use np.asarray(frames) for other indexing.")
+            raise TypeError(
+                f"EncodedFrames takes an int, a slice or a 1-D int array of frame "
+                f"indices; got {index!r}. Use np.asarray(frames) for other indexing."
+            )
         decoded = {int(i): self._decode(self._encoded[i]) for i in np.unique(positions)}
         return np.stack([decoded[int(i)] for i in positions])
 
@@ -121,9 +124,11 @@ def _folder_entries(split_dir: str) -> list[tuple[str, str]]:
     for class_name in sorted(os.listdir(split_dir)):
         class_dir = os.path.join(split_dir, class_name)
         if os.path.isdir(class_dir):
-            entries += [(os.path.join(class_dir, f), class_name)
-                        for f in sorted(os.listdir(class_dir))
-                        if f.lower().endswith(VIDEO_EXTENSIONS)]
+            entries += [
+                (os.path.join(class_dir, f), class_name)
+                for f in sorted(os.listdir(class_dir))
+                if f.lower().endswith(VIDEO_EXTENSIONS)
+            ]
     return entries
 
 
@@ -141,8 +146,9 @@ def _csv_entries(manual_dir: str, split: str, csv_path: str) -> list[tuple[str, 
                     start, end = int(row["time_start"]), int(row["time_end"])
                     stem = f"{row['youtube_id']}_{start:06d}_{end:06d}"
                 except (KeyError, ValueError) as error:
-                    raise ValueError(f"{csv_path}: row {row} needs 'path' or youtube_id, "
-                                     "time_start, time_end.") from error
+                    raise ValueError(
+                        f"{csv_path}: row {row} needs 'path' or youtube_id, time_start, time_end."
+                    ) from error
                 flat = os.path.join(manual_dir, split, stem + ".mp4")
                 nested = os.path.join(manual_dir, split, row["label"], stem + ".mp4")
                 path = nested if os.path.isfile(nested) else flat
@@ -158,8 +164,10 @@ def list_split(manual_dir: str, split: str) -> list[tuple[str, str]]:
         return _csv_entries(manual_dir, split, csv_path)
     split_dir = os.path.join(manual_dir, split)
     if not os.path.isdir(split_dir):
-        raise ValueError(f"missing video split {split!r}: expected {csv_path} or class folders "
-                         f"under {split_dir}.")
+        raise ValueError(
+            f"missing video split {split!r}: expected {csv_path} or class folders "
+            f"under {split_dir}."
+        )
     return _folder_entries(split_dir)
 
 
@@ -167,12 +175,16 @@ def _record(entry: tuple[str, int], *, manual_dir: str, short_side: int, max_fra
     """One prepared record: {'name': path relative to manual_dir, 'label', 'video': [JPEG]}."""
     path, label = entry
     frames = decode_video(path, short_side=short_side, max_frames=max_frames)
-    return {"name": os.path.relpath(path, manual_dir), "label": label,
-            "video": [records.encode_jpeg(frame) for frame in frames]}
+    return {
+        "name": os.path.relpath(path, manual_dir),
+        "label": label,
+        "video": [records.encode_jpeg(frame) for frame in frames],
+    }
 
 
-def kinetics_listing(manual_dir: str, splits: tuple[str, ...] = SPLITS
-                     ) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+def kinetics_listing(
+    manual_dir: str, splits: tuple[str, ...] = SPLITS
+) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
     """({split: [(video path, class name)]}, class names sorted) in the Kinetics layout.
 
     Classes of later splits must all occur in the first (ValueError otherwise)."""
@@ -181,42 +193,59 @@ def kinetics_listing(manual_dir: str, splits: tuple[str, ...] = SPLITS
     for split, entries in listed.items():
         unknown = sorted({name for _, name in entries} - set(classes))
         if unknown:
-            raise ValueError(f"split {split!r} has classes {unknown[:5]} absent from "
-                             f"{splits[0]!r}; every class needs training videos.")
+            raise ValueError(
+                f"split {split!r} has classes {unknown[:5]} absent from "
+                f"{splits[0]!r}; every class needs training videos."
+            )
     return listed, classes
 
 
-def ucf101_listing(manual_dir: str, fold: int = 1
-                   ) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+def ucf101_listing(
+    manual_dir: str, fold: int = 1
+) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
     """UCF101 (our builder in place of tfds'): UCF-101/CLASS/v_CLASS_gXX_cYY.avi videos and the
     official ucfTrainTestlist/{classInd,trainlist0F,testlist0F}.txt; splits 'train' and 'test'.
     Class index = classInd's number - 1 (as tfds)."""
     lists = os.path.join(manual_dir, "ucfTrainTestlist")
     class_file = records.require_file(os.path.join(lists, "classInd.txt"), "UCF101 class list")
     with open(class_file) as f:
-        numbered = sorted((int(number), name)
-                          for number, name in (line.split() for line in f if line.strip()))
+        numbered = sorted(
+            (int(number), name) for number, name in (line.split() for line in f if line.strip())
+        )
     classes = [name for _, name in numbered]
     listed = {}
     for split, list_name in (("train", f"trainlist0{fold}.txt"), ("test", f"testlist0{fold}.txt")):
         list_file = records.require_file(os.path.join(lists, list_name), "UCF101 split list")
         with open(list_file) as f:
             relative = [line.split()[0] for line in f if line.strip()]
-        listed[split] = [(records.require_file(os.path.join(manual_dir, "UCF-101", r),
-                                               f"video listed in {list_file}"), r.split("/")[0])
-                         for r in relative]
+        listed[split] = [
+            (
+                records.require_file(
+                    os.path.join(manual_dir, "UCF-101", r), f"video listed in {list_file}"
+                ),
+                r.split("/")[0],
+            )
+            for r in relative
+        ]
     return listed, classes
 
 
-def build_splits(manual_dir: str, listed: dict[str, list[tuple[str, str]]], classes: list[str], *,
-                 short_side: int = 256, max_frames: int = 300,
-                 num_workers: int = 1) -> dict[str, Callable[[], Iterator[dict]]]:
+def build_splits(
+    manual_dir: str,
+    listed: dict[str, list[tuple[str, str]]],
+    classes: list[str],
+    *,
+    short_side: int = 256,
+    max_frames: int = 300,
+    num_workers: int = 1,
+) -> dict[str, Callable[[], Iterator[dict]]]:
     """split → generator of records for the `listed` videos (see *_listing).
 
     With num_workers > 1, videos are decoded in that many processes (order is kept)."""
     index = {name: i for i, name in enumerate(classes)}
-    make_record = functools.partial(_record, manual_dir=manual_dir, short_side=short_side,
-                                    max_frames=max_frames)
+    make_record = functools.partial(
+        _record, manual_dir=manual_dir, short_side=short_side, max_frames=max_frames
+    )
 
     def examples(split: str) -> Iterator[dict]:
         entries = [(path, index[name]) for path, name in listed[split]]

@@ -16,15 +16,20 @@ Which types apply to a dataset is its task's `eval_types` (dnl_jax/tasks/). The 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 
 from dnl_jax import tasks
 from dnl_jax.evaluators.batched import BatchedEvaluator
 from dnl_jax.evaluators.coco import CocoEvaluator
-from dnl_jax.evaluators.common import (EvalContext, Evaluator, NonFiniteOutputs,
-                                       make_predict_fn, settings_with_defaults)
+from dnl_jax.evaluators.common import (
+    EvalContext,
+    Evaluator,
+    NonFiniteOutputs,
+    make_predict_fn,
+    settings_with_defaults,
+)
 from dnl_jax.evaluators.segmentation import SegmentationEvaluator
 from dnl_jax.evaluators.video import MultiViewEvaluator
 
@@ -44,9 +49,11 @@ def _settings(name: str, section: Mapping, config, **hardware) -> tuple[type[Eva
     task = tasks.for_dataset(config.data.name)
     applies = task.eval_types(config.data)
     if section["type"] not in applies:
-        raise ValueError(f"config.evals.{name}.type={section['type']!r} does not apply to the "
-                         f"{task.name} dataset {config.data.name!r}; use "
-                         f"{' or '.join(f'type={t!r}' for t in applies)}.")
+        raise ValueError(
+            f"config.evals.{name}.type={section['type']!r} does not apply to the "
+            f"{task.name} dataset {config.data.name!r}; use "
+            f"{' or '.join(f'type={t!r}' for t in applies)}."
+        )
     cls = TYPES[section["type"]]
     settings = settings_with_defaults(name, section, cls.KEYS, section["type"])
     cls.check(name, settings, config, **hardware)
@@ -58,8 +65,10 @@ def check_config(config, *, num_devices: int, num_processes: int) -> None:
     value, a batch that does not split over `num_devices`), naming the key and the fix."""
     evals = config.evals
     if RANKING_EVAL not in evals:
-        raise ValueError(f"config.evals has no {RANKING_EVAL!r} evaluator (it ranks the "
-                         "checkpoints); add config.evals.val = dict(type=..., every_steps=...).")
+        raise ValueError(
+            f"config.evals has no {RANKING_EVAL!r} evaluator (it ranks the "
+            "checkpoints); add config.evals.val = dict(type=..., every_steps=...)."
+        )
     for name, section in evals.items():
         _settings(name, section, config, num_devices=num_devices, num_processes=num_processes)
 
@@ -69,11 +78,20 @@ def from_config(config, context: EvalContext) -> list[Evaluator]:
     built on `context`."""
     built = []
     for name, section in config.evals.items():
-        cls, settings = _settings(name, section, config, num_devices=jax.device_count(),
-                                  num_processes=jax.process_count())
+        cls, settings = _settings(
+            name, section, config, num_devices=jax.device_count(), num_processes=jax.process_count()
+        )
         built.append(cls(name, context, settings))
     return built
 
 
-__all__ = ["TYPES", "RANKING_EVAL", "EvalContext", "Evaluator", "NonFiniteOutputs",
-           "make_predict_fn", "check_config", "from_config"]
+__all__ = [
+    "TYPES",
+    "RANKING_EVAL",
+    "EvalContext",
+    "Evaluator",
+    "NonFiniteOutputs",
+    "make_predict_fn",
+    "check_config",
+    "from_config",
+]

@@ -29,14 +29,16 @@ class BatchedEvaluator(common.Evaluator):
     KEYS = {"every_steps": 50, "batch_size": 32, "short_side": 0}
 
     @classmethod
-    def check(cls, name: str, settings: dict, config, *, num_devices: int,
-              num_processes: int) -> None:
-        super().check(name, settings, config, num_devices=num_devices,
-                      num_processes=num_processes)
+    def check(
+        cls, name: str, settings: dict, config, *, num_devices: int, num_processes: int
+    ) -> None:
+        super().check(name, settings, config, num_devices=num_devices, num_processes=num_processes)
         batch, devices = settings["batch_size"], num_devices
         if not isinstance(batch, int) or batch < 1 or batch % devices:
-            raise ValueError(f"config.evals.{name}.batch_size={batch!r} must be a positive "
-                             f"multiple of the {devices} devices.")
+            raise ValueError(
+                f"config.evals.{name}.batch_size={batch!r} must be a positive "
+                f"multiple of the {devices} devices."
+            )
         task = tasks.for_dataset(config.data.name)  # batched applies: evaluators.check_config
         if task.input_key == "video":  # one view per video: its short side
             video.check_views(name, settings, ("short_side",))
@@ -54,13 +56,16 @@ class BatchedEvaluator(common.Evaluator):
             preprocess = one_view_preprocess(context.config.data, self.settings["short_side"])
         totals = None
         for batch in pipeline.eval_batches(
-                context.source,
-                local_batch=self.settings["batch_size"] // context.driver.data_process_count,
-                process_index=context.driver.data_process_index,
-                process_count=context.driver.data_process_count,
-                preprocess=preprocess, pad_label=context.bundle.pad_label,
-                check=tasks.for_dataset(context.config.data.name).label_check(
-                    context.config.data, "evaluation examples in a batch")):
+            context.source,
+            local_batch=self.settings["batch_size"] // context.driver.data_process_count,
+            process_index=context.driver.data_process_index,
+            process_count=context.driver.data_process_count,
+            preprocess=preprocess,
+            pad_label=context.bundle.pad_label,
+            check=tasks.for_dataset(context.config.data.name).label_check(
+                context.config.data, "evaluation examples in a batch"
+            ),
+        ):
             context.between_batches()
             sums = context.driver.eval_step(state, batch)
             totals = sums if totals is None else jax.tree.map(np.add, totals, sums)

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 import jax
 import numpy as np
 
 from dnl_jax.data import pipeline
-from dnl_jax.evaluators import common
-from dnl_jax.evaluators import coco_eval
+from dnl_jax.evaluators import coco_eval, common
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +45,16 @@ def synthetic_ground_truth(source) -> tuple[dict, list[int]]:
         example = source[index]
         valid = np.asarray(example["gt_valid"], bool)
         height, width = (int(v) for v in np.asarray(example["image_size"]))
-        images.append({"id": int(example["image_id"]), "height": height, "width": width,
-                       "boxes": np.asarray(example["gt_boxes"])[valid],
-                       "labels": np.asarray(example["gt_labels"])[valid],
-                       "masks": np.asarray(example["gt_masks"])[valid, :height, :width]})
+        images.append(
+            {
+                "id": int(example["image_id"]),
+                "height": height,
+                "width": width,
+                "boxes": np.asarray(example["gt_boxes"])[valid],
+                "labels": np.asarray(example["gt_labels"])[valid],
+                "masks": np.asarray(example["gt_masks"])[valid, :height, :width],
+            }
+        )
     category_ids = list(range(1, int(source.num_classes) + 1))
     return coco_eval.ground_truth_dataset(images, category_ids), category_ids
 
@@ -60,8 +64,7 @@ def _geometry(example: dict) -> dict:
     size = np.asarray(example["image_size"], np.float32)
     scale = np.asarray(example.get("scale_factor", (1.0, 1.0)), np.float32)
     orig = np.asarray(example.get("orig_size", np.round(size / scale)), np.int32)
-    return {"image_id": np.int32(example["image_id"]), "scale_factor": scale,
-            "orig_size": orig}
+    return {"image_id": np.int32(example["image_id"]), "scale_factor": scale, "orig_size": orig}
 
 
 def rows_to_results(rows: dict, category_ids, mask_threshold: float = 0.5) -> list[dict]:
@@ -75,36 +78,47 @@ def rows_to_results(rows: dict, category_ids, mask_threshold: float = 0.5) -> li
     if "masks" in outputs:
         outputs["masks"] = outputs["masks"].astype(np.float32)
     outputs["boxes"] = rows["boxes"] / per_coordinate[:, None, :]
-    return coco_eval.model_results(outputs, rows["image_id"].tolist(), rows["orig_size"],
-                                   category_ids, mask_threshold=mask_threshold)
+    return coco_eval.model_results(
+        outputs,
+        rows["image_id"].tolist(),
+        rows["orig_size"],
+        category_ids,
+        mask_threshold=mask_threshold,
+    )
 
 
 class CocoEvaluator(common.Evaluator):
     """COCO AP of the detector (module docstring)."""
 
-    KEYS = {"every_steps": 0, "batch_size": 8, "iou_types": coco_eval.IOU_TYPES,
-            "write_results": True, "mask_threshold": 0.5}
+    KEYS = {
+        "every_steps": 0,
+        "batch_size": 8,
+        "iou_types": coco_eval.IOU_TYPES,
+        "write_results": True,
+        "mask_threshold": 0.5,
+    }
 
     @classmethod
-    def check(cls, name: str, settings: dict, config, *, num_devices: int,
-              num_processes: int) -> None:
-        super().check(name, settings, config, num_devices=num_devices,
-                      num_processes=num_processes)
+    def check(
+        cls, name: str, settings: dict, config, *, num_devices: int, num_processes: int
+    ) -> None:
+        super().check(name, settings, config, num_devices=num_devices, num_processes=num_processes)
         where = f"config.evals.{name}"
         batch = settings["batch_size"]
         if not isinstance(batch, int) or batch < 1 or batch % num_processes:
-            raise ValueError(f"{where}.batch_size={batch!r} must be a positive multiple of the "
-                             f"{num_processes} hosts.")
+            raise ValueError(
+                f"{where}.batch_size={batch!r} must be a positive multiple of the "
+                f"{num_processes} hosts."
+            )
         iou_types = tuple(settings["iou_types"])
         if not iou_types or set(iou_types) - set(coco_eval.IOU_TYPES):
-            raise ValueError(f"{where}.iou_types={iou_types}; choose from "
-                             f"{coco_eval.IOU_TYPES}.")
+            raise ValueError(f"{where}.iou_types={iou_types}; choose from {coco_eval.IOU_TYPES}.")
         if not 0 < settings["mask_threshold"] < 1:
             raise ValueError(f"{where}.mask_threshold must be in (0, 1).")
 
     def __init__(self, name, context, settings):
         super().__init__(name, context, settings)
-        self._ground_truth: Optional[tuple[dict, list[int]]] = None
+        self._ground_truth: tuple[dict, list[int]] | None = None
 
     def ground_truth(self) -> tuple[dict, list[int]]:
         """(COCO dataset dict, category ids), built once."""
@@ -123,16 +137,18 @@ class CocoEvaluator(common.Evaluator):
         predict = jax.jit(lambda v, image, size: module.apply(v, image, size, train=False))
         source, hosts = self.context.source, jax.process_count()
         local_batch = self.settings["batch_size"] // hosts
-        steps = pipeline.num_eval_batches(len(source), local_batch=local_batch,
-                                          process_count=hosts)
+        steps = pipeline.num_eval_batches(len(source), local_batch=local_batch, process_count=hosts)
         indices = range(jax.process_index(), len(source), hosts)  # this host's examples
         chunks = []
         for step in range(steps):  # examples are read a batch at a time
-            batch = [source[i] for i in indices[step * local_batch:(step + 1) * local_batch]]
+            batch = [source[i] for i in indices[step * local_batch : (step + 1) * local_batch]]
             count = len(batch)
             batch = batch + [batch[0] if batch else source[0]] * (local_batch - count)
-            outputs = predict(variables, np.stack([e["image"] for e in batch]),
-                              np.stack([np.asarray(e["image_size"], np.float32) for e in batch]))
+            outputs = predict(
+                variables,
+                np.stack([e["image"] for e in batch]),
+                np.stack([np.asarray(e["image_size"], np.float32) for e in batch]),
+            )
             rows = {key: np.asarray(outputs[key]) for key in _OUTPUT_KEYS}
             rows["masks"] = rows["masks"].astype(np.float16)  # probabilities; halves host memory
             geometry = [_geometry(e) for e in batch]
@@ -145,22 +161,26 @@ class CocoEvaluator(common.Evaluator):
         from jax.experimental import multihost_utils
 
         gathered = multihost_utils.process_allgather(local)
-        return {key: np.asarray(value).reshape((-1,) + value.shape[2:])
-                for key, value in gathered.items()}
+        return {
+            key: np.asarray(value).reshape((-1,) + value.shape[2:])
+            for key, value in gathered.items()
+        }
 
-    def results_path(self) -> Optional[str]:
+    def results_path(self) -> str | None:
         """Where the results JSON goes: the context's output_dir (the evaluate command), else
         the run's workdir/predictions, else nowhere."""
         directory = self.context.output_dir or (
-            os.path.join(self.context.workdir, "predictions") if self.context.workdir else None)
+            os.path.join(self.context.workdir, "predictions") if self.context.workdir else None
+        )
         if not self.settings["write_results"] or directory is None:
             return None
         return os.path.join(directory, f"{self.name}_coco_results.json")
 
     def run(self, state) -> dict:
         dataset, category_ids = self.ground_truth()
-        results = rows_to_results(self.predict_rows(state), category_ids,
-                                  self.settings["mask_threshold"])
+        results = rows_to_results(
+            self.predict_rows(state), category_ids, self.settings["mask_threshold"]
+        )
         path = self.results_path()
         if path is not None and jax.process_index() == 0:
             os.makedirs(os.path.dirname(path), exist_ok=True)

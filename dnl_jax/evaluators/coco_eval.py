@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_util
@@ -23,8 +23,20 @@ from pycocotools.cocoeval import COCOeval
 
 from dnl_jax.models.detection import proposals
 
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
-              "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 IOU_TYPES = ("bbox", "segm")
 
 
@@ -46,39 +58,62 @@ def ground_truth_dataset(images: Iterable[dict], category_ids: Sequence[int]) ->
     counts them as misses, as the reference keeps what the annotation says)."""
     annotations, image_entries = [], []
     for image in images:
-        image_entries.append({"id": int(image["id"]), "height": int(image["height"]),
-                              "width": int(image["width"])})
+        image_entries.append(
+            {"id": int(image["id"]), "height": int(image["height"]), "width": int(image["width"])}
+        )
         boxes = _xywh(image["boxes"])
         masks = image.get("masks")
         crowd = image.get("iscrowd", np.zeros(len(boxes), bool))
-        for index, (box, label) in enumerate(zip(boxes, image["labels"])):
-            entry = {"id": len(annotations) + 1, "image_id": int(image["id"]),
-                     "category_id": int(category_ids[int(label)]), "bbox": box.tolist(),
-                     "iscrowd": int(crowd[index]), "area": float(box[2] * box[3])}
+        for index, (box, label) in enumerate(zip(boxes, image["labels"], strict=False)):
+            entry = {
+                "id": len(annotations) + 1,
+                "image_id": int(image["id"]),
+                "category_id": int(category_ids[int(label)]),
+                "bbox": box.tolist(),
+                "iscrowd": int(crowd[index]),
+                "area": float(box[2] * box[3]),
+            }
             if masks is not None:
                 entry["segmentation"] = encode_mask(masks[index])
                 entry["area"] = float(np.asarray(masks[index], bool).sum())
             annotations.append(entry)
-    return {"images": image_entries, "annotations": annotations,
-            "categories": [{"id": int(c), "name": str(c)} for c in category_ids]}
+    return {
+        "images": image_entries,
+        "annotations": annotations,
+        "categories": [{"id": int(c), "name": str(c)} for c in category_ids],
+    }
 
 
-def detection_results(image_id: int, boxes: np.ndarray, scores: np.ndarray,
-                      labels: np.ndarray, category_ids: Sequence[int],
-                      masks: Optional[np.ndarray] = None) -> list[dict]:
+def detection_results(
+    image_id: int,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    category_ids: Sequence[int],
+    masks: np.ndarray | None = None,
+) -> list[dict]:
     """One image's detections as COCO results entries (bbox in x, y, w, h; RLE masks)."""
     results = []
-    for index, (box, score, label) in enumerate(zip(_xywh(boxes), scores, labels)):
-        entry = {"image_id": int(image_id), "category_id": int(category_ids[int(label)]),
-                 "bbox": [round(float(v), 3) for v in box], "score": float(score)}
+    for index, (box, score, label) in enumerate(zip(_xywh(boxes), scores, labels, strict=False)):
+        entry = {
+            "image_id": int(image_id),
+            "category_id": int(category_ids[int(label)]),
+            "bbox": [round(float(v), 3) for v in box],
+            "score": float(score),
+        }
         if masks is not None:
             entry["segmentation"] = encode_mask(masks[index])
         results.append(entry)
     return results
 
 
-def model_results(outputs: dict, image_ids: Sequence[int], image_sizes: np.ndarray,
-                  category_ids: Sequence[int], mask_threshold: float = 0.5) -> list[dict]:
+def model_results(
+    outputs: dict,
+    image_ids: Sequence[int],
+    image_sizes: np.ndarray,
+    category_ids: Sequence[int],
+    mask_threshold: float = 0.5,
+) -> list[dict]:
     """`MaskRCNN` predictions for a batch (`boxes` `[B, D, 4]`, `scores`, `labels`, `valid`
     `[B, D]`, `masks` `[B, D, M, M]` probabilities) → COCO results entries, the masks pasted
     into each image's valid (height, width) and binarised at `mask_threshold` (mmdet's
@@ -93,8 +128,14 @@ def model_results(outputs: dict, image_ids: Sequence[int], image_sizes: np.ndarr
         if "masks" in outputs:
             pasted = proposals.paste_masks(outputs["masks"][b][keep], boxes, height, width)
             masks = np.asarray(pasted) >= mask_threshold
-        results += detection_results(image_id, boxes, outputs["scores"][b][keep],
-                                     outputs["labels"][b][keep], category_ids, masks)
+        results += detection_results(
+            image_id,
+            boxes,
+            outputs["scores"][b][keep],
+            outputs["labels"][b][keep],
+            category_ids,
+            masks,
+        )
     return results
 
 
@@ -104,16 +145,19 @@ def write_results(results: list[dict], path: str) -> None:
         json.dump(results, f)
 
 
-def evaluate(dataset: dict, results: list[dict],
-             iou_types: Sequence[str] = IOU_TYPES) -> tuple[dict[str, float], str]:
+def evaluate(
+    dataset: dict, results: list[dict], iou_types: Sequence[str] = IOU_TYPES
+) -> tuple[dict[str, float], str]:
     """COCOeval for each IoU type → ({'bbox_AP': …, 'segm_AP50': …, …}, COCOeval's printed
     summary). No detections at all gives AP 0 (COCO cannot load an empty result list)."""
     unknown = set(iou_types) - set(IOU_TYPES)
     if unknown:
         raise ValueError(f"unknown IoU types {sorted(unknown)}; choose from {IOU_TYPES}.")
     if iou_types and "segm" in iou_types and results and "segmentation" not in results[0]:
-        raise ValueError("segm AP needs 'segmentation' in the results; pass masks to "
-                         "detection_results or evaluate with iou_types=('bbox',).")
+        raise ValueError(
+            "segm AP needs 'segmentation' in the results; pass masks to "
+            "detection_results or evaluate with iou_types=('bbox',)."
+        )
     metrics, summary = {}, io.StringIO()
     with contextlib.redirect_stdout(summary):
         ground_truth = COCO()
@@ -128,10 +172,21 @@ def evaluate(dataset: dict, results: list[dict],
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-            metrics.update({f"{iou_type}_{name}": float(value)
-                            for name, value in zip(STAT_NAMES, evaluator.stats)})
+            metrics.update(
+                {
+                    f"{iou_type}_{name}": float(value)
+                    for name, value in zip(STAT_NAMES, evaluator.stats, strict=False)
+                }
+            )
     return metrics, summary.getvalue()
 
 
-__all__ = ["ground_truth_dataset", "detection_results", "model_results", "write_results",
-           "evaluate", "encode_mask", "STAT_NAMES"]
+__all__ = [
+    "ground_truth_dataset",
+    "detection_results",
+    "model_results",
+    "write_results",
+    "evaluate",
+    "encode_mask",
+    "STAT_NAMES",
+]

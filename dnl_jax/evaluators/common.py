@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, Iterator, Mapping, Optional
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,8 @@ class EvalContext:
     module: Any
     source: Any
     driver: Any
-    output_dir: Optional[str] = None
-    workdir: Optional[str] = None
+    output_dir: str | None = None
+    workdir: str | None = None
     between_batches: Callable[[], None] = lambda: None
 
 
@@ -55,8 +56,10 @@ def check_finite(count, what: str = "outputs") -> None:
     """Raises NonFiniteOutputs when `count` (of non-finite values, summed over hosts) is > 0:
     an argmax would silently read NaN as class 0."""
     if int(count):
-        raise NonFiniteOutputs(f"{int(count)} non-finite (NaN or inf) {what} in evaluation; "
-                               "the metrics would be meaningless, so it stopped.")
+        raise NonFiniteOutputs(
+            f"{int(count)} non-finite (NaN or inf) {what} in evaluation; "
+            "the metrics would be meaningless, so it stopped."
+        )
 
 
 class Evaluator:
@@ -71,14 +74,17 @@ class Evaluator:
         self.every_steps = int(self.settings["every_steps"])
 
     @classmethod
-    def check(cls, name: str, settings: Mapping[str, Any], config, *, num_devices: int,
-              num_processes: int) -> None:
+    def check(
+        cls, name: str, settings: Mapping[str, Any], config, *, num_devices: int, num_processes: int
+    ) -> None:
         """Raises ValueError for a bad value (keys are checked by `settings_with_defaults`) or
         one that does not fit the devices / hosts at hand."""
         every = settings["every_steps"]
         if not isinstance(every, int) or every < 0:
-            raise ValueError(f"config.evals.{name}.every_steps={every!r} must be an integer "
-                             ">= 0 (0: only at the end of the run).")
+            raise ValueError(
+                f"config.evals.{name}.every_steps={every!r} must be an integer "
+                ">= 0 (0: only at the end of the run)."
+            )
 
     def due(self, step: int, *, final: bool) -> bool:
         """Whether to run after `step` (step 0: before training)."""
@@ -91,20 +97,26 @@ class Evaluator:
 
     def predict_fn(self, state) -> PredictFn:
         """`make_predict_fn` of the context's module with `state`'s weights."""
-        return make_predict_fn(self.context.module, self.context.driver.host_variables(state),
-                               space=getattr(self.context.driver, "space", 1))
+        return make_predict_fn(
+            self.context.module,
+            self.context.driver.host_variables(state),
+            space=getattr(self.context.driver, "space", 1),
+        )
 
 
-def settings_with_defaults(name: str, section: Mapping[str, Any], keys: Mapping[str, Any],
-                           evaluator_type: str) -> dict:
+def settings_with_defaults(
+    name: str, section: Mapping[str, Any], keys: Mapping[str, Any], evaluator_type: str
+) -> dict:
     """`section` (without 'type') over `keys`' defaults; ValueError for an unknown key."""
     settings = {k: v for k, v in section.items() if k != "type"}
     for key in settings:
         if key not in keys:
             close = difflib.get_close_matches(key, list(keys), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"config.evals.{name}.{key}: unknown key for an evaluator of type "
-                             f"{evaluator_type!r}.{hint} Known: {sorted(keys)}.")
+            raise ValueError(
+                f"config.evals.{name}.{key}: unknown key for an evaluator of type "
+                f"{evaluator_type!r}.{hint} Known: {sorted(keys)}."
+            )
     return {**keys, **settings}
 
 
@@ -118,11 +130,14 @@ def make_predict_fn(module, variables: Mapping, *, space: int = 1) -> PredictFn:
     because the host-side averaging and softmax of bfloat16 would lose precision."""
     space = min(space, jax.local_device_count())
     if space <= 1:
-        apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"]
-                        .astype(jnp.float32))
+        apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"].astype(jnp.float32))
         return lambda inputs: apply(variables, inputs)
-    mesh = jax.make_mesh((1, space), ("data", "space"), devices=jax.local_devices()[:space],
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    mesh = jax.make_mesh(
+        (1, space),
+        ("data", "space"),
+        devices=jax.local_devices()[:space],
+        axis_types=(jax.sharding.AxisType.Auto,) * 2,
+    )
     spec = jax.sharding.PartitionSpec(None, "space")
 
     def sharded(v, x):
@@ -130,13 +145,15 @@ def make_predict_fn(module, variables: Mapping, *, space: int = 1) -> PredictFn:
         return module.apply(v, x, train=False)["logits"].astype(jnp.float32)
 
     with jax.set_mesh(mesh):
-        replicated = jax.device_put(variables, jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec()))
+        replicated = jax.device_put(
+            variables, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        )
     apply = jax.jit(sharded)
 
     def predict(inputs):
         with jax.set_mesh(mesh):
             return np.asarray(apply(replicated, inputs))
+
     return predict
 
 
@@ -157,11 +174,10 @@ def sum_over_hosts(tree):
         return tree
     from jax.experimental import multihost_utils
 
-    return jax.tree.map(lambda x: np.asarray(x).sum(0),
-                        multihost_utils.process_allgather(tree))
+    return jax.tree.map(lambda x: np.asarray(x).sum(0), multihost_utils.process_allgather(tree))
 
 
-def positive_pair(value) -> Optional[tuple[int, int]]:
+def positive_pair(value) -> tuple[int, int] | None:
     """(h, w) of two positive sizes, or None (for (0, 0) placeholders and other bad values)."""
     value = tuple(value) if value is not None else ()
     if len(value) == 2 and all(int(v) >= 1 for v in value):

@@ -15,14 +15,14 @@ softmax probabilities are averaged over all views.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
 from dnl_jax.evaluators.common import PredictFn
-from dnl_jax.ops import host_softmax as softmax
 from dnl_jax.models.segmentor import resize_bilinear
+from dnl_jax.ops import host_softmax as softmax
 
 MODES = ("whole", "slide")
 
@@ -34,14 +34,16 @@ def resize(x: np.ndarray, size: Sequence[int], *, align_corners: bool = False) -
     return np.asarray(resize_bilinear(jnp.asarray(x, jnp.float32), size, align_corners))
 
 
-def whole_inference(predict_fn: PredictFn, images: np.ndarray, *,
-                    align_corners: bool = False) -> np.ndarray:
+def whole_inference(
+    predict_fn: PredictFn, images: np.ndarray, *, align_corners: bool = False
+) -> np.ndarray:
     """`[B, H, W, 3]` → logits `[B, H, W, K]` from one call on the whole images."""
     return resize(np.asarray(predict_fn(images)), images.shape[1:3], align_corners=align_corners)
 
 
-def sliding_windows(height: int, width: int, crop_size: Sequence[int],
-                    stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
+def sliding_windows(
+    height: int, width: int, crop_size: Sequence[int], stride: Sequence[int]
+) -> list[tuple[int, int, int, int]]:
     """(y1, y2, x1, x2) of every window, all of size min(crop, image) per axis (mmseg's grid)."""
     (crop_h, crop_w), (stride_h, stride_w) = crop_size, stride
     if min(crop_h, crop_w, stride_h, stride_w) < 1:
@@ -56,9 +58,15 @@ def sliding_windows(height: int, width: int, crop_size: Sequence[int],
     return boxes
 
 
-def slide_inference(predict_fn: PredictFn, images: np.ndarray, *, crop_size: Sequence[int],
-                    stride: Sequence[int], window_batch: int = 8,
-                    align_corners: bool = False) -> np.ndarray:
+def slide_inference(
+    predict_fn: PredictFn,
+    images: np.ndarray,
+    *,
+    crop_size: Sequence[int],
+    stride: Sequence[int],
+    window_batch: int = 8,
+    align_corners: bool = False,
+) -> np.ndarray:
     """`[B, H, W, 3]` → logits `[B, H, W, K]` averaged over overlapping windows.
 
     Windows (of all images) go to `predict_fn` in batches of `window_batch`.
@@ -66,25 +74,32 @@ def slide_inference(predict_fn: PredictFn, images: np.ndarray, *, crop_size: Seq
     batch, height, width = images.shape[:3]
     boxes = sliding_windows(height, width, crop_size, stride)
     crops = np.stack([images[b, y1:y2, x1:x2] for b in range(batch) for y1, y2, x1, x2 in boxes])
-    outputs = [whole_inference(predict_fn, crops[i:i + window_batch],
-                               align_corners=align_corners)
-               for i in range(0, len(crops), window_batch)]
+    outputs = [
+        whole_inference(predict_fn, crops[i : i + window_batch], align_corners=align_corners)
+        for i in range(0, len(crops), window_batch)
+    ]
     window_logits = np.concatenate(outputs)
     logits = np.zeros((batch, height, width, window_logits.shape[-1]), np.float32)
     counts = np.zeros((1, height, width, 1), np.float32)
-    for (y1, y2, x1, x2) in boxes:
+    for y1, y2, x1, x2 in boxes:
         counts[:, y1:y2, x1:x2] += 1
-    for index, (b, (y1, y2, x1, x2)) in enumerate(
-            (b, box) for b in range(batch) for box in boxes):
+    for index, (b, (y1, y2, x1, x2)) in enumerate((b, box) for b in range(batch) for box in boxes):
         logits[b, y1:y2, x1:x2] += window_logits[index]
     return logits / counts
 
 
-def predict_scores(predict_fn: PredictFn, images: np.ndarray, *, mode: str = "whole",
-                   crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-                   scales: Sequence[float] = (1.0,), flip: bool = False,
-                   output_size: Sequence[int] | None = None,
-                   align_corners: bool = False) -> np.ndarray:
+def predict_scores(
+    predict_fn: PredictFn,
+    images: np.ndarray,
+    *,
+    mode: str = "whole",
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    output_size: Sequence[int] | None = None,
+    align_corners: bool = False,
+) -> np.ndarray:
     """Class scores `[B, *output_size, K]` (default output size: the images').
 
     One view (scales == (1.0,), no flip): the logits. Several views: the mean softmax
@@ -93,8 +108,10 @@ def predict_scores(predict_fn: PredictFn, images: np.ndarray, *, mode: str = "wh
     if mode not in MODES:
         raise ValueError(f"eval mode {mode!r}; choose one of {MODES}.")
     if mode == "slide" and (crop_size is None or stride is None):
-        raise ValueError("eval mode 'slide' needs eval.crop_size and eval.stride, e.g. "
-                         "(512, 1024) and (341, 683) for Cityscapes.")
+        raise ValueError(
+            "eval mode 'slide' needs eval.crop_size and eval.stride, e.g. "
+            "(512, 1024) and (341, 683) for Cityscapes."
+        )
     height, width = images.shape[1:3]
     output_size = tuple(output_size or (height, width))
     flips = (False, True) if flip else (False,)
@@ -106,8 +123,9 @@ def predict_scores(predict_fn: PredictFn, images: np.ndarray, *, mode: str = "wh
         view = resized(images, size)
         view = view[:, :, ::-1] if flipped else view
         if mode == "slide":
-            logits = slide_inference(predict_fn, view, crop_size=crop_size, stride=stride,
-                                     align_corners=align_corners)
+            logits = slide_inference(
+                predict_fn, view, crop_size=crop_size, stride=stride, align_corners=align_corners
+            )
         else:
             logits = whole_inference(predict_fn, view, align_corners=align_corners)
         logits = resized(logits[:, :, ::-1] if flipped else logits, output_size)

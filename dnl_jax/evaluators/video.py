@@ -13,7 +13,7 @@ the single middle-clip, centre-crop view of the batched evaluator (tasks/video.p
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -23,22 +23,40 @@ from dnl_jax.ops import host_softmax
 from dnl_jax.tasks.video import check_short_side, view_settings
 
 
-def video_view_counts(predict_fn: common.PredictFn, examples: Iterable[dict], *, clip_len: int,
-                      stride: int, crop_size: int, num_clips: int = 10, num_crops: int = 3,
-                      short_side: int | None = None) -> np.ndarray:
+def video_view_counts(
+    predict_fn: common.PredictFn,
+    examples: Iterable[dict],
+    *,
+    clip_len: int,
+    stride: int,
+    crop_size: int,
+    num_clips: int = 10,
+    num_crops: int = 3,
+    short_side: int | None = None,
+) -> np.ndarray:
     """int64 `[4]` = (correct views, views, correct videos, videos) for `predict_fn(videos
     [V,T,c,c,3]) -> logits [V,K]` on the num_clips x num_crops views of each example. Summable
     over hosts."""
     counts = np.zeros(4, np.int64)
     for example in examples:
-        views = transforms.video_eval_views(example, clip_len=clip_len, stride=stride,
-                                            crop_size=crop_size, num_clips=num_clips,
-                                            num_crops=num_crops, short_side=short_side)
+        views = transforms.video_eval_views(
+            example,
+            clip_len=clip_len,
+            stride=stride,
+            crop_size=crop_size,
+            num_clips=num_clips,
+            num_crops=num_crops,
+            short_side=short_side,
+        )
         logits = np.asarray(predict_fn(views["video"]), np.float32)
         common.check_finite(np.sum(~np.isfinite(logits)), "logits")
         label = int(example["label"])
-        counts += (int(np.sum(logits.argmax(-1) == label)), len(logits),
-                   int(host_softmax(logits).mean(0).argmax() == label), 1)
+        counts += (
+            int(np.sum(logits.argmax(-1) == label)),
+            len(logits),
+            int(host_softmax(logits).mean(0).argmax() == label),
+            1,
+        )
     return counts
 
 
@@ -51,8 +69,9 @@ def video_accuracies(counts: np.ndarray) -> dict[str, float]:
     return {"clip_accuracy": clip_hits / clip_total, "video_accuracy": video_hits / video_total}
 
 
-def evaluate_video(predict_fn: common.PredictFn, examples: Iterable[dict], **settings
-                   ) -> dict[str, float]:
+def evaluate_video(
+    predict_fn: common.PredictFn, examples: Iterable[dict], **settings
+) -> dict[str, float]:
     """`video_accuracies` of `video_view_counts(predict_fn, examples, **settings)`."""
     return video_accuracies(video_view_counts(predict_fn, examples, **settings))
 
@@ -62,8 +81,9 @@ def check_views(name: str, settings: dict, keys: tuple[str, ...]) -> None:
     for key in keys:
         low = 0 if key == "short_side" else 1
         if not isinstance(settings[key], int) or settings[key] < low:
-            raise ValueError(f"config.evals.{name}.{key}={settings[key]!r} must be an integer "
-                             f">= {low}.")
+            raise ValueError(
+                f"config.evals.{name}.{key}={settings[key]!r} must be an integer >= {low}."
+            )
 
 
 class MultiViewEvaluator(common.Evaluator):
@@ -79,8 +99,12 @@ class MultiViewEvaluator(common.Evaluator):
 
     def run(self, state) -> dict:
         s, context = self.settings, self.context
-        settings = view_settings(context.config.data, num_clips=s["num_clips"],
-                                 num_crops=s["num_crops"], short_side=s["short_side"])
+        settings = view_settings(
+            context.config.data,
+            num_clips=s["num_clips"],
+            num_crops=s["num_crops"],
+            short_side=s["short_side"],
+        )
         examples = common.host_examples(context.source, context.between_batches)
         counts = video_view_counts(self.predict_fn(state), examples, **settings)
         return video_accuracies(common.sum_over_hosts(counts))

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -115,5 +116,5 @@ def unwrap_state_dict(content: Any, source: str = "checkpoint") -> dict[str, np.
             )
         state_dict[str(name)] = to_numpy(value)
     if state_dict and all(name.startswith("module.") for name in state_dict):
-        state_dict = {name[len("module."):]: value for name, value in state_dict.items()}
+        state_dict = {name[len("module.") :]: value for name, value in state_dict.items()}
     return state_dict

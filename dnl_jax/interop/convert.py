@@ -31,26 +31,29 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dnl_jax import tasks
 from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.interop import mapping, mmaction, mmdet, segmentor
-from dnl_jax.interop.mapping import ConversionError
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
-from dnl_jax import tasks
+from dnl_jax.interop.mapping import ConversionError
 
 
-def _num_classes(state_dict: dict, given: Optional[int]) -> int:
+def _num_classes(state_dict: dict, given: int | None) -> int:
     if given is not None:
         return given
     key = "decode_head.conv_seg.weight"
     if key not in state_dict:
-        raise ValueError(f"the checkpoint has no {key!r} to read the number of classes from; "
-                         "pass --num-classes K.")
+        raise ValueError(
+            f"the checkpoint has no {key!r} to read the number of classes from; "
+            "pass --num-classes K."
+        )
     return int(to_numpy(state_dict[key]).shape[0])
 
 
@@ -59,44 +62,63 @@ def _as_segmentor_keys(state_dict: dict) -> dict:
     if any(key.startswith("backbone.") for key in state_dict):
         return state_dict
     if "stem.0.weight" in state_dict:
-        return {f"backbone.{key}": value for key, value in state_dict.items()
-                if not key.startswith(segmentor.CLASSIFIER_PREFIXES)}
-    raise ValueError("the checkpoint is neither an mmseg segmentor (backbone.*) nor a ResNetV1c "
-                     f"backbone (stem.*); first keys: {sorted(state_dict)[:6]}.")
+        return {
+            f"backbone.{key}": value
+            for key, value in state_dict.items()
+            if not key.startswith(segmentor.CLASSIFIER_PREFIXES)
+        }
+    raise ValueError(
+        "the checkpoint is neither an mmseg segmentor (backbone.*) nor a ResNetV1c "
+        f"backbone (stem.*); first keys: {sorted(state_dict)[:6]}."
+    )
 
 
-def build_module(state_dict: dict, model: str, num_classes: Optional[int],
-                 output_stride: int) -> Any:
+def build_module(state_dict: dict, model: str, num_classes: int | None, output_stride: int) -> Any:
     if model == "auto":
         return segmentor.segmentor_for_state_dict(state_dict, output_stride=output_stride)
-    bundle = tasks.get_model(model, _num_classes(state_dict, num_classes),
-                                output_stride=output_stride)
+    bundle = tasks.get_model(
+        model, _num_classes(state_dict, num_classes), output_stride=output_stride
+    )
     if bundle.task != "segmentation":
-        raise ValueError(f"--model {model!r} is a {bundle.task} model; only segmentation models "
-                         "convert from mmseg checkpoints.")
+        raise ValueError(
+            f"--model {model!r} is a {bundle.task} model; only segmentation models "
+            "convert from mmseg checkpoints."
+        )
     return bundle.module
 
 
-def _detector_module(state_dict: dict, model: str, num_classes: Optional[int]) -> Any:
+def _detector_module(state_dict: dict, model: str, num_classes: int | None) -> Any:
     """The `MaskRCNN` an mmdet checkpoint converts into: from its keys, or a registry model."""
     if model == "auto":
         return mmdet.detector_for_state_dict(state_dict)
     classes = num_classes or mmdet.detector_config(state_dict)["num_classes"]
     bundle = tasks.get_model(model, classes)
     if bundle.task != "detection":
-        raise ValueError(f"--model {model!r} is a {bundle.task} model; an mmdet Mask R-CNN "
-                         "converts into a detection model or --model auto.")
+        raise ValueError(
+            f"--model {model!r} is a {bundle.task} model; an mmdet Mask R-CNN "
+            "converts into a detection model or --model auto."
+        )
     return bundle.module
 
 
-def _target(state_dict: dict, model: str, num_classes: Optional[int], output_stride: int,
-            nl_mode: str, abn: Optional[bool] = None) -> tuple[dict, Any, dict, mapping.Rename]:
+def _target(
+    state_dict: dict,
+    model: str,
+    num_classes: int | None,
+    output_stride: int,
+    nl_mode: str,
+    abn: bool | None = None,
+) -> tuple[dict, Any, dict, mapping.Rename]:
     """(state_dict with segmentor keys, module, variable template, key rename) for the source."""
     if mmdet.is_mmdet_detector(state_dict):
         module = _detector_module(state_dict, model, num_classes)
         layout = mmdet.detect_layout(state_dict)
-        return (mmdet.prepared_state_dict(state_dict, layout, module, abn=abn), module,
-                mmdet.detector_template(module), mmdet.mmdet_rename(layout))
+        return (
+            mmdet.prepared_state_dict(state_dict, layout, module, abn=abn),
+            module,
+            mmdet.detector_template(module),
+            mmdet.mmdet_rename(layout),
+        )
     if mmaction.is_mmaction_recognizer(state_dict):
         module = mmaction.video_module(state_dict, model, num_classes, nl_mode=nl_mode)
         return state_dict, module, mmaction.video_template(module), mmaction.mmaction_rename
@@ -105,9 +127,18 @@ def _target(state_dict: dict, model: str, num_classes: Optional[int], output_str
     return state_dict, module, segmentor.segmentor_template(module), segmentor.mmseg_rename
 
 
-def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Optional[int] = None,
-            output_stride: int = 8, partial: bool = False, seed: int = 0,
-            nl_mode: str = "embedded_gaussian", abn: Optional[bool] = None) -> dict:
+def convert(
+    in_path: str,
+    out_dir: str,
+    *,
+    model: str = "auto",
+    num_classes: int | None = None,
+    output_stride: int = 8,
+    partial: bool = False,
+    seed: int = 0,
+    nl_mode: str = "embedded_gaussian",
+    abn: bool | None = None,
+) -> dict:
     """Converts `in_path` for `model` and writes `out_dir/state`; returns the summary dict.
     `abn`: mmdet checkpoints only, whether their batch norms are In-Place ABN (None: inferred,
     see `mmdet.abn_norm_layers`)."""
@@ -115,9 +146,13 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
     if os.path.exists(os.path.join(out_dir, "state")):
         raise ValueError(f"{out_dir}/state already exists; choose a new OUT_DIR or delete it.")
     state_dict, module, template, rename = _target(
-        load_torch_checkpoint(in_path), model, num_classes, output_stride, nl_mode, abn)
+        load_torch_checkpoint(in_path), model, num_classes, output_stride, nl_mode, abn
+    )
     loaded, report = mapping.torch_to_flax(
-        state_dict, template, rename=rename, strict=not partial,
+        state_dict,
+        template,
+        rename=rename,
+        strict=not partial,
         what=f"{in_path} for --model {model}",
     )
     variables = loaded
@@ -136,16 +171,23 @@ def convert(in_path: str, out_dir: str, *, model: str = "auto", num_classes: Opt
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(out_dir, "state"), jax.tree.map(np.asarray, variables))
     checkpointer.wait_until_finished()
-    mismatched = [dict(key=key, checkpoint=list(got), model=list(want))
-                  for key, got, want, _ in report.mismatched]
+    mismatched = [
+        dict(key=key, checkpoint=list(got), model=list(want))
+        for key, got, want, _ in report.mismatched
+    ]
     summary = dict(
-        source=os.path.abspath(in_path), model=model,
-        num_classes=int(module.num_classes if video_layout or detector
-                        else module.decode_head.num_classes),
-        video_layout=video_layout, partial=partial,
-        loaded=len(report.loaded), model_tensors=len(report.loaded) + len(report.missing)
-        + len(report.mismatched), missing=[key for key, _ in report.missing],
-        unexpected=list(report.unexpected), mismatched=mismatched,
+        source=os.path.abspath(in_path),
+        model=model,
+        num_classes=int(
+            module.num_classes if video_layout or detector else module.decode_head.num_classes
+        ),
+        video_layout=video_layout,
+        partial=partial,
+        loaded=len(report.loaded),
+        model_tensors=len(report.loaded) + len(report.missing) + len(report.mismatched),
+        missing=[key for key, _ in report.missing],
+        unexpected=list(report.unexpected),
+        mismatched=mismatched,
     )
     with open(os.path.join(out_dir, "conversion.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
@@ -160,7 +202,8 @@ def _check_something_matched(report: mapping.ConversionReport, in_path: str, mod
     raise ValueError(
         f"--partial matched 0 tensors of {in_path} to --model {model} ({unmatched} checkpoint "
         f"tensors unmatched: {len(report.unexpected)} unexpected, {len(report.mismatched)} "
-        "mis-shaped); check that the checkpoint and --model are the same architecture.")
+        "mis-shaped); check that the checkpoint and --model are the same architecture."
+    )
 
 
 def _fresh_variables(module: Any, seed: int) -> dict:
@@ -171,40 +214,59 @@ def _fresh_variables(module: Any, seed: int) -> dict:
     return jax.tree.map(np.asarray, mapping.plain_dict(init(keys, images)))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dnl_jax.interop.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dnl_jax.interop.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("checkpoint", help=".pth/.pt/.safetensors (no pickled code is run)")
     parser.add_argument("out_dir", help="output directory; OUT_DIR/state is the orbax checkpoint")
     parser.add_argument("--model", default="auto", help="registry name, or 'auto' (default)")
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
-    parser.add_argument("--partial", action="store_true",
-                        help="load the matching tensors only; initialise the rest")
-    parser.add_argument("--nl-mode", default="embedded_gaussian",
-                        choices=("embedded_gaussian", "dot_product"),
-                        help="mmaction2 video checkpoints: the non-local blocks' mode")
-    parser.add_argument("--abn", default="auto", choices=("auto", "true", "false"),
-                        help="mmdet checkpoints: whether the batch norms are In-Place ABN (the "
-                        "official DNL detection checkpoints' SyncABN; auto: v1 norms without "
-                        "num_batches_tracked are; 'true' for inplace_abn >= 1.1 checkpoints)")
+    parser.add_argument(
+        "--partial", action="store_true", help="load the matching tensors only; initialise the rest"
+    )
+    parser.add_argument(
+        "--nl-mode",
+        default="embedded_gaussian",
+        choices=("embedded_gaussian", "dot_product"),
+        help="mmaction2 video checkpoints: the non-local blocks' mode",
+    )
+    parser.add_argument(
+        "--abn",
+        default="auto",
+        choices=("auto", "true", "false"),
+        help="mmdet checkpoints: whether the batch norms are In-Place ABN (the "
+        "official DNL detection checkpoints' SyncABN; auto: v1 norms without "
+        "num_batches_tracked are; 'true' for inplace_abn >= 1.1 checkpoints)",
+    )
     add_log_level_argument(parser)
     args = parser.parse_args(argv)
     set_library_log_level(args.log_level)
     try:
-        summary = convert(args.checkpoint, args.out_dir, model=args.model,
-                          num_classes=args.num_classes, output_stride=args.output_stride,
-                          partial=args.partial, nl_mode=args.nl_mode,
-                          abn={"auto": None, "true": True, "false": False}[args.abn])
+        summary = convert(
+            args.checkpoint,
+            args.out_dir,
+            model=args.model,
+            num_classes=args.num_classes,
+            output_stride=args.output_stride,
+            partial=args.partial,
+            nl_mode=args.nl_mode,
+            abn={"auto": None, "true": True, "false": False}[args.abn],
+        )
     except ValueError as error:
         hint = "\n(strict=False is --partial here.)" if isinstance(error, ConversionError) else ""
         print(f"error: {error}{hint}", file=sys.stderr)
         return 2
     state_dir = os.path.join(os.path.abspath(args.out_dir), "state")
-    print(f"wrote {state_dir}: loaded {summary['loaded']} of the model's "
-          f"{summary['model_tensors']} tensors; missing {len(summary['missing'])}, unexpected "
-          f"{len(summary['unexpected'])}, mis-shaped {len(summary['mismatched'])} (details in "
-          "conversion.json)")
+    print(
+        f"wrote {state_dir}: loaded {summary['loaded']} of the model's "
+        f"{summary['model_tensors']} tensors; missing {len(summary['missing'])}, unexpected "
+        f"{len(summary['unexpected'])}, mis-shaped {len(summary['mismatched'])} (details in "
+        "conversion.json)"
+    )
     return 0
 
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -68,7 +69,7 @@ def flax_to_torch_kernel(kernel: np.ndarray) -> np.ndarray:
     return np.transpose(kernel, (nd - 1, nd - 2, *range(nd - 2)))
 
 
-def torch_key(flax_path: tuple[str, ...], rename: Optional[Rename] = None) -> str:
+def torch_key(flax_path: tuple[str, ...], rename: Rename | None = None) -> str:
     """The PyTorch key of a Flax leaf path `(collection, *modules, leaf)`."""
     collection, *modules, leaf = flax_path
     if (collection, leaf) not in LEAF_TO_TORCH:
@@ -91,8 +92,9 @@ def mmcv_torch_shape(flax_path: tuple[str, ...], shape: tuple[int, ...]) -> tupl
     return tuple(shape)
 
 
-def _torch_layout_shape(flax_path: tuple[str, ...], shape: tuple[int, ...],
-                        torch_shape: Optional[TorchShape]) -> tuple[int, ...]:
+def _torch_layout_shape(
+    flax_path: tuple[str, ...], shape: tuple[int, ...], torch_shape: TorchShape | None
+) -> tuple[int, ...]:
     if flax_path[-1] == "kernel":
         return tuple(flax_to_torch_kernel(np.empty(shape, np.int8)).shape)
     return tuple((torch_shape or mmcv_torch_shape)(flax_path, tuple(shape)))
@@ -141,8 +143,8 @@ def torch_to_flax(
     state_dict: Mapping[str, Any],
     template: Any,
     *,
-    rename: Optional[Rename] = None,
-    torch_shape: Optional[TorchShape] = None,
+    rename: Rename | None = None,
+    torch_shape: TorchShape | None = None,
     strict: bool = True,
     what: str = "state_dict",
 ) -> tuple[dict, ConversionReport]:
@@ -161,8 +163,11 @@ def torch_to_flax(
       the template's dtypes.
     """
     flat_template = traverse_util.flatten_dict(plain_dict(template))
-    remaining = {key: value for key, value in state_dict.items()
-                 if key.rsplit(".", 1)[-1] not in IGNORED_TORCH_LEAVES}
+    remaining = {
+        key: value
+        for key, value in state_dict.items()
+        if key.rsplit(".", 1)[-1] not in IGNORED_TORCH_LEAVES
+    }
     loaded, missing, mismatched, flat_out = [], [], [], {}
     for path, leaf in flat_template.items():
         key = torch_key(path, rename)
@@ -177,8 +182,9 @@ def torch_to_flax(
         value = torch_to_flax_kernel(value) if path[-1] == "kernel" else value.reshape(leaf.shape)
         flat_out[path] = np.asarray(value, dtype=leaf.dtype)
         loaded.append(key)
-    report = ConversionReport(tuple(loaded), tuple(missing), tuple(sorted(remaining)),
-                              tuple(mismatched))
+    report = ConversionReport(
+        tuple(loaded), tuple(missing), tuple(sorted(remaining)), tuple(mismatched)
+    )
     if strict and not report.ok:
         raise ConversionError(report, what)
     return traverse_util.unflatten_dict(flat_out), report
@@ -187,8 +193,8 @@ def torch_to_flax(
 def flax_to_torch_state_dict(
     variables: Any,
     *,
-    rename: Optional[Rename] = None,
-    torch_shape: Optional[TorchShape] = None,
+    rename: Rename | None = None,
+    torch_shape: TorchShape | None = None,
     as_torch: bool = False,
 ) -> dict[str, Any]:
     """Flax variables → PyTorch state_dict (numpy arrays, or torch tensors with `as_torch`).
@@ -200,7 +206,8 @@ def flax_to_torch_state_dict(
     for path, value in traverse_util.flatten_dict(plain_dict(variables)).items():
         value = np.asarray(value)
         state_dict[torch_key(path, rename)] = (
-            flax_to_torch_kernel(value) if path[-1] == "kernel"
+            flax_to_torch_kernel(value)
+            if path[-1] == "kernel"
             else value.reshape(_torch_layout_shape(path, value.shape, torch_shape))
         )
         if path[0] == "batch_stats" and path[-1] == "mean":

@@ -25,7 +25,8 @@ unpadded), 'caffe' style, and inflated `BasicBlock3d`s (R18/34 I3D inflate both 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +68,10 @@ def is_mmaction_recognizer(state_dict: Mapping[str, Any]) -> bool:
 
 def _shape(state_dict: Mapping[str, Any], key: str) -> tuple[int, ...]:
     if key not in state_dict:
-        raise ValueError(f"expected key {key!r} in an mmaction2 Recognizer3D state_dict; it is "
-                         f"absent (first keys: {sorted(state_dict)[:6]}).")
+        raise ValueError(
+            f"expected key {key!r} in an mmaction2 Recognizer3D state_dict; it is "
+            f"absent (first keys: {sorted(state_dict)[:6]})."
+        )
     return tuple(to_numpy(state_dict[key]).shape)
 
 
@@ -89,58 +92,86 @@ def recognizer_config(state_dict: Mapping[str, Any]) -> dict:
         raise ValueError(
             f"not an mmaction2 ResNet3d recognizer: {STEM_KEY!r} is absent or not 5-D (first keys:"
             f" {sorted(state_dict)[:6]}). mmaction2's 2-D `C2D` backbone is not supported; its "
-            "ResNet3d with inflate=0 and conv1_kernel=(1, 7, 7) is.")
+            "ResNet3d with inflate=0 and conv1_kernel=(1, 7, 7) is."
+        )
     # The block count per stage says the depth; the key names only differ in `.conv3.conv.`.
     depth = segmentor.resnet_depth(
-        {key.replace(".conv3.conv.", ".conv3."): None for key in state_dict}, "backbone.")
-    kernel_t = lambda prefix, conv: _shape(state_dict, f"{prefix}{conv}.conv.weight")[2]
+        {key.replace(".conv3.conv.", ".conv3."): None for key in state_dict}, "backbone."
+    )
+
+    def kernel_t(prefix, conv):
+        return _shape(state_dict, f"{prefix}{conv}.conv.weight")[2]
+
     if any(_per_block(state_dict, depth, lambda p: kernel_t(p, "conv2") > 1)):
-        raise ValueError("this checkpoint inflates the 3×3 convs in time (inflate_style '3x3x3' "
-                         "or an inflated BasicBlock3d); dnl_jax's I3D inflates the first 1×1 conv "
-                         "(3×1×1) only.")
+        raise ValueError(
+            "this checkpoint inflates the 3×3 convs in time (inflate_style '3x3x3' "
+            "or an inflated BasicBlock3d); dnl_jax's I3D inflates the first 1×1 conv "
+            "(3×1×1) only."
+        )
     inflated = _per_block(state_dict, depth, lambda p: kernel_t(p, "conv1") > 1)
-    context = _per_block(state_dict, depth, lambda p: f"{p}non_local_block.theta.conv.weight"
-                         in state_dict)
+    context = _per_block(
+        state_dict, depth, lambda p: f"{p}non_local_block.theta.conv.weight" in state_dict
+    )
     stem_out, in_channels, stem_t = _shape(state_dict, STEM_KEY)[:3]
     inflation = "i3d" if stem_t > 1 or any(inflated) else "c2d"
     config = dict(
-        depth=depth, inflation=inflation, in_channels=in_channels, stem_channels=stem_out,
+        depth=depth,
+        inflation=inflation,
+        in_channels=in_channels,
+        stem_channels=stem_out,
         base_channels=_shape(state_dict, "backbone.layer1.0.conv1.conv.weight")[0],
-        conv1_temporal_kernel=stem_t, inflated_block_indices=inflated,
-        context_block_indices=context, num_classes=_shape(state_dict, CLASSIFIER_KEY)[0],
-        reduction=None, sub_sample=None,
+        conv1_temporal_kernel=stem_t,
+        inflated_block_indices=inflated,
+        context_block_indices=context,
+        num_classes=_shape(state_dict, CLASSIFIER_KEY)[0],
+        reduction=None,
+        sub_sample=None,
     )
     if any(context):
         stage = next(s for s, chosen in enumerate(context) if chosen)
         prefix = f"backbone.layer{stage + 1}.{context[stage][0]}.non_local_block."
         config["sub_sample"] = f"{prefix}g.0.conv.weight" in state_dict
-        inner, channels = _shape(state_dict, prefix + ("g.0" if config["sub_sample"] else "g")
-                                 + ".conv.weight")[:2]
+        inner, channels = _shape(
+            state_dict, prefix + ("g.0" if config["sub_sample"] else "g") + ".conv.weight"
+        )[:2]
         config["reduction"] = channels // inner
     return config
 
 
-def recognizer_for_state_dict(state_dict: Mapping[str, Any], *, layout: str = "mmaction",
-                              nl_mode: str = "embedded_gaussian",
-                              use_scale: Optional[bool] = None, **backbone_overrides):
+def recognizer_for_state_dict(
+    state_dict: Mapping[str, Any],
+    *,
+    layout: str = "mmaction",
+    nl_mode: str = "embedded_gaussian",
+    use_scale: bool | None = None,
+    **backbone_overrides,
+):
     """The dnl_jax `VideoClassifier` for an mmaction2 Recognizer3D state_dict (see the module
     docstring for what is read from the keys and what the arguments decide)."""
     from dnl_jax.models import residual, video  # pylint: disable=import-outside-toplevel
 
     config = recognizer_config(state_dict)
     if layout not in video.VIDEO_LAYOUTS:
-        raise ValueError(f"unknown video layout {layout!r}; choose one of "
-                         f"{sorted(video.VIDEO_LAYOUTS)}.")
+        raise ValueError(
+            f"unknown video layout {layout!r}; choose one of {sorted(video.VIDEO_LAYOUTS)}."
+        )
     strides = dict(video.VIDEO_LAYOUTS[layout])
     scale = strides.pop("use_scale")
     scale = scale if use_scale is None else use_scale
-    num_classes, reduction, sub_sample = (config.pop(k) for k in
-                                          ("num_classes", "reduction", "sub_sample"))
+    num_classes, reduction, sub_sample = (
+        config.pop(k) for k in ("num_classes", "reduction", "sub_sample")
+    )
     spec = None
     if reduction is not None:
         spec = residual.ContextSpec(
-            kind="nl", placement="after_block", reduction=reduction, sub_sample=sub_sample,
-            pool_window=(1, 2, 2) if sub_sample else None, use_scale=scale, mode=nl_mode)
+            kind="nl",
+            placement="after_block",
+            reduction=reduction,
+            sub_sample=sub_sample,
+            pool_window=(1, 2, 2) if sub_sample else None,
+            use_scale=scale,
+            mode=nl_mode,
+        )
     backbone = video.ResNet3D(context=spec, **{**config, **strides, **backbone_overrides})
     return video.VideoClassifier(backbone=backbone, num_classes=num_classes)
 
@@ -148,13 +179,14 @@ def recognizer_for_state_dict(state_dict: Mapping[str, Any], *, layout: str = "m
 def video_template(module: Any, clip_shape: tuple[int, int, int] = (8, 64, 64)) -> dict:
     """Variable shapes of a `VideoClassifier` for a `[1, *clip_shape, C]` clip."""
     clips = jnp.zeros((1, *clip_shape, module.backbone.in_channels), jnp.float32)
-    return mapping.plain_dict(jax.eval_shape(
-        lambda: module.init(jax.random.key(0), clips, train=False)))
+    return mapping.plain_dict(
+        jax.eval_shape(lambda: module.init(jax.random.key(0), clips, train=False))
+    )
 
 
-def mmaction_to_flax(state_dict: Mapping[str, Any], module: Optional[Any] = None, *,
-                     strict: bool = True, **build_kwargs) -> tuple[Any, dict,
-                                                                   mapping.ConversionReport]:
+def mmaction_to_flax(
+    state_dict: Mapping[str, Any], module: Any | None = None, *, strict: bool = True, **build_kwargs
+) -> tuple[Any, dict, mapping.ConversionReport]:
     """mmaction2 Recognizer3D state_dict → (VideoClassifier, variables, report).
 
     `module` (e.g. a registry model) is filled as is; otherwise it is built from the keys with
@@ -165,16 +197,26 @@ def mmaction_to_flax(state_dict: Mapping[str, Any], module: Optional[Any] = None
     if module is None:
         module = recognizer_for_state_dict(state_dict, **build_kwargs)
     elif build_kwargs:
-        raise ValueError(f"{sorted(build_kwargs)} only apply when the module is built here; "
-                         "build the module with them instead.")
+        raise ValueError(
+            f"{sorted(build_kwargs)} only apply when the module is built here; "
+            "build the module with them instead."
+        )
     variables, report = mapping.torch_to_flax(
-        state_dict, video_template(module), rename=mmaction_rename, strict=strict,
-        what="mmaction2 Recognizer3D state_dict")
+        state_dict,
+        video_template(module),
+        rename=mmaction_rename,
+        strict=strict,
+        what="mmaction2 Recognizer3D state_dict",
+    )
     return module, variables, report
 
 
-def video_module(state_dict: Mapping[str, Any], model: str = "auto",
-                 num_classes: Optional[int] = None, **build_kwargs) -> Any:
+def video_module(
+    state_dict: Mapping[str, Any],
+    model: str = "auto",
+    num_classes: int | None = None,
+    **build_kwargs,
+) -> Any:
     """The `VideoClassifier` a Recognizer3D state_dict converts into: built from its keys
     (`model='auto'`), or the registry model `model` with the 'mmaction' layout."""
     if model == "auto":
@@ -184,8 +226,10 @@ def video_module(state_dict: Mapping[str, Any], model: str = "auto",
     classes = num_classes or recognizer_config(state_dict)["num_classes"]
     task = tasks.for_model(model)
     if task is not tasks.TASKS["video"]:
-        raise ValueError(f"--model {model!r} is a {task.name} model; an mmaction2 recogniser "
-                         "converts into a video model (e.g. nl_i3d_r50) or --model auto.")
+        raise ValueError(
+            f"--model {model!r} is a {task.name} model; an mmaction2 recogniser "
+            "converts into a video model (e.g. nl_i3d_r50) or --model auto."
+        )
     return tasks.get_model(model, classes, **{"layout": "mmaction", **build_kwargs}).module
 
 
@@ -198,16 +242,19 @@ def fresh_video_variables(module: Any, seed: int = 0) -> dict:
     return jax.tree.map(np.asarray, mapping.plain_dict(variables))
 
 
-def layout_summary(module: Any) -> Optional[dict]:
+def layout_summary(module: Any) -> dict | None:
     """What a video model needs that its weights do not store (None for other modules)."""
     backbone = getattr(module, "backbone", None)
     if not hasattr(backbone, "conv1_temporal_stride"):
         return None
     spec = backbone.context
-    return dict(conv1_temporal_stride=backbone.conv1_temporal_stride,
-                pool1_temporal_stride=backbone.pool1_temporal_stride,
-                temporal_pool_window=backbone.temporal_pool_window,
-                nl_mode=spec.mode if spec else None, use_scale=spec.use_scale if spec else None)
+    return dict(
+        conv1_temporal_stride=backbone.conv1_temporal_stride,
+        pool1_temporal_stride=backbone.pool1_temporal_stride,
+        temporal_pool_window=backbone.temporal_pool_window,
+        nl_mode=spec.mode if spec else None,
+        use_scale=spec.use_scale if spec else None,
+    )
 
 
 def flax_video_to_mmaction_state_dict(variables: Any, *, as_torch: bool = False) -> dict:
@@ -215,6 +262,15 @@ def flax_video_to_mmaction_state_dict(variables: Any, *, as_torch: bool = False)
     return mapping.flax_to_torch_state_dict(variables, rename=mmaction_rename, as_torch=as_torch)
 
 
-__all__ = ["flax_video_to_mmaction_state_dict", "fresh_video_variables", "is_mmaction_recognizer",
-           "layout_summary", "mmaction_rename", "mmaction_to_flax", "recognizer_config",
-           "recognizer_for_state_dict", "video_module", "video_template"]
+__all__ = [
+    "flax_video_to_mmaction_state_dict",
+    "fresh_video_variables",
+    "is_mmaction_recognizer",
+    "layout_summary",
+    "mmaction_rename",
+    "mmaction_to_flax",
+    "recognizer_config",
+    "recognizer_for_state_dict",
+    "video_module",
+    "video_template",
+]

@@ -74,7 +74,8 @@ plug-in (`nonlocal_block`), class-agnostic regression, and 'caffe' style.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -97,14 +98,16 @@ _CONTEXT_NAMES = {
 # Their context block key (under a residual block) → (our kind, our placement).
 _CONTEXT_KINDS = {
     "mmdet": {"context_block.conv_mask.weight": ("gc", "before_add")},
-    "mmdet_v1": {"context_block.conv_mask.weight": ("gc", "after_add"),
-                 "nl_gc_block.conv_query.weight": ("dnl_official", "after_add")},
+    "mmdet_v1": {
+        "context_block.conv_mask.weight": ("gc", "after_add"),
+        "nl_gc_block.conv_query.weight": ("dnl_official", "after_add"),
+    },
 }
 # In-Place ABN's eps (mmdet v1's build_norm_layer default, the official configs' value).
 ABN_EPS = 1e-5
 _UNSUPPORTED = {
     "nonlocal_block.g.conv.weight": "the NL plug-in (nonlocal_block); use a GC or official DNL "
-                                    "checkpoint",
+    "checkpoint",
 }
 
 
@@ -114,14 +117,17 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
         return "mmdet"
     if any(key.startswith("bbox_head.") for key in state_dict):
         return "mmdet_v1"
-    raise ValueError("not an mmdet Mask R-CNN state_dict: no 'roi_head.bbox_head.*' (mmdet v2/v3) "
-                     f"or 'bbox_head.*' (mmdet v1) keys; first keys: {sorted(state_dict)[:6]}.")
+    raise ValueError(
+        "not an mmdet Mask R-CNN state_dict: no 'roi_head.bbox_head.*' (mmdet v2/v3) "
+        f"or 'bbox_head.*' (mmdet v1) keys; first keys: {sorted(state_dict)[:6]}."
+    )
 
 
 def is_mmdet_detector(state_dict: Mapping[str, Any]) -> bool:
     """An mmdet two-stage detector with an FPN neck and a box head (either layout)."""
     return FPN_KEY in state_dict and any(
-        key.startswith(("roi_head.bbox_head.", "bbox_head.")) for key in state_dict)
+        key.startswith(("roi_head.bbox_head.", "bbox_head.")) for key in state_dict
+    )
 
 
 def _check_layout(layout: str) -> None:
@@ -140,8 +146,9 @@ def mmdet_rename(layout: str = "mmdet"):
             rest = [context.get(name, name) for name in rest]
             return mapping.default_rename(("backbone", *rest))
         if head == "neck":  # mmcv ConvModule: a norm-free conv of ours sits at `.conv`.
-            return mapping.default_rename(("neck", *rest, "conv") if len(rest) == 1
-                                          else module_path)
+            return mapping.default_rename(
+                ("neck", *rest, "conv") if len(rest) == 1 else module_path
+            )
         if head in ("bbox_head", "mask_head"):
             return roi + mapping.default_rename(module_path)
         if head == "rpn_head":
@@ -153,8 +160,10 @@ def mmdet_rename(layout: str = "mmdet"):
 
 def _shape(state_dict: Mapping[str, Any], key: str) -> tuple[int, ...]:
     if key not in state_dict:
-        raise ValueError(f"expected key {key!r} in an mmdet Mask R-CNN state_dict; it is absent "
-                         f"(first keys: {sorted(state_dict)[:6]}).")
+        raise ValueError(
+            f"expected key {key!r} in an mmdet Mask R-CNN state_dict; it is absent "
+            f"(first keys: {sorted(state_dict)[:6]})."
+        )
     return tuple(to_numpy(state_dict[key]).shape)
 
 
@@ -180,8 +189,10 @@ def _context(state_dict: Mapping[str, Any], layout: str, depth: int) -> dict:
     if not found:
         return dict(context=None, context_block_indices=None)
     if len(found) > 1:
-        raise ValueError(f"the backbone mixes context blocks {sorted(found.values())}; dnl_jax "
-                         "places one kind per backbone.")
+        raise ValueError(
+            f"the backbone mixes context blocks {sorted(found.values())}; dnl_jax "
+            "places one kind per backbone."
+        )
     (kind, placement), key = next(iter(found.items()))
     spec = dict(kind=kind, placement=placement)
     if kind == "gc":
@@ -193,13 +204,15 @@ def _context(state_dict: Mapping[str, Any], layout: str, depth: int) -> dict:
     return dict(context=spec, context_block_indices=tuple(indices))
 
 
-def _conv_module_norm(state_dict: Mapping[str, Any], prefix: str, what: str) -> Optional[str]:
+def _conv_module_norm(state_dict: Mapping[str, Any], prefix: str, what: str) -> str | None:
     """'batch' or None: the norm of the mmcv ConvModule at `prefix` (e.g. 'neck.fpn_convs.0.')."""
-    names = {key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)}
+    names = {key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)}
     others = sorted(names - {"conv", "bn"})
     if others:
-        raise ValueError(f"{what} ({prefix}*) has {others} besides 'conv' / 'bn'; dnl_jax maps a "
-                         "ConvModule's conv and batch norm ('bn') only (no GN there).")
+        raise ValueError(
+            f"{what} ({prefix}*) has {others} besides 'conv' / 'bn'; dnl_jax maps a "
+            "ConvModule's conv and batch norm ('bn') only (no GN there)."
+        )
     return "batch" if "bn" in names else None
 
 
@@ -208,8 +221,9 @@ def _neck_and_mask_norms(state_dict: Mapping[str, Any], roi: str) -> dict:
     head's convs."""
     norms = {}
     for attribute, what, lists in (
-            ("neck_norm", "the FPN", ("neck.lateral_convs.", "neck.fpn_convs.")),
-            ("mask_norm", "the mask head", (f"{roi}mask_head.convs.",))):
+        ("neck_norm", "the FPN", ("neck.lateral_convs.", "neck.fpn_convs.")),
+        ("mask_norm", "the mask head", (f"{roi}mask_head.convs.",)),
+    ):
         found = {}
         for base in lists:
             for index in range(_count(state_dict, rf"^{re.escape(base)}(\d+)\.")):
@@ -218,28 +232,33 @@ def _neck_and_mask_norms(state_dict: Mapping[str, Any], roi: str) -> dict:
         kinds = set(found.values())
         if len(kinds) > 1:
             with_norm = sorted(prefix for prefix, norm in found.items() if norm)
-            raise ValueError(f"{what} has a norm in only some of its convs ({with_norm}; e.g. "
-                             "mmdet's no_norm_on_lateral=True); dnl_jax's has one norm for all.")
+            raise ValueError(
+                f"{what} has a norm in only some of its convs ({with_norm}; e.g. "
+                "mmdet's no_norm_on_lateral=True); dnl_jax's has one norm for all."
+            )
         norms[attribute] = kinds.pop() if kinds else None
     return norms
 
 
-def abn_norm_layers(state_dict: Mapping[str, Any], layout: str,
-                    abn: Optional[bool] = None) -> list[str]:
+def abn_norm_layers(
+    state_dict: Mapping[str, Any], layout: str, abn: bool | None = None
+) -> list[str]:
     """Key prefixes (e.g. 'neck.fpn_convs.0.bn') of the batch norms that are In-Place ABN
     (scale |weight| + eps; see the module docstring): all (`abn=True`), none (False), or when
     None, in the v1 layout those without `num_batches_tracked` (inplace_abn 1.0.x)."""
     _check_layout(layout)
-    layers = sorted(key[: -len(".running_var")] for key in state_dict
-                    if key.endswith(".running_var") and key[: -len("running_var")] + "weight"
-                    in state_dict)
+    layers = sorted(
+        key[: -len(".running_var")]
+        for key in state_dict
+        if key.endswith(".running_var") and key[: -len("running_var")] + "weight" in state_dict
+    )
     if abn is None:
         abn = layout == "mmdet_v1"
         layers = [prefix for prefix in layers if f"{prefix}.num_batches_tracked" not in state_dict]
     return layers if abn else []
 
 
-def detector_config(state_dict: Mapping[str, Any], layout: Optional[str] = None) -> dict:
+def detector_config(state_dict: Mapping[str, Any], layout: str | None = None) -> dict:
     """`MaskRCNN` keyword arguments read from the keys (`context` as ContextSpec kwargs)."""
     layout = layout or detect_layout(state_dict)
     _check_layout(layout)
@@ -252,18 +271,23 @@ def detector_config(state_dict: Mapping[str, Any], layout: Optional[str] = None)
     num_convs = _count(state_dict, rf"^{re.escape(box)}shared_convs\.(\d+)\.")
     num_fcs = _count(state_dict, rf"^{re.escape(box)}shared_fcs\.(\d+)\.")
     if (num_convs, num_fcs) not in ((0, 2), (4, 1)):
-        raise ValueError(f"box head with {num_convs} shared convs and {num_fcs} shared fcs; "
-                         "dnl_jax has '2fc' (0, 2) and '4conv1fc' (4, 1).")
+        raise ValueError(
+            f"box head with {num_convs} shared convs and {num_fcs} shared fcs; "
+            "dnl_jax has '2fc' (0, 2) and '4conv1fc' (4, 1)."
+        )
     classes = _shape(state_dict, f"{box}fc_cls.weight")[0] - (1 if layout == "mmdet" else 0)
     reg = _shape(state_dict, f"{box}fc_reg.weight")[0]
     expected_reg = 4 * classes  # K classes (v2+) or K + 1 with the background (v1)
     if reg != expected_reg:
-        raise ValueError(f"fc_reg has {reg} outputs; a class-specific head for fc_cls's classes "
-                         f"has {expected_reg} (class-agnostic regression is not supported).")
+        raise ValueError(
+            f"fc_reg has {reg} outputs; a class-specific head for fc_cls's classes "
+            f"has {expected_reg} (class-agnostic regression is not supported)."
+        )
     if layout == "mmdet_v1":
         classes -= 1  # v1 counts the background among its classes.
     config = dict(
-        num_classes=classes, depth=depth,
+        num_classes=classes,
+        depth=depth,
         stem_channels=_shape(state_dict, "backbone.conv1.weight")[0],
         base_channels=_shape(state_dict, "backbone.layer1.0.conv1.weight")[0],
         fpn_channels=_shape(state_dict, FPN_KEY)[0],
@@ -274,15 +298,24 @@ def detector_config(state_dict: Mapping[str, Any], layout: Optional[str] = None)
         **_neck_and_mask_norms(state_dict, roi),
         **_context(state_dict, layout, depth),
     )
-    if num_convs and _shape(state_dict, f"{box}shared_convs.0.conv.weight")[0] != \
-            config["conv_channels"]:
-        raise ValueError("the box head's and the mask head's conv widths differ; dnl_jax's "
-                         "MaskRCNN has one `conv_channels` for both.")
+    if (
+        num_convs
+        and _shape(state_dict, f"{box}shared_convs.0.conv.weight")[0] != config["conv_channels"]
+    ):
+        raise ValueError(
+            "the box head's and the mask head's conv widths differ; dnl_jax's "
+            "MaskRCNN has one `conv_channels` for both."
+        )
     return config
 
 
-def detector_for_state_dict(state_dict: Mapping[str, Any], layout: Optional[str] = None, *,
-                            temperature: float = 0.05, **overrides):
+def detector_for_state_dict(
+    state_dict: Mapping[str, Any],
+    layout: str | None = None,
+    *,
+    temperature: float = 0.05,
+    **overrides,
+):
     """The dnl_jax `MaskRCNN` for an mmdet state_dict (architecture from its keys)."""
     config = detector_config(state_dict, layout)
     if config["context"] is not None:
@@ -296,8 +329,9 @@ def detector_for_state_dict(state_dict: Mapping[str, Any], layout: Optional[str]
 def detector_template(module: Any, image_size: int = 64) -> dict:
     """Variable shapes of a `MaskRCNN` (from its cheap `build` method)."""
     image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return mapping.plain_dict(jax.eval_shape(
-        lambda: module.init(jax.random.key(0), image, method=module.build)))
+    return mapping.plain_dict(
+        jax.eval_shape(lambda: module.init(jax.random.key(0), image, method=module.build))
+    )
 
 
 def _first_fc_to_flax(weight: np.ndarray, channels: int) -> np.ndarray:
@@ -315,8 +349,9 @@ def is_detector_module(module: Any) -> bool:
     return isinstance(module, MaskRCNN)
 
 
-def prepared_state_dict(state_dict: Mapping[str, Any], layout: str, module: Any,
-                        abn: Optional[bool] = None) -> dict:
+def prepared_state_dict(
+    state_dict: Mapping[str, Any], layout: str, module: Any, abn: bool | None = None
+) -> dict:
     """The state_dict (same keys, numpy values) in our conventions: the first fc's input order,
     the deconvolution's flip, v1's background-first classes and In-Place ABN's scale |weight| +
     eps on its layers (`abn`, see `abn_norm_layers`; the module docstring has the details)."""
@@ -345,9 +380,15 @@ def prepared_state_dict(state_dict: Mapping[str, Any], layout: str, module: Any,
     return out
 
 
-def mmdet_to_flax(state_dict: Mapping[str, Any], module: Optional[Any] = None, *,
-                  layout: Optional[str] = None, strict: bool = True, abn: Optional[bool] = None,
-                  **build_kwargs) -> tuple[Any, dict, mapping.ConversionReport]:
+def mmdet_to_flax(
+    state_dict: Mapping[str, Any],
+    module: Any | None = None,
+    *,
+    layout: str | None = None,
+    strict: bool = True,
+    abn: bool | None = None,
+    **build_kwargs,
+) -> tuple[Any, dict, mapping.ConversionReport]:
     """mmdet Mask R-CNN state_dict → (MaskRCNN, variables, report).
 
     `layout` ('mmdet' or 'mmdet_v1') is detected from the keys when None. `abn`: which batch
@@ -361,12 +402,17 @@ def mmdet_to_flax(state_dict: Mapping[str, Any], module: Optional[Any] = None, *
     if module is None:
         module = detector_for_state_dict(state_dict, layout, **build_kwargs)
     elif build_kwargs:
-        raise ValueError(f"{sorted(build_kwargs)} only apply when the module is built here; "
-                         "build the module with them instead.")
+        raise ValueError(
+            f"{sorted(build_kwargs)} only apply when the module is built here; "
+            "build the module with them instead."
+        )
     variables, report = mapping.torch_to_flax(
-        prepared_state_dict(state_dict, layout, module, abn), detector_template(module),
-        rename=mmdet_rename(layout), strict=strict,
-        what=f"{layout} Mask R-CNN state_dict")
+        prepared_state_dict(state_dict, layout, module, abn),
+        detector_template(module),
+        rename=mmdet_rename(layout),
+        strict=strict,
+        what=f"{layout} Mask R-CNN state_dict",
+    )
     return module, variables, report
 
 
@@ -374,11 +420,23 @@ def fresh_detector_variables(module: Any, seed: int = 0) -> dict:
     """A `MaskRCNN`'s own initialisation (numpy leaves), e.g. to merge a partial load."""
     image = jnp.zeros((1, 64, 64, 3), jnp.float32)
     variables = jax.jit(lambda key: module.init(key, image, method=module.build))(
-        jax.random.key(seed))
+        jax.random.key(seed)
+    )
     return jax.tree.map(np.asarray, mapping.plain_dict(variables))
 
 
-__all__ = ["ABN_EPS", "LAYOUTS", "abn_norm_layers", "detect_layout", "detector_config",
-           "detector_for_state_dict",
-           "detector_template", "fresh_detector_variables", "is_detector_module",
-           "is_mmdet_detector", "mmdet_rename", "mmdet_to_flax", "prepared_state_dict"]
+__all__ = [
+    "ABN_EPS",
+    "LAYOUTS",
+    "abn_norm_layers",
+    "detect_layout",
+    "detector_config",
+    "detector_for_state_dict",
+    "detector_template",
+    "fresh_detector_variables",
+    "is_detector_module",
+    "is_mmdet_detector",
+    "mmdet_rename",
+    "mmdet_to_flax",
+    "prepared_state_dict",
+]

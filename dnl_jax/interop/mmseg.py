@@ -13,7 +13,8 @@ g and phi in a Sequential with a max-pool (`g.0.conv.weight`), which maps to `su
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -25,7 +26,7 @@ from dnl_jax.interop.checkpoint_io import to_numpy
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The entries under `prefix` (e.g. 'decode_head.dnl_block.'), with the prefix removed."""
     prefix = prefix if prefix.endswith(".") or not prefix else prefix + "."
-    sub = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    sub = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
     if not sub:
         raise ValueError(
             f"no key starts with {prefix!r}; first keys: {sorted(state_dict)[:6]}. Check the "
@@ -46,8 +47,10 @@ def _block_layout(state_dict: Mapping[str, Any]) -> tuple[int, int, bool]:
         )
     inner, channels = to_numpy(state_dict[g_key]).shape[:2]
     if channels % inner:
-        raise ValueError(f"{g_key} has shape {tuple(to_numpy(state_dict[g_key]).shape)}: "
-                         f"{channels} input channels are not a multiple of {inner} inner ones.")
+        raise ValueError(
+            f"{g_key} has shape {tuple(to_numpy(state_dict[g_key]).shape)}: "
+            f"{channels} input channels are not a multiple of {inner} inner ones."
+        )
     return channels, channels // inner, sub_sample
 
 
@@ -59,10 +62,11 @@ def _sub_sample_rename(module_path: tuple[str, ...]) -> str:
     return mapping.default_rename(module_path)
 
 
-def _context_block(state_dict: Mapping[str, Any]) -> Optional[tuple[Any, int]]:
+def _context_block(state_dict: Mapping[str, Any]) -> tuple[Any, int] | None:
     """(`ContextBlock`, channels) for an mmcv ContextBlock state_dict, else None."""
-    fusion_types = tuple(kind for kind in ("channel_add", "channel_mul")
-                         if f"{kind}_conv.0.weight" in state_dict)
+    fusion_types = tuple(
+        kind for kind in ("channel_add", "channel_mul") if f"{kind}_conv.0.weight" in state_dict
+    )
     if not fusion_types:
         return None
     planes, channels = to_numpy(state_dict[f"{fusion_types[0]}_conv.0.weight"]).shape[:2]
@@ -94,7 +98,10 @@ def block_to_flax(
     template = mapping.template_of(module, jnp.zeros((1, 2, 2, channels), jnp.float32))
     rename = _sub_sample_rename if getattr(module, "sub_sample", False) else None
     variables, report = mapping.torch_to_flax(
-        state_dict, template, rename=rename, strict=strict,
+        state_dict,
+        template,
+        rename=rename,
+        strict=strict,
         what=f"{type(module).__name__} state_dict",
     )
     return module, variables, report
@@ -103,5 +110,5 @@ def block_to_flax(
 def flax_block_to_torch_state_dict(module: Any, variables: Any, *, as_torch: bool = False) -> dict:
     """A dnl_jax block's variables → the mmcv/mmseg block's state_dict (inverse of the above)."""
     sub_sample = getattr(module, "sub_sample", False)
-    rename: Optional[mapping.Rename] = _sub_sample_rename if sub_sample else None
+    rename: mapping.Rename | None = _sub_sample_rename if sub_sample else None
     return mapping.flax_to_torch_state_dict(variables, rename=rename, as_torch=as_torch)

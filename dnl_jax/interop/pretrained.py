@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -31,8 +31,14 @@ from dnl_jax.train.initialisation import BACKBONES, PretrainedBackbone
 
 # The official DNL code's deep-stem ResNet (torchcv `deepbase_resnet*`, an nn.Sequential called
 # `prefix`, which its loader also accepts without the prefix) → mmcv ResNetV1c's `stem.N`.
-DEEPBASE_STEM = {"conv1": "stem.0", "bn1": "stem.1", "conv2": "stem.3", "bn2": "stem.4",
-                 "conv3": "stem.6", "bn3": "stem.7"}
+DEEPBASE_STEM = {
+    "conv1": "stem.0",
+    "bn1": "stem.1",
+    "conv2": "stem.3",
+    "bn2": "stem.4",
+    "conv3": "stem.6",
+    "bn3": "stem.7",
+}
 
 
 def deepbase_to_v1c_keys(state_dict: dict) -> dict:
@@ -40,7 +46,7 @@ def deepbase_to_v1c_keys(state_dict: dict) -> dict:
     → mmcv ResNetV1c keys (`stem.0.weight`, `stem.7.running_var`, `layer*` unchanged)."""
     renamed = {}
     for key, value in state_dict.items():
-        bare = key[len("prefix."):] if key.startswith("prefix.") else key
+        bare = key[len("prefix.") :] if key.startswith("prefix.") else key
         module, _, leaf = bare.partition(".")
         renamed[f"{DEEPBASE_STEM[module]}.{leaf}" if module in DEEPBASE_STEM else bare] = value
     return renamed
@@ -56,8 +62,10 @@ def backbone_variables(spec: PretrainedBackbone, state_dict: dict) -> tuple[dict
         trunk = {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES)}
         found = resnet_depth(trunk)
         if found != spec.depth:
-            raise ValueError(f"{spec.name} is a ResNet-{spec.depth}, but the file's blocks per "
-                             f"stage are those of ResNet-{found}; is it the right file?")
+            raise ValueError(
+                f"{spec.name} is a ResNet-{spec.depth}, but the file's blocks per "
+                f"stage are those of ResNet-{found}; is it the right file?"
+            )
         _, variables, report = resnet_v1c_to_flax(state_dict)
     return variables, len(report.loaded)
 
@@ -76,35 +84,50 @@ def convert_backbone(spec: PretrainedBackbone, in_path: str, pretrained_dir: str
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(state_dir, jax.tree.map(np.asarray, variables))
     checkpointer.wait_until_finished()
-    summary = dict(name=spec.name, source=os.path.abspath(in_path), published=spec.url,
-                   layout=spec.layout, depth=spec.depth, loaded=loaded)
+    summary = dict(
+        name=spec.name,
+        source=os.path.abspath(in_path),
+        published=spec.url,
+        layout=spec.layout,
+        depth=spec.depth,
+        loaded=loaded,
+    )
     with open(os.path.join(out_dir, "pretrained.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dnl_jax.interop.pretrained",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dnl_jax.interop.pretrained",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", help=f"one of {sorted(BACKBONES)}")
     parser.add_argument("checkpoint", help="the downloaded .pth (no pickled code is run)")
-    parser.add_argument("--pretrained_dir", default="pretrained",
-                        help="folder of converted backbones (config.model.pretrained_dir)")
+    parser.add_argument(
+        "--pretrained_dir",
+        default="pretrained",
+        help="folder of converted backbones (config.model.pretrained_dir)",
+    )
     add_log_level_argument(parser)
     args = parser.parse_args(argv)
     set_library_log_level(args.log_level)
     if args.name not in BACKBONES:
-        print(f"error: unknown backbone {args.name!r}; choose one of {sorted(BACKBONES)}.",
-              file=sys.stderr)
+        print(
+            f"error: unknown backbone {args.name!r}; choose one of {sorted(BACKBONES)}.",
+            file=sys.stderr,
+        )
         return 2
     try:
         summary = convert_backbone(BACKBONES[args.name], args.checkpoint, args.pretrained_dir)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {os.path.join(os.path.abspath(args.pretrained_dir), args.name)}: "
-          f"{summary['loaded']} tensors of the ResNet-{summary['depth']} ({summary['layout']})")
+    print(
+        f"wrote {os.path.join(os.path.abspath(args.pretrained_dir), args.name)}: "
+        f"{summary['loaded']} tensors of the ResNet-{summary['depth']} ({summary['layout']})"
+    )
     return 0
 
 

@@ -11,7 +11,8 @@ to mmseg's D8 (pass `output_stride=16` for D16 checkpoints).
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,9 +62,11 @@ def resnet_depth(state_dict: Mapping[str, Any], prefix: str = "") -> int:
 
 
 def _head_kind(state_dict: Mapping[str, Any]) -> str:
-    for kind, key in (("dnl", "decode_head.dnl_block.conv_mask.weight"),
-                      ("nl", "decode_head.nl_block.g.conv.weight"),
-                      ("gc", "decode_head.gc_block.conv_mask.weight")):
+    for kind, key in (
+        ("dnl", "decode_head.dnl_block.conv_mask.weight"),
+        ("nl", "decode_head.nl_block.g.conv.weight"),
+        ("gc", "decode_head.gc_block.conv_mask.weight"),
+    ):
         if key in state_dict:
             return kind
     return "fcn"
@@ -85,12 +88,15 @@ def segmentor_config(state_dict: Mapping[str, Any]) -> dict:
         head_kwargs["concat_input"] = "decode_head.conv_cat.conv.weight" in state_dict
     aux = any(key.startswith("auxiliary_head.") for key in state_dict)
     config = dict(
-        backbone_depth=resnet_depth(state_dict, "backbone."), head=kind,
-        num_classes=_shape(state_dict, "decode_head.conv_seg.weight")[0], aux=aux,
+        backbone_depth=resnet_depth(state_dict, "backbone."),
+        head=kind,
+        num_classes=_shape(state_dict, "decode_head.conv_seg.weight")[0],
+        aux=aux,
         in_channels=_shape(state_dict, "backbone.stem.0.weight")[1],
         stem_channels=_shape(state_dict, "backbone.stem.6.weight")[0],
         base_channels=_shape(state_dict, "backbone.layer1.0.conv1.weight")[0],
-        channels=channels, head_kwargs=head_kwargs,
+        channels=channels,
+        head_kwargs=head_kwargs,
     )
     if aux:
         config["aux_channels"] = _shape(state_dict, "auxiliary_head.convs.0.conv.weight")[0]
@@ -99,7 +105,7 @@ def segmentor_config(state_dict: Mapping[str, Any]) -> dict:
 
 def _indices_under(state_dict: Mapping[str, Any], prefix: str) -> set[str]:
     """Distinct indices N of keys `prefix N.…` (e.g. the convs of a head)."""
-    return {key[len(prefix):].split(".", 1)[0] for key in state_dict if key.startswith(prefix)}
+    return {key[len(prefix) :].split(".", 1)[0] for key in state_dict if key.startswith(prefix)}
 
 
 def segmentor_for_state_dict(state_dict: Mapping[str, Any], **overrides):
@@ -122,12 +128,15 @@ def segmentor_template(module: Any, image_size: int = 64) -> dict:
 
 
 def segmentor_to_flax(
-    state_dict: Mapping[str, Any], module: Optional[Any] = None, *, strict: bool = True
+    state_dict: Mapping[str, Any], module: Any | None = None, *, strict: bool = True
 ) -> tuple[Any, dict, mapping.ConversionReport]:
     """mmseg EncoderDecoder state_dict → (Segmentor, variables, report)."""
     module = module if module is not None else segmentor_for_state_dict(state_dict)
     variables, report = mapping.torch_to_flax(
-        state_dict, segmentor_template(module), rename=mmseg_rename, strict=strict,
+        state_dict,
+        segmentor_template(module),
+        rename=mmseg_rename,
+        strict=strict,
         what="mmseg segmentor state_dict",
     )
     return module, variables, report
@@ -155,7 +164,7 @@ def mmseg_to_flax(state_dict: Mapping[str, Any], *, strict: bool = True):
 
 
 def resnet_v1c_to_flax(
-    state_dict: Mapping[str, Any], module: Optional[Any] = None, *, strict: bool = True
+    state_dict: Mapping[str, Any], module: Any | None = None, *, strict: bool = True
 ) -> tuple[Any, dict, mapping.ConversionReport]:
     """ImageNet-pretrained mmseg/open-mmlab `resnet{50,101}_v1c` (keys `stem.*`, `layer*`, `fc.*`)
     → (ResNetV1c, backbone variables, report). The classifier `fc.*` is dropped.
@@ -166,13 +175,17 @@ def resnet_v1c_to_flax(
     trunk = {k: v for k, v in state_dict.items() if not k.startswith(CLASSIFIER_PREFIXES)}
     if module is None:
         module = ResNetV1c(
-            depth=resnet_depth(trunk), in_channels=_shape(trunk, "stem.0.weight")[1],
+            depth=resnet_depth(trunk),
+            in_channels=_shape(trunk, "stem.0.weight")[1],
             stem_channels=_shape(trunk, "stem.6.weight")[0],
             base_channels=_shape(trunk, "layer1.0.conv1.weight")[0],
         )
     images = jnp.zeros((1, 64, 64, module.in_channels), jnp.float32)
     variables, report = mapping.torch_to_flax(
-        trunk, mapping.template_of(module, images), rename=mmseg_rename, strict=strict,
+        trunk,
+        mapping.template_of(module, images),
+        rename=mmseg_rename,
+        strict=strict,
         what="ResNetV1c state_dict",
     )
     return module, variables, report

@@ -9,7 +9,8 @@ classifier `fc.*` is dropped. Weights do not depend on dilation, so the same var
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -23,7 +24,7 @@ TORCHVISION_STEM_KEY = "conv1.weight"
 
 def torchvision_resnet_to_flax(
     state_dict: Mapping[str, Any],
-    depth: Optional[int] = None,
+    depth: int | None = None,
     *,
     output_stride: int = 32,
     strict: bool = True,
@@ -44,17 +45,24 @@ def torchvision_resnet_to_flax(
         )
     found = resnet_depth(trunk)
     if depth is not None and depth != found:
-        raise ValueError(f"depth={depth} was asked for, but the state_dict's blocks per stage are "
-                         f"those of ResNet-{found}; pass depth={found} or None.")
+        raise ValueError(
+            f"depth={depth} was asked for, but the state_dict's blocks per stage are "
+            f"those of ResNet-{found}; pass depth={found} or None."
+        )
     stem_shape = tuple(to_numpy(trunk[TORCHVISION_STEM_KEY]).shape)
     module = ResNetV1b(
-        depth=found, in_channels=stem_shape[1], stem_channels=stem_shape[0],
+        depth=found,
+        in_channels=stem_shape[1],
+        stem_channels=stem_shape[0],
         base_channels=tuple(to_numpy(trunk["layer1.0.conv1.weight"]).shape)[0],
         output_stride=output_stride,
     )
     images = jnp.zeros((1, 64, 64, module.in_channels), jnp.float32)
     variables, report = mapping.torch_to_flax(
-        trunk, mapping.template_of(module, images), rename=mmseg_rename, strict=strict,
+        trunk,
+        mapping.template_of(module, images),
+        rename=mmseg_rename,
+        strict=strict,
         what=f"torchvision ResNet-{found} state_dict",
     )
     return module, variables, report

@@ -18,8 +18,22 @@ from dnl_jax.models.summary import count_params, module_summary, summary_flops
 from dnl_jax.models.video import ResNet3D, VideoClassifier, build_video_classifier
 
 __all__ = [
-    "init_variables", "MODEL_NAMES", "build_segmentor",
-    "build_video_classifier", "module_summary", "summary_flops", "count_params",
-    "ResNetV1c", "ResNet3D", "BasicBlock", "Bottleneck", "ContextSpec",
-    "FCNHead", "DNLHead", "NLHead", "GCHead", "Segmentor", "VideoClassifier",
+    "init_variables",
+    "MODEL_NAMES",
+    "build_segmentor",
+    "build_video_classifier",
+    "module_summary",
+    "summary_flops",
+    "count_params",
+    "ResNetV1c",
+    "ResNet3D",
+    "BasicBlock",
+    "Bottleneck",
+    "ContextSpec",
+    "FCNHead",
+    "DNLHead",
+    "NLHead",
+    "GCHead",
+    "Segmentor",
+    "VideoClassifier",
 ]

@@ -23,7 +23,7 @@ batch_stats `mean`/`var` ↔ `running_mean`/`running_var`):
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -56,9 +56,9 @@ class FCNHead(nn.Module):
     kernel_size: int = 3
     dilation: int = 1
     dropout_rate: float = 0.1
-    axis_name: Optional[str] = None
+    axis_name: str | None = None
     frozen_bn: bool = False
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -81,13 +81,19 @@ class FCNHead(nn.Module):
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1); got {self.dropout_rate}.")
 
-    def _conv_module(self, name: str, kernel_size: Optional[int] = None) -> layers.ConvModule:
+    def _conv_module(self, name: str, kernel_size: int | None = None) -> layers.ConvModule:
         """conv(k×k, no bias) → BN → ReLU, mmcv `ConvModule` names."""
         kernel_size = self.kernel_size if kernel_size is None else kernel_size
         return layers.ConvModule(
-            self.channels, kernel_size=kernel_size, dilation=self.dilation,
-            padding=kernel_size // 2 * self.dilation, norm="batch", activation=True,
-            axis_name=self.axis_name, dtype=self.dtype, name=name,
+            self.channels,
+            kernel_size=kernel_size,
+            dilation=self.dilation,
+            padding=kernel_size // 2 * self.dilation,
+            norm="batch",
+            activation=True,
+            axis_name=self.axis_name,
+            dtype=self.dtype,
+            name=name,
         )
 
     def _finish(self, x: Array, out: Array, train: bool) -> Array:
@@ -98,7 +104,10 @@ class FCNHead(nn.Module):
         # Dropout2d drops whole channels: one mask per (sample, channel), shared over H, W.
         out = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(out)
         return nn.Conv(
-            self.num_classes, (1, 1), kernel_init=layers.normal_001, dtype=self.dtype,
+            self.num_classes,
+            (1, 1),
+            kernel_init=layers.normal_001,
+            dtype=self.dtype,
             name="conv_seg",
         )(out)
 
@@ -108,7 +117,7 @@ class _ContextHead(FCNHead):
 
     num_convs: int = 2
     concat_input: bool = True
-    implementation: Optional[str] = None
+    implementation: str | None = None
 
     def context_block(self) -> nn.Module:
         raise NotImplementedError
@@ -144,9 +153,15 @@ class DNLHead(_ContextHead):
 
     def context_block(self) -> nn.Module:
         return blocks.DisentangledNonLocal(
-            reduction=self.reduction, use_scale=self.use_scale, temperature=self.temperature,
-            pairwise=self.pairwise, unary=self.unary, axis_name=self.axis_name,
-            implementation=self.implementation, dtype=self.dtype, name="dnl_block",
+            reduction=self.reduction,
+            use_scale=self.use_scale,
+            temperature=self.temperature,
+            pairwise=self.pairwise,
+            unary=self.unary,
+            axis_name=self.axis_name,
+            implementation=self.implementation,
+            dtype=self.dtype,
+            name="dnl_block",
         )
 
 
@@ -158,8 +173,12 @@ class NLHead(_ContextHead):
 
     def context_block(self) -> nn.Module:
         return blocks.NonLocal(
-            reduction=self.reduction, use_scale=self.use_scale, axis_name=self.axis_name,
-            implementation=self.implementation, dtype=self.dtype, name="nl_block",
+            reduction=self.reduction,
+            use_scale=self.use_scale,
+            axis_name=self.axis_name,
+            implementation=self.implementation,
+            dtype=self.dtype,
+            name="nl_block",
         )
 
 
@@ -187,11 +206,16 @@ class OfficialDNLHead(_ContextHead):
 
     def context_block(self) -> nn.Module:
         if self.variant not in blocks_official.OFFICIAL_VARIANTS:
-            raise ValueError(f"unknown official DNL variant {self.variant!r}; choose one of "
-                             f"{sorted(blocks_official.OFFICIAL_VARIANTS)}.")
+            raise ValueError(
+                f"unknown official DNL variant {self.variant!r}; choose one of "
+                f"{sorted(blocks_official.OFFICIAL_VARIANTS)}."
+            )
         return blocks_official.OfficialDisentangledNonLocal(
-            reduction=self.reduction, implementation=self.implementation, dtype=self.dtype,
-            name="dnl_block", **blocks_official.OFFICIAL_VARIANTS[self.variant],
+            reduction=self.reduction,
+            implementation=self.implementation,
+            dtype=self.dtype,
+            name="dnl_block",
+            **blocks_official.OFFICIAL_VARIANTS[self.variant],
         )
 
 
@@ -202,11 +226,26 @@ class OfficialDNLNowdHead(OfficialDNLHead):
 
 
 # Weight-decay multipliers of the 'nowd' variant (optimizer.weight_decay_multipliers).
-NOWD_WEIGHT_DECAY = tuple((f"dnl_block/{name}", 0.0)
-                          for name in blocks_official.NO_DECAY_PARAMETERS)
+NOWD_WEIGHT_DECAY = tuple(
+    (f"dnl_block/{name}", 0.0) for name in blocks_official.NO_DECAY_PARAMETERS
+)
 
-HEADS = {"fcn": FCNHead, "dnl": DNLHead, "nl": NLHead, "gc": GCHead,
-         "dnl_official": OfficialDNLHead, "dnl_official_nowd": OfficialDNLNowdHead}
+HEADS = {
+    "fcn": FCNHead,
+    "dnl": DNLHead,
+    "nl": NLHead,
+    "gc": GCHead,
+    "dnl_official": OfficialDNLHead,
+    "dnl_official_nowd": OfficialDNLNowdHead,
+}
 
-__all__ = ["FCNHead", "DNLHead", "NLHead", "GCHead", "OfficialDNLHead", "OfficialDNLNowdHead",
-           "HEADS", "NOWD_WEIGHT_DECAY"]
+__all__ = [
+    "FCNHead",
+    "DNLHead",
+    "NLHead",
+    "GCHead",
+    "OfficialDNLHead",
+    "OfficialDNLNowdHead",
+    "HEADS",
+    "NOWD_WEIGHT_DECAY",
+]

@@ -36,7 +36,7 @@ per image here.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +52,7 @@ def valid_pixels(labels: Array, num_classes: int, ignore_label: int = IGNORE_LAB
     return (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
 
 
-def out_of_range_pixels(labels: Array, num_classes: int,
-                        ignore_label: int = IGNORE_LABEL) -> Array:
+def out_of_range_pixels(labels: Array, num_classes: int, ignore_label: int = IGNORE_LABEL) -> Array:
     """int32 count of labels that are neither the ignore label nor in [0, K): a data error (e.g.
     a label map not mapped to train ids, or data.num_classes too small), left out of the loss
     and the confusion matrix, and reported by the trainer."""
@@ -71,8 +70,9 @@ def pixel_log_likelihood(logits: Array, labels: Array) -> Array:
     return jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
 
 
-def ohem_keep_mask(logits: Array, labels: Array, valid: Array, thresh: float,
-                   min_kept: int) -> Array:
+def ohem_keep_mask(
+    logits: Array, labels: Array, valid: Array, thresh: float, min_kept: int
+) -> Array:
     """Pixels that OHEM keeps, image by image (see the module docstring); no gradient flows
     through the mask.
 
@@ -94,10 +94,10 @@ def pixel_cross_entropy_sum(
     labels: Array,
     *,
     ignore_label: int = IGNORE_LABEL,
-    class_weights: Optional[Sequence[float]] = None,
-    ohem: Optional[dict] = None,
+    class_weights: Sequence[float] | None = None,
+    ohem: dict | None = None,
     normalizer: str = "kept",
-    keep: Optional[Array] = None,
+    keep: Array | None = None,
 ) -> tuple[Array, Array]:
     """(Σ_p w_p · nll_p, N) of the module docstring, both float32 scalars; the loss of a global
     batch is the ratio of the sums of both over all its shards.
@@ -132,28 +132,31 @@ def pixel_cross_entropy(logits: Array, labels: Array, **kwargs) -> Array:
     return safe_ratio(*pixel_cross_entropy_sum(logits, labels, **kwargs))
 
 
-def combine_ratios(ratios: Mapping[str, tuple[Array, Array]],
-                   loss_weights: Mapping[str, float]) -> tuple[Array, dict[str, Array]]:
+def combine_ratios(
+    ratios: Mapping[str, tuple[Array, Array]], loss_weights: Mapping[str, float]
+) -> tuple[Array, dict[str, Array]]:
     """(loss, metrics) from ratio statistics `{name: (numerator, denominator)}`: every metric is
     its numerator over its denominator, the loss Σ_name loss_weights[name] · metric[name] over
     the names present (e.g. 'aux_loss' only in training)."""
     metrics = {name: safe_ratio(num, den) for name, (num, den) in ratios.items()}
-    loss = sum(weight * metrics[name] for name, weight in loss_weights.items()
-               if name in metrics)
+    loss = sum(weight * metrics[name] for name, weight in loss_weights.items() if name in metrics)
     return jnp.asarray(loss, jnp.float32), metrics
 
 
 def batch_loss_fn(ratios_fn, loss_weights: Mapping[str, float]):
     """`(outputs, batch) -> (loss, metrics + {'loss'})` of one batch on its own, from a bundle's
     `ratios_fn(outputs, batch) -> {name: (numerator, denominator)}` (`combine_ratios`)."""
+
     def loss_fn(outputs, batch):
         loss, metrics = combine_ratios(ratios_fn(outputs, batch), loss_weights)
         return loss, {**metrics, "loss": loss}
+
     return loss_fn
 
 
-def confusion_matrix(predictions: Array, labels: Array, num_classes: int,
-                     ignore_label: int = IGNORE_LABEL) -> Array:
+def confusion_matrix(
+    predictions: Array, labels: Array, num_classes: int, ignore_label: int = IGNORE_LABEL
+) -> Array:
     """int32 `[K, K]`: entry [t, p] counts valid pixels with ground truth t predicted as p.
 
     predictions, labels: int arrays of the same shape; invalid labels (see `valid_pixels`) are
@@ -161,8 +164,9 @@ def confusion_matrix(predictions: Array, labels: Array, num_classes: int,
     """
     valid = valid_pixels(labels, num_classes, ignore_label)
     index = jnp.where(valid, labels * num_classes + predictions, 0).reshape(-1)
-    counts = jnp.bincount(index, weights=valid.reshape(-1).astype(jnp.int32),
-                          length=num_classes * num_classes)
+    counts = jnp.bincount(
+        index, weights=valid.reshape(-1).astype(jnp.int32), length=num_classes * num_classes
+    )
     return counts.astype(jnp.int32).reshape(num_classes, num_classes)
 
 
@@ -174,12 +178,12 @@ def classification_counts(logits: Array, labels: Array) -> dict[str, Array]:
     return {"correct": correct, "count": jnp.sum(valid).astype(jnp.int32)}
 
 
-def check_ohem(ohem: Optional[dict]) -> Optional[dict]:
+def check_ohem(ohem: dict | None) -> dict | None:
     """Validates an OHEM setting; returns a plain dict with float thresh and int min_kept."""
     if ohem is None:
         return None
     if hasattr(ohem, "keys"):  # dicts and ml_collections ConfigDicts alike
-        ohem = {key: ohem[key] for key in ohem.keys()}
+        ohem = {key: ohem[key] for key in ohem}
     if not isinstance(ohem, dict) or set(ohem) != {"thresh", "min_kept"}:
         raise ValueError(
             f"ohem must be None or dict(thresh=..., min_kept=...), e.g. dict(thresh=0.7, "
@@ -193,13 +197,15 @@ def check_ohem(ohem: Optional[dict]) -> Optional[dict]:
 
 def check_normalizer(normalizer) -> str:
     if normalizer not in NORMALIZERS:
-        raise ValueError(f"loss_normalizer={normalizer!r}; choose 'kept' (divide by the kept "
-                         "pixels, the official DNL code) or 'all' (divide by all label pixels, "
-                         "ignored ones included: mmseg's avg_non_ignore=False).")
+        raise ValueError(
+            f"loss_normalizer={normalizer!r}; choose 'kept' (divide by the kept "
+            "pixels, the official DNL code) or 'all' (divide by all label pixels, "
+            "ignored ones included: mmseg's avg_non_ignore=False)."
+        )
     return normalizer
 
 
-def check_class_weights(class_weights, num_classes: int) -> Optional[tuple[float, ...]]:
+def check_class_weights(class_weights, num_classes: int) -> tuple[float, ...] | None:
     if class_weights is None:
         return None
     weights = tuple(float(w) for w in class_weights)
@@ -212,8 +218,20 @@ def check_class_weights(class_weights, num_classes: int) -> Optional[tuple[float
 
 
 __all__ = [
-    "IGNORE_LABEL", "NORMALIZERS", "valid_pixels", "out_of_range_pixels", "pixel_log_likelihood",
-    "ohem_keep_mask", "pixel_cross_entropy_sum", "pixel_cross_entropy", "safe_ratio",
-    "combine_ratios", "batch_loss_fn", "confusion_matrix", "classification_counts", "check_ohem",
-    "check_class_weights", "check_normalizer",
+    "IGNORE_LABEL",
+    "NORMALIZERS",
+    "valid_pixels",
+    "out_of_range_pixels",
+    "pixel_log_likelihood",
+    "ohem_keep_mask",
+    "pixel_cross_entropy_sum",
+    "pixel_cross_entropy",
+    "safe_ratio",
+    "combine_ratios",
+    "batch_loss_fn",
+    "confusion_matrix",
+    "classification_counts",
+    "check_ohem",
+    "check_class_weights",
+    "check_normalizer",
 ]

@@ -14,7 +14,7 @@ checkpoints (`best_metric`); `describe` is the console line for any of these res
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -37,8 +37,9 @@ def metrics_from_confusion(confusion) -> dict:
     return {
         "miou": float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
         "pixel_accuracy": float(true_positive.sum() / total) if total > 0 else float("nan"),
-        "mean_accuracy": (float(np.nanmean(class_accuracy)) if np.any(per_truth > 0)
-                          else float("nan")),
+        "mean_accuracy": (
+            float(np.nanmean(class_accuracy)) if np.any(per_truth > 0) else float("nan")
+        ),
         "per_class_iou": iou,
         "per_class_accuracy": class_accuracy,
     }
@@ -53,21 +54,27 @@ def accuracy_from_counts(sums: Mapping) -> dict:
     """{'accuracy': correct / count (NaN for no example), 'correct', 'count': int} from the
     video classifier's summed `{'correct', 'count'}`."""
     correct, count = int(sums["correct"]), int(sums["count"])
-    return {"accuracy": correct / count if count else float("nan"), "correct": correct,
-            "count": count}
+    return {
+        "accuracy": correct / count if count else float("nan"),
+        "correct": correct,
+        "count": count,
+    }
 
 
 def describe(metrics: Mapping) -> str:
     """One console line for val metrics of any evaluator (by the keys present)."""
     parts = []
     if "miou" in metrics:
-        parts.append(f"val mIoU {metrics['miou']:.4f}, pixel accuracy "
-                     f"{metrics['pixel_accuracy']:.4f}")
+        parts.append(
+            f"val mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}"
+        )
     if "accuracy" in metrics:
         parts.append(f"val top-1 accuracy (1 clip per video) {metrics['accuracy']:.4f}")
     if "video_accuracy" in metrics:
-        parts.append(f"multi-view: clip accuracy {metrics['clip_accuracy']:.4f}, video accuracy "
-                     f"{metrics['video_accuracy']:.4f}")
+        parts.append(
+            f"multi-view: clip accuracy {metrics['clip_accuracy']:.4f}, video accuracy "
+            f"{metrics['video_accuracy']:.4f}"
+        )
     if "bbox_AP" in metrics:
         parts.append(f"val box AP {metrics['bbox_AP']:.4f} (AP50 {metrics['bbox_AP50']:.4f})")
     if "segm_AP" in metrics:
@@ -75,5 +82,9 @@ def describe(metrics: Mapping) -> str:
     return "; ".join(parts) or "no metrics"
 
 
-__all__ = ["metrics_from_confusion", "segmentation_metrics_from_sums", "accuracy_from_counts",
-           "describe"]
+__all__ = [
+    "metrics_from_confusion",
+    "segmentation_metrics_from_sums",
+    "accuracy_from_counts",
+    "describe",
+]

@@ -8,7 +8,7 @@ Every option of a model and its default is declared once, by its task
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,20 +24,31 @@ def _seg(head: str, depth: int, **extra) -> tuple[str, dict]:
     return "segmentation", {"head": head, **widths, "depth": depth, **extra}
 
 
-def _vid(context: Optional[str], inflation: str, **extra) -> tuple[str, dict]:
+def _vid(context: str | None, inflation: str, **extra) -> tuple[str, dict]:
     return "video", {"context": context, "inflation": inflation, **extra}
 
 
-def _det(context: Optional[str], context_stages: str = "c4", **extra) -> tuple[str, dict]:
+def _det(context: str | None, context_stages: str = "c4", **extra) -> tuple[str, dict]:
     """Mask R-CNN R50-FPN (mmdet 3.x `mask-rcnn_r50_fpn_1x_coco`) with a context block of the
     official DNL detection code (tasks/detection.py) at `context_stages`."""
     return "detection", {"context": context, "context_stages": context_stages, **extra}
 
 
 _TINY_DETECTOR = dict(
-    depth=18, stem_channels=16, base_channels=16, frozen_bn=False, fpn_channels=32,
-    fc_channels=64, conv_channels=32, rpn_train=(200, 100), rpn_test=(200, 100),
-    rpn_sampler=(64, 0.5), rcnn_sampler=(32, 0.25), max_detections=10, roi_grid_limit=2)
+    depth=18,
+    stem_channels=16,
+    base_channels=16,
+    frozen_bn=False,
+    fpn_channels=32,
+    fc_channels=64,
+    conv_channels=32,
+    rpn_train=(200, 100),
+    rpn_test=(200, 100),
+    rpn_sampler=(64, 0.5),
+    rcnn_sampler=(32, 0.25),
+    max_detections=10,
+    roi_grid_limit=2,
+)
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "dnl_tiny": _seg("dnl", 18, **_TINY),
@@ -65,9 +76,10 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "mask_rcnn_r50_fpn_dnl_c4c5": _det("dnl_official", "c4+c5_all"),
     # The synthetic detection scenes' scale (CPU): ResNet-18 of 16 base channels trained from
     # scratch (batch norm in training mode), 32/64-wide heads, few proposals and samples.
-    **{f"mask_rcnn_{name}_tiny": _det(context, **_TINY_DETECTOR)
-       for name, context in (("fcn", None), ("dnl", "dnl_official"), ("nl", "nl"),
-                             ("gc", "gc"))},
+    **{
+        f"mask_rcnn_{name}_tiny": _det(context, **_TINY_DETECTOR)
+        for name, context in (("fcn", None), ("dnl", "dnl_official"), ("nl", "nl"), ("gc", "gc"))
+    },
 }
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(MODELS))
 
@@ -80,13 +92,17 @@ def lookup(name: str) -> tuple[str, dict[str, Any]]:
     return task, dict(entry)
 
 
-def parameter_mismatch(loaded, expected) -> Optional[str]:
+def parameter_mismatch(loaded, expected) -> str | None:
     """None when the trees `loaded` and `expected` (arrays or shape structs) have the same
     parameter names and shapes, else a short description of the first difference, e.g.
     "['decode_head']['conv_seg']['kernel']: (1, 1, 16, 5) here, (1, 1, 16, 7) for the model"."""
+
     def shapes(tree):
-        return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()))
-                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+        return {
+            jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        }
+
     here, there = shapes(loaded), shapes(expected)
     missing, extra = sorted(set(there) - set(here)), sorted(set(here) - set(there))
     if missing:

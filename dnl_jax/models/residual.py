@@ -22,7 +22,8 @@ maps one to one (`/` ↔ `.`, trailing `_N` ↔ `.N`; conv `kernel` ↔ `weight`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -63,9 +64,9 @@ class ContextSpec:
     reduction: int = 2
     temperature: float = 0.05
     sub_sample: bool = False
-    pool_window: Optional[tuple[int, ...]] = None
+    pool_window: tuple[int, ...] | None = None
     ratio: float = 1 / 4
-    implementation: Optional[str] = None
+    implementation: str | None = None
     use_scale: bool = True
     mode: str = "embedded_gaussian"
 
@@ -81,22 +82,34 @@ class ContextSpec:
     def module_name(self) -> str:
         return f"{self.kind}_block"
 
-    def build(self, axis_name: Optional[str], dtype: Optional[Dtype]) -> nn.Module:
+    def build(self, axis_name: str | None, dtype: Dtype | None) -> nn.Module:
         """The block, named `{kind}_block` (call it inside a compact method)."""
         if self.kind == "gc":
             return blocks.ContextBlock(ratio=self.ratio, dtype=dtype, name=self.module_name)
         if self.kind == "dnl_official":
             if self.sub_sample:
-                raise ValueError("ContextSpec('dnl_official') has no sub-sampling (the official "
-                                 "detection configs use downsample=False); set sub_sample=False.")
+                raise ValueError(
+                    "ContextSpec('dnl_official') has no sub-sampling (the official "
+                    "detection configs use downsample=False); set sub_sample=False."
+                )
             return blocks_official.OfficialDisentangledNonLocal(
-                reduction=self.reduction, whiten="channel", use_scale=self.use_scale,
-                temperature=self.temperature, implementation=self.implementation, dtype=dtype,
-                name=self.module_name)
+                reduction=self.reduction,
+                whiten="channel",
+                use_scale=self.use_scale,
+                temperature=self.temperature,
+                implementation=self.implementation,
+                dtype=dtype,
+                name=self.module_name,
+            )
         common = dict(
-            reduction=self.reduction, sub_sample=self.sub_sample, pool_window=self.pool_window,
-            axis_name=axis_name, implementation=self.implementation, use_scale=self.use_scale,
-            dtype=dtype, name=self.module_name,
+            reduction=self.reduction,
+            sub_sample=self.sub_sample,
+            pool_window=self.pool_window,
+            axis_name=axis_name,
+            implementation=self.implementation,
+            use_scale=self.use_scale,
+            dtype=dtype,
+            name=self.module_name,
         )
         if self.kind == "nl":
             return blocks.NonLocal(mode=self.mode, **common)
@@ -123,14 +136,22 @@ class _ResidualBase(nn.Module):
     dilation: int = 1
     downsample: bool = False
     temporal_kernel: int = 1
-    context: Optional[ContextSpec] = None
-    axis_name: Optional[str] = None
+    context: ContextSpec | None = None
+    axis_name: str | None = None
     frozen_bn: bool = False
     zero_init_residual: bool = True
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
 
-    def _conv(self, x: Array, features: int, kernel: int, name: str, strides: Any = 1,
-              dilation: int = 1, temporal_kernel: int = 1) -> Array:
+    def _conv(
+        self,
+        x: Array,
+        features: int,
+        kernel: int,
+        name: str,
+        strides: Any = 1,
+        dilation: int = 1,
+        temporal_kernel: int = 1,
+    ) -> Array:
         """Bias-free conv, PyTorch padding (kernel//2·dilation); 3-D convs get `temporal_kernel`
         in time (padded by temporal_kernel//2) and no stride or dilation in time unless given."""
         nd = x.ndim - 2
@@ -139,19 +160,30 @@ class _ResidualBase(nn.Module):
         if nd == 3:
             window = (temporal_kernel,) + window
             dilations = (1,) + dilations
-        padding = [((w - 1) * d // 2,) * 2 for w, d in zip(window, dilations)]
+        padding = [((w - 1) * d // 2,) * 2 for w, d in zip(window, dilations, strict=False)]
         return nn.Conv(
-            features, window, strides=_spatial_tuple(strides, nd), kernel_dilation=dilations,
-            padding=padding, use_bias=False, kernel_init=layers.kaiming_fan_out, dtype=self.dtype,
-            conv_general_dilated=layers.conv_or_pointwise_matmul, name=name,
+            features,
+            window,
+            strides=_spatial_tuple(strides, nd),
+            kernel_dilation=dilations,
+            padding=padding,
+            use_bias=False,
+            kernel_init=layers.kaiming_fan_out,
+            dtype=self.dtype,
+            conv_general_dilated=layers.conv_or_pointwise_matmul,
+            name=name,
         )(x)
 
     def _norm(self, x: Array, name: str, train: bool, zero_init: bool = False) -> Array:
         """Batch norm over channels; frozen (running statistics) when `frozen_bn`. `zero_init`
         zeroes the scale (the bias starts at 0 anyway), as mmcv's `constant_init(norm, 0)`."""
         return layers.make_norm(
-            "batch", train=train and not self.frozen_bn, zero_init=zero_init,
-            axis_name=self.axis_name, dtype=self.dtype, name=name,
+            "batch",
+            train=train and not self.frozen_bn,
+            zero_init=zero_init,
+            axis_name=self.axis_name,
+            dtype=self.dtype,
+            name=name,
         )(x)
 
     def _identity(self, x: Array, features: int, train: bool) -> Array:
@@ -185,8 +217,15 @@ class BasicBlock(_ResidualBase):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        out = self._conv(x, self.planes, 3, "conv1", strides=self.strides, dilation=self.dilation,
-                         temporal_kernel=self.temporal_kernel)
+        out = self._conv(
+            x,
+            self.planes,
+            3,
+            "conv1",
+            strides=self.strides,
+            dilation=self.dilation,
+            temporal_kernel=self.temporal_kernel,
+        )
         out = nn.relu(self._norm(out, "bn1", train))
         out = self._conv(out, self.planes, 3, "conv2")
         out = self._norm(out, "bn2", train, zero_init=self.zero_init_residual)
@@ -250,7 +289,7 @@ def expansion(depth: int) -> int:
 
 
 def stage_context_indices(
-    indices: Optional[Sequence[Sequence[int]]], num_blocks: Sequence[int]
+    indices: Sequence[Sequence[int]] | None, num_blocks: Sequence[int]
 ) -> list[frozenset[int]]:
     """Normalises a per-stage list of block indices (negatives count from the end) into sets."""
     if indices is None:
@@ -261,7 +300,7 @@ def stage_context_indices(
             f"{len(indices)}: {indices}."
         )
     out = []
-    for stage, (chosen, n) in enumerate(zip(indices, num_blocks)):
+    for stage, (chosen, n) in enumerate(zip(indices, num_blocks, strict=False)):
         normalised = set()
         for i in chosen:
             if not -n <= i < n:
@@ -274,13 +313,26 @@ def stage_context_indices(
 
 
 __all__ = [
-    "ContextSpec", "BasicBlock", "Bottleneck", "ARCH_SETTINGS", "block_type", "check_depth",
-    "expansion", "stage_context_indices", "CONTEXT_KINDS", "PLACEMENTS",
+    "ContextSpec",
+    "BasicBlock",
+    "Bottleneck",
+    "ARCH_SETTINGS",
+    "block_type",
+    "check_depth",
+    "expansion",
+    "stage_context_indices",
+    "CONTEXT_KINDS",
+    "PLACEMENTS",
 ]
 
 
-def conv7x7_stem(module: nn.Module, x: Array, train: bool, temporal_kernel: int = 0,
-                 temporal_strides: tuple[int, int] = (1, 1)) -> Array:
+def conv7x7_stem(
+    module: nn.Module,
+    x: Array,
+    train: bool,
+    temporal_kernel: int = 0,
+    temporal_strides: tuple[int, int] = (1, 1),
+) -> Array:
     """torchvision's stem inside `module`'s compact context: conv 7×7 (stride 2, padding 3, no
     bias) → BN → ReLU → 3×3 max-pool (stride 2, padding 1); names `conv1`, `bn1`.
 
@@ -295,15 +347,24 @@ def conv7x7_stem(module: nn.Module, x: Array, train: bool, temporal_kernel: int 
     conv_stride, pool_stride = ((s,) for s in temporal_strides) if temporal_kernel else ((), ())
     unit = (1,) if temporal_kernel else ()
     x = nn.Conv(
-        module.stem_channels, time + (7, 7), strides=conv_stride + (2, 2),
-        padding=time_pad + ((3, 3), (3, 3)), use_bias=False,
-        kernel_init=layers.kaiming_fan_out, dtype=module.dtype, name="conv1",
+        module.stem_channels,
+        time + (7, 7),
+        strides=conv_stride + (2, 2),
+        padding=time_pad + ((3, 3), (3, 3)),
+        use_bias=False,
+        kernel_init=layers.kaiming_fan_out,
+        dtype=module.dtype,
+        name="conv1",
     )(x)
     x = layers.make_norm(
-        "batch", train=train and not module.frozen_bn, axis_name=module.axis_name,
-        dtype=module.dtype, name="bn1",
+        "batch",
+        train=train and not module.frozen_bn,
+        axis_name=module.axis_name,
+        dtype=module.dtype,
+        name="bn1",
     )(x)
     x = nn.relu(x)
     no_pad = ((0, 0),) if temporal_kernel else ()
-    return nn.max_pool(x, unit + (3, 3), strides=pool_stride + (2, 2),
-                       padding=no_pad + ((1, 1), (1, 1)))
+    return nn.max_pool(
+        x, unit + (3, 3), strides=pool_stride + (2, 2), padding=no_pad + ((1, 1), (1, 1))
+    )

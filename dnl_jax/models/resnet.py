@@ -3,7 +3,8 @@
 V1c = deep stem (three 3×3 convs, stem/2 → stem/2 → stem channels, the first with stride 2,
 each followed by BN and ReLU) + 3×3 max-pool (stride 2), then 4 stages of residual blocks; the
 identity path of a strided or widening block is a 1×1 conv (with the stride) + BN (no
-average-pool down-sampling). The output stride is set by striding or dilating the last stages, as mmseg:
+average-pool down-sampling). The output stride is set by striding or dilating the last stages, as
+mmseg:
 
     output stride   strides (stages 1-4)   dilations (stages 1-4)
          8             (1, 2, 1, 1)           (1, 1, 2, 4)
@@ -24,7 +25,8 @@ Parameter names ↔ mmseg `ResNetV1c` state_dict keys (prefix `backbone.` in a s
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,8 +55,9 @@ def strides_and_dilations(output_stride: int) -> tuple[tuple[int, ...], tuple[in
     return OUTPUT_STRIDES[output_stride]
 
 
-def check_channel_last(x: Array, in_channels: int, *, what: str, layout: str, add_axis: str,
-                       transpose: str) -> None:
+def check_channel_last(
+    x: Array, in_channels: int, *, what: str, layout: str, add_axis: str, transpose: str
+) -> None:
     """A channel-last float batch of `what`s laid out as `layout` (e.g. '[B, H, W]', to which
     the channel axis is appended); `add_axis` / `transpose` tell how to fix a wrong rank or an
     NCHW-style layout."""
@@ -79,7 +82,10 @@ def check_channel_last(x: Array, in_channels: int, *, what: str, layout: str, ad
 def check_image(x: Array, in_channels: int, what: str = "image") -> None:
     """A channel-last float batch `[B, H, W, in_channels]`."""
     check_channel_last(
-        x, in_channels, what=what, layout="[B, H, W]",
+        x,
+        in_channels,
+        what=what,
+        layout="[B, H, W]",
         add_axis="Add a batch axis with x[None] for a single image.",
         transpose="Transpose NCHW inputs with x.transpose(0, 2, 3, 1).",
     )
@@ -112,12 +118,12 @@ class ResNetV1c(nn.Module):
     base_channels: int = 64
     output_stride: int = 8
     contract_dilation: bool = True
-    axis_name: Optional[str] = None
+    axis_name: str | None = None
     frozen_bn: bool = False
     zero_init_residual: bool = True
-    context: Optional[ContextSpec] = None
-    context_block_indices: Optional[Sequence[Sequence[int]]] = None
-    dtype: Optional[Dtype] = None
+    context: ContextSpec | None = None
+    context_block_indices: Sequence[Sequence[int]] | None = None
+    dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, ...]:
@@ -135,8 +141,17 @@ class ResNetV1c(nn.Module):
         in_features = self.stem_channels
         for stage, blocks_in_stage in enumerate(num_blocks):
             planes = self.base_channels * 2**stage
-            x = self._stage(x, stage, blocks_in_stage, planes, in_features, strides[stage],
-                            dilations[stage], chosen[stage], train)
+            x = self._stage(
+                x,
+                stage,
+                blocks_in_stage,
+                planes,
+                in_features,
+                strides[stage],
+                dilations[stage],
+                chosen[stage],
+                train,
+            )
             x = sharded_attention.constrain_positions(x)  # stage boundary (mesh 'space' axis)
             in_features = planes * residual.expansion(self.depth)
             outputs.append(x)
@@ -147,18 +162,28 @@ class ResNetV1c(nn.Module):
         half = self.stem_channels // 2
         for index, (features, stride) in enumerate([(half, 2), (half, 1), (self.stem_channels, 1)]):
             x = nn.Conv(
-                features, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
-                kernel_init=layers.kaiming_fan_out, dtype=self.dtype, name=f"stem_{3 * index}",
+                features,
+                (3, 3),
+                strides=stride,
+                padding=((1, 1), (1, 1)),
+                use_bias=False,
+                kernel_init=layers.kaiming_fan_out,
+                dtype=self.dtype,
+                name=f"stem_{3 * index}",
             )(x)
             x = layers.make_norm(
-                "batch", train=train and not self.frozen_bn, axis_name=self.axis_name,
-                dtype=self.dtype, name=f"stem_{3 * index + 1}",
+                "batch",
+                train=train and not self.frozen_bn,
+                axis_name=self.axis_name,
+                dtype=self.dtype,
+                name=f"stem_{3 * index + 1}",
             )(x)
             x = nn.relu(x)
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
-    def _stage(self, x, stage, blocks_in_stage, planes, in_features, stride, dilation, chosen,
-               train) -> Array:
+    def _stage(
+        self, x, stage, blocks_in_stage, planes, in_features, stride, dilation, chosen, train
+    ) -> Array:
         block = residual.block_type(self.depth)
         out_features = planes * block.expansion
         first_dilation = dilation // 2 if (self.contract_dilation and dilation > 1) else dilation

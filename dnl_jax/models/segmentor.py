@@ -16,7 +16,8 @@ each CE a sum over pixels divided by a normaliser summed over the global batch (
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -72,7 +73,7 @@ class Segmentor(nn.Module):
 
     backbone: ResNetV1c
     decode_head: nn.Module
-    auxiliary_head: Optional[nn.Module] = None
+    auxiliary_head: nn.Module | None = None
     align_corners: bool = False
 
     @nn.compact
@@ -81,15 +82,17 @@ class Segmentor(nn.Module):
         height, width = images.shape[1:3]
         stages = self.backbone(images, train=train)
         logits = sharded_attention.constrain_positions(self.decode_head(stages[-1], train=train))
-        outputs = {"logits": sharded_attention.constrain_positions(
-            resize_bilinear(logits, (height, width), self.align_corners))}
+        outputs = {
+            "logits": sharded_attention.constrain_positions(
+                resize_bilinear(logits, (height, width), self.align_corners)
+            )
+        }
         # The auxiliary head also runs at init, so `init(..., train=False)` creates its
         # parameters; in evaluation it is skipped.
         if self.auxiliary_head is not None and (train or self.is_initializing()):
             aux = self.auxiliary_head(stages[-2], train=train)
             if train:
-                outputs["aux_logits"] = resize_bilinear(aux, (height, width),
-                                                        self.align_corners)
+                outputs["aux_logits"] = resize_bilinear(aux, (height, width), self.align_corners)
         return outputs
 
 
@@ -105,14 +108,14 @@ def build_segmentor(
     channels: int = 512,
     aux_channels: int = 256,
     dropout_rate: float = 0.1,
-    axis_name: Optional[str] = None,
+    axis_name: str | None = None,
     frozen_bn: bool = False,
-    dtype: Optional[Dtype] = None,
-    implementation: Optional[str] = None,
+    dtype: Dtype | None = None,
+    implementation: str | None = None,
     in_channels: int = 3,
     align_corners: bool = False,
-    backbone_kwargs: Optional[dict] = None,
-    head_kwargs: Optional[dict] = None,
+    backbone_kwargs: dict | None = None,
+    head_kwargs: dict | None = None,
 ) -> Segmentor:
     """A `Segmentor` with a ResNetV1c-`backbone_depth` trunk and a `head` in
     {'dnl', 'nl', 'gc', 'fcn'} ('fcn' = mmseg FCNHead with 2 convs and concat_input) of width
@@ -124,8 +127,13 @@ def build_segmentor(
         raise ValueError(f"unknown head {head!r}; choose one of {sorted(heads.HEADS)}.")
     strides_and_dilations(output_stride)  # Validates early, before any tracing.
     residual.check_depth(backbone_depth)
-    for key, value in dict(num_classes=num_classes, channels=channels, aux_channels=aux_channels,
-                           base_channels=base_channels, stem_channels=stem_channels).items():
+    for key, value in dict(
+        num_classes=num_classes,
+        channels=channels,
+        aux_channels=aux_channels,
+        base_channels=base_channels,
+        stem_channels=stem_channels,
+    ).items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{key} must be a positive integer; got {value!r}.")
     if not 0.0 <= dropout_rate < 1.0:
@@ -136,30 +144,51 @@ def build_segmentor(
         )
     common = dict(axis_name=axis_name, frozen_bn=frozen_bn, dtype=dtype)
     backbone = ResNetV1c(
-        depth=backbone_depth, in_channels=in_channels, stem_channels=stem_channels,
-        base_channels=base_channels, output_stride=output_stride, **common,
+        depth=backbone_depth,
+        in_channels=in_channels,
+        stem_channels=stem_channels,
+        base_channels=base_channels,
+        output_stride=output_stride,
+        **common,
         **(backbone_kwargs or {}),
     )
     head_options = dict(head_kwargs or {})
     if head in ("dnl", "nl", "dnl_official", "dnl_official_nowd"):
         head_options.setdefault("implementation", implementation)
     decode_head = heads.HEADS[head](
-        num_classes=num_classes, channels=channels, dropout_rate=dropout_rate, **common,
+        num_classes=num_classes,
+        channels=channels,
+        dropout_rate=dropout_rate,
+        **common,
         **head_options,
     )
     auxiliary_head = None
     if aux:
         auxiliary_head = heads.FCNHead(
-            num_classes=num_classes, channels=aux_channels, num_convs=1, concat_input=False,
-            dropout_rate=dropout_rate, **common,
+            num_classes=num_classes,
+            channels=aux_channels,
+            num_convs=1,
+            concat_input=False,
+            dropout_rate=dropout_rate,
+            **common,
         )
-    return Segmentor(backbone=backbone, decode_head=decode_head, auxiliary_head=auxiliary_head,
-                     align_corners=align_corners)
+    return Segmentor(
+        backbone=backbone,
+        decode_head=decode_head,
+        auxiliary_head=auxiliary_head,
+        align_corners=align_corners,
+    )
 
 
-def segmentation_loss_ratios(outputs: dict, batch: dict, *, ignore_label: int = losses.IGNORE_LABEL,
-                             ohem: Optional[dict] = None, class_weights=None,
-                             normalizer: str = "kept") -> dict[str, tuple[Array, Array]]:
+def segmentation_loss_ratios(
+    outputs: dict,
+    batch: dict,
+    *,
+    ignore_label: int = losses.IGNORE_LABEL,
+    ohem: dict | None = None,
+    class_weights=None,
+    normalizer: str = "kept",
+) -> dict[str, tuple[Array, Array]]:
     """Ratio statistics `{name: (numerator, denominator)}` of a `Segmentor`'s `outputs` for a
     batch `{'label': int [B, H, W]}` (+ 'ohem_keep': bool [B, H, W], the pixels OHEM selected,
     when already known): 'decode_loss', 'aux_loss' (when 'aux_logits' is present, i.e. in
@@ -169,39 +198,55 @@ def segmentation_loss_ratios(outputs: dict, batch: dict, *, ignore_label: int = 
     """
     labels = batch["label"]
     options = dict(ignore_label=ignore_label, class_weights=class_weights, normalizer=normalizer)
-    ratios = {"decode_loss": losses.pixel_cross_entropy_sum(
-        outputs["logits"], labels, ohem=ohem, keep=batch.get("ohem_keep"), **options)}
+    ratios = {
+        "decode_loss": losses.pixel_cross_entropy_sum(
+            outputs["logits"], labels, ohem=ohem, keep=batch.get("ohem_keep"), **options
+        )
+    }
     if "aux_logits" in outputs:
-        ratios["aux_loss"] = losses.pixel_cross_entropy_sum(outputs["aux_logits"], labels,
-                                                            **options)
+        ratios["aux_loss"] = losses.pixel_cross_entropy_sum(
+            outputs["aux_logits"], labels, **options
+        )
     num_classes = outputs["logits"].shape[-1]
     valid = losses.valid_pixels(labels, num_classes, ignore_label)
     correct = valid & (jnp.argmax(outputs["logits"], axis=-1) == labels)
-    ratios["pixel_accuracy"] = (jnp.sum(correct, dtype=jnp.float32),
-                                jnp.sum(valid, dtype=jnp.float32))
+    ratios["pixel_accuracy"] = (
+        jnp.sum(correct, dtype=jnp.float32),
+        jnp.sum(valid, dtype=jnp.float32),
+    )
     ratios["out_of_range_labels"] = (
         losses.out_of_range_pixels(labels, num_classes, ignore_label).astype(jnp.float32),
-        jnp.float32(labels.size))
+        jnp.float32(labels.size),
+    )
     return ratios
 
 
-def ohem_selection(outputs: dict, batch: dict, *, ohem: dict,
-                   ignore_label: int = losses.IGNORE_LABEL) -> dict[str, Array]:
+def ohem_selection(
+    outputs: dict, batch: dict, *, ohem: dict, ignore_label: int = losses.IGNORE_LABEL
+) -> dict[str, Array]:
     """`{'ohem_keep': bool [B, H, W]}`: the pixels OHEM keeps for the main logits (computed
     once, before the backward pass, so that the global normaliser can be summed first)."""
     logits, labels = outputs["logits"], batch["label"]
     valid = losses.valid_pixels(labels, logits.shape[-1], ignore_label)
-    return {"ohem_keep": losses.ohem_keep_mask(logits, labels, valid, ohem["thresh"],
-                                               ohem["min_kept"])}
+    return {
+        "ohem_keep": losses.ohem_keep_mask(logits, labels, valid, ohem["thresh"], ohem["min_kept"])
+    }
 
 
-def segmentation_confusion(outputs: dict, batch: dict, *, num_classes: int,
-                           ignore_label: int = losses.IGNORE_LABEL) -> dict[str, Array]:
+def segmentation_confusion(
+    outputs: dict, batch: dict, *, num_classes: int, ignore_label: int = losses.IGNORE_LABEL
+) -> dict[str, Array]:
     """`{'confusion': int32 [K, K]}` (rows ground truth, columns argmax prediction)."""
     predictions = jnp.argmax(outputs["logits"], axis=-1)
     confusion = losses.confusion_matrix(predictions, batch["label"], num_classes, ignore_label)
     return {"confusion": confusion}
 
 
-__all__ = ["Segmentor", "build_segmentor", "resize_bilinear", "segmentation_loss_ratios",
-           "ohem_selection", "segmentation_confusion"]
+__all__ = [
+    "Segmentor",
+    "build_segmentor",
+    "resize_bilinear",
+    "segmentation_loss_ratios",
+    "ohem_selection",
+    "segmentation_confusion",
+]

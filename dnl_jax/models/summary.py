@@ -8,7 +8,8 @@ which counts a multiply-add as 2 FLOPs (so GMACs ≈ FLOPs / 2), before compiler
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ def count_params(tree: Any) -> int:
     return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def summary_flops(lowered) -> Optional[float]:
+def summary_flops(lowered) -> float | None:
     """XLA's FLOP count of a `jax.jit(...).lower(...)` result, or None if unavailable."""
     cost = lowered.cost_analysis()
     if isinstance(cost, (list, tuple)):  # Older JAX returned one dict per computation.
@@ -29,21 +30,26 @@ def summary_flops(lowered) -> Optional[float]:
     return float(cost["flops"])
 
 
-def module_summary(module, input_shape: Sequence[int], *, name: str, num_classes: int,
-                   print_fn=print) -> dict:
+def module_summary(
+    module, input_shape: Sequence[int], *, name: str, num_classes: int, print_fn=print
+) -> dict:
     """Prints and returns `{'name', 'input_shape', 'params', 'params_by_module', 'flops'}` of
     `module` on inputs of `input_shape` ([B, H, W, 3] or [B, T, H, W, 3]); FLOPs of the
     inference forward pass (None when the backend gives no cost analysis)."""
     inputs = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    variables = jax.eval_shape(
-        lambda x: module.init(jax.random.key(0), x, train=False), inputs
-    )
+    variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), inputs)
     params = variables["params"]
     by_module = {key: count_params(value) for key, value in params.items()}
     lowered = jax.jit(lambda v, x: module.apply(v, x, train=False)).lower(variables, inputs)
     flops = summary_flops(lowered)
-    result = dict(name=name, input_shape=list(input_shape), num_classes=num_classes,
-                  params=count_params(params), params_by_module=by_module, flops=flops)
+    result = dict(
+        name=name,
+        input_shape=list(input_shape),
+        num_classes=num_classes,
+        params=count_params(params),
+        params_by_module=by_module,
+        flops=flops,
+    )
     print_fn(f"{name}  input {tuple(input_shape)}  classes {num_classes}")
     for key, value in by_module.items():
         print_fn(f"  {key:<16} {value:>14,d} params")

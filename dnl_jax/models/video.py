@@ -27,7 +27,8 @@ its residual block, placement 'after_block'), `fc/{kernel,bias}` (mmaction `cls_
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -43,10 +44,12 @@ Dtype = Any
 INFLATIONS = ("c2d", "i3d")
 # Settings not stored in the weights; see the module docstring.
 VIDEO_LAYOUTS = {
-    "paper": dict(conv1_temporal_stride=1, pool1_temporal_stride=1, temporal_pool_window=3,
-                  use_scale=True),
-    "mmaction": dict(conv1_temporal_stride=2, pool1_temporal_stride=2, temporal_pool_window=2,
-                     use_scale=False),
+    "paper": dict(
+        conv1_temporal_stride=1, pool1_temporal_stride=1, temporal_pool_window=3, use_scale=True
+    ),
+    "mmaction": dict(
+        conv1_temporal_stride=2, pool1_temporal_stride=2, temporal_pool_window=2, use_scale=False
+    ),
 }
 
 
@@ -68,7 +71,10 @@ def i3d_inflated_blocks(num_blocks: Sequence[int]) -> tuple[frozenset[int], ...]
 def check_clip(x: Array, in_channels: int) -> None:
     """A channel-last float batch of clips `[B, T, H, W, in_channels]`."""
     resnet.check_channel_last(
-        x, in_channels, what="clip", layout="[B, T, H, W]",
+        x,
+        in_channels,
+        what="clip",
+        layout="[B, T, H, W]",
         add_axis="The video model takes clips; for single frames add a time axis, x[:, None].",
         transpose="Transpose [B, C, T, H, W] clips with x.transpose(0, 2, 3, 4, 1).",
     )
@@ -101,13 +107,13 @@ class ResNet3D(nn.Module):
     temporal_pool_window: int = 3
     conv1_temporal_stride: int = 1
     pool1_temporal_stride: int = 1
-    inflated_block_indices: Optional[Sequence[Sequence[int]]] = None
-    conv1_temporal_kernel: Optional[int] = None
-    context: Optional[ContextSpec] = None
-    context_block_indices: Optional[Sequence[Sequence[int]]] = None
-    axis_name: Optional[str] = None
+    inflated_block_indices: Sequence[Sequence[int]] | None = None
+    conv1_temporal_kernel: int | None = None
+    context: ContextSpec | None = None
+    context_block_indices: Sequence[Sequence[int]] | None = None
+    axis_name: str | None = None
     frozen_bn: bool = False
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -136,7 +142,9 @@ class ResNet3D(nn.Module):
                     downsample=first and (stage > 0 or in_features != planes * block.expansion),
                     temporal_kernel=3 if self._inflate(inflated, stage, index) else 1,
                     context=self.context if index in chosen[stage] else None,
-                    axis_name=self.axis_name, frozen_bn=self.frozen_bn, dtype=self.dtype,
+                    axis_name=self.axis_name,
+                    frozen_bn=self.frozen_bn,
+                    dtype=self.dtype,
                     name=f"layer{stage + 1}_{index}",
                 )(x, train=train)
             in_features = planes * block.expansion
@@ -150,10 +158,15 @@ class ResNet3D(nn.Module):
         (T' = ⌊T/2⌋)."""
         if self.temporal_pool_window not in (2, 3):
             raise ValueError(
-                f"temporal_pool_window must be 2 or 3; got {self.temporal_pool_window}.")
+                f"temporal_pool_window must be 2 or 3; got {self.temporal_pool_window}."
+            )
         pad = 1 if self.temporal_pool_window == 3 else 0
-        return nn.max_pool(x, (self.temporal_pool_window, 1, 1), strides=(2, 1, 1),
-                           padding=((pad, pad), (0, 0), (0, 0)))
+        return nn.max_pool(
+            x,
+            (self.temporal_pool_window, 1, 1),
+            strides=(2, 1, 1),
+            padding=((pad, pad), (0, 0), (0, 0)),
+        )
 
     def _inflate(self, inflated, stage: int, index: int) -> bool:
         return self.inflation == "i3d" and index in inflated[stage]
@@ -162,8 +175,12 @@ class ResNet3D(nn.Module):
         """conv kt×7×7 (stride 1,2,2; PyTorch padding) → BN → ReLU → max-pool 1×3×3 (1,2,2)."""
         temporal_kernel = self.conv1_temporal_kernel or (5 if self.inflation == "i3d" else 1)
         return residual.conv7x7_stem(
-            self, x, train, temporal_kernel=temporal_kernel,
-            temporal_strides=(self.conv1_temporal_stride, self.pool1_temporal_stride))
+            self,
+            x,
+            train,
+            temporal_kernel=temporal_kernel,
+            temporal_strides=(self.conv1_temporal_stride, self.pool1_temporal_stride),
+        )
 
 
 class VideoClassifier(nn.Module):
@@ -182,14 +199,15 @@ class VideoClassifier(nn.Module):
         features = self.backbone(clips, train=train)
         pooled = jnp.mean(features, axis=(1, 2, 3))
         pooled = nn.Dropout(self.dropout_rate, deterministic=not train)(pooled)
-        logits = nn.Dense(self.num_classes, kernel_init=layers.normal_001, name="fc",
-                          dtype=self.backbone.dtype)(pooled)
+        logits = nn.Dense(
+            self.num_classes, kernel_init=layers.normal_001, name="fc", dtype=self.backbone.dtype
+        )(pooled)
         return {"logits": logits}
 
 
 def build_video_classifier(
     depth: int = 50,
-    context: Optional[str] = "dnl",
+    context: str | None = "dnl",
     num_classes: int = 400,
     *,
     inflation: str = "i3d",
@@ -197,16 +215,16 @@ def build_video_classifier(
     stem_channels: int = 64,
     dropout_rate: float = 0.5,
     temporal_pool: bool = True,
-    axis_name: Optional[str] = None,
+    axis_name: str | None = None,
     frozen_bn: bool = False,
-    dtype: Optional[Dtype] = None,
-    implementation: Optional[str] = None,
+    dtype: Dtype | None = None,
+    implementation: str | None = None,
     temperature: float = 0.05,
     layout: str = "paper",
     nl_mode: str = "embedded_gaussian",
-    use_scale: Optional[bool] = None,
-    context_block_indices: Optional[Sequence[Sequence[int]]] = None,
-    inflated_block_indices: Optional[Sequence[Sequence[int]]] = None,
+    use_scale: bool | None = None,
+    context_block_indices: Sequence[Sequence[int]] | None = None,
+    inflated_block_indices: Sequence[Sequence[int]] | None = None,
 ) -> VideoClassifier:
     """A `VideoClassifier` with `context` in {'dnl', 'nl', None} blocks (sub-sampled by (1, 2, 2),
     reduction 2) after every other block of res3 and res4 (or `context_block_indices`).
@@ -228,18 +246,40 @@ def build_video_classifier(
         )
     spec = None
     if context is not None:
-        spec = ContextSpec(kind=context, placement="after_block", reduction=2,
-                           temperature=temperature, sub_sample=True, pool_window=(1, 2, 2),
-                           implementation=implementation, use_scale=use_scale, mode=nl_mode)
+        spec = ContextSpec(
+            kind=context,
+            placement="after_block",
+            reduction=2,
+            temperature=temperature,
+            sub_sample=True,
+            pool_window=(1, 2, 2),
+            implementation=implementation,
+            use_scale=use_scale,
+            mode=nl_mode,
+        )
     backbone = ResNet3D(
-        depth=depth, inflation=inflation, stem_channels=stem_channels,
-        base_channels=base_channels, temporal_pool=temporal_pool, context=spec,
+        depth=depth,
+        inflation=inflation,
+        stem_channels=stem_channels,
+        base_channels=base_channels,
+        temporal_pool=temporal_pool,
+        context=spec,
         context_block_indices=context_block_indices,
-        inflated_block_indices=inflated_block_indices, axis_name=axis_name, frozen_bn=frozen_bn,
-        dtype=dtype, **strides,
+        inflated_block_indices=inflated_block_indices,
+        axis_name=axis_name,
+        frozen_bn=frozen_bn,
+        dtype=dtype,
+        **strides,
     )
     return VideoClassifier(backbone=backbone, num_classes=num_classes, dropout_rate=dropout_rate)
 
 
-__all__ = ["VIDEO_LAYOUTS", "ResNet3D", "VideoClassifier", "build_video_classifier", "check_clip",
-           "every_other_block", "i3d_inflated_blocks"]
+__all__ = [
+    "VIDEO_LAYOUTS",
+    "ResNet3D",
+    "VideoClassifier",
+    "build_video_classifier",
+    "check_clip",
+    "every_other_block",
+    "i3d_inflated_blocks",
+]

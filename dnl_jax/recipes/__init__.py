@@ -37,11 +37,19 @@ from __future__ import annotations
 import ml_collections
 
 from dnl_jax.data import ade20k, cityscapes, pascal_context
-from dnl_jax.train.config import (base_config, batched_eval, coco_eval, multi_view_eval,
-                                  segmentation_eval)
+from dnl_jax.train.config import (
+    base_config,
+    batched_eval,
+    coco_eval,
+    multi_view_eval,
+    segmentation_eval,
+)
 
-NUM_CLASSES = {"cityscapes": len(cityscapes.CLASSES), "ade20k": len(ade20k.CLASSES),
-               "pascal_context": len(pascal_context.CLASSES)}
+NUM_CLASSES = {
+    "cityscapes": len(cityscapes.CLASSES),
+    "ade20k": len(ade20k.CLASSES),
+    "pascal_context": len(pascal_context.CLASSES),
+}
 SAVE_EVERY_SECONDS = 1800  # 30 min: the most wall time a preemption or a lost host can cost
 
 # mmseg's dnl_r50-d8_4xb2-80k_cityscapes-769x769.py (and the r101 one that inherits it) writes
@@ -61,13 +69,26 @@ def mmseg_backbone(model: str) -> str:
     raise ValueError(f"model {model!r} names no ResNet-50/101 backbone (e.g. 'dnl_r50-d8').")
 
 
-def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
-                        base_size: tuple[int, int], batch_size: int, total_steps: int,
-                        pretrained: str, lr: float = 0.01, weight_decay: float = 5e-4,
-                        eval_mode: str = "whole", eval_crop_size=None, eval_stride=None,
-                        ohem: dict | None = None, loss_normalizer: str = "all",
-                        align_corners: bool = False, weight_decay_multipliers: tuple = (),
-                        data_dir: str = "data/prepared") -> ml_collections.ConfigDict:
+def segmentation_recipe(
+    *,
+    dataset: str,
+    model: str,
+    crop_size: tuple[int, int],
+    base_size: tuple[int, int],
+    batch_size: int,
+    total_steps: int,
+    pretrained: str,
+    lr: float = 0.01,
+    weight_decay: float = 5e-4,
+    eval_mode: str = "whole",
+    eval_crop_size=None,
+    eval_stride=None,
+    ohem: dict | None = None,
+    loss_normalizer: str = "all",
+    align_corners: bool = False,
+    weight_decay_multipliers: tuple = (),
+    data_dir: str = "data/prepared",
+) -> ml_collections.ConfigDict:
     """An mmseg-style segmentation recipe: SGD momentum 0.9, poly 0.9 down to 1e-4, the mmseg
     train pipeline (resize 0.5-2.0, crop with cat_max_ratio 0.75, flip, photometric);
     evaluation and checkpoints every total_steps / 10 steps (mmseg's 8k of 80k). `pretrained`
@@ -99,9 +120,12 @@ def segmentation_recipe(*, dataset: str, model: str, crop_size: tuple[int, int],
     c.optimizer.poly_power = 0.9
     c.optimizer.min_lr = 1e-4
     c.optimizer.warmup_steps = 0
-    c.evals.val = segmentation_eval(max(1, total_steps // 10), mode=eval_mode,
-                                    crop_size=eval_crop_size or (0, 0),
-                                    stride=eval_stride or (0, 0))
+    c.evals.val = segmentation_eval(
+        max(1, total_steps // 10),
+        mode=eval_mode,
+        crop_size=eval_crop_size or (0, 0),
+        stride=eval_stride or (0, 0),
+    )
     c.checkpoint.every_steps = max(1, total_steps // 10)
     c.checkpoint.every_seconds = SAVE_EVERY_SECONDS
     c.log_every_steps = 50
@@ -112,9 +136,15 @@ def cityscapes_mmseg(model: str, total_steps: int = 80_000) -> ml_collections.Co
     """mmseg Cityscapes 512x1024: batch 8 (4 GPUs x 2), whole-image test at 2048x1024 (mmseg's
     dnl/nonlocal/fcn 512x1024 configs keep `test_cfg=dict(mode='whole')` of
     `_base_/models/*_r50-d8.py`; only their 769x769 configs slide)."""
-    return segmentation_recipe(dataset="cityscapes", model=model, crop_size=(512, 1024),
-                               base_size=(2048, 1024), batch_size=8, total_steps=total_steps,
-                               pretrained=mmseg_backbone(model))
+    return segmentation_recipe(
+        dataset="cityscapes",
+        model=model,
+        crop_size=(512, 1024),
+        base_size=(2048, 1024),
+        batch_size=8,
+        total_steps=total_steps,
+        pretrained=mmseg_backbone(model),
+    )
 
 
 def cityscapes_mmseg_769(model: str, total_steps: int) -> ml_collections.ConfigDict:
@@ -122,18 +152,32 @@ def cityscapes_mmseg_769(model: str, total_steps: int) -> ml_collections.ConfigD
     (2049, 1025), 769x769 crops, batch 8 (4 x 2), align_corners True in both heads (and so in
     the loss and the test), slide test 769x769 with stride 513. (The 80k DNL configs' theta/phi
     `wd_mult=0` has no effect in mmengine: see NO_DECAY_THETA_PHI.)"""
-    return segmentation_recipe(dataset="cityscapes", model=model, crop_size=(769, 769),
-                               base_size=(2049, 1025), batch_size=8, total_steps=total_steps,
-                               pretrained=mmseg_backbone(model), align_corners=True,
-                               eval_mode="slide", eval_crop_size=(769, 769),
-                               eval_stride=(513, 513))
+    return segmentation_recipe(
+        dataset="cityscapes",
+        model=model,
+        crop_size=(769, 769),
+        base_size=(2049, 1025),
+        batch_size=8,
+        total_steps=total_steps,
+        pretrained=mmseg_backbone(model),
+        align_corners=True,
+        eval_mode="slide",
+        eval_crop_size=(769, 769),
+        eval_stride=(513, 513),
+    )
 
 
 def ade20k_mmseg(model: str, total_steps: int = 160_000) -> ml_collections.ConfigDict:
     """mmseg ADE20K 512x512: batch 16 (4 x 4), resize to (2048, 512), whole-image test."""
-    return segmentation_recipe(dataset="ade20k", model=model, crop_size=(512, 512),
-                               base_size=(2048, 512), batch_size=16, total_steps=total_steps,
-                               pretrained=mmseg_backbone(model))
+    return segmentation_recipe(
+        dataset="ade20k",
+        model=model,
+        crop_size=(512, 512),
+        base_size=(2048, 512),
+        batch_size=16,
+        total_steps=total_steps,
+        pretrained=mmseg_backbone(model),
+    )
 
 
 # The official code's deep-base ResNet stem ends with 128 channels (64 -> 64 -> 128), mmcv's
@@ -148,10 +192,19 @@ def pascal_context_official(model: str) -> ml_collections.ConfigDict:
     (its test adds scales 0.5-2.0: --config.evals.val.scales), from its deep-base ResNet-101, loss
     averaged over the kept pixels. mmseg's own PASCAL-Context-59 recipe differs: 480x480 crops
     of a (520, 520) resize, lr 0.004, slide 480x480 stride 320x320."""
-    c = segmentation_recipe(dataset="pascal_context", model=model, crop_size=(520, 520),
-                            base_size=(1040, 520), batch_size=16, total_steps=30_000, lr=0.001,
-                            weight_decay=1e-4, pretrained="deepbase_resnet101",
-                            loss_normalizer="kept", align_corners=True)
+    c = segmentation_recipe(
+        dataset="pascal_context",
+        model=model,
+        crop_size=(520, 520),
+        base_size=(1040, 520),
+        batch_size=16,
+        total_steps=30_000,
+        lr=0.001,
+        weight_decay=1e-4,
+        pretrained="deepbase_resnet101",
+        loss_normalizer="kept",
+        align_corners=True,
+    )
     c.model.kwargs.stem_channels = DEEPBASE_STEM_CHANNELS
     return c
 
@@ -159,8 +212,26 @@ def pascal_context_official(model: str) -> ml_collections.ConfigDict:
 # The official DNL code's Cityscapes class weights (configs/seg/cityscapes/*.conf,
 # loss.params.ohem_ce_loss.weight), in train-id order road ... bicycle.
 OFFICIAL_CITYSCAPES_CLASS_WEIGHTS = (
-    0.8373, 0.9180, 0.8660, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539,
-    0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
+    0.8373,
+    0.9180,
+    0.8660,
+    1.0345,
+    1.0166,
+    0.9969,
+    0.9754,
+    1.0489,
+    0.8786,
+    1.0023,
+    0.9539,
+    0.9843,
+    1.1116,
+    0.9037,
+    1.0865,
+    1.0955,
+    1.0865,
+    1.1529,
+    1.0507,
+)
 
 
 def cityscapes_official_ohem(model: str) -> ml_collections.ConfigDict:
@@ -177,11 +248,20 @@ def cityscapes_official_ohem(model: str) -> ml_collections.ConfigDict:
     Caffe mean, the aspect jitter 0.9-1.1 and brightness shift (we use mmseg's photometric
     distortion)."""
     c = segmentation_recipe(
-        dataset="cityscapes", model=model, crop_size=(769, 769), base_size=(2048, 1024),
-        batch_size=8, total_steps=60_000, pretrained="deepbase_resnet101",
-        loss_normalizer="kept", align_corners=True, eval_mode="slide",
-        eval_crop_size=(769, 769), eval_stride=(512, 512),
-        ohem={"thresh": 0.7, "min_kept": 50_000})
+        dataset="cityscapes",
+        model=model,
+        crop_size=(769, 769),
+        base_size=(2048, 1024),
+        batch_size=8,
+        total_steps=60_000,
+        pretrained="deepbase_resnet101",
+        loss_normalizer="kept",
+        align_corners=True,
+        eval_mode="slide",
+        eval_crop_size=(769, 769),
+        eval_stride=(512, 512),
+        ohem={"thresh": 0.7, "min_kept": 50_000},
+    )
     c.model.kwargs.class_weights = OFFICIAL_CITYSCAPES_CLASS_WEIGHTS
     c.model.kwargs.stem_channels = DEEPBASE_STEM_CHANNELS
     c.data.segmentation.cat_max_ratio = 1.0
@@ -189,9 +269,17 @@ def cityscapes_official_ohem(model: str) -> ml_collections.ConfigDict:
     return c
 
 
-def video_recipe(*, model: str, num_classes: int = 400, clip_len: int = 32, frame_stride: int = 2,
-                 crop_size: int = 224, batch_size: int = 64, total_steps: int = 400_000,
-                 data_dir: str = "data/prepared") -> ml_collections.ConfigDict:
+def video_recipe(
+    *,
+    model: str,
+    num_classes: int = 400,
+    clip_len: int = 32,
+    frame_stride: int = 2,
+    crop_size: int = 224,
+    batch_size: int = 64,
+    total_steps: int = 400_000,
+    data_dir: str = "data/prepared",
+) -> ml_collections.ConfigDict:
     """The original non-local video recipe: 32 frames at stride 2, short side U[256, 320],
     224 crop, SGD lr 0.01 (batch 64) wd 1e-4; test 10 clips x 3 crops at short side 256.
     (The original steps the lr down at fixed iterations; we use the poly schedule.)
@@ -230,8 +318,14 @@ COCO_TRAIN_IMAGES = 117_266
 FROZEN_STEM_AND_STAGE_1 = ("backbone/conv1", "backbone/bn1", "backbone/layer1_")
 
 
-def coco_mask_rcnn(model: str, *, batch_size: int = 64, lr: float = 0.08, epochs: int = 12,
-                   data_dir: str = "data/prepared") -> ml_collections.ConfigDict:
+def coco_mask_rcnn(
+    model: str,
+    *,
+    batch_size: int = 64,
+    lr: float = 0.08,
+    epochs: int = 12,
+    data_dir: str = "data/prepared",
+) -> ml_collections.ConfigDict:
     """The official DNL detection recipe (Howal/DNL-Object-Detection, mmdetection v1,
     configs/dnlnet/mask_rcnn_r50_*_fpn_syncabn_4conv1fc_1x*.py) for the registered Mask R-CNN
     `model`: torchvision's ImageNet ResNet-50 (stem and res2 frozen), synchronised batch norm in
@@ -255,9 +349,16 @@ def coco_mask_rcnn(model: str, *, batch_size: int = 64, lr: float = 0.08, epochs
     c = base_config()
     c.model.name = model
     c.model.pretrained = "torchvision_resnet50"
-    c.model.kwargs = ml_collections.ConfigDict(dict(
-        frozen_bn=False, box_head="4conv1fc", head_norm="batch", neck_norm="batch",
-        mask_norm="batch", rpn_train=(2000, 2000)))
+    c.model.kwargs = ml_collections.ConfigDict(
+        dict(
+            frozen_bn=False,
+            box_head="4conv1fc",
+            head_norm="batch",
+            neck_norm="batch",
+            mask_norm="batch",
+            rpn_train=(2000, 2000),
+        )
+    )
     c.data.name = "coco"
     c.data.num_classes = 80
     c.data.data_dir = data_dir

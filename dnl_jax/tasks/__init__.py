@@ -26,14 +26,18 @@ from dnl_jax.models import registry
 from dnl_jax.tasks import detection, segmentation, video
 from dnl_jax.tasks.base import ModelBundle, Task
 
-TASKS: dict[str, Task] = {task.name: task for task in (
-    segmentation.TASK,
-    video.TASK,
-    detection.TASK,
-)}
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        segmentation.TASK,
+        video.TASK,
+        detection.TASK,
+    )
+}
 DATASETS: tuple[str, ...] = tuple(name for task in TASKS.values() for name in task.datasets)
 SYNTHETIC_DATASETS: tuple[str, ...] = tuple(
-    name for task in TASKS.values() for name in task.synthetic)
+    name for task in TASKS.values() for name in task.synthetic
+)
 MODEL_NAMES = registry.MODEL_NAMES
 
 
@@ -63,7 +67,8 @@ def check_unused_sections(data) -> None:
                 raise ValueError(
                     f"config.data.{section}.{key}={value!r} is not read by this run: "
                     f"config.data.name={data.name!r} is a {task.name} dataset, which reads "
-                    f"{' and '.join(f'config.data.{s}' for s in read)}; remove the override.")
+                    f"{' and '.join(f'config.data.{s}' for s in read)}; remove the override."
+                )
 
 
 def applicable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -109,21 +114,40 @@ def check_model_task(model_name: str, data_name: str) -> None:
     the reverse), suggesting a model of the dataset's task."""
     model_task, data_task = for_model(model_name), for_dataset(data_name)
     if model_task is not data_task:
-        raise ValueError(f"config.model.name={model_name!r} is a {model_task.name} model but "
-                         f"config.data.name={data_name!r} is a {data_task.name} dataset; choose "
-                         f"a {data_task.name} model, e.g. "
-                         f"--config.model.name={data_task.example_model}.")
+        raise ValueError(
+            f"config.model.name={model_name!r} is a {model_task.name} model but "
+            f"config.data.name={data_name!r} is a {data_task.name} dataset; choose "
+            f"a {data_task.name} model, e.g. "
+            f"--config.model.name={data_task.example_model}."
+        )
 
 
-def summary(name: str, input_shape, num_classes: int = 19, *, print_fn=print,
-            **overrides) -> dict:
+def summary(name: str, input_shape, num_classes: int = 19, *, print_fn=print, **overrides) -> dict:
     """`models.summary.module_summary` of the registered model `name` (parameters and FLOPs)."""
     from dnl_jax.models.summary import module_summary
 
-    return module_summary(get_model(name, num_classes, **overrides).module, input_shape,
-                          name=name, num_classes=num_classes, print_fn=print_fn)
+    return module_summary(
+        get_model(name, num_classes, **overrides).module,
+        input_shape,
+        name=name,
+        num_classes=num_classes,
+        print_fn=print_fn,
+    )
 
 
-__all__ = ["TASKS", "DATASETS", "SYNTHETIC_DATASETS", "MODEL_NAMES", "Task", "ModelBundle",
-           "for_dataset", "for_model", "get_model", "check_model_task", "summary",
-           "data_sections", "check_unused_sections", "applicable"]
+__all__ = [
+    "TASKS",
+    "DATASETS",
+    "SYNTHETIC_DATASETS",
+    "MODEL_NAMES",
+    "Task",
+    "ModelBundle",
+    "for_dataset",
+    "for_model",
+    "get_model",
+    "check_model_task",
+    "summary",
+    "data_sections",
+    "check_unused_sections",
+    "applicable",
+]

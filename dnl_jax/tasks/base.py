@@ -37,7 +37,8 @@ Bundle contract (what the trainer codes against):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -82,18 +83,16 @@ class ModelBundle:
     name: str = ""
     input_key: str = "image"
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
-    loss_ratios_fn: Optional[Callable[[Mapping, Mapping], dict]] = None
+    loss_ratios_fn: Callable[[Mapping, Mapping], dict] | None = None
     loss_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
-    loss_selection_fn: Optional[Callable[[Mapping, Mapping], dict]] = None
+    loss_selection_fn: Callable[[Mapping, Mapping], dict] | None = None
     finalize_metrics: Callable[[Mapping], dict] = metrics.segmentation_metrics_from_sums
     best_metric: str = "miou"
     metric_label: str = "val mIoU"
     pad_label: int = IGNORE_LABEL
     example_unit: str = "image"
-    train_forward: Optional[Callable[[Mapping, Mapping, Mapping], tuple[Any, Mapping]]] = None
-    init_fn: Optional[Callable[[Mapping, jax.Array], Mapping]] = None
-
-
+    train_forward: Callable[[Mapping, Mapping, Mapping], tuple[Any, Mapping]] | None = None
+    init_fn: Callable[[Mapping, jax.Array], Mapping] | None = None
 
 
 def drawn_image_shape(data) -> tuple[int, int, int]:
@@ -149,28 +148,37 @@ class Task:
         """The training augmentation (a grain RandomMap), or None for model-ready examples."""
         raise NotImplementedError
 
-    def model_settings(self, name: str, entry: Mapping[str, Any],
-                       overrides: Mapping[str, Any]) -> dict:
+    def model_settings(
+        self, name: str, entry: Mapping[str, Any], overrides: Mapping[str, Any]
+    ) -> dict:
         """`model_defaults`, then the registry `entry`, then `overrides` (ValueError for an
         override that is not an option of this task, listing the valid ones)."""
         unknown = sorted(set(overrides) - set(self.model_defaults))
         if unknown:
-            raise ValueError(f"unknown override(s) {unknown} for {self.name} model {name!r}; "
-                             f"valid: {sorted(self.model_defaults)}.")
+            raise ValueError(
+                f"unknown override(s) {unknown} for {self.name} model {name!r}; "
+                f"valid: {sorted(self.model_defaults)}."
+            )
         return {**self.model_defaults, **entry, **overrides}
 
-    def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]
-                     ) -> ModelBundle:
+    def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]) -> ModelBundle:
         """The `ModelBundle` of the resolved `settings` (`model_settings`)."""
         raise NotImplementedError
 
-    def save_figure(self, workdir: str, bundle: ModelBundle, module: nn.Module,
-                    variables: Mapping, source: Any, data) -> Optional[str]:
+    def save_figure(
+        self,
+        workdir: str,
+        bundle: ModelBundle,
+        module: nn.Module,
+        variables: Mapping,
+        source: Any,
+        data,
+    ) -> str | None:
         """The end-of-training figure's path, or None when the task or model has none."""
         del workdir, bundle, module, variables, source, data
         return None
 
-    def label_check(self, data, what: str) -> Optional[Callable[[dict], dict]]:
+    def label_check(self, data, what: str) -> Callable[[dict], dict] | None:
         """A `batch -> batch` check of the class labels of `what` (e.g. 'training clips in a
         batch'), or None: label maps have an ignore label and the loss counts labels outside
         [0, K) instead."""
@@ -180,8 +188,10 @@ class Task:
     def analysis_examples(self, config, split: str, num_images: int) -> list[dict]:
         """Up to `num_images` examples of `split` as model inputs, for `dnl_jax.analyze`."""
         del config, split, num_images
-        raise ValueError(f"the attention analysis (python -m dnl_jax.analyze) reads segmentation "
-                         f"and video models; {self.name} models are not analysed.")
+        raise ValueError(
+            f"the attention analysis (python -m dnl_jax.analyze) reads segmentation "
+            f"and video models; {self.name} models are not analysed."
+        )
 
 
 __all__ = ["ModelBundle", "Task", "drawn_image_shape"]

@@ -20,7 +20,8 @@ inner channels C/4 ('dnl', 'dnl_official', 'nl') or GC ratio 1/4 ('gc').
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 
@@ -43,23 +44,53 @@ DATASETS = SYNTHETIC + ("coco",)
 # annotations, shorter side >= 32) instead of every image; mask_crop_size 0: gt masks at the
 # canvas size (G × H × W bytes per image), S > 0: each mask resampled to S × S inside its box
 # (data/detection_transforms.py:box_mask_crops), e.g. 56.
-SECTION = dict(base_size=(1333, 800), canvas=(1344, 1344), max_instances=100,
-               filter_empty_gt=True, mask_crop_size=0)
+SECTION = dict(
+    base_size=(1333, 800),
+    canvas=(1344, 1344),
+    max_instances=100,
+    filter_empty_gt=True,
+    mask_crop_size=0,
+)
 
 CONTEXTS = (None, "dnl_official", "dnl", "nl", "gc")
 CONTEXT_STAGES = ("c4", "c4+c5_all")
 # MaskRCNN attributes a config may set (besides num_classes), and the context switches.
 MODULE_OVERRIDES = (
-    "depth", "stem_channels", "base_channels", "frozen_bn", "fpn_channels", "fc_channels",
-    "conv_channels", "box_head", "head_norm", "neck_norm", "mask_norm", "rpn_train", "rpn_test",
-    "rpn_nms_iou", "rpn_sampler", "rcnn_sampler", "roi_grid_limit", "score_threshold", "nms_iou",
-    "max_detections", "axis_name", "dtype",
+    "depth",
+    "stem_channels",
+    "base_channels",
+    "frozen_bn",
+    "fpn_channels",
+    "fc_channels",
+    "conv_channels",
+    "box_head",
+    "head_norm",
+    "neck_norm",
+    "mask_norm",
+    "rpn_train",
+    "rpn_test",
+    "rpn_nms_iou",
+    "rpn_sampler",
+    "rcnn_sampler",
+    "roi_grid_limit",
+    "score_threshold",
+    "nms_iou",
+    "max_detections",
+    "axis_name",
+    "dtype",
 )
 # mmdet 3.x's `mask-rcnn_r50_fpn_1x_coco` settings (the module's field defaults), no context.
 MODEL_DEFAULTS = {
-    **{field.name: field.default for field in dataclasses.fields(MaskRCNN)
-       if field.name in MODULE_OVERRIDES},
-    "context": None, "context_stages": "c4", "temperature": 0.05, "implementation": None}
+    **{
+        field.name: field.default
+        for field in dataclasses.fields(MaskRCNN)
+        if field.name in MODULE_OVERRIDES
+    },
+    "context": None,
+    "context_stages": "c4",
+    "temperature": 0.05,
+    "implementation": None,
+}
 BEST_METRIC = "bbox_AP"
 
 
@@ -72,8 +103,10 @@ def _sampler(value, key: str) -> targets.SamplerConfig:
     except (TypeError, ValueError):
         sampler = None
     if sampler is None or sampler.num < 1 or not 0 < sampler.pos_fraction <= 1:
-        raise ValueError(f"{key}={value!r} must be (number of samples >= 1, positive fraction "
-                         "in (0, 1]), e.g. (512, 0.25).")
+        raise ValueError(
+            f"{key}={value!r} must be (number of samples >= 1, positive fraction "
+            "in (0, 1]), e.g. (512, 0.25)."
+        )
     return sampler
 
 
@@ -99,11 +132,15 @@ def build_module(num_classes: int, settings: Mapping[str, Any]) -> MaskRCNN:
         kwargs[key] = tuple(int(v) for v in settings[key])
     spec, indices = None, None
     if context is not None:
-        spec = ContextSpec(context, "after_add", reduction=4, temperature=settings["temperature"],
-                           implementation=settings["implementation"])
+        spec = ContextSpec(
+            context,
+            "after_add",
+            reduction=4,
+            temperature=settings["temperature"],
+            implementation=settings["implementation"],
+        )
         indices = context_block_indices(settings["context_stages"], settings["depth"])
-    return MaskRCNN(num_classes=num_classes, context=spec, context_block_indices=indices,
-                    **kwargs)
+    return MaskRCNN(num_classes=num_classes, context=spec, context_block_indices=indices, **kwargs)
 
 
 def loss_ratios_are_outputs(outputs: Mapping, batch: Mapping) -> Mapping:
@@ -116,16 +153,26 @@ def train_forward(module: MaskRCNN):
     """`(variables, batch, rngs) -> (loss ratios, mutated variables)`: `MaskRCNN.loss_ratios`
     on the whole batch (images and padded ground truth). RoI / anchor sampling draws from
     rngs['sampler'] folded with each image's id, so it does not depend on the device split."""
+
     def forward(variables, batch, rngs):
-        return module.apply(variables, batch, train=True, method=MaskRCNN.loss_ratios,
-                            rngs={"sampler": rngs["sampler"]}, mutable=["batch_stats"])
+        return module.apply(
+            variables,
+            batch,
+            train=True,
+            method=MaskRCNN.loss_ratios,
+            rngs={"sampler": rngs["sampler"]},
+            mutable=["batch_stats"],
+        )
+
     return forward
 
 
 def init_fn(module: MaskRCNN):
     """`(rngs, images) -> variables` through `MaskRCNN.build` (every layer, no proposals)."""
+
     def init(rngs, images: jax.Array):
         return module.init(rngs, images, method=MaskRCNN.build)
+
     return init
 
 
@@ -148,7 +195,8 @@ class DetectionEvalSource:
 
     def __getitem__(self, index: int) -> dict:
         return detection_transforms.detection_eval_preprocess(
-            self.raw[index], scale=self.scale, canvas=self.canvas)
+            self.raw[index], scale=self.scale, canvas=self.canvas
+        )
 
     def coco_ground_truth(self) -> tuple[dict, list[int]]:
         return coco.coco_ground_truth(self.raw)
@@ -164,8 +212,10 @@ def _pair_ok(value) -> bool:
 
 
 def _no_batched_metrics(outputs, batch):
-    raise ValueError("detection models are evaluated with config.evals.<name>.type='coco' "
-                     "(COCO box / mask AP), not with per-batch metric sums.")
+    raise ValueError(
+        "detection models are evaluated with config.evals.<name>.type='coco' "
+        "(COCO box / mask AP), not with per-batch metric sums."
+    )
 
 
 class Detection(Task):
@@ -194,55 +244,80 @@ class Detection(Task):
             return
         section = data.detection
         base, canvas = tuple(section.base_size), tuple(section.canvas)
-        _require(_pair_ok(base), f"config.data.detection.base_size={base} must be the (long, "
-                 "short) resize scale, e.g. (1333, 800).")
-        _require(_pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
-                 f"config.data.detection.canvas={canvas} must be (h, w), multiples of 32 (the "
-                 "detector's stride), e.g. (1344, 1344).")
-        _require(min(canvas) >= min(base) and max(canvas) >= max(base),
-                 f"config.data.detection.canvas={canvas} cannot hold an image resized to "
-                 f"base_size={base}; for landscape and portrait images use ({max(base)}, "
-                 f"{max(base)}) rounded up to 32.")
-        _require(int(section.max_instances) >= 1,
-                 "config.data.detection.max_instances must be >= 1.")
-        _require(int(section.mask_crop_size) >= 0, "config.data.detection.mask_crop_size must be "
-                 ">= 0 (0: full-canvas masks).")
+        _require(
+            _pair_ok(base),
+            f"config.data.detection.base_size={base} must be the (long, "
+            "short) resize scale, e.g. (1333, 800).",
+        )
+        _require(
+            _pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
+            f"config.data.detection.canvas={canvas} must be (h, w), multiples of 32 (the "
+            "detector's stride), e.g. (1344, 1344).",
+        )
+        _require(
+            min(canvas) >= min(base) and max(canvas) >= max(base),
+            f"config.data.detection.canvas={canvas} cannot hold an image resized to "
+            f"base_size={base}; for landscape and portrait images use ({max(base)}, "
+            f"{max(base)}) rounded up to 32.",
+        )
+        _require(
+            int(section.max_instances) >= 1, "config.data.detection.max_instances must be >= 1."
+        )
+        _require(
+            int(section.mask_crop_size) >= 0,
+            "config.data.detection.mask_crop_size must be >= 0 (0: full-canvas masks).",
+        )
 
     @staticmethod
     def _check_synthetic(config) -> None:
         data, drawn = config.data, config.data.synthetic
-        _require(data.num_classes >= 2 and data.num_classes % 2 == 0,
-                 f"config.data.num_classes={data.num_classes}: the synthetic detection scenes "
-                 "have two classes per object colour (the distant beacon picks one); use an even "
-                 "number, e.g. 4.")
-        _require(drawn.image_size % 32 == 0 and drawn.image_size >= 64,
-                 f"config.data.synthetic.image_size={drawn.image_size} must be a multiple of 32 "
-                 "(the detector's stride), at least 64.")
-        _require(drawn.num_train >= config.batch_size,
-                 "config.data.synthetic.num_train must be >= batch_size.")
+        _require(
+            data.num_classes >= 2 and data.num_classes % 2 == 0,
+            f"config.data.num_classes={data.num_classes}: the synthetic detection scenes "
+            "have two classes per object colour (the distant beacon picks one); use an even "
+            "number, e.g. 4.",
+        )
+        _require(
+            drawn.image_size % 32 == 0 and drawn.image_size >= 64,
+            f"config.data.synthetic.image_size={drawn.image_size} must be a multiple of 32 "
+            "(the detector's stride), at least 64.",
+        )
+        _require(
+            drawn.num_train >= config.batch_size,
+            "config.data.synthetic.num_train must be >= batch_size.",
+        )
         for key in SEGMENTATION_SCENE_KEYS:  # what only the segmentation scenes read
-            _require(drawn[key] == SYNTHETIC_SECTION[key],
-                     f"config.data.synthetic.{key}={drawn[key]!r} is read by the segmentation "
-                     f"scenes only; the detection scenes ({data.name!r}) have no {key}: "
-                     "remove the override.")
+            _require(
+                drawn[key] == SYNTHETIC_SECTION[key],
+                f"config.data.synthetic.{key}={drawn[key]!r} is read by the segmentation "
+                f"scenes only; the detection scenes ({data.name!r}) have no {key}: "
+                "remove the override.",
+            )
 
     def sources(self, data):
         """The synthetic scenes; or COCO's training split (mmdet's filter_empty_gt / min_size 32
         filter when `filter_empty_gt`) and its val split as evaluation inputs."""
         if data.name in SYNTHETIC:
             drawn = data.synthetic
-            common = dict(image_size=drawn.image_size, num_colours=data.num_classes // 2,
-                          seed=data.seed, noise=drawn.noise)
-            return (SyntheticDetection(drawn.num_train, split="train", **common),
-                    SyntheticDetection(drawn.num_val, split="val", **common))
+            common = dict(
+                image_size=drawn.image_size,
+                num_colours=data.num_classes // 2,
+                seed=data.seed,
+                noise=drawn.noise,
+            )
+            return (
+                SyntheticDetection(drawn.num_train, split="train", **common),
+                SyntheticDetection(drawn.num_val, split="val", **common),
+            )
         train, val = pipeline.prepared_sources(data)
         if data.detection.filter_empty_gt:
             train = Subset(train, coco.train_indices(train))
         return train, self._eval_inputs(data, val)
 
     def _eval_inputs(self, data, raw) -> DetectionEvalSource:
-        return DetectionEvalSource(raw, scale=data.detection.base_size,
-                                   canvas=data.detection.canvas)
+        return DetectionEvalSource(
+            raw, scale=data.detection.base_size, canvas=data.detection.canvas
+        )
 
     def eval_source(self, data, split: str):
         if data.name in SYNTHETIC:
@@ -259,21 +334,34 @@ class Detection(Task):
             return None
         section = data.detection
         return detection_transforms.DetectionTrainTransform(
-            scale=tuple(section.base_size), canvas=tuple(section.canvas),
-            max_instances=int(section.max_instances), mask_crop_size=int(section.mask_crop_size))
+            scale=tuple(section.base_size),
+            canvas=tuple(section.canvas),
+            max_instances=int(section.max_instances),
+            mask_crop_size=int(section.mask_crop_size),
+        )
 
-    def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]
-                     ) -> ModelBundle:
+    def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]) -> ModelBundle:
         module = build_module(num_classes, settings)
         loss_fn = model_losses.batch_loss_fn(loss_ratios_are_outputs, losses.LOSS_WEIGHTS)
-        return ModelBundle(module=module, task=self.name, num_classes=num_classes,
-                           loss_fn=loss_fn, metrics_fn=_no_batched_metrics, name=name,
-                           input_key="image", config=dict(settings),
-                           loss_ratios_fn=loss_ratios_are_outputs,
-                           loss_weights=losses.LOSS_WEIGHTS, finalize_metrics=finalize_metrics,
-                           best_metric=BEST_METRIC, metric_label="val box AP", pad_label=-1,
-                           example_unit="image", train_forward=train_forward(module),
-                           init_fn=init_fn(module))
+        return ModelBundle(
+            module=module,
+            task=self.name,
+            num_classes=num_classes,
+            loss_fn=loss_fn,
+            metrics_fn=_no_batched_metrics,
+            name=name,
+            input_key="image",
+            config=dict(settings),
+            loss_ratios_fn=loss_ratios_are_outputs,
+            loss_weights=losses.LOSS_WEIGHTS,
+            finalize_metrics=finalize_metrics,
+            best_metric=BEST_METRIC,
+            metric_label="val box AP",
+            pad_label=-1,
+            example_unit="image",
+            train_forward=train_forward(module),
+            init_fn=init_fn(module),
+        )
 
     def save_figure(self, workdir, bundle, module, variables, source, data):
         """The detections with the backbone block's attention ('detections.png')."""
@@ -284,6 +372,16 @@ class Detection(Task):
 
 TASK = Detection()
 
-__all__ = ["TASK", "Detection", "DetectionEvalSource", "SECTION", "CONTEXTS", "CONTEXT_STAGES",
-           "MODEL_DEFAULTS", "MODULE_OVERRIDES", "DATASETS", "context_block_indices",
-           "build_module"]
+__all__ = [
+    "TASK",
+    "Detection",
+    "DetectionEvalSource",
+    "SECTION",
+    "CONTEXTS",
+    "CONTEXT_STAGES",
+    "MODEL_DEFAULTS",
+    "MODULE_OVERRIDES",
+    "DATASETS",
+    "context_block_indices",
+    "build_module",
+]

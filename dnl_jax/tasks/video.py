@@ -9,7 +9,8 @@ centre crop) or the multi-view test ('multi_view', evaluators/video.py).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -29,11 +30,22 @@ DATASETS = tuple(VAL_SPLITS)
 SECTION = dict(clip_len=32, frame_stride=2, crop_size=(224, 224), short_side_range=(256, 320))
 
 MODEL_DEFAULTS = dict(
-    depth=50, base_channels=64, stem_channels=64, inflation="i3d", context="dnl",
-    temporal_pool=True, dropout_rate=0.5, dtype=None, axis_name=None, implementation=None,
-    frozen_bn=False, temperature=0.05,
+    depth=50,
+    base_channels=64,
+    stem_channels=64,
+    inflation="i3d",
+    context="dnl",
+    temporal_pool=True,
+    dropout_rate=0.5,
+    dtype=None,
+    axis_name=None,
+    implementation=None,
+    frozen_bn=False,
+    temperature=0.05,
     # mmaction2 checkpoints' architecture (models/video.py: VIDEO_LAYOUTS) and its NL blocks.
-    layout="paper", nl_mode="embedded_gaussian", use_scale=None,
+    layout="paper",
+    nl_mode="embedded_gaussian",
+    use_scale=None,
 )
 
 
@@ -45,25 +57,34 @@ def _require(ok: bool, message: str) -> None:
 def crop_side(data) -> int:
     """The square crop's side (ValueError for a non-square `crop_size`)."""
     crop = tuple(data.video.crop_size)
-    _require(len(crop) == 2 and crop[0] == crop[1] and int(crop[0]) >= 1,
-             f"config.data.video.crop_size={crop}: video crops are square, e.g. (224, 224).")
+    _require(
+        len(crop) == 2 and crop[0] == crop[1] and int(crop[0]) >= 1,
+        f"config.data.video.crop_size={crop}: video crops are square, e.g. (224, 224).",
+    )
     return int(crop[0])
 
 
 def view_settings(data, *, num_clips: int, num_crops: int, short_side: int) -> dict:
     """`transforms.video_eval_views` kwargs from `config.data.video` (clip_len, frame_stride,
     the square crop_size) and the evaluator's views (short_side 0 = the crop side)."""
-    return {"clip_len": int(data.video.clip_len), "stride": int(data.video.frame_stride),
-            "crop_size": crop_side(data), "num_clips": int(num_clips),
-            "num_crops": int(num_crops), "short_side": int(short_side) or None}
+    return {
+        "clip_len": int(data.video.clip_len),
+        "stride": int(data.video.frame_stride),
+        "crop_size": crop_side(data),
+        "num_clips": int(num_clips),
+        "num_crops": int(num_crops),
+        "short_side": int(short_side) or None,
+    }
 
 
 def check_short_side(name: str, short_side: int, data) -> None:
     """short_side is 0 (the crop side) or at least the crop side."""
     crop = crop_side(data)
     if short_side and short_side < crop:
-        raise ValueError(f"config.evals.{name}.short_side={short_side} must be 0 (the crop side) "
-                         f"or >= the crop side {crop}.")
+        raise ValueError(
+            f"config.evals.{name}.short_side={short_side} must be 0 (the crop side) "
+            f"or >= the crop side {crop}."
+        )
 
 
 def one_view_preprocess(data, short_side: int):
@@ -84,8 +105,10 @@ def loss_ratios(outputs: Mapping, batch: Mapping) -> dict:
     logits, labels = outputs["logits"], batch["label"]
     count = jnp.float32(labels.shape[0])
     correct = jnp.sum(jnp.argmax(logits, -1) == labels, dtype=jnp.float32)
-    return {"cross_entropy": (-jnp.sum(losses.pixel_log_likelihood(logits, labels)), count),
-            "accuracy": (correct, count)}
+    return {
+        "cross_entropy": (-jnp.sum(losses.pixel_log_likelihood(logits, labels)), count),
+        "accuracy": (correct, count),
+    }
 
 
 LOSS_WEIGHTS = {"cross_entropy": 1.0}
@@ -118,13 +141,16 @@ class Video(Task):
     def check_data(self, config) -> None:
         section = config.data.video
         for key in ("clip_len", "frame_stride"):
-            _require(int(section[key]) >= 1,
-                     f"config.data.video.{key}={section[key]} must be >= 1.")
+            _require(
+                int(section[key]) >= 1, f"config.data.video.{key}={section[key]} must be >= 1."
+            )
         crop = crop_side(config.data)
         low, high = tuple(section.short_side_range)
-        _require(crop <= low <= high,
-                 f"config.data.video.short_side_range={(low, high)} must be (low, high) with crop"
-                 f" side {crop} <= low <= high: frames are rescaled to it, then cropped.")
+        _require(
+            crop <= low <= high,
+            f"config.data.video.short_side_range={(low, high)} must be (low, high) with crop"
+            f" side {crop} <= low <= high: frames are rescaled to it, then cropped.",
+        )
 
     def sources(self, data):
         return pipeline.prepared_sources(data, VAL_SPLITS[data.name])
@@ -139,18 +165,31 @@ class Video(Task):
     def train_transform(self, data):
         section = data.video
         return transforms.VideoTrainTransform(
-            clip_len=int(section.clip_len), stride=int(section.frame_stride),
+            clip_len=int(section.clip_len),
+            stride=int(section.frame_stride),
             crop_size=crop_side(data),
-            short_side_range=tuple(int(v) for v in section.short_side_range))
+            short_side_range=tuple(int(v) for v in section.short_side_range),
+        )
 
-    def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]
-                     ) -> ModelBundle:
+    def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]) -> ModelBundle:
         module = build_video_classifier(num_classes=num_classes, **settings)
-        return ModelBundle(module, self.name, num_classes, loss, metric_counts, name, "video",
-                           dict(settings), loss_ratios_fn=loss_ratios, loss_weights=LOSS_WEIGHTS,
-                           finalize_metrics=metrics.accuracy_from_counts, best_metric="accuracy",
-                           metric_label="val top-1 accuracy (1 clip)", pad_label=-1,
-                           example_unit="clip")
+        return ModelBundle(
+            module,
+            self.name,
+            num_classes,
+            loss,
+            metric_counts,
+            name,
+            "video",
+            dict(settings),
+            loss_ratios_fn=loss_ratios,
+            loss_weights=LOSS_WEIGHTS,
+            finalize_metrics=metrics.accuracy_from_counts,
+            best_metric="accuracy",
+            metric_label="val top-1 accuracy (1 clip)",
+            pad_label=-1,
+            example_unit="clip",
+        )
 
     def label_check(self, data, what: str) -> pipeline.ClassLabelCheck:
         """Class labels outside [0, num_classes) are refused, never clipped."""
@@ -158,12 +197,24 @@ class Video(Task):
 
     def analysis_examples(self, config, split: str, num_images: int) -> list[dict]:
         preprocess = one_view_preprocess(config.data, config.evals.val.get("short_side", 0))
-        return pipeline.first_examples(pipeline.prepared_split(config.data, split), num_images,
-                                       preprocess)
+        return pipeline.first_examples(
+            pipeline.prepared_split(config.data, split), num_images, preprocess
+        )
 
 
 TASK = Video()
 
-__all__ = ["TASK", "Video", "MODEL_DEFAULTS", "SECTION", "DATASETS", "view_settings",
-           "check_short_side", "one_view_preprocess", "loss_ratios", "loss", "metric_counts",
-           "LOSS_WEIGHTS"]
+__all__ = [
+    "TASK",
+    "Video",
+    "MODEL_DEFAULTS",
+    "SECTION",
+    "DATASETS",
+    "view_settings",
+    "check_short_side",
+    "one_view_preprocess",
+    "loss_ratios",
+    "loss",
+    "metric_counts",
+    "LOSS_WEIGHTS",
+]

@@ -6,8 +6,9 @@ One checkpoint = one step directory `workdir/checkpoints/<step>/` with three ite
     meta   model name, classes and parameter shapes                    ocp JsonSave
 Saved every `every_steps` or `every_seconds` (whichever first), at the end and on SIGTERM;
 kept: the last `keep` plus the best by the task's val metric (`best_metric`: 'val_miou' for
-segmentation, 'val_accuracy' for classification; higher is better). Orbax writes into a temporary directory and renames it when
-complete, so a process killed mid-save leaves the previous checkpoints intact.
+segmentation, 'val_accuracy' for classification; higher is better). Orbax writes into a temporary
+directory and renames it when complete, so a process killed mid-save leaves the previous
+checkpoints intact.
 
 A newest checkpoint that still fails to read (files truncated or corrupted after the rename, e.g.
 by a full disk or a crash before the data reached the disk) is not a dead end:
@@ -24,7 +25,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import grain
 import jax
@@ -53,16 +54,26 @@ class _Manager(ocp.CheckpointManager):
 
 def model_signature(model_name: str, num_classes: int, params) -> dict:
     """What must match for a checkpoint to belong to this model: JSON-able dict."""
-    shapes = {jax.tree_util.keystr(path): list(np.shape(leaf))
-              for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    shapes = {
+        jax.tree_util.keystr(path): list(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
     return {"model": model_name, "num_classes": int(num_classes), "param_shapes": shapes}
 
 
 class Checkpointer:
     """Thin wrapper around `ocp.CheckpointManager` (see the module docstring)."""
 
-    def __init__(self, directory: str, *, every_steps: int, keep: int, keep_best: bool,
-                 best_metric: str = "val_miou", every_seconds: float = 0):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        every_steps: int,
+        keep: int,
+        keep_best: bool,
+        best_metric: str = "val_miou",
+        every_seconds: float = 0,
+    ):
         self.best_metric = best_metric
         self.every_seconds = float(every_seconds)
         self._last_save_time = time.monotonic()
@@ -70,8 +81,9 @@ class Checkpointer:
         rank = lambda metrics: metrics.get(best_metric, float("-inf"))  # noqa: E731
         keepers = [policies.LatestN(n=keep)]
         if keep_best:
-            keepers.append(policies.BestN(get_metric_fn=rank, n=1,
-                                          keep_checkpoints_without_metrics=False))
+            keepers.append(
+                policies.BestN(get_metric_fn=rank, n=1, keep_checkpoints_without_metrics=False)
+            )
         options = ocp.CheckpointManagerOptions(
             # best_fn (ranking is the preservation policy's) makes orbax write each step's
             # metrics to disk, so a resumed run still knows which checkpoint is the best.
@@ -79,7 +91,8 @@ class Checkpointer:
             save_decision_policy=policies.FixedIntervalPolicy(every_steps),
             preservation_policy=policies.AnyPreservationPolicy(keepers),
             # Synchronous: a save that returned is complete, which SIGTERM handling relies on.
-            enable_async_checkpointing=False)
+            enable_async_checkpointing=False,
+        )
         self.directory = os.path.abspath(directory)
         faults.remove_unfinished_saves(self.directory)
         try:
@@ -91,7 +104,7 @@ class Checkpointer:
                 raise
             self.manager = _Manager(self.directory, options=options)
 
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def should_save(self, step: int) -> bool:
@@ -111,15 +124,28 @@ class Checkpointer:
             due = bool(multihost_utils.broadcast_one_to_all(np.array(due)))
         return due
 
-    def save(self, step: int, state, iterator, signature: dict, *,
-             metric: Optional[float] = None, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state,
+        iterator,
+        signature: dict,
+        *,
+        metric: float | None = None,
+        force: bool = False,
+    ) -> bool:
         """Saves if the interval policy says so (or `force`); returns whether it saved.
         `metric`: the value of `best_metric` at this step (None: not evaluated)."""
-        metrics = ({self.best_metric: float(metric)}
-                   if metric is not None and np.isfinite(metric) else None)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(iterator),
-                                  meta=ocp.args.JsonSave(signature))
+        metrics = (
+            {self.best_metric: float(metric)}
+            if metric is not None and np.isfinite(metric)
+            else None
+        )
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(iterator),
+            meta=ocp.args.JsonSave(signature),
+        )
         try:
             saved = self.manager.save(step, args=args, metrics=metrics, force=force)
             self.manager.wait_until_finished()
@@ -127,8 +153,11 @@ class Checkpointer:
             if not faults.is_disk_full(error):
                 raise
             faults.remove_unfinished_saves(self.directory, step)
-            raise faults.DiskFull(faults.disk_full_message(
-                self.directory, step, max(_step_numbers(self.directory), default=None))) from None
+            raise faults.DiskFull(
+                faults.disk_full_message(
+                    self.directory, step, max(_step_numbers(self.directory), default=None)
+                )
+            ) from None
         if saved:
             self._last_save_time = time.monotonic()
         return saved
@@ -142,22 +171,30 @@ class Checkpointer:
 
     def _compare_signature(self, step: int, saved: dict, signature: dict) -> None:
         if saved != signature:
-            what = ("model " + saved.get("model", "?") if saved.get("model") != signature["model"]
-                    else "parameter shapes or classes")
+            what = (
+                "model " + saved.get("model", "?")
+                if saved.get("model") != signature["model"]
+                else "parameter shapes or classes"
+            )
             raise OtherModelError(
                 f"{self.directory} holds a checkpoint (step {step}) of a different {what} than "
                 f"config.model.name={signature['model']!r} with {signature['num_classes']} "
-                "classes; nothing was overwritten. Use a new --workdir, or the matching config.")
+                "classes; nothing was overwritten. Use a new --workdir, or the matching config."
+            )
 
     def restore(self, step: int, target, iterator) -> Any:
         """Restores the state (into `target`'s structure/shardings) and, in place, the data
         iterator's position."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
-            data=grain.checkpoint.CheckpointRestore(iterator)))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target),
+                data=grain.checkpoint.CheckpointRestore(iterator),
+            ),
+        )
         return restored.state
 
-    def restore_latest(self, target, iterator, signature: dict) -> Optional[tuple[int, Any]]:
+    def restore_latest(self, target, iterator, signature: dict) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint that restores, the data iterator's position
         restored in place; None when the directory holds no checkpoint.
 
@@ -188,11 +225,15 @@ class Checkpointer:
             self.manager.reload()
             return step, state
         if failed:
-            errors = "; ".join(f"step {step}: {type(error).__name__}: {_first_line(error)}"
-                               for step, error in failed)
-            raise ValueError(f"no checkpoint in {self.directory} restores ({errors}); nothing was "
-                             "moved or deleted. Use a new --workdir, or the config that wrote "
-                             "them.")
+            errors = "; ".join(
+                f"step {step}: {type(error).__name__}: {_first_line(error)}"
+                for step, error in failed
+            )
+            raise ValueError(
+                f"no checkpoint in {self.directory} restores ({errors}); nothing was "
+                "moved or deleted. Use a new --workdir, or the config that wrote "
+                "them."
+            )
         return None
 
     def _keep_or_raise(self, step: int, error: BaseException, failed: list) -> None:
@@ -202,14 +243,18 @@ class Checkpointer:
                 f"restoring checkpoint step {step} from {self.directory} failed with "
                 f"{type(error).__name__}: {_first_line(error)}. This does not look like a "
                 "damaged checkpoint (out of memory, permissions or a passing I/O error), so "
-                "nothing was moved; fix the cause and rerun.") from error
+                "nothing was moved; fix the cause and rerun."
+            ) from error
         failed.append((step, error))
 
     def _set_aside_unreadable_records(self, error: BaseException) -> list[int]:
         """Before the manager opens: sets aside the steps whose JSON records (orbax's step
         metadata and metrics) do not parse; returns their numbers."""
-        bad = [step for step in _step_numbers(self.directory)
-               if not _records_parse(os.path.join(self.directory, str(step)))]
+        bad = [
+            step
+            for step in _step_numbers(self.directory)
+            if not _records_parse(os.path.join(self.directory, str(step)))
+        ]
         for step in bad:
             _move_aside(self.directory, step, error)
         return bad
@@ -230,9 +275,14 @@ def _move_aside(directory: str, step: int, error: BaseException) -> str:
         os.rename(os.path.join(directory, str(step)), target)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"dnl_jax set aside checkpoint {step}")
-    logging.warning("checkpoint step %d in %s does not restore (%s: %s); moved it to %s, "
-                    "nothing deleted.", step, directory, type(error).__name__, _first_line(error),
-                    target)
+    logging.warning(
+        "checkpoint step %d in %s does not restore (%s: %s); moved it to %s, nothing deleted.",
+        step,
+        directory,
+        type(error).__name__,
+        _first_line(error),
+        target,
+    )
     return target
 
 
@@ -273,11 +323,15 @@ def load_variables(path: str) -> dict:
     if os.path.isdir(os.path.join(path, "state")):
         path = os.path.join(path, "state")
     if not os.path.isdir(path):
-        raise ValueError(f"config.init_from={path!r} is not a directory; give a checkpoint step "
-                         "directory such as runs/demo/checkpoints/100.")
+        raise ValueError(
+            f"config.init_from={path!r} is not a directory; give a checkpoint step "
+            "directory such as runs/demo/checkpoints/100."
+        )
     checkpointer = ocp.PyTreeCheckpointer()
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                            checkpointer.metadata(path).item_metadata.tree)
+    as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+        checkpointer.metadata(path).item_metadata.tree,
+    )
     tree = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     if "params" not in tree:
         raise ValueError(f"config.init_from={path!r} holds no 'params'; keys: {list(tree)}.")

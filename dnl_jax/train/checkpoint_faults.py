@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
-from typing import Optional
 
 import jax
 import numpy as np
@@ -28,17 +28,42 @@ log = logging.getLogger(__name__)
 TMP_MARK = ".orbax-checkpoint-tmp"
 
 # Errors that are about the machine or the moment, not the files: never a reason to set aside.
-_NOT_DAMAGE_TYPES = (MemoryError, PermissionError, TimeoutError, ConnectionError,
-                     InterruptedError)
-_NOT_DAMAGE_TEXT = ("resource_exhausted", "out of memory", "permission denied",
-                    "permission_denied", "unavailable", "deadline_exceeded", "timed out",
-                    "no space left", "cancelled", "aborted")
+_NOT_DAMAGE_TYPES = (MemoryError, PermissionError, TimeoutError, ConnectionError, InterruptedError)
+_NOT_DAMAGE_TEXT = (
+    "resource_exhausted",
+    "out of memory",
+    "permission denied",
+    "permission_denied",
+    "unavailable",
+    "deadline_exceeded",
+    "timed out",
+    "no space left",
+    "cancelled",
+    "aborted",
+)
 # Errors that show missing, truncated or corrupted files.
 _DAMAGE_TYPES = (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, EOFError)
-_DAMAGE_TEXT = ("data_loss", "corrupt", "checksum", "truncat", "unexpected end", "not_found",
-                "not found", "no such file", "does not exist", "invalid", "error parsing",
-                "failed to decode", "failed to parse", "unexpected eof", "magic", "crc",
-                "out_of_range", "expected", "mismatch")
+_DAMAGE_TEXT = (
+    "data_loss",
+    "corrupt",
+    "checksum",
+    "truncat",
+    "unexpected end",
+    "not_found",
+    "not found",
+    "no such file",
+    "does not exist",
+    "invalid",
+    "error parsing",
+    "failed to decode",
+    "failed to parse",
+    "unexpected eof",
+    "magic",
+    "crc",
+    "out_of_range",
+    "expected",
+    "mismatch",
+)
 
 
 def _chain(error: BaseException):
@@ -56,16 +81,21 @@ def shows_damage(error: BaseException) -> bool:
     chain = list(_chain(error))
     text = " ".join(str(e).lower() for e in chain)
     if any(isinstance(e, _NOT_DAMAGE_TYPES) for e in chain) or any(
-            mark in text for mark in _NOT_DAMAGE_TEXT):
+        mark in text for mark in _NOT_DAMAGE_TEXT
+    ):
         return False
     return any(isinstance(e, _DAMAGE_TYPES) for e in chain) or any(
-        mark in text for mark in _DAMAGE_TEXT)
+        mark in text for mark in _DAMAGE_TEXT
+    )
 
 
 def is_disk_full(error: BaseException) -> bool:
     """ENOSPC anywhere in the error chain (an OSError's errno, or tensorstore's text)."""
-    return any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-               or "no space left on device" in str(e).lower() for e in _chain(error))
+    return any(
+        getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+        or "no space left on device" in str(e).lower()
+        for e in _chain(error)
+    )
 
 
 class DiskFull(OSError):
@@ -77,46 +107,54 @@ def directory_bytes(path: str) -> int:
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
-            try:
+            with contextlib.suppress(OSError):  # removed meanwhile
                 total += os.path.getsize(os.path.join(root, name))
-            except OSError:  # removed meanwhile
-                pass
     return total
 
 
-def disk_full_message(directory: str, step: int, last_good: Optional[int]) -> str:
+def disk_full_message(directory: str, step: int, last_good: int | None) -> str:
     """'checkpoint step N did not fit ...': the last good step and the bytes needed (the size of
     the last good checkpoint, which the new one matches; the free space now)."""
     free = shutil.disk_usage(directory).free if os.path.isdir(directory) else 0
     if last_good is None:
-        return (f"no space left on device while saving checkpoint step {step} in {directory} "
-                f"({free} bytes free); the partial save was removed and there is no earlier "
-                "checkpoint. Free space (or point --workdir elsewhere) and rerun.")
+        return (
+            f"no space left on device while saving checkpoint step {step} in {directory} "
+            f"({free} bytes free); the partial save was removed and there is no earlier "
+            "checkpoint. Free space (or point --workdir elsewhere) and rerun."
+        )
     needed = directory_bytes(os.path.join(directory, str(last_good)))
-    return (f"no space left on device while saving checkpoint step {step} in {directory}: it "
-            f"needs about {needed} bytes (the size of step {last_good}) and {free} are free. "
-            f"The partial save was removed; the last good checkpoint is step {last_good} "
-            f"({os.path.join(directory, str(last_good))}). Free space and rerun the same "
-            "command to resume from it.")
+    return (
+        f"no space left on device while saving checkpoint step {step} in {directory}: it "
+        f"needs about {needed} bytes (the size of step {last_good}) and {free} are free. "
+        f"The partial save was removed; the last good checkpoint is step {last_good} "
+        f"({os.path.join(directory, str(last_good))}). Free space and rerun the same "
+        "command to resume from it."
+    )
 
 
-def unfinished_saves(directory: str, step: Optional[int] = None) -> list[str]:
+def unfinished_saves(directory: str, step: int | None = None) -> list[str]:
     """Orbax temporary directories in `directory` (of `step` only, when given)."""
     if not os.path.isdir(directory):
         return []
     prefix = f"{step}{TMP_MARK}" if step is not None else None
-    return sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                  if TMP_MARK in name and (prefix is None or name.startswith(prefix)))
+    return sorted(
+        os.path.join(directory, name)
+        for name in os.listdir(directory)
+        if TMP_MARK in name and (prefix is None or name.startswith(prefix))
+    )
 
 
-def remove_unfinished_saves(directory: str, step: Optional[int] = None) -> list[str]:
+def remove_unfinished_saves(directory: str, step: int | None = None) -> list[str]:
     """Removes the unfinished saves (process 0; the others wait for it); returns their paths."""
     paths = unfinished_saves(directory, step)
     if paths and jax.process_index() == 0:
         for path in paths:
             shutil.rmtree(path, ignore_errors=True)
-        log.warning("removed %d unfinished checkpoint save(s) left by an interrupted run: %s",
-                    len(paths), ", ".join(os.path.basename(p) for p in paths))
+        log.warning(
+            "removed %d unfinished checkpoint save(s) left by an interrupted run: %s",
+            len(paths),
+            ", ".join(os.path.basename(p) for p in paths),
+        )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("dnl_jax removed unfinished saves")
     return paths
@@ -130,6 +168,8 @@ def agree(value: int, what: str) -> None:
     values = np.asarray(multihost_utils.process_allgather(np.array(value, np.int64))).ravel()
     if len(set(values.tolist())) > 1:
         per_host = ", ".join(f"process {i}: {int(v)}" for i, v in enumerate(values))
-        raise ValueError(f"the hosts disagree on {what} ({per_host}); every host must see the "
-                         "same checkpoint directory (a shared filesystem) and the same "
-                         "command. Nothing was restored or moved.")
+        raise ValueError(
+            f"the hosts disagree on {what} ({per_host}); every host must see the "
+            "same checkpoint directory (a shared filesystem) and the same "
+            "command. Nothing was restored or moved."
+        )

@@ -12,8 +12,11 @@ def saved_steps(directory: str) -> list[int]:
     ascending; [] when there are none or `directory` is not one."""
     if not os.path.isdir(directory):
         return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state")))
+    return sorted(
+        int(name)
+        for name in os.listdir(directory)
+        if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state"))
+    )
 
 
 def step_directory(path: str, flag: str = "--checkpoint") -> str:
@@ -28,11 +31,16 @@ def step_directory(path: str, flag: str = "--checkpoint") -> str:
         return os.path.join(path, str(steps[-1]))
     parent = os.path.dirname(path)
     nearby = f" Steps in {parent}: {saved_steps(parent)}." if saved_steps(parent) else ""
-    what = ("is not a checkpoint step directory (no 'state' in it)" if os.path.isdir(path)
-            else "does not exist")
-    raise ValueError(f"{flag}={path} {what}; give a step directory such as "
-                     f"runs/demo-latest/checkpoints/1000 (or its checkpoints/ directory: the "
-                     f"latest step).{nearby}")
+    what = (
+        "is not a checkpoint step directory (no 'state' in it)"
+        if os.path.isdir(path)
+        else "does not exist"
+    )
+    raise ValueError(
+        f"{flag}={path} {what}; give a step directory such as "
+        f"runs/demo-latest/checkpoints/1000 (or its checkpoints/ directory: the "
+        f"latest step).{nearby}"
+    )
 
 
 __all__ = ["saved_steps", "step_directory"]

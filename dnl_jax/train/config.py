@@ -1,4 +1,5 @@
-"""The trainer's configuration schema: every key it reads, with defaults, and validation at the edge.
+"""The trainer's configuration schema: every key it reads, with defaults, and validation at the
+edge.
 
 Experiment files in `experiments/configs/` start from `base_config()` and override values, so a
 typo on the command line (`--config.optimiser.lr=...`) is already refused by ml_collections; a
@@ -16,7 +17,8 @@ from __future__ import annotations
 import ast
 import difflib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
@@ -29,10 +31,25 @@ DTYPES = ("float32", "bfloat16")
 # the evaluators' sections (each evaluator checks its own).
 FREE_FORM = ("model.kwargs", "evals")
 # config.data's keys before the per-task sections (dnl_jax/tasks/).
-_FLAT_DATA_KEYS = ("image_size", "num_train", "num_val", "noise", "scenes", "ignore_fraction",
-                   "crop_size", "base_size", "ratio_range", "cat_max_ratio", "canvas",
-                   "max_instances", "filter_empty_gt", "mask_crop_size", "clip_len",
-                   "frame_stride", "short_side_range")
+_FLAT_DATA_KEYS = (
+    "image_size",
+    "num_train",
+    "num_val",
+    "noise",
+    "scenes",
+    "ignore_fraction",
+    "crop_size",
+    "base_size",
+    "ratio_range",
+    "cat_max_ratio",
+    "canvas",
+    "max_instances",
+    "filter_empty_gt",
+    "mask_crop_size",
+    "clip_len",
+    "frame_stride",
+    "short_side_range",
+)
 
 
 def _moved_data_keys() -> dict[str, str]:
@@ -43,16 +60,17 @@ def _moved_data_keys() -> dict[str, str]:
         for key in keys:
             if key in _FLAT_DATA_KEYS:
                 moved.setdefault(f"data.{key}", []).append(
-                    f"config.data.{section}.{key} ({section})")
+                    f"config.data.{section}.{key} ({section})"
+                )
     return {old: " or ".join(new) for old, new in moved.items()}
 
 
 # Keys of earlier layouts (a top-level key or a dotted path) → what replaced them.
 REPLACED_KEYS = {
     "eval": "config.evals.val = dict(type='segmentation', mode=..., crop_size=..., stride=..., "
-            "scales=..., flip=...) for prepared segmentation datasets, and "
-            "config.evals.val_multi_view = dict(type='multi_view', num_clips=..., "
-            "num_crops=..., short_side=...) for videos",
+    "scales=..., flip=...) for prepared segmentation datasets, and "
+    "config.evals.val_multi_view = dict(type='multi_view', num_clips=..., "
+    "num_crops=..., short_side=...) for videos",
     "eval_every_steps": "config.evals.<name>.every_steps",
     "eval_batch_size": "config.evals.val.batch_size (type 'batched')",
     **_moved_data_keys(),
@@ -67,26 +85,54 @@ def batched_eval(every_steps: int = 50, batch_size: int = 32, **extra) -> dict:
     return dict(type="batched", every_steps=every_steps, batch_size=batch_size, **extra)
 
 
-def segmentation_eval(every_steps: int, *, mode: str = "whole", crop_size=(0, 0),
-                      stride=(0, 0), scales=(1.0,), flip: bool = False) -> dict:
+def segmentation_eval(
+    every_steps: int,
+    *,
+    mode: str = "whole",
+    crop_size=(0, 0),
+    stride=(0, 0),
+    scales=(1.0,),
+    flip: bool = False,
+) -> dict:
     """`config.evals.<name>` of the per-image segmentation evaluator (prepared datasets)."""
-    return dict(type="segmentation", every_steps=every_steps, mode=mode,
-                crop_size=tuple(crop_size), stride=tuple(stride), scales=tuple(scales),
-                flip=flip)
+    return dict(
+        type="segmentation",
+        every_steps=every_steps,
+        mode=mode,
+        crop_size=tuple(crop_size),
+        stride=tuple(stride),
+        scales=tuple(scales),
+        flip=flip,
+    )
 
 
-def coco_eval(every_steps: int = 0, batch_size: int = 8, iou_types=("bbox", "segm"),
-              write_results: bool = True) -> dict:
+def coco_eval(
+    every_steps: int = 0,
+    batch_size: int = 8,
+    iou_types=("bbox", "segm"),
+    write_results: bool = True,
+) -> dict:
     """`config.evals.<name>` of the COCO box / mask AP evaluator (detection datasets)."""
-    return dict(type="coco", every_steps=every_steps, batch_size=batch_size,
-                iou_types=tuple(iou_types), write_results=write_results)
+    return dict(
+        type="coco",
+        every_steps=every_steps,
+        batch_size=batch_size,
+        iou_types=tuple(iou_types),
+        write_results=write_results,
+    )
 
 
-def multi_view_eval(num_clips: int = 10, num_crops: int = 3, short_side: int = 0,
-                    every_steps: int = 0) -> dict:
+def multi_view_eval(
+    num_clips: int = 10, num_crops: int = 3, short_side: int = 0, every_steps: int = 0
+) -> dict:
     """`config.evals.<name>` of the multi-view video test (by default at the end only)."""
-    return dict(type="multi_view", every_steps=every_steps, num_clips=num_clips,
-                num_crops=num_crops, short_side=short_side)
+    return dict(
+        type="multi_view",
+        every_steps=every_steps,
+        num_clips=num_clips,
+        num_crops=num_crops,
+        short_side=short_side,
+    )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -196,8 +242,10 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
         check_key(path, known)
     missing = sorted(set(known) - set(_flatten(config)))
     if missing:
-        raise ValueError(f"config is missing keys {missing}; build configs from "
-                         "dnl_jax.train.config.base_config().")
+        raise ValueError(
+            f"config is missing keys {missing}; build configs from "
+            "dnl_jax.train.config.base_config()."
+        )
 
 
 def check_key(path: str, known: dict[str, Any]) -> None:
@@ -209,8 +257,10 @@ def check_key(path: str, known: dict[str, Any]) -> None:
     if path not in known and not any(path == f or path.startswith(f + ".") for f in FREE_FORM):
         close = difflib.get_close_matches(path, list(known), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown config key {path!r}.{hint} Known keys: see "
-                         f"dnl_jax/train/config.py:base_config().")
+        raise ValueError(
+            f"unknown config key {path!r}.{hint} Known keys: see "
+            f"dnl_jax/train/config.py:base_config()."
+        )
 
 
 def check_override_flags(argv: Sequence[str]) -> None:
@@ -220,7 +270,7 @@ def check_override_flags(argv: Sequence[str]) -> None:
     for arg in argv:
         if not arg.startswith(CONFIG_FLAG) or arg.startswith(MODEL_KWARGS_FLAG):
             continue
-        path = arg[len(CONFIG_FLAG):].partition("=")[0]
+        path = arg[len(CONFIG_FLAG) :].partition("=")[0]
         if known is None:
             known = _flatten(base_config())
         check_key(path, known)
@@ -231,84 +281,115 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
-                    num_processes: int) -> None:
+def validate_config(
+    config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int
+) -> None:
     """Checks keys, values and their combinations against the devices at hand.
 
     Raises ValueError naming the offending keys and how to fix them.
     """
     check_known_keys(config)
     c = config
-    _require(c.parallelism in PARALLELISMS,
-             f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.")
+    _require(
+        c.parallelism in PARALLELISMS,
+        f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.",
+    )
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
     task = tasks.for_dataset(c.data.name)  # ValueError listing the datasets
     tasks.check_unused_sections(c.data)
     for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
-    _require(c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
-             "config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.")
-    _require(c.checkpoint.every_seconds >= 0,
-             f"config.checkpoint.every_seconds={c.checkpoint.every_seconds} must be >= 0 "
-             "(0: by steps only).")
+    _require(
+        c.checkpoint.every_steps >= 1 and c.checkpoint.keep >= 1,
+        "config.checkpoint.every_steps and config.checkpoint.keep must be >= 1.",
+    )
+    _require(
+        c.checkpoint.every_seconds >= 0,
+        f"config.checkpoint.every_seconds={c.checkpoint.every_seconds} must be >= 0 "
+        "(0: by steps only).",
+    )
     distributed.check_config(c.distributed)
     _require(c.data.num_classes >= 2, "config.data.num_classes must be >= 2.")
-    _require(c.optimizer.lr > 0 and 0 <= c.optimizer.min_lr <= c.optimizer.lr,
-             "need 0 < config.optimizer.lr and 0 <= config.optimizer.min_lr <= lr.")
-    _require(0 <= c.optimizer.warmup_steps < c.total_steps,
-             f"config.optimizer.warmup_steps={c.optimizer.warmup_steps} must be in "
-             f"[0, total_steps={c.total_steps}).")
+    _require(
+        c.optimizer.lr > 0 and 0 <= c.optimizer.min_lr <= c.optimizer.lr,
+        "need 0 < config.optimizer.lr and 0 <= config.optimizer.min_lr <= lr.",
+    )
+    _require(
+        0 <= c.optimizer.warmup_steps < c.total_steps,
+        f"config.optimizer.warmup_steps={c.optimizer.warmup_steps} must be in "
+        f"[0, total_steps={c.total_steps}).",
+    )
     _require(c.optimizer.grad_clip_norm >= 0, "config.optimizer.grad_clip_norm must be >= 0.")
     _check_schedule(c)
     data_shards, space = mesh_shape(c, num_devices)
-    _check_batch_divisibility(c, num_devices=data_shards,
-                              what="devices" if space == 1 else
-                              "data shards (devices / config.mesh.space)")
+    _check_batch_divisibility(
+        c,
+        num_devices=data_shards,
+        what="devices" if space == 1 else "data shards (devices / config.mesh.space)",
+    )
     task.check_data(c)
     evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
 
 
 def _check_schedule(c) -> None:
     opt = c.optimizer
-    _require(opt.schedule in SCHEDULES,
-             f"config.optimizer.schedule={opt.schedule!r}; choose one of {SCHEDULES}.")
+    _require(
+        opt.schedule in SCHEDULES,
+        f"config.optimizer.schedule={opt.schedule!r}; choose one of {SCHEDULES}.",
+    )
     steps = tuple(opt.decay_steps)
-    _require(all(isinstance(s, int) and 0 < s < c.total_steps for s in steps)
-             and list(steps) == sorted(set(steps)),
-             f"config.optimizer.decay_steps={steps} must be increasing integers in (0, "
-             f"total_steps={c.total_steps}).")
-    _require(opt.schedule == "step" or not steps,
-             "config.optimizer.decay_steps is read by schedule='step' only; set "
-             "--config.optimizer.schedule=step or leave decay_steps empty.")
+    _require(
+        all(isinstance(s, int) and 0 < s < c.total_steps for s in steps)
+        and list(steps) == sorted(set(steps)),
+        f"config.optimizer.decay_steps={steps} must be increasing integers in (0, "
+        f"total_steps={c.total_steps}).",
+    )
+    _require(
+        opt.schedule == "step" or not steps,
+        "config.optimizer.decay_steps is read by schedule='step' only; set "
+        "--config.optimizer.schedule=step or leave decay_steps empty.",
+    )
     _require(0 < opt.decay_factor <= 1, "config.optimizer.decay_factor must be in (0, 1].")
-    _require(all(isinstance(p, str) and p for p in opt.frozen),
-             f"config.optimizer.frozen={tuple(opt.frozen)!r} must be non-empty path prefixes, "
-             "e.g. ('backbone/conv1', 'backbone/bn1', 'backbone/layer1_').")
+    _require(
+        all(isinstance(p, str) and p for p in opt.frozen),
+        f"config.optimizer.frozen={tuple(opt.frozen)!r} must be non-empty path prefixes, "
+        "e.g. ('backbone/conv1', 'backbone/bn1', 'backbone/layer1_').",
+    )
 
 
 def mesh_shape(c, num_devices: int) -> tuple[int, int]:
     """(data, space) of `config.mesh` on `num_devices` devices (-1 resolved); ValueError for a
     mesh that does not tile the devices, or space > 1 with pmap."""
     data, space = int(c.mesh.data), int(c.mesh.space)
-    _require(space >= 1 and num_devices % space == 0,
-             f"config.mesh.space={space} must be >= 1 and divide the {num_devices} devices.")
-    _require(data == -1 or data * space == num_devices,
-             f"config.mesh.data={data} x config.mesh.space={space} must equal the "
-             f"{num_devices} devices; set config.mesh.data=-1 to use the rest.")
-    _require(space == 1 or c.parallelism == "jit",
-             f"config.mesh.space={space}: spatial sharding needs the jit driver; set "
-             "--config.parallelism=jit (pmap shards the batch only) or config.mesh.space=1.")
+    _require(
+        space >= 1 and num_devices % space == 0,
+        f"config.mesh.space={space} must be >= 1 and divide the {num_devices} devices.",
+    )
+    _require(
+        data == -1 or data * space == num_devices,
+        f"config.mesh.data={data} x config.mesh.space={space} must equal the "
+        f"{num_devices} devices; set config.mesh.data=-1 to use the rest.",
+    )
+    _require(
+        space == 1 or c.parallelism == "jit",
+        f"config.mesh.space={space}: spatial sharding needs the jit driver; set "
+        "--config.parallelism=jit (pmap shards the batch only) or config.mesh.space=1.",
+    )
     return num_devices // space, space
 
 
 def _check_batch_divisibility(c, *, num_devices: int, what: str = "devices") -> None:
     micro = c.batch_size // c.grad_accum_steps
-    _require(c.batch_size % c.grad_accum_steps == 0,
-             f"config.batch_size={c.batch_size} is not divisible by "
-             f"config.grad_accum_steps={c.grad_accum_steps}.")
-    _require(micro % num_devices == 0,
-             f"the micro-batch batch_size/grad_accum_steps={micro} must be divisible by the "
-             f"{num_devices} {what}; change config.batch_size or config.grad_accum_steps.")
+    _require(
+        c.batch_size % c.grad_accum_steps == 0,
+        f"config.batch_size={c.batch_size} is not divisible by "
+        f"config.grad_accum_steps={c.grad_accum_steps}.",
+    )
+    _require(
+        micro % num_devices == 0,
+        f"the micro-batch batch_size/grad_accum_steps={micro} must be divisible by the "
+        f"{num_devices} {what}; change config.batch_size or config.grad_accum_steps.",
+    )
 
 
 def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
@@ -321,10 +402,12 @@ def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, An
         if not arg.startswith(MODEL_KWARGS_FLAG):
             rest.append(arg)
             continue
-        name, sep, text = arg[len(MODEL_KWARGS_FLAG):].partition("=")
+        name, sep, text = arg[len(MODEL_KWARGS_FLAG) :].partition("=")
         if not sep or not name.isidentifier():
-            raise ValueError(f"{arg!r}: write --config.model.kwargs.NAME=VALUE, e.g. "
-                             "--config.model.kwargs.dropout_rate=0.")
+            raise ValueError(
+                f"{arg!r}: write --config.model.kwargs.NAME=VALUE, e.g. "
+                "--config.model.kwargs.dropout_rate=0."
+            )
         try:
             kwargs[name] = ast.literal_eval(text)
         except (ValueError, SyntaxError):

@@ -25,12 +25,13 @@ ours; the command to resume is the same: restart every process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import ml_collections
 
@@ -42,8 +43,11 @@ KEY_PREFIX = "dnl_jax/alive/"
 DONE = "done"
 LOST_EXIT_CODE = 75  # EX_TEMPFAIL: restart all hosts
 
-DEFAULTS = {"heartbeat_timeout_seconds": 100, "initialization_timeout_seconds": 300,
-            "shutdown_timeout_seconds": 300}
+DEFAULTS = {
+    "heartbeat_timeout_seconds": 100,
+    "initialization_timeout_seconds": 300,
+    "shutdown_timeout_seconds": 300,
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -56,12 +60,15 @@ def check_config(section) -> None:
     for key in DEFAULTS:
         value = section[key]
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.distributed.{key}={value!r} must be an integer >= 1 "
-                             "(seconds).")
+            raise ValueError(
+                f"config.distributed.{key}={value!r} must be an integer >= 1 (seconds)."
+            )
     if section.heartbeat_timeout_seconds < 3 * BEAT_SECONDS / LOSS_FRACTION:
-        raise ValueError("config.distributed.heartbeat_timeout_seconds="
-                         f"{section.heartbeat_timeout_seconds} is too short to tell a slow host "
-                         "from a lost one; use >= 5.")
+        raise ValueError(
+            "config.distributed.heartbeat_timeout_seconds="
+            f"{section.heartbeat_timeout_seconds} is too short to tell a slow host "
+            "from a lost one; use >= 5."
+        )
 
 
 def initialize(section, **where) -> None:
@@ -72,42 +79,56 @@ def initialize(section, **where) -> None:
 
     check_config(section)
     jax.distributed.initialize(
-        **where, heartbeat_timeout_seconds=section.heartbeat_timeout_seconds,
+        **where,
+        heartbeat_timeout_seconds=section.heartbeat_timeout_seconds,
         initialization_timeout=section.initialization_timeout_seconds,
-        shutdown_timeout_seconds=section.shutdown_timeout_seconds)
+        shutdown_timeout_seconds=section.shutdown_timeout_seconds,
+    )
 
 
-def newest_checkpoint(workdir: str) -> Optional[int]:
+def newest_checkpoint(workdir: str) -> int | None:
     """The largest complete step directory in `workdir/checkpoints` (None: none)."""
     directory = os.path.join(workdir, "checkpoints")
-    steps = [int(name) for name in os.listdir(directory) if name.isdigit()] \
-        if os.path.isdir(directory) else []
+    steps = (
+        [int(name) for name in os.listdir(directory) if name.isdigit()]
+        if os.path.isdir(directory)
+        else []
+    )
     return max(steps) if steps else None
 
 
-def resume_command(argv: Optional[list] = None) -> str:
+def resume_command(argv: list | None = None) -> str:
     """This process's command line (`python -m dnl_jax.main ...` for the CLI)."""
     argv = list(sys.argv if argv is None else argv)
-    program = ("python -m dnl_jax.main" if argv[0].endswith(os.path.join("dnl_jax", "main.py"))
-               else f"python {shlex.quote(argv[0])}")
+    program = (
+        "python -m dnl_jax.main"
+        if argv[0].endswith(os.path.join("dnl_jax", "main.py"))
+        else f"python {shlex.quote(argv[0])}"
+    )
     return " ".join([program, *(shlex.quote(a) for a in argv[1:])])
 
 
 def lost_message(lost: list[int], workdir: str, *, coordinator: bool = False) -> str:
     """The one line a survivor prints (see the module docstring)."""
     step = newest_checkpoint(workdir)
-    who = ("process 0 (the coordinator) is unreachable" if coordinator else
-           "lost process " + ", ".join(str(i) for i in lost))
+    who = (
+        "process 0 (the coordinator) is unreachable"
+        if coordinator
+        else "lost process " + ", ".join(str(i) for i in lost)
+    )
     since = f"resumes from step {step}" if step is not None else "starts again from step 0"
-    return (f"main: {who}; stopping. Restart every process with its same command (this one: "
-            f"{resume_command()}); the run {since} in {os.path.join(workdir, 'checkpoints')}.")
+    return (
+        f"main: {who}; stopping. Restart every process with its same command (this one: "
+        f"{resume_command()}); the run {since} in {os.path.join(workdir, 'checkpoints')}."
+    )
 
 
 class PeerWatch:
     """The daemon thread of the module docstring; `finish()` marks this process done."""
 
-    def __init__(self, workdir: str, heartbeat_timeout: float, *,
-                 exit_fn: Callable[[int], None] = os._exit):
+    def __init__(
+        self, workdir: str, heartbeat_timeout: float, *, exit_fn: Callable[[int], None] = os._exit
+    ):
         import jax
 
         self.client = distributed_client()
@@ -120,7 +141,7 @@ class PeerWatch:
         self._seen: dict[int, tuple[str, float]] = {}
         self._thread = threading.Thread(target=self._run, name="dnl_jax-peer-watch", daemon=True)
 
-    def start(self) -> "PeerWatch":
+    def start(self) -> PeerWatch:
         if self.client is not None and self.count > 1:
             self._thread.start()
         return self
@@ -129,8 +150,9 @@ class PeerWatch:
         while not self._stop.wait(BEAT_SECONDS):
             try:
                 self._beats += 1
-                self.client.key_value_set(f"{KEY_PREFIX}{self.me}", str(self._beats),
-                                          allow_overwrite=True)
+                self.client.key_value_set(
+                    f"{KEY_PREFIX}{self.me}", str(self._beats), allow_overwrite=True
+                )
                 stamps = dict(self.client.key_value_dir_get(KEY_PREFIX))
             except Exception:  # noqa: BLE001 - the service is gone: process 0 died
                 if self._stop.is_set():
@@ -158,26 +180,24 @@ class PeerWatch:
 
     def _end(self, lost: list[int], coordinator: bool = False) -> None:
         self.lost.set()
-        print(lost_message(lost, self.workdir, coordinator=coordinator), file=sys.stderr,
-              flush=True)
+        print(
+            lost_message(lost, self.workdir, coordinator=coordinator), file=sys.stderr, flush=True
+        )
         sys.stdout.flush()
         self.exit_fn(LOST_EXIT_CODE)
 
     def wait_for_loss(self, seconds: float) -> bool:
         """After a failed collective: whether a peer turns out lost within `seconds` (the thread
         then ends the process, so a True is only seen with a test's `exit_fn`)."""
-        return self.lost.wait(seconds) if self._thread.is_alive() or self.lost.is_set() \
-            else False
+        return self.lost.wait(seconds) if self._thread.is_alive() or self.lost.is_set() else False
 
     def finish(self) -> None:
         """Marks this process done (the others stop watching it) and stops the thread."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10 * BEAT_SECONDS)  # its last beat must not follow DONE
-            try:
+            with contextlib.suppress(Exception):  # shutting down anyway
                 self.client.key_value_set(f"{KEY_PREFIX}{self.me}", DONE, allow_overwrite=True)
-            except Exception:  # noqa: BLE001 - shutting down anyway
-                pass
 
 
 def run_watched(workdir: str, section, fn: Callable[[], object]):

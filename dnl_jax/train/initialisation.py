@@ -61,24 +61,41 @@ class PretrainedBackbone:
 
 
 BACKBONES = {
-    spec.name: spec for spec in (
+    spec.name: spec
+    for spec in (
         PretrainedBackbone(
-            "resnet50_v1c", "resnet50_v1c-2cccc1ad.pth",
+            "resnet50_v1c",
+            "resnet50_v1c-2cccc1ad.pth",
             "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
-            "open-mmlab", 50, "mmseg R50-D8 recipes (open-mmlab://resnet50_v1c)"),
+            "open-mmlab",
+            50,
+            "mmseg R50-D8 recipes (open-mmlab://resnet50_v1c)",
+        ),
         PretrainedBackbone(
-            "resnet101_v1c", "resnet101_v1c-e67eebb6.pth",
+            "resnet101_v1c",
+            "resnet101_v1c-e67eebb6.pth",
             "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
-            "open-mmlab", 101, "mmseg R101-D8 recipes (open-mmlab://resnet101_v1c)"),
+            "open-mmlab",
+            101,
+            "mmseg R101-D8 recipes (open-mmlab://resnet101_v1c)",
+        ),
         PretrainedBackbone(
-            "torchvision_resnet50", "resnet50-0676ba61.pth",
+            "torchvision_resnet50",
+            "resnet50-0676ba61.pth",
             "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-            "torchvision", 50, "video recipes (mmaction2's torchvision://resnet50)"),
+            "torchvision",
+            50,
+            "video recipes (mmaction2's torchvision://resnet50)",
+        ),
         PretrainedBackbone(
-            "deepbase_resnet101", "3x3resnet101-imagenet.pth",
+            "deepbase_resnet101",
+            "3x3resnet101-imagenet.pth",
             "https://drive.google.com/open?id=1bUzCKazlh8ElGVYWlABBAb0b0uIqFgtR (the DNL "
             "code's README, yinmh17/DNL-Semantic-Segmentation)",
-            "deepbase", 101, "the official DNL code's recipes (deepbase_resnet101_dilated8)"),
+            "deepbase",
+            101,
+            "the official DNL code's recipes (deepbase_resnet101_dilated8)",
+        ),
     )
 }
 
@@ -86,8 +103,7 @@ BACKBONES = {
 def convert_command(name: str, pretrained_dir: str, source_file: str = "") -> str:
     """The shell command that converts the downloaded file of backbone `name`."""
     source = source_file or BACKBONES[name].file
-    return (f"python -m dnl_jax.interop.pretrained {name} {source} "
-            f"--pretrained_dir {pretrained_dir}")
+    return f"python -m dnl_jax.interop.pretrained {name} {source} --pretrained_dir {pretrained_dir}"
 
 
 def converted_dir(model_config: Any) -> str:
@@ -107,25 +123,31 @@ def check_initialisation(config: Any) -> None:
     if config.init_from:  # a whole converted model replaces every initialisation
         return
     if model.pretrained and model.from_scratch:
-        raise ValueError(f"config.model.pretrained={model.pretrained!r} and "
-                         "config.model.from_scratch=True contradict each other; set one.")
+        raise ValueError(
+            f"config.model.pretrained={model.pretrained!r} and "
+            "config.model.from_scratch=True contradict each other; set one."
+        )
     if not model.pretrained:
         if config.data.name not in SYNTHETIC_DATASETS and not model.from_scratch:
             raise ValueError(
                 f"config.model.pretrained is empty: this {config.data.name} run would train "
                 f"from scratch. Name a backbone ({', '.join(sorted(BACKBONES))}) or set "
-                "--config.model.from_scratch=True to start from random weights on purpose.")
+                "--config.model.from_scratch=True to start from random weights on purpose."
+            )
         return
     if model.pretrained not in BACKBONES:
-        raise ValueError(f"config.model.pretrained={model.pretrained!r} is not a known "
-                         f"backbone; choose one of {sorted(BACKBONES)}.")
+        raise ValueError(
+            f"config.model.pretrained={model.pretrained!r} is not a known "
+            f"backbone; choose one of {sorted(BACKBONES)}."
+        )
     state = os.path.join(converted_dir(model), "state")
     if not os.path.isdir(state):
         spec = BACKBONES[model.pretrained]
         raise ValueError(
             f"pretrained backbone {spec.name!r} not found at {state}. Download {spec.file} "
             f"from {spec.url}, then convert it: "
-            f"{convert_command(spec.name, model.pretrained_dir)}")
+            f"{convert_command(spec.name, model.pretrained_dir)}"
+        )
 
 
 def inflate(kernel: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -144,21 +166,30 @@ def _merge(collection: str, model_tree: Any, loaded_tree: Any, source: str) -> t
     for path, value in loaded.items():
         target = (BACKBONE_SCOPE, *path)
         if target not in flat:
-            raise ValueError(f"{source}: {collection} {'/'.join(path)} has no counterpart in the "
-                             "model's backbone; was it converted for another depth or stem?")
+            raise ValueError(
+                f"{source}: {collection} {'/'.join(path)} has no counterpart in the "
+                "model's backbone; was it converted for another depth or stem?"
+            )
         want = tuple(np.shape(flat[target]))
         value = np.asarray(value)
         if value.shape != want:
             if len(want) != value.ndim + 1:
-                raise ValueError(f"{source}: {collection} {'/'.join(path)} has shape "
-                                 f"{value.shape}; the model's backbone has {want}.")
+                raise ValueError(
+                    f"{source}: {collection} {'/'.join(path)} has shape "
+                    f"{value.shape}; the model's backbone has {want}."
+                )
             value = inflate(value, want)
         flat[target] = value.astype(np.asarray(flat[target]).dtype)
-    fresh = [path for path in flat if path[0] == BACKBONE_SCOPE
-             and path[1:] not in loaded and not _in_context_block(path)]
+    fresh = [
+        path
+        for path in flat
+        if path[0] == BACKBONE_SCOPE and path[1:] not in loaded and not _in_context_block(path)
+    ]
     if fresh:
-        raise ValueError(f"{source} lacks {len(fresh)} {collection} leaves of the model's "
-                         f"backbone, e.g. {'/'.join(fresh[0])}; convert the right backbone.")
+        raise ValueError(
+            f"{source} lacks {len(fresh)} {collection} leaves of the model's "
+            f"backbone, e.g. {'/'.join(fresh[0])}; convert the right backbone."
+        )
     return traverse_util.unflatten_dict(flat), len(loaded)
 
 
@@ -180,10 +211,22 @@ def load_into(model_config: Any, params: Any, batch_stats: Any, load_variables) 
     variables = load_variables(source)
     params, count = _merge("params", params, variables["params"], source)
     batch_stats, stats = _merge("batch_stats", batch_stats, variables["batch_stats"], source)
-    log.info("initialised %d parameter and %d statistics arrays of the backbone from %s",
-             count, stats, source)
+    log.info(
+        "initialised %d parameter and %d statistics arrays of the backbone from %s",
+        count,
+        stats,
+        source,
+    )
     return params, batch_stats
 
 
-__all__ = ["BACKBONES", "LAYOUTS", "PretrainedBackbone", "check_initialisation",
-           "convert_command", "converted_dir", "inflate", "load_into"]
+__all__ = [
+    "BACKBONES",
+    "LAYOUTS",
+    "PretrainedBackbone",
+    "check_initialisation",
+    "convert_command",
+    "converted_dir",
+    "inflate",
+    "load_into",
+]

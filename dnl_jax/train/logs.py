@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import time
-from typing import Optional
 
 import jax
 import numpy as np
@@ -22,8 +21,11 @@ CURVES_FILE = "curves.png"
 
 def _jsonable(value):
     if isinstance(value, (np.ndarray, jax.Array)):
-        return [_jsonable(v) for v in np.asarray(value).tolist()] if np.ndim(value) else \
-            _jsonable(np.asarray(value).item())
+        return (
+            [_jsonable(v) for v in np.asarray(value).tolist()]
+            if np.ndim(value)
+            else _jsonable(np.asarray(value).item())
+        )
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list):
@@ -42,11 +44,13 @@ class MetricWriter:
     def _open(self) -> None:
         if self._tb is None:
             from tensorboardX import SummaryWriter  # imported lazily: heavy
+
             os.makedirs(self.workdir, exist_ok=True)
             self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
             path = os.path.join(self.workdir, METRICS_FILE)
             _drop_torn_tail(path)
-            self._jsonl = open(path, "a")
+            # Kept open across writes (append, flushed per record); closed in `close`.
+            self._jsonl = open(path, "a")  # noqa: SIM115
 
     def write_config(self, config) -> None:
         if self.active:
@@ -84,21 +88,32 @@ def _drop_torn_tail(path: str) -> None:
             return
         keep = data.rfind(b"\n") + 1
         f.truncate(keep)
-    logging.getLogger(__name__).warning("%s: removed a torn last record (%d bytes) left by an "
-                                        "interrupted write.", path, len(data) - keep)
+    logging.getLogger(__name__).warning(
+        "%s: removed a torn last record (%d bytes) left by an interrupted write.",
+        path,
+        len(data) - keep,
+    )
 
 
 def progress_bar(*, total: int, initial: int, enabled: bool) -> tqdm.tqdm:
     """Steps bar with ETA (tqdm's own); postfix set by `describe_progress`."""
-    return tqdm.tqdm(total=total, initial=initial, disable=not enabled, unit="step",
-                     dynamic_ncols=True, mininterval=0.5)
+    return tqdm.tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
 
 
-def describe_progress(bar: tqdm.tqdm, *, loss: float, lr: float, per_s: float,
-                      unit: str = "img") -> None:
+def describe_progress(
+    bar: tqdm.tqdm, *, loss: float, lr: float, per_s: float, unit: str = "img"
+) -> None:
     """Postfix: loss, lr and throughput in `unit`s per second (images or clips)."""
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{f"{unit}_s": f"{per_s:.1f}"},
-                    refresh=False)
+    bar.set_postfix(
+        loss=f"{loss:.4f}", lr=f"{lr:.2e}", **{f"{unit}_s": f"{per_s:.1f}"}, refresh=False
+    )
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -115,36 +130,54 @@ def read_metrics(workdir: str) -> list[dict]:
             records.append(json.loads(line))
         except ValueError as error:
             if position < len(lines) - 1:
-                raise ValueError(f"{path}, line {number}: not a JSON record ({error}); the file "
-                                 "is damaged in the middle. Remove that line.") from None
+                raise ValueError(
+                    f"{path}, line {number}: not a JSON record ({error}); the file "
+                    "is damaged in the middle. Remove that line."
+                ) from None
             logging.getLogger(__name__).warning(
                 "%s: skipped its last line (%d), a torn record (%d characters) left by an "
-                "interrupted write.", path, number, len(line.rstrip("\n")))
+                "interrupted write.",
+                path,
+                number,
+                len(line.rstrip("\n")),
+            )
     return records
 
 
-def save_curves_figure(workdir: str, *, title: str = "", val_metric: str = "miou",
-                       val_label: str = "val mIoU") -> Optional[str]:
+def save_curves_figure(
+    workdir: str, *, title: str = "", val_metric: str = "miou", val_label: str = "val mIoU"
+) -> str | None:
     """PNG with training loss and the val metric `val_metric` (in [0, 1], labelled `val_label`)
     against step, from `metrics.jsonl`; returns its path (None when nothing was logged)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = read_metrics(workdir)
     # A resumed run logs again the steps after its checkpoint: the last record of a step wins.
-    train = sorted({r["step"]: r["loss"] for r in records
-                    if r["split"] == "train" and r.get("loss") is not None}.items())
-    val = sorted({r["step"]: r[val_metric] for r in records
-                  if r["split"] == "val" and r.get(val_metric) is not None}.items())
+    train = sorted(
+        {
+            r["step"]: r["loss"]
+            for r in records
+            if r["split"] == "train" and r.get("loss") is not None
+        }.items()
+    )
+    val = sorted(
+        {
+            r["step"]: r[val_metric]
+            for r in records
+            if r["split"] == "val" and r.get(val_metric) is not None
+        }.items()
+    )
     if not train and not val:
         return None
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
-        ax_loss.plot(*zip(*train), color="tab:blue")
+        ax_loss.plot(*zip(*train, strict=False), color="tab:blue")
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
     if val:
-        ax_val.plot(*zip(*val), marker="o", color="tab:green")
+        ax_val.plot(*zip(*val, strict=False), marker="o", color="tab:green")
     ax_val.set(xlabel="step", ylabel=val_label, ylim=(0, 1), title=f"validation: {val_label}")
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)

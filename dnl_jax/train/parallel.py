@@ -15,8 +15,8 @@ jit: a mesh ('data', 'space') over all devices of all hosts (`config.mesh`; spac
 default); the batch is sharded `P('data')`, and with space > 1 images along H and clips along T,
 `P('data', 'space')` (the model's non-local blocks then run `dnl_jax.sharded_attention`). Each
 host contributes the rows of its data shards through `jax.make_array_from_process_local_data`
-(hosts whose devices share data shards load the same rows: `data_process_index/_count`); the state is
-created directly with its sharding (replicated for pure data parallelism) by
+(hosts whose devices share data shards load the same rows: `data_process_index/_count`); the
+state is created directly with its sharding (replicated for pure data parallelism) by
 `jax.jit(init_fn, out_shardings=...)`; XLA inserts the gradient all-reduce and the cross-replica
 batch-norm reductions. pmap: the state is replicated on the local devices, the host batch is
 reshaped to `[local_devices, b / local_devices, ...]`, reductions use `axis_name='batch'`.
@@ -25,11 +25,12 @@ reshaped to `[local_devices, b / local_devices, ...]`, reductions use `axis_name
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PMAP_AXIS = "batch"
 DATA_AXIS = "data"
@@ -40,10 +41,12 @@ def fetch_replicated(tree):
     """Host numpy copy of a tree of replicated arrays (also across processes, where a plain
     `device_get` refuses arrays that are not fully addressable: any local replica is the value).
     """
+
     def fetch(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return np.asarray(x.addressable_data(0))
         return np.asarray(x)
+
     return jax.tree.map(fetch, tree)
 
 
@@ -52,20 +55,30 @@ def make_mesh(space: int = 1) -> jax.sharding.Mesh:
     axes Auto (sharding constraints and XLA's partitioner place the rest)."""
     if space < 1 or jax.device_count() % space:
         raise ValueError(f"space={space} must be >= 1 and divide the {jax.device_count()} devices.")
-    return jax.make_mesh((jax.device_count() // space, space), (DATA_AXIS, SPACE_AXIS),
-                         axis_types=(AxisType.Auto,) * 2)
+    return jax.make_mesh(
+        (jax.device_count() // space, space),
+        (DATA_AXIS, SPACE_AXIS),
+        axis_types=(AxisType.Auto,) * 2,
+    )
 
 
 def data_groups(mesh: jax.sharding.Mesh) -> tuple[int, int]:
     """(index, count): this process holds batch slice `index` of `count` distinct slices (hosts
     whose devices share the same data shards hold the same rows)."""
-    mine = sorted({row for (row, _), device in np.ndenumerate(mesh.devices)
-                   if device.process_index == jax.process_index()})
+    mine = sorted(
+        {
+            row
+            for (row, _), device in np.ndenumerate(mesh.devices)
+            if device.process_index == jax.process_index()
+        }
+    )
     per, rows = len(mine), mesh.devices.shape[0]
     if mine != list(range(mine[0], mine[0] + per)) or mine[0] % per or rows % per:
-        raise ValueError(f"process {jax.process_index()} holds data shards {mine} of {rows}: "
-                         "not one contiguous block; choose config.mesh.space to divide the "
-                         "devices per process, or be a multiple of them.")
+        raise ValueError(
+            f"process {jax.process_index()} holds data shards {mine} of {rows}: "
+            "not one contiguous block; choose config.mesh.space to divide the "
+            "devices per process, or be a multiple of them."
+        )
     return mine[0] // per, rows // per
 
 
@@ -112,8 +125,9 @@ class JitDriver(_HostCopies):
         self._jitted_train = self._jitted_eval = None
 
     def batch_shardings(self, host_batch: dict) -> dict:
-        return jax.tree.map(lambda x: NamedSharding(self.mesh, batch_spec(x, self.space)),
-                            host_batch)
+        return jax.tree.map(
+            lambda x: NamedSharding(self.mesh, batch_spec(x, self.space)), host_batch
+        )
 
     def context(self):
         """The mesh in context for the whole run (`with driver.context(): ...`)."""
@@ -123,10 +137,14 @@ class JitDriver(_HostCopies):
         # The batch's shardings are those of the global arrays (`global_batch`).
         if self._train_step is not None:  # None: an evaluation-only driver (the evaluate command)
             self._jitted_train = jax.jit(
-                self._train_step, in_shardings=(state_shardings, None),
-                out_shardings=(state_shardings, self.replicated), donate_argnums=0)
-        self._jitted_eval = jax.jit(self._eval_step, in_shardings=(state_shardings, None),
-                                    out_shardings=self.replicated)
+                self._train_step,
+                in_shardings=(state_shardings, None),
+                out_shardings=(state_shardings, self.replicated),
+                donate_argnums=0,
+            )
+        self._jitted_eval = jax.jit(
+            self._eval_step, in_shardings=(state_shardings, None), out_shardings=self.replicated
+        )
 
     def state_shardings(self, abstract_state):
         return jax.tree.map(lambda _: self.replicated, abstract_state)
@@ -143,8 +161,11 @@ class JitDriver(_HostCopies):
         """This host's rows → global arrays sharded by `batch_spec`."""
         return jax.tree.map(
             lambda x, sharding: jax.make_array_from_process_local_data(
-                sharding, x, (x.shape[0] * self.data_process_count, *x.shape[1:])),
-            host_batch, self.batch_shardings(host_batch))
+                sharding, x, (x.shape[0] * self.data_process_count, *x.shape[1:])
+            ),
+            host_batch,
+            self.batch_shardings(host_batch),
+        )
 
     def train_step(self, state, host_batch: dict):
         return self._jitted(state)[0](state, self.global_batch(host_batch))
@@ -157,8 +178,11 @@ class JitDriver(_HostCopies):
 
     def restore_target(self, abstract_state):
         shardings = self.state_shardings(abstract_state)
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract_state, shardings)
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state,
+            shardings,
+        )
 
     def from_checkpoint(self, tree):
         # Restored arrays already carry the target shardings; put them there anyway for trees
@@ -174,13 +198,16 @@ class PmapDriver(_HostCopies):
 
     def __init__(self, train_step: Callable, eval_step: Callable, space: int = 1):
         if space != 1:
-            raise ValueError(f"the pmap driver shards the batch only; mesh space={space} needs "
-                             "parallelism='jit'.")
+            raise ValueError(
+                f"the pmap driver shards the batch only; mesh space={space} needs "
+                "parallelism='jit'."
+            )
         self.devices = jax.local_devices()
         self.data_process_index, self.data_process_count = jax.process_index(), jax.process_count()
         # Leading axis over the local devices: how pmap lays out its replicated arguments.
-        self._stacked = NamedSharding(jax.sharding.Mesh(np.array(self.devices), (PMAP_AXIS,)),
-                                      P(PMAP_AXIS))
+        self._stacked = NamedSharding(
+            jax.sharding.Mesh(np.array(self.devices), (PMAP_AXIS,)), P(PMAP_AXIS)
+        )
         self._train = jax.pmap(train_step, axis_name=PMAP_AXIS, donate_argnums=0)
         self._eval = jax.pmap(eval_step, axis_name=PMAP_AXIS)
 
@@ -189,8 +216,7 @@ class PmapDriver(_HostCopies):
 
     def _split(self, host_batch: dict) -> dict:
         n = len(self.devices)
-        return jax.tree.map(lambda x: np.reshape(x, (n, x.shape[0] // n, *x.shape[1:])),
-                            host_batch)
+        return jax.tree.map(lambda x: np.reshape(x, (n, x.shape[0] // n, *x.shape[1:])), host_batch)
 
     def init_state(self, init_fn: Callable):
         # The jit driver's initialiser (same program, so its compilation is shared), then
@@ -205,8 +231,9 @@ class PmapDriver(_HostCopies):
         return state, jax.tree.map(lambda x: x[0], metrics)
 
     def eval_step(self, state, host_batch: dict) -> dict:
-        return fetch_replicated(jax.tree.map(lambda x: x[0],
-                                             self._eval(state, self._split(host_batch))))
+        return fetch_replicated(
+            jax.tree.map(lambda x: x[0], self._eval(state, self._split(host_batch)))
+        )
 
     def to_checkpoint(self, state):
         # Replicas are identical (pmean'd gradients, synced batch norm): save replica 0.
@@ -214,13 +241,18 @@ class PmapDriver(_HostCopies):
 
     def restore_target(self, abstract_state):
         device = jax.sharding.SingleDeviceSharding(self.devices[0])
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            abstract_state)
+        return jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_state
+        )
 
     def from_checkpoint(self, tree):
         n = len(self.devices)
-        return jax.tree.map(lambda x: jax.device_put(
-            np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))), self._stacked), tree)
+        return jax.tree.map(
+            lambda x: jax.device_put(
+                np.broadcast_to(np.asarray(x)[None], (n, *np.shape(x))), self._stacked
+            ),
+            tree,
+        )
 
 
 def make_driver(parallelism: str, train_step: Callable, eval_step: Callable, space: int = 1):

@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import threading
-from typing import Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -64,8 +63,10 @@ class PreemptionWatcher:
         # 'jax': JAX's preemption service; 'signal': our Python handler; 'off': nothing to ask.
         self.mode = "jax" if distributed_client() is not None else "signal"
         if self.mode == "jax" and not _service_enabled():
-            log.warning("jax_enable_preemption_service is off: SIGTERM ends the processes "
-                        "without a checkpoint. Turn it on to checkpoint on preemption.")
+            log.warning(
+                "jax_enable_preemption_service is off: SIGTERM ends the processes "
+                "without a checkpoint. Turn it on to checkpoint on preemption."
+            )
             self.mode = "off"
         elif self.mode == "signal" and threading.current_thread() is threading.main_thread():
             self._previous = signal.getsignal(signal.SIGTERM)
@@ -112,7 +113,7 @@ def mark_interrupted_evaluation(workdir: str, step: int) -> None:
             file.write(str(step))
 
 
-def interrupted_evaluation(workdir: str) -> Optional[int]:
+def interrupted_evaluation(workdir: str) -> int | None:
     """The step whose evaluation a preemption interrupted, or None."""
     path = os.path.join(workdir, INTERRUPTED_EVALUATION)
     if not os.path.exists(path):

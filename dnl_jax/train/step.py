@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -47,9 +48,12 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
     t < warmup_steps."""
     if opt.get("schedule", "poly") == "step":
         return _step_schedule(opt)
-    poly = optax.polynomial_schedule(init_value=opt.lr, end_value=opt.min_lr,
-                                     power=opt.poly_power,
-                                     transition_steps=total_steps - opt.warmup_steps)
+    poly = optax.polynomial_schedule(
+        init_value=opt.lr,
+        end_value=opt.min_lr,
+        power=opt.poly_power,
+        transition_steps=total_steps - opt.warmup_steps,
+    )
     if opt.warmup_steps == 0:
         return poly
     warmup = optax.linear_schedule(opt.lr * opt.warmup_ratio, opt.lr, opt.warmup_steps)
@@ -62,14 +66,19 @@ def _step_schedule(opt: ml_collections.ConfigDict) -> optax.Schedule:
 
     def schedule(step):
         passed = sum(step >= boundary for boundary in decay_steps)
-        warm = jnp.where(step < opt.warmup_steps,
-                         opt.warmup_ratio + (1 - opt.warmup_ratio) * step / warmup_steps, 1.0)
-        return opt.lr * opt.decay_factor ** passed * warm
+        warm = jnp.where(
+            step < opt.warmup_steps,
+            opt.warmup_ratio + (1 - opt.warmup_ratio) * step / warmup_steps,
+            1.0,
+        )
+        return opt.lr * opt.decay_factor**passed * warm
 
     return schedule
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    opt: ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation:
     """SGD with momentum and L2 weight decay added to the gradient (PyTorch/mmseg semantics:
     g ← clip(g) + wd·mult(θ)·θ; m ← μ·m + g; θ ← θ − lr_t·m), mult(θ) from
     `opt.weight_decay_multipliers` (see `weight_decay_multiplier`; 1 without a match).
@@ -86,8 +95,10 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
     frozen = tuple(opt.get("frozen", ()))
     if not frozen:
         return optimizer
-    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()},
-                                 functools.partial(_frozen_labels, prefixes=frozen))
+    return optax.multi_transform(
+        {"train": optimizer, "frozen": optax.set_to_zero()},
+        functools.partial(_frozen_labels, prefixes=frozen),
+    )
 
 
 def _frozen_labels(params, prefixes: tuple[str, ...]):
@@ -97,15 +108,18 @@ def _frozen_labels(params, prefixes: tuple[str, ...]):
     names = jax.tree.leaves(paths)
     unused = [p for p in prefixes if not any(name.startswith(p) for name in names)]
     if unused:
-        raise ValueError(f"optimizer.frozen: prefix(es) {unused} match no parameter; paths look "
-                         f"like {names[:3]}.")
+        raise ValueError(
+            f"optimizer.frozen: prefix(es) {unused} match no parameter; paths look "
+            f"like {names[:3]}."
+        )
     return jax.tree.map(lambda path: "frozen" if path.startswith(prefixes) else "train", paths)
 
 
 def _paths(params):
     """The tree of '/'-joined parameter paths."""
     return jax.tree_util.tree_map_with_path(
-        lambda key_path, _: "/".join(str(getattr(k, "key", k)) for k in key_path), params)
+        lambda key_path, _: "/".join(str(getattr(k, "key", k)) for k in key_path), params
+    )
 
 
 def check_weight_decay_multipliers(multipliers) -> tuple[tuple[str, float], ...]:
@@ -114,12 +128,16 @@ def check_weight_decay_multipliers(multipliers) -> tuple[tuple[str, float], ...]
         pairs = tuple((pattern, float(mult)) for pattern, mult in multipliers)
     except (TypeError, ValueError):
         pairs = None
-    if pairs is None or not all(isinstance(p, str) and p and m >= 0 for p, m in pairs) or \
-            len({p for p, _ in pairs}) != len(pairs):
+    if (
+        pairs is None
+        or not all(isinstance(p, str) and p and m >= 0 for p, m in pairs)
+        or len({p for p, _ in pairs}) != len(pairs)
+    ):
         raise ValueError(
             f"optimizer.weight_decay_multipliers={multipliers!r} must be pairs (pattern, "
             "multiplier >= 0) with distinct non-empty patterns, e.g. (('theta', 0.0), "
-            "('phi', 0.0)).")
+            "('phi', 0.0))."
+        )
     return pairs
 
 
@@ -129,8 +147,7 @@ def weight_decay_multiplier(path: str, multipliers: tuple[tuple[str, float], ...
     (DefaultOptimWrapperConstructor.add_params): the patterns that are substrings of the path
     are tried longest first (equal lengths alphabetically), the first one wins; 1.0 without a
     match. Patterns match our '/'-separated names, not mmseg's '.'-separated ones."""
-    for pattern, mult in sorted(sorted(multipliers), key=lambda pair: len(pair[0]),
-                                reverse=True):
+    for pattern, mult in sorted(sorted(multipliers), key=lambda pair: len(pair[0]), reverse=True):
         if pattern in path:
             return mult
     return 1.0
@@ -145,20 +162,27 @@ def _decayed_weights(weight_decay: float, multipliers) -> list[optax.GradientTra
 
     def mask_for(value: float):
         def mask(params):
-            unused = {p for p, _ in pairs} - {p for p, _ in pairs
-                                             for path in jax.tree.leaves(_paths(params))
-                                             if p in path}
+            unused = {p for p, _ in pairs} - {
+                p for p, _ in pairs for path in jax.tree.leaves(_paths(params)) if p in path
+            }
             if unused:
-                raise ValueError(f"optimizer.weight_decay_multipliers: pattern(s) "
-                                 f"{sorted(unused)} match no parameter name; names look like "
-                                 f"{jax.tree.leaves(_paths(params))[:3]}.")
-            return jax.tree.map(lambda path: weight_decay_multiplier(path, pairs) == value,
-                                _paths(params))
+                raise ValueError(
+                    f"optimizer.weight_decay_multipliers: pattern(s) "
+                    f"{sorted(unused)} match no parameter name; names look like "
+                    f"{jax.tree.leaves(_paths(params))[:3]}."
+                )
+            return jax.tree.map(
+                lambda path: weight_decay_multiplier(path, pairs) == value, _paths(params)
+            )
+
         return mask
 
     values = sorted({weight_decay_multiplier("", pairs)} | {m for _, m in pairs})
-    return [optax.add_decayed_weights(weight_decay * value, mask=mask_for(value))
-            for value in values if value > 0]
+    return [
+        optax.add_decayed_weights(weight_decay * value, mask=mask_for(value))
+        for value in values
+        if value > 0
+    ]
 
 
 def split_micro_batches(batch: dict, num_micro: int) -> dict:
@@ -167,9 +191,11 @@ def split_micro_batches(batch: dict, num_micro: int) -> dict:
     Strided rather than contiguous so that each device's contiguous shard of the batch splits
     locally (no data movement under a sharded batch axis).
     """
+
     def split(x):
         x = x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:])
         return jnp.swapaxes(x, 0, 1)
+
     return jax.tree.map(split, batch)
 
 
@@ -181,9 +207,14 @@ def _all_finite(*trees) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
 
 
-def make_train_step(bundle, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, grad_accum_steps: int = 1,
-                    axis_name: Optional[str] = None) -> Callable:
+def make_train_step(
+    bundle,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    grad_accum_steps: int = 1,
+    axis_name: str | None = None,
+) -> Callable:
     """Returns `train_step(state, batch) -> (state, metrics)` (metrics: dict of f32 scalars).
 
     The loss is the bundle's over the global step batch: each of its ratios (losses.py) is
@@ -210,27 +241,33 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
             grads_sum, batch_stats, ratio_sums = carry
             index, micro = inputs
             (_, (batch_stats, ratios)), grads = grad_fn(
-                state.params, batch_stats, micro, _micro_rngs(rng, step_rng, index),
-                denominators)
+                state.params, batch_stats, micro, _micro_rngs(rng, step_rng, index), denominators
+            )
             return (_add(grads_sum, grads), batch_stats, _add(ratio_sums, ratios)), None
 
         micro_batches = split_micro_batches(batch, grad_accum_steps)
         first = jax.tree.map(lambda x: x[0], micro_batches)
-        ratio_shapes = jax.eval_shape(lambda: grad_fn(
-            state.params, state.batch_stats, first, _micro_rngs(rng, step_rng, 0),
-            None)[0][1][1])
-        init = (jax.tree.map(jnp.zeros_like, state.params), state.batch_stats,
-                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ratio_shapes))
+        ratio_shapes = jax.eval_shape(
+            lambda: grad_fn(
+                state.params, state.batch_stats, first, _micro_rngs(rng, step_rng, 0), None
+            )[0][1][1]
+        )
+        init = (
+            jax.tree.map(jnp.zeros_like, state.params),
+            state.batch_stats,
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ratio_shapes),
+        )
         if grad_accum_steps == 1:  # no loop: XLA:CPU runs conv weight gradients ~40× slower
             # inside a while loop than outside one (3×3 conv, 16×16×128, measured on CPU).
             (grads, batch_stats, ratio_sums), _ = accumulate(init, (jnp.int32(0), first))
         else:
             indices = jnp.arange(grad_accum_steps)
-            selections, denominators = denominators_fn(state, micro_batches, indices, rng,
-                                                       step_rng)
+            selections, denominators = denominators_fn(state, micro_batches, indices, rng, step_rng)
             (grads, batch_stats, ratio_sums), _ = jax.lax.scan(
-                functools.partial(accumulate, denominators=denominators), init,
-                (indices, {**micro_batches, **selections}))
+                functools.partial(accumulate, denominators=denominators),
+                init,
+                (indices, {**micro_batches, **selections}),
+            )
         if axis_name is not None:  # each device holds its share of the global sums
             grads, ratio_sums = jax.lax.psum((grads, ratio_sums), axis_name)
         loss, metrics = losses.combine_ratios(ratio_sums, bundle.loss_weights)
@@ -238,10 +275,16 @@ def make_train_step(bundle, optimizer: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params, batch_stats)
-        metrics = {**metrics, "loss": loss, "lr": schedule(state.step), "grad_norm": grad_norm,
-                   "finite": finite}
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "lr": schedule(state.step),
+            "grad_norm": grad_norm,
+            "finite": finite,
+        }
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
     return train_step
@@ -258,15 +301,21 @@ def _micro_rngs(rng: jax.Array, step_rng: jax.Array, index) -> dict:
 def _make_forward(bundle) -> Callable:
     """`(params, batch_stats, micro, rngs) -> (outputs, batch_stats)` of training: the bundle's
     `train_forward`, or its module on `micro[input_key]` with dropout."""
+
     def forward(params, batch_stats, micro, rngs):
         variables = {"params": params, "batch_stats": batch_stats}
         if bundle.train_forward is not None:
             outputs, new_vars = bundle.train_forward(variables, micro, rngs)
         else:
             outputs, new_vars = bundle.module.apply(
-                variables, micro[bundle.input_key], train=True,
-                rngs={"dropout": rngs["dropout"]}, mutable=["batch_stats"])
+                variables,
+                micro[bundle.input_key],
+                train=True,
+                rngs={"dropout": rngs["dropout"]},
+                mutable=["batch_stats"],
+            )
         return outputs, new_vars.get("batch_stats", batch_stats)
+
     return forward
 
 
@@ -277,12 +326,12 @@ def _with_selection(bundle, outputs, micro) -> dict:
     return {**micro, **bundle.loss_selection_fn(jax.lax.stop_gradient(outputs), micro)}
 
 
-def _global_denominators(ratios: dict, axis_name: Optional[str]) -> dict:
+def _global_denominators(ratios: dict, axis_name: str | None) -> dict:
     denominators = {name: jax.lax.stop_gradient(den) for name, (_, den) in ratios.items()}
     return denominators if axis_name is None else jax.lax.psum(denominators, axis_name)
 
 
-def _make_share_of_loss(bundle, axis_name: Optional[str]) -> Callable:
+def _make_share_of_loss(bundle, axis_name: str | None) -> Callable:
     """`(params, batch_stats, micro, rngs, denominators) -> (share, (batch_stats, ratios))`: this
     shard's part Σ w · numerator / global denominator of the global loss. `denominators` None:
     the micro-batch is the whole step batch, its denominators are summed over devices here
@@ -296,14 +345,17 @@ def _make_share_of_loss(bundle, axis_name: Optional[str]) -> Callable:
         ratios = bundle.loss_ratios_fn(outputs, micro)
         if denominators is None:
             denominators = _global_denominators(ratios, axis_name)
-        share = sum(weight * losses.safe_ratio(ratios[name][0], denominators[name])
-                    for name, weight in bundle.loss_weights.items() if name in ratios)
+        share = sum(
+            weight * losses.safe_ratio(ratios[name][0], denominators[name])
+            for name, weight in bundle.loss_weights.items()
+            if name in ratios
+        )
         return share, (batch_stats, ratios)
 
     return share_of_loss
 
 
-def _make_denominators_fn(bundle, axis_name: Optional[str]) -> Callable:
+def _make_denominators_fn(bundle, axis_name: str | None) -> Callable:
     """`(state, micro_batches [A, b, ...], indices, rng, step_rng) -> (selections [A, b, ...],
     global denominators)`: a forward pass over the micro-batches (same dropout keys as the gradient
     pass) for the loss selection and the denominators of the whole step batch."""
@@ -312,12 +364,15 @@ def _make_denominators_fn(bundle, axis_name: Optional[str]) -> Callable:
     def denominators_fn(state, micro_batches, indices, rng, step_rng):
         def one(inputs):
             index, micro = inputs
-            outputs, _ = forward(state.params, state.batch_stats, micro,
-                                 _micro_rngs(rng, step_rng, index))
+            outputs, _ = forward(
+                state.params, state.batch_stats, micro, _micro_rngs(rng, step_rng, index)
+            )
             selected = _with_selection(bundle, outputs, micro)
             ratios = bundle.loss_ratios_fn(outputs, selected)
-            return ({key: value for key, value in selected.items() if key not in micro},
-                    {name: den for name, (_, den) in ratios.items()})
+            return (
+                {key: value for key, value in selected.items() if key not in micro},
+                {name: den for name, (_, den) in ratios.items()},
+            )
 
         selections, denominators = jax.lax.map(one, (indices, micro_batches))
         totals = {name: (None, jnp.sum(den, axis=0)) for name, den in denominators.items()}
@@ -331,28 +386,37 @@ def warn_out_of_range_labels(metrics: dict, step: int, warned: bool) -> bool:
     step's 'out_of_range_labels' fraction; returns whether that warning has been given."""
     fraction = metrics.get("out_of_range_labels", 0.0)
     if fraction > 0 and not warned:
-        log.warning("step %d: %.4g%% of the label pixels are outside [0, num_classes) and not the "
-                    "ignore label; the loss and the metrics leave them out. Check "
-                    "config.data.num_classes and the dataset's label mapping (train ids, 255 "
-                    "= ignore). Reported once; the 'out_of_range_labels' train metric has every "
-                    "step's fraction.", step, 100 * fraction)
+        log.warning(
+            "step %d: %.4g%% of the label pixels are outside [0, num_classes) and not the "
+            "ignore label; the loss and the metrics leave them out. Check "
+            "config.data.num_classes and the dataset's label mapping (train ids, 255 "
+            "= ignore). Reported once; the 'out_of_range_labels' train metric has every "
+            "step's fraction.",
+            step,
+            100 * fraction,
+        )
         return True
     return warned
 
 
-def make_eval_step(bundle, *, axis_name: Optional[str] = None) -> Callable:
+def make_eval_step(bundle, *, axis_name: str | None = None) -> Callable:
     """Returns `eval_step(state, batch) -> sums` (the bundle's metric sums, e.g. 'confusion',
     and 'nonfinite_outputs': the count of NaN / inf model outputs, which the evaluator checks),
     summed over devices when `axis_name` is set."""
     input_key = bundle.input_key
 
     def eval_step(state: TrainState, batch: dict):
-        outputs = bundle.module.apply({"params": state.params, "batch_stats": state.batch_stats},
-                                      batch[input_key], train=False)
+        outputs = bundle.module.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            batch[input_key],
+            train=False,
+        )
         sums = dict(bundle.metrics_fn(outputs, batch))
         sums["nonfinite_outputs"] = sum(
-            jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) for x in jax.tree.leaves(outputs)
-            if jnp.issubdtype(x.dtype, jnp.inexact))
+            jnp.sum(~jnp.isfinite(x), dtype=jnp.int32)
+            for x in jax.tree.leaves(outputs)
+            if jnp.issubdtype(x.dtype, jnp.inexact)
+        )
         if axis_name is not None:
             sums = jax.lax.psum(sums, axis_name)
         return sums

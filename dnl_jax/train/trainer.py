@@ -19,21 +19,22 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dnl_jax import evaluators
+from dnl_jax import evaluators, tasks
 from dnl_jax.data import pipeline
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
-from dnl_jax import tasks
 from dnl_jax.tasks import check_model_task, for_dataset, get_model
 from dnl_jax.train import checkpoint as ckpt
-from dnl_jax.train import initialisation, logs, parallel, preemption, step as step_lib
+from dnl_jax.train import initialisation, logs, parallel, preemption
+from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import validate_config
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class Run:
 
 
 # ---------------------------------------------------------------- model, optimizer, driver, data
-def make_bundle(config: ml_collections.ConfigDict, *, axis_name: Optional[str] = None):
+def make_bundle(config: ml_collections.ConfigDict, *, axis_name: str | None = None):
     """The model bundle of `config.model` (its kwargs, compute dtype `model.dtype`) for
     `config.data.num_classes`, its batch norm reducing over `axis_name` (the pmap driver's
     axis; None everywhere else: jit, initialisation, host inference). Raises ValueError when
@@ -87,8 +88,7 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
         # seed and backend, and the initialiser compiles several times faster than with
         # threefry on CPU. Training randomness (dropout) stays threefry, which is invariant to
         # how the batch is sharded.
-        params_key, dropout_key = jax.random.split(
-            jax.random.key(config.seed, impl="unsafe_rbg"))
+        params_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl="unsafe_rbg"))
         train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
         rngs, inputs = {"params": params_key, "dropout": dropout_key}, jnp.zeros((2, *shape))
         if bundle.init_fn is not None:
@@ -97,58 +97,87 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
             variables = module.init(rngs, inputs, train=True)
         params = variables["params"]
         return step_lib.TrainState(
-            step=jnp.zeros((), jnp.int32), params=params,
-            batch_stats=variables.get("batch_stats", {}), opt_state=optimizer.init(params),
-            rng=jax.random.key_data(train_key))
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=optimizer.init(params),
+            rng=jax.random.key_data(train_key),
+        )
 
     return init_fn
 
 
-def _build(config: ml_collections.ConfigDict, workdir: str,
-           watcher: preemption.PreemptionWatcher) -> Run:
+def _build(
+    config: ml_collections.ConfigDict, workdir: str, watcher: preemption.PreemptionWatcher
+) -> Run:
     axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
     bundle = make_bundle(config, axis_name=axis_name)
     initialisation.check_initialisation(config)  # before the data is opened or anything written
     schedule = step_lib.learning_rate_schedule(config.optimizer, config.total_steps)
     optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
-    train_step = step_lib.make_train_step(bundle, optimizer, schedule,
-                                          grad_accum_steps=config.grad_accum_steps,
-                                          axis_name=axis_name)
+    train_step = step_lib.make_train_step(
+        bundle, optimizer, schedule, grad_accum_steps=config.grad_accum_steps, axis_name=axis_name
+    )
     eval_step = step_lib.make_eval_step(bundle, axis_name=axis_name)
-    driver = parallel.make_driver(config.parallelism, train_step, eval_step,
-                                  space=int(config.mesh.space))
+    driver = parallel.make_driver(
+        config.parallelism, train_step, eval_step, space=int(config.mesh.space)
+    )
     task = for_dataset(config.data.name)
     train_source, val_source = task.sources(config.data)
     dataset = pipeline.train_dataset(  # hosts sharing data shards (mesh.space) read the same rows
-        train_source, seed=config.data.seed,
+        train_source,
+        seed=config.data.seed,
         local_batch=config.batch_size // driver.data_process_count,
-        process_index=driver.data_process_index, process_count=driver.data_process_count,
+        process_index=driver.data_process_index,
+        process_count=driver.data_process_count,
         transform=task.train_transform(config.data),
         check=task.label_check(config.data, "training clips in a batch"),
-        **pipeline.worker_settings(config.data))
-    checkpointer = ckpt.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                     every_steps=config.checkpoint.every_steps,
-                                     keep=config.checkpoint.keep,
-                                     keep_best=config.checkpoint.keep_best,
-                                     best_metric=f"{evaluators.RANKING_EVAL}_{bundle.best_metric}",
-                                     every_seconds=config.checkpoint.every_seconds)
-    context = evaluators.EvalContext(config, bundle, make_bundle(config).module, val_source,
-                                     driver, workdir=workdir,
-                                     between_batches=watcher.raise_if_preempted)
-    return Run(config, bundle, driver, schedule, make_init_fn(optimizer, config),
-               train_source, val_source, evaluators.from_config(config, context), iter(dataset),
-               checkpointer, logs.MetricWriter(workdir), watcher)
+        **pipeline.worker_settings(config.data),
+    )
+    checkpointer = ckpt.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        every_steps=config.checkpoint.every_steps,
+        keep=config.checkpoint.keep,
+        keep_best=config.checkpoint.keep_best,
+        best_metric=f"{evaluators.RANKING_EVAL}_{bundle.best_metric}",
+        every_seconds=config.checkpoint.every_seconds,
+    )
+    context = evaluators.EvalContext(
+        config,
+        bundle,
+        make_bundle(config).module,
+        val_source,
+        driver,
+        workdir=workdir,
+        between_batches=watcher.raise_if_preempted,
+    )
+    return Run(
+        config,
+        bundle,
+        driver,
+        schedule,
+        make_init_fn(optimizer, config),
+        train_source,
+        val_source,
+        evaluators.from_config(config, context),
+        iter(dataset),
+        checkpointer,
+        logs.MetricWriter(workdir),
+        watcher,
+    )
 
 
 # ------------------------------------------------------------------------------------ state
 def _initial_state(run: Run) -> tuple[Any, dict]:
     """Fresh, resumed (workdir has a checkpoint) or initialised from config.init_from."""
     abstract = jax.eval_shape(run.init_fn)
-    signature = ckpt.model_signature(run.config.model.name, run.config.data.num_classes,
-                                     abstract.params)
+    signature = ckpt.model_signature(
+        run.config.model.name, run.config.data.num_classes, abstract.params
+    )
     # Checked before anything is compiled or written; unrestorable newer steps are set aside.
-    resumed = run.checkpointer.restore_latest(run.driver.restore_target(abstract), run.iterator,
-                                              signature)
+    resumed = run.checkpointer.restore_latest(
+        run.driver.restore_target(abstract), run.iterator, signature
+    )
     if resumed is not None:
         latest, restored = resumed
         log.info("resumed from %s at step %d", run.checkpointer.directory, latest)
@@ -158,24 +187,31 @@ def _initial_state(run: Run) -> tuple[Any, dict]:
         variables = ckpt.load_variables(run.config.init_from)
         _check_same_shapes(variables["params"], abstract.params, run.config.init_from)
         host_state = run.driver.host_state(state).replace(
-            params=variables["params"], batch_stats=variables["batch_stats"])
+            params=variables["params"], batch_stats=variables["batch_stats"]
+        )
         state = run.driver.from_checkpoint(jax.tree.map(jnp.asarray, host_state))
     elif run.config.model.pretrained:
         host_state = run.driver.host_state(state)
         params, batch_stats = initialisation.load_into(
-            run.config.model, jax.tree.map(np.asarray, host_state.params),
-            jax.tree.map(np.asarray, host_state.batch_stats), ckpt.load_variables)
-        state = run.driver.from_checkpoint(jax.tree.map(
-            jnp.asarray, host_state.replace(params=params, batch_stats=batch_stats)))
+            run.config.model,
+            jax.tree.map(np.asarray, host_state.params),
+            jax.tree.map(np.asarray, host_state.batch_stats),
+            ckpt.load_variables,
+        )
+        state = run.driver.from_checkpoint(
+            jax.tree.map(jnp.asarray, host_state.replace(params=params, batch_stats=batch_stats))
+        )
     return state, signature
 
 
 def _check_same_shapes(loaded, expected, source: str) -> None:
     mismatch = parameter_mismatch(loaded, expected)
     if mismatch:
-        raise ValueError(f"config.init_from={source!r} has parameters of other names or shapes "
-                         f"than the configured model ({mismatch}); convert them for this model "
-                         "first.")
+        raise ValueError(
+            f"config.init_from={source!r} has parameters of other names or shapes "
+            f"than the configured model ({mismatch}); convert them for this model "
+            "first."
+        )
 
 
 # -------------------------------------------------------------------------------- evaluation
@@ -192,7 +228,8 @@ def evaluate(run: Run, state, step: int, *, final: bool, write: bool = True) -> 
                     f"evaluation {evaluator.name!r} of the weights after step {step} "
                     f"(checkpoint step {step} if saved; newest on disk: "
                     f"{run.checkpointer.latest_step()} in {run.checkpointer.directory}): "
-                    f"{error}") from None
+                    f"{error}"
+                ) from None
             if write:
                 run.writer.write(step, evaluator.name, results[evaluator.name])
     return results
@@ -210,11 +247,12 @@ def _say(bar, message: str) -> None:
         bar.write(message)
 
 
-def _save(run: Run, step: int, state, signature: dict, *, metric, force: bool) -> Optional[int]:
+def _save(run: Run, step: int, state, signature: dict, *, metric, force: bool) -> int | None:
     """Checkpoints `state` (moved to its saved layout only now: pmap copies it to the host);
     `metric`: the val value that ranks checkpoints (None when not evaluated at `step`)."""
-    saved = run.checkpointer.save(step, run.driver.to_checkpoint(state), run.iterator,
-                                  signature, metric=metric, force=force)
+    saved = run.checkpointer.save(
+        step, run.driver.to_checkpoint(state), run.iterator, signature, metric=metric, force=force
+    )
     return step if saved else None
 
 
@@ -224,8 +262,9 @@ def _log_train_step(run: Run, bar, step: int, metrics: dict, seconds: float) -> 
     unit = run.bundle.example_unit
     metrics[f"{unit}s_per_s"] = run.config.batch_size / max(seconds, 1e-9)
     bar.update(1)
-    logs.describe_progress(bar, loss=metrics["loss"], lr=metrics["lr"],
-                           per_s=metrics[f"{unit}s_per_s"], unit=unit)
+    logs.describe_progress(
+        bar, loss=metrics["loss"], lr=metrics["lr"], per_s=metrics[f"{unit}s_per_s"], unit=unit
+    )
     if step % run.config.log_every_steps == 0 or step == run.config.total_steps:
         run.writer.write(step, "train", metrics)
 
@@ -236,23 +275,29 @@ def _stop(run: Run, bar, step: int, state, signature: dict, *, saved: bool, duri
         _save(run, step, state, signature, metric=None, force=True)
     if during == "evaluation":
         preemption.mark_interrupted_evaluation(run.writer.workdir, step)
-    _say(bar, f"preempted (SIGTERM) during {during}: checkpoint at step {step} in "
-              f"{run.checkpointer.directory}; stopped cleanly. Rerun the same command to "
-              "resume.")
+    _say(
+        bar,
+        f"preempted (SIGTERM) during {during}: checkpoint at step {step} in "
+        f"{run.checkpointer.directory}; stopped cleanly. Rerun the same command to "
+        "resume.",
+    )
 
 
-def _redo_interrupted_evaluation(run: Run, state, start: int) -> Optional[dict]:
+def _redo_interrupted_evaluation(run: Run, state, start: int) -> dict | None:
     """The evaluation a preemption interrupted after step `start`, rerun (None if none)."""
     step = preemption.interrupted_evaluation(run.writer.workdir)
     if step is None:
         return None
-    results = evaluate(run, state, start, final=start == run.config.total_steps) \
-        if step == start else None
+    results = (
+        evaluate(run, state, start, final=start == run.config.total_steps)
+        if step == start
+        else None
+    )
     preemption.clear_interrupted_evaluation(run.writer.workdir)
     return results
 
 
-def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -> tuple:
+def _train_loop(run: Run, state, signature: dict, on_step: Callable | None) -> tuple:
     """Steps from the state's step to config.total_steps; returns (state, status, results):
     results = {evaluator name: metrics} of the last evaluation (None if none ran).
 
@@ -261,28 +306,38 @@ def _train_loop(run: Run, state, signature: dict, on_step: Optional[Callable]) -
     the current step (none when nothing changed since the restore) and stops."""
     config = run.config
     start = int(run.driver.host_state(state).step)
-    bar = logs.progress_bar(total=config.total_steps, initial=start,
-                            enabled=config.progress_bar and jax.process_index() == 0)
+    bar = logs.progress_bar(
+        total=config.total_steps,
+        initial=start,
+        enabled=config.progress_bar and jax.process_index() == 0,
+    )
     try:
         if run.watcher.check():  # SIGTERM during start-up: the state is the one on disk
-            _say(bar, f"preempted (SIGTERM) before training resumed at step {start}; nothing "
-                      "new to save, stopped cleanly. Rerun the same command to resume.")
+            _say(
+                bar,
+                f"preempted (SIGTERM) before training resumed at step {start}; nothing "
+                "new to save, stopped cleanly. Rerun the same command to resume.",
+            )
             return state, "preempted", None
         try:
             results = _redo_interrupted_evaluation(run, state, start)
             if start == 0:
                 results = evaluate(run, state, 0, final=False)
         except preemption.Preempted:
-            _say(bar, "preempted (SIGTERM) during the evaluation before training; nothing new "
-                      "to save, stopped cleanly. Rerun the same command to resume.")
+            _say(
+                bar,
+                "preempted (SIGTERM) during the evaluation before training; nothing new "
+                "to save, stopped cleanly. Rerun the same command to resume.",
+            )
             return state, "preempted", None
         return _steps(run, bar, state, signature, on_step, start, results)
     finally:
         bar.close()
 
 
-def _steps(run: Run, bar, state, signature: dict, on_step: Optional[Callable], start: int,
-           results) -> tuple:
+def _steps(
+    run: Run, bar, state, signature: dict, on_step: Callable | None, start: int, results
+) -> tuple:
     """The loop of `_train_loop` from `start`."""
     config, warned_labels, tick = run.config, False, time.perf_counter()
     for step in range(start + 1, config.total_steps + 1):
@@ -294,7 +349,8 @@ def _steps(run: Run, bar, state, signature: dict, on_step: Optional[Callable], s
                 f"norm {metrics['grad_norm']}); stopped without saving it. Last good "
                 f"checkpoint: step {run.checkpointer.latest_step()} in "
                 f"{run.checkpointer.directory}. Lower config.optimizer.lr or set "
-                "config.optimizer.grad_clip_norm.")
+                "config.optimizer.grad_clip_norm."
+            )
         warned_labels = step_lib.warn_out_of_range_labels(metrics, step, warned_labels)
         now = time.perf_counter()
         _log_train_step(run, bar, step, metrics, now - tick)
@@ -321,8 +377,9 @@ def _steps(run: Run, bar, state, signature: dict, on_step: Optional[Callable], s
     return state, "completed", results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       on_step: Optional[Callable[[int], None]] = None) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, on_step: Callable[[int], None] | None = None
+) -> dict:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates.
 
     Args:
@@ -360,10 +417,16 @@ def _train_and_evaluate(config, workdir: str, watcher, on_step) -> dict:
         run.checkpointer.close()
         run.writer.close()
     figures = _figures(run, host_state, status) if jax.process_index() == 0 else {}
-    return {"status": status, "step": int(host_state.step),
-            "val": _merged(results) if results else None, "evals": results, "state": host_state,
-            "workdir": workdir, "curves": figures.get("curves"),
-            "attention": figures.get("attention")}
+    return {
+        "status": status,
+        "step": int(host_state.step),
+        "val": _merged(results) if results else None,
+        "evals": results,
+        "state": host_state,
+        "workdir": workdir,
+        "curves": figures.get("curves"),
+        "attention": figures.get("attention"),
+    }
 
 
 def _figures(run: Run, host_state, status: str) -> dict:
@@ -374,11 +437,18 @@ def _figures(run: Run, host_state, status: str) -> dict:
     figures = {"curves": None, "attention": None}
     if config.curves_figure:
         figures["curves"] = logs.save_curves_figure(
-            run.writer.workdir, title=f"{config.model.name} on {config.data.name}",
-            val_metric=bundle.best_metric, val_label=bundle.metric_label)
+            run.writer.workdir,
+            title=f"{config.model.name} on {config.data.name}",
+            val_metric=bundle.best_metric,
+            val_label=bundle.metric_label,
+        )
     if config.attention_figure and status == "completed":
         figures["attention"] = for_dataset(config.data.name).save_figure(
-            run.writer.workdir, bundle, make_bundle(config).module,
+            run.writer.workdir,
+            bundle,
+            make_bundle(config).module,
             {"params": host_state.params, "batch_stats": host_state.batch_stats},
-            run.val_source, config.data)
+            run.val_source,
+            config.data,
+        )
     return figures

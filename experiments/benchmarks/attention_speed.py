@@ -13,15 +13,16 @@ skipped where its compiled memory would exceed --max-gib. Writes results/attenti
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 
 matplotlib.use("Agg")
+import bench_utils  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-import bench_utils  # noqa: E402
 from dnl_jax import attention  # noqa: E402
 
 
@@ -51,12 +52,28 @@ def measure(n: int, batch: int, channels: int, implementations, max_gib: float, 
         fn = value_and_grad_fn(name)
         gib = compiled_gib(fn, q, k, v)
         if gib > max_gib:
-            rows.append(dict(implementation=name, n=n, seconds=None, gflops=None,
-                             compiled_gib=gib, matmul_peak_gflops=peak))
+            rows.append(
+                dict(
+                    implementation=name,
+                    n=n,
+                    seconds=None,
+                    gflops=None,
+                    compiled_gib=gib,
+                    matmul_peak_gflops=peak,
+                )
+            )
             continue
-        seconds = bench_utils.time_call(lambda: fn(q, k, v), repeats)
-        rows.append(dict(implementation=name, n=n, seconds=seconds, gflops=flops / seconds / 1e9,
-                         compiled_gib=gib, matmul_peak_gflops=peak))
+        seconds = bench_utils.time_call(functools.partial(fn, q, k, v), repeats)
+        rows.append(
+            dict(
+                implementation=name,
+                n=n,
+                seconds=seconds,
+                gflops=flops / seconds / 1e9,
+                compiled_gib=gib,
+                matmul_peak_gflops=peak,
+            )
+        )
     return rows
 
 
@@ -65,8 +82,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--channels", type=int, default=256)
-    parser.add_argument("--max-gib", type=float, default=8.0,
-                        help="skip a run whose compiled memory would exceed this (shared machine)")
+    parser.add_argument(
+        "--max-gib",
+        type=float,
+        default=8.0,
+        help="skip a run whose compiled memory would exceed this (shared machine)",
+    )
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
@@ -80,27 +101,56 @@ def main() -> None:
         rows += measure(n, args.batch, args.channels, implementations, args.max_gib, args.repeats)
 
     bench_utils.print_table(
-        ["N", "implementation", "fwd+bwd s", "GFLOP/s", "matmul peak GFLOP/s (same run)",
-         "% of peak", "compiled GiB"],
-        [[r["n"], r["implementation"],
-          f"{r['seconds']:.3f}" if r["seconds"] else f"skipped (> {args.max_gib} GiB)",
-          f"{r['gflops']:.1f}" if r["gflops"] else "-", f"{r['matmul_peak_gflops']:.1f}",
-          f"{100 * r['gflops'] / r['matmul_peak_gflops']:.0f}%" if r["gflops"] else "-",
-          f"{r['compiled_gib']:.2f}"] for r in rows],
+        [
+            "N",
+            "implementation",
+            "fwd+bwd s",
+            "GFLOP/s",
+            "matmul peak GFLOP/s (same run)",
+            "% of peak",
+            "compiled GiB",
+        ],
+        [
+            [
+                r["n"],
+                r["implementation"],
+                f"{r['seconds']:.3f}" if r["seconds"] else f"skipped (> {args.max_gib} GiB)",
+                f"{r['gflops']:.1f}" if r["gflops"] else "-",
+                f"{r['matmul_peak_gflops']:.1f}",
+                f"{100 * r['gflops'] / r['matmul_peak_gflops']:.0f}%" if r["gflops"] else "-",
+                f"{r['compiled_gib']:.2f}",
+            ]
+            for r in rows
+        ],
     )
-    payload = dict(machine=machine, batch=args.batch,
-                   channels=args.channels, flop_count="12*B*N^2*C", rows=rows)
+    payload = dict(
+        machine=machine,
+        batch=args.batch,
+        channels=args.channels,
+        flop_count="12*B*N^2*C",
+        rows=rows,
+    )
     print("saved", bench_utils.save_json("attention_speed", payload))
     figure, axis = plt.subplots(figsize=(6, 4))
     for name in implementations:
-        points = [(r["n"], r["gflops"]) for r in rows
-                  if r["implementation"] == name and r["gflops"]]
+        points = [
+            (r["n"], r["gflops"]) for r in rows if r["implementation"] == name and r["gflops"]
+        ]
         if points:
-            axis.plot(*zip(*points), marker="o", label=name)
+            axis.plot(*zip(*points, strict=False), marker="o", label=name)
     peaks = sorted({(r["n"], r["matmul_peak_gflops"]) for r in rows})
-    axis.plot(*zip(*peaks), color="gray", linestyle="--", label="matmul peak (same run, per N)")
-    axis.set(xscale="log", xlabel="positions N", ylabel="GFLOP/s (fwd+bwd)",
-             title=f"DNL attention, B={args.batch}, C'={args.channels}")
+    axis.plot(
+        *zip(*peaks, strict=False),
+        color="gray",
+        linestyle="--",
+        label="matmul peak (same run, per N)",
+    )
+    axis.set(
+        xscale="log",
+        xlabel="positions N",
+        ylabel="GFLOP/s (fwd+bwd)",
+        title=f"DNL attention, B={args.batch}, C'={args.channels}",
+    )
     axis.legend()
     print("saved", bench_utils.save_figure("attention_speed", figure))
 

@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 
@@ -23,8 +23,10 @@ def machine_description() -> str:
         pass
     device = jax.devices()[0]
     flags = os.environ.get("XLA_FLAGS", "")
-    return (f"{cpu}, {os.cpu_count()} cores visible, JAX {jax.__version__} on "
-            f"{device.device_kind}" + (f", XLA_FLAGS={flags!r}" if flags else ""))
+    return (
+        f"{cpu}, {os.cpu_count()} cores visible, JAX {jax.__version__} on "
+        f"{device.device_kind}" + (f", XLA_FLAGS={flags!r}" if flags else "")
+    )
 
 
 def time_call(fn: Callable[[], object], repeats: int = 3, block=jax.block_until_ready) -> float:
@@ -66,10 +68,14 @@ def block_jax_results(result):
 
 def add_torch_threads_argument(parser) -> None:
     """`--torch_threads` of the scripts that compare against PyTorch."""
-    parser.add_argument("--torch_threads", type=int, default=0,
-                        help="torch.set_num_threads (0: torch's default). For one core on both "
-                             "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
-                             "intra_op_parallelism_threads=1'")
+    parser.add_argument(
+        "--torch_threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads (0: torch's default). For one core on both "
+        "sides also set XLA_FLAGS='--xla_cpu_multi_thread_eigen=false "
+        "intra_op_parallelism_threads=1'",
+    )
 
 
 def set_torch_threads(threads: int) -> None:

@@ -62,12 +62,15 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
 
 
-def outputs_and_grads(implementation: str, q, k, v, unary, cotangent, temperature: float,
-                      whiten: bool = True) -> list[np.ndarray]:
+def outputs_and_grads(
+    implementation: str, q, k, v, unary, cotangent, temperature: float, whiten: bool = True
+) -> list[np.ndarray]:
     """(out, dq, dk, dv, dunary) of Σ cotangent · dnl_attention(...) as float64 numpy."""
+
     def weighted(q, k, v, unary):
-        out = attention.dnl_attention(q, k, v, unary, temperature=temperature, whiten=whiten,
-                                      implementation=implementation)
+        out = attention.dnl_attention(
+            q, k, v, unary, temperature=temperature, whiten=whiten, implementation=implementation
+        )
         return jnp.sum(out.astype(cotangent.dtype) * cotangent), out
 
     with _interpret_blocks():
@@ -82,8 +85,10 @@ def _interpret_blocks():
     if jax.default_backend() != "cpu":
         yield
         return
-    with chunked.block_sizes_override(1024, 512), \
-            pallas_attention.block_size_override(INTERPRET_BLOCK):
+    with (
+        chunked.block_sizes_override(1024, 512),
+        pallas_attention.block_size_override(INTERPRET_BLOCK),
+    ):
         yield
 
 
@@ -103,8 +108,10 @@ def in_bf16(implementation: str, inputs, temperature: float, whiten: bool = True
 
 def relative_errors(results, reference) -> list[float]:
     """max |a − b| / max |b| for each quantity."""
-    return [float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
-            for a, b in zip(results, reference)]
+    return [
+        float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+        for a, b in zip(results, reference, strict=False)
+    ]
 
 
 def floor_and_reference(inputs, temperature: float, whiten: bool = True):
@@ -116,27 +123,45 @@ def floor_and_reference(inputs, temperature: float, whiten: bool = True):
     return reference, floor, relative_errors(rounded_inputs, reference)
 
 
-def kernel_row(kernel, inputs, reference, floor, input_floor, temperature: float,
-               whiten: bool = True) -> dict:
+def kernel_row(
+    kernel, inputs, reference, floor, input_floor, temperature: float, whiten: bool = True
+) -> dict:
     """One kernel's errors, error / floor and error / input floor, per quantity."""
     start = time.perf_counter()
     errors = relative_errors(in_bf16(kernel, inputs, temperature, whiten), reference)
-    ratios = [e / f for e, f in zip(errors, floor)]
-    return {"kernel": kernel, "n": inputs[0].shape[1], "temperature": temperature,
-            "batch": inputs[0].shape[0], "channels": inputs[0].shape[2], "floor": floor,
-            "input_floor": input_floor, "errors": errors, "ratios": ratios,
-            "ratios_to_input_floor": [e / f for e, f in zip(errors, input_floor)],
-            "within_bound": all(r <= BOUND for r in ratios),
-            "seconds": round(time.perf_counter() - start, 2)}
+    ratios = [e / f for e, f in zip(errors, floor, strict=False)]
+    return {
+        "kernel": kernel,
+        "n": inputs[0].shape[1],
+        "temperature": temperature,
+        "batch": inputs[0].shape[0],
+        "channels": inputs[0].shape[2],
+        "floor": floor,
+        "input_floor": input_floor,
+        "errors": errors,
+        "ratios": ratios,
+        "ratios_to_input_floor": [e / f for e, f in zip(errors, input_floor, strict=False)],
+        "within_bound": all(r <= BOUND for r in ratios),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
-def measure(kernels, n: int, temperature: float, batch: int = 2, channels: int = 64,
-            seed: int = 0, whiten: bool = True) -> list[dict]:
+def measure(
+    kernels,
+    n: int,
+    temperature: float,
+    batch: int = 2,
+    channels: int = 64,
+    seed: int = 0,
+    whiten: bool = True,
+) -> list[dict]:
     """`kernel_row` for each kernel (None = automatic choice) on one set of inputs."""
     inputs = make_inputs(batch, n, channels, seed)
     reference, floor, input_floor = floor_and_reference(inputs, temperature, whiten)
-    return [kernel_row(kernel, inputs, reference, floor, input_floor, temperature, whiten)
-            for kernel in kernels]
+    return [
+        kernel_row(kernel, inputs, reference, floor, input_floor, temperature, whiten)
+        for kernel in kernels
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,8 +169,7 @@ def measure(kernels, n: int, temperature: float, batch: int = 2, channels: int =
 # ----------------------------------------------------------------------------------------------
 
 
-def _emulated_output(q, k, v, scale, round_q=False, round_k=False, round_p=False,
-                     round_out=False):
+def _emulated_output(q, k, v, scale, round_q=False, round_k=False, round_p=False, round_out=False):
     """Whitened attention in float64 with chosen bfloat16 roundings (no unary term): of the
     whitened, scaled queries and of the whitened keys (the kernels' matmul operands), of P
     before P·V, of the output."""
@@ -175,8 +199,7 @@ DIAGNOSIS = {
 }
 
 
-def diagnose(n: int, temperature: float, batch: int = 2, channels: int = 64,
-             seed: int = 0) -> dict:
+def diagnose(n: int, temperature: float, batch: int = 2, channels: int = 64, seed: int = 0) -> dict:
     """Output error / floor for each rounding alone (on top of the rounded inputs)."""
     q, k, v = (x.astype(np.float64) for x in make_inputs(batch, n, channels, seed)[:3])
     scale = channels**-0.5 / temperature
@@ -196,32 +219,42 @@ def diagnose(n: int, temperature: float, batch: int = 2, channels: int = 64,
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| N | T | kernel | floor out / dq / dk / dv / dunary | error out / dq / dk / dv / "
-             "dunary | error / floor (max) | error / input floor (max) | within 2× floor |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| N | T | kernel | floor out / dq / dk / dv / dunary | error out / dq / dk / dv / "
+        "dunary | error / floor (max) | error / input floor (max) | within 2× floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['n']} | {r['temperature']} | {r['kernel'] or 'auto'} | "
-            + " / ".join(f"{x:.2e}" for x in r["floor"]) + " | "
+            + " / ".join(f"{x:.2e}" for x in r["floor"])
+            + " | "
             + " / ".join(f"{x:.2e}" for x in r["errors"])
             + f" | {max(r['ratios']):.2f} | {max(r['ratios_to_input_floor']):.2f} | "
-            f"{r['within_bound']} |")
+            f"{r['within_bound']} |"
+        )
     return "\n".join(lines)
 
 
 def diagnosis_table(rows: list[dict]) -> str:
     names = list(DIAGNOSIS)
-    lines = ["| N | T | floor (out) | " + " | ".join(names) + " |",
-             "|---|---|---|" + "---|" * len(names)]
+    lines = [
+        "| N | T | floor (out) | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
     for r in rows:
-        lines.append(f"| {r['n']} | {r['temperature']} | {r['floor']:.2e} | "
-                     + " | ".join(f"{r[name]:.2f}×" for name in names) + " |")
+        lines.append(
+            f"| {r['n']} | {r['temperature']} | {r['floor']:.2e} | "
+            + " | ".join(f"{r[name]:.2f}×" for name in names)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--n", default="1023,1024,4096")
     parser.add_argument("--temperatures", default="0.05,1")
     parser.add_argument("--kernels", default="xla,chunked,pallas_tpu,pallas_gpu")
@@ -235,18 +268,25 @@ def main() -> None:
     for n in (int(x) for x in args.n.split(",")):
         for temperature in (float(t) for t in args.temperatures.split(",")):
             rows += measure(kernels, n, temperature, args.batch, args.channels)
-            print(table(rows[-len(kernels):]).split("\n", 2)[2], flush=True)
+            print(table(rows[-len(kernels) :]).split("\n", 2)[2], flush=True)
             if args.diagnose:
                 diagnosis.append(diagnose(n, temperature, args.batch, args.channels))
-    print(f"\nbf16 error against the float64 reference, B={args.batch}, C=Cv={args.channels}, "
-          f"platform {jax.default_backend()}:\n\n{table(rows)}")
+    print(
+        f"\nbf16 error against the float64 reference, B={args.batch}, C=Cv={args.channels}, "
+        f"platform {jax.default_backend()}:\n\n{table(rows)}"
+    )
     if diagnosis:
-        print(f"\nOutput error / floor, one rounding at a time (float64 emulation):\n\n"
-              f"{diagnosis_table(diagnosis)}")
+        print(
+            f"\nOutput error / floor, one rounding at a time (float64 emulation):\n\n"
+            f"{diagnosis_table(diagnosis)}"
+        )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"platform": jax.default_backend(), "rows": rows,
-                       "diagnosis": diagnosis}, f, indent=1)
+            json.dump(
+                {"platform": jax.default_backend(), "rows": rows, "diagnosis": diagnosis},
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

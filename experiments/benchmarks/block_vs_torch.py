@@ -21,13 +21,13 @@ import argparse
 import os
 import statistics
 
+import bench_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 from torch import nn as tnn
 
-import bench_utils
 from dnl_jax import attention, blocks
 
 
@@ -39,8 +39,9 @@ class TorchDNL2d(tnn.Module):
         self.inter, self.temperature = channels // reduction, temperature
         self.g, self.theta, self.phi = (tnn.Conv2d(channels, self.inter, 1) for _ in range(3))
         self.conv_mask = tnn.Conv2d(channels, 1, 1)
-        self.conv_out = tnn.Sequential(tnn.Conv2d(self.inter, channels, 1, bias=False),
-                                       tnn.BatchNorm2d(channels))
+        self.conv_out = tnn.Sequential(
+            tnn.Conv2d(self.inter, channels, 1, bias=False), tnn.BatchNorm2d(channels)
+        )
 
     def forward(self, x):
         n, _, h, w = x.shape
@@ -58,6 +59,7 @@ class TorchDNL2d(tnn.Module):
 
 def copy_weights(params, module: TorchDNL2d) -> None:
     """Flax 1×1 kernels [1, 1, in, out] → torch [out, in, 1, 1]."""
+
     def conv(torch_conv, flax_conv):
         kernel = np.array(flax_conv["kernel"])[0, 0].T[..., None, None]
         torch_conv.weight.copy_(torch.from_numpy(kernel.copy()))
@@ -78,8 +80,9 @@ def jax_step(implementation, variables):
     module = blocks.DisentangledNonLocal(implementation=implementation)
 
     def loss(params, x):
-        out, _ = module.apply({**variables, "params": params}, x, train=True,
-                              mutable=["batch_stats"])
+        out, _ = module.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
         return jnp.sum(jnp.square(out)), out
 
     return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))
@@ -102,8 +105,9 @@ def block_flop(batch: int, positions: int, channels: int, inner: int) -> int:
     (softmax, whitening, batch norm) and the chunked kernel's recomputed logits are not counted.
     """
     attention_flop = 12 * batch * positions**2 * inner
-    convolution_flop = 3 * 2 * batch * positions * (3 * channels * inner + channels
-                                                     + inner * channels)
+    convolution_flop = (
+        3 * 2 * batch * positions * (3 * channels * inner + channels + inner * channels)
+    )
     return attention_flop + convolution_flop
 
 
@@ -138,9 +142,15 @@ def measure(side: int, batch: int, channels: int, repeats: int) -> dict:
         return result if isinstance(result, torch.Tensor) else jax.block_until_ready(result)
 
     rounds = bench_utils.time_interleaved(
-        dict(jax_auto=lambda: jax_auto(params, x), jax_xla=lambda: jax_xla(params, x),
-             torch=lambda: torch_step(reference, x_torch), **matmul_contenders()),
-        repeats, block=wait)
+        dict(
+            jax_auto=lambda: jax_auto(params, x),
+            jax_xla=lambda: jax_xla(params, x),
+            torch=lambda: torch_step(reference, x_torch),
+            **matmul_contenders(),
+        ),
+        repeats,
+        block=wait,
+    )
     row["rounds_s"] = rounds
     row.update({f"{name}_s": statistics.median(times) for name, times in rounds.items()})
     row.update({f"{name}_min_s": min(times) for name, times in rounds.items()})
@@ -168,26 +178,53 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = [measure(side, args.batch, args.channels, args.repeats) for side in args.sizes]
     load_after = os.getloadavg()
-    print(f"medians of {args.repeats} interleaved rounds; load average (1, 5, 15 min) before "
-          f"{load_before}, after {load_after}")
-    bench_utils.print_table(
-        ["positions", "dnl_jax auto (kernel) s", "dnl_jax xla s", "PyTorch s",
-         "speed-up auto vs PyTorch (fastest rounds)", "dnl_jax auto GFLOP/s (% of JAX peak)",
-         "PyTorch GFLOP/s (% of torch peak)", "max |Δ out|"],
-        [[f"{r['side']}x{r['side']} (B={r['batch']})",
-          f"{r['jax_auto_s']:.3f} ({r['auto_implementation']})",
-          f"{r['jax_xla_s']:.3f}", f"{r['torch_s']:.3f}",
-          f"{r['speedup_auto_vs_torch']:.2f}x ({r['speedup_auto_vs_torch_min']:.2f}x)",
-          f"{r['jax_auto_gflops']:.0f} ({r['jax_auto_fraction_of_peak']:.0%} of "
-          f"{r['jax_matmul_peak_gflops']:.0f})",
-          f"{r['torch_gflops']:.0f} ({r['torch_fraction_of_peak']:.0%} of "
-          f"{r['torch_matmul_peak_gflops']:.0f})",
-          f"{r['max_abs_diff_outputs']:.1e}"] for r in rows],
+    print(
+        f"medians of {args.repeats} interleaved rounds; load average (1, 5, 15 min) before "
+        f"{load_before}, after {load_after}"
     )
-    print("saved", bench_utils.save_json("block_vs_torch", dict(
-        machine=machine, torch=torch.__version__, torch_threads=torch.get_num_threads(),
-        channels=args.channels, repeats=args.repeats, load_average_before=load_before,
-        load_average_after=load_after, rows=rows)))
+    bench_utils.print_table(
+        [
+            "positions",
+            "dnl_jax auto (kernel) s",
+            "dnl_jax xla s",
+            "PyTorch s",
+            "speed-up auto vs PyTorch (fastest rounds)",
+            "dnl_jax auto GFLOP/s (% of JAX peak)",
+            "PyTorch GFLOP/s (% of torch peak)",
+            "max |Δ out|",
+        ],
+        [
+            [
+                f"{r['side']}x{r['side']} (B={r['batch']})",
+                f"{r['jax_auto_s']:.3f} ({r['auto_implementation']})",
+                f"{r['jax_xla_s']:.3f}",
+                f"{r['torch_s']:.3f}",
+                f"{r['speedup_auto_vs_torch']:.2f}x ({r['speedup_auto_vs_torch_min']:.2f}x)",
+                f"{r['jax_auto_gflops']:.0f} ({r['jax_auto_fraction_of_peak']:.0%} of "
+                f"{r['jax_matmul_peak_gflops']:.0f})",
+                f"{r['torch_gflops']:.0f} ({r['torch_fraction_of_peak']:.0%} of "
+                f"{r['torch_matmul_peak_gflops']:.0f})",
+                f"{r['max_abs_diff_outputs']:.1e}",
+            ]
+            for r in rows
+        ],
+    )
+    print(
+        "saved",
+        bench_utils.save_json(
+            "block_vs_torch",
+            dict(
+                machine=machine,
+                torch=torch.__version__,
+                torch_threads=torch.get_num_threads(),
+                channels=args.channels,
+                repeats=args.repeats,
+                load_average_before=load_before,
+                load_average_after=load_after,
+                rows=rows,
+            ),
+        ),
+    )
     plot(rows, args.channels)
 
 
@@ -200,13 +237,23 @@ def plot(rows, channels) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     labels = [f"{r['side']}x{r['side']}" for r in rows]
     positions = np.arange(len(rows))
-    for offset, (key, label) in zip((-0.25, 0, 0.25), (("jax_auto_s", "dnl_jax auto"),
-                                                        ("jax_xla_s", "dnl_jax xla"),
-                                                        ("torch_s", "PyTorch (mmseg-style)"))):
+    for offset, (key, label) in zip(
+        (-0.25, 0, 0.25),
+        (
+            ("jax_auto_s", "dnl_jax auto"),
+            ("jax_xla_s", "dnl_jax xla"),
+            ("torch_s", "PyTorch (mmseg-style)"),
+        ),
+        strict=False,
+    ):
         axis.bar(positions + offset, [r[key] for r in rows], width=0.25, label=label)
-    axis.set(xticks=positions, xticklabels=labels,
-             ylabel="median fwd+bwd seconds (lower is better)",
-             title=f"DNL block, {channels} channels", yscale="log")
+    axis.set(
+        xticks=positions,
+        xticklabels=labels,
+        ylabel="median fwd+bwd seconds (lower is better)",
+        title=f"DNL block, {channels} channels",
+        yscale="log",
+    )
     axis.legend()
     print("saved", bench_utils.save_figure("block_vs_torch", figure))
 

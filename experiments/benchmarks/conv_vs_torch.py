@@ -26,12 +26,12 @@ import json
 import os
 import statistics
 
+import bench_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-import bench_utils
 from dnl_jax import layers
 
 # (name, Cin, Cout, stride, dilation, input side as a fraction of the image, count in the model)
@@ -57,34 +57,53 @@ def shifted_slices(x, kernel: int, stride: int, dilation: int):
     pad = dilation * (kernel // 2)
     padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
-    return [jax.lax.slice(padded, (0, i * dilation, j * dilation, 0),
-                          (x.shape[0], i * dilation + (out_h - 1) * stride + 1,
-                           j * dilation + (out_w - 1) * stride + 1, x.shape[3]),
-                          (1, stride, stride, 1))
-            for i in range(kernel) for j in range(kernel)]
+    return [
+        jax.lax.slice(
+            padded,
+            (0, i * dilation, j * dilation, 0),
+            (
+                x.shape[0],
+                i * dilation + (out_h - 1) * stride + 1,
+                j * dilation + (out_w - 1) * stride + 1,
+                x.shape[3],
+            ),
+            (1, stride, stride, 1),
+        )
+        for i in range(kernel)
+        for j in range(kernel)
+    ]
 
 
 def conv(variant: str, x, w, stride: int, dilation: int):
     """`[B, H, W, Cin]` ⊛ `[3, 3, Cin, Cout]`, 'same' padding, → `[B, H/s, W/s, Cout]`."""
     pad = dilation * (w.shape[0] // 2)
     if variant == "xla+mm":
-        return layers.conv_with_matmul_gradients(x, w, (stride, stride), ((pad, pad),) * 2,
-                                                 (dilation, dilation))
+        return layers.conv_with_matmul_gradients(
+            x, w, (stride, stride), ((pad, pad),) * 2, (dilation, dilation)
+        )
     if variant == "xla":
-        return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
-                                            rhs_dilation=(dilation, dilation),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            x,
+            w,
+            (stride, stride),
+            [(pad, pad)] * 2,
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
     slices = shifted_slices(x, w.shape[0], stride, dilation)
     taps = w.reshape(-1, *w.shape[2:])
     if variant == "taps":
-        return sum(jnp.einsum("bhwc,cf->bhwf", s, t) for s, t in zip(slices, taps))
+        return sum(jnp.einsum("bhwc,cf->bhwf", s, t) for s, t in zip(slices, taps, strict=False))
     return jnp.concatenate(slices, axis=-1) @ taps.reshape(-1, w.shape[-1])
 
 
 def jax_fns(variant, x, w, cotangent, stride, dilation):
     forward = jax.jit(lambda x, w: conv(variant, x, w, stride, dilation))
-    grads = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(variant, x, w, stride, dilation)
-                                                  * cotangent), argnums=(0, 1)))
+    grads = jax.jit(
+        jax.grad(
+            lambda x, w: jnp.sum(conv(variant, x, w, stride, dilation) * cotangent), argnums=(0, 1)
+        )
+    )
     return (lambda: forward(x, w)), (lambda: grads(x, w))
 
 
@@ -123,47 +142,81 @@ def time_layer(layer, size: int, batch: int, rounds: int, variants=VARIANTS) -> 
     times = bench_utils.time_interleaved(fns, rounds, block=bench_utils.block_jax_results)
     medians = {k: round(statistics.median(v), 4) for k, v in times.items()}
     print(name, side, medians, flush=True)
-    return dict(layer=name, cin=cin, cout=cout, stride=stride, dilation=dilation, side=side,
-                count=count, median_s=medians)
+    return dict(
+        layer=name,
+        cin=cin,
+        cout=cout,
+        stride=stride,
+        dilation=dilation,
+        side=side,
+        count=count,
+        median_s=medians,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layers", default="", help="comma-separated name prefixes (default all)")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"JAX expressions to time, of {VARIANTS}")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"JAX expressions to time, of {VARIANTS}"
+    )
     bench_utils.add_torch_threads_argument(parser)
     args = parser.parse_args()
     bench_utils.set_torch_threads(args.torch_threads)
     variants = tuple(v for v in args.variants.split(",") if v)
     if not set(variants) <= set(VARIANTS):
         parser.error(f"--variants {variants}: choose from {VARIANTS}.")
-    chosen = [layer for layer in LAYERS if not args.layers or any(
-        layer[0].startswith(prefix) for prefix in args.layers.split(","))]
+    chosen = [
+        layer
+        for layer in LAYERS
+        if not args.layers or any(layer[0].startswith(prefix) for prefix in args.layers.split(","))
+    ]
     name = f"conv_vs_torch_{args.size}"
     path = os.path.join(bench_utils.RESULTS_DIR, f"{name}.json")
     # Rows of earlier runs at this size stay unless re-measured (--layers re-times a few).
-    measured = {r["layer"]: r for r in (json.load(open(path))["rows"]
-                                        if os.path.exists(path) else [])}
+    previous = []
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)["rows"]
+    measured = {r["layer"]: r for r in previous}
     for layer in chosen:
         row = time_layer(layer, args.size, args.batch, args.rounds, variants)
         measured[row["layer"]] = {**row, "load_average": round(os.getloadavg()[0], 2)}
         rows = [measured[layer[0]] for layer in LAYERS if layer[0] in measured]
-        payload = dict(size=args.size, batch=args.batch, rows=rows,
-                       machine=bench_utils.machine_description(),
-                       torch_threads=torch.get_num_threads())
+        payload = dict(
+            size=args.size,
+            batch=args.batch,
+            rows=rows,
+            machine=bench_utils.machine_description(),
+            torch_threads=torch.get_num_threads(),
+        )
         bench_utils.save_json(name, payload)  # after every layer: a killed run keeps its rows
-    columns = [f"{v} {k}" for k in ("fwd", "fwd+bwd") for v in (*VARIANTS, "torch")
-               if all(f"{v} {k}" in r["median_s"] for r in rows)]
+    columns = [
+        f"{v} {k}"
+        for k in ("fwd", "fwd+bwd")
+        for v in (*VARIANTS, "torch")
+        if all(f"{v} {k}" in r["median_s"] for r in rows)
+    ]
     totals = {c: round(sum(r["count"] * r["median_s"][c] for r in rows), 3) for c in columns}
-    bench_utils.print_table(["layer", "×", "side", *columns, "load"], [
-        [r["layer"], r["count"], r["side"], *(r["median_s"][c] for c in columns),
-         r.get("load_average")] for r in rows]
-        + [["**sum × count**", "", "", *(totals[c] for c in columns), ""]])
+    bench_utils.print_table(
+        ["layer", "×", "side", *columns, "load"],
+        [
+            [
+                r["layer"],
+                r["count"],
+                r["side"],
+                *(r["median_s"][c] for c in columns),
+                r.get("load_average"),
+            ]
+            for r in rows
+        ]
+        + [["**sum × count**", "", "", *(totals[c] for c in columns), ""]],
+    )
     print("saved", bench_utils.save_json(name, {**payload, "totals_s": totals}))
     print("saved", bench_utils.save_figure(name, plot(payload, columns)))
 
@@ -181,9 +234,12 @@ def plot(payload: dict, columns: list[str]):
     for i, column in enumerate(chosen):
         heights = [r["count"] * r["median_s"][column] for r in rows]
         axis.bar(positions + (i - len(chosen) / 2) * 0.16, heights, 0.16, label=column)
-    axis.set(xticks=positions, ylabel="seconds × count (median)",
-             title=f"R50-D8 3×3 convolutions fwd+bwd, batch {payload['batch']} of "
-                   f"{payload['size']}², float32")
+    axis.set(
+        xticks=positions,
+        ylabel="seconds × count (median)",
+        title=f"R50-D8 3×3 convolutions fwd+bwd, batch {payload['batch']} of "
+        f"{payload['size']}², float32",
+    )
     axis.set_xticklabels([r["layer"] for r in rows], rotation=30, fontsize=8)
     axis.legend(fontsize=8)
     return figure

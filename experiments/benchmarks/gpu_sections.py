@@ -3,18 +3,25 @@ step. Each takes (recorder, sizes, out_dir, smoke) and records case by case (see
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
+import bf16_accuracy
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
 from gpu_suite import (
-    TEMPERATURE, Recorder, device_memory_limit, peak_fractions, run_case, timed,
+    TEMPERATURE,
+    Recorder,
+    device_memory_limit,
+    peak_fractions,
+    run_case,
+    timed,
 )
-import bf16_accuracy
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from dnl_jax import attention
 
 # The kernels each platform's sections measure: those that can run fast there, plus 'xla' and
@@ -36,8 +43,10 @@ def attention_inputs(batch: int, n: int, channels: int, dtype):
     cotangent `[B, N, C]` for the gradients."""
     keys = jax.random.split(jax.random.key(0), 5)
     shapes = [(batch, n, channels)] * 3 + [(batch, n)]
-    inputs = [jax.random.normal(key, shape, jnp.float32).astype(dtype)
-              for key, shape in zip(keys, shapes)]
+    inputs = [
+        jax.random.normal(key, shape, jnp.float32).astype(dtype)
+        for key, shape in zip(keys, shapes, strict=False)
+    ]
     return inputs, jax.random.normal(keys[4], (batch, n, channels), jnp.float32)
 
 
@@ -49,17 +58,26 @@ def float32_check(recorder: Recorder, n: int, sizes: dict) -> None:
     reference = bf16_accuracy.exact(inputs, TEMPERATURE)
     baseline = {}
     for kernel in platform_kernels():
-        case = {"n": n, "dtype": "float32", "temperature": TEMPERATURE, "kernel": kernel,
-                "auto_choice": attention.select_implementation(*map(jnp.asarray, inputs[:3]))}
+        case = {
+            "n": n,
+            "dtype": "float32",
+            "temperature": TEMPERATURE,
+            "kernel": kernel,
+            "auto_choice": attention.select_implementation(*map(jnp.asarray, inputs[:3])),
+        }
 
         def compare(kernel=kernel):
             results = bf16_accuracy.outputs_and_grads(
-                kernel, *map(jnp.asarray, inputs), TEMPERATURE)
+                kernel, *map(jnp.asarray, inputs), TEMPERATURE
+            )
             errors = bf16_accuracy.relative_errors(results, reference)
             if kernel == "xla":
                 baseline["errors"] = errors
             bound = [2 * e + 1e-5 for e in baseline.get("errors", [0.0] * 5)]
-            return {"errors": errors, "within_bound": all(e <= b for e, b in zip(errors, bound))}
+            return {
+                "errors": errors,
+                "within_bound": all(e <= b for e, b in zip(errors, bound, strict=False)),
+            }
 
         run_case(recorder, "float32", case, compare)
 
@@ -74,21 +92,45 @@ def attention_check(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) 
             inputs = bf16_accuracy.make_inputs(sizes["check_batch"], n, sizes["check_channels"])
             floors = bf16_accuracy.floor_and_reference(inputs, temperature)
             auto = attention.select_implementation(
-                *(jnp.asarray(x).astype(jnp.bfloat16) for x in inputs[:3]))
+                *(jnp.asarray(x).astype(jnp.bfloat16) for x in inputs[:3])
+            )
             for kernel in platform_kernels():
-                case = {"n": n, "dtype": "bfloat16", "temperature": temperature,
-                        "kernel": kernel, "auto_choice": auto}
-                run_case(recorder, "bfloat16", case, lambda kernel=kernel: {
-                    key: value for key, value in bf16_accuracy.kernel_row(
-                        kernel, inputs, *floors, temperature).items() if key not in case})
+                case = {
+                    "n": n,
+                    "dtype": "bfloat16",
+                    "temperature": temperature,
+                    "kernel": kernel,
+                    "auto_choice": auto,
+                }
+                run_case(
+                    recorder,
+                    "bfloat16",
+                    case,
+                    functools.partial(
+                        _row_without_case,
+                        case,
+                        bf16_accuracy.kernel_row,
+                        kernel,
+                        inputs,
+                        *floors,
+                        temperature,
+                    ),
+                )
     float32_check(recorder, sizes["check_n"][0], sizes)
+
+
+def _row_without_case(case: dict, row_fn, *args) -> dict:
+    """`row_fn(*args)` less the keys already in `case`."""
+    return {key: value for key, value in row_fn(*args).items() if key not in case}
 
 
 def pairwise_grad_fn(implementation: str):
     """jit of value-and-gradient (q, k, v) of Σ pairwise attention (temperature 0.05)."""
+
     def total(q, k, v):
-        out = attention.dnl_attention(q, k, v, None, temperature=TEMPERATURE,
-                                implementation=implementation)
+        out = attention.dnl_attention(
+            q, k, v, None, temperature=TEMPERATURE, implementation=implementation
+        )
         return jnp.sum(out.astype(jnp.float32))
 
     return jax.jit(jax.value_and_grad(total, argnums=(0, 1, 2)))
@@ -96,25 +138,33 @@ def pairwise_grad_fn(implementation: str):
 
 def compiled_bytes(compiled) -> int:
     analysis = compiled.memory_analysis()
-    return int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes
-               + analysis.output_size_in_bytes)
+    return int(
+        analysis.temp_size_in_bytes
+        + analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+    )
 
 
-def speed_row(implementation: str, q, k, v, memory_limit: int, out_dir: str,
-              smoke: bool) -> dict:
+def speed_row(implementation: str, q, k, v, memory_limit: int, out_dir: str, smoke: bool) -> dict:
     """Compile time, XLA's compiled memory, fwd+bwd seconds, TFLOP/s (12·B·N²·C useful FLOP)
     and peak fractions of one kernel; skips programs XLA says exceed 85% of the memory."""
     batch, n, channels = q.shape
     start = time.perf_counter()
     compiled = pairwise_grad_fn(implementation).lower(q, k, v).compile()
-    row = {"compile_s": round(time.perf_counter() - start, 2),
-           "compiled_gib": round(compiled_bytes(compiled) / 2**30, 3)}
+    row = {
+        "compile_s": round(time.perf_counter() - start, 2),
+        "compiled_gib": round(compiled_bytes(compiled) / 2**30, 3),
+    }
     if compiled_bytes(compiled) > 0.85 * memory_limit:
         return {**row, "status": "skipped: needs more than 85% of device memory"}
     seconds = min(timed(lambda: compiled(q, k, v), 3))
     tflops = 12 * batch * n * n * channels / seconds / 1e12
-    return {**row, "fwd_bwd_s": round(seconds, 5), "tflops": round(tflops, 2),
-            **peak_fractions(tflops, out_dir, smoke)}
+    return {
+        **row,
+        "fwd_bwd_s": round(seconds, 5),
+        "tflops": round(tflops, 2),
+        **peak_fractions(tflops, out_dir, smoke),
+    }
 
 
 def attention_speed(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> None:
@@ -127,10 +177,19 @@ def attention_speed(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) 
         for implementation in platform_kernels():
             if implementation == "chunked" and n > sizes["chunked_max_n"]:
                 continue  # its rate is flat in N (18 TFLOP/s on the H200): saves suite time
-            case = {"n": n, "implementation": implementation, "batch": batch,
-                    "channels": channels, "dtype": "bfloat16"}
-            run_case(recorder, "cases", case, lambda implementation=implementation: speed_row(
-                implementation, q, k, v, memory_limit, out_dir, smoke))
+            case = {
+                "n": n,
+                "implementation": implementation,
+                "batch": batch,
+                "channels": channels,
+                "dtype": "bfloat16",
+            }
+            run_case(
+                recorder,
+                "cases",
+                case,
+                functools.partial(speed_row, implementation, q, k, v, memory_limit, out_dir, smoke),
+            )
 
 
 def tpu_kernels(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> None:
@@ -146,15 +205,22 @@ def tpu_kernels(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> N
     memory_limit = device_memory_limit()
     for n in sizes["tpu_n"]:
         q, k, v = attention_inputs(batch, n, channels, jnp.bfloat16)[0][:3]
-        run_case(recorder, "cases", {"n": n, "implementation": "xla", "block": None},
-                 lambda: speed_row("xla", q, k, v, memory_limit, out_dir, smoke))
+        run_case(
+            recorder,
+            "cases",
+            {"n": n, "implementation": "xla", "block": None},
+            functools.partial(speed_row, "xla", q, k, v, memory_limit, out_dir, smoke),
+        )
         for block in sizes["tpu_blocks"]:
+
             def measure(block=block):
                 with pallas_attention.block_size_override(block):
-                    return speed_row("pallas_tpu", q, k, v, memory_limit, out_dir, smoke)
+                    # run_case calls it at once, in this iteration: q, k, v are this n's.
+                    return speed_row("pallas_tpu", q, k, v, memory_limit, out_dir, smoke)  # noqa: B023
 
-            run_case(recorder, "cases", {"n": n, "implementation": "pallas_tpu",
-                                         "block": block}, measure)
+            run_case(
+                recorder, "cases", {"n": n, "implementation": "pallas_tpu", "block": block}, measure
+            )
 
 
 def step_flop_count(sizes: dict) -> float:
@@ -168,8 +234,13 @@ def step_flop_count(sizes: dict) -> float:
     from dnl_jax import models
 
     step_fn, state, batch = train_step_bench.build_step(
-        sizes["step_model"], 19, sizes["step_batch"], *sizes["step_hw"],
-        dtype=getattr(jnp, sizes["step_dtype"]), implementation="xla")
+        sizes["step_model"],
+        19,
+        sizes["step_batch"],
+        *sizes["step_hw"],
+        dtype=getattr(jnp, sizes["step_dtype"]),
+        implementation="xla",
+    )
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
     traced = jax.jit(step_fn).trace(*abstract)
     return models.summary_flops(traced.lower(lowering_platforms=("cpu",)))
@@ -183,8 +254,14 @@ def step_program(parallelism: str, sizes: dict):
     axis_name = "batch" if parallelism == "pmap" else None
     height, width = sizes["step_hw"]
     step_fn, state, batch = train_step_bench.build_step(
-        sizes["step_model"], 19, sizes["step_batch"], height, width, axis_name=axis_name,
-        dtype=getattr(jnp, sizes["step_dtype"]))
+        sizes["step_model"],
+        19,
+        sizes["step_batch"],
+        height,
+        width,
+        axis_name=axis_name,
+        dtype=getattr(jnp, sizes["step_dtype"]),
+    )
     if parallelism == "jit":
         return jax.jit(step_fn, donate_argnums=0).lower(state, batch).compile(), state, batch
     devices = jax.devices()[:1]
@@ -210,15 +287,24 @@ def time_steps(parallelism: str, sizes: dict, out_dir: str, smoke: bool, flops) 
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
     loss = float(np.ravel(np.asarray(metrics["loss"]))[0])
-    row = {"compile_and_first_step_s": round(compile_s, 2), "step_s": [round(t, 4) for t in times],
-           "median_step_s": round(step_s, 4),
-           "images_per_s": round(sizes["step_batch"] / step_s, 2),
-           "loss": round(loss, 4), "loss_finite": bool(np.isfinite(loss))}
+    row = {
+        "compile_and_first_step_s": round(compile_s, 2),
+        "step_s": [round(t, 4) for t in times],
+        "median_step_s": round(step_s, 4),
+        "images_per_s": round(sizes["step_batch"] / step_s, 2),
+        "loss": round(loss, 4),
+        "loss_finite": bool(np.isfinite(loss)),
+    }
     if flops:
         tflops = flops / step_s / 1e12
-        row.update(step_tflop=float(f"{flops / 1e12:.4g}"), achieved_tflops=float(f"{tflops:.4g}"),
-                   **{k.replace("fraction_of", "mfu_vs"): v
-                      for k, v in peak_fractions(tflops, out_dir, smoke).items()})
+        row.update(
+            step_tflop=float(f"{flops / 1e12:.4g}"),
+            achieved_tflops=float(f"{tflops:.4g}"),
+            **{
+                k.replace("fraction_of", "mfu_vs"): v
+                for k, v in peak_fractions(tflops, out_dir, smoke).items()
+            },
+        )
     return row
 
 
@@ -227,20 +313,39 @@ def train_step(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> No
     pmap on the same single device if the time left covers another compilation as long as
     jit's. Each timed case reports TFLOP/s and MFU against the data-sheet and same-run peaks."""
     height, width = sizes["step_hw"]
-    run_case(recorder, "flop_count", {"model": sizes["step_model"], "batch": sizes["step_batch"],
-                                      "height": height, "width": width},
-             lambda: {"step_tflop": step_flop_count(sizes) / 1e12,
-                      "method": "XLA cost analysis of the step lowered for CPU, attention 'xla'"})
+    run_case(
+        recorder,
+        "flop_count",
+        {
+            "model": sizes["step_model"],
+            "batch": sizes["step_batch"],
+            "height": height,
+            "width": width,
+        },
+        lambda: {
+            "step_tflop": step_flop_count(sizes) / 1e12,
+            "method": "XLA cost analysis of the step lowered for CPU, attention 'xla'",
+        },
+    )
     flops = recorder.data["flop_count"][-1].get("step_tflop", 0.0) * 1e12 or None
     min_left_s = 1.0 if smoke else 20.0
     for parallelism in ("jit", "pmap"):
-        case = {"model": sizes["step_model"], "parallelism": parallelism,
-                "batch": sizes["step_batch"], "height": height, "width": width,
-                "dtype": f"{sizes['step_dtype']} compute, float32 parameters"}
-        run_case(recorder, "cases", case,
-                 lambda parallelism=parallelism: time_steps(parallelism, sizes, out_dir, smoke,
-                                                            flops),
-                 min_left_s=min_left_s)
+        case = {
+            "model": sizes["step_model"],
+            "parallelism": parallelism,
+            "batch": sizes["step_batch"],
+            "height": height,
+            "width": width,
+            "dtype": f"{sizes['step_dtype']} compute, float32 parameters",
+        }
+        run_case(
+            recorder,
+            "cases",
+            case,
+            lambda parallelism=parallelism: time_steps(parallelism, sizes, out_dir, smoke, flops),
+            min_left_s=min_left_s,
+        )
         if not smoke:
-            min_left_s = max(min_left_s, 1.2 * recorder.data["cases"][-1].get(
-                "compile_and_first_step_s", 0.0))
+            min_left_s = max(
+                min_left_s, 1.2 * recorder.data["cases"][-1].get("compile_and_first_step_s", 0.0)
+            )

@@ -47,29 +47,66 @@ for _path in (_HERE, _REPO):  # this copy of dnl_jax, installed or not
 
 SECTIONS = ("env", "attention_check", "train_step", "attention_speed", "tpu_kernels")
 # Seconds each section may run (compilation included), full size; --budget_s scales them.
-SECTION_SECONDS = {"env": 15, "attention_check": 100, "train_step": 250, "attention_speed": 85,
-                   "tpu_kernels": 10}
+SECTION_SECONDS = {
+    "env": 15,
+    "attention_check": 100,
+    "train_step": 250,
+    "attention_speed": 85,
+    "tpu_kernels": 10,
+}
 SIZES = {
-    "full": dict(check_n=(1023, 1024, 4096), check_temperatures=(0.05, 1.0), check_batch=2,
-                 check_channels=64, chunked_max_n=16384, tpu_n=(8192, 32768),
-                 tpu_blocks=(256, 512, 1024),
-                 speed_n=(4096, 8192, 16384, 32768, 65536), speed_batch=1, speed_channels=256,
-                 step_model="dnl_r50-d8", step_hw=(512, 1024), step_batch=8, step_repeats=5,
-                 step_dtype="bfloat16",
-                 matmul_size=8192),
+    "full": dict(
+        check_n=(1023, 1024, 4096),
+        check_temperatures=(0.05, 1.0),
+        check_batch=2,
+        check_channels=64,
+        chunked_max_n=16384,
+        tpu_n=(8192, 32768),
+        tpu_blocks=(256, 512, 1024),
+        speed_n=(4096, 8192, 16384, 32768, 65536),
+        speed_batch=1,
+        speed_channels=256,
+        step_model="dnl_r50-d8",
+        step_hw=(512, 1024),
+        step_batch=8,
+        step_repeats=5,
+        step_dtype="bfloat16",
+        matmul_size=8192,
+    ),
     # The smoke step is the float32 FCN (the DNL block runs in attention_check): it proves the
     # plumbing and compiles twice (jit, pmap) on CI's CPU, where bfloat16 compiles slowly.
-    "smoke": dict(check_n=(63,), check_temperatures=(0.05, 1.0), check_batch=2,
-                  check_channels=16, chunked_max_n=64, tpu_n=(200,), tpu_blocks=(128, 256),
-                  speed_n=(64,), speed_batch=1, speed_channels=16,
-                  step_model="fcn_tiny", step_hw=(64, 64), step_batch=2, step_repeats=2,
-                  step_dtype="float32",
-                  matmul_size=256),
+    "smoke": dict(
+        check_n=(63,),
+        check_temperatures=(0.05, 1.0),
+        check_batch=2,
+        check_channels=16,
+        chunked_max_n=64,
+        tpu_n=(200,),
+        tpu_blocks=(128, 256),
+        speed_n=(64,),
+        speed_batch=1,
+        speed_channels=16,
+        step_model="fcn_tiny",
+        step_hw=(64, 64),
+        step_batch=2,
+        step_repeats=2,
+        step_dtype="float32",
+        matmul_size=256,
+    ),
 }
 # Dense bfloat16 tensor-core peaks from NVIDIA's data sheets (SXM parts), TFLOP/s, by the
 # substring of `device_kind`; the env section also measures a same-run matmul peak.
-BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "GH200": 989.4, "A100": 312.0, "L40S": 362.1,
-                    "L4": 121.0, "A10": 125.0, "RTX 4090": 165.2, "B200": 2250.0}
+BF16_PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100": 989.4,
+    "GH200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "L4": 121.0,
+    "A10": 125.0,
+    "RTX 4090": 165.2,
+    "B200": 2250.0,
+}
 TEMPERATURE = 0.05  # the paper's; sharp logits are the hard case for low precision
 
 
@@ -112,8 +149,11 @@ def run_case(recorder: Recorder, key: str, case: dict, fn, min_left_s: float = 5
         recorder.append(key, {**case, "status": "ok", **fn()})
     except Exception as error:  # noqa: BLE001 - recorded, the suite goes on
         status = classify_error(error)
-        details = {} if status.startswith("unsupported") else {
-            "traceback": traceback.format_exc(limit=3)[-1500:]}
+        details = (
+            {}
+            if status.startswith("unsupported")
+            else {"traceback": traceback.format_exc(limit=3)[-1500:]}
+        )
         recorder.append(key, {**case, "status": status, **details})
 
 
@@ -181,9 +221,13 @@ def section_env(recorder: Recorder, sizes: dict) -> None:
     except Exception as error:  # noqa: BLE001
         recorder.put("environment", classify_error(error))
     for dtype in ("bfloat16", "float32"):
-        run_case(recorder, "matmul_peak", {"dtype": dtype, "size": sizes["matmul_size"]},
-                 lambda: {"tflops": round(matmul_tflops(sizes["matmul_size"], getattr(jnp, dtype)),
-                                          2)})
+        run_case(
+            recorder,
+            "matmul_peak",
+            {"dtype": dtype, "size": sizes["matmul_size"]},
+            # run_case calls it at once, in this iteration: no late binding of `dtype`.
+            lambda: {"tflops": round(matmul_tflops(sizes["matmul_size"], getattr(jnp, dtype)), 2)},  # noqa: B023
+        )
 
 
 def measured_bf16_peak(out_dir: str, smoke: bool):
@@ -201,17 +245,24 @@ def peak_fractions(tflops: float, out_dir: str, smoke: bool) -> dict:
 
     spec = spec_peak_tflops(jax.devices()[0].device_kind)
     measured = measured_bf16_peak(out_dir, smoke)
-    return {"fraction_of_spec_bf16_peak": round(tflops / spec, 4) if spec else None,
-            "fraction_of_measured_bf16_peak": round(tflops / measured, 4) if measured else None}
+    return {
+        "fraction_of_spec_bf16_peak": round(tflops / spec, 4) if spec else None,
+        "fraction_of_measured_bf16_peak": round(tflops / measured, 4) if measured else None,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--out", default=os.path.join(_HERE, "results"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, CI)")
-    parser.add_argument("--budget_s", type=float, default=sum(SECTION_SECONDS.values()),
-                        help="total seconds for all sections (default %(default)s)")
+    parser.add_argument(
+        "--budget_s",
+        type=float,
+        default=sum(SECTION_SECONDS.values()),
+        help="total seconds for all sections (default %(default)s)",
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--section", help=argparse.SUPPRESS)  # internal: run one, in-process
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -255,12 +306,20 @@ def run_all(sections: list[str], out_dir: str, smoke: bool, budget_s: float) -> 
         # A section may use its share plus whatever earlier sections left unused.
         allotted += budget_s * SECTION_SECONDS[section] / total
         limit = max(start + allotted - time.time(), 15.0)
-        print(f"== {section}: up to {limit:.0f} s (suite {time.time() - start:.0f} s in)",
-              flush=True)
+        print(
+            f"== {section}: up to {limit:.0f} s (suite {time.time() - start:.0f} s in)", flush=True
+        )
         # The child stops starting new cases 10 s before its hard limit (to save its JSON).
-        command = [sys.executable, os.path.abspath(__file__), "--section", section, "--out",
-                   out_dir, "--deadline", str(time.time() + limit - 10)] + (
-                       ["--smoke"] if smoke else [])
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--section",
+            section,
+            "--out",
+            out_dir,
+            "--deadline",
+            str(time.time() + limit - 10),
+        ] + (["--smoke"] if smoke else [])
         section_start = time.time()
         try:
             code = subprocess.run(command, env=env, timeout=limit).returncode

@@ -30,10 +30,10 @@ import tempfile
 import time
 import zipfile
 
+import bench_utils
 import numpy as np
 from PIL import Image
 
-import bench_utils
 from dnl_jax import tasks
 from dnl_jax.data import cityscapes, pipeline, transforms
 from dnl_jax.data.prepare import prepare
@@ -62,16 +62,19 @@ def write_cityscapes_zips(raw: str, count: int, rng) -> float:
     """`count` train images (+ 1 val) in the official zips; returns the mean PNG size in MB."""
     os.makedirs(raw, exist_ok=True)
     sizes = []
-    with zipfile.ZipFile(os.path.join(raw, cityscapes.IMAGES_ZIP), "w") as images, \
-            zipfile.ZipFile(os.path.join(raw, cityscapes.LABELS_ZIP), "w") as labels:
+    with (
+        zipfile.ZipFile(os.path.join(raw, cityscapes.IMAGES_ZIP), "w") as images,
+        zipfile.ZipFile(os.path.join(raw, cityscapes.LABELS_ZIP), "w") as labels,
+    ):
         for i in range(count + 1):
             split, city = ("val", "frankfurt") if i == count else ("train", "aachen")
             stem = f"{city}_{i:06d}_000019"
             image = png_bytes(street_like(rng, 1024, 2048))
             sizes.append(len(image))
             images.writestr(f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png", image)
-            label = np.repeat(np.repeat(rng.integers(0, 34, (32, 64), dtype=np.uint8), 32, 0),
-                              32, 1)
+            label = np.repeat(
+                np.repeat(rng.integers(0, 34, (32, 64), dtype=np.uint8), 32, 0), 32, 1
+            )
             labels.writestr(cityscapes.label_path(split, city, stem), png_bytes(label))
     return statistics.mean(sizes) / 1e6
 
@@ -87,14 +90,17 @@ def batches_per_second(dataset, batches: int) -> tuple[float, float]:
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(iterator)
-    return (batches / (time.perf_counter() - start),
-            batches / max(time.process_time() - cpu_start, 1e-9))
+    return (
+        batches / (time.perf_counter() - start),
+        batches / max(time.process_time() - cpu_start, 1e-9),
+    )
 
 
 def segmentation(work: str, images: int, batches: int, rng) -> list[dict]:
     mb = write_cityscapes_zips(os.path.join(work, "raw"), images, rng)
-    prepare("cityscapes", os.path.join(work, "raw"), os.path.join(work, "prepared"),
-            log=lambda _: None)
+    prepare(
+        "cityscapes", os.path.join(work, "raw"), os.path.join(work, "prepared"), log=lambda _: None
+    )
     source = load_split("cityscapes", "train", os.path.join(work, "prepared"))
     data = base_config().data
     data.name = "cityscapes"
@@ -102,14 +108,26 @@ def segmentation(work: str, images: int, batches: int, rng) -> list[dict]:
     rows = []
     for processes, threads in WORKER_SETTINGS:
         dataset = pipeline.train_dataset(
-            source, seed=0, local_batch=2, process_index=0, process_count=1,
-            transform=tasks.for_dataset(data.name).train_transform(data), worker_processes=processes,
-            worker_threads=threads)
+            source,
+            seed=0,
+            local_batch=2,
+            process_index=0,
+            process_count=1,
+            transform=tasks.for_dataset(data.name).train_transform(data),
+            worker_processes=processes,
+            worker_threads=threads,
+        )
         wall, cpu = batches_per_second(dataset, batches)
-        rows.append(dict(kind="cityscapes 2048x1024 PNG → 512x1024 crop", processes=processes,
-                         threads=threads, images_per_s=round(2 * wall, 2),
-                         images_per_cpu_s=round(2 * cpu, 2) if processes == 0 else None,
-                         png_mb=round(mb, 2)))
+        rows.append(
+            dict(
+                kind="cityscapes 2048x1024 PNG → 512x1024 crop",
+                processes=processes,
+                threads=threads,
+                images_per_s=round(2 * wall, 2),
+                images_per_cpu_s=round(2 * cpu, 2) if processes == 0 else None,
+                png_mb=round(mb, 2),
+            )
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -138,26 +156,49 @@ class DecodeAllFirst(transforms.VideoTrainTransform):
 
 def video(work: str, videos: int, clips: int, rng) -> list[dict]:
     write_videos(os.path.join(work, "raw_video"), videos + 1, 300, rng)
-    prepare("kinetics", os.path.join(work, "raw_video"), os.path.join(work, "prepared"),
-            short_side=256, max_frames=300, log=lambda _: None)
+    prepare(
+        "kinetics",
+        os.path.join(work, "raw_video"),
+        os.path.join(work, "prepared"),
+        short_side=256,
+        max_frames=300,
+        log=lambda _: None,
+    )
     source = load_split("kinetics", "train", os.path.join(work, "prepared"))
     settings = dict(clip_len=32, stride=2, crop_size=224, short_side_range=(256, 320))
     rows = []
-    for name, transform in (("lazy (clip frames only)", transforms.VideoTrainTransform),
-                            ("decode all 300 frames first", DecodeAllFirst)):
-        dataset = pipeline.train_dataset(source, seed=0, local_batch=1, process_index=0,
-                                         process_count=1, transform=transform(**settings),
-                                         worker_processes=0, worker_threads=0)
+    for name, transform in (
+        ("lazy (clip frames only)", transforms.VideoTrainTransform),
+        ("decode all 300 frames first", DecodeAllFirst),
+    ):
+        dataset = pipeline.train_dataset(
+            source,
+            seed=0,
+            local_batch=1,
+            process_index=0,
+            process_count=1,
+            transform=transform(**settings),
+            worker_processes=0,
+            worker_threads=0,
+        )
         wall, cpu = batches_per_second(dataset, clips)
-        rows.append(dict(kind=f"kinetics clip 32x224², {name}", processes=0, threads=0,
-                         clips_per_s=round(wall, 2), clips_per_cpu_s=round(cpu, 2)))
+        rows.append(
+            dict(
+                kind=f"kinetics clip 32x224², {name}",
+                processes=0,
+                threads=0,
+                clips_per_s=round(wall, 2),
+                clips_per_cpu_s=round(cpu, 2),
+            )
+        )
         print(rows[-1], flush=True)
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--videos", type=int, default=3)
@@ -169,14 +210,34 @@ def main() -> None:
         rows = segmentation(work, args.images, args.batches, rng)
         rows += video(work, args.videos, args.clips, rng)
     bench_utils.print_table(
-        ["input", "worker processes", "threads", "images/s (wall)",
-         "images per CPU-second (= per core)", "clips/s (wall)", "clips per CPU-second"],
-        [[r["kind"], r["processes"], r["threads"], r.get("images_per_s"),
-          r.get("images_per_cpu_s"), r.get("clips_per_s"), r.get("clips_per_cpu_s")]
-         for r in rows])
-    payload = dict(rows=rows, machine=bench_utils.machine_description(),
-                   load_average_before=round(load_before, 2),
-                   load_average_after=round(os.getloadavg()[0], 2))
+        [
+            "input",
+            "worker processes",
+            "threads",
+            "images/s (wall)",
+            "images per CPU-second (= per core)",
+            "clips/s (wall)",
+            "clips per CPU-second",
+        ],
+        [
+            [
+                r["kind"],
+                r["processes"],
+                r["threads"],
+                r.get("images_per_s"),
+                r.get("images_per_cpu_s"),
+                r.get("clips_per_s"),
+                r.get("clips_per_cpu_s"),
+            ]
+            for r in rows
+        ],
+    )
+    payload = dict(
+        rows=rows,
+        machine=bench_utils.machine_description(),
+        load_average_before=round(load_before, 2),
+        load_average_after=round(os.getloadavg()[0], 2),
+    )
     print("saved", bench_utils.save_json("input_pipeline", payload))
 
 

@@ -33,25 +33,42 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_utils  # noqa: E402
 
 from dnl_jax.tasks import get_model  # noqa: E402
-from dnl_jax.train import parallel, step as step_lib  # noqa: E402
+from dnl_jax.train import parallel  # noqa: E402
+from dnl_jax.train import step as step_lib  # noqa: E402
 from dnl_jax.train.config import base_config  # noqa: E402
 
 NAME = "spatial_memory"
 SPACES = (1, 2, 4, 8)
 GIB = 1024**3
 BUDGETS_GIB = (16, 95)
-IMAGE_CASES = [("dnl_r101-d8", (1024, 2048)), ("dnl_r101-d8", (512, 1024)),
-               ("dnl_r50-d8", (1024, 2048)), ("dnl_r50-d8", (512, 1024))]
+IMAGE_CASES = [
+    ("dnl_r101-d8", (1024, 2048)),
+    ("dnl_r101-d8", (512, 1024)),
+    ("dnl_r50-d8", (1024, 2048)),
+    ("dnl_r50-d8", (512, 1024)),
+]
 VIDEO_CASE = ("dnl_i3d_r50", (32, 224, 224))
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
-_BYTES = {"f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "pred": 1, "s8": 1, "u8": 1,
-          "f64": 8, "s64": 8, "u64": 8}
+_BYTES = {
+    "f32": 4,
+    "s32": 4,
+    "u32": 4,
+    "bf16": 2,
+    "f16": 2,
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "f64": 8,
+    "s64": 8,
+    "u64": 8,
+}
 
 
 def collective_bytes(hlo_text: str) -> dict:
@@ -70,8 +87,9 @@ def compile_case(model: str, shape: tuple, space: int, num_classes: int) -> dict
     bundle = get_model(model, num_classes, dropout_rate=0.0)
     opt = base_config().optimizer
     optimizer = step_lib.make_optimizer(opt, 1000)
-    train_step = step_lib.make_train_step(bundle, optimizer,
-                                          step_lib.learning_rate_schedule(opt, 1000))
+    train_step = step_lib.make_train_step(
+        bundle, optimizer, step_lib.learning_rate_schedule(opt, 1000)
+    )
     mesh = parallel.make_mesh(space)
     data = jax.device_count() // space
     video = len(shape) == 3
@@ -83,9 +101,12 @@ def compile_case(model: str, shape: tuple, space: int, num_classes: int) -> dict
     def init_fn():
         variables = bundle.module.init({"params": jax.random.key(0)}, jnp.zeros(small), train=True)
         return step_lib.TrainState(
-            step=jnp.zeros((), jnp.int32), params=variables["params"],
-            batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
-            rng=jax.random.key_data(jax.random.key(1)))
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=optimizer.init(variables["params"]),
+            rng=jax.random.key_data(jax.random.key(1)),
+        )
 
     with jax.set_mesh(mesh):
         state = jax.eval_shape(init_fn)
@@ -93,20 +114,37 @@ def compile_case(model: str, shape: tuple, space: int, num_classes: int) -> dict
         state_sh = jax.tree.map(lambda _: replicated, state)
         batch_sh = {k: NamedSharding(mesh, parallel.batch_spec(v, space)) for k, v in batch.items()}
         start = time.perf_counter()
-        compiled = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
-                           out_shardings=(state_sh, replicated),
-                           donate_argnums=0).lower(state, batch).compile()
+        compiled = (
+            jax.jit(
+                train_step,
+                in_shardings=(state_sh, batch_sh),
+                out_shardings=(state_sh, replicated),
+                donate_argnums=0,
+            )
+            .lower(state, batch)
+            .compile()
+        )
         seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    peak = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
     traffic = collective_bytes(compiled.as_text())
-    return {"model": model, "shape": list(shape), "space": space, "data": data,
-            "peak_gib": peak / GIB, "temp_gib": memory.temp_size_in_bytes / GIB,
-            "argument_gib": memory.argument_size_in_bytes / GIB,
-            "collective_gib": sum(traffic.values()) / GIB,
-            "collective_by_op_gib": {k: v / GIB for k, v in traffic.items()},
-            "compile_s": seconds}
+    return {
+        "model": model,
+        "shape": list(shape),
+        "space": space,
+        "data": data,
+        "peak_gib": peak / GIB,
+        "temp_gib": memory.temp_size_in_bytes / GIB,
+        "argument_gib": memory.argument_size_in_bytes / GIB,
+        "collective_gib": sum(traffic.values()) / GIB,
+        "collective_by_op_gib": {k: v / GIB for k, v in traffic.items()},
+        "compile_s": seconds,
+    }
 
 
 def _load(name: str = NAME) -> dict:
@@ -141,8 +179,9 @@ def largest_fitting(cases: list[dict]) -> dict:
     by = {_key(c): c for c in cases}
     for model, _ in IMAGE_CASES:
         for space in SPACES:
-            points = [by[k] for k in ((model, s, space) for s in ((512, 1024), (1024, 2048)))
-                      if k in by]
+            points = [
+                by[k] for k in ((model, s, space) for s in ((512, 1024), (1024, 2048))) if k in by
+            ]
             if not points:
                 continue
             if len(points) == 2:
@@ -166,17 +205,40 @@ def report(results: dict) -> None:
     for c in cases:
         saved = base.get((c["model"], tuple(c["shape"])), float("nan")) - c["peak_gib"]
         fit = fits.get((c["model"], c["space"]), {}) if len(c["shape"]) == 2 else {}
-        rows.append([c["model"], "×".join(map(str, c["shape"])), c["space"], c["data"],
-                     f"{c['peak_gib']:.2f}", f"{saved:.2f}", f"{c['collective_gib']:.3f}",
-                     *(("×".join(map(str, fit[b])) if fit.get(b) else "—") for b in BUDGETS_GIB),
-                     f"{c['compile_s']:.0f}"])
-    bench_utils.print_table(["model", "input", "space", "data", "peak GiB/device",
-                             "saved vs space 1 GiB", "collectives GiB/step", "fits 16 GiB (extrap.)",
-                             "fits 95 GiB (extrap.)", "compile s"], rows)
+        rows.append(
+            [
+                c["model"],
+                "×".join(map(str, c["shape"])),
+                c["space"],
+                c["data"],
+                f"{c['peak_gib']:.2f}",
+                f"{saved:.2f}",
+                f"{c['collective_gib']:.3f}",
+                *(("×".join(map(str, fit[b])) if fit.get(b) else "—") for b in BUDGETS_GIB),
+                f"{c['compile_s']:.0f}",
+            ]
+        )
+    bench_utils.print_table(
+        [
+            "model",
+            "input",
+            "space",
+            "data",
+            "peak GiB/device",
+            "saved vs space 1 GiB",
+            "collectives GiB/step",
+            "fits 16 GiB (extrap.)",
+            "fits 95 GiB (extrap.)",
+            "compile s",
+        ],
+        rows,
+    )
     full = [c for c in cases if c["model"] == "dnl_r101-d8" and c["shape"] == [1024, 2048]]
     fitting = [c["space"] for c in sorted(full, key=lambda c: c["space"]) if c["peak_gib"] <= 16]
-    print(f"\nFull-resolution R101-D8 training fits 16 GiB per device from space = "
-          f"{fitting[0] if fitting else 'none of ' + str(SPACES)}.")
+    print(
+        f"\nFull-resolution R101-D8 training fits 16 GiB per device from space = "
+        f"{fitting[0] if fitting else 'none of ' + str(SPACES)}."
+    )
     _figure(cases)
 
 
@@ -190,13 +252,23 @@ def _figure(cases: list[dict]) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     groups = sorted({(c["model"], tuple(c["shape"])) for c in cases})
     for model, shape in groups:
-        points = sorted((c["space"], c["peak_gib"]) for c in cases
-                        if (c["model"], tuple(c["shape"])) == (model, shape))
-        axis.plot(*zip(*points), marker="o", label=f"{model} {'×'.join(map(str, shape))}")
+        points = sorted(
+            (c["space"], c["peak_gib"])
+            for c in cases
+            if (c["model"], tuple(c["shape"])) == (model, shape)
+        )
+        axis.plot(
+            *zip(*points, strict=False), marker="o", label=f"{model} {'×'.join(map(str, shape))}"
+        )
     for budget in BUDGETS_GIB:
         axis.axhline(budget, color="grey", linestyle="--", linewidth=0.8)
-    axis.set(xscale="log", yscale="log", xlabel="space shards", ylabel="peak GiB per device",
-             title="Train step, batch 1 per data shard (compiled, float32)")
+    axis.set(
+        xscale="log",
+        yscale="log",
+        xlabel="space shards",
+        ylabel="peak GiB per device",
+        title="Train step, batch 1 per data shard (compiled, float32)",
+    )
     axis.set_xticks(SPACES, [str(s) for s in SPACES])
     axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axis.legend(fontsize=7)
@@ -207,9 +279,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--report", action="store_true", help="only print the table and figure")
     parser.add_argument("--models", default="", help="comma-separated subset of the models")
-    parser.add_argument("--part", default="", help="write to results/<part>.json instead (a "
-                        "second process compiling other models; the report merges "
-                        "results/spatial_memory_part*.json)")
+    parser.add_argument(
+        "--part",
+        default="",
+        help="write to results/<part>.json instead (a "
+        "second process compiling other models; the report merges "
+        "results/spatial_memory_part*.json)",
+    )
     args = parser.parse_args()
     name = args.part or NAME
     results = _load(name)

@@ -18,8 +18,15 @@ import time
 import bench_utils
 
 
-def build_step(model: str, num_classes: int, batch_size: int, height: int, width: int,
-               axis_name=None, **overrides):
+def build_step(
+    model: str,
+    num_classes: int,
+    batch_size: int,
+    height: int,
+    width: int,
+    axis_name=None,
+    **overrides,
+):
     """(train step function, not jitted; initial `TrainState`; random batch) for a registry
     segmentation model with mmseg's SGD settings (lr 0.01, momentum 0.9, weight decay 5e-4, poly
     schedule). `overrides` go to `tasks.get_model` (e.g. dtype=jnp.bfloat16); `axis_name` names
@@ -37,21 +44,34 @@ def build_step(model: str, num_classes: int, batch_size: int, height: int, width
     batch = {"image": images, "label": labels.astype(jnp.int32)}
 
     variables = models.init_variables(bundle.module, jax.random.key(2), images[:1])
-    opt = ml_collections.ConfigDict(dict(lr=0.01, momentum=0.9, weight_decay=5e-4, poly_power=0.9,
-                                         min_lr=1e-4, warmup_steps=0, warmup_ratio=0.1,
-                                         grad_clip_norm=0.0))
+    opt = ml_collections.ConfigDict(
+        dict(
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=5e-4,
+            poly_power=0.9,
+            min_lr=1e-4,
+            warmup_steps=0,
+            warmup_ratio=0.1,
+            grad_clip_norm=0.0,
+        )
+    )
     schedule = step_lib.learning_rate_schedule(opt, 80_000)
     optimizer = step_lib.make_optimizer(opt, 80_000)
     state = step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=variables["params"],
-        batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
-        rng=jax.random.key_data(jax.random.key(3)))
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=optimizer.init(variables["params"]),
+        rng=jax.random.key_data(jax.random.key(3)),
+    )
     return step_lib.make_train_step(bundle, optimizer, schedule, axis_name=axis_name), state, batch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--model", default="dnl_r50-d8")
     parser.add_argument("--size", default="512,512", help="H,W")
     parser.add_argument("--batch", type=int, default=2)
@@ -73,8 +93,11 @@ def main() -> None:
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     flops = models.summary_flops(lowered)
-    print(f"compiled in {compile_s:.1f} s; XLA counts {flops / 1e9 if flops else float('nan'):.1f} "
-          "GFLOP per step", flush=True)
+    print(
+        f"compiled in {compile_s:.1f} s; XLA counts {flops / 1e9 if flops else float('nan'):.1f} "
+        "GFLOP per step",
+        flush=True,
+    )
 
     times = []
     for _ in range(args.repeats):
@@ -89,17 +112,26 @@ def main() -> None:
     peak = bench_utils.matmul_peak_gflops()
     best = min(times)
     result = dict(
-        model=args.model, batch=args.batch, height=height, width=width,
-        platform=jax.default_backend(), device=str(jax.devices()[0].device_kind),
-        compile_s=round(compile_s, 2), step_s=[round(t, 3) for t in times],
-        best_step_s=round(best, 3), images_per_s=round(args.batch / best, 3),
+        model=args.model,
+        batch=args.batch,
+        height=height,
+        width=width,
+        platform=jax.default_backend(),
+        device=str(jax.devices()[0].device_kind),
+        compile_s=round(compile_s, 2),
+        step_s=[round(t, 3) for t in times],
+        best_step_s=round(best, 3),
+        images_per_s=round(args.batch / best, 3),
         step_gflop=round(flops / 1e9, 1) if flops else None,
         achieved_gflops=round(flops / best / 1e9, 1) if flops else None,
         matmul_peak_gflops=round(peak, 1),
-        mfu=round(flops / best / 1e9 / peak, 3) if flops else None, loss=round(loss, 4),
+        mfu=round(flops / best / 1e9 / peak, 3) if flops else None,
+        loss=round(loss, 4),
     )
-    print(f"{args.model} train step, batch {args.batch} x {height}x{width} on "
-          f"{result['platform']} ({result['device']})")
+    print(
+        f"{args.model} train step, batch {args.batch} x {height}x{width} on "
+        f"{result['platform']} ({result['device']})"
+    )
     for key, value in result.items():
         print(f"  {key:>20}: {value}")
     name = f"train_step_{args.model}_{height}x{width}_b{args.batch}_{result['platform']}"
@@ -118,9 +150,12 @@ def plot(result: dict):
     figure, axis = plt.subplots(figsize=(5, 3.5))
     values = [result["achieved_gflops"] or 0.0, result["matmul_peak_gflops"]]
     axis.bar(["train step (XLA FLOP count)", "float32 matmul peak"], values)
-    axis.set(ylabel="GFLOP/s", title=f"{result['model']} train step, batch {result['batch']} of "
-             f"{result['height']}x{result['width']}\n{result['images_per_s']} images/s on "
-             f"{result['platform']}, MFU {result['mfu']}")
+    axis.set(
+        ylabel="GFLOP/s",
+        title=f"{result['model']} train step, batch {result['batch']} of "
+        f"{result['height']}x{result['width']}\n{result['images_per_s']} images/s on "
+        f"{result['platform']}, MFU {result['mfu']}",
+    )
     return figure
 
 

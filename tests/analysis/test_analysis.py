@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
 from dnl_jax import analysis, blocks
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.train.trainer import train_and_evaluate
-from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,8 +24,10 @@ def _random_block(module, shape, seed=0, spread=0.5):
     variables = module.init(jax.random.key(seed + 1), x)
     leaves, tree = jax.tree.flatten(variables["params"])
     keys = jax.random.split(jax.random.key(seed + 2), len(leaves))
-    params = jax.tree.unflatten(tree, [spread * jax.random.normal(k, leaf.shape)
-                                       for k, leaf in zip(keys, leaves)])
+    params = jax.tree.unflatten(
+        tree,
+        [spread * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves, strict=False)],
+    )
     return {**variables, "params": params}, x
 
 
@@ -33,9 +35,10 @@ def _softmax(x):
     return np.asarray(jax.nn.softmax(jnp.asarray(x, jnp.float32), axis=-1))
 
 
-@pytest.mark.parametrize("shape, kwargs", [((2, 6, 5, 16), {}),
-                                           ((1, 2, 4, 4, 16), dict(sub_sample=True,
-                                                                   pool_window=(1, 2, 2)))])
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [((2, 6, 5, 16), {}), ((1, 2, 4, 4, 16), dict(sub_sample=True, pool_window=(1, 2, 2)))],
+)
 def test_nonlocal_decomposes_into_pairwise_plus_unary(shape, kwargs):
     module = blocks.NonLocal(**kwargs)
     variables, x = _random_block(module, shape)
@@ -45,9 +48,17 @@ def test_nonlocal_decomposes_into_pairwise_plus_unary(shape, kwargs):
     rows = analysis.attention_rows(capture, queries)
     # The block's own attention, from its parameters by hand: softmax(θᵀφ / √C').
     params = variables["params"]
-    project = lambda name: (np.einsum("...c,cd->...d", np.asarray(x),
-                                      params[name]["conv"]["kernel"].reshape(shape[-1], -1))
-                            + params[name]["conv"]["bias"])
+
+    def project(name):
+        return (
+            np.einsum(
+                "...c,cd->...d",
+                np.asarray(x),
+                params[name]["conv"]["kernel"].reshape(shape[-1], -1),
+            )
+            + params[name]["conv"]["bias"]
+        )
+
     theta = project("theta").reshape(shape[0], -1, shape[-1] // 2)
     phi = analysis._sub_sample(project("phi"), capture_window(kwargs))
     phi = phi.reshape(shape[0], -1, shape[-1] // 2)
@@ -72,8 +83,9 @@ def test_decomposition_is_the_same_in_chunks():
     whole = analysis.attention_rows(capture, np.arange(25))
     parts = [analysis.attention_rows(capture, np.arange(s, min(s + 7, 25))) for s in (0, 7, 14, 21)]
     for term in analysis.TERMS:
-        np.testing.assert_allclose(np.concatenate([p[term] for p in parts], 1), whole[term],
-                                   atol=1e-7)
+        np.testing.assert_allclose(
+            np.concatenate([p[term] for p in parts], 1), whole[term], atol=1e-7
+        )
 
 
 def test_query_independence_unary_zero_pairwise_positive():
@@ -93,7 +105,9 @@ def test_query_independence_unary_zero_pairwise_positive():
 
 
 def test_query_independence_by_hand():
-    assert analysis.query_independence(np.tile([0.2, 0.3, 0.5], (4, 1))) == pytest.approx(0, abs=1e-12)
+    assert analysis.query_independence(np.tile([0.2, 0.3, 0.5], (4, 1))) == pytest.approx(
+        0, abs=1e-12
+    )
     assert analysis.query_independence(np.eye(3)) == pytest.approx(1.0)  # orthogonal maps
     # Two maps at 60°: cos = 0.5, one pair.
     maps = np.array([[1.0, 0.0], [0.5, np.sqrt(3) / 2]])
@@ -118,19 +132,16 @@ def test_map_equal_to_the_ground_truth_has_consistency_one():
 
 
 def test_boundary_map_by_hand():
-    labels = np.array([[[0, 0, 1],
-                        [0, 0, 1],
-                        [2, 255, 1]]])
-    expected = np.array([[[0, 1, 1],
-                          [1, 1, 1],
-                          [1, 0, 0]]])  # the 1 at the corner touches only 1 and 255
+    labels = np.array([[[0, 0, 1], [0, 0, 1], [2, 255, 1]]])
+    expected = np.array(
+        [[[0, 1, 1], [1, 1, 1], [1, 0, 0]]]
+    )  # the 1 at the corner touches only 1 and 255
     np.testing.assert_array_equal(analysis.boundary_map(labels), expected)
 
 
 def test_labels_to_grid_majority_and_ignore():
     labels = np.array([[[1, 1, 2, 2], [1, 3, 2, 255], [255, 255, 0, 0], [255, 255, 0, 4]]])
-    np.testing.assert_array_equal(analysis.labels_to_grid(labels, (2, 2)),
-                                  [[[1, 2], [255, 0]]])
+    np.testing.assert_array_equal(analysis.labels_to_grid(labels, (2, 2)), [[[1, 2], [255, 0]]])
     with pytest.raises(ValueError, match="2-D grid"):
         analysis.labels_to_grid(labels, (2, 2, 2))
 
@@ -144,9 +155,11 @@ def test_capture_finds_blocks_in_a_model_and_none_in_fcn():
         module = get_model(name, 5).module
         _, captures = analysis.BlockCapturer(module)(module.init(jax.random.key(0), x), x)
         found[name] = [(c.path, c.kind, c.grid, c.key_grid) for c in captures]
-    assert found == {"dnl_tiny": [("decode_head/dnl_block", "dnl", (4, 4), (4, 4))],
-                     "gc_tiny": [("decode_head/gc_block", "gc", (4, 4), (4, 4))],
-                     "fcn_tiny": []}
+    assert found == {
+        "dnl_tiny": [("decode_head/dnl_block", "dnl", (4, 4), (4, 4))],
+        "gc_tiny": [("decode_head/gc_block", "gc", (4, 4), (4, 4))],
+        "fcn_tiny": [],
+    }
 
 
 def test_regions_scenes_same_colour_same_class_and_marker_inside():
@@ -168,13 +181,30 @@ def test_analyze_command_end_to_end(tmp_path):
     enable_compilation_cache()
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny_config(**{"model.name": "nl_tiny", "total_steps": 2}), workdir)
-    command = [sys.executable, "-m", "dnl_jax.analyze", "--config",
-               "experiments/configs/synthetic_nl_tiny.py", "--config.data.synthetic.image_size=32",
-               "--config.data.num_classes=5", "--config.data.synthetic.num_val=16",
-               "--checkpoint", os.path.join(workdir, "checkpoints"), "--num_images", "4",
-               "--batch_size", "2"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
-                          env={**os.environ, **CACHE_ENV})
+    command = [
+        sys.executable,
+        "-m",
+        "dnl_jax.analyze",
+        "--config",
+        "experiments/configs/synthetic_nl_tiny.py",
+        "--config.data.synthetic.image_size=32",
+        "--config.data.num_classes=5",
+        "--config.data.synthetic.num_val=16",
+        "--checkpoint",
+        os.path.join(workdir, "checkpoints"),
+        "--num_images",
+        "4",
+        "--batch_size",
+        "2",
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**os.environ, **CACHE_ENV},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| decode_head/nl_block | nl |" in done.stdout
     # The beacon scenes know their salient keys: the saliency columns are printed too.

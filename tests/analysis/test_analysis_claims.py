@@ -6,15 +6,26 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "experiments"))
+sys.path.insert(
+    0,
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments"
+    ),
+)
 import analysis_claims  # noqa: E402
 
 
 def _record(head, seed, *, unary=None, within=None, steps=None, miou=0.8):
-    means = {k: v for k, v in (("unary~salient", unary), ("pairwise~within", within)) if v is not None}
-    return {"head": head, "seed": seed, "val_miou": miou, "steps_to_learn": steps,
-            "analysis": [{"means": means}]}
+    means = {
+        k: v for k, v in (("unary~salient", unary), ("pairwise~within", within)) if v is not None
+    }
+    return {
+        "head": head,
+        "seed": seed,
+        "val_miou": miou,
+        "steps_to_learn": steps,
+        "analysis": [{"means": means}],
+    }
 
 
 def test_permutation_p_is_exact_over_sign_patterns():
@@ -42,11 +53,18 @@ def test_sign_test_p():
 def test_claims_on_planted_records_hold_fail_and_go_unmeasured():
     records = []
     for seed in range(8):
-        records += [_record("nl", seed, unary=0.1, within=0.2, steps=None if seed < 3 else 400,
-                            miou=0.80 + 0.001 * seed),
-                    _record("unary", seed, unary=0.5 + 0.01 * seed, miou=0.805),
-                    _record("dnl", seed, unary=0.6, within=0.1, steps=200 if seed != 7 else 600,
-                            miou=0.8)]
+        records += [
+            _record(
+                "nl",
+                seed,
+                unary=0.1,
+                within=0.2,
+                steps=None if seed < 3 else 400,
+                miou=0.80 + 0.001 * seed,
+            ),
+            _record("unary", seed, unary=0.5 + 0.01 * seed, miou=0.805),
+            _record("dnl", seed, unary=0.6, within=0.1, steps=200 if seed != 7 else 600, miou=0.8),
+        ]
     claims = {c["id"]: c for c in analysis_claims.evaluate(records)}
     assert claims["a"]["verdict"] == "holds"
     a_dnl = claims["a"]["comparisons"][1]
@@ -63,9 +81,15 @@ def test_claims_on_planted_records_hold_fail_and_go_unmeasured():
 
 
 def test_a_claim_needs_every_comparison_and_its_direction():
-    records = [r for seed in range(8) for r in (
-        _record("nl", seed, unary=0.3), _record("unary", seed, unary=0.5),
-        _record("dnl", seed, unary=0.2 + (0.2 if seed % 2 else -0.2)))]
+    records = [
+        r
+        for seed in range(8)
+        for r in (
+            _record("nl", seed, unary=0.3),
+            _record("unary", seed, unary=0.5),
+            _record("dnl", seed, unary=0.2 + (0.2 if seed % 2 else -0.2)),
+        )
+    ]
     (a,) = [c for c in analysis_claims.evaluate(records) if c["id"] == "a"]
     assert [c["holds"] for c in a["comparisons"]] == [True, False]
     assert a["verdict"] == "not shown"

@@ -12,10 +12,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_smoke_mode_writes_all_records(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "experiments/analysis_experiment.py", "--smoke", "--out", str(out),
-               "--runs_dir", str(tmp_path / "runs"), "--workers", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900,
-                          env={**os.environ, **CACHE_ENV})
+    command = [
+        sys.executable,
+        "experiments/analysis_experiment.py",
+        "--smoke",
+        "--out",
+        str(out),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--workers",
+        "1",
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+        env={**os.environ, **CACHE_ENV},
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["analysis.json", "analysis.md", "analysis.png"]
     with open(out / "analysis.json") as f:
@@ -24,8 +39,14 @@ def test_smoke_mode_writes_all_records(tmp_path):
     assert (regions["scenes"], regions["head"], regions["steps"]) == ("regions", "nl", 2)
     assert regions["analysis"][0]["path"] == "decode_head/nl_block"
     assert set(regions["analysis"][0]["means"]) >= {
-        "query_independence/full", "pairwise~within", "unary~boundary", "unary~salient",
-        "pairwise~salient", "unary@salient", "salient_area"}
+        "query_independence/full",
+        "pairwise~within",
+        "unary~boundary",
+        "unary~salient",
+        "pairwise~salient",
+        "unary@salient",
+        "salient_area",
+    }
     assert (beacon["head"], beacon["model"]) == ("dnl", "dnl_tiny")
     # The learning-speed curve: one point per step (--cue_every 1 in smoke mode).
     assert [e["step"] for e in beacon["cue_curve"]] == [1, 2]
@@ -38,6 +59,12 @@ def test_smoke_mode_writes_all_records(tmp_path):
     saliency_table = text.split("### Saliency")[1].split("###")[0]
     assert "| dnl | 1 | " in saliency_table and "un~salient" in saliency_table
     # A rerun skips the saved runs and rewrites the same record.
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, **CACHE_ENV})
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, **CACHE_ENV},
+    )
     assert done.returncode == 0 and "2 of 2 runs already saved" in done.stdout, done.stderr[-3000:]

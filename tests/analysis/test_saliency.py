@@ -1,4 +1,5 @@
-"""dnl_jax.analysis.saliency: attention terms against the scenes' known salient keys; the cue measure."""
+"""dnl_jax.analysis.saliency: attention terms against the scenes' known salient keys; the cue
+measure."""
 
 import numpy as np
 import pytest
@@ -18,14 +19,15 @@ def _salient_pixels(batch, seed=0, size=64):
     for b in range(batch):
         side = int(rng.integers(8, 21))
         y, x = rng.integers(0, size - side, size=2)
-        salient[b, y:y + side, x:x + side] = True
+        salient[b, y : y + side, x : x + side] = True
     return salient
 
 
 def _unary_capture(unary_logits, grid=GRID):
     """A unary-only (GC-like) capture with the given logits `[B, M]`."""
-    return analysis.BlockCapture("block", "gc", grid, grid, None, None,
-                                 np.asarray(unary_logits, np.float32))
+    return analysis.BlockCapture(
+        "block", "gc", grid, grid, None, None, np.asarray(unary_logits, np.float32)
+    )
 
 
 def _stats_of(capture, salient, labels=None):
@@ -56,8 +58,9 @@ def test_unary_map_equal_to_the_salient_map_gives_one_and_all_its_mass():
     assert counts["unary~salient"] == 6
     np.testing.assert_allclose(means["unary~salient"], 1.0, atol=1e-6)
     # Its mass on salient cells: Σ_j (s_j / Σ s) s_j.
-    np.testing.assert_allclose(means["unary@salient"],
-                               np.mean((cells ** 2).sum(-1) / cells.sum(-1)), atol=1e-6)
+    np.testing.assert_allclose(
+        means["unary@salient"], np.mean((cells**2).sum(-1) / cells.sum(-1)), atol=1e-6
+    )
     # Binary salient cells: every bit of the mass lies on them.
     binary = np.zeros((2, 64, 64), bool)
     binary[0, 8:24, 16:32] = binary[1, 40:48, 0:16] = True
@@ -92,8 +95,9 @@ def test_nl_implicit_unary_and_pairwise_control():
     q[..., 0] += 1.0  # μ_θ points along channel 0
     k = rng.normal(size=(batch, 64, channels)) * 0.1
     k[..., 0] = 3.0 * (cells > 0)
-    capture = analysis.BlockCapture("block", "nl", GRID, GRID, q.astype(np.float32),
-                                    k.astype(np.float32), None, 1.0, False)
+    capture = analysis.BlockCapture(
+        "block", "nl", GRID, GRID, q.astype(np.float32), k.astype(np.float32), None, 1.0, False
+    )
     means, counts = _stats_of(capture, salient)
     assert means["unary~salient"] > 0.7
     assert means["unary@salient"] > 3 * means["salient_area"]

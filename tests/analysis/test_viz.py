@@ -1,5 +1,5 @@
-"""Tests of dnl_jax.analysis.viz and the DNL block's sown attention weights: off by default, rows summing
-to 1 over keys, consistent with `attention.dnl_attention`, and the figure's PNG."""
+"""Tests of dnl_jax.analysis.viz and the DNL block's sown attention weights: off by default, rows
+summing to 1 over keys, consistent with `attention.dnl_attention`, and the figure's PNG."""
 
 import os
 
@@ -13,8 +13,8 @@ from PIL import Image
 from dnl_jax import attention, blocks
 from dnl_jax.analysis import viz
 from dnl_jax.data.synthetic import SyntheticSegmentation
-from dnl_jax.tasks import get_model
 from dnl_jax.models.registry import init_variables
+from dnl_jax.tasks import get_model
 
 
 def random_block_and_input():
@@ -43,11 +43,15 @@ def test_sown_weights_sum_to_one_and_reproduce_dnl_attention():
     np.testing.assert_allclose(pairwise.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(unary.sum(-1), 1.0, atol=1e-5)
     assert float(pairwise.max()) > 0.5  # peaked, so the check below is not about uniform maps
-    flat = lambda name: found[name]["__call__"][0].reshape(2, 20, -1)
+
+    def flat(name):
+        return found[name]["__call__"][0].reshape(2, 20, -1)
+
     theta, phi, g = flat("theta"), flat("phi"), flat("g")
     mask = found["conv_mask"]["__call__"][0].reshape(2, 20)
-    expected = attention.dnl_attention(theta, phi, g, mask, temperature=0.05, scale=4**-0.5,
-                                 implementation="xla")
+    expected = attention.dnl_attention(
+        theta, phi, g, mask, temperature=0.05, scale=4**-0.5, implementation="xla"
+    )
     got = pairwise @ g + (unary[:, None, :] @ g)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
@@ -86,8 +90,10 @@ def test_figure_is_a_png_of_the_expected_size(tmp_path, val_source, name, column
 
 def test_no_figure_without_a_dnl_block(tmp_path, val_source):
     module, variables = tiny_variables("fcn_tiny", val_source)
-    assert viz.save_attention_figure(str(tmp_path), module, variables, val_source,
-                                     num_classes=5) is None
+    assert (
+        viz.save_attention_figure(str(tmp_path), module, variables, val_source, num_classes=5)
+        is None
+    )
     assert os.listdir(tmp_path) == []
 
 

@@ -29,7 +29,12 @@ def _attention_fn(implementation, whiten=True, temperature=0.3, blocks_qk=SMALL_
     def fn(q, k, v, unary):
         with chunked.block_sizes_override(*blocks_qk):
             return attention.dnl_attention(
-                q, k, v, unary, temperature=temperature, whiten=whiten,
+                q,
+                k,
+                v,
+                unary,
+                temperature=temperature,
+                whiten=whiten,
                 implementation=implementation,
             )
 
@@ -38,7 +43,10 @@ def _attention_fn(implementation, whiten=True, temperature=0.3, blocks_qk=SMALL_
 
 def _value_and_grads(fn, *args):
     """Output and d(Σ sin(out))/d(q, k, v, unary): a non-trivial cotangent for every entry."""
-    loss = lambda *a: jnp.sum(jnp.sin(fn(*a).astype(jnp.float32)))
+
+    def loss(*a):
+        return jnp.sum(jnp.sin(fn(*a).astype(jnp.float32)))
+
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args)
     return jax.jit(fn)(*args), grads
 
@@ -102,7 +110,7 @@ def test_chunked_bfloat16_close_to_float32():
     ref_out, ref_grads = _value_and_grads(_attention_fn("xla"), *rounded)
     assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
     chex.assert_trees_all_close(out.astype(jnp.float32), ref_out, rtol=3e-2, atol=3e-2)
-    for grad, ref in zip(grads, ref_grads):
+    for grad, ref in zip(grads, ref_grads, strict=False):
         scale = float(jnp.max(jnp.abs(ref)))
         np.testing.assert_allclose(grad.astype(jnp.float32), ref, atol=5e-2 * scale)
 
@@ -132,14 +140,20 @@ def test_backward_jaxpr_has_no_n_by_m_array(implementation, forms_nm):
     n, m = 96, 80  # N · M = 7680, far above any O(N) array here (at most 96 · 16 with C = 4)
     args = _inputs((1,), n, m, 4, 4)
     fn = _attention_fn(implementation, blocks_qk=(32, 16))
-    loss = lambda *a: jnp.sum(fn(*a) ** 2)
+
+    def loss(*a):
+        return jnp.sum(fn(*a) ** 2)
+
     jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args).jaxpr
     assert (_largest_intermediate(jaxpr) >= n * m) == forms_nm
 
 
 def _compiled_temp_bytes(implementation, n):
     fn = _attention_fn(implementation, blocks_qk=(64, 64))
-    loss = lambda *a: jnp.sum(fn(*a) ** 2)
+
+    def loss(*a):
+        return jnp.sum(fn(*a) ** 2)
+
     spec = jax.ShapeDtypeStruct((2, n, 8), jnp.float32)
     unary = jax.ShapeDtypeStruct((2, n), jnp.float32)
     grad_fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
@@ -175,8 +189,9 @@ def test_select_implementation_on_cpu_and_logged_once_at_debug(monkeypatch, capl
 
 
 def test_import_ops_loads_no_layer_above_it():
-    code = ("import sys, dnl_jax.ops; "
-            "print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))")
+    code = (
+        "import sys, dnl_jax.ops; print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['dnl_jax', 'dnl_jax.ops']"
 
@@ -219,8 +234,7 @@ def test_cudnn_wrapper_layout_whitening_and_scale(monkeypatch):
 
     def kernel(q, k, v, *, scale, implementation, **seq_lengths):
         assert implementation == "cudnn" and q.ndim == 4 and q.shape[2] == 1
-        return xla_dot_product_attention(q, k, v, scale=scale, implementation="xla",
-                                         **seq_lengths)
+        return xla_dot_product_attention(q, k, v, scale=scale, implementation="xla", **seq_lengths)
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", kernel)
     args = _inputs((2, 3), 24, 16, 8, 8, dtype=jnp.bfloat16)
@@ -248,9 +262,8 @@ def test_automatic_choice_falls_back_when_cudnn_rejects(monkeypatch, caplog):
 
 
 def test_bad_block_sizes_raise():
-    with pytest.raises(ValueError, match="positive integers"):
-        with chunked.block_sizes_override(0, 8):
-            pass
+    with pytest.raises(ValueError, match="positive integers"), chunked.block_sizes_override(0, 8):
+        pass
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,8 +12,14 @@ import pytest
 
 from dnl_jax import attention, pallas_attention
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "experiments", "benchmarks"))
+sys.path.insert(
+    0,
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        "experiments",
+        "benchmarks",
+    ),
+)
 import bf16_accuracy  # noqa: E402
 
 PALLAS = ("pallas_tpu", "pallas_gpu")
@@ -36,8 +42,9 @@ def _spatial_inputs(batch, query_grid, key_grid, c, cv, seed=0, key_mean=1.0):
 
 def _output_and_grads(implementation, args, whiten, temperature=0.3):
     def loss(q, k, v, unary):
-        out = attention.dnl_attention(q, k, v, unary, temperature=temperature, whiten=whiten,
-                                      implementation=implementation)
+        out = attention.dnl_attention(
+            q, k, v, unary, temperature=temperature, whiten=whiten, implementation=implementation
+        )
         return jnp.sum(jnp.sin(out.astype(jnp.float32))), out
 
     with pallas_attention.block_size_override(BLOCK):
@@ -47,7 +54,7 @@ def _output_and_grads(implementation, args, whiten, temperature=0.3):
 
 def _assert_relative_close(results, reference, tolerance):
     errors = bf16_accuracy.relative_errors(results, reference)
-    assert max(errors) <= tolerance, dict(zip(bf16_accuracy.QUANTITIES, errors))
+    assert max(errors) <= tolerance, dict(zip(bf16_accuracy.QUANTITIES, errors, strict=False))
 
 
 @pytest.mark.parametrize("kernel", PALLAS)
@@ -74,11 +81,12 @@ def test_traced_scale_is_folded_into_the_queries():
     q, k, v, _ = _spatial_inputs(1, (10, 13), (10, 13), 8, 8)
 
     def total(scale, implementation):
-        return jnp.sum(attention.dnl_attention(q, k, v, scale=scale,
-                                               implementation=implementation))
+        return jnp.sum(attention.dnl_attention(q, k, v, scale=scale, implementation=implementation))
 
-    grads = [jax.jit(jax.grad(total), static_argnums=1)(0.5, kernel)
-             for kernel in ("xla", "chunked", *PALLAS)]
+    grads = [
+        jax.jit(jax.grad(total), static_argnums=1)(0.5, kernel)
+        for kernel in ("xla", "chunked", *PALLAS)
+    ]
     np.testing.assert_allclose(grads[1:], [grads[0]] * 3, rtol=1e-5)
 
 
@@ -110,8 +118,11 @@ def _pretend(monkeypatch, platform, capability=None):
 
 
 def _spec(n, c, dtype, cv=None):
-    return (jax.ShapeDtypeStruct((2, n, c), dtype), jax.ShapeDtypeStruct((2, n, c), dtype),
-            jax.ShapeDtypeStruct((2, n, cv or c), dtype))
+    return (
+        jax.ShapeDtypeStruct((2, n, c), dtype),
+        jax.ShapeDtypeStruct((2, n, c), dtype),
+        jax.ShapeDtypeStruct((2, n, cv or c), dtype),
+    )
 
 
 @pytest.mark.parametrize(
@@ -189,6 +200,5 @@ def test_low_temperature_bfloat16_auto_choice_on_tpu_meets_the_bound(monkeypatch
 
 
 def test_bad_block_size_raises():
-    with pytest.raises(ValueError, match="integer >= 16"):
-        with pallas_attention.block_size_override(8):
-            pass
+    with pytest.raises(ValueError, match="integer >= 16"), pallas_attention.block_size_override(8):
+        pass

@@ -107,7 +107,9 @@ def test_every_norm_starts_as_identity(norm):
 
 
 def test_dnl_parameter_count_matches_mmseg():
-    shapes = jax.eval_shape(lambda x: init(blocks.DisentangledNonLocal(), x), jnp.zeros((1, 4, 4, 512)))
+    shapes = jax.eval_shape(
+        lambda x: init(blocks.DisentangledNonLocal(), x), jnp.zeros((1, 4, 4, 512))
+    )
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
     assert count == 526_593
 
@@ -162,7 +164,9 @@ def test_whitening_ignores_a_shift_of_queries_and_keys():
         module = blocks.DisentangledNonLocal(whiten=whiten, unary=False, temperature=0.5)
         variables = randomize(init(module, x), seed=3)
         shifted = jax.tree_util.tree_map(lambda a: a, variables)
-        shifted["params"]["theta"]["conv"]["bias"] = variables["params"]["theta"]["conv"]["bias"] + 2.0
+        shifted["params"]["theta"]["conv"]["bias"] = (
+            variables["params"]["theta"]["conv"]["bias"] + 2.0
+        )
         shifted["params"]["phi"]["conv"]["bias"] = variables["params"]["phi"]["conv"]["bias"] - 1.0
         same = np.allclose(module.apply(variables, x), module.apply(shifted, x), atol=1e-4)
         assert same == invariant, f"whiten={whiten}"
@@ -210,7 +214,9 @@ def test_context_block_matches_reference():
         return np_conv1x1(h, p[f"{name}_3"])
 
     expected = xf / (1 + np.exp(-transform("channel_mul_conv"))) + transform("channel_add_conv")
-    np.testing.assert_allclose(module.apply(variables, x), expected.reshape(x.shape), rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(
+        module.apply(variables, x), expected.reshape(x.shape), rtol=2e-4, atol=2e-4
+    )
 
 
 class JitGradVmapTest(chex.TestCase):

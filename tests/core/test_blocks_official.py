@@ -8,12 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
-from dnl_jax.blocks_official import NO_DECAY_PARAMETERS, OFFICIAL_VARIANTS, \
-    OfficialDisentangledNonLocal
-from dnl_jax.tasks import get_model
-from dnl_jax.models.heads import NOWD_WEIGHT_DECAY
 from torch_reference import OfficialReference
+
+from dnl_jax.blocks_official import (
+    NO_DECAY_PARAMETERS,
+    OFFICIAL_VARIANTS,
+    OfficialDisentangledNonLocal,
+)
+from dnl_jax.models.heads import NOWD_WEIGHT_DECAY
+from dnl_jax.tasks import get_model
 
 
 def _flax_variables(module):
@@ -73,8 +76,10 @@ def test_head_is_selected_by_name_and_nowd_names_its_parameters():
     bundle = get_model("dnl_tiny", 7, head="dnl_official_nowd")
     variables = jax.eval_shape(bundle.module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     block = variables["params"]["decode_head"]["dnl_block"]
-    paths = ["/".join(str(getattr(k, "key", k)) for k in path)
-             for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]]
+    paths = [
+        "/".join(str(getattr(k, "key", k)) for k in path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    ]
     no_decay = [p for p in paths if any(pattern in p for pattern, _ in NOWD_WEIGHT_DECAY)]
     assert sorted({p.split("/")[-2] for p in no_decay}) == sorted(NO_DECAY_PARAMETERS)
     assert len(no_decay) == 4  # weight and bias of conv_query and conv_key

@@ -86,10 +86,14 @@ def test_logits_against_numpy():
     qw, kw = q - q.mean(1, keepdims=True), k - k.mean(1, keepdims=True)
     np.testing.assert_allclose(nonlocal_, 0.3 * q @ k.transpose(0, 2, 1), rtol=1e-12)
     np.testing.assert_allclose(pairwise, 0.3 * qw @ kw.transpose(0, 2, 1), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(unary, 0.3 * q.mean(1, keepdims=True) @ k.transpose(0, 2, 1), rtol=1e-12)
+    np.testing.assert_allclose(
+        unary, 0.3 * q.mean(1, keepdims=True) @ k.transpose(0, 2, 1), rtol=1e-12
+    )
     # The two terms differ from the plain logits by a row constant, and only by that.
     difference = np.asarray(nonlocal_) - np.asarray(pairwise) - np.asarray(unary)
-    np.testing.assert_allclose(difference, np.broadcast_to(difference[..., :1], difference.shape), atol=1e-12)
+    np.testing.assert_allclose(
+        difference, np.broadcast_to(difference[..., :1], difference.shape), atol=1e-12
+    )
     assert np.ptp(difference[..., 0]) > 1e-3  # The constant is per query: not trivially zero.
 
 
@@ -104,7 +108,9 @@ def test_softmax_invariant_to_key_mean():
         chex.assert_trees_all_close(before, after, atol=1e-12)
         # The whitened term is invariant to shifting queries or keys, before any softmax.
         base = ops.whitened_pairwise_logits(q, k)
-        chex.assert_trees_all_close(ops.whitened_pairwise_logits(q + shift, k - shift), base, atol=1e-12)
+        chex.assert_trees_all_close(
+            ops.whitened_pairwise_logits(q + shift, k - shift), base, atol=1e-12
+        )
         # ... while the unary term carries the query mean: it does change with a query shift.
         assert not np.allclose(ops.unary_logits(q + shift, k), ops.unary_logits(q, k))
 
@@ -128,9 +134,14 @@ def test_dnl_attention_against_numpy(whiten, with_unary, scale):
     unary = rng.standard_normal((2, 3, 6)) if with_unary else None
     with jax.enable_x64(True):
         out = attention.dnl_attention(
-            jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+            jnp.asarray(q),
+            jnp.asarray(k),
+            jnp.asarray(v),
             None if unary is None else jnp.asarray(unary),
-            temperature=0.3, scale=scale, whiten=whiten, implementation="xla",
+            temperature=0.3,
+            scale=scale,
+            whiten=whiten,
+            implementation="xla",
         )
     expected = np_dnl_attention(q, k, v, unary, 0.3, 4**-0.5 if scale is None else scale, whiten)
     assert out.shape == (2, 3, 10, 5)
@@ -139,18 +150,26 @@ def test_dnl_attention_against_numpy(whiten, with_unary, scale):
 
 def test_unary_attention_and_dot_product_against_numpy():
     rng = np.random.default_rng(6)
-    q, k, v = rng.standard_normal((2, 7, 3)), rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 4, 5))
+    q, k, v = (
+        rng.standard_normal((2, 7, 3)),
+        rng.standard_normal((2, 4, 3)),
+        rng.standard_normal((2, 4, 5)),
+    )
     unary = rng.standard_normal((2, 4))
     with jax.enable_x64(True):
         unary_out = ops.unary_attention(jnp.asarray(unary), jnp.asarray(v))
         dot = ops.dot_product_aggregate(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
-    np.testing.assert_allclose(unary_out[:, 0], np.einsum("bm,bmc->bc", np_softmax(unary), v), rtol=1e-12)
+    np.testing.assert_allclose(
+        unary_out[:, 0], np.einsum("bm,bmc->bc", np_softmax(unary), v), rtol=1e-12
+    )
     np.testing.assert_allclose(dot, (q @ k.transpose(0, 2, 1) / 4) @ v, rtol=1e-12)
 
 
 def test_bfloat16_inputs_use_float32_softmax():
     rng = np.random.default_rng(7)
-    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in [(2, 32, 8), (2, 32, 8), (2, 32, 8)])
+    q, k, v = (
+        rng.standard_normal(s).astype(np.float32) for s in [(2, 32, 8), (2, 32, 8), (2, 32, 8)]
+    )
     unary = 3 * rng.standard_normal((2, 32)).astype(np.float32)
     reference = attention.dnl_attention(q, k, v, unary)
     low = attention.dnl_attention(*(jnp.asarray(a, jnp.bfloat16) for a in (q, k, v, unary)))
@@ -186,12 +205,38 @@ def test_dnl_attention_is_differentiable_and_jittable():
     "call, message",
     [
         (lambda: ops.nonlocal_logits(jnp.ones(4), jnp.ones((3, 4))), "rank >= 2"),
-        (lambda: ops.whitened_pairwise_logits(jnp.ones((3, 4)), jnp.ones((3, 5))), "same number of channels"),
-        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((6, 2))), "same number of positions"),
-        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), temperature=0.0), "temperature must be > 0"),
-        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), temperature=-1.0), "temperature must be > 0"),
-        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), jnp.ones(4)), "unary logits"),
-        (lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), implementation="fast"), "unknown attention implementation"),
+        (
+            lambda: ops.whitened_pairwise_logits(jnp.ones((3, 4)), jnp.ones((3, 5))),
+            "same number of channels",
+        ),
+        (
+            lambda: attention.dnl_attention(jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((6, 2))),
+            "same number of positions",
+        ),
+        (
+            lambda: attention.dnl_attention(
+                jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), temperature=0.0
+            ),
+            "temperature must be > 0",
+        ),
+        (
+            lambda: attention.dnl_attention(
+                jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), temperature=-1.0
+            ),
+            "temperature must be > 0",
+        ),
+        (
+            lambda: attention.dnl_attention(
+                jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), jnp.ones(4)
+            ),
+            "unary logits",
+        ),
+        (
+            lambda: attention.dnl_attention(
+                jnp.ones((3, 4)), jnp.ones((5, 4)), jnp.ones((5, 2)), implementation="fast"
+            ),
+            "unknown attention implementation",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_errors(call, message):

@@ -30,7 +30,8 @@ def test_conv_module_matches_flax_conv(monkeypatch, shape, kernel, padding, stri
         return jnp.sum(jnp.sin(apply(params, x)))
 
     expected = jax.value_and_grad(loss, argnums=(1, 2))(
-        lambda p, x: reference.apply({"params": p["conv"]}, x), params, x)
+        lambda p, x: reference.apply({"params": p["conv"]}, x), params, x
+    )
 
     convolutions = []
     original = jax.lax.conv_general_dilated
@@ -41,36 +42,44 @@ def test_conv_module_matches_flax_conv(monkeypatch, shape, kernel, padding, stri
 
     monkeypatch.setattr(jax.lax, "conv_general_dilated", counting)
     got = jax.value_and_grad(loss, argnums=(1, 2))(
-        lambda p, x: module.apply({"params": p}, x), params, x)
+        lambda p, x: module.apply({"params": p}, x), params, x
+    )
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-5)
     assert (not convolutions) == pointwise
 
 
-@pytest.mark.parametrize("stride, dilation, padding", [(1, 1, "SAME"), (2, 1, [(1, 1), (1, 1)]),
-                                                       (1, 2, [(2, 2), (2, 2)]),
-                                                       (2, 3, [(1, 2), (0, 3)])])
-def test_wide_convolutions_take_matmul_gradients_with_the_same_numbers(monkeypatch, stride,
-                                                                        dilation, padding):
+@pytest.mark.parametrize(
+    "stride, dilation, padding",
+    [(1, 1, "SAME"), (2, 1, [(1, 1), (1, 1)]), (1, 2, [(2, 2), (2, 2)]), (2, 3, [(1, 2), (0, 3)])],
+)
+def test_wide_convolutions_take_matmul_gradients_with_the_same_numbers(
+    monkeypatch, stride, dilation, padding
+):
     """On CPU, a k×k convolution with >= MATMUL_GRAD_MIN_CHANNELS inputs keeps XLA's forward and
     differentiates the im2col form: same value, gradients equal up to float rounding."""
     monkeypatch.setattr(layers, "MATMUL_GRAD_MIN_CHANNELS", 8)
     backward_im2col = []
     original = layers._im2col_conv
-    monkeypatch.setattr(layers, "_im2col_conv",
-                        lambda *a: backward_im2col.append(a[2:]) or original(*a))
+    monkeypatch.setattr(
+        layers, "_im2col_conv", lambda *a: backward_im2col.append(a[2:]) or original(*a)
+    )
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 11, 8))
-    common = dict(features=6, kernel_size=(3, 3), strides=stride, kernel_dilation=dilation,
-                  padding=padding)
+    common = dict(
+        features=6, kernel_size=(3, 3), strides=stride, kernel_dilation=dilation, padding=padding
+    )
     reference = nn.Conv(**common)
     params = reference.init(jax.random.PRNGKey(1), x)["params"]
     wide = nn.Conv(**common, conv_general_dilated=layers.conv_or_pointwise_matmul)
 
     def value_and_grads(module):
-        return jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(module.apply({"params": p}, x))),
-                                  argnums=(0, 1))(params, x)
+        return jax.value_and_grad(
+            lambda p, x: jnp.sum(jnp.sin(module.apply({"params": p}, x))), argnums=(0, 1)
+        )(params, x)
 
-    (value, grads), (expected_value, expected_grads) = value_and_grads(wide), value_and_grads(
-        reference)
+    (value, grads), (expected_value, expected_grads) = (
+        value_and_grads(wide),
+        value_and_grads(reference),
+    )
     assert value == expected_value  # the forward pass is XLA's convolution itself
     chex.assert_trees_all_close(grads, expected_grads, rtol=1e-5, atol=1e-5)
     assert len(backward_im2col) == 1 and backward_im2col[0][0] == (stride, stride)

@@ -13,11 +13,17 @@ import re
 import grain
 import numpy as np
 import pytest
+from coco_fixtures import (
+    ALL_MALFORMED_ID,
+    CATEGORIES,
+    CATEGORY_IDS,
+    MALFORMED_PART_ID,
+    file_name,
+    write_coco,
+)
 from PIL import Image
 from pycocotools.coco import COCO
 
-from coco_fixtures import (ALL_MALFORMED_ID, CATEGORIES, CATEGORY_IDS, MALFORMED_PART_ID,
-                           file_name, write_coco)
 from dnl_jax.data import coco, load_split, transforms
 from dnl_jax.data import detection_transforms as dt
 from dnl_jax.data.prepare import main as prepare_main
@@ -35,8 +41,9 @@ def prepared(tmp_path_factory):
     paths = write_coco(str(root / "raw"), np.random.default_rng(0))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = prepare_main(["coco", "--manual_dir", str(root / "raw"),
-                             "--data_dir", str(root / "out")])
+        code = prepare_main(
+            ["coco", "--manual_dir", str(root / "raw"), "--data_dir", str(root / "out")]
+        )
     assert code == 0
     with contextlib.redirect_stdout(io.StringIO()):
         apis = {split: COCO(path) for split, path in paths.items()}
@@ -87,12 +94,17 @@ def test_prepare_and_read_back_match_pycocotools(prepared):
                 np.testing.assert_array_equal(example["masks"][i], api.annToMask(ann))
     train = load_split("coco", "train", out)
     assert train.metadata["coco2017_categories"] is False  # the fixture's are 1, 3 and 90
-    assert sorted(np.unique(np.concatenate([train[i]["labels"] for i in range(len(train))]))) \
-        == [0, 1, 2]
+    assert sorted(np.unique(np.concatenate([train[i]["labels"] for i in range(len(train))]))) == [
+        0,
+        1,
+        2,
+    ]
     stats = train.metadata["splits"]["train"]
     assert stats["malformed_polygons"] == 2
-    assert sorted(stats["malformed_polygon_annotation_ids"]) == [MALFORMED_PART_ID,
-                                                                 ALL_MALFORMED_ID]
+    assert sorted(stats["malformed_polygon_annotation_ids"]) == [
+        MALFORMED_PART_ID,
+        ALL_MALFORMED_ID,
+    ]
     assert stats["skipped_annotation_ids"] == [ALL_MALFORMED_ID] and stats["num_crowd"] == 1
     assert stats["indices_without_annotations"] == [2]  # image 25, third by id
     assert "2 malformed polygons" in printed and str(ALL_MALFORMED_ID) in printed
@@ -108,8 +120,9 @@ def test_train_indices_follow_mmdet_filters(prepared):
     train = load_split("coco", "train", prepared[1])
     np.testing.assert_array_equal(coco.train_indices(train), [0, 1])  # 25: empty, 30: 24x30
     np.testing.assert_array_equal(coco.train_indices(train, filter_empty_gt=False), [0, 1, 2])
-    np.testing.assert_array_equal(coco.train_indices(train, filter_empty_gt=False, min_size=0),
-                                  [0, 1, 2, 3])
+    np.testing.assert_array_equal(
+        coco.train_indices(train, filter_empty_gt=False, min_size=0), [0, 1, 2, 3]
+    )
     with pytest.raises(ValueError, match="min_size=16"):
         coco.train_indices(train, min_size=16)
 
@@ -125,9 +138,15 @@ def test_train_transform_scales_and_flips_boxes_with_masks(prepared, flip):
     counter = dt.InstanceCounter()
     for index in range(len(train)):
         example = train[index]
-        out = dt.detection_train_augment(example, np.random.default_rng(0), scale=SCALE,
-                                         canvas=CANVAS, max_instances=2,
-                                         flip_prob=float(flip), counter=counter)
+        out = dt.detection_train_augment(
+            example,
+            np.random.default_rng(0),
+            scale=SCALE,
+            canvas=CANVAS,
+            max_instances=2,
+            flip_prob=float(flip),
+            counter=counter,
+        )
         assert out["image"].shape == (*CANVAS, 3) and out["image"].dtype == np.float32
         assert out["gt_masks"].shape == (2, *CANVAS) and out["gt_masks"].dtype == np.uint8
         assert out["gt_boxes"].dtype == np.float32 and out["gt_labels"].dtype == np.int32
@@ -140,8 +159,12 @@ def test_train_transform_scales_and_flips_boxes_with_masks(prepared, flip):
         np.testing.assert_allclose(out["image"][:new_h, :new_w], expected_image, atol=1e-6)
         assert not out["image"][new_h:].any() and not out["image"][:, new_w:].any()
         # The instances trained on: not crowd, not degenerate, the first two.
-        kept = [i for i in range(len(example["labels"])) if not example["iscrowd"][i]
-                and (example["boxes"][i, 2:] - example["boxes"][i, :2] >= 1).all()][:2]
+        kept = [
+            i
+            for i in range(len(example["labels"]))
+            if not example["iscrowd"][i]
+            and (example["boxes"][i, 2:] - example["boxes"][i, :2] >= 1).all()
+        ][:2]
         assert out["gt_valid"].sum() == len(kept)
         scale = np.array([new_w / width, new_h / height] * 2)
         for slot, i in enumerate(kept):
@@ -156,13 +179,13 @@ def test_train_transform_scales_and_flips_boxes_with_masks(prepared, flip):
             # original mask, within a pixel.
             original = _mask_box(example["masks"][i]) * scale
             if flip:
-                original = np.array([new_w - original[2], original[1], new_w - original[0],
-                                     original[3]])
+                original = np.array(
+                    [new_w - original[2], original[1], new_w - original[0], original[3]]
+                )
             np.testing.assert_allclose(_mask_box(mask), original, atol=1.0)
-        assert not out["gt_boxes"][len(kept):].any() and not out["gt_masks"][len(kept):].any()
+        assert not out["gt_boxes"][len(kept) :].any() and not out["gt_masks"][len(kept) :].any()
     # Over the 4 images: crowd 104 out; 106 degenerate; one of 3 valid in images 3 and 9 beyond 2.
-    assert counter.totals() == {"images": 4, "kept": 5, "crowd": 1, "degenerate": 1,
-                                "truncated": 2}
+    assert counter.totals() == {"images": 4, "kept": 5, "crowd": 1, "degenerate": 1, "truncated": 2}
 
 
 def test_mask_crops_are_the_full_masks_resampled_inside_their_boxes(prepared):
@@ -172,14 +195,16 @@ def test_mask_crops_are_the_full_masks_resampled_inside_their_boxes(prepared):
     for index in range(len(train)):
         common = dict(scale=SCALE, canvas=CANVAS, max_instances=3, flip_prob=0.5)
         full = dt.detection_train_augment(train[index], np.random.default_rng(3), **common)
-        cropped = dt.detection_train_augment(train[index], np.random.default_rng(3),
-                                             mask_crop_size=16, **common)
+        cropped = dt.detection_train_augment(
+            train[index], np.random.default_rng(3), mask_crop_size=16, **common
+        )
         assert "gt_masks" not in cropped and cropped["gt_mask_crops"].shape == (3, 16, 16)
         np.testing.assert_array_equal(cropped["gt_boxes"], full["gt_boxes"])
         valid = full["gt_valid"]
         np.testing.assert_array_equal(
             cropped["gt_mask_crops"][valid],
-            dt.box_mask_crops(full["gt_masks"][valid], full["gt_boxes"][valid], 16))
+            dt.box_mask_crops(full["gt_masks"][valid], full["gt_boxes"][valid], 16),
+        )
         assert not cropped["gt_mask_crops"][~valid].any()
         assert all(crop.any() for crop in cropped["gt_mask_crops"][valid])
 
@@ -187,17 +212,24 @@ def test_mask_crops_are_the_full_masks_resampled_inside_their_boxes(prepared):
 def test_degenerate_after_resize_and_grain_batches(prepared):
     train = load_split("coco", "train", prepared[1])
     example = train[3]  # 24x30, one 17x12 box
-    tiny = dt.detection_train_augment(example, np.random.default_rng(0), scale=(2, 1),
-                                      canvas=(32, 32), counter=(counter := dt.InstanceCounter()))
+    tiny = dt.detection_train_augment(
+        example,
+        np.random.default_rng(0),
+        scale=(2, 1),
+        canvas=(32, 32),
+        counter=(counter := dt.InstanceCounter()),
+    )
     assert not tiny["gt_valid"].any() and counter.totals()["degenerate"] == 1
     with pytest.raises(ValueError, match=r"resized to \(100, 125\) is larger than the canvas"):
-        dt.detection_train_augment(example, np.random.default_rng(0), scale=(200, 100),
-                                   canvas=(32, 32))
+        dt.detection_train_augment(
+            example, np.random.default_rng(0), scale=(200, 100), canvas=(32, 32)
+        )
     augment = dt.DetectionTrainTransform(scale=SCALE, canvas=CANVAS, max_instances=3)
     subset = Subset(train, coco.train_indices(train))
     assert len(subset) == 2 and subset.metadata is train.metadata
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(subset))[1]["masks"],
-                                  train[1]["masks"])  # as grain's worker processes get it
+    np.testing.assert_array_equal(
+        pickle.loads(pickle.dumps(subset))[1]["masks"], train[1]["masks"]
+    )  # as grain's worker processes get it
     dataset = grain.MapDataset.source(subset).random_map(augment, seed=0).batch(2)
     batch = dataset[0]
     assert batch["image"].shape == (2, *CANVAS, 3) and batch["gt_masks"].shape == (2, 3, *CANVAS)
@@ -230,21 +262,30 @@ def test_eval_preprocess_ground_truth_and_perfect_predictions(prepared):
         assert set(pre) == {"image", "image_size", "scale_factor", "orig_size", "image_id"}
         assert pre["image"].shape == (*CANVAS, 3) and pre["image"].dtype == np.float32
         np.testing.assert_array_equal(pre["orig_size"], example["image"].shape[:2])
-        np.testing.assert_allclose(pre["scale_factor"],
-                                   pre["image_size"] / example["image"].shape[:2])
+        np.testing.assert_allclose(
+            pre["scale_factor"], pre["image_size"] / example["image"].shape[:2]
+        )
         assert pre["image_id"] == example["image_id"]
         real = ~example["iscrowd"]
         results += coco_eval.detection_results(
-            example["image_id"], example["boxes"][real], np.ones(real.sum()),
-            example["labels"][real], category_ids, example["masks"][real])
+            example["image_id"],
+            example["boxes"][real],
+            np.ones(real.sum()),
+            example["labels"][real],
+            category_ids,
+            example["masks"][real],
+        )
         batch.append((example, pre, real))
     metrics, _ = coco_eval.evaluate(dataset, results)
     assert metrics["bbox_AP"] == pytest.approx(1.0) and metrics["segm_AP"] == pytest.approx(1.0)
     # The evaluation path: boxes predicted in resized pixels, back to the original ones.
     size = max(int(real.sum()) for _, _, real in batch)
-    outputs = {"boxes": np.zeros((len(batch), size, 4)), "scores": np.zeros((len(batch), size)),
-               "labels": np.zeros((len(batch), size), int),
-               "valid": np.zeros((len(batch), size), bool)}
+    outputs = {
+        "boxes": np.zeros((len(batch), size, 4)),
+        "scores": np.zeros((len(batch), size)),
+        "labels": np.zeros((len(batch), size), int),
+        "valid": np.zeros((len(batch), size), bool),
+    }
     for b, (example, pre, real) in enumerate(batch):
         n = int(real.sum())
         outputs["boxes"][b, :n] = example["boxes"][real] * np.tile(pre["scale_factor"][::-1], 2)
@@ -254,14 +295,23 @@ def test_eval_preprocess_ground_truth_and_perfect_predictions(prepared):
     image_ids = [int(pre["image_id"]) for _, pre, _ in batch]
     orig_sizes = np.stack([pre["orig_size"] for _, pre, _ in batch])
     original = dt.outputs_to_original(outputs, scale_factors)
-    rescaled, _ = coco_eval.evaluate(dataset, coco_eval.model_results(
-        original, image_ids, orig_sizes, category_ids), iou_types=("bbox",))
+    rescaled, _ = coco_eval.evaluate(
+        dataset,
+        coco_eval.model_results(original, image_ids, orig_sizes, category_ids),
+        iou_types=("bbox",),
+    )
     assert rescaled["bbox_AP"] == pytest.approx(1.0)
-    unscaled, _ = coco_eval.evaluate(dataset, coco_eval.model_results(
-        outputs, image_ids, orig_sizes, category_ids), iou_types=("bbox",))
+    unscaled, _ = coco_eval.evaluate(
+        dataset,
+        coco_eval.model_results(outputs, image_ids, orig_sizes, category_ids),
+        iou_types=("bbox",),
+    )
     assert unscaled["bbox_AP"] < 0.5
-    wrong, _ = coco_eval.evaluate(dataset, coco_eval.model_results(
-        original, image_ids, orig_sizes, category_ids[::-1]), iou_types=("bbox",))
+    wrong, _ = coco_eval.evaluate(
+        dataset,
+        coco_eval.model_results(original, image_ids, orig_sizes, category_ids[::-1]),
+        iou_types=("bbox",),
+    )
     assert wrong["bbox_AP"] < 1.0  # the label → category mapping matters
 
 

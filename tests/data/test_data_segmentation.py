@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scipy.io
 import tensorflow_datasets as tfds
+from data_fixtures import CITYSCAPES_FILES, H, W, write_ade20k, write_cityscapes, write_voc
 from PIL import Image
 
-from data_fixtures import CITYSCAPES_FILES, H, W, write_ade20k, write_cityscapes, write_voc
 from dnl_jax.data import ade20k, cityscapes, load_split, pascal_context, transforms
 from dnl_jax.data.prepare import main as prepare_main
 from dnl_jax.data.prepare import prepare
@@ -42,8 +42,12 @@ def test_cityscapes_prepare_read_and_label_mapping(tmp_path):
     # What tfds wrote, and nothing else: no downloads/ folder, no incomplete directory.
     assert os.listdir(tmp_path / "out") == ["cityscapes"]
     written = tmp_path / "out" / "cityscapes" / "1.0.0"
-    assert {"dataset_info.json", "features.json", "metadata.json",
-            "cityscapes-train.array_record-00000-of-00001"} <= set(os.listdir(written))
+    assert {
+        "dataset_info.json",
+        "features.json",
+        "metadata.json",
+        "cityscapes-train.array_record-00000-of-00001",
+    } <= set(os.listdir(written))
     info = tfds.builder_from_directory(str(written)).info
     assert info.file_format == tfds.core.FileFormat.ARRAY_RECORD
     assert info.splits["train"].num_examples == 3
@@ -52,7 +56,8 @@ def test_cityscapes_prepare_read_and_label_mapping(tmp_path):
 def test_cityscapes_label_id_round_trip():
     train_ids = np.arange(19, dtype=np.uint8)
     np.testing.assert_array_equal(
-        cityscapes.LABEL_TO_TRAIN[cityscapes.train_ids_to_label_ids(train_ids)], train_ids)
+        cityscapes.LABEL_TO_TRAIN[cityscapes.train_ids_to_label_ids(train_ids)], train_ids
+    )
     assert cityscapes.train_ids_to_label_ids(np.array([255], np.uint8))[0] == 0
 
 
@@ -62,20 +67,24 @@ def test_cityscapes_missing_zip_and_missing_annotation(tmp_path):
     write_cityscapes(tmp_path / "half", np.random.default_rng(0))
     os.remove(tmp_path / "half" / cityscapes.LABELS_ZIP)
     expected_at = re.escape(str(tmp_path / "half" / cityscapes.LABELS_ZIP))
-    with pytest.raises(ValueError,
-                       match=f"missing Cityscapes archive .*expected it at {expected_at}"):
+    with pytest.raises(
+        ValueError, match=f"missing Cityscapes archive .*expected it at {expected_at}"
+    ):
         prepare("cityscapes", str(tmp_path / "half"), str(tmp_path / "out"))
     assert os.listdir(tmp_path / "out") == []
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0), skip_label="bochum_000000_000313")
-    with pytest.raises(ValueError, match="gtFine/train/bochum/bochum_000000_000313_gtFine_labelIds.png"):
+    with pytest.raises(
+        ValueError, match="gtFine/train/bochum/bochum_000000_000313_gtFine_labelIds.png"
+    ):
         prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"))
     assert os.listdir(tmp_path / "out") == []  # the partial output was removed
 
 
 def test_corrupt_image_leaves_nothing_and_cli_exit_code(tmp_path, capsys):
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0), corrupt="aachen_000001_000019")
-    code = prepare_main(["cityscapes", "--manual_dir", str(tmp_path / "raw"),
-                         "--data_dir", str(tmp_path / "out")])
+    code = prepare_main(
+        ["cityscapes", "--manual_dir", str(tmp_path / "raw"), "--data_dir", str(tmp_path / "out")]
+    )
     assert code == 2
     assert "aachen_000001_000019_leftImg8bit.png: corrupt" in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == []
@@ -89,6 +98,7 @@ def test_existing_output_needs_overwrite_and_a_failed_overwrite_keeps_it(tmp_pat
     prepare(*args, log=lambda _: 0)
     with pytest.raises(ValueError, match="already exists; pass --overwrite"):
         prepare(*args, log=lambda _: 0)
+
     def val_image():
         return load_split("cityscapes", "val", str(tmp_path / "out"))[0]["image"]
 
@@ -118,8 +128,7 @@ def test_ade20k_reduce_zero_label_grey_images_and_deterministic_preparation(tmp_
     grey = tmp_path / "raw" / ade20k.ROOT / "images" / "validation" / "ADE_val_00000002.jpg"
     Image.fromarray(np.full((H, W), 77, np.uint8)).save(grey)
     for out in ("out", "again"):
-        prepare("ade20k", str(tmp_path / "raw"), str(tmp_path / out), num_shards=2,
-                log=lambda _: 0)
+        prepare("ade20k", str(tmp_path / "raw"), str(tmp_path / out), num_shards=2, log=lambda _: 0)
     val = load_split("ade20k", "val", str(tmp_path / "out"), with_names=True)
     assert len(val) == 2 and len(ade20k.CLASSES) == 150
     example = val[1]
@@ -193,20 +202,31 @@ def test_load_split_through_grain_augmentation_is_deterministic(tmp_path):
     augment = transforms.SegmentationTrainTransform(crop_size=(8, 8), base_size=(W, H))
 
     def first_batches(seed, n=2):
-        dataset = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-                   .random_map(augment, seed=seed).batch(2))
+        dataset = (
+            grain.MapDataset.source(source)
+            .shuffle(seed=seed)
+            .repeat()
+            .random_map(augment, seed=seed)
+            .batch(2)
+        )
         return [dataset[i] for i in range(n)]
 
     a, b, c = first_batches(0), first_batches(0), first_batches(1)
-    for batch_a, batch_b in zip(a, b):
+    for batch_a, batch_b in zip(a, b, strict=False):
         np.testing.assert_array_equal(batch_a["image"], batch_b["image"])
         np.testing.assert_array_equal(batch_a["label"], batch_b["label"])
     assert a[0]["image"].shape == (2, 8, 8, 3) and a[0]["image"].dtype == np.float32
     assert a[0]["label"].shape == (2, 8, 8) and a[0]["label"].dtype == np.uint8
     assert not np.array_equal(a[0]["image"], c[0]["image"])
     # Resuming: an iterator restored from a saved state yields what the original yields next.
-    dataset = (grain.MapDataset.source(source).shuffle(seed=0).repeat()
-               .random_map(augment, seed=0).batch(2).to_iter_dataset())
+    dataset = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=0)
+        .repeat()
+        .random_map(augment, seed=0)
+        .batch(2)
+        .to_iter_dataset()
+    )
     iterator = iter(dataset)
     next(iterator)
     state = iterator.get_state()
@@ -220,8 +240,7 @@ def test_source_pickles_and_host_shards_partition_the_split(tmp_path):
     import pickle
 
     write_ade20k(tmp_path / "raw", np.random.default_rng(0))
-    prepare("ade20k", str(tmp_path / "raw"), str(tmp_path / "out"), num_shards=2,
-            log=lambda _: 0)
+    prepare("ade20k", str(tmp_path / "raw"), str(tmp_path / "out"), num_shards=2, log=lambda _: 0)
     source = load_split("ade20k", "train", str(tmp_path / "out"), with_names=True)
     first = source[0]
     copy = pickle.loads(pickle.dumps(source))  # what grain's worker processes receive

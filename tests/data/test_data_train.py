@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from data_fixtures import H, W, write_ade20k, write_cityscapes, write_video, write_voc
 from PIL import Image
 
-from data_fixtures import H, W, write_ade20k, write_cityscapes, write_video, write_voc
 from dnl_jax import recipes
 from dnl_jax.data import cityscapes, load_split, transforms
 from dnl_jax.data.prepare import prepare
@@ -30,11 +30,16 @@ def _write_pascal_context(raw, rng):
     masks = raw / "VOCdevkit" / "VOC2010" / "SegmentationClassContext"
     os.makedirs(masks)
     for image_id in sum(ids.values(), []):
-        Image.fromarray(rng.integers(0, 60, (H, W)).astype(np.uint8)).save(masks / f"{image_id}.png")
+        Image.fromarray(rng.integers(0, 60, (H, W)).astype(np.uint8)).save(
+            masks / f"{image_id}.png"
+        )
 
 
-WRITERS = {"cityscapes": write_cityscapes, "ade20k": write_ade20k,
-           "pascal_context": _write_pascal_context}
+WRITERS = {
+    "cityscapes": write_cityscapes,
+    "ade20k": write_ade20k,
+    "pascal_context": _write_pascal_context,
+}
 
 
 def make_trainer(model_name, num_classes, example_input):
@@ -43,23 +48,31 @@ def make_trainer(model_name, num_classes, example_input):
     bundle = get_model(model_name, num_classes)
     opt = base_config().optimizer
     optimizer = step_lib.make_optimizer(opt, total_steps=10)
-    init = jax.jit(lambda x: bundle.module.init(
-        {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True))
+    init = jax.jit(
+        lambda x: bundle.module.init(
+            {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=True
+        )
+    )
     variables = init(jnp.asarray(example_input))
     state = step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=variables["params"],
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
-        opt_state=optimizer.init(variables["params"]), rng=jax.random.key_data(jax.random.key(2)))
-    return state, jax.jit(step_lib.make_train_step(
-        bundle, optimizer, step_lib.learning_rate_schedule(opt, 10)))
+        opt_state=optimizer.init(variables["params"]),
+        rng=jax.random.key_data(jax.random.key(2)),
+    )
+    return state, jax.jit(
+        step_lib.make_train_step(bundle, optimizer, step_lib.learning_rate_schedule(opt, 10))
+    )
 
 
 def check_one_step(state, train_step, batch):
     """One step on `batch`: finite loss, parameters moved."""
     new_state, metrics = train_step(state, jax.tree.map(jnp.asarray, batch))
     assert np.isfinite(float(metrics["loss"]))
-    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
-                           state.params, new_state.params)
+    changed = jax.tree.map(
+        lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), state.params, new_state.params
+    )
     assert any(jax.tree.leaves(changed))
 
 
@@ -75,10 +88,16 @@ def test_one_training_step_on_each_prepared_dataset(tmp_path, dataset, segmentat
     WRITERS[dataset](tmp_path / "raw", np.random.default_rng(0))
     prepare(dataset, str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
     source = load_split(dataset, "train", str(tmp_path / "out"))
-    augment = transforms.SegmentationTrainTransform(crop_size=(16, 16), base_size=(W, H),
-                                                    ratio_range=(1.0, 2.0))
-    stream = (grain.MapDataset.source(source).shuffle(seed=0).repeat()
-              .random_map(augment, seed=0).batch(2))
+    augment = transforms.SegmentationTrainTransform(
+        crop_size=(16, 16), base_size=(W, H), ratio_range=(1.0, 2.0)
+    )
+    stream = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=0)
+        .repeat()
+        .random_map(augment, seed=0)
+        .batch(2)
+    )
     batch = stream[0]
     assert batch["image"].shape == (2, 16, 16, 3)
     assert batch["label"].max() < recipes.NUM_CLASSES[dataset] or batch["label"].max() == 255
@@ -89,11 +108,13 @@ def test_one_video_training_step(tmp_path):
     for i, name in enumerate(("abseiling", "juggling")):
         write_video(tmp_path / "raw" / "train" / name / "a.mp4", (40 * i, 90, 200), frames=6)
         write_video(tmp_path / "raw" / "val" / name / "b.mp4", (40 * i, 90, 200), frames=6)
-    prepare("kinetics", str(tmp_path / "raw"), str(tmp_path / "out"), short_side=16,
-            log=lambda _: 0)
+    prepare(
+        "kinetics", str(tmp_path / "raw"), str(tmp_path / "out"), short_side=16, log=lambda _: 0
+    )
     source = load_split("kinetics", "train", str(tmp_path / "out"))
-    augment = transforms.VideoTrainTransform(clip_len=4, stride=1, crop_size=16,
-                                             short_side_range=(16, 20))
+    augment = transforms.VideoTrainTransform(
+        clip_len=4, stride=1, crop_size=16, short_side_range=(16, 20)
+    )
     batch = grain.MapDataset.source(source).random_map(augment, seed=0).batch(2)[0]
     assert batch["video"].shape == (2, 4, 16, 16, 3)
     check_one_step(*make_trainer("dnl_i3d_tiny", len(source.classes), batch["video"]), batch)
@@ -110,23 +131,39 @@ def test_evaluate_command_on_a_checkpoint_writes_cityscapes_pngs(tmp_path):
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
     prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
     bundle = get_model("dnl_tiny", 19)
-    variables = bundle.module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                                   jnp.zeros((1, 16, 16, 3)), train=True)
+    variables = bundle.module.init(
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+        jnp.zeros((1, 16, 16, 3)),
+        train=True,
+    )
     checkpoint = tmp_path / "checkpoints" / "1"
-    ocp.PyTreeCheckpointer().save(checkpoint / "state", {"params": variables["params"],
-                                                         "batch_stats": variables["batch_stats"]})
+    ocp.PyTreeCheckpointer().save(
+        checkpoint / "state",
+        {"params": variables["params"], "batch_stats": variables["batch_stats"]},
+    )
     config = os.path.join(ROOT, "experiments", "configs", "cityscapes_dnl_r50-d8_512x1024_80k.py")
-    command = [sys.executable, "-m", "dnl_jax.evaluate", f"--config={config}",
-               f"--checkpoint={checkpoint}", "--split=val", f"--output_dir={tmp_path / 'preds'}",
-               "--config.model.name=dnl_tiny", f"--config.data.data_dir={tmp_path / 'out'}",
-               f"--config.data.segmentation.base_size=({W},{H})", "--config.evals.val.mode=slide",
-               "--config.evals.val.crop_size=(8,8)",
-               "--config.evals.val.stride=(6,6)"]
+    command = [
+        sys.executable,
+        "-m",
+        "dnl_jax.evaluate",
+        f"--config={config}",
+        f"--checkpoint={checkpoint}",
+        "--split=val",
+        f"--output_dir={tmp_path / 'preds'}",
+        "--config.model.name=dnl_tiny",
+        f"--config.data.data_dir={tmp_path / 'out'}",
+        f"--config.data.segmentation.base_size=({W},{H})",
+        "--config.evals.val.mode=slide",
+        "--config.evals.val.crop_size=(8,8)",
+        "--config.evals.val.stride=(6,6)",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mIoU" in result.stdout and "traffic light" in result.stdout
-    prediction = np.asarray(Image.open(tmp_path / "preds" / "frankfurt_000000_000294_leftImg8bit.png"))
+    prediction = np.asarray(
+        Image.open(tmp_path / "preds" / "frankfurt_000000_000294_leftImg8bit.png")
+    )
     assert prediction.shape == (H, W)
     assert set(np.unique(prediction)) <= set(cityscapes.TRAIN_TO_LABEL.tolist())
     assert (tmp_path / "preds" / "metrics_val.json").exists()
@@ -142,21 +179,32 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
     prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
     config = tiny_cityscapes_recipe()
-    config.update_from_flattened_dict({
-        "data.data_dir": str(tmp_path / "out"), "data.segmentation.crop_size": (16, 16),
-        "data.segmentation.base_size": (W, H), "data.segmentation.ratio_range": (1.0, 2.0), "batch_size": 4,
-        "evals.val.mode": "slide", "evals.val.crop_size": (8, 8), "evals.val.stride": (6, 6),
-        "evals.val.every_steps": 100,
-        "checkpoint.every_steps": 1, "log_every_steps": 1, "progress_bar": False,
-        "curves_figure": False})
+    config.update_from_flattened_dict(
+        {
+            "data.data_dir": str(tmp_path / "out"),
+            "data.segmentation.crop_size": (16, 16),
+            "data.segmentation.base_size": (W, H),
+            "data.segmentation.ratio_range": (1.0, 2.0),
+            "batch_size": 4,
+            "evals.val.mode": "slide",
+            "evals.val.crop_size": (8, 8),
+            "evals.val.stride": (6, 6),
+            "evals.val.every_steps": 100,
+            "checkpoint.every_steps": 1,
+            "log_every_steps": 1,
+            "progress_bar": False,
+            "curves_figure": False,
+        }
+    )
     result = train_and_evaluate(config, str(tmp_path / "run"))
     assert (result["status"], result["step"]) == ("completed", 2)
     # The attention figure is drawn from raw uint8 val images, resized and normalised first.
     assert result["attention"] and os.path.getsize(result["attention"]) > 0
     val = result["val"]
     assert 0.0 <= val["miou"] <= 1.0 and 0.0 <= val["pixel_accuracy"] <= 1.0
-    offline = evaluate_checkpoint(config, str(tmp_path / "run" / "checkpoints" / "2"), "val",
-                                  log=lambda _: 0)["val"]
+    offline = evaluate_checkpoint(
+        config, str(tmp_path / "run" / "checkpoints" / "2"), "val", log=lambda _: 0
+    )["val"]
     np.testing.assert_allclose(offline["per_class_iou"], val["per_class_iou"], equal_nan=True)
 
 

@@ -9,8 +9,10 @@ from dnl_jax.data import transforms
 
 
 def _example(rng, height=24, width=40):
-    return {"image": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
-            "label": rng.integers(0, 5, (height, width)).astype(np.uint8)}
+    return {
+        "image": rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+        "label": rng.integers(0, 5, (height, width)).astype(np.uint8),
+    }
 
 
 def test_rescale_size_keeps_aspect_within_both_edges():
@@ -27,22 +29,26 @@ def test_random_crop_respects_cat_max_ratio():
     label[:, 30:] = 1  # only crops reaching x >= 30 have two classes
     image = np.zeros((40, 40, 3), np.uint8)
     for _ in range(20):
-        _, crop = transforms.random_crop(image, label, rng, (10, 20), cat_max_ratio=0.75,
-                                         max_tries=50)
+        _, crop = transforms.random_crop(
+            image, label, rng, (10, 20), cat_max_ratio=0.75, max_tries=50
+        )
         counts = np.bincount(crop.ravel(), minlength=2)
         assert counts.max() / counts.sum() < 0.75
     # Without the constraint most crops are single-class.
-    single = sum(len(np.unique(transforms.random_crop(image, label, rng, (10, 20),
-                                                      cat_max_ratio=1.0)[1])) == 1
-                 for _ in range(20))
+    single = sum(
+        len(np.unique(transforms.random_crop(image, label, rng, (10, 20), cat_max_ratio=1.0)[1]))
+        == 1
+        for _ in range(20)
+    )
     assert single > 5
 
 
 def test_crop_ignores_the_ignore_label_when_counting():
     label = np.full((10, 10), 255, np.uint8)
     label[0, 0], label[0, 1] = 1, 2  # 50/50 between two classes, the rest ignored
-    _, crop = transforms.random_crop(np.zeros((10, 10, 3), np.uint8), label,
-                                     np.random.default_rng(0), (10, 10))
+    _, crop = transforms.random_crop(
+        np.zeros((10, 10, 3), np.uint8), label, np.random.default_rng(0), (10, 10)
+    )
     np.testing.assert_array_equal(crop, label)
 
 
@@ -50,7 +56,7 @@ def test_hsv_round_trip_matches_colorsys():
     rng = np.random.default_rng(0)
     rgb = rng.uniform(0, 255, (50, 3)).astype(np.float64)
     hsv = transforms.rgb_to_hsv(rgb)
-    for pixel, ours in zip(rgb, hsv):
+    for pixel, ours in zip(rgb, hsv, strict=False):
         expected = colorsys.rgb_to_hsv(*(pixel / 255.0))
         np.testing.assert_allclose(ours, [expected[0], expected[1], expected[2] * 255], atol=1e-6)
     np.testing.assert_allclose(transforms.hsv_to_rgb(hsv), rgb, atol=1e-6)
@@ -62,8 +68,9 @@ def test_photometric_distortion_changes_colours_but_not_shape():
     outputs = [transforms.photometric_distortion(image, np.random.default_rng(s)) for s in range(8)]
     assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
     assert sum(not np.array_equal(o, image) for o in outputs) >= 6
-    np.testing.assert_array_equal(outputs[3],
-                                  transforms.photometric_distortion(image, np.random.default_rng(3)))
+    np.testing.assert_array_equal(
+        outputs[3], transforms.photometric_distortion(image, np.random.default_rng(3))
+    )
 
 
 def test_train_augment_shapes_padding_and_determinism():
@@ -83,8 +90,9 @@ def test_flip_flips_image_and_label_together():
     example = _example(np.random.default_rng(0))
     flipped_any = False
     for seed in range(6):
-        image, label = transforms.random_flip(example["image"], example["label"],
-                                              np.random.default_rng(seed))
+        image, label = transforms.random_flip(
+            example["image"], example["label"], np.random.default_rng(seed)
+        )
         if not np.array_equal(label, example["label"]):
             flipped_any = True
             np.testing.assert_array_equal(image, example["image"][:, ::-1])
@@ -120,11 +128,23 @@ def test_clip_sampling():
 def test_video_augment_and_views():
     rng = np.random.default_rng(0)
     example = {"video": rng.integers(0, 256, (9, 12, 16, 3), dtype=np.uint8), "label": 3}
-    out = transforms.video_train_augment(example, np.random.default_rng(1), clip_len=4, stride=2,
-                                         crop_size=8, short_side_range=(10, 12))
+    out = transforms.video_train_augment(
+        example,
+        np.random.default_rng(1),
+        clip_len=4,
+        stride=2,
+        crop_size=8,
+        short_side_range=(10, 12),
+    )
     assert out["video"].shape == (4, 8, 8, 3) and out["label"] == 3
-    again = transforms.video_train_augment(example, np.random.default_rng(1), clip_len=4,
-                                           stride=2, crop_size=8, short_side_range=(10, 12))
+    again = transforms.video_train_augment(
+        example,
+        np.random.default_rng(1),
+        clip_len=4,
+        stride=2,
+        crop_size=8,
+        short_side_range=(10, 12),
+    )
     np.testing.assert_array_equal(out["video"], again["video"])
     views = transforms.video_eval_views(example, clip_len=4, stride=2, crop_size=8, num_clips=2)
     assert views["video"].shape == (6, 4, 8, 8, 3)

@@ -9,20 +9,34 @@ from dnl_jax.data import pipeline, transforms
 
 def small_source(count: int = 6):
     rng = np.random.default_rng(0)
-    return [{"image": rng.integers(0, 256, (24, 32, 3), dtype=np.uint8),
-             "label": rng.integers(0, 5, (24, 32), dtype=np.uint8)} for _ in range(count)]
+    return [
+        {
+            "image": rng.integers(0, 256, (24, 32, 3), dtype=np.uint8),
+            "label": rng.integers(0, 5, (24, 32), dtype=np.uint8),
+        }
+        for _ in range(count)
+    ]
 
 
 def make_iterator(worker_processes: int):
     augment = transforms.SegmentationTrainTransform(crop_size=(8, 8), base_size=(32, 24))
-    return iter(pipeline.train_dataset(
-        small_source(), seed=3, local_batch=2, process_index=0, process_count=1,
-        transform=augment, worker_processes=worker_processes, worker_threads=1))
+    return iter(
+        pipeline.train_dataset(
+            small_source(),
+            seed=3,
+            local_batch=2,
+            process_index=0,
+            process_count=1,
+            transform=augment,
+            worker_processes=worker_processes,
+            worker_threads=1,
+        )
+    )
 
 
 def assert_same(first, second):
     assert len(first) == len(second)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=False):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
 
@@ -47,5 +61,11 @@ def test_worker_settings_come_from_the_config_and_bad_values_are_named():
     data.worker_processes, data.worker_threads = 3, 2
     assert pipeline.worker_settings(data) == {"worker_processes": 3, "worker_threads": 2}
     with pytest.raises(ValueError, match="worker_processes=-1"):
-        pipeline.train_dataset(small_source(), seed=0, local_batch=2, process_index=0,
-                               process_count=1, worker_processes=-1)
+        pipeline.train_dataset(
+            small_source(),
+            seed=0,
+            local_batch=2,
+            process_index=0,
+            process_count=1,
+            worker_processes=-1,
+        )

@@ -33,8 +33,10 @@ def test_synthetic_object_classes_follow_the_distant_beacon(index):
     3 + 2a + 1, the beacon from class 1 to 2, the background (0) stays, and only the beacon square
     changes grey, one pixel or more away from every object."""
     size, colours = 64, synthetic.palette(2)
-    dark, light = (synthetic.draw_scene(np.random.default_rng([7, index]), size, colours,
-                                        noise=0.0, cue=cue) for cue in (0, 1))
+    dark, light = (
+        synthetic.draw_scene(np.random.default_rng([7, index]), size, colours, noise=0.0, cue=cue)
+        for cue in (0, 1)
+    )
     objects, beacon = dark["label"] >= 3, dark["label"] == 1
     assert objects.any()
     np.testing.assert_array_equal(dark["label"][objects] % 2, 1)  # 3 + 2a: odd
@@ -44,18 +46,23 @@ def test_synthetic_object_classes_follow_the_distant_beacon(index):
     side = size // 4
     (y0, x0), (y1, x1) = changed.min(0), changed.max(0)
     assert (y1 - y0 + 1, x1 - x0 + 1) == (side, side) and len(changed) == side * side
-    assert not objects[max(0, y0 - 1):y1 + 2, max(0, x0 - 1):x1 + 2].any()  # clear of objects
-    grey = lambda scene: scene["image"][y0:y1 + 1, x0:x1 + 1] * 0.25 + 0.5  # noqa: E731
+    assert not objects[max(0, y0 - 1) : y1 + 2, max(0, x0 - 1) : x1 + 2].any()  # clear of objects
+    grey = lambda scene: scene["image"][y0 : y1 + 1, x0 : x1 + 1] * 0.25 + 0.5  # noqa: E731
     np.testing.assert_allclose(grey(dark), synthetic.CUE_GREYS[0], atol=1e-6)
     np.testing.assert_allclose(grey(light), synthetic.CUE_GREYS[1], atol=1e-6)
 
 
 def test_pipeline_two_hosts_together_see_the_one_host_batches():
     source = SyntheticSegmentation(20, image_size=16, num_classes=5)
-    one = iter(pipeline.train_dataset(source, seed=1, local_batch=4, process_index=0,
-                                      process_count=1))
-    hosts = [iter(pipeline.train_dataset(source, seed=1, local_batch=2, process_index=p,
-                                         process_count=2)) for p in range(2)]
+    one = iter(
+        pipeline.train_dataset(source, seed=1, local_batch=4, process_index=0, process_count=1)
+    )
+    hosts = [
+        iter(
+            pipeline.train_dataset(source, seed=1, local_batch=2, process_index=p, process_count=2)
+        )
+        for p in range(2)
+    ]
     for _ in range(7):  # crosses an epoch boundary (20 examples)
         expected = next(one)["image"]
         joined = np.concatenate([next(h)["image"] for h in hosts])
@@ -64,8 +71,18 @@ def test_pipeline_two_hosts_together_see_the_one_host_batches():
 
 def test_pipeline_resumes_from_its_state():
     source = SyntheticSegmentation(12, image_size=16, num_classes=5)
-    make = lambda: iter(pipeline.train_dataset(source, seed=0, local_batch=4,  # noqa: E731
-                                               process_index=0, process_count=1))
+
+    def make():
+        return iter(
+            pipeline.train_dataset(
+                source,
+                seed=0,
+                local_batch=4,
+                process_index=0,
+                process_count=1,
+            )
+        )
+
     first = make()
     for _ in range(4):
         next(first)
@@ -80,13 +97,26 @@ def test_pipeline_resumes_from_its_state():
 def _augmented_stream(local_batch=2, process_index=0, process_count=1):
     """Four distinct uint8 'images' through the real-dataset train transform."""
     rng = np.random.default_rng(0)
-    source = [{"image": rng.integers(0, 256, (10, 14, 3), dtype=np.uint8),
-               "label": rng.integers(0, 3, (10, 14)).astype(np.uint8)} for _ in range(4)]
-    transform = transforms.SegmentationTrainTransform(crop_size=(8, 8), base_size=(14, 10),
-                                                      ratio_range=(0.8, 1.5))
-    return iter(pipeline.train_dataset(source, seed=0, local_batch=local_batch,
-                                       process_index=process_index,
-                                       process_count=process_count, transform=transform))
+    source = [
+        {
+            "image": rng.integers(0, 256, (10, 14, 3), dtype=np.uint8),
+            "label": rng.integers(0, 3, (10, 14)).astype(np.uint8),
+        }
+        for _ in range(4)
+    ]
+    transform = transforms.SegmentationTrainTransform(
+        crop_size=(8, 8), base_size=(14, 10), ratio_range=(0.8, 1.5)
+    )
+    return iter(
+        pipeline.train_dataset(
+            source,
+            seed=0,
+            local_batch=local_batch,
+            process_index=process_index,
+            process_count=process_count,
+            transform=transform,
+        )
+    )
 
 
 def test_pipeline_augments_each_epoch_anew_and_resumes_and_shards_exactly():
@@ -94,7 +124,7 @@ def test_pipeline_augments_each_epoch_anew_and_resumes_and_shards_exactly():
     batches = [next(stream) for _ in range(4)]  # two epochs of the 4 examples
     assert batches[0]["image"].shape == (2, 8, 8, 3) and batches[0]["image"].dtype == np.float32
     # Epoch 2 shows the same 4 examples, augmented differently: no crop repeats exactly.
-    first, second = (np.concatenate([b["image"] for b in batches[i:i + 2]]) for i in (0, 2))
+    first, second = (np.concatenate([b["image"] for b in batches[i : i + 2]]) for i in (0, 2))
     assert not any(np.array_equal(a, b) for a in first for b in second)
     resumed, original = _augmented_stream(), _augmented_stream()
     next(original)
@@ -104,18 +134,20 @@ def test_pipeline_augments_each_epoch_anew_and_resumes_and_shards_exactly():
     hosts = [_augmented_stream(1, p, 2) for p in range(2)]  # per-host chunks: same global batch
     for batch in batches:
         np.testing.assert_array_equal(
-            np.concatenate([next(h)["label"] for h in hosts]), batch["label"])
+            np.concatenate([next(h)["label"] for h in hosts]), batch["label"]
+        )
 
 
 def test_eval_batches_cover_each_example_once_and_pad_with_ignore():
     source = SyntheticSegmentation(7, image_size=8, num_classes=5)
     seen = []
     for p in range(2):
-        batches = list(pipeline.eval_batches(source, local_batch=3, process_index=p,
-                                             process_count=2))
+        batches = list(
+            pipeline.eval_batches(source, local_batch=3, process_index=p, process_count=2)
+        )
         assert len(batches) == pipeline.num_eval_batches(7, local_batch=3, process_count=2)
         for batch in batches:
-            for image, label in zip(batch["image"], batch["label"]):
+            for image, label in zip(batch["image"], batch["label"], strict=False):
                 if np.all(label == IGNORE_LABEL):
                     continue
                 seen.append(image)

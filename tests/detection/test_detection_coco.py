@@ -14,14 +14,22 @@ CATEGORIES = (1, 7)
 def _ground_truth():
     images = []
     for image_id, boxes, labels in (
-            (3, [[2, 2, 20, 30], [30, 10, 60, 40]], [0, 1]),
-            (4, [[10, 5, 50, 45]], [0])):
+        (3, [[2, 2, 20, 30], [30, 10, 60, 40]], [0, 1]),
+        (4, [[10, 5, 50, 45]], [0]),
+    ):
         masks = np.zeros((len(boxes), 48, 64), np.uint8)
-        for mask, (x1, y1, x2, y2) in zip(masks, boxes):
+        for mask, (x1, y1, x2, y2) in zip(masks, boxes, strict=False):
             mask[y1:y2, x1:x2] = 1
-        images.append({"id": image_id, "height": 48, "width": 64,
-                       "boxes": np.array(boxes, float), "labels": np.array(labels),
-                       "masks": masks})
+        images.append(
+            {
+                "id": image_id,
+                "height": 48,
+                "width": 64,
+                "boxes": np.array(boxes, float),
+                "labels": np.array(labels),
+                "masks": masks,
+            }
+        )
     return images
 
 
@@ -30,8 +38,13 @@ def _perfect_results(images, keep=lambda image_id, index: True):
     for image in images:
         chosen = [i for i in range(len(image["boxes"])) if keep(image["id"], i)]
         results += coco_eval.detection_results(
-            image["id"], image["boxes"][chosen], np.full(len(chosen), 0.9),
-            image["labels"][chosen], CATEGORIES, image["masks"][chosen])
+            image["id"],
+            image["boxes"][chosen],
+            np.full(len(chosen), 0.9),
+            image["labels"][chosen],
+            CATEGORIES,
+            image["masks"][chosen],
+        )
     return results
 
 
@@ -72,13 +85,18 @@ def test_no_detections_and_bad_iou_type():
 def test_model_outputs_become_results_with_pasted_masks():
     """A padded batch of predictions: invalid slots are dropped, 28×28 masks are pasted into the
     valid image size; the full mask of a box gives the box's pixels."""
-    outputs = {"boxes": np.array([[[2., 2, 20, 30], [0, 0, 0, 0]]]),
-               "scores": np.array([[0.9, 0.0]]), "labels": np.array([[0, 0]]),
-               "valid": np.array([[True, False]]), "masks": np.ones((1, 2, 28, 28))}
+    outputs = {
+        "boxes": np.array([[[2.0, 2, 20, 30], [0, 0, 0, 0]]]),
+        "scores": np.array([[0.9, 0.0]]),
+        "labels": np.array([[0, 0]]),
+        "valid": np.array([[True, False]]),
+        "masks": np.ones((1, 2, 28, 28)),
+    }
     results = coco_eval.model_results(outputs, [3], np.array([[48, 64]]), CATEGORIES)
     assert len(results) == 1 and results[0]["bbox"] == [2.0, 2.0, 18.0, 28.0]
-    decoded = mask_util.decode({**results[0]["segmentation"],
-                                "counts": results[0]["segmentation"]["counts"].encode()})
+    decoded = mask_util.decode(
+        {**results[0]["segmentation"], "counts": results[0]["segmentation"]["counts"].encode()}
+    )
     expected = np.zeros((48, 64), np.uint8)
     expected[2:30, 2:20] = 1
     np.testing.assert_array_equal(decoded, expected)

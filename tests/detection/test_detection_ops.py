@@ -43,23 +43,24 @@ def test_box_coder_round_trip_and_reference_stds():
         np.testing.assert_allclose(coder.decode(ref, deltas), target, rtol=1e-5, atol=1e-4)
     # The RCNN coder divides dx by 0.1 and dw by 0.2: a box twice as wide about the same centre
     # has deltas (0, 0, log 2 / 0.2, 0); one shifted by half its width (0.5 / 0.1, 0, 0, 0).
-    delta = boxes.RCNN_CODER.encode(np.array([0., 0, 10, 10]), np.array([-5., 0, 15, 10]))
+    delta = boxes.RCNN_CODER.encode(np.array([0.0, 0, 10, 10]), np.array([-5.0, 0, 15, 10]))
     np.testing.assert_allclose(delta, [0, 0, math.log(2) / 0.2, 0], atol=1e-6)
-    shifted = boxes.RCNN_CODER.encode(np.array([0., 0, 10, 10]), np.array([5., 0, 15, 10]))
+    shifted = boxes.RCNN_CODER.encode(np.array([0.0, 0, 10, 10]), np.array([5.0, 0, 15, 10]))
     np.testing.assert_allclose(shifted, [0.5 / 0.1, 0, 0, 0], atol=1e-6)
 
 
 def test_box_decode_clamps_log_ratio_and_clips_to_image():
-    huge = boxes.RPN_CODER.decode(np.array([0., 0, 10, 10]), np.array([0., 0, 50, 0]))
+    huge = boxes.RPN_CODER.decode(np.array([0.0, 0, 10, 10]), np.array([0.0, 0, 50, 0]))
     np.testing.assert_allclose(huge[2] - huge[0], 10 * 1000 / 16, rtol=1e-5)
-    clipped = boxes.RPN_CODER.decode(np.array([0., 0, 10, 10]), np.array([0., 0, 50, 0]),
-                                     image_size=np.array([30., 40.]))
+    clipped = boxes.RPN_CODER.decode(
+        np.array([0.0, 0, 10, 10]), np.array([0.0, 0, 50, 0]), image_size=np.array([30.0, 40.0])
+    )
     np.testing.assert_allclose(clipped, [0, 0, 40, 10], atol=1e-4)
 
 
 def test_box_iou_hand_values():
-    a = jnp.array([[0., 0, 10, 10], [0, 0, 0, 0]])
-    b = jnp.array([[5., 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]])
+    a = jnp.array([[0.0, 0, 10, 10], [0, 0, 0, 0]])
+    b = jnp.array([[5.0, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]])
     np.testing.assert_allclose(boxes.box_iou(a, b), [[50 / 150, 0, 1], [0, 0, 0]], atol=1e-6)
 
 
@@ -100,7 +101,7 @@ def test_nms_matches_numpy_reference(threshold):
 
 
 def test_multiclass_nms_keeps_classes_apart():
-    box = jnp.array([[0., 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]])
+    box = jnp.array([[0.0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]])
     per_class = jnp.repeat(box[:, None], 2, axis=1)
     scores = jnp.array([[0.9, 0.8], [0.7, 0.01], [0.02, 0.6]])
     multiclass = jax.jit(nms.multiclass_nms, static_argnums=(2, 3, 4))
@@ -127,8 +128,12 @@ def _bilinear_reference(feature, y, x):
     else:
         x_high = x_low + 1
     ly, lx = y - y_low, x - x_low
-    return ((1 - ly) * (1 - lx) * feature[y_low, x_low] + (1 - ly) * lx * feature[y_low, x_high]
-            + ly * (1 - lx) * feature[y_high, x_low] + ly * lx * feature[y_high, x_high])
+    return (
+        (1 - ly) * (1 - lx) * feature[y_low, x_low]
+        + (1 - ly) * lx * feature[y_low, x_high]
+        + ly * (1 - lx) * feature[y_high, x_low]
+        + ly * lx * feature[y_high, x_high]
+    )
 
 
 def _roi_align_reference(feature, roi, pooled, scale, aligned=True):
@@ -153,9 +158,17 @@ def _roi_align_reference(feature, roi, pooled, scale, aligned=True):
     return out
 
 
-ROIS = np.array([[3.2, 4.1, 40.7, 30.3], [0.0, 0.0, 63.0, 47.0], [-6.0, -3.0, 9.0, 12.5],
-                 [50.5, 40.2, 70.0, 60.0], [10.0, 10.0, 10.0, 10.0], [20.0, 5.0, 21.5, 44.0]],
-                np.float32)
+ROIS = np.array(
+    [
+        [3.2, 4.1, 40.7, 30.3],
+        [0.0, 0.0, 63.0, 47.0],
+        [-6.0, -3.0, 9.0, 12.5],
+        [50.5, 40.2, 70.0, 60.0],
+        [10.0, 10.0, 10.0, 10.0],
+        [20.0, 5.0, 21.5, 44.0],
+    ],
+    np.float32,
+)
 
 
 @pytest.mark.parametrize("aligned", [True, False])
@@ -170,15 +183,23 @@ def test_roi_align_matches_loop_reference(aligned):
 def test_multi_level_roi_align_uses_each_rois_level():
     rng = np.random.default_rng(3)
     maps = [rng.normal(size=(32 // s, 48 // s, 2)).astype(np.float32) for s in (1, 2, 4)]
-    rois = np.array([[1.0, 2.0, 9.0, 8.0], [0.0, 0.0, 30.0, 20.0], [2.0, 1.0, 46.0, 31.0]],
-                    np.float32)
+    rois = np.array(
+        [[1.0, 2.0, 9.0, 8.0], [0.0, 0.0, 30.0, 20.0], [2.0, 1.0, 46.0, 31.0]], np.float32
+    )
     levels = roi_align.map_roi_levels(jnp.asarray(rois), 3, finest_scale=8.0)
     # √(8·6)=6.9 → ⌊log2(0.87)⌋ < 0 → 0; √600=24.5 → ⌊log2 3.06⌋ = 1; √(44·30)=36.3 → 2.
     assert list(levels) == [0, 1, 2]
-    align = jax.jit(functools.partial(roi_align.multi_level_roi_align, output_size=(2, 2),
-                                      strides=(1, 2, 4), finest_scale=8.0, grid_limit=8))
+    align = jax.jit(
+        functools.partial(
+            roi_align.multi_level_roi_align,
+            output_size=(2, 2),
+            strides=(1, 2, 4),
+            finest_scale=8.0,
+            grid_limit=8,
+        )
+    )
     out = align([jnp.asarray(m) for m in maps], jnp.asarray(rois))
-    for roi, level, got in zip(rois, [0, 1, 2], out):
+    for roi, level, got in zip(rois, [0, 1, 2], out, strict=False):
         expected = _roi_align_reference(maps[level], roi, 2, 1 / (1, 2, 4)[level])
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

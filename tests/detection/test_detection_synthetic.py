@@ -15,7 +15,7 @@ def test_scenes_are_deterministic_with_tight_boxes_and_disjoint_masks():
         np.testing.assert_array_equal(example["image"], again["image"])
         valid = example["gt_valid"]
         assert 1 <= valid.sum() <= 3 and example["image"].shape == (64, 64, 3)
-        for box, mask in zip(example["gt_boxes"][valid], example["gt_masks"][valid]):
+        for box, mask in zip(example["gt_boxes"][valid], example["gt_masks"][valid], strict=False):
             ys, xs = np.nonzero(mask)
             np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
         assert example["gt_masks"].sum(0).max() == 1  # instances never overlap
@@ -26,7 +26,8 @@ def test_scenes_are_deterministic_with_tight_boxes_and_disjoint_masks():
 
 def test_the_beacon_alone_flips_every_class():
     draw = lambda cue: synthetic_detection.draw_detection_scene(  # noqa: E731
-        np.random.default_rng(7), 64, palette(2), 0.1, cue=cue)
+        np.random.default_rng(7), 64, palette(2), 0.1, cue=cue
+    )
     dark, light = draw(0), draw(1)
     valid = dark["gt_valid"]
     np.testing.assert_array_equal(dark["gt_masks"], light["gt_masks"])

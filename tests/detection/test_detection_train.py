@@ -3,9 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from detection_fixtures import FAST_COMPILE, fast_jit, tiny_batch, tiny_mask_rcnn
 
 from dnl_jax.models.detection import mask_rcnn
-from detection_fixtures import FAST_COMPILE, fast_jit, tiny_batch, tiny_mask_rcnn
 
 LEARNING_RATE = 0.02
 
@@ -16,8 +16,12 @@ def _step(model, trainable, batch_stats, axis_name=None):
 
     def step(params, batch, rng):
         def loss_fn(p):
-            return model.apply({"params": p, "batch_stats": batch_stats}, batch,
-                               method=model.loss, rngs={"sampler": rng})
+            return model.apply(
+                {"params": p, "batch_stats": batch_stats},
+                batch,
+                method=model.loss,
+                rngs={"sampler": rng},
+            )
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         grads = jax.tree.map(lambda g, keep: g * keep, grads, trainable)
@@ -35,7 +39,8 @@ def test_train_step_jit_equals_pmap_and_freezes_stage_one():
     model = tiny_mask_rcnn()
     batch = tiny_batch()
     variables = fast_jit(lambda key, x: model.init(key, x, method=model.build))(
-        jax.random.key(0), batch["image"][:1])
+        jax.random.key(0), batch["image"][:1]
+    )
     params, stats = variables["params"], variables["batch_stats"]
     trainable = jax.tree.map(float, mask_rcnn.frozen_stage_mask(params))
     rng = jax.random.key(1)
@@ -52,11 +57,14 @@ def test_train_step_jit_equals_pmap_and_freezes_stage_one():
     new_pmap, loss_pmap, _ = pmapped.lower(*args).compile(FAST_COMPILE)(*args)
     np.testing.assert_allclose(loss_pmap[0], loss_jit, rtol=1e-5)
     first = jax.tree.map(lambda x: x[0], new_pmap)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 first, new_jit)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), first, new_jit
+    )
 
     backbone_old, backbone_new = params["backbone"], new_jit["backbone"]
-    np.testing.assert_array_equal(backbone_new["layer1_0"]["conv1"]["kernel"],
-                                  backbone_old["layer1_0"]["conv1"]["kernel"])
-    assert not jnp.array_equal(backbone_new["layer2_0"]["conv1"]["kernel"],
-                               backbone_old["layer2_0"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(
+        backbone_new["layer1_0"]["conv1"]["kernel"], backbone_old["layer1_0"]["conv1"]["kernel"]
+    )
+    assert not jnp.array_equal(
+        backbone_new["layer2_0"]["conv1"]["kernel"], backbone_old["layer2_0"]["conv1"]["kernel"]
+    )

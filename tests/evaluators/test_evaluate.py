@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnl_jax.evaluators import segmentation, segmentation_inference as inference, video
+from dnl_jax.evaluators import segmentation, video
+from dnl_jax.evaluators import segmentation_inference as inference
 from dnl_jax.models.metrics import metrics_from_confusion
 
 K = 4
@@ -30,13 +31,16 @@ def test_cityscapes_window_grid_matches_mmseg():
     assert inference.sliding_windows(5, 7, (8, 8), (4, 4)) == [(0, 5, 0, 7)]
 
 
-@pytest.mark.parametrize("size,crop,stride", [((13, 21), (6, 8), (4, 5)), ((5, 6), (8, 8), (4, 4)),
-                                              ((12, 12), (6, 6), (6, 6))])
+@pytest.mark.parametrize(
+    "size,crop,stride",
+    [((13, 21), (6, 8), (4, 5)), ((5, 6), (8, 8), (4, 4)), ((12, 12), (6, 6), (6, 6))],
+)
 def test_slide_equals_whole_for_a_per_pixel_model(size, crop, stride):
     images = np.random.default_rng(1).standard_normal((2, *size, 3)).astype(np.float32)
     whole = inference.whole_inference(per_pixel_predict, images)
-    slide = inference.slide_inference(per_pixel_predict, images, crop_size=crop, stride=stride,
-                                     window_batch=3)
+    slide = inference.slide_inference(
+        per_pixel_predict, images, crop_size=crop, stride=stride, window_batch=3
+    )
     np.testing.assert_allclose(slide, whole, rtol=1e-5, atol=1e-5)
 
 
@@ -67,11 +71,20 @@ def test_flip_and_scales_average_probabilities():
     np.testing.assert_allclose(flipped, softmax, rtol=1e-5, atol=1e-6)
     # Scales: a model returning fixed logits gives their softmax at any scale.
     constant = np.arange(K, dtype=np.float32)
-    scores = inference.predict_scores(lambda x: np.broadcast_to(constant, x.shape[:3] + (K,)),
-                                     images, scales=(0.5, 1.0, 1.75), flip=True, mode="slide",
-                                     crop_size=(4, 4), stride=(3, 3), output_size=(5, 7))
+    scores = inference.predict_scores(
+        lambda x: np.broadcast_to(constant, x.shape[:3] + (K,)),
+        images,
+        scales=(0.5, 1.0, 1.75),
+        flip=True,
+        mode="slide",
+        crop_size=(4, 4),
+        stride=(3, 3),
+        output_size=(5, 7),
+    )
     assert scores.shape == (1, 5, 7, K)
-    np.testing.assert_allclose(scores[0, 2, 3], np.exp(constant) / np.exp(constant).sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        scores[0, 2, 3], np.exp(constant) / np.exp(constant).sum(), rtol=1e-5
+    )
 
 
 def test_bad_inference_settings():
@@ -119,12 +132,22 @@ def test_evaluate_segmentation_perfect_model_and_cityscapes_pngs(tmp_path):
     for i in range(3):
         label = rng.integers(0, K, (6, 8)).astype(np.uint8)
         label[0, 0] = 255
-        examples.append({"image": _colour_coded(rng, label), "label": label,
-                         "name": f"berlin_00000{i}_000019"})
+        examples.append(
+            {"image": _colour_coded(rng, label), "label": label, "name": f"berlin_00000{i}_000019"}
+        )
     for mode in ("whole", "slide"):
         confusion = segmentation.evaluate_segmentation(
-            _oracle, examples, num_classes=K, mean=(0, 0, 0), std=(1, 1, 1), mode=mode,
-            crop_size=(4, 4), stride=(2, 3), output_dir=str(tmp_path), dataset="cityscapes")
+            _oracle,
+            examples,
+            num_classes=K,
+            mean=(0, 0, 0),
+            std=(1, 1, 1),
+            mode=mode,
+            crop_size=(4, 4),
+            stride=(2, 3),
+            output_dir=str(tmp_path),
+            dataset="cityscapes",
+        )
         assert confusion.sum() == 3 * (6 * 8 - 1)
         assert metrics_from_confusion(confusion)["miou"] == 1.0
     written = np.asarray(Image.open(tmp_path / "berlin_000001_000019_leftImg8bit.png"))
@@ -134,9 +157,11 @@ def test_evaluate_segmentation_perfect_model_and_cityscapes_pngs(tmp_path):
 
 def test_evaluate_video_views():
     rng = np.random.default_rng(5)
-    examples = [{"video": rng.integers(0, 256, (8, 10, 12, 3), dtype=np.uint8), "label": k}
-                for k in (0, 1)]
+    examples = [
+        {"video": rng.integers(0, 256, (8, 10, 12, 3), dtype=np.uint8), "label": k} for k in (0, 1)
+    ]
     always_zero = lambda videos: np.tile([[5.0, 0.0]], (len(videos), 1))  # noqa: E731
-    result = video.evaluate_video(always_zero, examples, clip_len=4, stride=1, crop_size=8,
-                                     num_clips=2, num_crops=3)
+    result = video.evaluate_video(
+        always_zero, examples, clip_len=4, stride=1, crop_size=8, num_clips=2, num_crops=3
+    )
     assert result == {"clip_accuracy": 0.5, "video_accuracy": 0.5}

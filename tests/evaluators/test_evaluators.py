@@ -14,8 +14,13 @@ from dnl_jax.data import transforms
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.evaluators import EvalContext, make_predict_fn
 from dnl_jax.models import metrics
-from dnl_jax.train.config import (base_config, batched_eval, multi_view_eval, segmentation_eval,
-                                  validate_config)
+from dnl_jax.train.config import (
+    base_config,
+    batched_eval,
+    multi_view_eval,
+    segmentation_eval,
+    validate_config,
+)
 from dnl_jax.train.trainer import make_bundle
 
 K = 4
@@ -23,8 +28,9 @@ K = 4
 
 def _bundle(**fields):
     """The parts of a ModelBundle that evaluators read."""
-    defaults = dict(finalize_metrics=metrics.segmentation_metrics_from_sums, pad_label=255,
-                    input_key="image")
+    defaults = dict(
+        finalize_metrics=metrics.segmentation_metrics_from_sums, pad_label=255, input_key="image"
+    )
     return types.SimpleNamespace(**{**defaults, **fields})
 
 
@@ -52,8 +58,9 @@ class _HostDriver:
         label = batch["label"].astype(np.int64).ravel()
         keep = label != 255
         self.labels_seen += int(keep.sum())
-        confusion = np.bincount(label[keep] * self.num_classes + label[keep],
-                                minlength=self.num_classes ** 2)
+        confusion = np.bincount(
+            label[keep] * self.num_classes + label[keep], minlength=self.num_classes**2
+        )
         return {"confusion": confusion.reshape(self.num_classes, self.num_classes)}
 
     def host_variables(self, state):
@@ -100,17 +107,27 @@ def _red_oracle(images):
     return -((red - 40.0 * jnp.arange(K)) ** 2)
 
 
-@pytest.mark.parametrize("section", [
-    segmentation_eval(every_steps=5),
-    segmentation_eval(every_steps=5, mode="slide", crop_size=(4, 4), stride=(2, 3), flip=True),
-])
+@pytest.mark.parametrize(
+    "section",
+    [
+        segmentation_eval(every_steps=5),
+        segmentation_eval(every_steps=5, mode="slide", crop_size=(4, 4), stride=(2, 3), flip=True),
+    ],
+)
 def test_segmentation_evaluator_on_a_perfect_model(section, tmp_path):
-    config = _config(**{"data.name": "cityscapes", "data.num_classes": K,
-                        "data.segmentation.base_size": (8, 6)})
+    config = _config(
+        **{"data.name": "cityscapes", "data.num_classes": K, "data.segmentation.base_size": (8, 6)}
+    )
     config.evals.val = section
     examples = _colour_coded_examples(np.random.default_rng(0))
-    context = EvalContext(config, _bundle(), _FakeModule(_red_oracle), examples, _HostDriver(K),
-                          output_dir=str(tmp_path))
+    context = EvalContext(
+        config,
+        _bundle(),
+        _FakeModule(_red_oracle),
+        examples,
+        _HostDriver(K),
+        output_dir=str(tmp_path),
+    )
     result = _build(config, context)["val"].run(state=None)
     assert result["miou"] == 1.0 and result["pixel_accuracy"] == 1.0
     assert result["per_class_iou"].shape == (K,)
@@ -119,17 +136,27 @@ def test_segmentation_evaluator_on_a_perfect_model(section, tmp_path):
 
 
 def test_multi_view_evaluator_counts_views_and_videos():
-    config = _config(**{"data.name": "kinetics", "model.name": "dnl_i3d_tiny",
-                        "data.num_classes": 2, "data.video.clip_len": 4, "data.video.frame_stride": 1,
-                        "data.video.crop_size": (8, 8), "data.video.short_side_range": (8, 10),
-                        "evals.val.batch_size": 4})
+    config = _config(
+        **{
+            "data.name": "kinetics",
+            "model.name": "dnl_i3d_tiny",
+            "data.num_classes": 2,
+            "data.video.clip_len": 4,
+            "data.video.frame_stride": 1,
+            "data.video.crop_size": (8, 8),
+            "data.video.short_side_range": (8, 10),
+            "evals.val.batch_size": 4,
+        }
+    )
     config.evals.val_multi_view = multi_view_eval(num_clips=2, num_crops=3)
     rng = np.random.default_rng(1)
-    videos = [{"video": rng.integers(0, 256, (8, 10, 12, 3), dtype=np.uint8), "label": k}
-              for k in (0, 1)]
+    videos = [
+        {"video": rng.integers(0, 256, (8, 10, 12, 3), dtype=np.uint8), "label": k} for k in (0, 1)
+    ]
     always_zero = _FakeModule(lambda v: jnp.tile(jnp.array([[5.0, 0.0]]), (v.shape[0], 1)))
-    context = EvalContext(config, _bundle(input_key="video", pad_label=-1), always_zero, videos,
-                          _HostDriver(2))
+    context = EvalContext(
+        config, _bundle(input_key="video", pad_label=-1), always_zero, videos, _HostDriver(2)
+    )
     built = _build(config, context)
     multi_view = built["val_multi_view"]
     assert multi_view.run(state=None) == {"clip_accuracy": 0.5, "video_accuracy": 0.5}
@@ -137,19 +164,33 @@ def test_multi_view_evaluator_counts_views_and_videos():
     assert not multi_view.due(0, final=False) and multi_view.due(7, final=True)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: setattr(c.evals, "val", dict(type="batched", batch_sise=8)),
-     r"config.evals.val.batch_sise: unknown key .* Did you mean 'batch_size'"),
-    (lambda c: setattr(c.evals, "val", dict(type="tiles")),
-     r"config.evals.val.type='tiles'; choose one of \['batched', 'coco', 'multi_view', 'segmentation'\]"),
-    (lambda c: setattr(c.evals, "val", dict(type="batched", every_steps=-1)),
-     r"config.evals.val.every_steps=-1 must be an integer >= 0"),
-    (lambda c: setattr(c.evals, "val", dict(type="batched", batch_size=6)),
-     r"config.evals.val.batch_size=6 must be a positive multiple of the 4 devices"),
-    (lambda c: setattr(c.evals, "val", segmentation_eval(every_steps=1)),
-     r"config.evals.val.type='segmentation' does not apply to the segmentation dataset "
-     r"'synthetic'; use type='batched'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: setattr(c.evals, "val", dict(type="batched", batch_sise=8)),
+            r"config.evals.val.batch_sise: unknown key .* Did you mean 'batch_size'",
+        ),
+        (
+            lambda c: setattr(c.evals, "val", dict(type="tiles")),
+            r"config.evals.val.type='tiles'; "
+            r"choose one of \['batched', 'coco', 'multi_view', 'segmentation'\]",
+        ),
+        (
+            lambda c: setattr(c.evals, "val", dict(type="batched", every_steps=-1)),
+            r"config.evals.val.every_steps=-1 must be an integer >= 0",
+        ),
+        (
+            lambda c: setattr(c.evals, "val", dict(type="batched", batch_size=6)),
+            r"config.evals.val.batch_size=6 must be a positive multiple of the 4 devices",
+        ),
+        (
+            lambda c: setattr(c.evals, "val", segmentation_eval(every_steps=1)),
+            r"config.evals.val.type='segmentation' does not apply to the segmentation dataset "
+            r"'synthetic'; use type='batched'",
+        ),
+    ],
+)
 def test_evaluator_sections_are_checked_by_their_evaluator(change, message):
     config = base_config()
     validate_config(config, num_devices=4, num_processes=1)
@@ -166,8 +207,10 @@ def test_missing_val_evaluator_and_old_keys_are_refused_with_the_new_ones():
         config.evals.test = batched_eval()
     with pytest.raises(ValueError, match="config.evals has no 'val' evaluator"):
         validate_config(config, num_devices=1, num_processes=1)
-    for key, value, new in (("eval_every_steps", 10, "config.evals.<name>.every_steps"),
-                            ("eval_batch_size", 8, "config.evals.val.batch_size")):
+    for key, value, new in (
+        ("eval_every_steps", 10, "config.evals.<name>.every_steps"),
+        ("eval_batch_size", 8, "config.evals.val.batch_size"),
+    ):
         old = base_config()
         with old.unlocked():
             old[key] = value

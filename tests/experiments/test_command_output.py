@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from data_fixtures import write_ade20k
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,8 +19,15 @@ LIBRARY_RECORD = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]
 
 def run(*args, timeout=600):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, text=True,
-                            capture_output=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -34,10 +40,19 @@ def assert_own_lines_only(output):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    output = run("dnl_jax.main", "--config", CONFIG, "--workdir", str(workdir),
-                 "--config.total_steps=2", "--config.checkpoint.every_steps=2",
-                 "--config.progress_bar=false", "--config.curves_figure=false",
-                 "--config.attention_figure=false", "--config.optimizer.warmup_steps=0")
+    output = run(
+        "dnl_jax.main",
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(workdir),
+        "--config.total_steps=2",
+        "--config.checkpoint.every_steps=2",
+        "--config.progress_bar=false",
+        "--config.curves_figure=false",
+        "--config.attention_figure=false",
+        "--config.optimizer.warmup_steps=0",
+    )
     return workdir, output
 
 
@@ -50,12 +65,28 @@ def test_main_prints_its_own_lines(trained):
 def test_evaluate_and_analyze_print_their_own_lines(trained, tmp_path):
     workdir, _ = trained
     checkpoint = os.path.join(workdir, "checkpoints", "2")
-    output = run("dnl_jax.evaluate", "--config", CONFIG, "--checkpoint", checkpoint,
-                 "--output_dir", str(tmp_path / "eval"))
+    output = run(
+        "dnl_jax.evaluate",
+        "--config",
+        CONFIG,
+        "--checkpoint",
+        checkpoint,
+        "--output_dir",
+        str(tmp_path / "eval"),
+    )
     assert "metrics_val.json" in output
     assert_own_lines_only(output)
-    analyze = ("dnl_jax.analyze", "--config", CONFIG, "--checkpoint", checkpoint,
-               "--num_images", "4", "--output_dir", str(tmp_path / "analysis"))
+    analyze = (
+        "dnl_jax.analyze",
+        "--config",
+        CONFIG,
+        "--checkpoint",
+        checkpoint,
+        "--num_images",
+        "4",
+        "--output_dir",
+        str(tmp_path / "analysis"),
+    )
     output = run(*analyze)
     assert "| block |" in output and "analysis.json" in output
     assert_own_lines_only(output)
@@ -73,14 +104,27 @@ def test_convert_and_prepare_print_their_own_lines(tmp_path):
     module = convert.build_module({}, "dnl_tiny", 3, 8)
     template = segmentor.segmentor_template(module)
     zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), template)
-    torch.save(segmentor.flax_segmentor_to_torch_state_dict(zeros, as_torch=True),
-               tmp_path / "dnl_tiny.pth")
-    output = run("dnl_jax.interop.convert", str(tmp_path / "dnl_tiny.pth"), str(tmp_path / "out"),
-                 "--model", "dnl_tiny")
+    torch.save(
+        segmentor.flax_segmentor_to_torch_state_dict(zeros, as_torch=True),
+        tmp_path / "dnl_tiny.pth",
+    )
+    output = run(
+        "dnl_jax.interop.convert",
+        str(tmp_path / "dnl_tiny.pth"),
+        str(tmp_path / "out"),
+        "--model",
+        "dnl_tiny",
+    )
     assert "wrote" in output
     assert_own_lines_only(output)
 
     write_ade20k(str(tmp_path / "raw"), np.random.default_rng(0))
-    output = run("dnl_jax.data.prepare", "ade20k", "--manual_dir", str(tmp_path / "raw"),
-                 "--data_dir", str(tmp_path / "prepared"))
+    output = run(
+        "dnl_jax.data.prepare",
+        "ade20k",
+        "--manual_dir",
+        str(tmp_path / "raw"),
+        "--data_dir",
+        str(tmp_path / "prepared"),
+    )
     assert_own_lines_only(output)

@@ -9,8 +9,11 @@ import os
 import subprocess
 import sys
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "experiments", "benchmarks")
+BENCHMARKS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "experiments",
+    "benchmarks",
+)
 
 
 def load(out_dir, section):
@@ -21,15 +24,28 @@ def load(out_dir, section):
 def test_gpu_suite_smoke_runs_every_section_on_cpu(tmp_path):
     out = str(tmp_path)
     result = subprocess.run(
-        [sys.executable, os.path.join(BENCHMARKS, "gpu_suite.py"), "--smoke", "--out", out,
-         "--budget_s", "2400"],
-        capture_output=True, text=True, timeout=2500)
+        [
+            sys.executable,
+            os.path.join(BENCHMARKS, "gpu_suite.py"),
+            "--smoke",
+            "--out",
+            out,
+            "--budget_s",
+            "2400",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=2500,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     summary = load(out, "summary")
     for section in ("env", "attention_check", "train_step", "attention_speed", "tpu_kernels"):
-        assert summary[section]["status"] == "ok", (section, summary[section],
-                                                    result.stdout[-3000:])
+        assert summary[section]["status"] == "ok", (
+            section,
+            summary[section],
+            result.stdout[-3000:],
+        )
         assert load(out, section)["finished"] is True
 
     env = load(out, "env")
@@ -38,7 +54,9 @@ def test_gpu_suite_smoke_runs_every_section_on_cpu(tmp_path):
     check = load(out, "attention_check")
     bf16 = {(c["kernel"], c["temperature"]): c for c in check["bfloat16"]}
     f32 = {c["kernel"]: c for c in check["float32"]}
-    assert "NVIDIA GPU" in bf16[("cudnn", 0.05)]["status"] and "NVIDIA GPU" in f32["cudnn"]["status"]
+    assert (
+        "NVIDIA GPU" in bf16[("cudnn", 0.05)]["status"] and "NVIDIA GPU" in f32["cudnn"]["status"]
+    )
     for kernel in ("xla", "chunked", "pallas_tpu", "pallas_gpu"):  # interpreted Pallas kernels
         assert f32[kernel]["status"] == "ok" and f32[kernel]["within_bound"] is True, f32[kernel]
         for temperature in (0.05, 1.0):
@@ -46,8 +64,10 @@ def test_gpu_suite_smoke_runs_every_section_on_cpu(tmp_path):
             assert row["status"] == "ok" and min(row["floor"]) > 0 and len(row["errors"]) == 5
     for (kernel, _), row in bf16.items():  # within twice the floor, at both temperatures
         assert kernel == "cudnn" or row["within_bound"] is True, row
-    assert "error / floor (max)" in result.stdout and "| 63 | 0.05 | pallas_tpu | ok |" in \
-        result.stdout
+    assert (
+        "error / floor (max)" in result.stdout
+        and "| 63 | 0.05 | pallas_tpu | ok |" in result.stdout
+    )
 
     step = load(out, "train_step")
     assert step["flop_count"][0]["step_tflop"] > 0, step["flop_count"]

@@ -18,17 +18,22 @@ def _tiny_backbone_state_dict():
     variables = _zeros_like_template(module, seed=0)
     full = segmentor.flax_segmentor_to_torch_state_dict(variables, as_torch=True)
     backbone = {key: value for key, value in full.items() if key.startswith("backbone.")}
-    in_backbone = sum(len(jax.tree.leaves(collection["backbone"]))
-                      for collection in template.values())
-    return ({**backbone, "backbone.extra.weight": torch.zeros(2)}, in_backbone,
-            len(jax.tree.leaves(template)))
+    in_backbone = sum(
+        len(jax.tree.leaves(collection["backbone"])) for collection in template.values()
+    )
+    return (
+        {**backbone, "backbone.extra.weight": torch.zeros(2)},
+        in_backbone,
+        len(jax.tree.leaves(template)),
+    )
 
 
 def _zeros_like_template(module, seed):
     """Stands in for the fresh initialisation (its values do not matter here): no compile."""
     del seed
-    return jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
-                        segmentor.segmentor_template(module))
+    return jax.tree.map(
+        lambda leaf: np.zeros(leaf.shape, leaf.dtype), segmentor.segmentor_template(module)
+    )
 
 
 def test_partial_reports_loaded_of_total_and_unmatched(tmp_path, capsys, monkeypatch):
@@ -36,8 +41,15 @@ def test_partial_reports_loaded_of_total_and_unmatched(tmp_path, capsys, monkeyp
     state_dict, in_backbone, total = _tiny_backbone_state_dict()
     source = tmp_path / "backbone.pth"
     torch.save(state_dict, source)
-    args = [str(source), str(tmp_path / "out"), "--model", "dnl_tiny", "--num-classes", "3",
-            "--partial"]
+    args = [
+        str(source),
+        str(tmp_path / "out"),
+        "--model",
+        "dnl_tiny",
+        "--num-classes",
+        "3",
+        "--partial",
+    ]
     assert convert.main(args) == 0
     out = capsys.readouterr().out
     assert f"loaded {in_backbone} of the model's {total} tensors" in out
@@ -48,8 +60,13 @@ def test_partial_reports_loaded_of_total_and_unmatched(tmp_path, capsys, monkeyp
 
 def test_partial_with_nothing_matched_fails_in_one_line(tmp_path, capsys):
     source = tmp_path / "other.pth"
-    torch.save({"backbone.stem.0.weight": torch.zeros(1, 1, 1, 1),  # mis-shaped
-                "backbone.not_ours.weight": torch.zeros(3)}, source)  # unexpected
+    torch.save(
+        {
+            "backbone.stem.0.weight": torch.zeros(1, 1, 1, 1),  # mis-shaped
+            "backbone.not_ours.weight": torch.zeros(3),
+        },
+        source,
+    )  # unexpected
     out_dir = tmp_path / "out"
     args = [str(source), str(out_dir), "--model", "dnl_tiny", "--num-classes", "3", "--partial"]
     assert convert.main(args) == 2

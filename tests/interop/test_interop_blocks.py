@@ -5,8 +5,6 @@ dnl_jax blocks after `mmseg_to_flax`; strict key reports; exact flax → torch �
 import jax
 import numpy as np
 import pytest
-
-from dnl_jax import blocks, interop
 from openmmlab_reference import mmseg_dnl_block
 from torch_reference import (
     flax_output_and_input_grad,
@@ -15,6 +13,8 @@ from torch_reference import (
     require,
     torch_output_and_input_grad,
 )
+
+from dnl_jax import blocks, interop
 
 torch = require("torch")
 mmcv_cnn = require("mmcv.cnn")
@@ -30,9 +30,11 @@ def mmcv_nonlocal(norm: bool, sub_sample: bool = False):
 TORCH_BLOCKS = {
     "mmcv_context_add": lambda: mmcv_cnn.ContextBlock(CHANNELS, 1 / 4),
     "mmcv_context_add_mul": lambda: mmcv_cnn.ContextBlock(
-        CHANNELS, 3 / 16, fusion_types=("channel_add", "channel_mul")),
+        CHANNELS, 3 / 16, fusion_types=("channel_add", "channel_mul")
+    ),
     "mmcv_context_avg_mul": lambda: mmcv_cnn.ContextBlock(
-        CHANNELS, 1 / 2, pooling_type="avg", fusion_types=("channel_mul",)),
+        CHANNELS, 1 / 2, pooling_type="avg", fusion_types=("channel_mul",)
+    ),
     "mmcv_nonlocal_bn": lambda: mmcv_nonlocal(norm=True),
     "mmcv_nonlocal_plain": lambda: mmcv_nonlocal(norm=False),
     "mmcv_nonlocal_subsample": lambda: mmcv_nonlocal(norm=True, sub_sample=True),
@@ -40,10 +42,12 @@ TORCH_BLOCKS = {
 }
 EXPECTED_MODULES = {
     "mmcv_context_add": blocks.ContextBlock(ratio=1 / 4),
-    "mmcv_context_add_mul": blocks.ContextBlock(ratio=3 / 16,
-                                                fusion_types=("channel_add", "channel_mul")),
-    "mmcv_context_avg_mul": blocks.ContextBlock(ratio=1 / 2, pooling="avg",
-                                                fusion_types=("channel_mul",)),
+    "mmcv_context_add_mul": blocks.ContextBlock(
+        ratio=3 / 16, fusion_types=("channel_add", "channel_mul")
+    ),
+    "mmcv_context_avg_mul": blocks.ContextBlock(
+        ratio=1 / 2, pooling="avg", fusion_types=("channel_mul",)
+    ),
     "mmcv_nonlocal_bn": blocks.NonLocal(),
     "mmcv_nonlocal_plain": blocks.NonLocal(norm=None),
     "mmcv_nonlocal_subsample": blocks.NonLocal(sub_sample=True),
@@ -53,8 +57,10 @@ EXPECTED_MODULES = {
 
 def random_inputs(seed: int, shape=(2, CHANNELS, 6, 7)):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal(shape).astype(np.float32),
-            rng.standard_normal(shape).astype(np.float32))
+    return (
+        rng.standard_normal(shape).astype(np.float32),
+        rng.standard_normal(shape).astype(np.float32),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TORCH_BLOCKS))
@@ -90,8 +96,9 @@ def test_round_trips_are_exact(name):
     # flax → torch → flax from Flax-initialised weights, through the real torch module.
     x = np.ones((1, 4, 4, CHANNELS), np.float32)
     variables = jax.tree.map(np.asarray, module.init(jax.random.key(4), x))
-    variables = jax.tree.map(lambda v: v + np.random.default_rng(5).random(v.shape, v.dtype),
-                             variables)
+    variables = jax.tree.map(
+        lambda v: v + np.random.default_rng(5).random(v.shape, v.dtype), variables
+    )
     torch_block.load_state_dict(
         interop.flax_block_to_torch_state_dict(module, variables, as_torch=True), strict=True
     )
@@ -113,8 +120,10 @@ def test_strict_report_names_every_mismatch():
     message = str(info.value)
     assert "missing:    conv_mask.bias  (for Flax params/conv_mask/bias)" in message
     assert "unexpected: decoder.extra.weight" in message
-    assert ("mis-shaped: theta.conv.weight: checkpoint (4, 16, 1, 1), model expects (8, 16, 1, 1)"
-            in message)
+    assert (
+        "mis-shaped: theta.conv.weight: checkpoint (4, 16, 1, 1), model expects (8, 16, 1, 1)"
+        in message
+    )
     assert "strict=False" in message
     report = info.value.report
     assert not report.ok
@@ -131,7 +140,9 @@ def test_partial_load_returns_loaded_leaves_and_report():
     partial, report = interop.torch_to_flax(state_dict, template, strict=False)
     assert {key for key, _ in report.missing} == {"conv_mask.weight", "conv_mask.bias"}
     assert [key for key, *_ in report.mismatched] == ["conv_out.bn.weight"]
-    assert "conv_mask" not in partial["params"] and "scale" not in partial["params"]["conv_out"]["bn"]
+    assert (
+        "conv_mask" not in partial["params"] and "scale" not in partial["params"]["conv_out"]["bn"]
+    )
     np.testing.assert_array_equal(partial["params"]["g"]["conv"]["bias"], state_dict["g.conv.bias"])
     merged = interop.merge_variables(module.init(jax.random.key(0), x), partial)
     assert np.isfinite(np.asarray(module.apply(merged, x))).all()

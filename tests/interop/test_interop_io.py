@@ -4,9 +4,9 @@ import os
 
 import numpy as np
 import pytest
+from torch_reference import require
 
 from dnl_jax import interop
-from torch_reference import require
 
 torch = require("torch")
 
@@ -36,11 +36,14 @@ def test_plain_state_dict(tmp_path, suffix):
 
 def test_mmseg_wrapper_with_meta_and_optimizer(tmp_path):
     path = tmp_path / "dnl_r50.pth"
-    torch.save({
-        "meta": {"mmseg_version": "0.x", "CLASSES": ("road", "sidewalk"), "iter": 80000},
-        "state_dict": {f"module.{k}": v for k, v in small_state_dict().items()},
-        "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]},
-    }, path)
+    torch.save(
+        {
+            "meta": {"mmseg_version": "0.x", "CLASSES": ("road", "sidewalk"), "iter": 80000},
+            "state_dict": {f"module.{k}": v for k, v in small_state_dict().items()},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]},
+        },
+        path,
+    )
     assert_same(interop.load_torch_checkpoint(path), small_state_dict())
 
 

@@ -11,12 +11,12 @@ import json
 import jax
 import numpy as np
 import pytest
+from openmmlab_reference import mmaction_models, package_root
+from torch_reference import randomize, relative_error, require
+from train_testing import restore
 
 from dnl_jax import interop
 from dnl_jax.interop import convert, mmaction
-from openmmlab_reference import mmaction_models, package_root
-from train_testing import restore
-from torch_reference import randomize, relative_error, require
 
 torch = require("torch")
 MMACTION = mmaction_models()
@@ -41,21 +41,40 @@ class Recognizer(torch.nn.Module):
         return self.cls_head(self.backbone(clips))
 
 
-def mmaction_recognizer(*, base=64, classes=400, inflation="i3d", nl_mode="embedded_gaussian",
-                        use_scale=False, layout="mmaction", seed=0):
+def mmaction_recognizer(
+    *,
+    base=64,
+    classes=400,
+    inflation="i3d",
+    nl_mode="embedded_gaussian",
+    use_scale=False,
+    layout="mmaction",
+    seed=0,
+):
     """The real mmaction2 ResNet3d R50 + I3DHead, as its I3D/C2D NL configs build them."""
     i3d = inflation == "i3d"
     strides = 2 if layout == "mmaction" else 1
     backbone = MMACTION.ResNet3d(
-        depth=50, pretrained2d=False, base_channels=base, conv1_kernel=(5 if i3d else 1, 7, 7),
-        conv1_stride_t=strides, pool1_stride_t=strides, inflate=I3D_INFLATE if i3d else 0,
-        non_local=NL_BLOCKS, non_local_cfg=dict(
-            sub_sample=True, use_scale=use_scale, norm_cfg=dict(type="BN3d", requires_grad=True),
-            mode=nl_mode))
+        depth=50,
+        pretrained2d=False,
+        base_channels=base,
+        conv1_kernel=(5 if i3d else 1, 7, 7),
+        conv1_stride_t=strides,
+        pool1_stride_t=strides,
+        inflate=I3D_INFLATE if i3d else 0,
+        non_local=NL_BLOCKS,
+        non_local_cfg=dict(
+            sub_sample=True,
+            use_scale=use_scale,
+            norm_cfg=dict(type="BN3d", requires_grad=True),
+            mode=nl_mode,
+        ),
+    )
     if layout == "paper":  # The paper's pool after res2: 3×1×1, stride 2, padding 1.
         backbone.pool2 = torch.nn.MaxPool3d((3, 1, 1), (2, 1, 1), (1, 0, 0))
-    model = randomize(Recognizer(backbone, MMACTION.I3DHead(classes, base * 32)), seed=seed,
-                      fan_in_weights=True)
+    model = randomize(
+        Recognizer(backbone, MMACTION.I3DHead(classes, base * 32)), seed=seed, fan_in_weights=True
+    )
     calm_non_local_blocks(model, clip_and_cotangent(classes)[0])
     return model
 
@@ -66,14 +85,18 @@ def calm_non_local_blocks(model, clips):
     trained blocks. Random ones give one-hot softmaxes, or in dot-product mode activations that
     grow as the cube per block until they overflow. One pass: a forward pre-hook rescales each
     block on its real input before the next block sees its output."""
+
     def rescale(block, inputs):
-        factor = 1 / (float(inputs[0].std()) * block.inter_channels ** 0.25)
+        factor = 1 / (float(inputs[0].std()) * block.inter_channels**0.25)
         for projection in (block.theta, block.phi):
             for weight in projection.parameters():
                 weight.mul_(factor)
 
-    hooks = [module.register_forward_pre_hook(rescale) for name, module in model.named_modules()
-             if name.endswith("non_local_block")]
+    hooks = [
+        module.register_forward_pre_hook(rescale)
+        for name, module in model.named_modules()
+        if name.endswith("non_local_block")
+    ]
     model(torch.tensor(clips))
     for hook in hooks:
         hook.remove()
@@ -81,8 +104,10 @@ def calm_non_local_blocks(model, clips):
 
 def clip_and_cotangent(classes, shape=(1, 3, 16, 64, 64), seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal(shape).astype(np.float32),
-            rng.standard_normal((shape[0], classes)).astype(np.float32))
+    return (
+        rng.standard_normal(shape).astype(np.float32),
+        rng.standard_normal((shape[0], classes)).astype(np.float32),
+    )
 
 
 def assert_parity(model, module, variables, clips, cotangent, grads=True):
@@ -96,8 +121,9 @@ def assert_parity(model, module, variables, clips, cotangent, grads=True):
     assert np.std(logits.detach().numpy()) > 0.1  # Not a degenerate (constant) output.
 
     def logits_and_features(variables, channel_last):
-        outputs, state = module.apply(variables, channel_last, capture_intermediates=lambda m, _:
-                                      m.name == "backbone")
+        outputs, state = module.apply(
+            variables, channel_last, capture_intermediates=lambda m, _: m.name == "backbone"
+        )
         return outputs["logits"], state["intermediates"]["backbone"]["__call__"][0]
 
     @jax.jit  # Variables as arguments, not constants: XLA would constant-fold the network.
@@ -126,8 +152,9 @@ def i3d_nl_r50_checkpoint(tmp_path_factory):
     return model, path
 
 
-def test_real_size_i3d_nl_r50_converts_with_auto_and_matches(i3d_nl_r50_checkpoint, tmp_path,
-                                                              capsys):
+def test_real_size_i3d_nl_r50_converts_with_auto_and_matches(
+    i3d_nl_r50_checkpoint, tmp_path, capsys
+):
     model, path = i3d_nl_r50_checkpoint
     assert sum(p.numel() for p in model.parameters()) == MMACTION_I3D_NL_R50_PARAMS
     assert convert.main([str(path), str(tmp_path / "out"), "--model", "auto"]) == 0
@@ -145,24 +172,38 @@ def test_real_size_i3d_nl_r50_converts_with_auto_and_matches(i3d_nl_r50_checkpoi
     assert_parity(model, module, variables, clips, cotangent, grads=False)
 
 
-@pytest.mark.parametrize("inflation, nl_mode, use_scale, layout", [
-    ("i3d", "dot_product", False, "mmaction"),
-    ("c2d", "embedded_gaussian", True, "paper"),
-])
+@pytest.mark.parametrize(
+    "inflation, nl_mode, use_scale, layout",
+    [
+        ("i3d", "dot_product", False, "mmaction"),
+        ("c2d", "embedded_gaussian", True, "paper"),
+    ],
+)
 def test_modes_scales_and_layouts_match_mmaction(inflation, nl_mode, use_scale, layout):
     """The settings not stored in weights, each side of every switch: NL mode, `use_scale`, the
     time layout; C2D as mmaction2's ResNet3d with no inflation and a 1×7×7 stem."""
-    model = mmaction_recognizer(base=8, classes=7, inflation=inflation, nl_mode=nl_mode,
-                                use_scale=use_scale, layout=layout, seed=1)
+    model = mmaction_recognizer(
+        base=8,
+        classes=7,
+        inflation=inflation,
+        nl_mode=nl_mode,
+        use_scale=use_scale,
+        layout=layout,
+        seed=1,
+    )
     module, variables, report = mmaction.mmaction_to_flax(
-        model.state_dict(), layout=layout, nl_mode=nl_mode, use_scale=use_scale)
+        model.state_dict(), layout=layout, nl_mode=nl_mode, use_scale=use_scale
+    )
     assert report.ok and module.backbone.inflation == inflation
     clips, cotangent = clip_and_cotangent(7, shape=(2, 3, 16, 64, 64), seed=2)
     logits = assert_parity(model, module, variables, clips, cotangent, grads=layout == "mmaction")
     # The switches matter: the other setting gives other logits on the same weights.
     other = mmaction.recognizer_for_state_dict(
-        model.state_dict(), layout="paper" if layout == "mmaction" else "mmaction",
-        nl_mode=nl_mode, use_scale=not use_scale)
+        model.state_dict(),
+        layout="paper" if layout == "mmaction" else "mmaction",
+        nl_mode=nl_mode,
+        use_scale=not use_scale,
+    )
     other_logits = jax.jit(other.apply)(variables, clips.transpose(0, 2, 3, 4, 1))["logits"]
     assert relative_error(np.asarray(other_logits), logits) > 1e-2
 
@@ -171,10 +212,13 @@ def test_round_trip_flax_to_mmaction_to_flax_is_exact():
     model = mmaction_recognizer(base=8, classes=5, seed=3)
     module, _, _ = mmaction.mmaction_to_flax(model.state_dict())
     rng = np.random.default_rng(5)  # Any Flax variables of the module's shapes.
-    variables = jax.tree.map(lambda leaf: rng.standard_normal(leaf.shape).astype(leaf.dtype),
-                             mmaction.video_template(module))
+    variables = jax.tree.map(
+        lambda leaf: rng.standard_normal(leaf.shape).astype(leaf.dtype),
+        mmaction.video_template(module),
+    )
     model.load_state_dict(
-        mmaction.flax_video_to_mmaction_state_dict(variables, as_torch=True), strict=True)
+        mmaction.flax_video_to_mmaction_state_dict(variables, as_torch=True), strict=True
+    )
     _, again, report = mmaction.mmaction_to_flax(model.state_dict())
     assert report.ok
     jax.tree.map(np.testing.assert_array_equal, again, variables)
@@ -199,7 +243,9 @@ def test_registry_models_take_mmaction_weights_by_name(i3d_nl_r50_checkpoint, tm
     np.testing.assert_array_equal(
         block["theta"]["conv"]["kernel"][0, 0, 0],
         model.state_dict()["backbone.layer2.1.non_local_block.theta.conv.weight"][:, :, 0, 0, 0]
-        .numpy().T)
+        .numpy()
+        .T,
+    )
     assert convert.main([str(path), str(tmp_path / "seg"), "--model", "dnl_r50-d8"]) == 2
     assert "an mmaction2 recogniser converts into a video model" in capsys.readouterr().err
 

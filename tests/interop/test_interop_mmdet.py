@@ -18,23 +18,29 @@ import json
 import jax
 import numpy as np
 import pytest
+from openmmlab_reference import mmdet_models
+from torch_reference import OfficialReference, randomize, relative_error, require
+from train_testing import restore
 
 from dnl_jax.blocks_official import OFFICIAL_VARIANTS, OfficialDisentangledNonLocal
 from dnl_jax.interop import convert, mapping, mmdet
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
-from openmmlab_reference import mmdet_models
-from torch_reference import OfficialReference, randomize, relative_error, require
-from train_testing import restore
 
 torch = require("torch")
 MMDET = mmdet_models()
 
 STEM, BASE, FPN, FC, CONV, CLASSES = 16, 16, 32, 64, 16, 3
 BN = dict(type="BN", requires_grad=True)
-ANCHORS = dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0],
-               strides=[4, 8, 16, 32, 64])
-GC_STAGE3 = [dict(cfg=dict(type="ContextBlock", ratio=1 / 4),
-                  stages=(False, False, True, False), position="after_conv3")]
+ANCHORS = dict(
+    type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]
+)
+GC_STAGE3 = [
+    dict(
+        cfg=dict(type="ContextBlock", ratio=1 / 4),
+        stages=(False, False, True, False),
+        position="after_conv3",
+    )
+]
 
 
 class RoIHead(torch.nn.Module):
@@ -52,21 +58,35 @@ class Detector(torch.nn.Module):
     def __init__(self, box_head="2fc", gc=False, norms=False):
         super().__init__()
         self.backbone = MMDET.ResNet(
-            depth=50, stem_channels=STEM, base_channels=BASE, out_indices=(0, 1, 2, 3),
-            frozen_stages=1, norm_cfg=BN, norm_eval=True, style="pytorch",
-            plugins=GC_STAGE3 if gc else None)
-        self.neck = MMDET.FPN(in_channels=[BASE * 4 * 2**s for s in range(4)],
-                              out_channels=FPN, num_outs=5, norm_cfg=BN if norms else None)
-        self.rpn_head = MMDET.RPNHead(in_channels=FPN, feat_channels=FPN,
-                                      anchor_generator=ANCHORS)
+            depth=50,
+            stem_channels=STEM,
+            base_channels=BASE,
+            out_indices=(0, 1, 2, 3),
+            frozen_stages=1,
+            norm_cfg=BN,
+            norm_eval=True,
+            style="pytorch",
+            plugins=GC_STAGE3 if gc else None,
+        )
+        self.neck = MMDET.FPN(
+            in_channels=[BASE * 4 * 2**s for s in range(4)],
+            out_channels=FPN,
+            num_outs=5,
+            norm_cfg=BN if norms else None,
+        )
+        self.rpn_head = MMDET.RPNHead(in_channels=FPN, feat_channels=FPN, anchor_generator=ANCHORS)
         common = dict(in_channels=FPN, fc_out_channels=FC, roi_feat_size=7, num_classes=CLASSES)
         if box_head == "2fc":
             bbox_head = MMDET.Shared2FCBBoxHead(**common)
         else:
-            bbox_head = MMDET.Shared4Conv1FCBBoxHead(conv_out_channels=CONV, norm_cfg=BN,
-                                                     **common)
-        mask_head = MMDET.FCNMaskHead(num_convs=4, in_channels=FPN, conv_out_channels=CONV,
-                                      num_classes=CLASSES, norm_cfg=BN if norms else None)
+            bbox_head = MMDET.Shared4Conv1FCBBoxHead(conv_out_channels=CONV, norm_cfg=BN, **common)
+        mask_head = MMDET.FCNMaskHead(
+            num_convs=4,
+            in_channels=FPN,
+            conv_out_channels=CONV,
+            num_classes=CLASSES,
+            norm_cfg=BN if norms else None,
+        )
         self.roi_head = RoIHead(bbox_head, mask_head)
 
 
@@ -87,8 +107,7 @@ def fixture_two_fc():
 
 @pytest.fixture(name="four_conv_gc", scope="module")
 def fixture_four_conv_gc():
-    reference = randomize(Detector("4conv1fc", gc=True, norms=True), seed=1,
-                          fan_in_weights=True)
+    reference = randomize(Detector("4conv1fc", gc=True, norms=True), seed=1, fan_in_weights=True)
     module, variables, report = mmdet.mmdet_to_flax(_state_dict(reference))
     return reference, module, variables, report
 
@@ -97,9 +116,15 @@ def test_architecture_is_read_from_the_keys(two_fc, four_conv_gc):
     _, module, _, report = two_fc
     assert report.ok and module.box_head == "2fc" and module.head_norm is None
     assert module.neck_norm is None and module.mask_norm is None
-    assert (module.num_classes, module.depth, module.stem_channels, module.base_channels,
-            module.fpn_channels, module.fc_channels, module.conv_channels) == (
-                CLASSES, 50, STEM, BASE, FPN, FC, CONV)
+    assert (
+        module.num_classes,
+        module.depth,
+        module.stem_channels,
+        module.base_channels,
+        module.fpn_channels,
+        module.fc_channels,
+        module.conv_channels,
+    ) == (CLASSES, 50, STEM, BASE, FPN, FC, CONV)
     assert module.context is None
     _, module, _, report = four_conv_gc
     assert report.ok and module.box_head == "4conv1fc" and module.head_norm == "batch"
@@ -117,7 +142,7 @@ def test_features_and_heads_match_mmdet(case, request):
         expected = reference.neck(reference.backbone(torch.tensor(image)))
     levels = module.apply(variables, _nhwc(image), method=lambda m, x: m._features(x, False))
     assert len(levels) == len(expected) == 5
-    for ours, theirs in zip(levels, expected):
+    for ours, theirs in zip(levels, expected, strict=False):
         assert relative_error(np.asarray(ours), _nhwc(theirs)) < 1e-4
 
     for level in expected:  # RPN on mmdet's own features: (y, x, anchor) order.
@@ -177,44 +202,70 @@ def test_v1_official_dnl_blocks_map_onto_our_block(two_fc):
     """`nl_gc_block` (the official DNL detection code's `NonLocal2dGc`, ratio 1/4, in c4 block
     n−2 and all of c5, as its `stage_with_nlgcb=[[], [], [-2], [-2, -1, 0]]`) → our
     'dnl_official' block: leaf by leaf, and the converted block computes what the official
-    forward (tests/core/test_blocks_official.py's reference, which NonLocal2dGc with downsample=False,
-    use_out=False, with_gc=True is) computes with the checkpoint's tensors."""
+    forward (tests/core/test_blocks_official.py's reference, which NonLocal2dGc with
+    downsample=False, use_out=False, with_gc=True is) computes with the checkpoint's tensors."""
     reference, _, _, _ = two_fc
     v1 = to_v1(_state_dict(reference))
     rng = np.random.default_rng(3)
-    blocks = {"layer3.4": BASE * 16, "layer4.0": BASE * 32, "layer4.1": BASE * 32,
-              "layer4.2": BASE * 32}
+    blocks = {
+        "layer3.4": BASE * 16,
+        "layer4.0": BASE * 32,
+        "layer4.1": BASE * 32,
+        "layer4.2": BASE * 32,
+    }
     for name, channels in blocks.items():
         inner = channels // 4
         prefix = f"backbone.{name}.nl_gc_block."
-        shapes = {"conv_query.weight": (inner, channels, 1, 1), "conv_query.bias": (inner,),
-                  "conv_key.weight": (inner, channels, 1, 1), "conv_key.bias": (inner,),
-                  "conv_value.weight": (channels, channels, 1, 1),
-                  "conv_mask.weight": (1, channels, 1, 1), "conv_mask.bias": (1,),
-                  "gamma": (1,)}
-        v1.update({prefix + k: (rng.normal(size=s) * (1.0 if k == "gamma" else 0.05)).astype(
-            np.float32) for k, s in shapes.items()})
+        shapes = {
+            "conv_query.weight": (inner, channels, 1, 1),
+            "conv_query.bias": (inner,),
+            "conv_key.weight": (inner, channels, 1, 1),
+            "conv_key.bias": (inner,),
+            "conv_value.weight": (channels, channels, 1, 1),
+            "conv_mask.weight": (1, channels, 1, 1),
+            "conv_mask.bias": (1,),
+            "gamma": (1,),
+        }
+        v1.update(
+            {
+                prefix + k: (rng.normal(size=s) * (1.0 if k == "gamma" else 0.05)).astype(
+                    np.float32
+                )
+                for k, s in shapes.items()
+            }
+        )
     module, variables, report = mmdet.mmdet_to_flax(v1, temperature=0.05)
     assert report.ok
-    assert (module.context.kind, module.context.placement, module.context.reduction,
-            module.context.temperature) == ("dnl_official", "after_add", 4, 0.05)
+    assert (
+        module.context.kind,
+        module.context.placement,
+        module.context.reduction,
+        module.context.temperature,
+    ) == ("dnl_official", "after_add", 4, 0.05)
     assert module.context_block_indices == ((), (), (4,), (0, 1, 2))
     block = variables["params"]["backbone"]["layer3_4"]["dnl_official_block"]
     prefix = "backbone.layer3.4.nl_gc_block."
     np.testing.assert_array_equal(block["gamma"], v1[prefix + "gamma"])
-    np.testing.assert_array_equal(block["conv_value"]["kernel"],
-                                  v1[prefix + "conv_value.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        block["conv_value"]["kernel"], v1[prefix + "conv_value.weight"].transpose(2, 3, 1, 0)
+    )
     np.testing.assert_array_equal(block["conv_mask"]["bias"], v1[prefix + "conv_mask.bias"])
 
     channels = blocks["layer3.4"]
     official = OfficialReference(channels, channels // 4, **OFFICIAL_VARIANTS["in"])
-    official.load_state_dict({key.removeprefix(prefix): torch.tensor(value)
-                              for key, value in v1.items() if key.startswith(prefix)})
+    official.load_state_dict(
+        {
+            key.removeprefix(prefix): torch.tensor(value)
+            for key, value in v1.items()
+            if key.startswith(prefix)
+        }
+    )
     x = np.random.default_rng(4).normal(size=(2, channels, 5, 4)).astype(np.float32)
     with torch.no_grad():
         expected = official(torch.tensor(x))
     ours = OfficialDisentangledNonLocal(reduction=4, **OFFICIAL_VARIANTS["in"]).apply(
-        {"params": block}, _nhwc(x))
+        {"params": block}, _nhwc(x)
+    )
     assert relative_error(np.asarray(ours), _nhwc(expected)) < 1e-4
 
 
@@ -251,8 +302,10 @@ def test_v1_inplace_abn_norms_convert_to_their_function(four_conv_gc):
     for conv_module in convs:
         conv_module.bn = InPlaceABNStandIn(conv_module.bn, rng)
     v1 = to_v1(_state_dict(abn))
-    expected_abn = sorted([f"neck.{kind}.{i}.bn" for kind in ("lateral_convs", "fpn_convs")
-                           for i in range(4)] + [f"mask_head.convs.{i}.bn" for i in range(4)])
+    expected_abn = sorted(
+        [f"neck.{kind}.{i}.bn" for kind in ("lateral_convs", "fpn_convs") for i in range(4)]
+        + [f"mask_head.convs.{i}.bn" for i in range(4)]
+    )
     assert mmdet.abn_norm_layers(v1, "mmdet_v1") == expected_abn
     module, variables, report = mmdet.mmdet_to_flax(v1)
     assert report.ok and module.neck_norm == module.mask_norm == "batch"
@@ -263,10 +316,19 @@ def test_v1_inplace_abn_norms_convert_to_their_function(four_conv_gc):
     with torch.no_grad():
         inputs = abn.backbone(torch.tensor(image))
         expected = abn.neck(inputs) + (abn.roi_head.mask_head(torch.tensor(features)),)
-    apply = lambda variables_: [np.asarray(out) for out in module.apply(  # noqa: E731
-        variables_, [_nhwc(x) for x in inputs], _nhwc(features),
-        method=lambda m, levels, rois: (*m.neck(levels), m.mask_head(rois)))]
-    for ours, theirs in zip(apply(variables), expected):
+
+    def apply(variables_):
+        return [
+            np.asarray(out)
+            for out in module.apply(
+                variables_,
+                [_nhwc(x) for x in inputs],
+                _nhwc(features),
+                method=lambda m, levels, rois: (*m.neck(levels), m.mask_head(rois)),
+            )
+        ]
+
+    for ours, theirs in zip(apply(variables), expected, strict=False):
         assert relative_error(ours, _nhwc(theirs)) < 1e-4
     assert relative_error(apply(plain)[-1], _nhwc(expected[-1])) > 0.1
 
@@ -307,10 +369,12 @@ def test_unsupported_checkpoints_fail_clearly(two_fc):
 def test_convert_cli_writes_the_detector(tmp_path, four_conv_gc):
     reference, module, variables, _ = four_conv_gc
     source = tmp_path / "mask_rcnn_v1.pth"
-    torch.save({"state_dict": {k: torch.tensor(v) for k, v in
-                               to_v1(_state_dict(reference)).items()}}, source)
+    torch.save(
+        {"state_dict": {k: torch.tensor(v) for k, v in to_v1(_state_dict(reference)).items()}},
+        source,
+    )
     assert convert.main([str(source), str(tmp_path / "out")]) == 0
-    summary = json.load(open(tmp_path / "out" / "conversion.json"))
+    summary = json.loads((tmp_path / "out" / "conversion.json").read_text())
     assert summary["num_classes"] == CLASSES and not summary["missing"]
     assert summary["loaded"] == summary["model_tensors"] == len(jax.tree.leaves(variables))
     jax.tree.map(np.testing.assert_array_equal, restore(tmp_path / "out" / "state"), variables)
@@ -319,14 +383,17 @@ def test_convert_cli_writes_the_detector(tmp_path, four_conv_gc):
     assert convert.main([str(source), str(tmp_path / "abn"), "--abn", "true"]) == 0
     abn = restore(tmp_path / "abn" / "state")
 
-    norms = [jax.tree_util.keystr(path[:-1]) for path, _ in
-             jax.tree_util.tree_leaves_with_path(variables["batch_stats"])
-             if jax.tree_util.keystr(path).endswith("['mean']")]  # the batch norms' paths
+    norms = [
+        jax.tree_util.keystr(path[:-1])
+        for path, _ in jax.tree_util.tree_leaves_with_path(variables["batch_stats"])
+        if jax.tree_util.keystr(path).endswith("['mean']")
+    ]  # the batch norms' paths
 
     def check(path, ours, plain):
         key = jax.tree_util.keystr(path)
-        if key.startswith("['params']") and key[len("['params']"):] in {
-                f"{norm}['scale']" for norm in norms}:
+        if key.startswith("['params']") and key[len("['params']") :] in {
+            f"{norm}['scale']" for norm in norms
+        }:
             np.testing.assert_allclose(ours, np.abs(plain) + 1e-5, rtol=1e-6)
         else:  # convs, biases, the GC blocks' layer norms, statistics: unchanged
             np.testing.assert_array_equal(ours, plain)
@@ -355,18 +422,24 @@ def test_torchvision_resnet50_loads_into_the_detector_backbone(tmp_path):
     spec = initialisation.BACKBONES["torchvision_resnet50"]
     convert_cli.convert_backbone(spec, str(source), str(tmp_path / "pretrained"))
 
-    module = MaskRCNN(num_classes=CLASSES, context=ContextSpec("dnl_official", "after_add",
-                                                               reduction=4),
-                      context_block_indices=((), (), (-2,), (0, 1, 2)))
-    fresh = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
-                         mmdet.detector_template(module))
+    module = MaskRCNN(
+        num_classes=CLASSES,
+        context=ContextSpec("dnl_official", "after_add", reduction=4),
+        context_block_indices=((), (), (-2,), (0, 1, 2)),
+    )
+    fresh = jax.tree.map(
+        lambda leaf: np.zeros(leaf.shape, leaf.dtype), mmdet.detector_template(module)
+    )
     config = SimpleNamespace(pretrained=spec.name, pretrained_dir=str(tmp_path / "pretrained"))
-    params, stats = initialisation.load_into(config, fresh["params"], fresh["batch_stats"],
-                                              load_variables)
+    params, stats = initialisation.load_into(
+        config, fresh["params"], fresh["batch_stats"], load_variables
+    )
     backbone = params["backbone"]
-    np.testing.assert_array_equal(backbone["conv1"]["kernel"],
-                                  state_dict["conv1.weight"].numpy().transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(stats["backbone"]["layer4_2"]["bn3"]["var"],
-                                  state_dict["layer4.2.bn3.running_var"].numpy())
+    np.testing.assert_array_equal(
+        backbone["conv1"]["kernel"], state_dict["conv1.weight"].numpy().transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        stats["backbone"]["layer4_2"]["bn3"]["var"], state_dict["layer4.2.bn3.running_var"].numpy()
+    )
     assert not np.any(backbone["layer3_4"]["dnl_official_block"]["conv_value"]["kernel"])
     assert not np.any(params["bbox_head"]["fc_cls"]["kernel"])  # heads keep their init

@@ -8,10 +8,6 @@ import functools
 import jax
 import numpy as np
 import pytest
-
-from dnl_jax import interop
-from dnl_jax.interop import mapping, segmentor
-from dnl_jax.models import heads
 from openmmlab_reference import mmseg_head, mmseg_resnet_v1c
 from torch_reference import (
     EncoderDecoder,
@@ -22,6 +18,10 @@ from torch_reference import (
     torch_output_and_input_grad,
 )
 
+from dnl_jax import interop
+from dnl_jax.interop import mapping, segmentor
+from dnl_jax.models import heads
+
 torch = require("torch")
 
 # mmseg parameter counts (shared/DESIGN.md): ResNet-V1c-50 trunk + DNLHead(2048→512, 19 classes)
@@ -29,22 +29,31 @@ torch = require("torch")
 MMSEG_DNLNET_R50_PARAMS = 23_527_264 + 24_132_372 + 2_364_691
 
 
-def torch_segmentor(stage_blocks, bottleneck, width, channels, aux_channels, classes, head="dnl",
-                    seed=0, std=0.05):
+def torch_segmentor(
+    stage_blocks, bottleneck, width, channels, aux_channels, classes, head="dnl", seed=0, std=0.05
+):
     """A random mmseg-style EncoderDecoder (eval mode); `width` = stem and base channels."""
     expansion = 4 if bottleneck else 1
     backbone = mmseg_resnet_v1c(stage_blocks, bottleneck, stem=width, base=width)
-    decode = mmseg_head(width * 8 * expansion, channels, classes, in_index=3,
-                        context=None if head == "fcn" else head)
-    aux = mmseg_head(width * 4 * expansion, aux_channels, classes, num_convs=1,
-                     concat_input=False, in_index=2)
+    decode = mmseg_head(
+        width * 8 * expansion,
+        channels,
+        classes,
+        in_index=3,
+        context=None if head == "fcn" else head,
+    )
+    aux = mmseg_head(
+        width * 4 * expansion, aux_channels, classes, num_convs=1, concat_input=False, in_index=2
+    )
     return randomize(EncoderDecoder(backbone, decode, aux), seed=seed, std=std)
 
 
 def images_and_cotangent(classes, seed=0, size=(33, 41)):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((1, 3, *size)).astype(np.float32),
-            rng.standard_normal((1, classes, *size)).astype(np.float32))
+    return (
+        rng.standard_normal((1, 3, *size)).astype(np.float32),
+        rng.standard_normal((1, classes, *size)).astype(np.float32),
+    )
 
 
 def test_real_size_r50_d8_dnlnet_parity():
@@ -136,19 +145,23 @@ def test_pretrained_backbone_into_segmentor_needs_partial_load():
     with torch.no_grad():
         expected = [t.numpy() for t in torch_backbone(torch.tensor(x))]
     features = backbone.apply(variables, x.transpose(0, 2, 3, 1))
-    for got, want in zip(features, expected):
+    for got, want in zip(features, expected, strict=False):
         assert relative_error(np.asarray(got).transpose(0, 3, 1, 2), want) < 1e-5
 
     seg = segmentor.segmentor_for_state_dict(
-        torch_segmentor((2, 2, 2, 2), False, 8, 16, 8, 4).state_dict())
+        torch_segmentor((2, 2, 2, 2), False, 8, 16, 8, 4).state_dict()
+    )
     seg_template = segmentor.segmentor_template(seg)
     prefixed = {f"backbone.{k}": v for k, v in state_dict.items() if not k.startswith("fc.")}
     with pytest.raises(interop.ConversionError, match="missing:    decode_head.conv_seg.weight"):
         mapping.torch_to_flax(prefixed, seg_template, rename=segmentor.mmseg_rename)
     partial, partial_report = mapping.torch_to_flax(
-        prefixed, seg_template, rename=segmentor.mmseg_rename, strict=False)
+        prefixed, seg_template, rename=segmentor.mmseg_rename, strict=False
+    )
     assert not partial_report.unexpected and not partial_report.mismatched
-    assert all(key.startswith(("decode_head.", "auxiliary_head.")) for key, _ in partial_report.missing)
+    assert all(
+        key.startswith(("decode_head.", "auxiliary_head.")) for key, _ in partial_report.missing
+    )
     fresh = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), seg_template)
     merged = interop.merge_variables(fresh, partial)
     jax.tree.map(np.testing.assert_array_equal, merged["params"]["backbone"], variables["params"])
@@ -160,16 +173,25 @@ def test_different_class_count_is_reported_as_mis_shaped():
     with pytest.raises(interop.ConversionError) as info:
         segmentor.segmentor_to_flax(state_dict, module)
     mismatched = {key for key, *_ in info.value.report.mismatched}
-    assert mismatched == {"decode_head.conv_seg.weight", "decode_head.conv_seg.bias",
-                          "auxiliary_head.conv_seg.weight", "auxiliary_head.conv_seg.bias"}
-    assert "decode_head.conv_seg.weight: checkpoint (3, 16, 1, 1), model expects (7, 16, 1, 1)" in str(
-        info.value)
+    assert mismatched == {
+        "decode_head.conv_seg.weight",
+        "decode_head.conv_seg.bias",
+        "auxiliary_head.conv_seg.weight",
+        "auxiliary_head.conv_seg.bias",
+    }
+    assert (
+        "decode_head.conv_seg.weight: checkpoint (3, 16, 1, 1), model expects (7, 16, 1, 1)"
+        in str(info.value)
+    )
 
 
-@pytest.mark.parametrize("head, head_kwargs, head_type", [
-    ("fcn", {"num_convs": 2, "concat_input": True}, heads.FCNHead),
-    ("gc", {"ratio": 1 / 4}, heads.GCHead),
-])
+@pytest.mark.parametrize(
+    "head, head_kwargs, head_type",
+    [
+        ("fcn", {"num_convs": 2, "concat_input": True}, heads.FCNHead),
+        ("gc", {"ratio": 1 / 4}, heads.GCHead),
+    ],
+)
 def test_fcn_and_gc_segmentor_architecture_is_read_from_keys(head, head_kwargs, head_type):
     state_dict = torch_segmentor((2, 2, 2, 2), False, 8, 16, 8, 6, head=head).state_dict()
     config = segmentor.segmentor_config(state_dict)

@@ -4,14 +4,14 @@ parameter counts of torchvision's resnet18/resnet50, depth checks, loading into 
 import jax
 import numpy as np
 import pytest
+from openmmlab_reference import mmseg_models
+from torch_reference import randomize, relative_error, require
 
 from dnl_jax import interop
 from dnl_jax.interop import mapping, segmentor
 from dnl_jax.models import heads
 from dnl_jax.models.resnet_v1b import ResNetV1b
 from dnl_jax.models.segmentor import Segmentor
-from openmmlab_reference import mmseg_models
-from torch_reference import randomize, relative_error, require
 
 torch = require("torch")
 
@@ -23,8 +23,9 @@ def torchvision_resnet(depth, seed=0):
     """mmseg's `ResNet` (V1b: torchvision's layout and keys, 7×7 stem `conv1`/`bn1`, no dilation)
     + an fc 512·expansion → 1000, as torchvision's ImageNet models."""
     bottleneck = depth >= 50
-    model = mmseg_models().ResNet(depth=depth, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1),
-                                  out_indices=(0, 1, 2, 3))
+    model = mmseg_models().ResNet(
+        depth=depth, strides=(1, 2, 2, 2), dilations=(1, 1, 1, 1), out_indices=(0, 1, 2, 3)
+    )
     model.fc = torch.nn.Linear(512 * (4 if bottleneck else 1), 1000)
     return randomize(model, seed=seed, std=0.03)
 
@@ -36,7 +37,9 @@ def test_layout_matches_torchvision_and_converts_strictly(depth):
     module, variables, report = interop.torchvision_resnet_to_flax(model.state_dict(), depth)
     assert report.ok and isinstance(module, ResNetV1b) and module.depth == depth
     fc = 1000 * (512 * (4 if depth >= 50 else 1) + 1)
-    assert sum(p.size for p in jax.tree.leaves(variables["params"])) == TORCHVISION_PARAMS[depth] - fc
+    assert (
+        sum(p.size for p in jax.tree.leaves(variables["params"])) == TORCHVISION_PARAMS[depth] - fc
+    )
     with pytest.raises(ValueError, match=f"pass depth={depth} or None"):
         interop.torchvision_resnet_to_flax(model.state_dict(), 101 if depth == 50 else 34)
 
@@ -49,17 +52,18 @@ def test_resnet18_stage_parity():
         expected = [t.numpy() for t in model(torch.tensor(x))]
     features = jax.jit(module.apply)(variables, x.transpose(0, 2, 3, 1))
     assert [f.shape[1:3] for f in features] == [e.shape[2:] for e in expected]
-    for got, want in zip(features, expected):
+    for got, want in zip(features, expected, strict=False):
         assert relative_error(np.asarray(got).transpose(0, 3, 1, 2), want) < 1e-5
 
 
 def test_torchvision_backbone_into_a_dilated_segmentor():
     model = torchvision_resnet(18, seed=3)
     backbone, variables, _ = interop.torchvision_resnet_to_flax(model.state_dict(), output_stride=8)
-    seg = Segmentor(backbone=backbone,
-                    decode_head=heads.DNLHead(num_classes=4, channels=16),
-                    auxiliary_head=heads.FCNHead(num_classes=4, channels=8, num_convs=1,
-                                                 concat_input=False))
+    seg = Segmentor(
+        backbone=backbone,
+        decode_head=heads.DNLHead(num_classes=4, channels=16),
+        auxiliary_head=heads.FCNHead(num_classes=4, channels=8, num_convs=1, concat_input=False),
+    )
     template = segmentor.segmentor_template(seg)
     fresh = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), template)
     loaded = {collection: {"backbone": tree} for collection, tree in variables.items()}

@@ -13,16 +13,16 @@ import numpy as np
 import optax
 import pytest
 import torch
+from train_testing import enable_compilation_cache, tiny_config
 
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import losses
-from dnl_jax.tasks import get_model
 from dnl_jax.models.segmentor import resize_bilinear
+from dnl_jax.tasks import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.config import base_config
 from dnl_jax.train.trainer import train_and_evaluate
-from train_testing import enable_compilation_cache, tiny_config
 
 enable_compilation_cache()
 
@@ -42,8 +42,8 @@ def test_normalisers_kept_and_all_against_numpy():
     w = keep * weights[np.where(keep, labels, 0)]
     for normalizer, count in (("kept", w.sum()), ("all", labels.size)):
         total, got_count = losses.pixel_cross_entropy_sum(
-            jnp.asarray(logits), jnp.asarray(labels), class_weights=weights,
-            normalizer=normalizer)
+            jnp.asarray(logits), jnp.asarray(labels), class_weights=weights, normalizer=normalizer
+        )
         np.testing.assert_allclose(total, (w * nll).sum(), rtol=1e-5)
         np.testing.assert_allclose(got_count, count, rtol=1e-6)
 
@@ -55,7 +55,8 @@ def test_without_ignore_pixels_kept_is_the_plain_mean():
     plain = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1))
     for normalizer in losses.NORMALIZERS:  # no ignore pixel: both normalisers agree
         np.testing.assert_allclose(
-            losses.pixel_cross_entropy(logits, labels, normalizer=normalizer), plain, rtol=1e-6)
+            losses.pixel_cross_entropy(logits, labels, normalizer=normalizer), plain, rtol=1e-6
+        )
 
 
 def test_ohem_min_kept_is_per_image():
@@ -85,9 +86,16 @@ def test_bad_normaliser_names_the_choices():
 @pytest.mark.parametrize("size", [(37, 19), (3, 4), (1, 6)])
 def test_resize_matches_torch_interpolate(align_corners, size):
     x = np.random.default_rng(2).normal(size=(2, 7, 9, 3)).astype(np.float32)
-    expected = torch.nn.functional.interpolate(
-        torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode="bilinear",
-        align_corners=align_corners).permute(0, 2, 3, 1).numpy()
+    expected = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(x).permute(0, 3, 1, 2),
+            size=size,
+            mode="bilinear",
+            align_corners=align_corners,
+        )
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
     got = resize_bilinear(jnp.asarray(x), size, align_corners=align_corners)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -112,10 +120,22 @@ def test_weight_decay_multiplier_follows_mmengine_custom_keys():
 
 def test_optimizer_scales_weight_decay_per_parameter():
     opt = base_config().optimizer
-    opt.update(dict(lr=1.0, momentum=0.0, min_lr=1.0, weight_decay=0.1,
-                    weight_decay_multipliers=(("theta", 0.0), ("phi", 0.5))))
-    params = {"block": {"theta": {"kernel": jnp.ones(3)}, "phi": {"kernel": jnp.ones(3)},
-                        "g": {"kernel": jnp.ones(3)}}}
+    opt.update(
+        dict(
+            lr=1.0,
+            momentum=0.0,
+            min_lr=1.0,
+            weight_decay=0.1,
+            weight_decay_multipliers=(("theta", 0.0), ("phi", 0.5)),
+        )
+    )
+    params = {
+        "block": {
+            "theta": {"kernel": jnp.ones(3)},
+            "phi": {"kernel": jnp.ones(3)},
+            "g": {"kernel": jnp.ones(3)},
+        }
+    }
     optimizer = step_lib.make_optimizer(opt, 10)
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = optimizer.update(zero, optimizer.init(params), params)
@@ -138,7 +158,7 @@ def test_synthetic_ignore_fraction_is_one_rectangle_over_the_same_scene():
         np.testing.assert_array_equal(a["image"], b["image"])
         ignored = b["label"] == 255
         rows, cols = np.nonzero(ignored)
-        box = ignored[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = ignored[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all()  # one filled rectangle
         assert abs(ignored.sum() - 256) <= 16  # 0.25 of 32x32, up to the aspect's rounding
         np.testing.assert_array_equal(a["label"][~ignored], b["label"][~ignored])
@@ -166,13 +186,14 @@ def _bundle(**overrides):
 
 
 def _batch(size=8, image_size=12):
-    source = SyntheticSegmentation(size, image_size=image_size, num_classes=K,
-                                   ignore_fraction=0.3)
+    source = SyntheticSegmentation(size, image_size=image_size, num_classes=K, ignore_fraction=0.3)
     examples = [source[i] for i in range(size)]
     labels = np.stack([e["label"] for e in examples])
     labels[:2, :, : image_size // 2] = 255  # devices 0 and the others differ a lot
-    return {"image": jnp.asarray(np.stack([e["image"] for e in examples])),
-            "label": jnp.asarray(labels)}
+    return {
+        "image": jnp.asarray(np.stack([e["image"] for e in examples])),
+        "label": jnp.asarray(labels),
+    }
 
 
 def _run(bundle, batch, *, accum, pmap, steps=3):
@@ -180,12 +201,20 @@ def _run(bundle, batch, *, accum, pmap, steps=3):
     opt.update(dict(lr=0.5, weight_decay=0.0))
     optimizer = step_lib.make_optimizer(opt, 10)
     params = bundle.module.init(jax.random.key(0), batch["image"][:1], train=True)["params"]
-    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
-                                opt_state=optimizer.init(params),
-                                rng=jax.random.key_data(jax.random.key(1)))
+    state = step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats={},
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(jax.random.key(1)),
+    )
     train_step = step_lib.make_train_step(
-        bundle, optimizer, step_lib.learning_rate_schedule(opt, 10), grad_accum_steps=accum,
-        axis_name="batch" if pmap else None)
+        bundle,
+        optimizer,
+        step_lib.learning_rate_schedule(opt, 10),
+        grad_accum_steps=accum,
+        axis_name="batch" if pmap else None,
+    )
     if pmap:
         devices = 4
         state = jax.tree.map(lambda x: jnp.broadcast_to(x, (devices, *x.shape)), state)
@@ -206,8 +235,11 @@ def test_step_jit_pmap_and_accumulation_optimise_one_loss(normalizer):
     reference, metrics = _run(bundle, batch, accum=1, pmap=False)
     for accum, pmap in ((1, True), (2, False), (2, True)):
         state, other = _run(bundle, batch, accum=accum, pmap=pmap)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                     state.params, reference.params)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+            state.params,
+            reference.params,
+        )
         for name in ("loss", "decode_loss", "aux_loss", "pixel_accuracy"):
             np.testing.assert_allclose(other[name], metrics[name], rtol=2e-5, err_msg=name)
     assert float(metrics["finite"]) == 1.0
@@ -216,9 +248,16 @@ def test_step_jit_pmap_and_accumulation_optimise_one_loss(normalizer):
     params = bundle.module.init(jax.random.key(0), batch["image"][:1], train=True)["params"]
     outputs = bundle.module.apply({"params": params}, batch["image"], train=True)
     whole = float(bundle.loss_fn(outputs, batch)[0])
-    shards = [float(bundle.loss_fn(jax.tree.map(lambda x: x[i:i + 2], outputs),
-                                   jax.tree.map(lambda x: x[i:i + 2], batch))[0])
-              for i in range(0, 8, 2)]
+    shards = [
+        float(
+            bundle.loss_fn(
+                # tree.map calls the lambdas at once: no late binding of `i`.
+                jax.tree.map(lambda x: x[i : i + 2], outputs),  # noqa: B023
+                jax.tree.map(lambda x: x[i : i + 2], batch),  # noqa: B023
+            )[0]
+        )
+        for i in range(0, 8, 2)
+    ]
     if normalizer == "kept":
         assert abs(np.mean(shards) - whole) > 1e-3 * whole
     else:
@@ -227,13 +266,19 @@ def test_step_jit_pmap_and_accumulation_optimise_one_loss(normalizer):
 
 def test_step_flags_non_finite_loss_gradients_and_parameters():
     bundle, batch = _bundle(), _batch()
-    _, metrics = _run(bundle, {**batch, "image": batch["image"].at[0, 0, 0, 0].set(jnp.nan)},
-                      accum=1, pmap=False, steps=1)
+    _, metrics = _run(
+        bundle,
+        {**batch, "image": batch["image"].at[0, 0, 0, 0].set(jnp.nan)},
+        accum=1,
+        pmap=False,
+        steps=1,
+    )
     assert float(metrics["finite"]) == 0.0  # NaN loss
 
     # Finite loss, NaN gradient: d sqrt(x)/dx at 0.
     def sqrt_ratios(outputs, batch):
         return {"decode_loss": (jnp.sqrt(jnp.sum(outputs["logits"] * 0.0)), jnp.float32(1.0))}
+
     sqrt_bundle = dataclasses.replace(bundle, loss_ratios_fn=sqrt_ratios, loss_selection_fn=None)
     _, metrics = _run(sqrt_bundle, batch, accum=1, pmap=False, steps=1)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["finite"]) == 0.0
@@ -261,9 +306,13 @@ def test_updated_parameters_overflowing_are_flagged():
     optimizer = step_lib.make_optimizer(opt, 10)
     params = bundle.module.init(jax.random.key(0), batch["image"][:1], train=True)["params"]
     params = {**params, "unused": jnp.full((3,), 3e38, jnp.float32)}
-    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
-                                opt_state=optimizer.init(params),
-                                rng=jax.random.key_data(jax.random.key(1)))
+    state = step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats={},
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(jax.random.key(1)),
+    )
     train_step = step_lib.make_train_step(bundle, optimizer, optax.constant_schedule(3.0))
     new_state, metrics = jax.jit(train_step)(state, batch)
     assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
@@ -274,8 +323,9 @@ def test_updated_parameters_overflowing_are_flagged():
 def test_run_stops_at_the_first_non_finite_step_and_saves_nothing_non_finite(tmp_path):
     """lr 1e38 sends the parameters to ±1e38 or past float32's range within two steps: the run
     stops naming the step, and every checkpoint it saved (one per step) is finite."""
-    config = tiny_config(**{"optimizer.lr": 1e38, "optimizer.min_lr": 1e38,
-                            "checkpoint.every_steps": 1})
+    config = tiny_config(
+        **{"optimizer.lr": 1e38, "optimizer.min_lr": 1e38, "checkpoint.every_steps": 1}
+    )
     with pytest.raises(FloatingPointError, match=r"non-finite training step at step [12] "):
         train_and_evaluate(config, str(tmp_path))
     for step in os.listdir(tmp_path / "checkpoints"):

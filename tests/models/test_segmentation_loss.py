@@ -7,7 +7,6 @@ import pytest
 
 from dnl_jax.models import losses
 
-
 # ---------------------------------------------------------------------------------------------
 # Loss, OHEM and metrics against NumPy.
 # ---------------------------------------------------------------------------------------------
@@ -42,16 +41,22 @@ def test_loss_ignores_255_and_matches_numpy():
     changed_loss = losses.pixel_cross_entropy(jnp.asarray(changed), jnp.asarray(labels))
     np.testing.assert_allclose(changed_loss, loss, rtol=1e-6)
     weights = [0.5, 1.0, 2.0, 0.1]
-    weighted = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
-                                          class_weights=weights)
-    np.testing.assert_allclose(weighted, numpy_cross_entropy(logits, labels, keep, weights),
-                               rtol=1e-5)
+    weighted = losses.pixel_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels), class_weights=weights
+    )
+    np.testing.assert_allclose(
+        weighted, numpy_cross_entropy(logits, labels, keep, weights), rtol=1e-5
+    )
 
 
 def numpy_ohem_keep(logits, labels, thresh, min_kept):
     """The official OhemCrossEntropy2d selection, applied to each image on its own."""
-    return np.stack([numpy_ohem_keep_batch(logits[i:i + 1], labels[i:i + 1], thresh, min_kept)[0]
-                     for i in range(len(labels))])
+    return np.stack(
+        [
+            numpy_ohem_keep_batch(logits[i : i + 1], labels[i : i + 1], thresh, min_kept)[0]
+            for i in range(len(labels))
+        ]
+    )
 
 
 def numpy_ohem_keep_batch(logits, labels, thresh, min_kept):
@@ -73,14 +78,18 @@ def numpy_ohem_keep_batch(logits, labels, thresh, min_kept):
 def test_ohem_keeps_hard_pixels_and_at_least_min_kept(thresh, min_kept):
     logits, labels = random_logits_labels(2)
     valid = labels != 255
-    keep = np.asarray(losses.ohem_keep_mask(jnp.asarray(logits), jnp.asarray(labels),
-                                            jnp.asarray(valid), thresh, min_kept))
+    keep = np.asarray(
+        losses.ohem_keep_mask(
+            jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(valid), thresh, min_kept
+        )
+    )
     np.testing.assert_array_equal(keep, numpy_ohem_keep(logits, labels, thresh, min_kept))
-    for image_keep, image_valid in zip(keep, valid):  # min_kept holds per image
+    for image_keep, image_valid in zip(keep, valid, strict=False):  # min_kept holds per image
         assert image_keep.sum() >= min(min_kept, image_valid.sum())
     assert not keep[~valid].any()
-    loss = losses.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
-                                      ohem=dict(thresh=thresh, min_kept=min_kept))
+    loss = losses.pixel_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels), ohem=dict(thresh=thresh, min_kept=min_kept)
+    )
     np.testing.assert_allclose(loss, numpy_cross_entropy(logits, labels, keep), rtol=1e-5)
 
 
@@ -91,7 +100,7 @@ def test_confusion_matrix_matches_numpy_count():
     labels[0, 0, :3] = 7  # out of range: excluded like the ignore label
     predictions = rng.integers(0, 5, size=labels.shape)
     expected = np.zeros((5, 5), np.int64)
-    for t, p in zip(labels.ravel(), predictions.ravel()):
+    for t, p in zip(labels.ravel(), predictions.ravel(), strict=False):
         if t < 5:
             expected[t, p] += 1
     got = losses.confusion_matrix(jnp.asarray(predictions), jnp.asarray(labels), 5)

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_testing import compile_for, flat_names, run_compiled, shapes_of_init
 
 from dnl_jax import models, tasks
-from model_testing import compile_for, flat_names, run_compiled, shapes_of_init
 
 # Reference counts from mmseg/mmcv (shared/DESIGN.md), `params` only.
 RESNET_V1C_PARAMS = {50: 23_527_264, 101: 42_519_392}
@@ -33,8 +33,9 @@ def test_resnet_v1c_trunk_parameter_count(depth):
 # torchvision trunk counts (resnetN minus its fc) + the V1c deep stem's extra 19,232 parameters
 # (3·9·32 + 32·9·32 + 32·9·64 conv weights and 2·(32 + 32 + 64) BN ones, minus the 7×7 conv's
 # 9,408 and its BN's 128); the same rule gives the reference counts for 50 and 101.
-@pytest.mark.parametrize("depth, torchvision_trunk", [(18, 11_176_512), (34, 21_284_672),
-                                                      (152, 58_143_808)])
+@pytest.mark.parametrize(
+    "depth, torchvision_trunk", [(18, 11_176_512), (34, 21_284_672), (152, 58_143_808)]
+)
 def test_other_depths_match_torchvision_plus_deep_stem(depth, torchvision_trunk):
     variables = shapes_of_init(models.ResNetV1c(depth=depth), (1, 64, 64, 3))
     assert models.count_params(variables["params"]) == torchvision_trunk + 19_232
@@ -66,18 +67,31 @@ def test_parameter_names_mirror_mmseg_state_dict_keys():
     variables = shapes_of_init(tasks.get_model("dnl_tiny", 5).module, (1, 32, 32, 3))
     params, stats = flat_names(variables["params"]), flat_names(variables["batch_stats"])
     expected_params = {
-        "backbone/stem_0/kernel", "backbone/stem_1/scale", "backbone/stem_3/kernel",
-        "backbone/stem_6/kernel", "backbone/stem_7/bias", "backbone/layer1_0/conv1/kernel",
-        "backbone/layer2_0/downsample_0/kernel", "backbone/layer2_0/downsample_1/scale",
-        "decode_head/convs_0/conv/kernel", "decode_head/convs_1/bn/scale",
-        "decode_head/dnl_block/theta/conv/kernel", "decode_head/dnl_block/conv_mask/kernel",
-        "decode_head/dnl_block/conv_out/conv/kernel", "decode_head/conv_cat/conv/kernel",
-        "decode_head/conv_seg/kernel", "decode_head/conv_seg/bias",
-        "auxiliary_head/convs_0/conv/kernel", "auxiliary_head/conv_seg/kernel",
+        "backbone/stem_0/kernel",
+        "backbone/stem_1/scale",
+        "backbone/stem_3/kernel",
+        "backbone/stem_6/kernel",
+        "backbone/stem_7/bias",
+        "backbone/layer1_0/conv1/kernel",
+        "backbone/layer2_0/downsample_0/kernel",
+        "backbone/layer2_0/downsample_1/scale",
+        "decode_head/convs_0/conv/kernel",
+        "decode_head/convs_1/bn/scale",
+        "decode_head/dnl_block/theta/conv/kernel",
+        "decode_head/dnl_block/conv_mask/kernel",
+        "decode_head/dnl_block/conv_out/conv/kernel",
+        "decode_head/conv_cat/conv/kernel",
+        "decode_head/conv_seg/kernel",
+        "decode_head/conv_seg/bias",
+        "auxiliary_head/convs_0/conv/kernel",
+        "auxiliary_head/conv_seg/kernel",
     }
     assert expected_params <= params, expected_params - params
-    assert {"backbone/stem_1/mean", "backbone/layer1_0/bn1/var",
-            "decode_head/dnl_block/conv_out/bn/mean"} <= stats
+    assert {
+        "backbone/stem_1/mean",
+        "backbone/layer1_0/bn1/var",
+        "decode_head/dnl_block/conv_out/bn/mean",
+    } <= stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,11 +99,13 @@ def test_parameter_names_mirror_mmseg_state_dict_keys():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("output_stride, strides", [(8, (4, 8, 8, 8)), (16, (4, 8, 16, 16)),
-                                                    (32, (4, 8, 16, 32))])
+@pytest.mark.parametrize(
+    "output_stride, strides", [(8, (4, 8, 8, 8)), (16, (4, 8, 16, 16)), (32, (4, 8, 16, 32))]
+)
 def test_output_stride_sets_stage_resolutions(output_stride, strides):
-    backbone = models.ResNetV1c(depth=18, base_channels=4, stem_channels=8,
-                                output_stride=output_stride)
+    backbone = models.ResNetV1c(
+        depth=18, base_channels=4, stem_channels=8, output_stride=output_stride
+    )
     inputs = jax.ShapeDtypeStruct((1, 64, 96, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x), inputs)
     stages = jax.eval_shape(lambda v, x: backbone.apply(v, x), variables, inputs)
@@ -103,8 +119,12 @@ def test_bottleneck_widths_and_odd_sizes_round_up_like_pytorch():
     variables = jax.eval_shape(lambda x: backbone.init(jax.random.key(0), x), inputs)
     stages = jax.eval_shape(lambda v, x: backbone.apply(v, x), variables, inputs)
     # 97 → 49 (stem conv, stride 2) → 25 (max-pool) → 13 (stage 2); PyTorch gives the same.
-    assert [s.shape for s in stages] == [(1, 25, 33, 8), (1, 13, 17, 16), (1, 13, 17, 32),
-                                         (1, 13, 17, 64)]
+    assert [s.shape for s in stages] == [
+        (1, 25, 33, 8),
+        (1, 13, 17, 16),
+        (1, 13, 17, 32),
+        (1, 13, 17, 64),
+    ]
 
 
 def test_tiny_segmentor_logits_at_any_input_size(tiny):
@@ -124,8 +144,11 @@ def test_train_step_outputs_aux_logits_updates_stats_and_lowers_the_loss(tiny):
 
     def loss_of(params):
         outputs, updates = bundle.module.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]}, images, train=True,
-            rngs={"dropout": jax.random.key(5)}, mutable=["batch_stats"],
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            images,
+            train=True,
+            rngs={"dropout": jax.random.key(5)},
+            mutable=["batch_stats"],
         )
         loss, scalars = bundle.loss_fn(outputs, batch)
         return loss, (outputs, updates, scalars)
@@ -133,8 +156,13 @@ def test_train_step_outputs_aux_logits_updates_stats_and_lowers_the_loss(tiny):
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
     (loss, (outputs, updates, scalars)), grads = run_compiled(grad_fn, variables["params"])
     chex.assert_shape([outputs["logits"], outputs["aux_logits"]], (2, 32, 32, 5))
-    assert set(scalars) == {"loss", "decode_loss", "aux_loss", "pixel_accuracy",
-                            "out_of_range_labels"}
+    assert set(scalars) == {
+        "loss",
+        "decode_loss",
+        "aux_loss",
+        "pixel_accuracy",
+        "out_of_range_labels",
+    }
     np.testing.assert_allclose(loss, scalars["decode_loss"] + 0.4 * scalars["aux_loss"], rtol=1e-6)
     assert set(updates) == {"batch_stats"}
     assert not np.allclose(updates["batch_stats"]["backbone"]["stem_1"]["mean"], 0.0)
@@ -150,6 +178,7 @@ def test_train_step_outputs_aux_logits_updates_stats_and_lowers_the_loss(tiny):
 
 def numpy_resize_align_corners_false(x, out_h, out_w):
     """PyTorch `interpolate(bilinear, align_corners=False)` for [H, W] arrays, written out."""
+
     def axis_weights(n_in, n_out):
         src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
         lo = np.floor(src).astype(int)
@@ -159,6 +188,7 @@ def numpy_resize_align_corners_false(x, out_h, out_w):
         m[np.arange(n_out), lo] += 1 - frac
         m[np.arange(n_out), hi] += frac
         return m
+
     return axis_weights(x.shape[0], out_h) @ x @ axis_weights(x.shape[1], out_w).T
 
 
@@ -171,14 +201,20 @@ def test_resize_matches_pytorch_bilinear_align_corners_false():
 def backbone_with_block(placement):
     """A tiny ResNet-18 with a DNL block in the last block of stage 3."""
     spec = models.ContextSpec(kind="dnl", placement=placement)
-    return models.ResNetV1c(depth=18, base_channels=4, stem_channels=8, context=spec,
-                            context_block_indices=((), (), (-1,), ()))
+    return models.ResNetV1c(
+        depth=18,
+        base_channels=4,
+        stem_channels=8,
+        context=spec,
+        context_block_indices=((), (), (-1,), ()),
+    )
 
 
 def test_context_block_placements_in_the_backbone():
     images = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
     after_add_net, after_block_net, before_add_net = map(
-        backbone_with_block, ("after_add", "after_block", "before_add"))
+        backbone_with_block, ("after_add", "after_block", "before_add")
+    )
     variables = models.init_variables(after_add_net, jax.random.key(1), images)
     assert "dnl_block" in variables["params"]["layer3_1"]
     others = [k for k in variables["params"] if k != "layer3_1"]
@@ -236,17 +272,26 @@ def test_axis_name_synchronises_batch_norm_across_devices():
     def train_forward(module, v, x):
         return module.apply(v, x, train=True, mutable=["batch_stats"])
 
-    outputs, updates = run_compiled(lambda v, x: train_forward(single.module, v, x),
-                                    variables, images)
+    outputs, updates = run_compiled(
+        lambda v, x: train_forward(single.module, v, x), variables, images
+    )
     replicated = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), variables)
     sharded_images = images.reshape(2, 2, 32, 32, 3)
-    p_outputs, p_updates = jax.pmap(
-        lambda v, x: train_forward(bundle.module, v, x), axis_name="batch",
-        devices=jax.devices()[:2],
-    ).lower(replicated, sharded_images).compile(
-        compiler_options={"xla_backend_optimization_level": 0}
-    )(replicated, sharded_images)
-    chex.assert_trees_all_close(jax.tree_util.tree_map(lambda x: x[1], p_updates), updates,
-                                atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(p_outputs["logits"].reshape(outputs["logits"].shape),
-                               outputs["logits"], atol=1e-4, rtol=1e-4)
+    p_outputs, p_updates = (
+        jax.pmap(
+            lambda v, x: train_forward(bundle.module, v, x),
+            axis_name="batch",
+            devices=jax.devices()[:2],
+        )
+        .lower(replicated, sharded_images)
+        .compile(compiler_options={"xla_backend_optimization_level": 0})(replicated, sharded_images)
+    )
+    chex.assert_trees_all_close(
+        jax.tree_util.tree_map(lambda x: x[1], p_updates), updates, atol=1e-5, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        p_outputs["logits"].reshape(outputs["logits"].shape),
+        outputs["logits"],
+        atol=1e-4,
+        rtol=1e-4,
+    )

@@ -35,8 +35,10 @@ def test_tiny_video_clip_runs_with_loss_and_accuracy_counts():
         return outputs, updates, bundle.loss_fn(outputs, batch), bundle.metrics_fn(outputs, batch)
 
     # Compiled without XLA's backend optimisation: 4x faster to compile on CPU, same values.
-    compiled = jax.jit(train_forward).lower(variables, clips).compile(
-        compiler_options={"xla_backend_optimization_level": 0}
+    compiled = (
+        jax.jit(train_forward)
+        .lower(variables, clips)
+        .compile(compiler_options={"xla_backend_optimization_level": 0})
     )
     outputs, updates, (loss, scalars), counts = compiled(variables, clips)
     chex.assert_shape(outputs["logits"], (2, 7))
@@ -50,8 +52,10 @@ def test_tiny_video_clip_runs_with_loss_and_accuracy_counts():
     assert blocks == {"layer2_1", "layer3_1"}
 
 
-@pytest.mark.parametrize("name, kind, count", [("dnl_i3d_r50", "dnl", 5), ("nl_i3d_r50", "nl", 5),
-                                               ("dnl_c2d_r50", "dnl", 5)])
+@pytest.mark.parametrize(
+    "name, kind, count",
+    [("dnl_i3d_r50", "dnl", 5), ("nl_i3d_r50", "nl", 5), ("dnl_c2d_r50", "dnl", 5)],
+)
 def test_resnet50_video_models_have_five_blocks_in_res3_and_res4(name, kind, count):
     variables = abstract_init(tasks.get_model(name, 400).module, (1, 8, 64, 64, 3))
     params = flat_params(variables)
@@ -67,10 +71,22 @@ def test_c2d_has_no_temporal_kernels_and_i3d_inflates_the_official_pattern():
     i3d = flat_params(abstract_init(tasks.get_model("dnl_i3d_r50", 10).module, (1, 4, 32, 32, 3)))
     assert all(v.shape[0] == 1 for n, v in c2d.items() if n.endswith("kernel") and v.ndim == 5)
     assert i3d["backbone/conv1/kernel"].shape[:3] == (5, 7, 7)
-    inflated = {n.split("/")[1] for n, v in i3d.items()
-                if n.endswith("conv1/kernel") and "layer" in n and v.shape[0] == 3}
-    expected = {"layer1_0", "layer1_1", "layer1_2", "layer2_0", "layer2_2", "layer3_0",
-                "layer3_2", "layer3_4", "layer4_1"}
+    inflated = {
+        n.split("/")[1]
+        for n, v in i3d.items()
+        if n.endswith("conv1/kernel") and "layer" in n and v.shape[0] == 3
+    }
+    expected = {
+        "layer1_0",
+        "layer1_1",
+        "layer1_2",
+        "layer2_0",
+        "layer2_2",
+        "layer3_0",
+        "layer3_2",
+        "layer3_4",
+        "layer4_1",
+    }
     assert inflated == expected
 
 
@@ -106,8 +122,9 @@ def test_mmaction_layout_strides_time_eightfold_by_res3_and_drops_the_nl_scale()
     frames = {}
     for layout in ("paper", "mmaction"):
         module = tasks.get_model("dnl_i3d_tiny", 5, context="nl", layout=layout).module
-        variables = jax.eval_shape(lambda x, m=module: m.backbone.init(jax.random.key(0), x),
-                                   inputs)
+        variables = jax.eval_shape(
+            lambda x, m=module: m.backbone.init(jax.random.key(0), x), inputs
+        )
         frames[layout] = jax.eval_shape(module.backbone.apply, variables, inputs).shape[1]
         assert module.backbone.context.use_scale == (layout == "paper")
     assert frames == {"paper": 16, "mmaction": 4}

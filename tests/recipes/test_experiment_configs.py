@@ -9,7 +9,6 @@ import pytest
 from dnl_jax.tasks import for_dataset, get_model
 from dnl_jax.train.config import validate_config
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "experiments", "configs")
 

@@ -8,13 +8,13 @@ import os
 import jax
 import jax.numpy as jnp
 import pytest
+from test_recipes import load  # a config file as a module
 
 from dnl_jax import recipes
 from dnl_jax.tasks import get_model
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import validate_config
 from dnl_jax.train.initialisation import BACKBONES
-from test_recipes import load  # a config file as a module
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
 COCO_RECIPES = sorted(glob.glob(os.path.join(CONFIG_DIR, "coco_mask_rcnn_*.py")))
@@ -54,12 +54,16 @@ def test_recipe_is_valid_and_follows_the_official_schedule(path):
 def test_frozen_prefixes_exist_in_the_real_detector_and_freeze_stem_and_res2():
     config = recipes.coco_mask_rcnn("mask_rcnn_r50_fpn_dnl_c4")
     bundle = get_model(config.model.name, 80, **config.model.kwargs.to_dict())
-    variables = jax.eval_shape(lambda: bundle.init_fn(
-        {"params": jax.random.key(0)}, jnp.zeros((1, 64, 64, 3))))
-    labels = step_lib._frozen_labels(variables["params"],
-                                     tuple(config.optimizer.frozen))  # raises on a bad prefix
-    flat = {jax.tree_util.keystr(path): label
-            for path, label in jax.tree_util.tree_leaves_with_path(labels)}
+    variables = jax.eval_shape(
+        lambda: bundle.init_fn({"params": jax.random.key(0)}, jnp.zeros((1, 64, 64, 3)))
+    )
+    labels = step_lib._frozen_labels(
+        variables["params"], tuple(config.optimizer.frozen)
+    )  # raises on a bad prefix
+    flat = {
+        jax.tree_util.keystr(path): label
+        for path, label in jax.tree_util.tree_leaves_with_path(labels)
+    }
     stem_and_res2 = ("['backbone']['conv1']", "['backbone']['bn1']", "['backbone']['layer1_")
     for path, label in flat.items():
         assert (label == "frozen") == path.startswith(stem_and_res2), path
@@ -70,7 +74,8 @@ def test_frozen_prefixes_exist_in_the_real_detector_and_freeze_stem_and_res2():
 def test_detection_docs_list_every_recipe_with_its_published_target():
     import re
 
-    page = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "detection.md"),
-                encoding="utf-8").read()
-    rows = dict(re.findall(r"^\| (coco_mask_rcnn_\S+) \| ([\d.]+ / [\d.]+) \|", page, re.M))
+    page = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "detection.md")
+    with open(page, encoding="utf-8") as f:
+        text = f.read()
+    rows = dict(re.findall(r"^\| (coco_mask_rcnn_\S+) \| ([\d.]+ / [\d.]+) \|", text, re.M))
     assert rows == {name: target for name, (_, target) in EXPECTED.items()}

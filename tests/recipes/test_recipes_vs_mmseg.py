@@ -17,22 +17,26 @@ import mmaction
 import mmseg
 import pytest
 from mmengine import Config
-
-from dnl_jax import recipes
-from dnl_jax import tasks
-from dnl_jax.models import heads, registry
 from test_recipes import CONFIG_DIR, load
+
+from dnl_jax import recipes, tasks
+from dnl_jax.models import heads, registry
 
 MMSEG_CONFIGS = os.path.join(os.path.dirname(mmseg.__file__), ".mim", "configs")
 MMACTION_CONFIGS = os.path.join(os.path.dirname(mmaction.__file__), ".mim", "configs")
-MMSEG_HEADS = {"dnl": ("dnlnet", "dnl", "DNLHead"), "nl": ("nonlocal_net", "nonlocal", "NLHead"),
-               "fcn": ("fcn", "fcn", "FCNHead")}
+MMSEG_HEADS = {
+    "dnl": ("dnlnet", "dnl", "DNLHead"),
+    "nl": ("nonlocal_net", "nonlocal", "NLHead"),
+    "fcn": ("fcn", "fcn", "FCNHead"),
+}
 # Per-GPU batch and crop of mmseg's file names per dataset: 4 GPUs x 2 (Cityscapes), x 4 (ADE20K).
 MMSEG_SCHEDULE = {"cityscapes": ("4xb2", "cityscapes"), "ade20k": ("4xb4", "ade20k")}
 RECIPE = re.compile(r"^(cityscapes|ade20k)_(dnl|nl|fcn)_(r50|r101)-d8_(\d+x\d+)_(\d+)k$")
 MMSEG_RECIPES = sorted(
-    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
-    if RECIPE.match(os.path.basename(p)[:-3]))
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+    if RECIPE.match(os.path.basename(p)[:-3])
+)
 
 
 def mmseg_config(recipe_name: str) -> tuple[Config, int]:
@@ -49,8 +53,9 @@ def mmseg_config(recipe_name: str) -> tuple[Config, int]:
 def resolved_model_settings(config) -> dict:
     """The registry's settings of `config.model.name` with the recipe's overrides."""
     name = config.model.name
-    return tasks.for_model(name).model_settings(name, registry.lookup(name)[1],
-                                                config.model.kwargs.to_dict())
+    return tasks.for_model(name).model_settings(
+        name, registry.lookup(name)[1], config.model.kwargs.to_dict()
+    )
 
 
 def _pipeline_step(pipeline, kind: str) -> dict:
@@ -74,7 +79,9 @@ def test_training_settings_match_mmseg(name):
     assert not config.model.from_scratch
     crop = _pipeline_step(mm.train_pipeline, "RandomCrop")
     resize = _pipeline_step(mm.train_pipeline, "RandomResize")
-    assert tuple(config.data.segmentation.crop_size) == tuple(crop["crop_size"]) == tuple(mm.crop_size)
+    assert (
+        tuple(config.data.segmentation.crop_size) == tuple(crop["crop_size"]) == tuple(mm.crop_size)
+    )
     assert config.data.segmentation.cat_max_ratio == crop["cat_max_ratio"]
     assert tuple(config.data.segmentation.base_size) == tuple(resize["scale"])
     assert tuple(config.data.segmentation.ratio_range) == tuple(resize["ratio_range"])
@@ -83,7 +90,10 @@ def test_training_settings_match_mmseg(name):
     optimizer = mm.optim_wrapper.optimizer
     assert optimizer.type == "SGD" and not optimizer.get("nesterov", False)
     assert (config.optimizer.lr, config.optimizer.momentum, config.optimizer.weight_decay) == (
-        optimizer.lr, optimizer.momentum, optimizer.weight_decay)
+        optimizer.lr,
+        optimizer.momentum,
+        optimizer.weight_decay,
+    )
     assert mm.optim_wrapper.get("clip_grad") is None and config.optimizer.grad_clip_norm == 0
     (poly,) = mm.param_scheduler  # one PolyLR over the whole run, no warm-up
     assert poly.type == "PolyLR" and not poly.by_epoch
@@ -100,8 +110,9 @@ def test_optimizer_paramwise_settings_match_mmseg(name):
     # What mmengine's DefaultOptimWrapperConstructor applies: it reads `decay_mult` (and
     # `lr_mult`) from custom keys and nothing else, so the 80k 769x769 DNL configs' `wd_mult`
     # changes nothing (test_mmengine_ignores_wd_mult shows it on mmengine itself).
-    expected = {key: options["decay_mult"] for key, options in custom.items()
-                if "decay_mult" in options}
+    expected = {
+        key: options["decay_mult"] for key, options in custom.items() if "decay_mult" in options
+    }
     assert dict(config.optimizer.weight_decay_multipliers) == expected
     # mmengine matches custom keys as substrings of the parameter name; ours match the
     # '/'-joined path. theta/phi name exactly the DNL block's projections in both.
@@ -154,8 +165,10 @@ def test_model_and_test_settings_match_mmseg(name):
         if head_type == "DNLHead":
             assert decode.get("temperature", 0.05) == block_head.temperature
     else:
-        assert (decode.num_convs, decode.concat_input) == (heads.FCNHead.num_convs,
-                                                           heads.FCNHead.concat_input)
+        assert (decode.num_convs, decode.concat_input) == (
+            heads.FCNHead.num_convs,
+            heads.FCNHead.concat_input,
+        )
     test_cfg = mm.model.test_cfg
     assert config.evals.val.mode == test_cfg.mode
     if test_cfg.mode == "slide":
@@ -167,8 +180,11 @@ def test_model_and_test_settings_match_mmseg(name):
 
 
 MMACTION_NL = os.path.join(
-    MMACTION_CONFIGS, "recognition", "i3d",
-    "i3d_imagenet-pretrained-r50-nl-embedded-gaussian_8xb8-32x2x1-100e_kinetics400-rgb.py")
+    MMACTION_CONFIGS,
+    "recognition",
+    "i3d",
+    "i3d_imagenet-pretrained-r50-nl-embedded-gaussian_8xb8-32x2x1-100e_kinetics400-rgb.py",
+)
 
 
 @pytest.mark.parametrize("name", ["kinetics_dnl_i3d_r50_32x2", "kinetics_nl_i3d_r50_32x2"])
@@ -189,25 +205,38 @@ def test_video_recipes_match_mmaction_nonlocal_i3d(name):
     assert backbone.depth == settings["depth"] == 50
     blocks_per_stage = [len(stage) for stage in backbone.inflate]
     inflated = i3d_inflated_blocks(blocks_per_stage)
-    assert [tuple(int(i in s) for i in range(n)) for s, n in zip(inflated, blocks_per_stage)] \
-        == [tuple(s) for s in backbone.inflate]
+    assert [
+        tuple(int(i in s) for i in range(n))
+        for s, n in zip(inflated, blocks_per_stage, strict=False)
+    ] == [tuple(s) for s in backbone.inflate]
     chosen = every_other_block(blocks_per_stage)
-    assert [tuple(int(i in s) for i in range(n)) for s, n in zip(chosen, blocks_per_stage)] \
-        == [tuple(s) for s in backbone.non_local]
+    assert [
+        tuple(int(i in s) for i in range(n)) for s, n in zip(chosen, blocks_per_stage, strict=False)
+    ] == [tuple(s) for s in backbone.non_local]
     assert backbone.non_local_cfg.sub_sample and settings["inflation"] == "i3d"
     assert mm.model.cls_head.dropout_ratio == settings["dropout_rate"]
     sample = _pipeline_step(mm.train_pipeline, "SampleFrames")
-    assert (config.data.video.clip_len, config.data.video.frame_stride) == (sample.clip_len,
-                                                                sample.frame_interval)
+    assert (config.data.video.clip_len, config.data.video.frame_stride) == (
+        sample.clip_len,
+        sample.frame_interval,
+    )
     gpus = int(re.search(r"_(\d+)xb(\d+)-", MMACTION_NL).group(1))
     assert config.batch_size == gpus * mm.train_dataloader.batch_size == 64
     optimizer = mm.optim_wrapper.optimizer
     assert (config.optimizer.lr, config.optimizer.momentum, config.optimizer.weight_decay) == (
-        optimizer.lr, optimizer.momentum, optimizer.weight_decay)
+        optimizer.lr,
+        optimizer.momentum,
+        optimizer.weight_decay,
+    )
     test_sample = _pipeline_step(mm.test_pipeline, "SampleFrames")
     assert config.evals.val_multi_view.num_clips == test_sample.num_clips == 10
-    assert _pipeline_step(mm.test_pipeline, "ThreeCrop") and config.evals.val_multi_view.num_crops == 3
-    assert tuple(_pipeline_step(mm.test_pipeline, "Resize").scale) == (-1, config.evals.val_multi_view.short_side)
+    assert (
+        _pipeline_step(mm.test_pipeline, "ThreeCrop") and config.evals.val_multi_view.num_crops == 3
+    )
+    assert tuple(_pipeline_step(mm.test_pipeline, "Resize").scale) == (
+        -1,
+        config.evals.val_multi_view.short_side,
+    )
 
 
 def test_official_recipes_are_not_held_to_mmseg():
@@ -215,7 +244,8 @@ def test_official_recipes_are_not_held_to_mmseg():
     the official confs in test_recipes.py."""
     names = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))}
     official = {"cityscapes_dnl_r101-d8_769x769_60k_ohem"} | {
-        n for n in names if n.startswith("pascal_context_")}
+        n for n in names if n.startswith("pascal_context_")
+    }
     assert official <= names and not official & set(MMSEG_RECIPES)
     assert recipes.OFFICIAL_CITYSCAPES_CLASS_WEIGHTS[0] == 0.8373
 
@@ -228,12 +258,13 @@ METAFILE_ROW = re.compile(r"^\| (\S+) \| ([\d.]+) \| mmseg 1\.2\.2 metafile `([^
 def test_documented_targets_are_the_mmseg_metafile_numbers():
     import yaml
 
-    rows = [m.groups() for line in open(TARGETS_PAGE, encoding="utf-8")
-            if (m := METAFILE_ROW.match(line))]
+    with open(TARGETS_PAGE, encoding="utf-8") as f:
+        rows = [m.groups() for line in f if (m := METAFILE_ROW.match(line))]
     assert {row[0] for row in rows} == set(MMSEG_RECIPES)  # one sourced row per mmseg recipe
     for recipe_name, target, mmseg_name in rows:
         folder = MMSEG_HEADS[RECIPE.match(recipe_name).group(2)][0]
-        metafile = yaml.safe_load(open(os.path.join(MMSEG_CONFIGS, folder, "metafile.yaml")))
+        with open(os.path.join(MMSEG_CONFIGS, folder, "metafile.yaml")) as f:
+            metafile = yaml.safe_load(f)
         (entry,) = [m for m in metafile["Models"] if m["Name"] == mmseg_name]
         results = entry["Results"] if isinstance(entry["Results"], list) else [entry["Results"]]
         assert float(target) == results[0]["Metrics"]["mIoU"], recipe_name

@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import pytest
-
-from dnl_jax import models, tasks
 from model_testing import shapes_of_init
 
+from dnl_jax import models, tasks
 
 # ---------------------------------------------------------------------------------------------
 # Registry and input validation.
@@ -17,32 +16,55 @@ from model_testing import shapes_of_init
 
 
 def test_registry_names_and_bundle_fields():
-    required = {"dnl_tiny", "dnl_r18-d8", "dnl_r50-d8", "dnl_r101-d8", "nl_r50-d8",
-                "nl_r101-d8", "fcn_r50-d8", "fcn_r101-d8", "gc_r50-d8", "dnl_i3d_r50",
-                "nl_i3d_r50", "dnl_c2d_r50", "dnl_i3d_tiny"}
+    required = {
+        "dnl_tiny",
+        "dnl_r18-d8",
+        "dnl_r50-d8",
+        "dnl_r101-d8",
+        "nl_r50-d8",
+        "nl_r101-d8",
+        "fcn_r50-d8",
+        "fcn_r101-d8",
+        "gc_r50-d8",
+        "dnl_i3d_r50",
+        "nl_i3d_r50",
+        "dnl_c2d_r50",
+        "dnl_i3d_tiny",
+    }
     assert required <= set(tasks.MODEL_NAMES)
     for name in tasks.MODEL_NAMES:
         bundle = tasks.get_model(name, num_classes=3)
         is_video = "3d" in name or "c2d" in name
-        task = "detection" if name.startswith("mask_rcnn") else (
-            "video" if is_video else "segmentation")
+        task = (
+            "detection"
+            if name.startswith("mask_rcnn")
+            else ("video" if is_video else "segmentation")
+        )
         assert bundle.task == task
         assert bundle.num_classes == 3 and bundle.name == name
 
 
-@pytest.mark.parametrize("name", [n for n in tasks.MODEL_NAMES if n.startswith(("dnl_r", "nl_r",
-                                                                                "fcn_r", "gc_r"))])
+@pytest.mark.parametrize(
+    "name", [n for n in tasks.MODEL_NAMES if n.startswith(("dnl_r", "nl_r", "fcn_r", "gc_r"))]
+)
 def test_every_registered_segmentor_maps_images_to_logits_abstractly(name):
     # Each name's head and wiring, on a shallow narrow trunk (full sizes are tested above).
-    module = tasks.get_model(name, num_classes=4, depth=18, base_channels=4, stem_channels=8,
-                              channels=8, aux_channels=4).module
+    module = tasks.get_model(
+        name, num_classes=4, depth=18, base_channels=4, stem_channels=8, channels=8, aux_channels=4
+    ).module
     inputs = jax.ShapeDtypeStruct((1, 33, 47, 3), jnp.float32)
     variables = shapes_of_init(module, inputs.shape)
     outputs, _ = jax.eval_shape(
-        lambda v, x: module.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)},
-                                  mutable=["batch_stats"]), variables, inputs)
-    assert {k: v.shape for k, v in outputs.items()} == {"logits": (1, 33, 47, 4),
-                                                        "aux_logits": (1, 33, 47, 4)}
+        lambda v, x: module.apply(
+            v, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]
+        ),
+        variables,
+        inputs,
+    )
+    assert {k: v.shape for k, v in outputs.items()} == {
+        "logits": (1, 33, 47, 4),
+        "aux_logits": (1, 33, 47, 4),
+    }
 
 
 def test_summary_counts_parameters_and_flops():

@@ -19,7 +19,8 @@ IMAGE = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
 
 def param_names(bundle) -> set:
     variables = jax.eval_shape(
-        lambda x: bundle.module.init(jax.random.key(0), x, train=False), IMAGE)
+        lambda x: bundle.module.init(jax.random.key(0), x, train=False), IMAGE
+    )
     return {"/".join(p) for p in flax.traverse_util.flatten_dict(variables["params"])}
 
 
@@ -59,12 +60,15 @@ def test_overrides_reach_the_dnl_block():
     assert (block.pairwise, block.unary) == (True, False)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(pairwise=False, unary=False), "both False"),
-    (dict(head="fcn", unary=False), "'dnl' head only"),
-    (dict(pairwise="no"), "True or False"),
-    (dict(head="aspp"), "unknown head"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(pairwise=False, unary=False), "both False"),
+        (dict(head="fcn", unary=False), "'dnl' head only"),
+        (dict(pairwise="no"), "True or False"),
+        (dict(head="aspp"), "unknown head"),
+    ],
+)
 def test_bad_ablation_overrides_raise(overrides, message):
     with pytest.raises(ValueError, match=message):
         tasks.get_model("dnl_tiny", 5, **overrides)
@@ -87,5 +91,6 @@ def test_synthetic_configs_differ_only_in_the_model(head):
     expected = synthetic_config(SYNTHETIC_ABLATION_MODELS[head])
     assert config.to_dict() == expected.to_dict()
     demo = synthetic_config().to_dict()
-    assert {k: v for k, v in config.to_dict().items() if k != "model"} == \
-        {k: v for k, v in demo.items() if k != "model"}
+    assert {k: v for k, v in config.to_dict().items() if k != "model"} == {
+        k: v for k, v in demo.items() if k != "model"
+    }

@@ -18,26 +18,44 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def cityscapes():
-    return segmentation_recipe(dataset="cityscapes", model="dnl_r50-d8", crop_size=(512, 1024),
-                               base_size=(2048, 1024), batch_size=8, total_steps=80,
-                               pretrained="resnet50_v1c")
+    return segmentation_recipe(
+        dataset="cityscapes",
+        model="dnl_r50-d8",
+        crop_size=(512, 1024),
+        base_size=(2048, 1024),
+        batch_size=8,
+        total_steps=80,
+        pretrained="resnet50_v1c",
+    )
 
 
-@pytest.mark.parametrize("make, key, value, task, reads", [
-    (cityscapes, "detection.canvas", (64, 64), "segmentation", "config.data.segmentation"),
-    (cityscapes, "synthetic.image_size", 48, "segmentation", "config.data.segmentation"),
-    (lambda: coco_mask_rcnn("mask_rcnn_r50_fpn"), "video.clip_len", 8, "detection",
-     "config.data.detection"),
-    (base_config, "segmentation.crop_size", (64, 64), "segmentation", "config.data.synthetic"),
-])
-def test_an_override_of_a_section_the_run_does_not_read_names_the_task(make, key, value, task,
-                                                                       reads):
+@pytest.mark.parametrize(
+    "make, key, value, task, reads",
+    [
+        (cityscapes, "detection.canvas", (64, 64), "segmentation", "config.data.segmentation"),
+        (cityscapes, "synthetic.image_size", 48, "segmentation", "config.data.segmentation"),
+        (
+            lambda: coco_mask_rcnn("mask_rcnn_r50_fpn"),
+            "video.clip_len",
+            8,
+            "detection",
+            "config.data.detection",
+        ),
+        (base_config, "segmentation.crop_size", (64, 64), "segmentation", "config.data.synthetic"),
+    ],
+)
+def test_an_override_of_a_section_the_run_does_not_read_names_the_task(
+    make, key, value, task, reads
+):
     config = make()
     validate_config(config, num_devices=1, num_processes=1)
     config.update_from_flattened_dict({f"data.{key}": value})
-    with pytest.raises(ValueError, match=rf"config.data.{key}=.* is not read by this run: "
-                       rf"config.data.name='{config.data.name}' is a {task} dataset, which "
-                       rf"reads {reads}; remove the override"):
+    with pytest.raises(
+        ValueError,
+        match=rf"config.data.{key}=.* is not read by this run: "
+        rf"config.data.name='{config.data.name}' is a {task} dataset, which "
+        rf"reads {reads}; remove the override",
+    ):
         validate_config(config, num_devices=1, num_processes=1)
 
 
@@ -47,14 +65,19 @@ def test_synthetic_detection_refuses_the_segmentation_scenes_keys():
     config = synthetic_detection_config()
     validate_config(config, num_devices=1, num_processes=1)
     config.data.synthetic.scenes = "regions"
-    with pytest.raises(ValueError, match="config.data.synthetic.scenes='regions' is read by the "
-                       "segmentation scenes only"):
+    with pytest.raises(
+        ValueError,
+        match="config.data.synthetic.scenes='regions' is read by the segmentation scenes only",
+    ):
         validate_config(config, num_devices=1, num_processes=1)
 
 
 def test_config_json_records_only_the_sections_the_run_reads():
-    for config, section in ((base_config(), "synthetic"), (cityscapes(), "segmentation"),
-                            (coco_mask_rcnn("mask_rcnn_r50_fpn"), "detection")):
+    for config, section in (
+        (base_config(), "synthetic"),
+        (cityscapes(), "segmentation"),
+        (coco_mask_rcnn("mask_rcnn_r50_fpn"), "detection"),
+    ):
         recorded = tasks.applicable(config).to_dict()["data"]
         assert set(recorded) & set(tasks.data_sections()) == {section}
         assert recorded[section] == config.data[section].to_dict()
@@ -62,13 +85,19 @@ def test_config_json_records_only_the_sections_the_run_reads():
     assert "detection" in base_config().data  # the copy is trimmed, not the config
 
 
-@pytest.mark.parametrize("old, new", [
-    ("data.crop_size", "config.data.segmentation.crop_size (segmentation) or "
-                       "config.data.video.crop_size (video)"),
-    ("data.canvas", "config.data.detection.canvas (detection)"),
-    ("data.num_train", "config.data.synthetic.num_train (synthetic)"),
-    ("eval_every_steps", "config.evals.<name>.every_steps"),
-])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (
+            "data.crop_size",
+            "config.data.segmentation.crop_size (segmentation) or "
+            "config.data.video.crop_size (video)",
+        ),
+        ("data.canvas", "config.data.detection.canvas (detection)"),
+        ("data.num_train", "config.data.synthetic.num_train (synthetic)"),
+        ("eval_every_steps", "config.evals.<name>.every_steps"),
+    ],
+)
 def test_old_keys_name_their_new_key_in_configs_and_on_the_command_line(old, new):
     config = base_config()
     with config.unlocked():
@@ -83,21 +112,46 @@ def test_old_keys_name_their_new_key_in_configs_and_on_the_command_line(old, new
 
 
 def test_command_line_checks_pass_known_keys_and_free_form_sections():
-    check_override_flags(["--config", "x.py", "--config.data.video.clip_len=4",
-                          "--config.evals.val.every_steps=5", "--config.model.kwargs.aux=False",
-                          "--workdir", "/tmp/x"])
-    with pytest.raises(ValueError, match=r"unknown config key 'data.segmentation.crop'. Did you "
-                                         r"mean data.segmentation.crop_size"):
+    check_override_flags(
+        [
+            "--config",
+            "x.py",
+            "--config.data.video.clip_len=4",
+            "--config.evals.val.every_steps=5",
+            "--config.model.kwargs.aux=False",
+            "--workdir",
+            "/tmp/x",
+        ]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"unknown config key 'data.segmentation.crop'. Did you "
+        r"mean data.segmentation.crop_size",
+    ):
         check_override_flags(["--config.data.segmentation.crop=(8,8)"])
 
 
 def test_the_trainer_command_refuses_a_replaced_key_in_one_line(tmp_path):
-    command = [sys.executable, "-m", "dnl_jax.main", "--config",
-               os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py"),
-               "--workdir", str(tmp_path), "--config.eval_every_steps=5"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    command = [
+        sys.executable,
+        "-m",
+        "dnl_jax.main",
+        "--config",
+        os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py"),
+        "--workdir",
+        str(tmp_path),
+        "--config.eval_every_steps=5",
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "main: config.eval_every_steps is no longer a key; use config.evals.<name>.every_steps."]
+        "main: config.eval_every_steps is no longer a key; use config.evals.<name>.every_steps."
+    ]
     assert not os.listdir(tmp_path)  # nothing started

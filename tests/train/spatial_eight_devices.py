@@ -1,11 +1,11 @@
 """Spatial parallelism on 8 fake CPU devices: sharded == unsharded, float32.
 
-Run by tests/train/test_spatial.py in a subprocess (`pytest --noconftest`, JAX_NUM_CPU_DEVICES=8): the
-suite's own processes have 4 devices. Relative errors are max|sharded − reference| / max|reference|
-per array, and must be <= 1e-5; an array whose values are all below 1/10 of the largest value
-of its tree (outputs and gradients together) is measured against that tenth: gradients that are
-zero in exact arithmetic (the value conv's bias before a training-mode batch norm, the key conv's
-bias under a softmax) are float noise of the size of the terms they sum.
+Run by tests/train/test_spatial.py in a subprocess (`pytest --noconftest`, JAX_NUM_CPU_DEVICES=8):
+the suite's own processes have 4 devices. Relative errors are max|sharded − reference| /
+max|reference| per array, and must be <= 1e-5; an array whose values are all below 1/10 of the
+largest value of its tree (outputs and gradients together) is measured against that tenth: gradients
+that are zero in exact arithmetic (the value conv's bias before a training-mode batch norm, the key
+conv's bias under a softmax) are float noise of the size of the terms they sum.
 """
 
 import functools
@@ -15,16 +15,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dnl_jax import blocks, blocks_official, sharded_attention
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.evaluators.common import make_predict_fn
 from dnl_jax.evaluators.segmentation import confusion_matrix
 from dnl_jax.evaluators.segmentation_inference import predict_scores
-from dnl_jax.tasks import get_model
 from dnl_jax.models.metrics import metrics_from_confusion
-from dnl_jax.train import parallel, step as step_lib
+from dnl_jax.tasks import get_model
+from dnl_jax.train import parallel
+from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import base_config
 
 TOLERANCE = 1e-5
@@ -36,6 +38,7 @@ def relative_errors(reference, other) -> list[float]:
     def error(a, b):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), floor, 1e-30))
+
     return jax.tree.leaves(jax.tree.map(error, reference, other))
 
 
@@ -55,29 +58,39 @@ BLOCKS = {
     "dnl": blocks.DisentangledNonLocal(),
     "dnl_no_whiten": blocks.DisentangledNonLocal(whiten=False),
     # The decomposition's plain non-local special case: no whitening, no unary term, T = 1.
-    "dnl_as_plain_nonlocal": blocks.DisentangledNonLocal(whiten=False, unary=False,
-                                                         temperature=1.0),
+    "dnl_as_plain_nonlocal": blocks.DisentangledNonLocal(
+        whiten=False, unary=False, temperature=1.0
+    ),
     "dnl_unary_only": blocks.DisentangledNonLocal(pairwise=False),
     "dnl_sub_sample": blocks.DisentangledNonLocal(sub_sample=True),
     "dnl_chunked_kernel": blocks.DisentangledNonLocal(implementation="chunked"),
     "official_in": blocks_official.OfficialDisentangledNonLocal(),
     "official_nowd": blocks_official.OfficialDisentangledNonLocal(
-        **blocks_official.OFFICIAL_VARIANTS["nowd"]),
+        **blocks_official.OFFICIAL_VARIANTS["nowd"]
+    ),
     "context_att": blocks.ContextBlock(),
-    "context_avg": blocks.ContextBlock(pooling="avg", fusion_types=("channel_add",
-                                                                   "channel_mul")),
+    "context_avg": blocks.ContextBlock(pooling="avg", fusion_types=("channel_add", "channel_mul")),
 }
 # (name, shape): the leading spatial axis (H or T) divisible by the 4 space shards or not.
-SHAPES = {"2d": (2, 8, 6, 16), "2d_uneven": (2, 7, 5, 16), "3d": (2, 4, 4, 3, 16),
-          "3d_uneven": (2, 3, 4, 4, 16)}
+SHAPES = {
+    "2d": (2, 8, 6, 16),
+    "2d_uneven": (2, 7, 5, 16),
+    "3d": (2, 4, 4, 3, 16),
+    "3d_uneven": (2, 3, 4, 4, 16),
+}
 # Every block on an uneven image and a divisible clip with the automatic strategy (all-gather
 # at these sizes); the ring and the other shapes on the blocks with a pairwise term.
-CASES = ([(name, shape, "auto") for name in BLOCKS for shape in ("2d_uneven", "3d")]
-         + [("dnl", "2d", "auto"), ("dnl", "3d_uneven", "auto"), ("dnl", "2d", "ring"),
-            ("dnl", "3d_uneven", "ring"), ("nonlocal", "2d_uneven", "ring"),
-            ("official_in", "3d_uneven", "ring")])
-MESH = functools.partial(jax.make_mesh, (2, 4), ("data", "space"),
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+CASES = [(name, shape, "auto") for name in BLOCKS for shape in ("2d_uneven", "3d")] + [
+    ("dnl", "2d", "auto"),
+    ("dnl", "3d_uneven", "auto"),
+    ("dnl", "2d", "ring"),
+    ("dnl", "3d_uneven", "ring"),
+    ("nonlocal", "2d_uneven", "ring"),
+    ("official_in", "3d_uneven", "ring"),
+]
+MESH = functools.partial(
+    jax.make_mesh, (2, 4), ("data", "space"), axis_types=(jax.sharding.AxisType.Auto,) * 2
+)
 
 
 def _value_and_grads(module: nn.Module, variables, x):
@@ -85,9 +98,11 @@ def _value_and_grads(module: nn.Module, variables, x):
     norm in inference mode: in training mode the unary-only block's output, constant over the
     positions, would be normalised by its spread over 2 samples, which amplifies float32
     rounding ~1000-fold (sharded batch statistics are checked by the train steps below)."""
+
     def loss(params, x):
         out = module.apply({**variables, "params": params}, x, train=False)
         return jnp.sum(jnp.sin(out)), out
+
     return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(variables["params"], x)
 
 
@@ -96,7 +111,9 @@ def _randomised(variables):
     gammas would hide the attention from the output)."""
     leaves, tree = jax.tree.flatten(variables["params"])
     keys = jax.random.split(jax.random.key(7), len(leaves))
-    leaves = [0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    leaves = [
+        0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=False)
+    ]
     return {**variables, "params": jax.tree.unflatten(tree, leaves)}
 
 
@@ -113,7 +130,8 @@ def test_sharded_block_equals_unsharded(name, shape, strategy, monkeypatch):
         assert sharded_attention.space_shards() == 4
         spec = P("data", "space") if x.shape[1] % 4 == 0 else P("data")
         sharded = jax.jit(functools.partial(_value_and_grads, module))(
-            variables, jax.device_put(x, NamedSharding(mesh, spec)))
+            variables, jax.device_put(x, NamedSharding(mesh, spec))
+        )
     assert_close(reference, sharded)
 
 
@@ -124,17 +142,22 @@ def _driver_steps(model, space, batches, init_shape):
     bundle = get_model(model, 5, dropout_rate=0.0)
     opt = base_config().optimizer
     optimizer = step_lib.make_optimizer(opt, 10)
-    train_step = step_lib.make_train_step(bundle, optimizer,
-                                          step_lib.learning_rate_schedule(opt, 10))
+    train_step = step_lib.make_train_step(
+        bundle, optimizer, step_lib.learning_rate_schedule(opt, 10)
+    )
     driver = parallel.JitDriver(train_step, step_lib.make_eval_step(bundle), space=space)
 
     def init_fn():
-        variables = bundle.module.init({"params": jax.random.key(0)}, jnp.zeros(init_shape),
-                                       train=True)
+        variables = bundle.module.init(
+            {"params": jax.random.key(0)}, jnp.zeros(init_shape), train=True
+        )
         return step_lib.TrainState(
-            step=jnp.zeros((), jnp.int32), params=variables["params"],
-            batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
-            rng=jax.random.key_data(jax.random.key(2)))
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=optimizer.init(variables["params"]),
+            rng=jax.random.key_data(jax.random.key(2)),
+        )
 
     # The step's own loss (global batch), differentiated on its own for the gradients.
     gradient = jax.jit(jax.grad(step_lib._make_share_of_loss(bundle, None), has_aux=True))
@@ -145,8 +168,11 @@ def _driver_steps(model, space, batches, init_shape):
         for inputs, labels in batches:
             batch = {bundle.input_key: inputs, "label": labels}
             if len(states) == 1:
-                grads = parallel.fetch_replicated(gradient(
-                    state.params, state.batch_stats, driver.global_batch(batch), keys, None)[0])
+                grads = parallel.fetch_replicated(
+                    gradient(
+                        state.params, state.batch_stats, driver.global_batch(batch), keys, None
+                    )[0]
+                )
             state, m = driver.train_step(state, batch)
             states.append(driver.host_state(state))
             metrics.append(parallel.fetch_replicated(m))
@@ -160,9 +186,9 @@ def _compare_steps(model, batches, init_shape):
     (_, reference, reference_metrics, reference_grads) = runs[1]
     (_, sharded, sharded_metrics, sharded_grads) = runs[4]
     assert_close(reference_grads, sharded_grads)
-    for ref, shard in zip(reference_metrics, sharded_metrics):
+    for ref, shard in zip(reference_metrics, sharded_metrics, strict=False):
         assert_close((ref["loss"], ref["grad_norm"]), (shard["loss"], shard["grad_norm"]))
-    for ref, shard in zip(reference[1:], sharded[1:]):
+    for ref, shard in zip(reference[1:], sharded[1:], strict=False):
         assert_close((ref.params, ref.batch_stats), (shard.params, shard.batch_stats))
     return runs[1]
 
@@ -173,8 +199,13 @@ def segmentation_run():
     are 5×5, so 4 space shards need padding), compared, and the data-parallel run returned."""
     source = SyntheticSegmentation(16, split="train", image_size=40, num_classes=5, seed=0)
     examples = [source[i] for i in range(16)]
-    batches = [(np.stack([e["image"] for e in examples[i:i + 8]]),
-                np.stack([e["label"] for e in examples[i:i + 8]])) for i in (0, 8)]
+    batches = [
+        (
+            np.stack([e["image"] for e in examples[i : i + 8]]),
+            np.stack([e["label"] for e in examples[i : i + 8]]),
+        )
+        for i in (0, 8)
+    ]
     return _compare_steps("dnl_tiny", batches, (2, 40, 40, 3))
 
 
@@ -205,8 +236,9 @@ def test_sharded_whole_image_evaluation_equals_unsharded(segmentation_run, mode)
     inference = dict(mode=mode, crop_size=(40, 40), stride=(24, 24))
     results = {}
     for space in (1, 4):
-        scores = predict_scores(make_predict_fn(bundle.module, variables, space=space), images,
-                                **inference)
+        scores = predict_scores(
+            make_predict_fn(bundle.module, variables, space=space), images, **inference
+        )
         confusion = confusion_matrix(np.argmax(scores, -1), labels, 5)
         results[space] = scores, metrics_from_confusion(confusion)["miou"]
     assert_close(results[1][0], results[4][0])

@@ -19,8 +19,9 @@ TARGET = {"w": np.zeros((64,), np.float32)}
 
 def _iterator():
     source = SyntheticSegmentation(8, image_size=8, num_classes=5)
-    return iter(pipeline.train_dataset(source, seed=0, local_batch=2, process_index=0,
-                                       process_count=1))
+    return iter(
+        pipeline.train_dataset(source, seed=0, local_batch=2, process_index=0, process_count=1)
+    )
 
 
 def _open(directory):
@@ -32,14 +33,16 @@ def _save_steps(directory, steps):
     iterator, checkpointer = _iterator(), _open(directory)
     for step in steps:
         next(iterator)
-        checkpointer.save(step, {"w": np.full((64,), step, np.float32)}, iterator, SIGNATURE,
-                          metric=0.1 * step)
+        checkpointer.save(
+            step, {"w": np.full((64,), step, np.float32)}, iterator, SIGNATURE, metric=0.1 * step
+        )
     checkpointer.close()
 
 
 def _files(step_dir, pattern):
-    return [p for p in glob.glob(os.path.join(step_dir, pattern), recursive=True)
-            if os.path.isfile(p)]
+    return [
+        p for p in glob.glob(os.path.join(step_dir, pattern), recursive=True) if os.path.isfile(p)
+    ]
 
 
 def _truncate_state(step_dir):  # e.g. a full disk: the array store cut short
@@ -65,8 +68,9 @@ def _truncate_data_position(step_dir):
             file.truncate(os.path.getsize(path) // 2)
 
 
-@pytest.mark.parametrize("damage", [_truncate_state, _corrupt_state_data, _truncate_everything,
-                                    _truncate_data_position])
+@pytest.mark.parametrize(
+    "damage", [_truncate_state, _corrupt_state_data, _truncate_everything, _truncate_data_position]
+)
 def test_unrestorable_newest_step_falls_back_to_the_previous_one(tmp_path, caplog, damage):
     directory = tmp_path / "checkpoints"
     _save_steps(directory, [1, 2])
@@ -84,8 +88,9 @@ def test_unrestorable_newest_step_falls_back_to_the_previous_one(tmp_path, caplo
     assert str(aside) in warnings[0] and aside.is_dir()  # kept, not deleted
     assert checkpointer.latest_step() == 1
     # The run goes on and saves step 2 again (the damaged one no longer blocks the name).
-    assert checkpointer.save(2, {"w": np.full((64,), 2, np.float32)}, iterator, SIGNATURE,
-                             force=True)
+    assert checkpointer.save(
+        2, {"w": np.full((64,), 2, np.float32)}, iterator, SIGNATURE, force=True
+    )
     assert sorted(os.listdir(directory)) == ["1", "2"]
     checkpointer.close()
 
@@ -96,8 +101,11 @@ def test_no_step_restores_is_an_error_that_moves_nothing(tmp_path):
     for step in ("1", "2"):
         _truncate_state(str(directory / step))
     checkpointer = _open(directory)
-    with pytest.raises(ValueError, match=r"no checkpoint in .* restores \(step 2: .*step 1: .*"
-                                         r"nothing was moved or deleted"):
+    with pytest.raises(
+        ValueError,
+        match=r"no checkpoint in .* restores \(step 2: .*step 1: .*"
+        r"nothing was moved or deleted",
+    ):
         checkpointer.restore_latest(TARGET, _iterator(), SIGNATURE)
     assert sorted(os.listdir(directory)) == ["1", "2"]
     assert not (tmp_path / "checkpoints-unrestorable").exists()

@@ -36,11 +36,17 @@ enable_compilation_cache()
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHER = os.path.join(REPO, "tests", "multihost_launcher.py")
 HEARTBEAT = 10
-OVERRIDES = {"total_steps": 8, "checkpoint.every_steps": 2, "evals.val.every_steps": 4,
-             "data.synthetic.num_val": 32, "evals.val.batch_size": 4, "optimizer.warmup_steps": 0,
-             "distributed.heartbeat_timeout_seconds": HEARTBEAT,
-             "distributed.shutdown_timeout_seconds": 20,
-             "distributed.initialization_timeout_seconds": 120}
+OVERRIDES = {
+    "total_steps": 8,
+    "checkpoint.every_steps": 2,
+    "evals.val.every_steps": 4,
+    "data.synthetic.num_val": 32,
+    "evals.val.batch_size": 4,
+    "optimizer.warmup_steps": 0,
+    "distributed.heartbeat_timeout_seconds": HEARTBEAT,
+    "distributed.shutdown_timeout_seconds": 20,
+    "distributed.initialization_timeout_seconds": 120,
+}
 RUN_TIMEOUT = 300
 
 
@@ -61,8 +67,9 @@ def _start(workdir, port, process_id, sigterm=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2")
     for key in ("XLA_FLAGS", *CACHE_ENV):
         env.pop(key, None)
-    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _kill_all(processes):
@@ -78,15 +85,17 @@ def _run_pair(workdir, sigterm=None, target=0):
     processes = [_start(workdir, port, i, sigterm if i == target else None) for i in range(2)]
     try:
         outputs = [p.communicate(timeout=RUN_TIMEOUT) for p in processes]
-        return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs)]
+        return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=False)]
     finally:
         _kill_all(processes)
 
 
 def _tails(outputs) -> str:
     """Both processes' last output, for a failure message."""
-    return "\n".join(f"--- process {i} (rc {rc}):\n{out[-1500:]}\n{err[-2500:]}"
-                     for i, (rc, out, err) in enumerate(outputs))
+    return "\n".join(
+        f"--- process {i} (rc {rc}):\n{out[-1500:]}\n{err[-2500:]}"
+        for i, (rc, out, err) in enumerate(outputs)
+    )
 
 
 def _result(outputs):
@@ -107,15 +116,17 @@ def reference(tmp_path_factory):
 def _assert_same_as(reference, workdir, miou):
     final = load_variables(str(workdir / "checkpoints" / str(OVERRIDES["total_steps"])))
     chex.assert_trees_all_close(final["params"], reference["state"].params, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(final["batch_stats"], reference["state"].batch_stats,
-                                rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        final["batch_stats"], reference["state"].batch_stats, rtol=1e-5, atol=1e-6
+    )
     assert float(miou) == pytest.approx(reference["val"]["miou"], abs=1e-5)
 
 
 def _steps(workdir):
     directory = workdir / "checkpoints"
-    return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) \
-        if directory.is_dir() else []
+    return (
+        sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if directory.is_dir() else []
+    )
 
 
 def test_sigterm_on_one_host_at_three_moments_resumes_exactly(tmp_path, reference):
@@ -168,16 +179,19 @@ def test_a_lost_host_ends_its_peer_with_one_line_and_a_restart_finishes(tmp_path
     if victim == 1:
         assert processes[survivor].returncode == LOST_EXIT_CODE, err[-3000:]
         last = err.strip().splitlines()[-1]
-        assert last.startswith("main: lost process 1; stopping.") and \
-            "resumes from step" in last, err[-3000:]
+        assert last.startswith("main: lost process 1; stopping.") and "resumes from step" in last, (
+            err[-3000:]
+        )
         assert "multihost_launcher.py" in last  # the command to run again
     else:
         # Process 0 hosts JAX's coordination service: its death makes JAX's client end the
         # survivor at once with its own fatal log (before any Python code can run); no hang.
         assert processes[survivor].returncode != 0
         assert "JAX distributed service detected fatal errors" in err, err[-3000:]
-    print(f"survivor {survivor} exited (rc {processes[survivor].returncode}) {took:.1f} s after "
-          f"SIGKILL of process {victim}")
+    print(
+        f"survivor {survivor} exited (rc {processes[survivor].returncode}) {took:.1f} s after "
+        f"SIGKILL of process {victim}"
+    )
     outputs = _run_pair(workdir)
     assert [rc for rc, _, _ in outputs] == [0, 0], _tails(outputs)
     status, step, miou = _result(outputs)

@@ -44,9 +44,14 @@ def test_damage_is_told_from_other_restore_errors():
     assert not faults.shows_damage(RuntimeError("something else entirely"))
 
 
-@pytest.mark.parametrize("error", [MemoryError("out of memory"),
-                                   PermissionError(13, "Permission denied"),
-                                   OSError(errno.EIO, "transient read error, try again")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError("out of memory"),
+        PermissionError(13, "Permission denied"),
+        OSError(errno.EIO, "transient read error, try again"),
+    ],
+)
 def test_restore_error_that_is_not_damage_stops_and_moves_nothing(tmp_path, monkeypatch, error):
     checkpointer, _ = _saved(tmp_path / "c", steps=(1, 2))
     before = sorted(os.listdir(tmp_path / "c"))
@@ -78,8 +83,9 @@ def test_restore_damage_sets_the_newest_aside(tmp_path, monkeypatch):
 
 def _fake_hosts(monkeypatch, values):
     monkeypatch.setattr(jax, "process_count", lambda: len(values))
-    monkeypatch.setattr(faults.multihost_utils, "process_allgather",
-                        lambda x: np.asarray(values, np.int64))
+    monkeypatch.setattr(
+        faults.multihost_utils, "process_allgather", lambda x: np.asarray(values, np.int64)
+    )
 
 
 def test_hosts_that_disagree_on_the_restore_step_are_told(monkeypatch):
@@ -91,8 +97,9 @@ def test_hosts_that_disagree_on_the_restore_step_are_told(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------- disk
-def test_full_disk_during_a_save_names_the_last_good_step_and_removes_the_partial(tmp_path,
-                                                                                  monkeypatch):
+def test_full_disk_during_a_save_names_the_last_good_step_and_removes_the_partial(
+    tmp_path, monkeypatch
+):
     checkpointer, state = _saved(tmp_path / "c", steps=(1,))
     size_of_1 = faults.directory_bytes(str(tmp_path / "c" / "1"))
 
@@ -100,8 +107,9 @@ def test_full_disk_during_a_save_names_the_last_good_step_and_removes_the_partia
         partial = tmp_path / "c" / f"{step}.orbax-checkpoint-tmp-1234"
         os.makedirs(partial / "state")
         (partial / "state" / "chunk").write_bytes(b"x" * 100)
-        raise ValueError("main: RESOURCE_EXHAUSTED") from OSError(errno.ENOSPC,
-                                                                  "No space left on device")
+        raise ValueError("main: RESOURCE_EXHAUSTED") from OSError(
+            errno.ENOSPC, "No space left on device"
+        )
 
     monkeypatch.setattr(checkpointer.manager, "save", full_disk)
     with pytest.raises(faults.DiskFull) as raised:
@@ -128,8 +136,9 @@ def test_time_interval_saves_whichever_comes_first(tmp_path, monkeypatch):
     clock = [1000.0]
 
     monkeypatch.setattr(checkpoint_module.time, "monotonic", lambda: clock[0])
-    checkpointer = Checkpointer(str(tmp_path / "c"), every_steps=100, keep=2, keep_best=False,
-                                every_seconds=60)
+    checkpointer = Checkpointer(
+        str(tmp_path / "c"), every_steps=100, keep=2, keep_best=False, every_seconds=60
+    )
     assert not checkpointer.should_save(1)  # neither 100 steps nor 60 s
     clock[0] += 61
     assert checkpointer.should_save(2)  # the time interval first
@@ -176,8 +185,11 @@ def test_with_a_distributed_client_jax_is_asked_with_a_check_counter(monkeypatch
     asked = []
     monkeypatch.setattr(preemption, "distributed_client", lambda: object())
     monkeypatch.setattr(preemption, "_service_enabled", lambda: True)
-    monkeypatch.setattr(preemption.multihost_utils, "reached_preemption_sync_point",
-                        lambda counter: asked.append(counter) or counter == 3)
+    monkeypatch.setattr(
+        preemption.multihost_utils,
+        "reached_preemption_sync_point",
+        lambda counter: asked.append(counter) or counter == 3,
+    )
     watcher = preemption.PreemptionWatcher()
     assert signal.getsignal(signal.SIGTERM) == before
     assert [watcher.check() for _ in range(4)] == [False, False, True, True]
@@ -210,22 +222,29 @@ def test_peer_watch_names_a_silent_peer_and_ignores_a_finished_one(tmp_path, mon
     line = distributed.lost_message([2], str(tmp_path))
     assert "lost process 2" in line and "resumes from step 4" in line
     assert "\n" not in line
-    assert distributed.resume_command(["/x/dnl_jax/main.py", "--workdir", "w w"]) == \
-        "python -m dnl_jax.main --workdir 'w w'"
+    assert (
+        distributed.resume_command(["/x/dnl_jax/main.py", "--workdir", "w w"])
+        == "python -m dnl_jax.main --workdir 'w w'"
+    )
 
 
 # ------------------------------------------------------------------------------- bad data
 def test_class_labels_outside_the_range_are_refused_with_count_and_values():
-    check = tasks.for_dataset("kinetics").label_check(types.SimpleNamespace(num_classes=3),
-                                                      "clips in a batch")
+    check = tasks.for_dataset("kinetics").label_check(
+        types.SimpleNamespace(num_classes=3), "clips in a batch"
+    )
     batch = {"label": np.array([0, 3, 7, -1, 2, 7], np.int32)}
-    with pytest.raises(ValueError, match=r"4 of 6 clips .* outside \[0, 3\) \(values: -1, 3, 7\)"
-                                         r".*never clipped"):
+    with pytest.raises(
+        ValueError,
+        match=r"4 of 6 clips .* outside \[0, 3\) \(values: -1, 3, 7\)"
+        r".*never clipped",
+    ):
         check(batch)
     assert check({"label": np.array([0, 1, 2])})["label"].tolist() == [0, 1, 2]
     for dataset in ("synthetic", "cityscapes", "coco"):  # label maps / boxes: the loss counts
-        assert tasks.for_dataset(dataset).label_check(types.SimpleNamespace(num_classes=3),
-                                                      "") is None
+        assert (
+            tasks.for_dataset(dataset).label_check(types.SimpleNamespace(num_classes=3), "") is None
+        )
 
 
 def test_out_of_range_training_labels_stop_the_training_stream():
@@ -234,12 +253,18 @@ def test_out_of_range_training_labels_stop_the_training_stream():
             return 4
 
         def __getitem__(self, i):
-            return {"video": np.zeros((1, 2, 2, 3), np.float32),
-                    "label": np.int32([0, 1, 3, 2][i])}
+            return {"video": np.zeros((1, 2, 2, 3), np.float32), "label": np.int32([0, 1, 3, 2][i])}
 
-    stream = iter(pipeline.train_dataset(
-        Clips(), seed=0, local_batch=4, process_index=0, process_count=1,
-        check=pipeline.ClassLabelCheck(3, "training clips in a batch")))
+    stream = iter(
+        pipeline.train_dataset(
+            Clips(),
+            seed=0,
+            local_batch=4,
+            process_index=0,
+            process_count=1,
+            check=pipeline.ClassLabelCheck(3, "training clips in a batch"),
+        )
+    )
     with pytest.raises(ValueError, match=r"1 of 4 training clips .*values: 3"):
         next(stream)
 
@@ -249,8 +274,9 @@ def test_nonfinite_evaluation_outputs_are_counted_and_stop_the_evaluation():
         def apply(self, variables, x, train):
             return {"logits": x * variables["params"]["w"]}
 
-    bundle = types.SimpleNamespace(module=Dense(), input_key="image",
-                                   metrics_fn=lambda outputs, batch: {"n": jnp.int32(1)})
+    bundle = types.SimpleNamespace(
+        module=Dense(), input_key="image", metrics_fn=lambda outputs, batch: {"n": jnp.int32(1)}
+    )
     eval_step = make_eval_step(bundle)  # eager: the state here is no pytree
     state = types.SimpleNamespace(params={"w": jnp.float32(np.nan)}, batch_stats={})
     sums = eval_step(state, {"image": jnp.ones((2, 3))})
@@ -286,10 +312,11 @@ def test_damaged_shard_names_file_split_record_and_the_fix(tmp_path):
 
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
     prepare("cityscapes", str(tmp_path / "raw"), str(tmp_path / "out"), log=lambda _: 0)
-    shard = tmp_path / "out" / "cityscapes" / "1.0.0" / \
-        "cityscapes-train.array_record-00000-of-00001"
+    shard = (
+        tmp_path / "out" / "cityscapes" / "1.0.0" / "cityscapes-train.array_record-00000-of-00001"
+    )
     data = shard.read_bytes()
-    shard.write_bytes(data[:len(data) // 2])  # truncated, as by a full disk or a bad copy
+    shard.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk or a bad copy
     train = load_split("cityscapes", "train", str(tmp_path / "out"))
     with pytest.raises(ValueError) as raised:
         for index in range(len(train)):

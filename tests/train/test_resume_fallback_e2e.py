@@ -6,9 +6,9 @@ import logging
 import os
 
 import chex
+from train_testing import enable_compilation_cache, tiny_config
 
 from dnl_jax.train.trainer import train_and_evaluate
-from train_testing import enable_compilation_cache, tiny_config
 
 enable_compilation_cache()
 
@@ -16,8 +16,9 @@ enable_compilation_cache()
 def test_truncated_newest_checkpoint_resumes_from_the_previous_one(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     reference = train_and_evaluate(tiny_config(), workdir)  # checkpoints at steps 2 and 4
-    for path in glob.glob(os.path.join(workdir, "checkpoints", "4", "state", "**", "*"),
-                          recursive=True):
+    for path in glob.glob(
+        os.path.join(workdir, "checkpoints", "4", "state", "**", "*"), recursive=True
+    ):
         if os.path.isfile(path):  # cut short, as a full disk could leave them
             with open(path, "r+b") as file:
                 file.truncate(os.path.getsize(path) // 2)

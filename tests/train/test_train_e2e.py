@@ -12,11 +12,11 @@ import chex
 import jax
 import numpy as np
 import pytest
+from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
 from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.logs import read_metrics
 from dnl_jax.train.trainer import train_and_evaluate
-from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
 enable_compilation_cache()
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,13 +28,15 @@ def _sigterm_at(stop_step):
     def on_step(step):
         if step == stop_step:
             os.kill(os.getpid(), signal.SIGTERM)
+
     return on_step
 
 
 def test_one_step_end_to_end_then_init_from_and_wrong_model(tmp_path):
     source = tmp_path / "source"
     result = train_and_evaluate(
-        tiny_config(total_steps=1, curves_figure=True, attention_figure=True), str(source))
+        tiny_config(total_steps=1, curves_figure=True, attention_figure=True), str(source)
+    )
     assert result["status"] == "completed" and result["step"] == 1
     assert 0.0 <= result["val"]["miou"] <= 1.0
     assert os.path.isdir(source / "checkpoints" / "1" / "state")
@@ -45,16 +47,18 @@ def test_one_step_end_to_end_then_init_from_and_wrong_model(tmp_path):
     records = read_metrics(str(source))
     assert {(r["step"], r["split"]) for r in records} == {(0, "val"), (1, "train"), (1, "val")}
     assert np.isfinite(next(r for r in records if r["split"] == "train")["loss"])
-    recorded = json.load(open(source / "config.json"))
+    recorded = json.loads((source / "config.json").read_text())
     assert recorded["model"]["name"] == "dnl_tiny"
     # Only what the run reads: the synthetic scenes' section, no other task's.
     assert set(recorded["data"]) & {"synthetic", "segmentation", "video", "detection"} == {
-        "synthetic"}
+        "synthetic"
+    }
 
     # init_from: the new run's step-0 evaluation is the source's final one (same weights).
     started = tmp_path / "started"
-    train_and_evaluate(tiny_config(total_steps=1, init_from=str(source / "checkpoints" / "1")),
-                       str(started))
+    train_and_evaluate(
+        tiny_config(total_steps=1, init_from=str(source / "checkpoints" / "1")), str(started)
+    )
     step0 = next(r for r in read_metrics(str(started)) if r["step"] == 0)
     assert step0["miou"] == pytest.approx(result["val"]["miou"], abs=1e-12)
     assert step0["pixel_accuracy"] == pytest.approx(result["val"]["pixel_accuracy"], abs=1e-12)
@@ -115,32 +119,56 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 def _cli(workdir, *overrides):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **CACHE_ENV)
-    command = [sys.executable, "-m", "dnl_jax.main",
-               "--config", os.path.join(REPO, "experiments/configs/synthetic_dnl_tiny.py"),
-               "--workdir", str(workdir), *overrides]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "dnl_jax.main",
+        "--config",
+        os.path.join(REPO, "experiments/configs/synthetic_dnl_tiny.py"),
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 
 
 def test_cli_one_step_in_bfloat16_keeps_float32_parameters(tmp_path):
-    done = _cli(tmp_path, "--config.total_steps=1", "--config.optimizer.warmup_steps=0",
-                "--config.data.synthetic.num_val=16", "--config.model.dtype=bfloat16",
-                "--config.optimizer.grad_clip_norm=1.0", "--config.progress_bar=False")
+    done = _cli(
+        tmp_path,
+        "--config.total_steps=1",
+        "--config.optimizer.warmup_steps=0",
+        "--config.data.synthetic.num_val=16",
+        "--config.model.dtype=bfloat16",
+        "--config.optimizer.grad_clip_norm=1.0",
+        "--config.progress_bar=False",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "completed at step 1: val mIoU" in done.stdout
     assert os.path.exists(tmp_path / "curves.png")
     variables = load_variables(str(tmp_path / "checkpoints" / "1"))
     assert {leaf.dtype for leaf in jax.tree.leaves(variables["params"])} == {np.dtype("float32")}
     # The evaluate command runs the model in bfloat16 too: the trainer's final val metrics.
-    trained = re.search(r"completed at step 1: (val mIoU [0-9.]+, pixel accuracy [0-9.]+)",
-                        done.stdout).group(1)
+    trained = re.search(
+        r"completed at step 1: (val mIoU [0-9.]+, pixel accuracy [0-9.]+)", done.stdout
+    ).group(1)
     env = dict(os.environ, JAX_PLATFORMS="cpu", **CACHE_ENV)
     evaluated = subprocess.run(
-        [sys.executable, "-m", "dnl_jax.evaluate", "--config",
-         os.path.join(REPO, "experiments/configs/synthetic_dnl_tiny.py"),
-         f"--checkpoint={tmp_path / 'checkpoints' / '1'}", "--config.data.synthetic.num_val=16",
-         "--config.model.dtype=bfloat16"], capture_output=True, text=True, env=env, cwd=REPO,
-        timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "dnl_jax.evaluate",
+            "--config",
+            os.path.join(REPO, "experiments/configs/synthetic_dnl_tiny.py"),
+            f"--checkpoint={tmp_path / 'checkpoints' / '1'}",
+            "--config.data.synthetic.num_val=16",
+            "--config.model.dtype=bfloat16",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert f"val (val): {trained}" in evaluated.stdout
 

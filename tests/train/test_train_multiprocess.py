@@ -12,10 +12,10 @@ import sys
 import chex
 import jax
 import pytest
+from train_testing import CACHE_ENV, TINY, enable_compilation_cache
 
 from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.trainer import train_and_evaluate
-from train_testing import CACHE_ENV, TINY, enable_compilation_cache
 
 enable_compilation_cache()
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,15 +32,25 @@ def _free_port() -> int:
 
 def _launch(process_id: int, port: int, workdir) -> subprocess.Popen:
     overrides = [f"--config.{key}={value}" for key, value in OVERRIDES.items()]
-    command = [sys.executable, "-m", "dnl_jax.main",
-               "--config", DEMO_CONFIG,
-               "--workdir", str(workdir), f"--coordinator_address=127.0.0.1:{port}",
-               "--num_processes=2", f"--process_id={process_id}", "--cpu_collectives=gloo",
-               *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "dnl_jax.main",
+        "--config",
+        DEMO_CONFIG,
+        "--workdir",
+        str(workdir),
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={process_id}",
+        "--cpu_collectives=gloo",
+        *overrides,
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", **CACHE_ENV)
     env.pop("XLA_FLAGS", None)
-    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_two_processes_equal_one_process(tmp_path):
@@ -48,7 +58,7 @@ def test_two_processes_equal_one_process(tmp_path):
     port = _free_port()
     procs = [_launch(i, port, workdir) for i in range(2)]
     outputs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs, strict=False):
         assert p.returncode == 0, err[-3000:]
     # Only process 0 reports.
     assert "completed at step 4" in outputs[0][0] and "completed" not in outputs[1][0]
@@ -63,8 +73,9 @@ def test_two_processes_equal_one_process(tmp_path):
     assert jax.device_count() == 4 and jax.process_count() == 1
     two = load_variables(str(workdir / "checkpoints" / "4"))
     chex.assert_trees_all_close(two["params"], single["state"].params, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(two["batch_stats"], single["state"].batch_stats, rtol=1e-5,
-                                atol=1e-6)
+    chex.assert_trees_all_close(
+        two["batch_stats"], single["state"].batch_stats, rtol=1e-5, atol=1e-6
+    )
     assert two_miou == pytest.approx(single["val"]["miou"], abs=1e-4)  # printed with 4 digits
     # One complete checkpoint per saved step in the shared workdir, with both hosts' positions.
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]

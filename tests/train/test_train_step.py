@@ -16,12 +16,18 @@ def _state_and_step(bundle, images, grad_accum_steps):
     optimizer = step_lib.make_optimizer(opt, 10)
     variables = init_variables(bundle.module, jax.random.key(0), images[:1])
     state = step_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=variables["params"],
-        batch_stats=variables["batch_stats"], opt_state=optimizer.init(variables["params"]),
-        rng=jax.random.key_data(jax.random.key(1)))
-    train_step = step_lib.make_train_step(bundle, optimizer,
-                                          step_lib.learning_rate_schedule(opt, 10),
-                                          grad_accum_steps=grad_accum_steps)
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=optimizer.init(variables["params"]),
+        rng=jax.random.key_data(jax.random.key(1)),
+    )
+    train_step = step_lib.make_train_step(
+        bundle,
+        optimizer,
+        step_lib.learning_rate_schedule(opt, 10),
+        grad_accum_steps=grad_accum_steps,
+    )
     return state, jax.jit(train_step)
 
 
@@ -44,8 +50,13 @@ def test_single_micro_batch_without_loop_equals_looped_accumulation():
     close(loss_1, loss_2)
     jax.tree.map(close, params_1, params_2)
     old = state.batch_stats
-    jax.tree.map(lambda one, two, o: close((one - 0.9 * o) / 0.1, (two - 0.81 * o) / 0.19),
-                 stats_1, stats_2, old)
-    changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params_1,
-                                           state.params))
+    jax.tree.map(
+        lambda one, two, o: close((one - 0.9 * o) / 0.1, (two - 0.81 * o) / 0.19),
+        stats_1,
+        stats_2,
+        old,
+    )
+    changed = jax.tree.leaves(
+        jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params_1, state.params)
+    )
     assert np.isfinite(loss_1) and any(changed), "the step left every parameter unchanged"

@@ -9,7 +9,7 @@ order is (y, x, anchor), matching a head output `[B, H, W, A]` reshaped to `[B, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,8 +18,11 @@ MASK_RCNN_SCALES = (8.0,)
 MASK_RCNN_RATIOS = (0.5, 1.0, 2.0)
 
 
-def base_anchors(stride: float, scales: Sequence[float] = MASK_RCNN_SCALES,
-                 ratios: Sequence[float] = MASK_RCNN_RATIOS) -> np.ndarray:
+def base_anchors(
+    stride: float,
+    scales: Sequence[float] = MASK_RCNN_SCALES,
+    ratios: Sequence[float] = MASK_RCNN_RATIOS,
+) -> np.ndarray:
     """`[len(ratios) · len(scales), 4]` anchors centred on (0, 0) (float32)."""
     h_ratios = np.sqrt(np.asarray(ratios, np.float64))
     w_ratios = 1.0 / h_ratios
@@ -27,12 +30,16 @@ def base_anchors(stride: float, scales: Sequence[float] = MASK_RCNN_SCALES,
     widths = (stride * w_ratios[:, None] * scales[None, :]).reshape(-1)
     heights = (stride * h_ratios[:, None] * scales[None, :]).reshape(-1)
     return np.stack([-0.5 * widths, -0.5 * heights, 0.5 * widths, 0.5 * heights], 1).astype(
-        np.float32)
+        np.float32
+    )
 
 
-def grid_anchors(feature_size: tuple[int, int], stride: float,
-                 scales: Sequence[float] = MASK_RCNN_SCALES,
-                 ratios: Sequence[float] = MASK_RCNN_RATIOS) -> np.ndarray:
+def grid_anchors(
+    feature_size: tuple[int, int],
+    stride: float,
+    scales: Sequence[float] = MASK_RCNN_SCALES,
+    ratios: Sequence[float] = MASK_RCNN_RATIOS,
+) -> np.ndarray:
     """All anchors of one level: feature map (H, W) → `[H · W · A, 4]` in (y, x, anchor) order."""
     height, width = feature_size
     ys, xs = np.meshgrid(np.arange(height) * stride, np.arange(width) * stride, indexing="ij")
@@ -40,10 +47,12 @@ def grid_anchors(feature_size: tuple[int, int], stride: float,
     return (shifts + base_anchors(stride, scales, ratios)[None]).reshape(-1, 4)
 
 
-def multi_level_anchors(feature_sizes: Sequence[tuple[int, int]],
-                        strides: Sequence[float] = MASK_RCNN_STRIDES,
-                        scales: Sequence[float] = MASK_RCNN_SCALES,
-                        ratios: Sequence[float] = MASK_RCNN_RATIOS) -> list[np.ndarray]:
+def multi_level_anchors(
+    feature_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[float] = MASK_RCNN_STRIDES,
+    scales: Sequence[float] = MASK_RCNN_SCALES,
+    ratios: Sequence[float] = MASK_RCNN_RATIOS,
+) -> list[np.ndarray]:
     """One `[H_l · W_l · A, 4]` array per level. Anchors depend only on static shapes, so they
     are NumPy constants folded into the compiled program."""
     if len(feature_sizes) != len(strides):
@@ -51,9 +60,17 @@ def multi_level_anchors(feature_sizes: Sequence[tuple[int, int]],
             f"got {len(feature_sizes)} feature maps but {len(strides)} anchor strides; give one "
             "stride per FPN level."
         )
-    return [grid_anchors(size, stride, scales, ratios)
-            for size, stride in zip(feature_sizes, strides)]
+    return [
+        grid_anchors(size, stride, scales, ratios)
+        for size, stride in zip(feature_sizes, strides, strict=False)
+    ]
 
 
-__all__ = ["base_anchors", "grid_anchors", "multi_level_anchors", "MASK_RCNN_STRIDES",
-           "MASK_RCNN_SCALES", "MASK_RCNN_RATIOS"]
+__all__ = [
+    "base_anchors",
+    "grid_anchors",
+    "multi_level_anchors",
+    "MASK_RCNN_STRIDES",
+    "MASK_RCNN_SCALES",
+    "MASK_RCNN_RATIOS",
+]

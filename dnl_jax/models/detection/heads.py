@@ -21,7 +21,8 @@ the first fc's input rows.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,18 +51,31 @@ class FPN(nn.Module):
 
     channels: int = 256
     num_outs: int = 5
-    norm: Optional[str] = None
-    axis_name: Optional[str] = None
-    dtype: Optional[Dtype] = None
+    norm: str | None = None
+    axis_name: str | None = None
+    dtype: Dtype | None = None
 
     def _conv(self, kernel: int, name: str, x: Array, train: bool) -> Array:
         if self.norm is None:
-            return nn.Conv(self.channels, (kernel, kernel), padding=kernel // 2,
-                           kernel_init=xavier_uniform, dtype=self.dtype,
-                           conv_general_dilated=layers.conv_or_pointwise_matmul, name=name)(x)
-        return layers.ConvModule(self.channels, kernel, padding=kernel // 2, norm=self.norm,
-                                 kernel_init=xavier_uniform, axis_name=self.axis_name,
-                                 dtype=self.dtype, name=name)(x, train=train)
+            return nn.Conv(
+                self.channels,
+                (kernel, kernel),
+                padding=kernel // 2,
+                kernel_init=xavier_uniform,
+                dtype=self.dtype,
+                conv_general_dilated=layers.conv_or_pointwise_matmul,
+                name=name,
+            )(x)
+        return layers.ConvModule(
+            self.channels,
+            kernel,
+            padding=kernel // 2,
+            norm=self.norm,
+            kernel_init=xavier_uniform,
+            axis_name=self.axis_name,
+            dtype=self.dtype,
+            name=name,
+        )(x, train=train)
 
     @nn.compact
     def __call__(self, inputs: Sequence[Array], train: bool = False) -> tuple[Array, ...]:
@@ -71,7 +85,8 @@ class FPN(nn.Module):
             if finer.shape[1:3] != (2 * coarser.shape[1], 2 * coarser.shape[2]):
                 raise ValueError(
                     f"FPN levels {finer.shape[1:3]} and {coarser.shape[1:3]} do not halve "
-                    "exactly; pad images to a multiple of the backbone's output stride (32).")
+                    "exactly; pad images to a multiple of the backbone's output stride (32)."
+                )
             upsampled = jnp.repeat(jnp.repeat(coarser, 2, axis=1), 2, axis=2)
             laterals[i - 1] = finer + upsampled
         outs = [self._conv(3, f"fpn_convs_{i}", x, train) for i, x in enumerate(laterals)]
@@ -86,13 +101,19 @@ class RPNHead(nn.Module):
 
     num_anchors: int = 3
     channels: int = 256
-    dtype: Optional[Dtype] = None
+    dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array]:
         conv = lambda features, kernel, name: nn.Conv(  # noqa: E731
-            features, (kernel, kernel), padding=kernel // 2, kernel_init=layers.normal_001,
-            dtype=self.dtype, conv_general_dilated=layers.conv_or_pointwise_matmul, name=name)
+            features,
+            (kernel, kernel),
+            padding=kernel // 2,
+            kernel_init=layers.normal_001,
+            dtype=self.dtype,
+            conv_general_dilated=layers.conv_or_pointwise_matmul,
+            name=name,
+        )
         x = nn.relu(conv(self.channels, 3, "rpn_conv")(x))
         logits = conv(self.num_anchors, 1, "rpn_cls")(x)
         deltas = conv(4 * self.num_anchors, 1, "rpn_reg")(x)
@@ -113,9 +134,9 @@ class BoxHead(nn.Module):
     kind: str = "2fc"
     conv_channels: int = 256
     fc_channels: int = 1024
-    norm: Optional[str] = None
-    axis_name: Optional[str] = None
-    dtype: Optional[Dtype] = None
+    norm: str | None = None
+    axis_name: str | None = None
+    dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
@@ -125,17 +146,35 @@ class BoxHead(nn.Module):
         x = x.reshape((-1,) + x.shape[-3:])
         num_convs, num_fcs = (0, 2) if self.kind == "2fc" else (4, 1)
         for i in range(num_convs):
-            x = layers.ConvModule(self.conv_channels, 3, padding=1, norm=self.norm,
-                                  activation=True, axis_name=self.axis_name, dtype=self.dtype,
-                                  name=f"shared_convs_{i}")(x, train=train)
+            x = layers.ConvModule(
+                self.conv_channels,
+                3,
+                padding=1,
+                norm=self.norm,
+                activation=True,
+                axis_name=self.axis_name,
+                dtype=self.dtype,
+                name=f"shared_convs_{i}",
+            )(x, train=train)
         x = x.reshape(x.shape[0], -1)
         for i in range(num_fcs):
-            x = nn.relu(nn.Dense(self.fc_channels, kernel_init=xavier_uniform, dtype=self.dtype,
-                                 name=f"shared_fcs_{i}")(x))
-        logits = nn.Dense(self.num_classes + 1, kernel_init=layers.normal_001, dtype=self.dtype,
-                          name="fc_cls")(x)
-        deltas = nn.Dense(4 * self.num_classes, kernel_init=nn.initializers.normal(0.001),
-                          dtype=self.dtype, name="fc_reg")(x)
+            x = nn.relu(
+                nn.Dense(
+                    self.fc_channels,
+                    kernel_init=xavier_uniform,
+                    dtype=self.dtype,
+                    name=f"shared_fcs_{i}",
+                )(x)
+            )
+        logits = nn.Dense(
+            self.num_classes + 1, kernel_init=layers.normal_001, dtype=self.dtype, name="fc_cls"
+        )(x)
+        deltas = nn.Dense(
+            4 * self.num_classes,
+            kernel_init=nn.initializers.normal(0.001),
+            dtype=self.dtype,
+            name="fc_reg",
+        )(x)
         return logits.reshape(lead + logits.shape[-1:]), deltas.reshape(lead + deltas.shape[-1:])
 
 
@@ -150,24 +189,44 @@ class MaskHead(nn.Module):
     num_classes: int
     channels: int = 256
     num_convs: int = 4
-    norm: Optional[str] = None
-    axis_name: Optional[str] = None
-    dtype: Optional[Dtype] = None
+    norm: str | None = None
+    axis_name: str | None = None
+    dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         lead = x.shape[:-3]
         x = x.reshape((-1,) + x.shape[-3:])
         for i in range(self.num_convs):
-            x = layers.ConvModule(self.channels, 3, padding=1, norm=self.norm, activation=True,
-                                  axis_name=self.axis_name, dtype=self.dtype,
-                                  name=f"convs_{i}")(x, train=train)
-        x = nn.relu(nn.ConvTranspose(self.channels, (2, 2), strides=(2, 2), padding="VALID",
-                                     kernel_init=layers.kaiming_fan_out, dtype=self.dtype,
-                                     name="upsample")(x))
-        x = nn.Conv(self.num_classes, (1, 1), kernel_init=layers.kaiming_fan_out,
-                    dtype=self.dtype, conv_general_dilated=layers.conv_or_pointwise_matmul,
-                    name="conv_logits")(x)
+            x = layers.ConvModule(
+                self.channels,
+                3,
+                padding=1,
+                norm=self.norm,
+                activation=True,
+                axis_name=self.axis_name,
+                dtype=self.dtype,
+                name=f"convs_{i}",
+            )(x, train=train)
+        x = nn.relu(
+            nn.ConvTranspose(
+                self.channels,
+                (2, 2),
+                strides=(2, 2),
+                padding="VALID",
+                kernel_init=layers.kaiming_fan_out,
+                dtype=self.dtype,
+                name="upsample",
+            )(x)
+        )
+        x = nn.Conv(
+            self.num_classes,
+            (1, 1),
+            kernel_init=layers.kaiming_fan_out,
+            dtype=self.dtype,
+            conv_general_dilated=layers.conv_or_pointwise_matmul,
+            name="conv_logits",
+        )(x)
         return x.reshape(lead + x.shape[1:])
 
 

@@ -34,12 +34,13 @@ def rpn_loss_ratios(logits: Array, deltas: Array, targets: dict[str, Array]) -> 
     count = weight.sum()
     bce = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets["objectness"])
     l1 = jnp.abs(deltas.astype(jnp.float32) - targets["deltas"]).sum(-1)
-    return {"loss_rpn_cls": ((bce * weight).sum(), count),
-            "loss_rpn_bbox": ((l1 * targets["delta_weight"]).sum(), count)}
+    return {
+        "loss_rpn_cls": ((bce * weight).sum(), count),
+        "loss_rpn_bbox": ((l1 * targets["delta_weight"]).sum(), count),
+    }
 
 
-def rcnn_loss_ratios(logits: Array, deltas: Array, targets: dict[str, Array]
-                     ) -> dict[str, Ratio]:
+def rcnn_loss_ratios(logits: Array, deltas: Array, targets: dict[str, Array]) -> dict[str, Ratio]:
     """logits `[B, S, K + 1]` (background last), class-specific deltas `[B, S, 4K]`; targets
     from `targets.rcnn_targets` (batched) → {'loss_cls', 'loss_bbox', 'rcnn_accuracy'}, each
     over the sampled RoIs of the batch."""
@@ -53,13 +54,16 @@ def rcnn_loss_ratios(logits: Array, deltas: Array, targets: dict[str, Array]
     chosen = jnp.take_along_axis(per_class, class_index, axis=-2)[..., 0, :]
     l1 = jnp.abs(chosen - targets["deltas"]).sum(-1)
     correct = jax.lax.stop_gradient(((logits.argmax(-1) == labels) * weight).sum())
-    return {"loss_cls": ((ce * weight).sum(), count),
-            "loss_bbox": ((l1 * targets["delta_weight"]).sum(), count),
-            "rcnn_accuracy": (correct, count)}
+    return {
+        "loss_cls": ((ce * weight).sum(), count),
+        "loss_bbox": ((l1 * targets["delta_weight"]).sum(), count),
+        "rcnn_accuracy": (correct, count),
+    }
 
 
-def mask_loss_ratio(mask_logits: Array, labels: Array, mask_targets: Array,
-                    positive: Array) -> Ratio:
+def mask_loss_ratio(
+    mask_logits: Array, labels: Array, mask_targets: Array, positive: Array
+) -> Ratio:
     """mask_logits `[B, P, M, M, K]`, labels `[B, P]`, targets `[B, P, M, M]`, positive
     `[B, P]` → (Σ over positive RoIs of their mean pixel BCE, number of positive RoIs)."""
     num_classes = mask_logits.shape[-1]
@@ -71,7 +75,12 @@ def mask_loss_ratio(mask_logits: Array, labels: Array, mask_targets: Array,
 
 
 # Every loss weighs 1 (mmdet's config); 'rcnn_accuracy' is a metric only.
-LOSS_WEIGHTS = {"loss_rpn_cls": 1.0, "loss_rpn_bbox": 1.0, "loss_cls": 1.0, "loss_bbox": 1.0,
-                "loss_mask": 1.0}
+LOSS_WEIGHTS = {
+    "loss_rpn_cls": 1.0,
+    "loss_rpn_bbox": 1.0,
+    "loss_cls": 1.0,
+    "loss_bbox": 1.0,
+    "loss_mask": 1.0,
+}
 
 __all__ = ["rpn_loss_ratios", "rcnn_loss_ratios", "mask_loss_ratio", "LOSS_WEIGHTS"]

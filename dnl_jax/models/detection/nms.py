@@ -16,8 +16,9 @@ from dnl_jax.models.detection import boxes as box_ops
 Array = jax.Array
 
 
-def nms(boxes: Array, scores: Array, valid: Array, iou_threshold: float,
-        max_output: int) -> tuple[Array, Array]:
+def nms(
+    boxes: Array, scores: Array, valid: Array, iou_threshold: float, max_output: int
+) -> tuple[Array, Array]:
     """Greedy NMS of one set of boxes.
 
     Args:
@@ -48,8 +49,9 @@ def nms(boxes: Array, scores: Array, valid: Array, iou_threshold: float,
     return order[positions], jnp.arange(max_output) < keep.sum()
 
 
-def multiclass_nms(boxes: Array, scores: Array, score_threshold: float, iou_threshold: float,
-                   max_output: int) -> tuple[Array, Array, Array, Array]:
+def multiclass_nms(
+    boxes: Array, scores: Array, score_threshold: float, iou_threshold: float, max_output: int
+) -> tuple[Array, Array, Array, Array]:
     """Per-class NMS, then the best `max_output` over all classes (mmdet `multiclass_nms`:
     candidates are (box, class) pairs with score > `score_threshold`; classes never suppress
     each other).
@@ -62,8 +64,9 @@ def multiclass_nms(boxes: Array, scores: Array, score_threshold: float, iou_thre
       validity `[max_output]`, sorted by descending score.
     """
     per_class = jax.vmap(nms, in_axes=(1, 1, 1, None, None))
-    kept, kept_valid = per_class(boxes, scores, scores > score_threshold, iou_threshold,
-                                 max_output)  # [K, max_output]
+    kept, kept_valid = per_class(
+        boxes, scores, scores > score_threshold, iou_threshold, max_output
+    )  # [K, max_output]
     kept_scores = jnp.where(kept_valid, jnp.take_along_axis(scores.T, kept, axis=1), -jnp.inf)
     top_scores, flat = jax.lax.top_k(kept_scores.reshape(-1), max_output)
     labels = (flat // max_output).astype(jnp.int32)

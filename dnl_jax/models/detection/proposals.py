@@ -9,7 +9,7 @@ then the `post_nms` best over all levels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +20,9 @@ from dnl_jax.models.detection import nms as nms_ops
 Array = jax.Array
 
 
-def _level_candidates(logits: Array, deltas: Array, anchors: Array, image_size: Array,
-                      pre_nms: int, slots: int):
+def _level_candidates(
+    logits: Array, deltas: Array, anchors: Array, image_size: Array, pre_nms: int, slots: int
+):
     """One image, one level: the `pre_nms` best anchors of logits `[N]`, deltas `[N, 4]`,
     anchors `[N, 4]`, decoded and clipped → boxes `[slots, 4]`, scores `[slots]`, validity
     `[slots]` (padding and empty boxes invalid)."""
@@ -29,13 +30,22 @@ def _level_candidates(logits: Array, deltas: Array, anchors: Array, image_size: 
     decoded = box_ops.RPN_CODER.decode(anchors[index], deltas[index], image_size)
     valid = (decoded[:, 2] > decoded[:, 0]) & (decoded[:, 3] > decoded[:, 1])
     pad = slots - index.shape[0]
-    return (jnp.pad(decoded, ((0, pad), (0, 0))), jnp.pad(scores, (0, pad)),
-            jnp.pad(valid, (0, pad)))
+    return (
+        jnp.pad(decoded, ((0, pad), (0, 0))),
+        jnp.pad(scores, (0, pad)),
+        jnp.pad(valid, (0, pad)),
+    )
 
 
-def rpn_proposals(logits: Sequence[Array], deltas: Sequence[Array], anchors: Sequence[Array],
-                  image_sizes: Array, pre_nms: int, post_nms: int,
-                  iou_threshold: float = 0.7) -> tuple[Array, Array]:
+def rpn_proposals(
+    logits: Sequence[Array],
+    deltas: Sequence[Array],
+    anchors: Sequence[Array],
+    image_sizes: Array,
+    pre_nms: int,
+    post_nms: int,
+    iou_threshold: float = 0.7,
+) -> tuple[Array, Array]:
     """Per level l: logits `[B, N_l]`, deltas `[B, N_l, 4]`, anchors `[N_l, 4]`; image_sizes
     `[B, 2]` (valid height, width). → proposals `[B, post_nms, 4]` (descending score) and their
     validity `[B, post_nms]`. Gradients do not flow into proposals (mmdet detaches them).
@@ -48,9 +58,18 @@ def rpn_proposals(logits: Sequence[Array], deltas: Sequence[Array], anchors: Seq
     per_level_nms = jax.vmap(nms_ops.nms, in_axes=(0, 0, 0, None, None))
 
     def one_image(image_logits, image_deltas, image_size):
-        boxes, scores, valid = (jnp.stack(parts) for parts in zip(*[
-            _level_candidates(l, d, jnp.asarray(a), image_size, pre_nms, slots)
-            for l, d, a in zip(image_logits, image_deltas, anchors)]))  # [L, slots, ...]
+        boxes, scores, valid = (
+            jnp.stack(parts)
+            for parts in zip(
+                *[
+                    _level_candidates(logit, delta, jnp.asarray(anchor), image_size, pre_nms, slots)
+                    for logit, delta, anchor in zip(
+                        image_logits, image_deltas, anchors, strict=False
+                    )
+                ],
+                strict=False,
+            )
+        )  # [L, slots, ...]
         keep, kept = per_level_nms(boxes, scores, valid, iou_threshold, min(post_nms, slots))
         boxes = jnp.take_along_axis(boxes, keep[..., None], axis=1).reshape(-1, 4)
         scores = jnp.where(kept, jnp.take_along_axis(scores, keep, axis=1), -jnp.inf)
@@ -65,9 +84,16 @@ def rpn_proposals(logits: Sequence[Array], deltas: Sequence[Array], anchors: Seq
     return boxes, valid
 
 
-def rcnn_detections(rois: Array, roi_valid: Array, logits: Array, deltas: Array,
-                    image_size: Array, score_threshold: float = 0.05,
-                    iou_threshold: float = 0.5, max_detections: int = 100):
+def rcnn_detections(
+    rois: Array,
+    roi_valid: Array,
+    logits: Array,
+    deltas: Array,
+    image_size: Array,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+):
     """One image (mmdet `BBoxHead.predict_by_feat`): rois `[S, 4]`, logits `[S, K + 1]`,
     class-specific deltas `[S, 4K]` → boxes `[D, 4]`, scores `[D]`, labels `[D]`, validity `[D]`
     (D = max_detections) after per-class NMS."""
@@ -76,8 +102,9 @@ def rcnn_detections(rois: Array, roi_valid: Array, logits: Array, deltas: Array,
     probabilities = jnp.where(roi_valid[:, None], probabilities, 0.0)
     per_class = deltas.astype(jnp.float32).reshape(-1, num_classes, 4)
     decoded = box_ops.RCNN_CODER.decode(rois[:, None, :], per_class, image_size)
-    return nms_ops.multiclass_nms(decoded, probabilities, score_threshold, iou_threshold,
-                                  max_detections)
+    return nms_ops.multiclass_nms(
+        decoded, probabilities, score_threshold, iou_threshold, max_detections
+    )
 
 
 def _paste_weights(start: Array, end: Array, mask_size: int, image_extent: int) -> Array:

@@ -56,8 +56,13 @@ RPN_SAMPLER = SamplerConfig(num=256, pos_fraction=0.5)
 RCNN_SAMPLER = SamplerConfig(num=512, pos_fraction=0.25)
 
 
-def assign_max_iou(candidates: Array, candidate_valid: Array, gt_boxes: Array, gt_valid: Array,
-                   config: AssignerConfig) -> Array:
+def assign_max_iou(
+    candidates: Array,
+    candidate_valid: Array,
+    gt_boxes: Array,
+    gt_valid: Array,
+    config: AssignerConfig,
+) -> Array:
     """Candidates `[N, 4]` (+ validity `[N]`) against padded gts `[G, 4]` (+ validity `[G]`) →
     `[N]` int32: −1 ignored (and every invalid candidate), 0 background, i + 1 for gt i."""
     overlaps = jnp.where(gt_valid[:, None], box_ops.box_iou(gt_boxes, candidates), 0.0)  # [G, N]
@@ -95,17 +100,23 @@ def sample_fixed(key: Array, assigned: Array, config: SamplerConfig) -> tuple[Ar
     return index, top > 0
 
 
-def rpn_targets(key: Array, anchors: Array, gt_boxes: Array, gt_valid: Array,
-                coder: box_ops.DeltaBoxCoder = box_ops.RPN_CODER,
-                assigner: AssignerConfig = RPN_ASSIGNER,
-                sampler: SamplerConfig = RPN_SAMPLER) -> dict[str, Array]:
+def rpn_targets(
+    key: Array,
+    anchors: Array,
+    gt_boxes: Array,
+    gt_valid: Array,
+    coder: box_ops.DeltaBoxCoder = box_ops.RPN_CODER,
+    assigner: AssignerConfig = RPN_ASSIGNER,
+    sampler: SamplerConfig = RPN_SAMPLER,
+) -> dict[str, Array]:
     """Per-anchor RPN targets of one image (all anchors count, mmdet's allowed_border −1).
 
     Returns `objectness` `[A]` (1 foreground, 0 background), `label_weight` `[A]` (1 for the
     sampled anchors), `deltas` `[A, 4]` and `delta_weight` `[A]` (1 for sampled positives).
     """
-    assigned = assign_max_iou(anchors, jnp.ones(anchors.shape[0], bool), gt_boxes, gt_valid,
-                              assigner)
+    assigned = assign_max_iou(
+        anchors, jnp.ones(anchors.shape[0], bool), gt_boxes, gt_valid, assigner
+    )
     index, valid = sample_fixed(key, assigned, sampler)
     sampled = jnp.zeros(anchors.shape[0], bool).at[index].max(valid)
     positive = assigned > 0
@@ -119,11 +130,18 @@ def rpn_targets(key: Array, anchors: Array, gt_boxes: Array, gt_valid: Array,
     }
 
 
-def rcnn_targets(key: Array, proposals: Array, proposal_valid: Array, gt_boxes: Array,
-                 gt_labels: Array, gt_valid: Array, num_classes: int,
-                 coder: box_ops.DeltaBoxCoder = box_ops.RCNN_CODER,
-                 assigner: AssignerConfig = RCNN_ASSIGNER,
-                 sampler: SamplerConfig = RCNN_SAMPLER) -> dict[str, Array]:
+def rcnn_targets(
+    key: Array,
+    proposals: Array,
+    proposal_valid: Array,
+    gt_boxes: Array,
+    gt_labels: Array,
+    gt_valid: Array,
+    num_classes: int,
+    coder: box_ops.DeltaBoxCoder = box_ops.RCNN_CODER,
+    assigner: AssignerConfig = RCNN_ASSIGNER,
+    sampler: SamplerConfig = RCNN_SAMPLER,
+) -> dict[str, Array]:
     """Sampled RoIs and their targets for one image; the gts join the proposals first
     (add_gt_as_proposals).
 
@@ -153,8 +171,13 @@ def rcnn_targets(key: Array, proposals: Array, proposal_valid: Array, gt_boxes: 
     }
 
 
-def mask_targets(rois: Array, gt_index: Array, gt_masks: Array, mask_size: int = 28,
-                 grid_limit: int | None = None) -> Array:
+def mask_targets(
+    rois: Array,
+    gt_index: Array,
+    gt_masks: Array,
+    mask_size: int = 28,
+    grid_limit: int | None = None,
+) -> Array:
     """mmdet `mask_target` on device: RoIAlign (aligned, sampling_ratio 0) of each RoI's gt
     mask, `mask_size`², binarised at 0.5.
 
@@ -168,21 +191,36 @@ def mask_targets(rois: Array, gt_index: Array, gt_masks: Array, mask_size: int =
     return _binarised_align(gt_masks, rois, gt_index, mask_size, grid_limit)
 
 
-def _binarised_align(maps: Array, rois: Array, gt_index: Array, mask_size: int,
-                     grid_limit: int) -> Array:
+def _binarised_align(
+    maps: Array, rois: Array, gt_index: Array, mask_size: int, grid_limit: int
+) -> Array:
     """RoIAlign (aligned) of RoI k on map `gt_index[k]` of `maps` `[G, H, W]` (0/1), in the
     maps' pixel coordinates, binarised at 0.5 → float32 `[K, mask_size, mask_size]`."""
     _, height, width = maps.shape
     flat = maps.reshape(-1, 1).astype(jnp.float32)
     full = lambda value: jnp.full(rois.shape[:1], value)  # noqa: E731
     sampled = roi_align.align_flat(
-        flat, rois, gt_index * height * width, full(height), full(width),
-        full(1.0).astype(rois.dtype), (mask_size, mask_size), grid_limit, aligned=True)
+        flat,
+        rois,
+        gt_index * height * width,
+        full(height),
+        full(width),
+        full(1.0).astype(rois.dtype),
+        (mask_size, mask_size),
+        grid_limit,
+        aligned=True,
+    )
     return (sampled[..., 0] >= 0.5).astype(jnp.float32)
 
 
-def mask_targets_from_crops(rois: Array, gt_index: Array, gt_boxes: Array, crops: Array,
-                            mask_size: int = 28, grid_limit: int | None = None) -> Array:
+def mask_targets_from_crops(
+    rois: Array,
+    gt_index: Array,
+    gt_boxes: Array,
+    crops: Array,
+    mask_size: int = 28,
+    grid_limit: int | None = None,
+) -> Array:
     """`mask_targets` from box-level gt masks: `crops` `[G, S, S]` (0/1) holds gt mask g
     resampled to S × S inside its box `gt_boxes[g]` (x1, y1, x2, y2), crop pixel (i, j) being
     the mask at the box point (x1 + (j + ½)·w / S, y1 + (i + ½)·h / S). Each RoI is mapped into
@@ -198,15 +236,34 @@ def mask_targets_from_crops(rois: Array, gt_index: Array, gt_boxes: Array, crops
     # the box edge then fades to 0 as it does on the full mask (RoIAlign would otherwise repeat
     # the crop's edge pixels for up to one pixel outside).
     padded = jnp.pad(crops.astype(jnp.float32), ((0, 0), (1, 1), (1, 1)))
-    crop_rois = jnp.stack([(rois[:, 0] - boxes[:, 0]) * size / width,
-                           (rois[:, 1] - boxes[:, 1]) * size / height,
-                           (rois[:, 2] - boxes[:, 0]) * size / width,
-                           (rois[:, 3] - boxes[:, 1]) * size / height], axis=-1) + 1.0
+    crop_rois = (
+        jnp.stack(
+            [
+                (rois[:, 0] - boxes[:, 0]) * size / width,
+                (rois[:, 1] - boxes[:, 1]) * size / height,
+                (rois[:, 2] - boxes[:, 0]) * size / width,
+                (rois[:, 3] - boxes[:, 1]) * size / height,
+            ],
+            axis=-1,
+        )
+        + 1.0
+    )
     if grid_limit is None:
         grid_limit = roi_align.grid_limit_for(2 * size + 1, mask_size)
     return _binarised_align(padded, crop_rois, gt_index, mask_size, grid_limit)
 
 
-__all__ = ["AssignerConfig", "SamplerConfig", "RPN_ASSIGNER", "RCNN_ASSIGNER", "RPN_SAMPLER",
-           "RCNN_SAMPLER", "assign_max_iou", "sample_fixed", "rpn_targets", "rcnn_targets",
-           "mask_targets", "mask_targets_from_crops"]
+__all__ = [
+    "AssignerConfig",
+    "SamplerConfig",
+    "RPN_ASSIGNER",
+    "RCNN_ASSIGNER",
+    "RPN_SAMPLER",
+    "RCNN_SAMPLER",
+    "assign_max_iou",
+    "sample_fixed",
+    "rpn_targets",
+    "rcnn_targets",
+    "mask_targets",
+    "mask_targets_from_crops",
+]
