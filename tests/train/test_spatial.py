@@ -10,7 +10,7 @@ import sys
 import chex
 import jax
 import pytest
-from test_train_multiprocess import DEMO_CONFIG, REPO, _free_port
+from test_train_multiprocess import REPO, _free_port, _launch
 from train_testing import CACHE_ENV, TINY, enable_compilation_cache, tiny_config
 
 from dnl_jax.recipes.ablation import synthetic_config
@@ -81,37 +81,9 @@ MESH = {"mesh.data": 1, "mesh.space": 4}
 OVERRIDES = {**TINY, "optimizer.warmup_steps": 0, "model.kwargs.dropout_rate": 0.0}
 
 
-def _launch(process_id: int, port: int, workdir) -> subprocess.Popen:
-    overrides = [
-        f"--config.{key}={value}"
-        for key, value in {**OVERRIDES, **MESH}.items()
-        if not key.startswith("model.kwargs.")
-    ]
-    command = [
-        sys.executable,
-        "-m",
-        "dnl_jax.main",
-        "--config",
-        DEMO_CONFIG,
-        "--workdir",
-        str(workdir),
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-        f"--process_id={process_id}",
-        "--cpu_collectives=gloo",
-        *overrides,
-        "--config.model.kwargs.dropout_rate=0.0",
-    ]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", **CACHE_ENV)
-    env.pop("XLA_FLAGS", None)
-    return subprocess.Popen(
-        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
 def test_space_axis_across_two_processes_equals_one_data_parallel_process(tmp_path):
     port = _free_port()
-    procs = [_launch(i, port, tmp_path / "two") for i in range(2)]
+    procs = [_launch(i, port, tmp_path / "two", {**OVERRIDES, **MESH}) for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=False):
         assert p.returncode == 0, err[-3000:]

@@ -30,8 +30,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(process_id: int, port: int, workdir) -> subprocess.Popen:
-    overrides = [f"--config.{key}={value}" for key, value in OVERRIDES.items()]
+def _launch(process_id: int, port: int, workdir, overrides=OVERRIDES) -> subprocess.Popen:
+    """Process `process_id` of 2 through the CLI's multi-host flags, with `overrides` as
+    `--config.KEY=VALUE` flags (model.kwargs.* included)."""
+    flags = [f"--config.{key}={value}" for key, value in overrides.items()]
     command = [
         sys.executable,
         "-m",
@@ -44,7 +46,7 @@ def _launch(process_id: int, port: int, workdir) -> subprocess.Popen:
         "--num_processes=2",
         f"--process_id={process_id}",
         "--cpu_collectives=gloo",
-        *overrides,
+        *flags,
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", **CACHE_ENV)
     env.pop("XLA_FLAGS", None)
