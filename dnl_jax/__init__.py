@@ -1,7 +1,7 @@
 """dnl_jax: Disentangled Non-Local networks (Yin et al., ECCV 2020) in JAX/Flax.
 
 Import the layer you need (`from dnl_jax import ops, attention, blocks`); the package itself
-imports nothing, so `import dnl_jax.ops` loads the pure math alone.
+imports nothing, so `import dnl_jax.core.ops` loads the pure math alone.
 """
 
 # The label of pixels that no loss or metric counts (mmseg's, and every prepared dataset's),

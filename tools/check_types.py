@@ -21,12 +21,12 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "tools" / "mypy_baseline.txt"
 CORE = (
-    "dnl_jax/ops.py",
-    "dnl_jax/attention.py",
-    "dnl_jax/chunked.py",
-    "dnl_jax/blocks.py",
-    "dnl_jax/blocks_official.py",
-    "dnl_jax/layers.py",
+    "dnl_jax/core/ops.py",
+    "dnl_jax/core/attention/__init__.py",
+    "dnl_jax/core/attention/chunked.py",
+    "dnl_jax/core/blocks.py",
+    "dnl_jax/core/blocks_official.py",
+    "dnl_jax/core/layers.py",
 )
 _ERROR = re.compile(r"^(?P<path>[^:]+\.py):\d+: error: ")
 

@@ -7,7 +7,7 @@ keys φ `[B, M, C']` and unary logits `[B, M]` from one forward pass, and the fu
 them into attention maps and statistics, a chunk of queries at a time (never all N × M at once):
 
 - **Decomposition** (`attention_rows`). A plain `NonLocal` has the implicit terms of
-  `dnl_jax.ops.decompose_nonlocal_logits`: a whitened pairwise softmax_j(s·(θ_i−μ_θ)ᵀ(φ_j−μ_φ))
+  `dnl_jax.core.ops.decompose_nonlocal_logits`: a whitened pairwise softmax_j(s·(θ_i−μ_θ)ᵀ(φ_j−μ_φ))
   and a unary softmax_j(s·μ_θᵀφ_j), with softmax(pairwise + unary logits) equal to its full
   attention softmax_j(s·θ_iᵀφ_j). A `DisentangledNonLocal` has them explicitly: its pairwise
   softmax (temperature included) and softmax(conv_mask(x)); its full attention, the weights that
@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from dnl_jax import blocks, blocks_official, ops
+from dnl_jax.core import blocks, blocks_official, ops
 
 IGNORE_LABEL = 255
 BLOCK_TYPES = (

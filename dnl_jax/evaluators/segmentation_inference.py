@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from dnl_jax.core.ops import host_softmax as softmax
 from dnl_jax.evaluators.common import PredictFn
 from dnl_jax.models.segmentor import resize_bilinear
-from dnl_jax.ops import host_softmax as softmax
 
 MODES = ("whole", "slide")
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from dnl_jax.core.ops import host_softmax
 from dnl_jax.data import transforms
 from dnl_jax.evaluators import common
-from dnl_jax.ops import host_softmax
 from dnl_jax.tasks.video import check_short_side, view_settings
 
 

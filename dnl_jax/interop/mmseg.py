@@ -18,7 +18,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from dnl_jax import blocks
+from dnl_jax.core import blocks
 from dnl_jax.interop import mapping
 from dnl_jax.interop.checkpoint_io import to_numpy
 

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import blocks, blocks_official, layers
+from dnl_jax.core import blocks, blocks_official, layers
 
 Array = jax.Array
 Dtype = Any

@@ -28,7 +28,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from dnl_jax import blocks, blocks_official, layers
+from dnl_jax.core import blocks, blocks_official, layers
 
 Array = jax.Array
 Dtype = Any
@@ -54,7 +54,7 @@ class ContextSpec:
       temperature: 'dnl' and 'dnl_official' only.
       sub_sample: max-pool keys and values by `pool_window` (video: (1, 2, 2)).
       ratio: 'gc' bottleneck ratio.
-      implementation: attention implementation passed to `dnl_jax.attention.dnl_attention`.
+      implementation: attention implementation passed to `dnl_jax.core.attention.dnl_attention`.
       use_scale: 'dnl'/'nl': divide the pairwise logits by √C' (mmaction2's video configs: False).
       mode: 'nl' only: 'embedded_gaussian' or 'dot_product' (mmcv `NonLocal3d`'s `mode`).
     """

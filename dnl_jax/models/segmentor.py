@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnl_jax import sharded_attention
+from dnl_jax.core.attention import sharded as sharded_attention
 from dnl_jax.models import heads, losses, residual
 from dnl_jax.models.resnet import ResNetV1c, check_image, strides_and_dilations
 

@@ -34,7 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import layers, sharded_attention
+from dnl_jax.core import layers
+from dnl_jax.core.attention import sharded as sharded_attention
 from dnl_jax.models import residual, resnet
 from dnl_jax.models.residual import ContextSpec
 

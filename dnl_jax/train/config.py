@@ -194,7 +194,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallelism = "jit"  # both shard the batch over every device (data parallel)
     # The jit driver's device mesh (train/parallel.py): 'data' shards the batch, 'space' shards
     # each image along H (each clip along T) with exact non-local blocks
-    # (dnl_jax/sharded_attention.py). data * space = all devices; -1: what the other leaves.
+    # (dnl_jax/core/attention/sharded.py). data * space = all devices; -1: what the other leaves.
     # space > 1 is for inputs whose activations do not fit one device; pmap needs space = 1.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, space=1))
 

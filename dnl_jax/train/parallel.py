@@ -13,7 +13,7 @@ Both wrap the same pure steps (`dnl_jax.train.step`) and expose one interface to
 
 jit: a mesh ('data', 'space') over all devices of all hosts (`config.mesh`; space = 1 by
 default); the batch is sharded `P('data')`, and with space > 1 images along H and clips along T,
-`P('data', 'space')` (the model's non-local blocks then run `dnl_jax.sharded_attention`). Each
+`P('data', 'space')` (the model's non-local blocks then run `dnl_jax.core.attention.sharded`). Each
 host contributes the rows of its data shards through `jax.make_array_from_process_local_data`
 (hosts whose devices share data shards load the same rows: `data_process_index/_count`); the
 state is created directly with its sharding (replicated for pure data parallelism) by

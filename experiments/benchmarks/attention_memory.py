@@ -34,7 +34,7 @@ def child(implementation: str, n: int, run: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from dnl_jax import attention
+    from dnl_jax.core import attention
 
     def loss(q, k, v):
         return jnp.sum(

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import bench_utils  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dnl_jax import attention  # noqa: E402
+from dnl_jax.core import attention  # noqa: E402
 
 
 def value_and_grad_fn(implementation: str):

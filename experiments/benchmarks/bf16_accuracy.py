@@ -43,7 +43,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from dnl_jax import attention, chunked, pallas_attention  # noqa: E402
+from dnl_jax.core import attention  # noqa: E402
+from dnl_jax.core.attention import chunked  # noqa: E402
+from dnl_jax.core.attention import pallas as pallas_attention  # noqa: E402
 
 QUANTITIES = ("out", "dq", "dk", "dv", "dunary")
 BOUND = 2.0  # error <= BOUND × floor

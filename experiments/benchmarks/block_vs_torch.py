@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn as tnn
 
-from dnl_jax import attention, blocks
+from dnl_jax.core import attention, blocks
 
 
 class TorchDNL2d(tnn.Module):

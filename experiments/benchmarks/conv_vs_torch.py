@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from dnl_jax import layers
+from dnl_jax.core import layers
 
 # (name, Cin, Cout, stride, dilation, input side as a fraction of the image, count in the model)
 LAYERS = (

@@ -22,7 +22,7 @@ from gpu_suite import (
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dnl_jax import attention
+from dnl_jax.core import attention
 
 # The kernels each platform's sections measure: those that can run fast there, plus 'xla' and
 # 'chunked' for comparison. On CPU (--smoke) the Pallas kernels run interpreted and 'cudnn' is
@@ -199,7 +199,7 @@ def tpu_kernels(recorder: Recorder, sizes: dict, out_dir: str, smoke: bool) -> N
     if jax.default_backend() != "tpu" and not smoke:
         recorder.put("skipped", f"the backend is {jax.default_backend()!r}, not 'tpu'")
         return
-    from dnl_jax import pallas_attention
+    from dnl_jax.core.attention import pallas as pallas_attention
 
     batch, channels = sizes["speed_batch"], sizes["speed_channels"]
     memory_limit = device_memory_limit()

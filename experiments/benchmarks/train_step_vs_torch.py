@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 import train_step as train_step_bench
 
-from dnl_jax import layers, tasks
+from dnl_jax import tasks
+from dnl_jax.core import layers
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 import torch_reference as ref  # noqa: E402

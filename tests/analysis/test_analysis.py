@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
-from dnl_jax import analysis, blocks
+from dnl_jax import analysis
+from dnl_jax.core import blocks
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.train.trainer import train_and_evaluate
 

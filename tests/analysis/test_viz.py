@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnl_jax import attention, blocks
 from dnl_jax.analysis import viz
+from dnl_jax.core import attention, blocks
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models.registry import init_variables
 from dnl_jax.tasks import get_model

@@ -1,4 +1,4 @@
-"""Memory-efficient attention kernels (dnl_jax.attention) against the materialised 'xla' path."""
+"""Memory-efficient attention kernels (dnl_jax.core.attention) against the materialised 'xla' path."""
 
 import logging
 import subprocess
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import attention, blocks, chunked
+from dnl_jax.core import attention, blocks
+from dnl_jax.core.attention import chunked
 
 # Small blocks so that tiny inputs still span several query and key blocks, with remainders.
 SMALL_BLOCKS = (16, 8)
@@ -178,7 +179,7 @@ def test_select_implementation_on_cpu_and_logged_once_at_debug(monkeypatch, capl
     monkeypatch.setattr(attention, "_logged_choices", set())  # as in a fresh process
     small = jax.ShapeDtypeStruct((2, 256, 16), jnp.float32)
     large = jax.ShapeDtypeStruct((2, 4096, 16), jnp.float32)
-    with caplog.at_level(logging.DEBUG, logger="dnl_jax.attention"):
+    with caplog.at_level(logging.DEBUG, logger="dnl_jax.core.attention"):
         assert attention.select_implementation(small, small, small) == "xla"
         assert attention.select_implementation(large, large, large) == "chunked"
         assert attention.select_implementation(large, large, large) == "chunked"
@@ -190,10 +191,10 @@ def test_select_implementation_on_cpu_and_logged_once_at_debug(monkeypatch, capl
 
 def test_import_ops_loads_no_layer_above_it():
     code = (
-        "import sys, dnl_jax.ops; print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))"
+        "import sys, dnl_jax.core.ops; print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['dnl_jax', 'dnl_jax.ops']"
+    assert out.stdout.strip() == "['dnl_jax', 'dnl_jax.core.ops']"
 
 
 def test_cudnn_on_cpu_raises_a_clear_error():
@@ -253,7 +254,7 @@ def test_automatic_choice_falls_back_when_cudnn_rejects(monkeypatch, caplog):
 
     monkeypatch.setattr(attention, "cudnn_attention", rejecting_kernel)
     args = _inputs((2,), 24, 16, 8, 8, dtype=jnp.bfloat16)
-    with caplog.at_level(logging.WARNING, logger="dnl_jax.attention"):
+    with caplog.at_level(logging.WARNING, logger="dnl_jax.core.attention"):
         out = _attention_fn(None)(*args)
     assert any("using 'pallas_gpu'" in r.getMessage() for r in caplog.records)
     chex.assert_trees_all_close(out, _attention_fn("pallas_gpu")(*args))

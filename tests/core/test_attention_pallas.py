@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import attention, pallas_attention
+from dnl_jax.core import attention
+from dnl_jax.core.attention import pallas as pallas_attention
 
 sys.path.insert(
     0,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import blocks
+from dnl_jax.core import blocks
 
 EPS = 1e-5  # PyTorch's batch-norm epsilon, used by the blocks.
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch_reference import OfficialReference
 
-from dnl_jax.blocks_official import (
+from dnl_jax.core.blocks_official import (
     NO_DECAY_PARAMETERS,
     OFFICIAL_VARIANTS,
     OfficialDisentangledNonLocal,

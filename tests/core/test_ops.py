@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import attention, ops
+from dnl_jax.core import attention, ops
 
 
 def np_softmax(logits, axis=-1):

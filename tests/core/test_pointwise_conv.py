@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dnl_jax import layers
+from dnl_jax.core import layers
 
 
 @pytest.mark.parametrize(

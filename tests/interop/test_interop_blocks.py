@@ -14,7 +14,8 @@ from torch_reference import (
     torch_output_and_input_grad,
 )
 
-from dnl_jax import blocks, interop
+from dnl_jax import interop
+from dnl_jax.core import blocks
 
 torch = require("torch")
 mmcv_cnn = require("mmcv.cnn")

@@ -22,7 +22,7 @@ from openmmlab_reference import mmdet_models
 from torch_reference import OfficialReference, randomize, relative_error, require
 from train_testing import restore
 
-from dnl_jax.blocks_official import OFFICIAL_VARIANTS, OfficialDisentangledNonLocal
+from dnl_jax.core.blocks_official import OFFICIAL_VARIANTS, OfficialDisentangledNonLocal
 from dnl_jax.interop import convert, mapping, mmdet
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 

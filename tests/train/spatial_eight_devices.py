@@ -18,7 +18,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dnl_jax import blocks, blocks_official, sharded_attention
+from dnl_jax.core import blocks, blocks_official
+from dnl_jax.core.attention import sharded as sharded_attention
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.evaluators.common import make_predict_fn
 from dnl_jax.evaluators.segmentation import confusion_matrix

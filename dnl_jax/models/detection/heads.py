@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import layers
+from dnl_jax.core import layers
 
 Array = jax.Array
 Dtype = Any

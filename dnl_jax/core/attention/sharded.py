@@ -3,7 +3,7 @@
 Under a mesh with a 'space' axis of size S > 1 (`jax.set_mesh`; the jit driver's
 `config.mesh.space`), images are sharded along H and clips along T, so the flattened positions of
 a block input `[B, *spatial, C]` → `[B, N, C]` are split into S contiguous slices. The functions
-here compute exactly what `dnl_jax.attention.dnl_attention` / `ops.unary_attention` /
+here compute exactly what `dnl_jax.core.attention.dnl_attention` / `ops.unary_attention` /
 `ops.dot_product_aggregate` compute on the whole array, with each device holding n = ⌈N/S⌉
 positions and communicating only O(M · C) per sample, never an N × M matrix:
 
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from dnl_jax import attention, ops
+from dnl_jax.core import attention, ops
 
 Array = jax.Array
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The 'chunked' kernel for the pairwise term of `dnl_jax.attention.dnl_attention`.
+"""The 'chunked' kernel for the pairwise term of `dnl_jax.core.attention.dnl_attention`.
 
     out_i = Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j,  q̂ = q − μ_q, k̂ = k − μ_k (or q, k unwhitened)
 

@@ -10,7 +10,7 @@
 Every block starts as the identity: the norm after `conv_out` (or the conv itself, without a norm)
 is zero-initialised, as in the references. Submodule names mirror mmcv/mmseg's state_dict keys
 (`g`, `theta`, `phi`, `conv_mask`, `conv_out/conv`, `conv_out/bn`, ...). The math lives in
-`dnl_jax.ops`; these modules only project, reshape and call it.
+`dnl_jax.core.ops`; these modules only project, reshape and call it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import layers, ops
-from dnl_jax import sharded_attention as attention_ops
+from dnl_jax.core import layers, ops
+from dnl_jax.core.attention import sharded as attention_ops
 
 Array = jax.Array
 Dtype = Any

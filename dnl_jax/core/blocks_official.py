@@ -2,7 +2,7 @@
 
 yinmh17/DNL-Semantic-Segmentation `NonLocal2d_bn` (model/seg/ops/nonlocal_block.py) and its
 `NonLocal2d_nowd` (nonlocal_block_nowd.py); Howal/DNL-Object-Detection's `nl_gc_block` has the
-same structure. It differs from mmseg's `DisentangledNonLocal2d` (dnl_jax.blocks):
+same structure. It differs from mmseg's `DisentangledNonLocal2d` (dnl_jax.core.blocks):
 
     pairwise_i = Σ_j softmax_j(q̂_iᵀk̂_j · scale / temperature) value_j
     unary      = Σ_j softmax_j(conv_mask(x)_j) value_j              (one vector per sample)
@@ -36,9 +36,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax import layers
-from dnl_jax import sharded_attention as attention_ops
-from dnl_jax.blocks import check_block_input, flatten_positions
+from dnl_jax.core import layers
+from dnl_jax.core.attention import sharded as attention_ops
+from dnl_jax.core.blocks import check_block_input, flatten_positions
 
 Array = jax.Array
 Dtype = Any

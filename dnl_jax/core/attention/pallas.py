@@ -1,4 +1,4 @@
-"""The Pallas kernels for the pairwise term of `dnl_jax.attention.dnl_attention`.
+"""The Pallas kernels for the pairwise term of `dnl_jax.core.attention.dnl_attention`.
 
     out_i = Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j,  q̂ = q − μ_q, k̂ = k − μ_k (or q, k unwhitened)
 
@@ -42,7 +42,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 from jax.experimental.pallas.ops.tpu import flash_attention as tpu_attention
 
-from dnl_jax import chunked
+from dnl_jax.core.attention import chunked
 
 Array = jax.Array
 
