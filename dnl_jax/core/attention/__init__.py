@@ -7,13 +7,13 @@ All kernels compute the same quantity as the materialised 'xla' path,
 with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`:
 
 - 'xla': `ops.materialised_pairwise_attention`, the `[..., N, M]` logits formed (O(N · M) memory).
-- 'chunked': `dnl_jax.core.attention.chunked`, exact attention over query × key blocks with an online softmax and
-  a recomputing custom VJP: O(N + M) memory in both passes.
+- 'chunked': `chunked.chunked_attention`, exact attention over query × key blocks with an online
+  softmax and a recomputing custom VJP: O(N + M) memory in both passes.
 - 'cudnn': `jax.nn.dot_product_attention(implementation='cudnn')` (cuDNN's fused flash kernel) on
   NVIDIA GPUs, for bfloat16/float16 inputs; any N and M (padded to a multiple of 128, the
   padding masked through `query_seq_lengths` / `key_value_seq_lengths`).
-- 'pallas_tpu', 'pallas_gpu': JAX's Pallas flash-attention kernels (`dnl_jax.core.attention.pallas`),
-  for TPUs and for GPUs where cuDNN cannot run (float32, head dims cuDNN refuses); any shapes.
+- 'pallas_tpu', 'pallas_gpu': JAX's Pallas flash-attention kernels (`pallas`), for TPUs and
+  for GPUs where cuDNN cannot run (float32, head dims cuDNN refuses); any shapes.
   Off their platform they run in Pallas interpret mode (slow; for tests).
 - None (auto): `select_implementation` picks one from the platform, shapes and dtype; the choice is
   logged once per distinct case at DEBUG level (`logging`), so it stays out of progress output.
