@@ -256,7 +256,8 @@ def test_automatic_choice_falls_back_when_cudnn_rejects(monkeypatch, caplog):
     def rejecting_kernel(*args, **kwargs):
         raise NotImplementedError("unsupported sequence length")
 
-    monkeypatch.setattr(attention, "cudnn_attention", rejecting_kernel)
+    cudnn = attention.KERNELS["cudnn"]
+    monkeypatch.setitem(attention.KERNELS, "cudnn", cudnn._replace(function=rejecting_kernel))
     args = _inputs((2,), 24, 16, 8, 8, dtype=jnp.bfloat16)
     with caplog.at_level(logging.WARNING, logger="dnl_jax.core.attention"):
         out = _attention_fn(None)(*args)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import warnings
 
+import jax
+import numpy as np
 import pytest
 
 import dnl_jax
@@ -107,3 +109,24 @@ def test_old_path_warning_points_at_the_importing_line(statement):
 def test_unknown_attribute_of_the_package_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'no_such_module'"):
         _ = dnl_jax.no_such_module
+
+
+def test_a_new_kernel_is_one_table_line(monkeypatch):
+    from dnl_jax.core import attention, blocks, ops
+
+    calls = []
+
+    def toy_kernel(q, k, v, *, scale, whiten):
+        calls.append(q.shape)
+        return ops.materialised_pairwise_attention(q, k, v, scale=scale, whiten=whiten)
+
+    monkeypatch.setitem(attention.KERNELS, "toy", attention.Kernel(toy_kernel))
+    block = blocks.DisentangledNonLocal(reduction=2, implementation="toy")
+    x = jax.random.normal(jax.random.key(0), (2, 4, 5, 8))
+    variables = block.init(jax.random.key(1), x)
+    out = block.apply(variables, x)
+    reference = block.clone(implementation="xla").apply(variables, x)
+    assert calls and calls[-1] == (2, 20, 4)  # the block's flattened queries [B, N, C/2]
+    np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown attention implementation 'tpyo'; choose one of"):
+        attention.dnl_attention(x[:, 0], x[:, 0], x[:, 0], implementation="tpyo")

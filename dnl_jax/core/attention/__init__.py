@@ -12,11 +12,15 @@ with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`:
 - 'cudnn': `jax.nn.dot_product_attention(implementation='cudnn')` (cuDNN's fused flash kernel) on
   NVIDIA GPUs, for bfloat16/float16 inputs; any N and M (padded to a multiple of 128, the
   padding masked through `query_seq_lengths` / `key_value_seq_lengths`).
-- 'pallas_tpu', 'pallas_gpu': JAX's Pallas flash-attention kernels (`pallas`), for TPUs and
+- 'pallas_tpu', 'pallas_gpu': JAX's Pallas flash-attention kernels (`pallas`) for TPUs and
   for GPUs where cuDNN cannot run (float32, head dims cuDNN refuses); any shapes.
   Off their platform they run in Pallas interpret mode (slow; for tests).
 - None (auto): `select_implementation` picks one from the platform, shapes and dtype; the choice is
   logged once per distinct case at DEBUG level (`logging`), so it stays out of progress output.
+
+The names map to functions in one table, `KERNELS`: a new kernel is one module in this package
+(`dnl_jax/core/attention/`) and one line there. `sharded` runs these kernels with the positions
+split over the mesh's 'space' axis.
 
 Whitening and scaling run in at least float32 and the result is cast back to the input dtype, so
 bfloat16 inputs feed bfloat16 matmuls that accumulate in float32 (`preferred_element_type`).
@@ -25,21 +29,18 @@ bfloat16 inputs feed bfloat16 matmuls that accumulate in float32 (`preferred_ele
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from dnl_jax.core import ops
-from dnl_jax.core.attention import chunked
-from dnl_jax.core.attention import pallas as pallas_attention
+from dnl_jax.core.attention import chunked, pallas
 
 Array = jax.Array
 
 logger = logging.getLogger(__name__)
-
-# The kernels by name; `implementation=None` picks one of them (`select_implementation`).
-KERNELS = ("xla", "chunked", "cudnn", "pallas_tpu", "pallas_gpu")
-IMPLEMENTATIONS = (None, *KERNELS)
 
 # Below this many logits per sample the materialised matrix is small (4 MiB in float32) and one
 # big fused matmul + softmax beats a loop of blocks.
@@ -183,41 +184,65 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
     return choice
 
 
-_KERNEL_FUNCTIONS = {
-    "xla": ops.materialised_pairwise_attention,
-    "chunked": chunked.chunked_attention,
-    "pallas_tpu": pallas_attention.tpu_flash_attention,
-    "pallas_gpu": pallas_attention.gpu_flash_attention,
+# ----------------------------------------------------------------------------------------------
+# The kernel table. A new kernel is one module in dnl_jax/core/attention/ and one line here.
+# ----------------------------------------------------------------------------------------------
+
+
+class Kernel(NamedTuple):
+    """One implementation of the pairwise term: `function(q, k, v, *, scale, whiten)` →
+    Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j `[..., N, Cv]`, shapes as `dnl_attention`."""
+
+    function: Callable[..., Array]
+    # The kernel to use instead, with a warning, when `implementation=None` chose this one and it
+    # rejects the inputs at trace time (NotImplementedError); None: the error propagates.
+    fallback: str | None = None
+
+
+KERNELS: dict[str, Kernel] = {
+    "xla": Kernel(ops.materialised_pairwise_attention),
+    "chunked": Kernel(chunked.chunked_attention),
+    # cuDNN refuses shapes `cudnn_unsupported_reason` cannot foresee; Pallas is the other fast one.
+    "cudnn": Kernel(cudnn_attention, fallback="pallas_gpu"),
+    "pallas_tpu": Kernel(pallas.tpu_flash_attention),
+    "pallas_gpu": Kernel(pallas.gpu_flash_attention),
 }
+# What `implementation=` accepts: None picks a kernel (`select_implementation`).
+IMPLEMENTATIONS = (None, *KERNELS)
 
 
 def pairwise_attention(
     q: Array, k: Array, v: Array, *, scale, whiten: bool, implementation: str | None
 ) -> Array:
-    """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with the named kernel; None = `select_implementation`.
+    """Σ_j softmax_j(scale · q̂_iᵀk̂_j) v_j with the kernel `KERNELS[implementation]`; None =
+    `select_implementation`.
 
-    With None, a cuDNN rejection at trace time (a constraint `cudnn_unsupported_reason` does not
-    know) falls back to 'pallas_gpu', the other fast GPU kernel, with a warning; a named kernel
-    never changes.
+    With None, a kernel's rejection at trace time goes to its table `fallback` with a warning
+    (cuDNN's, for a constraint `cudnn_unsupported_reason` does not know: 'pallas_gpu'); a named
+    kernel never changes.
     """
     automatic = implementation is None
     if automatic:
         implementation = select_implementation(q, k, v)
-    if implementation in _KERNEL_FUNCTIONS:
-        return _KERNEL_FUNCTIONS[implementation](q, k, v, scale=scale, whiten=whiten)
-    if implementation == "cudnn":
-        if not automatic:
-            return cudnn_attention(q, k, v, scale=scale, whiten=whiten)
-        try:
-            return cudnn_attention(q, k, v, scale=scale, whiten=whiten)
-        except NotImplementedError as error:
-            logger.warning(
-                "dnl attention: cuDNN rejected q%s (%s); using 'pallas_gpu'.", q.shape, error
-            )
-            return pallas_attention.gpu_flash_attention(q, k, v, scale=scale, whiten=whiten)
-    raise ValueError(
-        f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}."
-    )
+    if implementation not in KERNELS:
+        raise ValueError(
+            f"unknown attention implementation {implementation!r}; choose one of "
+            f"{(None, *KERNELS)}."
+        )
+    kernel = KERNELS[implementation]
+    if not automatic or kernel.fallback is None:
+        return kernel.function(q, k, v, scale=scale, whiten=whiten)
+    try:
+        return kernel.function(q, k, v, scale=scale, whiten=whiten)
+    except NotImplementedError as error:
+        logger.warning(
+            "dnl attention: %r rejected q%s (%s); using %r.",
+            implementation,
+            q.shape,
+            error,
+            kernel.fallback,
+        )
+        return KERNELS[kernel.fallback].function(q, k, v, scale=scale, whiten=whiten)
 
 
 # ----------------------------------------------------------------------------------------------
