@@ -12,6 +12,7 @@ import pytest
 from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
 from dnl_jax import analysis
+from dnl_jax.analysis import capture as capture_lib
 from dnl_jax.core import blocks
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.train.trainer import train_and_evaluate
@@ -61,7 +62,7 @@ def test_nonlocal_decomposes_into_pairwise_plus_unary(shape, kwargs):
         )
 
     theta = project("theta").reshape(shape[0], -1, shape[-1] // 2)
-    phi = analysis._sub_sample(project("phi"), capture_window(kwargs))
+    phi = capture_lib._sub_sample(project("phi"), capture_window(kwargs))
     phi = phi.reshape(shape[0], -1, shape[-1] // 2)
     expected = _softmax(np.einsum("bnc,bmc->bnm", theta, phi) / np.sqrt(shape[-1] // 2))
     assert capture.kind == "nl" and rows["full"].shape == expected.shape
