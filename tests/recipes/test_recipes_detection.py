@@ -12,7 +12,7 @@ from test_recipes import load  # a config file as a module
 
 from dnl_jax import recipes
 from dnl_jax.tasks import get_model
-from dnl_jax.train import step as step_lib
+from dnl_jax.train import optimizer as optimizer_lib
 from dnl_jax.train.config import validate_config
 from dnl_jax.train.initialisation import BACKBONES
 
@@ -57,7 +57,7 @@ def test_frozen_prefixes_exist_in_the_real_detector_and_freeze_stem_and_res2():
     variables = jax.eval_shape(
         lambda: bundle.init_fn({"params": jax.random.key(0)}, jnp.zeros((1, 64, 64, 3)))
     )
-    labels = step_lib._frozen_labels(
+    labels = optimizer_lib._frozen_labels(
         variables["params"], tuple(config.optimizer.frozen)
     )  # raises on a bad prefix
     flat = {
