@@ -24,8 +24,9 @@ images). mmdet's COCO training set drops them (`filter_empty_gt=True`) with imag
 side is below 32 (`min_size=32`): `sources.Subset(source, train_indices(source))` is that
 filtered set (from lists the preparation stores in metadata.json).
 
-Reading: `load_split('coco', split, data_dir)` gives `decode_record`'s examples; the pipelines
-are in detection_transforms.py; `coco_ground_truth(source)` is what COCOeval scores against.
+Reading (coco_examples.py, its names also importable from here): `load_split('coco', split,
+data_dir)` gives `decode_record`'s examples; the pipelines are in detection_transforms.py;
+`coco_ground_truth(source)` is what COCOeval scores against.
 
 Malformed polygons (odd length or fewer than 3 points) are dropped from their annotation, as
 mmdet's LoadAnnotations does; an annotation left without a valid polygon is skipped. Both are
@@ -46,91 +47,27 @@ import numpy as np
 
 from dnl_jax.data import records
 
+# Reading the prepared records lives in coco_examples.py; its names stay importable from here.
+from dnl_jax.data.coco_examples import (
+    MIN_IMAGE_SIZE,
+    category_ids,
+    coco_ground_truth,
+    decode_masks,
+    decode_record,
+    pycocotools_mask,
+    train_indices,
+)
+
 SPLIT_DIRS = {"train": "train2017", "val": "val2017"}
 ANNOTATIONS_DIR = "annotations"
-MIN_IMAGE_SIZE = 32  # mmdet's filter_cfg min_size for the COCO training set
+# fmt: off
 COCO_CATEGORY_IDS = (
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    7,
-    8,
-    9,
-    10,
-    11,
-    13,
-    14,
-    15,
-    16,
-    17,
-    18,
-    19,
-    20,
-    21,
-    22,
-    23,
-    24,
-    25,
-    27,
-    28,
-    31,
-    32,
-    33,
-    34,
-    35,
-    36,
-    37,
-    38,
-    39,
-    40,
-    41,
-    42,
-    43,
-    44,
-    46,
-    47,
-    48,
-    49,
-    50,
-    51,
-    52,
-    53,
-    54,
-    55,
-    56,
-    57,
-    58,
-    59,
-    60,
-    61,
-    62,
-    63,
-    64,
-    65,
-    67,
-    70,
-    72,
-    73,
-    74,
-    75,
-    76,
-    77,
-    78,
-    79,
-    80,
-    81,
-    82,
-    84,
-    85,
-    86,
-    87,
-    88,
-    89,
-    90,
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+    22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+    46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65,
+    67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
 )
+# fmt: on
 _LISTED = 100  # annotation ids listed per kind in metadata.json (all are counted)
 _log = logging.getLogger(__name__)
 
@@ -138,14 +75,6 @@ _log = logging.getLogger(__name__)
 def annotation_path(manual_dir: str, split: str) -> str:
     """Where the split's instances JSON must be."""
     return os.path.join(manual_dir, ANNOTATIONS_DIR, f"instances_{SPLIT_DIRS[split]}.json")
-
-
-def _mask_util():
-    try:
-        from pycocotools import mask
-    except ImportError as error:
-        raise ImportError("COCO masks need pycocotools: pip install -e '.[data]'") from error
-    return mask
 
 
 class ParseReport:
@@ -236,7 +165,7 @@ def _rle_counts(
     annotation: dict, height: int, width: int, split: str, what: str, report: ParseReport
 ) -> bytes | None:
     """The annotation's mask as compressed RLE counts; None when no valid polygon is left."""
-    mask_util = _mask_util()
+    mask_util = pycocotools_mask()
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, list):
         valid = [p for p in segmentation if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
@@ -396,114 +325,6 @@ def build_splits(
         s: (lambda s=s: _examples(manual_dir, s, datasets[s], category_ids, report)) for s in splits
     }
     return generators, meta
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading: records → examples, and the COCOeval ground truth.
-# ----------------------------------------------------------------------------------------------
-
-
-def decode_masks(counts: Sequence[bytes], height: int, width: int) -> np.ndarray:
-    """Compressed RLE counts → uint8 `[n, height, width]` masks."""
-    if len(counts) == 0:
-        return np.zeros((0, height, width), np.uint8)
-    rles = [{"size": [height, width], "counts": bytes(c)} for c in counts]
-    return np.ascontiguousarray(np.moveaxis(_mask_util().decode(rles), -1, 0))
-
-
-def decode_record(record: dict) -> dict[str, Any]:
-    """A prepared record (tfds-decoded) → the example `load_split('coco', ...)` gives:
-
-    image uint8 [H, W, 3], image_id int32, height / width int32, boxes f32 [n, 4] (x1, y1, x2, y2),
-    labels int32 [n] (0..K-1), category_ids int32 [n], iscrowd bool [n], areas f32 [n] (the
-    JSON's), masks uint8 [n, H, W].
-    """
-    height, width = int(record["height"]), int(record["width"])
-    return {
-        "image": record["image"],
-        "image_id": np.int32(record["image_id"]),
-        "height": np.int32(height),
-        "width": np.int32(width),
-        "boxes": np.asarray(record["boxes"], np.float32).reshape(-1, 4),
-        "labels": np.asarray(record["labels"], np.int32),
-        "category_ids": np.asarray(record["category_ids"], np.int32),
-        "iscrowd": np.asarray(record["iscrowd"], np.bool_),
-        "areas": np.asarray(record["areas"], np.float32),
-        "masks": decode_masks(list(record["mask_counts"]), height, width),
-    }
-
-
-def category_ids(source) -> list[int]:
-    """The prepared dataset's label → category id list (label k is category_ids[k])."""
-    return [int(c) for c in source.metadata["category_ids"]]
-
-
-def coco_ground_truth(source) -> tuple[dict, list[int]]:
-    """(COCO-format dataset dict of the split at the original image sizes, category_ids).
-
-    Feed the dict to `dnl_jax.evaluators.coco_eval.evaluate`; predictions whose label is k
-    become category `category_ids[k]` (pass the list to `coco_eval.model_results`). Annotations
-    keep their ids, original category ids, area and RLE (images are not decoded). It equals the
-    official instances JSON but for the annotations skipped for malformed polygons (listed in
-    `source.metadata['splits'][split]`).
-    """
-    ids = category_ids(source)
-    names = list(source.classes)
-    images, annotations = [], []
-    raw = source.raw_records(skip_decoding=("image",))
-    for index in range(len(source)):
-        record = raw[index]
-        image_id, height, width = (int(record[k]) for k in ("image_id", "height", "width"))
-        images.append(
-            {
-                "id": image_id,
-                "height": height,
-                "width": width,
-                "file_name": record["name"].decode() + ".jpg",
-            }
-        )
-        boxes = np.asarray(record["boxes"], np.float64).reshape(-1, 4)
-        for i, counts in enumerate(record["mask_counts"]):
-            x1, y1, x2, y2 = boxes[i].tolist()
-            annotations.append(
-                {
-                    "id": int(record["annotation_ids"][i]),
-                    "image_id": image_id,
-                    "category_id": int(record["category_ids"][i]),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "area": float(record["areas"][i]),
-                    "iscrowd": int(record["iscrowd"][i]),
-                    "segmentation": {
-                        "size": [height, width],
-                        "counts": bytes(counts).decode("ascii"),
-                    },
-                }
-            )
-    dataset = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": c, "name": n} for c, n in zip(ids, names, strict=False)],
-    }
-    return dataset, ids
-
-
-def train_indices(
-    source, *, filter_empty_gt: bool = True, min_size: int = MIN_IMAGE_SIZE
-) -> np.ndarray:
-    """Indices of the examples mmdet's COCO training set keeps: with `filter_empty_gt`, not the
-    images without annotations; with `min_size` (only 0 or the prepared `MIN_IMAGE_SIZE`), not
-    the images whose shorter side is below it. `sources.Subset(source, train_indices(source))`
-    is that training set as a source."""
-    stats = source.metadata["splits"][source.split]
-    if min_size not in (0, source.metadata["min_image_size"]):
-        raise ValueError(
-            f"min_size={min_size}: the preparation listed small images for "
-            f"min_size={source.metadata['min_image_size']} only (or pass 0)."
-        )
-    dropped = set(stats["indices_without_annotations"]) if filter_empty_gt else set()
-    if min_size:
-        dropped |= set(stats["small_image_indices"])
-    return np.array([i for i in range(len(source)) if i not in dropped], np.int64)
 
 
 __all__ = [
