@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dnl_jax.core import layers, ops
+from dnl_jax.core import layers
 from dnl_jax.core.attention import sharded as attention_ops
 
 Array = jax.Array
@@ -213,7 +213,6 @@ class DisentangledNonLocal(_NonLocalBase):
                 name="conv_mask",
             )(x)
             unary_logits = flatten_positions(self._sub_sample(mask))[..., 0]
-        theta: Array | None = None
         if self.pairwise:
             theta = self._queries(x, inner)
             y = attention_ops.dnl_attention(
@@ -229,31 +228,7 @@ class DisentangledNonLocal(_NonLocalBase):
         else:
             assert unary_logits is not None  # not both off: checked above
             y = attention_ops.unary_attention(unary_logits, g)
-        self._sow_attention_weights(theta, phi, unary_logits, inner)
         return self._output(x, y, train)
-
-    def _sow_attention_weights(self, theta, phi, unary_logits, inner: int) -> None:
-        """Stores the attention weights for analysis, only when the caller makes the
-        'intermediates' collection mutable (`apply(..., mutable=['intermediates'])`): otherwise
-        nothing is computed, so training and evaluation never form the `[B, N, M]` matrix.
-
-        Sows 'pairwise_weights' `[B, N, M]` = softmax_j(scale · θ̂_iᵀφ̂_j / temperature) and
-        'unary_weights' `[B, M]` = softmax_j(conv_mask(x)_j), each summing to 1 over keys j.
-        """
-        if not self.is_mutable_collection("intermediates") or self.is_initializing():
-            return
-        if theta is not None:
-            scale = self._pairwise_scale(inner) / self.temperature
-            logits = ops.pairwise_logits(
-                theta.astype(jnp.float32), phi.astype(jnp.float32), scale=scale, whiten=self.whiten
-            )
-            self.sow("intermediates", "pairwise_weights", jax.nn.softmax(logits, axis=-1))
-        if unary_logits is not None:
-            self.sow(
-                "intermediates",
-                "unary_weights",
-                jax.nn.softmax(unary_logits.astype(jnp.float32), axis=-1),
-            )
 
 
 class ContextBlock(nn.Module):

@@ -13,7 +13,7 @@ from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
 from dnl_jax import analysis
 from dnl_jax.analysis import capture as capture_lib
-from dnl_jax.core import blocks
+from dnl_jax.core import attention, blocks
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.train.trainer import train_and_evaluate
 
@@ -76,6 +76,27 @@ def test_nonlocal_decomposes_into_pairwise_plus_unary(shape, kwargs):
 
 def capture_window(kwargs):
     return kwargs.get("pool_window", ()) if kwargs.get("sub_sample") else ()
+
+
+def test_dnl_rows_reproduce_the_blocks_attention_output():
+    """The analysis' explicit terms of a DNL block, applied to its values g, give what the block's
+    own `dnl_attention` gives: the captured maps are the weights the block uses."""
+    module = blocks.DisentangledNonLocal(reduction=2, temperature=0.05)
+    variables, x = _random_block(module, (2, 4, 5, 8))
+    _, (capture,) = analysis.BlockCapturer(module)(variables, x)
+    _, state = module.apply(
+        variables, x, capture_intermediates=lambda m, _: m.name == "g", mutable=["intermediates"]
+    )
+    g = np.asarray(state["intermediates"]["g"]["__call__"][0]).reshape(2, 20, 4)
+    rows = analysis.attention_rows(capture, np.arange(20))
+    assert capture.kind == "dnl" and rows["pairwise"].shape == (2, 20, 20)
+    np.testing.assert_allclose(rows["pairwise"].sum(-1), 1.0, atol=1e-5)
+    assert float(rows["pairwise"].max()) > 0.5  # peaked: the check below is not about uniform maps
+    expected = attention.dnl_attention(
+        capture.q, capture.k, g, capture.unary_logits, temperature=0.05, implementation="xla"
+    )
+    np.testing.assert_allclose(2 * rows["full"] @ g, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(rows["pairwise"] @ g + rows["unary"] @ g, expected, atol=1e-5)
 
 
 def test_decomposition_is_the_same_in_chunks():
