@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from gpu_suite import SECTIONS, output_path
+from gpu_common import SECTIONS, output_path
 
 
 def load(out_dir: str, section: str, smoke: bool) -> dict:

@@ -11,7 +11,7 @@ import bf16_accuracy
 import jax
 import jax.numpy as jnp
 import numpy as np
-from gpu_suite import (
+from gpu_common import (
     TEMPERATURE,
     Recorder,
     device_memory_limit,
