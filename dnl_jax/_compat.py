@@ -39,7 +39,8 @@ def _importer_stacklevel() -> int:
     `warnings` counts only frames outside the frozen import machinery ('<frozen importlib.
     _bootstrap>'), so each `importlib` function between (e.g. `importlib.import_module`) adds one.
     """
-    level, frame = 2, sys._getframe(2)  # 1: create_module; frame: the import system below it
+    level = 2  # 1: create_module; `frame`: the import system's call of it, and on outwards
+    frame: types.FrameType | None = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename.startswith(_IMPORTLIB_DIR):
