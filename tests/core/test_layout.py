@@ -65,7 +65,7 @@ def test_loading_all_of_core_loads_nothing_else():
         "print(sorted(m for m in sys.modules if m.startswith('dnl_jax')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = set(eval(out.stdout))  # a printed list of str
+    loaded = set(ast.literal_eval(out.stdout))
     assert {"dnl_jax.core.attention.pallas", "dnl_jax.core.layers"} <= loaded
     assert {m for m in loaded if not m.startswith("dnl_jax.core")} == {"dnl_jax", "dnl_jax._compat"}
 
