@@ -70,6 +70,33 @@ def test_loading_all_of_core_loads_nothing_else():
     assert {m for m in loaded if not m.startswith("dnl_jax.core")} == {"dnl_jax", "dnl_jax._compat"}
 
 
+def _imports_with_items(path: pathlib.Path) -> set[str]:
+    """Absolute names `path` imports, `from a import b` giving a and a.b (relative ones aside)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_nothing_of_ours_imports_an_old_path():
+    """The aliases are for users: the package and the tests use the new paths (experiments/ is
+    checked by tools/check_experiment_imports.py). After a merge, a hit names what to rewrite."""
+    repo = CORE.parent.parent
+    this_file = pathlib.Path(__file__).resolve()
+    files = [*(repo / "dnl_jax").rglob("*.py"), *(repo / "tests").rglob("*.py")]
+    old = set(_compat.MOVED)
+    found = {
+        str(f.relative_to(repo)): sorted(_imports_with_items(f) & old)
+        for f in files
+        if f.resolve() != this_file
+    }
+    assert {path: names for path, names in found.items() if names} == {}
+
+
 @pytest.mark.parametrize("old, new", sorted(_compat.MOVED.items()))
 def test_old_module_path_is_the_new_module(old, new, monkeypatch):
     # Forget any earlier import of the old name, so this one goes through the alias again.
