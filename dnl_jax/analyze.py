@@ -65,11 +65,10 @@ def format_value(key: str, value) -> str:
     return f"{value:.2e}" if key.startswith("query_independence") else f"{value:.3f}"
 
 
-def load_examples(config, split: str, num_images: int) -> tuple[list[dict], str]:
-    """Up to `num_images` examples of `split`, preprocessed to the model's input (the task's
+def load_examples(config, task: tasks.Task, split: str, num_images: int) -> tuple[list[dict], str]:
+    """Up to `num_images` examples of `split`, preprocessed to the model's input (the `task`'s
     `analysis_examples`; scenes that know their salient keys add them as 'salient'), and the key
     holding the inputs ('image' or 'video')."""
-    task = tasks.for_dataset(config.data.name)
     return task.analysis_examples(config, split, num_images), task.input_key
 
 
@@ -216,11 +215,10 @@ def analyze_checkpoint(
     analysis.json and analysis.png to `output_dir` when given; returns the result."""
     if num_images < 1:
         raise ValueError(f"--num_images must be >= 1; got {num_images}.")
-    bundle = tasks.get_model(
-        config.model.name, int(config.data.num_classes), **config.model.kwargs.to_dict()
-    )
+    built = tasks.build(config)  # dtype, model options and the model/dataset check applied
+    bundle = built.bundle
     variables = load_variables(step_directory(checkpoint))
-    examples, input_key = load_examples(config, split, num_images)
+    examples, input_key = load_examples(config, built.task, split, num_images)
     result = analyze_model(
         bundle.module,
         variables,

@@ -33,8 +33,8 @@ from dnl_jax.train import parallel
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.checkpoint_paths import step_directory
-from dnl_jax.train.config import validate_config
-from dnl_jax.train.trainer import make_bundle, make_init_fn
+from dnl_jax.train.config import check_known_keys, validate_config
+from dnl_jax.train.trainer import make_init_fn
 
 
 def _saved_model(path: str) -> str:
@@ -47,11 +47,11 @@ def _saved_model(path: str) -> str:
         return ""
 
 
-def load_checked_variables(config, path: str) -> dict:
+def load_checked_variables(config, built: tasks.Built, path: str) -> dict:
     """{'params', 'batch_stats'} of checkpoint step `path`; ValueError when they do not fit
-    the config's model (names the first mismatching parameter)."""
+    the config's model `built` (names the first mismatching parameter)."""
     optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
-    expected = jax.eval_shape(make_init_fn(optimizer, config))
+    expected = jax.eval_shape(make_init_fn(optimizer, built, config.seed))
     try:
         variables = load_variables(path)
     except Exception as error:  # orbax's own errors on unreadable files, as one line
@@ -84,15 +84,21 @@ def evaluate_checkpoint(
     """Runs every evaluator of `config.evals` on checkpoint step `checkpoint` over `split` and
     returns {evaluator name: metrics}; logs one line per evaluator and, for per-class results,
     the IoU table. Raises ValueError for a bad config, checkpoint or split."""
-    validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    check_known_keys(config)  # before `build` reads config.model and config.data
+    built = tasks.build(config)  # the one build of the model (host: no pmap axis)
+    validate_config(
+        config, built.task, num_devices=jax.device_count(), num_processes=jax.process_count()
+    )
     path = step_directory(checkpoint)
-    variables = load_checked_variables(config, path)
-    bundle = make_bundle(config)
-    source = tasks.for_dataset(config.data.name).eval_source(config.data, split)
+    variables = load_checked_variables(config, built, path)
+    bundle = built.bundle
+    source = built.task.eval_source(config.data, split)
     driver = parallel.make_driver(
         "jit", None, step_lib.make_eval_step(bundle), space=int(config.mesh.space)
     )
-    context = evaluators.EvalContext(config, bundle, bundle.module, source, driver, output_dir)
+    context = evaluators.EvalContext(
+        bundle, built.module, source, driver, built.task.eval_inputs(config.data), output_dir
+    )
     state = step_lib.TrainState(
         step=np.int32(0),
         params=variables["params"],
@@ -103,7 +109,7 @@ def evaluate_checkpoint(
     results = {}
     with driver.context():
         state = driver.from_checkpoint(jax.tree.map(jnp.asarray, state))
-        for evaluator in evaluators.from_config(config, context):
+        for evaluator in evaluators.from_config(config.evals, context):
             results[evaluator.name] = evaluator.run(state)
             metrics = results[evaluator.name]
             if "per_class_iou" in metrics:

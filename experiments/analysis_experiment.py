@@ -154,14 +154,14 @@ def cue_tracker(config, spec: dict, workdir: str):
     from dnl_jax.analysis import saliency
     from dnl_jax.models.losses import confusion_matrix
     from dnl_jax.models.metrics import metrics_from_confusion
-    from dnl_jax.tasks import get_model
     from dnl_jax.train.checkpoint import load_variables
 
-    bundle = get_model(config.model.name, config.data.num_classes)
-    examples, _ = analyze.load_examples(config, "val", spec["cue_images"])
+    built = tasks.build(config)
+    bundle = built.bundle
+    examples, _ = analyze.load_examples(config, built.task, "val", spec["cue_images"])
     images = np.stack([ex["image"] for ex in examples])
     labels = np.stack([ex["label"] for ex in examples])
-    val_source = tasks.for_dataset(config.data.name).sources(config.data)[1]  # a CachedSource
+    val_source = built.task.sources(config.data)[1]  # a CachedSource
     first_object_class = type(val_source.source).first_object_class
     segment = jax.jit(
         lambda variables: bundle.module.apply(variables, images, train=False)["logits"].argmax(-1)
@@ -205,9 +205,8 @@ def run_one(spec: dict) -> dict:
     """Trains and analyses one run (in a worker process); saves and returns its record."""
     import jax
 
-    from dnl_jax import analyze
+    from dnl_jax import analyze, tasks
     from dnl_jax.analysis import saliency
-    from dnl_jax.tasks import get_model
     from dnl_jax.train import logs
     from dnl_jax.train.checkpoint import load_variables
     from dnl_jax.train.checkpoint_paths import step_directory
@@ -245,9 +244,10 @@ def run_one(spec: dict) -> dict:
         },
         "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
     }
-    bundle = get_model(config.model.name, config.data.num_classes)
+    built = tasks.build(config)
+    bundle = built.bundle
     variables = load_variables(step_directory(os.path.join(workdir, "checkpoints")))
-    examples, _ = analyze.load_examples(config, "val", spec["num_images"])
+    examples, _ = analyze.load_examples(config, built.task, "val", spec["num_images"])
     start = time.perf_counter()
     analysed = analyze.analyze_model(
         bundle.module,

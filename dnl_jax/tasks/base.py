@@ -95,6 +95,40 @@ class ModelBundle:
     init_fn: Callable[[Mapping, jax.Array], Mapping] | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalInputs:
+    """What a task hands its evaluators for one dataset (through `EvalContext`): the kind of its
+    evaluation examples and the hooks that make them model inputs. An evaluator declares the
+    kinds it accepts (`Evaluator.INPUTS`) and reads nothing else of the task or of `config.data`.
+
+    Attributes:
+      kind: 'scenes' (model-ready, one size: the drawn scenes), 'images' (prepared images of
+        their own sizes, with label maps), 'videos' (decoded clips) or 'detection'.
+      task: the task's name, and `dataset` the dataset's (`config.data.name`), for messages.
+      num_classes: K.
+      label_check: `batch -> batch` check of the class labels of evaluation batches, or None.
+      num_examples: the val examples when known before the split is opened (drawn scenes), and
+        `num_examples_key` the config key that sets it; None otherwise.
+      base_size: (h, w) that 'images' are resized to (aspect kept) before inference, or None.
+      write_prediction: `(prediction uint8 [H, W], name, output_dir) -> path` writing one
+        prediction in the benchmark's submission ids and file name ('images'), or None.
+      view_settings: `(num_clips, num_crops, short_side) -> transforms.video_eval_views kwargs`
+        ('videos'), and `check_short_side(evaluator name, short_side)` its check; None otherwise.
+    """
+
+    kind: str
+    task: str
+    dataset: str
+    num_classes: int
+    label_check: Callable[[dict], dict] | None = None
+    num_examples: int | None = None
+    num_examples_key: str = ""
+    base_size: tuple[int, int] | None = None
+    write_prediction: Callable[[Any, str, str], str] | None = None
+    view_settings: Callable[[int, int, int], dict] | None = None
+    check_short_side: Callable[[str, int], None] | None = None
+
+
 def drawn_image_shape(data) -> tuple[int, int, int]:
     """(s, s, 3), s = config.data.synthetic.image_size: the drawn scenes' model-ready images."""
     side = int(data.synthetic.image_size)
@@ -124,8 +158,9 @@ class Task:
         defaults, and config.json leaves them out)."""
         raise NotImplementedError
 
-    def eval_types(self, data) -> tuple[str, ...]:
-        """The evaluator types (`config.evals.<name>.type`) that apply to `data.name`."""
+    def eval_inputs(self, data) -> EvalInputs:
+        """What the evaluators of a run on `data.name` get (`EvalInputs`); the evaluator types
+        that apply are those whose `INPUTS` include its `kind`."""
         raise NotImplementedError
 
     def check_data(self, config) -> None:
@@ -194,4 +229,4 @@ class Task:
         )
 
 
-__all__ = ["ModelBundle", "Task", "drawn_image_shape"]
+__all__ = ["EvalInputs", "ModelBundle", "Task", "drawn_image_shape"]

@@ -32,7 +32,7 @@ from dnl_jax.models import losses as model_losses
 from dnl_jax.models.detection import losses, targets
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from dnl_jax.models.residual import ARCH_SETTINGS, ContextSpec
-from dnl_jax.tasks.base import ModelBundle, Task, drawn_image_shape
+from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task, drawn_image_shape
 from dnl_jax.tasks.segmentation import SEGMENTATION_SCENE_KEYS, SYNTHETIC_SECTION
 
 SYNTHETIC = ("synthetic_detection",)  # reads config.data.synthetic (tasks/segmentation.py)
@@ -234,8 +234,10 @@ class Detection(Task):
     def sections_read(self, data) -> tuple[str, ...]:
         return ("synthetic",) if data.name in SYNTHETIC else ("detection",)
 
-    def eval_types(self, data) -> tuple[str, ...]:
-        return ("coco",)
+    def eval_inputs(self, data) -> EvalInputs:
+        return EvalInputs(
+            kind="detection", task=self.name, dataset=data.name, num_classes=int(data.num_classes)
+        )
 
     def check_data(self, config) -> None:
         data = config.data

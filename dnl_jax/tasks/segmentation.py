@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dnl_jax import IGNORE_LABEL
-from dnl_jax.data import pipeline, transforms
+from dnl_jax.data import pipeline, submission, transforms
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.models import losses, segmentor
-from dnl_jax.tasks.base import ModelBundle, Task, drawn_image_shape
+from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task, drawn_image_shape
 
 SYNTHETIC = ("synthetic",)
 PREPARED = ("cityscapes", "ade20k", "pascal_context")  # python -m dnl_jax.data.prepare NAME
@@ -133,9 +133,26 @@ class Segmentation(Task):
     def sections_read(self, data) -> tuple[str, ...]:
         return ("synthetic",) if data.name in SYNTHETIC else ("segmentation",)
 
-    def eval_types(self, data) -> tuple[str, ...]:
+    def eval_inputs(self, data) -> EvalInputs:
         # Synthetic scenes are model-ready at one size; prepared images have their own sizes.
-        return ("batched",) if data.name in SYNTHETIC else ("segmentation",)
+        common = dict(task=self.name, dataset=data.name, num_classes=int(data.num_classes))
+        if data.name in SYNTHETIC:
+            return EvalInputs(
+                kind="scenes",
+                num_examples=int(data.synthetic.num_val),
+                num_examples_key="config.data.synthetic.num_val",
+                **common,
+            )
+
+        def write_prediction(prediction, name: str, output_dir: str) -> str:
+            return submission.write_prediction_png(prediction, data.name, name, output_dir)
+
+        return EvalInputs(
+            kind="images",
+            base_size=tuple(data.segmentation.base_size),
+            write_prediction=write_prediction,
+            **common,
+        )
 
     def check_data(self, config) -> None:
         data = config.data

@@ -18,7 +18,7 @@ import numpy as np
 from dnl_jax.data import pipeline, transforms
 from dnl_jax.models import losses, metrics
 from dnl_jax.models.video import build_video_classifier
-from dnl_jax.tasks.base import ModelBundle, Task
+from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task
 
 # python -m dnl_jax.data.prepare NAME, and the split each validates on during training (UCF101
 # has the official train / test lists only).
@@ -135,8 +135,21 @@ class Video(Task):
     def sections_read(self, data) -> tuple[str, ...]:
         return ("video",)
 
-    def eval_types(self, data) -> tuple[str, ...]:
-        return ("batched", "multi_view")
+    def eval_inputs(self, data) -> EvalInputs:
+        def settings(num_clips: int, num_crops: int, short_side: int) -> dict:
+            return view_settings(
+                data, num_clips=num_clips, num_crops=num_crops, short_side=short_side
+            )
+
+        return EvalInputs(
+            kind="videos",
+            task=self.name,
+            dataset=data.name,
+            num_classes=int(data.num_classes),
+            label_check=self.label_check(data, "evaluation examples in a batch"),
+            view_settings=settings,
+            check_short_side=lambda name, short_side: check_short_side(name, short_side, data),
+        )
 
     def check_data(self, config) -> None:
         section = config.data.video

@@ -80,61 +80,6 @@ MODEL_KWARGS_FLAG = "--config.model.kwargs."
 SCHEDULES = ("poly", "step")  # config.optimizer.schedule (train/step.py)
 
 
-def batched_eval(every_steps: int = 50, batch_size: int = 32, **extra) -> dict:
-    """`config.evals.<name>` of the batched evaluator (synthetic scenes, one clip per video)."""
-    return dict(type="batched", every_steps=every_steps, batch_size=batch_size, **extra)
-
-
-def segmentation_eval(
-    every_steps: int,
-    *,
-    mode: str = "whole",
-    crop_size=(0, 0),
-    stride=(0, 0),
-    scales=(1.0,),
-    flip: bool = False,
-) -> dict:
-    """`config.evals.<name>` of the per-image segmentation evaluator (prepared datasets)."""
-    return dict(
-        type="segmentation",
-        every_steps=every_steps,
-        mode=mode,
-        crop_size=tuple(crop_size),
-        stride=tuple(stride),
-        scales=tuple(scales),
-        flip=flip,
-    )
-
-
-def coco_eval(
-    every_steps: int = 0,
-    batch_size: int = 8,
-    iou_types=("bbox", "segm"),
-    write_results: bool = True,
-) -> dict:
-    """`config.evals.<name>` of the COCO box / mask AP evaluator (detection datasets)."""
-    return dict(
-        type="coco",
-        every_steps=every_steps,
-        batch_size=batch_size,
-        iou_types=tuple(iou_types),
-        write_results=write_results,
-    )
-
-
-def multi_view_eval(
-    num_clips: int = 10, num_crops: int = 3, short_side: int = 0, every_steps: int = 0
-) -> dict:
-    """`config.evals.<name>` of the multi-view video test (by default at the end only)."""
-    return dict(
-        type="multi_view",
-        every_steps=every_steps,
-        num_clips=num_clips,
-        num_crops=num_crops,
-        short_side=short_side,
-    )
-
-
 def base_config() -> ml_collections.ConfigDict:
     """All keys the trainer understands, with defaults that train the tiny demo model."""
     c = ml_collections.ConfigDict()
@@ -213,7 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
     # at the end (every_steps=0: at the end only); written to the logs under its name. 'val'
     # ranks the checkpoints. The synthetic default: batched val scenes.
     c.evals = ml_collections.ConfigDict()
-    c.evals.val = batched_eval()
+    c.evals.val = evaluators.section("batched")
 
     c.log_every_steps = 10
     c.progress_bar = True
@@ -282,9 +227,10 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate_config(
-    config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int
+    config: ml_collections.ConfigDict, task: tasks.Task, *, num_devices: int, num_processes: int
 ) -> None:
-    """Checks keys, values and their combinations against the devices at hand.
+    """Checks keys, values and their combinations against the devices at hand, for the run's
+    resolved `task` (`tasks.build(config).task`: the task of config.data.name).
 
     Raises ValueError naming the offending keys and how to fix them.
     """
@@ -295,8 +241,7 @@ def validate_config(
         f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.",
     )
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
-    task = tasks.for_dataset(c.data.name)  # ValueError listing the datasets
-    tasks.check_unused_sections(c.data)
+    tasks.check_unused_sections(c.data, task)
     for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
     _require(
@@ -328,7 +273,9 @@ def validate_config(
         what="devices" if space == 1 else "data shards (devices / config.mesh.space)",
     )
     task.check_data(c)
-    evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
+    evaluators.check_config(
+        c.evals, task.eval_inputs(c.data), num_devices=num_devices, num_processes=num_processes
+    )
 
 
 def _check_schedule(c) -> None:

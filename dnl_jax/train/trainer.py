@@ -31,21 +31,21 @@ from dnl_jax import evaluators, tasks
 from dnl_jax.data import pipeline
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
-from dnl_jax.tasks import check_model_task, for_dataset, get_model
 from dnl_jax.train import checkpoint as ckpt
 from dnl_jax.train import initialisation, logs, parallel, preemption
 from dnl_jax.train import step as step_lib
-from dnl_jax.train.config import validate_config
+from dnl_jax.train.config import check_known_keys, validate_config
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class Run:
-    """What the loop needs, built once by `_build`."""
+    """What the loop needs, built once by `_build` from the resolved `built` (tasks/build.py:
+    the task, the driver's model bundle and the host module)."""
 
     config: ml_collections.ConfigDict
-    bundle: Any
+    built: tasks.Built
     driver: Any
     schedule: Callable
     init_fn: Callable
@@ -57,44 +57,30 @@ class Run:
     writer: logs.MetricWriter
     watcher: preemption.PreemptionWatcher
 
+    @property
+    def bundle(self) -> tasks.ModelBundle:
+        """The driver's model bundle (its batch norm on the pmap axis under pmap)."""
+        return self.built.bundle
+
 
 # ---------------------------------------------------------------- model, optimizer, driver, data
-def make_bundle(config: ml_collections.ConfigDict, *, axis_name: str | None = None):
-    """The model bundle of `config.model` (its kwargs, compute dtype `model.dtype`) for
-    `config.data.num_classes`, its batch norm reducing over `axis_name` (the pmap driver's
-    axis; None everywhere else: jit, initialisation, host inference). Raises ValueError when
-    the model's task is not the dataset's (a segmentation model on videos, or the reverse)."""
-    kwargs = config.model.kwargs.to_dict()
-    if config.model.dtype == "bfloat16":
-        kwargs["dtype"] = jnp.bfloat16
-    if axis_name is not None:
-        kwargs["axis_name"] = axis_name
-    bundle = get_model(config.model.name, config.data.num_classes, **kwargs)
-    check_model_task(config.model.name, config.data.name)
-    return bundle
+def axis_name_of(config: ml_collections.ConfigDict) -> str | None:
+    """The batch-norm axis of `config.parallelism`: the pmap driver's axis, or None (jit)."""
+    return parallel.PMAP_AXIS if config.parallelism == "pmap" else None
 
 
-def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
-    """() → fresh TrainState, deterministic from config.seed.
-
-    Initialised in training mode so that training-only parts (the auxiliary head) get their
-    parameters too; flax's batch norm leaves its running statistics untouched while initialising.
-    """
-    bundle = make_bundle(config)
-    module, shape = bundle.module, for_dataset(config.data.name).example_shape(config.data)
+def make_init_fn(optimizer, built: tasks.Built, seed: int) -> Callable:
+    """() → fresh TrainState of `built`'s host model, deterministic from `seed`
+    (`Built.init_variables`: training mode, so the auxiliary head gets parameters too)."""
 
     def init_fn():
         # Parameters are drawn with XLA's RngBitGenerator ('unsafe_rbg'): deterministic for a
         # seed and backend, and the initialiser compiles several times faster than with
         # threefry on CPU. Training randomness (dropout) stays threefry, which is invariant to
         # how the batch is sharded.
-        params_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl="unsafe_rbg"))
-        train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-        rngs, inputs = {"params": params_key, "dropout": dropout_key}, jnp.zeros((2, *shape))
-        if bundle.init_fn is not None:
-            variables = bundle.init_fn(rngs, inputs)
-        else:
-            variables = module.init(rngs, inputs, train=True)
+        params_key, dropout_key = jax.random.split(jax.random.key(seed, impl="unsafe_rbg"))
+        train_key = jax.random.fold_in(jax.random.key(seed), 1)
+        variables = built.init_variables({"params": params_key, "dropout": dropout_key})
         params = variables["params"]
         return step_lib.TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -108,10 +94,12 @@ def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
 
 
 def _build(
-    config: ml_collections.ConfigDict, workdir: str, watcher: preemption.PreemptionWatcher
+    config: ml_collections.ConfigDict,
+    built: tasks.Built,
+    workdir: str,
+    watcher: preemption.PreemptionWatcher,
 ) -> Run:
-    axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
-    bundle = make_bundle(config, axis_name=axis_name)
+    bundle, task, axis_name = built.bundle, built.task, axis_name_of(config)
     initialisation.check_initialisation(config)  # before the data is opened or anything written
     schedule = step_lib.learning_rate_schedule(config.optimizer, config.total_steps)
     optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
@@ -122,7 +110,6 @@ def _build(
     driver = parallel.make_driver(
         config.parallelism, train_step, eval_step, space=int(config.mesh.space)
     )
-    task = for_dataset(config.data.name)
     train_source, val_source = task.sources(config.data)
     dataset = pipeline.train_dataset(  # hosts sharing data shards (mesh.space) read the same rows
         train_source,
@@ -143,23 +130,23 @@ def _build(
         every_seconds=config.checkpoint.every_seconds,
     )
     context = evaluators.EvalContext(
-        config,
         bundle,
-        make_bundle(config).module,
+        built.module,
         val_source,
         driver,
+        task.eval_inputs(config.data),
         workdir=workdir,
         between_batches=watcher.raise_if_preempted,
     )
     return Run(
         config,
-        bundle,
+        built,
         driver,
         schedule,
-        make_init_fn(optimizer, config),
+        make_init_fn(optimizer, built, config.seed),
         train_source,
         val_source,
-        evaluators.from_config(config, context),
+        evaluators.from_config(config.evals, context),
         iter(dataset),
         checkpointer,
         logs.MetricWriter(workdir),
@@ -394,21 +381,25 @@ def train_and_evaluate(
        'curves': PNG path or None, 'attention': the attention figure's PNG path, or None (off,
        no DNL block, or a video model)}.
     """
-    validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    check_known_keys(config)  # before `build` reads config.model and config.data
+    built = tasks.build(config, axis_name=axis_name_of(config))  # the one build of the model
+    validate_config(
+        config, built.task, num_devices=jax.device_count(), num_processes=jax.process_count()
+    )
     workdir = os.path.abspath(workdir)
     watcher = preemption.PreemptionWatcher()  # before restore and compile
     try:
-        return _train_and_evaluate(config, workdir, watcher, on_step)
+        return _train_and_evaluate(config, built, workdir, watcher, on_step)
     finally:
         watcher.close()
 
 
-def _train_and_evaluate(config, workdir: str, watcher, on_step) -> dict:
-    run = _build(config, workdir, watcher)
+def _train_and_evaluate(config, built: tasks.Built, workdir: str, watcher, on_step) -> dict:
+    run = _build(config, built, workdir, watcher)
     try:
         with run.driver.context():
             state, signature = _initial_state(run)
-            run.writer.write_config(tasks.applicable(config))
+            run.writer.write_config(tasks.applicable(config, built.task))
             state, status, results = _train_loop(run, state, signature, on_step)
             host_state = run.driver.host_state(state)
             if status == "completed" and results is None:  # resumed after the last step
@@ -443,10 +434,10 @@ def _figures(run: Run, host_state, status: str) -> dict:
             val_label=bundle.metric_label,
         )
     if config.attention_figure and status == "completed":
-        figures["attention"] = for_dataset(config.data.name).save_figure(
+        figures["attention"] = run.built.task.save_figure(
             run.writer.workdir,
             bundle,
-            make_bundle(config).module,
+            run.built.module,
             {"params": host_state.params, "batch_stats": host_state.batch_stats},
             run.val_source,
             config.data,

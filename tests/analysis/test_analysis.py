@@ -226,8 +226,8 @@ def test_config_scenes_key_is_checked_and_picks_the_source():
     config = base_config()
     config.data.synthetic.scenes = "rings"
     with pytest.raises(ValueError, match="config.data.synthetic.scenes='rings'; choose one of"):
-        validate_config(config, num_devices=1, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     config.data.synthetic.scenes = "regions"
-    validate_config(config, num_devices=1, num_processes=1)
+    validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     train, val = tasks.for_dataset(config.data.name).sources(config.data)
     assert isinstance(train, RegionScenes) and val.split == "val"
