@@ -27,14 +27,13 @@ import numpy as np
 
 from dnl_jax import evaluators, tasks
 from dnl_jax.evaluators.segmentation import format_iou_table
-from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import parallel
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.checkpoint_paths import step_directory
 from dnl_jax.train.config import check_known_keys, validate_config
-from dnl_jax.train.trainer import make_init_fn
+from dnl_jax.train.setup import make_init_fn
 
 
 def _saved_model(path: str) -> str:
@@ -117,7 +116,7 @@ def evaluate_checkpoint(
                     f"class {k}" for k in range(len(metrics["per_class_iou"]))
                 ]
                 log(format_iou_table(metrics, names))
-            log(f"{evaluator.name} ({split}): {describe(metrics)}")
+            log(f"{evaluator.name} ({split}): {evaluator.describe(metrics)}")
     return results
 
 

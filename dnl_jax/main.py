@@ -74,7 +74,6 @@ def main(argv) -> None:
         sys.exit(f"main: {error}")
     import jax
 
-    from dnl_jax.models.metrics import describe
     from dnl_jax.train import distributed
     from dnl_jax.train.checkpoint_faults import DiskFull
     from dnl_jax.train.config import set_model_kwargs
@@ -88,10 +87,8 @@ def main(argv) -> None:
     except (ValueError, DiskFull) as error:  # a bad config, workdir or a full disk: one line
         sys.exit(f"main: {error}")
     if jax.process_index() == 0:
-        val = result["val"]
         print(
-            f"{result['status']} at step {result['step']}: "
-            f"{describe(val) if val else 'not evaluated'}"
+            f"{result['status']} at step {result['step']}: {result['summary'] or 'not evaluated'}"
         )
         print(
             f"workdir: {result['workdir']} (checkpoints/, tensorboard/, metrics.jsonl, "

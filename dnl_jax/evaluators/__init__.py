@@ -109,6 +109,13 @@ def from_config(evals, context: EvalContext) -> list[Evaluator]:
     return built
 
 
+def describe(built: list[Evaluator], results: Mapping[str, Mapping]) -> str:
+    """One console line of `results` ({evaluator name: metrics}) of the evaluators `built`,
+    each described by its evaluator, the ranking evaluator first."""
+    ordered = sorted((e for e in built if e.name in results), key=lambda e: e.name != RANKING_EVAL)
+    return "; ".join(e.describe(results[e.name]) for e in ordered) or "no metrics"
+
+
 __all__ = [
     "TYPES",
     "RANKING_EVAL",
@@ -120,4 +127,5 @@ __all__ = [
     "applicable_types",
     "check_config",
     "from_config",
+    "describe",
 ]

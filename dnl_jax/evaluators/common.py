@@ -109,6 +109,11 @@ class Evaluator:
     def run(self, state) -> dict:
         raise NotImplementedError
 
+    def describe(self, metrics: Mapping[str, Any]) -> str:
+        """The console line of `run`'s metrics: the bundle's (`describe_metrics`), for
+        evaluators that return the bundle's finalised metrics; others override it."""
+        return self.context.bundle.describe_metrics(metrics)
+
     def predict_fn(self, state) -> PredictFn:
         """`make_predict_fn` of the context's module with `state`'s weights."""
         return make_predict_fn(

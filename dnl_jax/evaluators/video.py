@@ -103,3 +103,9 @@ class MultiViewEvaluator(common.Evaluator):
         examples = common.host_examples(context.source, context.between_batches)
         counts = video_view_counts(self.predict_fn(state), examples, **settings)
         return video_accuracies(common.sum_over_hosts(counts))
+
+    def describe(self, metrics) -> str:
+        return (
+            f"multi-view: clip accuracy {metrics['clip_accuracy']:.4f}, video accuracy "
+            f"{metrics['video_accuracy']:.4f}"
+        )

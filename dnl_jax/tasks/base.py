@@ -63,7 +63,8 @@ class ModelBundle:
       loss_ratios_fn: `(outputs, batch) -> {name: (numerator, denominator)}`.
       loss_weights: `{name: weight}`, the loss = Σ weight · ratio over the names present.
       loss_selection_fn: `(outputs, batch) -> {key: array}` or None (see the module docstring).
-      finalize_metrics: `summed metrics_fn counts -> {name: value}` (the val metrics).
+      finalize_metrics: `summed metrics_fn counts -> {name: value}` (the val metrics), and
+        `describe_metrics` their console line.
       best_metric: the key of `finalize_metrics`' result that ranks checkpoints (higher is
         better), and `metric_label` its name on figures.
       pad_label: the label of evaluation-batch padding, which `metrics_fn` does not count.
@@ -87,6 +88,7 @@ class ModelBundle:
     loss_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
     loss_selection_fn: Callable[[Mapping, Mapping], dict] | None = None
     finalize_metrics: Callable[[Mapping], dict] = metrics.segmentation_metrics_from_sums
+    describe_metrics: Callable[[Mapping], str] = metrics.describe_segmentation
     best_metric: str = "miou"
     metric_label: str = "val mIoU"
     pad_label: int = IGNORE_LABEL

@@ -176,6 +176,14 @@ def init_fn(module: MaskRCNN):
     return init
 
 
+def describe_metrics(metrics: Mapping) -> str:
+    """The console line of the COCO evaluator's metrics (box AP, and mask AP when scored)."""
+    parts = [f"val box AP {metrics['bbox_AP']:.4f} (AP50 {metrics['bbox_AP50']:.4f})"]
+    if "segm_AP" in metrics:
+        parts.append(f"mask AP {metrics['segm_AP']:.4f} (AP50 {metrics['segm_AP50']:.4f})")
+    return "; ".join(parts)
+
+
 def finalize_metrics(metrics: Mapping) -> dict:
     """The COCO evaluator returns final metrics already."""
     return dict(metrics)
@@ -357,6 +365,7 @@ class Detection(Task):
             loss_ratios_fn=loss_ratios_are_outputs,
             loss_weights=losses.LOSS_WEIGHTS,
             finalize_metrics=finalize_metrics,
+            describe_metrics=describe_metrics,
             best_metric=BEST_METRIC,
             metric_label="val box AP",
             pad_label=-1,

@@ -198,6 +198,7 @@ class Video(Task):
             loss_ratios_fn=loss_ratios,
             loss_weights=LOSS_WEIGHTS,
             finalize_metrics=metrics.accuracy_from_counts,
+            describe_metrics=metrics.describe_accuracy,
             best_metric="accuracy",
             metric_label="val top-1 accuracy (1 clip)",
             pad_label=-1,
