@@ -27,9 +27,11 @@ import tempfile
 from collections.abc import Sequence
 
 from dnl_jax.command_line import add_log_level_argument, set_library_log_level
-from dnl_jax.data import builders, sources
+from dnl_jax.data import builders, datasets, sources
 
-DATASETS = tuple(builders.BUILDERS)
+# The registry's datasets that are read from prepared files (data/datasets.py), each with its
+# tfds builder (builders.py).
+DATASETS = tuple(name for name, dataset in datasets.DATASETS.items() if dataset.prepared)
 
 
 def build(
@@ -68,21 +70,22 @@ def prepare(
     turns them on)."""
     import tensorflow_datasets as tfds
 
-    if name not in builders.BUILDERS:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}.")
+    unit = datasets.get(name)
     if num_shards is not None and num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be >= 1.")
     if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
         raise ValueError(
             f"--manual_dir {manual_dir} does not exist or is empty; it must hold "
-            f"{builders.RAW_FILES[name]} (see dnl_jax/data/{_module(name)}.py)."
+            f"{unit.raw_files} (see dnl_jax/data/{unit.module}.py)."
         )
     final_dir = os.path.join(data_dir, name)
     if os.path.exists(final_dir) and not overwrite:
         raise ValueError(f"{final_dir} already exists; pass --overwrite to replace it.")
     video_options = (
         {}
-        if name not in builders.VIDEO_DATASETS
+        if unit.task != "video"
         else dict(short_side=short_side, max_frames=max_frames, num_workers=num_workers)
     )
     os.makedirs(data_dir, exist_ok=True)
@@ -102,10 +105,6 @@ def prepare(
     _report(dict(tfds.builder_from_directory(written).info.metadata), name, log)
     log(f"written to {written}")
     return final_dir
-
-
-def _module(name: str) -> str:
-    return "video" if name in builders.VIDEO_DATASETS else name
 
 
 def _report(metadata: dict, name: str, log) -> None:

@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax
 
 from dnl_jax import IGNORE_LABEL
+from dnl_jax.data import datasets as data_datasets
 from dnl_jax.models import metrics
 
 
@@ -143,13 +144,21 @@ class Task:
     own section)."""
 
     name: str = ""
-    datasets: tuple[str, ...] = ()  # the `config.data.name`s of this task
-    synthetic: tuple[str, ...] = ()  # of those, the scenes drawn in memory (nothing to prepare)
     input_key: str = "image"  # the batch key of the model's inputs
     example_model: str = ""  # a model to suggest when the config's model is of another task
     # Every model option of the task with its default; the options a config may override are
     # exactly these keys (`model_settings`).
     model_defaults: Mapping[str, Any] = {}
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The `config.data.name`s of this task: the units of `data.datasets` whose task it is."""
+        return data_datasets.of_task(self.name)
+
+    @property
+    def synthetic(self) -> tuple[str, ...]:
+        """Of `datasets`, the scenes drawn in memory (nothing to prepare)."""
+        return data_datasets.of_task(self.name, drawn=True)
 
     def config_sections(self) -> dict[str, dict]:
         """The `config.data` sections this task contributes: {section name: {key: default}}."""

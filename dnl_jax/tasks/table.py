@@ -21,11 +21,13 @@ DATASETS: tuple[str, ...] = tuple(name for task in TASKS.values() for name in ta
 
 
 def for_dataset(name: str) -> Task:
-    """The task whose datasets include `name` (ValueError listing `DATASETS`)."""
+    """The task of the dataset `name` (its unit's `task`, data/datasets.py; ValueError listing
+    the datasets)."""
+    known = tuple(n for task in TASKS.values() for n in task.datasets)
     for task in TASKS.values():
         if name in task.datasets:
             return task
-    raise ValueError(f"config.data.name={name!r}; choose one of {DATASETS}.")
+    raise ValueError(f"config.data.name={name!r}; choose one of {known}.")
 
 
 def for_model(name: str) -> Task:
