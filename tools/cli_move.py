@@ -61,22 +61,29 @@ else:
     sys.modules[__name__] = importlib.import_module("{new}")
 '''
 
-# (library module, cli module, its package, its name, the names its `main` uses)
+# (library module, cli module, its package, its name, the imports of what its `main` uses)
 SPLITS = (
-    ("dnl_jax/data/prepare.py", "dnl_jax/cli/prepare.py", "dnl_jax.data", "prepare", "DATASETS, prepare"),
+    (
+        "dnl_jax/data/prepare.py",
+        "dnl_jax/cli/prepare.py",
+        "dnl_jax.data",
+        "prepare",
+        "from dnl_jax.data.prepare import DATASETS, prepare",
+    ),
     (
         "dnl_jax/interop/convert.py",
         "dnl_jax/cli/convert.py",
         "dnl_jax.interop",
         "convert",
-        "ConversionError, convert",
+        "from dnl_jax.interop.convert import convert\nfrom dnl_jax.interop.mapping import ConversionError",
     ),
     (
         "dnl_jax/interop/pretrained.py",
         "dnl_jax/cli/pretrained.py",
         "dnl_jax.interop",
         "pretrained",
-        "BACKBONES, convert_backbone",
+        "from dnl_jax.interop.pretrained import convert_backbone\n"
+        "from dnl_jax.train.initialisation import BACKBONES",
     ),
 )
 
@@ -131,7 +138,7 @@ def split_main(library: str, cli: str, package: str, name: str, uses: str) -> No
         "from __future__ import annotations\n\n"
         "import argparse\nimport os\nimport sys\nfrom collections.abc import Sequence\n\n"
         f"from {package} import {name} as library\n"
-        f"from {package}.{name} import {uses}\n"
+        f"{uses}\n"
         "from dnl_jax.cli.output import add_log_level_argument, set_library_log_level\n"
     )
     write(cli, header + "\n" + body)
@@ -154,7 +161,7 @@ def move_flag_functions() -> None:
         start, end = function_block(text, name)
         blocks.append(text[start:end].rstrip() + "\n")
         text = text[:start] + text[end:]
-    write(path, text)
+    write(path, text.replace("(`pop_model_kwargs_flags`)", "(dnl_jax/cli/flags.py)"))
     write(
         "dnl_jax/cli/flags.py",
         '"""What the commands parse before absl or ml_collections do: `--config.model.kwargs.NAME='

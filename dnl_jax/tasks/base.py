@@ -4,8 +4,9 @@ A task (segmentation, video, detection: one module each in this package) owns ev
 differs between them: its datasets, its `config.data.<task>` section and the checks of it, its
 sources and training transform, the shape of one input, its evaluation source, its model
 bundles (loss, metric finalisation, the console line), its end-of-training figure and its
-analysis inputs. `dnl_jax.tasks.for_dataset(name)` and `for_model(name)` are the lookups; the
-trainer, the evaluators and the commands code against `Task` and `ModelBundle` only.
+analysis inputs. `dnl_jax.tasks.build(config)` resolves a config's task and model once, at the
+entry point; the trainer, the evaluators and the commands code against `Task`, `ModelBundle`
+and `EvalInputs` only.
 
 Bundle contract (what the trainer codes against):
 
