@@ -19,14 +19,10 @@ A crash or a bad input leaves nothing that looks prepared.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Sequence
 
-from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.data import builders, datasets, sources
 
 # The registry's datasets that are read from prepared files (data/datasets.py), each with its
@@ -136,46 +132,14 @@ def _report(metadata: dict, name: str, log) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("name", choices=DATASETS)
-    parser.add_argument("--manual_dir", required=True, help="folder holding the raw download")
-    parser.add_argument("--data_dir", required=True, help="output root; writes DATA_DIR/NAME")
-    parser.add_argument(
-        "--num_shards",
-        type=int,
-        default=None,
-        help="shards per split (default: tfds chooses by size)",
-    )
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--short_side", type=int, default=256, help="video frames only")
-    parser.add_argument("--max_frames", type=int, default=300, help="video frames only")
-    parser.add_argument(
-        "--num_workers",
-        type=int,
-        default=1,
-        help="video only: processes decoding videos in parallel",
-    )
-    add_log_level_argument(parser)
-    args = parser.parse_args(argv)
-    set_library_log_level(args.log_level)
-    try:
-        prepare(
-            args.name,
-            args.manual_dir,
-            args.data_dir,
-            num_shards=args.num_shards,
-            overwrite=args.overwrite,
-            short_side=args.short_side,
-            max_frames=args.max_frames,
-            num_workers=args.num_workers,
-            progress=True,
-        )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv=None) -> int:
+    """Deprecated (one release, CHANGELOG.md): the command is `dnl_jax.cli.prepare.main`."""
+    import importlib
+
+    return importlib.import_module("dnl_jax.cli.prepare").main(argv)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the old command path: python -m dnl_jax.data.prepare
+    import runpy
+
+    runpy.run_module("dnl_jax.cli.prepare", run_name="__main__", alter_sys=True)

@@ -6,7 +6,7 @@ typo on the command line (`--config.optimiser.lr=...`) is already refused by ml_
 ConfigDict built by hand and passed to `train_and_evaluate` is checked here by `validate_config`,
 which names the unknown key and suggests the closest known one. `model.kwargs` is free-form: it is
 forwarded to `dnl_jax.tasks.get_model`, which validates its own arguments; on the command line
-its entries are set with `--config.model.kwargs.NAME=VALUE` (`pop_model_kwargs_flags`).
+its entries are set with `--config.model.kwargs.NAME=VALUE` (dnl_jax/cli/flags.py).
 `evals` holds one section per evaluator, `config.evals.<name> = dict(type=..., every_steps=...,
 ...)`, each checked by its evaluator (dnl_jax/evaluators/). Keys of earlier layouts are refused
 with the new key to use (`REPLACED_KEYS`).
@@ -14,10 +14,7 @@ with the new key to use (`REPLACED_KEYS`).
 
 from __future__ import annotations
 
-import ast
 import difflib
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -208,19 +205,6 @@ def check_key(path: str, known: dict[str, Any]) -> None:
         )
 
 
-def check_override_flags(argv: Sequence[str]) -> None:
-    """ValueError for a `--config.KEY=VALUE` argument whose KEY is not a key of `base_config()`
-    (checked before ml_collections parses the flags, which would end in a traceback)."""
-    known = None
-    for arg in argv:
-        if not arg.startswith(CONFIG_FLAG) or arg.startswith(MODEL_KWARGS_FLAG):
-            continue
-        path = arg[len(CONFIG_FLAG) :].partition("=")[0]
-        if known is None:
-            known = _flatten(base_config())
-        check_key(path, known)
-
-
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -337,48 +321,3 @@ def _check_batch_divisibility(c, *, num_devices: int, what: str = "devices") -> 
         f"the micro-batch batch_size/grad_accum_steps={micro} must be divisible by the "
         f"{num_devices} {what}; change config.batch_size or config.grad_accum_steps.",
     )
-
-
-def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """Splits `--config.model.kwargs.NAME=VALUE` flags off `argv` (ml_collections only overrides
-    keys the config file already has, and model.kwargs is free-form). VALUE is a Python literal
-    (`0`, `0.5`, `True`, `(1, 2)`, `{'thresh': 0.7, 'min_kept': 100000}`) or else a string.
-    Returns (the other arguments, {NAME: value}); ValueError for a flag without '=VALUE'."""
-    rest, kwargs = [], {}
-    for arg in argv:
-        if not arg.startswith(MODEL_KWARGS_FLAG):
-            rest.append(arg)
-            continue
-        name, sep, text = arg[len(MODEL_KWARGS_FLAG) :].partition("=")
-        if not sep or not name.isidentifier():
-            raise ValueError(
-                f"{arg!r}: write --config.model.kwargs.NAME=VALUE, e.g. "
-                "--config.model.kwargs.dropout_rate=0."
-            )
-        try:
-            kwargs[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            kwargs[name] = text
-    return rest, kwargs
-
-
-def take_model_kwargs_flags(program: str) -> dict[str, Any]:
-    """`pop_model_kwargs_flags(sys.argv)` for a command line, before absl parses its flags:
-    sys.argv keeps the other flags (config_flags reads its overrides from sys.argv itself) and
-    the model's arguments are returned; a malformed flag, or an override of a key that is not
-    one (a typo, a replaced key), exits with one line naming it and what to use."""
-    try:
-        argv, kwargs = pop_model_kwargs_flags(sys.argv)
-        check_override_flags(argv)
-    except ValueError as error:
-        sys.exit(f"{program}: {error}")
-    sys.argv[:] = argv
-    return kwargs
-
-
-def set_model_kwargs(config: ml_collections.ConfigDict, kwargs: dict[str, Any]) -> None:
-    """Sets `config.model.kwargs[NAME] = value` for each entry (the model checks the names and
-    values when it is built: an unknown name is refused there, listing the valid ones)."""
-    with config.unlocked():
-        for name, value in kwargs.items():
-            config.model.kwargs[name] = value

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
+from dnl_jax.cli.flags import pop_model_kwargs_flags, set_model_kwargs
 from dnl_jax.evaluate import evaluate_checkpoint
 from dnl_jax.train.checkpoint_paths import step_directory
-from dnl_jax.train.config import pop_model_kwargs_flags, set_model_kwargs
 from dnl_jax.train.trainer import train_and_evaluate
 
 enable_compilation_cache()

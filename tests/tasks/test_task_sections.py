@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from dnl_jax import tasks
+from dnl_jax.cli.flags import check_override_flags
 from dnl_jax.recipes import coco_mask_rcnn, segmentation_recipe
-from dnl_jax.train.config import base_config, check_override_flags, validate_config
+from dnl_jax.train.config import base_config, validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
