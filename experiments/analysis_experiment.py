@@ -94,8 +94,8 @@ def command_line(spec: dict) -> str:
         f"--config.total_steps={spec['steps']}"
     )
     return (
-        f"python -m dnl_jax.main --config {config} --workdir {workdir} {overrides}; "
-        f"python -m dnl_jax.analyze --config {config} {overrides} "
+        f"python -m dnl_jax.cli.train --config {config} --workdir {workdir} {overrides}; "
+        f"python -m dnl_jax.cli.analyze --config {config} {overrides} "
         f"--checkpoint {workdir}/checkpoints --num_images {spec['num_images']}"
     )
 
@@ -150,8 +150,9 @@ def cue_tracker(config, spec: dict, workdir: str):
     import jax
     import numpy as np
 
-    from dnl_jax import analyze, tasks
+    from dnl_jax import tasks
     from dnl_jax.analysis import saliency
+    from dnl_jax.cli import analyze
     from dnl_jax.models.losses import confusion_matrix
     from dnl_jax.models.metrics import metrics_from_confusion
     from dnl_jax.train.checkpoint import load_variables
@@ -205,8 +206,9 @@ def run_one(spec: dict) -> dict:
     """Trains and analyses one run (in a worker process); saves and returns its record."""
     import jax
 
-    from dnl_jax import analyze, tasks
+    from dnl_jax import tasks
     from dnl_jax.analysis import saliency
+    from dnl_jax.cli import analyze
     from dnl_jax.train import logs
     from dnl_jax.train.checkpoint import load_variables
     from dnl_jax.train.checkpoint_paths import step_directory

@@ -75,7 +75,8 @@ SPLITS = (
         "dnl_jax/cli/convert.py",
         "dnl_jax.interop",
         "convert",
-        "from dnl_jax.interop.convert import convert\nfrom dnl_jax.interop.mapping import ConversionError",
+        "from dnl_jax.interop.convert import convert\n"
+        "from dnl_jax.interop.mapping import ConversionError",
     ),
     (
         "dnl_jax/interop/pretrained.py",
@@ -129,7 +130,9 @@ def split_main(library: str, cli: str, package: str, name: str, uses: str) -> No
     text = read(library)
     start = text.index("\ndef main(")
     body = text[start:]
-    body = body.replace(f'prog="python -m {package}.{name}"', f'prog="python -m dnl_jax.cli.{name}"')
+    body = body.replace(
+        f'prog="python -m {package}.{name}"', f'prog="python -m dnl_jax.cli.{name}"'
+    )
     body = body.replace("description=__doc__", "description=library.__doc__")
     old = f"{package}.{name}"
     write(library, text[:start].rstrip() + "\n" + LIBRARY_TAIL.format(name=name, old=old))
@@ -165,7 +168,8 @@ def move_flag_functions() -> None:
     write(
         "dnl_jax/cli/flags.py",
         '"""What the commands parse before absl or ml_collections do: `--config.model.kwargs.NAME='
-        'VALUE`\n(model.kwargs is free-form, so ml_collections cannot override it) and the check of '
+        "VALUE`\n(model.kwargs is free-form, so ml_collections cannot override it) and the check "
+        "of "
         '`--config.KEY`\nkeys (one line naming a typo or a replaced key instead of a traceback)."""'
         "\n\nfrom __future__ import annotations\n\nimport ast\nimport sys\n"
         "from collections.abc import Sequence\nfrom typing import Any\n\nimport ml_collections\n\n"
@@ -233,6 +237,17 @@ COMMANDS = {
 KEEP = ("CHANGELOG.md", "experiments/results/", "tools/cli_move.py", "tests/cli/test_old_paths.py")
 
 
+def _split_analyze_import(match: re.Match) -> str:
+    """`from dnl_jax import analyze, tasks` → `from dnl_jax import tasks` + `from dnl_jax.cli
+    import analyze`."""
+    indent, names = match.group(1), [n.strip() for n in match.group(2).split(",")]
+    if "analyze" not in names:
+        return match.group(0)
+    rest = [n for n in names if n != "analyze"]
+    lines = [f"{indent}from dnl_jax import {', '.join(rest)}"] if rest else []
+    return "\n".join(lines + [f"{indent}from dnl_jax.cli import analyze"])
+
+
 def rewrite_commands() -> None:
     """`python -m OLD` → `python -m NEW` (also `-m OLD` in the Makefile and "OLD" as a quoted
     module name in tests and scripts) in every tracked text file but `KEEP` and the shims; and
@@ -242,18 +257,22 @@ def rewrite_commands() -> None:
     for path in files.stdout.split():
         if path.startswith(KEEP) or path in shims or not os.path.isfile(path):
             continue
-        if not path.endswith((".py", ".md", ".ipynb", ".toml", ".yml", ".yaml", ".cfg", ".txt")) and (
-            os.path.basename(path) != "Makefile"
-        ):
+        if not path.endswith(
+            (".py", ".md", ".ipynb", ".toml", ".yml", ".yaml", ".cfg", ".txt")
+        ) and (os.path.basename(path) != "Makefile"):
             continue
         text = original = read(path)
         for old, new in COMMANDS.items():
             text = re.sub(rf"-m {re.escape(old)}\b(?!\.)", f"-m {new}", text)
             text = re.sub(rf"([\"']){re.escape(old)}\1", rf"\g<1>{new}\g<1>", text)
-        text = text.replace("from dnl_jax import analyze", "from dnl_jax.cli import analyze")
+        text = re.sub(
+            r"^([ \t]*)from dnl_jax import ([^(\n]+)$", _split_analyze_import, text, flags=re.M
+        )
         text = text.replace("from dnl_jax.evaluate import", "from dnl_jax.cli.evaluate import")
         text = text.replace("from dnl_jax.analyze import", "from dnl_jax.cli.analyze import")
-        text = text.replace("from dnl_jax.data.prepare import main", "from dnl_jax.cli.prepare import main")
+        text = text.replace(
+            "from dnl_jax.data.prepare import main", "from dnl_jax.cli.prepare import main"
+        )
         if text != original:
             write(path, text)
 

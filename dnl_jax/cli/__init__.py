@@ -10,6 +10,6 @@
 flags.py parses what the commands share (`--config.model.kwargs.NAME=VALUE`, the check of
 `--config.KEY=VALUE` keys); output.py sets what they print. The library (dnl_jax.train,
 dnl_jax.data, dnl_jax.interop, ...) never imports this package. The old paths
-(`python -m dnl_jax.main`, `dnl_jax.evaluate`, `dnl_jax.analyze`, `dnl_jax.data.prepare`,
+(`python -m dnl_jax.cli.train`, `dnl_jax.evaluate`, `dnl_jax.analyze`, `dnl_jax.data.prepare`,
 `dnl_jax.interop.convert`, `dnl_jax.interop.pretrained`) still run, for one release (CHANGELOG).
 """

@@ -1,6 +1,6 @@
 """Command line: the DNL paper's analysis of a trained model's non-local blocks.
 
-    python -m dnl_jax.analyze --config experiments/configs/NAME.py \
+    python -m dnl_jax.cli.analyze --config experiments/configs/NAME.py \
         --checkpoint runs/NAME/checkpoints/1000 [--split val --num_images 64] [--output_dir DIR]
 
 For every `NonLocal` / `DisentangledNonLocal` / `ContextBlock` of the model (head or backbone)

@@ -1,7 +1,7 @@
 """Command line: evaluate a checkpoint with the evaluators of its config (`config.evals`), the
 same ones, on the same predict function and eval step, as the trainer's final evaluation.
 
-    python -m dnl_jax.evaluate --config experiments/configs/NAME.py \\
+    python -m dnl_jax.cli.evaluate --config experiments/configs/NAME.py \\
         --checkpoint runs/NAME/checkpoints/STEP [--split val] [--output_dir preds/] \\
         [--config.KEY=VALUE ...] [--config.model.kwargs.NAME=VALUE ...]
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m dnl_jax.main --config experiments/configs/NAME.py --workdir DIR
+"""Command line: `python -m dnl_jax.cli.train --config experiments/configs/NAME.py --workdir DIR
 [--config.KEY=VALUE ...]`.
 
 Thin on purpose: flags, optional multi-host initialisation, then

@@ -7,7 +7,7 @@ tasks share (scenic's `dataset_lib` registers one module per dataset the same wa
 
 A `Dataset` says which task it belongs to, whether its scenes are drawn in memory (nothing to
 prepare: the task's drawn implementation makes them from `config.data.synthetic`) or read from
-the prepared array_record files (`python -m dnl_jax.data.prepare NAME`, builders.py), its
+the prepared array_record files (`python -m dnl_jax.cli.prepare NAME`, builders.py), its
 metadata (classes, ignore label, the split validated on) and its benchmark's extras (the ids and
 file names of submitted predictions, e.g. Cityscapes' label ids). The parser of each dataset's raw
 layout stays in its own module (cityscapes.py, ade20k.py, pascal_context.py, coco.py, video.py).
@@ -62,7 +62,7 @@ class Dataset:
 
     @property
     def prepared(self) -> bool:
-        """Read from files written by `python -m dnl_jax.data.prepare` (not drawn, no own
+        """Read from files written by `python -m dnl_jax.cli.prepare` (not drawn, no own
         `open_split`)."""
         return not self.drawn and self.open_split is None
 

@@ -43,7 +43,7 @@ def prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: b
     if not os.path.isdir(data.data_dir):
         raise ValueError(
             f"config.data.data_dir={data.data_dir!r} does not exist; prepare the dataset first: "
-            f"python -m dnl_jax.data.prepare {data.name} --manual_dir RAW "
+            f"python -m dnl_jax.cli.prepare {data.name} --manual_dir RAW "
             f"--data_dir {data.data_dir} (or point --config.data.data_dir at it)."
         )
     return load_split(data.name, split, data.data_dir, with_names=with_names)

@@ -142,7 +142,7 @@ def settings_with_defaults(
 def make_predict_fn(module, variables: Mapping, *, space: int = 1) -> PredictFn:
     """`inputs [B, ...] -> float32 logits` of `module` with `variables` ({'params',
     'batch_stats'}), jitted: the one predict function of the trainer's per-example evaluations
-    and of `python -m dnl_jax.evaluate`. On one local device; with `space` > 1 each input is
+    and of `python -m dnl_jax.cli.evaluate`. On one local device; with `space` > 1 each input is
     sharded along its second axis (H of images, T of clips) over min(space, local devices) of
     this host's devices (each host infers its own examples), so a full-resolution image needs
     no tiling. The module's compute dtype is kept (model.dtype); the logits are cast to float32

@@ -29,7 +29,7 @@ evaluator `evals.val` (type 'coco').
 Video recipes set config.data.video: clip_len, frame_stride, short_side_range, a square
 crop_size; and the one-clip evaluator `evals.val` (type
 'batched') and the test views of `evals.val_multi_view` (type 'multi_view': num_clips,
-num_crops, short_side; run at the end of training and by `python -m dnl_jax.evaluate`).
+num_crops, short_side; run at the end of training and by `python -m dnl_jax.cli.evaluate`).
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ class Task:
         """Up to `num_images` examples of `split` as model inputs, for `dnl_jax.analyze`."""
         del config, split, num_images
         raise ValueError(
-            f"the attention analysis (python -m dnl_jax.analyze) reads segmentation "
+            f"the attention analysis (python -m dnl_jax.cli.analyze) reads segmentation "
             f"and video models; {self.name} models are not analysed."
         )
 

@@ -87,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
     c.model.kwargs = ml_collections.ConfigDict()  # the model's options (tasks.build)
     # Initialisation (dnl_jax/train/initialisation.py): a converted ImageNet backbone by name
-    # (pretrained_dir/NAME, written by `python -m dnl_jax.interop.pretrained`). Real datasets
+    # (pretrained_dir/NAME, written by `python -m dnl_jax.cli.pretrained`). Real datasets
     # refuse an empty name unless from_scratch=True says so; init_from overrides both.
     c.model.pretrained = ""
     c.model.pretrained_dir = "pretrained"

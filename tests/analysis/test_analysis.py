@@ -1,4 +1,4 @@
-"""dnl_jax.analysis and the `python -m dnl_jax.analyze` command."""
+"""dnl_jax.analysis and the `python -m dnl_jax.cli.analyze` command."""
 
 import json
 import os
@@ -184,7 +184,7 @@ def test_analyze_command_end_to_end(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.analyze",
+        "dnl_jax.cli.analyze",
         "--config",
         "experiments/configs/synthetic_nl_tiny.py",
         "--config.data.synthetic.image_size=32",

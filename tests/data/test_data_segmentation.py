@@ -13,8 +13,8 @@ import tensorflow_datasets as tfds
 from data_fixtures import CITYSCAPES_FILES, H, W, write_ade20k, write_cityscapes, write_voc
 from PIL import Image
 
+from dnl_jax.cli.prepare import main as prepare_main
 from dnl_jax.data import ade20k, cityscapes, load_split, pascal_context, transforms
-from dnl_jax.data.prepare import main as prepare_main
 from dnl_jax.data.prepare import prepare
 
 

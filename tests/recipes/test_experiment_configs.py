@@ -27,7 +27,7 @@ def _load_config_module(name):
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_experiment_configs_validate_build_and_document_their_launch(name):
     module = _load_config_module(name)
-    assert f"python -m dnl_jax.main --config experiments/configs/{name}" in module.__doc__
+    assert f"python -m dnl_jax.cli.train --config experiments/configs/{name}" in module.__doc__
     config = module.get_config()
     validate_config(config, tasks.for_dataset(config.data.name), num_devices=4, num_processes=1)
     bundle = get_model(config.model.name, config.data.num_classes, **config.model.kwargs)

@@ -127,7 +127,7 @@ def test_no_real_data_recipe_trains_from_scratch_and_every_backbone_is_published
         config = load(path).get_config()
         spec = BACKBONES[config.model.pretrained]
         assert not config.model.from_scratch and spec.url.startswith("https://")
-        assert f"python -m dnl_jax.interop.pretrained {spec.name} {spec.file}" in load(path).__doc__
+        assert f"python -m dnl_jax.cli.pretrained {spec.name} {spec.file}" in load(path).__doc__
 
 
 def test_official_cityscapes_recipe_follows_the_official_conf():

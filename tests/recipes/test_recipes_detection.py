@@ -41,7 +41,7 @@ def test_recipe_is_valid_and_follows_the_official_schedule(path):
     assert config.model.name == model and published in " ".join(module.__doc__.split())
     assert f"--config experiments/configs/{name}.py" in module.__doc__
     spec = BACKBONES[config.model.pretrained]
-    assert f"python -m dnl_jax.interop.pretrained {spec.name} {spec.file}" in module.__doc__
+    assert f"python -m dnl_jax.cli.pretrained {spec.name} {spec.file}" in module.__doc__
     epoch = -(-recipes.COCO_TRAIN_IMAGES // config.batch_size)
     assert config.total_steps == 12 * epoch
     assert tuple(config.optimizer.decay_steps) == (8 * epoch, 11 * epoch)

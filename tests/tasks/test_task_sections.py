@@ -136,7 +136,7 @@ def test_the_trainer_command_refuses_a_replaced_key_in_one_line(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py"),
         "--workdir",
