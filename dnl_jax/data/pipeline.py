@@ -49,19 +49,6 @@ def prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: b
     return load_split(data.name, split, data.data_dir, with_names=with_names)
 
 
-def prepared_sources(data: ml_collections.ConfigDict, val_split: str = "val"):
-    """(train, `val_split`) prepared splits, checking data.num_classes against the dataset's
-    classes."""
-    train, val = prepared_split(data, "train"), prepared_split(data, val_split)
-    if len(train.classes) != data.num_classes:
-        raise ValueError(
-            f"config.data.num_classes={data.num_classes} but {data.name} has "
-            f"{len(train.classes)} classes; set --config.data.num_classes="
-            f"{len(train.classes)}."
-        )
-    return train, val
-
-
 def synthetic_val(sources, split: str):
     """The val scenes of `(train, val)` drawn scenes for evaluating `split` ('val' only: the
     trainer's val scenes)."""
