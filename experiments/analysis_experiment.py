@@ -121,19 +121,19 @@ class CachedSource:
 
 
 def _cache_scenes() -> None:
-    """Makes the segmentation task's `sources` (what the trainer reads) return `CachedSource`s
-    (this process only)."""
-    from dnl_jax.tasks.segmentation import Segmentation
+    """Makes the drawn scenes' `sources` (what the trainer, its evaluation and the analysis
+    read) return `CachedSource`s (this process only)."""
+    from dnl_jax.tasks.segmentation_inputs import DrawnScenes
 
-    if getattr(Segmentation.sources, "cached", False):
+    if getattr(DrawnScenes.sources, "cached", False):
         return
-    make_sources = Segmentation.sources
+    make_sources = DrawnScenes.sources
 
-    def cached_sources(self, data):
-        return tuple(CachedSource(source) for source in make_sources(self, data))
+    def cached_sources(self, data, dataset):
+        return tuple(CachedSource(source) for source in make_sources(self, data, dataset))
 
     cached_sources.cached = True
-    Segmentation.sources = cached_sources
+    DrawnScenes.sources = cached_sources
 
 
 def record_path(spec: dict) -> str:
