@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     return importlib.import_module("dnl_jax.cli.{name}").main(argv)
 
 
-if __name__ == "__main__":  # the old command path: python -m {old}
+# The old command path, {old} run with python's -m:
+if __name__ == "__main__":
     import runpy
 
     runpy.run_module("dnl_jax.cli.{name}", run_name="__main__", alter_sys=True)
@@ -253,7 +254,7 @@ def rewrite_commands() -> None:
     module name in tests and scripts) in every tracked text file but `KEEP` and the shims; and
     the tests' imports of the moved command modules."""
     files = subprocess.run(["git", "ls-files"], check=True, capture_output=True, text=True)
-    shims = set(MOVES) | {library for library, *_ in SPLITS}
+    shims = set(MOVES)  # the library modules of SPLITS are rewritten too (their docstrings)
     for path in files.stdout.split():
         if path.startswith(KEEP) or path in shims or not os.path.isfile(path):
             continue
@@ -265,6 +266,8 @@ def rewrite_commands() -> None:
         for old, new in COMMANDS.items():
             text = re.sub(rf"-m {re.escape(old)}\b(?!\.)", f"-m {new}", text)
             text = re.sub(rf"([\"']){re.escape(old)}\1", rf"\g<1>{new}\g<1>", text)
+        # `dnl_jax.data.prepare NAME` in messages and the tests that match them
+        text = re.sub(r"\bdnl_jax\.data\.prepare (?=[a-z])", "dnl_jax.cli.prepare ", text)
         text = re.sub(
             r"^([ \t]*)from dnl_jax import ([^(\n]+)$", _split_analyze_import, text, flags=re.M
         )

@@ -1,6 +1,6 @@
 """Prepare a dataset from its raw download with its tfds builder, into array_record files.
 
-    python -m dnl_jax.data.prepare NAME --manual_dir RAW --data_dir OUT [--num_shards S]
+    python -m dnl_jax.cli.prepare NAME --manual_dir RAW --data_dir OUT [--num_shards S]
         [--overwrite] [--short_side 256 --max_frames 300 --num_workers N]   (video only)
 
 NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), coco (2017 instances),
@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     return importlib.import_module("dnl_jax.cli.prepare").main(argv)
 
 
-if __name__ == "__main__":  # the old command path: python -m dnl_jax.data.prepare
+# The old command path, python -m dnl_jax.data.prepare:
+if __name__ == "__main__":
     import runpy
 
     runpy.run_module("dnl_jax.cli.prepare", run_name="__main__", alter_sys=True)

@@ -1,6 +1,6 @@
 """Convert a PyTorch (mmseg / open-mmlab) checkpoint into an orbax checkpoint of dnl_jax variables.
 
-    python -m dnl_jax.interop.convert IN.pth OUT_DIR --model dnl_r50-d8 [--partial]
+    python -m dnl_jax.cli.convert IN.pth OUT_DIR --model dnl_r50-d8 [--partial]
 
 Writes `OUT_DIR/state` (an orbax `StandardCheckpointer` PyTree `{'params', 'batch_stats'}`, what
 the trainer's `--config.init_from=OUT_DIR` and the evaluator load) and `OUT_DIR/conversion.json`
@@ -216,7 +216,8 @@ def main(argv=None) -> int:
     return importlib.import_module("dnl_jax.cli.convert").main(argv)
 
 
-if __name__ == "__main__":  # the old command path: python -m dnl_jax.interop.convert
+# The old command path, python -m dnl_jax.interop.convert:
+if __name__ == "__main__":
     import runpy
 
     runpy.run_module("dnl_jax.cli.convert", run_name="__main__", alter_sys=True)

@@ -1,6 +1,6 @@
 """Convert a downloaded ImageNet backbone (PyTorch) into what the trainer loads.
 
-    python -m dnl_jax.interop.pretrained NAME DOWNLOADED_FILE [--pretrained_dir pretrained]
+    python -m dnl_jax.cli.pretrained NAME DOWNLOADED_FILE [--pretrained_dir pretrained]
 
 NAME is a key of `dnl_jax.train.initialisation.BACKBONES` (`resnet50_v1c`, `resnet101_v1c`,
 `torchvision_resnet50`, `deepbase_resnet101`); each names its published file and URL. Writes
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     return importlib.import_module("dnl_jax.cli.pretrained").main(argv)
 
 
-if __name__ == "__main__":  # the old command path: python -m dnl_jax.interop.pretrained
+# The old command path, python -m dnl_jax.interop.pretrained:
+if __name__ == "__main__":
     import runpy
 
     runpy.run_module("dnl_jax.cli.pretrained", run_name="__main__", alter_sys=True)

@@ -233,7 +233,7 @@ class Task:
         return None
 
     def analysis_examples(self, config, split: str, num_images: int) -> list[dict]:
-        """Up to `num_images` examples of `split` as model inputs, for `dnl_jax.analyze`."""
+        """Up to `num_images` examples of `split` as model inputs, for `dnl_jax.cli.analyze`."""
         del config, split, num_images
         raise ValueError(
             f"the attention analysis (python -m dnl_jax.cli.analyze) reads segmentation "

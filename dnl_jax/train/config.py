@@ -97,9 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "synthetic"
     c.data.num_classes = 7
     c.data.seed = 0
-    # Prepared datasets: where `dnl_jax.data.prepare` wrote them, and the input workers: grain
-    # worker processes that decode and augment batches in parallel (0 = in this process), and
-    # read-ahead threads per process.
+    # Prepared datasets: where `python -m dnl_jax.cli.prepare` wrote them, and the input
+    # workers: grain worker processes that decode and augment batches in parallel (0 = in this
+    # process), and read-ahead threads per process.
     c.data.data_dir = "data/prepared"
     c.data.worker_processes = 0
     c.data.worker_threads = 4

@@ -88,7 +88,7 @@ def test_corrupt_image_leaves_nothing_and_cli_exit_code(tmp_path, capsys):
     assert code == 2
     assert "aachen_000001_000019_leftImg8bit.png: corrupt" in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == []
-    with pytest.raises(ValueError, match="not prepared.*dnl_jax.data.prepare cityscapes"):
+    with pytest.raises(ValueError, match="not prepared.*dnl_jax.cli.prepare cityscapes"):
         load_split("cityscapes", "train", str(tmp_path / "out"))
 
 
