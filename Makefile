@@ -64,7 +64,7 @@ demo: install
 	else \
 	  echo "make demo: fresh run in $$dir"; \
 	fi; \
-	$(PY) -m dnl_jax.main --config experiments/configs/synthetic_dnl_tiny.py --workdir "$$dir"
+	$(PY) -m dnl_jax.cli.train --config experiments/configs/synthetic_dnl_tiny.py --workdir "$$dir"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info docs/_build docs/jupyter_execute

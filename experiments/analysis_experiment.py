@@ -94,8 +94,8 @@ def command_line(spec: dict) -> str:
         f"--config.total_steps={spec['steps']}"
     )
     return (
-        f"python -m dnl_jax.main --config {config} --workdir {workdir} {overrides}; "
-        f"python -m dnl_jax.analyze --config {config} {overrides} "
+        f"python -m dnl_jax.cli.train --config {config} --workdir {workdir} {overrides}; "
+        f"python -m dnl_jax.cli.analyze --config {config} {overrides} "
         f"--checkpoint {workdir}/checkpoints --num_images {spec['num_images']}"
     )
 
@@ -121,19 +121,19 @@ class CachedSource:
 
 
 def _cache_scenes() -> None:
-    """Makes the segmentation task's `sources` (what the trainer reads) return `CachedSource`s
-    (this process only)."""
-    from dnl_jax.tasks.segmentation import Segmentation
+    """Makes the drawn scenes' `sources` (what the trainer, its evaluation and the analysis
+    read) return `CachedSource`s (this process only)."""
+    from dnl_jax.tasks.segmentation_inputs import DrawnScenes
 
-    if getattr(Segmentation.sources, "cached", False):
+    if getattr(DrawnScenes.sources, "cached", False):
         return
-    make_sources = Segmentation.sources
+    make_sources = DrawnScenes.sources
 
-    def cached_sources(self, data):
-        return tuple(CachedSource(source) for source in make_sources(self, data))
+    def cached_sources(self, data, dataset):
+        return tuple(CachedSource(source) for source in make_sources(self, data, dataset))
 
     cached_sources.cached = True
-    Segmentation.sources = cached_sources
+    DrawnScenes.sources = cached_sources
 
 
 def record_path(spec: dict) -> str:
@@ -150,18 +150,19 @@ def cue_tracker(config, spec: dict, workdir: str):
     import jax
     import numpy as np
 
-    from dnl_jax import analyze, tasks
+    from dnl_jax import tasks
     from dnl_jax.analysis import saliency
+    from dnl_jax.cli import analyze
     from dnl_jax.models.losses import confusion_matrix
     from dnl_jax.models.metrics import metrics_from_confusion
-    from dnl_jax.tasks import get_model
     from dnl_jax.train.checkpoint import load_variables
 
-    bundle = get_model(config.model.name, config.data.num_classes)
-    examples, _ = analyze.load_examples(config, "val", spec["cue_images"])
+    built = tasks.build(config)
+    bundle = built.bundle
+    examples, _ = analyze.load_examples(config, built.task, "val", spec["cue_images"])
     images = np.stack([ex["image"] for ex in examples])
     labels = np.stack([ex["label"] for ex in examples])
-    val_source = tasks.for_dataset(config.data.name).sources(config.data)[1]  # a CachedSource
+    val_source = built.task.sources(config.data)[1]  # a CachedSource
     first_object_class = type(val_source.source).first_object_class
     segment = jax.jit(
         lambda variables: bundle.module.apply(variables, images, train=False)["logits"].argmax(-1)
@@ -205,9 +206,9 @@ def run_one(spec: dict) -> dict:
     """Trains and analyses one run (in a worker process); saves and returns its record."""
     import jax
 
-    from dnl_jax import analyze
+    from dnl_jax import tasks
     from dnl_jax.analysis import saliency
-    from dnl_jax.tasks import get_model
+    from dnl_jax.cli import analyze
     from dnl_jax.train import logs
     from dnl_jax.train.checkpoint import load_variables
     from dnl_jax.train.checkpoint_paths import step_directory
@@ -245,9 +246,10 @@ def run_one(spec: dict) -> dict:
         },
         "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
     }
-    bundle = get_model(config.model.name, config.data.num_classes)
+    built = tasks.build(config)
+    bundle = built.bundle
     variables = load_variables(step_directory(os.path.join(workdir, "checkpoints")))
-    examples, _ = analyze.load_examples(config, "val", spec["num_images"])
+    examples, _ = analyze.load_examples(config, built.task, "val", spec["num_images"])
     start = time.perf_counter()
     analysed = analyze.analyze_model(
         bundle.module,

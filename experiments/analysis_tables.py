@@ -18,7 +18,7 @@ import os
 import analysis_claims
 import numpy as np
 
-from dnl_jax.analyze import COLUMNS, SALIENCY_COLUMNS, format_value
+from dnl_jax.cli.analyze import COLUMNS, SALIENCY_COLUMNS, format_value
 
 HEAD_ORDER = ("fcn", "nl", "pairwise", "unary", "dnl", "gc")
 FIGURE_HEADS = ("nl", "pairwise", "unary", "dnl")

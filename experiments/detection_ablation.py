@@ -1,5 +1,5 @@
 """The synthetic detection comparison: the tiny Mask R-CNN without a context block and with one at
-c4, same scenes, recipe and steps, over several seeds; each run is `python -m dnl_jax.main` on
+c4, same scenes, recipe and steps, over several seeds; each run is `python -m dnl_jax.cli.train` on
 `experiments/configs/synthetic_detection_{context}_tiny.py` (COCO box / mask AP by pycocotools on
 the val scenes at the end).
 
@@ -46,7 +46,7 @@ def run(context: str, seed: int, runs_dir: str, parallelism: str) -> dict:
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         f"experiments/configs/synthetic_detection_{context}_tiny.py",
         "--workdir",

@@ -73,7 +73,7 @@ def command(workdir: str, args) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         CONFIG,
         "--workdir",

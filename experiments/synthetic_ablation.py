@@ -9,8 +9,9 @@ data (`config.data.seed`) stay the same for every run.
 
 The record experiments/results/synthetic_ablation.* is now written by
 experiments/analysis_experiment.py (5 seeds, all heads, with the analysis of each block); this
-runner remains for single runs on a CPU. Each head is a separate `python -m dnl_jax.main` process
-(compilation included in its wall time), run one after another. Writes
+runner remains for single runs on a CPU. Each head is a separate
+`python -m dnl_jax.cli.train` process (compilation included in its wall time), run one after
+another. Writes
 experiments/results/synthetic_ablation.json; `--table` prints the Markdown tables of
 experiments/results/synthetic_ablation.md from it (no training).
 """
@@ -41,7 +42,7 @@ def run_head(head: str, seed: int, runs_dir: str) -> dict:
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         f"experiments/configs/synthetic_{head}_tiny.py",
         "--workdir",

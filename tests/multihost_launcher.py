@@ -3,7 +3,7 @@
     python tests/multihost_launcher.py PORT PROCESS_ID WORKDIR [--sigterm WHEN] [KEY=VALUE ...]
 
 jax.distributed (gloo CPU collectives on 127.0.0.1) with the config's coordination timeouts, then
-the trainer under `distributed.run_watched`, as `python -m dnl_jax.main` runs it. The config is
+the trainer under `distributed.run_watched`, as `python -m dnl_jax.cli.train` runs it. The config is
 the demo config with tests/train_testing.py's TINY values and the KEY=VALUE overrides. WHEN sends
 SIGTERM to this process:
     startup   before the restore and compile

@@ -208,16 +208,8 @@ class Ucf101(_Video, skip_registration=True):
     LISTING = staticmethod(video.ucf101_listing)
 
 
+# The tfds builder of every prepared dataset of the registry (data/datasets.py: its raw files,
+# task and metadata).
 BUILDERS = {
     builder.name: builder for builder in (Cityscapes, Ade20k, PascalContext, Coco, Kinetics, Ucf101)
-}
-VIDEO_DATASETS = tuple(name for name, builder in BUILDERS.items() if issubclass(builder, _Video))
-# What manual_dir must hold, for the error when it is missing or empty.
-RAW_FILES = {
-    "cityscapes": f"{cityscapes.IMAGES_ZIP} and {cityscapes.LABELS_ZIP}",
-    "ade20k": f"the extracted {ade20k.ROOT}/ folder",
-    "pascal_context": f"{pascal_context.VOC_ROOT}/ and the PASCAL-Context annotations",
-    "coco": "train2017/, val2017/ and annotations/instances_{train,val}2017.json",
-    "kinetics": "train/ and val/ class folders of videos, or train.csv and val.csv",
-    "ucf101": "UCF-101/ and ucfTrainTestlist/",
 }

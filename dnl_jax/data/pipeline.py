@@ -43,23 +43,10 @@ def prepared_split(data: ml_collections.ConfigDict, split: str, *, with_names: b
     if not os.path.isdir(data.data_dir):
         raise ValueError(
             f"config.data.data_dir={data.data_dir!r} does not exist; prepare the dataset first: "
-            f"python -m dnl_jax.data.prepare {data.name} --manual_dir RAW "
+            f"python -m dnl_jax.cli.prepare {data.name} --manual_dir RAW "
             f"--data_dir {data.data_dir} (or point --config.data.data_dir at it)."
         )
     return load_split(data.name, split, data.data_dir, with_names=with_names)
-
-
-def prepared_sources(data: ml_collections.ConfigDict, val_split: str = "val"):
-    """(train, `val_split`) prepared splits, checking data.num_classes against the dataset's
-    classes."""
-    train, val = prepared_split(data, "train"), prepared_split(data, val_split)
-    if len(train.classes) != data.num_classes:
-        raise ValueError(
-            f"config.data.num_classes={data.num_classes} but {data.name} has "
-            f"{len(train.classes)} classes; set --config.data.num_classes="
-            f"{len(train.classes)}."
-        )
-    return train, val
 
 
 def synthetic_val(sources, split: str):

@@ -1,6 +1,6 @@
 """Prepare a dataset from its raw download with its tfds builder, into array_record files.
 
-    python -m dnl_jax.data.prepare NAME --manual_dir RAW --data_dir OUT [--num_shards S]
+    python -m dnl_jax.cli.prepare NAME --manual_dir RAW --data_dir OUT [--num_shards S]
         [--overwrite] [--short_side 256 --max_frames 300 --num_workers N]   (video only)
 
 NAME is one of DATASETS: cityscapes, ade20k, pascal_context (59 classes), coco (2017 instances),
@@ -19,17 +19,15 @@ A crash or a bad input leaves nothing that looks prepared.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import sys
 import tempfile
-from collections.abc import Sequence
 
-from dnl_jax.command_line import add_log_level_argument, set_library_log_level
-from dnl_jax.data import builders, sources
+from dnl_jax.data import builders, datasets, sources
 
-DATASETS = tuple(builders.BUILDERS)
+# The registry's datasets that are read from prepared files (data/datasets.py), each with its
+# tfds builder (builders.py).
+DATASETS = tuple(name for name, dataset in datasets.DATASETS.items() if dataset.prepared)
 
 
 def build(
@@ -68,21 +66,22 @@ def prepare(
     turns them on)."""
     import tensorflow_datasets as tfds
 
-    if name not in builders.BUILDERS:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}.")
+    unit = datasets.get(name)
     if num_shards is not None and num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be >= 1.")
     if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
         raise ValueError(
             f"--manual_dir {manual_dir} does not exist or is empty; it must hold "
-            f"{builders.RAW_FILES[name]} (see dnl_jax/data/{_module(name)}.py)."
+            f"{unit.raw_files} (see dnl_jax/data/{unit.module}.py)."
         )
     final_dir = os.path.join(data_dir, name)
     if os.path.exists(final_dir) and not overwrite:
         raise ValueError(f"{final_dir} already exists; pass --overwrite to replace it.")
     video_options = (
         {}
-        if name not in builders.VIDEO_DATASETS
+        if unit.task != "video"
         else dict(short_side=short_side, max_frames=max_frames, num_workers=num_workers)
     )
     os.makedirs(data_dir, exist_ok=True)
@@ -102,10 +101,6 @@ def prepare(
     _report(dict(tfds.builder_from_directory(written).info.metadata), name, log)
     log(f"written to {written}")
     return final_dir
-
-
-def _module(name: str) -> str:
-    return "video" if name in builders.VIDEO_DATASETS else name
 
 
 def _report(metadata: dict, name: str, log) -> None:
@@ -137,46 +132,15 @@ def _report(metadata: dict, name: str, log) -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("name", choices=DATASETS)
-    parser.add_argument("--manual_dir", required=True, help="folder holding the raw download")
-    parser.add_argument("--data_dir", required=True, help="output root; writes DATA_DIR/NAME")
-    parser.add_argument(
-        "--num_shards",
-        type=int,
-        default=None,
-        help="shards per split (default: tfds chooses by size)",
-    )
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--short_side", type=int, default=256, help="video frames only")
-    parser.add_argument("--max_frames", type=int, default=300, help="video frames only")
-    parser.add_argument(
-        "--num_workers",
-        type=int,
-        default=1,
-        help="video only: processes decoding videos in parallel",
-    )
-    add_log_level_argument(parser)
-    args = parser.parse_args(argv)
-    set_library_log_level(args.log_level)
-    try:
-        prepare(
-            args.name,
-            args.manual_dir,
-            args.data_dir,
-            num_shards=args.num_shards,
-            overwrite=args.overwrite,
-            short_side=args.short_side,
-            max_frames=args.max_frames,
-            num_workers=args.num_workers,
-            progress=True,
-        )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv=None) -> int:
+    """Deprecated (one release, CHANGELOG.md): the command is `dnl_jax.cli.prepare.main`."""
+    import importlib
+
+    return importlib.import_module("dnl_jax.cli.prepare").main(argv)
 
 
+# The old command path, python -m dnl_jax.data.prepare:
 if __name__ == "__main__":
-    sys.exit(main())
+    import runpy
+
+    runpy.run_module("dnl_jax.cli.prepare", run_name="__main__", alter_sys=True)

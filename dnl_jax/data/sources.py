@@ -123,7 +123,7 @@ class PreparedSource:
             f"damaged prepared data: record {index} of split {self.split!r} of "
             f"{self.name!r} (record {within} of {os.path.join(self._builder_dir, name)}) "
             f"does not read ({type(error).__name__}: {first}). Prepare the dataset again: "
-            f"delete {self._builder_dir} and run python -m dnl_jax.data.prepare {self.name} "
+            f"delete {self._builder_dir} and run python -m dnl_jax.cli.prepare {self.name} "
             f"--manual_dir RAW --data_dir {data_dir}"
         )
 
@@ -186,7 +186,7 @@ def _open_builder(builder_dir: str, name: str, data_dir: str | None = None):
         data_dir = data_dir or os.path.dirname(os.path.dirname(builder_dir))
         raise ValueError(
             f"{builder_dir} holds no prepared dataset: {name!r} is not prepared "
-            f"under {data_dir}. Run: python -m dnl_jax.data.prepare {name} "
+            f"under {data_dir}. Run: python -m dnl_jax.cli.prepare {name} "
             f"--manual_dir RAW --data_dir {data_dir}"
         )
     return tfds.builder_from_directory(builder_dir)

@@ -15,45 +15,53 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from dnl_jax import tasks
-from dnl_jax.data import pipeline
+from dnl_jax.data import pipeline, transforms
 from dnl_jax.evaluators import common, video
-from dnl_jax.tasks.video import check_short_side, one_view_preprocess
 
 NONFINITE_KEY = "nonfinite_outputs"  # the eval step's count of NaN / inf outputs (train/step.py)
+
+
+def one_view(settings: dict):
+    """`example -> {'video': [T, c, c, 3] float32, 'label': int32}`: the view of
+    `transforms.video_eval_views(**settings)` with one clip and one crop (the middle clip, centre
+    crop)."""
+
+    def preprocess(example: dict) -> dict:
+        views = transforms.video_eval_views(example, **settings)
+        return {"video": views["video"][0], "label": np.int32(example["label"])}
+
+    return preprocess
 
 
 class BatchedEvaluator(common.Evaluator):
     """Batched evaluation (module docstring); metrics: `bundle.finalize_metrics` of the sums."""
 
     KEYS = {"every_steps": 50, "batch_size": 32, "short_side": 0}
+    INPUTS = ("scenes", "videos")
 
     @classmethod
-    def check(
-        cls, name: str, settings: dict, config, *, num_devices: int, num_processes: int
-    ) -> None:
-        super().check(name, settings, config, num_devices=num_devices, num_processes=num_processes)
+    def check(cls, name: str, settings: dict, inputs, *, num_devices: int, num_processes: int):
+        super().check(name, settings, inputs, num_devices=num_devices, num_processes=num_processes)
         batch, devices = settings["batch_size"], num_devices
         if not isinstance(batch, int) or batch < 1 or batch % devices:
             raise ValueError(
                 f"config.evals.{name}.batch_size={batch!r} must be a positive "
                 f"multiple of the {devices} devices."
             )
-        task = tasks.for_dataset(config.data.name)  # batched applies: evaluators.check_config
-        if task.input_key == "video":  # one view per video: its short side
+        if inputs.kind == "videos":  # one view per video: its short side
             video.check_views(name, settings, ("short_side",))
-            check_short_side(name, settings["short_side"], config.data)
+            inputs.check_short_side(name, settings["short_side"])
         else:
             if settings["short_side"]:
                 raise ValueError(f"config.evals.{name}.short_side is for video datasets only.")
-            if int(config.data.synthetic.num_val) < num_processes:  # drawn scenes
-                raise ValueError("config.data.synthetic.num_val must be >= the number of hosts.")
+            if inputs.num_examples is not None and inputs.num_examples < num_processes:
+                raise ValueError(f"{inputs.num_examples_key} must be >= the number of hosts.")
 
     def run(self, state) -> dict:
         context = self.context
         preprocess = None
-        if context.bundle.input_key == "video":
-            preprocess = one_view_preprocess(context.config.data, self.settings["short_side"])
+        if context.inputs.kind == "videos":
+            preprocess = one_view(context.inputs.view_settings(1, 1, self.settings["short_side"]))
         totals = None
         for batch in pipeline.eval_batches(
             context.source,
@@ -62,9 +70,7 @@ class BatchedEvaluator(common.Evaluator):
             process_count=context.driver.data_process_count,
             preprocess=preprocess,
             pad_label=context.bundle.pad_label,
-            check=tasks.for_dataset(context.config.data.name).label_check(
-                context.config.data, "evaluation examples in a batch"
-            ),
+            check=context.inputs.label_check,
         ):
             context.between_batches()
             sums = context.driver.eval_step(state, batch)

@@ -97,12 +97,13 @@ class CocoEvaluator(common.Evaluator):
         "write_results": True,
         "mask_threshold": 0.5,
     }
+    INPUTS = ("detection",)
 
     @classmethod
     def check(
-        cls, name: str, settings: dict, config, *, num_devices: int, num_processes: int
+        cls, name: str, settings: dict, inputs, *, num_devices: int, num_processes: int
     ) -> None:
-        super().check(name, settings, config, num_devices=num_devices, num_processes=num_processes)
+        super().check(name, settings, inputs, num_devices=num_devices, num_processes=num_processes)
         where = f"config.evals.{name}"
         batch = settings["batch_size"]
         if not isinstance(batch, int) or batch < 1 or batch % num_processes:

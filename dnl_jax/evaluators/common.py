@@ -2,7 +2,10 @@
 sum over hosts, and the check of an evaluator's config section.
 
 An evaluator is built from one `config.evals.<name>` section and an `EvalContext` (what it runs
-on), and `run(state)` returns its named metrics. `every_steps` > 0 runs it at step 0, every
+on: the model, the split, the driver and the task's `EvalInputs`), and `run(state)` returns its
+named metrics. It reads no other config section and imports no task module: what differs
+between datasets comes through `EvalContext.inputs`, and the kinds of inputs it accepts are
+its `INPUTS`. `every_steps` > 0 runs it at step 0, every
 `every_steps` and at the last step; 0 only at the last step of a completed run.
 """
 
@@ -15,8 +18,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+
+from dnl_jax.tasks.base import EvalInputs
 
 PredictFn = Callable[[np.ndarray], Any]
 
@@ -25,12 +29,14 @@ PredictFn = Callable[[np.ndarray], Any]
 class EvalContext:
     """What the evaluators run on, built by the trainer (or the evaluate command).
 
-    config: the whole run config (data settings, model.kwargs).
-    bundle: the task's `ModelBundle` (metrics_fn, finalize_metrics, pad_label, input_key).
+    bundle: the task's `ModelBundle` (metrics_fn, finalize_metrics, pad_label, input_key,
+      config: the model's resolved settings).
     module: `bundle.module` without a pmap axis, for per-example inference on one device.
     source: the evaluated split, random access (`len`, `[i]` → example dict).
     driver: `eval_step(state, host_batch)` → numpy metric sums over every device and host, and
       `host_variables(state)` → {'params', 'batch_stats'} host numpy (train/parallel.py).
+    inputs: the task's `EvalInputs` for the dataset (`Task.eval_inputs`): the kind of examples
+      and the hooks that make them model inputs.
     output_dir: where evaluators that write predictions write them (None: nowhere).
     workdir: the training run's directory (None outside the trainer); evaluators whose results
       are files (the COCO results JSON) write them under it.
@@ -38,11 +44,11 @@ class EvalContext:
       same number of times on every host; the trainer's raises when the run is preempted.
     """
 
-    config: ml_collections.ConfigDict
     bundle: Any
     module: Any
     source: Any
     driver: Any
+    inputs: EvalInputs
     output_dir: str | None = None
     workdir: str | None = None
     between_batches: Callable[[], None] = lambda: None
@@ -64,9 +70,11 @@ def check_finite(count, what: str = "outputs") -> None:
 
 class Evaluator:
     """Base: `name`, `every_steps`, `run(state) -> {metric: value}`; subclasses declare their
-    config keys and defaults in `KEYS` and check values in `check`."""
+    config keys and defaults in `KEYS` (the only place of the defaults), the kinds of inputs
+    they accept in `INPUTS` (`EvalInputs.kind`) and check values in `check`."""
 
     KEYS: Mapping[str, Any] = {}
+    INPUTS: tuple[str, ...] = ()
 
     def __init__(self, name: str, context: EvalContext, settings: Mapping[str, Any]):
         self.name, self.context = name, context
@@ -75,10 +83,16 @@ class Evaluator:
 
     @classmethod
     def check(
-        cls, name: str, settings: Mapping[str, Any], config, *, num_devices: int, num_processes: int
+        cls,
+        name: str,
+        settings: Mapping[str, Any],
+        inputs: EvalInputs,
+        *,
+        num_devices: int,
+        num_processes: int,
     ) -> None:
         """Raises ValueError for a bad value (keys are checked by `settings_with_defaults`) or
-        one that does not fit the devices / hosts at hand."""
+        one that does not fit the `inputs` or the devices / hosts at hand."""
         every = settings["every_steps"]
         if not isinstance(every, int) or every < 0:
             raise ValueError(
@@ -94,6 +108,11 @@ class Evaluator:
 
     def run(self, state) -> dict:
         raise NotImplementedError
+
+    def describe(self, metrics: Mapping[str, Any]) -> str:
+        """The console line of `run`'s metrics: the bundle's (`describe_metrics`), for
+        evaluators that return the bundle's finalised metrics; others override it."""
+        return self.context.bundle.describe_metrics(metrics)
 
     def predict_fn(self, state) -> PredictFn:
         """`make_predict_fn` of the context's module with `state`'s weights."""
@@ -123,7 +142,7 @@ def settings_with_defaults(
 def make_predict_fn(module, variables: Mapping, *, space: int = 1) -> PredictFn:
     """`inputs [B, ...] -> float32 logits` of `module` with `variables` ({'params',
     'batch_stats'}), jitted: the one predict function of the trainer's per-example evaluations
-    and of `python -m dnl_jax.evaluate`. On one local device; with `space` > 1 each input is
+    and of `python -m dnl_jax.cli.evaluate`. On one local device; with `space` > 1 each input is
     sharded along its second axis (H of images, T of clips) over min(space, local devices) of
     this host's devices (each host infers its own examples), so a full-resolution image needs
     no tiling. The module's compute dtype is kept (model.dtype); the logits are cast to float32

@@ -7,20 +7,20 @@ summed over hosts.
     config.evals.val = dict(type='segmentation', every_steps=8000, mode='slide',
                             crop_size=(769, 769), stride=(513, 513), scales=(1.0,), flip=False)
 
-The resize follows `config.model.kwargs.align_corners` (default False). The evaluate command
-adds the IoU table (`format_iou_table`) and, with --output_dir, one prediction PNG per image.
+The resize follows the model's `align_corners` setting (`bundle.config`, default False). The
+evaluate command adds the IoU table (`format_iou_table`) and, with --output_dir, one prediction
+PNG per image.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from dnl_jax import IGNORE_LABEL
-from dnl_jax.data import cityscapes, records, transforms
+from dnl_jax.data import transforms
 from dnl_jax.evaluators import common
 from dnl_jax.evaluators.segmentation_inference import MODES, predict_scores
 
@@ -64,29 +64,6 @@ def format_iou_table(metrics: dict[str, Any], class_names: Sequence[str]) -> str
     return "\n".join(lines)
 
 
-def prediction_png_name(dataset: str, name: str) -> str:
-    """File name of a prediction: Cityscapes' `CITY_SEQ_FRAME_leftImg8bit.png`, else NAME.png."""
-    return f"{name}_leftImg8bit.png" if dataset == "cityscapes" else f"{name}.png"
-
-
-def write_prediction_png(prediction: np.ndarray, dataset: str, name: str, output_dir: str) -> str:
-    """Writes one uint8 `[H, W]` train-id prediction in the dataset's submission ids.
-
-    Cityscapes: label ids (`cityscapes.train_ids_to_label_ids`), the official benchmark format;
-    ADE20K: train id + 1 (the challenge's 1..150); others: train ids. Returns the path.
-    """
-    prediction = np.asarray(prediction, np.uint8)
-    if dataset == "cityscapes":
-        prediction = cityscapes.train_ids_to_label_ids(prediction)
-    elif dataset == "ade20k":
-        prediction = prediction + 1
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, prediction_png_name(dataset, name))
-    with open(path, "wb") as f:
-        f.write(records.encode_png(prediction))
-    return path
-
-
 def evaluate_segmentation(
     predict_fn: common.PredictFn,
     examples: Iterable[dict],
@@ -96,7 +73,7 @@ def evaluate_segmentation(
     mean=None,
     std=None,
     output_dir: str | None = None,
-    dataset: str = "",
+    write_prediction: Callable[[np.ndarray, str, str], str] | None = None,
     **inference,
 ) -> np.ndarray:
     """Confusion matrix `[K, K]` of `predict_fn` over `examples` ({'image', 'label'[, 'name']}).
@@ -104,7 +81,8 @@ def evaluate_segmentation(
     Each image is resized to `base_size` (aspect kept) and normalised, inferred with
     `predict_scores(**inference)` (mode, crop_size, stride, scales, flip, align_corners), and its
     scores resized back to the label's resolution before the argmax. With `output_dir`, writes
-    one PNG per example (`write_prediction_png`; examples then need 'name').
+    each prediction with `write_prediction(prediction, name, output_dir)` (the dataset's
+    submission format, `EvalInputs.write_prediction`; examples then need 'name').
     """
     norm = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
     confusion = np.zeros((num_classes, num_classes), np.int64)
@@ -117,15 +95,15 @@ def evaluate_segmentation(
         common.check_finite(np.sum(~np.isfinite(scores)), "scores")
         prediction = np.argmax(scores[0], axis=-1).astype(np.uint8)
         confusion += confusion_matrix(prediction, label, num_classes)
-        if output_dir is not None:
-            write_prediction_png(prediction, dataset, example["name"], output_dir)
+        if output_dir is not None and write_prediction is not None:
+            write_prediction(prediction, example["name"], output_dir)
     return confusion
 
 
 def inference_settings(section, model_kwargs=None) -> dict[str, Any]:
     """`predict_scores` kwargs of an evaluator section (mode, crop_size, stride, scales, flip;
     the (0, 0) placeholders of crop_size / stride, unused in 'whole' mode, become None) and of
-    `model_kwargs` (align_corners, default False)."""
+    the model's settings `model_kwargs` (align_corners, default False)."""
     return {
         "mode": section["mode"],
         "crop_size": common.positive_pair(section["crop_size"]),
@@ -148,10 +126,11 @@ class SegmentationEvaluator(common.Evaluator):
         "scales": (1.0,),
         "flip": False,
     }
+    INPUTS = ("images",)
 
     @classmethod
-    def check(cls, name: str, settings: dict, config, **hardware) -> None:
-        super().check(name, settings, config, **hardware)
+    def check(cls, name: str, settings: dict, inputs, **hardware) -> None:
+        super().check(name, settings, inputs, **hardware)
         where = f"config.evals.{name}"
         if settings["mode"] not in MODES:
             raise ValueError(f"{where}.mode={settings['mode']!r}; choose one of {MODES}.")
@@ -167,14 +146,14 @@ class SegmentationEvaluator(common.Evaluator):
             raise ValueError(f"{where}.scales={scales} must be positive ratios.")
 
     def run(self, state) -> dict:
-        context, data = self.context, self.context.config.data
+        context, inputs = self.context, self.context.inputs
         confusion = evaluate_segmentation(
             self.predict_fn(state),
             common.host_examples(context.source, context.between_batches),
-            num_classes=int(data.num_classes),
-            base_size=tuple(data.segmentation.base_size),
+            num_classes=inputs.num_classes,
+            base_size=inputs.base_size,
             output_dir=context.output_dir,
-            dataset=data.name,
-            **inference_settings(self.settings, context.config.model.kwargs),
+            write_prediction=inputs.write_prediction,
+            **inference_settings(self.settings, getattr(context.bundle, "config", {})),
         )
         return context.bundle.finalize_metrics({"confusion": common.sum_over_hosts(confusion)})

@@ -7,8 +7,8 @@ videos on one device; the counts are summed over hosts.
     config.evals.val_multi_view = dict(type='multi_view', every_steps=0, num_clips=10,
                                        num_crops=3, short_side=256)
 
-Clip length, frame stride and the square crop come from config.data. `one_view_settings` is
-the single middle-clip, centre-crop view of the batched evaluator (tasks/video.py).
+Clip length, frame stride and the square crop come from the task (`EvalInputs.view_settings`,
+from config.data.video).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 from dnl_jax.core.ops import host_softmax
 from dnl_jax.data import transforms
 from dnl_jax.evaluators import common
-from dnl_jax.tasks.video import check_short_side, view_settings
 
 
 def video_view_counts(
@@ -90,21 +89,23 @@ class MultiViewEvaluator(common.Evaluator):
     """Multi-view video accuracy (module docstring): {'clip_accuracy', 'video_accuracy'}."""
 
     KEYS = {"every_steps": 0, "num_clips": 10, "num_crops": 3, "short_side": 0}
+    INPUTS = ("videos",)
 
     @classmethod
-    def check(cls, name: str, settings: dict, config, **hardware) -> None:
-        super().check(name, settings, config, **hardware)
+    def check(cls, name: str, settings: dict, inputs, **hardware) -> None:
+        super().check(name, settings, inputs, **hardware)
         check_views(name, settings, ("num_clips", "num_crops", "short_side"))
-        check_short_side(name, settings["short_side"], config.data)
+        inputs.check_short_side(name, settings["short_side"])
 
     def run(self, state) -> dict:
         s, context = self.settings, self.context
-        settings = view_settings(
-            context.config.data,
-            num_clips=s["num_clips"],
-            num_crops=s["num_crops"],
-            short_side=s["short_side"],
-        )
+        settings = context.inputs.view_settings(s["num_clips"], s["num_crops"], s["short_side"])
         examples = common.host_examples(context.source, context.between_batches)
         counts = video_view_counts(self.predict_fn(state), examples, **settings)
         return video_accuracies(common.sum_over_hosts(counts))
+
+    def describe(self, metrics) -> str:
+        return (
+            f"multi-view: clip accuracy {metrics['clip_accuracy']:.4f}, video accuracy "
+            f"{metrics['video_accuracy']:.4f}"
+        )

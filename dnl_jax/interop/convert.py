@@ -1,6 +1,6 @@
 """Convert a PyTorch (mmseg / open-mmlab) checkpoint into an orbax checkpoint of dnl_jax variables.
 
-    python -m dnl_jax.interop.convert IN.pth OUT_DIR --model dnl_r50-d8 [--partial]
+    python -m dnl_jax.cli.convert IN.pth OUT_DIR --model dnl_r50-d8 [--partial]
 
 Writes `OUT_DIR/state` (an orbax `StandardCheckpointer` PyTree `{'params', 'batch_stats'}`, what
 the trainer's `--config.init_from=OUT_DIR` and the evaluator load) and `OUT_DIR/conversion.json`
@@ -27,11 +27,8 @@ or a checkpoint with another number of classes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -39,10 +36,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dnl_jax import tasks
-from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.interop import mapping, mmaction, mmdet, segmentor
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
-from dnl_jax.interop.mapping import ConversionError
 
 
 def _num_classes(state_dict: dict, given: int | None) -> int:
@@ -214,61 +209,15 @@ def _fresh_variables(module: Any, seed: int) -> dict:
     return jax.tree.map(np.asarray, mapping.plain_dict(init(keys, images)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dnl_jax.interop.convert",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("checkpoint", help=".pth/.pt/.safetensors (no pickled code is run)")
-    parser.add_argument("out_dir", help="output directory; OUT_DIR/state is the orbax checkpoint")
-    parser.add_argument("--model", default="auto", help="registry name, or 'auto' (default)")
-    parser.add_argument("--num-classes", type=int, default=None)
-    parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16, 32))
-    parser.add_argument(
-        "--partial", action="store_true", help="load the matching tensors only; initialise the rest"
-    )
-    parser.add_argument(
-        "--nl-mode",
-        default="embedded_gaussian",
-        choices=("embedded_gaussian", "dot_product"),
-        help="mmaction2 video checkpoints: the non-local blocks' mode",
-    )
-    parser.add_argument(
-        "--abn",
-        default="auto",
-        choices=("auto", "true", "false"),
-        help="mmdet checkpoints: whether the batch norms are In-Place ABN (the "
-        "official DNL detection checkpoints' SyncABN; auto: v1 norms without "
-        "num_batches_tracked are; 'true' for inplace_abn >= 1.1 checkpoints)",
-    )
-    add_log_level_argument(parser)
-    args = parser.parse_args(argv)
-    set_library_log_level(args.log_level)
-    try:
-        summary = convert(
-            args.checkpoint,
-            args.out_dir,
-            model=args.model,
-            num_classes=args.num_classes,
-            output_stride=args.output_stride,
-            partial=args.partial,
-            nl_mode=args.nl_mode,
-            abn={"auto": None, "true": True, "false": False}[args.abn],
-        )
-    except ValueError as error:
-        hint = "\n(strict=False is --partial here.)" if isinstance(error, ConversionError) else ""
-        print(f"error: {error}{hint}", file=sys.stderr)
-        return 2
-    state_dir = os.path.join(os.path.abspath(args.out_dir), "state")
-    print(
-        f"wrote {state_dir}: loaded {summary['loaded']} of the model's "
-        f"{summary['model_tensors']} tensors; missing {len(summary['missing'])}, unexpected "
-        f"{len(summary['unexpected'])}, mis-shaped {len(summary['mismatched'])} (details in "
-        "conversion.json)"
-    )
-    return 0
+def main(argv=None) -> int:
+    """Deprecated (one release, CHANGELOG.md): the command is `dnl_jax.cli.convert.main`."""
+    import importlib
+
+    return importlib.import_module("dnl_jax.cli.convert").main(argv)
 
 
+# The old command path, python -m dnl_jax.interop.convert:
 if __name__ == "__main__":
-    sys.exit(main())
+    import runpy
+
+    runpy.run_module("dnl_jax.cli.convert", run_name="__main__", alter_sys=True)

@@ -1,6 +1,6 @@
 """Convert a downloaded ImageNet backbone (PyTorch) into what the trainer loads.
 
-    python -m dnl_jax.interop.pretrained NAME DOWNLOADED_FILE [--pretrained_dir pretrained]
+    python -m dnl_jax.cli.pretrained NAME DOWNLOADED_FILE [--pretrained_dir pretrained]
 
 NAME is a key of `dnl_jax.train.initialisation.BACKBONES` (`resnet50_v1c`, `resnet101_v1c`,
 `torchvision_resnet50`, `deepbase_resnet101`); each names its published file and URL. Writes
@@ -14,20 +14,16 @@ elsewhere, `--config.model.pretrained_dir=...`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint
 from dnl_jax.interop.segmentor import CLASSIFIER_PREFIXES, resnet_depth, resnet_v1c_to_flax
 from dnl_jax.interop.torchvision import torchvision_resnet_to_flax
-from dnl_jax.train.initialisation import BACKBONES, PretrainedBackbone
+from dnl_jax.train.initialisation import PretrainedBackbone
 
 # The official DNL code's deep-stem ResNet (torchcv `deepbase_resnet*`, an nn.Sequential called
 # `prefix`, which its loader also accepts without the prefix) → mmcv ResNetV1c's `stem.N`.
@@ -97,39 +93,15 @@ def convert_backbone(spec: PretrainedBackbone, in_path: str, pretrained_dir: str
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dnl_jax.interop.pretrained",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("name", help=f"one of {sorted(BACKBONES)}")
-    parser.add_argument("checkpoint", help="the downloaded .pth (no pickled code is run)")
-    parser.add_argument(
-        "--pretrained_dir",
-        default="pretrained",
-        help="folder of converted backbones (config.model.pretrained_dir)",
-    )
-    add_log_level_argument(parser)
-    args = parser.parse_args(argv)
-    set_library_log_level(args.log_level)
-    if args.name not in BACKBONES:
-        print(
-            f"error: unknown backbone {args.name!r}; choose one of {sorted(BACKBONES)}.",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        summary = convert_backbone(BACKBONES[args.name], args.checkpoint, args.pretrained_dir)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {os.path.join(os.path.abspath(args.pretrained_dir), args.name)}: "
-        f"{summary['loaded']} tensors of the ResNet-{summary['depth']} ({summary['layout']})"
-    )
-    return 0
+def main(argv=None) -> int:
+    """Deprecated (one release, CHANGELOG.md): the command is `dnl_jax.cli.pretrained.main`."""
+    import importlib
+
+    return importlib.import_module("dnl_jax.cli.pretrained").main(argv)
 
 
+# The old command path, python -m dnl_jax.interop.pretrained:
 if __name__ == "__main__":
-    sys.exit(main())
+    import runpy
+
+    runpy.run_module("dnl_jax.cli.pretrained", run_name="__main__", alter_sys=True)

@@ -9,7 +9,8 @@ Segmentation, with C the `[K, K]` confusion matrix (rows = truth, columns = pred
 Classification (video clips): top-1 accuracy = correct / count.
 
 Each task's bundle (`registry.ModelBundle`) carries its finaliser and the metric that ranks
-checkpoints (`best_metric`); `describe` is the console line for any of these results.
+checkpoints (`best_metric`), and its console line (`describe_metrics`: the `describe_*` here
+for segmentation and video, the detector's own in tasks/detection.py).
 """
 
 from __future__ import annotations
@@ -61,30 +62,20 @@ def accuracy_from_counts(sums: Mapping) -> dict:
     }
 
 
-def describe(metrics: Mapping) -> str:
-    """One console line for val metrics of any evaluator (by the keys present)."""
-    parts = []
-    if "miou" in metrics:
-        parts.append(
-            f"val mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}"
-        )
-    if "accuracy" in metrics:
-        parts.append(f"val top-1 accuracy (1 clip per video) {metrics['accuracy']:.4f}")
-    if "video_accuracy" in metrics:
-        parts.append(
-            f"multi-view: clip accuracy {metrics['clip_accuracy']:.4f}, video accuracy "
-            f"{metrics['video_accuracy']:.4f}"
-        )
-    if "bbox_AP" in metrics:
-        parts.append(f"val box AP {metrics['bbox_AP']:.4f} (AP50 {metrics['bbox_AP50']:.4f})")
-    if "segm_AP" in metrics:
-        parts.append(f"mask AP {metrics['segm_AP']:.4f} (AP50 {metrics['segm_AP50']:.4f})")
-    return "; ".join(parts) or "no metrics"
+def describe_segmentation(metrics: Mapping) -> str:
+    """The console line of `metrics_from_confusion`'s result."""
+    return f"val mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}"
+
+
+def describe_accuracy(metrics: Mapping) -> str:
+    """The console line of `accuracy_from_counts`' result (the batched view of each video)."""
+    return f"val top-1 accuracy (1 clip per video) {metrics['accuracy']:.4f}"
 
 
 __all__ = [
     "metrics_from_confusion",
     "segmentation_metrics_from_sums",
     "accuracy_from_counts",
-    "describe",
+    "describe_segmentation",
+    "describe_accuracy",
 ]

@@ -29,7 +29,7 @@ evaluator `evals.val` (type 'coco').
 Video recipes set config.data.video: clip_len, frame_stride, short_side_range, a square
 crop_size; and the one-clip evaluator `evals.val` (type
 'batched') and the test views of `evals.val_multi_view` (type 'multi_view': num_clips,
-num_crops, short_side; run at the end of training and by `python -m dnl_jax.evaluate`).
+num_crops, short_side; run at the end of training and by `python -m dnl_jax.cli.evaluate`).
 """
 
 from __future__ import annotations
@@ -37,13 +37,8 @@ from __future__ import annotations
 import ml_collections
 
 from dnl_jax.data import ade20k, cityscapes, pascal_context
-from dnl_jax.train.config import (
-    base_config,
-    batched_eval,
-    coco_eval,
-    multi_view_eval,
-    segmentation_eval,
-)
+from dnl_jax.evaluators import section
+from dnl_jax.train.config import base_config
 
 NUM_CLASSES = {
     "cityscapes": len(cityscapes.CLASSES),
@@ -120,8 +115,9 @@ def segmentation_recipe(
     c.optimizer.poly_power = 0.9
     c.optimizer.min_lr = 1e-4
     c.optimizer.warmup_steps = 0
-    c.evals.val = segmentation_eval(
-        max(1, total_steps // 10),
+    c.evals.val = section(
+        "segmentation",
+        every_steps=max(1, total_steps // 10),
         mode=eval_mode,
         crop_size=eval_crop_size or (0, 0),
         stride=eval_stride or (0, 0),
@@ -303,8 +299,8 @@ def video_recipe(
     c.optimizer.weight_decay = 1e-4
     c.optimizer.poly_power = 0.9
     c.optimizer.min_lr = 0.0
-    c.evals.val = batched_eval(max(1, total_steps // 10), short_side=256)
-    c.evals.val_multi_view = multi_view_eval(num_clips=10, num_crops=3, short_side=256)
+    c.evals.val = section("batched", every_steps=max(1, total_steps // 10), short_side=256)
+    c.evals.val_multi_view = section("multi_view", num_clips=10, num_crops=3, short_side=256)
     c.checkpoint.every_steps = max(1, total_steps // 10)
     c.checkpoint.every_seconds = SAVE_EVERY_SECONDS
     c.log_every_steps = 50
@@ -379,7 +375,7 @@ def coco_mask_rcnn(
     c.optimizer.warmup_steps = 500
     c.optimizer.warmup_ratio = 1 / 3
     c.optimizer.frozen = FROZEN_STEM_AND_STAGE_1
-    c.evals.val = coco_eval(every_steps=0, batch_size=8)
+    c.evals.val = section("coco", every_steps=0, batch_size=8)
     c.checkpoint.every_steps = steps_per_epoch
     c.checkpoint.every_seconds = SAVE_EVERY_SECONDS
     c.log_every_steps = 50

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from dnl_jax.train.config import base_config, batched_eval, coco_eval
+from dnl_jax.evaluators import section
+from dnl_jax.train.config import base_config
 
 SYNTHETIC_ABLATION_MODELS = {
     "dnl": "dnl_tiny",
@@ -46,7 +47,7 @@ def synthetic_config(model: str = "dnl_tiny") -> ml_collections.ConfigDict:
     config.optimizer.lr = 0.1
     config.optimizer.min_lr = 1e-4
     config.optimizer.warmup_steps = 10
-    config.evals.val = batched_eval(every_steps=250, batch_size=64)
+    config.evals.val = section("batched", every_steps=250, batch_size=64)
     config.log_every_steps = 10
     config.checkpoint.every_steps = 250
     return config
@@ -74,7 +75,7 @@ def synthetic_detection_config(model: str = "mask_rcnn_dnl_tiny") -> ml_collecti
     config.optimizer.decay_steps = (200, 275)
     config.optimizer.warmup_steps = 50
     config.optimizer.warmup_ratio = 1 / 3
-    config.evals.val = coco_eval(every_steps=0, batch_size=16)
+    config.evals.val = section("coco", every_steps=0, batch_size=16)
     config.log_every_steps = 10
     config.checkpoint.every_steps = 100
     return config

@@ -1,8 +1,11 @@
-"""The tasks: one module each, and the two lookups everything else uses.
+"""The tasks: one module each, the table of them, and the one way to build a model.
 
-    task = tasks.for_dataset(config.data.name)    # the task of a dataset
-    task = tasks.for_model(config.model.name)     # the task of a registered model
-    bundle = tasks.get_model('dnl_r50-d8', num_classes=19)
+    built = tasks.build(config)                   # task, model bundle, host module, init
+    bundle = tasks.get_model('dnl_r50-d8', num_classes=19)   # a registered model by name
+
+`build` (tasks/build.py) is what the entry points (train, evaluate, analyze, the benchmarks)
+call, once; they pass `built.task` and the bundle down. `for_dataset` / `for_model` (tasks/table.py)
+are the lookups by name that `build` uses.
 
     name            module            datasets                                  evaluators
     'segmentation'  segmentation.py   synthetic, cityscapes, ade20k,            batched (synthetic),
@@ -13,7 +16,7 @@
 A task (`base.Task`) owns its datasets, its checks of `config.data`, its sources and training
 transform, the shape of one input, its evaluation source, its model options and bundles, its
 end-of-training figure and its analysis inputs. Adding a task is one new module with a `Task`
-subclass and one line in `TASKS` below (and its models' lines in models/registry.py).
+subclass and one line in `TASKS` (tasks/table.py; and its models' lines in models/registry.py).
 """
 
 from __future__ import annotations
@@ -23,18 +26,10 @@ from typing import Any
 import ml_collections
 
 from dnl_jax.models import registry
-from dnl_jax.tasks import detection, segmentation, video
 from dnl_jax.tasks.base import ModelBundle, Task
+from dnl_jax.tasks.build import Built, build, bundle_of
+from dnl_jax.tasks.table import DATASETS, TASKS, for_dataset, for_model
 
-TASKS: dict[str, Task] = {
-    task.name: task
-    for task in (
-        segmentation.TASK,
-        video.TASK,
-        detection.TASK,
-    )
-}
-DATASETS: tuple[str, ...] = tuple(name for task in TASKS.values() for name in task.datasets)
 SYNTHETIC_DATASETS: tuple[str, ...] = tuple(
     name for task in TASKS.values() for name in task.synthetic
 )
@@ -53,10 +48,9 @@ def _normalised(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-def check_unused_sections(data) -> None:
+def check_unused_sections(data, task: Task) -> None:
     """ValueError for an override in a `config.data` section that the run does not read (e.g.
-    config.data.detection.canvas on Cityscapes), naming the active task and what it reads."""
-    task = for_dataset(data.name)
+    config.data.detection.canvas on Cityscapes), naming the active `task` and what it reads."""
     read = task.sections_read(data)
     for section, defaults in data_sections().items():
         if section in read:
@@ -71,29 +65,16 @@ def check_unused_sections(data) -> None:
                 )
 
 
-def applicable(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of `config` without the `config.data` sections the run does not read (what the
-    run's config.json records)."""
+def applicable(config: ml_collections.ConfigDict, task: Task) -> ml_collections.ConfigDict:
+    """A copy of `config` without the `config.data` sections the run (of `task`) does not read
+    (what the run's config.json records)."""
     copy = ml_collections.ConfigDict(config.to_dict())
-    read = for_dataset(config.data.name).sections_read(config.data)
+    read = task.sections_read(config.data)
     with copy.unlocked():
         for section in data_sections():
             if section not in read:
                 del copy.data[section]
     return copy
-
-
-def for_dataset(name: str) -> Task:
-    """The task whose datasets include `name` (ValueError listing `DATASETS`)."""
-    for task in TASKS.values():
-        if name in task.datasets:
-            return task
-    raise ValueError(f"config.data.name={name!r}; choose one of {DATASETS}.")
-
-
-def for_model(name: str) -> Task:
-    """The task of the registered model `name` (ValueError listing `MODEL_NAMES`)."""
-    return TASKS[registry.lookup(name)[0]]
 
 
 def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
@@ -102,24 +83,7 @@ def get_model(name: str, num_classes: int, **overrides) -> ModelBundle:
     Raises ValueError for an unknown name (listing `MODEL_NAMES`), an unknown override (listing
     the valid ones: the keys of the task's `model_defaults`) or an invalid value.
     """
-    task_name, entry = registry.lookup(name)
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}.")
-    task = TASKS[task_name]
-    return task.build_bundle(name, num_classes, task.model_settings(name, entry, overrides))
-
-
-def check_model_task(model_name: str, data_name: str) -> None:
-    """ValueError when the model's task is not the dataset's (a segmentation model on videos, or
-    the reverse), suggesting a model of the dataset's task."""
-    model_task, data_task = for_model(model_name), for_dataset(data_name)
-    if model_task is not data_task:
-        raise ValueError(
-            f"config.model.name={model_name!r} is a {model_task.name} model but "
-            f"config.data.name={data_name!r} is a {data_task.name} dataset; choose "
-            f"a {data_task.name} model, e.g. "
-            f"--config.model.name={data_task.example_model}."
-        )
+    return bundle_of(for_model(name), name, num_classes, overrides)
 
 
 def summary(name: str, input_shape, num_classes: int = 19, *, print_fn=print, **overrides) -> dict:
@@ -145,7 +109,8 @@ __all__ = [
     "for_dataset",
     "for_model",
     "get_model",
-    "check_model_task",
+    "build",
+    "Built",
     "summary",
     "data_sections",
     "check_unused_sections",

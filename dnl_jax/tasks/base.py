@@ -4,8 +4,9 @@ A task (segmentation, video, detection: one module each in this package) owns ev
 differs between them: its datasets, its `config.data.<task>` section and the checks of it, its
 sources and training transform, the shape of one input, its evaluation source, its model
 bundles (loss, metric finalisation, the console line), its end-of-training figure and its
-analysis inputs. `dnl_jax.tasks.for_dataset(name)` and `for_model(name)` are the lookups; the
-trainer, the evaluators and the commands code against `Task` and `ModelBundle` only.
+analysis inputs. `dnl_jax.tasks.build(config)` resolves a config's task and model once, at the
+entry point; the trainer, the evaluators and the commands code against `Task`, `ModelBundle`
+and `EvalInputs` only.
 
 Bundle contract (what the trainer codes against):
 
@@ -44,6 +45,7 @@ import flax.linen as nn
 import jax
 
 from dnl_jax import IGNORE_LABEL
+from dnl_jax.data import datasets as data_datasets
 from dnl_jax.models import metrics
 
 
@@ -63,7 +65,8 @@ class ModelBundle:
       loss_ratios_fn: `(outputs, batch) -> {name: (numerator, denominator)}`.
       loss_weights: `{name: weight}`, the loss = Σ weight · ratio over the names present.
       loss_selection_fn: `(outputs, batch) -> {key: array}` or None (see the module docstring).
-      finalize_metrics: `summed metrics_fn counts -> {name: value}` (the val metrics).
+      finalize_metrics: `summed metrics_fn counts -> {name: value}` (the val metrics), and
+        `describe_metrics` their console line.
       best_metric: the key of `finalize_metrics`' result that ranks checkpoints (higher is
         better), and `metric_label` its name on figures.
       pad_label: the label of evaluation-batch padding, which `metrics_fn` does not count.
@@ -87,12 +90,47 @@ class ModelBundle:
     loss_weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
     loss_selection_fn: Callable[[Mapping, Mapping], dict] | None = None
     finalize_metrics: Callable[[Mapping], dict] = metrics.segmentation_metrics_from_sums
+    describe_metrics: Callable[[Mapping], str] = metrics.describe_segmentation
     best_metric: str = "miou"
     metric_label: str = "val mIoU"
     pad_label: int = IGNORE_LABEL
     example_unit: str = "image"
     train_forward: Callable[[Mapping, Mapping, Mapping], tuple[Any, Mapping]] | None = None
     init_fn: Callable[[Mapping, jax.Array], Mapping] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalInputs:
+    """What a task hands its evaluators for one dataset (through `EvalContext`): the kind of its
+    evaluation examples and the hooks that make them model inputs. An evaluator declares the
+    kinds it accepts (`Evaluator.INPUTS`) and reads nothing else of the task or of `config.data`.
+
+    Attributes:
+      kind: 'scenes' (model-ready, one size: the drawn scenes), 'images' (prepared images of
+        their own sizes, with label maps), 'videos' (decoded clips) or 'detection'.
+      task: the task's name, and `dataset` the dataset's (`config.data.name`), for messages.
+      num_classes: K.
+      label_check: `batch -> batch` check of the class labels of evaluation batches, or None.
+      num_examples: the val examples when known before the split is opened (drawn scenes), and
+        `num_examples_key` the config key that sets it; None otherwise.
+      base_size: (h, w) that 'images' are resized to (aspect kept) before inference, or None.
+      write_prediction: `(prediction uint8 [H, W], name, output_dir) -> path` writing one
+        prediction in the benchmark's submission ids and file name ('images'), or None.
+      view_settings: `(num_clips, num_crops, short_side) -> transforms.video_eval_views kwargs`
+        ('videos'), and `check_short_side(evaluator name, short_side)` its check; None otherwise.
+    """
+
+    kind: str
+    task: str
+    dataset: str
+    num_classes: int
+    label_check: Callable[[dict], dict] | None = None
+    num_examples: int | None = None
+    num_examples_key: str = ""
+    base_size: tuple[int, int] | None = None
+    write_prediction: Callable[[Any, str, str], str] | None = None
+    view_settings: Callable[[int, int, int], dict] | None = None
+    check_short_side: Callable[[str, int], None] | None = None
 
 
 def drawn_image_shape(data) -> tuple[int, int, int]:
@@ -107,13 +145,21 @@ class Task:
     own section)."""
 
     name: str = ""
-    datasets: tuple[str, ...] = ()  # the `config.data.name`s of this task
-    synthetic: tuple[str, ...] = ()  # of those, the scenes drawn in memory (nothing to prepare)
     input_key: str = "image"  # the batch key of the model's inputs
     example_model: str = ""  # a model to suggest when the config's model is of another task
     # Every model option of the task with its default; the options a config may override are
     # exactly these keys (`model_settings`).
     model_defaults: Mapping[str, Any] = {}
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The `config.data.name`s of this task: the units of `data.datasets` whose task it is."""
+        return data_datasets.of_task(self.name)
+
+    @property
+    def synthetic(self) -> tuple[str, ...]:
+        """Of `datasets`, the scenes drawn in memory (nothing to prepare)."""
+        return data_datasets.of_task(self.name, drawn=True)
 
     def config_sections(self) -> dict[str, dict]:
         """The `config.data` sections this task contributes: {section name: {key: default}}."""
@@ -124,8 +170,9 @@ class Task:
         defaults, and config.json leaves them out)."""
         raise NotImplementedError
 
-    def eval_types(self, data) -> tuple[str, ...]:
-        """The evaluator types (`config.evals.<name>.type`) that apply to `data.name`."""
+    def eval_inputs(self, data) -> EvalInputs:
+        """What the evaluators of a run on `data.name` get (`EvalInputs`); the evaluator types
+        that apply are those whose `INPUTS` include its `kind`."""
         raise NotImplementedError
 
     def check_data(self, config) -> None:
@@ -186,12 +233,12 @@ class Task:
         return None
 
     def analysis_examples(self, config, split: str, num_images: int) -> list[dict]:
-        """Up to `num_images` examples of `split` as model inputs, for `dnl_jax.analyze`."""
+        """Up to `num_images` examples of `split` as model inputs, for `dnl_jax.cli.analyze`."""
         del config, split, num_images
         raise ValueError(
-            f"the attention analysis (python -m dnl_jax.analyze) reads segmentation "
+            f"the attention analysis (python -m dnl_jax.cli.analyze) reads segmentation "
             f"and video models; {self.name} models are not analysed."
         )
 
 
-__all__ = ["ModelBundle", "Task", "drawn_image_shape"]
+__all__ = ["EvalInputs", "ModelBundle", "Task", "drawn_image_shape"]

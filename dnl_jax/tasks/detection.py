@@ -25,18 +25,16 @@ from typing import Any
 
 import jax
 
-from dnl_jax.data import coco, detection_transforms, pipeline
+from dnl_jax.data import coco, datasets, detection_transforms, pipeline
 from dnl_jax.data.sources import Subset
 from dnl_jax.data.synthetic_detection import SyntheticDetection
 from dnl_jax.models import losses as model_losses
 from dnl_jax.models.detection import losses, targets
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from dnl_jax.models.residual import ARCH_SETTINGS, ContextSpec
-from dnl_jax.tasks.base import ModelBundle, Task, drawn_image_shape
+from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task, drawn_image_shape
 from dnl_jax.tasks.segmentation import SEGMENTATION_SCENE_KEYS, SYNTHETIC_SECTION
 
-SYNTHETIC = ("synthetic_detection",)  # reads config.data.synthetic (tasks/segmentation.py)
-DATASETS = SYNTHETIC + ("coco",)
 # config.data.detection, the prepared datasets (COCO): resize keep-ratio to base_size (long,
 # short), e.g. mmdet's (1333, 800); pad to a fixed canvas (h, w), a multiple of 32 that holds
 # every resized image (static shapes); at most max_instances ground-truth objects per image (the
@@ -176,6 +174,14 @@ def init_fn(module: MaskRCNN):
     return init
 
 
+def describe_metrics(metrics: Mapping) -> str:
+    """The console line of the COCO evaluator's metrics (box AP, and mask AP when scored)."""
+    parts = [f"val box AP {metrics['bbox_AP']:.4f} (AP50 {metrics['bbox_AP50']:.4f})"]
+    if "segm_AP" in metrics:
+        parts.append(f"mask AP {metrics['segm_AP']:.4f} (AP50 {metrics['segm_AP50']:.4f})")
+    return "; ".join(parts)
+
+
 def finalize_metrics(metrics: Mapping) -> dict:
     """The COCO evaluator returns final metrics already."""
     return dict(metrics)
@@ -202,6 +208,12 @@ class DetectionEvalSource:
         return coco.coco_ground_truth(self.raw)
 
 
+def _drawn(data) -> bool:
+    """Whether `data.name` is drawn in memory (reads config.data.synthetic, as the segmentation
+    scenes do) rather than read from files (reads config.data.detection)."""
+    return datasets.get(data.name).drawn
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -222,8 +234,6 @@ class Detection(Task):
     """Instance detection and segmentation (module docstring)."""
 
     name = "detection"
-    datasets = DATASETS
-    synthetic = SYNTHETIC
     input_key = "image"
     example_model = "mask_rcnn_r50_fpn_dnl_c4"
     model_defaults = MODEL_DEFAULTS
@@ -232,14 +242,16 @@ class Detection(Task):
         return {"detection": SECTION}
 
     def sections_read(self, data) -> tuple[str, ...]:
-        return ("synthetic",) if data.name in SYNTHETIC else ("detection",)
+        return ("synthetic",) if _drawn(data) else ("detection",)
 
-    def eval_types(self, data) -> tuple[str, ...]:
-        return ("coco",)
+    def eval_inputs(self, data) -> EvalInputs:
+        return EvalInputs(
+            kind="detection", task=self.name, dataset=data.name, num_classes=int(data.num_classes)
+        )
 
     def check_data(self, config) -> None:
         data = config.data
-        if data.name in SYNTHETIC:
+        if _drawn(data):
             self._check_synthetic(config)
             return
         section = data.detection
@@ -297,7 +309,7 @@ class Detection(Task):
     def sources(self, data):
         """The synthetic scenes; or COCO's training split (mmdet's filter_empty_gt / min_size 32
         filter when `filter_empty_gt`) and its val split as evaluation inputs."""
-        if data.name in SYNTHETIC:
+        if _drawn(data):
             drawn = data.synthetic
             common = dict(
                 image_size=drawn.image_size,
@@ -309,7 +321,7 @@ class Detection(Task):
                 SyntheticDetection(drawn.num_train, split="train", **common),
                 SyntheticDetection(drawn.num_val, split="val", **common),
             )
-        train, val = pipeline.prepared_sources(data)
+        train, val = datasets.get(data.name).sources(data)
         if data.detection.filter_empty_gt:
             train = Subset(train, coco.train_indices(train))
         return train, self._eval_inputs(data, val)
@@ -320,17 +332,17 @@ class Detection(Task):
         )
 
     def eval_source(self, data, split: str):
-        if data.name in SYNTHETIC:
+        if _drawn(data):
             return pipeline.synthetic_val(self.sources(data), split)
-        return self._eval_inputs(data, pipeline.prepared_split(data, split))
+        return self._eval_inputs(data, datasets.get(data.name).split(data, split))
 
     def example_shape(self, data) -> tuple[int, ...]:
-        if data.name in SYNTHETIC:
+        if _drawn(data):
             return drawn_image_shape(data)
         return (*(int(v) for v in data.detection.canvas), 3)
 
     def train_transform(self, data):
-        if data.name in SYNTHETIC:
+        if _drawn(data):
             return None
         section = data.detection
         return detection_transforms.DetectionTrainTransform(
@@ -355,6 +367,7 @@ class Detection(Task):
             loss_ratios_fn=loss_ratios_are_outputs,
             loss_weights=losses.LOSS_WEIGHTS,
             finalize_metrics=finalize_metrics,
+            describe_metrics=describe_metrics,
             best_metric=BEST_METRIC,
             metric_label="val box AP",
             pad_label=-1,
@@ -381,7 +394,6 @@ __all__ = [
     "CONTEXT_STAGES",
     "MODEL_DEFAULTS",
     "MODULE_OVERRIDES",
-    "DATASETS",
     "context_block_indices",
     "build_module",
 ]

@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from dnl_jax import IGNORE_LABEL
-from dnl_jax.data import pipeline, transforms
-from dnl_jax.data.regions import RegionScenes
-from dnl_jax.data.synthetic import SyntheticSegmentation
+from dnl_jax.data import datasets, pipeline
 from dnl_jax.models import losses, segmentor
-from dnl_jax.tasks.base import ModelBundle, Task, drawn_image_shape
-
-SYNTHETIC = ("synthetic",)
-PREPARED = ("cityscapes", "ade20k", "pascal_context")  # python -m dnl_jax.data.prepare NAME
-SCENES = {"beacon": SyntheticSegmentation, "regions": RegionScenes}  # data.synthetic.scenes
+from dnl_jax.tasks import segmentation_inputs as inputs
+from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task
 
 # config.data.synthetic: the drawn scenes (both tasks' synthetic datasets read it; `scenes` and
 # `ignore_fraction` are the segmentation scenes' own): image side, scenes per split, noise, which
@@ -101,28 +96,10 @@ def _dnl_head_kwargs(settings: Mapping) -> dict:
     return terms
 
 
-def figure_preprocess(data) -> Callable[[dict], dict] | None:
-    """`example -> {'image': model input, 'label', 'display'}` for drawing the attention maps of
-    a prepared dataset's raw val examples: resized to `base_size` (aspect kept, label by nearest
-    neighbour) and normalised as in evaluation. None for the synthetic scenes, which are drawn
-    already normalised."""
-    if data.name in SYNTHETIC:
-        return None
-    base_size = tuple(data.segmentation.base_size)
-
-    def preprocess(example: dict) -> dict:
-        image, label = transforms.resize_keep_ratio(example["image"], example["label"], base_size)
-        return {"image": transforms.normalize(image), "label": label, "display": image}
-
-    return preprocess
-
-
 class Segmentation(Task):
     """Per-pixel classification (module docstring)."""
 
     name = "segmentation"
-    datasets = SYNTHETIC + PREPARED
-    synthetic = SYNTHETIC
     input_key = "image"
     example_model = "dnl_r50-d8"
     model_defaults = MODEL_DEFAULTS
@@ -130,86 +107,34 @@ class Segmentation(Task):
     def config_sections(self) -> dict[str, dict]:
         return {"synthetic": SYNTHETIC_SECTION, "segmentation": SECTION}
 
-    def sections_read(self, data) -> tuple[str, ...]:
-        return ("synthetic",) if data.name in SYNTHETIC else ("segmentation",)
+    def _inputs(self, data) -> tuple[inputs.SegmentationInputs, datasets.Dataset]:
+        """The implementation for `data.name` (drawn scenes or dataset images) and its unit."""
+        dataset = datasets.get(data.name)
+        return (inputs.DRAWN if dataset.drawn else inputs.IMAGES), dataset
 
-    def eval_types(self, data) -> tuple[str, ...]:
-        # Synthetic scenes are model-ready at one size; prepared images have their own sizes.
-        return ("batched",) if data.name in SYNTHETIC else ("segmentation",)
+    def sections_read(self, data) -> tuple[str, ...]:
+        return (self._inputs(data)[0].section,)
+
+    def eval_inputs(self, data) -> EvalInputs:
+        implementation, dataset = self._inputs(data)
+        return implementation.eval_inputs(data, dataset, task=self.name)
 
     def check_data(self, config) -> None:
-        data = config.data
-        if data.name in SYNTHETIC:
-            scenes = data.synthetic
-            _require(
-                data.num_classes >= 5 and data.num_classes % 2 == 1,
-                f"config.data.num_classes={data.num_classes}: the synthetic scenes need an "
-                "odd number >= 5 (background, two beacon classes, two classes per colour), "
-                "e.g. 7.",
-            )
-            _require(
-                scenes.scenes in SCENES,
-                f"config.data.synthetic.scenes={scenes.scenes!r}; choose one of {tuple(SCENES)}.",
-            )
-            _require(
-                scenes.num_train >= config.batch_size,
-                "config.data.synthetic.num_train must be >= batch_size.",
-            )
-            return
-        section = data.segmentation
-        for key in ("crop_size", "base_size"):
-            _require(
-                _pair_ok(section[key]),
-                f"config.data.segmentation.{key}={tuple(section[key])} must be two positive sizes.",
-            )
-        low, high = section.ratio_range
-        _require(
-            0 < low <= high,
-            f"config.data.segmentation.ratio_range="
-            f"{tuple(section.ratio_range)} must be (low, high) with 0 < low <= high.",
-        )
-        _require(
-            0 < section.cat_max_ratio <= 1,
-            "config.data.segmentation.cat_max_ratio must be in (0, 1].",
-        )
+        self._inputs(config.data)[0].check(config)
 
     def sources(self, data):
-        if data.name not in SYNTHETIC:
-            return pipeline.prepared_sources(data)
-        drawn = data.synthetic
-        common = dict(
-            image_size=drawn.image_size,
-            num_classes=data.num_classes,
-            seed=data.seed,
-            noise=drawn.noise,
-            ignore_fraction=drawn.ignore_fraction,
-        )
-        scenes = SCENES[drawn.scenes]
-        return (
-            scenes(drawn.num_train, split="train", **common),
-            scenes(drawn.num_val, split="val", **common),
-        )
+        implementation, dataset = self._inputs(data)
+        return implementation.sources(data, dataset)
 
     def eval_source(self, data, split: str):
-        if data.name in SYNTHETIC:
-            return pipeline.synthetic_val(self.sources(data), split)
-        return pipeline.prepared_split(data, split, with_names=True)
+        implementation, dataset = self._inputs(data)
+        return implementation.eval_source(data, dataset, split)
 
     def example_shape(self, data) -> tuple[int, ...]:
-        if data.name in SYNTHETIC:
-            return drawn_image_shape(data)
-        return (*(int(v) for v in data.segmentation.crop_size), 3)
+        return self._inputs(data)[0].example_shape(data)
 
     def train_transform(self, data):
-        if data.name in SYNTHETIC:
-            return None  # drawn normalised at their final size, padded ground truth included
-        section = data.segmentation
-        return transforms.SegmentationTrainTransform(
-            crop_size=tuple(section.crop_size),
-            base_size=tuple(section.base_size),
-            ratio_range=tuple(section.ratio_range),
-            cat_max_ratio=float(section.cat_max_ratio),
-        )
+        return self._inputs(data)[0].train_transform(data)
 
     def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]) -> ModelBundle:
         head_kwargs = _dnl_head_kwargs(settings)
@@ -276,16 +201,15 @@ class Segmentation(Task):
             variables,
             source,
             num_classes=data.num_classes,
-            preprocess=figure_preprocess(data),
+            preprocess=self._inputs(data)[0].figure_preprocess(data),
         )
 
     def analysis_examples(self, config, split: str, num_images: int) -> list[dict]:
-        data = config.data
-        if data.name in SYNTHETIC:
-            source = dict(zip(("train", "val"), self.sources(data), strict=False))[split]
-        else:
-            source = pipeline.prepared_split(data, split)
-        return pipeline.first_examples(source, num_images, figure_preprocess(data))
+        implementation, dataset = self._inputs(config.data)
+        source = implementation.analysis_source(config.data, dataset, split)
+        return pipeline.first_examples(
+            source, num_images, implementation.figure_preprocess(config.data)
+        )
 
 
 TASK = Segmentation()
@@ -296,7 +220,4 @@ __all__ = [
     "MODEL_DEFAULTS",
     "SECTION",
     "SYNTHETIC_SECTION",
-    "SYNTHETIC",
-    "PREPARED",
-    "figure_preprocess",
 ]

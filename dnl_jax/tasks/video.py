@@ -15,15 +15,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from dnl_jax.data import pipeline, transforms
+from dnl_jax.data import datasets, pipeline, transforms
 from dnl_jax.models import losses, metrics
 from dnl_jax.models.video import build_video_classifier
-from dnl_jax.tasks.base import ModelBundle, Task
-
-# python -m dnl_jax.data.prepare NAME, and the split each validates on during training (UCF101
-# has the official train / test lists only).
-VAL_SPLITS = {"kinetics": "val", "ucf101": "test"}
-DATASETS = tuple(VAL_SPLITS)
+from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task
 
 # config.data.video: clips of clip_len frames every frame_stride-th frame, short side rescaled to
 # U[short_side_range], a square crop of crop_size, horizontal flip.
@@ -124,7 +119,6 @@ class Video(Task):
     """Clip classification (module docstring)."""
 
     name = "video"
-    datasets = DATASETS
     input_key = "video"
     example_model = "dnl_i3d_r50"
     model_defaults = MODEL_DEFAULTS
@@ -135,8 +129,21 @@ class Video(Task):
     def sections_read(self, data) -> tuple[str, ...]:
         return ("video",)
 
-    def eval_types(self, data) -> tuple[str, ...]:
-        return ("batched", "multi_view")
+    def eval_inputs(self, data) -> EvalInputs:
+        def settings(num_clips: int, num_crops: int, short_side: int) -> dict:
+            return view_settings(
+                data, num_clips=num_clips, num_crops=num_crops, short_side=short_side
+            )
+
+        return EvalInputs(
+            kind="videos",
+            task=self.name,
+            dataset=data.name,
+            num_classes=int(data.num_classes),
+            label_check=self.label_check(data, "evaluation examples in a batch"),
+            view_settings=settings,
+            check_short_side=lambda name, short_side: check_short_side(name, short_side, data),
+        )
 
     def check_data(self, config) -> None:
         section = config.data.video
@@ -153,10 +160,10 @@ class Video(Task):
         )
 
     def sources(self, data):
-        return pipeline.prepared_sources(data, VAL_SPLITS[data.name])
+        return datasets.get(data.name).sources(data)  # UCF101 validates on its test split
 
     def eval_source(self, data, split: str):
-        return pipeline.prepared_split(data, split, with_names=True)
+        return datasets.get(data.name).split(data, split, with_names=True)
 
     def example_shape(self, data) -> tuple[int, ...]:
         side = crop_side(data)
@@ -185,6 +192,7 @@ class Video(Task):
             loss_ratios_fn=loss_ratios,
             loss_weights=LOSS_WEIGHTS,
             finalize_metrics=metrics.accuracy_from_counts,
+            describe_metrics=metrics.describe_accuracy,
             best_metric="accuracy",
             metric_label="val top-1 accuracy (1 clip)",
             pad_label=-1,
@@ -198,7 +206,7 @@ class Video(Task):
     def analysis_examples(self, config, split: str, num_images: int) -> list[dict]:
         preprocess = one_view_preprocess(config.data, config.evals.val.get("short_side", 0))
         return pipeline.first_examples(
-            pipeline.prepared_split(config.data, split), num_images, preprocess
+            datasets.get(config.data.name).split(config.data, split), num_images, preprocess
         )
 
 
@@ -209,7 +217,6 @@ __all__ = [
     "Video",
     "MODEL_DEFAULTS",
     "SECTION",
-    "DATASETS",
     "view_settings",
     "check_short_side",
     "one_view_preprocess",

@@ -6,7 +6,7 @@ typo on the command line (`--config.optimiser.lr=...`) is already refused by ml_
 ConfigDict built by hand and passed to `train_and_evaluate` is checked here by `validate_config`,
 which names the unknown key and suggests the closest known one. `model.kwargs` is free-form: it is
 forwarded to `dnl_jax.tasks.get_model`, which validates its own arguments; on the command line
-its entries are set with `--config.model.kwargs.NAME=VALUE` (`pop_model_kwargs_flags`).
+its entries are set with `--config.model.kwargs.NAME=VALUE` (dnl_jax/cli/flags.py).
 `evals` holds one section per evaluator, `config.evals.<name> = dict(type=..., every_steps=...,
 ...)`, each checked by its evaluator (dnl_jax/evaluators/). Keys of earlier layouts are refused
 with the new key to use (`REPLACED_KEYS`).
@@ -14,10 +14,7 @@ with the new key to use (`REPLACED_KEYS`).
 
 from __future__ import annotations
 
-import ast
 import difflib
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -80,61 +77,6 @@ MODEL_KWARGS_FLAG = "--config.model.kwargs."
 SCHEDULES = ("poly", "step")  # config.optimizer.schedule (train/step.py)
 
 
-def batched_eval(every_steps: int = 50, batch_size: int = 32, **extra) -> dict:
-    """`config.evals.<name>` of the batched evaluator (synthetic scenes, one clip per video)."""
-    return dict(type="batched", every_steps=every_steps, batch_size=batch_size, **extra)
-
-
-def segmentation_eval(
-    every_steps: int,
-    *,
-    mode: str = "whole",
-    crop_size=(0, 0),
-    stride=(0, 0),
-    scales=(1.0,),
-    flip: bool = False,
-) -> dict:
-    """`config.evals.<name>` of the per-image segmentation evaluator (prepared datasets)."""
-    return dict(
-        type="segmentation",
-        every_steps=every_steps,
-        mode=mode,
-        crop_size=tuple(crop_size),
-        stride=tuple(stride),
-        scales=tuple(scales),
-        flip=flip,
-    )
-
-
-def coco_eval(
-    every_steps: int = 0,
-    batch_size: int = 8,
-    iou_types=("bbox", "segm"),
-    write_results: bool = True,
-) -> dict:
-    """`config.evals.<name>` of the COCO box / mask AP evaluator (detection datasets)."""
-    return dict(
-        type="coco",
-        every_steps=every_steps,
-        batch_size=batch_size,
-        iou_types=tuple(iou_types),
-        write_results=write_results,
-    )
-
-
-def multi_view_eval(
-    num_clips: int = 10, num_crops: int = 3, short_side: int = 0, every_steps: int = 0
-) -> dict:
-    """`config.evals.<name>` of the multi-view video test (by default at the end only)."""
-    return dict(
-        type="multi_view",
-        every_steps=every_steps,
-        num_clips=num_clips,
-        num_crops=num_crops,
-        short_side=short_side,
-    )
-
-
 def base_config() -> ml_collections.ConfigDict:
     """All keys the trainer understands, with defaults that train the tiny demo model."""
     c = ml_collections.ConfigDict()
@@ -143,9 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "dnl_tiny"
     c.model.dtype = "float32"  # compute dtype; parameters stay float32
-    c.model.kwargs = ml_collections.ConfigDict()  # forwarded to get_model(**kwargs)
+    c.model.kwargs = ml_collections.ConfigDict()  # the model's options (tasks.build)
     # Initialisation (dnl_jax/train/initialisation.py): a converted ImageNet backbone by name
-    # (pretrained_dir/NAME, written by `python -m dnl_jax.interop.pretrained`). Real datasets
+    # (pretrained_dir/NAME, written by `python -m dnl_jax.cli.pretrained`). Real datasets
     # refuse an empty name unless from_scratch=True says so; init_from overrides both.
     c.model.pretrained = ""
     c.model.pretrained_dir = "pretrained"
@@ -155,9 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "synthetic"
     c.data.num_classes = 7
     c.data.seed = 0
-    # Prepared datasets: where `dnl_jax.data.prepare` wrote them, and the input workers: grain
-    # worker processes that decode and augment batches in parallel (0 = in this process), and
-    # read-ahead threads per process.
+    # Prepared datasets: where `python -m dnl_jax.cli.prepare` wrote them, and the input
+    # workers: grain worker processes that decode and augment batches in parallel (0 = in this
+    # process), and read-ahead threads per process.
     c.data.data_dir = "data/prepared"
     c.data.worker_processes = 0
     c.data.worker_threads = 4
@@ -213,7 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
     # at the end (every_steps=0: at the end only); written to the logs under its name. 'val'
     # ranks the checkpoints. The synthetic default: batched val scenes.
     c.evals = ml_collections.ConfigDict()
-    c.evals.val = batched_eval()
+    c.evals.val = evaluators.section("batched")
 
     c.log_every_steps = 10
     c.progress_bar = True
@@ -263,28 +205,16 @@ def check_key(path: str, known: dict[str, Any]) -> None:
         )
 
 
-def check_override_flags(argv: Sequence[str]) -> None:
-    """ValueError for a `--config.KEY=VALUE` argument whose KEY is not a key of `base_config()`
-    (checked before ml_collections parses the flags, which would end in a traceback)."""
-    known = None
-    for arg in argv:
-        if not arg.startswith(CONFIG_FLAG) or arg.startswith(MODEL_KWARGS_FLAG):
-            continue
-        path = arg[len(CONFIG_FLAG) :].partition("=")[0]
-        if known is None:
-            known = _flatten(base_config())
-        check_key(path, known)
-
-
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
 
 
 def validate_config(
-    config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int
+    config: ml_collections.ConfigDict, task: tasks.Task, *, num_devices: int, num_processes: int
 ) -> None:
-    """Checks keys, values and their combinations against the devices at hand.
+    """Checks keys, values and their combinations against the devices at hand, for the run's
+    resolved `task` (`tasks.build(config).task`: the task of config.data.name).
 
     Raises ValueError naming the offending keys and how to fix them.
     """
@@ -295,8 +225,7 @@ def validate_config(
         f"config.parallelism={c.parallelism!r}; choose one of {PARALLELISMS}.",
     )
     _require(c.model.dtype in DTYPES, f"config.model.dtype={c.model.dtype!r}; choose {DTYPES}.")
-    task = tasks.for_dataset(c.data.name)  # ValueError listing the datasets
-    tasks.check_unused_sections(c.data)
+    tasks.check_unused_sections(c.data, task)
     for key in ("total_steps", "batch_size", "grad_accum_steps", "log_every_steps"):
         _require(int(c[key]) >= 1, f"config.{key}={c[key]} must be >= 1.")
     _require(
@@ -328,7 +257,9 @@ def validate_config(
         what="devices" if space == 1 else "data shards (devices / config.mesh.space)",
     )
     task.check_data(c)
-    evaluators.check_config(c, num_devices=num_devices, num_processes=num_processes)
+    evaluators.check_config(
+        c.evals, task.eval_inputs(c.data), num_devices=num_devices, num_processes=num_processes
+    )
 
 
 def _check_schedule(c) -> None:
@@ -390,48 +321,3 @@ def _check_batch_divisibility(c, *, num_devices: int, what: str = "devices") -> 
         f"the micro-batch batch_size/grad_accum_steps={micro} must be divisible by the "
         f"{num_devices} {what}; change config.batch_size or config.grad_accum_steps.",
     )
-
-
-def pop_model_kwargs_flags(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """Splits `--config.model.kwargs.NAME=VALUE` flags off `argv` (ml_collections only overrides
-    keys the config file already has, and model.kwargs is free-form). VALUE is a Python literal
-    (`0`, `0.5`, `True`, `(1, 2)`, `{'thresh': 0.7, 'min_kept': 100000}`) or else a string.
-    Returns (the other arguments, {NAME: value}); ValueError for a flag without '=VALUE'."""
-    rest, kwargs = [], {}
-    for arg in argv:
-        if not arg.startswith(MODEL_KWARGS_FLAG):
-            rest.append(arg)
-            continue
-        name, sep, text = arg[len(MODEL_KWARGS_FLAG) :].partition("=")
-        if not sep or not name.isidentifier():
-            raise ValueError(
-                f"{arg!r}: write --config.model.kwargs.NAME=VALUE, e.g. "
-                "--config.model.kwargs.dropout_rate=0."
-            )
-        try:
-            kwargs[name] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            kwargs[name] = text
-    return rest, kwargs
-
-
-def take_model_kwargs_flags(program: str) -> dict[str, Any]:
-    """`pop_model_kwargs_flags(sys.argv)` for a command line, before absl parses its flags:
-    sys.argv keeps the other flags (config_flags reads its overrides from sys.argv itself) and
-    the model's arguments are returned; a malformed flag, or an override of a key that is not
-    one (a typo, a replaced key), exits with one line naming it and what to use."""
-    try:
-        argv, kwargs = pop_model_kwargs_flags(sys.argv)
-        check_override_flags(argv)
-    except ValueError as error:
-        sys.exit(f"{program}: {error}")
-    sys.argv[:] = argv
-    return kwargs
-
-
-def set_model_kwargs(config: ml_collections.ConfigDict, kwargs: dict[str, Any]) -> None:
-    """Sets `config.model.kwargs[NAME] = value` for each entry (the model checks the names and
-    values when it is built: an unknown name is refused there, listing the valid ones)."""
-    with config.unlocked():
-        for name, value in kwargs.items():
-            config.model.kwargs[name] = value

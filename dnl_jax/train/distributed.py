@@ -98,11 +98,13 @@ def newest_checkpoint(workdir: str) -> int | None:
 
 
 def resume_command(argv: list | None = None) -> str:
-    """This process's command line (`python -m dnl_jax.main ...` for the CLI)."""
+    """This process's command line (`python -m dnl_jax.cli.train ...` for the CLI)."""
     argv = list(sys.argv if argv is None else argv)
     program = (
-        "python -m dnl_jax.main"
-        if argv[0].endswith(os.path.join("dnl_jax", "main.py"))
+        "python -m dnl_jax.cli.train"
+        if argv[0].endswith(
+            (os.path.join("dnl_jax", "cli", "train.py"), os.path.join("dnl_jax", "main.py"))
+        )
         else f"python {shlex.quote(argv[0])}"
     )
     return " ".join([program, *(shlex.quote(a) for a in argv[1:])])

@@ -4,7 +4,7 @@ its converted copy is there before anything is built, and loading it into the mo
 A recipe names its initialisation with `config.model.pretrained` (a key of `BACKBONES`). The
 downloaded PyTorch file is converted once into `config.model.pretrained_dir/NAME/`:
 
-    python -m dnl_jax.interop.pretrained NAME DOWNLOADED_FILE [--pretrained_dir pretrained]
+    python -m dnl_jax.cli.pretrained NAME DOWNLOADED_FILE [--pretrained_dir pretrained]
 
 which holds `state` (an orbax PyTree `{'params', 'batch_stats'}` of the 2-D backbone, in the
 names of `dnl_jax.models.resnet.ResNetV1c` / `resnet_v1b.ResNetV1b`) and `pretrained.json`.
@@ -103,7 +103,7 @@ BACKBONES = {
 def convert_command(name: str, pretrained_dir: str, source_file: str = "") -> str:
     """The shell command that converts the downloaded file of backbone `name`."""
     source = source_file or BACKBONES[name].file
-    return f"python -m dnl_jax.interop.pretrained {name} {source} --pretrained_dir {pretrained_dir}"
+    return f"python -m dnl_jax.cli.pretrained {name} {source} --pretrained_dir {pretrained_dir}"
 
 
 def converted_dir(model_config: Any) -> str:

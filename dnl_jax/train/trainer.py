@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the whole training run, top to bottom.
 
-Sections: config check → model and optimizer → driver (jit mesh or pmap) → input pipeline →
+Sections: the config resolved once (`tasks.build`: task, model) and checked → the run's set-up
+(train/setup.py: optimizer, driver (jit mesh or pmap), input pipeline, evaluators) →
 state (fresh, resumed from the workdir's checkpoint, initialised from `config.init_from`, or
 with the ImageNet backbone of `config.model.pretrained`, see train/initialisation.py) →
 loop (step, log, evaluate, checkpoint, preemption) → final evaluation, checkpoint and figure.
@@ -15,7 +16,6 @@ checkpoint left off (state, RNG and data position), so the result equals an unin
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -28,143 +28,14 @@ import ml_collections
 import numpy as np
 
 from dnl_jax import evaluators, tasks
-from dnl_jax.data import pipeline
-from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
-from dnl_jax.tasks import check_model_task, for_dataset, get_model
 from dnl_jax.train import checkpoint as ckpt
 from dnl_jax.train import initialisation, logs, parallel, preemption
 from dnl_jax.train import step as step_lib
-from dnl_jax.train.config import validate_config
+from dnl_jax.train.config import check_known_keys, validate_config
+from dnl_jax.train.setup import Run, axis_name_of, build_run
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Run:
-    """What the loop needs, built once by `_build`."""
-
-    config: ml_collections.ConfigDict
-    bundle: Any
-    driver: Any
-    schedule: Callable
-    init_fn: Callable
-    train_source: Any
-    val_source: Any
-    evaluators: list
-    iterator: Any
-    checkpointer: ckpt.Checkpointer
-    writer: logs.MetricWriter
-    watcher: preemption.PreemptionWatcher
-
-
-# ---------------------------------------------------------------- model, optimizer, driver, data
-def make_bundle(config: ml_collections.ConfigDict, *, axis_name: str | None = None):
-    """The model bundle of `config.model` (its kwargs, compute dtype `model.dtype`) for
-    `config.data.num_classes`, its batch norm reducing over `axis_name` (the pmap driver's
-    axis; None everywhere else: jit, initialisation, host inference). Raises ValueError when
-    the model's task is not the dataset's (a segmentation model on videos, or the reverse)."""
-    kwargs = config.model.kwargs.to_dict()
-    if config.model.dtype == "bfloat16":
-        kwargs["dtype"] = jnp.bfloat16
-    if axis_name is not None:
-        kwargs["axis_name"] = axis_name
-    bundle = get_model(config.model.name, config.data.num_classes, **kwargs)
-    check_model_task(config.model.name, config.data.name)
-    return bundle
-
-
-def make_init_fn(optimizer, config: ml_collections.ConfigDict) -> Callable:
-    """() → fresh TrainState, deterministic from config.seed.
-
-    Initialised in training mode so that training-only parts (the auxiliary head) get their
-    parameters too; flax's batch norm leaves its running statistics untouched while initialising.
-    """
-    bundle = make_bundle(config)
-    module, shape = bundle.module, for_dataset(config.data.name).example_shape(config.data)
-
-    def init_fn():
-        # Parameters are drawn with XLA's RngBitGenerator ('unsafe_rbg'): deterministic for a
-        # seed and backend, and the initialiser compiles several times faster than with
-        # threefry on CPU. Training randomness (dropout) stays threefry, which is invariant to
-        # how the batch is sharded.
-        params_key, dropout_key = jax.random.split(jax.random.key(config.seed, impl="unsafe_rbg"))
-        train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-        rngs, inputs = {"params": params_key, "dropout": dropout_key}, jnp.zeros((2, *shape))
-        if bundle.init_fn is not None:
-            variables = bundle.init_fn(rngs, inputs)
-        else:
-            variables = module.init(rngs, inputs, train=True)
-        params = variables["params"]
-        return step_lib.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=optimizer.init(params),
-            rng=jax.random.key_data(train_key),
-        )
-
-    return init_fn
-
-
-def _build(
-    config: ml_collections.ConfigDict, workdir: str, watcher: preemption.PreemptionWatcher
-) -> Run:
-    axis_name = parallel.PMAP_AXIS if config.parallelism == "pmap" else None
-    bundle = make_bundle(config, axis_name=axis_name)
-    initialisation.check_initialisation(config)  # before the data is opened or anything written
-    schedule = step_lib.learning_rate_schedule(config.optimizer, config.total_steps)
-    optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
-    train_step = step_lib.make_train_step(
-        bundle, optimizer, schedule, grad_accum_steps=config.grad_accum_steps, axis_name=axis_name
-    )
-    eval_step = step_lib.make_eval_step(bundle, axis_name=axis_name)
-    driver = parallel.make_driver(
-        config.parallelism, train_step, eval_step, space=int(config.mesh.space)
-    )
-    task = for_dataset(config.data.name)
-    train_source, val_source = task.sources(config.data)
-    dataset = pipeline.train_dataset(  # hosts sharing data shards (mesh.space) read the same rows
-        train_source,
-        seed=config.data.seed,
-        local_batch=config.batch_size // driver.data_process_count,
-        process_index=driver.data_process_index,
-        process_count=driver.data_process_count,
-        transform=task.train_transform(config.data),
-        check=task.label_check(config.data, "training clips in a batch"),
-        **pipeline.worker_settings(config.data),
-    )
-    checkpointer = ckpt.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        every_steps=config.checkpoint.every_steps,
-        keep=config.checkpoint.keep,
-        keep_best=config.checkpoint.keep_best,
-        best_metric=f"{evaluators.RANKING_EVAL}_{bundle.best_metric}",
-        every_seconds=config.checkpoint.every_seconds,
-    )
-    context = evaluators.EvalContext(
-        config,
-        bundle,
-        make_bundle(config).module,
-        val_source,
-        driver,
-        workdir=workdir,
-        between_batches=watcher.raise_if_preempted,
-    )
-    return Run(
-        config,
-        bundle,
-        driver,
-        schedule,
-        make_init_fn(optimizer, config),
-        train_source,
-        val_source,
-        evaluators.from_config(config, context),
-        iter(dataset),
-        checkpointer,
-        logs.MetricWriter(workdir),
-        watcher,
-    )
 
 
 # ------------------------------------------------------------------------------------ state
@@ -365,7 +236,7 @@ def _steps(
         best = evaluated.get(evaluators.RANKING_EVAL, {}).get(run.bundle.best_metric)
         if evaluated:
             results = evaluated
-            _say(bar, f"step {step}: {describe(_merged(evaluated))}")
+            _say(bar, f"step {step}: {evaluators.describe(run.evaluators, evaluated)}")
         saved = False
         if final or run.checkpointer.should_save(step):
             saved = _save(run, step, state, signature, metric=best, force=True) is not None
@@ -390,25 +261,30 @@ def train_and_evaluate(
     Returns:
       {'status': 'completed'|'preempted', 'step', 'val': the last evaluation's metrics, all
        evaluators' merged into one dict (or None), 'evals': the same per evaluator name,
+       'summary': their console line (or None),
        'state': the final TrainState (host numpy), 'workdir',
        'curves': PNG path or None, 'attention': the attention figure's PNG path, or None (off,
        no DNL block, or a video model)}.
     """
-    validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    check_known_keys(config)  # before `build` reads config.model and config.data
+    built = tasks.build(config, axis_name=axis_name_of(config))  # the one build of the model
+    validate_config(
+        config, built.task, num_devices=jax.device_count(), num_processes=jax.process_count()
+    )
     workdir = os.path.abspath(workdir)
     watcher = preemption.PreemptionWatcher()  # before restore and compile
     try:
-        return _train_and_evaluate(config, workdir, watcher, on_step)
+        return _train_and_evaluate(config, built, workdir, watcher, on_step)
     finally:
         watcher.close()
 
 
-def _train_and_evaluate(config, workdir: str, watcher, on_step) -> dict:
-    run = _build(config, workdir, watcher)
+def _train_and_evaluate(config, built: tasks.Built, workdir: str, watcher, on_step) -> dict:
+    run = build_run(config, built, workdir, watcher)
     try:
         with run.driver.context():
             state, signature = _initial_state(run)
-            run.writer.write_config(tasks.applicable(config))
+            run.writer.write_config(tasks.applicable(config, built.task))
             state, status, results = _train_loop(run, state, signature, on_step)
             host_state = run.driver.host_state(state)
             if status == "completed" and results is None:  # resumed after the last step
@@ -422,6 +298,7 @@ def _train_and_evaluate(config, workdir: str, watcher, on_step) -> dict:
         "step": int(host_state.step),
         "val": _merged(results) if results else None,
         "evals": results,
+        "summary": evaluators.describe(run.evaluators, results) if results else None,
         "state": host_state,
         "workdir": workdir,
         "curves": figures.get("curves"),
@@ -443,10 +320,10 @@ def _figures(run: Run, host_state, status: str) -> dict:
             val_label=bundle.metric_label,
         )
     if config.attention_figure and status == "completed":
-        figures["attention"] = for_dataset(config.data.name).save_figure(
+        figures["attention"] = run.built.task.save_figure(
             run.writer.workdir,
             bundle,
-            make_bundle(config).module,
+            run.built.module,
             {"params": host_state.params, "batch_stats": host_state.batch_stats},
             run.val_source,
             config.data,

@@ -1,11 +1,11 @@
 """DNL R101-D8 on Cityscapes, mmseg recipe. Published (mmseg): 80.41 val mIoU single scale.
 
 Prepare the data once, fetch and convert the pretrained backbone once, train, then evaluate:
-    python -m dnl_jax.data.prepare cityscapes --manual_dir RAW --data_dir data/prepared
+    python -m dnl_jax.cli.prepare cityscapes --manual_dir RAW --data_dir data/prepared
     # resnet101_v1c-e67eebb6.pth from https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth
-    python -m dnl_jax.interop.pretrained resnet101_v1c resnet101_v1c-e67eebb6.pth --pretrained_dir pretrained
-    python -m dnl_jax.main --config experiments/configs/cityscapes_dnl_r101-d8_512x1024_80k.py --workdir runs/cityscapes_dnl_r101-d8_512x1024_80k
-    python -m dnl_jax.evaluate --config experiments/configs/cityscapes_dnl_r101-d8_512x1024_80k.py \
+    python -m dnl_jax.cli.pretrained resnet101_v1c resnet101_v1c-e67eebb6.pth --pretrained_dir pretrained
+    python -m dnl_jax.cli.train --config experiments/configs/cityscapes_dnl_r101-d8_512x1024_80k.py --workdir runs/cityscapes_dnl_r101-d8_512x1024_80k
+    python -m dnl_jax.cli.evaluate --config experiments/configs/cityscapes_dnl_r101-d8_512x1024_80k.py \
         --checkpoint runs/cityscapes_dnl_r101-d8_512x1024_80k/checkpoints/STEP --split val
 Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared
 """

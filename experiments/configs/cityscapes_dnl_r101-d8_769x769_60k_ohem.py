@@ -11,11 +11,11 @@ weights, loss over the kept pixels, align_corners True; test on the whole 2048x1
 --config.optimizer.weight_decay_multipliers="(('dnl_block/conv_query', 0.0), ('dnl_block/conv_key', 0.0))".
 
 Prepare the data once, fetch and convert the pretrained backbone once, train, then evaluate:
-    python -m dnl_jax.data.prepare cityscapes --manual_dir RAW --data_dir data/prepared
+    python -m dnl_jax.cli.prepare cityscapes --manual_dir RAW --data_dir data/prepared
     # 3x3resnet101-imagenet.pth from https://drive.google.com/open?id=1bUzCKazlh8ElGVYWlABBAb0b0uIqFgtR
-    python -m dnl_jax.interop.pretrained deepbase_resnet101 3x3resnet101-imagenet.pth --pretrained_dir pretrained
-    python -m dnl_jax.main --config experiments/configs/cityscapes_dnl_r101-d8_769x769_60k_ohem.py --workdir runs/cityscapes_dnl_r101-d8_769x769_60k_ohem
-    python -m dnl_jax.evaluate --config experiments/configs/cityscapes_dnl_r101-d8_769x769_60k_ohem.py \
+    python -m dnl_jax.cli.pretrained deepbase_resnet101 3x3resnet101-imagenet.pth --pretrained_dir pretrained
+    python -m dnl_jax.cli.train --config experiments/configs/cityscapes_dnl_r101-d8_769x769_60k_ohem.py --workdir runs/cityscapes_dnl_r101-d8_769x769_60k_ohem
+    python -m dnl_jax.cli.evaluate --config experiments/configs/cityscapes_dnl_r101-d8_769x769_60k_ohem.py \
         --checkpoint runs/cityscapes_dnl_r101-d8_769x769_60k_ohem/checkpoints/STEP --split val
 Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared
 """

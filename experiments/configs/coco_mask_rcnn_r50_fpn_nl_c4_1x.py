@@ -7,13 +7,13 @@ Batch 64 at lr 0.08: the config's 4 nodes × 4 images per GPU, lr 0.02 per 16 im
 
 Prepare COCO once (RAW holds train2017/, val2017/, annotations/instances_{train,val}2017.json),
 fetch and convert the backbone once, then train and evaluate (rerunning resumes):
-    python -m dnl_jax.data.prepare coco --manual_dir RAW --data_dir data/prepared
+    python -m dnl_jax.cli.prepare coco --manual_dir RAW --data_dir data/prepared
     # resnet50-0676ba61.pth from https://download.pytorch.org/models/resnet50-0676ba61.pth
-    python -m dnl_jax.interop.pretrained torchvision_resnet50 resnet50-0676ba61.pth --pretrained_dir pretrained
-    python -m dnl_jax.main --config experiments/configs/coco_mask_rcnn_r50_fpn_nl_c4_1x.py \\
+    python -m dnl_jax.cli.pretrained torchvision_resnet50 resnet50-0676ba61.pth --pretrained_dir pretrained
+    python -m dnl_jax.cli.train --config experiments/configs/coco_mask_rcnn_r50_fpn_nl_c4_1x.py \\
         --workdir runs/coco_mask_rcnn_r50_fpn_nl_c4_1x
 Evaluate a checkpoint (COCO box / mask AP, results JSON under --output_dir):
-    python -m dnl_jax.evaluate --config experiments/configs/coco_mask_rcnn_r50_fpn_nl_c4_1x.py \\
+    python -m dnl_jax.cli.evaluate --config experiments/configs/coco_mask_rcnn_r50_fpn_nl_c4_1x.py \\
         --checkpoint runs/coco_mask_rcnn_r50_fpn_nl_c4_1x/checkpoints/STEP --split val --output_dir preds/
 """
 

@@ -5,13 +5,13 @@ Prepare the data once, fetch and convert the pretrained backbone once (torchvisi
 ResNet-50, inflated in time when training starts), then train and evaluate with the same
 command as every config (top-1 of one clip per video every 40k steps, the 30-view test at the
 end; rerunning the command resumes from the last checkpoint):
-    python -m dnl_jax.data.prepare kinetics --manual_dir RAW --data_dir data/prepared
+    python -m dnl_jax.cli.prepare kinetics --manual_dir RAW --data_dir data/prepared
     # resnet50-0676ba61.pth from https://download.pytorch.org/models/resnet50-0676ba61.pth
-    python -m dnl_jax.interop.pretrained torchvision_resnet50 resnet50-0676ba61.pth --pretrained_dir pretrained
-    python -m dnl_jax.main --config experiments/configs/kinetics_dnl_i3d_r50_32x2.py \
+    python -m dnl_jax.cli.pretrained torchvision_resnet50 resnet50-0676ba61.pth --pretrained_dir pretrained
+    python -m dnl_jax.cli.train --config experiments/configs/kinetics_dnl_i3d_r50_32x2.py \
         --workdir runs/kinetics_dnl_i3d_r50_32x2
 Evaluate a checkpoint on its own (10 clips x 3 crops):
-    python -m dnl_jax.evaluate --config experiments/configs/kinetics_dnl_i3d_r50_32x2.py \
+    python -m dnl_jax.cli.evaluate --config experiments/configs/kinetics_dnl_i3d_r50_32x2.py \
         --checkpoint runs/kinetics_dnl_i3d_r50_32x2/checkpoints/400000 --split val
 Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared. A short smoke run
 of the same path on a small prepared set (tiny model, 4-frame 32x32 clips):

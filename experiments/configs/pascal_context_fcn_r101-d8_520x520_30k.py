@@ -1,11 +1,11 @@
 """FCN R101-D8 on PASCAL-Context-59, same recipe as the DNL config.
 
 Prepare the data once, fetch and convert the pretrained backbone once, train, then evaluate:
-    python -m dnl_jax.data.prepare pascal_context --manual_dir RAW --data_dir data/prepared
+    python -m dnl_jax.cli.prepare pascal_context --manual_dir RAW --data_dir data/prepared
     # 3x3resnet101-imagenet.pth from https://drive.google.com/open?id=1bUzCKazlh8ElGVYWlABBAb0b0uIqFgtR
-    python -m dnl_jax.interop.pretrained deepbase_resnet101 3x3resnet101-imagenet.pth --pretrained_dir pretrained
-    python -m dnl_jax.main --config experiments/configs/pascal_context_fcn_r101-d8_520x520_30k.py --workdir runs/pascal_context_fcn_r101-d8_520x520_30k
-    python -m dnl_jax.evaluate --config experiments/configs/pascal_context_fcn_r101-d8_520x520_30k.py \
+    python -m dnl_jax.cli.pretrained deepbase_resnet101 3x3resnet101-imagenet.pth --pretrained_dir pretrained
+    python -m dnl_jax.cli.train --config experiments/configs/pascal_context_fcn_r101-d8_520x520_30k.py --workdir runs/pascal_context_fcn_r101-d8_520x520_30k
+    python -m dnl_jax.cli.evaluate --config experiments/configs/pascal_context_fcn_r101-d8_520x520_30k.py \
         --checkpoint runs/pascal_context_fcn_r101-d8_520x520_30k/checkpoints/STEP --split val
 Overrides, e.g. another data folder: --config.data.data_dir=/data/prepared
 """

@@ -4,7 +4,7 @@ block (the official "c4" placement).
 Recipe: dnl_jax/recipes/ablation.py:synthetic_detection_config (300 steps of batch 8, mmdet's 1x
 optimiser shrunk in time); prints COCO box / mask AP (pycocotools) on the val scenes.
 
-    python -m dnl_jax.main --config experiments/configs/synthetic_detection_dnl_tiny.py \\
+    python -m dnl_jax.cli.train --config experiments/configs/synthetic_detection_dnl_tiny.py \\
         --workdir runs/detection_dnl   [--config.parallelism=pmap] [--config.seed=1]
 """
 

@@ -3,7 +3,7 @@ scenes, without a context block (the baseline).
 Recipe: dnl_jax/recipes/ablation.py:synthetic_detection_config (300 steps of batch 8, mmdet's 1x
 optimiser shrunk in time); prints COCO box / mask AP (pycocotools) on the val scenes.
 
-    python -m dnl_jax.main --config experiments/configs/synthetic_detection_fcn_tiny.py \\
+    python -m dnl_jax.cli.train --config experiments/configs/synthetic_detection_fcn_tiny.py \\
         --workdir runs/detection_fcn   [--config.parallelism=pmap] [--config.seed=1]
 """
 

@@ -2,7 +2,7 @@
 backbone's scale; minutes per hundred steps on a CPU, seconds on an accelerator.
 
 Launch:
-    python -m dnl_jax.main --config experiments/configs/synthetic_dnl_r18.py --workdir runs/r18
+    python -m dnl_jax.cli.train --config experiments/configs/synthetic_dnl_r18.py --workdir runs/r18
 """
 
 from dnl_jax.recipes.ablation import synthetic_config

@@ -5,7 +5,7 @@ compilation and figures included; final val mIoU 0.871; the FCN head with the sa
 synthetic_{fcn,nl,gc,pairwise,unary}_tiny.py.
 
 Launch (what `make demo` runs, with a fresh --workdir runs/demo-<UTC date-time>):
-    python -m dnl_jax.main --config experiments/configs/synthetic_dnl_tiny.py --workdir runs/demo
+    python -m dnl_jax.cli.train --config experiments/configs/synthetic_dnl_tiny.py --workdir runs/demo
 Overrides, e.g. pmap and a shorter run:
     ... --config.parallelism=pmap --config.total_steps=50
 """

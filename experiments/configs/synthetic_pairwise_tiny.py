@@ -3,7 +3,7 @@ with exactly the demo's recipe (`dnl_jax.recipes.ablation.synthetic_config`). Re
 experiments/results/synthetic_ablation.md.
 
 Launch:
-    python -m dnl_jax.main --config experiments/configs/synthetic_pairwise_tiny.py --workdir runs/synthetic_pairwise_tiny
+    python -m dnl_jax.cli.train --config experiments/configs/synthetic_pairwise_tiny.py --workdir runs/synthetic_pairwise_tiny
 """
 
 from dnl_jax.recipes.ablation import synthetic_config

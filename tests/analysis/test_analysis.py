@@ -1,4 +1,4 @@
-"""dnl_jax.analysis and the `python -m dnl_jax.analyze` command."""
+"""dnl_jax.analysis and the `python -m dnl_jax.cli.analyze` command."""
 
 import json
 import os
@@ -207,7 +207,7 @@ def test_analyze_command_end_to_end(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.analyze",
+        "dnl_jax.cli.analyze",
         "--config",
         "experiments/configs/synthetic_nl_tiny.py",
         "--config.data.synthetic.image_size=32",
@@ -249,8 +249,8 @@ def test_config_scenes_key_is_checked_and_picks_the_source():
     config = base_config()
     config.data.synthetic.scenes = "rings"
     with pytest.raises(ValueError, match="config.data.synthetic.scenes='rings'; choose one of"):
-        validate_config(config, num_devices=1, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     config.data.synthetic.scenes = "regions"
-    validate_config(config, num_devices=1, num_processes=1)
+    validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     train, val = tasks.for_dataset(config.data.name).sources(config.data)
     assert isinstance(train, RegionScenes) and val.split == "val"

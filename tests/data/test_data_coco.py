@@ -24,9 +24,9 @@ from coco_fixtures import (
 from PIL import Image
 from pycocotools.coco import COCO
 
+from dnl_jax.cli.prepare import main as prepare_main
 from dnl_jax.data import coco, load_split, transforms
 from dnl_jax.data import detection_transforms as dt
-from dnl_jax.data.prepare import main as prepare_main
 from dnl_jax.data.prepare import prepare
 from dnl_jax.data.sources import Subset
 from dnl_jax.evaluators import coco_eval

@@ -13,8 +13,8 @@ import tensorflow_datasets as tfds
 from data_fixtures import CITYSCAPES_FILES, H, W, write_ade20k, write_cityscapes, write_voc
 from PIL import Image
 
+from dnl_jax.cli.prepare import main as prepare_main
 from dnl_jax.data import ade20k, cityscapes, load_split, pascal_context, transforms
-from dnl_jax.data.prepare import main as prepare_main
 from dnl_jax.data.prepare import prepare
 
 
@@ -88,7 +88,7 @@ def test_corrupt_image_leaves_nothing_and_cli_exit_code(tmp_path, capsys):
     assert code == 2
     assert "aachen_000001_000019_leftImg8bit.png: corrupt" in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == []
-    with pytest.raises(ValueError, match="not prepared.*dnl_jax.data.prepare cityscapes"):
+    with pytest.raises(ValueError, match="not prepared.*dnl_jax.cli.prepare cityscapes"):
         load_split("cityscapes", "train", str(tmp_path / "out"))
 
 

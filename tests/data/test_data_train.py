@@ -145,7 +145,7 @@ def test_evaluate_command_on_a_checkpoint_writes_cityscapes_pngs(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.evaluate",
+        "dnl_jax.cli.evaluate",
         f"--config={config}",
         f"--checkpoint={checkpoint}",
         "--split=val",
@@ -173,7 +173,7 @@ def test_trainer_one_step_on_prepared_cityscapes_matches_the_evaluate_command(tm
     """train_and_evaluate on a prepared Cityscapes fixture (random resize/crop/flip to 16x16,
     slide evaluation per image); its final val metrics equal `evaluate_checkpoint` on the
     checkpoint it saved, so training-time and offline evaluation agree."""
-    from dnl_jax.evaluate import evaluate_checkpoint
+    from dnl_jax.cli.evaluate import evaluate_checkpoint
     from dnl_jax.train.trainer import train_and_evaluate
 
     write_cityscapes(tmp_path / "raw", np.random.default_rng(0))
@@ -213,5 +213,5 @@ def test_trainer_says_how_to_prepare_a_missing_dataset(tmp_path):
 
     config = tiny_cityscapes_recipe()
     config.data.data_dir = str(tmp_path / "nothing_here")
-    with pytest.raises(ValueError, match="python -m dnl_jax.data.prepare cityscapes"):
+    with pytest.raises(ValueError, match="python -m dnl_jax.cli.prepare cityscapes"):
         train_and_evaluate(config, str(tmp_path / "run"))

@@ -12,6 +12,7 @@ import optax
 import pytest
 from train_testing import enable_compilation_cache
 
+from dnl_jax import tasks
 from dnl_jax.evaluators import coco, coco_eval
 from dnl_jax.recipes.ablation import synthetic_detection_config
 from dnl_jax.train import step as step_lib
@@ -202,19 +203,21 @@ def test_detection_config_errors_name_the_key(overrides, message):
     config = synthetic_detection_config()
     config.update_from_flattened_dict(overrides)
     with pytest.raises(ValueError, match=message):
-        validate_config(config, num_devices=1, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
 
 
 def test_evaluator_types_are_checked_against_the_task():
     config = synthetic_detection_config()
     config.evals.val = ml_collections.ConfigDict(dict(type="batched", every_steps=10, batch_size=8))
     with pytest.raises(ValueError, match="type='coco'"):
-        validate_config(config, num_devices=1, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     segmentation = synthetic_detection_config()
     segmentation.data.name = "synthetic"
     segmentation.data.num_classes = 7
     with pytest.raises(ValueError, match="type='coco' does not apply to the segmentation dataset"):
-        validate_config(segmentation, num_devices=1, num_processes=1)
+        validate_config(
+            segmentation, tasks.for_dataset(segmentation.data.name), num_devices=1, num_processes=1
+        )
 
 
 def test_coco_fixture_prepares_trains_one_step_and_evaluates(tmp_path):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dnl_jax.data import datasets
 from dnl_jax.evaluators import segmentation, video
 from dnl_jax.evaluators import segmentation_inference as inference
 from dnl_jax.models.metrics import metrics_from_confusion
@@ -146,7 +147,7 @@ def test_evaluate_segmentation_perfect_model_and_cityscapes_pngs(tmp_path):
             crop_size=(4, 4),
             stride=(2, 3),
             output_dir=str(tmp_path),
-            dataset="cityscapes",
+            write_prediction=datasets.get("cityscapes").write_prediction,
         )
         assert confusion.sum() == 3 * (6 * 8 - 1)
         assert metrics_from_confusion(confusion)["miou"] == 1.0

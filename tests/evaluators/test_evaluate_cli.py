@@ -1,4 +1,4 @@
-"""`python -m dnl_jax.evaluate` on the embedded synthetic dataset: the same val metrics as the
+"""`python -m dnl_jax.cli.evaluate` on the embedded synthetic dataset: the same val metrics as the
 trainer's final evaluation of the checkpoint, the checkpoint checked against the config's model,
 `--config.model.kwargs.NAME=VALUE`, and every bad input one line on stderr (no traceback)."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from train_testing import CACHE_ENV, enable_compilation_cache, tiny_config
 
-from dnl_jax.evaluate import evaluate_checkpoint
+from dnl_jax.cli.evaluate import evaluate_checkpoint
+from dnl_jax.cli.flags import pop_model_kwargs_flags, set_model_kwargs
 from dnl_jax.train.checkpoint_paths import step_directory
-from dnl_jax.train.config import pop_model_kwargs_flags, set_model_kwargs
 from dnl_jax.train.trainer import train_and_evaluate
 
 enable_compilation_cache()
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
 def _evaluate_cli(*flags):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **CACHE_ENV)
     return subprocess.run(
-        [sys.executable, "-m", "dnl_jax.evaluate", *flags],
+        [sys.executable, "-m", "dnl_jax.cli.evaluate", *flags],
         capture_output=True,
         text=True,
         env=env,
@@ -135,7 +135,7 @@ def test_main_refuses_an_unknown_model_argument_in_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "dnl_jax.main",
+            "dnl_jax.cli.train",
             f"--config={CONFIG}",
             f"--workdir={tmp_path}",
             "--config.model.kwargs.dropout_rat=0",

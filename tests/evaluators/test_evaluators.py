@@ -9,19 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnl_jax import evaluators
+from dnl_jax import evaluators, tasks
 from dnl_jax.data import transforms
 from dnl_jax.data.synthetic import SyntheticSegmentation
 from dnl_jax.evaluators import EvalContext, make_predict_fn
 from dnl_jax.models import metrics
-from dnl_jax.train.config import (
-    base_config,
-    batched_eval,
-    multi_view_eval,
-    segmentation_eval,
-    validate_config,
-)
-from dnl_jax.train.trainer import make_bundle
+from dnl_jax.train.config import base_config, validate_config
 
 K = 4
 
@@ -74,15 +67,22 @@ def _config(**values):
 
 
 def _build(config, context):
-    return {e.name: e for e in evaluators.from_config(config, context)}
+    return {e.name: e for e in evaluators.from_config(config.evals, context)}
+
+
+def _context(config, bundle, module, source, driver, **fields):
+    """The EvalContext of the task of `config.data.name` (its `eval_inputs`)."""
+    inputs = tasks.for_dataset(config.data.name).eval_inputs(config.data)
+    return EvalContext(bundle, module, source, driver, inputs, **fields)
 
 
 def test_batched_evaluator_covers_every_example_once_and_ignores_padding():
     config = _config(**{"data.num_classes": 5, "data.synthetic.num_val": 7})
-    config.evals.val = batched_eval(every_steps=3, batch_size=4)  # 7 = 4 + 3 (+1 padded)
+    # 7 examples = 4 + 3 (+1 padded)
+    config.evals.val = evaluators.section("batched", every_steps=3, batch_size=4)
     source = SyntheticSegmentation(7, image_size=8, num_classes=5)
     driver = _HostDriver(5)
-    val = _build(config, EvalContext(config, _bundle(), None, source, driver))["val"]
+    val = _build(config, _context(config, _bundle(), None, source, driver))["val"]
     result = val.run(state=None)
     assert driver.labels_seen == 7 * 8 * 8
     assert result["miou"] == 1.0 and result["pixel_accuracy"] == 1.0
@@ -110,8 +110,10 @@ def _red_oracle(images):
 @pytest.mark.parametrize(
     "section",
     [
-        segmentation_eval(every_steps=5),
-        segmentation_eval(every_steps=5, mode="slide", crop_size=(4, 4), stride=(2, 3), flip=True),
+        evaluators.section("segmentation", every_steps=5),
+        evaluators.section(
+            "segmentation", every_steps=5, mode="slide", crop_size=(4, 4), stride=(2, 3), flip=True
+        ),
     ],
 )
 def test_segmentation_evaluator_on_a_perfect_model(section, tmp_path):
@@ -120,7 +122,7 @@ def test_segmentation_evaluator_on_a_perfect_model(section, tmp_path):
     )
     config.evals.val = section
     examples = _colour_coded_examples(np.random.default_rng(0))
-    context = EvalContext(
+    context = _context(
         config,
         _bundle(),
         _FakeModule(_red_oracle),
@@ -148,13 +150,13 @@ def test_multi_view_evaluator_counts_views_and_videos():
             "evals.val.batch_size": 4,
         }
     )
-    config.evals.val_multi_view = multi_view_eval(num_clips=2, num_crops=3)
+    config.evals.val_multi_view = evaluators.section("multi_view", num_clips=2, num_crops=3)
     rng = np.random.default_rng(1)
     videos = [
         {"video": rng.integers(0, 256, (8, 10, 12, 3), dtype=np.uint8), "label": k} for k in (0, 1)
     ]
     always_zero = _FakeModule(lambda v: jnp.tile(jnp.array([[5.0, 0.0]]), (v.shape[0], 1)))
-    context = EvalContext(
+    context = _context(
         config, _bundle(input_key="video", pad_label=-1), always_zero, videos, _HostDriver(2)
     )
     built = _build(config, context)
@@ -185,7 +187,7 @@ def test_multi_view_evaluator_counts_views_and_videos():
             r"config.evals.val.batch_size=6 must be a positive multiple of the 4 devices",
         ),
         (
-            lambda c: setattr(c.evals, "val", segmentation_eval(every_steps=1)),
+            lambda c: setattr(c.evals, "val", evaluators.section("segmentation", every_steps=1)),
             r"config.evals.val.type='segmentation' does not apply to the segmentation dataset "
             r"'synthetic'; use type='batched'",
         ),
@@ -193,20 +195,20 @@ def test_multi_view_evaluator_counts_views_and_videos():
 )
 def test_evaluator_sections_are_checked_by_their_evaluator(change, message):
     config = base_config()
-    validate_config(config, num_devices=4, num_processes=1)
+    validate_config(config, tasks.for_dataset(config.data.name), num_devices=4, num_processes=1)
     with config.unlocked():
         change(config)
     with pytest.raises(ValueError, match=message):
-        validate_config(config, num_devices=4, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=4, num_processes=1)
 
 
 def test_missing_val_evaluator_and_old_keys_are_refused_with_the_new_ones():
     config = base_config()
     with config.unlocked():
         del config.evals["val"]
-        config.evals.test = batched_eval()
+        config.evals.test = evaluators.section("batched")
     with pytest.raises(ValueError, match="config.evals has no 'val' evaluator"):
-        validate_config(config, num_devices=1, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     for key, value, new in (
         ("eval_every_steps", 10, "config.evals.<name>.every_steps"),
         ("eval_batch_size", 8, "config.evals.val.batch_size"),
@@ -215,16 +217,16 @@ def test_missing_val_evaluator_and_old_keys_are_refused_with_the_new_ones():
         with old.unlocked():
             old[key] = value
         with pytest.raises(ValueError, match=f"config.{key}.* is no longer a key; use .*{new}"):
-            validate_config(old, num_devices=1, num_processes=1)
+            validate_config(old, tasks.for_dataset(old.data.name), num_devices=1, num_processes=1)
 
 
 def test_one_predict_function_keeps_the_model_dtype_and_returns_float32():
     config = _config(**{"data.num_classes": 5})
     images = jnp.asarray(np.random.default_rng(2).standard_normal((1, 16, 16, 3)), jnp.float32)
-    float32 = make_bundle(config).module
+    float32 = tasks.build(config).module
     variables = float32.init(jax.random.key(0), images, train=False)
     config.model.dtype = "bfloat16"
-    bfloat16 = make_bundle(config).module
+    bfloat16 = tasks.build(config).module
     logits32 = make_predict_fn(float32, variables)(images)
     logits16 = make_predict_fn(bfloat16, variables)(images)
     assert logits32.dtype == logits16.dtype == jnp.float32

@@ -41,7 +41,7 @@ def assert_own_lines_only(output):
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     output = run(
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         CONFIG,
         "--workdir",
@@ -66,7 +66,7 @@ def test_evaluate_and_analyze_print_their_own_lines(trained, tmp_path):
     workdir, _ = trained
     checkpoint = os.path.join(workdir, "checkpoints", "2")
     output = run(
-        "dnl_jax.evaluate",
+        "dnl_jax.cli.evaluate",
         "--config",
         CONFIG,
         "--checkpoint",
@@ -77,7 +77,7 @@ def test_evaluate_and_analyze_print_their_own_lines(trained, tmp_path):
     assert "metrics_val.json" in output
     assert_own_lines_only(output)
     analyze = (
-        "dnl_jax.analyze",
+        "dnl_jax.cli.analyze",
         "--config",
         CONFIG,
         "--checkpoint",
@@ -109,7 +109,7 @@ def test_convert_and_prepare_print_their_own_lines(tmp_path):
         tmp_path / "dnl_tiny.pth",
     )
     output = run(
-        "dnl_jax.interop.convert",
+        "dnl_jax.cli.convert",
         str(tmp_path / "dnl_tiny.pth"),
         str(tmp_path / "out"),
         "--model",
@@ -120,7 +120,7 @@ def test_convert_and_prepare_print_their_own_lines(tmp_path):
 
     write_ade20k(str(tmp_path / "raw"), np.random.default_rng(0))
     output = run(
-        "dnl_jax.data.prepare",
+        "dnl_jax.cli.prepare",
         "ade20k",
         "--manual_dir",
         str(tmp_path / "raw"),

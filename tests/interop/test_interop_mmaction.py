@@ -1,6 +1,6 @@
 """mmaction2 video recognisers vs dnl_jax: the real `ResNet3d` (+ mmcv `NonLocal3d`) and `I3DHead`
 from the mmaction2 1.2.0 wheel (tests/openmmlab_reference.py), converted with
-`dnl_jax.interop.mmaction` / `python -m dnl_jax.interop.convert --model auto`.
+`dnl_jax.interop.mmaction` / `python -m dnl_jax.cli.convert --model auto`.
 
 Random weights and batch-norm statistics, eval mode, small clips: backbone features, logits and
 input gradients within 1e-4 relative; exact Flax → PyTorch → Flax round trips; both time layouts

@@ -1,7 +1,7 @@
 """mmdet Mask R-CNN R50-FPN vs dnl_jax `MaskRCNN`: the real mmdet 3.3.0 `ResNet` (with mmcv's
 `ContextBlock` plug-in), `FPN`, `RPNHead`, `Shared2FCBBoxHead` / `Shared4Conv1FCBBoxHead` and
 `FCNMaskHead` (tests/openmmlab_reference.py), converted with `dnl_jax.interop.mmdet` and
-`python -m dnl_jax.interop.convert`.
+`python -m dnl_jax.cli.convert`.
 
 The 4conv1fc detector has the official DNL configs' norms: batch norm (mmdet `norm_cfg=BN`) in
 the FPN, the box head's and the mask head's convs. In-Place ABN (the official SyncABN) is

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from dnl_jax import tasks
 from dnl_jax.tasks import for_dataset, get_model
 from dnl_jax.train.config import validate_config
 
@@ -26,8 +27,8 @@ def _load_config_module(name):
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_experiment_configs_validate_build_and_document_their_launch(name):
     module = _load_config_module(name)
-    assert f"python -m dnl_jax.main --config experiments/configs/{name}" in module.__doc__
+    assert f"python -m dnl_jax.cli.train --config experiments/configs/{name}" in module.__doc__
     config = module.get_config()
-    validate_config(config, num_devices=4, num_processes=1)
+    validate_config(config, tasks.for_dataset(config.data.name), num_devices=4, num_processes=1)
     bundle = get_model(config.model.name, config.data.num_classes, **config.model.kwargs)
     assert bundle.task == for_dataset(config.data.name).name

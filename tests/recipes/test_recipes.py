@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dnl_jax import recipes
+from dnl_jax import recipes, tasks
 from dnl_jax.evaluators.segmentation import inference_settings
 from dnl_jax.train.config import validate_config
 
@@ -49,7 +49,9 @@ def test_config_matches_its_name(path):
     config = module.get_config()
     name = os.path.basename(path)[:-3]
     assert f"--config experiments/configs/{name}.py" in module.__doc__
-    validate_config(config, num_devices=1, num_processes=1)  # the trainer's schema
+    validate_config(
+        config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1
+    )  # the trainer's schema
     if name.startswith("kinetics_"):
         assert config.model.name == name[len("kinetics_") :].rsplit("_", 1)[0]
         assert config.data.video.clip_len * config.data.video.frame_stride == 64
@@ -125,7 +127,7 @@ def test_no_real_data_recipe_trains_from_scratch_and_every_backbone_is_published
         config = load(path).get_config()
         spec = BACKBONES[config.model.pretrained]
         assert not config.model.from_scratch and spec.url.startswith("https://")
-        assert f"python -m dnl_jax.interop.pretrained {spec.name} {spec.file}" in load(path).__doc__
+        assert f"python -m dnl_jax.cli.pretrained {spec.name} {spec.file}" in load(path).__doc__
 
 
 def test_official_cityscapes_recipe_follows_the_official_conf():

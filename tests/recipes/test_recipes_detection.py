@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 from test_recipes import load  # a config file as a module
 
-from dnl_jax import recipes
+from dnl_jax import recipes, tasks
 from dnl_jax.tasks import get_model
 from dnl_jax.train import optimizer as optimizer_lib
 from dnl_jax.train.config import validate_config
@@ -36,12 +36,12 @@ def test_every_published_row_has_a_recipe():
 def test_recipe_is_valid_and_follows_the_official_schedule(path):
     module, name = load(path), os.path.basename(path)[:-3]
     config = module.get_config()
-    validate_config(config, num_devices=8, num_processes=1)
+    validate_config(config, tasks.for_dataset(config.data.name), num_devices=8, num_processes=1)
     model, published = EXPECTED[name]
     assert config.model.name == model and published in " ".join(module.__doc__.split())
     assert f"--config experiments/configs/{name}.py" in module.__doc__
     spec = BACKBONES[config.model.pretrained]
-    assert f"python -m dnl_jax.interop.pretrained {spec.name} {spec.file}" in module.__doc__
+    assert f"python -m dnl_jax.cli.pretrained {spec.name} {spec.file}" in module.__doc__
     epoch = -(-recipes.COCO_TRAIN_IMAGES // config.batch_size)
     assert config.total_steps == 12 * epoch
     assert tuple(config.optimizer.decay_steps) == (8 * epoch, 11 * epoch)

@@ -85,7 +85,7 @@ def load_config(path):
 def test_synthetic_configs_differ_only_in_the_model(head):
     name = f"synthetic_{head}_tiny"
     config, doc = load_config(os.path.join(CONFIG_DIR, f"{name}.py"))
-    validate_config(config, num_devices=1, num_processes=1)
+    validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     assert f"--config experiments/configs/{name}.py" in doc  # the launch command
     assert config.model.name == SYNTHETIC_ABLATION_MODELS[head]
     expected = synthetic_config(SYNTHETIC_ABLATION_MODELS[head])

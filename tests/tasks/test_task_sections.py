@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from dnl_jax import tasks
+from dnl_jax.cli.flags import check_override_flags
 from dnl_jax.recipes import coco_mask_rcnn, segmentation_recipe
-from dnl_jax.train.config import base_config, check_override_flags, validate_config
+from dnl_jax.train.config import base_config, validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,7 +49,7 @@ def test_an_override_of_a_section_the_run_does_not_read_names_the_task(
     make, key, value, task, reads
 ):
     config = make()
-    validate_config(config, num_devices=1, num_processes=1)
+    validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     config.update_from_flattened_dict({f"data.{key}": value})
     with pytest.raises(
         ValueError,
@@ -56,20 +57,20 @@ def test_an_override_of_a_section_the_run_does_not_read_names_the_task(
         rf"config.data.name='{config.data.name}' is a {task} dataset, which "
         rf"reads {reads}; remove the override",
     ):
-        validate_config(config, num_devices=1, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
 
 
 def test_synthetic_detection_refuses_the_segmentation_scenes_keys():
     from dnl_jax.recipes.ablation import synthetic_detection_config
 
     config = synthetic_detection_config()
-    validate_config(config, num_devices=1, num_processes=1)
+    validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     config.data.synthetic.scenes = "regions"
     with pytest.raises(
         ValueError,
         match="config.data.synthetic.scenes='regions' is read by the segmentation scenes only",
     ):
-        validate_config(config, num_devices=1, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
 
 
 def test_config_json_records_only_the_sections_the_run_reads():
@@ -78,7 +79,7 @@ def test_config_json_records_only_the_sections_the_run_reads():
         (cityscapes(), "segmentation"),
         (coco_mask_rcnn("mask_rcnn_r50_fpn"), "detection"),
     ):
-        recorded = tasks.applicable(config).to_dict()["data"]
+        recorded = tasks.applicable(config, tasks.for_dataset(config.data.name)).to_dict()["data"]
         assert set(recorded) & set(tasks.data_sections()) == {section}
         assert recorded[section] == config.data[section].to_dict()
         assert recorded["name"] == config.data.name  # the common keys stay
@@ -106,7 +107,7 @@ def test_old_keys_name_their_new_key_in_configs_and_on_the_command_line(old, new
         (config.data if parent == "config.data" else config)[leaf] = 1
     expected = re.escape(f"config.{old} is no longer a key; use {new}.")
     with pytest.raises(ValueError, match=expected):
-        validate_config(config, num_devices=1, num_processes=1)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=1, num_processes=1)
     with pytest.raises(ValueError, match=expected):
         check_override_flags([f"--config.{old}=5"])
 
@@ -135,7 +136,7 @@ def test_the_trainer_command_refuses_a_replaced_key_in_one_line(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py"),
         "--workdir",

@@ -5,11 +5,15 @@ import os
 
 import pytest
 
-from dnl_jax.train.config import base_config, multi_view_eval, segmentation_eval, validate_config
+from dnl_jax import tasks
+from dnl_jax.evaluators import section
+from dnl_jax.train.config import base_config, validate_config
 
 
 def _valid(config, devices=4):
-    validate_config(config, num_devices=devices, num_processes=1)
+    validate_config(
+        config, tasks.for_dataset(config.data.name), num_devices=devices, num_processes=1
+    )
 
 
 def test_config_unknown_key_suggests_close_name():
@@ -64,7 +68,7 @@ def test_config_real_dataset_keys_are_checked():
         "dataset 'cityscapes'; use type='segmentation'",
     ):
         _valid(config)
-    config.evals.val = segmentation_eval(every_steps=10)
+    config.evals.val = section("segmentation", every_steps=10)
     _valid(config)
     config.evals.val.mode = "slide"
     with pytest.raises(
@@ -91,7 +95,7 @@ def _video_config(**values):
             "data.video.short_side_range": (32, 40),
         }
     )
-    config.evals.val_multi_view = multi_view_eval()
+    config.evals.val_multi_view = section("multi_view")
     config.update_from_flattened_dict(values)
     return config
 

@@ -174,7 +174,7 @@ def test_initialisation_must_be_stated_and_present(tmp_path):
     for part in (
         "resnet101_v1c-e67eebb6.pth",
         "https://download.openmmlab.com/pretrain/",
-        f"python -m dnl_jax.interop.pretrained resnet101_v1c resnet101_v1c-e67eebb6.pth "
+        f"python -m dnl_jax.cli.pretrained resnet101_v1c resnet101_v1c-e67eebb6.pth "
         f"--pretrained_dir {tmp_path}",
     ):
         assert part in message

@@ -222,10 +222,11 @@ def test_peer_watch_names_a_silent_peer_and_ignores_a_finished_one(tmp_path, mon
     line = distributed.lost_message([2], str(tmp_path))
     assert "lost process 2" in line and "resumes from step 4" in line
     assert "\n" not in line
-    assert (
-        distributed.resume_command(["/x/dnl_jax/main.py", "--workdir", "w w"])
-        == "python -m dnl_jax.main --workdir 'w w'"
-    )
+    for program in ("/x/dnl_jax/cli/train.py", "/x/dnl_jax/main.py"):  # new and old path
+        assert (
+            distributed.resume_command([program, "--workdir", "w w"])
+            == "python -m dnl_jax.cli.train --workdir 'w w'"
+        )
 
 
 # ------------------------------------------------------------------------------- bad data
@@ -323,4 +324,4 @@ def test_damaged_shard_names_file_split_record_and_the_fix(tmp_path):
             train[index]
     message = str(raised.value)
     assert "split 'train'" in message and "cityscapes-train.array_record-00000-of-00001" in message
-    assert "record " in message and "python -m dnl_jax.data.prepare cityscapes" in message
+    assert "record " in message and "python -m dnl_jax.cli.prepare cityscapes" in message

@@ -13,6 +13,7 @@ import pytest
 from test_train_multiprocess import REPO, _free_port, _launch
 from train_testing import CACHE_ENV, TINY, enable_compilation_cache, tiny_config
 
+from dnl_jax import tasks
 from dnl_jax.recipes.ablation import synthetic_config
 from dnl_jax.train import parallel
 from dnl_jax.train.checkpoint import load_variables
@@ -62,12 +63,15 @@ def test_sharded_equals_unsharded_on_eight_devices():
 )
 def test_bad_meshes_are_refused_with_the_fix(overrides, message):
     with pytest.raises(ValueError, match=message):
-        validate_config(tiny_config(**overrides), num_devices=4, num_processes=1)
+        config = tiny_config(**overrides)
+        validate_config(config, tasks.for_dataset(config.data.name), num_devices=4, num_processes=1)
 
 
 def test_mesh_defaults_and_pmap_refusal():
+    config = tiny_config(**{"mesh.space": 2, "batch_size": 2, "evals.val.batch_size": 4})
     validate_config(
-        tiny_config(**{"mesh.space": 2, "batch_size": 2, "evals.val.batch_size": 4}),
+        config,
+        tasks.for_dataset(config.data.name),
         num_devices=4,
         num_processes=1,
     )

@@ -122,7 +122,7 @@ def _cli(workdir, *overrides):
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         os.path.join(REPO, "experiments/configs/synthetic_dnl_tiny.py"),
         "--workdir",
@@ -156,7 +156,7 @@ def test_cli_one_step_in_bfloat16_keeps_float32_parameters(tmp_path):
         [
             sys.executable,
             "-m",
-            "dnl_jax.evaluate",
+            "dnl_jax.cli.evaluate",
             "--config",
             os.path.join(REPO, "experiments/configs/synthetic_dnl_tiny.py"),
             f"--checkpoint={tmp_path / 'checkpoints' / '1'}",

@@ -57,7 +57,7 @@ def _launch_two_processes(config_path, workdir):
             [
                 sys.executable,
                 "-m",
-                "dnl_jax.main",
+                "dnl_jax.cli.train",
                 "--config",
                 config_path,
                 "--workdir",

@@ -37,7 +37,7 @@ def _launch(process_id: int, port: int, workdir, overrides=OVERRIDES) -> subproc
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         DEMO_CONFIG,
         "--workdir",

@@ -91,7 +91,7 @@ def reference(prepared, tmp_path_factory):
 
 
 def test_video_run_logs_counts_and_matches_the_evaluate_command(reference):
-    from dnl_jax.evaluate import evaluate_checkpoint
+    from dnl_jax.cli.evaluate import evaluate_checkpoint
 
     result, config = reference
     assert (result["status"], result["step"]) == ("completed", 2)
@@ -201,7 +201,7 @@ def test_cli_trains_the_kinetics_recipe_for_one_step(prepared, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "dnl_jax.main",
+        "dnl_jax.cli.train",
         "--config",
         os.path.join(REPO, "experiments", "configs", name),
         "--workdir",
