@@ -77,10 +77,11 @@ def _markdown_sources(path: str) -> list[tuple[str, int]]:
     ]
 
 
-def read_document(path: str) -> tuple[list[Snippet], list[Snippet]]:
-    """(code snippets, link targets) of one document; a link's `text` is its target."""
+def read_document(path: str) -> tuple[list[Snippet], list[Snippet], list[Snippet]]:
+    """(code snippets, link targets, prose naming a repository path) of one document; a link's
+    `text` is its target."""
     parser = MarkdownIt("commonmark").enable("table")
-    code, links = [], []
+    code, links, prose = [], [], []
     for source, offset in _markdown_sources(path):
         for token in parser.parse(source):
             line = offset + (token.map[0] + 1 if token.map else 0)
@@ -92,11 +93,13 @@ def read_document(path: str) -> tuple[list[Snippet], list[Snippet]]:
             for child in token.children or ():
                 if child.type == "code_inline":
                     code.append(Snippet(path, line, child.content))
+                elif child.type == "text" and _PATH.search(child.content):
+                    prose.append(Snippet(path, line, child.content))
                 elif child.type == "link_open":
                     links.append(Snippet(path, line, str(child.attrs["href"])))
                 elif child.type == "image":
                     links.append(Snippet(path, line, str(child.attrs["src"])))
-    return code, links
+    return code, links, prose
 
 
 def _shell_lines(text: str) -> list[str]:

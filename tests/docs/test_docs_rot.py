@@ -47,13 +47,14 @@ def _documents():
 
 @functools.cache
 def _read_all():
-    """(code snippets, links) of every document."""
-    code, links = [], []
+    """(code snippets, links, prose naming repository paths) of every document."""
+    code, links, prose = [], [], []
     for path in _documents():
-        page_code, page_links = read_document(path)
+        page_code, page_links, page_prose = read_document(path)
         code += page_code
         links += page_links
-    return code, links
+        prose += page_prose
+    return code, links, prose
 
 
 def _commands(snippets):
@@ -278,7 +279,7 @@ def _assert_none(problems):
 
 
 def test_the_documents_are_read():
-    code, links = _read_all()
+    code, links, _ = _read_all()
     commands = _commands(code)
     assert len(_documents()) >= 20 and len(commands) >= 50 and len(links) >= 20
     assert {"dnl_jax.main", "dnl_jax.evaluate"} <= {c.module for c in commands}
@@ -296,8 +297,9 @@ def test_every_config_override_is_a_key_of_its_config():
     _assert_none(config_key_problems(_read_all()[0]))
 
 
-def test_every_repository_path_in_code_exists():
-    _assert_none(path_problems(_read_all()[0]))
+def test_every_repository_path_in_code_and_prose_exists():
+    code, _, prose = _read_all()
+    _assert_none(path_problems(code + prose))
 
 
 def test_every_relative_link_resolves():
@@ -322,7 +324,8 @@ python experiments/no_such_script.py --out x.json
 python ../shared/tools/check_imports.py
 ```
 
-Tests live in `tests/test_no_such_file.py`; see [the guide](no_such_page.md).
+Tests live in `tests/test_no_such_file.py` and tests/core/test_no_such_file.py; see
+[the guide](no_such_page.md).
 """
 
 
@@ -333,8 +336,8 @@ def stale_page(tmp_path, monkeypatch):
     import doc_commands
 
     monkeypatch.setattr(doc_commands, "REPO", str(tmp_path))
-    code, links = read_document("stale.md")
-    return code, links
+    code, links, prose = read_document("stale.md")
+    return code + prose, links
 
 
 def test_the_checks_find_each_kind_of_stale_reference(stale_page):
@@ -362,6 +365,7 @@ def test_the_checks_find_each_kind_of_stale_reference(stale_page):
         "`python experiments/no_such_script.py`: no such script",
         "../shared/tools/check_imports.py is outside the repository",
         "tests/test_no_such_file.py does not exist",
+        "tests/core/test_no_such_file.py does not exist",
         "link to no_such_page.md does not resolve",
     ):
         assert expected in problems, problems
