@@ -44,6 +44,9 @@ autodoc_default_options = {"members": True, "undoc-members": False, "show-inheri
 autodoc_mock_imports: list = []
 autosummary_generate = False
 
+# The navigation lives in contents.md, so that the start page (index.md) has no toctree block:
+# it renders as plain Markdown on a code host too.
+root_doc = "contents"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "README.md"]
 
 html_theme = "furo"
