@@ -59,7 +59,8 @@ package: install
 	build/package-venv/bin/pip install --quiet dist/*.whl
 	cd build && package-venv/bin/python -c "import dnl_jax, dnl_jax.recipes; print('package: dnl_jax', dnl_jax.__version__, 'installs and imports')"
 
-# Train + evaluate the tiny DNL model on the embedded synthetic scenes (CPU, a few minutes).
+# Train + evaluate the tiny DNL model on the embedded synthetic scenes (CPU; timings in
+# experiments/results/demo_fresh_clone.md).
 # Needs the runtime install only (no torch, no test tools).
 # Each run gets a fresh directory runs/demo-<UTC date-time> (earlier runs are kept) and
 # runs/demo-latest points to it. `make demo DEMO_DIR=DIR` resumes DIR if it holds checkpoints
