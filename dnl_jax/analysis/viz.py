@@ -154,12 +154,12 @@ def attention_figure(
         if pairwise is not None:
             for q, point in enumerate(query_pixels(labels[b], num_queries)):
                 weights = pairwise[b, _grid_index(point, (height, width), grid)].reshape(grid)
-                _overlay(fig, axes[b, column], shown, weights, extent)
+                _overlay(axes[b, column], shown, weights, extent, fig)
                 axes[b, column].plot(point[1], point[0], marker="*", color="red", markersize=9)
                 axes[b, column].set_title(f"pairwise, query {q + 1}", fontsize=8)
                 column += 1
         if unary is not None:
-            _overlay(fig, axes[b, column], shown, unary[b].reshape(grid), extent)
+            _overlay(axes[b, column], shown, unary[b].reshape(grid), extent, fig)
             axes[b, column].set_title("unary", fontsize=8)
         if salient is not None:
             for axis in axes[b]:
@@ -197,7 +197,8 @@ def _legend(fig, *, queries: bool, salient: bool) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor="none", edgecolor="none", label="colour bars: attention weight")]
+    bars = Patch(facecolor="none", edgecolor="none", label="colour bars: attention weight")
+    handles: list = [bars]
     if queries:
         handles.append(
             Line2D([], [], marker="*", color="red", ls="none", ms=8, label="query pixel")
@@ -216,13 +217,14 @@ def _display_image(image: np.ndarray) -> np.ndarray:
     return (image - low) / max(high - low, 1e-6)
 
 
-def _overlay(fig, axis, image: np.ndarray, weights: np.ndarray, extent) -> None:
+def _overlay(axis, image: np.ndarray, weights: np.ndarray, extent, fig=None) -> None:
     """The image in grey with the attention weights (feature grid, stretched over it) on top,
-    and their colour bar."""
+    and, given the `fig`, their colour bar."""
     axis.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=1)
     artist = axis.imshow(weights, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
-    bar = fig.colorbar(artist, ax=axis, fraction=0.046, pad=0.02)
-    bar.ax.tick_params(labelsize=5)
+    if fig is not None:
+        bar = fig.colorbar(artist, ax=axis, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=5)
 
 
 def save_attention_figure(

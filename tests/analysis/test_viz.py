@@ -129,3 +129,24 @@ def test_figure_has_colour_bars_a_legend_and_the_beacon_outlined(val_source):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_decomposition_figure_draws_every_term_and_the_salient_keys():
+    """The analysis figure (shares the overlay with the attention figure): one row, 2 queries."""
+    rng = np.random.default_rng(0)
+    maps = {term: rng.dirichlet(np.ones(16), size=2) for term in ("full", "pairwise", "unary")}
+    row = {
+        "title": "decode_head (dnl)",
+        "image": rng.random((32, 32, 3)),
+        "label": rng.integers(0, 5, (32, 32)),
+        "grid": (4, 4),
+        "points": [(3, 3), (20, 20)],
+        "maps": maps,
+        "salient": np.eye(4, dtype=bool),
+    }
+    fig = viz.decomposition_figure([row], num_classes=5)
+    assert len(fig.axes) == 3 + 2 * 2 + 1  # image, truth, full ×2, pairwise ×2, unary, salient
+    assert all(axis.images for axis in fig.axes)  # no panel left blank
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
