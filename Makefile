@@ -2,18 +2,30 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# One venv, two levels: the runtime stamp (what `make demo` needs: the package and its runtime
+# dependencies, no torch, no test/docs/lint tools) and the full stamp on top of it (everything
+# `make test` needs). `make demo` after `make test` reuses the full venv; `make test` after
+# `make demo` adds the extras to the same venv.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test pytest lint docs package demo clean
+.PHONY: install install-runtime test pytest lint docs package demo clean
 
 install: $(STAMP)
+install-runtime: $(RUNTIME_STAMP)
 
-# Re-install whenever the project's dependency list changes. The OpenMMLab wheels whose model
-# files the parity tests run go in without their dependencies (see requirements-openmmlab.txt).
-$(STAMP): pyproject.toml requirements-openmmlab.txt
+# Re-install whenever the project's dependency list changes. The runtime level: the package
+# (editable) and its [project] dependencies only.
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
+# The full level adds the test, torch, docs and lint extras. The OpenMMLab wheels whose model
+# files the parity tests run go in without their dependencies (see requirements-openmmlab.txt).
+$(STAMP): $(RUNTIME_STAMP) pyproject.toml requirements-openmmlab.txt
 	$(PY) -m pip install --quiet -e ".[test,torch,docs,lint]"
 	$(PY) -m pip install --quiet --no-deps -r requirements-openmmlab.txt
 	touch $(STAMP)
@@ -47,12 +59,14 @@ package: install
 	build/package-venv/bin/pip install --quiet dist/*.whl
 	cd build && package-venv/bin/python -c "import dnl_jax, dnl_jax.recipes; print('package: dnl_jax', dnl_jax.__version__, 'installs and imports')"
 
-# Train + evaluate the tiny DNL model on the embedded synthetic scenes (CPU, a few minutes).
+# Train + evaluate the tiny DNL model on the embedded synthetic scenes (CPU; timings in
+# experiments/results/demo_fresh_clone.md).
+# Needs the runtime install only (no torch, no test tools).
 # Each run gets a fresh directory runs/demo-<UTC date-time> (earlier runs are kept) and
 # runs/demo-latest points to it. `make demo DEMO_DIR=DIR` resumes DIR if it holds checkpoints
 # (e.g. DEMO_DIR=runs/demo-latest), else trains afresh in it. Nothing is deleted.
 DEMO_DIR ?=
-demo: install
+demo: install-runtime
 	@dir="$(DEMO_DIR)"; \
 	if [ -z "$$dir" ]; then \
 	  dir="runs/demo-$$(date -u +%Y%m%d-%H%M%S)"; while [ -e "$$dir" ]; do sleep 1; \

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tomllib
 
 sys.path.insert(0, os.path.abspath(".."))
 
@@ -43,15 +44,30 @@ autodoc_default_options = {"members": True, "undoc-members": False, "show-inheri
 autodoc_mock_imports: list = []
 autosummary_generate = False
 
+# The navigation lives in contents.md, so that the start page (index.md) has no toctree block:
+# it renders as plain Markdown on a code host too.
+root_doc = "contents"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "README.md"]
 
 html_theme = "furo"
 html_title = f"dnl_jax {release}"
-html_theme_options = {
-    "source_repository": "https://github.com/dnl-jax/dnl_jax/",
-    "source_branch": "main",
-    "source_directory": "docs/",
-}
+
+
+def _repository_url():
+    """pyproject.toml's `project.urls.Repository`, or None while no public address is recorded."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as file:
+        urls = tomllib.load(file)["project"].get("urls", {})
+    return urls.get("Repository") or None
+
+
+# The "view/edit this page" buttons link to the repository only when its address is recorded.
+html_theme_options: dict = {}
+if _repository_url():
+    html_theme_options = {
+        "source_repository": _repository_url().rstrip("/") + "/",
+        "source_branch": "main",
+        "source_directory": "docs/",
+    }
 
 
 def _module_docstring_as_written(app, what, name, obj, options, lines):

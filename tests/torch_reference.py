@@ -5,23 +5,27 @@ model files loaded from their wheels (tests/openmmlab_reference.py). What stays 
 - `EncoderDecoder`: mmseg's whole segmentor cannot be built without its registry, data
   preprocessor and losses; ours only chains the real backbone and heads and resizes the logits.
 - `randomize`: random weights and batch-norm statistics, so no block is the identity.
-- `require`: skips without torch locally but fails in CI (CI installs it).
+- `require`: a missing reference dependency fails, everywhere (CI or not): parity tests never
+  skip, so they cannot vanish from a run without a word.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import os
-
-import pytest
 
 
 def require(module_name: str):
-    """Import a test-only dependency: skip locally if absent, but never skip silently in CI."""
-    if os.environ.get("CI"):
+    """Imports a reference dependency of the parity tests; a missing one is an ImportError that
+    names the fix (the test module then fails to collect), never a skip."""
+    try:
         return importlib.import_module(module_name)
-    return pytest.importorskip(module_name)
+    except ImportError as error:
+        raise ImportError(
+            f"{module_name} is missing: the PyTorch parity tests need it and never skip. "
+            "Install the `torch` extra and the OpenMMLab wheels: `make install`, or "
+            "`pip install -e '.[torch]'` and `pip install --no-deps -r requirements-openmmlab.txt`."
+        ) from error
 
 
 torch = require("torch")

@@ -1,6 +1,9 @@
 """Attention maps of a segmentor's `DisentangledNonLocal` block and the paper-style figure
 (Yin et al., ECCV 2020, Fig. 1/4): per val image, the image, ground truth, prediction, the pairwise
-attention map of three query pixels and the unary map.
+attention map of three query pixels and the unary map. The label panels share a class colour bar,
+each attention map has its own weight colour bar, and a legend names the marks: the query pixel
+(red star) and, where the data knows them, the salient keys (the synthetic scenes' beacon),
+outlined in magenta in every panel.
 
 The maps come from the one capture path of the analysis (`dnl_jax.analysis.BlockCapturer`: the
 block's θ, φ and unary logits from one inference pass, its input's shape the feature grid) and
@@ -88,14 +91,25 @@ def _label_colours(num_classes: int):
     return ListedColormap(colours)
 
 
+SALIENT_COLOUR = "magenta"  # absent from the 'jet' attention colours and the class colours
+
+
 def attention_figure(
-    images: np.ndarray, labels: np.ndarray, maps: Mapping, *, num_classes: int, num_queries: int = 3
+    images: np.ndarray,
+    labels: np.ndarray,
+    maps: Mapping,
+    *,
+    num_classes: int,
+    num_queries: int = 3,
+    salient: np.ndarray | None = None,
 ):
     """A matplotlib Figure: one row per image, columns image | ground truth | prediction |
     pairwise map of each query (if the block has the term) | unary map (if it has the term).
 
-    `images` `[B, H, W, 3]`, `labels` `[B, H, W]`, `maps` from `capture_attention`. Each panel
-    is `PANEL_INCHES` square at `DPI`, so the PNG is (columns · 200) × (rows · 200) pixels.
+    `images` `[B, H, W, 3]`, `labels` `[B, H, W]`, `maps` from `capture_attention`, `salient`
+    None or bool `[B, H, W]` (the beacon of the synthetic scenes), outlined in every panel. Each
+    panel is `PANEL_INCHES` square at `DPI`, so the PNG is (columns · 200) × (rows · 200) pixels;
+    the colour bars take their room from the panels.
     """
     import matplotlib
 
@@ -133,24 +147,67 @@ def attention_figure(
             ),
         ]
         for column, (title, data, style) in enumerate(panels):
-            axes[b, column].imshow(data, **style)
+            artist = axes[b, column].imshow(data, **style)
             axes[b, column].set_title(title, fontsize=8)
+        _class_colour_bar(fig, axes[b, 2], artist, num_classes)
         column = 3
         if pairwise is not None:
             for q, point in enumerate(query_pixels(labels[b], num_queries)):
                 weights = pairwise[b, _grid_index(point, (height, width), grid)].reshape(grid)
-                _overlay(axes[b, column], shown, weights, extent)
+                _overlay(axes[b, column], shown, weights, extent, fig)
                 axes[b, column].plot(point[1], point[0], marker="*", color="red", markersize=9)
                 axes[b, column].set_title(f"pairwise, query {q + 1}", fontsize=8)
                 column += 1
         if unary is not None:
-            _overlay(axes[b, column], shown, unary[b].reshape(grid), extent)
+            _overlay(axes[b, column], shown, unary[b].reshape(grid), extent, fig)
             axes[b, column].set_title("unary", fontsize=8)
+        if salient is not None:
+            for axis in axes[b]:
+                _outline(axis, salient[b])
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.3, rect=(0, 0.1 / rows, 1, 1))
+    _legend(fig, queries=pairwise is not None, salient=salient is not None)
     return fig
+
+
+def _class_colour_bar(fig, axis, artist, num_classes: int) -> None:
+    """The class colours of the label panels, one tick per class (up to 20 classes)."""
+    bar = fig.colorbar(artist, ax=axis, fraction=0.046, pad=0.02)
+    if num_classes <= 20:
+        bar.set_ticks(range(num_classes))
+    bar.ax.tick_params(labelsize=5)
+    bar.set_label("class", fontsize=6)
+
+
+def _outline(axis, mask: np.ndarray) -> None:
+    """A rectangle around the True pixels of `mask` `[H, W]` (nothing if there are none)."""
+    from matplotlib.patches import Rectangle
+
+    rows, cols = np.nonzero(mask)
+    if rows.size:
+        corner = (cols.min() - 0.5, rows.min() - 0.5)
+        size = (cols.max() - cols.min() + 1, rows.max() - rows.min() + 1)
+        axis.add_patch(Rectangle(corner, *size, fill=False, edgecolor=SALIENT_COLOUR, lw=1.2))
+
+
+def _legend(fig, *, queries: bool, salient: bool) -> None:
+    """What the marks mean, below the panels."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    bars = Patch(facecolor="none", edgecolor="none", label="colour bars: attention weight")
+    handles: list = [bars]
+    if queries:
+        handles.append(
+            Line2D([], [], marker="*", color="red", ls="none", ms=8, label="query pixel")
+        )
+    if salient:
+        handles.append(
+            Patch(facecolor="none", edgecolor=SALIENT_COLOUR, label="beacon (salient keys)")
+        )
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
 
 
 def _display_image(image: np.ndarray) -> np.ndarray:
@@ -160,10 +217,14 @@ def _display_image(image: np.ndarray) -> np.ndarray:
     return (image - low) / max(high - low, 1e-6)
 
 
-def _overlay(axis, image: np.ndarray, weights: np.ndarray, extent) -> None:
-    """The image in grey with the attention weights (feature grid, stretched over it) on top."""
+def _overlay(axis, image: np.ndarray, weights: np.ndarray, extent, fig=None) -> None:
+    """The image in grey with the attention weights (feature grid, stretched over it) on top,
+    and, given the `fig`, their colour bar."""
     axis.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=1)
-    axis.imshow(weights, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
+    artist = axis.imshow(weights, cmap="jet", alpha=0.55, extent=extent, interpolation="nearest")
+    if fig is not None:
+        bar = fig.colorbar(artist, ax=axis, fraction=0.046, pad=0.02)
+        bar.ax.tick_params(labelsize=5)
 
 
 def save_attention_figure(
@@ -205,17 +266,28 @@ def save_attention_figure(
         maps[key] = None if parts[0] is None else np.concatenate(parts)
     import matplotlib.pyplot as plt
 
+    labels = np.stack([ex["label"] for ex in examples])
     fig = attention_figure(
         np.stack([ex.get("display", ex["image"]) for ex in examples]),
-        np.stack([ex["label"] for ex in examples]),
+        labels,
         maps,
         num_classes=num_classes,
+        salient=_salient_maps(source, labels.shape),
     )
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, filename)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def _salient_maps(source, shape) -> np.ndarray | None:
+    """bool `[B, H, W]` of the first B examples, from a source that knows them (the synthetic
+    scenes' `salient_map`), when they match the drawn labels' `shape`; else None."""
+    if not hasattr(source, "salient_map"):
+        return None
+    masks = np.stack([source.salient_map(i) for i in range(shape[0])])
+    return masks if masks.shape == tuple(shape) else None
 
 
 def decomposition_figure(rows: Sequence[Mapping], *, num_classes: int):

@@ -64,3 +64,49 @@ def test_query_pixels_lie_on_distinct_classes():
     assert [int(label[p]) for p in points] == [2, 3, 0]
     with pytest.raises(ValueError, match="num_images"):
         viz.save_attention_figure("/nonexistent", None, {}, [], num_classes=2, num_images=0)
+
+
+def test_figure_has_colour_bars_a_legend_and_the_beacon_outlined(val_source):
+    module, variables = tiny_variables("dnl_tiny", val_source)
+    images = jnp.stack([val_source[i]["image"] for i in range(2)])
+    labels = np.stack([val_source[i]["label"] for i in range(2)])
+    salient = np.stack([val_source.salient_map(i) for i in range(2)])
+    maps = viz.capture_attention(module, variables, images)
+    fig = viz.attention_figure(np.asarray(images), labels, maps, num_classes=5, salient=salient)
+    panels, bars = fig.axes[: 2 * 7], fig.axes[2 * 7 :]
+    # Per row: the class bar of the label panels and one weight bar per attention map (3 + 1).
+    assert len(bars) == 2 * (1 + 4)
+    assert [bar.get_ylabel() for bar in bars].count("class") == 2
+    (legend,) = fig.legends
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert "query pixel" in texts and "beacon (salient keys)" in texts
+    # The beacon's bounding box, outlined in every panel of its row.
+    rows, cols = np.nonzero(salient[0])
+    for axis in panels[:7]:
+        (outline,) = [p for p in axis.patches if p.get_edgecolor()[:3] == (1.0, 0.0, 1.0)]
+        assert outline.get_xy() == (cols.min() - 0.5, rows.min() - 0.5)
+        assert outline.get_width() == cols.max() - cols.min() + 1
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_decomposition_figure_draws_every_term_and_the_salient_keys():
+    """The analysis figure (shares the overlay with the attention figure): one row, 2 queries."""
+    rng = np.random.default_rng(0)
+    maps = {term: rng.dirichlet(np.ones(16), size=2) for term in ("full", "pairwise", "unary")}
+    row = {
+        "title": "decode_head (dnl)",
+        "image": rng.random((32, 32, 3)),
+        "label": rng.integers(0, 5, (32, 32)),
+        "grid": (4, 4),
+        "points": [(3, 3), (20, 20)],
+        "maps": maps,
+        "salient": np.eye(4, dtype=bool),
+    }
+    fig = viz.decomposition_figure([row], num_classes=5)
+    assert len(fig.axes) == 3 + 2 * 2 + 1  # image, truth, full ×2, pairwise ×2, unary, salient
+    assert all(axis.images for axis in fig.axes)  # no panel left blank
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -300,5 +300,8 @@ def test_integer_input_is_rejected():
 
 def test_wrong_channel_count_at_apply_is_reported():
     variables = init(blocks.DisentangledNonLocal(), jnp.ones((1, 4, 4, 8)))
-    with pytest.raises(Exception, match="shape"):
+    # Flax's error names the first parameter that does not fit and both shapes: 6 input channels
+    # (3 after the reduction) against the 8 (4) the variables were made for.
+    expected = r'"kernel" in "/g/conv".*shape \(1, 1, 6, 3\).*shape \(1, 1, 8, 4\)'
+    with pytest.raises(flax.errors.ScopeParamShapeError, match=expected):
         blocks.DisentangledNonLocal().apply(variables, jnp.ones((1, 4, 4, 6)))

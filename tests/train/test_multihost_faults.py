@@ -5,8 +5,10 @@ devices each) meet a preemption and a lost host:
   each followed by a restart: every stop is agreed by both processes (one checkpoint at one
   step, a clean exit with the line that says so), and the resumed run ends with the parameters
   and val mIoU of an uninterrupted run (this process, 4 fake devices, same global batch).
-- SIGKILL of either process at a random moment: the survivor exits within the heartbeat timeout
-  + 30 s, with the one line (lost process, last checkpoint step, the command to resume) when
+- SIGKILL of each process in turn (both paths on every run), at a random moment of training: the
+  survivor exits within the documented bound (docs/reliability.md: LOSS_FRACTION x the heartbeat
+  timeout + two beats of the watch, + 2 s for the OS to schedule the survivor on a loaded
+  machine), with the one line (lost process, last checkpoint step, the command to resume) when
   process 1 died, and by JAX's own immediate abort when process 0 (the coordination service's
   host) died; restarting both finishes with the uninterrupted run's parameters and mIoU.
 
@@ -29,7 +31,7 @@ from multihost_launcher import _config
 from train_testing import CACHE_ENV, enable_compilation_cache
 
 from dnl_jax.train.checkpoint import load_variables
-from dnl_jax.train.distributed import LOST_EXIT_CODE
+from dnl_jax.train.distributed import BEAT_SECONDS, LOSS_FRACTION, LOST_EXIT_CODE
 from dnl_jax.train.trainer import train_and_evaluate
 
 enable_compilation_cache()
@@ -48,6 +50,10 @@ OVERRIDES = {
     "distributed.initialization_timeout_seconds": 120,
 }
 RUN_TIMEOUT = 300
+# docs/reliability.md: a survivor sees a peer's last stamp within one beat of it, and checks
+# once a beat, so it exits within LOSS_FRACTION x heartbeat + 2 beats; 2 s more for scheduling.
+SCHEDULING_SLACK = 2.0
+LOST_HOST_BOUND = LOSS_FRACTION * HEARTBEAT + 2 * BEAT_SECONDS + SCHEDULING_SLACK
 
 
 def _free_port() -> int:
@@ -158,9 +164,12 @@ def test_sigterm_on_one_host_at_three_moments_resumes_exactly(tmp_path, referenc
     _assert_same_as(reference, workdir, miou)
 
 
-def test_a_lost_host_ends_its_peer_with_one_line_and_a_restart_finishes(tmp_path, reference):
-    workdir, rng = tmp_path / "run", random.Random(os.getpid())
-    victim = rng.randrange(2)
+@pytest.mark.parametrize("victim", [1, 0], ids=["lost_peer", "lost_coordinator"])
+def test_a_lost_host_ends_its_peer_with_one_line_and_a_restart_finishes(
+    tmp_path, reference, victim
+):
+    seed = os.getpid()
+    workdir, rng = tmp_path / "run", random.Random(seed)
     survivor = 1 - victim
     port = _free_port()
     processes = [_start(workdir, port, i) for i in range(2)]
@@ -171,11 +180,11 @@ def test_a_lost_host_ends_its_peer_with_one_line_and_a_restart_finishes(tmp_path
         time.sleep(rng.uniform(0, 1.0))
         processes[victim].send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        _, err = processes[survivor].communicate(timeout=HEARTBEAT + 30 + 30)
+        _, err = processes[survivor].communicate(timeout=HEARTBEAT + 60)
         took = time.monotonic() - killed
     finally:
         _kill_all(processes)
-    assert took <= HEARTBEAT + 30, took
+    assert took <= LOST_HOST_BOUND, f"{took:.1f} s > {LOST_HOST_BOUND} s (delay seed {seed})"
     if victim == 1:
         assert processes[survivor].returncode == LOST_EXIT_CODE, err[-3000:]
         last = err.strip().splitlines()[-1]
