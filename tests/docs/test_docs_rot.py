@@ -282,7 +282,7 @@ def test_the_documents_are_read():
     code, links, _ = _read_all()
     commands = _commands(code)
     assert len(_documents()) >= 20 and len(commands) >= 50 and len(links) >= 20
-    assert {"dnl_jax.main", "dnl_jax.evaluate"} <= {c.module for c in commands}
+    assert {"dnl_jax.cli.train", "dnl_jax.cli.evaluate"} <= {c.module for c in commands}
 
 
 def test_every_command_names_a_module_or_script_that_exists():
