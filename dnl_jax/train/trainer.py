@@ -29,6 +29,7 @@ import numpy as np
 
 from dnl_jax import evaluators, tasks
 from dnl_jax.data import pipeline
+from dnl_jax.inference.record import record_from_config, write_record
 from dnl_jax.models.metrics import describe
 from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.tasks import check_model_task, for_dataset, get_model
@@ -409,6 +410,8 @@ def _train_and_evaluate(config, workdir: str, watcher, on_step) -> dict:
         with run.driver.context():
             state, signature = _initial_state(run)
             run.writer.write_config(tasks.applicable(config))
+            if run.writer.active:  # what predict needs to preprocess inputs (docs/predict.md)
+                write_record(workdir, record_from_config(config))
             state, status, results = _train_loop(run, state, signature, on_step)
             host_state = run.driver.host_state(state)
             if status == "completed" and results is None:  # resumed after the last step

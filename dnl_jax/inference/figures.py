@@ -1,0 +1,127 @@
+"""The `--explain` figure of one block on one image (matplotlib, Agg, PNG).
+
+Row 1: the image with the queries marked (legend: query k at (x, y)) | the prediction over the
+image (legend: the predicted classes) | the unary map | the pairwise map of each query.
+Row 2 (NL blocks, whose full attention is not the sum of its terms): the full attention of each
+query under its pairwise map. Each map is drawn over the image in grey, stretched from the
+block's key grid to the image's pixels, with its own colour bar (attention weight, sums to 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dnl_jax.inference import files
+from dnl_jax.inference.explain import BlockMaps, Explanation
+
+PANEL_INCHES = 2.6
+MARKERS = ("*", "P", "X", "D", "s", "^", "v", "o")
+
+
+def _map_panel(axis, fig, image, weights, key_grid, title, queries=()):
+    height, width = image.shape[:2]
+    axis.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
+    shown = axis.imshow(
+        weights.reshape(key_grid),
+        cmap="jet",
+        alpha=0.55,
+        extent=(-0.5, width - 0.5, height - 0.5, -0.5),
+        interpolation="nearest",
+    )
+    bar = fig.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("attention weight", fontsize=6)
+    for k, (x, y) in queries:
+        axis.plot(x, y, MARKERS[k % len(MARKERS)], color="white", mec="black", ms=9)
+    axis.set_title(title, fontsize=8)
+
+
+def _queries_panel(axis, image, queries):
+    axis.imshow(image)
+    for k, (x, y) in enumerate(queries):
+        marker = MARKERS[k % len(MARKERS)]
+        axis.plot(x, y, marker, color="white", mec="black", ms=9, label=f"query {k + 1} ({x}, {y})")
+    if queries:
+        axis.legend(fontsize=6, loc="lower left", framealpha=0.8)
+    axis.set_title("image and queries", fontsize=8)
+
+
+def _prediction_panel(axis, explanation, class_names, palette):
+    from matplotlib.patches import Patch
+
+    axis.imshow(files.overlay(explanation.image, explanation.labels, palette))
+    present = np.unique(explanation.labels)
+    handles = [
+        Patch(color=np.asarray(palette[c]) / 255.0, label=class_names[c]) for c in present[:10]
+    ]
+    axis.legend(handles=handles, fontsize=6, loc="lower left", framealpha=0.8)
+    axis.set_title("prediction", fontsize=8)
+
+
+def explain_figure(explanation: Explanation, maps: BlockMaps, class_names, palette):
+    """A matplotlib Figure of `maps` (one block) on `explanation`'s image (module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    queries = explanation.queries
+    pairwise = maps.pairwise is not None
+    columns = 2 + (maps.unary is not None) + (len(queries) if pairwise else 0)
+    rows = 2 if maps.kind == "nl" and pairwise else 1
+    fig, axes = plt.subplots(
+        rows, columns, squeeze=False, figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES * 0.9)
+    )
+    image = explanation.image
+    _queries_panel(axes[0, 0], image, queries)
+    _prediction_panel(axes[0, 1], explanation, class_names, palette)
+    column = 2
+    if maps.unary is not None:
+        what = "implicit" if maps.kind == "nl" else "explicit"
+        _map_panel(axes[0, column], fig, image, maps.unary, maps.key_grid, f"unary ({what})")
+        column += 1
+    for k, query in enumerate(queries if pairwise else ()):
+        marked = [(k, query)]
+        _map_panel(
+            axes[0, column + k],
+            fig,
+            image,
+            maps.pairwise[k],
+            maps.key_grid,
+            f"pairwise, query {k + 1}",
+            marked,
+        )
+        if rows == 2:
+            _map_panel(
+                axes[1, column + k],
+                fig,
+                image,
+                maps.full[k],
+                maps.key_grid,
+                f"full attention, query {k + 1}",
+                marked,
+            )
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if not axis.images:
+            axis.set_axis_off()
+    fig.suptitle(
+        f"{maps.path} ({maps.kind.upper()}, {maps.grid[0]}x{maps.grid[1]} grid)", fontsize=9
+    )
+    fig.tight_layout()
+    return fig
+
+
+def save_explain_figure(path: str, explanation, maps, class_names, palette) -> str:
+    """Writes the figure as PNG (atomically) and closes it."""
+    import matplotlib.pyplot as plt
+
+    fig = explain_figure(explanation, maps, class_names, palette)
+    try:
+        return files.save_atomic(path, lambda buffer: fig.savefig(buffer, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+__all__ = ["explain_figure", "save_explain_figure"]
