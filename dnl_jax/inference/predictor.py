@@ -24,7 +24,7 @@ import numpy as np
 from dnl_jax.data import transforms
 from dnl_jax.evaluators.segmentation_inference import MODES, predict_scores
 from dnl_jax.inference import explain as explain_lib
-from dnl_jax.inference import files
+from dnl_jax.inference import export, files
 from dnl_jax.inference import model as model_lib
 from dnl_jax.inference.record import PreprocessingRecord, find_record
 from dnl_jax.train.checkpoint_paths import step_directory
@@ -77,8 +77,6 @@ class Predictor:
     @classmethod
     def from_exported(cls, path: str) -> Predictor:
         """A `python -m dnl_jax.export` artifact (no Flax model is built)."""
-        from dnl_jax.inference import export  # jax.export is only needed here
-
         return export.load_predictor(path, cls)
 
     # ------------------------------------------------------------------------- preprocessing
@@ -167,8 +165,14 @@ class Predictor:
         return results  # type: ignore[return-value]
 
     def _scores(self, inputs: np.ndarray, output_size, settings: dict) -> np.ndarray:
-        fixed = self.input_size
-        if fixed and settings["mode"] == "whole" and tuple(inputs.shape[1:3]) != tuple(fixed):
+        fixed, size = self.input_size, tuple(inputs.shape[1:3])
+        if fixed and settings["mode"] == "slide" and (size[0] < fixed[0] or size[1] < fixed[1]):
+            raise ValueError(
+                f"the exported model takes {fixed[1]}x{fixed[0]} windows, larger than this "
+                f"{size[1]}x{size[0]} input; use --mode whole at that size or export again "
+                "with a smaller --input_size H,W."
+            )
+        if fixed and settings["mode"] == "whole" and size != tuple(fixed):
             raise ValueError(
                 f"the exported model takes {fixed[1]}x{fixed[0]} inputs, this one is "
                 f"{inputs.shape[2]}x{inputs.shape[1]}; use --mode slide or export again with "

@@ -153,14 +153,16 @@ def record_from_config(config: ml_collections.ConfigDict, source: str = "trainer
     )
 
 
-def record_for_conversion(summary: Mapping, architecture: dict | None) -> PreprocessingRecord:
+def record_for_conversion(
+    summary: Mapping, architecture: dict | None, output_stride: int = 8
+) -> PreprocessingRecord:
     """The record of a converted mmseg segmentor (`interop.convert`'s summary): mmseg's
     ImageNet normalisation of RGB inputs and whole-image test; the dataset guessed from the
     class count (19 Cityscapes, 150 ADE20K, 59 PASCAL-Context)."""
     num_classes = int(summary["num_classes"])
     dataset = classes.dataset_for_classes(num_classes)
     names, palette, ids = classes.dataset_classes(dataset, num_classes)
-    stride = int((architecture or {}).get("output_stride", summary.get("output_stride", 8)))
+    stride = int((architecture or {}).get("output_stride", output_stride))
     return PreprocessingRecord(
         task="segmentation",
         model=str(summary["model"]),

@@ -40,6 +40,7 @@ import orbax.checkpoint as ocp
 
 from dnl_jax import tasks
 from dnl_jax.command_line import add_log_level_argument, set_library_log_level
+from dnl_jax.inference.record import record_for_conversion, write_record
 from dnl_jax.interop import mapping, mmaction, mmdet, segmentor
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
 from dnl_jax.interop.mapping import ConversionError
@@ -191,6 +192,11 @@ def convert(
     )
     with open(os.path.join(out_dir, "conversion.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
+    if not (video_layout or detector):  # what predict needs (dnl_jax/inference/record.py)
+        architecture = None
+        if model == "auto":
+            architecture = dict(segmentor.segmentor_config(state_dict), output_stride=output_stride)
+        write_record(out_dir, record_for_conversion(summary, architecture, output_stride))
     return summary
 
 

@@ -107,7 +107,9 @@ def test_nl_block_full_attention(tmp_path):
     Image.fromarray(image).save(tmp_path / "noise.png")
     args = [str(tmp_path / "noise.png"), "--checkpoint", str(tmp_path / "nl")]
     out = tmp_path / "out"
-    assert predict_cli.main([*args, "--output_dir", str(out), "--explain", "--no_progress_bar"]) == 0
+    assert (
+        predict_cli.main([*args, "--output_dir", str(out), "--explain", "--no_progress_bar"]) == 0
+    )
     with Image.open(out / "noise_explain_decode_head.nl_block.png") as figure:
         width, height = figure.size
     assert height > width / 4  # two rows of panels (pairwise, full attention)

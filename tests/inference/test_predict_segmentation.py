@@ -25,8 +25,11 @@ def _evaluator_confusion(config, variables, images, labels):
     """The batched evaluator's eval step (argmax of the model's logits against `labels`)."""
     bundle = make_bundle(config)
     state = step_lib.TrainState(
-        step=0, params=variables["params"], batch_stats=variables["batch_stats"],
-        opt_state=None, rng=None,
+        step=0,
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=None,
+        rng=None,
     )
     batch = {"image": np.asarray(images, np.float32), "label": np.asarray(labels, np.int32)}
     sums = jax.jit(step_lib.make_eval_step(bundle))(state, batch)
