@@ -27,6 +27,7 @@ import tqdm
 
 from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.inference import figures, files
+from dnl_jax.inference.detection import write_detections
 from dnl_jax.inference.explain import npz_arrays
 from dnl_jax.inference.predictor import Predictor
 from dnl_jax.inference.record import record_from_config
@@ -71,10 +72,10 @@ def check_inputs_fit(paths: Sequence[str], task: str) -> None:
             f"{videos[0]} is a video but the checkpoint is a {task} model; give images, or a "
             "video checkpoint."
         )
-    if task != "segmentation":
+    if task not in ("segmentation", "detection"):
         raise ValueError(
             f"the checkpoint is a {task} model; this version of predict writes segmentation "
-            "outputs only (video and detection: see docs/predict.md)."
+            "and detection outputs only (see docs/predict.md)."
         )
 
 
@@ -111,33 +112,49 @@ def write_outputs(predictor: Predictor, result, stem: str, args, notes: list[str
     return written
 
 
+def predict_files(predictor: Predictor, paths, args, notes: list[str], used: set) -> list[str]:
+    """Predicts `paths` (one batch) and writes their outputs; returns the files written."""
+    written = []
+    if predictor.record.task == "detection":
+        for path in paths:
+            result = predictor.detect(path, score_threshold=args.score_threshold, notes=notes)
+            stem = files.output_stem(path, used)
+            written += write_detections(result, stem, args.output_dir, predictor.record)
+        return written
+    options = dict(mode=args.mode, crop_size=args.crop_size, stride=args.stride)
+    results = predictor.predict_batch(paths, notes=notes, **options)
+    for path, result in zip(paths, results, strict=True):
+        written += write_outputs(predictor, result, files.output_stem(path, used), args, notes)
+    return written
+
+
 def run(args, log=print) -> dict:
     """The command (module docstring); returns {'images', 'written', 'seconds'}."""
     start = time.perf_counter()
     paths = files.expand_inputs(args.inputs)
     predictor = make_predictor(args)
     check_inputs_fit(paths, predictor.record.task)
+    if args.explain and predictor.record.task != "segmentation":
+        raise ValueError("--explain draws segmentation models' blocks; drop it for a detector.")
     notes: list[str] = []
-    options = dict(mode=args.mode, crop_size=args.crop_size, stride=args.stride)
-    written, used = [], set()
+    written: list[str] = []
+    used: set[str] = set()
     bar = tqdm.tqdm(
         total=len(paths), unit="image", disable=not args.progress_bar, dynamic_ncols=True
     )
     try:
         for first in range(0, len(paths), args.batch_size):
             batch = paths[first : first + args.batch_size]
-            results = predictor.predict_batch(batch, notes=notes, **options)
-            for path, result in zip(batch, results, strict=True):
-                written += write_outputs(
-                    predictor, result, files.output_stem(path, used), args, notes
-                )
-                bar.update(1)
+            written += predict_files(predictor, batch, args, notes, used)
+            bar.update(len(batch))
     finally:
         bar.close()
     for note in notes:
         log(note)
     seconds = time.perf_counter() - start
     what = "labels, overlays" + (", explanations" if args.explain else "")
+    if predictor.record.task == "detection":
+        what = "drawn detections, COCO results JSON"
     log(
         f"predict: {len(paths)} image(s) with {predictor.record.model} "
         f"({predictor.record.task}, {predictor.record.num_classes} classes) → "
@@ -161,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--crop_size", type=pair, help="slide windows H,W")
     p.add_argument("--stride", type=pair, help="slide stride H,W")
     p.add_argument("--batch_size", type=int, default=8, help="images of one size per call")
+    p.add_argument("--score_threshold", type=float, help="detectors: default the record's (0.3)")
     p.add_argument("--explain", action="store_true", help="draw the non-local blocks' maps")
     p.add_argument("--query", type=pair, nargs="+", help="query pixels X,Y for --explain")
     p.add_argument("--block", help="explain only this block (its path, e.g. decode_head/dnl_block)")

@@ -2,8 +2,9 @@
 
     names, palette, label_ids = dataset_classes('cityscapes', 19)
 
-`palette[k]` is the RGB colour of class k (uint8 values); `label_ids[k]` the id written in label
-PNGs for class k: the dataset's own ids (Cityscapes label ids, ADE20K's 1..150), else k itself.
+`palette[k]` is the RGB colour of class k (uint8 values); `label_ids[k]` the id written for class
+k: in label PNGs the dataset's own ids (Cityscapes label ids, ADE20K's 1..150), else k itself;
+for detectors the COCO category id (COCO's own, 1..K for the synthetic scenes).
 Cityscapes uses its benchmark's colours (cityscapesScripts' `labels.py`); the other datasets get
 evenly spaced, distinguishable colours (the ids carry the meaning, the colours are for the eye).
 """
@@ -14,7 +15,7 @@ import colorsys
 
 import numpy as np
 
-from dnl_jax.data import ade20k, cityscapes, pascal_context, synthetic
+from dnl_jax.data import ade20k, cityscapes, coco, pascal_context, synthetic
 
 # Colour of each Cityscapes train id 0..18 (road, ..., bicycle), as the benchmark draws them.
 CITYSCAPES_PALETTE = (
@@ -72,6 +73,12 @@ def dataset_classes(dataset: str, num_classes: int) -> tuple[list[str], np.ndarr
         "ade20k": (ade20k.CLASSES, None),
         "pascal_context": (pascal_context.CLASSES, None),
     }
+    if dataset == "synthetic_detection":  # class 2a + cue (data/synthetic_detection.py)
+        names = [f"colour {k // 2}, {('dark', 'light')[k % 2]} cue" for k in range(num_classes)]
+        return names, spread_palette(num_classes), list(range(1, num_classes + 1))
+    if dataset == "coco" and num_classes == len(coco.COCO_CATEGORY_IDS):
+        names = [f"COCO category {i}" for i in coco.COCO_CATEGORY_IDS]
+        return names, spread_palette(num_classes), list(coco.COCO_CATEGORY_IDS)
     if dataset == "synthetic" and num_classes >= 5:
         names, palette = synthetic_classes(num_classes)
         return names, palette, list(range(num_classes))

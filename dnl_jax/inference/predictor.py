@@ -23,8 +23,8 @@ import numpy as np
 
 from dnl_jax.data import transforms
 from dnl_jax.evaluators.segmentation_inference import MODES, predict_scores
+from dnl_jax.inference import detection, export, files
 from dnl_jax.inference import explain as explain_lib
-from dnl_jax.inference import export, files
 from dnl_jax.inference import model as model_lib
 from dnl_jax.inference.record import PreprocessingRecord, find_record
 from dnl_jax.train.checkpoint_paths import step_directory
@@ -45,7 +45,8 @@ class Predictor:
 
     Args:
       record: the checkpoint's `PreprocessingRecord`.
-      logits_fn: float32 inputs `[B, h, w, 3]` → logits `[B, h', w', K]`.
+      logits_fn: float32 inputs `[B, h, w, 3]` → logits `[B, h', w', K]` (None for a
+        detector, which `detect` runs).
       module, variables: the Flax model and its weights (None for an exported model: no
         explanations then).
       input_size: (h, w) the model only takes (an exported model), or None for any size.
@@ -62,6 +63,7 @@ class Predictor:
     ):
         self.record, self.logits_fn = record, logits_fn
         self.module, self.variables, self.input_size = module, variables, input_size
+        self._detect_fn = None
 
     @classmethod
     def from_checkpoint(cls, path: str, *, record: PreprocessingRecord | None = None) -> Predictor:
@@ -71,6 +73,8 @@ class Predictor:
         record = record or find_record(step_dir)
         module = model_lib.build_module(record)
         variables = model_lib.load_checked(step_dir, module, record)
+        if record.task == "detection":
+            return cls(record, None, module=module, variables=variables)
         apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"].astype(jnp.float32))
         return cls(record, lambda x: apply(variables, x), module=module, variables=variables)
 
@@ -182,6 +186,19 @@ class Predictor:
         if not np.all(np.isfinite(scores)):
             raise FloatingPointError("the model gave non-finite scores for this image.")
         return scores
+
+    def detect(self, image, *, score_threshold: float | None = None, notes=None):
+        """Detections of one image (a path or an array) with a score of at least
+        `score_threshold` (default: the record's): `detection.DetectionResult`."""
+        if self.record.task != "detection":
+            raise ValueError(f"this checkpoint is a {self.record.task} model, not a detector.")
+        if self._detect_fn is None:
+            self._detect_fn = detection.make_detect_fn(self.module, self.variables)
+        threshold = self.record.inference.get("score_threshold", 0.3)
+        threshold = threshold if score_threshold is None else score_threshold
+        return detection.detect(
+            self._detect_fn, self.record, self.load(image, notes), score_threshold=threshold
+        )
 
     def explain(self, image, queries: Sequence[tuple[int, int]] | None = None, block=None):
         """The attention maps of the model's non-local blocks on one image

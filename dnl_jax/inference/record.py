@@ -29,7 +29,7 @@ from dnl_jax.inference import classes, files
 
 RECORD_FILE = "preprocessing.json"
 VERSION = 1
-RESIZE_POLICIES = ("none", "keep_ratio", "fixed")
+RESIZE_POLICIES = ("none", "keep_ratio", "fixed", "detection")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +37,9 @@ class PreprocessingRecord:
     """What a checkpoint's inputs need (module docstring).
 
     resize: {'policy': 'none'} (inferred at the input's size), {'policy': 'keep_ratio',
-      'base_size': (long, short)} (mmseg's test Resize, aspect kept) or {'policy': 'fixed',
-      'size': (h, w)}.
+      'base_size': (long, short)} (mmseg's test Resize, aspect kept), {'policy': 'fixed',
+      'size': (h, w)} or {'policy': 'detection', 'base_size', 'canvas'} (mmdet's keep-ratio
+      resize, then padded to the canvas).
     inference: {'mode': 'whole' | 'slide', 'crop_size', 'stride', 'align_corners'} for
       segmentation; the task's own settings otherwise.
     architecture: `build_segmentor` keyword arguments of a converted checkpoint whose model is
@@ -118,8 +119,15 @@ def _normalisation(config) -> tuple[tuple[float, ...], tuple[float, ...], dict]:
     if name in tasks.SYNTHETIC_DATASETS:  # drawn in [0, 1], normalised as synthetic.py does
         mean = (255.0 * synthetic.NORMALISATION_MEAN,) * 3
         std = (255.0 * synthetic.NORMALISATION_STD,) * 3
-        return mean, std, {"policy": "none"}
+        if tasks.for_dataset(name).name != "detection":
+            return mean, std, {"policy": "none"}
+        side = int(config.data.synthetic.image_size)  # the detector's canvas: the scene size
+        return mean, std, {"policy": "detection", "base_size": [side, side], "canvas": [side] * 2}
     mean, std = tuple(transforms.IMAGENET_MEAN), tuple(transforms.IMAGENET_STD)
+    if tasks.for_dataset(name).name == "detection":  # mmdet's test resize, padded to a canvas
+        section = config.data.detection
+        resize = {"policy": "detection", "base_size": list(section.base_size)}
+        return mean, std, {**resize, "canvas": list(section.canvas)}
     if tasks.for_dataset(name).name == "segmentation":
         base = [int(v) for v in config.data.segmentation.base_size]
         return mean, std, {"policy": "keep_ratio", "base_size": base}
@@ -135,6 +143,8 @@ def record_from_config(config: ml_collections.ConfigDict, source: str = "trainer
     names, palette, ids = classes.dataset_classes(config.data.name, num_classes)
     kwargs = dict(config.model.kwargs)
     inference = _segmentation_inference(config) if task.name == "segmentation" else {}
+    if task.name == "detection":
+        inference = {"score_threshold": 0.3}
     return PreprocessingRecord(
         task=task.name,
         model=str(config.model.name),
