@@ -26,7 +26,7 @@ import numpy as np
 import tqdm
 
 from dnl_jax.command_line import add_log_level_argument, set_library_log_level
-from dnl_jax.inference import figures, files
+from dnl_jax.inference import figures, files, video
 from dnl_jax.inference.detection import write_detections
 from dnl_jax.inference.explain import npz_arrays
 from dnl_jax.inference.predictor import Predictor
@@ -72,10 +72,11 @@ def check_inputs_fit(paths: Sequence[str], task: str) -> None:
             f"{videos[0]} is a video but the checkpoint is a {task} model; give images, or a "
             "video checkpoint."
         )
-    if task not in ("segmentation", "detection"):
+    others = [p for p in paths if p not in videos]
+    if others and task == "video":
         raise ValueError(
-            f"the checkpoint is a {task} model; this version of predict writes segmentation "
-            "and detection outputs only (see docs/predict.md)."
+            f"{others[0]} is not a video ({', '.join(files.VIDEO_SUFFIXES)}) but the checkpoint "
+            "is a video model; give video files, or an image checkpoint."
         )
 
 
@@ -115,6 +116,13 @@ def write_outputs(predictor: Predictor, result, stem: str, args, notes: list[str
 def predict_files(predictor: Predictor, paths, args, notes: list[str], used: set) -> list[str]:
     """Predicts `paths` (one batch) and writes their outputs; returns the files written."""
     written = []
+    if predictor.record.task == "video":
+        for path in paths:
+            result = predictor.classify(path, top_k=args.top_k)
+            print(video.describe(result, predictor.record, os.path.basename(path)))
+            stem = files.output_stem(path, used)
+            written += video.write_video_result(result, stem, args.output_dir, predictor.record)
+        return written
     if predictor.record.task == "detection":
         for path in paths:
             result = predictor.detect(path, score_threshold=args.score_threshold, notes=notes)
@@ -131,8 +139,9 @@ def predict_files(predictor: Predictor, paths, args, notes: list[str], used: set
 def run(args, log=print) -> dict:
     """The command (module docstring); returns {'images', 'written', 'seconds'}."""
     start = time.perf_counter()
-    paths = files.expand_inputs(args.inputs)
     predictor = make_predictor(args)
+    suffixes = files.VIDEO_SUFFIXES if predictor.record.task == "video" else files.IMAGE_SUFFIXES
+    paths = files.expand_inputs(args.inputs, suffixes)
     check_inputs_fit(paths, predictor.record.task)
     if args.explain and predictor.record.task != "segmentation":
         raise ValueError("--explain draws segmentation models' blocks; drop it for a detector.")
@@ -140,7 +149,7 @@ def run(args, log=print) -> dict:
     written: list[str] = []
     used: set[str] = set()
     bar = tqdm.tqdm(
-        total=len(paths), unit="image", disable=not args.progress_bar, dynamic_ncols=True
+        total=len(paths), unit="file", disable=not args.progress_bar, dynamic_ncols=True
     )
     try:
         for first in range(0, len(paths), args.batch_size):
@@ -153,10 +162,12 @@ def run(args, log=print) -> dict:
         log(note)
     seconds = time.perf_counter() - start
     what = "labels, overlays" + (", explanations" if args.explain else "")
-    if predictor.record.task == "detection":
-        what = "drawn detections, COCO results JSON"
+    if predictor.record.task != "segmentation":
+        what = {"detection": "drawn detections, COCO results JSON", "video": "top-k JSON"}[
+            predictor.record.task
+        ]
     log(
-        f"predict: {len(paths)} image(s) with {predictor.record.model} "
+        f"predict: {len(paths)} file(s) with {predictor.record.model} "
         f"({predictor.record.task}, {predictor.record.num_classes} classes) → "
         f"{os.path.abspath(args.output_dir)} ({what}; {len(written)} files) in {seconds:.1f} s"
     )
@@ -178,6 +189,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--crop_size", type=pair, help="slide windows H,W")
     p.add_argument("--stride", type=pair, help="slide stride H,W")
     p.add_argument("--batch_size", type=int, default=8, help="images of one size per call")
+    p.add_argument("--top_k", type=int, default=5, help="video models: classes printed")
     p.add_argument("--score_threshold", type=float, help="detectors: default the record's (0.3)")
     p.add_argument("--explain", action="store_true", help="draw the non-local blocks' maps")
     p.add_argument("--query", type=pair, nargs="+", help="query pixels X,Y for --explain")

@@ -56,9 +56,10 @@ def expand_inputs(inputs: Sequence[str], suffixes: Sequence[str] = IMAGE_SUFFIXE
                 if name.lower().endswith(tuple(suffixes))
             )
             if not names:
+                what = "videos" if tuple(suffixes) == VIDEO_SUFFIXES else "images"
                 raise ValueError(
-                    f"folder {item} has no images ({', '.join(suffixes)}); give image files "
-                    "or another folder."
+                    f"folder {item} has no {what} ({', '.join(suffixes)}); give {what[:-1]} "
+                    "files or another folder."
                 )
             found += names
         elif os.path.isfile(item):

@@ -23,7 +23,7 @@ import numpy as np
 
 from dnl_jax.data import transforms
 from dnl_jax.evaluators.segmentation_inference import MODES, predict_scores
-from dnl_jax.inference import detection, export, files
+from dnl_jax.inference import detection, export, files, video
 from dnl_jax.inference import explain as explain_lib
 from dnl_jax.inference import model as model_lib
 from dnl_jax.inference.record import PreprocessingRecord, find_record
@@ -63,7 +63,7 @@ class Predictor:
     ):
         self.record, self.logits_fn = record, logits_fn
         self.module, self.variables, self.input_size = module, variables, input_size
-        self._detect_fn = None
+        self._detect_fn = self._classify_fn = None
 
     @classmethod
     def from_checkpoint(cls, path: str, *, record: PreprocessingRecord | None = None) -> Predictor:
@@ -73,7 +73,7 @@ class Predictor:
         record = record or find_record(step_dir)
         module = model_lib.build_module(record)
         variables = model_lib.load_checked(step_dir, module, record)
-        if record.task == "detection":
+        if record.task in ("detection", "video"):  # `detect` / `classify` run them
             return cls(record, None, module=module, variables=variables)
         apply = jax.jit(lambda v, x: module.apply(v, x, train=False)["logits"].astype(jnp.float32))
         return cls(record, lambda x: apply(variables, x), module=module, variables=variables)
@@ -199,6 +199,14 @@ class Predictor:
         return detection.detect(
             self._detect_fn, self.record, self.load(image, notes), score_threshold=threshold
         )
+
+    def classify(self, path: str, *, top_k: int = 5) -> video.VideoResult:
+        """The top-k classes of a video file (`video.VideoResult`)."""
+        if self.record.task != "video":
+            raise ValueError(f"this checkpoint is a {self.record.task} model, not a video one.")
+        if self._classify_fn is None:
+            self._classify_fn = video.make_classify_fn(self.module, self.variables)
+        return video.classify(self._classify_fn, self.record, path, top_k=top_k)
 
     def explain(self, image, queries: Sequence[tuple[int, int]] | None = None, block=None):
         """The attention maps of the model's non-local blocks on one image

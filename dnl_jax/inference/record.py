@@ -26,6 +26,7 @@ import numpy as np
 from dnl_jax import tasks
 from dnl_jax.data import synthetic, transforms
 from dnl_jax.inference import classes, files
+from dnl_jax.inference.video import video_settings
 
 RECORD_FILE = "preprocessing.json"
 VERSION = 1
@@ -145,6 +146,8 @@ def record_from_config(config: ml_collections.ConfigDict, source: str = "trainer
     inference = _segmentation_inference(config) if task.name == "segmentation" else {}
     if task.name == "detection":
         inference = {"score_threshold": 0.3}
+    if task.name == "video":
+        inference = video_settings(config)
     return PreprocessingRecord(
         task=task.name,
         model=str(config.model.name),
