@@ -26,6 +26,7 @@ def tiny_dnlnet():
             mmseg_head(32, 8, CLASSES, num_convs=1, concat_input=False, in_index=2),
         ),
         seed=7,
+        fan_in_weights=True,  # activations O(1) through the net, as a trained model's
     )
 
 
