@@ -233,12 +233,14 @@ def find_record(step_dir: str) -> PreprocessingRecord:
     if os.path.isfile(os.path.join(step_dir, "conversion.json")):
         with open(os.path.join(step_dir, "conversion.json"), encoding="utf-8") as file:
             summary = json.load(file)
-        if summary.get("model") == "auto":
-            raise ValueError(
-                f"{step_dir} was converted with --model auto before converters wrote "
-                f"{RECORD_FILE}; convert it again (same command) to record its architecture."
-            )
-        return record_for_conversion(summary, None)
+        model = summary.get("model")
+        if model != "auto" and tasks.for_model(model).name == "segmentation":
+            return record_for_conversion(summary, None)
+        raise ValueError(
+            f"{step_dir} has a conversion.json but no {RECORD_FILE} (a video or detection model, "
+            "or a segmentor converted before records existed); pass --config CONFIG.py, or "
+            "convert a segmentor again."
+        )
     raise ValueError(
         f"no {RECORD_FILE} or config.json next to {step_dir}; pass --config CONFIG.py, the "
         "config it was trained with."
