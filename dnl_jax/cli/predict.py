@@ -192,7 +192,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=5, help="video models: classes printed")
     p.add_argument("--score_threshold", type=float, help="detectors: default the record's (0.3)")
     p.add_argument("--explain", action="store_true", help="draw the non-local blocks' maps")
-    p.add_argument("--query", type=pair, nargs="+", help="query pixels X,Y for --explain")
+    p.add_argument(
+        "--query", type=pair, nargs="+", action="extend", help="query pixels X,Y for --explain"
+    )
     p.add_argument("--block", help="explain only this block (its path, e.g. decode_head/dnl_block)")
     p.add_argument("--no_progress_bar", dest="progress_bar", action="store_false")
     add_log_level_argument(p)

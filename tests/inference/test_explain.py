@@ -113,3 +113,10 @@ def test_nl_block_full_attention(tmp_path):
     with Image.open(out / "noise_explain_decode_head.nl_block.png") as figure:
         width, height = figure.size
     assert height > width / 4  # two rows of panels (pairwise, full attention)
+
+
+def test_query_flags_repeat_and_take_several_points():
+    args = predict_cli.parser().parse_args(
+        ["a.png", "--output_dir", "o", "--query", "1,2", "--query", "3,4", "5,6"]
+    )
+    assert args.query == [(1, 2), (3, 4), (5, 6)]
