@@ -65,7 +65,7 @@ def main() -> None:
     classes, counts = np.unique(result.labels, return_counts=True)
     record = {
         "command": "python experiments/predict_example.py --checkpoint " + args.checkpoint,
-        "checkpoint": os.path.abspath(args.checkpoint),
+        "checkpoint": args.checkpoint,
         "predicted_pixels": {names[c]: int(n) for c, n in zip(classes, counts, strict=True)},
         "unary_mass_on_beacon_cells": float(block.unary[cells].sum()),
         "beacon_cells_share": float(cells.mean()),
