@@ -96,7 +96,9 @@ def _plain(value):
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
-    raise TypeError(f"not JSON: {type(value).__name__}")
+    if hasattr(value, "to_dict"):  # a ConfigDict inside model.kwargs
+        return value.to_dict()
+    return repr(value)  # never fail a training run over a record entry
 
 
 # ------------------------------------------------------------------------ derived from a config
@@ -142,7 +144,8 @@ def record_from_config(config: ml_collections.ConfigDict, source: str = "trainer
     mean, std, resize = _normalisation(config)
     num_classes = int(config.data.num_classes)
     names, palette, ids = classes.dataset_classes(config.data.name, num_classes)
-    kwargs = dict(config.model.kwargs)
+    kwargs = config.model.kwargs
+    kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
     inference = _segmentation_inference(config) if task.name == "segmentation" else {}
     if task.name == "detection":
         inference = {"score_threshold": 0.3}
