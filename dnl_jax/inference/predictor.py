@@ -120,7 +120,7 @@ class Predictor:
         settings["crop_size"] = tuple(crop_size or settings.get("crop_size") or ()) or None
         settings["stride"] = tuple(stride or settings.get("stride") or ()) or None
         if self.input_size is not None and settings["mode"] == "slide":
-            settings["crop_size"] = settings["crop_size"] or self.input_size
+            settings["crop_size"] = self.input_size  # the windows the exported model takes
         if settings["mode"] == "slide" and not (settings["crop_size"] and settings["stride"]):
             raise ValueError(
                 "--mode slide needs window sizes; pass --crop_size H,W and --stride H,W "
