@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tqdm
@@ -103,7 +104,7 @@ def write_outputs(predictor: Predictor, result, stem: str, args, notes: list[str
                     os.path.join(out, name), explanation, maps, record.class_names, palette
                 )
             )
-        arrays = npz_arrays(explanation)
+        arrays: dict[str, Any] = npz_arrays(explanation)
         written.append(
             files.save_atomic(
                 os.path.join(out, f"{stem}_explain.npz"),
@@ -118,16 +119,16 @@ def predict_files(predictor: Predictor, paths, args, notes: list[str], used: set
     written = []
     if predictor.record.task == "video":
         for path in paths:
-            result = predictor.classify(path, top_k=args.top_k)
-            print(video.describe(result, predictor.record, os.path.basename(path)))
+            ranked = predictor.classify(path, top_k=args.top_k)
+            print(video.describe(ranked, predictor.record, os.path.basename(path)))
             stem = files.output_stem(path, used)
-            written += video.write_video_result(result, stem, args.output_dir, predictor.record)
+            written += video.write_video_result(ranked, stem, args.output_dir, predictor.record)
         return written
     if predictor.record.task == "detection":
         for path in paths:
-            result = predictor.detect(path, score_threshold=args.score_threshold, notes=notes)
+            found = predictor.detect(path, score_threshold=args.score_threshold, notes=notes)
             stem = files.output_stem(path, used)
-            written += write_detections(result, stem, args.output_dir, predictor.record)
+            written += write_detections(found, stem, args.output_dir, predictor.record)
         return written
     options = dict(mode=args.mode, crop_size=args.crop_size, stride=args.stride)
     results = predictor.predict_batch(paths, notes=notes, **options)

@@ -56,7 +56,7 @@ def synthetic_classes(num_classes: int) -> tuple[list[str], np.ndarray]:
     classes per object colour (dark / light cue), each drawn in its object's colour, the
     light-cue class brighter."""
     names = ["background", "dark beacon", "light beacon"]
-    colours = [(115, 115, 115), (20, 20, 20), (240, 240, 240)]
+    colours: list[tuple[int, ...]] = [(115, 115, 115), (20, 20, 20), (240, 240, 240)]
     hues = synthetic.palette((num_classes - 3) // 2)
     for colour_index, rgb in enumerate(hues):
         for cue, shade in (("dark", 0.6), ("light", 1.0)):
@@ -83,14 +83,14 @@ def dataset_classes(dataset: str, num_classes: int) -> tuple[list[str], np.ndarr
         names, palette = synthetic_classes(num_classes)
         return names, palette, list(range(num_classes))
     if dataset in known and len(known[dataset][0]) == num_classes:
-        names, palette = known[dataset]
-        palette = spread_palette(num_classes) if palette is None else palette
+        known_names, known_palette = known[dataset]
+        palette = spread_palette(num_classes) if known_palette is None else known_palette
         ids = list(range(num_classes))
         if dataset == "cityscapes":
             ids = [int(v) for v in cityscapes.TRAIN_TO_LABEL]
         elif dataset == "ade20k":
             ids = [k + 1 for k in range(num_classes)]  # the challenge's 1..150 (0 = other)
-        return list(names), palette, ids
+        return list(known_names), palette, ids
     return (
         [f"class {k}" for k in range(num_classes)],
         spread_palette(num_classes),

@@ -56,7 +56,8 @@ def detect(detect_fn, record, image: np.ndarray, *, score_threshold: float, imag
     )
     outputs["valid"] = outputs["valid"] & (outputs["scores"] >= score_threshold)
     category_ids = list(record.label_ids)
-    entries = coco_eval.model_results(outputs, [image_id], [image.shape[:2]], category_ids)
+    sizes = np.asarray([image.shape[:2]])
+    entries = coco_eval.model_results(outputs, [image_id], sizes, category_ids)
     keep = outputs["valid"][0]
     masks = (
         np.stack([mask_utils.decode(entry["segmentation"]).astype(bool) for entry in entries])
@@ -77,8 +78,8 @@ def draw_detections(result: DetectionResult, class_names, palette) -> np.ndarray
     """uint8 `[H, W, 3]`: masks blended in their class colours, boxes, 'name score' labels."""
     shown = result.image.astype(np.float32)
     for mask, label in zip(result.masks, result.labels, strict=True):
-        colour = np.asarray(palette[int(label)], np.float32)
-        shown[mask] = 0.5 * shown[mask] + 0.5 * colour
+        tint = np.asarray(palette[int(label)], np.float32)
+        shown[mask] = 0.5 * shown[mask] + 0.5 * tint
     canvas = Image.fromarray(np.round(shown).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for box, score, label in zip(result.boxes, result.scores, result.labels, strict=True):

@@ -58,6 +58,15 @@ def _prediction_panel(axis, explanation, class_names, palette):
     axis.set_title("prediction", fontsize=8)
 
 
+def _query_panels(fig, column_axes, image, maps: BlockMaps, k: int, query) -> None:
+    """Query k's pairwise map (row 1) and, for NL, its full attention (row 2)."""
+    marked = [(k, query)]
+    terms = [("pairwise", maps.pairwise), ("full attention", maps.full)]
+    for axis, (title, rows) in zip(column_axes, terms, strict=False):
+        if rows is not None:
+            _map_panel(axis, fig, image, rows[k], maps.key_grid, f"{title}, query {k + 1}", marked)
+
+
 def explain_figure(explanation: Explanation, maps: BlockMaps, class_names, palette):
     """A matplotlib Figure of `maps` (one block) on `explanation`'s image (module docstring)."""
     import matplotlib
@@ -81,26 +90,7 @@ def explain_figure(explanation: Explanation, maps: BlockMaps, class_names, palet
         _map_panel(axes[0, column], fig, image, maps.unary, maps.key_grid, f"unary ({what})")
         column += 1
     for k, query in enumerate(queries if pairwise else ()):
-        marked = [(k, query)]
-        _map_panel(
-            axes[0, column + k],
-            fig,
-            image,
-            maps.pairwise[k],
-            maps.key_grid,
-            f"pairwise, query {k + 1}",
-            marked,
-        )
-        if rows == 2:
-            _map_panel(
-                axes[1, column + k],
-                fig,
-                image,
-                maps.full[k],
-                maps.key_grid,
-                f"full attention, query {k + 1}",
-                marked,
-            )
+        _query_panels(fig, axes[:, column + k], image, maps, k, query)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])

@@ -55,7 +55,7 @@ class Predictor:
     def __init__(
         self,
         record: PreprocessingRecord,
-        logits_fn: Callable,
+        logits_fn: Callable | None,
         *,
         module=None,
         variables: dict | None = None,
@@ -169,6 +169,8 @@ class Predictor:
         return results  # type: ignore[return-value]
 
     def _scores(self, inputs: np.ndarray, output_size, settings: dict) -> np.ndarray:
+        if self.logits_fn is None:
+            raise ValueError(f"a {self.record.task} model gives no per-pixel scores.")
         fixed, size = self.input_size, tuple(inputs.shape[1:3])
         if fixed and settings["mode"] == "slide" and (size[0] < fixed[0] or size[1] < fixed[1]):
             raise ValueError(

@@ -56,7 +56,7 @@ class PreprocessingRecord:
     resize: dict
     inference: dict
     class_names: tuple[str, ...]
-    palette: tuple[tuple[int, int, int], ...]
+    palette: tuple[tuple[int, ...], ...]
     label_ids: tuple[int, ...]
     model_kwargs: dict = dataclasses.field(default_factory=dict)
     architecture: dict | None = None
@@ -104,7 +104,7 @@ def _plain(value):
 # ------------------------------------------------------------------------ derived from a config
 def _segmentation_inference(config) -> dict:
     """Whole or slide settings of the config's first 'segmentation' evaluator (whole if none)."""
-    settings = {"mode": "whole", "crop_size": None, "stride": None}
+    settings: dict[str, Any] = {"mode": "whole", "crop_size": None, "stride": None}
     for section in config.get("evals", {}).values():
         if section.get("type") == "segmentation":
             settings["mode"] = section.get("mode", "whole")
@@ -119,6 +119,8 @@ def _segmentation_inference(config) -> dict:
 def _normalisation(config) -> tuple[tuple[float, ...], tuple[float, ...], dict]:
     """(mean, std, resize) of the config's dataset (0-255 RGB scale)."""
     name = config.data.name
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     if name in tasks.SYNTHETIC_DATASETS:  # drawn in [0, 1], normalised as synthetic.py does
         mean = (255.0 * synthetic.NORMALISATION_MEAN,) * 3
         std = (255.0 * synthetic.NORMALISATION_STD,) * 3
