@@ -52,7 +52,8 @@ def _prediction_panel(axis, explanation, class_names, palette):
     axis.imshow(files.overlay(explanation.image, explanation.labels, palette))
     present = np.unique(explanation.labels)
     handles = [
-        Patch(color=np.asarray(palette[c]) / 255.0, label=class_names[c]) for c in present[:10]
+        Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="black", label=class_names[c])
+        for c in present[:10]
     ]
     axis.legend(handles=handles, fontsize=6, loc="lower left", framealpha=0.8)
     axis.set_title("prediction", fontsize=8)
