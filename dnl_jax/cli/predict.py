@@ -97,20 +97,28 @@ def write_outputs(predictor: Predictor, result, stem: str, args, notes: list[str
     ]
     if args.explain:
         explanation = predictor.explain(result.image, queries=args.query, block=args.block)
-        for maps in explanation.blocks:
-            name = f"{stem}_explain_{maps.path.replace('/', '.')}.png"
-            written.append(
-                figures.save_explain_figure(
-                    os.path.join(out, name), explanation, maps, record.class_names, palette
-                )
-            )
-        arrays: dict[str, Any] = npz_arrays(explanation)
+        written += write_explanation(explanation, stem, out, record)
+    return written
+
+
+def write_explanation(explanation, stem: str, out: str, record) -> list[str]:
+    """NAME_explain_BLOCK.png per block and NAME_explain.npz."""
+    written = []
+    palette = np.asarray(record.palette, np.uint8)
+    for maps in explanation.blocks:
+        name = f"{stem}_explain_{maps.path.replace('/', '.')}.png"
         written.append(
-            files.save_atomic(
-                os.path.join(out, f"{stem}_explain.npz"),
-                lambda buffer: np.savez_compressed(buffer, **arrays),
+            figures.save_explain_figure(
+                os.path.join(out, name), explanation, maps, record.class_names, palette
             )
         )
+    arrays: dict[str, Any] = npz_arrays(explanation)
+    written.append(
+        files.save_atomic(
+            os.path.join(out, f"{stem}_explain.npz"),
+            lambda buffer: np.savez_compressed(buffer, **arrays),
+        )
+    )
     return written
 
 
@@ -123,6 +131,9 @@ def predict_files(predictor: Predictor, paths, args, notes: list[str], used: set
             print(video.describe(ranked, predictor.record, os.path.basename(path)))
             stem = files.output_stem(path, used)
             written += video.write_video_result(ranked, stem, args.output_dir, predictor.record)
+            if args.explain:
+                explanation = predictor.explain(path, queries=args.query, block=args.block)
+                written += write_explanation(explanation, stem, args.output_dir, predictor.record)
         return written
     if predictor.record.task == "detection":
         for path in paths:
@@ -144,8 +155,8 @@ def run(args, log=print) -> dict:
     suffixes = files.VIDEO_SUFFIXES if predictor.record.task == "video" else files.IMAGE_SUFFIXES
     paths = files.expand_inputs(args.inputs, suffixes)
     check_inputs_fit(paths, predictor.record.task)
-    if args.explain and predictor.record.task != "segmentation":
-        raise ValueError("--explain draws segmentation models' blocks; drop it for a detector.")
+    if args.explain and predictor.record.task == "detection":
+        raise ValueError("--explain draws segmentation and video models' blocks; drop it here.")
     notes: list[str] = []
     written: list[str] = []
     used: set[str] = set()

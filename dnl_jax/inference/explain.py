@@ -41,12 +41,15 @@ class BlockMaps:
 
 @dataclasses.dataclass
 class Explanation:
-    """image uint8 `[H, W, 3]`, labels int32 `[H, W]`, queries [(x, y), ...], blocks."""
+    """image uint8 `[H, W, 3]` (a clip's middle frame for video), labels int32 `[H, W]` (None for
+    video), queries [(x, y), ...] (pixels of `image`), blocks; frames uint8 `[T, H, W, 3]`: the
+    clip a video model saw (None for images)."""
 
     image: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None
     queries: list[tuple[int, int]]
     blocks: list[BlockMaps]
+    frames: np.ndarray | None = None
 
 
 def default_queries(labels: np.ndarray) -> list[tuple[int, int]]:
@@ -83,13 +86,18 @@ def query_cell(query: tuple[int, int], image_shape, grid) -> int:
     return row * grid[1] + col
 
 
+def grid_cell(query: tuple[int, int], image_shape, grid) -> int:
+    """Flat index of the cell covering pixel `query` on a 2-D grid (h, w), or on a 3-D grid
+    (t, h, w) in its middle time slice (the clip's middle frame)."""
+    if len(grid) == 2:
+        return query_cell(query, image_shape, grid)
+    if len(grid) == 3:
+        return (grid[0] // 2) * grid[1] * grid[2] + query_cell(query, image_shape, grid[1:])
+    raise ValueError(f"--explain draws 2-D and 3-D blocks; this one has a {len(grid)}-D grid.")
+
+
 def _block_maps(capture, queries, image_shape) -> BlockMaps:
-    if len(capture.grid) != 2:
-        raise ValueError(
-            f"block {capture.path} has a {len(capture.grid)}-D grid; --explain on images needs "
-            "2-D blocks."
-        )
-    cells = np.asarray([query_cell(q, image_shape, capture.grid) for q in queries], np.int64)
+    cells = np.asarray([grid_cell(q, image_shape, capture.grid) for q in queries], np.int64)
     rows = analysis.attention_rows(capture, cells)
 
     def first(term):
@@ -115,6 +123,13 @@ def explain(module, variables, model_input, result, *, queries=None, block=None)
     image_shape = result.labels.shape
     queries = list(queries) if queries else default_queries(result.labels)
     check_queries(queries, image_shape)
+    captures = _captures(module, variables, model_input, block)
+    blocks = [_block_maps(capture, queries, image_shape) for capture in captures]
+    return Explanation(result.image, result.labels, queries, blocks)
+
+
+def _captures(module, variables, model_input, block) -> list:
+    """The captured non-local blocks of one input (the one named `block`, if given)."""
     _, captures = analysis.BlockCapturer(module)(variables, model_input[None])
     if block is not None:
         paths = [capture.path for capture in captures]
@@ -123,18 +138,28 @@ def explain(module, variables, model_input, result, *, queries=None, block=None)
             raise ValueError(f"--block {block!r} is not a non-local block here; blocks: {paths}.")
     if not captures:
         raise ValueError("this model has no non-local block (NL, DNL or GC) to explain.")
-    blocks = [_block_maps(capture, queries, image_shape) for capture in captures]
-    return Explanation(result.image, result.labels, queries, blocks)
+    return captures
+
+
+def explain_clip(module, variables, clip, frames, *, queries=None, block=None) -> Explanation:
+    """The maps of a video model's blocks on one clip: `clip` float32 `[T, c, c, 3]` (the model's
+    input), `frames` uint8 `[T, c, c, 3]` (the same view for display). Queries are pixels of the
+    middle frame (default: its centre)."""
+    middle = frames[len(frames) // 2]
+    queries = list(queries) if queries else [(middle.shape[1] // 2, middle.shape[0] // 2)]
+    check_queries(queries, middle.shape[:2])
+    captures = _captures(module, variables, clip, block)
+    blocks = [_block_maps(capture, queries, middle.shape[:2]) for capture in captures]
+    return Explanation(middle, None, queries, blocks, frames)
 
 
 def npz_arrays(explanation: Explanation) -> dict[str, np.ndarray]:
     """What `--explain` writes to NAME_explain.npz: 'queries_xy' `[n, 2]`, 'labels' `[H, W]` and
     per block (its path with '/' → '.'): BLOCK.unary `[M]`, BLOCK.pairwise `[n, M]`, BLOCK.full
     `[n, M]`, BLOCK.grid, BLOCK.key_grid, BLOCK.query_cells."""
-    arrays = {
-        "queries_xy": np.asarray(explanation.queries, np.int64).reshape(-1, 2),
-        "labels": explanation.labels,
-    }
+    arrays = {"queries_xy": np.asarray(explanation.queries, np.int64).reshape(-1, 2)}
+    if explanation.labels is not None:
+        arrays["labels"] = explanation.labels
     for maps in explanation.blocks:
         name = maps.path.replace("/", ".")
         arrays[f"{name}.grid"] = np.asarray(maps.grid)
@@ -150,6 +175,8 @@ __all__ = [
     "BlockMaps",
     "Explanation",
     "explain",
+    "explain_clip",
+    "grid_cell",
     "default_queries",
     "check_queries",
     "query_cell",

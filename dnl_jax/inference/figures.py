@@ -18,7 +18,7 @@ PANEL_INCHES = 2.6
 MARKERS = ("*", "P", "X", "D", "s", "^", "v", "o")
 
 
-def _map_panel(axis, fig, image, weights, key_grid, title, queries=()):
+def _map_panel(axis, fig, image, weights, key_grid, title, queries=(), limits=(None, None)):
     height, width = image.shape[:2]
     axis.imshow(image.mean(-1), cmap="gray", vmin=0, vmax=255)
     shown = axis.imshow(
@@ -27,6 +27,8 @@ def _map_panel(axis, fig, image, weights, key_grid, title, queries=()):
         alpha=0.55,
         extent=(-0.5, width - 0.5, height - 0.5, -0.5),
         interpolation="nearest",
+        vmin=limits[0],
+        vmax=limits[1],
     )
     bar = fig.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
     bar.ax.tick_params(labelsize=6)
@@ -104,15 +106,62 @@ def explain_figure(explanation: Explanation, maps: BlockMaps, class_names, palet
     return fig
 
 
+def clip_figure(explanation: Explanation, maps: BlockMaps):
+    """A 3-D block on a video clip: one row per time slice of its key grid (the clip's frame at
+    that time), columns unary | pairwise of each query (queries marked on the middle row, whose
+    time slice they are taken in). Each map keeps one colour scale over its rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames, (slices, *grid) = explanation.frames, maps.key_grid
+    if frames is None:
+        raise ValueError("clip_figure draws a video model's explanation (with its frames).")
+    # (title, weights [M], index of the query it belongs to or None)
+    terms: list[tuple[str, np.ndarray, int | None]] = []
+    if maps.unary is not None:
+        terms.append(("unary", maps.unary, None))
+    if maps.pairwise is not None:
+        terms += [(f"pairwise, query {k + 1}", row, k) for k, row in enumerate(maps.pairwise)]
+    fig, axes = plt.subplots(
+        slices, 1 + len(terms), squeeze=False,
+        figsize=((1 + len(terms)) * PANEL_INCHES, slices * PANEL_INCHES * 0.9),
+    )  # fmt: skip
+    for t in range(slices):
+        index = min(t * len(frames) // slices, len(frames) - 1)
+        axes[t, 0].imshow(frames[index])
+        axes[t, 0].set_title(f"frame {index}", fontsize=8)
+        for column, (title, weights, k) in enumerate(terms, start=1):
+            limits = (float(weights.min()), float(weights.max()))
+            marked: list = []
+            if k is not None and t == slices // 2:
+                marked = [(k, explanation.queries[k])]
+            cells = weights.reshape(slices, -1)[t]
+            _map_panel(
+                axes[t, column], fig, frames[index], cells, tuple(grid), title, marked, limits
+            )
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.suptitle(f"{maps.path} ({maps.kind.upper()}, {'x'.join(map(str, maps.grid))} grid)",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
 def save_explain_figure(path: str, explanation, maps, class_names, palette) -> str:
     """Writes the figure as PNG (atomically) and closes it."""
     import matplotlib.pyplot as plt
 
-    fig = explain_figure(explanation, maps, class_names, palette)
+    if explanation.frames is not None:
+        fig = clip_figure(explanation, maps)
+    else:
+        fig = explain_figure(explanation, maps, class_names, palette)
     try:
         return files.save_atomic(path, lambda buffer: fig.savefig(buffer, format="png", dpi=100))
     finally:
         plt.close(fig)
 
 
-__all__ = ["explain_figure", "save_explain_figure"]
+__all__ = ["explain_figure", "clip_figure", "save_explain_figure"]

@@ -216,6 +216,13 @@ class Predictor:
         predicted class, the centre of its largest region); `block` a block's path."""
         if self.module is None:
             raise ValueError("an exported model has no blocks to explain; use --checkpoint.")
+        if self.record.task == "video":  # `image` is a video file: its middle clip
+            clip, frames = video.clip_view(self.record, os.fspath(image))
+            return explain_lib.explain_clip(
+                self.module, self.variables, clip, frames, queries=queries, block=block
+            )
+        if self.record.task != "segmentation":
+            raise ValueError("--explain draws segmentation and video models' blocks.")
         image = self.load(image)
         result = self.predict(image, mode="whole")
         return explain_lib.explain(

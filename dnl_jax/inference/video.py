@@ -73,22 +73,41 @@ def make_classify_fn(module, variables):
     return lambda clips: np.asarray(apply(variables, clips))
 
 
-def classify(classify_fn, record, path: str, *, top_k: int = 5) -> VideoResult:
-    """`VideoResult` of the video file at `path`."""
+def _views(record, frames: np.ndarray, *, one: bool = False, mean=None, std=None):
+    """The record's views `[V, T, c, c, 3]` of decoded frames (`one`: the middle clip's centre
+    crop only), normalised by `mean` / `std` (default the record's)."""
     settings = record.inference
     crop = int(settings["crop_size"])
-    frames = read_video(path, int(settings["short_side"]) or crop)
-    views = transforms.video_eval_views(
+    return transforms.video_eval_views(
         {"video": frames, "label": -1},
         clip_len=int(settings["clip_len"]),
         stride=int(settings["frame_stride"]),
         crop_size=crop,
-        num_clips=int(settings["num_clips"]),
-        num_crops=int(settings["num_crops"]),
+        num_clips=1 if one else int(settings["num_clips"]),
+        num_crops=1 if one else int(settings["num_crops"]),
         short_side=int(settings["short_side"]) or None,
-        mean=record.mean,
-        std=record.std,
+        mean=record.mean if mean is None else mean,
+        std=record.std if std is None else std,
     )["video"]
+
+
+def _decoded(record, path: str) -> np.ndarray:
+    settings = record.inference
+    return read_video(path, int(settings["short_side"]) or int(settings["crop_size"]))
+
+
+def clip_view(record, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(model input float32 `[T, c, c, 3]`, the same frames uint8 for display) of the middle
+    clip's centre crop of the video at `path` (what `--explain` draws)."""
+    frames = _decoded(record, path)
+    clip = _views(record, frames, one=True)[0]
+    shown = _views(record, frames, one=True, mean=(0.0,) * 3, std=(1.0,) * 3)[0]
+    return clip, np.clip(np.round(shown), 0, 255).astype(np.uint8)
+
+
+def classify(classify_fn, record, path: str, *, top_k: int = 5) -> VideoResult:
+    """`VideoResult` of the video file at `path`."""
+    views = _views(record, _decoded(record, path))
     scores = host_softmax(classify_fn(views)).mean(axis=0)
     order = np.argsort(-scores)[:top_k]
     return VideoResult(scores, [(int(k), float(scores[k])) for k in order], len(views))
@@ -113,4 +132,11 @@ def describe(result: VideoResult, record, name: str) -> str:
     return f"{name}: {top}"
 
 
-__all__ = ["VideoResult", "video_settings", "read_video", "classify", "write_video_result"]
+__all__ = [
+    "VideoResult",
+    "video_settings",
+    "read_video",
+    "classify",
+    "clip_view",
+    "write_video_result",
+]

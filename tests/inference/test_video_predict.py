@@ -81,3 +81,26 @@ def test_bad_video_inputs(video_checkpoint, tmp_path, capsys, name, content, exp
     assert predict_cli.main([*args, "--no_progress_bar"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_video_explain_draws_the_clip_frames(video_checkpoint, tmp_path, capsys):
+    """--explain on a video model: its 3-D blocks' maps over the middle clip (rows sum to 1),
+    the query in the middle time slice, one figure row per key time slice."""
+    write_video(tmp_path / "in" / "clip.mp4", (40, 200, 40), frames=10, height=40, width=56)
+    path = str(tmp_path / "in" / "clip.mp4")
+    explanation = Predictor.from_checkpoint(video_checkpoint).explain(path, queries=[(5, 30)])
+    assert explanation.frames.shape == (4, 32, 32, 3) and explanation.labels is None
+    assert explanation.blocks
+    for maps in explanation.blocks:
+        assert len(maps.grid) == 3
+        np.testing.assert_allclose(maps.unary.sum(), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(maps.pairwise.sum(-1), 1.0, rtol=1e-5)
+        t, h, w = maps.grid
+        assert maps.query_cells[0] == (t // 2) * h * w + (30 * h // 32) * w + 5 * w // 32
+    out = tmp_path / "out"
+    args = [path, "--checkpoint", video_checkpoint, "--output_dir", str(out), "--explain"]
+    assert predict_cli.main([*args, "--no_progress_bar"]) == 0
+    stored = np.load(out / "clip_explain.npz")
+    assert "labels" not in stored and stored["queries_xy"].tolist() == [[16, 16]]  # the centre
+    figures = sorted(p.name for p in out.glob("clip_explain_*.png"))
+    assert len(figures) == len(explanation.blocks)
