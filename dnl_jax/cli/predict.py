@@ -140,6 +140,9 @@ def predict_files(predictor: Predictor, paths, args, notes: list[str], used: set
             found = predictor.detect(path, score_threshold=args.score_threshold, notes=notes)
             stem = files.output_stem(path, used)
             written += write_detections(found, stem, args.output_dir, predictor.record)
+            if args.explain:
+                explanation = predictor.explain(found.image, queries=args.query, block=args.block)
+                written += write_explanation(explanation, stem, args.output_dir, predictor.record)
         return written
     options = dict(mode=args.mode, crop_size=args.crop_size, stride=args.stride)
     results = predictor.predict_batch(paths, notes=notes, **options)
@@ -155,8 +158,6 @@ def run(args, log=print) -> dict:
     suffixes = files.VIDEO_SUFFIXES if predictor.record.task == "video" else files.IMAGE_SUFFIXES
     paths = files.expand_inputs(args.inputs, suffixes)
     check_inputs_fit(paths, predictor.record.task)
-    if args.explain and predictor.record.task == "detection":
-        raise ValueError("--explain draws segmentation and video models' blocks; drop it here.")
     notes: list[str] = []
     written: list[str] = []
     used: set[str] = set()

@@ -40,16 +40,31 @@ def make_detect_fn(module, variables):
     return lambda images, sizes: apply(variables, images, sizes)
 
 
-def detect(detect_fn, record, image: np.ndarray, *, score_threshold: float, image_id: int = 0):
-    """`DetectionResult` of one uint8 image."""
+def model_input(record, image: np.ndarray, image_id: int = 0) -> dict:
+    """The evaluator's input of one uint8 image: {'image' `[Hc, Wc, 3]` (the canvas),
+    'image_size', 'scale_factor' (h, w), 'orig_size', 'image_id'}."""
     resize = record.resize
-    example = detection_transforms.detection_eval_preprocess(
+    return detection_transforms.detection_eval_preprocess(
         {"image": image, "image_id": image_id},
         scale=tuple(resize["base_size"]),
         canvas=tuple(resize["canvas"]),
         mean=record.mean,
         std=record.std,
     )
+
+
+def canvas_display(record, example: dict) -> np.ndarray:
+    """uint8 `[Hc, Wc, 3]`: `model_input`'s canvas as the detector sees it (the resized image,
+    black padding)."""
+    shown = example["image"] * np.asarray(record.std, np.float32) + np.asarray(record.mean)
+    height, width = (int(v) for v in example["image_size"])
+    shown[height:], shown[:, width:] = 0.0, 0.0
+    return np.clip(np.round(shown), 0, 255).astype(np.uint8)
+
+
+def detect(detect_fn, record, image: np.ndarray, *, score_threshold: float, image_id: int = 0):
+    """`DetectionResult` of one uint8 image."""
+    example = model_input(record, image, image_id)
     outputs = detect_fn(example["image"][None], example["image_size"][None])
     outputs = detection_transforms.outputs_to_original(
         {key: np.asarray(value) for key, value in outputs.items()}, example["scale_factor"][None]
@@ -114,4 +129,12 @@ def write_detections(result, stem: str, output_dir: str, record) -> list[str]:
     ]
 
 
-__all__ = ["DetectionResult", "detect", "make_detect_fn", "draw_detections", "write_detections"]
+__all__ = [
+    "DetectionResult",
+    "detect",
+    "model_input",
+    "canvas_display",
+    "make_detect_fn",
+    "draw_detections",
+    "write_detections",
+]

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from dnl_jax import analysis
+from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 
 
 @dataclasses.dataclass
@@ -128,9 +129,10 @@ def explain(module, variables, model_input, result, *, queries=None, block=None)
     return Explanation(result.image, result.labels, queries, blocks)
 
 
-def _captures(module, variables, model_input, block) -> list:
-    """The captured non-local blocks of one input (the one named `block`, if given)."""
-    _, captures = analysis.BlockCapturer(module)(variables, model_input[None])
+def _captures(module, variables, model_input, block, method=None) -> list:
+    """The captured non-local blocks of one input (the one named `block`, if given); `method`:
+    the module method to run (a detector's backbone: `MaskRCNN.build`)."""
+    _, captures = analysis.BlockCapturer(module, method)(variables, model_input[None])
     if block is not None:
         paths = [capture.path for capture in captures]
         captures = [capture for capture in captures if capture.path == block]
@@ -151,6 +153,21 @@ def explain_clip(module, variables, clip, frames, *, queries=None, block=None) -
     captures = _captures(module, variables, clip, block)
     blocks = [_block_maps(capture, queries, middle.shape[:2]) for capture in captures]
     return Explanation(middle, None, queries, blocks, frames)
+
+
+def explain_detector(module, variables, example: dict, shown, *, queries=None, block=None):
+    """The maps of a detector's backbone blocks on one image: `example` its evaluation input
+    (`detection.model_input`: the canvas, scale_factor, orig_size), `shown` uint8 the canvas for
+    display. Queries are pixels (x, y) of the original image (default its centre); the
+    explanation's image and queries are on the canvas."""
+    height, width = (int(v) for v in example["orig_size"])
+    queries = list(queries) if queries else [(width // 2, height // 2)]
+    check_queries(queries, (height, width))
+    scale_h, scale_w = (float(v) for v in example["scale_factor"])
+    on_canvas = [(int(x * scale_w), int(y * scale_h)) for x, y in queries]
+    captures = _captures(module, variables, example["image"], block, MaskRCNN.build)
+    blocks = [_block_maps(capture, on_canvas, shown.shape[:2]) for capture in captures]
+    return Explanation(shown, None, on_canvas, blocks)
 
 
 def npz_arrays(explanation: Explanation) -> dict[str, np.ndarray]:
@@ -176,6 +193,7 @@ __all__ = [
     "Explanation",
     "explain",
     "explain_clip",
+    "explain_detector",
     "grid_cell",
     "default_queries",
     "check_queries",

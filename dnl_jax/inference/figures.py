@@ -79,15 +79,18 @@ def explain_figure(explanation: Explanation, maps: BlockMaps, class_names, palet
 
     queries = explanation.queries
     pairwise = maps.pairwise is not None
-    columns = 2 + (maps.unary is not None) + (len(queries) if pairwise else 0)
+    predicted = explanation.labels is not None  # a detector's explanation has no label map
+    columns = 1 + predicted + (maps.unary is not None) + (len(queries) if pairwise else 0)
     rows = 2 if maps.kind == "nl" and pairwise else 1
     fig, axes = plt.subplots(
         rows, columns, squeeze=False, figsize=(columns * PANEL_INCHES, rows * PANEL_INCHES * 0.9)
     )
     image = explanation.image
     _queries_panel(axes[0, 0], image, queries)
-    _prediction_panel(axes[0, 1], explanation, class_names, palette)
-    column = 2
+    column = 1
+    if predicted:
+        _prediction_panel(axes[0, 1], explanation, class_names, palette)
+        column = 2
     if maps.unary is not None:
         what = "implicit" if maps.kind == "nl" else "explicit"
         _map_panel(axes[0, column], fig, image, maps.unary, maps.key_grid, f"unary ({what})")

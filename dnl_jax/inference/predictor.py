@@ -221,8 +221,12 @@ class Predictor:
             return explain_lib.explain_clip(
                 self.module, self.variables, clip, frames, queries=queries, block=block
             )
-        if self.record.task != "segmentation":
-            raise ValueError("--explain draws segmentation and video models' blocks.")
+        if self.record.task == "detection":  # the backbone's blocks on the detector's canvas
+            example = detection.model_input(self.record, self.load(image))
+            shown = detection.canvas_display(self.record, example)
+            return explain_lib.explain_detector(
+                self.module, self.variables, example, shown, queries=queries, block=block
+            )
         image = self.load(image)
         result = self.predict(image, mode="whole")
         return explain_lib.explain(

@@ -61,3 +61,13 @@ def test_detection_checkpoint_on_a_png(tmp_path, capsys):
     args[args.index("--score_threshold") + 1] = "1.01"  # above every score: nothing kept
     assert predict_cli.main(args) == 0
     assert json.loads((out / "photo_detections.json").read_text())["annotations"] == []
+    # --explain: the backbone's context block on the detector's canvas, rows summing to 1.
+    args[args.index("--score_threshold") + 1] = "0.5"
+    assert predict_cli.main([*args, "--explain", "--query", "90,70"]) == 0
+    stored = np.load(out / "photo_explain.npz")
+    (block,) = {key.rsplit(".", 1)[0] for key in stored if key.endswith(".pairwise")}
+    np.testing.assert_allclose(stored[f"{block}.pairwise"].sum(-1), 1.0, rtol=1e-5)
+    assert stored["queries_xy"].tolist() == [[60, 46]]  # (90 · 64/96, 70 · 53/80): the resize
+    assert (out / f"photo_explain_{block}.png").exists()
+    assert predict_cli.main([*args, "--explain", "--query", "96,0"]) == 2  # outside the image
+    assert "outside the 96x80 image" in capsys.readouterr().err
