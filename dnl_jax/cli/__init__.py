@@ -6,6 +6,8 @@
     prepare     a dataset's raw download into array_record files
     convert     a PyTorch checkpoint into dnl_jax variables
     pretrained  a downloaded ImageNet backbone into what the trainer loads
+    predict     a checkpoint (or an exported model) on your own images and videos, --explain
+    export      a checkpoint as a serialized jax.export artifact with its preprocessing record
 
 flags.py parses what the commands share (`--config.model.kwargs.NAME=VALUE`, the check of
 `--config.KEY=VALUE` keys); output.py sets what they print. The library (dnl_jax.train,

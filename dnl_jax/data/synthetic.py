@@ -44,6 +44,10 @@ BACKGROUND_GREY = 0.45
 CUE_GREYS = (0.0, 1.0)  # beacon grey level for cue 0 and cue 1
 MAX_OBJECTS = 3
 BEACON_FRACTION = 0.25  # beacon side / image side
+# Images are drawn in [0, 1] and normalised as (rgb - MEAN) / STD (the preprocessing record of a
+# synthetic-scene checkpoint reads these, dnl_jax/inference/record.py).
+NORMALISATION_MEAN = 0.5
+NORMALISATION_STD = 0.25
 
 
 def palette(num_colours: int) -> np.ndarray:
@@ -223,7 +227,7 @@ def draw_scene(
     rgb[y : y + side, x : x + side] = CUE_GREYS[cue]
     label[y : y + side, x : x + side] = 1 + cue
     rgb = rgb + noise * rng.standard_normal(rgb.shape).astype(np.float32)
-    image = ((rgb - 0.5) / 0.25).astype(np.float32)
+    image = ((rgb - NORMALISATION_MEAN) / NORMALISATION_STD).astype(np.float32)
     salient = np.zeros((size, size), bool)
     salient[y : y + side, x : x + side] = True
     return {"image": image, "label": label, "salient": salient}

@@ -36,6 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dnl_jax import tasks
+from dnl_jax.inference.record import record_for_conversion, write_record
 from dnl_jax.interop import mapping, mmaction, mmdet, segmentor
 from dnl_jax.interop.checkpoint_io import load_torch_checkpoint, to_numpy
 
@@ -186,6 +187,11 @@ def convert(
     )
     with open(os.path.join(out_dir, "conversion.json"), "w", encoding="utf-8") as file:
         json.dump(summary, file, indent=2)
+    if not (video_layout or detector):  # what predict needs (dnl_jax/inference/record.py)
+        architecture = None
+        if model == "auto":
+            architecture = dict(segmentor.segmentor_config(state_dict), output_stride=output_stride)
+        write_record(out_dir, record_for_conversion(summary, architecture, output_stride))
     return summary
 
 

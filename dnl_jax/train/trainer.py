@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from dnl_jax import evaluators, tasks
+from dnl_jax.inference.record import record_from_config, write_record
 from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import checkpoint as ckpt
 from dnl_jax.train import initialisation, logs, parallel, preemption
@@ -285,6 +286,8 @@ def _train_and_evaluate(config, built: tasks.Built, workdir: str, watcher, on_st
         with run.driver.context():
             state, signature = _initial_state(run)
             run.writer.write_config(tasks.applicable(config, built.task))
+            if run.writer.active:  # what predict needs to preprocess inputs (docs/predict.md)
+                write_record(workdir, record_from_config(config, built.task))
             state, status, results = _train_loop(run, state, signature, on_step)
             host_state = run.driver.host_state(state)
             if status == "completed" and results is None:  # resumed after the last step
