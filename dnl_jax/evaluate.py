@@ -28,49 +28,12 @@ import numpy as np
 from dnl_jax import evaluators, tasks
 from dnl_jax.evaluators.segmentation import format_iou_table
 from dnl_jax.models.metrics import describe
-from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import parallel
 from dnl_jax.train import step as step_lib
-from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.checkpoint_paths import step_directory
+from dnl_jax.train.checkpoint_reading import load_checked_variables
 from dnl_jax.train.config import validate_config
-from dnl_jax.train.trainer import make_bundle, make_init_fn
-
-
-def _saved_model(path: str) -> str:
-    """' (saved for model M with K classes)' from the checkpoint's meta item, when readable."""
-    try:
-        with open(os.path.join(path, "meta", "metadata")) as f:
-            meta = json.load(f)
-        return f" (it was saved for model {meta['model']!r} with {meta['num_classes']} classes)"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-
-
-def load_checked_variables(config, path: str) -> dict:
-    """{'params', 'batch_stats'} of checkpoint step `path`; ValueError when they do not fit
-    the config's model (names the first mismatching parameter)."""
-    optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
-    expected = jax.eval_shape(make_init_fn(optimizer, config))
-    try:
-        variables = load_variables(path)
-    except Exception as error:  # orbax's own errors on unreadable files, as one line
-        if isinstance(error, ValueError):
-            raise
-        raise ValueError(
-            f"--checkpoint={path} could not be read: {type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}"
-        ) from error
-    mismatch = parameter_mismatch(variables["params"], expected.params) or parameter_mismatch(
-        variables["batch_stats"], expected.batch_stats
-    )
-    if mismatch:
-        raise ValueError(
-            f"--checkpoint={path} does not fit config.model.name={config.model.name!r} with "
-            f"config.data.num_classes={config.data.num_classes}{_saved_model(path)}: "
-            f"{mismatch}. Pass the config (and model.kwargs) it was trained with."
-        )
-    return variables
+from dnl_jax.train.trainer import make_bundle
 
 
 def evaluate_checkpoint(
@@ -153,8 +116,10 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    from dnl_jax.command_line import exit_on_bad_config_file
     from dnl_jax.train.config import take_model_kwargs_flags
 
+    exit_on_bad_config_file("evaluate")
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
     flags.DEFINE_string(
         "checkpoint", None, "Checkpoint step directory, e.g. runs/demo-latest/checkpoints/1000."
