@@ -104,7 +104,7 @@ def main(argv) -> None:
     try:
         set_model_kwargs(config, _MODEL_KWARGS)
         results = evaluate_checkpoint(config, flags.FLAGS.checkpoint, split, output_dir=output_dir)
-    except ValueError as error:
+    except (ValueError, FloatingPointError) as error:  # FloatingPointError: NaN/inf outputs
         sys.exit(f"evaluate: {error}")
     if output_dir:
         print(f"wrote {_write_metrics(results, output_dir, split)}")

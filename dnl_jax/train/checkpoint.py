@@ -25,6 +25,7 @@ these paths report themselves are not shown twice (shutdown.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -87,6 +88,7 @@ class Checkpointer:
         self.best_metric = best_metric
         self.every_seconds = float(every_seconds)
         self._last_save_time = time.monotonic()
+        self._failed_save: int | None = None  # a save that ran out of space
         # Checkpoints saved under another metric name (another task) rank last.
         rank = lambda metrics: metrics.get(best_metric, float("-inf"))  # noqa: E731
         keepers = [policies.LatestN(n=keep)]
@@ -164,6 +166,9 @@ class Checkpointer:
         except Exception as error:  # noqa: BLE001 - orbax wraps the OSError in several types
             if not faults.is_disk_full(error):
                 raise
+            self._failed_save = step
+            with contextlib.suppress(Exception), shutdown.reported_here(faults.is_disk_full):
+                self.manager.wait_until_finished()  # its other threads: done writing
             faults.remove_unfinished_saves(self.directory, step, reported=True)
             raise faults.DiskFull(
                 faults.disk_full_message(
@@ -286,6 +291,8 @@ class Checkpointer:
         with shutdown.reported_here(faults.is_disk_full):  # a save's failure, reported
             self.manager.wait_until_finished()
         self.manager.close()
+        if self._failed_save is not None:  # what its threads wrote after the first removal
+            faults.remove_unfinished_saves(self.directory, self._failed_save, reported=True)
 
 
 def _reported_restore_error(error: BaseException) -> bool:

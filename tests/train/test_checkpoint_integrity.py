@@ -59,6 +59,11 @@ def test_checksums_are_layout_independent_and_see_one_changed_word():
     expected = f"{int(words.sum() % 2**32):08x}-{int((words * index).sum() % 2**32):08x}"
     assert checksums.tree_checksums({"a": array})["a"] == expected
     assert checksums.tree_checksums({"a": jnp.asarray(array)})["a"] == expected
+    # The jitted reduction (arrays sharded over processes) gives the host's sums.
+    rng = np.random.default_rng(1)
+    for odd in (rng.standard_normal((1025, 3)), rng.integers(0, 255, 4097).astype(np.uint8)):
+        on_device = [int(v) for v in checksums._all_sums([jnp.asarray(odd)])[0]]
+        assert checksums.host_sums(odd.astype(jnp.asarray(odd).dtype)) == tuple(on_device)
     changed = array.copy()
     changed[1, 2, 3] = np.nextafter(changed[1, 2, 3], np.float32(np.inf))
     assert checksums.tree_checksums({"a": changed})["a"] != expected

@@ -109,11 +109,14 @@ def test_non_finite_step_is_one_line(tmp_path):
     )
     assert code == 1, output
     assert_one_clean_message(output)
-    assert _last_line(output).startswith("main: non-finite training step at step 1"), output
+    # NaN images: the evaluation before training sees them first.
+    last = _last_line(output)
+    assert last.startswith("main: evaluation 'val' of the weights after step 0"), output
+    assert "non-finite (NaN or inf) outputs" in last
 
 
 def _start(workdir, *overrides):
-    log = open(os.path.join(workdir, "..", f"{os.path.basename(workdir)}.log"), "w+")  # noqa: SIM115
+    log = open(workdir.parent / f"{workdir.name}.log", "w+")  # noqa: SIM115
     process = subprocess.Popen(
         _command(workdir, *overrides), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO
     )
@@ -166,6 +169,12 @@ def test_sigterm_then_ctrl_c_each_save_one_checkpoint_and_say_how_to_resume(tmp_
         else:
             assert f"preempted (SIGTERM) during training: checkpoint at step {saved}" in output
         assert_no_duplicate_rows(workdir)
+    # Resuming with another learning rate changes the trajectory: one line, nothing written.
+    code, output = _run(_command(workdir, *long_run, "--config.optimizer.lr=0.2"))
+    assert code == 1, output
+    assert_one_clean_message(output)
+    assert _last_line(output).startswith("main: the config differs"), output
+    assert "optimizer.lr 0.1 → 0.2" in _last_line(output) and "--allow_config_change" in output
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
