@@ -52,17 +52,24 @@ class MetricWriter:
             # Kept open across writes (append, flushed per record); closed in `close`.
             self._jsonl = open(path, "a")  # noqa: SIM115
 
-    def forget_after(self, step: int) -> int:
+    def forget_after(self, step: int, *, evaluations_at_step: bool = False) -> int:
         """Drops the records of `metrics.jsonl` past `step` (the step a run resumes from: a run
-        stopped after its last checkpoint logged steps it will log again); returns how many.
-        The file is rewritten whole and renamed over the old one: never half-written."""
+        stopped after its last checkpoint logged steps it will log again; -1 for a fresh start),
+        and with `evaluations_at_step` the evaluation records at `step` too (an evaluation a
+        preemption cut short is redone); returns how many. The file is rewritten whole and
+        renamed over the old one: never half-written."""
         path = os.path.join(self.workdir, METRICS_FILE)
         if not self.active or not os.path.exists(path):
             return 0
         _drop_torn_tail(path)
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.readlines()
-        kept = [line for line in lines if _record_step(line) <= step]
+        kept = [
+            line
+            for line in lines
+            if _record_step(line) < step
+            or (_record_step(line) == step and not (evaluations_at_step and _is_evaluation(line)))
+        ]
         if len(kept) == len(lines):
             return 0
         with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -115,6 +122,13 @@ def _record_step(line: str) -> float:
         return float(json.loads(line).get("step", float("-inf")))
     except (ValueError, AttributeError, TypeError):
         return float("-inf")
+
+
+def _is_evaluation(line: str) -> bool:
+    try:
+        return json.loads(line).get("split") != "train"
+    except (ValueError, AttributeError):
+        return False
 
 
 def _drop_torn_tail(path: str) -> None:

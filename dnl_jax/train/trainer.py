@@ -422,7 +422,10 @@ def _train_and_evaluate(config, workdir: str, watcher, on_step, allow_config_cha
             changes = resume_check.check_resume(  # after the model check, before any write
                 workdir, recorded, resuming=start > 0, allow=allow_config_change
             )
-            run.writer.forget_after(start)
+            run.writer.forget_after(  # what the stopped run logged past its checkpoint
+                start if start > 0 else -1,
+                evaluations_at_step=preemption.interrupted_evaluation(workdir) == start,
+            )
             run.writer.write_config(resume_check.with_history(workdir, recorded, changes, start))
             state, status, results = _train_loop(run, state, signature, on_step)
             host_state = run.driver.host_state(state)

@@ -126,6 +126,14 @@ def test_metrics_past_the_restored_step_are_forgotten(tmp_path):
     steps = [r["step"] for r in logs.read_metrics(str(tmp_path))]
     assert steps == [0, 10, 20, 30]
     assert logs.read_metrics(str(tmp_path))[-1]["loss"] == 0.5
+    # An evaluation cut short at the restored step is redone: its records go, the step's
+    # training record stays; a fresh start (-1) forgets everything.
+    again = logs.MetricWriter(str(tmp_path))
+    again.write(30, "val", {"miou": 0.1})
+    again.close()
+    assert again.forget_after(30, evaluations_at_step=True) == 1
+    assert [(r["step"], r["split"]) for r in logs.read_metrics(str(tmp_path))][-1] == (30, "train")
+    assert again.forget_after(-1) == 4 and logs.read_metrics(str(tmp_path)) == []
 
 
 # ---------------------------------------------------------------------------- config change
