@@ -75,7 +75,7 @@ class MetricWriter:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(kept)
         os.replace(path + ".tmp", path)
-        logging.getLogger(__name__).info(
+        logging.getLogger(__name__).debug(
             "%s: dropped %d records past step %d, which this run logs again.",
             path,
             len(lines) - len(kept),
