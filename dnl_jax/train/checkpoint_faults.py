@@ -46,6 +46,7 @@ _DAMAGE_TYPES = (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, EO
 _DAMAGE_TEXT = (
     "data_loss",
     "corrupt",
+    "decompress",  # a compressed chunk that no longer decodes (zstd: "unknown frame")
     "checksum",
     "truncat",
     "unexpected end",

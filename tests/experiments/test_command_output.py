@@ -188,7 +188,7 @@ def test_bad_checkpoints_are_one_line(command, trained, tmp_path):
     line = one_line(run(*base, "--checkpoint", missing, expect=1), starts=f"{command}: ")
     assert f"--checkpoint={missing} does not exist" in line
     checkpoint = os.path.join(workdir, "checkpoints", "2")
-    other_model = run(*base, "--checkpoint", checkpoint, "--config.data.num_classes=3", expect=1)
+    other_model = run(*base, "--checkpoint", checkpoint, "--config.data.num_classes=5", expect=1)
     line = one_line(other_model, starts=f"{command}: --checkpoint={checkpoint} does not fit")
     damaged = _damaged_copy(workdir, tmp_path)
     line = one_line(
