@@ -35,8 +35,8 @@ from dnl_jax.analysis import saliency, viz
 from dnl_jax.cli.output import quiet_absl_command
 from dnl_jax.models.losses import confusion_matrix
 from dnl_jax.models.metrics import metrics_from_confusion
-from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.checkpoint_paths import step_directory
+from dnl_jax.train.checkpoint_reading import load_checked_variables
 
 COLUMNS = (
     ("QI full", "query_independence/full"),
@@ -217,7 +217,8 @@ def analyze_checkpoint(
         raise ValueError(f"--num_images must be >= 1; got {num_images}.")
     built = tasks.build(config)  # dtype, model options and the model/dataset check applied
     bundle = built.bundle
-    variables = load_variables(step_directory(checkpoint))
+    # Evaluate's check; another model's or a damaged checkpoint: ValueError, one line.
+    variables = load_checked_variables(config, built, step_directory(checkpoint))
     examples, input_key = load_examples(config, built.task, split, num_images)
     result = analyze_model(
         bundle.module,
@@ -262,18 +263,21 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_absl_command(flags.FLAGS["verbosity"])  # the table, not orbax's restore events
     flag = flags.FLAGS
-    output_dir = flag.output_dir or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(step_directory(flag.checkpoint)))),
-        "analysis",
-    )
-    analyze_checkpoint(
-        _CONFIG.value,
-        flag.checkpoint,
-        split=flag.split,
-        num_images=flag.num_images,
-        batch_size=flag.batch_size,
-        output_dir=output_dir,
-    )
+    try:  # a missing path, another model's or a damaged checkpoint: one line
+        output_dir = flag.output_dir or os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(step_directory(flag.checkpoint)))),
+            "analysis",
+        )
+        analyze_checkpoint(
+            _CONFIG.value,
+            flag.checkpoint,
+            split=flag.split,
+            num_images=flag.num_images,
+            batch_size=flag.batch_size,
+            output_dir=output_dir,
+        )
+    except ValueError as error:
+        sys.exit(f"analyze: {error}")
     print(f"wrote {output_dir}/analysis.json and analysis.png")
 
 
@@ -296,7 +300,9 @@ if __name__ == "__main__":
     )
     flags.mark_flags_as_required(["config", "checkpoint"])
     from dnl_jax.cli.flags import check_override_flags
+    from dnl_jax.cli.output import exit_on_bad_config_file
 
+    exit_on_bad_config_file("analyze")
     try:  # before absl parses them: a key that is not one is one line, not a traceback
         check_override_flags(sys.argv)
     except ValueError as error:

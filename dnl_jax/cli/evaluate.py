@@ -27,49 +27,11 @@ import numpy as np
 
 from dnl_jax import evaluators, tasks
 from dnl_jax.evaluators.segmentation import format_iou_table
-from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import parallel
 from dnl_jax.train import step as step_lib
-from dnl_jax.train.checkpoint import load_variables
 from dnl_jax.train.checkpoint_paths import step_directory
+from dnl_jax.train.checkpoint_reading import load_checked_variables
 from dnl_jax.train.config import check_known_keys, validate_config
-from dnl_jax.train.setup import make_init_fn
-
-
-def _saved_model(path: str) -> str:
-    """' (saved for model M with K classes)' from the checkpoint's meta item, when readable."""
-    try:
-        with open(os.path.join(path, "meta", "metadata")) as f:
-            meta = json.load(f)
-        return f" (it was saved for model {meta['model']!r} with {meta['num_classes']} classes)"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-
-
-def load_checked_variables(config, built: tasks.Built, path: str) -> dict:
-    """{'params', 'batch_stats'} of checkpoint step `path`; ValueError when they do not fit
-    the config's model `built` (names the first mismatching parameter)."""
-    optimizer = step_lib.make_optimizer(config.optimizer, config.total_steps)
-    expected = jax.eval_shape(make_init_fn(optimizer, built, config.seed))
-    try:
-        variables = load_variables(path)
-    except Exception as error:  # orbax's own errors on unreadable files, as one line
-        if isinstance(error, ValueError):
-            raise
-        raise ValueError(
-            f"--checkpoint={path} could not be read: {type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}"
-        ) from error
-    mismatch = parameter_mismatch(variables["params"], expected.params) or parameter_mismatch(
-        variables["batch_stats"], expected.batch_stats
-    )
-    if mismatch:
-        raise ValueError(
-            f"--checkpoint={path} does not fit config.model.name={config.model.name!r} with "
-            f"config.data.num_classes={config.data.num_classes}{_saved_model(path)}: "
-            f"{mismatch}. Pass the config (and model.kwargs) it was trained with."
-        )
-    return variables
 
 
 def evaluate_checkpoint(
@@ -146,7 +108,7 @@ def main(argv) -> None:
     try:
         set_model_kwargs(config, _MODEL_KWARGS)
         results = evaluate_checkpoint(config, flags.FLAGS.checkpoint, split, output_dir=output_dir)
-    except ValueError as error:
+    except (ValueError, FloatingPointError) as error:  # FloatingPointError: NaN/inf outputs
         sys.exit(f"evaluate: {error}")
     if output_dir:
         print(f"wrote {_write_metrics(results, output_dir, split)}")
@@ -159,7 +121,9 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     from dnl_jax.cli.flags import take_model_kwargs_flags
+    from dnl_jax.cli.output import exit_on_bad_config_file
 
+    exit_on_bad_config_file("evaluate")
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
     flags.DEFINE_string(
         "checkpoint", None, "Checkpoint step directory, e.g. runs/demo-latest/checkpoints/1000."

@@ -32,6 +32,12 @@ _MULTIHOST = flags.DEFINE_bool(
     False,
     "Call jax.distributed.initialize() with the environment's defaults (TPU pods, SLURM, ...).",
 )
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume even when the config changes the training (schedule, optimizer, model, data, batch); "
+    "the change is recorded in the workdir's config.json.",
+)
 _CPU_COLLECTIVES = flags.DEFINE_string(
     "cpu_collectives", None, "CPU cross-process collectives ('gloo'), for multi-process CPU runs."
 )
@@ -76,16 +82,26 @@ def main(argv) -> None:
 
     from dnl_jax.cli.flags import set_model_kwargs
     from dnl_jax.train import distributed
+    from dnl_jax.train.checkpoint import RestoreFailed
     from dnl_jax.train.checkpoint_faults import DiskFull
+    from dnl_jax.train.preemption import CTRL_C_EXIT_CODE
     from dnl_jax.train.trainer import train_and_evaluate
 
     try:
         set_model_kwargs(config, _MODEL_KWARGS)
         result = distributed.run_watched(
-            _WORKDIR.value, config.distributed, lambda: train_and_evaluate(config, _WORKDIR.value)
+            _WORKDIR.value,
+            config.distributed,
+            lambda: train_and_evaluate(
+                config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value
+            ),
         )
-    except (ValueError, DiskFull) as error:  # a bad config, workdir or a full disk: one line
+    # A bad config or workdir, a full disk, a non-finite step, a checkpoint that does not
+    # restore: one line (the trainer closed everything before).
+    except (ValueError, DiskFull, FloatingPointError, RestoreFailed) as error:
         sys.exit(f"main: {error}")
+    if result["status"] == "interrupted":  # Ctrl-C: the trainer printed where it saved
+        sys.exit(CTRL_C_EXIT_CODE)
     if jax.process_index() == 0:
         print(
             f"{result['status']} at step {result['step']}: {result['summary'] or 'not evaluated'}"
@@ -103,9 +119,12 @@ _MODEL_KWARGS: dict = {}
 def run() -> None:
     """`app.run(main)` with the `--config.model.kwargs.NAME=VALUE` flags taken off first."""
     from dnl_jax.cli.flags import take_model_kwargs_flags
+    from dnl_jax.cli.output import exit_on_bad_config_file, exit_quietly_on_ctrl_c
 
+    exit_on_bad_config_file("main")
     _MODEL_KWARGS.update(take_model_kwargs_flags("main"))
-    app.run(main)
+    with exit_quietly_on_ctrl_c("main"):
+        app.run(main)
 
 
 if __name__ == "__main__":

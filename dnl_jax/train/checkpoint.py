@@ -4,6 +4,7 @@ One checkpoint = one step directory `workdir/checkpoints/<step>/` with three ite
     state  TrainState (params, batch_stats, opt_state, step, rng)       ocp StandardSave
     data   the training iterator's position, one JSON file per host    grain CheckpointSave
     meta   model name, classes and parameter shapes                    ocp JsonSave
+    checksums  a checksum of every array of `state` (checksums.py)      ocp JsonSave
 Saved every `every_steps` or `every_seconds` (whichever first), at the end and on SIGTERM;
 kept: the last `keep` plus the best by the task's val metric (`best_metric`: 'val_miou' for
 segmentation, 'val_accuracy' for classification; higher is better). Orbax writes into a temporary
@@ -17,10 +18,14 @@ ones aside into `<directory>-unrestorable/`, with a warning naming each step and
 Nothing is deleted. A checkpoint of another model is an error, never skipped; an error that shows
 no damage (out of memory, permissions) stops the run and moves nothing (checkpoint_faults.py).
 Unfinished saves of a killed run are removed at start-up; a full disk stops with one line.
+A state whose arrays read back with other checksums than saved is damage like a truncated file
+(a step without the item, saved before checksums existed, is not checked). Library errors that
+these paths report themselves are not shown twice (shutdown.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +40,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from dnl_jax.train import checkpoint_faults as faults
+from dnl_jax.train import checksums, shutdown
 
 # Several hosts compare clocks for `every_seconds` only every this many steps (a broadcast).
 TIME_CHECK_EVERY_STEPS = 10
@@ -42,6 +48,11 @@ TIME_CHECK_EVERY_STEPS = 10
 
 class OtherModelError(ValueError):
     """The checkpoint belongs to another model (or classes): never set aside."""
+
+
+class RestoreFailed(RuntimeError):
+    """A restore failed in a way that shows no damage (out of memory, permissions): the one
+    line for the user; nothing was moved."""
 
 
 class _Manager(ocp.CheckpointManager):
@@ -77,6 +88,7 @@ class Checkpointer:
         self.best_metric = best_metric
         self.every_seconds = float(every_seconds)
         self._last_save_time = time.monotonic()
+        self._failed_save: int | None = None  # a save that ran out of space
         # Checkpoints saved under another metric name (another task) rank last.
         rank = lambda metrics: metrics.get(best_metric, float("-inf"))  # noqa: E731
         keepers = [policies.LatestN(n=keep)]
@@ -145,14 +157,19 @@ class Checkpointer:
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(iterator),
             meta=ocp.args.JsonSave(signature),
+            **{checksums.ITEM: ocp.args.JsonSave(checksums.tree_checksums(state))},
         )
         try:
-            saved = self.manager.save(step, args=args, metrics=metrics, force=force)
-            self.manager.wait_until_finished()
+            with shutdown.reported_here(faults.is_disk_full):
+                saved = self.manager.save(step, args=args, metrics=metrics, force=force)
+                self.manager.wait_until_finished()
         except Exception as error:  # noqa: BLE001 - orbax wraps the OSError in several types
             if not faults.is_disk_full(error):
                 raise
-            faults.remove_unfinished_saves(self.directory, step)
+            self._failed_save = step
+            with contextlib.suppress(Exception), shutdown.reported_here(faults.is_disk_full):
+                self.manager.wait_until_finished()  # its other threads: done writing
+            faults.remove_unfinished_saves(self.directory, step, reported=True)
             raise faults.DiskFull(
                 faults.disk_full_message(
                     self.directory, step, max(_step_numbers(self.directory), default=None)
@@ -184,15 +201,25 @@ class Checkpointer:
 
     def restore(self, step: int, target, iterator) -> Any:
         """Restores the state (into `target`'s structure/shardings) and, in place, the data
-        iterator's position."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
-                data=grain.checkpoint.CheckpointRestore(iterator),
-            ),
-        )
+        iterator's position; checksums.ChecksumMismatch when an array differs from the saved
+        one (a step saved with checksums)."""
+        items = {
+            "state": ocp.args.StandardRestore(target),
+            "data": grain.checkpoint.CheckpointRestore(iterator),
+        }
+        if self.has_checksums(step):
+            items[checksums.ITEM] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if checksums.ITEM in items:
+            checksums.verify(
+                restored.state,
+                restored[checksums.ITEM],
+                where=f"checkpoint step {step} in {self.directory}",
+            )
         return restored.state
+
+    def has_checksums(self, step: int) -> bool:
+        return os.path.isdir(os.path.join(self.directory, str(step), checksums.ITEM))
 
     def restore_latest(self, target, iterator, signature: dict) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint that restores, the data iterator's position
@@ -212,8 +239,9 @@ class Checkpointer:
         failed = []
         for step in steps:
             try:
-                self._compare_signature(step, self._read_signature(step), signature)
-                state = self.restore(step, target, iterator)
+                with shutdown.reported_here(_reported_restore_error):
+                    self._compare_signature(step, self._read_signature(step), signature)
+                    state = self.restore(step, target, iterator)
             except OtherModelError:
                 raise  # another model's checkpoint: never skipped
             except Exception as error:  # noqa: BLE001 - orbax/tensorstore/grain raise many types
@@ -239,7 +267,7 @@ class Checkpointer:
     def _keep_or_raise(self, step: int, error: BaseException, failed: list) -> None:
         """Notes `step` as damaged, or raises when its error shows no damage."""
         if not faults.shows_damage(error):
-            raise RuntimeError(
+            raise RestoreFailed(
                 f"restoring checkpoint step {step} from {self.directory} failed with "
                 f"{type(error).__name__}: {_first_line(error)}. This does not look like a "
                 "damaged checkpoint (out of memory, permissions or a passing I/O error), so "
@@ -260,8 +288,16 @@ class Checkpointer:
         return bad
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with shutdown.reported_here(faults.is_disk_full):  # a save's failure, reported
+            self.manager.wait_until_finished()
         self.manager.close()
+        if self._failed_save is not None:  # what its threads wrote after the first removal
+            faults.remove_unfinished_saves(self.directory, self._failed_save, reported=True)
+
+
+def _reported_restore_error(error: BaseException) -> bool:
+    """Restore errors that `restore_latest` turns into its own warning or line."""
+    return isinstance(error, OtherModelError) or faults.shows_damage(error)
 
 
 def _move_aside(directory: str, step: int, error: BaseException) -> str:
@@ -316,10 +352,18 @@ def _first_line(error: BaseException) -> str:
     return (text.splitlines() or [""])[0][:200]
 
 
+class DamagedCheckpoint(ValueError):
+    """A checkpoint step that does not read back as saved (the message names the newest good
+    step next to it)."""
+
+
 def load_variables(path: str) -> dict:
     """{'params', 'batch_stats'} as numpy trees from a saved state directory (a checkpoint's
-    `<step>/state`, or any orbax PyTree checkpoint holding those keys)."""
+    `<step>/state`, or any orbax PyTree checkpoint holding those keys), checked against the
+    step's checksums when it has them. DamagedCheckpoint when it does not read back (missing,
+    truncated or changed files), naming the newest good step beside it."""
     path = os.path.abspath(path)
+    step_dir = path if os.path.isdir(os.path.join(path, "state")) else os.path.dirname(path)
     if os.path.isdir(os.path.join(path, "state")):
         path = os.path.join(path, "state")
     if not os.path.isdir(path):
@@ -327,12 +371,55 @@ def load_variables(path: str) -> dict:
             f"config.init_from={path!r} is not a directory; give a checkpoint step "
             "directory such as runs/demo/checkpoints/100."
         )
-    checkpointer = ocp.PyTreeCheckpointer()
-    as_numpy = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-        checkpointer.metadata(path).item_metadata.tree,
-    )
-    tree = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    try:
+        with shutdown.reported_here(faults.shows_damage):
+            tree = _read_verified(path, step_dir)
+    except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many types
+        if not faults.shows_damage(error):
+            raise
+        raise DamagedCheckpoint(
+            f"{step_dir} is damaged ({type(error).__name__}: {_first_line(error)}); "
+            f"{_newest_good(step_dir)}"
+        ) from None
     if "params" not in tree:
         raise ValueError(f"config.init_from={path!r} holds no 'params'; keys: {list(tree)}.")
     return {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
+
+
+def _read_verified(state_dir: str, step_dir: str) -> dict:
+    """The state PyTree as numpy, its params and batch_stats checked against the step's
+    checksums item (when the step has one)."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+        checkpointer.metadata(state_dir).item_metadata.tree,
+    )
+    tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    saved = os.path.join(step_dir, checksums.ITEM, "metadata")
+    if os.path.exists(saved):
+        with open(saved, encoding="utf-8") as file:
+            expected = json.load(file)
+        checksums.verify(
+            {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})},
+            expected,
+            where=f"checkpoint {step_dir}",
+            only=("params/", "batch_stats/"),
+        )
+    return tree
+
+
+def _newest_good(step_dir: str) -> str:
+    """'the newest good checkpoint beside it is step N (PATH)': the newest other step of the
+    same directory that reads back as saved (or says there is none)."""
+    directory = os.path.dirname(step_dir)
+    steps = _step_numbers(directory) if os.path.isdir(directory) else []
+    others = [s for s in reversed(steps) if str(s) != os.path.basename(step_dir)]
+    for step in others:
+        candidate = os.path.join(directory, str(step))
+        try:
+            with shutdown.reported_here():
+                _read_verified(os.path.join(candidate, "state"), candidate)
+        except Exception:  # noqa: BLE001 - any failure: not a good one
+            continue
+        return f"the newest good checkpoint beside it is step {step} ({candidate})."
+    return f"no other checkpoint in {directory} reads back either."

@@ -46,6 +46,7 @@ _DAMAGE_TYPES = (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, EO
 _DAMAGE_TEXT = (
     "data_loss",
     "corrupt",
+    "decompress",  # a compressed chunk that no longer decodes (zstd: "unknown frame")
     "checksum",
     "truncat",
     "unexpected end",
@@ -144,13 +145,16 @@ def unfinished_saves(directory: str, step: int | None = None) -> list[str]:
     )
 
 
-def remove_unfinished_saves(directory: str, step: int | None = None) -> list[str]:
-    """Removes the unfinished saves (process 0; the others wait for it); returns their paths."""
+def remove_unfinished_saves(
+    directory: str, step: int | None = None, *, reported: bool = False
+) -> list[str]:
+    """Removes the unfinished saves (process 0; the others wait for it); returns their paths.
+    `reported`: the caller's own message says so (a failed save), so no warning of its own."""
     paths = unfinished_saves(directory, step)
     if paths and jax.process_index() == 0:
         for path in paths:
             shutil.rmtree(path, ignore_errors=True)
-        log.warning(
+        (log.debug if reported else log.warning)(
             "removed %d unfinished checkpoint save(s) left by an interrupted run: %s",
             len(paths),
             ", ".join(os.path.basename(p) for p in paths),

@@ -52,11 +52,49 @@ class MetricWriter:
             # Kept open across writes (append, flushed per record); closed in `close`.
             self._jsonl = open(path, "a")  # noqa: SIM115
 
+    def forget_after(self, step: int, *, evaluations_at_step: bool = False) -> int:
+        """Drops the records of `metrics.jsonl` past `step` (the step a run resumes from: a run
+        stopped after its last checkpoint logged steps it will log again; -1 for a fresh start),
+        and with `evaluations_at_step` the evaluation records at `step` too (an evaluation a
+        preemption cut short is redone); returns how many. The file is rewritten whole and
+        renamed over the old one: never half-written."""
+        path = os.path.join(self.workdir, METRICS_FILE)
+        if not self.active or not os.path.exists(path):
+            return 0
+        _drop_torn_tail(path)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+        kept = [
+            line
+            for line in lines
+            if _record_step(line) < step
+            or (_record_step(line) == step and not (evaluations_at_step and _is_evaluation(line)))
+        ]
+        if len(kept) == len(lines):
+            return 0
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
+        logging.getLogger(__name__).debug(
+            "%s: dropped %d records past step %d, which this run logs again.",
+            path,
+            len(lines) - len(kept),
+            step,
+        )
+        return len(lines) - len(kept)
+
     def write_config(self, config) -> None:
+        """`config.json`: a ConfigDict, or the dict of one (with its history,
+        resume_check.py); written whole and renamed over the old one."""
         if self.active:
             os.makedirs(self.workdir, exist_ok=True)
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+            path = os.path.join(self.workdir, "config.json")
+            with open(path + ".tmp", "w") as f:
+                if isinstance(config, dict):
+                    f.write(json.dumps(config, indent=2, sort_keys=True))
+                else:
+                    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+            os.replace(path + ".tmp", path)
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         """Logs `metrics` (scalars or arrays; arrays go to JSON only) under `split/`."""
@@ -75,6 +113,22 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._jsonl.close()
+
+
+def _record_step(line: str) -> float:
+    """The step of one `metrics.jsonl` line (-inf when it does not parse: such a line is kept
+    for `read_metrics` to name)."""
+    try:
+        return float(json.loads(line).get("step", float("-inf")))
+    except (ValueError, AttributeError, TypeError):
+        return float("-inf")
+
+
+def _is_evaluation(line: str) -> bool:
+    try:
+        return json.loads(line).get("split") != "train"
+    except (ValueError, AttributeError):
+        return False
 
 
 def _drop_torn_tail(path: str) -> None:

@@ -16,6 +16,7 @@ checkpoint left off (state, RNG and data position), so the result equals an unin
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ from dnl_jax import evaluators, tasks
 from dnl_jax.inference.record import record_from_config, write_record
 from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import checkpoint as ckpt
-from dnl_jax.train import initialisation, logs, parallel, preemption
+from dnl_jax.train import initialisation, logs, parallel, preemption, resume_check, shutdown
 from dnl_jax.train import step as step_lib
 from dnl_jax.train.config import check_known_keys, validate_config
 from dnl_jax.train.setup import Run, axis_name_of, build_run
@@ -149,7 +150,7 @@ def _stop(run: Run, bar, step: int, state, signature: dict, *, saved: bool, duri
         preemption.mark_interrupted_evaluation(run.writer.workdir, step)
     _say(
         bar,
-        f"preempted (SIGTERM) during {during}: checkpoint at step {step} in "
+        f"{run.watcher.reason} during {during}: checkpoint at step {step} in "
         f"{run.checkpointer.directory}; stopped cleanly. Rerun the same command to "
         "resume.",
     )
@@ -187,10 +188,10 @@ def _train_loop(run: Run, state, signature: dict, on_step: Callable | None) -> t
         if run.watcher.check():  # SIGTERM during start-up: the state is the one on disk
             _say(
                 bar,
-                f"preempted (SIGTERM) before training resumed at step {start}; nothing "
+                f"{run.watcher.reason} before training resumed at step {start}; nothing "
                 "new to save, stopped cleanly. Rerun the same command to resume.",
             )
-            return state, "preempted", None
+            return state, run.watcher.status, None
         try:
             results = _redo_interrupted_evaluation(run, state, start)
             if start == 0:
@@ -198,10 +199,10 @@ def _train_loop(run: Run, state, signature: dict, on_step: Callable | None) -> t
         except preemption.Preempted:
             _say(
                 bar,
-                "preempted (SIGTERM) during the evaluation before training; nothing new "
+                f"{run.watcher.reason} during the evaluation before training; nothing new "
                 "to save, stopped cleanly. Rerun the same command to resume.",
             )
-            return state, "preempted", None
+            return state, run.watcher.status, None
         return _steps(run, bar, state, signature, on_step, start, results)
     finally:
         bar.close()
@@ -232,7 +233,7 @@ def _steps(
             evaluated = evaluate(run, state, step, final=final)
         except preemption.Preempted:
             _stop(run, bar, step, state, signature, saved=False, during="evaluation")
-            return state, "preempted", results
+            return state, run.watcher.status, results
         # The checkpoint-ranking val metric, where evaluated.
         best = evaluated.get(evaluators.RANKING_EVAL, {}).get(run.bundle.best_metric)
         if evaluated:
@@ -245,12 +246,16 @@ def _steps(
             on_step(step)
         if not final and run.watcher.check():
             _stop(run, bar, step, state, signature, saved=saved, during="training")
-            return state, "preempted", results
+            return state, run.watcher.status, results
     return state, "completed", results
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, *, on_step: Callable[[int], None] | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    on_step: Callable[[int], None] | None = None,
+    allow_config_change: bool = False,
 ) -> dict:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates.
 
@@ -259,10 +264,12 @@ def train_and_evaluate(
       workdir: where checkpoints, logs, the config and figures go.
       on_step: optional callback after each completed step (checkpoint included), given the
         step number; for tools and tests (e.g. to deliver SIGTERM at a chosen step).
+      allow_config_change: resume even when the config changes the training trajectory
+        (resume_check.py; the change is recorded in config.json's history).
     Returns:
-      {'status': 'completed'|'preempted', 'step', 'val': the last evaluation's metrics, all
-       evaluators' merged into one dict (or None), 'evals': the same per evaluator name,
-       'summary': their console line (or None),
+      {'status': 'completed'|'preempted' (SIGTERM)|'interrupted' (Ctrl-C), 'step',
+       'val': the last evaluation's metrics, all evaluators' merged into one dict (or None),
+       'evals': the same per evaluator name, 'summary': their console line (or None),
        'state': the final TrainState (host numpy), 'workdir',
        'curves': PNG path or None, 'attention': the attention figure's PNG path, or None (off,
        no DNL block, or a video model)}.
@@ -275,26 +282,45 @@ def train_and_evaluate(
     workdir = os.path.abspath(workdir)
     watcher = preemption.PreemptionWatcher()  # before restore and compile
     try:
-        return _train_and_evaluate(config, built, workdir, watcher, on_step)
+        return _train_and_evaluate(config, built, workdir, watcher, on_step, allow_config_change)
     finally:
         watcher.close()
 
 
-def _train_and_evaluate(config, built: tasks.Built, workdir: str, watcher, on_step) -> dict:
+def _train_and_evaluate(
+    config, built: tasks.Built, workdir: str, watcher, on_step, allow_config_change
+) -> dict:
     run = build_run(config, built, workdir, watcher)
+    failing = True
     try:
         with run.driver.context():
             state, signature = _initial_state(run)
-            run.writer.write_config(tasks.applicable(config, built.task))
+            start = int(run.driver.host_state(state).step)
+            recorded = json.loads(tasks.applicable(config, built.task).to_json_best_effort())
+            changes = resume_check.check_resume(  # after the model check, before any write
+                workdir, recorded, resuming=start > 0, allow=allow_config_change
+            )
+            run.writer.forget_after(  # what the stopped run logged past its checkpoint
+                start if start > 0 else -1,
+                evaluations_at_step=preemption.interrupted_evaluation(workdir) == start,
+            )
+            run.writer.write_config(resume_check.with_history(workdir, recorded, changes, start))
             if run.writer.active:  # what predict needs to preprocess inputs (docs/predict.md)
                 write_record(workdir, record_from_config(config, built.task))
             state, status, results = _train_loop(run, state, signature, on_step)
             host_state = run.driver.host_state(state)
             if status == "completed" and results is None:  # resumed after the last step
                 results = evaluate(run, state, int(host_state.step), final=True, write=False)
-    finally:
-        run.checkpointer.close()
-        run.writer.close()
+        failing = False
+    finally:  # every fatal path too: nothing of these may print after the message
+        shutdown.close_all(
+            [
+                ("the checkpoint manager", run.checkpointer.close),
+                ("the data iterator", getattr(run.iterator, "close", lambda: None)),
+                ("the metric writer", run.writer.close),
+            ],
+            failing=failing,
+        )
     figures = _figures(run, host_state, status) if jax.process_index() == 0 else {}
     return {
         "status": status,

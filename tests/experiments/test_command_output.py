@@ -1,9 +1,14 @@
 """Each command line prints only its own lines at the default verbosity: no absl/glog records from
 orbax or jax ("I1205 ... checkpoint_manager.py] ...", "Unable to initialize backend 'tpu'"), and
-the libraries' records come back with the verbosity flag."""
+the libraries' records come back with the verbosity flag. Every bad input is one line and no
+traceback: a missing, unreadable or broken --config file (main, evaluate, analyze), a missing
+checkpoint path, another model's checkpoint and a damaged one (evaluate, analyze), a missing,
+damaged or mismatching PyTorch checkpoint (convert)."""
 
+import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +22,7 @@ CONFIG = os.path.join(ROOT, "experiments", "configs", "synthetic_dnl_tiny.py")
 LIBRARY_RECORD = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]", re.MULTILINE)
 
 
-def run(*args, timeout=600):
+def run(*args, timeout=600, expect=0):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
     result = subprocess.run(
         [sys.executable, "-m", *args],
@@ -28,8 +33,16 @@ def run(*args, timeout=600):
         timeout=timeout,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == expect, result.stdout + result.stderr
     return result.stdout + result.stderr
+
+
+def one_line(output, *, starts):
+    """The output is exactly one line, starting with `starts`."""
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(starts), output
+    assert "Traceback" not in output, output
+    return lines[0]
 
 
 def assert_own_lines_only(output):
@@ -47,7 +60,7 @@ def trained(tmp_path_factory):
         "--workdir",
         str(workdir),
         "--config.total_steps=2",
-        "--config.checkpoint.every_steps=2",
+        "--config.checkpoint.every_steps=1",
         "--config.progress_bar=false",
         "--config.curves_figure=false",
         "--config.attention_figure=false",
@@ -128,3 +141,78 @@ def test_convert_and_prepare_print_their_own_lines(tmp_path):
         str(tmp_path / "prepared"),
     )
     assert_own_lines_only(output)
+
+
+# ------------------------------------------------------------------------------- bad inputs
+@pytest.fixture(scope="module")
+def broken_configs(tmp_path_factory):
+    """{case: (path, what the line must say)}: missing, unreadable (not UTF-8), a syntax error."""
+    directory = tmp_path_factory.mktemp("configs")
+    (directory / "binary.py").write_bytes(b"\xff\xfe\x00 not text")
+    (directory / "syntax.py").write_text("def get_config():\n    return {'a': 1\n")
+    return {
+        "missing": (str(directory / "missing.py"), "no such file"),
+        "unreadable": (str(directory / "binary.py"), "cannot be read: UnicodeDecodeError"),
+        "syntax": (str(directory / "syntax.py"), "line 2: SyntaxError"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "unreadable", "syntax"])
+@pytest.mark.parametrize("command", ["main", "evaluate", "analyze"])
+def test_a_bad_config_file_is_one_line(command, case, broken_configs, tmp_path):
+    path, says = broken_configs[case]
+    extra = ["--workdir", str(tmp_path)] if command == "main" else ["--checkpoint", str(tmp_path)]
+    output = run(f"dnl_jax.{command}", "--config", path, *extra, expect=1)
+    line = one_line(output, starts=f"{command}: --config={path}")
+    assert says in line, line
+
+
+def _damaged_copy(workdir, tmp_path):
+    """A copy of the run's checkpoints whose newest step has 4 KiB of random bytes in the middle
+    of its largest array file (changed, not truncated)."""
+    copy = tmp_path / "checkpoints"
+    shutil.copytree(os.path.join(workdir, "checkpoints"), copy)
+    files = glob.glob(str(copy / "2" / "state" / "**" / "d" / "*"), recursive=True)
+    path = max(files, key=os.path.getsize)
+    with open(path, "r+b") as file:
+        file.seek(os.path.getsize(path) // 2 - 2048)
+        file.write(np.random.default_rng(0).bytes(4096))
+    return copy
+
+
+@pytest.mark.parametrize("command", ["evaluate", "analyze"])
+def test_bad_checkpoints_are_one_line(command, trained, tmp_path):
+    workdir, _ = trained
+    base = (f"dnl_jax.{command}", "--config", CONFIG)
+    missing = str(tmp_path / "nowhere" / "7")
+    line = one_line(run(*base, "--checkpoint", missing, expect=1), starts=f"{command}: ")
+    assert f"--checkpoint={missing} does not exist" in line
+    checkpoint = os.path.join(workdir, "checkpoints", "2")
+    other_model = run(*base, "--checkpoint", checkpoint, "--config.data.num_classes=5", expect=1)
+    line = one_line(other_model, starts=f"{command}: --checkpoint={checkpoint} does not fit")
+    damaged = _damaged_copy(workdir, tmp_path)
+    line = one_line(
+        run(*base, "--checkpoint", str(damaged / "2"), expect=1),
+        starts=f"{command}: {damaged / '2'} is damaged",
+    )
+    assert f"the newest good checkpoint beside it is step 1 ({damaged / '1'})" in line, line
+
+
+def test_convert_bad_inputs_are_one_line(tmp_path):
+    import torch
+
+    missing = run(
+        "dnl_jax.interop.convert", str(tmp_path / "none.pth"), str(tmp_path / "o"), expect=2
+    )
+    one_line(missing, starts="error: checkpoint file not found")
+    damaged = tmp_path / "damaged.pth"
+    torch.save({"decode_head.conv_seg.weight": torch.zeros(3, 4, 1, 1)}, damaged)
+    damaged.write_bytes(damaged.read_bytes()[:100])  # cut short, as by a failed copy
+    output = run("dnl_jax.interop.convert", str(damaged), str(tmp_path / "o"), expect=2)
+    one_line(output, starts=f"error: {str(damaged)!r} is not a readable torch.save file")
+    other = tmp_path / "other.pth"
+    torch.save({"decode_head.conv_seg.weight": torch.zeros(3, 4, 1, 1)}, other)
+    output = run(
+        "dnl_jax.interop.convert", str(other), str(tmp_path / "o"), "--model", "dnl_tiny", expect=2
+    )
+    assert "Traceback" not in output and output.startswith("error: "), output

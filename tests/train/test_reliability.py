@@ -34,6 +34,9 @@ def _saved(directory, steps):
 def test_damage_is_told_from_other_restore_errors():
     assert faults.shows_damage(FileNotFoundError("no such file: 3/state/manifest.ocdbt"))
     assert faults.shows_damage(ValueError("DATA_LOSS: Error reading: checksum mismatch"))
+    assert faults.shows_damage(
+        ValueError("FAILED_PRECONDITION: ZSTD_decompressStream() failed: Unknown frame descriptor")
+    )
     wrapped = RuntimeError("restore failed")
     wrapped.__cause__ = EOFError("unexpected end of data")
     assert faults.shows_damage(wrapped)
