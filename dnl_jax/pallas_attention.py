@@ -9,7 +9,9 @@ attention kernels, imported, not copied:
 - 'pallas_gpu': `jax.experimental.pallas.ops.gpu.attention.mha` (Triton).
 
 Both run anywhere: off their platform they run in Pallas interpret mode (slow, exact), which is
-how CPU tests check them. What this module adds around them:
+how CPU tests check them. "Their platform" is the one the computation is compiled for
+(`dnl_jax.target_platform.compile_platform`), not the host's: an ahead-of-time compile for a TPU
+topology from a CPU host lowers the real Mosaic kernel. What this module adds around them:
 
 - Shapes: leading axes are flattened into the kernels' batch axis with one head; C and Cv are
   zero-padded to one common width (both kernels want equal q/k/v widths; the TPU kernel wants a
@@ -43,6 +45,7 @@ from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 from jax.experimental.pallas.ops.tpu import flash_attention as tpu_attention
 
 from dnl_jax import chunked
+from dnl_jax.target_platform import compile_platform
 
 Array = jax.Array
 
@@ -100,9 +103,9 @@ def _tpu_block(length: int) -> int:
     return block
 
 
-def _tpu_interpret_context():
-    """Interpret mode off TPUs (CPU tests); nothing on a TPU."""
-    if jax.default_backend() == "tpu":
+def _tpu_interpret_context(*arrays: Array):
+    """Interpret mode unless compiling for a TPU (CPU tests); nothing for a TPU target."""
+    if compile_platform(*arrays) == "tpu":
         return contextlib.nullcontext()
     return pltpu.force_tpu_interpret_mode()
 
@@ -138,18 +141,18 @@ def _tpu_kernel(q: Array, k: Array, v: Array, config) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _tpu_call(q: Array, k: Array, v: Array, config) -> Array:
-    with _tpu_interpret_context():
+    with _tpu_interpret_context(q, k, v):
         return _tpu_kernel(q, k, v, config)
 
 
 def _tpu_call_fwd(q, k, v, config):
-    with _tpu_interpret_context():
+    with _tpu_interpret_context(q, k, v):
         out, vjp = jax.vjp(functools.partial(_tpu_kernel, config=config), q, k, v)
     return out, vjp
 
 
 def _tpu_call_bwd(config, vjp, d_out):
-    with _tpu_interpret_context():
+    with _tpu_interpret_context(d_out):
         return vjp(d_out)
 
 
@@ -243,6 +246,6 @@ def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
         segment_ids,
         sm_scale=sm_scale,
         block_sizes=sizes,
-        interpret=jax.default_backend() != "gpu",
+        interpret=compile_platform(q4, k4, v4) != "gpu",
     )
     return _finish(out[:, :, 0], leading, n, v)
