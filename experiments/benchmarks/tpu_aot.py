@@ -60,15 +60,18 @@ RECIPES = (  # config file → chips (one image / clip per chip)
     "coco_mask_rcnn_r50_fpn_dnl_c4_1x.py",
 )
 TINY = "synthetic_dnl_tiny.py"
-# The tiny model at its recipe's 64×64 has 64 positions (auto picks 'xla'); at 320×320 it has
-# 1600 and auto picks 'pallas_tpu', which the smoke test checks is compiled.
-TINY_KERNEL_SIZE = {"data.synthetic.image_size": 320}
+# The tiny model at its recipe's 64×64 has 64 positions (auto picks 'xla'); at 272×272 it has
+# 34² = 1156 (N · M > 2²⁰) and auto picks 'pallas_tpu', which the smoke test checks is compiled;
+# one image per chip keeps the CI compile short.
+TINY_KERNEL_SIZE = {"data.synthetic.image_size": 272, "batch_size": 4}
 SMOKE_KERNELS = (((31, 33), 64, "bf16"), ((64, 64), 128, "f32"))
 
 
 def kernel_cases(generations):
-    for gen, n, c, dim, whiten, sub, dtype in itertools.product(
-        generations, GRIDS, (64, 128, 256), (0, 1), (True, False), (False, True), ("bf16", "f32")
+    # Every (N, C) first (bf16, 2-D, all keys, whitened), then the other variants, so that a
+    # run cut short still covers every size.
+    for dtype, dim, sub, whiten, gen, n, c in itertools.product(
+        ("bf16", "f32"), (0, 1), (False, True), (True, False), generations, GRIDS, (64, 128, 256)
     ):
         grid = GRIDS[n][dim]
         key = ("kernel", gen, n, c, len(grid), whiten, sub, dtype)
@@ -170,6 +173,46 @@ def _gib(x) -> str:
     return f"{x / tpu_compile.GIB:.2f}"
 
 
+def kernel_summary(results: dict) -> None:
+    """One row per (generation, N, C): variants compiled / refused, peak range, auto's picks."""
+    groups: dict = {}
+    for c in results["cases"]:
+        what = json.loads(c["key"])
+        if what[0] == "kernel" and len(what) == 8:
+            groups.setdefault(tuple(what[1:4]), []).append(c)
+    rows = []
+    for (gen, n, channels), cases in sorted(groups.items()):
+        ok = [c for c in cases if "error" not in c]
+        peaks = [c["peak_bytes"] / 2**20 for c in ok]
+        rows.append(
+            [
+                gen,
+                n,
+                channels,
+                len(ok),
+                len(cases) - len(ok),
+                f"{min(peaks):.1f}–{max(peaks):.1f}" if peaks else "-",
+                ",".join(sorted({str(c["tpu_custom_calls"]) for c in ok})),
+                ",".join(sorted({c["auto_selects"] for c in ok})),
+                f"{max(c['compile_s'] for c in ok):.0f}" if ok else "-",
+            ]
+        )
+    bench_utils.print_table(
+        [
+            "chip",
+            "N",
+            "C",
+            "variants compiled",
+            "refused",
+            "peak MiB/chip",
+            "tpu_custom_calls",
+            "auto picks",
+            "max compile s",
+        ],
+        rows,
+    )
+
+
 def report(results: dict) -> None:
     rows = []
     for c in results["cases"]:
@@ -228,10 +271,15 @@ def _load(path: str) -> dict:
 
 def _saver(path: str):
     def save(results: dict) -> None:
+        # Another process may be appending to the same file (e.g. one per generation): keep
+        # its cases too.
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path + ".tmp", "w") as f:
+        ours = {c["key"] for c in results["cases"]}
+        theirs = [c for c in _load(path)["cases"] if c["key"] not in ours]
+        results["cases"] = theirs + results["cases"]
+        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
             json.dump(results, f, indent=1)
-        os.replace(path + ".tmp", path)  # never half written
+        os.replace(f"{path}.{os.getpid()}.tmp", path)  # never half written
 
     return save
 
@@ -245,6 +293,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="the CI subset (tests/core)")
     parser.add_argument("--out", default=os.path.join(bench_utils.RESULTS_DIR, f"{NAME}.json"))
     parser.add_argument("--report", action="store_true", help="only print the table")
+    parser.add_argument("--summary", action="store_true", help="kernels: one row per (chip, N, C)")
     args = parser.parse_args()
     results, save = _load(args.out), _saver(args.out)
     if args.smoke:
@@ -260,7 +309,10 @@ def main() -> None:
         if "spatial" in parts:
             for space in map(int, args.spaces.split(",")):
                 spatial_fit(space, results, save)
-    report(results)
+    if args.summary:
+        kernel_summary(results)
+    else:
+        report(results)
 
 
 if __name__ == "__main__":
