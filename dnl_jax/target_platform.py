@@ -32,7 +32,7 @@ def _array_platform(x) -> str | None:
     with a mesh in their abstract sharding), or None when it does not say."""
     if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
         devices = x.sharding.device_set
-        return next(iter(devices)).platform if devices else None
+        return getattr(next(iter(devices)), "platform", None) if devices else None
     sharding = getattr(jax.typeof(x), "sharding", None) if isinstance(x, jax.Array) else None
     return _mesh_platform(getattr(sharding, "mesh", None))
 
