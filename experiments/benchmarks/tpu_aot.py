@@ -169,8 +169,8 @@ def spatial_fit(space: int, results: dict, save, *, generation="v5e", chips=8) -
         low, high = (middle, high) if fits(middle) else (low, middle)
 
 
-def _gib(x) -> str:
-    return f"{x / tpu_compile.GIB:.2f}"
+def _mib(x) -> str:
+    return f"{x / 2**20:.1f}"
 
 
 def kernel_summary(results: dict) -> None:
@@ -223,11 +223,11 @@ def report(results: dict) -> None:
         rows.append(
             [
                 " ".join(map(str, what)),
-                _gib(c["peak_bytes"]),
+                _mib(c["peak_bytes"]),
                 "yes" if c.get("fits") else "no" if "fits" in c else "?",
-                f"{c['flops'] / 1e12:.3f}",
+                f"{c['flops'] / 1e9:.2f}",
                 f"{c['bytes_accessed'] / 1e9:.2f}",
-                _gib(c["collective_bytes"]),
+                _mib(c["collective_bytes"]),
                 f"{c['compile_s']:.0f}",
                 f"{c['tpu_custom_calls']}/{c['interpreted_pallas_calls']}",
                 c.get("auto_selects") or ",".join(sorted(set(c["auto_choices"]))) or "-",
@@ -239,11 +239,11 @@ def report(results: dict) -> None:
     bench_utils.print_table(
         [
             "case",
-            "peak GiB/chip",
+            "peak MiB/chip",
             "fits HBM",
-            "TFLOP/chip",
+            "GFLOP/chip",
             "GB accessed/chip",
-            "collective GiB",
+            "collective MiB",
             "compile s",
             "tpu_custom_call / interpreted",
             "auto picks",
