@@ -31,10 +31,23 @@ $(STAMP): $(RUNTIME_STAMP) pyproject.toml requirements-openmmlab.txt
 	touch $(STAMP)
 
 # Everything CI checks: lint and types, the test suite, the docs with executed tutorials, the package.
-test: lint pytest docs package
+test: lint tpu-aot pytest docs package
 
 pytest: install
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
+
+# Ahead-of-time TPU compilation on this CPU host (experiments/benchmarks/tpu_aot.py and the smoke
+# test tests/core/test_tpu_aot.py): jax[tpu] at the main venv's exact JAX version (it brings the
+# matching libtpu) plus the project, in a venv of its own, so libtpu never enters $(VENV).
+.PHONY: tpu-aot
+TPU_VENV ?= build/tpu-venv
+tpu-aot: $(TPU_VENV)/.installed
+$(TPU_VENV)/.installed: pyproject.toml | $(STAMP)
+	$(PYTHON) -m venv $(TPU_VENV)
+	$(TPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TPU_VENV)/bin/python -m pip install --quiet \
+	  "jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')" -e .
+	touch $@
 
 # ruff (lint + format, configured in pyproject.toml) and mypy: the public core with zero errors,
 # the rest against a recorded baseline that may only shrink (tools/check_types.py).

@@ -209,7 +209,7 @@ def test_cudnn_on_cpu_raises_a_clear_error():
 
 
 def _pretend_nvidia_gpu(monkeypatch, capability=(9, 0)):
-    monkeypatch.setattr(attention, "_nvidia_compute_capability", lambda: capability)
+    monkeypatch.setattr(attention, "_nvidia_compute_capability", lambda *arrays: capability)
 
 
 @pytest.mark.parametrize(

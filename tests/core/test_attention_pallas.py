@@ -114,8 +114,8 @@ def test_bfloat16_within_twice_the_floor(temperature, kernels):
 
 
 def _pretend(monkeypatch, platform, capability=None):
-    monkeypatch.setattr(attention, "platform", lambda: platform)
-    monkeypatch.setattr(attention, "_nvidia_compute_capability", lambda: capability)
+    monkeypatch.setattr(attention, "platform", lambda *arrays: platform)
+    monkeypatch.setattr(attention, "_nvidia_compute_capability", lambda *arrays: capability)
 
 
 def _spec(n, c, dtype, cv=None):

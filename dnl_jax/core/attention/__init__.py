@@ -17,6 +17,9 @@ with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`:
   Off their platform they run in Pallas interpret mode (slow; for tests).
 - None (auto): `select_implementation` picks one from the platform, shapes and dtype; the choice is
   logged once per distinct case at DEBUG level (`logging`), so it stays out of progress output.
+  The platform is the one the computation is compiled for (`dnl_jax.core.target_platform`: the mesh
+  in context, else the inputs' devices, else the default backend), so an ahead-of-time compile
+  for a TPU topology from a CPU host gets the TPU kernels.
 
 The names map to functions in one table, `KERNELS`: a new kernel is one module in this package
 (`dnl_jax/core/attention/`) and one line there. `sharded` runs these kernels with the positions
@@ -37,6 +40,7 @@ import jax.numpy as jnp
 
 from dnl_jax.core import ops
 from dnl_jax.core.attention import chunked, pallas
+from dnl_jax.core.target_platform import compile_platform
 
 Array = jax.Array
 
@@ -56,14 +60,17 @@ _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 _CUDNN_LENGTH_MULTIPLE = 128
 
 
-def platform() -> str:
-    """The platform kernels are chosen for: JAX's default backend ('cpu', 'gpu', 'tpu')."""
-    return jax.default_backend()
+def platform(*arrays: Array) -> str:
+    """The platform kernels are chosen for ('cpu', 'gpu', 'tpu'): the one the computation is
+    compiled for (`target_platform.compile_platform`: mesh in context, else the devices of
+    `arrays`, else JAX's default backend)."""
+    return compile_platform(*arrays)
 
 
-def _nvidia_compute_capability() -> tuple[int, ...] | None:
-    """The default GPU's CUDA compute capability, or None off NVIDIA GPUs."""
-    if platform() != "gpu":
+def _nvidia_compute_capability(*arrays: Array) -> tuple[int, ...] | None:
+    """The GPU's CUDA compute capability when compiling for an NVIDIA GPU on a host that has
+    one, else None (off GPUs, ROCm, or a GPU target without a local GPU to ask)."""
+    if platform(*arrays) != "gpu" or jax.default_backend() != "gpu":
         return None
     device = jax.devices()[0]
     if "cuda" not in getattr(device.client, "platform_version", "").lower():
@@ -78,9 +85,9 @@ def cudnn_unsupported_reason(q: Array, k: Array, v: Array) -> str | None:
     a multiple of 8 and <= 128 (<= 256 from Hopper, compute capability 9.0), with Cv == C. Any N
     and M: `cudnn_attention` pads them.
     """
-    capability = _nvidia_compute_capability()
+    capability = _nvidia_compute_capability(q, k, v)
     if capability is None:
-        return f"it needs an NVIDIA GPU (default backend here: {platform()!r})"
+        return f"it needs an NVIDIA GPU (compiling for: {platform(q, k, v)!r})"
     dtype = jnp.result_type(q, k, v)
     if dtype not in _CUDNN_DTYPES:
         return f"it needs bfloat16 or float16 inputs (got {dtype}); cast q, k, v, e.g. to bfloat16"
@@ -156,20 +163,20 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
     All of them meet the bfloat16 accuracy bound (at most twice the error that rounding q, k, v
     to bfloat16 alone causes) at temperatures 0.05 and 1, measured by
     `experiments/benchmarks/bf16_accuracy.py` and tested, so the choice does not depend on the
-    temperature. Only static information (shapes, dtypes, backend) is used, so this works on
+    temperature. Only static information (shapes, dtypes, target platform) is used, so this works on
     tracers.
     """
     if cudnn_unsupported_reason(q, k, v) is None:
         choice = "cudnn"
     elif q.shape[-2] * k.shape[-2] <= _MATERIALISE_MAX_LOGITS:
         choice = "xla"
-    elif platform() == "tpu":
+    elif platform(q, k, v) == "tpu":
         choice = "pallas_tpu"
-    elif _nvidia_compute_capability() is not None:
+    elif _nvidia_compute_capability(q, k, v) is not None:
         choice = "pallas_gpu"
     else:
         choice = "chunked"
-    key = (platform(), q.shape, k.shape, v.shape, str(jnp.result_type(q, k, v)), choice)
+    key = (platform(q, k, v), q.shape, k.shape, v.shape, str(jnp.result_type(q, k, v)), choice)
     if key not in _logged_choices:
         _logged_choices.add(key)
         logger.debug(

@@ -9,7 +9,9 @@ attention kernels, imported, not copied:
 - 'pallas_gpu': `jax.experimental.pallas.ops.gpu.attention.mha` (Triton).
 
 Both run anywhere: off their platform they run in Pallas interpret mode (slow, exact), which is
-how CPU tests check them. What this module adds around them:
+how CPU tests check them. "Their platform" is the one the computation is compiled for
+(`dnl_jax.core.target_platform.compile_platform`), not the host's: an ahead-of-time compile for a
+TPU topology from a CPU host lowers the real Mosaic kernel. What this module adds around them:
 
 - Shapes: leading axes are flattened into the kernels' batch axis with one head; C and Cv are
   zero-padded to one common width (both kernels want equal q/k/v widths; the TPU kernel wants a
@@ -28,6 +30,10 @@ how CPU tests check them. What this module adds around them:
 - Gradients: the kernels' own backward passes. The TPU kernel reads interpret mode from a context
   at trace time, and JAX traces a backward pass after the forward call has returned, so the TPU
   call is wrapped in a custom VJP that enters the context in both passes.
+- Meshes: XLA cannot partition a Mosaic kernel ("Mosaic kernels cannot be automatically
+  partitioned"), so under a mesh with automatically sharded axes (the jit driver's data mesh)
+  the TPU call runs in a `shard_map` that splits its batch over those axes (found by compiling
+  the train step for a TPU slice ahead of time; experiments/benchmarks/tpu_aot.py).
 """
 
 from __future__ import annotations
@@ -41,8 +47,11 @@ import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 from jax.experimental.pallas.ops.tpu import flash_attention as tpu_attention
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from dnl_jax.core.attention import chunked
+from dnl_jax.core.target_platform import compile_platform
 
 Array = jax.Array
 
@@ -100,9 +109,9 @@ def _tpu_block(length: int) -> int:
     return block
 
 
-def _tpu_interpret_context():
-    """Interpret mode off TPUs (CPU tests); nothing on a TPU."""
-    if jax.default_backend() == "tpu":
+def _tpu_interpret_context(*arrays: Array):
+    """Interpret mode unless compiling for a TPU (CPU tests); nothing for a TPU target."""
+    if compile_platform(*arrays) == "tpu":
         return contextlib.nullcontext()
     return pltpu.force_tpu_interpret_mode()
 
@@ -138,22 +147,56 @@ def _tpu_kernel(q: Array, k: Array, v: Array, config) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _tpu_call(q: Array, k: Array, v: Array, config) -> Array:
-    with _tpu_interpret_context():
+    with _tpu_interpret_context(q, k, v):
         return _tpu_kernel(q, k, v, config)
 
 
 def _tpu_call_fwd(q, k, v, config):
-    with _tpu_interpret_context():
+    with _tpu_interpret_context(q, k, v):
         out, vjp = jax.vjp(functools.partial(_tpu_kernel, config=config), q, k, v)
     return out, vjp
 
 
 def _tpu_call_bwd(config, vjp, d_out):
-    with _tpu_interpret_context():
+    with _tpu_interpret_context(d_out):
         return vjp(d_out)
 
 
 _tpu_call.defvjp(_tpu_call_fwd, _tpu_call_bwd)
+
+
+def _batch_split_axes(batch: int) -> tuple[tuple[str, ...], frozenset[str]]:
+    """(axes that split the kernel's batch, all automatically sharded axes) of the mesh in
+    context: every non-manual axis (size-1 ones too: Mosaic wants a fully manual context) is
+    made manual around the Mosaic call; the batch goes over those of size > 1 whose product
+    divides it, in mesh order (the rest replicate it)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return (), frozenset()
+    auto, split, product = [], [], 1
+    for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types, strict=True):
+        if kind == AxisType.Manual:
+            continue
+        auto.append(name)
+        if size > 1 and batch % (product * size) == 0:
+            split.append(name)
+            product *= size
+    return tuple(split), frozenset(auto)
+
+
+def _tpu_call_on_mesh(q: Array, k: Array, v: Array, config) -> Array:
+    """`_tpu_call`, inside a shard_map over the batch when a mesh shards automatically."""
+    split, auto = _batch_split_axes(q.shape[0])
+    if not auto:
+        return _tpu_call(q, k, v, config)
+    spec = P(split or None)
+    return jax.shard_map(
+        lambda q, k, v: _tpu_call(q, k, v, config),
+        in_specs=(spec, spec, spec),
+        out_specs=spec,
+        axis_names=auto,
+        check_vma=False,
+    )(q, k, v)
 
 
 def tpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = True) -> Array:
@@ -169,7 +212,7 @@ def tpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
         width = _round_up(width, _TPU_LANES)  # the kernel's rule for head dims above 128
     q_len, k_len = _round_up(n, _TPU_LANES), _round_up(m, _TPU_LANES)
     config = (sm_scale, _tpu_block(q_len), _tpu_block(k_len), m)
-    out = _tpu_call(
+    out = _tpu_call_on_mesh(
         _pad(q3, q_len, width)[:, None],
         _pad(k3, k_len, width)[:, None],
         _pad(v3, k_len, width)[:, None],
@@ -243,6 +286,6 @@ def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
         segment_ids,
         sm_scale=sm_scale,
         block_sizes=sizes,
-        interpret=jax.default_backend() != "gpu",
+        interpret=compile_platform(q4, k4, v4) != "gpu",
     )
     return _finish(out[:, :, 0], leading, n, v)
