@@ -57,33 +57,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script
 
 import analysis_claims  # noqa: E402  (experiments/analysis_claims.py)
-import analysis_claims_confirmatory as confirmatory  # noqa: E402
 import analysis_record  # noqa: E402  (experiments/analysis_record.py)
+from analysis_plan import (  # noqa: E402  (experiments/analysis_plan.py)
+    HEADS,
+    PLAN,
+    key,
+    record_path,
+    run_specs,
+    save_summaries,
+    saved_record,
+)
 
-HEADS = {
-    "dnl": "dnl_tiny",
-    "pairwise": "dnl_pairwise_tiny",
-    "unary": "dnl_unary_tiny",
-    "nl": "nl_tiny",
-    "gc": "gc_tiny",
-    "fcn": "fcn_tiny",
-}
-DEFAULT_HEADS = {"regions": "fcn,nl,pairwise,unary,dnl", "beacon": "fcn,nl,pairwise,unary,dnl"}
-SMOKE_HEADS = {"regions": "nl", "beacon": "dnl"}  # 2 heads: the implicit and explicit terms
-FOUR_HEADS = ",".join(confirmatory.HEADS)
-# part: seeds, heads per family, steps between two points of the cue curve.
-PLAN = {
-    "exploratory": {
-        "seeds": tuple(range(8)),
-        "heads": {"beacon": "fcn," + FOUR_HEADS, "regions": FOUR_HEADS},
-        "cue_every": 50,
-    },
-    "confirmatory": {
-        "seeds": confirmatory.SEEDS,
-        "heads": {"beacon": FOUR_HEADS, "regions": FOUR_HEADS},
-        "cue_every": confirmatory.CUE_EVERY,
-    },
-}
+__all__ = ["HEADS", "PLAN", "main", "run_one", "run_specs", "save_summaries", "saved_record"]
 
 
 def run_config(spec: dict):
@@ -159,13 +144,6 @@ def _cache_scenes() -> None:
 
     cached_sources.cached = True
     Segmentation.sources = cached_sources
-
-
-def record_path(spec: dict) -> str:
-    """Where a finished run's record is saved (a rerun skips the runs saved there)."""
-    return os.path.join(
-        spec["runs_dir"], "records", f"{spec['scenes']}_{spec['head']}_seed{spec['seed']}.json"
-    )
 
 
 def cue_tracker(config, spec: dict, workdir: str):
@@ -386,88 +364,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _spec(args, scenes: str, head: str, seed: int, cue_every: int, first_seed: int) -> dict:
-    if head not in HEADS:
-        raise SystemExit(f"unknown head {head!r}; choose from {sorted(HEADS)}.")
-    return {
-        "scenes": scenes,
-        "head": head,
-        "seed": seed,
-        "steps": args.regions_steps if scenes == "regions" and args.regions_steps else args.steps,
-        "num_images": args.num_images,
-        "runs_dir": args.runs_dir,
-        "cue_every": args.cue_every or cue_every,
-        "cue_images": args.cue_images,
-        "smoke": args.smoke,
-        "first_seed": first_seed,  # the run that keeps figure maps
-    }
-
-
-def run_specs(args, part: str | None = None) -> list[dict]:
-    """Every (scenes, head, seed) run of `--seeds` (heads: --<scenes>_heads) or else of the
-    plan's `part` (default `--part`): family by family, seed-major so that seeds finish whole."""
-    experiments = args.experiments.split(",")
-    unknown = sorted(set(experiments) - set(DEFAULT_HEADS))
-    if unknown:
-        raise SystemExit(f"--experiments {unknown}: choose from {sorted(DEFAULT_HEADS)}.")
-    if args.seeds:
-        seeds = [int(s) for s in args.seeds.split(",")]
-        defaults = SMOKE_HEADS if args.smoke else DEFAULT_HEADS
-        heads = {f: getattr(args, f"{f}_heads") or defaults[f] for f in experiments}
-        blocks = [(seeds, heads, 50)]
-    else:
-        part = part or args.part
-        parts = list(PLAN) if part == "all" else [part]
-        blocks = [(PLAN[p]["seeds"], PLAN[p]["heads"], PLAN[p]["cue_every"]) for p in parts]
-    specs = []
-    for scenes in experiments:
-        for seeds, heads, cue_every in blocks:
-            for seed in seeds:
-                for head in heads[scenes].split(","):
-                    specs.append(_spec(args, scenes, head, seed, cue_every, seeds[0]))
-    return specs
-
-
-def _key(record: dict) -> tuple:
-    return record["scenes"], record["head"], record["seed"]
-
-
-def summary_path(out: str, spec: dict) -> str:
-    return os.path.join(
-        out, "analysis_runs", f"{spec['scenes']}_{spec['head']}_seed{spec['seed']}.json"
-    )
-
-
-def saved_record(spec: dict, out: str):
-    """The saved record of a finished run of `spec` (same steps): RUNS_DIR's (with the figure
-    maps), else OUT's summary; None if neither."""
-    for path in (record_path(spec), summary_path(out, spec)):
-        if os.path.exists(path):
-            with open(path) as f:
-                record = json.load(f)
-            if record["steps"] == spec["steps"]:
-                return record
-    return None
-
-
-def save_summaries(out: str, records: list[dict]) -> None:
-    """Writes each record's summary (no figure maps) to OUT/analysis_runs, only where it is new
-    or differs, each file whole (written aside, then renamed)."""
-    os.makedirs(os.path.join(out, "analysis_runs"), exist_ok=True)
-    for record in records:
-        path = summary_path(out, record)
-        text = json.dumps(
-            {k: v for k, v in record.items() if k != "figure_rows"}, indent=1, sort_keys=True
-        )
-        if os.path.exists(path):
-            with open(path) as f:
-                if f.read() == text:
-                    continue
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-
-
 def _context(args, argv) -> dict:
     return {
         "argv": " ".join(
@@ -526,9 +422,9 @@ def main(argv=None) -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.9, 0.9 / args.workers):.3f}")
     context = _context(args, argv)
-    saved = {_key(p): saved_record(p, args.out) for p in planned + specs}
+    saved = {key(p): saved_record(p, args.out) for p in planned + specs}
     records = [r for r in saved.values() if r is not None]
-    todo = [] if args.report_only else [s for s in specs if saved[_key(s)] is None]
+    todo = [] if args.report_only else [s for s in specs if saved[key(s)] is None]
     failures: list[dict] = []
     started, already = time.perf_counter(), len(records)
 
@@ -543,7 +439,7 @@ def main(argv=None) -> None:
                 raise
 
     print(
-        f"{sum(saved[_key(s)] is not None for s in specs)} of {len(specs)} runs already saved "
+        f"{sum(saved[key(s)] is not None for s in specs)} of {len(specs)} runs already saved "
         f"in {args.runs_dir}/records or {args.out}/analysis_runs; {len(todo)} to run",
         flush=True,
     )

@@ -298,3 +298,70 @@ def write_attention_figure(out: str, records: list[dict]) -> None:
     )
     fig.savefig(os.path.join(out, "analysis_attention.png"), dpi=viz.DPI)
     plt.close(fig)
+
+
+HEAD_NAMES = {
+    "nl": "NL",
+    "pairwise": "pairwise-only",
+    "unary": "unary-only",
+    "dnl": "DNL",
+    "fcn": "FCN",
+}
+# The chance level of each mass statistic: the share a uniform map puts on the same cells.
+CHANCE = {
+    "unary@salient": "salient_area",
+    "unary@boundary": "boundary_area",
+    "pairwise@within": "within_area",
+}
+
+
+def _chance(records: list[dict], measure: str) -> float:
+    """The mean chance level of a mass statistic over `records` (NaN for other statistics)."""
+    values = [analysis_claims.value(r, CHANCE[measure]) for r in records if measure in CHANCE]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _claim_panel(axis, records: list[dict], claim: tuple, scenes: str) -> None:
+    """One seed per line across the claim's heads; the chance level dashed."""
+    cid, measure, heads = claim
+    by_run = {(r["head"], r["seed"]): r for r in records}
+    never = 0
+    for seed in sorted({r["seed"] for r in records}):
+        values = [
+            analysis_claims.value(by_run[h, seed], measure) if (h, seed) in by_run else None
+            for h in heads
+        ]
+        never += sum(v is None and (h, seed) in by_run for h, v in zip(heads, values, strict=True))
+        ys = [np.nan if v is None else v for v in values]
+        axis.plot(range(len(heads)), ys, "o-", color="grey", alpha=0.6, markersize=4)
+    chance = _chance(records, measure)
+    if chance == chance:
+        axis.axhline(chance, linestyle="--", color="tab:red", linewidth=1)
+    axis.set_xticks(range(len(heads)), [HEAD_NAMES[h] for h in heads], fontsize=8)
+    extra = f" (never: {never})" if measure == "steps_to_learn" and never else ""
+    axis.set_title(f"({cid}) {scenes}: {measure}{extra}", fontsize=9)
+    axis.set_xlim(-0.5, len(heads) - 0.5)
+    if not records:
+        axis.text(0.5, 0.5, "no run yet", transform=axis.transAxes, ha="center")
+
+
+def part_figure(path: str, records: dict, claims: dict, *, title: str) -> None:
+    """Each claim's statistic (rows) per scene family (columns), seed by seed: `records` and
+    `claims` ((id, statistic, heads with NL first) per claim) keyed by family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(len(c) for c in claims.values())
+    fig, axes = plt.subplots(
+        rows, len(FAMILIES), figsize=(4.2 * len(FAMILIES), 2.6 * rows), squeeze=False
+    )
+    for col, scenes in enumerate(FAMILIES):
+        for row, claim in enumerate(claims[scenes]):
+            _claim_panel(axes[row, col], records[scenes], claim, scenes)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
