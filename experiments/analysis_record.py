@@ -26,6 +26,7 @@ import os
 import analysis_claims
 import analysis_claims_confirmatory as confirmatory
 import analysis_tables
+import numpy as np
 
 PARTS = ("exploratory", "confirmatory")
 SUMMARY_START, SUMMARY_END = "<!-- summary: start -->", "<!-- summary: end -->"
@@ -65,11 +66,12 @@ def _in(records: list[dict], part: str, scenes: str | None = None) -> list[dict]
 
 
 def progress(records: list[dict], planned: list[dict]) -> list[str]:
-    """How far the runs got: finished of planned, per part, family and head."""
-    have = {(r["scenes"], r["head"], r["seed"]) for r in records}
+    """How far the runs got: finished of planned, per part, family and head, with the median
+    training wall time of the finished runs (on the machine and load they ran under)."""
+    walls = {(r["scenes"], r["head"], r["seed"]): r.get("train_wall_s") for r in records}
     lines = [
-        "| part | scenes | head | finished / planned | seeds finished |",
-        "|---|---|---|---|---|",
+        "| part | scenes | head | finished / planned | seeds finished | median train wall (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for part in PARTS:
         for scenes in analysis_tables.FAMILIES:
@@ -77,10 +79,12 @@ def progress(records: list[dict], planned: list[dict]) -> list[str]:
                 seeds = [p["seed"] for p in _in(planned, part, scenes) if p["head"] == head]
                 if not seeds:
                     continue
-                done = [s for s in seeds if (scenes, head, s) in have]
-                shown = ", ".join(map(str, done)) or "none"
+                done = [s for s in seeds if (scenes, head, s) in walls]
+                times = [walls[scenes, head, s] for s in done if walls[scenes, head, s]]
+                wall = f"{np.median(times):.0f}" if times else "–"
                 lines.append(
-                    f"| {part} | {scenes} | {head} | {len(done)} / {len(seeds)} | {shown} |"
+                    f"| {part} | {scenes} | {head} | {len(done)} / {len(seeds)} | "
+                    f"{', '.join(map(str, done)) or 'none'} | {wall} |"
                 )
     return lines
 

@@ -151,8 +151,11 @@ def test_report_only_rewrites_the_two_part_record_from_summaries(tmp_path):
         "category on beacon; cannot decide: (C) DNL learning faster on beacon; not measured: "
         "(A) the unary term on its targets on regions, (B)" in summary
     )
-    assert "| confirmatory | beacon | dnl | 8 / 8 | 8, 9, 10, 11, 12, 13, 14, 15 |" in text
-    assert "| exploratory | regions | nl | 0 / 8 | none |" in text
+    wall = f"{template['train_wall_s']:.0f}"
+    assert (
+        f"| confirmatory | beacon | dnl | 8 / 8 | 8, 9, 10, 11, 12, 13, 14, 15 | {wall} |" in text
+    )
+    assert "| exploratory | regions | nl | 0 / 8 | none | – |" in text
     assert "| (A) unary@salient | unary − nl | 8 | unary-only − NL +0.1220 ± 0.0087 |" in text
     with open(out / "analysis.json") as f:
         claims = json.load(f)["claims"]["confirmatory"]["beacon"]
