@@ -104,7 +104,7 @@ def accumulate_label_mass(
 ) -> None:
     """Adds one batch's `LABEL_MASS_STATISTICS` (module docstring) to `stats`; `labels`
     `[B, H, W]`, taken to the query and key grids by majority vote (ignored cells left out)."""
-    batch = (capture.unary_logits if capture.q is None else capture.q).shape[0]
+    batch = len(labels)
     key_labels = analysis.labels_to_grid(labels, capture.key_grid, ignore_label=ignore_label)
     boundary = analysis.boundary_map(key_labels, ignore_label=ignore_label).reshape(batch, -1)
     key_labels = key_labels.reshape(batch, -1)
