@@ -342,6 +342,7 @@ def _claim_panel(axis, records: list[dict], claim: tuple, scenes: str) -> None:
     extra = f" (never: {never})" if measure == "steps_to_learn" and never else ""
     axis.set_title(f"({cid}) {scenes}: {measure}{extra}", fontsize=9)
     axis.set_xlim(-0.5, len(heads) - 0.5)
+    axis.ticklabel_format(axis="y", useOffset=False)
     if not records:
         axis.text(0.5, 0.5, "no run yet", transform=axis.transAxes, ha="center")
 
