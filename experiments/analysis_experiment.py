@@ -1,16 +1,24 @@
 """The analysis experiment: trained non-local blocks on scenes whose salient keys we know.
 
-    python experiments/analysis_experiment.py --out OUT [--workers 8] [--seeds 0,...,7]
-        [--experiments beacon,regions] [--regions_heads fcn,nl,pairwise,unary,dnl]
-        [--beacon_heads fcn,nl,pairwise,unary,dnl] [--steps 1000] [--regions_steps 2000]
-        [--num_images 64] [--cue_every 50] [--cue_images 128]
+    python experiments/analysis_experiment.py --out experiments/results [--workers 2]
+        [--part exploratory|confirmatory|all] [--experiments beacon,regions]
+        [--seeds 0,...,7 --regions_heads ... --beacon_heads ...] [--steps 1000]
+        [--regions_steps 2000] [--num_images 64] [--cue_every N] [--cue_images 128]
         [--runs_dir DIR] [--deadline_s S] [--report_only] [--smoke]
+
+The plan (`PLAN`) has two parts. The exploratory part, seeds 0–7 (the claims of
+`analysis_claims`, stated before its runs): FCN, NL, pairwise-only, unary-only and DNL heads on
+the beacon scenes, the last four on the regions scenes, cue curve every 50 steps. The
+confirmatory part, seeds 8–15 (the claims of `analysis_claims_confirmatory`, committed before
+any of its runs): NL, pairwise-only, unary-only and DNL on both families, cue curve every 25
+steps. Without `--seeds`, the runs of `--part` (default: both parts) are run, family by family
+in `--experiments` order.
 
 Every run is the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`) with one decode head,
 one `config.seed` and one scene family (`config.data.synthetic.scenes`: 'beacon', the demo scenes,
 or 'regions'), trained with `dnl_jax.train.trainer.train_and_evaluate` in one of `--workers`
 processes, and then analysed in the same process (`dnl_jax.analyze.analyze_model` on the first
-`--num_images` val scenes of the final checkpoint, saliency statistics included).
+`--num_images` val scenes of the final checkpoint, saliency and mass statistics included).
 
 Learning speed: every `--cue_every` steps the run's checkpoint is read back and the head
 segments the first `--cue_images` val scenes; the record keeps the share of val objects whose
@@ -18,15 +26,17 @@ cue is right (`dnl_jax.analysis.saliency.object_cue_accuracy`) and the mIoU on t
 each run's steps to learn the cue (`dnl_jax.analysis.saliency.steps_to_learn`, threshold
 `analysis_claims.CUE_THRESHOLD`).
 
-Runs go out scene family by scene family (in `--experiments` order), seed by seed. Each
-finished run is saved as RUNS_DIR/records/<scenes>_<head>_seed<seed>.json; a rerun skips the
-runs saved there (a run stopped midway resumes from its checkpoint), so partial progress is
-kept. After every finished run OUT is rewritten from all saved runs: analysis.{json,md} (every
-table, the claims of `analysis_claims` with their statistics) and analysis.png (the
-first seed's attention on one val scene, salient map beside the unary map). `--report_only`:
-rewrite OUT from the saved runs, train nothing. `--smoke`: 2 steps, 1 seed, 2 heads (NL on
-regions, DNL on beacon), 32×32 scenes, tiny data (a CPU check of the whole pipeline;
-tests/analysis/test_analysis_experiment.py).
+Saved runs: each finished run is saved as RUNS_DIR/records/<scenes>_<head>_seed<seed>.json
+(with the figure maps); its summary (the same without the maps) as
+OUT/analysis_runs/<scenes>_<head>_seed<seed>.json, the committed record of every run. A rerun
+skips the runs saved in either place (a run stopped midway resumes from its checkpoint). After
+every finished run OUT is rewritten from all saved runs (`analysis_record.write_all`):
+analysis.{json,md} (the summary, both parts with their claims, every table) and one figure per
+part. `--report_only`: train nothing; copy the summaries of RUNS_DIR's finished runs to
+OUT/analysis_runs and rewrite OUT from all summaries (the one command that regenerates the
+record: `python experiments/analysis_experiment.py --report_only --out experiments/results`).
+`--smoke`: 2 steps, 1 seed, 2 heads (NL on regions, DNL on beacon), 32×32 scenes, tiny data (a
+CPU check of the whole pipeline; tests/analysis/test_analysis_experiment.py).
 
 Several processes share one GPU: each gets XLA_PYTHON_CLIENT_PREALLOCATE=false and a
 1/workers share of the memory; compiled programs are shared through JAX's persistent
@@ -47,18 +57,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script
 
 import analysis_claims  # noqa: E402  (experiments/analysis_claims.py)
-import analysis_tables  # noqa: E402  (experiments/analysis_tables.py)
+import analysis_record  # noqa: E402  (experiments/analysis_record.py)
+from analysis_plan import (  # noqa: E402  (experiments/analysis_plan.py)
+    HEADS,
+    PLAN,
+    key,
+    record_path,
+    run_specs,
+    save_summaries,
+    saved_record,
+)
 
-HEADS = {
-    "dnl": "dnl_tiny",
-    "pairwise": "dnl_pairwise_tiny",
-    "unary": "dnl_unary_tiny",
-    "nl": "nl_tiny",
-    "gc": "gc_tiny",
-    "fcn": "fcn_tiny",
-}
-DEFAULT_HEADS = {"regions": "fcn,nl,pairwise,unary,dnl", "beacon": "fcn,nl,pairwise,unary,dnl"}
-SMOKE_HEADS = {"regions": "nl", "beacon": "dnl"}  # 2 heads: the implicit and explicit terms
+__all__ = ["HEADS", "PLAN", "main", "run_one", "run_specs", "save_summaries", "saved_record"]
 
 
 def run_config(spec: dict):
@@ -134,13 +144,6 @@ def _cache_scenes() -> None:
 
     cached_sources.cached = True
     DrawnScenes.sources = cached_sources
-
-
-def record_path(spec: dict) -> str:
-    """Where a finished run's record is saved (a rerun skips the runs saved there)."""
-    return os.path.join(
-        spec["runs_dir"], "records", f"{spec['scenes']}_{spec['head']}_seed{spec['seed']}.json"
-    )
 
 
 def cue_tracker(config, spec: dict, workdir: str):
@@ -300,12 +303,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", required=True, help="directory for the records (<= 5 files)")
+    parser.add_argument("--out", required=True, help="directory of the record")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
+    parser.add_argument(
+        "--part",
+        default="all",
+        choices=("exploratory", "confirmatory", "all"),
+        help="the planned runs to run (PLAN), when --seeds is not given",
+    )
+    parser.add_argument("--seeds", default=None, help="e.g. 0,1,2: these seeds, not the plan")
     parser.add_argument("--experiments", default="beacon,regions")
-    parser.add_argument("--regions_heads", default=None)
-    parser.add_argument("--beacon_heads", default=None)
+    parser.add_argument("--regions_heads", default=None, help="with --seeds")
+    parser.add_argument("--beacon_heads", default=None, help="with --seeds")
     parser.add_argument("--steps", type=int, default=1000, help="SGD steps of every run")
     parser.add_argument(
         "--regions_steps",
@@ -318,8 +327,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--cue_every",
         type=int,
-        default=50,
-        help="steps between two points of the learning-speed curve",
+        default=None,
+        help="steps between two points of the learning-speed curve (default: the part's, "
+        "50 exploratory, 25 confirmatory; 50 with --seeds)",
     )
     parser.add_argument(
         "--cue_images",
@@ -330,7 +340,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--report_only",
         action="store_true",
-        help="rewrite OUT from the runs saved in RUNS_DIR/records; train nothing",
+        help="copy RUNS_DIR's finished runs to OUT/analysis_runs and rewrite OUT; train nothing",
     )
     parser.add_argument("--runs_dir", default=os.path.join("runs", "analysis_experiment"))
     parser.add_argument(
@@ -348,58 +358,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:
         args.steps, args.regions_steps, args.seeds, args.num_images = 2, 0, "0", 8
         args.cue_every, args.cue_images = 1, 8
-    if min(args.workers, args.steps, args.num_images, args.cue_every, args.cue_images) < 1:
+    numbers = (args.workers, args.steps, args.num_images, args.cue_every or 1, args.cue_images)
+    if min(numbers) < 1:
         raise SystemExit(
             "--workers, --steps, --num_images, --cue_every and --cue_images must be >= 1."
         )
     return args
-
-
-def run_specs(args) -> list[dict]:
-    """Every (scenes, head, seed) run: scene family by scene family, then seed-major so that
-    early seeds finish first."""
-    seeds = [int(s) for s in args.seeds.split(",")]
-    specs = []
-    experiments = args.experiments.split(",")
-    unknown = sorted(set(experiments) - set(DEFAULT_HEADS))
-    if unknown:
-        raise SystemExit(f"--experiments {unknown}: choose from {sorted(DEFAULT_HEADS)}.")
-    for scenes in experiments:
-        for seed in seeds:
-            chosen = (
-                getattr(args, f"{scenes}_heads")
-                or (SMOKE_HEADS if args.smoke else DEFAULT_HEADS)[scenes]
-            )
-            for head in chosen.split(","):
-                if head not in HEADS:
-                    raise SystemExit(f"unknown head {head!r}; choose from {sorted(HEADS)}.")
-                steps = (
-                    args.regions_steps if scenes == "regions" and args.regions_steps else args.steps
-                )
-                specs.append(
-                    {
-                        "scenes": scenes,
-                        "head": head,
-                        "seed": seed,
-                        "steps": steps,
-                        "num_images": args.num_images,
-                        "runs_dir": args.runs_dir,
-                        "cue_every": args.cue_every,
-                        "cue_images": args.cue_images,
-                        "smoke": args.smoke,
-                        "first_seed": seeds[0],
-                    }
-                )
-    return specs
-
-
-def saved_record(spec: dict):
-    """The saved record of a finished run of `spec` (same steps), or None."""
-    if not os.path.exists(record_path(spec)):
-        return None
-    with open(record_path(spec)) as f:
-        record = json.load(f)
-    return record if record["steps"] == spec["steps"] else None
 
 
 def _context(args, argv) -> dict:
@@ -455,36 +419,39 @@ def _run_pool(args, todo: list[dict], records: list, failures: list, write) -> N
 def main(argv=None) -> None:
     args = parse_args(argv)
     specs = run_specs(args)
+    planned = specs if args.smoke or args.seeds else run_specs(args, "all")
     os.makedirs(args.out, exist_ok=True)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.9, 0.9 / args.workers):.3f}")
     context = _context(args, argv)
-    saved = [saved_record(spec) for spec in specs]
-    records = [r for r in saved if r is not None]
-    todo = [] if args.report_only else [s for s, r in zip(specs, saved, strict=False) if r is None]
+    saved = {key(p): saved_record(p, args.out) for p in planned + specs}
+    records = [r for r in saved.values() if r is not None]
+    todo = [] if args.report_only else [s for s in specs if saved[key(s)] is None]
     failures: list[dict] = []
-    started = time.perf_counter()
+    started, already = time.perf_counter(), len(records)
 
     def write():
         context["elapsed_s"] = round(time.perf_counter() - started, 1)
         try:
-            analysis_tables.write_all(args.out, records, failures, context, planned=specs)
+            save_summaries(args.out, records)
+            analysis_record.write_all(args.out, records, failures, context, planned=planned)
         except Exception as error:  # noqa: BLE001  (the saved runs keep everything; rerun
             print(f"could not write the record: {error!r}", flush=True)  # --report_only)
             if not todo:
                 raise
 
     print(
-        f"{len(records)} of {len(specs)} runs already saved in {args.runs_dir}/records; "
-        f"{len(todo)} to run",
+        f"{sum(saved[key(s)] is not None for s in specs)} of {len(specs)} runs already saved "
+        f"in {args.runs_dir}/records or {args.out}/analysis_runs; {len(todo)} to run",
         flush=True,
     )
     if todo:
         _run_pool(args, todo, records, failures, write)
     write()
     print(
-        f"{len(records)} runs done, {len(failures)} failed, "
-        f"{len(specs) - len(records) - len(failures)} not run; records in {args.out}"
+        f"{len(records)} runs in the record ({len(records) - already} new), {len(failures)} "
+        f"failed, {len(todo) - len(failures) - (len(records) - already)} not run; record in "
+        f"{args.out}"
     )
     if failures:
         raise SystemExit(1)

@@ -1,18 +1,14 @@
-"""Records of experiments/analysis_experiment.py: JSON, Markdown tables and the figure.
+"""Tables of the analysis record (experiments/analysis_record.py) and its attention figure.
 
-`write_all(out, records, failures, context, planned)` (re)writes, in `out`, from the runs so far:
-  analysis.json   every run (figure maps left out), the planned runs, the claims' statistics
-  analysis.md     per scene family ('beacon', 'regions'): the runs present and missing, the
-                  claims (`analysis_claims`) with paired statistics, the saliency table, the
-                  learning-speed table, the analysis tables and val mIoU of every run
-  analysis.png    the first seed's attention on one val scene of each family, salient map beside
-                  each head's unary map
-Every number in the Markdown comes from the records.
+`family_section` is the Markdown of one scene family within one part of the record: the runs
+present and missing, the claims (rendered by the caller), a per-seed table of the claims'
+statistics, the saliency and mass table, the learning-speed table, the analysis tables and the
+val mIoU of every run. `write_attention_figure` draws analysis_attention.png from the runs that
+kept their figure maps. Every number in the Markdown comes from the records.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import analysis_claims
@@ -54,10 +50,10 @@ feature grid, over the first val scenes (`analysed`), labels taken to the grid b
   with a constant binary map left out). The paper's exact consistency statistic is not available
   to us; this correlation is our stand-in. '–': the block has no such term.
 """
-SALIENCY_DEFINITIONS = """Saliency columns (`dnl_jax/saliency.py`): the scene's salient keys \
-(the beacon square; the
-markers) taken to the 8×8 grid as the salient share s_j of each cell (area, not majority vote: an
-8×8-pixel marker straddling four cells would have no majority anywhere).
+SALIENCY_DEFINITIONS = """Saliency columns (`dnl_jax/analysis/saliency.py`): the scene's \
+salient keys (the beacon square; the markers) taken to the 8×8 grid as the salient share s_j of
+each cell (area, not majority vote: an 8×8-pixel marker straddling four cells would have no majority
+anywhere).
 - un~salient: Pearson correlation between the unary map (DNL's and unary-only's explicit
   softmax(conv_mask), NL's implicit softmax_j(s·μ_θᵀφ_j)) and s over the keys, one value per
   image (1: the map is an increasing affine function of s; about 0: unrelated).
@@ -65,8 +61,15 @@ markers) taken to the 8×8 grid as the salient share s_j of each cell (area, not
   control: a query-dependent term need not follow s).
 - un@salient, pw@salient: the share of the map's attention mass on salient cells,
   Σ_j a_j s_j / Σ_j a_j; salient area: Σ_j s_j / M, the share a uniform map puts there (chance).
+- un@boundary: the unary map's share of mass on the boundary cells (a 4-neighbour cell has
+  another label); boundary area: their share of the cells (chance). pw@within: each query's
+  pairwise share of mass on the cells of its own label, averaged over queries; within area: that
+  share for a uniform map (chance). (Runs analysed before these were added show '–'.)
 """
-LEARNING_DEFINITION = f"""Learning speed: every 50 steps the run's checkpoint segments the \
+
+
+def learning_definition(cue_every) -> str:
+    return f"""Learning speed: every {cue_every} steps the run's checkpoint segments the \
 first 128 val scenes; an
 object (a 4-connected region of one object class) has its *cue right* when more of its pixels are
 predicted as its class than as the other class of its colour (which only the salient keys
@@ -222,156 +225,144 @@ def _recipe(records: list[dict]) -> str:
 
 
 def family_section(
-    scenes: str, records: list[dict], planned: list[dict], claims: list[dict]
+    scenes: str,
+    records: list[dict],
+    planned: list[dict],
+    claim_lines: list[str],
+    per_seed: list[str],
+    *,
+    level: str = "##",
 ) -> list[str]:
-    """The Markdown of one scene family."""
+    """The Markdown of one scene family: `claim_lines` and `per_seed` come rendered."""
+    sub = level + "#"
+    cue_every = sorted({r["cue_curve"][0]["step"] for r in records if r.get("cue_curve")})
     lines = [
-        f"## The {scenes} scenes",
+        f"{level} The {scenes} scenes",
         "",
         SCENES[scenes],
         "",
         f"Recipe: {_recipe(records)}.",
         "",
-        "### Runs in this record",
+        f"{sub} Runs in this record",
         "",
     ]
     lines += present_runs(records, planned)
     if not records:
         return lines + ["", "No run of this family has finished: nothing is claimed for it."]
-    lines += ["", "### The claims (stated before the runs)", ""]
-    lines += analysis_claims.markdown(claims)
-    lines += ["", "### Saliency", "", SALIENCY_DEFINITIONS]
+    lines += ["", f"{sub} The claims (stated before the runs)", ""] + claim_lines
+    lines += ["", f"{sub} Per seed: the claims' statistics", ""] + per_seed
+    lines += ["", f"{sub} Saliency and attention mass", "", SALIENCY_DEFINITIONS]
     lines += analysis_tables(records, SALIENCY_COLUMNS)
-    lines += ["", "### Learning speed", "", LEARNING_DEFINITION]
+    lines += ["", f"{sub} Learning speed", ""]
+    lines += [learning_definition(", ".join(map(str, cue_every)) or "?")]
     lines += learning_tables(records)
-    lines += ["", "### Analysis of the decode head's block", "", DEFINITIONS]
+    lines += ["", f"{sub} Analysis of the decode head's block", "", DEFINITIONS]
     lines += analysis_tables(records)
-    lines += ["", "### Val mIoU", ""] + miou_tables(records)
+    lines += ["", f"{sub} Val mIoU", ""] + miou_tables(records)
     return lines
 
 
-def markdown(
-    records: list[dict], failures: list[dict], context: dict, planned: list[dict], claims: dict
-) -> str:
-    devices = sorted({r["device"] for r in records}) or ["(no run finished)"]
-    lines = [
-        "# The paper's claims on scenes whose salient keys we know",
-        "",
-        "Generated by `experiments/analysis_experiment.py` from the runs saved in its "
-        f"`--runs_dir` (every number below comes from them): {len(records)} of the "
-        f"{len(planned)} planned runs. Ran on: {', '.join(devices)}; host {context['host']}; "
-        f"{context['workers']} worker processes. **Exact values differ between machines** "
-        "(a GPU and a CPU sum in different orders, and chaotic runs such as the FCN's can "
-        "end elsewhere), so compare means and spreads, not single seeds.",
-        "",
-        "## Command",
-        "",
-        "The runs and this record:",
-        "",
-        "    python experiments/analysis_experiment.py --out experiments/results --workers 2",
-        "",
-        "(rerunning it skips the runs already saved in `--runs_dir` and trains the "
-        "rest; `--report_only` only rewrites the record). This file was written by:",
-        "",
-        f"    {context['argv']}",
-        "",
-        "One run is equivalent to (e.g.)",
-        "",
-        f"    {records[0]['command'] if records else ''}",
-        "",
-        "Setup: the demo recipe (`dnl_jax.recipes.ablation.synthetic_config`: ResNet-V1c-18-D8 "
-        "trunk of width 8, decode head of width 16, batch 16, lr 0.1 poly); only the decode "
-        "head, `config.seed` and `config.data.synthetic.scenes` differ between runs; "
-        "beacon runs 1000 "
-        "steps, regions runs 2000 (the budgets of the earlier records).",
-        "",
-        "## Claims and statistics",
-        "",
-        "Stated in `experiments/analysis_claims.py`, "
-        "committed before the first run of this experiment (see its git history); quoted:",
-        "",
-        analysis_claims.__doc__.strip(),
-        "",
-    ]
-    for scenes in FAMILIES:
-        chosen = [r for r in records if r["scenes"] == scenes]
-        wanted = [p for p in planned if p["scenes"] == scenes]
-        if wanted or chosen:
-            lines += family_section(scenes, chosen, wanted, claims[scenes]) + [""]
-    if any(r.get("figure_rows") for r in records):
-        lines += [
-            "## Figure",
-            "",
-            "`analysis.png`: one val scene per family, the first seed's "
-            "model of each head (NL, pairwise-only, unary-only, DNL): image, ground truth, "
-            "the full attention of three query pixels (red stars), their pairwise term, the "
-            "unary term and, last, the scene's salient keys; each on the 8×8 grid stretched "
-            "over the image, colours per panel.",
-            "",
-            "![analysis](analysis.png)",
-        ]
-    if failures:
-        lines += ["", "## Failed runs", ""] + [
-            f"- {f['scenes']} {f['head']} seed {f['seed']}: {f['error']}" for f in failures
-        ]
-    return "\n".join(lines) + "\n"
+ATTENTION_CAPTION = """`analysis_attention.png`: one val scene per family and part, the first \
+seed's model of each head (NL, pairwise-only, unary-only, DNL) among the runs that kept their \
+figure maps (those run since the last clean `--runs_dir`): image, ground truth, the full \
+attention of three query pixels (red stars), their pairwise term, the unary term and, last, the \
+scene's salient keys; each on the 8×8 grid stretched over the image, colours per panel. The \
+earlier figure of the exploratory beacon runs (seed 0) is `analysis.png`.
+
+![attention](analysis_attention.png)"""
 
 
-def write_figure(out: str, records: list[dict]) -> None:
-    rows = []
-    for scenes in FAMILIES:
-        for head in FIGURE_HEADS:
-            runs = sorted(
-                (
-                    r
-                    for r in records
-                    if r["scenes"] == scenes and r["head"] == head and r.get("figure_rows")
-                ),
-                key=lambda r: r["seed"],
-            )
-            if runs:
-                row = {
-                    k: (np.asarray(v) if isinstance(v, list) and k != "points" else v)
-                    for k, v in runs[0]["figure_rows"][0].items()
-                }
-                row["maps"] = {
-                    t: None if m is None else np.asarray(m) for t, m in row["maps"].items()
-                }
-                row["title"] = f"{scenes}: {head} (seed {runs[0]['seed']})"
-                rows.append(row)
-    if not rows:
+def _figure_row(run: dict) -> dict:
+    row = {
+        k: (np.asarray(v) if isinstance(v, list) and k != "points" else v)
+        for k, v in run["figure_rows"][0].items()
+    }
+    row["maps"] = {t: None if m is None else np.asarray(m) for t, m in row["maps"].items()}
+    row["title"] = f"{run['scenes']}: {run['head']} (seed {run['seed']})"
+    return row
+
+
+def write_attention_figure(out: str, records: list[dict]) -> None:
+    """analysis_attention.png from every run that kept its figure maps (the first seed of each
+    part), family by family, seed by seed, head by head; nothing when none did."""
+    kept = [r for r in records if r.get("figure_rows") and r["head"] in FIGURE_HEADS]
+    kept.sort(key=lambda r: (FAMILIES.index(r["scenes"]), r["seed"], FIGURE_HEADS.index(r["head"])))
+    if not kept:
         return
     import matplotlib.pyplot as plt
 
     from dnl_jax.analysis import viz
 
-    fig = viz.decomposition_figure(rows, num_classes=records[0]["recipe"]["num_classes"])
-    fig.savefig(os.path.join(out, "analysis.png"), dpi=viz.DPI)
+    fig = viz.decomposition_figure(
+        [_figure_row(r) for r in kept], num_classes=kept[0]["recipe"]["num_classes"]
+    )
+    fig.savefig(os.path.join(out, "analysis_attention.png"), dpi=viz.DPI)
     plt.close(fig)
 
 
-def write_all(
-    out: str, records: list[dict], failures: list[dict], context: dict, planned: list[dict]
-) -> None:
-    """Rewrites the three record files of `out` from all records so far."""
-    planned = [{k: p[k] for k in ("scenes", "head", "seed", "steps")} for p in planned]
-    claims = {
-        scenes: analysis_claims.evaluate([r for r in records if r["scenes"] == scenes])
-        for scenes in FAMILIES
-    }
-    with open(os.path.join(out, "analysis.json"), "w") as f:
-        json.dump(
-            {
-                "context": context,
-                "planned": planned,
-                "failures": failures,
-                "claims": claims,
-                "cue_threshold": analysis_claims.CUE_THRESHOLD,
-                "runs": [{k: v for k, v in r.items() if k != "figure_rows"} for r in records],
-            },
-            f,
-            indent=1,
-        )
-    with open(os.path.join(out, "analysis.md"), "w") as f:
-        f.write(markdown(records, failures, context, planned, claims))
-    write_figure(out, records)
+HEAD_NAMES = {
+    "nl": "NL",
+    "pairwise": "pairwise-only",
+    "unary": "unary-only",
+    "dnl": "DNL",
+    "fcn": "FCN",
+}
+# The chance level of each mass statistic: the share a uniform map puts on the same cells.
+CHANCE = {
+    "unary@salient": "salient_area",
+    "unary@boundary": "boundary_area",
+    "pairwise@within": "within_area",
+}
+
+
+def _chance(records: list[dict], measure: str) -> float:
+    """The mean chance level of a mass statistic over `records` (NaN for other statistics)."""
+    values = [analysis_claims.value(r, CHANCE[measure]) for r in records if measure in CHANCE]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _claim_panel(axis, records: list[dict], claim: tuple, scenes: str) -> None:
+    """One seed per line across the claim's heads; the chance level dashed."""
+    cid, measure, heads = claim
+    by_run = {(r["head"], r["seed"]): r for r in records}
+    never = 0
+    for seed in sorted({r["seed"] for r in records}):
+        values = [
+            analysis_claims.value(by_run[h, seed], measure) if (h, seed) in by_run else None
+            for h in heads
+        ]
+        never += sum(v is None and (h, seed) in by_run for h, v in zip(heads, values, strict=True))
+        ys = [np.nan if v is None else v for v in values]
+        axis.plot(range(len(heads)), ys, "o-", color="grey", alpha=0.6, markersize=4)
+    chance = _chance(records, measure)
+    if chance == chance:
+        axis.axhline(chance, linestyle="--", color="tab:red", linewidth=1)
+    axis.set_xticks(range(len(heads)), [HEAD_NAMES[h] for h in heads], fontsize=8)
+    extra = f" (never: {never})" if measure == "steps_to_learn" and never else ""
+    axis.set_title(f"({cid}) {scenes}: {measure}{extra}", fontsize=9)
+    axis.set_xlim(-0.5, len(heads) - 0.5)
+    axis.ticklabel_format(axis="y", useOffset=False)
+    if not records:
+        axis.text(0.5, 0.5, "no run yet", transform=axis.transAxes, ha="center")
+
+
+def part_figure(path: str, records: dict, claims: dict, *, title: str) -> None:
+    """Each claim's statistic (rows) per scene family (columns), seed by seed: `records` and
+    `claims` ((id, statistic, heads with NL first) per claim) keyed by family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(len(c) for c in claims.values())
+    fig, axes = plt.subplots(
+        rows, len(FAMILIES), figsize=(4.2 * len(FAMILIES), 2.6 * rows), squeeze=False
+    )
+    for col, scenes in enumerate(FAMILIES):
+        for row, claim in enumerate(claims[scenes]):
+            _claim_panel(axes[row, col], records[scenes], claim, scenes)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

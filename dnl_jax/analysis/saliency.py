@@ -19,6 +19,12 @@ a block's attention terms (`dnl_jax.analysis.attention_rows`) with that map.
 - **Mass** 'term@salient': the share of a map's attention on salient cells,
   Σ_j a_ij s_j / Σ_j a_ij over the valid keys (1: all of it on salient cells), and
   'salient_area' = Σ_j s_j / M_valid, the share a uniform map would put there (chance).
+- **Mass on the ground-truth maps** (with labels; `accumulate_label_mass`): 'unary@boundary',
+  the unary map's share on the boundary cells (`dnl_jax.analysis.boundary_map` of the key
+  labels), next to its chance level 'boundary_area'; 'pairwise@within', each valid query's
+  pairwise share on the cells of its own label, next to 'within_area' (that share for a uniform
+  map). Mass, unlike correlation, sees scale: a nearly flat map that merely varies like the
+  target correlates with it, yet puts only the chance share there.
 
 The learning-speed measure of the synthetic experiment is here too (`object_cue_accuracy`): the
 share of objects whose class is right within its cue pair, i.e. whose hidden bit the head read
@@ -42,6 +48,8 @@ SALIENCY_STATISTICS = (
     "full@salient",
     "salient_area",
 )
+# Attention mass on the ground-truth maps, and each one's chance level (needs labels).
+LABEL_MASS_STATISTICS = ("unary@boundary", "boundary_area", "pairwise@within", "within_area")
 
 
 def salient_to_grid(salient: np.ndarray, grid: tuple) -> np.ndarray:
@@ -74,9 +82,53 @@ def salient_correlation(
 
 def salient_mass(maps: np.ndarray, salient_keys: np.ndarray, valid_keys: np.ndarray) -> np.ndarray:
     """Σ_j a_ij s_j / Σ_j a_ij over valid keys: `[B, n]`; NaN for images with no salient key."""
-    weight = (salient_keys * valid_keys)[:, None, :]
+    return target_mass(maps, salient_keys[:, None, :], valid_keys)
+
+
+def target_mass(maps: np.ndarray, targets: np.ndarray, valid_keys: np.ndarray) -> np.ndarray:
+    """Σ_j a_ij t_ij / Σ_j a_ij over the valid keys, for maps `[B, n, M]`, targets t
+    `[B, n | 1, M]` in [0, 1] and `valid_keys` `[B, M]`: `[B, n]`; NaN where no valid key has
+    t > 0 (nothing to put mass on)."""
+    weight = targets * valid_keys[:, None, :]
     mass = (maps * weight).sum(-1) / np.maximum((maps * valid_keys[:, None, :]).sum(-1), 1e-300)
     return np.where(weight.sum(-1) > 0, mass, np.nan)
+
+
+def accumulate_label_mass(
+    stats: analysis.BlockStatistics,
+    capture: analysis.BlockCapture,
+    labels: np.ndarray,
+    *,
+    ignore_label: int = analysis.IGNORE_LABEL,
+    chunk: int = 1024,
+) -> None:
+    """Adds one batch's `LABEL_MASS_STATISTICS` (module docstring) to `stats`; `labels`
+    `[B, H, W]`, taken to the query and key grids by majority vote (ignored cells left out)."""
+    batch = len(labels)
+    key_labels = analysis.labels_to_grid(labels, capture.key_grid, ignore_label=ignore_label)
+    boundary = analysis.boundary_map(key_labels, ignore_label=ignore_label).reshape(batch, -1)
+    key_labels = key_labels.reshape(batch, -1)
+    valid_keys = key_labels != ignore_label
+    count = np.maximum(valid_keys.sum(-1), 1)
+    stats.add("boundary_area", np.where(valid_keys.any(-1), boundary.sum(-1) / count, np.nan))
+    unary = analysis.attention_rows(capture, np.arange(1))["unary"]
+    if unary is not None:
+        stats.add("unary@boundary", target_mass(unary, boundary[:, None, :], valid_keys))
+    if capture.q is None:
+        return
+    query_labels = analysis.labels_to_grid(labels, capture.grid, ignore_label=ignore_label)
+    query_labels = query_labels.reshape(batch, -1)
+    for start in range(0, query_labels.shape[1], chunk):
+        queries = np.arange(start, min(start + chunk, query_labels.shape[1]))
+        chunk_labels = query_labels[:, queries]
+        keep = chunk_labels != ignore_label
+        within = (key_labels[:, None, :] == chunk_labels[:, :, None]).astype(np.float64)
+        area = (within * valid_keys[:, None, :]).sum(-1) / count[:, None]
+        stats.add("within_area", np.where(keep, area, np.nan))
+        pairwise = analysis.attention_rows(capture, queries)["pairwise"]
+        if pairwise is not None:
+            mass = target_mass(pairwise, within, valid_keys)
+            stats.add("pairwise@within", np.where(keep, mass, np.nan))
 
 
 def accumulate_saliency(
@@ -88,7 +140,8 @@ def accumulate_saliency(
     ignore_label: int = analysis.IGNORE_LABEL,
     chunk: int = 1024,
 ) -> None:
-    """Adds one batch's `SALIENCY_STATISTICS` (module docstring) to `stats`.
+    """Adds one batch's `SALIENCY_STATISTICS` (module docstring) to `stats`, and with
+    `labels` the `LABEL_MASS_STATISTICS` (`accumulate_label_mass`).
 
     `salient` bool `[B, H, W]`; `labels` `[B, H, W]` (optional) mark the ignored pixels, which
     are left out as keys and queries. The unary map, the same for every query, is formed once per
@@ -112,6 +165,8 @@ def accumulate_saliency(
             )
             != ignore_label
         )
+    if labels is not None:
+        accumulate_label_mass(stats, capture, labels, ignore_label=ignore_label, chunk=chunk)
     area = (salient_keys * valid_keys).sum(-1) / np.maximum(valid_keys.sum(-1), 1)
     stats.add("salient_area", np.where(valid_keys.any(-1), area, np.nan))
     unary = analysis.attention_rows(capture, np.arange(1))["unary"]
@@ -188,6 +243,9 @@ __all__ = [
     "salient_to_grid",
     "salient_correlation",
     "salient_mass",
+    "target_mass",
+    "accumulate_label_mass",
+    "LABEL_MASS_STATISTICS",
     "accumulate_saliency",
     "cue_twin",
     "object_cue_accuracy",

@@ -15,7 +15,9 @@ available). Video models get query-independence only (no pixel labels).
 On the synthetic scenes, whose salient keys are known (the beacon, the markers), it adds the
 saliency columns of `dnl_jax.analysis.saliency`: unary ↔ salient, pairwise ↔ salient (the crossed
 control), the share of the unary and pairwise attention mass on salient cells, and the salient
-area (that share for a uniform map); the figure adds the salient map beside the unary map.
+area (that share for a uniform map); the mass statistics of the confirmatory claims (the unary
+term's share on boundary cells, the pairwise term's share on the query's own category, each beside
+its chance level); the figure adds the salient map beside the unary map.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ SALIENCY_COLUMNS = (
     ("un@salient", "unary@salient"),
     ("pw@salient", "pairwise@salient"),
     ("salient area", "salient_area"),
+    # Attention mass on the ground-truth maps and its chance level (the confirmatory claims'
+    # statistics, experiments/analysis_claims_confirmatory.py).
+    ("un@boundary", "unary@boundary"),
+    ("boundary area", "boundary_area"),
+    ("pw@within", "pairwise@within"),
+    ("within area", "within_area"),
 )
 
 

@@ -232,6 +232,8 @@ def test_analyze_command_end_to_end(tmp_path):
     assert "| decode_head/nl_block | nl |" in done.stdout
     # The beacon scenes know their salient keys: the saliency columns are printed too.
     assert "| un~salient | pw~salient | un@salient | pw@salient | salient area |" in done.stdout
+    # ... and the mass statistics of the confirmatory claims, each beside its chance level.
+    assert "| un@boundary | boundary area | pw@within | within area |" in done.stdout
     with open(tmp_path / "run" / "analysis" / "analysis.json") as f:
         record = json.load(f)
     (block,) = record["blocks"]

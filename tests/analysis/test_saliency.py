@@ -156,3 +156,55 @@ def test_steps_to_learn_is_the_first_evaluation_over_the_threshold():
     curve = {50: 0.4, 100: 0.91, 150: 0.85, 200: 0.95}
     assert saliency.steps_to_learn(curve, 0.9) == 100
     assert saliency.steps_to_learn({"50": 0.2, "100": 0.89}, 0.9) is None
+
+
+def _two_region_labels(batch=2, size=64):
+    """`[B, S, S]` labels: class 0 with a rectangle of class 1 and one of class 2 (different per
+    image), so the grid has boundary cells and three categories."""
+    labels = np.zeros((batch, size, size), np.int64)
+    for b in range(batch):
+        labels[b, 8 + 8 * b : 32, 8:24] = 1
+        labels[b, 40:56, 24 + 8 * b : 56] = 2
+    return labels
+
+
+def test_unary_mass_on_boundary_cells_and_its_chance_level():
+    labels = _two_region_labels()
+    grid_labels = analysis.labels_to_grid(labels, GRID)
+    boundary = analysis.boundary_map(grid_labels).reshape(2, -1)
+    salient = np.zeros(labels.shape, bool)
+    # A unary map on exactly the boundary cells puts all its mass there.
+    means, counts = _stats_of(_unary_capture(np.log(boundary + 1e-30)), salient, labels)
+    np.testing.assert_allclose(means["unary@boundary"], 1.0, atol=1e-6)
+    assert counts["unary@boundary"] == 2
+    # A uniform map puts exactly the boundary area there: the chance level.
+    uniform, _ = _stats_of(_unary_capture(np.zeros((2, 64))), salient, labels)
+    np.testing.assert_allclose(uniform["boundary_area"], boundary.mean())
+    np.testing.assert_allclose(uniform["unary@boundary"], uniform["boundary_area"], atol=1e-9)
+    assert 0 < uniform["boundary_area"] < 1
+
+
+def test_pairwise_mass_on_the_query_category_and_its_chance_level():
+    labels = _two_region_labels()
+    grid_labels = analysis.labels_to_grid(labels, GRID).reshape(2, -1)
+    salient = np.zeros(labels.shape, bool)
+    one_hot = np.eye(3, dtype=np.float32)[grid_labels]  # [B, 64, 3]
+
+    def capture(scale):
+        return analysis.BlockCapture(
+            "block", "dnl", GRID, GRID, one_hot, one_hot, None, scale, False
+        )
+
+    # Queries and keys embedded by their label, sharply scaled: each query's pairwise map sits
+    # on its own category.
+    means, counts = _stats_of(capture(50.0), salient, labels)
+    np.testing.assert_allclose(means["pairwise@within"], 1.0, atol=1e-6)
+    assert counts["pairwise@within"] == 2 * 64 and "unary@boundary" not in means
+    # Scale 0: uniform rows put the query's category area there, the chance level.
+    flat, _ = _stats_of(capture(0.0), salient, labels)
+    same = grid_labels[:, :, None] == grid_labels[:, None, :]
+    np.testing.assert_allclose(flat["within_area"], same.mean())
+    np.testing.assert_allclose(flat["pairwise@within"], flat["within_area"], atol=1e-9)
+    # Without labels there is nothing to measure the mass on.
+    unlabelled, _ = _stats_of(capture(50.0), salient)
+    assert "pairwise@within" not in unlabelled and "boundary_area" not in unlabelled
