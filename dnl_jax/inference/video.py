@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dnl_jax.core.ops import host_softmax
 from dnl_jax.data import transforms
 from dnl_jax.inference import files
-from dnl_jax.ops import host_softmax
 
 MAX_FRAMES = 100_000  # decode whole files (views pick their frames afterwards)
 

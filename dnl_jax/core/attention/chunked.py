@@ -20,6 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from dnl_jax.core.target_platform import compile_platform
+
 Array = jax.Array
 
 
@@ -43,10 +45,11 @@ _block_sizes_override: list[BlockSizes | None] = [None]
 
 
 def default_block_sizes(platform: str | None = None) -> BlockSizes:
-    """Block sizes for `platform` ('cpu', 'gpu', 'tpu'; None = JAX's default backend)."""
+    """Block sizes for `platform` ('cpu', 'gpu', 'tpu'; None = the platform the computation is
+    compiled for: `target_platform.compile_platform`, so an AOT compile for TPU gets TPU blocks)."""
     if _block_sizes_override[0] is not None:
         return _block_sizes_override[0]
-    platform = platform or jax.default_backend()
+    platform = platform or compile_platform()
     return _DEFAULT_BLOCK_SIZES.get(platform, BlockSizes(512, 512))
 
 
@@ -283,12 +286,15 @@ def chunked_attention(
       scale: multiplies the logits: applied to the float32 logits when static (a number), folded
         into the queries when traced (e.g. a learnt scale).
       whiten: subtract the position means μ_q, μ_k first.
-      block_sizes: (query, key) block lengths; None = `default_block_sizes()`.
+      block_sizes: (query, key) block lengths; None = `default_block_sizes` of the platform
+        the computation is compiled for (the mesh in context, else q's devices).
 
     Returns:
       `[..., N, Cv]` in the dtype of `v`.
     """
-    sizes = _check_block_sizes(BlockSizes(*(block_sizes or default_block_sizes())))
+    sizes = _check_block_sizes(
+        BlockSizes(*(block_sizes or default_block_sizes(compile_platform(q))))
+    )
     leading, q3, k3, v3, logit_scale = prepare(q, k, v, scale, whiten)
     num_queries, num_keys = q3.shape[1], k3.shape[1]
     block_q, block_k = min(sizes.query, num_queries), min(sizes.key, num_keys)
