@@ -106,7 +106,7 @@ def analyze_model(
     capturer = analysis.BlockCapturer(module)
     stats: dict[str, analysis.BlockStatistics] = {}
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    figure_rows = []
+    figure_rows: list[dict] = []
     for batch in _batches(examples, batch_size):
         outputs, captures = capturer(variables, batch[input_key])
         labels = batch["label"] if input_key == "image" else None
@@ -135,7 +135,7 @@ def analyze_model(
 
 def figure_maps(capture: analysis.BlockCapture, batch: dict, count: int) -> list[dict]:
     """`viz.decomposition_figure` rows for the first `count` images of a batch."""
-    rows = []
+    rows: list[dict] = []
     if len(capture.grid) != 2 or capture.key_grid != capture.grid:
         return rows  # maps over sub-sampled keys or 3-D grids are not drawn
     for b in range(min(count, len(batch["label"]))):

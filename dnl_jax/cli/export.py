@@ -14,8 +14,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from dnl_jax.cli.output import add_log_level_argument, set_library_log_level
 from dnl_jax.cli.predict import load_config_file, pair
-from dnl_jax.command_line import add_log_level_argument, set_library_log_level
 from dnl_jax.inference.export import export_checkpoint
 from dnl_jax.inference.record import record_from_config
 

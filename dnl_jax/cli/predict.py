@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from dnl_jax.command_line import add_log_level_argument, set_library_log_level
+from dnl_jax import tasks
+from dnl_jax.cli.output import add_log_level_argument, set_library_log_level
 from dnl_jax.inference import figures, files, video
 from dnl_jax.inference.detection import write_detections
 from dnl_jax.inference.explain import npz_arrays
@@ -61,7 +62,9 @@ def make_predictor(args) -> Predictor:
         raise ValueError("give --checkpoint PATH (or --exported model.jaxexport).")
     record = None
     if args.config:
-        record = record_from_config(load_config_file(args.config), source=f"--config {args.config}")
+        config = load_config_file(args.config)
+        task = tasks.for_dataset(config.data.name)  # the command's one lookup
+        record = record_from_config(config, task, source=f"--config {args.config}")
     return Predictor.from_checkpoint(step_directory(args.checkpoint), record=record)
 
 

@@ -12,6 +12,9 @@ are padded with the bundle's `pad_label`, which the metrics do not count.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -40,7 +43,9 @@ class BatchedEvaluator(common.Evaluator):
     INPUTS = ("scenes", "videos")
 
     @classmethod
-    def check(cls, name: str, settings: dict, inputs, *, num_devices: int, num_processes: int):
+    def check(
+        cls, name: str, settings: Mapping[str, Any], inputs, *, num_devices: int, num_processes: int
+    ) -> None:
         super().check(name, settings, inputs, num_devices=num_devices, num_processes=num_processes)
         batch, devices = settings["batch_size"], num_devices
         if not isinstance(batch, int) or batch < 1 or batch % devices:

@@ -13,7 +13,8 @@ from config.data.video).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,7 @@ def evaluate_video(
     return video_accuracies(video_view_counts(predict_fn, examples, **settings))
 
 
-def check_views(name: str, settings: dict, keys: tuple[str, ...]) -> None:
+def check_views(name: str, settings: Mapping[str, Any], keys: tuple[str, ...]) -> None:
     """num_clips / num_crops >= 1 and short_side >= 0 among `keys` of `settings`."""
     for key in keys:
         low = 0 if key == "short_side" else 1
@@ -92,8 +93,10 @@ class MultiViewEvaluator(common.Evaluator):
     INPUTS = ("videos",)
 
     @classmethod
-    def check(cls, name: str, settings: dict, inputs, **hardware) -> None:
-        super().check(name, settings, inputs, **hardware)
+    def check(
+        cls, name: str, settings: Mapping[str, Any], inputs, *, num_devices: int, num_processes: int
+    ) -> None:
+        super().check(name, settings, inputs, num_devices=num_devices, num_processes=num_processes)
         check_views(name, settings, ("num_clips", "num_crops", "short_side"))
         inputs.check_short_side(name, settings["short_side"])
 

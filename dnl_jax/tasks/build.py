@@ -53,8 +53,8 @@ class Built:
         auxiliary head get parameters too; flax's batch norm leaves its statistics alone)."""
         inputs = jnp.zeros((batch, *self.example_shape))
         if self.host_bundle.init_fn is not None:
-            return self.host_bundle.init_fn(rngs, inputs)
-        return self.module.init(rngs, inputs, train=True)
+            return dict(self.host_bundle.init_fn(rngs, inputs))
+        return dict(self.module.init(dict(rngs), inputs, train=True))
 
 
 def model_options(config: ml_collections.ConfigDict, axis_name: str | None = None) -> dict:
