@@ -153,7 +153,8 @@ class Task:
 
     @property
     def datasets(self) -> tuple[str, ...]:
-        """The `config.data.name`s of this task: the units of `data.datasets` whose task it is."""
+        """The `config.data.name` values of this task: the units of `data.datasets` whose task
+        it is."""
         return data_datasets.of_task(self.name)
 
     @property

@@ -14,16 +14,14 @@ from dnl_jax.inference import PreprocessingRecord, record_from_config
 from dnl_jax.inference.classes import dataset_classes
 
 
-def _record(config):
-    """The record the trainer writes for `config` (its task resolved as `tasks.build` does)."""
-    return record_from_config(config, tasks.for_dataset(config.data.name))
-
-
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
 
 
 def _record(name):
-    return _record(load_config_file(os.path.join(CONFIGS, name)))
+    """The record the trainer writes for the recipe `name` (its task resolved as `tasks.build`
+    does)."""
+    config = load_config_file(os.path.join(CONFIGS, name))
+    return record_from_config(config, tasks.for_dataset(config.data.name))
 
 
 def test_cityscapes_slide_recipe():
