@@ -13,7 +13,6 @@ from dnl_jax.data import cityscapes, transforms
 from dnl_jax.inference import PreprocessingRecord, record_from_config
 from dnl_jax.inference.classes import dataset_classes
 
-
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
 
 
