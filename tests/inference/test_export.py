@@ -11,8 +11,6 @@ from dnl_jax.cli import predict as predict_cli
 from dnl_jax.inference import Predictor
 from dnl_jax.inference.export import read_artifact
 
-pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers")
-
 
 @pytest.fixture(scope="module")
 def artifact(trained_run, tmp_path_factory):
