@@ -18,6 +18,7 @@ from train_testing import CACHE_ENV
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "experiments", "configs", "synthetic_dnl_tiny.py")
 FULL_DISK_MAIN = os.path.join(REPO, "tests", "train", "full_disk_main.py")
+SLOW_EVALUATION_MAIN = os.path.join(REPO, "tests", "train", "slow_evaluation_main.py")
 # A library's absl/glog record at ERROR (orbax's "E1207 ... future.py:387] ...").
 LIBRARY_ERROR = re.compile(r"^E\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]", re.MULTILINE)
 TINY = (
@@ -115,10 +116,14 @@ def test_non_finite_step_is_one_line(tmp_path):
     assert "non-finite (NaN or inf) outputs" in last
 
 
-def _start(workdir, *overrides):
+def _start(workdir, *overrides, program=("-m", "dnl_jax.cli.train")):
     log = open(workdir.parent / f"{workdir.name}.log", "w+")  # noqa: SIM115
     process = subprocess.Popen(
-        _command(workdir, *overrides), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO
+        _command(workdir, *overrides, program=program),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        cwd=REPO,
     )
     return process, log
 
@@ -178,17 +183,19 @@ def test_sigterm_then_ctrl_c_each_save_one_checkpoint_and_say_how_to_resume(tmp_
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
-    """The first Ctrl-C arrives while the first step compiles; the second ends the run."""
-    workdir = tmp_path / "run"
-    process, log = _start(workdir, "--config.total_steps=500", "--config.progress_bar=true")
-
-    def bar_started():
-        log.seek(0)
-        return "0/500" in log.read()
-
-    _wait_for(bar_started, process)
+    """The first Ctrl-C arrives while the evaluation before training runs (held open for minutes
+    by slow_evaluation_main.py, so both signals land in it); the second ends the run at once."""
+    workdir, marker = tmp_path / "run", tmp_path / "evaluating"
+    process, log = _start(
+        workdir,
+        "--config.total_steps=500",
+        "--config.progress_bar=true",
+        program=(SLOW_EVALUATION_MAIN, str(marker)),
+    )
+    _wait_for(marker.exists, process)
     process.send_signal(signal.SIGINT)
     time.sleep(1.0)  # the first one is handled (recorded) before the second arrives
+    assert process.poll() is None, "the first Ctrl-C ended the run"
     process.send_signal(signal.SIGINT)
     code, output = _finish(process, log)
     assert code == 130, output
