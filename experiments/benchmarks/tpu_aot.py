@@ -20,8 +20,9 @@ Cases:
   all or stride-2 sub-sampled keys, bf16 and f32; plus what auto-selection picks.
 - steps: every published recipe's train step at its crop and global batch on a slice of one
   chip per image (per clip), jit and pmap drivers; the tiny demo model.
-- spatial: R101-D8 (19 classes, bf16) on v5e, batch 1 per data shard, space ∈ {1, 2, 4, 8} on 8
-  chips: bisection on the image side (aspect 1:2, multiples of 64) for the largest that fits.
+- spatial: R101-D8 (its Cityscapes recipe: 19 classes, float32) on v5e, batch 1 per data shard,
+  space ∈ {1, 2, 4, 8} on 8 chips: the largest image side (aspect 1:2, multiples of 64) that
+  fits, searched on real compiles (fit_search.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: off
 import tpu_compile  # noqa: E402  (sets JAX_PLATFORMS=cpu, TPU_SKIP_MDS_QUERY=1 first)
 import bench_utils  # noqa: E402
+import fit_search  # noqa: E402
 import tpu_steps  # noqa: E402
 # isort: on
 
@@ -87,7 +89,9 @@ def step_cases(match: str):
     files = [(TINY, 4, {}), (TINY, 4, TINY_KERNEL_SIZE)]
     for name in RECIPES:
         files.append((name, None, {}))
-    for (name, chips, overrides), driver in itertools.product(files, ("jit", "pmap")):
+    # Every recipe with the jit driver first, then with pmap: a run cut short still has a row
+    # for every recipe.
+    for driver, (name, chips, overrides) in itertools.product(("jit", "pmap"), files):
         if match and match not in name:
             continue
         path = os.path.join(CONFIGS, name)
@@ -136,12 +140,13 @@ def run(cases, results: dict, save) -> None:
 
 
 def spatial_fit(space: int, results: dict, save, *, generation="v5e", chips=8) -> None:
-    """Bisection on real compiles for the largest R101-D8 crop (H × 2H, H a multiple of 64)
-    whose train step fits the chip's HBM, batch 1 per data shard; every compile is a case."""
+    """The largest R101-D8 crop (H × 2H, H a multiple of 64) whose train step fits the chip's
+    HBM, batch 1 per data shard, found on real compiles (fit_search.py: a line through the
+    measured peaks against H² picks each next compile); every compile is a case."""
     path = os.path.join(CONFIGS, "cityscapes_dnl_r101-d8_512x1024_80k.py")
     hbm = tpu_compile.CHIPS[generation]["hbm_bytes"]
 
-    def fits(side: int) -> bool:
+    def peak(side: int) -> float | None:
         overrides = {"data.segmentation.crop_size": (side, 2 * side), "batch_size": chips // space}
         key = ("spatial", generation, side, space)
         run(
@@ -157,16 +162,12 @@ def spatial_fit(space: int, results: dict, save, *, generation="v5e", chips=8) -
             save,
         )
         case = next(c for c in results["cases"] if c["key"] == _key(key))
-        return "error" not in case and case["peak_bytes"] <= hbm
+        return None if "error" in case else case["peak_bytes"]
 
-    low, high = 0, 1024  # low fits (0: none yet), high is the next side to try
-    while fits(high):
-        low, high = high, 2 * high
-        if high > 8192:
-            return
-    while high - low > 64:
-        middle = (low + high) // 2 // 64 * 64
-        low, high = (middle, high) if fits(middle) else (low, middle)
+    side, probes = fit_search.largest_fitting(peak, hbm)
+    print(
+        f"spatial {generation} space {space}: largest side that fits {side}, {len(probes)} compiles"
+    )
 
 
 def _mib(x) -> str:

@@ -12,6 +12,7 @@ import jax
 
 # isort: on
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -95,13 +96,48 @@ def load_config(path: str, **overrides):
     return config
 
 
+def _blank_coco_example(data) -> dict:
+    """One example in the prepared COCO source's format (data/sources.py) at the recipe's own
+    `base_size` (long, short), landscape, with one small instance."""
+    long_side, short_side = (int(v) for v in data.detection.base_size)
+    return {
+        "image": np.zeros((short_side, long_side, 3), np.uint8),
+        "image_id": 0,
+        "height": short_side,
+        "width": long_side,
+        "boxes": np.array([[0.0, 0.0, 32.0, 32.0]], np.float32),
+        "labels": np.zeros(1, np.int32),
+        "category_ids": np.ones(1, np.int32),
+        "iscrowd": np.zeros(1, bool),
+        "areas": np.array([1024.0], np.float32),
+        "masks": np.zeros((1, short_side, long_side), np.uint8),
+    }
+
+
+def _detection_example(task, data) -> dict:
+    """The training example the pipeline would give: the real train transform applied to a
+    blank COCO example (prepared data), or one drawn scene (synthetic data, model-ready)."""
+    transform = task.train_transform(data)
+    if transform is None:
+        return task.sources(data)[0][0]
+    return transform.random_map(_blank_coco_example(data), np.random.default_rng(0))
+
+
 def abstract_batch(config) -> dict:
-    """ShapeDtypeStructs of one global training batch (segmentation and video tasks; the
-    bundle contract in dnl_jax/tasks/base.py)."""
+    """ShapeDtypeStructs of one global training batch (the bundle contract in
+    dnl_jax/tasks/base.py): segmentation and video from the task's example shape, detection
+    from one example as the training pipeline makes it (each array's shape and dtype, batched)."""
     task = for_dataset(config.data.name)
+    b = int(config.batch_size)
+    if task.name == "detection":
+        example = _detection_example(task, config.data)
+        return {
+            k: jax.ShapeDtypeStruct((b, *np.shape(v)), np.asarray(v).dtype)
+            for k, v in example.items()
+        }
     if task.name not in ("segmentation", "video"):
         raise ValueError(f"task {task.name!r}: its batch is not described here yet.")
-    b, shape = int(config.batch_size), task.example_shape(config.data)
+    shape = task.example_shape(config.data)
     label = (b,) if task.name == "video" else (b, *shape[:2])
     return {
         task.input_key: jax.ShapeDtypeStruct((b, *shape), jnp.float32),
