@@ -26,13 +26,12 @@ from typing import Any
 
 import jax
 
-from dnl_jax.data import datasets
 from dnl_jax.models import losses as model_losses
 from dnl_jax.models.detection import losses, targets
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from dnl_jax.models.residual import ARCH_SETTINGS, ContextSpec
 from dnl_jax.tasks import detection_inputs as inputs
-from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task
+from dnl_jax.tasks.base import EvalInputs, InputsByDataset, ModelBundle
 from dnl_jax.tasks.detection_inputs import DetectionEvalSource
 
 # config.data.detection, the prepared datasets (COCO): resize keep-ratio to base_size (long,
@@ -194,48 +193,20 @@ def _no_batched_metrics(outputs, batch):
     )
 
 
-class Detection(Task):
+class Detection(InputsByDataset):
     """Instance detection and segmentation (module docstring)."""
 
     name = "detection"
     input_key = "image"
     example_model = "mask_rcnn_r50_fpn_dnl_c4"
     model_defaults = MODEL_DEFAULTS
+    drawn_inputs, dataset_inputs = inputs.DRAWN, inputs.IMAGES
 
     def config_sections(self) -> dict[str, dict]:
         return {"detection": SECTION}
 
-    def _inputs(self, data) -> tuple[inputs.DetectionInputs, datasets.Dataset]:
-        """The implementation for `data.name` (drawn scenes or dataset images) and its unit."""
-        dataset = datasets.get(data.name)
-        return (inputs.DRAWN if dataset.drawn else inputs.IMAGES), dataset
-
-    def sections_read(self, data) -> tuple[str, ...]:
-        return (self._inputs(data)[0].section,)
-
     def eval_inputs(self, data) -> EvalInputs:
-        return EvalInputs(
-            kind="detection", task=self.name, dataset=data.name, num_classes=int(data.num_classes)
-        )
-
-    def check_data(self, config) -> None:
-        self._inputs(config.data)[0].check(config)
-
-    def sources(self, data):
-        """The synthetic scenes; or the dataset's training split (mmdet's filter_empty_gt /
-        min_size 32 filter when `filter_empty_gt`) and its val split as evaluation inputs."""
-        implementation, dataset = self._inputs(data)
-        return implementation.sources(data, dataset)
-
-    def eval_source(self, data, split: str):
-        implementation, dataset = self._inputs(data)
-        return implementation.eval_source(data, dataset, split)
-
-    def example_shape(self, data) -> tuple[int, ...]:
-        return self._inputs(data)[0].example_shape(data)
-
-    def train_transform(self, data):
-        return self._inputs(data)[0].train_transform(data)
+        return EvalInputs.of("detection", self.name, data)
 
     def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]) -> ModelBundle:
         module = build_module(num_classes, settings)

@@ -7,8 +7,8 @@
   prepared files), resized keep-ratio to `base_size`, normalised and padded to a fixed `canvas`
   (`config.data.detection`), evaluated with the split's COCO ground truth.
 
-tasks/detection.py picks one and delegates; neither knows which dataset it serves beyond its
-unit.
+The task (`tasks.base.InputsByDataset`) picks one by the dataset unit and delegates; neither
+knows which dataset it serves beyond its unit.
 """
 
 from __future__ import annotations
@@ -16,17 +16,8 @@ from __future__ import annotations
 from dnl_jax.data import coco, datasets, detection_transforms, pipeline
 from dnl_jax.data.sources import Subset
 from dnl_jax.data.synthetic_detection import SyntheticDetection
-from dnl_jax.tasks.base import drawn_image_shape
+from dnl_jax.tasks.base import drawn_image_shape, pair_ok, require
 from dnl_jax.tasks.segmentation import SEGMENTATION_SCENE_KEYS, SYNTHETIC_SECTION
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _pair_ok(value) -> bool:
-    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
 
 
 class DetectionEvalSource:
@@ -57,23 +48,23 @@ class DrawnDetectionScenes:
 
     def check(self, config) -> None:
         data, drawn = config.data, config.data.synthetic
-        _require(
+        require(
             data.num_classes >= 2 and data.num_classes % 2 == 0,
             f"config.data.num_classes={data.num_classes}: the synthetic detection scenes "
             "have two classes per object colour (the distant beacon picks one); use an even "
             "number, e.g. 4.",
         )
-        _require(
+        require(
             drawn.image_size % 32 == 0 and drawn.image_size >= 64,
             f"config.data.synthetic.image_size={drawn.image_size} must be a multiple of 32 "
             "(the detector's stride), at least 64.",
         )
-        _require(
+        require(
             drawn.num_train >= config.batch_size,
             "config.data.synthetic.num_train must be >= batch_size.",
         )
         for key in SEGMENTATION_SCENE_KEYS:  # what only the segmentation scenes read
-            _require(
+            require(
                 drawn[key] == SYNTHETIC_SECTION[key],
                 f"config.data.synthetic.{key}={drawn[key]!r} is read by the segmentation "
                 f"scenes only; the detection scenes ({data.name!r}) have no {key}: "
@@ -113,26 +104,26 @@ class DetectionImages:
     def check(self, config) -> None:
         section = config.data.detection
         base, canvas = tuple(section.base_size), tuple(section.canvas)
-        _require(
-            _pair_ok(base),
+        require(
+            pair_ok(base),
             f"config.data.detection.base_size={base} must be the (long, "
             "short) resize scale, e.g. (1333, 800).",
         )
-        _require(
-            _pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
+        require(
+            pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
             f"config.data.detection.canvas={canvas} must be (h, w), multiples of 32 (the "
             "detector's stride), e.g. (1344, 1344).",
         )
-        _require(
+        require(
             min(canvas) >= min(base) and max(canvas) >= max(base),
             f"config.data.detection.canvas={canvas} cannot hold an image resized to "
             f"base_size={base}; for landscape and portrait images use ({max(base)}, "
             f"{max(base)}) rounded up to 32.",
         )
-        _require(
+        require(
             int(section.max_instances) >= 1, "config.data.detection.max_instances must be >= 1."
         )
-        _require(
+        require(
             int(section.mask_crop_size) >= 0,
             "config.data.detection.mask_crop_size must be >= 0 (0: full-canvas masks).",
         )
@@ -167,7 +158,6 @@ class DetectionImages:
         )
 
 
-DetectionInputs = DrawnDetectionScenes | DetectionImages
 DRAWN, IMAGES = DrawnDetectionScenes(), DetectionImages()
 
 __all__ = ["DetectionEvalSource", "DrawnDetectionScenes", "DetectionImages", "DRAWN", "IMAGES"]
