@@ -59,10 +59,10 @@ def dataset_classes(dataset: str, num_classes: int) -> tuple[list[str], np.ndarr
         return names, palette, list(range(num_classes))
     unit = datasets.DATASETS.get(dataset)
     if unit is not None and unit.classes and len(unit.classes) == num_classes:
-        palette = np.asarray(unit.palette, np.uint8) if unit.palette else None
+        colours = np.asarray(unit.palette, np.uint8) if unit.palette else None
         return (
             list(unit.classes),
-            spread_palette(num_classes) if palette is None else palette,
+            spread_palette(num_classes) if colours is None else colours,
             unit.written_ids(),
         )
     return (
