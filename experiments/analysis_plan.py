@@ -92,6 +92,16 @@ def key(record: dict) -> tuple:
     return record["scenes"], record["head"], record["seed"]
 
 
+def part_of(record: dict) -> str:
+    """The part a run belongs to, by its seed."""
+    return "confirmatory" if record["seed"] in confirmatory.SEEDS else "exploratory"
+
+
+def in_part(records: list[dict], part: str, scenes: str | None = None) -> list[dict]:
+    """The records (or planned runs) of `part`, of the scene family `scenes` when given."""
+    return [r for r in records if part_of(r) == part and (scenes is None or r["scenes"] == scenes)]
+
+
 def summary_path(out: str, spec: dict) -> str:
     return os.path.join(
         out, "analysis_runs", f"{spec['scenes']}_{spec['head']}_seed{spec['seed']}.json"

@@ -10,10 +10,12 @@
     analysis_<part>.png        per part: each claim's statistic, seed by seed, per head and family
     analysis_attention.png     the first seed's attention maps, where a saved run kept them
 
-Every number comes from the records. The summary sits between SUMMARY_START and SUMMARY_END so
-that docs/analysis.md can quote it word for word, and its "In short" line between SHORT_START
-and SHORT_END in the README (tests/analysis/test_analysis_experiment.py checks both). After
-regenerating the record, refresh both quotes with
+The summary and the confirmatory tables are written by analysis_verdicts.py; which part a run
+belongs to, analysis_plan.py says. Every number comes from the records. The summary sits between
+SUMMARY_START and SUMMARY_END so that docs/analysis.md can quote it word for word, and its "In
+short" line between SHORT_START and SHORT_END in the README
+(tests/analysis/test_analysis_experiment.py checks both). After regenerating the record, refresh
+both quotes with
 
     python experiments/analysis_record.py experiments/results/analysis.md docs/analysis.md README.md
 """
@@ -27,42 +29,12 @@ import analysis_claims
 import analysis_claims_confirmatory as confirmatory
 import analysis_tables
 import numpy as np
+from analysis_plan import in_part
+from analysis_verdicts import SHORT_PREFIX, confirmatory_markdown, summary
 
 PARTS = ("exploratory", "confirmatory")
 SUMMARY_START, SUMMARY_END = "<!-- summary: start -->", "<!-- summary: end -->"
 SHORT_START, SHORT_END = "<!-- in short: start -->", "<!-- in short: end -->"
-SHORT_PREFIX = "In short (confirmatory part, seeds 8–15): "
-# A few words for each confirmatory claim (the "In short" line), the paper's claim behind it
-# and how it is tested here.
-SHORT_NAME = {
-    "A": "the unary term on its targets",
-    "B": "the pairwise term on the own category",
-    "C": "DNL learning faster",
-    "D": "unary-only as good as NL",
-}
-PAPER_CLAIM = {
-    "A": (
-        "the unary term models the keys that matter to every query",
-        "unary mass on the {target} cells, unary-only and DNL vs NL",
-    ),
-    "B": (
-        "the pairwise term models relations within a category",
-        "pairwise mass on the query's own category, pairwise-only and DNL vs NL",
-    ),
-    "C": ("disentangling the terms speeds up learning", "steps to learn the cue, DNL vs NL"),
-    "D": (
-        "the unary term alone does about as well as NL",
-        "final val mIoU, unary-only vs NL, margin 0.01",
-    ),
-}
-
-
-def part_of(record: dict) -> str:
-    return "confirmatory" if record["seed"] in confirmatory.SEEDS else "exploratory"
-
-
-def _in(records: list[dict], part: str, scenes: str | None = None) -> list[dict]:
-    return [r for r in records if part_of(r) == part and (scenes is None or r["scenes"] == scenes)]
 
 
 def progress(records: list[dict], planned: list[dict]) -> list[str]:
@@ -76,7 +48,7 @@ def progress(records: list[dict], planned: list[dict]) -> list[str]:
     for part in PARTS:
         for scenes in analysis_tables.FAMILIES:
             for head in analysis_tables.HEAD_ORDER:
-                seeds = [p["seed"] for p in _in(planned, part, scenes) if p["head"] == head]
+                seeds = [p["seed"] for p in in_part(planned, part, scenes) if p["head"] == head]
                 if not seeds:
                     continue
                 done = [s for s in seeds if (scenes, head, s) in walls]
@@ -86,56 +58,6 @@ def progress(records: list[dict], planned: list[dict]) -> list[str]:
                     f"| {part} | {scenes} | {head} | {len(done)} / {len(seeds)} | "
                     f"{', '.join(map(str, done)) or 'none'} | {wall} |"
                 )
-    return lines
-
-
-def _p(x: float) -> str:
-    return "–" if x != x else f"{x:.4f}"
-
-
-def _difference(c: dict, digits: int) -> str:
-    def number(x, sign="+"):
-        return "–" if x != x else f"{x:{sign}.{digits}f}"
-
-    return (
-        f"{analysis_tables.HEAD_NAMES[c['head']]} − NL {number(c['mean'])} ± {number(c['se'], '')}"
-    )
-
-
-def confirmatory_markdown(results: list[dict]) -> list[str]:
-    """One family's confirmatory claims: each comparison, then each claim's p before and after
-    Holm and its verdict."""
-    lines = [
-        "| claim | comparison | seeds | paired difference mean ± s.e. | test | p for | p against |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for claim in results:
-        digits = 0 if claim["measure"] == "steps_to_learn" else 4
-        for c in claim["comparisons"]:
-            test = "sign-flip permutation (exact)"
-            if claim["test"] == "sign":
-                test = (
-                    f"sign test: {c['head']} earlier in {c['wins']}, later in {c['losses']}, "
-                    f"ties {c['ties']}; never learnt: {c['head']} {c['never_head']}, nl "
-                    f"{c['never_reference']}; mean over the {c['n']} seeds where both learn"
-                )
-            lines.append(
-                f"| ({claim['id']}) {claim['measure']} | {c['head']} − nl | {len(c['seeds'])} | "
-                f"{_difference(c, digits)} | {test} | {_p(c['p_for'])} | {_p(c['p_against'])} |"
-            )
-    lines += [
-        "",
-        "| claim | seeds | p for | p for, Holm | p against | p against, Holm | "
-        "p for, Holm over both families (secondary) | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for claim in results:
-        lines.append(
-            f"| ({claim['id']}) {claim['text']} | {claim['seeds']} | {_p(claim['p_for'])} | "
-            f"{_p(claim['p_for_holm'])} | {_p(claim['p_against'])} | "
-            f"{_p(claim['p_against_holm'])} | {_p(claim['p_for_holm_all'])} | "
-            f"**{claim['verdict']}** |"
-        )
     return lines
 
 
@@ -173,68 +95,6 @@ def per_seed_table(records: list[dict], part: str, scenes: str) -> list[str]:
         ]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return lines
-
-
-def _verdict_phrase(claim: dict, complete: bool) -> str:
-    comparisons = "; ".join(
-        _difference(c, 0 if claim["measure"] == "steps_to_learn" else 3)
-        for c in claim["comparisons"]
-    )
-    when = "" if complete else f", interim: {claim['seeds']} of 8 seeds"
-    if claim["verdict"] == "not measured":
-        return "**not measured** yet (a head it needs has no finished run)"
-    return (
-        f"**{claim['verdict']}** (Holm-adjusted p = {_p(claim['p_for_holm'])} for, "
-        f"{_p(claim['p_against_holm'])} against{when}; {comparisons})"
-    )
-
-
-def summary(results: dict, exploratory: dict, records: list[dict], planned: list[dict]) -> list:
-    """The plain-words summary: every confirmatory claim's verdict per family, the overall
-    reading, and the exploratory part's outcome for context."""
-    lines = [
-        SUMMARY_START,
-        "**Summary.** The paper's claims, tested on fresh seeds 8–15 with the statistics, tests "
-        "and correction stated before those runs (`experiments/analysis_claims_confirmatory.py`): "
-        "one-sided exact paired tests against NL's implicit terms, Holm-adjusted over the four "
-        "claims of each scene family; a claim is confirmed or refuted at adjusted p < 0.05 and "
-        "otherwise undecided.",
-        "",
-    ]
-    overall: dict[str, dict[str, list]] = {
-        v: {} for v in ("confirmed", "refuted", "cannot decide", "not measured")
-    }
-    for scenes in analysis_tables.FAMILIES:
-        done = len(_in(records, "confirmatory", scenes))
-        wanted = len(_in(planned, "confirmatory", scenes))
-        complete = confirmatory.complete(results[scenes])
-        state = "final" if complete else "runs not finished: verdicts interim"
-        lines.append(f"*{scenes.capitalize()} scenes* ({done} of {wanted} runs; {state}):")
-        for claim in results[scenes]:
-            overall[claim["verdict"]].setdefault(claim["id"], []).append(scenes)
-            paper, tested = PAPER_CLAIM[claim["id"]]
-            tested = tested.format(target="beacon" if scenes == "beacon" else "boundary")
-            lines.append(
-                f"- ({claim['id']}) {paper} ({tested}): " + _verdict_phrase(claim, complete)
-            )
-        lines.append("")
-    lines.append(SHORT_PREFIX + "; ".join(_in_short(k, v) for k, v in overall.items()) + ".")
-    lines += ["", "Exploratory part (seeds 0–7; the earlier record's claims, no correction):"]
-    for scenes in analysis_tables.FAMILIES:
-        claims = exploratory[scenes]
-        lines.append(
-            f"- {scenes}: "
-            + ", ".join(f"({c['id']}) {c['verdict']}" for c in claims)
-            + f" ({len(_in(records, 'exploratory', scenes))} of "
-            f"{len(_in(planned, 'exploratory', scenes))} runs)"
-        )
-    return lines + [SUMMARY_END]
-
-
-def _in_short(verdict: str, claims: dict[str, list]) -> str:
-    """'confirmed: (A) the unary term on its targets on beacon and regions, ...'"""
-    named = [f"({c}) {SHORT_NAME[c]} on {' and '.join(f)}" for c, f in sorted(claims.items())]
-    return f"{verdict}: {', '.join(named) or 'none'}"
 
 
 TITLE = "# The paper's claims on scenes whose salient keys we know"
@@ -292,7 +152,7 @@ def part_section(part: str, records: list[dict], planned: list[dict], claims: di
             "![exploratory attention maps](analysis.png)",
         ]
     for scenes in analysis_tables.FAMILIES:
-        chosen, wanted = _in(records, part, scenes), _in(planned, part, scenes)
+        chosen, wanted = in_part(records, part, scenes), in_part(planned, part, scenes)
         if not (chosen or wanted):
             continue
         if part == "exploratory":
@@ -308,7 +168,8 @@ def part_section(part: str, records: list[dict], planned: list[dict], claims: di
 
 def markdown(records, failures, context, planned, claims) -> str:
     devices = sorted({r["device"] for r in records}) or ["(no run finished)"]
-    lines = [TITLE, ""] + summary(claims["confirmatory"], claims["exploratory"], records, planned)
+    summary_lines = summary(claims["confirmatory"], claims["exploratory"], records, planned)
+    lines = [TITLE, "", SUMMARY_START, *summary_lines, SUMMARY_END]
     lines += [
         "",
         HEADER,
@@ -337,10 +198,10 @@ def write_all(out: str, records, failures, context, planned) -> None:
     records = sorted(records, key=lambda r: (r["scenes"], r["seed"], r["head"]))
     claims = {
         "exploratory": {
-            scenes: analysis_claims.evaluate(_in(records, "exploratory", scenes))
+            scenes: analysis_claims.evaluate(in_part(records, "exploratory", scenes))
             for scenes in analysis_tables.FAMILIES
         },
-        "confirmatory": confirmatory.evaluate(_in(records, "confirmatory")),
+        "confirmatory": confirmatory.evaluate(in_part(records, "confirmatory")),
     }
     analysis_tables.write_attention_figure(out, records)
     context = {**context, "out": out}
@@ -362,7 +223,7 @@ def write_all(out: str, records, failures, context, planned) -> None:
     for part in PARTS:
         analysis_tables.part_figure(
             os.path.join(out, f"analysis_{part}.png"),
-            {scenes: _in(records, part, scenes) for scenes in analysis_tables.FAMILIES},
+            {scenes: in_part(records, part, scenes) for scenes in analysis_tables.FAMILIES},
             {scenes: claim_columns(part, scenes) for scenes in analysis_tables.FAMILIES},
             title=f"{part} part: every seed",
         )

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dnl_jax.cli.output import add_log_level_argument, set_library_log_level
+from dnl_jax.cli.output import parse_arguments
 from dnl_jax.interop import convert as library
 from dnl_jax.interop.convert import convert
 from dnl_jax.interop.mapping import ConversionError
@@ -41,9 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "official DNL detection checkpoints' SyncABN; auto: v1 norms without "
         "num_batches_tracked are; 'true' for inplace_abn >= 1.1 checkpoints)",
     )
-    add_log_level_argument(parser)
-    args = parser.parse_args(argv)
-    set_library_log_level(args.log_level)
+    args = parse_arguments(parser, argv)
     try:
         summary = convert(
             args.checkpoint,

@@ -15,9 +15,8 @@ import time
 from collections.abc import Sequence
 
 from dnl_jax.cli.output import add_log_level_argument, set_library_log_level
-from dnl_jax.cli.predict import load_config_file, pair
+from dnl_jax.cli.predict import pair, record_of_config_file
 from dnl_jax.inference.export import export_checkpoint
-from dnl_jax.inference.record import record_from_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,9 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_library_log_level(args.log_level)
     start = time.perf_counter()
     try:
-        record = None
-        if args.config:
-            record = record_from_config(load_config_file(args.config), f"--config {args.config}")
+        record = record_of_config_file(args.config) if args.config else None
         done = export_checkpoint(args.checkpoint, args.output, args.input_size, record)
     except ValueError as error:
         print(f"export: {str(error).splitlines()[0]}", file=sys.stderr)
@@ -53,5 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     return 0
 
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 __all__ = ["main", "parser"]

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from absl import logging as absl_logging
 
@@ -56,6 +56,17 @@ def add_log_level_argument(parser: argparse.ArgumentParser) -> None:
         help="level of the libraries' log records shown (default: %(default)s; "
         "dnl_jax's own messages always show)",
     )
+
+
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """The start of an argparse command: adds `--log_level` to `parser`, parses `argv` (None:
+    the command line) and shows the libraries' log records at the level given."""
+    add_log_level_argument(parser)
+    args = parser.parse_args(argv)
+    set_library_log_level(args.log_level)
+    return args
 
 
 def config_file_problem(argv: list[str], flag: str = "config") -> str | None:

@@ -32,7 +32,7 @@ from dnl_jax.inference import figures, files, video
 from dnl_jax.inference.detection import write_detections
 from dnl_jax.inference.explain import npz_arrays
 from dnl_jax.inference.predictor import Predictor
-from dnl_jax.inference.record import record_from_config
+from dnl_jax.inference.record import PreprocessingRecord, record_from_config
 from dnl_jax.train.checkpoint_paths import step_directory
 
 
@@ -55,16 +55,20 @@ def load_config_file(path: str):
     return module.get_config()
 
 
+def record_of_config_file(path: str) -> PreprocessingRecord:
+    """The preprocessing record of the training config file `path` (`--config`), its dataset's
+    task looked up here: the command's one lookup."""
+    config = load_config_file(path)
+    task = tasks.for_dataset(config.data.name)
+    return record_from_config(config, task, source=f"--config {path}")
+
+
 def make_predictor(args) -> Predictor:
     if args.exported:
         return Predictor.from_exported(args.exported)
     if not args.checkpoint:
         raise ValueError("give --checkpoint PATH (or --exported model.jaxexport).")
-    record = None
-    if args.config:
-        config = load_config_file(args.config)
-        task = tasks.for_dataset(config.data.name)  # the command's one lookup
-        record = record_from_config(config, task, source=f"--config {args.config}")
+    record = record_of_config_file(args.config) if args.config else None
     return Predictor.from_checkpoint(step_directory(args.checkpoint), record=record)
 
 
@@ -231,4 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["main", "run", "parser", "pair"]
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["main", "run", "parser", "pair", "record_of_config_file"]

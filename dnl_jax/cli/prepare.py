@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dnl_jax.cli.output import add_log_level_argument, set_library_log_level
+from dnl_jax.cli.output import parse_arguments
 from dnl_jax.data import prepare as library
 from dnl_jax.data.prepare import DATASETS, prepare
 
@@ -31,9 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="video only: processes decoding videos in parallel",
     )
-    add_log_level_argument(parser)
-    args = parser.parse_args(argv)
-    set_library_log_level(args.log_level)
+    args = parse_arguments(parser, argv)
     try:
         prepare(
             args.name,

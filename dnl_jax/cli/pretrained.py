@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dnl_jax.cli.output import add_log_level_argument, set_library_log_level
+from dnl_jax.cli.output import parse_arguments
 from dnl_jax.interop import pretrained as library
 from dnl_jax.interop.pretrained import convert_backbone
 from dnl_jax.train.initialisation import BACKBONES
@@ -26,9 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="pretrained",
         help="folder of converted backbones (config.model.pretrained_dir)",
     )
-    add_log_level_argument(parser)
-    args = parser.parse_args(argv)
-    set_library_log_level(args.log_level)
+    args = parse_arguments(parser, argv)
     if args.name not in BACKBONES:
         print(
             f"error: unknown backbone {args.name!r}; choose one of {sorted(BACKBONES)}.",

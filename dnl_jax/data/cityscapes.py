@@ -46,6 +46,30 @@ CLASSES = (
     "motorcycle",
     "bicycle",
 )
+# Colour of each Cityscapes train id 0..18 (road, ..., bicycle), as the benchmark draws them.
+PALETTE = (
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
+
+
 # Label id (cityscapesScripts) of each train id 0..18, in CLASSES order.
 TRAIN_TO_LABEL = np.array(
     [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33], np.uint8

@@ -37,6 +37,8 @@ class Dataset:
       drawn: scenes drawn in memory from `config.data.synthetic` (nothing to prepare).
       classes: its class names when fixed (else () : set by config.data.num_classes for drawn
         scenes, read from the prepared metadata for videos and COCO).
+      palette: the RGB colour (uint8 values) of each class where the benchmark fixes them
+        (Cityscapes), else () (dnl_jax.inference.classes spreads colours).
       ignore_label: the label of pixels that no metric counts.
       val_split: the split the trainer validates on ('test' for UCF101, which has no val).
       raw_files: what `prepare`'s --manual_dir must hold, and `module` the data module whose
@@ -52,6 +54,7 @@ class Dataset:
     task: str
     drawn: bool = False
     classes: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
     ignore_label: int = IGNORE_LABEL
     val_split: str = "val"
     raw_files: str = ""
@@ -87,6 +90,14 @@ class Dataset:
             )
         return train, val
 
+    def written_ids(self) -> list[int]:
+        """The id each class's train id k is written as in the benchmark's label PNGs
+        (`submission_ids` of 0..K-1, K = len(classes)); k itself without `submission_ids`."""
+        train_ids = np.arange(len(self.classes), dtype=np.uint8)
+        if self.submission_ids is not None:
+            train_ids = self.submission_ids(train_ids)
+        return [int(v) for v in train_ids]
+
     def prediction_png_name(self, example_name: str) -> str:
         """The file name of an example's prediction (Cityscapes': NAME_leftImg8bit.png)."""
         return f"{example_name}{self.prediction_suffix}.png"
@@ -116,6 +127,7 @@ DATASETS: dict[str, Dataset] = {
             "cityscapes",
             "segmentation",
             classes=tuple(cityscapes.CLASSES),
+            palette=cityscapes.PALETTE,
             raw_files=f"{cityscapes.IMAGES_ZIP} and {cityscapes.LABELS_ZIP}",
             module="cityscapes",
             submission_ids=cityscapes.train_ids_to_label_ids,

@@ -5,8 +5,9 @@
 `palette[k]` is the RGB colour of class k (uint8 values); `label_ids[k]` the id written for class
 k: in label PNGs the dataset's own ids (Cityscapes label ids, ADE20K's 1..150), else k itself;
 for detectors the COCO category id (COCO's own, 1..K for the synthetic scenes).
-Cityscapes uses its benchmark's colours (cityscapesScripts' `labels.py`); the other datasets get
-evenly spaced, distinguishable colours (the ids carry the meaning, the colours are for the eye).
+The names, colours and ids of the registered datasets are their units' (`data.datasets`: Cityscapes
+uses its benchmark's colours, cityscapesScripts' `labels.py`); the others get evenly spaced,
+distinguishable colours (the ids carry the meaning, the colours are for the eye).
 """
 
 from __future__ import annotations
@@ -15,30 +16,7 @@ import colorsys
 
 import numpy as np
 
-from dnl_jax.data import ade20k, cityscapes, coco, pascal_context, synthetic
-
-# Colour of each Cityscapes train id 0..18 (road, ..., bicycle), as the benchmark draws them.
-CITYSCAPES_PALETTE = (
-    (128, 64, 128),
-    (244, 35, 232),
-    (70, 70, 70),
-    (102, 102, 156),
-    (190, 153, 153),
-    (153, 153, 153),
-    (250, 170, 30),
-    (220, 220, 0),
-    (107, 142, 35),
-    (152, 251, 152),
-    (70, 130, 180),
-    (220, 20, 60),
-    (255, 0, 0),
-    (0, 0, 142),
-    (0, 0, 70),
-    (0, 60, 100),
-    (0, 80, 100),
-    (0, 0, 230),
-    (119, 11, 32),
-)
+from dnl_jax.data import coco, datasets, synthetic
 
 
 def spread_palette(count: int) -> np.ndarray:
@@ -67,12 +45,9 @@ def synthetic_classes(num_classes: int) -> tuple[list[str], np.ndarray]:
 
 def dataset_classes(dataset: str, num_classes: int) -> tuple[list[str], np.ndarray, list[int]]:
     """(names, palette uint8 `[K, 3]`, written ids) of the `num_classes` classes of `dataset`;
-    generic names ('class k') when the dataset is unknown or its class count differs."""
-    known = {
-        "cityscapes": (cityscapes.CLASSES, np.asarray(CITYSCAPES_PALETTE, np.uint8)),
-        "ade20k": (ade20k.CLASSES, None),
-        "pascal_context": (pascal_context.CLASSES, None),
-    }
+    the names, colours and ids of a registered dataset's unit (`data.datasets`) when its class
+    count is `num_classes`; generic names ('class k') when the dataset is unknown or its class
+    count differs."""
     if dataset == "synthetic_detection":  # class 2a + cue (data/synthetic_detection.py)
         names = [f"colour {k // 2}, {('dark', 'light')[k % 2]} cue" for k in range(num_classes)]
         return names, spread_palette(num_classes), list(range(1, num_classes + 1))
@@ -82,15 +57,14 @@ def dataset_classes(dataset: str, num_classes: int) -> tuple[list[str], np.ndarr
     if dataset == "synthetic" and num_classes >= 5:
         names, palette = synthetic_classes(num_classes)
         return names, palette, list(range(num_classes))
-    if dataset in known and len(known[dataset][0]) == num_classes:
-        known_names, known_palette = known[dataset]
-        palette = spread_palette(num_classes) if known_palette is None else known_palette
-        ids = list(range(num_classes))
-        if dataset == "cityscapes":
-            ids = [int(v) for v in cityscapes.TRAIN_TO_LABEL]
-        elif dataset == "ade20k":
-            ids = [k + 1 for k in range(num_classes)]  # the challenge's 1..150 (0 = other)
-        return list(known_names), palette, ids
+    unit = datasets.DATASETS.get(dataset)
+    if unit is not None and unit.classes and len(unit.classes) == num_classes:
+        colours = np.asarray(unit.palette, np.uint8) if unit.palette else None
+        return (
+            list(unit.classes),
+            spread_palette(num_classes) if colours is None else colours,
+            unit.written_ids(),
+        )
     return (
         [f"class {k}" for k in range(num_classes)],
         spread_palette(num_classes),
@@ -100,13 +74,12 @@ def dataset_classes(dataset: str, num_classes: int) -> tuple[list[str], np.ndarr
 
 def dataset_for_classes(num_classes: int) -> str:
     """The benchmark a converted checkpoint with `num_classes` outputs was most likely trained
-    on (19 Cityscapes, 150 ADE20K, 59 PASCAL-Context); '' when none has that count."""
-    counts = {
-        len(cityscapes.CLASSES): "cityscapes",
-        len(ade20k.CLASSES): "ade20k",
-        len(pascal_context.CLASSES): "pascal_context",
-    }
-    return counts.get(num_classes, "")
+    on: the first segmentation dataset of the registry with that many classes (19 Cityscapes,
+    150 ADE20K, 59 PASCAL-Context); '' when none has that count."""
+    for name, unit in datasets.DATASETS.items():
+        if unit.task == "segmentation" and len(unit.classes) == num_classes and unit.classes:
+            return name
+    return ""
 
 
-__all__ = ["dataset_classes", "dataset_for_classes", "spread_palette", "CITYSCAPES_PALETTE"]
+__all__ = ["dataset_classes", "dataset_for_classes", "spread_palette"]

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -131,6 +131,23 @@ class EvalInputs:
     write_prediction: Callable[[Any, str, str], str] | None = None
     view_settings: Callable[[int, int, int], dict] | None = None
     check_short_side: Callable[[str, int], None] | None = None
+
+    @classmethod
+    def of(cls, kind: str, task: str, data, **hooks) -> EvalInputs:
+        """The `kind` inputs of `task` for a run on `data` (config.data: its name and
+        num_classes), with the `hooks` (attributes above) that kind uses."""
+        return cls(kind, task, data.name, int(data.num_classes), **hooks)
+
+
+def require(ok: bool, message: str) -> None:
+    """ValueError(`message`) unless `ok`: the tasks' checks of config values."""
+    if not ok:
+        raise ValueError(message)
+
+
+def pair_ok(value) -> bool:
+    """Whether `value` is two integers >= 1 (a size such as (h, w))."""
+    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
 
 
 def drawn_image_shape(data) -> tuple[int, int, int]:
@@ -242,4 +259,64 @@ class Task:
         )
 
 
-__all__ = ["EvalInputs", "ModelBundle", "Task", "drawn_image_shape"]
+class InputImplementation(Protocol):
+    """One way a task's examples are made (e.g. tasks/segmentation_inputs.py): drawn in memory,
+    or read through the dataset unit. Each method takes `config.data` (`data`) and the unit."""
+
+    section: str  # the config.data section it reads
+
+    def check(self, config) -> None: ...
+
+    def sources(self, data, dataset: data_datasets.Dataset) -> tuple[Any, Any]: ...
+
+    def eval_source(self, data, dataset: data_datasets.Dataset, split: str) -> Any: ...
+
+    def example_shape(self, data) -> tuple[int, ...]: ...
+
+    def train_transform(self, data) -> Any: ...
+
+
+class InputsByDataset(Task):
+    """A task with two input implementations, `drawn_inputs` for the datasets drawn in memory
+    and `dataset_inputs` for the others, chosen by the dataset unit (`Dataset.drawn`); the
+    `Task` methods about examples delegate to the one chosen."""
+
+    drawn_inputs: InputImplementation
+    dataset_inputs: InputImplementation
+
+    def _inputs(self, data) -> tuple[Any, data_datasets.Dataset]:
+        """The implementation for `data.name` and its dataset unit."""
+        dataset = data_datasets.get(data.name)
+        return (self.drawn_inputs if dataset.drawn else self.dataset_inputs), dataset
+
+    def sections_read(self, data) -> tuple[str, ...]:
+        return (self._inputs(data)[0].section,)
+
+    def check_data(self, config) -> None:
+        self._inputs(config.data)[0].check(config)
+
+    def sources(self, data):
+        implementation, dataset = self._inputs(data)
+        return implementation.sources(data, dataset)
+
+    def eval_source(self, data, split: str):
+        implementation, dataset = self._inputs(data)
+        return implementation.eval_source(data, dataset, split)
+
+    def example_shape(self, data) -> tuple[int, ...]:
+        return self._inputs(data)[0].example_shape(data)
+
+    def train_transform(self, data):
+        return self._inputs(data)[0].train_transform(data)
+
+
+__all__ = [
+    "EvalInputs",
+    "InputImplementation",
+    "InputsByDataset",
+    "ModelBundle",
+    "Task",
+    "drawn_image_shape",
+    "pair_ok",
+    "require",
+]

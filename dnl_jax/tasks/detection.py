@@ -5,7 +5,8 @@ of detections with the backbone block's attention.
 
 Inputs: COCO images are resized keep-ratio to `base_size` (long, short), normalised and padded to
 a fixed `canvas` (h, w) (static shapes), with at most `max_instances` ground-truth objects;
-the synthetic scenes are drawn model-ready at `image_size`². Evaluation: 'coco' (box / mask AP).
+the synthetic scenes are drawn model-ready at `image_size`² (the two implementations, one chosen
+per dataset: tasks/detection_inputs.py). Evaluation: 'coco' (box / mask AP).
 
 Context blocks are named by `context` ('dnl_official' = the official DNL detection block, 'dnl'
 = mmseg's DNL block, 'nl', 'gc', or None) and `context_stages`:
@@ -25,15 +26,13 @@ from typing import Any
 
 import jax
 
-from dnl_jax.data import coco, datasets, detection_transforms, pipeline
-from dnl_jax.data.sources import Subset
-from dnl_jax.data.synthetic_detection import SyntheticDetection
 from dnl_jax.models import losses as model_losses
 from dnl_jax.models.detection import losses, targets
 from dnl_jax.models.detection.mask_rcnn import MaskRCNN
 from dnl_jax.models.residual import ARCH_SETTINGS, ContextSpec
-from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task, drawn_image_shape
-from dnl_jax.tasks.segmentation import SEGMENTATION_SCENE_KEYS, SYNTHETIC_SECTION
+from dnl_jax.tasks import detection_inputs as inputs
+from dnl_jax.tasks.base import EvalInputs, InputsByDataset, ModelBundle
+from dnl_jax.tasks.detection_inputs import DetectionEvalSource
 
 # config.data.detection, the prepared datasets (COCO): resize keep-ratio to base_size (long,
 # short), e.g. mmdet's (1333, 800); pad to a fixed canvas (h, w), a multiple of 32 that holds
@@ -187,42 +186,6 @@ def finalize_metrics(metrics: Mapping) -> dict:
     return dict(metrics)
 
 
-class DetectionEvalSource:
-    """A prepared detection split as evaluation inputs: example i is the eval preprocess
-    (resize keep-ratio to `scale`, normalise, pad to `canvas`) of the raw example i, and
-    `coco_ground_truth()` the split's COCO ground truth at the original sizes (for
-    evaluators/coco.py)."""
-
-    def __init__(self, raw, *, scale, canvas):
-        self.raw, self.scale, self.canvas = raw, tuple(scale), tuple(canvas)
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, index: int) -> dict:
-        return detection_transforms.detection_eval_preprocess(
-            self.raw[index], scale=self.scale, canvas=self.canvas
-        )
-
-    def coco_ground_truth(self) -> tuple[dict, list[int]]:
-        return coco.coco_ground_truth(self.raw)
-
-
-def _drawn(data) -> bool:
-    """Whether `data.name` is drawn in memory (reads config.data.synthetic, as the segmentation
-    scenes do) rather than read from files (reads config.data.detection)."""
-    return datasets.get(data.name).drawn
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _pair_ok(value) -> bool:
-    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
-
-
 def _no_batched_metrics(outputs, batch):
     raise ValueError(
         "detection models are evaluated with config.evals.<name>.type='coco' "
@@ -230,127 +193,20 @@ def _no_batched_metrics(outputs, batch):
     )
 
 
-class Detection(Task):
+class Detection(InputsByDataset):
     """Instance detection and segmentation (module docstring)."""
 
     name = "detection"
     input_key = "image"
     example_model = "mask_rcnn_r50_fpn_dnl_c4"
     model_defaults = MODEL_DEFAULTS
+    drawn_inputs, dataset_inputs = inputs.DRAWN, inputs.IMAGES
 
     def config_sections(self) -> dict[str, dict]:
         return {"detection": SECTION}
 
-    def sections_read(self, data) -> tuple[str, ...]:
-        return ("synthetic",) if _drawn(data) else ("detection",)
-
     def eval_inputs(self, data) -> EvalInputs:
-        return EvalInputs(
-            kind="detection", task=self.name, dataset=data.name, num_classes=int(data.num_classes)
-        )
-
-    def check_data(self, config) -> None:
-        data = config.data
-        if _drawn(data):
-            self._check_synthetic(config)
-            return
-        section = data.detection
-        base, canvas = tuple(section.base_size), tuple(section.canvas)
-        _require(
-            _pair_ok(base),
-            f"config.data.detection.base_size={base} must be the (long, "
-            "short) resize scale, e.g. (1333, 800).",
-        )
-        _require(
-            _pair_ok(canvas) and all(int(v) % 32 == 0 for v in canvas),
-            f"config.data.detection.canvas={canvas} must be (h, w), multiples of 32 (the "
-            "detector's stride), e.g. (1344, 1344).",
-        )
-        _require(
-            min(canvas) >= min(base) and max(canvas) >= max(base),
-            f"config.data.detection.canvas={canvas} cannot hold an image resized to "
-            f"base_size={base}; for landscape and portrait images use ({max(base)}, "
-            f"{max(base)}) rounded up to 32.",
-        )
-        _require(
-            int(section.max_instances) >= 1, "config.data.detection.max_instances must be >= 1."
-        )
-        _require(
-            int(section.mask_crop_size) >= 0,
-            "config.data.detection.mask_crop_size must be >= 0 (0: full-canvas masks).",
-        )
-
-    @staticmethod
-    def _check_synthetic(config) -> None:
-        data, drawn = config.data, config.data.synthetic
-        _require(
-            data.num_classes >= 2 and data.num_classes % 2 == 0,
-            f"config.data.num_classes={data.num_classes}: the synthetic detection scenes "
-            "have two classes per object colour (the distant beacon picks one); use an even "
-            "number, e.g. 4.",
-        )
-        _require(
-            drawn.image_size % 32 == 0 and drawn.image_size >= 64,
-            f"config.data.synthetic.image_size={drawn.image_size} must be a multiple of 32 "
-            "(the detector's stride), at least 64.",
-        )
-        _require(
-            drawn.num_train >= config.batch_size,
-            "config.data.synthetic.num_train must be >= batch_size.",
-        )
-        for key in SEGMENTATION_SCENE_KEYS:  # what only the segmentation scenes read
-            _require(
-                drawn[key] == SYNTHETIC_SECTION[key],
-                f"config.data.synthetic.{key}={drawn[key]!r} is read by the segmentation "
-                f"scenes only; the detection scenes ({data.name!r}) have no {key}: "
-                "remove the override.",
-            )
-
-    def sources(self, data):
-        """The synthetic scenes; or COCO's training split (mmdet's filter_empty_gt / min_size 32
-        filter when `filter_empty_gt`) and its val split as evaluation inputs."""
-        if _drawn(data):
-            drawn = data.synthetic
-            common = dict(
-                image_size=drawn.image_size,
-                num_colours=data.num_classes // 2,
-                seed=data.seed,
-                noise=drawn.noise,
-            )
-            return (
-                SyntheticDetection(drawn.num_train, split="train", **common),
-                SyntheticDetection(drawn.num_val, split="val", **common),
-            )
-        train, val = datasets.get(data.name).sources(data)
-        if data.detection.filter_empty_gt:
-            train = Subset(train, coco.train_indices(train))
-        return train, self._eval_inputs(data, val)
-
-    def _eval_inputs(self, data, raw) -> DetectionEvalSource:
-        return DetectionEvalSource(
-            raw, scale=data.detection.base_size, canvas=data.detection.canvas
-        )
-
-    def eval_source(self, data, split: str):
-        if _drawn(data):
-            return pipeline.synthetic_val(self.sources(data), split)
-        return self._eval_inputs(data, datasets.get(data.name).split(data, split))
-
-    def example_shape(self, data) -> tuple[int, ...]:
-        if _drawn(data):
-            return drawn_image_shape(data)
-        return (*(int(v) for v in data.detection.canvas), 3)
-
-    def train_transform(self, data):
-        if _drawn(data):
-            return None
-        section = data.detection
-        return detection_transforms.DetectionTrainTransform(
-            scale=tuple(section.base_size),
-            canvas=tuple(section.canvas),
-            max_instances=int(section.max_instances),
-            mask_crop_size=int(section.mask_crop_size),
-        )
+        return EvalInputs.of("detection", self.name, data)
 
     def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]) -> ModelBundle:
         module = build_module(num_classes, settings)

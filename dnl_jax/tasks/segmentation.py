@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from dnl_jax import IGNORE_LABEL
-from dnl_jax.data import datasets, pipeline
+from dnl_jax.data import pipeline
 from dnl_jax.models import losses, segmentor
 from dnl_jax.tasks import segmentation_inputs as inputs
-from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task
+from dnl_jax.tasks.base import EvalInputs, InputsByDataset, ModelBundle, require
 
 # config.data.synthetic: the drawn scenes (both tasks' synthetic datasets read it; `scenes` and
 # `ignore_fraction` are the segmentation scenes' own): image side, scenes per split, noise, which
@@ -66,15 +66,6 @@ MODEL_DEFAULTS = dict(
 _BUILDER_KEYS = tuple(inspect.signature(segmentor.build_segmentor).parameters)
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _pair_ok(value) -> bool:
-    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
-
-
 def _dnl_head_kwargs(settings: Mapping) -> dict:
     """The DNL head's term switches (`pairwise`, `unary`), checked against the head."""
     terms = {key: settings[key] for key in ("pairwise", "unary")}
@@ -96,54 +87,30 @@ def _dnl_head_kwargs(settings: Mapping) -> dict:
     return terms
 
 
-class Segmentation(Task):
+class Segmentation(InputsByDataset):
     """Per-pixel classification (module docstring)."""
 
     name = "segmentation"
     input_key = "image"
     example_model = "dnl_r50-d8"
     model_defaults = MODEL_DEFAULTS
+    drawn_inputs, dataset_inputs = inputs.DRAWN, inputs.IMAGES
 
     def config_sections(self) -> dict[str, dict]:
         return {"synthetic": SYNTHETIC_SECTION, "segmentation": SECTION}
-
-    def _inputs(self, data) -> tuple[inputs.SegmentationInputs, datasets.Dataset]:
-        """The implementation for `data.name` (drawn scenes or dataset images) and its unit."""
-        dataset = datasets.get(data.name)
-        return (inputs.DRAWN if dataset.drawn else inputs.IMAGES), dataset
-
-    def sections_read(self, data) -> tuple[str, ...]:
-        return (self._inputs(data)[0].section,)
 
     def eval_inputs(self, data) -> EvalInputs:
         implementation, dataset = self._inputs(data)
         return implementation.eval_inputs(data, dataset, task=self.name)
 
-    def check_data(self, config) -> None:
-        self._inputs(config.data)[0].check(config)
-
-    def sources(self, data):
-        implementation, dataset = self._inputs(data)
-        return implementation.sources(data, dataset)
-
-    def eval_source(self, data, split: str):
-        implementation, dataset = self._inputs(data)
-        return implementation.eval_source(data, dataset, split)
-
-    def example_shape(self, data) -> tuple[int, ...]:
-        return self._inputs(data)[0].example_shape(data)
-
-    def train_transform(self, data):
-        return self._inputs(data)[0].train_transform(data)
-
     def build_bundle(self, name: str, num_classes: int, settings: Mapping[str, Any]) -> ModelBundle:
         head_kwargs = _dnl_head_kwargs(settings)
         ohem = losses.check_ohem(settings["ohem"])
-        _require(
+        require(
             isinstance(settings["aux_weight"], (int, float)) and settings["aux_weight"] >= 0,
             f"aux_weight must be a number >= 0; got {settings['aux_weight']!r}.",
         )
-        _require(
+        require(
             isinstance(settings["align_corners"], bool),
             f"align_corners must be True or False; got {settings['align_corners']!r}.",
         )

@@ -6,8 +6,8 @@
   unit (`Dataset.split`: the prepared files, or the unit's own source), augmented by mmseg's
   train pipeline (`config.data.segmentation`) and evaluated per image.
 
-tasks/segmentation.py picks one and delegates; neither knows which dataset it serves beyond its
-unit (classes, validation split, submission format).
+The task (`tasks.base.InputsByDataset`) picks one by the dataset unit and delegates; neither
+knows which dataset it serves beyond its unit (classes, validation split, submission format).
 """
 
 from __future__ import annotations
@@ -17,18 +17,9 @@ from collections.abc import Callable
 from dnl_jax.data import datasets, pipeline, transforms
 from dnl_jax.data.regions import RegionScenes
 from dnl_jax.data.synthetic import SyntheticSegmentation
-from dnl_jax.tasks.base import EvalInputs, drawn_image_shape
+from dnl_jax.tasks.base import EvalInputs, drawn_image_shape, pair_ok, require
 
 SCENES = {"beacon": SyntheticSegmentation, "regions": RegionScenes}  # data.synthetic.scenes
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
-def _pair_ok(value) -> bool:
-    return len(tuple(value)) == 2 and all(int(v) >= 1 for v in value)
 
 
 class DrawnScenes:
@@ -38,17 +29,17 @@ class DrawnScenes:
 
     def check(self, config) -> None:
         data, scenes = config.data, config.data.synthetic
-        _require(
+        require(
             data.num_classes >= 5 and data.num_classes % 2 == 1,
             f"config.data.num_classes={data.num_classes}: the synthetic scenes need an "
             "odd number >= 5 (background, two beacon classes, two classes per colour), "
             "e.g. 7.",
         )
-        _require(
+        require(
             scenes.scenes in SCENES,
             f"config.data.synthetic.scenes={scenes.scenes!r}; choose one of {tuple(SCENES)}.",
         )
-        _require(
+        require(
             scenes.num_train >= config.batch_size,
             "config.data.synthetic.num_train must be >= batch_size.",
         )
@@ -85,11 +76,11 @@ class DrawnScenes:
         return None  # drawn already normalised
 
     def eval_inputs(self, data, dataset: datasets.Dataset, *, task: str) -> EvalInputs:
-        return EvalInputs(
-            kind="scenes",
-            task=task,
-            dataset=dataset.name,
-            num_classes=int(data.num_classes),
+        del dataset
+        return EvalInputs.of(
+            "scenes",
+            task,
+            data,
             num_examples=int(data.synthetic.num_val),
             num_examples_key="config.data.synthetic.num_val",
         )
@@ -103,17 +94,17 @@ class DatasetImages:
     def check(self, config) -> None:
         section = config.data.segmentation
         for key in ("crop_size", "base_size"):
-            _require(
-                _pair_ok(section[key]),
+            require(
+                pair_ok(section[key]),
                 f"config.data.segmentation.{key}={tuple(section[key])} must be two positive sizes.",
             )
         low, high = section.ratio_range
-        _require(
+        require(
             0 < low <= high,
             f"config.data.segmentation.ratio_range="
             f"{tuple(section.ratio_range)} must be (low, high) with 0 < low <= high.",
         )
-        _require(
+        require(
             0 < section.cat_max_ratio <= 1,
             "config.data.segmentation.cat_max_ratio must be in (0, 1].",
         )
@@ -154,17 +145,15 @@ class DatasetImages:
         return preprocess
 
     def eval_inputs(self, data, dataset: datasets.Dataset, *, task: str) -> EvalInputs:
-        return EvalInputs(
-            kind="images",
-            task=task,
-            dataset=dataset.name,
-            num_classes=int(data.num_classes),
+        return EvalInputs.of(
+            "images",
+            task,
+            data,
             base_size=tuple(data.segmentation.base_size),
             write_prediction=dataset.write_prediction,
         )
 
 
-SegmentationInputs = DrawnScenes | DatasetImages
 DRAWN, IMAGES = DrawnScenes(), DatasetImages()
 
 __all__ = ["SCENES", "DrawnScenes", "DatasetImages", "DRAWN", "IMAGES"]

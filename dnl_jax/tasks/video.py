@@ -18,7 +18,7 @@ import numpy as np
 from dnl_jax.data import datasets, pipeline, transforms
 from dnl_jax.models import losses, metrics
 from dnl_jax.models.video import build_video_classifier
-from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task
+from dnl_jax.tasks.base import EvalInputs, ModelBundle, Task, require
 
 # config.data.video: clips of clip_len frames every frame_stride-th frame, short side rescaled to
 # U[short_side_range], a square crop of crop_size, horizontal flip.
@@ -44,15 +44,10 @@ MODEL_DEFAULTS = dict(
 )
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
 def crop_side(data) -> int:
     """The square crop's side (ValueError for a non-square `crop_size`)."""
     crop = tuple(data.video.crop_size)
-    _require(
+    require(
         len(crop) == 2 and crop[0] == crop[1] and int(crop[0]) >= 1,
         f"config.data.video.crop_size={crop}: video crops are square, e.g. (224, 224).",
     )
@@ -135,11 +130,10 @@ class Video(Task):
                 data, num_clips=num_clips, num_crops=num_crops, short_side=short_side
             )
 
-        return EvalInputs(
-            kind="videos",
-            task=self.name,
-            dataset=data.name,
-            num_classes=int(data.num_classes),
+        return EvalInputs.of(
+            "videos",
+            self.name,
+            data,
             label_check=self.label_check(data, "evaluation examples in a batch"),
             view_settings=settings,
             check_short_side=lambda name, short_side: check_short_side(name, short_side, data),
@@ -148,12 +142,10 @@ class Video(Task):
     def check_data(self, config) -> None:
         section = config.data.video
         for key in ("clip_len", "frame_stride"):
-            _require(
-                int(section[key]) >= 1, f"config.data.video.{key}={section[key]} must be >= 1."
-            )
+            require(int(section[key]) >= 1, f"config.data.video.{key}={section[key]} must be >= 1.")
         crop = crop_side(config.data)
         low, high = tuple(section.short_side_range)
-        _require(
+        require(
             crop <= low <= high,
             f"config.data.video.short_side_range={(low, high)} must be (low, high) with crop"
             f" side {crop} <= low <= high: frames are rescaled to it, then cropped.",

@@ -20,7 +20,8 @@ no damage (out of memory, permissions) stops the run and moves nothing (checkpoi
 Unfinished saves of a killed run are removed at start-up; a full disk stops with one line.
 A state whose arrays read back with other checksums than saved is damage like a truncated file
 (a step without the item, saved before checksums existed, is not checked). Library errors that
-these paths report themselves are not shown twice (shutdown.py).
+these paths report themselves are not shown twice (shutdown.py). Reading one step's variables
+back as saved (`load_variables`, `DamagedCheckpoint`) lives in checkpoint_variables.py.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from dnl_jax.train import checkpoint_faults as faults
 from dnl_jax.train import checksums, shutdown
+from dnl_jax.train.checkpoint_variables import DamagedCheckpoint, load_variables
 
 # Several hosts compare clocks for `every_seconds` only every this many steps (a broadcast).
 TIME_CHECK_EVERY_STEPS = 10
@@ -254,7 +256,7 @@ class Checkpointer:
             return step, state
         if failed:
             errors = "; ".join(
-                f"step {step}: {type(error).__name__}: {_first_line(error)}"
+                f"step {step}: {type(error).__name__}: {faults.first_line(error)}"
                 for step, error in failed
             )
             raise ValueError(
@@ -269,7 +271,7 @@ class Checkpointer:
         if not faults.shows_damage(error):
             raise RestoreFailed(
                 f"restoring checkpoint step {step} from {self.directory} failed with "
-                f"{type(error).__name__}: {_first_line(error)}. This does not look like a "
+                f"{type(error).__name__}: {faults.first_line(error)}. This does not look like a "
                 "damaged checkpoint (out of memory, permissions or a passing I/O error), so "
                 "nothing was moved; fix the cause and rerun."
             ) from error
@@ -316,7 +318,7 @@ def _move_aside(directory: str, step: int, error: BaseException) -> str:
         step,
         directory,
         type(error).__name__,
-        _first_line(error),
+        faults.first_line(error),
         target,
     )
     return target
@@ -347,79 +349,12 @@ def _free_path(path: str) -> str:
     return candidate
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines() or [""])[0][:200]
-
-
-class DamagedCheckpoint(ValueError):
-    """A checkpoint step that does not read back as saved (the message names the newest good
-    step next to it)."""
-
-
-def load_variables(path: str) -> dict:
-    """{'params', 'batch_stats'} as numpy trees from a saved state directory (a checkpoint's
-    `<step>/state`, or any orbax PyTree checkpoint holding those keys), checked against the
-    step's checksums when it has them. DamagedCheckpoint when it does not read back (missing,
-    truncated or changed files), naming the newest good step beside it."""
-    path = os.path.abspath(path)
-    step_dir = path if os.path.isdir(os.path.join(path, "state")) else os.path.dirname(path)
-    if os.path.isdir(os.path.join(path, "state")):
-        path = os.path.join(path, "state")
-    if not os.path.isdir(path):
-        raise ValueError(
-            f"config.init_from={path!r} is not a directory; give a checkpoint step "
-            "directory such as runs/demo/checkpoints/100."
-        )
-    try:
-        with shutdown.reported_here(faults.shows_damage):
-            tree = _read_verified(path, step_dir)
-    except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many types
-        if not faults.shows_damage(error):
-            raise
-        raise DamagedCheckpoint(
-            f"{step_dir} is damaged ({type(error).__name__}: {_first_line(error)}); "
-            f"{_newest_good(step_dir)}"
-        ) from None
-    if "params" not in tree:
-        raise ValueError(f"config.init_from={path!r} holds no 'params'; keys: {list(tree)}.")
-    return {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
-
-
-def _read_verified(state_dir: str, step_dir: str) -> dict:
-    """The state PyTree as numpy, its params and batch_stats checked against the step's
-    checksums item (when the step has one)."""
-    checkpointer = ocp.PyTreeCheckpointer()
-    as_numpy = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-        checkpointer.metadata(state_dir).item_metadata.tree,
-    )
-    tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-    saved = os.path.join(step_dir, checksums.ITEM, "metadata")
-    if os.path.exists(saved):
-        with open(saved, encoding="utf-8") as file:
-            expected = json.load(file)
-        checksums.verify(
-            {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})},
-            expected,
-            where=f"checkpoint {step_dir}",
-            only=("params/", "batch_stats/"),
-        )
-    return tree
-
-
-def _newest_good(step_dir: str) -> str:
-    """'the newest good checkpoint beside it is step N (PATH)': the newest other step of the
-    same directory that reads back as saved (or says there is none)."""
-    directory = os.path.dirname(step_dir)
-    steps = _step_numbers(directory) if os.path.isdir(directory) else []
-    others = [s for s in reversed(steps) if str(s) != os.path.basename(step_dir)]
-    for step in others:
-        candidate = os.path.join(directory, str(step))
-        try:
-            with shutdown.reported_here():
-                _read_verified(os.path.join(candidate, "state"), candidate)
-        except Exception:  # noqa: BLE001 - any failure: not a good one
-            continue
-        return f"the newest good checkpoint beside it is step {step} ({candidate})."
-    return f"no other checkpoint in {directory} reads back either."
+__all__ = [
+    "TIME_CHECK_EVERY_STEPS",
+    "OtherModelError",
+    "RestoreFailed",
+    "model_signature",
+    "Checkpointer",
+    "DamagedCheckpoint",  # checkpoint_variables.py
+    "load_variables",  # checkpoint_variables.py
+]

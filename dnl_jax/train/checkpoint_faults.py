@@ -90,6 +90,12 @@ def shows_damage(error: BaseException) -> bool:
     )
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message (at most 200 characters), for one-line reports."""
+    text = str(error).strip()
+    return (text.splitlines() or [""])[0][:200]
+
+
 def is_disk_full(error: BaseException) -> bool:
     """ENOSPC anywhere in the error chain (an OSError's errno, or tensorstore's text)."""
     return any(

@@ -1,8 +1,8 @@
 """Reading a checkpoint step for the commands that apply it (evaluate, analyze): the variables,
 checked against the config's model before anything runs. Every bad input is a ValueError with
 one line: a path that is no step, another model's checkpoint (the first mismatching parameter,
-and the model it was saved for), a damaged one (checkpoint.DamagedCheckpoint: the newest good
-step beside it)."""
+and the model it was saved for), a damaged one (checkpoint_variables.DamagedCheckpoint: the
+newest good step beside it)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import jax
 
 from dnl_jax.models.registry import parameter_mismatch
 from dnl_jax.train import step as step_lib
-from dnl_jax.train.checkpoint import load_variables
+from dnl_jax.train.checkpoint_variables import load_variables
 from dnl_jax.train.setup import make_init_fn
 
 

@@ -16,6 +16,8 @@ OLD_TO_NEW = {
     "dnl_jax.data.prepare": "dnl_jax.cli.prepare",
     "dnl_jax.interop.convert": "dnl_jax.cli.convert",
     "dnl_jax.interop.pretrained": "dnl_jax.cli.pretrained",
+    "dnl_jax.predict": "dnl_jax.cli.predict",
+    "dnl_jax.export": "dnl_jax.cli.export",
 }
 # A flag of each command, which its --help must list.
 FLAG = {
@@ -25,6 +27,8 @@ FLAG = {
     "dnl_jax.data.prepare": "--manual_dir",
     "dnl_jax.interop.convert": "--partial",
     "dnl_jax.interop.pretrained": "--pretrained_dir",
+    "dnl_jax.predict": "--explain",
+    "dnl_jax.export": "--input_size",
 }
 
 

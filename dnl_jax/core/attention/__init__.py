@@ -257,6 +257,19 @@ def pairwise_attention(
 # ----------------------------------------------------------------------------------------------
 
 
+def pairwise_logit_scale(
+    q: Array, k: Array, v: Array, *, temperature: float, scale: float | None
+) -> float:
+    """The factor of the pairwise logits, `scale / temperature` (`scale` None: 1/√C), after
+    checking q `[..., N, C]`, k `[..., M, C]` and v `[..., M, Cv]` against each other and
+    `temperature` > 0 (ValueError otherwise). Shared by `dnl_attention` and its sharded twin."""
+    ops.check_query_key(q, k)
+    ops.check_key_value(k, v)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}.")
+    return (q.shape[-1] ** -0.5 if scale is None else scale) / temperature
+
+
 def dnl_attention(
     q: Array,
     k: Array,
@@ -289,14 +302,7 @@ def dnl_attention(
     Returns:
       `[..., N, Cv]` in the dtype of `v`.
     """
-    ops.check_query_key(q, k)
-    ops.check_key_value(k, v)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}.")
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    scale = scale / temperature
-
+    scale = pairwise_logit_scale(q, k, v, temperature=temperature, scale=scale)
     pairwise = pairwise_attention(
         q, k, v, scale=scale, whiten=whiten, implementation=implementation
     )

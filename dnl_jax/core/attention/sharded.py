@@ -267,14 +267,10 @@ def dnl_attention(
             whiten=whiten,
             implementation=implementation,
         )
-    ops.check_query_key(q, k)
-    ops.check_key_value(k, v)
+    scale = attention.pairwise_logit_scale(q, k, v, temperature=temperature, scale=scale)
     _check_flat(q, k, v)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}.")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
-    scale = (q.shape[-1] ** -0.5 if scale is None else scale) / temperature
     strategy = strategy or select_strategy(q, k, v, shards)
     num_queries, num_keys = q.shape[1], k.shape[1]
     pairwise = functools.partial(
