@@ -1,0 +1,126 @@
+"""The compute capability that kernel choice uses comes from the GPU being compiled for.
+
+A deviceless compile for an H100 (experiments/benchmarks/cuda_aot.py) runs on a CPU host inside
+`jax.set_mesh(mesh over compile-only H100 devices)`. Those devices are JAX objects with
+`platform == 'gpu'` and `compute_capability == '9.0'`; this venv has no CUDA plugin to make them,
+so a stand-in object with those attributes plays the device in a real `Mesh` and `jax.set_mesh`
+(the path the trainer's jit driver takes). The real compile-only devices are checked in the
+CUDA AOT venv by cuda_aot.py (its kernel rows record what auto-selection picked).
+"""
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, Mesh
+
+from dnl_jax.core import attention
+from dnl_jax.core.target_platform import compile_device, compile_platform
+
+
+@dataclass(frozen=True)
+class StandInDevice:
+    """The attributes of a compile-only GPU device that the code under test reads."""
+
+    compute_capability: str
+    device_kind: str = "NVIDIA H100 80GB HBM3"
+    platform: str = "gpu"
+    id: int = 0
+    process_index: int = 0
+
+
+def _mesh(device) -> Mesh:
+    return Mesh(np.array([device]), ("data",), axis_types=(AxisType.Auto,))
+
+
+H100 = StandInDevice("9.0")
+A100 = StandInDevice("8.0", device_kind="NVIDIA A100-SXM4-80GB")
+MI250 = StandInDevice("gfx90a", device_kind="AMD Instinct MI250X")  # ROCm names its arch
+
+
+def _spec(n, channels=64, dtype=jnp.float32):
+    return jax.ShapeDtypeStruct((1, n, channels), dtype)
+
+
+def test_the_mesh_device_is_found_inside_and_outside_jit():
+    seen = []
+    with jax.set_mesh(_mesh(H100)):
+        assert compile_platform() == "gpu"
+        assert compile_device() is H100
+        jax.jit(lambda x: seen.append(compile_device(x)) or x).trace(_spec(8))
+    assert seen == [H100]
+    # Nothing left behind: on this CPU host the target is the host's own first device.
+    assert compile_device() == jax.devices()[0]
+
+
+def test_compute_capability_follows_the_target_gpu():
+    q = _spec(4096)
+    with jax.set_mesh(_mesh(H100)):
+        assert attention._nvidia_compute_capability(q) == (9, 0)
+    with jax.set_mesh(_mesh(A100)):
+        assert attention._nvidia_compute_capability(q) == (8, 0)
+    with jax.set_mesh(_mesh(MI250)):
+        assert attention._nvidia_compute_capability(q) is None
+    assert attention._nvidia_compute_capability(q) is None  # the CPU host
+
+
+@pytest.mark.parametrize(
+    "n, channels, dtype, on_h100, on_a100",
+    [
+        (4096, 64, jnp.bfloat16, "cudnn", "cudnn"),
+        (1023, 64, jnp.bfloat16, "cudnn", "cudnn"),  # cuDNN first, at any length
+        (4096, 256, jnp.bfloat16, "cudnn", "pallas_gpu"),  # C = 256: Hopper's cuDNN only
+        (4096, 264, jnp.bfloat16, "pallas_gpu", "pallas_gpu"),  # above cuDNN's head-dim limit
+        (4096, 64, jnp.float32, "pallas_gpu", "pallas_gpu"),  # cuDNN wants bf16 / f16
+        (1023, 64, jnp.float32, "xla", "xla"),  # N · M <= 2**20: materialise
+    ],
+)
+def test_auto_selection_is_what_the_real_gpu_host_would_pick(n, channels, dtype, on_h100, on_a100):
+    spec = _spec(n, channels, dtype)
+    picks = []
+    for device in (H100, A100):
+        with jax.set_mesh(_mesh(device)):
+            picks.append(attention.select_implementation(spec, spec, spec))
+    assert picks == [on_h100, on_a100]
+    # The CPU host itself picks neither GPU kernel.
+    assert attention.select_implementation(spec, spec, spec) in ("xla", "chunked")
+
+
+def test_the_choice_inside_a_jitted_trace_matches():
+    spec = _spec(4096, 64, jnp.bfloat16)
+    picks = []
+
+    def record(q):
+        picks.append(attention.select_implementation(q, q, q))
+        return q
+
+    with jax.set_mesh(_mesh(H100)):
+        jax.jit(record).trace(spec)
+    assert picks == ["cudnn"]
+
+
+def test_rocm_gets_no_nvidia_kernel():
+    spec = _spec(4096, 64, jnp.bfloat16)
+    with jax.set_mesh(_mesh(MI250)):
+        reason = attention.cudnn_unsupported_reason(spec, spec, spec)
+        assert reason is not None and "NVIDIA GPU" in reason
+        assert attention.select_implementation(spec, spec, spec) == "chunked"
+
+
+def test_an_abstract_gpu_mesh_alone_names_no_device():
+    # `use_abstract_mesh` says 'gpu' but holds no device to ask: no capability is invented.
+    abstract = jax.make_mesh((1,), ("data",)).abstract_mesh
+    device = type(abstract.abstract_device)(
+        device_kind=H100.device_kind, num_cores=None, platform="gpu"
+    )
+    gpu_mesh = jax.sharding.AbstractMesh((1,), ("data",), abstract_device=device)
+    spec = _spec(4096)
+    with jax.sharding.use_abstract_mesh(gpu_mesh):
+        assert compile_platform(spec) == "gpu"
+        assert compile_device(spec) is None
+        assert attention._nvidia_compute_capability(spec) is None
+    # A concrete mesh of another device kind does not answer for it either.
+    with jax.set_mesh(_mesh(A100)), jax.sharding.use_abstract_mesh(gpu_mesh):
+        assert compile_device(spec) is None
