@@ -6,6 +6,9 @@ A deviceless compile for an H100 (experiments/benchmarks/cuda_aot.py) runs on a 
 so a stand-in object with those attributes plays the device in a real `Mesh` and `jax.set_mesh`
 (the path the trainer's jit driver takes). The real compile-only devices are checked in the
 CUDA AOT venv by cuda_aot.py (its kernel rows record what auto-selection picked).
+
+Also here: the Pallas GPU kernel's default forward block, sized so that its shared memory fits an
+H100 (the deviceless compile refused the old default at C >= 128 in float32).
 """
 
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ import pytest
 from jax.sharding import AxisType, Mesh
 
 from dnl_jax.core import attention
+from dnl_jax.core.attention import pallas as pallas_attention
 from dnl_jax.core.target_platform import compile_device, compile_platform
 
 
@@ -124,3 +128,25 @@ def test_an_abstract_gpu_mesh_alone_names_no_device():
     # A concrete mesh of another device kind does not answer for it either.
     with jax.set_mesh(_mesh(A100)), jax.sharding.use_abstract_mesh(gpu_mesh):
         assert compile_device(spec) is None
+
+
+@pytest.mark.parametrize(
+    "width, itemsize, forward",
+    [
+        (64, 4, 128),  # float32 C = 64: 32 KiB tiles at JAX's default block
+        (128, 4, 64),  # float32 C = 128: block 128 asked an H100 for 256 KiB of shared memory
+        (256, 4, 32),
+        (65, 4, 64),  # a mask-bias channel rounds the width up to 128
+        (128, 2, 128),
+        (256, 2, 64),  # bfloat16 C = 256: block 128 asked for 320 KiB
+        (4096, 4, 16),  # never below Triton's smallest block
+    ],
+)
+def test_gpu_forward_blocks_fit_shared_memory(width, itemsize, forward):
+    # The refused sizes are the deviceless H100 compile's (experiments/benchmarks/cuda_aot.py);
+    # the kernel grid there compiles every C and dtype with these blocks.
+    assert pallas_attention._gpu_blocks(8192, width, itemsize) == (forward, min(32, forward))
+    # An explicit block (CPU tests' interpret mode) and short inputs are left as they were.
+    with pallas_attention.block_size_override(256):
+        assert pallas_attention._gpu_blocks(8192, width, itemsize) == (256, 256)
+    assert pallas_attention._gpu_blocks(40, width, itemsize)[0] == min(64, forward)

@@ -61,6 +61,11 @@ Array = jax.Array
 _TPU_BLOCK = 512
 _TPU_LANES = 128
 _GPU_BLOCK, _GPU_BACKWARD_BLOCK = 128, 32
+# The GPU forward kernel keeps block × width tiles of q, k and v in shared memory, pipelined in
+# two stages. Compiled for an H100 (227 KiB per block; experiments/benchmarks/cuda_aot.py), tiles
+# of 64 KiB were refused (float32 C = 128 at block 128 asked for 256 KiB, bfloat16 C = 256 for
+# 320 KiB) and 32 KiB tiles compiled at every C and dtype tried: the default block keeps to that.
+_GPU_TILE_BYTES = 32 * 1024
 _block_override: list[int | None] = [None]
 
 
@@ -230,10 +235,13 @@ def _power_of_two_at_most(x: int) -> int:
     return 1 << (max(x, 1).bit_length() - 1)
 
 
-def _gpu_blocks(length: int) -> tuple[int, int]:
-    """(forward, backward) block lengths: powers of two >= 16, at most the padded length."""
+def _gpu_blocks(length: int, width: int = 1, itemsize: int = 4) -> tuple[int, int]:
+    """(forward, backward) block lengths: powers of two >= 16, at most the padded length; by
+    default at most `_GPU_TILE_BYTES` per tile of `width` channels (rounded up to a power of
+    two) of `itemsize` bytes."""
     target = _block_override[0]
-    forward = _power_of_two_at_most(target or _GPU_BLOCK)
+    tile_rows = _GPU_TILE_BYTES // (itemsize << (max(width, 1) - 1).bit_length())
+    forward = _power_of_two_at_most(target or min(_GPU_BLOCK, max(16, tile_rows)))
     backward = _power_of_two_at_most(target or _GPU_BACKWARD_BLOCK)
     reach = max(16, 1 << (length - 1).bit_length())  # next power of two >= length
     return min(forward, reach), min(backward, forward, reach)
@@ -260,7 +268,9 @@ def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
     """
     leading, q3, k3, v3, sm_scale = chunked.prepare(q, k, v, scale, whiten)
     n, m = q3.shape[1], k3.shape[1]
-    forward, backward = _gpu_blocks(max(n, m))
+    # Widest case: one mask-bias channel more when N != M (`_mask_bias_channel`).
+    tile_width = max(q3.shape[2], v3.shape[2]) + (n != m)
+    forward, backward = _gpu_blocks(max(n, m), tile_width, jnp.dtype(q3.dtype).itemsize)
     length = _round_up(max(n, m), forward)
     segment_ids = None
     if length != m and n == m:
