@@ -74,7 +74,10 @@ def kernel_case(n: int, channels: int, dtype: str, implementation: str | None) -
 
     with jax.set_mesh(mesh):
         auto = attention.select_implementation(*args[:3])
-    case = cuda_compile.compile_and_measure(lower, dtype)
+    try:
+        case = cuda_compile.compile_and_measure(lower, dtype)
+    except Exception as error:  # recorded with auto's pick (e.g. 'cudnn' without cuDNN here)
+        case = {"error": f"{type(error).__name__}: {str(error)[:2000]}"}
     return {"kind": "kernel", "n": n, "channels": channels, "dtype": dtype,
             "implementation": implementation or "auto", "auto_selects": auto, **case}  # fmt: skip
 
@@ -109,7 +112,7 @@ def step_case(path: str, gpus: int) -> dict:
     """A recipe's train step at its own crop and global batch on `gpus` H100s."""
     config = tpu_steps.load_config(path)
     dtype = "bf16" if "bfloat16" in str(config.model.dtype) else "f32"
-    case = cuda_compile.compile_and_measure(lambda: _lower_jit(config, gpus), dtype)
+    case = cuda_compile.compile_and_measure(lambda: _lower_jit(config, gpus), dtype, gpus)
     shape = for_dataset(config.data.name).example_shape(config.data)
     batch = int(config.batch_size)
     return {"kind": "step", "config": os.path.basename(path), "model": config.model.name,
@@ -143,14 +146,17 @@ def _mib(x) -> str:
 
 
 def _spills(case) -> str:
-    stores = [s["spill_store_bytes"] for s in case.get("register_spills", [])]
-    return f"{len(stores)} ({max(stores)} B)" if stores else "0"
+    """The kernels ptxas spilled registers in, with the spill stores' bytes."""
+    found = {(s["function"], s["spill_store_bytes"]) for s in case.get("register_spills", [])}
+    return ", ".join(f"{name} {stores} B" for name, stores in sorted(found)) or "none"
 
 
 def _cell(case) -> str:
     if case is None:
         return "-"
     if "error" in case:
+        if "cuDNN not found" in case["error"]:
+            return "not compiled (no cuDNN here)"
         return "error: " + case["error"].split(":")[0]
     return _mib(case["peak_bytes"])
 
@@ -177,7 +183,7 @@ def kernel_report(cases: list[dict]) -> None:
         rows.append(row)
     header = ["N", "C", "dtype", "xla MiB", "chunked MiB", "pallas_gpu MiB", "auto MiB"]
     bench_utils.print_table(
-        [*header, "auto picks", "pallas_gpu spills (max stores)", "max compile s"], rows
+        [*header, "auto picks", "pallas_gpu spill stores", "max compile s"], rows
     )
 
 
@@ -188,7 +194,7 @@ def step_report(cases: list[dict]) -> None:
         if key[0] != "step":
             continue
         if "error" in c:
-            rows.append([key[1], key[3], "ERROR", c["error"][:100], *[""] * 8])
+            rows.append([key[1], key[3], "ERROR", c["error"][:100], *[""] * 9])
             continue
         rows.append(
             [
@@ -196,8 +202,9 @@ def step_report(cases: list[dict]) -> None:
                 f"{c['gpus']} × {c['per_gpu_batch']}",
                 f"{c['peak_bytes'] / 2**30:.2f}",
                 "yes" if c["fits"] else "no",
-                f"{c['hlo_flops_excl_custom_calls'] / 1e12:.2f}",
-                f"{c['hlo_bytes_accessed_excl_custom_calls'] / 1e9:.1f}",
+                f"{c['hlo_flops_per_gpu_before_opt'] / 1e12:.2f}",
+                f"{c['hlo_flops_per_gpu_optimised_excl_custom_calls'] / 1e12:.2f}",
+                f"{c['hlo_bytes_per_gpu_optimised_excl_custom_calls'] / 1e9:.1f}",
                 _mib(c["collective_bytes"]),
                 ",".join(sorted(set(c["auto_choices"]))) or "-",
                 _spills(c),
@@ -207,7 +214,8 @@ def step_report(cases: list[dict]) -> None:
         )
     bench_utils.print_table(
         ["recipe", "GPUs × per-GPU batch", "peak GiB/GPU", "fits 79.1 GiB",
-         "TFLOP/GPU (HLO, excl. custom calls)", "GB accessed/GPU (HLO)", "collective MiB",
+         "TFLOP/GPU (HLO before opt.)", "TFLOP/GPU (optimised, excl. custom calls)",
+         "GB accessed/GPU (optimised, excl. custom calls)", "collective MiB",
          "auto picks", "ptxas spills", "compile s", "roofline ms (estimate)"],
         rows,
     )  # fmt: skip

@@ -131,26 +131,43 @@ def register_spills(ptxas_log: str) -> list[dict]:
     ]
 
 
-def hlo_cost(compiled) -> dict:
-    """FLOPs and bytes accessed of the optimised per-GPU program, by XLA's HloCostAnalysis run
-    through the CPU client: `compiled.cost_analysis()` is UNIMPLEMENTED for a deviceless GPU
-    compile in jaxlib 0.10.2. Custom calls (Triton/Pallas kernels, cuDNN) count 0 FLOPs and a
-    while loop's body seems to count once, so these undercount."""
+def _cost_analysis(module) -> dict:
+    """XLA's HloCostAnalysis of an HloModule, run through the CPU client: for a deviceless GPU
+    compile `compiled.cost_analysis()` is UNIMPLEMENTED and `lowered.cost_analysis()` empty in
+    jaxlib 0.10.2."""
     import jax
     from jax._src.lib import _jax  # no public entry point for a module's cost analysis
 
-    module = compiled._executable.xla_extension_executable().hlo_modules()[0]
     cost = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
     return {"flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0))}
 
 
-def compile_and_measure(lower_fn, dtype: str = "f32") -> dict:
+def hlo_costs(lowered, compiled, gpus: int) -> dict:
+    """FLOPs and bytes accessed per GPU per step, two ways, both undercounts:
+
+    - of the program before optimisation (global, divided by `gpus`: data parallel): counts the
+      convolutions and dots; Pallas kernels are custom calls there already and count 0;
+    - of the optimised per-GPU program: also counts 0 for what XLA turned into custom calls,
+      which on a GPU includes every convolution (cuDNN) besides the Pallas/Triton kernels.
+    Both seem to count a while loop's body once."""
+    before = _cost_analysis(lowered.compiler_ir("hlo").get_hlo_module())
+    after = _cost_analysis(compiled._executable.xla_extension_executable().hlo_modules()[0])
+    return {
+        "hlo_flops_per_gpu_before_opt": before["flops"] / gpus,
+        "hlo_bytes_per_gpu_before_opt": before["bytes"] / gpus,
+        "hlo_flops_per_gpu_optimised_excl_custom_calls": after["flops"],
+        "hlo_bytes_per_gpu_optimised_excl_custom_calls": after["bytes"],
+    }
+
+
+def compile_and_measure(lower_fn, dtype: str = "f32", gpus: int = 1) -> dict:
     """`lower_fn()` → (jaxpr text or None, jax.stages.Lowered), traced with an H100 mesh in
     context; compiles it and returns the compiler's numbers for one GPU: peak bytes (arguments +
     outputs + temporaries − donated aliases) against the H100's memory, HloCostAnalysis FLOPs and
-    bytes (`hlo_cost`: custom calls excluded), collective bytes, the custom-call targets, the
-    kernels auto-selection picked, ptxas's register spills, compile seconds, and the roofline
-    estimate on the spec's peaks (`dtype`: which tensor-core peak)."""
+    bytes (`hlo_costs`: undercounts), collective bytes, the custom-call targets, the kernels
+    auto-selection picked, ptxas's register spills, compile seconds, and the roofline estimate
+    on the spec's peaks (`dtype`: which tensor-core peak) from the FLOPs before optimisation and
+    the optimised program's bytes."""
     start, start_cpu = time.perf_counter(), time.process_time()
     with GpuKernelChoices() as choices:
         _, lowered = lower_fn()
@@ -165,9 +182,11 @@ def compile_and_measure(lower_fn, dtype: str = "f32") -> dict:
         - memory.alias_size_in_bytes
     )
     text = compiled.as_text()
-    cost, chip = hlo_cost(compiled), h100()
+    costs, chip = hlo_costs(lowered, compiled, gpus), h100()
+    flops = costs["hlo_flops_per_gpu_before_opt"]
     flops_peak = chip["bf16_flops" if dtype == "bf16" else "tf32_flops"]
-    bound = max(cost["flops"] / flops_peak, cost["bytes"] / chip["hbm_bytes_per_s"])
+    bytes_ = costs["hlo_bytes_per_gpu_optimised_excl_custom_calls"]
+    bound = max(flops / flops_peak, bytes_ / chip["hbm_bytes_per_s"])
     collectives = tpu_compile.collective_bytes(text)
     return {
         "device": "NVIDIA H100 80GB HBM3 (compile-only)",
@@ -176,8 +195,7 @@ def compile_and_measure(lower_fn, dtype: str = "f32") -> dict:
         "argument_bytes": int(memory.argument_size_in_bytes),
         "hbm_bytes": chip["hbm_bytes"],
         "fits": peak <= chip["hbm_bytes"],
-        "hlo_flops_excl_custom_calls": cost["flops"],
-        "hlo_bytes_accessed_excl_custom_calls": cost["bytes"],
+        **costs,
         "collective_bytes": int(sum(collectives.values())),
         "collective_by_op": collectives,
         "custom_calls": sorted(set(re.findall(r'custom_call_target="([^"]+)"', text))),
@@ -187,5 +205,5 @@ def compile_and_measure(lower_fn, dtype: str = "f32") -> dict:
         "compile_s": seconds,  # wall clock: trace + lower + compile, on a shared machine
         "compile_cpu_s": cpu_seconds,
         "roofline_s_estimate": bound,
-        "mfu_ceiling_estimate": cost["flops"] / flops_peak / bound if bound else None,
+        "mfu_ceiling_estimate": flops / flops_peak / bound if bound else None,
     }
