@@ -117,7 +117,8 @@ def step_case(path: str, gpus: int) -> dict:
     batch = int(config.batch_size)
     return {"kind": "step", "config": os.path.basename(path), "model": config.model.name,
             "dtype": str(config.model.dtype), "input": list(shape[:-1]), "batch": batch,
-            "gpus": gpus, "per_gpu_batch": batch // gpus, "driver": "jit", **case}  # fmt: skip
+            "gpus": gpus, "per_gpu_batch": batch // gpus, "driver": "jit",
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), **case}  # fmt: skip
 
 
 def kernel_cases():
@@ -136,9 +137,11 @@ def step_cases(match: str):
         batch = int(tpu_steps.load_config(os.path.join(tpu_aot.CONFIGS, name)).batch_size)
         if batch > NODE:
             plans.append((name, batch))
+    # XLA_FLAGS change the program (e.g. --xla_gpu_enable_triton_gemm=false): a case of its own.
+    flags = tuple(filter(None, [os.environ.get("XLA_FLAGS", "")]))
     for name, gpus in plans:
         path = os.path.join(tpu_aot.CONFIGS, name)
-        yield ("step", name, "jit", gpus), lambda p=path, g=gpus: step_case(p, g)
+        yield ("step", name, "jit", gpus, *flags), lambda p=path, g=gpus: step_case(p, g)
 
 
 def _mib(x) -> str:
@@ -193,12 +196,13 @@ def step_report(cases: list[dict]) -> None:
         key = json.loads(c["key"])
         if key[0] != "step":
             continue
+        name = " ".join([key[1], *key[4:]])  # the config, and XLA_FLAGS if any
         if "error" in c:
-            rows.append([key[1], key[3], "ERROR", c["error"][:100], *[""] * 9])
+            rows.append([name, key[3], "ERROR", c["error"][:100], *[""] * 9])
             continue
         rows.append(
             [
-                c["config"],
+                name,
                 f"{c['gpus']} × {c['per_gpu_batch']}",
                 f"{c['peak_bytes'] / 2**30:.2f}",
                 "yes" if c["fits"] else "no",

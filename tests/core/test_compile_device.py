@@ -150,3 +150,33 @@ def test_gpu_forward_blocks_fit_shared_memory(width, itemsize, forward):
     with pallas_attention.block_size_override(256):
         assert pallas_attention._gpu_blocks(8192, width, itemsize) == (256, 256)
     assert pallas_attention._gpu_blocks(40, width, itemsize)[0] == min(64, forward)
+
+
+@pytest.mark.parametrize(
+    "channels, keys, dtype, expected",
+    [
+        (512, 4096, jnp.float32, "pallas_gpu"),  # 16 × 512 × 4 B = 32 KiB tiles: compiles
+        (512, 1024, jnp.float32, "chunked"),  # N != M adds a channel: 1024 wide
+        (1024, 4096, jnp.float32, "chunked"),  # an H100 refused it at every block
+        (1024, 4096, jnp.bfloat16, "pallas_gpu"),  # cuDNN refuses C > 256; 32 KiB tiles
+        (2048, 4096, jnp.bfloat16, "chunked"),
+    ],
+)
+def test_auto_selection_skips_pallas_gpu_where_its_tiles_overflow(channels, keys, dtype, expected):
+    q = _spec(4096, channels, dtype)
+    k = _spec(keys, channels, dtype)
+    with jax.set_mesh(_mesh(H100)):
+        assert attention.select_implementation(q, k, k) == expected
+
+
+def test_named_pallas_gpu_too_wide_for_a_gpu_is_one_clear_error():
+    q = _spec(64, 1024)
+    unary = jax.ShapeDtypeStruct((1, 64), jnp.float32)
+
+    def attend(q, unary):
+        return attention.dnl_attention(q, q, q, unary, implementation="pallas_gpu")
+
+    with jax.set_mesh(_mesh(H100)), pytest.raises(ValueError, match="'chunked'"):
+        jax.eval_shape(attend, q, unary)
+    # Interpreted (off a GPU) any width runs: the limit is the GPU's shared memory.
+    assert jax.eval_shape(attend, q, unary).shape == (1, 64, 1024)

@@ -164,7 +164,9 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
     - 'xla' when the logits are small (N · M <= 2**20 per sample): the materialised matrix is
       then a few MiB and one fused matmul + softmax is fastest;
     - above that, the platform's flash kernel: 'pallas_tpu' on TPUs, 'pallas_gpu' on NVIDIA GPUs
-      (float32, head dims cuDNN refuses), and 'chunked' elsewhere (CPU): exact, O(N + M) memory.
+      (float32, head dims cuDNN refuses, up to the widths whose tiles fit shared memory:
+      `pallas.gpu_unsupported_reason`), and 'chunked' elsewhere (CPU, wider inputs): exact,
+      O(N + M) memory.
 
     All of them meet the bfloat16 accuracy bound (at most twice the error that rounding q, k, v
     to bfloat16 alone causes) at temperatures 0.05 and 1, measured by
@@ -178,7 +180,10 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
         choice = "xla"
     elif platform(q, k, v) == "tpu":
         choice = "pallas_tpu"
-    elif _nvidia_compute_capability(q, k, v) is not None:
+    elif (
+        _nvidia_compute_capability(q, k, v) is not None
+        and pallas.gpu_unsupported_reason(q, k, v) is None
+    ):
         choice = "pallas_gpu"
     else:
         choice = "chunked"
