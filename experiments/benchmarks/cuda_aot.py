@@ -148,10 +148,15 @@ def _mib(x) -> str:
     return f"{x / 2**20:.1f}"
 
 
-def _spills(case) -> str:
-    """The kernels ptxas spilled registers in, with the spill stores' bytes."""
+def _spills(case, at_least: int = 0) -> str:
+    """The kernels ptxas spilled registers in, with the spill stores' bytes (those of fewer than
+    `at_least` bytes only counted)."""
     found = {(s["function"], s["spill_store_bytes"]) for s in case.get("register_spills", [])}
-    return ", ".join(f"{name} {stores} B" for name, stores in sorted(found)) or "none"
+    big = sorted((name, stores) for name, stores in found if stores >= at_least)
+    text = ", ".join(f"{name} {stores} B" for name, stores in big)
+    if len(found) > len(big):
+        text += f"{' + ' if text else ''}{len(found) - len(big)} kernels < {at_least} B"
+    return text or "none"
 
 
 def _cell(case) -> str:
@@ -211,7 +216,7 @@ def step_report(cases: list[dict]) -> None:
                 f"{c['hlo_bytes_per_gpu_optimised_excl_custom_calls'] / 1e9:.1f}",
                 _mib(c["collective_bytes"]),
                 ",".join(sorted(set(c["auto_choices"]))) or "-",
-                _spills(c),
+                _spills(c, at_least=256),
                 f"{c['compile_s']:.0f}",
                 f"{c['roofline_s_estimate'] * 1e3:.0f}",
             ]
