@@ -180,3 +180,20 @@ def test_named_pallas_gpu_too_wide_for_a_gpu_is_one_clear_error():
         jax.eval_shape(attend, q, unary)
     # Interpreted (off a GPU) any width runs: the limit is the GPU's shared memory.
     assert jax.eval_shape(attend, q, unary).shape == (1, 64, 1024)
+
+
+def test_the_gpu_kernel_runs_per_shard_under_a_data_mesh():
+    # XLA cannot partition a Triton call: without the shard_map it all-gathers q, k and v and
+    # runs the whole batch on every GPU (the deviceless H100 compile of the jit driver's step).
+    gpus = [StandInDevice("9.0", id=i) for i in range(2)]
+    mesh = Mesh(np.array(gpus), ("data",), axis_types=(AxisType.Auto,))
+    q = jax.ShapeDtypeStruct((2, 4096, 64), jnp.float32)
+
+    def loss(q):
+        return attention.dnl_attention(q, q, q, implementation="pallas_gpu").sum()
+
+    with jax.set_mesh(mesh):
+        jaxpr = str(jax.jit(jax.grad(loss)).trace(q).jaxpr)
+    assert "shard_map" in jaxpr and "interpret=False" in jaxpr
+    # Off a GPU (interpreted) the call is left as it was.
+    assert "shard_map" not in str(jax.jit(jax.grad(loss)).trace(q).jaxpr)

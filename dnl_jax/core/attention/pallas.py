@@ -33,7 +33,9 @@ TPU topology from a CPU host lowers the real Mosaic kernel. What this module add
 - Meshes: XLA cannot partition a Mosaic kernel ("Mosaic kernels cannot be automatically
   partitioned"), so under a mesh with automatically sharded axes (the jit driver's data mesh)
   the TPU call runs in a `shard_map` that splits its batch over those axes (found by compiling
-  the train step for a TPU slice ahead of time; experiments/benchmarks/tpu_aot.py).
+  the train step for a TPU slice ahead of time; experiments/benchmarks/tpu_aot.py). Nor a
+  Triton kernel, where XLA silently gathers the whole batch onto every GPU instead: the GPU call
+  runs in the same `shard_map` (found compiling for H100s; experiments/benchmarks/cuda_aot.py).
 """
 
 from __future__ import annotations
@@ -318,13 +320,31 @@ def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
         block_q_dq=backward,
         block_kv_dq=backward,
     )
-    out = gpu_attention.mha(
-        q4,
-        k4,
-        v4,
-        segment_ids,
-        sm_scale=sm_scale,
-        block_sizes=sizes,
-        interpret=interpret,
+    call = functools.partial(
+        gpu_attention.mha, sm_scale=sm_scale, block_sizes=sizes, interpret=interpret
     )
+    out = _gpu_call_on_mesh(call, q4, k4, v4, segment_ids, interpret)
     return _finish(out[:, :, 0], leading, n, v)
+
+
+def _gpu_call_on_mesh(call, q: Array, k: Array, v: Array, segment_ids, interpret: bool):
+    """`call(q, k, v, segment_ids)` (the Triton kernel on `[B, L, 1, D]`), inside a shard_map
+    over the batch when compiling for a GPU under a mesh that shards automatically. XLA cannot
+    partition a Triton kernel either, and unlike Mosaic it does not refuse: it all-gathers q, k
+    and v and runs the whole batch on every GPU (found by the deviceless H100 compile of the jit
+    driver's step, experiments/benchmarks/cuda_aot.py)."""
+    split, auto = _batch_split_axes(q.shape[0])
+    if interpret or not auto:
+        return call(q, k, v, segment_ids)
+    spec = P(split or None)
+    if segment_ids is None:
+        return jax.shard_map(
+            lambda q, k, v: call(q, k, v, None),
+            in_specs=(spec, spec, spec),
+            out_specs=spec,
+            axis_names=auto,
+            check_vma=False,
+        )(q, k, v)
+    return jax.shard_map(
+        call, in_specs=(spec,) * 4, out_specs=spec, axis_names=auto, check_vma=False
+    )(q, k, v, segment_ids)
