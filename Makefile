@@ -49,6 +49,22 @@ $(TPU_VENV)/.installed: pyproject.toml | $(STAMP)
 	  "jax[tpu]==$$($(PY) -c 'import jax; print(jax.__version__)')" -e .
 	touch $@
 
+# Ahead-of-time compilation for NVIDIA H100s on this GPU-less host (experiments/benchmarks/
+# cuda_aot.py): JAX's CUDA 12 plugin at the main venv's exact JAX version, plus nvcc's wheel for
+# ptxas and libdevice (the PTX → SASS step and the math library), no CUDA runtime, cuDNN or driver
+# (the [with-cuda] extra). Its own venv, like tpu-aot; not part of `make test`.
+.PHONY: cuda-aot
+CUDA_VENV ?= build/cuda-venv
+cuda-aot: $(CUDA_VENV)/.installed
+$(CUDA_VENV)/.installed: pyproject.toml | $(STAMP)
+	$(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	version=$$($(PY) -c 'import jax; print(jax.__version__)') && \
+	$(CUDA_VENV)/bin/python -m pip install --quiet "jax==$$version" "jaxlib==$$version" \
+	  "jax-cuda12-plugin==$$version" "jax-cuda12-pjrt==$$version" \
+	  "nvidia-cuda-nvcc-cu12>=12.6.85,<13" -e .
+	touch $@
+
 # ruff (lint + format, configured in pyproject.toml) and mypy: the public core with zero errors,
 # the rest against a recorded baseline that may only shrink (tools/check_types.py).
 lint: install

@@ -12,6 +12,12 @@ CPU program (CPU kernels, Pallas in interpret mode) and the TPU compile never se
 2. the arrays passed in: a concrete `jax.Array`'s sharding devices, or a tracer's abstract
    sharding mesh (explicit-sharding mode);
 3. `jax.default_backend()`, when nothing above names a platform.
+
+`compile_device` goes one step further, to one device of that platform, for what the platform
+alone does not say (an NVIDIA GPU's compute capability): the concrete mesh `jax.set_mesh` put
+in context (a deviceless compile's devices, from `get_topology_desc(platform="cuda", ...)`, have
+`.compute_capability` too), else a concrete input's device, else the host's first device when the
+host's backend is the target's.
 """
 
 from __future__ import annotations
@@ -46,3 +52,39 @@ def compile_platform(*arrays) -> str:
             break
         found = _array_platform(x)
     return found or jax.default_backend()
+
+
+def _concrete_mesh():
+    """The concrete mesh that `jax.set_mesh` put in context, or None. Read through JAX's
+    private accessor: the public `jax.sharding.get_mesh` refuses inside a trace, which is where
+    kernels are chosen. A JAX without it gives None (no device known: as before this existed)."""
+    try:
+        from jax._src.mesh import get_concrete_mesh
+    except ImportError:
+        return None
+    mesh = get_concrete_mesh()
+    return None if mesh is None or getattr(mesh, "empty", True) else mesh
+
+
+def compile_device(*arrays):
+    """One device of the platform `compile_platform(*arrays)` names (the mesh in context, if
+    any, also fixes its device kind), or None when nothing concrete is known, e.g. an abstract
+    mesh alone (`jax.sharding.use_abstract_mesh`) or a TPU target on a CPU host."""
+    platform = compile_platform(*arrays)
+    abstract = jax.sharding.get_abstract_mesh()
+    kind = None if abstract.empty else getattr(abstract.abstract_device, "device_kind", None)
+
+    def candidates():
+        mesh = _concrete_mesh()
+        if mesh is not None:
+            yield mesh.devices.flat[0]
+        for x in arrays:
+            if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+                yield from x.sharding.device_set
+        if jax.default_backend() == platform:
+            yield jax.devices()[0]
+
+    for device in candidates():
+        if getattr(device, "platform", None) == platform and kind in (None, device.device_kind):
+            return device
+    return None

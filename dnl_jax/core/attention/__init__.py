@@ -19,7 +19,8 @@ with q `[..., N, C]`, k `[..., M, C]`, v `[..., M, Cv]` → `[..., N, Cv]`:
   logged once per distinct case at DEBUG level (`logging`), so it stays out of progress output.
   The platform is the one the computation is compiled for (`dnl_jax.core.target_platform`: the mesh
   in context, else the inputs' devices, else the default backend), so an ahead-of-time compile
-  for a TPU topology from a CPU host gets the TPU kernels.
+  for a TPU topology from a CPU host gets the TPU kernels, and one for a compile-only H100 (whose
+  compute capability `target_platform.compile_device` finds) gets the H100's.
 
 The names map to functions in one table, `KERNELS`: a new kernel is one module in this package
 (`dnl_jax/core/attention/`) and one line there. `sharded` runs these kernels with the positions
@@ -32,6 +33,7 @@ bfloat16 inputs feed bfloat16 matmuls that accumulate in float32 (`preferred_ele
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,7 +42,7 @@ import jax.numpy as jnp
 
 from dnl_jax.core import ops
 from dnl_jax.core.attention import chunked, pallas
-from dnl_jax.core.target_platform import compile_platform
+from dnl_jax.core.target_platform import compile_device, compile_platform
 
 Array = jax.Array
 
@@ -68,14 +70,18 @@ def platform(*arrays: Array) -> str:
 
 
 def _nvidia_compute_capability(*arrays: Array) -> tuple[int, ...] | None:
-    """The GPU's CUDA compute capability when compiling for an NVIDIA GPU on a host that has
-    one, else None (off GPUs, ROCm, or a GPU target without a local GPU to ask)."""
-    if platform(*arrays) != "gpu" or jax.default_backend() != "gpu":
+    """The CUDA compute capability of the NVIDIA GPU the computation is compiled for: a local
+    GPU, or a compile-only one (deviceless AOT, e.g. experiments/benchmarks/cuda_aot.py), found
+    by `target_platform.compile_device`. None off GPUs, on ROCm (its devices name a gfx
+    architecture, not major.minor) or when only an abstract mesh names the GPU."""
+    device = compile_device(*arrays)
+    if device is None or device.platform != "gpu":
         return None
-    device = jax.devices()[0]
-    if "cuda" not in getattr(device.client, "platform_version", "").lower():
-        return None  # e.g. ROCm
-    return tuple(int(part) for part in device.compute_capability.split("."))
+    version = str(getattr(getattr(device, "client", None), "platform_version", "")).lower()
+    capability = str(getattr(device, "compute_capability", ""))
+    if "rocm" in version or not re.fullmatch(r"\d+\.\d+", capability):
+        return None
+    return tuple(int(part) for part in capability.split("."))
 
 
 def cudnn_unsupported_reason(q: Array, k: Array, v: Array) -> str | None:
@@ -158,7 +164,9 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
     - 'xla' when the logits are small (N · M <= 2**20 per sample): the materialised matrix is
       then a few MiB and one fused matmul + softmax is fastest;
     - above that, the platform's flash kernel: 'pallas_tpu' on TPUs, 'pallas_gpu' on NVIDIA GPUs
-      (float32, head dims cuDNN refuses), and 'chunked' elsewhere (CPU): exact, O(N + M) memory.
+      (float32, head dims cuDNN refuses, up to the widths whose tiles fit shared memory:
+      `pallas.gpu_unsupported_reason`), and 'chunked' elsewhere (CPU, wider inputs): exact,
+      O(N + M) memory.
 
     All of them meet the bfloat16 accuracy bound (at most twice the error that rounding q, k, v
     to bfloat16 alone causes) at temperatures 0.05 and 1, measured by
@@ -172,7 +180,10 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
         choice = "xla"
     elif platform(q, k, v) == "tpu":
         choice = "pallas_tpu"
-    elif _nvidia_compute_capability(q, k, v) is not None:
+    elif (
+        _nvidia_compute_capability(q, k, v) is not None
+        and pallas.gpu_unsupported_reason(q, k, v) is None
+    ):
         choice = "pallas_gpu"
     else:
         choice = "chunked"

@@ -33,7 +33,9 @@ TPU topology from a CPU host lowers the real Mosaic kernel. What this module add
 - Meshes: XLA cannot partition a Mosaic kernel ("Mosaic kernels cannot be automatically
   partitioned"), so under a mesh with automatically sharded axes (the jit driver's data mesh)
   the TPU call runs in a `shard_map` that splits its batch over those axes (found by compiling
-  the train step for a TPU slice ahead of time; experiments/benchmarks/tpu_aot.py).
+  the train step for a TPU slice ahead of time; experiments/benchmarks/tpu_aot.py). Nor a
+  Triton kernel, where XLA silently gathers the whole batch onto every GPU instead: the GPU call
+  runs in the same `shard_map` (found compiling for H100s; experiments/benchmarks/cuda_aot.py).
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ Array = jax.Array
 _TPU_BLOCK = 512
 _TPU_LANES = 128
 _GPU_BLOCK, _GPU_BACKWARD_BLOCK = 128, 32
+# The GPU kernels keep block × width tiles (width rounded up to a power of two) in shared
+# memory. Compiled for an H100 (227 KiB per block; experiments/benchmarks/cuda_aot.py), tiles of
+# 64 KiB were refused (float32 C = 128 at block 128 asked for 256 KiB, bfloat16 C = 256 for 320
+# KiB; at Triton's smallest block, 16, float32 C = 768 and 1024 and bfloat16 C = 2048 for 256 KiB)
+# and 32 KiB tiles compiled at every C and dtype tried: the default block keeps to that, and
+# wider inputs are refused (`gpu_unsupported_reason`).
+_GPU_TILE_BYTES = 32 * 1024
+_GPU_MIN_BLOCK = 16
 _block_override: list[int | None] = [None]
 
 
@@ -230,10 +240,33 @@ def _power_of_two_at_most(x: int) -> int:
     return 1 << (max(x, 1).bit_length() - 1)
 
 
-def _gpu_blocks(length: int) -> tuple[int, int]:
-    """(forward, backward) block lengths: powers of two >= 16, at most the padded length."""
+def _gpu_tile_width(q: Array, k: Array, v: Array) -> int:
+    """The widest operand's channels, plus the mask-bias channel N != M may add
+    (`_mask_bias_channel`), rounded up to a power of two."""
+    width = max(q.shape[-1], v.shape[-1]) + (q.shape[-2] != k.shape[-2])
+    return 1 << (width - 1).bit_length()
+
+
+def gpu_unsupported_reason(q: Array, k: Array, v: Array) -> str | None:
+    """Why 'pallas_gpu' cannot be compiled for these inputs on a GPU, or None if it can: even
+    its smallest block (16 positions) of the widest operand must fit `_GPU_TILE_BYTES` of shared
+    memory (float32: C <= 512, bfloat16: C <= 1024; one less when N != M)."""
+    width, itemsize = _gpu_tile_width(q, k, v), jnp.dtype(jnp.result_type(q, k, v)).itemsize
+    if _GPU_MIN_BLOCK * width * itemsize <= _GPU_TILE_BYTES:
+        return None
+    return (
+        f"{max(q.shape[-1], v.shape[-1])} channels in {jnp.result_type(q, k, v)} need more "
+        "shared memory per block than an H100 has, even at the smallest block"
+    )
+
+
+def _gpu_blocks(length: int, width: int = 1, itemsize: int = 4) -> tuple[int, int]:
+    """(forward, backward) block lengths: powers of two >= 16, at most the padded length; by
+    default at most `_GPU_TILE_BYTES` per tile of `width` channels (rounded up to a power of
+    two) of `itemsize` bytes."""
     target = _block_override[0]
-    forward = _power_of_two_at_most(target or _GPU_BLOCK)
+    tile_rows = _GPU_TILE_BYTES // (itemsize << (max(width, 1) - 1).bit_length())
+    forward = _power_of_two_at_most(target or min(_GPU_BLOCK, max(_GPU_MIN_BLOCK, tile_rows)))
     backward = _power_of_two_at_most(target or _GPU_BACKWARD_BLOCK)
     reach = max(16, 1 << (length - 1).bit_length())  # next power of two >= length
     return min(forward, reach), min(backward, forward, reach)
@@ -258,9 +291,17 @@ def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
     blocks). Interpret mode off GPUs. float32 matmuls follow Triton's default (TF32 on Ampere and
     newer, like XLA's default for float32 on those GPUs). Returns `[..., N, Cv]` in v's dtype.
     """
+    interpret = compile_platform(q, k, v) != "gpu"
+    reason = None if interpret else gpu_unsupported_reason(q, k, v)
+    if reason is not None:
+        raise ValueError(
+            f"implementation='pallas_gpu' cannot compile these inputs: {reason}. Use "
+            "implementation='chunked' (exact, O(N) memory) or None to choose automatically."
+        )
     leading, q3, k3, v3, sm_scale = chunked.prepare(q, k, v, scale, whiten)
     n, m = q3.shape[1], k3.shape[1]
-    forward, backward = _gpu_blocks(max(n, m))
+    tile_width = _gpu_tile_width(q3, k3, v3)
+    forward, backward = _gpu_blocks(max(n, m), tile_width, jnp.dtype(q3.dtype).itemsize)
     length = _round_up(max(n, m), forward)
     segment_ids = None
     if length != m and n == m:
@@ -279,13 +320,31 @@ def gpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
         block_q_dq=backward,
         block_kv_dq=backward,
     )
-    out = gpu_attention.mha(
-        q4,
-        k4,
-        v4,
-        segment_ids,
-        sm_scale=sm_scale,
-        block_sizes=sizes,
-        interpret=compile_platform(q4, k4, v4) != "gpu",
+    call = functools.partial(
+        gpu_attention.mha, sm_scale=sm_scale, block_sizes=sizes, interpret=interpret
     )
+    out = _gpu_call_on_mesh(call, q4, k4, v4, segment_ids, interpret)
     return _finish(out[:, :, 0], leading, n, v)
+
+
+def _gpu_call_on_mesh(call, q: Array, k: Array, v: Array, segment_ids, interpret: bool):
+    """`call(q, k, v, segment_ids)` (the Triton kernel on `[B, L, 1, D]`), inside a shard_map
+    over the batch when compiling for a GPU under a mesh that shards automatically. XLA cannot
+    partition a Triton kernel either, and unlike Mosaic it does not refuse: it all-gathers q, k
+    and v and runs the whole batch on every GPU (found by the deviceless H100 compile of the jit
+    driver's step, experiments/benchmarks/cuda_aot.py)."""
+    split, auto = _batch_split_axes(q.shape[0])
+    if interpret or not auto:
+        return call(q, k, v, segment_ids)
+    spec = P(split or None)
+    if segment_ids is None:
+        return jax.shard_map(
+            lambda q, k, v: call(q, k, v, None),
+            in_specs=(spec, spec, spec),
+            out_specs=spec,
+            axis_names=auto,
+            check_vma=False,
+        )(q, k, v)
+    return jax.shard_map(
+        call, in_specs=(spec,) * 4, out_specs=spec, axis_names=auto, check_vma=False
+    )(q, k, v, segment_ids)
