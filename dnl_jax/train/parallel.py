@@ -50,6 +50,15 @@ def fetch_replicated(tree):
     return jax.tree.map(fetch, tree)
 
 
+def replica_zero(x) -> np.ndarray:
+    """Host copy of replica 0 of a pmapped array `[devices, ...]` → `[...]`: its first local
+    shard, read as it is. Indexing `x[0]` would instead compile and run a gather across the
+    devices for every leaf (pmap's outputs are `NamedSharding` arrays under JAX's jit-based
+    pmap), which on XLA:CPU with many fake devices once aborted the process under load."""
+    host = np.asarray(x.addressable_data(0))
+    return host[0] if host.ndim == x.ndim else host
+
+
 def make_mesh(space: int = 1) -> jax.sharding.Mesh:
     """A (data, space) mesh over every device of every process, data = devices / space, both
     axes Auto (sharding constraints and XLA's partitioner place the rest)."""
@@ -228,16 +237,14 @@ class PmapDriver(_HostCopies):
 
     def train_step(self, state, host_batch: dict):
         state, metrics = self._train(state, self._split(host_batch))
-        return state, jax.tree.map(lambda x: x[0], metrics)
+        return state, jax.tree.map(replica_zero, metrics)
 
     def eval_step(self, state, host_batch: dict) -> dict:
-        return fetch_replicated(
-            jax.tree.map(lambda x: x[0], self._eval(state, self._split(host_batch)))
-        )
+        return jax.tree.map(replica_zero, self._eval(state, self._split(host_batch)))
 
     def to_checkpoint(self, state):
         # Replicas are identical (pmean'd gradients, synced batch norm): save replica 0.
-        return fetch_replicated(jax.tree.map(lambda x: x[0], state))
+        return jax.tree.map(replica_zero, state)
 
     def restore_target(self, abstract_state):
         device = jax.sharding.SingleDeviceSharding(self.devices[0])
