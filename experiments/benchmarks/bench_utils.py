@@ -92,6 +92,35 @@ def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
     return 2 * size**3 / time_call(lambda: matmul(a), repeats) / 1e9
 
 
+def compiled_peak_bytes(compiled) -> int:
+    """Peak memory of a compiled program per device: arguments + outputs + temporaries − donated
+    aliases, from the compiler's `memory_analysis()`."""
+    memory = compiled.memory_analysis()
+    return int(
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+
+
+def case_saver(path: str, load: Callable[[str], dict]) -> Callable[[dict], None]:
+    """`save(results)` for a JSON of {..., 'cases': [{'key': ...}, ...]} that compiles append to
+    as they finish: the cases another process saved meanwhile are kept (`load(path)` reads the
+    file), and the file is replaced whole, never half written."""
+
+    def save(results: dict) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        ours = {c["key"] for c in results["cases"]}
+        theirs = [c for c in load(path)["cases"] if c["key"] not in ours]
+        results["cases"] = theirs + results["cases"]
+        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(f"{path}.{os.getpid()}.tmp", path)
+
+    return save
+
+
 def save_json(name: str, payload: dict) -> str:
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"{name}.json")

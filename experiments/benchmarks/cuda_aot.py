@@ -249,20 +249,6 @@ def _load(path: str) -> dict:
     }
 
 
-def _saver(path: str):
-    def save(results: dict) -> None:
-        # Another process may append to the same file (kernels and steps in parallel).
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        ours = {c["key"] for c in results["cases"]}
-        theirs = [c for c in _load(path)["cases"] if c["key"] not in ours]
-        results["cases"] = theirs + results["cases"]
-        with open(f"{path}.{os.getpid()}.tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(f"{path}.{os.getpid()}.tmp", path)  # never half written
-
-    return save
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", default="kernels,steps", help="kernels, steps")
@@ -270,7 +256,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(bench_utils.RESULTS_DIR, f"{NAME}.json"))
     parser.add_argument("--report", action="store_true", help="only print the tables")
     args = parser.parse_args()
-    results, save = _load(args.out), _saver(args.out)
+    results, save = _load(args.out), bench_utils.case_saver(args.out, _load)
     if not args.report:
         parts = set(args.only.split(","))
         if unknown := parts - {"kernels", "steps"}:

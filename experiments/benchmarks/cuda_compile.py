@@ -32,6 +32,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # subprocess_compilation module; compile() captures it (`_captured_stderr`).
 os.environ.setdefault("TF_CPP_VMODULE", "subprocess_compilation=1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+import bench_utils  # noqa: E402
 import numpy as np  # noqa: E402
 import tpu_compile  # noqa: E402  (collective_bytes: the HLO text is the same on GPU)
 from jax.sharding import AxisType, Mesh  # noqa: E402
@@ -175,12 +176,7 @@ def compile_and_measure(lower_fn, dtype: str = "f32", gpus: int = 1) -> dict:
         compiled = lowered.compile()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     memory = compiled.memory_analysis()
-    peak = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        + memory.temp_size_in_bytes
-        - memory.alias_size_in_bytes
-    )
+    peak = bench_utils.compiled_peak_bytes(compiled)
     text = compiled.as_text()
     costs, chip = hlo_costs(lowered, compiled, gpus), h100()
     flops = costs["hlo_flops_per_gpu_before_opt"]

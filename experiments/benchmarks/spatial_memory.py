@@ -126,12 +126,7 @@ def compile_case(model: str, shape: tuple, space: int, num_classes: int) -> dict
         )
         seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    peak = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        + memory.temp_size_in_bytes
-        - memory.alias_size_in_bytes
-    )
+    peak = bench_utils.compiled_peak_bytes(compiled)
     traffic = collective_bytes(compiled.as_text())
     return {
         "model": model,

@@ -22,6 +22,7 @@ os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 # No TPU is attached: several compiling processes may load libtpu at once (its lockfile is for
 # processes sharing real chips).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+import bench_utils  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, Mesh  # noqa: E402
 
@@ -131,12 +132,7 @@ def compile_and_measure(lower_fn, generation: str) -> dict:
     compiled = lowered.compile()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     memory = compiled.memory_analysis()
-    peak = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        + memory.temp_size_in_bytes
-        - memory.alias_size_in_bytes
-    )
+    peak = bench_utils.compiled_peak_bytes(compiled)
     cost = _cost(compiled)
     collectives = collective_bytes(compiled.as_text())
     chip = CHIPS.get(generation)
