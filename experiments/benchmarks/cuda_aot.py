@@ -83,29 +83,9 @@ def kernel_case(n: int, channels: int, dtype: str, implementation: str | None) -
 
 
 def _lower_jit(config, gpus: int):
-    """The jit driver's step (tpu_steps._lower_jit's, on an H100 mesh): state replicated, the
-    batch split over the data axis."""
-    train_step, state = tpu_steps._step_parts(config, None)
+    """The jit driver's step (tpu_steps.lower_jit_on_mesh) on an H100 mesh of `gpus` GPUs."""
     mesh = cuda_compile.gpu_mesh((gpus, 1), (parallel.DATA_AXIS, parallel.SPACE_AXIS))
-    replicated = NamedSharding(mesh, P())
-    state_sh = jax.tree.map(lambda _: replicated, state)
-    batch = {
-        k: jax.ShapeDtypeStruct(
-            v.shape, v.dtype, sharding=NamedSharding(mesh, parallel.batch_spec(v, 1))
-        )
-        for k, v in tpu_steps.abstract_batch(config).items()
-    }
-    state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, state_sh
-    )
-    with jax.set_mesh(mesh):  # as JitDriver.context()
-        jitted = jax.jit(
-            train_step,
-            in_shardings=(state_sh, None),
-            out_shardings=(state_sh, replicated),
-            donate_argnums=0,
-        )
-        return None, jitted.trace(state, batch).lower()
+    return tpu_steps.lower_jit_on_mesh(config, mesh)
 
 
 def step_case(path: str, gpus: int) -> dict:

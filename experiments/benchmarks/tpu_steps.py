@@ -157,11 +157,11 @@ def _step_parts(config, axis_name):
     return train_step, state
 
 
-def _lower_jit(config, generation, chips, space):
+def lower_jit_on_mesh(config, mesh, space: int = 1):
+    """(jaxpr text, lowered) of the jit driver's train step over `mesh` (axes data × space): the
+    state replicated and donated, the batch split as the driver splits it. Used for TPU slices
+    here and for compile-only H100s in cuda_aot.py."""
     train_step, state = _step_parts(config, None)
-    mesh = tpu_compile.tpu_mesh(
-        generation, (chips // space, space), (parallel.DATA_AXIS, parallel.SPACE_AXIS)
-    )
     replicated = NamedSharding(mesh, P())
     state_sh = jax.tree.map(lambda _: replicated, state)
     batch = {
@@ -182,6 +182,13 @@ def _lower_jit(config, generation, chips, space):
         )
         traced = jitted.trace(state, batch)
     return str(traced.jaxpr), traced.lower()
+
+
+def _lower_jit(config, generation, chips, space):
+    mesh = tpu_compile.tpu_mesh(
+        generation, (chips // space, space), (parallel.DATA_AXIS, parallel.SPACE_AXIS)
+    )
+    return lower_jit_on_mesh(config, mesh, space)
 
 
 def _lower_pmap(config, generation, chips):
