@@ -7,15 +7,21 @@
 
 A lost host. When a process dies, the others fail in their next collective (gloo: at once,
 "connection closed by peer") or block in it (NCCL, TPU) until the coordination service declares
-the process dead after `heartbeat_timeout_seconds` and aborts every survivor with a C++ fatal
-log. Neither says what to do. So every process runs a `PeerWatch`: a daemon thread that stamps a
-counter into the coordination service's key-value store every `BEAT_SECONDS` and reads the
-others'. A peer whose counter has not moved for `LOSS_FRACTION` of the heartbeat timeout (before
-JAX's own abort), or a coordination service that no longer answers (process 0 died), ends the
-process at once with one line: which process was lost, the newest checkpoint step on disk, and
-the command that resumes. `os._exit` skips the exit barrier, which would otherwise wait for the
+the process dead and aborts every survivor with a C++ fatal log. Neither says what to do. So
+every process runs a `PeerWatch`: a daemon thread that stamps a counter into the coordination
+service's key-value store every `BEAT_SECONDS` and reads the others'. A peer whose counter has
+not moved for `LOSS_FRACTION` of the heartbeat timeout, or a coordination service that no longer
+answers (process 0 died), ends the process at once with one line: which process was lost, the
+newest checkpoint step on disk, and the command that resumes. `os._exit` skips the exit barrier, which would otherwise wait for the
 dead process until `shutdown_timeout_seconds`. A process that finished marks itself done, so
 that the others never take a completed peer for a lost one.
+
+JAX's abort can come at half the timeout: the service declares a process dead once its last
+heartbeat is a timeout old, and it measures as if clients beat every half timeout (a survivor
+aborted 6.1-10.9 s after a SIGKILL with a 10 s timeout: experiments/results/heartbeat_probe.md).
+The watch must end the process before that: `LOSS_FRACTION` x timeout + 2 beats (the stamp is
+seen up to a beat late and checked once a beat) + `SCHEDULING_MARGIN` <= timeout / 2, which sets
+the shortest timeout `check_config` takes.
 
 Process 0 is different: it hosts JAX's coordination service, and when it dies JAX's client ends
 every survivor at once with its own fatal log ("the JAX distributed service detected fatal
@@ -26,6 +32,7 @@ ours; the command to resume is the same: restart every process.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shlex
 import sys
@@ -37,8 +44,17 @@ import ml_collections
 
 from dnl_jax.train.preemption import distributed_client
 
-BEAT_SECONDS = 1.0
-LOSS_FRACTION = 0.6  # of heartbeat_timeout_seconds; JAX's own abort comes at 1.0
+BEAT_SECONDS = 0.5
+LOSS_FRACTION = 0.25  # of heartbeat_timeout_seconds; JAX's own abort can come at 0.5
+SCHEDULING_MARGIN = 1.0  # seconds left for the OS to run the watch on a loaded machine
+# The shortest heartbeat timeout: a lost peer is told from a slow one only after 3 missed beats,
+# and the watch's bound (module docstring) stays within half the timeout.
+MIN_HEARTBEAT_SECONDS = math.ceil(
+    max(
+        3 * BEAT_SECONDS / LOSS_FRACTION,
+        (2 * BEAT_SECONDS + SCHEDULING_MARGIN) / (0.5 - LOSS_FRACTION),
+    )
+)
 KEY_PREFIX = "dnl_jax/alive/"
 DONE = "done"
 LOST_EXIT_CODE = 75  # EX_TEMPFAIL: restart all hosts
@@ -63,11 +79,11 @@ def check_config(section) -> None:
             raise ValueError(
                 f"config.distributed.{key}={value!r} must be an integer >= 1 (seconds)."
             )
-    if section.heartbeat_timeout_seconds < 3 * BEAT_SECONDS / LOSS_FRACTION:
+    if section.heartbeat_timeout_seconds < MIN_HEARTBEAT_SECONDS:
         raise ValueError(
             "config.distributed.heartbeat_timeout_seconds="
             f"{section.heartbeat_timeout_seconds} is too short to tell a slow host "
-            "from a lost one; use >= 5."
+            f"from a lost one before JAX aborts; use >= {MIN_HEARTBEAT_SECONDS}."
         )
 
 

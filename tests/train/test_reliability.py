@@ -211,6 +211,27 @@ class _FakeClient:
         return [(k, v) for k, v in self.store.items() if k.startswith(prefix)]
 
 
+def test_the_watch_ends_a_survivor_before_jax_can_abort_it():
+    """JAX can abort a survivor half a heartbeat timeout after a death (module docstring of
+    dnl_jax/train/distributed.py); the watch's bound must stay inside that at every timeout
+    `check_config` accepts, and a shorter timeout is refused with the shortest one named."""
+    shortest = distributed.MIN_HEARTBEAT_SECONDS
+    for timeout in (shortest, 10, 100, 1000):
+        bound = (
+            distributed.LOSS_FRACTION * timeout
+            + 2 * distributed.BEAT_SECONDS
+            + distributed.SCHEDULING_MARGIN
+        )
+        assert bound <= timeout / 2, (timeout, bound)
+        assert distributed.LOSS_FRACTION * timeout >= 3 * distributed.BEAT_SECONDS
+    section = distributed.default_config()
+    section.heartbeat_timeout_seconds = shortest
+    distributed.check_config(section)
+    section.heartbeat_timeout_seconds = shortest - 1
+    with pytest.raises(ValueError, match=rf"too short .* use >= {shortest}\.$"):
+        distributed.check_config(section)
+
+
 def test_peer_watch_names_a_silent_peer_and_ignores_a_finished_one(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "distributed_client", lambda: _FakeClient())
     watch = distributed.PeerWatch(str(tmp_path), heartbeat_timeout=10)
@@ -218,9 +239,10 @@ def test_peer_watch_names_a_silent_peer_and_ignores_a_finished_one(tmp_path, mon
     first = {f"{distributed.KEY_PREFIX}1": "5", f"{distributed.KEY_PREFIX}2": "7"}
     assert watch._stale(first, now=0.0) == []
     moved = {f"{distributed.KEY_PREFIX}1": "6", f"{distributed.KEY_PREFIX}2": "7"}
-    assert watch._stale(moved, now=7.0) == [2]  # 2 silent for 7 s > 0.6 x 10 s
+    assert watch._stale(moved, now=2.0) == []  # 2 silent for 2 s < 0.25 x 10 s
+    assert watch._stale(moved, now=3.0) == [2]  # 2 silent for 3 s > 0.25 x 10 s
     done = {f"{distributed.KEY_PREFIX}1": "6", f"{distributed.KEY_PREFIX}2": distributed.DONE}
-    assert watch._stale(done, now=8.0) == []
+    assert watch._stale(done, now=4.0) == []
     os.makedirs(tmp_path / "checkpoints" / "4")
     line = distributed.lost_message([2], str(tmp_path))
     assert "lost process 2" in line and "resumes from step 4" in line
