@@ -12,9 +12,10 @@ every process runs a `PeerWatch`: a daemon thread that stamps a counter into the
 service's key-value store every `BEAT_SECONDS` and reads the others'. A peer whose counter has
 not moved for `LOSS_FRACTION` of the heartbeat timeout, or a coordination service that no longer
 answers (process 0 died), ends the process at once with one line: which process was lost, the
-newest checkpoint step on disk, and the command that resumes. `os._exit` skips the exit barrier, which would otherwise wait for the
-dead process until `shutdown_timeout_seconds`. A process that finished marks itself done, so
-that the others never take a completed peer for a lost one.
+newest checkpoint step on disk, and the command that resumes. `os._exit` skips the exit
+barrier, which would otherwise wait for the dead process until `shutdown_timeout_seconds`. A
+process that finished marks itself done, so that the others never take a completed peer for a
+lost one.
 
 JAX's abort can come at half the timeout: the service declares a process dead once its last
 heartbeat is a timeout old, and it measures as if clients beat every half timeout (a survivor
