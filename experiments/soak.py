@@ -36,112 +36,36 @@ import glob
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-import jax
-import numpy as np
+from soak_process import (
+    REMOVED,
+    REPO,
+    TMP_MARK,
+    Output,
+    command,
+    compare,
+    environment,
+    final_line,
+    output_completed,
+    resume_facts,
+    save_started_since,
+    start_training,
+    steps_on_disk,
+    wait_until,
+)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from dnl_jax.train.checkpoint import load_variables  # noqa: E402
-
-CONFIG = "experiments/configs/synthetic_dnl_tiny.py"
-TMP_MARK = ".orbax-checkpoint-tmp"
-PROGRESS = re.compile(r"(\d+)/\d+ \[")
-REMOVED = re.compile(r"removed \d+ unfinished checkpoint")
 STARTUP_SHARE = 0.15  # attempts killed at a random moment of the start-up (restore, compile)
-
-
-def command(workdir: str, args) -> list[str]:
-    """The training command: the demo recipe, shrunk to a short run with frequent checkpoints."""
-    overrides = dict(
-        total_steps=args.steps,
-        **{"checkpoint.every_steps": args.every},
-        **{"evals.val.every_steps": 0},
-        log_every_steps=args.every,
-        batch_size=8,
-        curves_figure=False,
-        attention_figure=False,
-        **{"data.synthetic.image_size": 32, "data.synthetic.num_val": 32},
-    )
-    return [
-        sys.executable,
-        "-m",
-        "dnl_jax.cli.train",
-        "--config",
-        CONFIG,
-        "--workdir",
-        workdir,
-        *[f"--config.{key}={value}" for key, value in overrides.items()],
-    ]
-
-
-def environment(cache_dir: str) -> dict:
-    """Shared persistent compilation cache: restarts reuse the reference run's programs."""
-    return {
-        **os.environ,
-        "PYTHONPATH": REPO,
-        "JAX_COMPILATION_CACHE_DIR": cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-    }
-
-
-def steps_on_disk(workdir: str) -> list[int]:
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
-def save_started_since(workdir: str, since: float) -> bool:
-    """Whether a save began after `since`: an orbax temporary step directory created since then
-    (a stale one, left by an earlier kill, is recreated when its step is saved again)."""
-    paths = glob.glob(os.path.join(workdir, "checkpoints", "*" + TMP_MARK + "*"))
-    return any(_created(path) > since for path in paths)
-
-
-def _created(path: str) -> float:
-    try:
-        return os.stat(path).st_ctime
-    except FileNotFoundError:  # renamed into place meanwhile
-        return 0.0
-
-
-class Output:
-    """Collects a process's output in a thread and parses the progress bar's step ('74/200')."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.text, self.step = "", 0
-        self._thread = threading.Thread(
-            target=self._read, args=(process.stdout.fileno(),), daemon=True
-        )
-        self._thread.start()
-
-    def _read(self, fd: int) -> None:
-        while chunk := os.read(fd, 4096):
-            self.text += chunk.decode(errors="replace")
-            steps = PROGRESS.findall(self.text[-400:])
-            if steps:
-                self.step = int(steps[-1])
-
-    def join(self) -> str:
-        self._thread.join()
-        return self.text
 
 
 def run_reference(workdir: str, args, env: dict) -> dict:
     """Trains uninterrupted; times the steps and a warm start-up."""
     start = time.time()
-    process = subprocess.Popen(
-        command(workdir, args), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    process = start_training(workdir, args, env)
     reader, first = Output(process), None
     while process.poll() is None:
         if first is None and steps_on_disk(workdir):
@@ -160,13 +84,8 @@ def run_reference(workdir: str, args, env: dict) -> dict:
         seconds=round(total, 1),
         step_s=round(step_s, 3),
         startup_s=round(time.time() - warm, 1),
-        final_line=_final_line(output),
+        final_line=final_line(output),
     )
-
-
-def _final_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.startswith(("completed", "preempted"))]
-    return lines[-1] if lines else ""
 
 
 def interrupt_once(
@@ -184,18 +103,16 @@ def interrupt_once(
     in_startup = rng.random() < STARTUP_SHARE
     target = done + rng.randint(1, max(1, 2 * (args.steps - done) // (left + 1)))
     start = time.time()
-    process = subprocess.Popen(
-        command(workdir, args), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    process = start_training(workdir, args, env)
     output = Output(process)
     if in_startup:
-        _wait(process, lambda: time.time() - start > rng.uniform(0, timing["startup_s"]))
+        wait_until(process, lambda: time.time() - start > rng.uniform(0, timing["startup_s"]))
     else:
-        _wait(process, lambda: output.step >= target)
+        wait_until(process, lambda: output.step >= target)
         time.sleep(rng.uniform(0, timing["step_s"]))
     aimed = kill == signal.SIGKILL and aim_at_save and not in_startup
     if aimed:
-        _wait(process, lambda: save_started_since(workdir, start))
+        wait_until(process, lambda: save_started_since(workdir, start))
         time.sleep(rng.uniform(0, 0.05))
     record = dict(
         signal=kill.name,
@@ -212,7 +129,7 @@ def interrupt_once(
     record.update(
         returncode=process.returncode,
         interrupted=not output_completed(text),
-        **_resume_facts(text),
+        **resume_facts(text),
         steps_after=steps_on_disk(workdir),
     )
     return record
@@ -225,9 +142,7 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
     target = done + args.every * rng.randint(1, 2)
     target = min(target - target % args.every, args.steps - args.every)
     start = time.time()
-    process = subprocess.Popen(
-        command(workdir, args), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    process = start_training(workdir, args, env)
     output = Output(process)
     directory = os.path.join(workdir, "checkpoints")
     # This attempt's save of `target`: when the previous kill left one, only a temporary
@@ -236,7 +151,7 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
     stale = bool(glob.glob(pattern))
     this_save = lambda: (not stale or REMOVED.search(output.text)) and glob.glob(pattern)  # noqa
 
-    _wait(process, this_save)
+    wait_until(process, this_save)
     time.sleep(rng.uniform(0, args.window))
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
@@ -253,7 +168,7 @@ def interrupt_in_save(workdir: str, args, env: dict, rng: random.Random) -> dict
         save_in_progress=in_write,
         returncode=process.returncode,
         interrupted=not output_completed(text),
-        **_resume_facts(text),
+        **resume_facts(text),
         removed_unfinished=bool(REMOVED.search(text)),
         steps_after=steps_on_disk(workdir),
     )
@@ -280,26 +195,6 @@ def check_save_soak(attempts: list, every: int) -> dict:
     )
 
 
-def _wait(process: subprocess.Popen, condition) -> None:
-    while process.poll() is None and not condition():
-        time.sleep(0.002)
-
-
-def output_completed(output: str) -> bool:
-    return _final_line(output).startswith("completed")
-
-
-def _resume_facts(output: str) -> dict:
-    resumed = re.findall(r"resumed from \S+ at step (\d+)", output)
-    aside = re.findall(r"checkpoint step (\d+) in \S+ does not restore", output)
-    errors = [line for line in output.splitlines() if line.startswith(("Traceback", "error"))]
-    return dict(
-        resumed_from=int(resumed[-1]) if resumed else None,
-        set_aside=[int(step) for step in aside],
-        errors=errors[:3],
-    )
-
-
 def summarise(attempts: list) -> dict:
     """Counts per signal, SIGKILLs that hit a save in progress, checkpoints set aside."""
     kills = [a for a in attempts if a["interrupted"] and a["signal"] == "SIGKILL"]
@@ -313,21 +208,7 @@ def summarise(attempts: list) -> dict:
     )
 
 
-def compare(reference_dir: str, soak_dir: str, step: int) -> dict:
-    """Final params and batch statistics: bitwise equality and the largest |difference|."""
-    paths = [os.path.join(d, "checkpoints", str(step)) for d in (reference_dir, soak_dir)]
-    reference, soaked = (load_variables(path) for path in paths)
-    differences = jax.tree.map(
-        lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))),
-        reference,
-        soaked,
-    )
-    leaves = jax.tree.leaves(differences)
-    equal = all(jax.tree.leaves(jax.tree.map(np.array_equal, reference, soaked)))
-    return dict(bitwise_equal=bool(equal), max_abs_difference=max(leaves), leaves=len(leaves))
-
-
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interruptions", type=int, default=20)
     parser.add_argument("--steps", type=int, default=200)
@@ -352,7 +233,11 @@ def main() -> int:
         help="persistent compilation cache (kept between soaks)",
     )
     parser.add_argument("--out", default=os.path.join(REPO, "experiments/results/soak.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     rng = random.Random(args.seed)
     shutil.rmtree(args.workdir, ignore_errors=True)
     env = environment(args.cache)
@@ -369,7 +254,27 @@ def main() -> int:
         stderr=subprocess.STDOUT,
         text=True,
     )  # the logs too (resume facts)
-    result = dict(
+    result = soak_record(args, timing, attempts, final, reference_dir, soak_dir)
+    result["seconds"], result["load_average"] = round(time.time() - began, 1), os.getloadavg()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as file:
+        json.dump(result, file, indent=2)
+    shown = ("interruptions", "summary", "final_line", "comparison", "set_aside_dirs", "seconds")
+    print(json.dumps({k: result[k] for k in shown}, indent=2))
+    return 0 if passed(result, args) else 1
+
+
+def soak_record(args, timing: dict, attempts: list, final, reference_dir: str, soak_dir: str):
+    """The JSON record: the reference, every attempt, the final run and the comparison."""
+    unrestorable = os.path.join(soak_dir, "checkpoints-unrestorable")
+    last = dict(  # the final run, as one more attempt for the save-window check
+        resumed_from=resume_facts(final.stdout)["resumed_from"],
+        inside_write=False,
+        target_step=None,
+        removed_unfinished=bool(REMOVED.search(final.stdout)),
+        steps_after=[],
+    )
+    return dict(
         command=" ".join(command("WORKDIR", args)),
         args=vars(args),
         reference=timing,
@@ -377,55 +282,24 @@ def main() -> int:
         summary=summarise(attempts),
         attempts=attempts,
         final_returncode=final.returncode,
-        final_line=_final_line(final.stdout),
-        set_aside_dirs=sorted(os.listdir(os.path.join(soak_dir, "checkpoints-unrestorable")))
-        if os.path.isdir(os.path.join(soak_dir, "checkpoints-unrestorable"))
-        else [],
+        final_line=final_line(final.stdout),
+        set_aside_dirs=sorted(os.listdir(unrestorable)) if os.path.isdir(unrestorable) else [],
         comparison=compare(reference_dir, soak_dir, args.steps) if final.returncode == 0 else None,
-        final_line_equal=_final_line(final.stdout) == timing["final_line"],
-        save_window=check_save_soak(
-            attempts
-            + [
-                dict(
-                    resumed_from=_resume_facts(final.stdout)["resumed_from"],
-                    inside_write=False,
-                    target_step=None,
-                    removed_unfinished=False,
-                    steps_after=[],
-                )
-            ],
-            args.every,
-        )
+        final_line_equal=final_line(final.stdout) == timing["final_line"],
+        save_window=check_save_soak([*attempts, last], args.every)
         if args.target == "save"
         else None,
-        seconds=round(time.time() - began, 1),
-        load_average=os.getloadavg(),
     )
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as file:
-        json.dump(result, file, indent=2)
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in (
-                    "interruptions",
-                    "summary",
-                    "final_line",
-                    "comparison",
-                    "set_aside_dirs",
-                    "seconds",
-                )
-            },
-            indent=2,
-        )
-    )
+
+
+def passed(result: dict, args) -> bool:
+    """Bitwise-equal parameters and the same final line; every interruption made (random), or
+    every save-window kill inside a write and no problem at the restarts (save)."""
     ok = (result["comparison"] or {}).get("bitwise_equal", False) and result["final_line_equal"]
     if args.target == "save":
         window = result["save_window"]
-        ok = ok and not window["problems"] and window["kills_inside_write"] >= args.interruptions
-        return 0 if ok else 1
-    return 0 if ok and result["interruptions"] == args.interruptions else 1
+        return ok and not window["problems"] and window["kills_inside_write"] >= args.interruptions
+    return ok and result["interruptions"] == args.interruptions
 
 
 def run_attempts(soak_dir: str, args, env: dict, rng: random.Random, timing: dict) -> list:
