@@ -37,7 +37,7 @@ from dnl_jax.train.trainer import train_and_evaluate
 enable_compilation_cache()
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHER = os.path.join(REPO, "tests", "multihost_launcher.py")
-HEARTBEAT = 12  # JAX may abort a survivor from 6 s after a death; the watch ends it by 4 s
+HEARTBEAT = 12  # JAX may abort a survivor from 6 s after a death; the watch: 4 s + scheduling
 OVERRIDES = {
     "total_steps": 8,
     "checkpoint.every_steps": 2,
