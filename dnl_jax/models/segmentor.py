@@ -123,25 +123,17 @@ def build_segmentor(
 
     Raises ValueError for an unknown head, output stride or depth, or non-positive sizes.
     """
-    if head not in heads.HEADS:
-        raise ValueError(f"unknown head {head!r}; choose one of {sorted(heads.HEADS)}.")
-    strides_and_dilations(output_stride)  # Validates early, before any tracing.
-    residual.check_depth(backbone_depth)
-    for key, value in dict(
+    _check_arguments(
+        head,
+        output_stride,
+        backbone_depth,
+        dropout_rate,
         num_classes=num_classes,
         channels=channels,
         aux_channels=aux_channels,
         base_channels=base_channels,
         stem_channels=stem_channels,
-    ).items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be a positive integer; got {value!r}.")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}.")
-    if stem_channels % 2:
-        raise ValueError(
-            f"stem_channels must be even (the deep stem starts at stem/2); got {stem_channels}."
-        )
+    )
     common = dict(axis_name=axis_name, frozen_bn=frozen_bn, dtype=dtype)
     backbone = ResNetV1c(
         depth=backbone_depth,
@@ -178,6 +170,26 @@ def build_segmentor(
         auxiliary_head=auxiliary_head,
         align_corners=align_corners,
     )
+
+
+def _check_arguments(
+    head: str, output_stride: int, backbone_depth: int, dropout_rate: float, **sizes
+) -> None:
+    """`build_segmentor`'s ValueErrors, raised before any module is built or traced."""
+    if head not in heads.HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {sorted(heads.HEADS)}.")
+    strides_and_dilations(output_stride)
+    residual.check_depth(backbone_depth)
+    for key, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer; got {value!r}.")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1); got {dropout_rate!r}.")
+    if sizes["stem_channels"] % 2:
+        raise ValueError(
+            "stem_channels must be even (the deep stem starts at stem/2); "
+            f"got {sizes['stem_channels']}."
+        )
 
 
 def segmentation_loss_ratios(
