@@ -133,23 +133,28 @@ def make_train_step(
         if axis_name is not None:  # each device holds its share of the global sums
             grads, ratio_sums = jax.lax.psum((grads, ratio_sums), axis_name)
         loss, metrics = losses.combine_ratios(ratio_sums, bundle.loss_weights)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params, batch_stats)
-        metrics = {
-            **metrics,
-            "loss": loss,
-            "lr": schedule(state.step),
-            "grad_norm": grad_norm,
-            "finite": finite,
-        }
-        new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-        )
-        return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+        return _apply_gradients(state, optimizer, grads, batch_stats, loss, metrics, schedule)
 
     return train_step
+
+
+def _apply_gradients(state, optimizer, grads, batch_stats, loss, metrics: dict, schedule):
+    """The optimizer's update of `state` with the summed `grads`, and the step's metrics (f32)."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params, batch_stats)
+    metrics = {
+        **metrics,
+        "loss": loss,
+        "lr": schedule(state.step),
+        "grad_norm": grad_norm,
+        "finite": finite,
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
 
 def _micro_rngs(rng: jax.Array, step_rng: jax.Array, index) -> dict:
