@@ -17,7 +17,8 @@ cases already there are skipped. A case that fails to compile is recorded with i
 Cases:
 - kernels: 'pallas_tpu' forward + backward (through `dnl_attention`, with the unary term) at
   N ∈ {1023, 1024, 4096, 8192, 65536}, C ∈ {64, 128, 256}, 2-D and 3-D grids, whitened or not,
-  all or stride-2 sub-sampled keys, bf16 and f32; plus what auto-selection picks.
+  all or stride-2 sub-sampled keys, bf16 and f32; plus what auto-selection picks. Then the wide
+  rows of the detector's blocks: C ∈ {1024, 2048}, 2-D, whitened, all keys, bf16 and f32.
 - steps: every published recipe's train step at its crop and global batch on a slice of one
   chip per image (per clip), jit and pmap drivers; the tiny demo model.
 - spatial: R101-D8 (its Cityscapes recipe: 19 classes, float32) on v5e, batch 1 per data shard,
@@ -66,7 +67,10 @@ TINY = "synthetic_dnl_tiny.py"
 # 34² = 1156 (N · M > 2²⁰) and auto picks 'pallas_tpu', which the smoke test checks is compiled;
 # one image per chip keeps the CI compile short.
 TINY_KERNEL_SIZE = {"data.synthetic.image_size": 272, "batch_size": 4}
-SMOKE_KERNELS = (((31, 33), 64, "bf16"), ((64, 64), 128, "f32"))
+# The third smoke kernel is 2048 columns wide: at 512-position blocks its backward overflowed a
+# v5e's VMEM; the wrapper's shorter blocks for wide rows must keep it compiling.
+SMOKE_KERNELS = (((31, 33), 64, "bf16"), ((64, 64), 128, "f32"), ((32, 32), 2048, "bf16"))
+WIDE_CHANNELS = (1024, 2048)  # Mask R-CNN's C4 and C5 blocks: 2-D, whitened, all keys
 
 
 def kernel_cases(generations):
@@ -81,6 +85,18 @@ def kernel_cases(generations):
             key,
             lambda g=gen, gr=grid, c=c, w=whiten, s=sub, d=dtype: tpu_steps.kernel_case(
                 g, gr, c, whiten=w, subsample=s, dtype=d
+            ),
+        )
+
+
+def wide_kernel_cases(generations):
+    for dtype, gen, n, c in itertools.product(("bf16", "f32"), generations, GRIDS, WIDE_CHANNELS):
+        grid = GRIDS[n][0]
+        key = ("kernel", gen, n, c, len(grid), True, False, dtype)
+        yield (
+            key,
+            lambda g=gen, gr=grid, c=c, d=dtype: tpu_steps.kernel_case(
+                g, gr, c, whiten=True, subsample=False, dtype=d
             ),
         )
 
@@ -290,6 +306,7 @@ def main() -> None:
             parser.error(f"--only {sorted(unknown)}: choose from kernels, steps, spatial.")
         if "kernels" in parts:
             run(kernel_cases(args.generations.split(",")), results, save)
+            run(wide_kernel_cases(args.generations.split(",")), results, save)
         if "steps" in parts:
             run(step_cases(args.match), results, save)
         if "spatial" in parts:

@@ -132,6 +132,9 @@ def _spec(n, c, dtype, cv=None):
         ("tpu", None, 4096, 64, jnp.bfloat16, "pallas_tpu"),
         ("tpu", None, 4096, 64, jnp.float32, "pallas_tpu"),
         ("tpu", None, 1023, 64, jnp.bfloat16, "xla"),  # small logits: materialise
+        ("tpu", None, 4096, 2048, jnp.float32, "pallas_tpu"),  # the widest compiled rows
+        ("tpu", None, 4096, 4096, jnp.bfloat16, "pallas_tpu"),
+        ("tpu", None, 4096, 4096, jnp.float32, "chunked"),  # Mosaic ran out of VMEM
         ("gpu", (9, 0), 1023, 64, jnp.bfloat16, "cudnn"),  # odd N: cuDNN through padding
         ("gpu", (9, 0), 4096, 64, jnp.bfloat16, "cudnn"),
         ("gpu", (9, 0), 4096, 64, jnp.float32, "pallas_gpu"),  # cuDNN needs bf16/f16
@@ -146,6 +149,19 @@ def _spec(n, c, dtype, cv=None):
 def test_selection_by_platform(monkeypatch, platform, capability, n, c, dtype, expected):
     _pretend(monkeypatch, platform, capability)
     assert attention.select_implementation(*_spec(n, c, dtype)) == expected
+
+
+@pytest.mark.parametrize(
+    "length, width, block",
+    [(7168, 256, 512), (7168, 512, 512), (7168, 1024, 256), (7168, 2048, 128), (384, 256, 384)],
+)
+def test_tpu_blocks_shorten_for_wide_inputs(length, width, block):
+    """512 positions per block up to 512 columns; wider rows get shorter blocks (Mosaic ran out
+    of VMEM at 512 × 1024 float32 with padded keys), never under the 128 lanes; a block divides
+    the padded length."""
+    assert pallas_attention._tpu_block(length, width) == block
+    with pallas_attention.block_size_override(128):
+        assert pallas_attention._tpu_block(length, 256) == 128
 
 
 def _cudnn_as_xla(monkeypatch, calls):

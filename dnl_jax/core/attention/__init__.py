@@ -163,8 +163,9 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
     - 'cudnn' where `cudnn_unsupported_reason` finds nothing (NVIDIA GPU, bf16/f16, C supported);
     - 'xla' when the logits are small (N · M <= 2**20 per sample): the materialised matrix is
       then a few MiB and one fused matmul + softmax is fastest;
-    - above that, the platform's flash kernel: 'pallas_tpu' on TPUs, 'pallas_gpu' on NVIDIA GPUs
-      (float32, head dims cuDNN refuses, up to the widths whose tiles fit shared memory:
+    - above that, the platform's flash kernel: 'pallas_tpu' on TPUs (up to the widths compiled
+      for a v5e: `pallas.tpu_unsupported_reason`), 'pallas_gpu' on NVIDIA GPUs (float32, head
+      dims cuDNN refuses, up to the widths whose tiles fit shared memory:
       `pallas.gpu_unsupported_reason`), and 'chunked' elsewhere (CPU, wider inputs): exact,
       O(N + M) memory.
 
@@ -178,7 +179,7 @@ def select_implementation(q: Array, k: Array, v: Array) -> str:
         choice = "cudnn"
     elif q.shape[-2] * k.shape[-2] <= _MATERIALISE_MAX_LOGITS:
         choice = "xla"
-    elif platform(q, k, v) == "tpu":
+    elif platform(q, k, v) == "tpu" and pallas.tpu_unsupported_reason(q, k, v) is None:
         choice = "pallas_tpu"
     elif (
         _nvidia_compute_capability(q, k, v) is not None

@@ -62,6 +62,15 @@ Array = jax.Array
 # backward). Neither is tuned on hardware here (no accelerator was available).
 _TPU_BLOCK = 512
 _TPU_LANES = 128
+# The TPU backward kernels keep several block × width tiles (and float32 accumulators) in the
+# scoped VMEM, 16 MiB on a v5e. Compiled for v5e (experiments/benchmarks/tpu_aot.py), 512
+# positions per block overflowed it at width 2048 (bf16 and f32: 17.3-17.5 MiB) and at width
+# 1024 in f32 with padded keys (Mask R-CNN's C4 block: 18.5 MiB). Wider inputs get shorter blocks,
+# at most this many elements (512 × 512) per tile, 128 positions the least.
+_TPU_TILE_ELEMENTS = 512 * 512
+# The widest rows compiled at every length tried (v5e; N = 1023 and 7056): 2048 float32 or 4096
+# bfloat16 columns. float32 at 4096 overflowed VMEM at N = 7056 even at 128-position blocks.
+_TPU_MAX_ROW_BYTES = 8192
 _GPU_BLOCK, _GPU_BACKWARD_BLOCK = 128, 32
 # The GPU kernels keep block × width tiles (width rounded up to a power of two) in shared
 # memory. Compiled for an H100 (227 KiB per block; experiments/benchmarks/cuda_aot.py), tiles of
@@ -109,14 +118,25 @@ def _finish(out: Array, leading, n: int, v: Array) -> Array:
 # ----------------------------------------------------------------------------------------------
 
 
-def _tpu_block(length: int) -> int:
+def _tpu_block(length: int, width: int) -> int:
     """The largest multiple of 128 that divides `length` (a multiple of 128) and is at most the
-    target block."""
-    block = min(_round_up(_block_override[0] or _TPU_BLOCK, _TPU_LANES), length)
+    target block: `_TPU_BLOCK`, shortened for inputs `width` wide to keep the tiles in VMEM."""
+    target = _block_override[0] or max(_TPU_LANES, min(_TPU_BLOCK, _TPU_TILE_ELEMENTS // width))
+    block = min(_round_up(target, _TPU_LANES), length)
     block -= block % _TPU_LANES
     while length % block:
         block -= _TPU_LANES
     return block
+
+
+def tpu_unsupported_reason(q: Array, k: Array, v: Array) -> str | None:
+    """Why auto-selection does not trust 'pallas_tpu' with these inputs, or None: rows wider
+    than `_TPU_MAX_ROW_BYTES` were refused by Mosaic or never compiled here."""
+    width = max(q.shape[-1], v.shape[-1])
+    dtype = jnp.result_type(q, k, v)
+    if _round_up(width, _TPU_LANES) * jnp.dtype(dtype).itemsize <= _TPU_MAX_ROW_BYTES:
+        return None
+    return f"{width} channels in {dtype} are wider than the TPU kernel was compiled for"
 
 
 def _tpu_interpret_context(*arrays: Array):
@@ -221,7 +241,7 @@ def tpu_flash_attention(q: Array, k: Array, v: Array, *, scale, whiten: bool = T
     if width > _TPU_LANES:
         width = _round_up(width, _TPU_LANES)  # the kernel's rule for head dims above 128
     q_len, k_len = _round_up(n, _TPU_LANES), _round_up(m, _TPU_LANES)
-    config = (sm_scale, _tpu_block(q_len), _tpu_block(k_len), m)
+    config = (sm_scale, _tpu_block(q_len, width), _tpu_block(k_len, width), m)
     out = _tpu_call_on_mesh(
         _pad(q3, q_len, width)[:, None],
         _pad(k3, k_len, width)[:, None],
