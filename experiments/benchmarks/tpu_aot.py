@@ -73,11 +73,15 @@ SMOKE_KERNELS = (((31, 33), 64, "bf16"), ((64, 64), 128, "f32"), ((32, 32), 2048
 WIDE_CHANNELS = (1024, 2048)  # Mask R-CNN's C4 and C5 blocks: 2-D, whitened, all keys
 
 
-def kernel_cases(generations):
+def kernel_cases(generations, channels=(64, 128, 256), *, variants=True):
+    """The kernel grid; `variants=False`: only 2-D, all keys, whitened (the wide rows)."""
     # Every (N, C) first (bf16, 2-D, all keys, whitened), then the other variants, so that a
     # run cut short still covers every size.
+    dims, subs, whitens = (
+        ((0, 1), (False, True), (True, False)) if variants else ((0,), (False,), (True,))
+    )
     for dtype, dim, sub, whiten, gen, n, c in itertools.product(
-        ("bf16", "f32"), (0, 1), (False, True), (True, False), generations, GRIDS, (64, 128, 256)
+        ("bf16", "f32"), dims, subs, whitens, generations, GRIDS, channels
     ):
         grid = GRIDS[n][dim]
         key = ("kernel", gen, n, c, len(grid), whiten, sub, dtype)
@@ -85,18 +89,6 @@ def kernel_cases(generations):
             key,
             lambda g=gen, gr=grid, c=c, w=whiten, s=sub, d=dtype: tpu_steps.kernel_case(
                 g, gr, c, whiten=w, subsample=s, dtype=d
-            ),
-        )
-
-
-def wide_kernel_cases(generations):
-    for dtype, gen, n, c in itertools.product(("bf16", "f32"), generations, GRIDS, WIDE_CHANNELS):
-        grid = GRIDS[n][0]
-        key = ("kernel", gen, n, c, len(grid), True, False, dtype)
-        yield (
-            key,
-            lambda g=gen, gr=grid, c=c, d=dtype: tpu_steps.kernel_case(
-                g, gr, c, whiten=True, subsample=False, dtype=d
             ),
         )
 
@@ -305,8 +297,9 @@ def main() -> None:
         if unknown := parts - {"kernels", "steps", "spatial"}:
             parser.error(f"--only {sorted(unknown)}: choose from kernels, steps, spatial.")
         if "kernels" in parts:
-            run(kernel_cases(args.generations.split(",")), results, save)
-            run(wide_kernel_cases(args.generations.split(",")), results, save)
+            generations = args.generations.split(",")
+            run(kernel_cases(generations), results, save)
+            run(kernel_cases(generations, WIDE_CHANNELS, variants=False), results, save)
         if "steps" in parts:
             run(step_cases(args.match), results, save)
         if "spatial" in parts:
