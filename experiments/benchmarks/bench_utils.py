@@ -92,10 +92,9 @@ def matmul_peak_gflops(size: int = 4096, repeats: int = 5) -> float:
     return 2 * size**3 / time_call(lambda: matmul(a), repeats) / 1e9
 
 
-def compiled_peak_bytes(compiled) -> int:
-    """Peak memory of a compiled program per device: arguments + outputs + temporaries − donated
-    aliases, from the compiler's `memory_analysis()`."""
-    memory = compiled.memory_analysis()
+def compiled_peak_bytes(memory) -> int:
+    """Peak memory of a compiled program per device from its `compiled.memory_analysis()`:
+    arguments + outputs + temporaries − donated aliases."""
     return int(
         memory.argument_size_in_bytes
         + memory.output_size_in_bytes

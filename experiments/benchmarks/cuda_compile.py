@@ -176,7 +176,7 @@ def compile_and_measure(lower_fn, dtype: str = "f32", gpus: int = 1) -> dict:
         compiled = lowered.compile()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     memory = compiled.memory_analysis()
-    peak = bench_utils.compiled_peak_bytes(compiled)
+    peak = bench_utils.compiled_peak_bytes(memory)
     text = compiled.as_text()
     costs, chip = hlo_costs(lowered, compiled, gpus), h100()
     flops = costs["hlo_flops_per_gpu_before_opt"]

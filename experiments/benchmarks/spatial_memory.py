@@ -126,7 +126,7 @@ def compile_case(model: str, shape: tuple, space: int, num_classes: int) -> dict
         )
         seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    peak = bench_utils.compiled_peak_bytes(compiled)
+    peak = bench_utils.compiled_peak_bytes(memory)
     traffic = collective_bytes(compiled.as_text())
     return {
         "model": model,

@@ -132,7 +132,7 @@ def compile_and_measure(lower_fn, generation: str) -> dict:
     compiled = lowered.compile()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     memory = compiled.memory_analysis()
-    peak = bench_utils.compiled_peak_bytes(compiled)
+    peak = bench_utils.compiled_peak_bytes(memory)
     cost = _cost(compiled)
     collectives = collective_bytes(compiled.as_text())
     chip = CHIPS.get(generation)
