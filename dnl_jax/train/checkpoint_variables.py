@@ -1,8 +1,12 @@
-"""The variables of a saved checkpoint step, read back as saved: `load_variables` restores
-{'params', 'batch_stats'} as numpy trees from a step's `state` item (or any orbax PyTree
-checkpoint holding them) and checks them against the step's `checksums` item when it has one; a
-step that does not read back as saved (missing, truncated or changed files) is a
-`DamagedCheckpoint` whose message names the newest good step beside it. Used by the commands and
+"""The variables of a saved checkpoint step, read back as saved: `load_variables` restores a
+step's `state` item (or any orbax PyTree checkpoint holding 'params') as numpy trees, checks
+every array it read (the optimizer state too) against the step's `checksums` item when it has
+one, and returns {'params', 'batch_stats'}; a step that does not read back as saved (missing,
+truncated or changed files, in any array) is a `DamagedCheckpoint` whose message names the
+newest good step beside it. (Checking only the returned arrays let bytes changed in an
+optimizer array pass unseen when its block was stored uncompressed, while the same change in a
+compressed block failed the read: whether a damaged step loaded depended on where the damage
+fell.) Used by the commands and
 the trainer's `init_from` (checkpoint.py re-exports both names; saving and resuming live there).
 """
 
@@ -55,8 +59,8 @@ def load_variables(path: str) -> dict:
 
 
 def _read_verified(state_dir: str, step_dir: str) -> dict:
-    """The state PyTree as numpy, its params and batch_stats checked against the step's
-    checksums item (when the step has one)."""
+    """The state PyTree as numpy, every array checked against the step's checksums item (when
+    the step has one)."""
     checkpointer = ocp.PyTreeCheckpointer()
     as_numpy = jax.tree.map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
@@ -67,12 +71,7 @@ def _read_verified(state_dir: str, step_dir: str) -> dict:
     if os.path.exists(saved):
         with open(saved, encoding="utf-8") as file:
             expected = json.load(file)
-        checksums.verify(
-            {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})},
-            expected,
-            where=f"checkpoint {step_dir}",
-            only=("params/", "batch_stats/"),
-        )
+        checksums.verify(tree, expected, where=f"checkpoint {step_dir}")
     return tree
 
 

@@ -125,17 +125,11 @@ def tree_checksums(tree) -> dict[str, str]:
     return {name: f"{sums[name][0]:08x}-{sums[name][1]:08x}" for name, _ in named}
 
 
-def verify(tree, saved: dict[str, str], *, where: str, only: tuple[str, ...] = ()) -> None:
+def verify(tree, saved: dict[str, str], *, where: str) -> None:
     """Raises ChecksumMismatch naming `where` (e.g. 'checkpoint step 40 in DIR') and the first
-    array whose checksum differs from `saved`, or that `saved` lists and `tree` lacks. `only`:
-    check only the names under these prefixes (e.g. ('params/', 'batch_stats/'))."""
-    wanted = {
-        name: value
-        for name, value in saved.items()
-        if not only or any(name.startswith(prefix) for prefix in only)
-    }
+    array whose checksum differs from `saved`, or that `saved` lists and `tree` lacks."""
     actual = tree_checksums(tree)
-    for name, value in sorted(wanted.items()):
+    for name, value in sorted(saved.items()):
         if actual.get(name) != value:
             found = actual.get(name, "missing")
             raise ChecksumMismatch(
