@@ -6,8 +6,8 @@ truncated or changed files, in any array) is a `DamagedCheckpoint` whose message
 newest good step beside it. (Checking only the returned arrays let bytes changed in an
 optimizer array pass unseen when its block was stored uncompressed, while the same change in a
 compressed block failed the read: whether a damaged step loaded depended on where the damage
-fell.) Used by the commands and
-the trainer's `init_from` (checkpoint.py re-exports both names; saving and resuming live there).
+fell.) Used by the commands and the trainer's `init_from` (checkpoint.py re-exports both names;
+saving and resuming live there).
 """
 
 from __future__ import annotations
